@@ -1,0 +1,53 @@
+"""One typed settings object, read from the environment (``SIBIFANG_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIBIFANG_", extra="ignore")
+
+    # Application database: SQLite file in the working directory by default,
+    # any ``postgresql+psycopg://`` URL works the same.
+    database_url: str = "sqlite:///sibifang.db"
+    # Columnar store for meter readings (Parquet partitions) and other bulk files.
+    data_dir: Path = Path("data")
+    # Where reports, maps, exports and quarantine files are written.
+    out_dir: Path = Path("out")
+    timezone: str = "Asia/Shanghai"
+
+    # Alerts: when set, every alert goes to this one generic webhook (trials, tests).
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: SecretStr | None = None
+    alert_max_attempts: int = 5
+    alert_timeout_seconds: float = 5.0
+    # Acknowledgement links: signed, expiring tokens served by ``sibifang serve``.
+    ack_secret: SecretStr = SecretStr("change-me-in-production")
+    ack_base_url: str = "http://127.0.0.1:8765"
+    ack_token_ttl_hours: int = 72
+    escalate_after_minutes: int = 30
+    quiet_hours_start: int = 22
+    quiet_hours_end: int = 7
+
+    # Meter pull connector (paged JSON API).
+    meter_api_url: str | None = None
+    meter_api_token: SecretStr | None = None
+
+    # Visit cadence rules a supervisor can read and edit (TOML); packaged default if unset.
+    cadence_file: Path | None = None
+    default_capacity: int = Field(10, description="families per cadre (每名干部联系约10户)")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment)."""
+    get_settings.cache_clear()
