@@ -19,12 +19,24 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # Where reports, maps, exports and quarantine files are written.
     out_dir: Path = Path("out")
+    # File drops that the scheduled flows pick up (villages' visit sheets, meter exports).
+    inbox_dir: Path = Path("data/inbox")
     timezone: str = "Asia/Shanghai"
 
     # Alerts: when set, every alert goes to this one generic webhook (trials, tests).
     alert_webhook_url: str | None = None
     alert_webhook_secret: SecretStr | None = None
     alert_max_attempts: int = 5
+    # Signing secrets of the group robots (DingTalk "加签", Feishu "签名校验"); SMTP for e-mail.
+    dingtalk_secret: SecretStr | None = None
+    feishu_secret: SecretStr | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_from: str = "sibifang@localhost"
+    sms_gateway_url: str | None = None
+    # Dispatch concurrency (threads sending at once) and channel rate limits on/off.
+    dispatch_workers: int = 8
+    rate_limits: bool = True
     alert_timeout_seconds: float = 5.0
     # Acknowledgement links: signed, expiring tokens served by ``sibifang serve``.
     ack_secret: SecretStr = SecretStr("change-me-in-production")

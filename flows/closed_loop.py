@@ -1,0 +1,36 @@
+"""Flow: the whole closed loop (闭环) for one day, each stage a subflow, in order."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+
+from prefect import flow
+
+from flows.dispatch_alerts import dispatch_alerts
+from flows.escalate_disputes import escalate_disputes
+from flows.flag_risks import flag_risks
+from flows.ingest_readings import ingest_readings
+from flows.record_visits import record_visits
+from flows.schedule_visits import schedule_visits
+from flows.summary_report import summary_report
+from tasks.common import as_of_date
+
+
+@flow(name="closed_loop", description="Visits recorded → readings ingested → risks flagged → alerts dispatched → "
+      "disputes escalated → visits scheduled (incl. urgent ones for new flags) → report (when asked).")
+def closed_loop(as_of: date | None = None, report: bool = False, report_period_days: int = 7,
+                database_url: str | None = None) -> dict:
+    day = as_of_date(as_of)
+    # Replaying a past day acts at that day's end; today acts now.
+    now = datetime.combine(day, time(23, 59, 59)) if as_of is not None else None
+    out = {
+        "record_visits": record_visits(day, database_url=database_url),
+        "ingest_readings": ingest_readings(day, database_url=database_url),
+        "flag_risks": flag_risks(day, database_url=database_url),
+        "dispatch_alerts": dispatch_alerts(now, database_url=database_url),
+        "escalate_disputes": escalate_disputes(day, database_url=database_url),
+        "schedule_visits": schedule_visits(day, database_url=database_url),
+    }
+    if report:
+        out["summary_report"] = summary_report(day, report_period_days, database_url=database_url)
+    return out

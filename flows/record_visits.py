@@ -1,0 +1,21 @@
+"""Flow: take in visit records (走访记录) from file drops and close the plans they fulfil."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow
+
+from sibifang.settings import get_settings
+from tasks.common import as_of_date
+from tasks.record_visits import close_plans, import_visit_files
+
+
+@flow(name="record_visits", description="Import visit sheets dropped by villages or the mobile form (validated, "
+      "bad rows quarantined) and close the visit plans they fulfil; unplanned visits are kept too.")
+def record_visits(as_of: date | None = None, inbox: str | None = None, database_url: str | None = None) -> dict:
+    day = as_of_date(as_of)
+    settings = get_settings()
+    imported = import_visit_files(inbox or str(settings.inbox_dir), database_url, str(settings.out_dir))
+    closed = close_plans(day, database_url)
+    return {**imported, **closed}

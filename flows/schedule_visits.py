@@ -1,0 +1,22 @@
+"""Flow: schedule must-visits (走访排期) within cadre capacity, grid and the working calendar."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow
+
+from sibifang.settings import get_settings
+from tasks.common import as_of_date, validate_handover
+from tasks.schedule_visits import plan_visits, store_plan
+
+
+@flow(name="schedule_visits", description="Plan the next days' must-visits by category cadence, keeping each family "
+      "with its cadre within capacity and grid, on working days; urgent visits for new flags; shortfall reported.")
+def schedule_visits(as_of: date | None = None, grid: str | None = None, horizon_days: int = 30,
+                    out_dir: str | None = None, database_url: str | None = None) -> dict:
+    day = as_of_date(as_of)
+    plan = plan_visits(day, horizon_days, grid, database_url)
+    validate_handover(plan.plans, "visit_plans", stage="schedule_visits", source=f"schedule_visits {day}",
+                      database_url=database_url)
+    return store_plan(plan, day, out_dir or str(get_settings().out_dir), database_url)

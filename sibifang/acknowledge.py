@@ -1,0 +1,68 @@
+"""Acknowledgement of an alert (确认预警) and the outcome of the visit it asked for.
+
+Acknowledging stops the escalation of that flag's alerts; the flag itself closes only with
+an outcome: ``visited_all_well`` closes it, ``needs_help`` keeps it open and raises a need for
+the service-resource pool, ``escalate`` keeps it open for the supervisor and mediation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from schemas.models import Alert, Household, RiskFlag, ServiceNeed
+from sibifang.db import audit, session_scope
+from sibifang.records import stable_id
+
+OUTCOMES = {"visited_all_well": "已上门，一切正常", "needs_help": "已上门，需要帮助", "escalate": "需上报处理"}
+
+
+class AckError(ValueError):
+    """The alert cannot be acknowledged (unknown id, unknown outcome)."""
+
+
+def acknowledge(alert_id: str, *, actor: str, outcome: str | None = None, at: datetime | None = None,
+                database_url: str | None = None) -> dict:
+    if outcome is not None and outcome not in OUTCOMES:
+        raise AckError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
+    at = at or datetime.now()
+    with session_scope(database_url) as s:
+        alert = s.get(Alert, alert_id)
+        if alert is None:
+            raise AckError(f"no alert {alert_id!r}")
+        first = alert.acked_at is None
+        # Every alert of the same flag counts as answered: nobody escalates it any more.
+        s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
+                  .values(acked_at=at, acked_by=actor))
+        flag = s.get(RiskFlag, alert.flag_id)
+        if outcome:
+            alert.outcome = outcome
+            if outcome == "visited_all_well":
+                flag.status, flag.outcome, flag.closed_at = "closed", outcome, at
+            else:
+                flag.status, flag.outcome = "acknowledged", outcome
+                if outcome == "needs_help":
+                    hh = s.get(Household, flag.household_id)
+                    from schemas.models import Area
+
+                    grid = s.get(Area, hh.grid_id)
+                    need_id = stable_id("N", flag.id, "elderly_care")
+                    if s.get(ServiceNeed, need_id) is None:
+                        s.add(ServiceNeed(id=need_id, household_id=hh.id, village_id=grid.parent_id,
+                                          category="elderly_care", created_at=at, status="open"))
+        elif flag.status == "open":
+            flag.status = "acknowledged"
+        audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": first}, at=at)
+        return {"alert_id": alert_id, "flag_id": flag.id, "flag_status": flag.status, "outcome": outcome,
+                "already_acknowledged": not first}
+
+
+def acknowledge_token(token: str, *, secret: str, outcome: str | None = None, now: datetime | None = None,
+                      database_url: str | None = None) -> dict:
+    """Acknowledge through the signed link a grid worker received (verifies signature and expiry)."""
+    from sibifang.ack_tokens import verify_ack_token
+
+    claims = verify_ack_token(token, secret, now or datetime.now())
+    return acknowledge(claims.alert_id, actor=claims.recipient_id or "link", outcome=outcome, at=now,
+                       database_url=database_url)

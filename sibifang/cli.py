@@ -1,0 +1,212 @@
+"""The ``sibifang`` command: demo, generate, import, run, serve, stats, export, detect, ack, migrate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+# Telemetry off before Prefect is imported anywhere (no network here; noise on SQLite).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="四必访 sibifang — the Women's Federations' closed loop on Prefect.")
+
+IMPORT_KINDS = ("areas", "households", "cadres", "meters", "readings", "visits", "resources", "mediation_rooms")
+EXPORTS = ("visits", "flags", "alerts", "cases", "cadres", "coverage")
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from sibifang.db import migrate as do_migrate
+
+    do_migrate()
+    typer.echo("schema up to date")
+
+
+@app.command()
+def generate(scale: str = typer.Option("village", help="village | county | city"),
+             seed: int = typer.Option(1), out: Path = typer.Option(Path("out/area")),
+             days: Optional[int] = typer.Option(None, help="days of meter readings"),
+             readings_csv: bool = typer.Option(False, help="also write readings.csv"),
+             broken_rows: int = typer.Option(0, help="append deliberately broken household rows")) -> None:
+    """Generate a synthetic area: the files a federation would hand over, plus the anomalies' ground truth."""
+    from sibifang.generate import generate_area
+
+    manifest = generate_area(scale, seed, out, days=days, write_readings_csv=readings_csv,
+                             broken_rows=broken_rows, progress=lambda m: typer.echo(f"  {m}", err=True))
+    _echo_json(manifest)
+
+
+@app.command("import")
+def import_(kind: str = typer.Argument(..., help="|".join(IMPORT_KINDS) + " | all (a directory)"),
+            path: Path = typer.Argument(..., exists=True)) -> None:
+    """Validate and import a file (CSV/XLSX, UTF-8/GBK); bad rows are quarantined with line, field and reason."""
+    from sibifang.db import migrate as do_migrate
+
+    do_migrate()
+    if kind == "all":
+        from flows.import_registry import registry_files
+        from tasks.import_registry import import_file
+
+        results = [import_file(k, p) for k, p in registry_files(path)]
+    elif kind == "readings":
+        from tasks.ingest_readings import file_digest, ingest_frame
+        from sibifang.ingest_readings import read_readings_file
+
+        raw = read_readings_file(path)
+        r = ingest_frame(raw, source=path.name, batch_id=f"file-{file_digest(path)[:24]}")
+        results = [{"kind": "readings", "file": str(path), **r}]
+    elif kind in IMPORT_KINDS:
+        from tasks.import_registry import import_file
+
+        results = [import_file(kind, path)]
+    else:
+        raise typer.BadParameter(f"kind must be one of {', '.join(IMPORT_KINDS)} or all")
+    for r in results:
+        typer.echo(f"{r['kind']:<16} {Path(r['file']).name:<28} read {r['read']:>8}  accepted {r['accepted']:>8}"
+                   f"  quarantined {r['quarantined']:>6}" + (f"  → {r['error_report']}" if r.get("error_report") else ""))
+        if r.get("error_report"):
+            typer.echo(Path(r["error_report"]).read_text(encoding="utf-8")[:3000])
+
+
+def _parse_params(params: list[str]) -> dict:
+    out = {}
+    for p in params:
+        if "=" not in p:
+            raise typer.BadParameter(f"--param takes key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+@app.command()
+def run(flow_name: str = typer.Argument(..., help="a flow: closed_loop, schedule_visits, flag_risks, ..."),
+        param: list[str] = typer.Option([], "--param", "-p", help="key=value (repeatable)"),
+        deployment: bool = typer.Option(False, help="trigger the served deployment instead of running here")) -> None:
+    """Run one flow now with parameters: a supervisor's manual trigger."""
+    from flows import get_flow
+
+    params = _parse_params(param)
+    if deployment:
+        from prefect.deployments import run_deployment
+
+        fr = run_deployment(f"{flow_name}/{flow_name}", parameters=params, timeout=0)
+        typer.echo(f"triggered flow run {fr.id} of deployment {flow_name}/{flow_name}")
+        return
+    from sibifang.db import migrate as do_migrate
+
+    do_migrate()
+    result = get_flow(flow_name)(**params)
+    _echo_json(result)
+
+
+@app.command()
+def serve(ack_port: int = typer.Option(8765, help="port of the acknowledgement endpoint (0 = off)")) -> None:
+    """Serve every flow on its schedule from this process, plus the acknowledgement endpoint."""
+    from sibifang.db import migrate as do_migrate
+    from sibifang.deployments import serve_all
+
+    do_migrate()
+    serve_all(ack_port=ack_port)
+
+
+@app.command()
+def stats(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Counts for each stage, read from the database."""
+    from sibifang.db import migrate as do_migrate
+    from sibifang.stats import collect_stats
+
+    do_migrate()
+    s = collect_stats()
+    if as_json:
+        typer.echo(json.dumps(s, ensure_ascii=False, default=str))
+    else:
+        for k, v in s.items():
+            typer.echo(f"{k:<22} {v}")
+
+
+@app.command()
+def export(what: str = typer.Argument(..., help="|".join(EXPORTS)), out: Path = typer.Option(..., "--out"),
+           as_of: Optional[str] = typer.Option(None, help="for coverage: the day it is computed for")) -> None:
+    """Export visits, flags, alerts, cases, cadres or coverage as CSV (UTF-8 with BOM, opens in Excel)."""
+    from sibifang.db import migrate as do_migrate
+    from sibifang.stats import export_frame
+
+    if what not in EXPORTS:
+        raise typer.BadParameter(f"one of {', '.join(EXPORTS)}")
+    do_migrate()
+    df = export_frame(what, as_of=date.fromisoformat(as_of) if as_of else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, encoding="utf-8-sig", quoting=csv.QUOTE_MINIMAL)
+    typer.echo(f"{len(df)} rows → {out}")
+
+
+@app.command()
+def detect(readings: Path = typer.Option(..., "--readings", exists=True, help="CSV or Parquet: meter_id, ts, kwh"),
+           out: Path = typer.Option(..., "--out"), as_of: Optional[str] = typer.Option(None, "--as-of")) -> None:
+    """Run the meter detectors on a file, outside the database: one row per episode."""
+    import pandas as pd
+
+    from sibifang.detectors import detect as run_detect
+
+    df = pd.read_parquet(readings) if readings.suffix == ".parquet" else pd.read_csv(readings)
+    missing = {"meter_id", "ts", "kwh"} - set(df.columns)
+    if missing:
+        typer.echo(f"{readings}: missing column(s) {', '.join(sorted(missing))}", err=True)
+        raise typer.Exit(2)
+    df["meter_id"] = df["meter_id"].astype(str)
+    df["ts"] = pd.to_datetime(df["ts"])
+    episodes = run_detect(df, as_of=pd.Timestamp(as_of).to_pydatetime() if as_of else None)
+    cols = ["meter_id", "kind", "start", "detected_at", "severity", "score"]
+    extra = [c for c in episodes.columns if c not in cols]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    episodes[cols + extra].to_csv(out, index=False)
+    typer.echo(f"{len(episodes)} episodes from {df['meter_id'].nunique()} meters → {out}")
+
+
+@app.command()
+def ack(alert_id: str, outcome: Optional[str] = typer.Option(None, help="visited_all_well | needs_help | escalate"),
+        actor: str = typer.Option("cli", help="who acknowledges")) -> None:
+    """Acknowledge an alert (and record the outcome of the visit)."""
+    from sibifang.acknowledge import AckError, acknowledge
+
+    try:
+        _echo_json(acknowledge(alert_id, actor=actor, outcome=outcome))
+    except AckError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(scale: str = typer.Option("county"), seed: int = typer.Option(7), days: int = typer.Option(7),
+         out: Path = typer.Option(Path("out")), reset: bool = typer.Option(True)) -> None:
+    """Generate a synthetic area, import it and run the whole closed loop over simulated days."""
+    from sibifang.demo import run_demo
+
+    summary = run_demo(scale=scale, seed=seed, days=days, out=out, reset=reset,
+                       echo=lambda m: typer.echo(m, err=False))
+    typer.echo(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

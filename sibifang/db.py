@@ -1,0 +1,122 @@
+"""Database access: one engine per URL, migrations, and the upsert every stage uses.
+
+SQLite (the county office's embedded default) and PostgreSQL (a city's cluster) are
+driven through the same code; the only dialect-specific part is the upsert statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from schemas.models import AuditEvent, Base
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# SQLite caps bound parameters per statement; keep batches well below it.
+_SQLITE_MAX_VARS = 30_000
+
+
+def database_url(url: str | None = None) -> str:
+    if url:
+        return url
+    from sibifang.settings import get_settings
+
+    return get_settings().database_url
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str | None = None) -> Engine:
+    url = database_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            # WAL lets the report read while a flow writes; busy_timeout waits instead of failing.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A transaction: commit on success, roll back on any error."""
+    maker = sessionmaker(get_engine(url), expire_on_commit=False)
+    with maker() as session:
+        with session.begin():
+            yield session
+
+
+def alembic_config(url: str | None = None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", database_url(url).replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str | None = None, revision: str = "head") -> None:
+    """Create or upgrade the schema with Alembic (idempotent)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def upsert(
+    session: Session,
+    model: type[Base],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Iterable[str] | None = None,
+) -> int:
+    """Insert rows, or update ``update`` columns where ``key`` exists; returns rows sent.
+
+    With ``update=()`` existing rows are left alone (insert-or-ignore): used where a
+    re-run must not change what is already there (flags, alerts, cases).
+    """
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    cols = list(rows[0].keys())
+    update_cols = [c for c in (cols if update is None else update) if c not in key]
+    batch = max(1, _SQLITE_MAX_VARS // max(1, len(cols)))
+    for i in range(0, len(rows), batch):
+        stmt = insert(model).values(list(rows[i : i + batch]))
+        if update_cols:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(key), set_={c: stmt.excluded[c] for c in update_cols}
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+        session.execute(stmt)
+    return len(rows)
+
+
+def audit(session: Session, actor: str, action: str, entity: str, entity_id: str | None = None,
+          detail: dict[str, Any] | None = None, at: datetime | None = None) -> None:
+    """Record who changed what (never personal data in ``detail``)."""
+    session.add(AuditEvent(at=at or datetime.now(), actor=actor, action=action, entity=entity,
+                           entity_id=entity_id, detail=detail))
+
+
+def count(session: Session, model: type[Base], *where) -> int:
+    return session.scalar(select(func.count()).select_from(model).where(*where)) or 0

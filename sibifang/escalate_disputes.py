@@ -1,0 +1,86 @@
+"""Escalation (矛盾纠纷化解 / 关爱帮扶): disputes to mediation rooms, needs to the resource pool.
+
+Pure functions over frames: which flags open a mediation case in which room, and which
+resource of the pool (服务资源池) a need raised in a visit is matched with.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sibifang.records import stable_id
+
+DISPUTE_KINDS = ("dispute", "domestic_violence")
+CASE_COLUMNS = ["case_id", "household_id", "room_id", "mediator_id", "source_flag_id", "source_visit_id",
+                "cues", "opened_at"]
+
+
+def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: pd.DataFrame,
+                         open_cases: pd.DataFrame) -> pd.DataFrame:
+    """One case per household in dispute, in the mediation room of its township (木兰调解室).
+
+    flags: ``flag_id, household_id, kind, detected_at, details``; households: ``household_id,
+    township_id``; rooms: ``room_id, township_id, mediator_ids``; open_cases: ``household_id``.
+    A household with a case already open gets no second one: the new finding joins that case.
+    """
+    f = flags[flags.kind.isin(DISPUTE_KINDS)]
+    if f.empty:
+        return pd.DataFrame(columns=CASE_COLUMNS)
+    busy = set(open_cases.household_id) if not open_cases.empty else set()
+    f = f[~f.household_id.isin(busy)].sort_values(["household_id", "detected_at", "flag_id"])
+    first = f.groupby("household_id", as_index=False).first()
+    cues = f.groupby("household_id")["kind"].apply(lambda s: sorted(set(s))).rename("cues")
+    first = first.merge(cues, on="household_id").merge(households[["household_id", "township_id"]],
+                                                      on="household_id", how="left")
+    room_by_township = {r.township_id: r for r in rooms.itertuples(index=False)}
+    rows = []
+    for r in first.itertuples(index=False):
+        room = room_by_township.get(r.township_id)
+        mediators = list(room.mediator_ids) if room is not None and room.mediator_ids else []
+        # Spread cases over the room's mediators, stably (the same household, the same mediator).
+        mediator = mediators[int(stable_id("", r.household_id)[1:9], 16) % len(mediators)] if mediators else None
+        details = r.details if isinstance(r.details, dict) else {}
+        rows.append({"case_id": stable_id("C", r.household_id, r.flag_id), "household_id": r.household_id,
+                     "room_id": room.room_id if room is not None else None, "mediator_id": mediator,
+                     "source_flag_id": r.flag_id, "source_visit_id": details.get("visit_id"),
+                     "cues": list(r.cues), "opened_at": r.detected_at})
+    return pd.DataFrame(rows, columns=CASE_COLUMNS)
+
+
+def match_needs(needs: pd.DataFrame, resources: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
+    """Match each open need with a resource offering its category: same village first, then the
+    same township, then anywhere in the district (跨站点匹配). Returns ``need_id, resource_id``.
+
+    needs: ``need_id, village_id, category``; resources: ``resource_id, village_id, offers``;
+    areas: ``village_id, township_id, district_id``. Load is spread: the least-used resource wins.
+    """
+    if needs.empty or resources.empty:
+        return pd.DataFrame(columns=["need_id", "resource_id"])
+    res = resources.merge(areas, on="village_id", how="left").explode("offers").rename(columns={"offers": "category"})
+    nd = needs.merge(areas, on="village_id", how="left")
+    load: dict[str, int] = {}
+    out = []
+    for n in nd.sort_values("need_id").itertuples(index=False):
+        cands = res[res.category == n.category]
+        for level in ("village_id", "township_id", "district_id"):
+            pool = cands[cands[level] == getattr(n, level)]
+            if not pool.empty:
+                ids = sorted(pool.resource_id.unique(), key=lambda rid: (load.get(rid, 0), rid))
+                load[ids[0]] = load.get(ids[0], 0) + 1
+                out.append({"need_id": n.need_id, "resource_id": ids[0]})
+                break
+    return pd.DataFrame(out, columns=["need_id", "resource_id"])
+
+
+def needs_from_visits(visits: pd.DataFrame, households: pd.DataFrame) -> pd.DataFrame:
+    """Demands raised in visits (诉求) become needs of the service pool, one per visit and category."""
+    v = visits[visits.demand_category.notna() & (visits.demand_category != "")]
+    if v.empty:
+        return pd.DataFrame(columns=["need_id", "household_id", "village_id", "category", "source_visit_id",
+                                     "created_at"])
+    v = v.merge(households[["household_id", "village_id"]], on="household_id", how="left")
+    return pd.DataFrame({
+        "need_id": [stable_id("N", vid, c) for vid, c in zip(v.visit_id, v.demand_category)],
+        "household_id": v.household_id, "village_id": v.village_id, "category": v.demand_category,
+        "source_visit_id": v.visit_id, "created_at": pd.to_datetime(v.visited_at),
+    })

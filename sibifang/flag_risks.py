@@ -1,0 +1,228 @@
+"""Risk flagging (风险研判): meter episodes, visit cues and overdue visits become flags and a level.
+
+Pure functions over frames. The meter detectors themselves are ``sibifang.detectors``; this
+module turns their episodes into flags that are raised once per episode (a later run that
+sees the same episode extends it instead of raising it again), reads dispute and safety
+cues in visit notes, and combines everything into a household level 红/橙/黄/绿.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from sibifang.records import stable_id
+
+LEXICON_FILE = Path(__file__).with_name("risk_lexicon.toml")
+FLAG_COLUMNS = ["flag_id", "dedup_key", "household_id", "meter_id", "kind", "severity", "score", "start",
+                "detected_at", "end", "evidence", "details"]
+SEVERITY_POINTS = {"critical": 60, "high": 35, "medium": 20, "low": 10}
+LEVELS = (("红", 60), ("橙", 35), ("黄", 15), ("绿", 0))
+SENSITIVE_KINDS = {"domestic_violence", "self_harm", "dispute"}
+# Episodes of the same kind closer than this are one situation, not two flags.
+MERGE_GAP = timedelta(hours=12)
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A word in a visit note that signals a risk (风险线索)."""
+
+    term: str
+    kind: str  # dispute | domestic_violence | self_harm | gambling | hardship
+    severity: str
+
+
+@dataclass
+class Lexicon:
+    cues: list[Cue] = field(default_factory=list)
+    negations: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Lexicon:
+        data = tomllib.loads((path or LEXICON_FILE).read_text(encoding="utf-8"))
+        cues = [Cue(term, kind, spec["severity"]) for kind, spec in data["cues"].items() for term in spec["terms"]]
+        return cls(cues=cues, negations=list(data.get("negations", [])))
+
+    def find(self, text: str | None) -> list[Cue]:
+        """Cues present in a note, skipping negated mentions such as "无家暴"."""
+        if not text:
+            return []
+        found = []
+        for cue in self.cues:
+            for m in re.finditer(re.escape(cue.term), text):
+                before = text[max(0, m.start() - 3):m.start()]
+                if any(neg in before for neg in self.negations):
+                    continue
+                found.append(cue)
+                break
+        return found
+
+
+def episodes_to_flags(episodes: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    """Detector episodes (one per meter event) → flag rows for the household that owns the meter."""
+    if episodes.empty:
+        return pd.DataFrame(columns=FLAG_COLUMNS)
+    df = episodes.merge(meters[["meter_id", "household_id"]], on="meter_id", how="inner")
+    out = pd.DataFrame({
+        "household_id": df["household_id"], "meter_id": df["meter_id"], "kind": df["kind"],
+        "severity": df["severity"], "score": df["score"].astype(float),
+        "start": pd.to_datetime(df["start"]), "detected_at": pd.to_datetime(df["detected_at"]),
+        "end": pd.to_datetime(df["end"]), "evidence": df["evidence"],
+    })
+    out["details"] = [
+        {"expected_kwh_per_h": _num(e), "observed_kwh_per_h": _num(o)}
+        for e, o in zip(df.get("expected_kwh_per_h", [None] * len(df)), df.get("observed_kwh_per_h", [None] * len(df)))
+    ]
+    out["dedup_key"] = [f"meter|{m}|{k}|{s:%Y-%m-%dT%H:%M}" for m, k, s in zip(out.meter_id, out.kind, out.start)]
+    out["flag_id"] = [stable_id("F", k) for k in out.dedup_key]
+    return out[FLAG_COLUMNS].reset_index(drop=True)
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else round(f, 3)
+
+
+def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split new flags into (to_insert, to_extend): an episode that continues an open flag of the
+    same household and kind extends it (its end) instead of raising a second alert."""
+    if new.empty or open_flags.empty:
+        return new, pd.DataFrame(columns=["flag_id", "end"])
+    inserts, extends = [], []
+    by_key = {k: g for k, g in open_flags.groupby(["household_id", "kind"])}
+    for row in new.itertuples(index=False):
+        g = by_key.get((row.household_id, row.kind))
+        if row.dedup_key in set(open_flags["dedup_key"]):
+            continue
+        match = None
+        if g is not None:
+            for f in g.itertuples(index=False):
+                f_end = f.end if pd.notna(f.end) else row.start
+                if row.start <= f_end + MERGE_GAP:
+                    match = f
+                    break
+        if match is None:
+            inserts.append(row._asdict())
+        else:
+            extends.append({"flag_id": match.flag_id, "end": row.end})
+    return (pd.DataFrame(inserts, columns=new.columns) if inserts else new.iloc[0:0],
+            pd.DataFrame(extends, columns=["flag_id", "end"]))
+
+
+def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
+    """Dispute and safety cues in visit notes and findings (家暴, 离婚, 赌博, 轻生, ...)."""
+    rows = []
+    text_cols = [c for c in ("notes", "family_situation", "women_situation", "difficulties") if c in visits]
+    for v in visits.itertuples(index=False):
+        text = " ".join(str(getattr(v, c)) for c in text_cols if isinstance(getattr(v, c), str))
+        cues = lexicon.find(text)
+        for kind in sorted({c.kind for c in cues}):
+            kc = [c for c in cues if c.kind == kind]
+            sev = max((c.severity for c in kc), key=lambda s: SEVERITY_POINTS[s])
+            key = f"visit|{v.visit_id}|{kind}"
+            when = pd.Timestamp(v.visited_at)
+            rows.append({
+                "flag_id": stable_id("F", key), "dedup_key": key, "household_id": v.household_id, "meter_id": None,
+                "kind": kind, "severity": sev, "score": float(SEVERITY_POINTS[sev]), "start": when,
+                "detected_at": when, "end": pd.NaT,
+                "evidence": f"走访记录中出现“{'、'.join(sorted({c.term for c in kc}))}”等情况",
+                "details": {"visit_id": v.visit_id, "terms": sorted({c.term for c in kc})},
+            })
+    return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_days: int = 90,
+                                min_times: int = 2) -> pd.DataFrame:
+    """Difficulties recorded again and again without a measure (反复反映困难未解决)."""
+    if visits.empty:
+        return pd.DataFrame(columns=FLAG_COLUMNS)
+    v = visits.copy()
+    v["visited_at"] = pd.to_datetime(v["visited_at"])
+    start = pd.Timestamp(as_of) - pd.Timedelta(days=window_days)
+    v = v[(v.visited_at >= start) & (v.visited_at <= pd.Timestamp(as_of) + pd.Timedelta(days=1))]
+    has_diff = v["difficulties"].fillna("").str.strip().ne("")
+    no_measure = v["measures"].fillna("").str.strip().eq("")
+    hits = v[has_diff & no_measure].groupby("household_id").agg(n=("visit_id", "size"), last=("visited_at", "max"),
+                                                                 first=("visited_at", "min"))
+    hits = hits[hits.n >= min_times]
+    rows = []
+    for hid, r in hits.iterrows():
+        key = f"difficulty|{hid}|{r['first']:%Y-%m-%d}"
+        rows.append({"flag_id": stable_id("F", key), "dedup_key": key, "household_id": hid, "meter_id": None,
+                     "kind": "unresolved_difficulty", "severity": "medium", "score": 20.0 + 5 * int(r.n),
+                     "start": r["first"], "detected_at": r["last"], "end": pd.NaT,
+                     "evidence": f"近{window_days}天内{int(r.n)}次走访反映困难，尚无解决措施",
+                     "details": {"times": int(r.n)}})
+    return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3) -> pd.DataFrame:
+    """Must-visits still not done past their window plus a grace period (逾期未访)."""
+    if plans.empty:
+        return pd.DataFrame(columns=FLAG_COLUMNS)
+    p = plans[(plans.status == "planned")].copy()
+    end = pd.to_datetime(p["window_end"].fillna(p["due_date"]))
+    p = p[end + pd.Timedelta(days=grace_days) < pd.Timestamp(as_of)]
+    rows = []
+    for r in p.itertuples(index=False):
+        key = f"overdue|{r.id}"
+        due = pd.Timestamp(r.due_date)
+        days = (pd.Timestamp(as_of) - due).days
+        rows.append({"flag_id": stable_id("F", key), "dedup_key": key, "household_id": r.household_id,
+                     "meter_id": None, "kind": "overdue_visit", "severity": "high" if r.urgent else "low",
+                     "score": float(10 + days), "start": due, "detected_at": pd.Timestamp(as_of), "end": pd.NaT,
+                     "evidence": f"应于{due:%m月%d日}走访，已逾期{days}天", "details": {"plan_id": r.id}})
+    return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:
+    """Household risk score and level (红/橙/黄/绿) with the reasons behind it."""
+    base = households[["household_id", "grid_id", "categories"]].copy()
+    points = {hid: 0.0 for hid in base.household_id}
+    reasons: dict[str, list[str]] = {hid: [] for hid in base.household_id}
+    for hid, cats in zip(base.household_id, base.categories):
+        cats = cats if isinstance(cats, list) else []
+        if "dispute" in cats:
+            points[hid] += 15
+            reasons[hid].append("存在婚姻家庭矛盾")
+        if "hardship" in cats:
+            points[hid] += 5
+            reasons[hid].append("困难家庭")
+    if not open_flags.empty:
+        for f in open_flags.itertuples(index=False):
+            if f.household_id in points:
+                points[f.household_id] += SEVERITY_POINTS.get(f.severity, 10)
+                reasons[f.household_id].append(str(f.evidence))
+    out = base[["household_id", "grid_id"]].copy()
+    out["risk_score"] = [min(100.0, points[h]) for h in out.household_id]
+    out["risk_level"] = [next(lvl for lvl, lo in LEVELS if s >= lo) for s in out.risk_score]
+    out["risk_reasons"] = [reasons[h][:5] for h in out.household_id]
+    return out
+
+
+def risk_map(scored: pd.DataFrame, as_of: date, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Households per grid and level, with the change since the previous run (动态预警图)."""
+    counts = scored.groupby(["grid_id", "risk_level"]).size().rename("households").reset_index()
+    counts = counts.rename(columns={"risk_level": "level"})
+    counts["as_of"] = as_of
+    if previous is not None and not previous.empty:
+        prev = previous.rename(columns={"households": "prev"})[["grid_id", "level", "prev"]]
+        counts = counts.merge(prev, on=["grid_id", "level"], how="left")
+        counts["change"] = counts["households"] - counts["prev"].fillna(0).astype(int)
+        counts = counts.drop(columns="prev")
+    else:
+        counts["change"] = 0
+    return counts[["as_of", "grid_id", "level", "households", "change"]]
+
+
+def detection_window(as_of: datetime, baseline_days: int = 35) -> tuple[datetime, datetime]:
+    """Readings the daily detection looks at: a baseline of some weeks up to ``as_of``."""
+    return as_of - timedelta(days=baseline_days), as_of

@@ -1,0 +1,203 @@
+"""Registry import (档案导入): validated frames become database rows.
+
+Reading, normalising and validating a file is ``sibifang.importing``; this module maps the
+accepted rows onto the models and stores them idempotently (upsert on the file's own ids),
+and records the validation run and every quarantined row with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from schemas.models import (
+    Area,
+    Cadre,
+    CadreGrid,
+    Household,
+    MediationRoom,
+    Meter,
+    QuarantinedRow,
+    ServiceResource,
+    ValidationRun,
+    Visit,
+)
+from sibifang.db import audit, upsert
+from sibifang.records import as_list, clean_value, frame_records, to_date, to_datetime
+
+ORDER = ("areas", "households", "cadres", "meters", "visits", "resources", "mediation_rooms")
+"""Import order on a fresh database: references must exist before the rows that name them."""
+
+
+def area_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Flatten the hierarchy file into one row per area, parents first."""
+    levels = [
+        ("city", "city_id", "city_name", None),
+        ("district", "district_id", "district_name", "city_id"),
+        ("township", "township_id", "township_name", "district_id"),
+        ("village", "village_id", "village_name", "township_id"),
+        ("grid", "grid_id", "grid_name", "village_id"),
+    ]
+    rows: dict[str, dict[str, Any]] = {}
+    for level, id_col, name_col, parent_col in levels:
+        sub = df.drop_duplicates(id_col)
+        for rec in frame_records(sub):
+            rows.setdefault(rec[id_col], {
+                "id": rec[id_col], "level": level, "name": rec[name_col],
+                "parent_id": rec[parent_col] if parent_col else None,
+                "village_kind": rec.get("village_kind") if level == "village" else None,
+            })
+    return list(rows.values())
+
+
+def _birth(id_number: Any) -> tuple[int | None, str | None]:
+    s = clean_value(id_number)
+    if not s or len(str(s)) != 18:
+        return None, None
+    s = str(s)
+    try:
+        year = int(s[6:10])
+    except ValueError:
+        return None, None
+    sex = "M" if s[16].isdigit() and int(s[16]) % 2 == 1 else "F"
+    return year, sex
+
+
+def household_rows(df: pd.DataFrame, now: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for rec in frame_records(df):
+        year, sex = _birth(rec.get("id_number"))
+        rows.append({
+            "id": rec["household_id"], "head_name": rec["head_name"], "id_number": rec.get("id_number"),
+            "phone": rec.get("phone"), "address": rec.get("address"), "grid_id": rec["grid_id"],
+            "categories": as_list(rec.get("categories")),
+            "members": int(rec["members"]) if rec.get("members") is not None else None,
+            "elderly_living_alone": bool(rec.get("elderly_living_alone") or False),
+            "consent": bool(rec.get("consent") if rec.get("consent") is not None else True),
+            "birth_year": year, "sex": sex,
+            "basic_situation": rec.get("basic_situation"), "difficulties": rec.get("difficulties"),
+            "measures": rec.get("measures"),
+            "away_from": to_date(rec.get("away_from")), "away_until": to_date(rec.get("away_until")),
+            "away_reason": rec.get("away_reason"), "updated_at": now,
+        })
+    return rows
+
+
+def cadre_rows(df: pd.DataFrame, default_capacity: int) -> list[dict[str, Any]]:
+    rows = []
+    for rec in frame_records(df):
+        cap = rec.get("capacity")
+        wd = rec.get("grassroots_weekday")
+        rows.append({
+            "id": rec["cadre_id"], "name": rec["name"], "phone": rec.get("phone"), "role": rec["role"],
+            "grid_ids": as_list(rec.get("grid_ids")),
+            "capacity": int(cap) if cap is not None else default_capacity,
+            "alert_channel": rec.get("alert_channel"), "alert_address": rec.get("alert_address"),
+            "four_plus_one": bool(rec.get("four_plus_one") or False),
+            "grassroots_weekday": int(wd) if wd is not None and wd != "" else None,
+            "on_leave_from": to_date(rec.get("on_leave_from")),
+            "on_leave_until": to_date(rec.get("on_leave_until")),
+        })
+    return rows
+
+
+def meter_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{"id": r["meter_id"], "household_id": r["household_id"],
+             "interval_minutes": int(r.get("interval_minutes") or 15),
+             "installed_at": to_date(r.get("installed_at"))} for r in frame_records(df)]
+
+
+def visit_rows(df: pd.DataFrame, source: str) -> list[dict[str, Any]]:
+    rows = []
+    for r in frame_records(df):
+        rows.append({
+            "id": r["visit_id"], "plan_id": r.get("plan_id") or None, "household_id": r["household_id"],
+            "cadre_id": r["cadre_id"], "visited_at": to_datetime(r["visited_at"]), "mode": r.get("mode") or "visit",
+            "steps": as_list(r.get("steps")), "family_situation": r.get("family_situation"),
+            "business_situation": r.get("business_situation"), "women_situation": r.get("women_situation"),
+            "difficulties": r.get("difficulties"), "measures": r.get("measures"),
+            "demand_category": r.get("demand_category") or None,
+            "follow_up_needed": bool(r.get("follow_up_needed") or False), "notes": r.get("notes"),
+            "source": source,
+        })
+    return rows
+
+
+def resource_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{"id": r["resource_id"], "name": r["name"], "provider_type": r.get("provider_type") or "expert",
+             "offers": as_list(r.get("offers")), "village_id": r.get("village_id"),
+             "contact_name": r.get("contact_name"), "phone": r.get("phone")} for r in frame_records(df)]
+
+
+def room_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{"id": r["room_id"], "name": r["name"], "township_id": r["township_id"],
+             "mediator_ids": as_list(r.get("mediator_ids"))} for r in frame_records(df)]
+
+
+def known_references(session: Session) -> dict[str, set[str]]:
+    """Ids the import checks references against (grids, households, cadres, meters, ...)."""
+    areas = session.execute(select(Area.id, Area.level)).all()
+    return {
+        "grids": {a for a, lvl in areas if lvl == "grid"},
+        "villages": {a for a, lvl in areas if lvl == "village"},
+        "townships": {a for a, lvl in areas if lvl == "township"},
+        "households": set(session.scalars(select(Household.id))),
+        "cadres": set(session.scalars(select(Cadre.id))),
+        "meters": set(session.scalars(select(Meter.id))),
+    }
+
+
+def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, source: str,
+                   default_capacity: int = 10, now: datetime | None = None) -> int:
+    """Upsert the accepted rows of one file; running it twice changes nothing."""
+    now = now or datetime.now()
+    if accepted.empty:
+        return 0
+    builders: dict[str, tuple[type, Callable[[], list[dict[str, Any]]]]] = {
+        "areas": (Area, lambda: area_rows(accepted)),
+        "households": (Household, lambda: household_rows(accepted, now)),
+        "cadres": (Cadre, lambda: cadre_rows(accepted, default_capacity)),
+        "meters": (Meter, lambda: meter_rows(accepted)),
+        "visits": (Visit, lambda: visit_rows(accepted, source)),
+        "resources": (ServiceResource, lambda: resource_rows(accepted)),
+        "mediation_rooms": (MediationRoom, lambda: room_rows(accepted)),
+    }
+    model, build = builders[kind]
+    rows = build()
+    # ``updated_at`` would change on every run; only real content changes should touch a row.
+    update = [c for c in rows[0] if c not in ("id", "updated_at")] if rows else None
+    upsert(session, model, rows, key=["id"], update=update)
+    if kind == "cadres":
+        ids = [r["id"] for r in rows]
+        for i in range(0, len(ids), 500):
+            session.execute(delete(CadreGrid).where(CadreGrid.cadre_id.in_(ids[i:i + 500])))
+        links = [{"cadre_id": r["id"], "grid_id": g} for r in rows for g in r["grid_ids"]]
+        upsert(session, CadreGrid, links, key=["cadre_id", "grid_id"], update=())
+    audit(session, "import", f"import_{kind}", kind, source, {"rows": len(rows)}, at=now)
+    return len(rows)
+
+
+def record_validation(session: Session, *, stage: str, suite: str, source: str, read: int, accepted: int,
+                      quarantined: pd.DataFrame | None, failures: list[str], success: bool,
+                      raw_rows: dict[int, dict[str, Any]] | None = None, now: datetime | None = None) -> None:
+    """Keep the validation run and every quarantined row (line, field, reason) in the database."""
+    now = now or datetime.now()
+    q = quarantined if quarantined is not None else pd.DataFrame()
+    lines = int(q["line"].nunique()) if "line" in q and not q.empty else 0
+    session.add(ValidationRun(stage=stage, suite=suite, source=source, at=now, success=success,
+                              rows_read=read, rows_accepted=accepted, rows_quarantined=lines,
+                              failures=failures[:50]))
+    if not q.empty:
+        rows = []
+        for r in frame_records(q):
+            line = r.get("line")
+            rows.append({"kind": stage, "source": source, "line": int(line) if line is not None else None,
+                         "field": r.get("field"), "code": str(r.get("code") or "invalid"),
+                         "reason": str(r.get("reason") or ""),
+                         "raw": (raw_rows or {}).get(int(line)) if line is not None else None})
+        upsert(session, QuarantinedRow, rows, key=["kind", "source", "line", "field", "code"], update=("reason",))

@@ -1,0 +1,182 @@
+"""The alert outbox (预警发件箱): committed before any send, claimed, attempted, recorded.
+
+Guarantees, on SQLite and PostgreSQL alike:
+- an alert row exists (committed) before any delivery is tried;
+- one alert per flag episode and recipient and escalation level: ``dedup_key`` is unique,
+  so a re-run, a crashed run or two overlapping runs insert nothing twice;
+- a delivery is tried only by the process that claimed the row with a conditional UPDATE
+  (``status='pending'`` → ``'sending'``), so two dispatchers never send the same alert;
+- every attempt is a row; retries back off exponentially and stop at the limit, after
+  which the alert is dead-lettered (``dead``) for the supervisor.
+A process killed between a receiver's 200 and our commit leaves the row ``sending``; after
+the lease it is retried, and the receiver sees the same ``dedup_key`` again: receivers use
+it to drop the repeat (documented in the README). That window is one HTTP round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from schemas.models import Alert, Area, Cadre, DeliveryAttempt, Household, RiskFlag
+from sibifang.db import audit, upsert
+from sibifang.records import stable_id
+
+LEASE = timedelta(minutes=5)
+BACKOFF_BASE = timedelta(seconds=30)
+BACKOFF_MAX = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    max_attempts: int = 5
+    escalate_after: timedelta = timedelta(minutes=30)
+    ack_base_url: str = "http://127.0.0.1:8765"
+    ack_secret: str = "change-me"
+    ack_ttl: timedelta = timedelta(hours=72)
+    override_webhook: str | None = None
+    override_secret: str | None = None
+
+
+def backoff(attempt_no: int) -> timedelta:
+    """Delay before attempt ``attempt_no + 1``: 30 s, 1 min, 2 min, ... capped at an hour."""
+    return min(BACKOFF_MAX, BACKOFF_BASE * (2 ** max(0, attempt_no - 1)))
+
+
+def cadres_frame(session: Session) -> pd.DataFrame:
+    rows = session.execute(select(Cadre.id, Cadre.name, Cadre.role, Cadre.grid_ids, Cadre.alert_channel,
+                                  Cadre.alert_address)).all()
+    return pd.DataFrame(rows, columns=["cadre_id", "name", "role", "grid_ids", "alert_channel", "alert_address"])
+
+
+def household_context(session: Session, household_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What a message may say about a household: name, address, grid, village. No ID numbers."""
+    grid = Area.__table__.alias("grid")
+    village = Area.__table__.alias("village")
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(household_ids), 500):
+        ids = household_ids[i:i + 500]
+        rows = session.execute(
+            select(Household.id, Household.head_name, Household.address, Household.grid_id, grid.c.name,
+                   village.c.id, village.c.name, Household.birth_year, Household.sex)
+            .join(grid, grid.c.id == Household.grid_id)
+            .join(village, village.c.id == grid.c.parent_id, isouter=True)
+            .where(Household.id.in_(ids))).all()
+        for hid, name, addr, gid, gname, vid, vname, by, sex in rows:
+            out[hid] = {"household_id": hid, "head_name": name, "address": addr, "grid_id": gid,
+                        "grid_name": gname, "village_id": vid, "village_name": vname, "birth_year": by, "sex": sex}
+    return out
+
+
+def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: datetime, policy: DispatchPolicy,
+                   route: Callable, render: Callable, quiet: Callable[[datetime], datetime | None]) -> int:
+    """Route and render alerts for new flags and commit them to the outbox (nothing is sent here)."""
+    from sibifang.ack_tokens import ack_url, make_ack_token
+
+    if not flags:
+        return 0
+    cadres = cadres_frame(session)
+    ctx = household_context(session, sorted({f["household_id"] for f in flags}))
+    rows = []
+    for flag in flags:
+        household = ctx.get(flag["household_id"])
+        if household is None:
+            continue
+        for rcpt in route(flag, household, cadres):
+            rid = getattr(rcpt, "cadre_id", None)
+            dedup = f"{flag['dedup_key']}|{rid}|L0"
+            alert_id = stable_id("A", dedup, length=12)
+            token = make_ack_token(alert_id, rid or "", policy.ack_secret, policy.ack_ttl, now)
+            msg = render(flag, household, rcpt, ack_url(policy.ack_base_url, token))
+            held_until = None if flag["severity"] == "critical" else quiet(now)
+            rows.append({
+                "id": alert_id, "dedup_key": dedup, "flag_id": flag["flag_id"], "recipient_id": rid,
+                "recipient_role": getattr(rcpt, "role", None), "channel": rcpt.channel, "address": rcpt.address,
+                "severity": flag["severity"], "title": msg.title, "body": msg.markdown or msg.text,
+                "status": "pending", "attempts": 0, "escalation_level": 0, "created_at": now,
+                "next_attempt_at": held_until or now,
+            })
+    upsert(session, Alert, rows, key=["dedup_key"], update=())
+    return len(rows)
+
+
+def claim_due(session: Session, *, now: datetime, limit: int = 500) -> list[str]:
+    """Claim pending alerts that are due, and stale ``sending`` ones whose lease ran out."""
+    ids = list(session.scalars(
+        select(Alert.id).where(or_(
+            and_(Alert.status == "pending", Alert.next_attempt_at <= now),
+            and_(Alert.status == "sending", Alert.next_attempt_at <= now - LEASE),
+        )).order_by(Alert.severity == "critical", Alert.next_attempt_at).limit(limit)))
+    claimed = []
+    for aid in ids:
+        res = session.execute(update(Alert).where(
+            Alert.id == aid,
+            or_(and_(Alert.status == "pending", Alert.next_attempt_at <= now),
+                and_(Alert.status == "sending", Alert.next_attempt_at <= now - LEASE)))
+            .values(status="sending", next_attempt_at=now))
+        if res.rowcount == 1:
+            claimed.append(aid)
+    return claimed
+
+
+def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime, policy: DispatchPolicy) -> str:
+    """Store one attempt and move the alert on: sent, back to pending with backoff, or dead."""
+    attempt_no = alert.attempts + 1
+    session.add(DeliveryAttempt(alert_id=alert.id, attempt_no=attempt_no, at=now, ok=bool(result.ok),
+                                status_code=result.status_code, provider_code=result.provider_code,
+                                error=result.error, latency_ms=result.latency_ms))
+    alert.attempts = attempt_no
+    if result.ok:
+        alert.status = "sent"
+        alert.sent_at = now
+        alert.first_sent_at = alert.first_sent_at or now
+        alert.last_error = None
+    elif result.retryable and attempt_no < policy.max_attempts:
+        alert.status = "pending"
+        alert.next_attempt_at = now + backoff(attempt_no)
+        alert.last_error = result.error
+    else:
+        alert.status = "dead"
+        alert.last_error = result.error
+        audit(session, "dispatch_alerts", "dead_letter", "alert", alert.id,
+              {"attempts": attempt_no, "channel": alert.channel}, at=now)
+    return alert.status
+
+
+def escalation_candidates(session: Session, *, now: datetime, policy: DispatchPolicy) -> list[Alert]:
+    """Critical alerts delivered but unacknowledged past the escalation time (超时未响应)."""
+    cutoff = now - policy.escalate_after
+    return list(session.scalars(select(Alert).where(
+        Alert.severity == "critical", Alert.status == "sent", Alert.acked_at.is_(None),
+        Alert.sent_at <= cutoff, Alert.escalation_level < 2)))
+
+
+def escalation_targets(session: Session, alert: Alert) -> tuple[int, list[Cadre]]:
+    """Who is told next: level 1 the village chair (村/社区妇联主席), level 2 the township
+    federation (vice chairs covering the township) or, failing that, a district supervisor."""
+    flag = session.get(RiskFlag, alert.flag_id)
+    hh = session.get(Household, flag.household_id)
+    grid = session.get(Area, hh.grid_id)
+    village = session.get(Area, grid.parent_id) if grid and grid.parent_id else None
+    cadres = session.scalars(select(Cadre).where(Cadre.role.in_(("village_chair", "supervisor", "vice_chair")))
+                             .order_by(Cadre.id)).all()
+    if alert.escalation_level == 0 and village is not None:
+        village_grids = set(session.scalars(select(Area.id).where(Area.parent_id == village.id)))
+        chairs = [c for c in cadres if c.role == "village_chair" and set(c.grid_ids) & village_grids
+                  and c.id != alert.recipient_id]
+        if chairs:
+            return 1, chairs
+    township_grids: set[str] = set()
+    if village is not None and village.parent_id:
+        villages = list(session.scalars(select(Area.id).where(Area.parent_id == village.parent_id)))
+        township_grids = set(session.scalars(select(Area.id).where(Area.parent_id.in_(villages))))
+    near = [c for c in cadres if c.role in ("vice_chair", "supervisor") and set(c.grid_ids) & township_grids]
+    if near:
+        return 2, near
+    return 2, [c for c in cadres if c.role == "supervisor"][:1]

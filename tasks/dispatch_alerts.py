@@ -1,0 +1,170 @@
+"""Tasks of the alert dispatch stage: enqueue, deliver a batch, escalate the unanswered."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select
+
+from tasks.common import run_logger
+
+
+def dispatch_policy():
+    from sibifang.outbox import DispatchPolicy
+    from sibifang.settings import get_settings
+
+    s = get_settings()
+    return DispatchPolicy(
+        max_attempts=s.alert_max_attempts, escalate_after=timedelta(minutes=s.escalate_after_minutes),
+        ack_base_url=s.ack_base_url, ack_secret=s.ack_secret.get_secret_value(),
+        ack_ttl=timedelta(hours=s.ack_token_ttl_hours), override_webhook=s.alert_webhook_url,
+        override_secret=s.alert_webhook_secret.get_secret_value() if s.alert_webhook_secret else None)
+
+
+def _quiet(now: datetime) -> datetime | None:
+    from sibifang.dispatch_alerts import in_quiet_hours, release_time
+
+    return release_time(now) if in_quiet_hours(now) else None
+
+
+def enqueue(now: datetime, database_url: str | None = None) -> int:
+    from schemas.models import Alert, RiskFlag
+    from sibifang.db import session_scope
+    from sibifang.dispatch_alerts import render_alert, route_flag
+    from sibifang.outbox import enqueue_alerts
+
+    policy = dispatch_policy()
+    with session_scope(database_url) as s:
+        has_alert = select(Alert.flag_id)
+        flags = s.scalars(select(RiskFlag).where(RiskFlag.status == "open", RiskFlag.id.not_in(has_alert),
+                                                 RiskFlag.detected_at <= now)).all()
+        payload = [{"flag_id": f.id, "dedup_key": f.dedup_key, "household_id": f.household_id, "kind": f.kind,
+                    "severity": f.severity, "start": f.start, "detected_at": f.detected_at, "evidence": f.evidence,
+                    **(f.details or {})} for f in flags]
+        return enqueue_alerts(s, payload, now=now, policy=policy, route=route_flag, render=render_alert,
+                              quiet=_quiet)
+
+
+_CHANNELS: dict = {}
+
+
+def _channel(kind: str, address: str, policy):
+    """One adapter per address, kept for the process: its rate limiter must see every send."""
+    from sibifang.channels import channel_for
+    from sibifang.settings import get_settings
+
+    key = (kind, address)
+    if key not in _CHANNELS:
+        s = get_settings()
+        secret = {"webhook": policy.override_secret or (s.alert_webhook_secret.get_secret_value()
+                                                        if s.alert_webhook_secret else None),
+                  "dingtalk": s.dingtalk_secret.get_secret_value() if s.dingtalk_secret else None,
+                  "feishu": s.feishu_secret.get_secret_value() if s.feishu_secret else None}.get(kind)
+        opts = {"timeout": s.alert_timeout_seconds}
+        if kind == "email":
+            opts.update(host=s.smtp_host, port=s.smtp_port, sender=s.smtp_from)
+        _CHANNELS[key] = channel_for(kind, address, secret, rate_limited=s.rate_limits, **opts)
+    return _CHANNELS[key]
+
+
+def deliver(now: datetime | None = None, database_url: str | None = None, *, max_batches: int = 1000,
+            clock=datetime.now) -> dict:
+    """Send every due alert: claim a batch (committed), send it concurrently, record each attempt."""
+    import requests
+
+    from schemas.models import Alert
+    from sibifang.channels import OutgoingMessage
+    from sibifang.db import session_scope
+    from sibifang.outbox import claim_due, record_attempt
+    from sibifang.settings import get_settings
+
+    policy = dispatch_policy()
+    settings = get_settings()
+    totals = {"attempted": 0, "sent": 0, "retry": 0, "dead": 0}
+    http = requests.Session()
+    with ThreadPoolExecutor(max_workers=settings.dispatch_workers) as pool:
+        for _ in range(max_batches):
+            at = now or clock()
+            with session_scope(database_url) as s:
+                ids = claim_due(s, now=at)
+            if not ids:
+                break
+            with session_scope(database_url) as s:
+                alerts = s.scalars(select(Alert).where(Alert.id.in_(ids))).all()
+                jobs = []
+                for a in alerts:
+                    channel, address = a.channel, a.address
+                    if policy.override_webhook:
+                        channel, address = "webhook", policy.override_webhook
+                    msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
+                                          text=a.body, markdown=a.body)
+                    jobs.append((a, pool.submit(_channel(channel, address or "", policy).send, msg, session=http)))
+                for a, fut in jobs:
+                    status = record_attempt(s, a, fut.result(), now=now or clock(), policy=policy)
+                    totals["attempted"] += 1
+                    totals["sent" if status == "sent" else "dead" if status == "dead" else "retry"] += 1
+    if totals["dead"]:
+        run_logger().warning("%d alert(s) dead-lettered: shown to the supervisor", totals["dead"])
+    return totals
+
+
+def escalate(now: datetime, database_url: str | None = None) -> int:
+    from schemas.models import Alert, RiskFlag
+    from sibifang.ack_tokens import ack_url, make_ack_token
+    from sibifang.db import audit, session_scope, upsert
+    from sibifang.dispatch_alerts import render_alert
+    from sibifang.outbox import escalation_candidates, escalation_targets, household_context
+    from sibifang.records import stable_id
+
+    policy = dispatch_policy()
+    created = 0
+    with session_scope(database_url) as s:
+        for alert in escalation_candidates(s, now=now, policy=policy):
+            level, targets = escalation_targets(s, alert)
+            flag = s.get(RiskFlag, alert.flag_id)
+            household = household_context(s, [flag.household_id]).get(flag.household_id)
+            fdict = {"flag_id": flag.id, "dedup_key": flag.dedup_key, "household_id": flag.household_id,
+                     "kind": flag.kind, "severity": flag.severity, "start": flag.start,
+                     "detected_at": flag.detected_at, "evidence": flag.evidence, **(flag.details or {}),
+                     "escalation_level": level}
+            rows = []
+            for c in targets:
+                dedup = f"{flag.dedup_key}|{c.id}|L{level}"
+                aid = stable_id("A", dedup, length=12)
+                rcpt = _Recipient(c.id, c.role, c.name, c.alert_channel or "webhook", c.alert_address or "")
+                msg = render_alert(fdict, household, rcpt, ack_url(policy.ack_base_url, make_ack_token(
+                    aid, c.id, policy.ack_secret, policy.ack_ttl, now)))
+                rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
+                             "recipient_role": c.role, "channel": rcpt.channel, "address": rcpt.address,
+                             "severity": flag.severity, "title": "【升级】" + msg.title,
+                             "body": msg.markdown or msg.text, "status": "pending", "attempts": 0,
+                             "escalation_level": level, "created_at": now, "next_attempt_at": now})
+            upsert(s, Alert, rows, key=["dedup_key"], update=())
+            alert.escalation_level = level
+            audit(s, "dispatch_alerts", "escalate", "alert", alert.id, {"level": level, "to": [c.id for c in targets]},
+                  at=now)
+            created += len(rows)
+    return created
+
+
+class _Recipient:
+    def __init__(self, cadre_id, role, name, channel, address):
+        self.cadre_id, self.role, self.name, self.channel, self.address = cadre_id, role, name, channel, address
+
+
+@task(name="enqueue_alerts", cache_policy=NO_CACHE)
+def enqueue_task(now: datetime, database_url: str | None = None) -> int:
+    return enqueue(now, database_url)
+
+
+@task(name="deliver_alerts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def deliver_task(now: datetime | None = None, database_url: str | None = None) -> dict:
+    return deliver(now, database_url)
+
+
+@task(name="escalate_unacknowledged", cache_policy=NO_CACHE)
+def escalate_task(now: datetime, database_url: str | None = None) -> int:
+    return escalate(now, database_url)

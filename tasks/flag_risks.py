@@ -1,0 +1,123 @@
+"""Tasks of the risk-flagging stage: detect over a partition of meters, read visits, store flags."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select, update
+
+from tasks.common import run_logger
+
+
+def load_frame(sql, database_url: str | None = None) -> pd.DataFrame:
+    from sibifang.db import get_engine
+
+    with get_engine(database_url).connect() as conn:
+        return pd.read_sql(sql, conn)
+
+
+@task(name="detect_meter_episodes", cache_policy=NO_CACHE)
+def detect_meter_episodes(as_of: datetime, database_url: str | None = None, baseline_days: int = 35) -> pd.DataFrame:
+    """Run the meter detectors over the readings window of every metered household."""
+    from schemas.models import Household, Meter
+    from sibifang.detectors import detect
+    from sibifang.flag_risks import detection_window
+    from sibifang.readings_store import ReadingStore
+    from sibifang.settings import get_settings
+
+    start, end = detection_window(as_of, baseline_days)
+    store = ReadingStore(Path(get_settings().data_dir) / "readings")
+    readings = store.load(start, end)
+    if readings.empty:
+        return pd.DataFrame()
+    away = load_frame(select(Meter.id.label("meter_id"), Household.away_from.label("start"),
+                             Household.away_until.label("end"))
+                      .join(Household, Household.id == Meter.household_id)
+                      .where(Household.away_from.is_not(None)), database_url)
+    if not away.empty:
+        away["start"] = pd.to_datetime(away["start"])
+        away["end"] = pd.to_datetime(away["end"]).fillna(pd.Timestamp(as_of)) + pd.Timedelta(days=1)
+    episodes = detect(readings, as_of=as_of, absences=away if not away.empty else None)
+    run_logger().info("scored %d readings of %d meters: %d episodes", len(readings),
+                      readings["meter_id"].nunique(), len(episodes))
+    return episodes
+
+
+@task(name="derive_flags", cache_policy=NO_CACHE)
+def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None = None,
+                 lookback_days: int = 30) -> pd.DataFrame:
+    """Meter episodes, visit cues, unresolved difficulties and overdue visits → candidate flags."""
+    from schemas.models import Meter, Visit, VisitPlan
+    from sibifang import flag_risks as logic
+
+    meters = load_frame(select(Meter.id.label("meter_id"), Meter.household_id), database_url)
+    since = datetime.combine(as_of, datetime.min.time()) - timedelta(days=lookback_days * 3)
+    visits = load_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at, Visit.notes,
+                               Visit.family_situation, Visit.women_situation, Visit.difficulties, Visit.measures)
+                        .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
+    plans = load_frame(select(VisitPlan).where(VisitPlan.status == "planned", VisitPlan.due_date < as_of), database_url)
+    recent = visits[pd.to_datetime(visits.visited_at) >= pd.Timestamp(as_of) - pd.Timedelta(days=lookback_days)] \
+        if not visits.empty else visits
+    parts = [
+        logic.episodes_to_flags(episodes, meters) if not episodes.empty else None,
+        logic.visit_cue_flags(recent, logic.Lexicon.load()) if not recent.empty else None,
+        logic.unresolved_difficulty_flags(visits, as_of) if not visits.empty else None,
+        logic.overdue_visit_flags(plans, as_of) if not plans.empty else None,
+    ]
+    parts = [p for p in parts if p is not None and not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=logic.FLAG_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+@task(name="store_flags", cache_policy=NO_CACHE)
+def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None = None) -> dict:
+    """Raise each episode once, extend continuing ones, and refresh levels and the risk map."""
+    from schemas.models import Household, RiskFlag, RiskMapSnapshot
+    from sibifang import flag_risks as logic
+    from sibifang.db import audit, session_scope, upsert
+    from sibifang.records import frame_records
+
+    open_flags = load_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
+                                   RiskFlag.kind, RiskFlag.severity, RiskFlag.evidence, RiskFlag.start, RiskFlag.end)
+                            .where(RiskFlag.status != "closed"), database_url)
+    inserts, extends = logic.merge_with_open_flags(candidates, open_flags)
+    now = datetime.combine(as_of, datetime.max.time()).replace(microsecond=0)
+    with session_scope(database_url) as s:
+        rows = []
+        for r in frame_records(inserts):
+            rows.append({"id": r["flag_id"], "dedup_key": r["dedup_key"], "household_id": r["household_id"],
+                         "meter_id": r["meter_id"], "kind": r["kind"], "severity": r["severity"],
+                         "score": float(r["score"]), "start": r["start"], "detected_at": r["detected_at"],
+                         "end": r["end"], "evidence": r["evidence"], "details": r["details"], "status": "open"})
+        upsert(s, RiskFlag, rows, key=["dedup_key"], update=())
+        for e in frame_records(extends):
+            s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
+        if rows:
+            audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
+    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories), database_url)
+    still_open = load_frame(select(RiskFlag.household_id, RiskFlag.severity, RiskFlag.evidence)
+                            .where(RiskFlag.status != "closed"), database_url)
+    scored = logic.score_households(hh, still_open)
+    prev_day = load_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of < as_of)
+                          .order_by(RiskMapSnapshot.as_of.desc()).limit(1), database_url)
+    previous = None
+    if not prev_day.empty:
+        previous = load_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of == prev_day.as_of.iloc[0]),
+                              database_url)
+    rmap = logic.risk_map(scored, as_of, previous)
+    with session_scope(database_url) as s:
+        changed = scored
+        for chunk_start in range(0, len(changed), 2000):
+            chunk = changed.iloc[chunk_start:chunk_start + 2000]
+            s.execute(update(Household), [
+                {"id": h, "risk_level": lvl, "risk_score": float(sc), "risk_reasons": rs}
+                for h, lvl, sc, rs in zip(chunk.household_id, chunk.risk_level, chunk.risk_score, chunk.risk_reasons)])
+        upsert(s, RiskMapSnapshot, frame_records(rmap[["as_of", "grid_id", "level", "households"]]),
+               key=["as_of", "grid_id", "level"])
+    levels = scored.risk_level.value_counts().to_dict()
+    return {"new_flags": len(rows), "extended": len(extends), "levels": levels}

@@ -1,0 +1,58 @@
+"""Tasks of the visit-record stage: import dropped visit sheets, close the plans they fulfil."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select, update
+
+from tasks.flag_risks import load_frame
+from tasks.import_registry import import_file
+
+VISIT_SUFFIXES = (".csv", ".xlsx", ".json")
+
+
+@task(name="import_visit_files", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def import_visit_files(inbox: str, database_url: str | None = None, out_dir: str | None = None) -> dict:
+    """Import every visit sheet in ``inbox/visits``; imported files move to ``done/`` (never twice)."""
+    folder = Path(inbox) / "visits"
+    if not folder.exists():
+        return {"files": 0, "read": 0, "accepted": 0, "quarantined": 0}
+    done = folder / "done"
+    done.mkdir(exist_ok=True)
+    totals = {"files": 0, "read": 0, "accepted": 0, "quarantined": 0}
+    for p in sorted(f for f in folder.iterdir() if f.suffix in VISIT_SUFFIXES):
+        r = import_file("visits", p, database_url=database_url, out_dir=Path(out_dir) if out_dir else None)
+        shutil.move(str(p), done / p.name)
+        totals["files"] += 1
+        for k in ("read", "accepted", "quarantined"):
+            totals[k] += r[k]
+    return totals
+
+
+@task(name="close_fulfilled_plans", cache_policy=NO_CACHE)
+def close_plans(as_of: date, database_url: str | None = None, lookback_days: int = 45) -> dict:
+    from schemas.models import Visit, VisitPlan
+    from sibifang.db import session_scope
+    from sibifang.record_visits import match_visits_to_plans
+    from sibifang.records import frame_records
+
+    since = as_of - timedelta(days=lookback_days)
+    visits = load_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at)
+                        .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
+    plans = load_frame(select(VisitPlan.id.label("plan_id"), VisitPlan.household_id, VisitPlan.window_start,
+                              VisitPlan.window_end, VisitPlan.due_date)
+                       .where(VisitPlan.status.in_(("planned", "missed"))), database_url)
+    closed_visits = load_frame(select(VisitPlan.closed_by_visit_id).where(VisitPlan.closed_by_visit_id.is_not(None)),
+                               database_url)
+    visits = visits[~visits.visit_id.isin(set(closed_visits.closed_by_visit_id))]
+    matches = match_visits_to_plans(visits, plans)
+    with session_scope(database_url) as s:
+        for m in frame_records(matches):
+            s.execute(update(VisitPlan).where(VisitPlan.id == m["plan_id"]).values(
+                status="done", closed_by_visit_id=m["visit_id"]))
+    return {"plans_closed": len(matches), "unplanned": int(len(visits) - len(matches))}

@@ -1,0 +1,124 @@
+"""Tasks of the visit-scheduling stage: load the registry, plan, store, notify."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import func, select, update
+
+from tasks.escalate_disputes import area_frame
+from tasks.flag_risks import load_frame
+
+METER_KINDS = ("inactivity", "sustained_drop", "missing_morning_routine", "night_activity", "high_use",
+               "meter_offline")
+
+
+def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str, pd.DataFrame]:
+    """Everything the planner needs, as frames (ids and codes; no personal data)."""
+    from schemas.models import Assignment, Cadre, Household, MediationCase, RiskFlag, Visit, VisitPlan
+    from sibifang.schedule_visits import follow_ups_after_mediation, load_cadence_rules
+
+    rules = load_cadence_rules()
+    grids = area_frame(database_url)
+    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
+                           Household.risk_level, Household.away_from, Household.away_until), database_url)
+    hh = hh.merge(grids[["grid_id", "village_id"]], on="grid_id", how="left")
+    open_cases = set(load_frame(select(MediationCase.household_id).where(MediationCase.status == "open"),
+                                database_url).household_id)
+    flags = load_frame(select(RiskFlag.household_id, RiskFlag.kind, RiskFlag.severity, RiskFlag.detected_at,
+                              RiskFlag.id).where(RiskFlag.status != "closed"), database_url)
+    hh["open_dispute"] = hh.household_id.isin(open_cases | set(flags[flags.kind.isin(("dispute", "domestic_violence"))]
+                                                             .household_id))
+    hh["flagged"] = hh.household_id.isin(set(flags.household_id))
+    cadres = load_frame(select(Cadre.id.label("cadre_id"), Cadre.role, Cadre.grid_ids, Cadre.capacity,
+                               Cadre.four_plus_one, Cadre.grassroots_weekday, Cadre.on_leave_from,
+                               Cadre.on_leave_until), database_url)
+    last = load_frame(select(Visit.household_id, func.max(Visit.visited_at).label("last_visited_at"))
+                      .where(Visit.visited_at < as_of + timedelta(days=1)).group_by(Visit.household_id), database_url)
+    open_plans = load_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+                                   VisitPlan.due_date, VisitPlan.reason, VisitPlan.urgent)
+                            .where(VisitPlan.status == "planned", VisitPlan.due_date >= as_of), database_url)
+    assignments = load_frame(select(Assignment.household_id, Assignment.cadre_id), database_url)
+    # A new flag asks for a visit within 24 h (critical) or 72 h, once: not when an urgent visit
+    # has already been planned for that household since the flag was raised.
+    urgent_plans = load_frame(select(VisitPlan.household_id, func.max(VisitPlan.planned_on).label("planned_on"))
+                              .where(VisitPlan.urgent.is_(True)).group_by(VisitPlan.household_id), database_url)
+    recent = flags[(pd.to_datetime(flags.detected_at) >= pd.Timestamp(as_of) - pd.Timedelta(days=2))
+                   & (pd.to_datetime(flags.detected_at) < pd.Timestamp(as_of) + pd.Timedelta(days=1))
+                   & flags.severity.isin(("critical", "high"))]
+    if not recent.empty and not urgent_plans.empty:
+        done_since = recent.merge(urgent_plans, on="household_id", how="left")
+        keep = done_since.planned_on.isna() | (pd.to_datetime(done_since.planned_on) <
+                                               pd.to_datetime(done_since.detected_at).dt.normalize())
+        recent = recent[keep.to_numpy()]
+    urgent = recent.sort_values("detected_at").groupby("household_id", as_index=False).first()
+    urgent = pd.DataFrame({"household_id": urgent.household_id, "requested_at": pd.to_datetime(urgent.detected_at),
+                           "reason": "urgent", "critical": urgent.severity.eq("critical")})
+    closed = load_frame(select(MediationCase.household_id, MediationCase.closed_at)
+                        .where(MediationCase.status == "closed"), database_url)
+    follow = follow_ups_after_mediation(closed, rules)
+    if not follow.empty:
+        follow = follow[(follow.due_date >= pd.Timestamp(as_of) - pd.Timedelta(days=3))]
+    return {"households": hh, "cadres": cadres, "last_visits": last, "open_plans": open_plans,
+            "current_assignments": assignments, "urgent_requests": urgent, "follow_ups": follow, "rules": rules}
+
+
+@task(name="plan_visits", cache_policy=NO_CACHE)
+def plan_visits(as_of: date, horizon_days: int = 30, grid: str | None = None, database_url: str | None = None):
+    from sibifang.schedule_visits import schedule_visits
+
+    inputs = scheduling_inputs(as_of, database_url)
+    rules = inputs.pop("rules")
+    return schedule_visits(inputs.pop("households"), inputs.pop("cadres"), as_of=as_of, horizon_days=horizon_days,
+                           rules=rules, calendar=rules.work_calendar(), grid=grid, **inputs)
+
+
+@task(name="store_plan", cache_policy=NO_CACHE)
+def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None) -> dict:
+    """Upsert plans (insert-or-ignore: a re-run changes nothing), assignments; mark missed; export notices."""
+    from schemas.models import Assignment, VisitPlan
+    from sibifang.db import audit, session_scope, upsert
+    from sibifang.records import frame_records
+
+    p = plan.plans
+    rows = [{"id": r["visit_id"], "household_id": r["household_id"], "cadre_id": r["cadre_id"],
+             "grid_id": r["grid_id"], "due_date": r["due_date"].date() if hasattr(r["due_date"], "date") else r["due_date"],
+             "window_start": _d(r["window_start"]), "window_end": _d(r["window_end"]), "reason": r["reason"],
+             "urgent": bool(r["urgent"]), "status": "planned", "planned_on": as_of} for r in frame_records(p)]
+    for r in rows:
+        r["due_date"] = _d(r["due_date"])
+    with session_scope(database_url) as s:
+        before = s.scalar(select(func.count()).select_from(VisitPlan))
+        upsert(s, VisitPlan, rows, key=["id"], update=())
+        after = s.scalar(select(func.count()).select_from(VisitPlan))
+        # Moves of a cadre on leave: the colleague takes the visit (both are told in the notices).
+        for m in frame_records(plan.moved):
+            s.execute(update(VisitPlan).where(VisitPlan.id == m["visit_id"], VisitPlan.status == "planned")
+                      .values(cadre_id=m["to_cadre_id"]))
+        a = plan.assignments
+        upsert(s, Assignment, [{"household_id": r["household_id"], "cadre_id": r["cadre_id"], "since": as_of}
+                               for r in frame_records(a[a.cadre_id.notna()])], key=["household_id"],
+               update=("cadre_id",))
+        # Windows long past without a visit: missed (the overdue flag was raised the day before).
+        missed = s.execute(update(VisitPlan).where(VisitPlan.status == "planned",
+                                                   VisitPlan.window_end < as_of - timedelta(days=4))
+                           .values(status="missed")).rowcount
+        audit(s, "schedule_visits", "plan", "visit_plan", None, {"new": after - before, "missed": missed},
+              at=datetime.combine(as_of, datetime.min.time()))
+    out = Path(out_dir) / "schedule" / str(as_of)
+    out.mkdir(parents=True, exist_ok=True)
+    plan.notices.to_csv(out / "cadre_digests.csv", index=False)
+    plan.shortfall.to_csv(out / "shortfall.csv", index=False)
+    plan.moved.to_csv(out / "moved.csv", index=False)
+    return {"planned": len(rows), "new_plans": after - before, "shortfall": len(plan.shortfall),
+            "moved": len(plan.moved), "away": len(plan.away), "missed": missed}
+
+
+def _d(v):
+    if v is None:
+        return None
+    return v.date() if isinstance(v, datetime) else v

@@ -1,0 +1,66 @@
+"""Tasks of the summary-report stage: gather aggregates, render, store."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, datetime
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select
+
+from tasks.escalate_disputes import area_frame
+from tasks.flag_risks import load_frame
+
+
+@task(name="gather_report_aggregates", cache_policy=NO_CACHE)
+def gather_aggregates(period_start: date, period_end: date, database_url: str | None = None) -> dict:
+    from schemas.models import (Alert, Area, Household, MediationCase, RiskFlag, RiskMapSnapshot, ServiceNeed, Visit,
+                                VisitPlan)
+    from sibifang.summary_report import summarise
+
+    hh = load_frame(select(Household.id.label("household_id"), Household.categories), database_url)
+    hh["categories"] = hh.categories.map(lambda c: c if isinstance(c, list) else [])
+    grids = area_frame(database_url)
+    names = load_frame(select(Area.id, Area.name), database_url)
+    grids = grids.merge(names.rename(columns={"id": "village_id", "name": "village_name"}), on="village_id", how="left")
+    frames = dict(
+        plans=load_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent), database_url),
+        visits=load_frame(select(Visit.id, Visit.visited_at), database_url),
+        flags=load_frame(select(RiskFlag.id, RiskFlag.kind, RiskFlag.detected_at), database_url),
+        alerts=load_frame(select(Alert.id, Alert.status, Alert.created_at, Alert.first_sent_at, Alert.acked_at),
+                          database_url),
+        cases=load_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status), database_url),
+        needs=load_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at),
+                         database_url),
+        risk_map=load_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of <= period_end), database_url),
+    )
+    agg = summarise(period_start=period_start, period_end=period_end, households=hh, areas=grids, **frames)
+    return {"aggregates": agg, "risk_map": frames["risk_map"], "areas": grids}
+
+
+@task(name="write_report", cache_policy=NO_CACHE)
+def write_report(gathered: dict, period_start: date, period_end: date, out_dir: str,
+                 database_url: str | None = None, kind: str = "periodic") -> dict:
+    from schemas.models import Report
+    from sibifang.db import session_scope, upsert
+    from sibifang.summary_report import render_report, risk_map_svg
+
+    agg = gathered["aggregates"]
+    svg = risk_map_svg(gathered["risk_map"], gathered["areas"])
+    html = render_report(agg, risk_map_svg_text=svg)
+    out = Path(out_dir) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"summary-{period_start}-{period_end}.html"
+    path.write_text(html, encoding="utf-8")
+    (out / f"risk-map-{period_end}.svg").write_text(svg, encoding="utf-8")
+    digest = hashlib.sha256(html.encode("utf-8")).hexdigest()
+    with session_scope(database_url) as s:
+        # Same period, same id: a re-run rewrites the same report instead of adding one.
+        upsert(s, Report, [{"id": f"R-{kind}-{period_start}-{period_end}", "kind": kind, "period_start": period_start,
+                            "period_end": period_end, "created_at": datetime.combine(period_end, datetime.max.time())
+                            .replace(microsecond=0), "path": str(path), "content_sha256": digest,
+                            "aggregates": agg}], key=["id"])
+    return {"path": str(path), "sha256": digest}
