@@ -84,17 +84,27 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
     cadres = cadres_frame(session)
     ctx = household_context(session, sorted({f["household_id"] for f in flags}))
     rows = []
+    skipped: list[tuple[str, str]] = []
     for flag in flags:
         household = ctx.get(flag["household_id"])
         if household is None:
             continue
-        for rcpt in route(flag, household, cadres):
+        try:
+            recipients = route(flag, household, cadres)
+        except LookupError as e:
+            # Nobody to tell in this area: keep the flag open and tell the supervisor via the log
+            # and the report; one such flag must not stop the others' alerts.
+            skipped.append((flag["flag_id"], str(e)))
+            continue
+        for rcpt in recipients:
             rid = getattr(rcpt, "cadre_id", None)
             dedup = f"{flag['dedup_key']}|{rid}|L0"
             alert_id = stable_id("A", dedup, length=12)
             token = make_ack_token(alert_id, rid or "", policy.ack_secret, policy.ack_ttl, now)
-            msg = render(flag, household, rcpt, ack_url(policy.ack_base_url, token))
             held_until = None if flag["severity"] == "critical" else quiet(now)
+            # Worded for the moment it is read: an alert held overnight is read in the morning.
+            msg = render(flag, household, rcpt, ack_url(policy.ack_base_url, token), alert_id=alert_id,
+                         now=held_until or now)
             rows.append({
                 "id": alert_id, "dedup_key": dedup, "flag_id": flag["flag_id"], "recipient_id": rid,
                 "recipient_role": getattr(rcpt, "role", None), "channel": rcpt.channel, "address": rcpt.address,
@@ -103,6 +113,10 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
                 "next_attempt_at": held_until or now,
             })
     upsert(session, Alert, rows, key=["dedup_key"], update=())
+    if skipped:
+        import logging
+
+        logging.getLogger(__name__).warning("%d flag(s) have no one to alert in their area", len(skipped))
     return len(rows)
 
 

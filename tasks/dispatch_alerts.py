@@ -115,7 +115,7 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
     from schemas.models import Alert, RiskFlag
     from sibifang.ack_tokens import ack_url, make_ack_token
     from sibifang.db import audit, session_scope, upsert
-    from sibifang.dispatch_alerts import render_alert
+    from sibifang.dispatch_alerts import Recipient, render_alert
     from sibifang.outbox import escalation_candidates, escalation_targets, household_context
     from sibifang.records import stable_id
 
@@ -134,9 +134,12 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
             for c in targets:
                 dedup = f"{flag.dedup_key}|{c.id}|L{level}"
                 aid = stable_id("A", dedup, length=12)
-                rcpt = _Recipient(c.id, c.role, c.name, c.alert_channel or "webhook", c.alert_address or "")
+                overridden = bool(policy.override_webhook)
+                rcpt = Recipient(c.id, c.name, c.role, "webhook" if overridden else (c.alert_channel or "webhook"),
+                                 policy.override_webhook if overridden else (c.alert_address or ""),
+                                 f"escalation_level_{level}", overridden)
                 msg = render_alert(fdict, household, rcpt, ack_url(policy.ack_base_url, make_ack_token(
-                    aid, c.id, policy.ack_secret, policy.ack_ttl, now)))
+                    aid, c.id, policy.ack_secret, policy.ack_ttl, now)), alert_id=aid, now=now)
                 rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
                              "recipient_role": c.role, "channel": rcpt.channel, "address": rcpt.address,
                              "severity": flag.severity, "title": "【升级】" + msg.title,
@@ -148,11 +151,6 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
                   at=now)
             created += len(rows)
     return created
-
-
-class _Recipient:
-    def __init__(self, cadre_id, role, name, channel, address):
-        self.cadre_id, self.role, self.name, self.channel, self.address = cadre_id, role, name, channel, address
 
 
 @task(name="enqueue_alerts", cache_policy=NO_CACHE)

@@ -1,0 +1,501 @@
+"""Alert dispatch logic (告警派发): who gets a flag, what the message says, when it goes.
+
+Pure functions, no I/O except reading the Jinja2 templates in ``templates/dispatch_alerts/``.
+The lead's Prefect tasks call them and keep the outbox.
+
+Rules
+- ``route_flag``: the grid worker(s) of the household's grid (网格员); where none is available,
+  the village federation chair (村/社区妇联主席); a critical flag also goes to the chair at once.
+  Nobody at all: the supervisors (市/区妇联), and if there is none either, ``NoRecipientError`` —
+  a flag is never dropped in silence. ``SIBIFANG_ALERT_WEBHOOK_URL`` replaces every
+  recipient's channel with that one generic webhook (trials, tests).
+- ``render_alert``: plain Chinese — what happened, where, what to do by when, the ack link.
+  Never an ID number, never relatives' phones; the household's own phone and the evidence
+  details stay behind the ack link. Sensitive kinds (纠纷, 家暴, 轻生) sent to a group robot or
+  an SMS only say that there is an urgent matter and its reference code.
+- Quiet hours (免打扰时段) hold non-critical alerts until morning; critical ones go anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, time as dtime
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import jinja2
+import pandas as pd
+
+import templates as _templates_pkg
+from sibifang.channels import GROUP_ROBOT_KINDS, OutgoingMessage
+
+TEMPLATE_DIR = Path(_templates_pkg.__file__).parent
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+
+SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+SEVERITY_LABEL = {"critical": "紧急", "high": "较急", "medium": "一般", "low": "提示"}
+# How fast someone should act; stated in the message so "within how long" is never vague.
+RESPONSE_HOURS = {"critical": 1, "high": 4, "medium": 24, "low": 72}
+
+# Kinds whose details must not land in a group chat (or an SMS inbox others may read).
+SENSITIVE_KINDS = frozenset({"dispute", "domestic_violence", "self_harm"})
+MASKED_CHANNEL_KINDS = GROUP_ROBOT_KINDS | {"sms"}
+
+KIND_LABEL = {
+    "inactivity": "用电接近停止",
+    "sustained_drop": "用电持续下降",
+    "missing_morning_routine": "早间用电未出现",
+    "night_activity": "夜间用电异常",
+    "high_use": "用电异常偏高",
+    "meter_offline": "电表离线",
+    "visit_cue": "走访发现情况",
+    "overdue_visit": "走访逾期",
+    "dispute": "婚姻家庭矛盾",
+    "domestic_violence": "家庭暴力",
+    "self_harm": "轻生风险",
+}
+METER_KINDS = frozenset({"inactivity", "sustained_drop", "missing_morning_routine", "night_activity",
+                         "high_use", "meter_offline"})
+
+COMPOUND_SURNAMES = ("欧阳", "司马", "诸葛", "上官", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙",
+                     "宇文", "司徒", "夏侯", "轩辕", "令狐", "端木", "南宫", "西门", "独孤", "申屠")
+
+
+class NoRecipientError(LookupError):
+    """No cadre, chair or supervisor can receive this flag: a human must fix the registry."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    recipient_id: str  # cadre_id
+    name: str
+    role: str  # grid_worker | village_chair | supervisor
+    channel_kind: str  # webhook | wecom | dingtalk | feishu | sms | email
+    address: str
+    reason: str  # why she gets it: grid_worker | no_grid_worker | critical | fallback_supervisor
+    overridden: bool = False  # channel replaced by SIBIFANG_ALERT_WEBHOOK_URL
+
+    def __repr__(self) -> str:  # addresses may hold robot keys; keep them out of logs
+        return f"Recipient({self.recipient_id!r}, {self.role!r}, {self.channel_kind!r}, reason={self.reason!r})"
+
+    # Aliases under the outbox's column names.
+    @property
+    def cadre_id(self) -> str:
+        return self.recipient_id
+
+    @property
+    def channel(self) -> str:
+        return self.channel_kind
+
+
+def _recipient_id(r: Any) -> str:
+    """Duck-typed: a :class:`Recipient` or any object with ``cadre_id``/``channel`` (escalation)."""
+    return str(getattr(r, "recipient_id", None) or getattr(r, "cadre_id", None) or "")
+
+
+def _recipient_kind(r: Any) -> str:
+    return str(getattr(r, "channel_kind", None) or getattr(r, "channel", None) or "").lower()
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def _cell(value: Any) -> str:
+    """A DataFrame cell as clean text: CSV blanks arrive as NaN, which ``str`` would make "nan"."""
+    if value is None:
+        return ""
+    try:
+        if pd.isna(value):
+            return ""
+    except (TypeError, ValueError):
+        pass
+    return str(value).strip()
+
+
+def _grids(cell: Any) -> set[str]:
+    """``grid_ids`` as a set: a ``;``-list from CSV, or a real list from the database's JSON column."""
+    if isinstance(cell, (list, tuple, set, frozenset)) or hasattr(cell, "tolist"):
+        items = cell.tolist() if hasattr(cell, "tolist") else cell
+        return {_cell(g) for g in items if _cell(g)}
+    return {g.strip() for g in _cell(cell).replace(",", ";").split(";") if g.strip()}
+
+
+def _on_leave(row: Mapping[str, Any], today) -> bool:
+    start, end = _cell(row.get("on_leave_from")), _cell(row.get("on_leave_until"))
+    if not start:
+        return False
+    start_d = pd.Timestamp(start).date()
+    end_d = pd.Timestamp(end).date() if end else None
+    return start_d <= today and (end_d is None or today <= end_d)
+
+
+def _to_recipient(row: Mapping[str, Any], reason: str) -> Recipient:
+    return Recipient(recipient_id=_cell(row["cadre_id"]), name=_cell(row.get("name")), role=_cell(row["role"]),
+                     channel_kind=_cell(row.get("alert_channel")).lower(),
+                     address=_cell(row.get("alert_address")), reason=reason)
+
+
+def route_flag(flag: Mapping[str, Any], household: Mapping[str, Any], cadres: pd.DataFrame, *,
+               settings: Any = None, now: datetime | None = None) -> list[Recipient]:
+    """Recipients of one flag, most responsible first, without duplicates.
+
+    ``cadres`` has the cadres.csv columns (cadre_id, name, role, grid_ids, alert_channel,
+    alert_address, on_leave_from, on_leave_until). A cadre on leave on ``now``'s date (default:
+    the flag's ``detected_at``) or without a usable channel is skipped — her grid counts as
+    having no grid worker. ``settings`` defaults to ``get_settings()``.
+    """
+    if settings is None:
+        from sibifang.settings import get_settings
+        settings = get_settings()
+    grid_id = _cell(household.get("grid_id"))
+    today = _local(now or flag.get("detected_at") or datetime.now(LOCAL_TZ)).date()
+    rows = [dict(r) for r in cadres.to_dict("records")] if cadres is not None and len(cadres) else []
+
+    def usable(r: Mapping[str, Any]) -> bool:
+        has_channel = bool(_cell(r.get("alert_channel"))) and bool(_cell(r.get("alert_address")))
+        # With the override every recipient goes to the one webhook, so her own channel is irrelevant.
+        return (has_channel or bool(settings.alert_webhook_url)) and not _on_leave(r, today)
+
+    def covering(role: str) -> list[dict]:
+        return [r for r in rows if _cell(r.get("role")) == role and grid_id in _grids(r.get("grid_ids")) and usable(r)]
+
+    out: list[Recipient] = [_to_recipient(r, "grid_worker") for r in covering("grid_worker")]
+    chairs = covering("village_chair")
+    if not out:
+        out += [_to_recipient(r, "no_grid_worker") for r in chairs]
+    elif str(flag.get("severity")) == "critical":
+        out += [_to_recipient(r, "critical") for r in chairs]
+    if not out:
+        out += [_to_recipient(r, "fallback_supervisor") for r in rows
+                if _cell(r.get("role")) == "supervisor" and usable(r)]
+    if not out:
+        raise NoRecipientError(f"标记 {flag.get('flag_id')} 所在网格 {grid_id or '(空)'} 没有可接收告警的网格员、"
+                               f"村妇联主席或上级妇联,请补充干部名册")
+    seen: set[str] = set()
+    unique = [r for r in out if not (r.recipient_id in seen or seen.add(r.recipient_id))]
+    if settings.alert_webhook_url:
+        unique = [replace(r, channel_kind="webhook", address=settings.alert_webhook_url, overridden=True)
+                  for r in unique]
+    return unique
+
+
+# --------------------------------------------------------------------------- wording helpers
+
+
+def _local(value: Any) -> datetime:
+    """Any timestamp (str, datetime, pandas) as an aware Asia/Shanghai datetime; naive = local."""
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize(LOCAL_TZ)
+    return ts.tz_convert(LOCAL_TZ).to_pydatetime()
+
+
+def surname_of(name: str) -> str:
+    name = (name or "").strip()
+    for compound in COMPOUND_SURNAMES:
+        if name.startswith(compound) and len(name) > 2:
+            return compound
+    return name[:1]
+
+
+def _sex(value: Any) -> str | None:
+    v = str(value or "").strip().lower()
+    if v in ("f", "female", "女", "w", "2"):
+        return "F"
+    if v in ("m", "male", "男", "1"):
+        return "M"
+    return None
+
+
+def honorific(head_name: str, birth_year: Any = None, sex: Any = None, *, year: int | None = None) -> str:
+    """How a grid worker speaks of the head of household: 李奶奶, 王叔叔, else 户主李某."""
+    surname = surname_of(head_name)
+    if not surname:
+        return "该户"
+    s = _sex(sex)
+    age = None
+    if birth_year is not None and not (isinstance(birth_year, float) and pd.isna(birth_year)):
+        try:
+            age = (year or datetime.now(LOCAL_TZ).year) - int(birth_year)
+        except (TypeError, ValueError):
+            age = None
+    if s is None or age is None:
+        return f"户主{surname}某"
+    if age >= 60:
+        return surname + ("奶奶" if s == "F" else "爷爷")
+    if age >= 40:
+        return surname + ("阿姨" if s == "F" else "叔叔")
+    return surname + ("女士" if s == "F" else "先生")
+
+
+def _clock_phrase(t: datetime) -> tuple[str, str]:
+    h, m = t.hour, t.minute
+    if h < 5:
+        part = "凌晨"
+    elif h < 9:
+        part = "早上"
+    elif h < 12:
+        part = "上午"
+    elif h < 13:
+        part = "中午"
+    elif h < 18:
+        part = "下午"
+    else:
+        part = "晚上"
+    h12 = h if h <= 12 else h - 12
+    minutes = "" if m == 0 else ("半" if m == 30 else f"{m}分")
+    return part, f"{h12}点{minutes}"
+
+
+def when_phrase(t: Any, ref: Any) -> str:
+    """``昨晚8点`` / ``今天下午3点半`` / ``11月20日上午9点`` relative to ``ref``."""
+    t, ref = _local(t), _local(ref)
+    part, clock = _clock_phrase(t)
+    days = (ref.date() - t.date()).days
+    if days == 0:
+        return ("今晚" if part == "晚上" else "今天" + part) + clock
+    if days == 1:
+        return ("昨晚" if part == "晚上" else "昨天" + part) + clock
+    return f"{t.month}月{t.day}日{part}{clock}"
+
+
+def _kwh(v: Any) -> str | None:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return None
+    x = float(v)
+    return f"{x:.2f}".rstrip("0").rstrip(".") if x < 10 else f"{x:.0f}"
+
+
+def reference_code(flag_or_alert_id: Any) -> str:
+    """Short code a person can read out on the phone, e.g. ``A-7K3M9Q``. Stable per alert."""
+    digest = hashlib.sha256(str(flag_or_alert_id).encode("utf-8")).digest()
+    alphabet = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L: read aloud without confusion
+    n = int.from_bytes(digest[:8], "big")
+    chars = []
+    for _ in range(6):
+        n, r = divmod(n, len(alphabet))
+        chars.append(alphabet[r])
+    return "A-" + "".join(chars)
+
+
+def what_happened(flag: Mapping[str, Any], who: str, now: Any = None) -> str:
+    """``now``: when the message is read (send time); "昨晚" is relative to it."""
+    kind = str(flag.get("kind"))
+    ref = now or flag.get("detected_at") or flag.get("start")
+    since = when_phrase(flag["start"], ref) if flag.get("start") is not None else None
+    exp, obs = _kwh(flag.get("expected_kwh_per_h")), _kwh(flag.get("observed_kwh_per_h"))
+    usual = f",平时此时段约{exp}千瓦时/小时" if exp else ""
+    if kind == "inactivity":
+        return f"{who}家用电从{since}起接近停止{usual}"
+    if kind == "sustained_drop":
+        now_part = f",现在约{obs}千瓦时/小时" if obs else ""
+        return f"{who}家用电从{since}起明显下降{now_part}{usual}"
+    if kind == "missing_morning_routine":
+        return f"{who}家今天早上没有出现平时的早间用电{usual}"
+    if kind == "night_activity":
+        now_part = f"约{obs}千瓦时/小时" if obs else "明显偏高"
+        return f"{who}家从{since}起夜间用电异常,{now_part}{usual}"
+    if kind == "high_use":
+        now_part = f",约{obs}千瓦时/小时" if obs else ""
+        return f"{who}家用电从{since}起异常偏高{now_part}{usual}"
+    if kind == "meter_offline":
+        return f"{who}家电表从{since}起没有上传数据(可能停电或设备故障)"
+    if kind == "visit_cue":
+        return f"{who}家在走访中发现需要跟进的情况"
+    if kind == "overdue_visit":
+        return f"{who}家已超过应走访的时间,尚未走访"
+    if kind in SENSITIVE_KINDS:
+        return f"{who}家有{KIND_LABEL[kind]}情况需要处理"
+    return f"{who}家出现需要关注的情况"
+
+
+def what_to_do(flag: Mapping[str, Any], recipient_role: str = "grid_worker") -> str:
+    kind, severity = str(flag.get("kind")), str(flag.get("severity"))
+    hours = RESPONSE_HOURS.get(severity, 24)
+    within = f"{hours}小时内" if hours < 24 else f"{hours // 24}天内"
+    if kind in METER_KINDS:
+        if severity == "critical":
+            backup = "网格员或上级妇联" if recipient_role == "village_chair" else "村妇联主席"
+            return f"请立即上门查看({within}),路上先打电话联系;到不了请马上告诉{backup}"
+        return f"请在{within}电话联系或上门查看,确认老人平安"
+    if kind == "overdue_visit":
+        return f"请在{within}安排上门走访(或电话、微信联系)并记录"
+    if kind in SENSITIVE_KINDS:
+        return f"请在{within}处理,必要时转木兰调解室或报告上级"
+    return f"请在{within}上门查看或电话联系"
+
+
+# --------------------------------------------------------------------------- rendering
+
+_ENV: jinja2.Environment | None = None
+
+
+def template_env() -> jinja2.Environment:
+    global _ENV
+    if _ENV is None:
+        # Plain text and robot markdown, not HTML: no autoescape. StrictUndefined so a missing
+        # field fails the test instead of sending a message with a hole in it.
+        _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+                                  undefined=jinja2.StrictUndefined, autoescape=False,
+                                  trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+    return _ENV
+
+
+def _render(name: str, **ctx) -> str:
+    return template_env().get_template(f"dispatch_alerts/{name}").render(**ctx).strip()
+
+
+def is_sensitive(flag: Mapping[str, Any]) -> bool:
+    return str(flag.get("kind")) in SENSITIVE_KINDS or bool(flag.get("sensitive"))
+
+
+def must_mask(flag: Mapping[str, Any], recipient: Recipient) -> bool:
+    return is_sensitive(flag) and _recipient_kind(recipient) in MASKED_CHANNEL_KINDS
+
+
+def alert_id_for(flag: Mapping[str, Any], recipient: Recipient) -> str:
+    return f"{flag['flag_id']}:{_recipient_id(recipient)}"
+
+
+def _context(flag, household, recipient, ack_url, alert_id, now=None) -> dict[str, Any]:
+    severity = str(flag.get("severity") or "medium")
+    detected = _local(flag.get("detected_at") or flag.get("start") or datetime.now(LOCAL_TZ))
+    who = honorific(str(household.get("head_name") or ""), household.get("birth_year"), household.get("sex"),
+                    year=detected.year)
+    deadline = detected + timedelta(hours=RESPONSE_HOURS.get(severity, 24))
+    kind = str(flag.get("kind"))
+    # Evidence text comes from the detector for meter kinds; visit findings may hold personal
+    # details, so they stay behind the ack link.
+    evidence = str(flag.get("evidence") or "").strip() if kind in METER_KINDS else ""
+    return {
+        "alert_id": alert_id,
+        # Per flag, not per recipient: the grid worker and the chair can talk about one code.
+        "ref": flag.get("reference_code") or reference_code(flag.get("flag_id") or alert_id),
+        "severity": severity,
+        "severity_label": SEVERITY_LABEL.get(severity, severity),
+        "critical": severity == "critical",
+        "kind_label": KIND_LABEL.get(kind, "需关注事项"),
+        "who": who,
+        "what": what_happened(flag, who, now),
+        "evidence": evidence,
+        "grid_name": str(household.get("grid_name") or ""),
+        "village_name": str(household.get("village_name") or ""),
+        "address": str(household.get("address") or ""),
+        "todo": what_to_do(flag, str(getattr(recipient, "role", "") or "")),
+        "deadline": f"{deadline.month}月{deadline.day}日{deadline:%H:%M}",
+        "ack_url": ack_url,
+        "recipient_name": str(getattr(recipient, "name", "") or ""),
+    }
+
+
+def render_alert(flag: Mapping[str, Any], household: Mapping[str, Any], recipient: Recipient, ack_url: str,
+                 *, alert_id: str | None = None, now: datetime | None = None) -> OutgoingMessage:
+    """One message for one recipient.
+
+    ``alert_id`` defaults to ``"<flag_id>:<recipient_id>"``; ``now`` is the send time (default
+    the flag's ``detected_at``), so an alert held over quiet hours still says "昨晚8点" right.
+    """
+    alert_id = alert_id or alert_id_for(flag, recipient)
+    ctx = _context(flag, household, recipient, ack_url, alert_id, now)
+    base = "alert_masked" if must_mask(flag, recipient) else "alert"
+    kind = _recipient_kind(recipient)
+    markdown = _render(f"{base}.md.j2", **ctx) if kind in ("wecom", "dingtalk", "webhook") else None
+    # SMS: one short plain line so the ack link survives the gateway's length cap.
+    text_template = f"{base}.sms.j2" if kind == "sms" else f"{base}.text.j2"
+    return OutgoingMessage(alert_id=alert_id, dedup_key=alert_id, severity=ctx["severity"],
+                           title=_render(f"{base}.title.j2", **ctx), text=_render(text_template, **ctx),
+                           markdown=markdown)
+
+
+# --------------------------------------------------------------------------- digest
+
+
+@dataclass(frozen=True)
+class PendingAlert:
+    """An alert waiting in the outbox (held for quiet hours or batched into a digest)."""
+    alert_id: str
+    flag: Mapping[str, Any]
+    household: Mapping[str, Any]
+    recipient: Recipient
+    ack_url: str
+
+
+def digest_order(alerts: Iterable[PendingAlert]) -> list[PendingAlert]:
+    return sorted(alerts, key=lambda a: (SEVERITY_RANK.get(str(a.flag.get("severity")), 9),
+                                         _local(a.flag.get("detected_at") or a.flag.get("start")),
+                                         a.alert_id))
+
+
+def build_digest(alerts: Sequence[PendingAlert], recipient: Recipient, *, now: datetime | None = None
+                 ) -> OutgoingMessage | None:
+    """One message listing this recipient's non-critical alerts, most urgent first.
+
+    Critical alerts are left out (they go on their own, at once); ``None`` when nothing is left.
+    """
+    mine = [a for a in alerts if _recipient_id(a.recipient) == _recipient_id(recipient)
+            and str(a.flag.get("severity")) != "critical"]
+    if not mine:
+        return None
+    items = []
+    for a in digest_order(mine):
+        ctx = _context(a.flag, a.household, recipient, a.ack_url, a.alert_id, now)
+        ctx["masked"] = must_mask(a.flag, recipient)
+        items.append(ctx)
+    ids = ",".join(sorted(a.alert_id for a in mine))
+    digest_id = f"digest:{_recipient_id(recipient)}:{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
+    when = _local(now or datetime.now(LOCAL_TZ))
+    ctx = {"items": items, "count": len(items), "recipient_name": str(getattr(recipient, "name", "") or ""),
+           "date": f"{when.month}月{when.day}日"}
+    top = items[0]["severity"]
+    markdown = _render("digest.md.j2", **ctx) if _recipient_kind(recipient) in ("wecom", "dingtalk", "webhook") else None
+    return OutgoingMessage(alert_id=digest_id, dedup_key=digest_id, severity=top,
+                           title=f"待处理提醒汇总({len(items)}条)", text=_render("digest.text.j2", **ctx),
+                           markdown=markdown)
+
+
+def group_by_recipient(alerts: Iterable[PendingAlert]) -> dict[str, list[PendingAlert]]:
+    out: dict[str, list[PendingAlert]] = {}
+    for a in alerts:
+        out.setdefault(_recipient_id(a.recipient), []).append(a)
+    return out
+
+
+# --------------------------------------------------------------------------- quiet hours
+
+
+def _quiet_bounds(settings: Any, start: int | None, end: int | None) -> tuple[int, int]:
+    if start is None or end is None:
+        if settings is None:
+            from sibifang.settings import get_settings
+            settings = get_settings()
+        start = settings.quiet_hours_start if start is None else start
+        end = settings.quiet_hours_end if end is None else end
+    return int(start), int(end)
+
+
+def in_quiet_hours(now: datetime, *, start: int | None = None, end: int | None = None, settings: Any = None) -> bool:
+    """True between ``start`` and ``end`` o'clock local time (22–7 by default; may wrap midnight)."""
+    start, end = _quiet_bounds(settings, start, end)
+    if start == end:
+        return False
+    h = _local(now).hour
+    return start <= h < end if start < end else (h >= start or h < end)
+
+
+def release_time(now: datetime, *, start: int | None = None, end: int | None = None, settings: Any = None) -> datetime:
+    """When a held non-critical alert may go: ``now`` outside quiet hours, else the next morning end hour."""
+    start, end = _quiet_bounds(settings, start, end)
+    local = _local(now)
+    if not in_quiet_hours(local, start=start, end=end):
+        return local
+    release = datetime.combine(local.date(), dtime(end), tzinfo=LOCAL_TZ)
+    if release <= local:
+        release += timedelta(days=1)
+    return release
+
+
+def should_hold(flag: Mapping[str, Any], now: datetime, **quiet) -> bool:
+    """Hold this alert until ``release_time``? Critical alerts are never held."""
+    return str(flag.get("severity")) != "critical" and in_quiet_hours(now, **quiet)
