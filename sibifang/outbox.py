@@ -51,8 +51,10 @@ def backoff(attempt_no: int) -> timedelta:
 
 def cadres_frame(session: Session) -> pd.DataFrame:
     rows = session.execute(select(Cadre.id, Cadre.name, Cadre.role, Cadre.grid_ids, Cadre.alert_channel,
-                                  Cadre.alert_address)).all()
-    return pd.DataFrame(rows, columns=["cadre_id", "name", "role", "grid_ids", "alert_channel", "alert_address"])
+                                  Cadre.alert_address, Cadre.on_leave_from, Cadre.on_leave_until)
+                           .order_by(Cadre.id)).all()
+    return pd.DataFrame(rows, columns=["cadre_id", "name", "role", "grid_ids", "alert_channel", "alert_address",
+                                       "on_leave_from", "on_leave_until"])
 
 
 def household_context(session: Session, household_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -163,34 +165,56 @@ def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime
     return alert.status
 
 
-def escalation_candidates(session: Session, *, now: datetime, policy: DispatchPolicy) -> list[Alert]:
-    """Critical alerts delivered but unacknowledged past the escalation time (超时未响应)."""
+def escalation_due(session: Session, *, now: datetime, policy: DispatchPolicy) -> list[tuple[str, int, set[str]]]:
+    """Critical flags whose alerts nobody acknowledged within the escalation time (超时未响应).
+
+    Returns ``(flag_id, current_level, already_alerted_cadre_ids)``. The clock of each step
+    starts when its alerts went out (or died): a step is never skipped for being queued."""
+    rows = session.execute(select(Alert.flag_id, Alert.recipient_id, Alert.escalation_level, Alert.status,
+                                  Alert.first_sent_at, Alert.created_at, Alert.acked_at)
+                           .join(RiskFlag, RiskFlag.id == Alert.flag_id)
+                           .where(Alert.severity == "critical", RiskFlag.status == "open")).all()
+    by_flag: dict[str, list] = {}
+    for r in rows:
+        by_flag.setdefault(r.flag_id, []).append(r)
+    due = []
     cutoff = now - policy.escalate_after
-    return list(session.scalars(select(Alert).where(
-        Alert.severity == "critical", Alert.status == "sent", Alert.acked_at.is_(None),
-        Alert.sent_at <= cutoff, Alert.escalation_level < 2)))
+    for flag_id, alerts in sorted(by_flag.items()):
+        if any(a.acked_at is not None for a in alerts):
+            continue
+        level = max(a.escalation_level for a in alerts)
+        if level >= 2:
+            continue
+        step = [a for a in alerts if a.escalation_level == level]
+        started = [a.first_sent_at or (a.created_at if a.status == "dead" else None) for a in step]
+        if any(t is None for t in started):
+            continue  # this step's alerts are still on their way
+        if max(started) <= cutoff:
+            due.append((flag_id, level, {a.recipient_id for a in alerts if a.recipient_id}))
+    return due
 
 
-def escalation_targets(session: Session, alert: Alert) -> tuple[int, list[Cadre]]:
-    """Who is told next: level 1 the village chair (村/社区妇联主席), level 2 the township
-    federation (vice chairs covering the township) or, failing that, a district supervisor."""
-    flag = session.get(RiskFlag, alert.flag_id)
+def escalation_targets(session: Session, flag_id: str, level: int, alerted: set[str]) -> tuple[int, list[Cadre]]:
+    """Who is told next: the village chair (村/社区妇联主席) if she has not been yet, then the
+    township federation (vice chairs covering the township) or, failing that, a supervisor."""
+    flag = session.get(RiskFlag, flag_id)
     hh = session.get(Household, flag.household_id)
     grid = session.get(Area, hh.grid_id)
     village = session.get(Area, grid.parent_id) if grid and grid.parent_id else None
     cadres = session.scalars(select(Cadre).where(Cadre.role.in_(("village_chair", "supervisor", "vice_chair")))
                              .order_by(Cadre.id)).all()
-    if alert.escalation_level == 0 and village is not None:
+    if level == 0 and village is not None:
         village_grids = set(session.scalars(select(Area.id).where(Area.parent_id == village.id)))
         chairs = [c for c in cadres if c.role == "village_chair" and set(c.grid_ids) & village_grids
-                  and c.id != alert.recipient_id]
+                  and c.id not in alerted]
         if chairs:
             return 1, chairs
     township_grids: set[str] = set()
     if village is not None and village.parent_id:
         villages = list(session.scalars(select(Area.id).where(Area.parent_id == village.parent_id)))
         township_grids = set(session.scalars(select(Area.id).where(Area.parent_id.in_(villages))))
-    near = [c for c in cadres if c.role in ("vice_chair", "supervisor") and set(c.grid_ids) & township_grids]
+    near = [c for c in cadres if c.role in ("vice_chair", "supervisor") and set(c.grid_ids) & township_grids
+            and c.id not in alerted]
     if near:
         return 2, near
-    return 2, [c for c in cadres if c.role == "supervisor"][:1]
+    return 2, [c for c in cadres if c.role == "supervisor" and c.id not in alerted][:1]

@@ -27,7 +27,8 @@ def dispatch_policy():
 def _quiet(now: datetime) -> datetime | None:
     from sibifang.dispatch_alerts import in_quiet_hours, release_time
 
-    return release_time(now) if in_quiet_hours(now) else None
+    # Stored times are naive local time (Asia/Shanghai), as everywhere in the database.
+    return release_time(now).replace(tzinfo=None) if in_quiet_hours(now) else None
 
 
 def enqueue(now: datetime, database_url: str | None = None) -> int:
@@ -112,43 +113,44 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
 
 
 def escalate(now: datetime, database_url: str | None = None) -> int:
+    """Unanswered critical flags go one step up: village chair, then the township federation."""
     from schemas.models import Alert, RiskFlag
     from sibifang.ack_tokens import ack_url, make_ack_token
     from sibifang.db import audit, session_scope, upsert
     from sibifang.dispatch_alerts import Recipient, render_alert
-    from sibifang.outbox import escalation_candidates, escalation_targets, household_context
+    from sibifang.outbox import escalation_due, escalation_targets, household_context
     from sibifang.records import stable_id
 
     policy = dispatch_policy()
     created = 0
     with session_scope(database_url) as s:
-        for alert in escalation_candidates(s, now=now, policy=policy):
-            level, targets = escalation_targets(s, alert)
-            flag = s.get(RiskFlag, alert.flag_id)
+        for flag_id, level, alerted in escalation_due(s, now=now, policy=policy):
+            new_level, targets = escalation_targets(s, flag_id, level, alerted)
+            flag = s.get(RiskFlag, flag_id)
             household = household_context(s, [flag.household_id]).get(flag.household_id)
+            if not targets or household is None:
+                continue
             fdict = {"flag_id": flag.id, "dedup_key": flag.dedup_key, "household_id": flag.household_id,
                      "kind": flag.kind, "severity": flag.severity, "start": flag.start,
-                     "detected_at": flag.detected_at, "evidence": flag.evidence, **(flag.details or {}),
-                     "escalation_level": level}
+                     "detected_at": flag.detected_at, "evidence": flag.evidence, **(flag.details or {})}
             rows = []
             for c in targets:
-                dedup = f"{flag.dedup_key}|{c.id}|L{level}"
+                dedup = f"{flag.dedup_key}|{c.id}|L{new_level}"
                 aid = stable_id("A", dedup, length=12)
                 overridden = bool(policy.override_webhook)
                 rcpt = Recipient(c.id, c.name, c.role, "webhook" if overridden else (c.alert_channel or "webhook"),
                                  policy.override_webhook if overridden else (c.alert_address or ""),
-                                 f"escalation_level_{level}", overridden)
+                                 f"escalation_level_{new_level}", overridden)
                 msg = render_alert(fdict, household, rcpt, ack_url(policy.ack_base_url, make_ack_token(
                     aid, c.id, policy.ack_secret, policy.ack_ttl, now)), alert_id=aid, now=now)
                 rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
                              "recipient_role": c.role, "channel": rcpt.channel, "address": rcpt.address,
                              "severity": flag.severity, "title": "【升级】" + msg.title,
                              "body": msg.markdown or msg.text, "status": "pending", "attempts": 0,
-                             "escalation_level": level, "created_at": now, "next_attempt_at": now})
+                             "escalation_level": new_level, "created_at": now, "next_attempt_at": now})
             upsert(s, Alert, rows, key=["dedup_key"], update=())
-            alert.escalation_level = level
-            audit(s, "dispatch_alerts", "escalate", "alert", alert.id, {"level": level, "to": [c.id for c in targets]},
-                  at=now)
+            audit(s, "dispatch_alerts", "escalate", "risk_flag", flag.id,
+                  {"level": new_level, "to": [c.id for c in targets]}, at=now)
             created += len(rows)
     return created
 

@@ -1,0 +1,219 @@
+"""The alert outbox against a real local receiver: delivered once, retried, dead-lettered, escalated."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from schemas.models import Alert, Area, Cadre, DeliveryAttempt, Household, RiskFlag
+from sibifang.db import count, migrate, session_scope, upsert
+from tests.http_receiver import HttpReceiver, verify_generic
+
+NOW = datetime(2026, 11, 20, 10, 0)
+
+
+@pytest.fixture
+def outbox_db(database_url, monkeypatch):
+    """A village with two grids, grid workers, a chair, a supervisor and some open flags."""
+    from sibifang.settings import reset_settings
+
+    for k in ("SIBIFANG_ALERT_WEBHOOK_URL", "SIBIFANG_ALERT_WEBHOOK_SECRET"):
+        monkeypatch.delenv(k, raising=False)
+    reset_settings()
+    migrate(database_url)
+    with session_scope(database_url) as s:
+        upsert(s, Area, [
+            {"id": "C1", "level": "city", "name": "甬江市", "parent_id": None, "village_kind": None},
+            {"id": "D1", "level": "district", "name": "鄞东区", "parent_id": "C1", "village_kind": None},
+            {"id": "T1", "level": "township", "name": "东湖街道", "parent_id": "D1", "village_kind": None},
+            {"id": "V1", "level": "village", "name": "万堤村", "parent_id": "T1", "village_kind": "村"},
+            {"id": "G1", "level": "grid", "name": "万堤村第1网格", "parent_id": "V1", "village_kind": None},
+            {"id": "G2", "level": "grid", "name": "万堤村第2网格", "parent_id": "V1", "village_kind": None},
+        ], key=["id"])
+        s.add_all([
+            Cadre(id="GW1", name="陈丽", role="grid_worker", grid_ids=["G1"], alert_channel="webhook",
+                  alert_address="http://127.0.0.1:9/unused"),
+            Cadre(id="GW2", name="周敏", role="grid_worker", grid_ids=["G2"], alert_channel="webhook",
+                  alert_address="http://127.0.0.1:9/unused"),
+            Cadre(id="VC1", name="王秀英", role="village_chair", grid_ids=["G1", "G2"], alert_channel="webhook",
+                  alert_address="http://127.0.0.1:9/unused"),
+            Cadre(id="SV1", name="徐红", role="supervisor", grid_ids=["G1", "G2"], alert_channel="webhook",
+                  alert_address="http://127.0.0.1:9/unused"),
+        ])
+        for i in range(40):
+            s.add(Household(id=f"H{i:03d}", head_name=f"李{i}英", grid_id="G1" if i % 2 else "G2",
+                            address=f"万堤村{i}号", categories=["empty_nest"], birth_year=1940, sex="F",
+                            id_number="330203194001011234"))
+        s.flush()
+        for i in range(40):
+            s.add(RiskFlag(id=f"F{i:03d}", dedup_key=f"meter|M{i}|inactivity|2026-11-20T0{i % 9}:00",
+                           household_id=f"H{i:03d}", meter_id=f"M{i}", kind="inactivity",
+                           severity="critical" if i % 5 == 0 else "high", score=5.0,
+                           start=NOW - timedelta(hours=10), detected_at=NOW - timedelta(minutes=5),
+                           evidence="从昨晚8点起用电接近停止，平时此时段约0.30千瓦时/小时",
+                           details={"expected_kwh_per_h": 0.3, "observed_kwh_per_h": 0.02}, status="open"))
+    return database_url
+
+
+def _use_webhook(monkeypatch, url, secret="s3cret"):
+    from sibifang.settings import reset_settings
+    import tasks.dispatch_alerts as td
+
+    monkeypatch.setenv("SIBIFANG_ALERT_WEBHOOK_URL", url)
+    monkeypatch.setenv("SIBIFANG_ALERT_WEBHOOK_SECRET", secret)
+    monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
+    reset_settings()
+    td._CHANNELS.clear()
+
+
+def _drain(url, start=NOW, rounds=60, step=timedelta(minutes=2)):
+    from tasks.dispatch_alerts import deliver
+
+    t = start
+    for _ in range(rounds):
+        deliver(t, url)
+        with session_scope(url) as s:
+            if count(s, Alert, Alert.status.in_(("pending", "sending"))) == 0:
+                return t
+        t += step
+    return t
+
+
+def test_flaky_receiver_gets_every_alert_exactly_once(outbox_db, monkeypatch):
+    from tasks.dispatch_alerts import enqueue
+
+    with HttpReceiver(fail_fraction=0.3, seed=7, down_first_requests=25,
+                      verifier=verify_generic("s3cret")) as rx:
+        _use_webhook(monkeypatch, rx.url)
+        queued = enqueue(NOW, outbox_db)
+        assert queued >= 40  # one per flag, plus the chair for critical ones
+        assert enqueue(NOW, outbox_db) == 0 or count_alerts(outbox_db) == queued  # re-run inserts nothing
+        _drain(outbox_db)
+        accepted = [r.json["dedup_key"] for r in rx.accepted()]
+    assert len(accepted) == len(set(accepted)) == count_alerts(outbox_db)
+    with session_scope(outbox_db) as s:
+        assert count(s, Alert, Alert.status != "sent") == 0
+        assert count(s, DeliveryAttempt) > count(s, Alert)  # retries were needed and recorded
+        assert count(s, DeliveryAttempt, DeliveryAttempt.ok.is_(False)) >= 25
+
+
+def count_alerts(url):
+    with session_scope(url) as s:
+        return count(s, Alert)
+
+
+def test_messages_carry_no_id_numbers(outbox_db, monkeypatch):
+    from tasks.dispatch_alerts import enqueue
+
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        _drain(outbox_db)
+        bodies = [r.body.decode("utf-8") for r in rx.accepted()]
+    assert bodies and not any("330203194001011234" in b for b in bodies)
+    assert any("用电" in b for b in bodies)
+
+
+def test_permanent_failures_are_dead_lettered_after_one_try(outbox_db, monkeypatch):
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    with HttpReceiver(fixed_response=(400, {"error": "bad payload"})) as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        deliver(NOW, outbox_db)
+    with session_scope(outbox_db) as s:
+        assert count(s, Alert, Alert.status == "dead") == count(s, Alert)
+        assert count(s, DeliveryAttempt) == count(s, Alert)
+
+
+def test_retries_stop_at_the_limit(outbox_db, monkeypatch):
+    from tasks.dispatch_alerts import enqueue
+
+    monkeypatch.setenv("SIBIFANG_ALERT_MAX_ATTEMPTS", "3")
+    with HttpReceiver(fixed_response=(503, {"error": "down"})) as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        _drain(outbox_db, rounds=20, step=timedelta(minutes=10))
+    with session_scope(outbox_db) as s:
+        alerts = s.scalars(select(Alert)).all()
+        assert {a.status for a in alerts} == {"dead"}
+        assert {a.attempts for a in alerts} == {3}
+
+
+def test_two_overlapping_dispatchers_never_send_twice(outbox_db, monkeypatch):
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    with HttpReceiver(response_delay=0.01) as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        threads = [threading.Thread(target=deliver, args=(NOW, outbox_db)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        keys = [r.json["dedup_key"] for r in rx.accepted()]
+    assert len(keys) == len(set(keys)) == count_alerts(outbox_db)
+
+
+def test_unacknowledged_critical_alert_escalates_once_per_level(outbox_db, monkeypatch):
+    from sibifang.acknowledge import acknowledge
+    from tasks.dispatch_alerts import deliver, enqueue, escalate
+
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        deliver(NOW, outbox_db)
+        assert escalate(NOW + timedelta(minutes=10), outbox_db) == 0  # not yet
+        with session_scope(outbox_db) as s:
+            # acknowledge one critical flag's alert: that one must not escalate
+            a = s.scalars(select(Alert).where(Alert.flag_id == "F005")).first()
+        acknowledge(a.id, actor="GW1", at=NOW + timedelta(minutes=5), database_url=outbox_db)
+        first = escalate(NOW + timedelta(minutes=31), outbox_db)
+        again = escalate(NOW + timedelta(minutes=32), outbox_db)  # the next step waits its own 30 min
+        deliver(NOW + timedelta(minutes=32), outbox_db)
+        second = escalate(NOW + timedelta(minutes=63), outbox_db)
+        third = escalate(NOW + timedelta(minutes=200), outbox_db)
+    with session_scope(outbox_db) as s:
+        esc = s.scalars(select(Alert).where(Alert.escalation_level > 0)).all()
+        critical_flags = {f"F{i:03d}" for i in range(0, 40, 5)}
+        # The chair got critical alerts at once, so the one step left is the township level; then it stops.
+        assert first > 0 and again == 0 and second == 0 and third == 0
+        assert {e.flag_id for e in esc} == critical_flags - {"F005"}
+        assert {e.escalation_level for e in esc} == {2}
+        assert {e.recipient_id for e in esc} == {"SV1"}
+        assert all(e.title.startswith("【升级】") for e in esc)
+
+
+def test_quiet_hours_hold_non_critical_alerts_until_morning(outbox_db, monkeypatch):
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    late = datetime(2026, 11, 20, 23, 0)
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(late, outbox_db)
+        deliver(late, outbox_db)
+        sent_at_night = {r.json["severity"] for r in rx.accepted()}
+        deliver(datetime(2026, 11, 21, 7, 1), outbox_db)
+        total = len(rx.accepted())
+    assert sent_at_night == {"critical"}
+    assert total == count_alerts(outbox_db)
+
+
+def test_acknowledge_with_outcome_closes_the_flag(outbox_db, monkeypatch):
+    from sibifang.acknowledge import acknowledge
+    from tasks.dispatch_alerts import enqueue
+
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+    with session_scope(outbox_db) as s:
+        a = s.scalars(select(Alert).where(Alert.flag_id == "F001")).first()
+    acknowledge(a.id, actor="GW1", at=NOW, database_url=outbox_db)
+    with session_scope(outbox_db) as s:
+        assert s.get(RiskFlag, "F001").status == "acknowledged"  # no outcome yet: still open
+    acknowledge(a.id, actor="GW1", outcome="visited_all_well", at=NOW, database_url=outbox_db)
+    with session_scope(outbox_db) as s:
+        assert s.get(RiskFlag, "F001").status == "closed"
