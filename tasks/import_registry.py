@@ -8,7 +8,17 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_logger
+from tasks.common import retry_unless_bad_data, run_logger
+
+
+SENSITIVE_FIELDS = {"id_number", "phone", "alert_address"}
+
+
+def _mask(value) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text[:3] + "*" * max(0, len(text) - 5) + text[-2:] if len(text) > 5 else "*" * len(text)
 
 
 def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
@@ -29,7 +39,9 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
     result = validate_import(kind, raw, source=path.name, known=known)
     q = result.quarantined
     bad_lines = set(q["line"].astype(int)) if not q.empty else set()
-    raw_rows = {int(r["_line"]): {k: v for k, v in r.items() if k != "_line"}
+    # The rejected row is kept so a clerk can correct it, with ID and phone numbers masked:
+    # quarantine must not become a second copy of the most sensitive fields.
+    raw_rows = {int(r["_line"]): {k: (_mask(v) if k in SENSITIVE_FIELDS else v) for k, v in r.items() if k != "_line"}
                 for r in frame_records(raw) if int(r["_line"]) in bad_lines}
     failures = [f"{r.expectation}({r.column}): {r.unexpected_count}" for r in result.validation.results
                 if not r.success]
@@ -49,6 +61,7 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
             "quarantined": len(bad_lines), "error_report": str(report_path) if report_path else None}
 
 
-@task(name="import_registry_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="import_registry_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_bad_data)
 def import_file_task(kind: str, path: str, database_url: str | None = None) -> dict:
     return import_file(kind, path, database_url=database_url)

@@ -1,0 +1,583 @@
+"""Registry import, pure logic: read a file → normalise → validate → accepted / quarantined.
+
+No database here: ``sibifang.import_registry`` stores what this module accepts. The rule of the
+loop is that nothing a village sends is silently dropped: every row read is either accepted
+or quarantined with its line number, the field and a reason a village clerk can act on
+(``read == len(accepted) + quarantined_lines`` is asserted). Reasons and reports never
+repeat the failing value: it may be an ID number or a phone number.
+
+Validation has three layers, applied to every row:
+
+1. parsing (dates, numbers, booleans, Chinese labels → codes) while normalising;
+2. the kind's Great Expectations suite (``schemas.suites``) on the normalised frame;
+3. the checks GX cannot express (``sibifang.checks``): ID check digits, phones, references
+   to known grids/households/cadres, dates in the future, cross-field rules.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from sibifang import checks as C
+
+if TYPE_CHECKING:  # the GX wrapper is imported where validation runs
+    from schemas.validation import ValidationReport
+
+KINDS = ("areas", "households", "cadres", "meters", "readings", "visits", "resources", "mediation_rooms")
+
+KIND_LABELS_ZH = {
+    "areas": "行政区划与网格",
+    "households": "家庭档案",
+    "cadres": "干部与网格员",
+    "meters": "智能电表",
+    "readings": "电表读数",
+    "visits": "走访记录",
+    "resources": "服务资源池",
+    "mediation_rooms": "调解室",
+}
+
+# Chinese names of the columns, for the clerk's report.
+FIELD_LABELS_ZH = {
+    "grid_id": "网格编号", "grid_name": "网格名称", "village_id": "村社编号", "village_name": "村社名称",
+    "village_kind": "村/社区类型", "township_id": "乡镇街道编号", "township_name": "乡镇街道名称",
+    "district_id": "区县编号", "district_name": "区县名称", "city_id": "市编号", "city_name": "市名称",
+    "household_id": "家庭编号", "head_name": "户主姓名", "id_number": "身份证号", "phone": "联系电话",
+    "address": "住址", "categories": "必访类别", "members": "家庭人数", "elderly_living_alone": "独居老人",
+    "consent": "知情同意", "basic_situation": "家庭基本情况", "difficulties": "存在困难",
+    "measures": "解决措施", "away_from": "外出开始日期", "away_until": "外出结束日期", "away_reason": "外出原因",
+    "cadre_id": "人员编号", "name": "名称", "role": "角色", "grid_ids": "负责网格", "capacity": "联系户数",
+    "alert_channel": "预警渠道", "alert_address": "预警地址", "four_plus_one": "4+1干部",
+    "grassroots_weekday": "下基层日", "on_leave_from": "请假开始日期", "on_leave_until": "请假结束日期",
+    "meter_id": "电表编号", "interval_minutes": "采集间隔(分钟)", "installed_at": "安装日期",
+    "ts": "读数时间", "kwh": "用电量(千瓦时)",
+    "visit_id": "走访编号", "plan_id": "走访计划编号", "visited_at": "走访时间", "mode": "走访方式",
+    "steps": "五步工作法步骤", "family_situation": "家情", "business_situation": "企情",
+    "women_situation": "妇情", "demand_category": "诉求类别", "follow_up_needed": "需要跟进", "notes": "备注",
+    "resource_id": "资源编号", "provider_type": "提供方类型", "offers": "可提供服务", "contact_name": "联系人",
+    "room_id": "调解室编号", "mediator_ids": "调解员",
+    "_row": "整行",
+}
+
+# Quarantine codes → the reason a clerk reads. ``{field}`` is the column's Chinese name.
+REASONS_ZH = {
+    "required": "{field}不能为空",
+    "duplicate_key": "{field}与前面的行重复（保留第一次出现的行）",
+    "bad_id": "{field}格式不对（编号中不能有空格或分隔符，最长64个字符）",
+    "bad_date": "{field}不是有效日期，请按 YYYY-MM-DD 填写",
+    "bad_datetime": "{field}不是有效时间，请按 YYYY-MM-DD HH:MM 填写",
+    "future_date": "{field}晚于当前时间",
+    "bad_int": "{field}应为整数",
+    "bad_number": "{field}应为数字",
+    "bad_bool": "{field}应填 1/0 或 是/否",
+    "unknown_code": "{field}不在可选范围内",
+    "unknown_list_item": "{field}中有不在可选范围内的项目",
+    "not_in_set": "{field}不在可选范围内",
+    "out_of_range": "{field}超出合理范围",
+    "bad_format": "{field}格式不对",
+    "date_order": "{field}：结束日期早于开始日期",
+    "id_number_format": "{field}应为18位（最后一位可为X）",
+    "id_number_birth_date": "{field}中的出生日期无效",
+    "id_number_check_digit": "{field}校验位错误，请核对",
+    "bad_phone": "{field}格式不对（手机号11位，座机如 0574-12345678）",
+    "unknown_grid": "{field}不在已登记的网格中",
+    "unknown_village": "{field}不在已登记的村/社区中",
+    "unknown_township": "{field}不在已登记的乡镇/街道中",
+    "unknown_household": "{field}不在已登记的家庭档案中",
+    "unknown_cadre": "{field}不在已登记的人员中",
+    "unknown_meter": "{field}不在已登记的电表中",
+    "alert_address_missing": "已填写预警渠道，但{field}为空",
+    "bad_alert_address": "{field}与预警渠道不符（短信填手机号，邮件填邮箱，其他填网址）",
+    "weekday_missing": "4+1干部须填写{field}（0=周一 … 4=周五）",
+    "conflicting_parent": "{field}与前面的行不一致（同一编号的上级区划应相同）",
+    "extra_fields": "{field}的列数多于表头",
+    "unusual": "{field}数值不常见，请核实",
+    "invalid": "{field}未通过校验",
+}
+
+_REFERENCE_CODES = {
+    "grids": "unknown_grid", "villages": "unknown_village", "townships": "unknown_township",
+    "households": "unknown_household", "cadres": "unknown_cadre", "meters": "unknown_meter",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One column of an import file and how it is normalised.
+
+    Whether a value is required is the suite's business (``not_null`` in schemas.suites), so
+    the contract is stated once.
+    """
+
+    name: str
+    type: str = "text"  # text|id|int|float|bool|date|datetime|code|code_list|id_list|id_number|phone
+    in_header: bool = False  # the column must be in the file's header
+    lookup: Mapping[str, str] | None = None  # for code / code_list
+    ref: str | None = None  # key of ``known`` the value(s) must be in
+    default: Any = None  # for bool / int blanks
+    not_future: bool = False
+
+
+def _f(name: str, type_: str = "text", header: bool = False, **kw: Any) -> Field:
+    return Field(name, type_, header, **kw)
+
+
+_VILLAGE_KIND_LOOKUP = {"村": "村", "社区": "社区", "village": "村", "community": "社区", "居委会": "社区"}
+
+
+def _default_capacity() -> int:
+    try:
+        from sibifang.settings import get_settings
+
+        return int(get_settings().default_capacity)
+    except Exception:  # noqa: BLE001 - settings unreadable: the domain's figure
+        return 10
+
+
+FIELDS: dict[str, tuple[Field, ...]] = {
+    "areas": (
+        _f("grid_id", "id", True), _f("grid_name", "text", True),
+        _f("village_id", "id", True), _f("village_name", "text", True),
+        _f("village_kind", "code", True, lookup=_VILLAGE_KIND_LOOKUP),
+        _f("township_id", "id", True), _f("township_name", "text", True),
+        _f("district_id", "id", True), _f("district_name", "text", True),
+        _f("city_id", "id", True), _f("city_name", "text", True),
+    ),
+    "households": (
+        _f("household_id", "id", True), _f("head_name", "text", True),
+        _f("id_number", "id_number", True), _f("phone", "phone", True), _f("address", "text", True),
+        _f("grid_id", "id", True, ref="grids"),
+        _f("categories", "code_list", True, lookup=C.CATEGORY_LOOKUP),
+        _f("members", "int"),
+        _f("elderly_living_alone", "bool", default=False),
+        # The archive model's default: a family in the archive consented when it was opened.
+        _f("consent", "bool", default=True),
+        _f("basic_situation"), _f("difficulties"), _f("measures"),
+        _f("away_from", "date"), _f("away_until", "date"), _f("away_reason"),
+    ),
+    "cadres": (
+        _f("cadre_id", "id", True), _f("name", "text", True), _f("phone", "phone", True),
+        _f("role", "code", True, lookup=C.ROLE_LOOKUP),
+        _f("grid_ids", "id_list", True, ref="grids"),
+        _f("capacity", "int", default="settings"),
+        _f("alert_channel", "code", lookup=C.ALERT_CHANNEL_LOOKUP), _f("alert_address"),
+        _f("four_plus_one", "bool", default=False), _f("grassroots_weekday", "int"),
+        _f("on_leave_from", "date"), _f("on_leave_until", "date"),
+    ),
+    "meters": (
+        _f("meter_id", "id", True), _f("household_id", "id", True, ref="households"),
+        _f("interval_minutes", "int", default=15), _f("installed_at", "date", not_future=True),
+    ),
+    "readings": (
+        _f("meter_id", "id", True, ref="meters"), _f("ts", "datetime", True, not_future=True),
+        _f("kwh", "float", True),
+    ),
+    "visits": (
+        _f("visit_id", "id", True), _f("plan_id", "id"),
+        _f("household_id", "id", True, ref="households"), _f("cadre_id", "id", True, ref="cadres"),
+        _f("visited_at", "datetime", True, not_future=True),
+        _f("mode", "code", True, lookup=C.MODE_LOOKUP),
+        _f("steps", "code_list", True, lookup=C.VISIT_STEP_LOOKUP),
+        _f("family_situation"), _f("business_situation"), _f("women_situation"),
+        _f("difficulties"), _f("measures"),
+        _f("demand_category", "code", lookup=C.DEMAND_CATEGORY_LOOKUP),
+        _f("follow_up_needed", "bool", default=False), _f("notes"),
+    ),
+    "resources": (
+        _f("resource_id", "id", True), _f("name", "text", True),
+        _f("provider_type", "code", True, lookup=C.PROVIDER_TYPE_LOOKUP),
+        _f("offers", "code_list", True, lookup=C.DEMAND_CATEGORY_LOOKUP),
+        _f("village_id", "id", ref="villages"), _f("contact_name"), _f("phone", "phone"),
+    ),
+    "mediation_rooms": (
+        _f("room_id", "id", True), _f("name", "text", True),
+        _f("township_id", "id", True, ref="townships"),
+        _f("mediator_ids", "id_list", ref="cadres"),
+    ),
+}
+
+
+class ImportFileError(ValueError):
+    """The file cannot be read as a table at all (unknown format, no header)."""
+
+
+# ------------------------------------------------------------------ reading
+def _clean_header(names: list[Any]) -> list[str]:
+    return [str(n if n is not None else "").replace("\ufeff", "").strip().lower() for n in names]
+
+
+def _cell_text(value: Any) -> str | None:
+    """Excel cells → the text a CSV would hold (numbers without '.0', dates as ISO)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d") if value.time() == dt.time(0) else value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 (with or without BOM), else GBK — read as GB18030, its superset."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("gb18030")
+
+
+def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None]]]]:
+    text = _decode(path.read_bytes())
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    records: list[tuple[int, list[str | None]]] = []
+    last_line = 0
+    for cells in reader:
+        start = last_line + 1  # a quoted cell may span lines: the record starts here
+        last_line = reader.line_num
+        if header is None:
+            header = _clean_header(cells)
+            continue
+        records.append((start, [c for c in cells]))
+    return header or [], records
+
+
+def _records_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str | None]]]]:
+    from openpyxl import load_workbook
+
+    workbook = load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheet = workbook.worksheets[0]
+        header: list[str] | None = None
+        records: list[tuple[int, list[str | None]]] = []
+        for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
+            if header is None:
+                header = _clean_header(list(row))
+                continue
+            records.append((number, [_cell_text(v) for v in row]))
+    finally:
+        workbook.close()
+    return header or [], records
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV (UTF-8, UTF-8 with BOM or GBK) or XLSX (first sheet), every column as text.
+
+    Column names are stripped and lower-cased; cells are stripped, blank cells are NA. Adds
+    ``_line``: the record's line in the file (header = line 1; for XLSX the sheet row). Blank
+    lines are skipped. A row with more non-blank cells than the header has gets
+    ``_extra_fields`` > 0 (the importer quarantines it rather than guess).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        header, records = _records_xlsx(path)
+    elif suffix in (".csv", ".txt", ""):
+        header, records = _records_csv(path)
+    else:
+        raise ImportFileError(f"{path.name}: unsupported file type {suffix!r} (CSV or XLSX)")
+    # Trailing unnamed header cells (Excel's formatted-but-empty columns) are not columns.
+    while header and header[-1] == "":
+        header.pop()
+    width = len(header)
+    lines: list[int] = []
+    rows: list[list[str | None]] = []
+    extras: list[int] = []
+    for line, cells in records:
+        stripped = [(c.strip() if isinstance(c, str) else c) or None for c in cells]
+        if not any(stripped):
+            continue  # blank line or a row of empty cells
+        extras.append(sum(1 for c in stripped[width:] if c))
+        row = stripped[:width] + [None] * (width - len(stripped))
+        rows.append(row)
+        lines.append(line)
+    df = pd.DataFrame(rows, columns=header, dtype="str") if rows else \
+        pd.DataFrame({c: pd.Series([], dtype="str") for c in header})
+    if df.columns.duplicated().any():
+        dup = sorted(set(df.columns[df.columns.duplicated()]))
+        from schemas.validation import DataContractError
+
+        raise DataContractError(path.name, [f"duplicate column names: {', '.join(dup)}"],
+                                message_zh=f"文件 {path.name} 的表头有重复的列：{'、'.join(dup)}")
+    df["_line"] = pd.Series(lines, dtype="int64")
+    if any(extras):
+        df["_extra_fields"] = pd.Series(extras, dtype="int64")
+    return df
+
+
+# ------------------------------------------------------------------ result
+QUARANTINE_COLUMNS = ["line", "field", "code", "reason"]
+
+
+@dataclass
+class ImportResult:
+    kind: str
+    source: str
+    read: int
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame  # line, field, code, reason — one row per problem
+    validation: ValidationReport
+    warnings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
+
+    def __post_init__(self) -> None:
+        assert self.read == len(self.accepted) + self.quarantined_lines, (
+            f"{self.source}: {self.read} read != {len(self.accepted)} accepted + "
+            f"{self.quarantined_lines} quarantined")
+
+    @property
+    def quarantined_lines(self) -> int:
+        return int(self.quarantined["line"].nunique()) if len(self.quarantined) else 0
+
+
+# ------------------------------------------------------------------ normalising
+class _Problems:
+    """Row problems as (position, field, code), first one per (position, field) wins."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[int, str], str] = {}
+
+    def add(self, mask: pd.Series | np.ndarray, field_name: str, code: str) -> None:
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        for pos in positions.tolist():
+            self._items.setdefault((pos, field_name), code)
+
+    def add_positions(self, positions: list[int], field_name: str, code: str) -> None:
+        for pos in positions:
+            self._items.setdefault((int(pos), field_name), code)
+
+    @property
+    def positions(self) -> set[int]:
+        return {pos for pos, _ in self._items}
+
+    def frame(self, lines: np.ndarray) -> pd.DataFrame:
+        if not self._items:
+            return pd.DataFrame({"line": pd.Series([], dtype="int64"), "field": pd.Series([], dtype="str"),
+                                 "code": pd.Series([], dtype="str"), "reason": pd.Series([], dtype="str")})
+        rows = [(int(lines[pos]), name, code, reason_zh(code, name)) for (pos, name), code in self._items.items()]
+        out = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
+        out = out.astype({"line": "int64", "field": "str", "code": "str", "reason": "str"})
+        return out.sort_values(["line", "field"], kind="stable").reset_index(drop=True)
+
+
+def reason_zh(code: str, field_name: str) -> str:
+    label = FIELD_LABELS_ZH.get(field_name, field_name)
+    return REASONS_ZH.get(code, REASONS_ZH["invalid"]).format(field=label)
+
+
+def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems) -> pd.DataFrame:
+    """Typed frame in contract column order; parse failures become problems (value → NA)."""
+    typed: dict[str, pd.Series] = {}
+    for f in FIELDS[kind]:
+        values = raw[f.name] if f.name in raw.columns else pd.Series(pd.NA, index=raw.index, dtype="str")
+        values = values.astype("str").where(values.notna())
+        blank = values.isna() | values.str.strip().eq("")
+        if f.type in ("text", "id"):
+            typed[f.name] = values.str.strip().where(~blank).astype("str")
+        elif f.type == "id_number":
+            typed[f.name] = C.normalise_id_number(values).where(~blank).astype("str")
+        elif f.type == "phone":
+            typed[f.name] = C.normalise_phone(values).astype("str")
+        elif f.type == "int":
+            parsed, invalid = C.to_int(values)
+            if f.default is not None:
+                default = _default_capacity() if f.default == "settings" else f.default
+                parsed = parsed.where(~blank, default)
+            typed[f.name] = parsed
+            problems.add(invalid, f.name, "bad_int")
+        elif f.type == "float":
+            parsed, invalid = C.to_float(values)
+            typed[f.name] = parsed
+            problems.add(invalid, f.name, "bad_number")
+        elif f.type == "bool":
+            parsed, invalid = C.to_bool(values, default=bool(f.default))
+            typed[f.name] = parsed
+            problems.add(invalid, f.name, "bad_bool")
+        elif f.type == "date":
+            parsed, invalid = C.to_date(values)
+            typed[f.name] = parsed
+            problems.add(invalid, f.name, "bad_date")
+        elif f.type == "datetime":
+            parsed, invalid = C.to_datetime_local(values)
+            # Stored naive in local time (schemas.models); the instant is already Asia/Shanghai.
+            typed[f.name] = parsed.dt.tz_localize(None)
+            problems.add(invalid, f.name, "bad_datetime")
+            if f.not_future:
+                problems.add(~C.not_in_future(parsed), f.name, "future_date")
+        elif f.type == "code":
+            codes, unknown = C.to_code(values, f.lookup or {})
+            typed[f.name] = codes
+            problems.add(unknown, f.name, "unknown_code")
+        elif f.type == "code_list":
+            codes, unknown = C.to_code_list(values, f.lookup or {})
+            typed[f.name] = codes
+            problems.add(unknown, f.name, "unknown_list_item")
+        elif f.type == "id_list":
+            typed[f.name] = C.split_list(values)
+        else:  # pragma: no cover - a Field with a type this function does not know
+            raise ValueError(f"field {f.name}: unknown type {f.type}")
+        if f.type == "date" and f.not_future:
+            problems.add(~C.not_in_future(typed[f.name]), f.name, "future_date")
+    return pd.DataFrame(typed, index=raw.index)
+
+
+def _check_rows(kind: str, typed: pd.DataFrame, problems: _Problems,
+                known: Mapping[str, set[str]] | None) -> None:
+    """The checks GX cannot express (sibifang.checks)."""
+    for f in FIELDS[kind]:
+        col = typed[f.name]
+        if f.type == "id_number":
+            codes = C.resident_id_problems(col)
+            for code in (C.ID_BAD_FORMAT, C.ID_BAD_BIRTH_DATE, C.ID_BAD_CHECK_DIGIT):
+                problems.add(codes.eq(code), f.name, code)
+        elif f.type == "phone":
+            problems.add(col.notna() & ~C.valid_phone(col), f.name, "bad_phone")
+        if f.ref and known is not None and f.ref in known:
+            ok = C.known_references(col, known[f.ref]) if f.type == "id_list" else C.known_reference(col, known[f.ref])
+            problems.add(~ok, f.name, _REFERENCE_CODES[f.ref])
+    if kind == "cadres":
+        channel = typed["alert_channel"]
+        has_channel = channel.notna()
+        problems.add(has_channel & typed["alert_address"].isna(), "alert_address", "alert_address_missing")
+        problems.add(has_channel & typed["alert_address"].notna()
+                     & ~C.valid_alert_address(channel, typed["alert_address"]),
+                     "alert_address", "bad_alert_address")
+        problems.add(typed["four_plus_one"] & typed["grassroots_weekday"].isna(),
+                     "grassroots_weekday", "weekday_missing")
+    if kind == "areas":
+        # One parent per area: a village under two townships would split the hierarchy.
+        for child, parent in (("grid_id", "village_id"), ("village_id", "township_id"),
+                              ("township_id", "district_id"), ("district_id", "city_id")):
+            first_parent = typed.groupby(child, sort=False)[parent].transform("first")
+            problems.add(typed[child].notna() & typed[parent].notna() & first_parent.notna()
+                         & typed[parent].ne(first_parent) & typed[child].duplicated(keep="first"),
+                         parent, "conflicting_parent")
+
+
+# The columns that identify a row of each kind (a later row with the same key is a duplicate).
+KEYS: dict[str, tuple[str, ...]] = {kind: (FIELDS[kind][0].name,) for kind in FIELDS}
+KEYS["readings"] = ("meter_id", "ts")
+
+
+def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
+                    known: dict[str, set[str]] | None = None) -> ImportResult:
+    """Normalise and validate one registry file read by ``read_table``.
+
+    ``known`` holds the ids references must point to: ``{"grids", "villages", "townships",
+    "households", "cadres", "meters"}``; a missing key skips that reference check (on a fresh
+    database the referenced file may be imported in the same run). Raises DataContractError
+    when required columns are missing, the file has no rows, or the suite itself is broken.
+    """
+    from schemas.validation import DataContractError, validate_frame
+
+    if kind not in FIELDS:
+        raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    raw = raw.reset_index(drop=True)
+    if "_line" not in raw.columns:
+        raw = raw.assign(_line=np.arange(2, len(raw) + 2, dtype="int64"))
+    required = [f.name for f in FIELDS[kind] if f.in_header]
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        labels = "、".join(f"{c}（{FIELD_LABELS_ZH.get(c, c)}）" for c in missing)
+        raise DataContractError(
+            source, [f"missing required columns for {kind}: {', '.join(missing)}"],
+            message_zh=f"文件 {source} 缺少必需的列：{labels}。请使用导入模板的表头。")
+    if raw.empty:
+        raise DataContractError(source, [f"no data rows for {kind}"],
+                                message_zh=f"文件 {source} 没有数据行。")
+
+    problems = _Problems()
+    if "_extra_fields" in raw.columns:
+        problems.add(raw["_extra_fields"].fillna(0).astype("int64").gt(0), "_row", "extra_fields")
+    typed = _normalise(kind, raw, problems)
+
+    key = list(KEYS[kind])
+    later_duplicates = typed[key].notna().all(axis=1) & typed.duplicated(subset=key, keep="first")
+
+    report = validate_frame(typed, kind, source=source)
+    broken = [r for r in report.results if r.exception]
+    table_level = [r for r in report.critical_failures if not r.column and not r.exception]
+    if broken or table_level:
+        # A broken suite or a table-level failure is not a row's fault: do not dress it as bad data.
+        raise DataContractError(source, broken + table_level,
+                                message_zh=f"文件 {source} 的校验规则执行出错，请联系系统管理员。")
+    for outcome in report.critical_failures:
+        # For a date pair the first column is the later date: the one a clerk corrects.
+        name = outcome.columns[0]
+        rows = outcome.unexpected_rows
+        if outcome.code == "duplicate_key":
+            name = key[-1]
+            # GX marks every copy; the first copy is kept, later ones are quarantined.
+            dup = later_duplicates.to_numpy()
+            rows = [r for r in rows if dup[r]]
+        problems.add_positions(rows, name, outcome.code)
+    # Duplicates the suite does not cover (a kind without a unique key expectation).
+    problems.add(later_duplicates, key[-1], "duplicate_key")
+
+    _check_rows(kind, typed, problems, known)
+
+    lines = raw["_line"].to_numpy()
+    quarantined = problems.frame(lines)
+    bad = np.zeros(len(typed), dtype=bool)
+    bad[list(problems.positions)] = True
+    accepted = typed.loc[~bad].assign(_line=raw["_line"].loc[~bad]).reset_index(drop=True)
+
+    warning_rows = []
+    for outcome in report.warnings:
+        for pos in outcome.unexpected_rows:
+            if bad[pos]:
+                continue  # quarantined anyway: the clerk fixes the row, a reminder adds nothing
+            name = outcome.columns[0] if outcome.columns else "_row"
+            warning_rows.append((int(lines[pos]), name, outcome.code, reason_zh(outcome.code, name)))
+    warnings = pd.DataFrame(warning_rows, columns=QUARANTINE_COLUMNS)
+    return ImportResult(kind=kind, source=source, read=len(raw), accepted=accepted,
+                        quarantined=quarantined, validation=report, warnings=warnings)
+
+
+# ------------------------------------------------------------------ the clerk's report
+def _template_env() -> Any:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    folder = Path(str(files("templates")))
+    return Environment(loader=FileSystemLoader(str(folder)), autoescape=select_autoescape(["html", "html.j2"]),
+                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def render_import_errors(result: ImportResult, fmt: str = "txt", *,
+                         now: Callable[[], dt.datetime] | None = None) -> str:
+    """The import error report a village clerk reads (simplified Chinese): 文件、行号、字段、原因.
+
+    ``fmt`` is ``"txt"`` or ``"html"``. Holds counts, line numbers, column names and reasons —
+    never the failing values.
+    """
+    if fmt not in ("txt", "html"):
+        raise ValueError("fmt must be 'txt' or 'html'")
+    generated = (now or (lambda: dt.datetime.now(C.LOCAL_TZ)))()
+
+    def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        return [{"line": int(r.line), "field": r.field, "field_zh": FIELD_LABELS_ZH.get(r.field, r.field),
+                 "code": r.code, "reason": r.reason} for r in frame.itertuples(index=False)]
+
+    context = {
+        "source": result.source,
+        "kind": result.kind,
+        "kind_zh": KIND_LABELS_ZH.get(result.kind, result.kind),
+        "read": result.read,
+        "accepted": len(result.accepted),
+        "quarantined_lines": result.quarantined_lines,
+        "problems": rows(result.quarantined),
+        "warnings": rows(result.warnings),
+        "generated_at": generated.strftime("%Y-%m-%d %H:%M"),
+    }
+    return _template_env().get_template(f"import_errors.{fmt}.j2").render(**context)

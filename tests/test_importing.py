@@ -1,0 +1,260 @@
+"""Registry import: malformed files → every broken row reported by line and field; counts add up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import suites as S
+from schemas.validation import DataContractError
+from sibifang import checks as C
+from sibifang.importing import FIELDS, KINDS, ImportResult, read_table, render_import_errors, validate_import
+
+DATA = Path(__file__).parent / "data"
+KNOWN = {"grids": {"G001", "G002"}, "villages": {"V01"}, "townships": {"T01"},
+         "households": {"H001", "H002"}, "cadres": {"K001", "K002"}, "meters": {"M001"}}
+
+
+def problems(result: ImportResult) -> set[tuple[int, str, str]]:
+    return {(int(r.line), r.field, r.code) for r in result.quarantined.itertuples()}
+
+
+def assert_counts_add_up(result: ImportResult) -> None:
+    assert result.read == len(result.accepted) + result.quarantined_lines
+    assert not set(result.accepted["_line"]) & set(result.quarantined["line"])
+
+
+def personal_values(raw: pd.DataFrame) -> list[str]:
+    values = []
+    for column in ("id_number", "phone", "head_name", "name", "address"):
+        if column in raw:
+            values += [v for v in raw[column].dropna().tolist() if len(v) >= 5]
+    return values
+
+
+def assert_no_personal_values(result: ImportResult, raw: pd.DataFrame) -> None:
+    texts = [result.quarantined.to_csv(), result.warnings.to_csv(), repr(result.validation),
+             render_import_errors(result, "txt"), render_import_errors(result, "html")]
+    for value in personal_values(raw):
+        for text in texts:
+            assert value not in text
+
+
+# ------------------------------------------------------------------ malformed files
+def test_broken_utf8_csv_reports_each_row_by_line_and_field():
+    raw = read_table(DATA / "households_broken.csv")
+    result = validate_import("households", raw, source="households_broken.csv", known=KNOWN)
+    assert problems(result) == {
+        (3, "id_number", "id_number_check_digit"),
+        (4, "grid_id", "unknown_grid"),
+        (5, "phone", "bad_phone"),
+        (6, "head_name", "required"),
+        (7, "household_id", "duplicate_key"),
+        (8, "id_number", "id_number_birth_date"),
+        (8, "away_from", "bad_date"),
+        (9, "away_until", "date_order"),  # a quoted cell spans lines 9-10
+        (11, "categories", "unknown_list_item"),
+        (11, "elderly_living_alone", "bad_bool"),
+    }
+    assert result.read == 10 and len(result.accepted) == 2 and result.quarantined_lines == 8
+    # The first H001 is kept, the later one quarantined; line 13 follows a blank line.
+    assert result.accepted["_line"].tolist() == [2, 13]
+    assert_counts_add_up(result)
+    assert_no_personal_values(result, raw)
+    assert list(result.quarantined.columns) == ["line", "field", "code", "reason"]
+    assert all(r for r in result.quarantined["reason"])
+
+
+def test_gbk_csv_with_chinese_labels():
+    raw = read_table(DATA / "households_gbk.csv")
+    assert raw.loc[0, "head_name"] == "王秀英"
+    result = validate_import("households", raw, source="households_gbk.csv", known=KNOWN)
+    assert problems(result) == {(3, "id_number", "id_number_check_digit"), (4, "grid_id", "required")}
+    accepted = result.accepted.iloc[0]
+    assert accepted["categories"] == ["empty_nest"]
+    assert accepted["elderly_living_alone"] is True or bool(accepted["elderly_living_alone"])
+    assert_counts_add_up(result)
+    assert_no_personal_values(result, raw)
+
+
+def test_xlsx_first_sheet_with_numbers_and_labels():
+    raw = read_table(DATA / "cadres_broken.xlsx")
+    assert raw["_line"].tolist() == [2, 3, 4, 5, 6, 7, 8]  # the empty row 9 is not data
+    assert raw.loc[0, "phone"] == "13805741001"  # typed as a number in Excel
+    result = validate_import("cadres", raw, source="cadres_broken.xlsx", known=KNOWN)
+    assert problems(result) == {
+        (4, "phone", "bad_phone"),
+        (5, "role", "unknown_code"),
+        (6, "alert_address", "bad_alert_address"),
+        (7, "alert_address", "alert_address_missing"),
+        (7, "grassroots_weekday", "weekday_missing"),
+        (8, "capacity", "out_of_range"),
+        (8, "grid_ids", "unknown_grid"),
+    }
+    accepted = result.accepted.set_index("cadre_id")
+    assert accepted.loc["K001", "role"] == "grid_worker" and accepted.loc["K002", "role"] == "executive_member"
+    assert accepted.loc["K002", "grid_ids"] == ["G001", "G002"]
+    assert accepted.loc["K002", "on_leave_from"] == pd.Timestamp("2026-01-05")
+    assert bool(accepted.loc["K002", "four_plus_one"]) and accepted.loc["K002", "grassroots_weekday"] == 2
+    # A reminder is only for rows that were accepted (line 8 is quarantined anyway).
+    assert result.warnings.empty
+    assert_counts_add_up(result)
+    assert_no_personal_values(result, raw)
+
+
+def test_clean_file_has_nothing_quarantined_and_is_typed():
+    raw = read_table(DATA / "households_clean.csv")  # UTF-8 with BOM
+    assert raw.columns[0] == "household_id"
+    result = validate_import("households", raw, source="households_clean.csv", known=KNOWN)
+    assert result.quarantined.empty and result.quarantined_lines == 0
+    assert len(result.accepted) == result.read == 3
+    acc = result.accepted.set_index("household_id")
+    assert acc.loc["H102", "categories"] == ["left_behind", "hardship"]
+    assert acc["elderly_living_alone"].dtype == bool and acc["consent"].dtype == bool
+    assert acc.loc["H102", "away_from"] == pd.Timestamp("2026-01-10")
+    assert pd.api.types.is_datetime64_any_dtype(acc["away_until"])
+    assert acc.loc["H103", "id_number"].endswith(acc.loc["H103", "id_number"][-1].upper())
+    assert acc["members"].dtype == "Int64"
+
+
+def test_missing_columns_name_the_file_and_columns_in_both_languages():
+    raw = read_table(DATA / "areas_missing_columns.csv")
+    with pytest.raises(DataContractError) as err:
+        validate_import("areas", raw, source="areas_missing_columns.csv")
+    message = str(err.value)
+    assert "areas_missing_columns.csv" in message and "township_id" in message and "village_kind" in message
+    assert "缺少必需的列" in err.value.message_zh and "乡镇街道编号" in err.value.message_zh
+
+
+def test_empty_file_is_an_error(tmp_path):
+    path = tmp_path / "meters.csv"
+    path.write_text("meter_id,household_id,interval_minutes,installed_at\n\n", encoding="utf-8")
+    with pytest.raises(DataContractError, match="no data rows"):
+        validate_import("meters", read_table(path), source="meters.csv", known=KNOWN)
+
+
+def test_broken_suite_surfaces_the_cause_in_import(monkeypatch):
+    def broken_meters_suite():
+        spec = S.meters_suite()
+        return S.SuiteSpec(spec.name, spec.expectations + (S.not_null("meter_idd"),))
+
+    monkeypatch.setitem(S.SUITES, "meters", broken_meters_suite)
+    raw = pd.DataFrame({"meter_id": ["M1"], "household_id": ["H001"], "interval_minutes": ["15"]}, dtype="str")
+    with pytest.raises(DataContractError, match="meter_idd.*does not exist"):
+        validate_import("meters", raw, source="meters.csv", known=KNOWN)
+
+
+def test_visits_labels_future_dates_and_references(tmp_path):
+    future = (dt.datetime.now(C.LOCAL_TZ) + dt.timedelta(days=2)).strftime("%Y-%m-%d %H:%M")
+    path = tmp_path / "visits.csv"
+    path.write_text(
+        "visit_id,plan_id,household_id,cadre_id,visited_at,mode,steps,demand_category,follow_up_needed\n"
+        "V1,,H001,K001,2026-01-05 09:30,入户,亮明身份访;作出承诺;倾听诉求,家庭教育,是\n"  # 2 clean
+        f"V2,P9,H001,K001,{future},电话,identify,,0\n"  # 3 future
+        "V3,,H404,K001,2026-01-05 10:00,wechat,listen,,0\n"  # 4 unknown household
+        "V4,,H002,K999,2026-01-05 10:00,飞鸽,listen,跳舞,0\n"  # 5 unknown cadre, mode, demand
+        "V5,,H002,K002,yesterday,phone,listen;唱歌,,1\n",  # 6 bad datetime, unknown step
+        encoding="utf-8")
+    result = validate_import("visits", read_table(path), source="visits.csv", known=KNOWN)
+    assert problems(result) == {
+        (3, "visited_at", "future_date"),
+        (4, "household_id", "unknown_household"),
+        (5, "cadre_id", "unknown_cadre"), (5, "mode", "unknown_code"), (5, "demand_category", "unknown_code"),
+        (6, "visited_at", "bad_datetime"), (6, "steps", "unknown_list_item"),
+    }
+    v1 = result.accepted.iloc[0]
+    assert v1["mode"] == "visit" and v1["steps"] == ["identify", "commit", "listen"]
+    assert v1["demand_category"] == "family_education" and bool(v1["follow_up_needed"])
+    assert v1["visited_at"] == pd.Timestamp("2026-01-05 09:30")  # naive local time, as stored
+    assert_counts_add_up(result)
+
+
+def test_without_known_ids_references_are_not_checked():
+    raw = read_table(DATA / "households_broken.csv")
+    result = validate_import("households", raw, source="households_broken.csv", known=None)
+    assert (4, "grid_id", "unknown_grid") not in problems(result)
+    assert_counts_add_up(result)
+
+
+def test_row_wider_than_header_is_quarantined(tmp_path):
+    path = tmp_path / "rooms.csv"
+    path.write_text("room_id,name,township_id,mediator_ids\nR1,木兰调解室,T01,K001\nR2,婚姻家庭调解工作室,T01,K001,K002\n",
+                    encoding="utf-8")
+    result = validate_import("mediation_rooms", read_table(path), source="rooms.csv", known=KNOWN)
+    assert problems(result) == {(3, "_row", "extra_fields")}
+
+
+def test_areas_hierarchy_must_be_consistent(tmp_path):
+    path = tmp_path / "areas.csv"
+    header = "grid_id,grid_name,village_id,village_name,village_kind,township_id,township_name,district_id,district_name,city_id,city_name"
+    path.write_text(header + "\n"
+                    "G1,一网格,V1,示例村,村,T1,示例镇,D1,海曙区,C1,宁波市\n"
+                    "G2,二网格,V1,示例村,社区,T2,另一镇,D1,海曙区,C1,宁波市\n"  # V1 under another township
+                    "G3,三网格,V2,示例社区,居委,T1,示例镇,D1,海曙区,C1,宁波市\n",  # unknown village kind
+                    encoding="utf-8")
+    result = validate_import("areas", read_table(path), source="areas.csv")
+    assert problems(result) == {(3, "township_id", "conflicting_parent"), (4, "village_kind", "unknown_code")}
+    assert result.accepted["village_kind"].tolist() == ["村"]
+
+
+def test_readings_small_file(tmp_path):
+    path = tmp_path / "readings.csv"
+    path.write_text("meter_id,ts,kwh\nM001,2026-01-01 00:15,0.12\nM001,2026-01-01 00:30,-1\nM404,2026-01-01 00:30,0.1\n"
+                    "M001,2026-01-01 00:45,\n", encoding="utf-8")
+    result = validate_import("readings", read_table(path), source="readings.csv", known=KNOWN)
+    assert problems(result) == {(3, "kwh", "out_of_range"), (4, "meter_id", "unknown_meter"), (5, "kwh", "required")}
+    duplicated = path.read_text(encoding="utf-8") + "M001,2026-01-01 00:15,0.2\n"
+    path.write_text(duplicated, encoding="utf-8")
+    result = validate_import("readings", read_table(path), source="readings.csv", known=KNOWN)
+    assert (6, "ts", "duplicate_key") in problems(result)
+
+
+# ------------------------------------------------------------------ the clerk's report
+def test_chinese_report_lists_line_field_reason_and_counts():
+    raw = read_table(DATA / "households_broken.csv")
+    result = validate_import("households", raw, source="households_broken.csv", known=KNOWN)
+    fixed = lambda: dt.datetime(2026, 1, 5, 9, 0)  # noqa: E731
+    text = render_import_errors(result, "txt", now=fixed)
+    assert "households_broken.csv" in text and "家庭档案" in text
+    assert "行号" in text and "字段" in text and "原因" in text
+    assert "读取 10 行，接受 2 行，隔离 8 行" in text
+    assert "3\t身份证号（id_number）\t身份证号校验位错误" in text
+    assert "6\t户主姓名（head_name）\t户主姓名不能为空" in text
+    html = render_import_errors(result, "html", now=fixed)
+    assert "<th>行号</th><th>字段</th><th>原因</th>" in html and "<td>7</td>" in html
+    clean = validate_import("households", read_table(DATA / "households_clean.csv"), source="c.csv", known=KNOWN)
+    assert "没有发现错误" in render_import_errors(clean, "txt")
+
+
+def test_html_report_escapes_the_file_name():
+    raw = read_table(DATA / "households_gbk.csv")
+    result = validate_import("households", raw, source="<script>.csv", known=KNOWN)
+    assert "<script>.csv" not in render_import_errors(result, "html")
+
+
+def test_every_kind_has_fields_and_a_suite():
+    assert set(FIELDS) == set(KINDS)
+    for kind in KINDS:
+        suite = S.build_suite_spec(kind)
+        columns = {c for e in suite.expectations for c in e.columns}
+        assert columns <= {f.name for f in FIELDS[kind]}, kind
+
+
+# ------------------------------------------------------------------ property: nothing is silently dropped
+cells = st.one_of(st.none(), st.sampled_from(["", "M001", "M 1", "H001", "H404", "15", "x", "0", "2026-01-05",
+                                              "2099-01-01", "2026-02-30", "H001;H002"]))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(cells, cells, cells, cells), min_size=1, max_size=12))
+def test_every_row_is_accepted_or_quarantined(rows):
+    raw = pd.DataFrame(rows, columns=["meter_id", "household_id", "interval_minutes", "installed_at"], dtype="str")
+    result = validate_import("meters", raw, source="meters.csv", known=KNOWN)
+    assert_counts_add_up(result)
+    assert result.accepted["meter_id"].is_unique
+    assert result.accepted["household_id"].isin(KNOWN["households"]).all()
