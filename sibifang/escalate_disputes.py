@@ -28,7 +28,8 @@ def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: p
         return pd.DataFrame(columns=CASE_COLUMNS)
     busy = set(open_cases.household_id) if not open_cases.empty else set()
     f = f[~f.household_id.isin(busy)].sort_values(["household_id", "detected_at", "flag_id"])
-    first = f.groupby("household_id", as_index=False).first()
+    # The first flag of each household, whole (groupby().first() would mix columns of several rows).
+    first = f.drop_duplicates("household_id", keep="first")
     cues = f.groupby("household_id")["kind"].apply(lambda s: sorted(set(s))).rename("cues")
     first = first.merge(cues, on="household_id").merge(households[["household_id", "township_id"]],
                                                       on="household_id", how="left")

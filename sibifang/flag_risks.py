@@ -49,14 +49,16 @@ class Lexicon:
         return cls(cues=cues, negations=list(data.get("negations", [])))
 
     def find(self, text: str | None) -> list[Cue]:
-        """Cues present in a note, skipping negated mentions such as "无家暴"."""
+        """Cues present in a note, skipping negated mentions ("无家暴", "没有发现家暴", "未见矛盾")
+        but not a negation that belongs to another word ("丈夫长期无业，家暴")."""
         if not text:
             return []
+        negated = re.compile("(?:" + "|".join(map(re.escape, self.negations)) + ")(?:发现|存在|有|见|出现)?$") \
+            if self.negations else None
         found = []
         for cue in self.cues:
             for m in re.finditer(re.escape(cue.term), text):
-                before = text[max(0, m.start() - 3):m.start()]
-                if any(neg in before for neg in self.negations):
+                if negated is not None and negated.search(text[:m.start()]):
                     continue
                 found.append(cue)
                 break
@@ -92,29 +94,62 @@ def _num(v) -> float | None:
 
 
 def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split new flags into (to_insert, to_extend): an episode that continues an open flag of the
-    same household and kind extends it (its end) instead of raising a second alert."""
-    if new.empty or open_flags.empty:
-        return new, pd.DataFrame(columns=["flag_id", "end"])
-    inserts, extends = [], []
-    by_key = {k: g for k, g in open_flags.groupby(["household_id", "kind"])}
-    for row in new.itertuples(index=False):
-        g = by_key.get((row.household_id, row.kind))
-        if row.dedup_key in set(open_flags["dedup_key"]):
+    """Split new flags into (to_insert, to_extend).
+
+    One situation, one flag: an episode that continues an open flag of the same household and
+    kind (starting within ``MERGE_GAP`` of its end) extends that flag instead of raising a second
+    alert, and so do episodes of one batch that follow each other closely (two meters of one
+    household, a detector that split an episode). Ends only ever move later."""
+    empty_ext = pd.DataFrame(columns=["flag_id", "end"])
+    if new.empty:
+        return new, empty_ext
+    known = open_flags if not open_flags.empty else pd.DataFrame(columns=["flag_id", "dedup_key", "household_id",
+                                                                          "kind", "start", "end"])
+    by_dedup = {k: (fid, e) for k, fid, e in zip(known.dedup_key, known.flag_id, known.end)}
+    # (household, kind) → list of [flag_id, start, end, is_new]
+    spans: dict[tuple, list[list]] = {}
+    for f in known.itertuples(index=False):
+        spans.setdefault((f.household_id, f.kind), []).append([f.flag_id, pd.Timestamp(f.start), f.end, False])
+    inserts: dict[str, dict] = {}
+    extends: dict[str, pd.Timestamp] = {}
+
+    def later(a, b):
+        if pd.isna(a):
+            return b
+        if pd.isna(b):
+            return a
+        return max(pd.Timestamp(a), pd.Timestamp(b))
+
+    for row in new.sort_values(["household_id", "kind", "start", "dedup_key"]).itertuples(index=False):
+        if row.dedup_key in by_dedup:  # the same episode seen again: it may have grown
+            fid, end = by_dedup[row.dedup_key]
+            if pd.notna(row.end) and (pd.isna(end) or pd.Timestamp(row.end) > pd.Timestamp(end)):
+                extends[fid] = later(extends.get(fid), row.end)
             continue
         match = None
-        if g is not None:
-            for f in g.itertuples(index=False):
-                f_end = f.end if pd.notna(f.end) else row.start
-                if row.start <= f_end + MERGE_GAP:
-                    match = f
-                    break
+        for span in spans.get((row.household_id, row.kind), []):
+            reach = span[2] if pd.notna(span[2]) else pd.Timestamp(row.start)
+            if span[1] - MERGE_GAP <= pd.Timestamp(row.start) <= pd.Timestamp(reach) + MERGE_GAP:
+                match = span
+                break
         if match is None:
-            inserts.append(row._asdict())
-        else:
-            extends.append({"flag_id": match.flag_id, "end": row.end})
-    return (pd.DataFrame(inserts, columns=new.columns) if inserts else new.iloc[0:0],
-            pd.DataFrame(extends, columns=["flag_id", "end"]))
+            d = row._asdict()
+            inserts[d["flag_id"]] = d
+            spans.setdefault((row.household_id, row.kind), []).append([d["flag_id"], pd.Timestamp(row.start),
+                                                                     row.end, True])
+            by_dedup[row.dedup_key] = (d["flag_id"], row.end)
+            continue
+        new_end = later(match[2], row.end) if pd.notna(row.end) and pd.notna(match[2]) else (
+            pd.NaT if pd.isna(row.end) else later(match[2], row.end))
+        match[2] = new_end
+        if match[3]:
+            inserts[match[0]]["end"] = new_end
+        elif pd.notna(new_end) or pd.isna(row.end):
+            if pd.notna(new_end):
+                extends[match[0]] = later(extends.get(match[0]), new_end)
+    ins = pd.DataFrame(list(inserts.values()), columns=new.columns) if inserts else new.iloc[0:0]
+    ext = pd.DataFrame([{"flag_id": k, "end": v} for k, v in extends.items()], columns=["flag_id", "end"])
+    return ins.reset_index(drop=True), ext
 
 
 def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
@@ -147,7 +182,7 @@ def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_day
     v = visits.copy()
     v["visited_at"] = pd.to_datetime(v["visited_at"])
     start = pd.Timestamp(as_of) - pd.Timedelta(days=window_days)
-    v = v[(v.visited_at >= start) & (v.visited_at <= pd.Timestamp(as_of) + pd.Timedelta(days=1))]
+    v = v[(v.visited_at >= start) & (v.visited_at < pd.Timestamp(as_of) + pd.Timedelta(days=1))]
     has_diff = v["difficulties"].fillna("").str.strip().ne("")
     no_measure = v["measures"].fillna("").str.strip().eq("")
     hits = v[has_diff & no_measure].groupby("household_id").agg(n=("visit_id", "size"), last=("visited_at", "max"),
@@ -212,14 +247,16 @@ def risk_map(scored: pd.DataFrame, as_of: date, previous: pd.DataFrame | None = 
     """Households per grid and level, with the change since the previous run (动态预警图)."""
     counts = scored.groupby(["grid_id", "risk_level"]).size().rename("households").reset_index()
     counts = counts.rename(columns={"risk_level": "level"})
-    counts["as_of"] = as_of
     if previous is not None and not previous.empty:
+        # Outer merge: a level that fell to zero in a grid is a change worth showing.
         prev = previous.rename(columns={"households": "prev"})[["grid_id", "level", "prev"]]
-        counts = counts.merge(prev, on=["grid_id", "level"], how="left")
+        counts = counts.merge(prev, on=["grid_id", "level"], how="outer")
+        counts["households"] = counts["households"].fillna(0).astype(int)
         counts["change"] = counts["households"] - counts["prev"].fillna(0).astype(int)
         counts = counts.drop(columns="prev")
     else:
         counts["change"] = 0
+    counts["as_of"] = as_of
     return counts[["as_of", "grid_id", "level", "households", "change"]]
 
 

@@ -18,7 +18,11 @@ def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_da
         return pd.DataFrame(columns=cols)
     v = visits.copy()
     v["visited_at"] = pd.to_datetime(v["visited_at"])
+    if "plan_id" not in v:
+        v["plan_id"] = None
     explicit = v[v.plan_id.notna() & (v.plan_id.astype(str) != "") & v.plan_id.isin(set(plans.plan_id))]
+    # Two records naming the same plan: the first closes it, the other is matched like any visit.
+    explicit = explicit.sort_values(["visited_at", "visit_id"]).drop_duplicates("plan_id", keep="first")
     out = [pd.DataFrame({"plan_id": explicit.plan_id, "visit_id": explicit.visit_id,
                          "done_on": explicit.visited_at.dt.date})]
     used_plans = set(explicit.plan_id)
@@ -27,7 +31,7 @@ def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_da
     p = plans[~plans.plan_id.isin(used_plans)].copy()
     p["ws"] = pd.to_datetime(p.window_start.fillna(p.due_date)) - pd.Timedelta(days=early_days)
     p = p.sort_values(["due_date", "plan_id"])
-    m = rest.merge(p[["plan_id", "household_id", "ws", "due_date"]], on="household_id")
+    m = rest.drop(columns="plan_id").merge(p[["plan_id", "household_id", "ws", "due_date"]], on="household_id")
     m = m[m.visited_at >= m.ws].sort_values(["visited_at", "visit_id", "due_date", "plan_id"])
     taken_p, taken_v, rows = set(), set(), []
     for r in m.itertuples(index=False):

@@ -28,6 +28,8 @@ def clean_value(value: Any) -> Any:
         return None
     if isinstance(value, float) and np.isnan(value):
         return None
+    if isinstance(value, np.datetime64):
+        return None if np.isnat(value) else pd.Timestamp(value).to_pydatetime()
     if isinstance(value, pd.Timestamp):
         return value.to_pydatetime().replace(tzinfo=None)
     if isinstance(value, np.bool_):

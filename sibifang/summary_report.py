@@ -107,6 +107,7 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
         if lvl not in t:
             t[lvl] = 0
     t = t.reset_index().merge(areas[["grid_id", "village_name"]], on="grid_id", how="left")
+    t["village_name"] = t["village_name"].fillna("?")
     villages = sorted(t.village_name.fillna("?").unique())
     width_cells = int(t.groupby("village_name").size().max())
     label_w = 110
@@ -122,9 +123,10 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
             hot = (getattr(r, "红") * 1.0 + getattr(r, "橙") * 0.5) / total
             color = _blend(hot)
             x = label_w + xi * cell
-            tip = " ".join(f"{lvl}{getattr(r, lvl)}" for lvl in LEVEL_COLORS)
+            # Grids are small: the tooltip masks counts below SMALL_COUNT like the tables do.
+            tip = " ".join(f"{lvl}{_mask(int(getattr(r, lvl)))}" for lvl in LEVEL_COLORS)
             parts.append(f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{color}">'
-                         f'<title>{html.escape(str(r.grid_id))}: {tip}</title></rect>')
+                         f'<title>{html.escape(str(r.grid_id))}: {html.escape(tip)}</title></rect>')
     parts.append("</svg>")
     return "\n".join(parts)
 

@@ -97,9 +97,6 @@ def test_cases_are_deterministic():
     assert a.sort_values("case_id").to_dict("records") == b.sort_values("case_id").to_dict("records")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: groupby().first() takes the first non-null value per column, so when "
-                                       "the earliest flag has no details the case mixes source_flag_id of one flag "
-                                       "with source_visit_id of another")
 def test_case_source_visit_belongs_to_source_flag():
     flags = pd.DataFrame([
         {"flag_id": "F-1", "household_id": "H1", "kind": "dispute", "detected_at": T("2026-07-01"), "details": None},

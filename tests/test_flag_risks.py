@@ -79,21 +79,15 @@ def test_lexicon_find_empty(lexicon, text):
     assert lexicon.find(text) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: negation looks for 无/未/没有 anywhere in the 3 characters before a "
-                                       "cue, so 无 inside a word (无业, 无度) suppresses a real domestic-violence cue")
 @pytest.mark.parametrize("text", ["丈夫长期无业，家暴", "丈夫酗酒无度殴打妻子"])
 def test_lexicon_negation_only_negates_adjacent_word(lexicon, text):
     assert kinds(lexicon.find(text)) == {"domestic_violence"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fixed 3-character negation window misses '没有发现家暴' "
-                                       "(negation 4 characters before the cue) and raises a false critical flag")
 def test_lexicon_negation_with_verb_between(lexicon):
     assert lexicon.find("走访中没有发现家暴") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (lexicon): '婆媳' alone is a relationship, not a dispute; "
-                                       "'婆媳关系和睦' raises a high-severity dispute flag")
 def test_lexicon_harmonious_in_laws_is_not_a_dispute(lexicon):
     assert lexicon.find("婆媳关系和睦，家庭和谐") == []
 
@@ -207,8 +201,6 @@ def test_unresolved_difficulty_flags_window_and_min_times():
     assert unresolved_difficulty_flags(v, date(2026, 6, 7)).iloc[0].details == {"times": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the window's upper bound is `<= as_of + 1 day` (inclusive), so a visit "
-                                       "dated the day after as_of (00:00, as date-only records import) is counted")
 def test_unresolved_difficulty_flags_ignore_visits_of_the_next_day():
     v = pd.DataFrame([_dv("A1", "HA", "2026-06-01", "困难"), _dv("A2", "HA", "2026-06-05", "困难")])
     assert unresolved_difficulty_flags(v, date(2026, 6, 4)).empty
@@ -354,9 +346,6 @@ def test_merge_with_open_flags_extend_insert_and_dedup():
     assert set(extends.flag_id) == {"F-open1"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a new flag whose dedup_key is already open is skipped outright, so "
-                                       "when a later run sees the same episode running longer its end is never "
-                                       "extended (module docstring: 'a later run that sees the same episode extends it')")
 def test_same_episode_seen_longer_extends_the_open_flag():
     key = "meter|M1|inactivity|2026-07-12T03:00"
     open_flags = pd.DataFrame([_open_flag("F-o", "H1", "inactivity", "2026-07-12 03:00", "2026-07-12 09:00", key=key)])
@@ -366,8 +355,6 @@ def test_same_episode_seen_longer_extends_the_open_flag():
     assert extends.to_dict("records") == [{"flag_id": "F-o", "end": T("2026-07-12 21:00")}]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: extending sets end = the new episode's end even when that is earlier, "
-                                       "so a short episode inside a long open flag shortens it")
 def test_extension_never_shortens_an_open_flag():
     open_flags = pd.DataFrame([_open_flag("F-o", "H1", "inactivity", "2026-07-12 00:00", "2026-07-13 00:00")])
     new = pd.DataFrame([_new_flag("inner", "H1", "inactivity", "2026-07-12 10:00", "2026-07-12 11:00")])
@@ -403,9 +390,6 @@ def test_merge_with_no_open_flags_inserts_all():
     assert extends.empty and list(extends.columns) == ["flag_id", "end"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: merge only compares new flags with already-open ones; two episodes of "
-                                       "one household and kind 3 h apart in the same run become two flags (two alerts) "
-                                       "although MERGE_GAP says they are one situation")
 def test_merge_within_one_batch_gives_one_flag():
     new = pd.DataFrame([_new_flag("a", "H1", "inactivity", "2026-07-12 00:00", "2026-07-12 06:00"),
                         _new_flag("b", "H1", "inactivity", "2026-07-12 09:00", "2026-07-12 15:00")])
@@ -492,8 +476,6 @@ def test_risk_map_change_against_previous():
     assert set(m.columns) == {"as_of", "grid_id", "level", "households", "change"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: risk_map lists only levels present now; a grid whose 黄 households "
-                                       "all dropped to 绿 has no 黄 row, so the decrease (change −1) is never shown")
 def test_risk_map_reports_levels_that_dropped_to_zero():
     prev = pd.DataFrame({"as_of": [date(2026, 7, 19)], "grid_id": ["G2"], "level": ["黄"], "households": [1]})
     m = risk_map(_scored(), date(2026, 7, 20), prev)

@@ -94,8 +94,6 @@ def test_clean_value_leaves_plain_python_alone():
         assert type(clean_value(v)) is type(v)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: clean_value returns numpy.datetime64 unchanged instead of a "
-                                       "Python datetime (e.g. elements of a datetime64 ndarray)")
 def test_clean_value_numpy_datetime64_becomes_python_datetime():
     v = clean_value(np.datetime64("2026-07-12T08:30:00"))
     assert isinstance(v, datetime)

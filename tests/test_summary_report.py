@@ -203,9 +203,6 @@ def test_risk_map_svg_empty_is_valid():
     assert root.findall(f".//{SVG}rect") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a grid missing from areas gets no rect (rows are filtered on "
-                                       "village_name == '?' while the column holds NaN) — and when no grid is "
-                                       "known, int(NaN) raises ValueError")
 def test_risk_map_svg_grid_without_area_still_drawn():
     rm = _risk_map()
     rm = pd.concat([rm, pd.DataFrame({"as_of": [END], "grid_id": ["G-new"], "level": ["绿"], "households": [4],
@@ -214,8 +211,6 @@ def test_risk_map_svg_grid_without_area_still_drawn():
     assert len(root.findall(f".//{SVG}rect")) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: risk-map cell tooltips give exact per-grid counts (e.g. '红1'), finer "
-                                       "than the village table that masks counts below 3 as '<3': small counts leak")
 def test_risk_map_svg_does_not_leak_small_counts(svg):
     root = ET.fromstring(svg)
     for title in root.iter(f"{SVG}title"):
