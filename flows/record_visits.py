@@ -16,6 +16,6 @@ from tasks.record_visits import close_plans, import_visit_files
 def record_visits(as_of: date | None = None, inbox: str | None = None, database_url: str | None = None) -> dict:
     day = as_of_date(as_of)
     settings = get_settings()
-    imported = import_visit_files(inbox or str(settings.inbox_dir), database_url, str(settings.out_dir))
+    imported = import_visit_files(inbox or str(settings.inbox_dir), database_url, str(settings.out_dir), day)
     closed = close_plans(day, database_url)
     return {**imported, **closed}

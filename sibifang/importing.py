@@ -376,7 +376,7 @@ def reason_zh(code: str, field_name: str) -> str:
     return REASONS_ZH.get(code, REASONS_ZH["invalid"]).format(field=label)
 
 
-def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems) -> pd.DataFrame:
+def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> pd.DataFrame:
     """Typed frame in contract column order; parse failures become problems (value → NA)."""
     typed: dict[str, pd.Series] = {}
     for f in FIELDS[kind]:
@@ -414,7 +414,7 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems) -> pd.DataFram
             typed[f.name] = parsed.dt.tz_localize(None)
             problems.add(invalid, f.name, "bad_datetime")
             if f.not_future:
-                problems.add(~C.not_in_future(parsed), f.name, "future_date")
+                problems.add(~C.not_in_future(parsed, now=now), f.name, "future_date")
         elif f.type == "code":
             codes, unknown = C.to_code(values, f.lookup or {})
             typed[f.name] = codes
@@ -428,7 +428,7 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems) -> pd.DataFram
         else:  # pragma: no cover - a Field with a type this function does not know
             raise ValueError(f"field {f.name}: unknown type {f.type}")
         if f.type == "date" and f.not_future:
-            problems.add(~C.not_in_future(typed[f.name]), f.name, "future_date")
+            problems.add(~C.not_in_future(typed[f.name], now=now), f.name, "future_date")
     return pd.DataFrame(typed, index=raw.index)
 
 
@@ -471,7 +471,7 @@ KEYS["readings"] = ("meter_id", "ts")
 
 
 def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
-                    known: dict[str, set[str]] | None = None) -> ImportResult:
+                    known: dict[str, set[str]] | None = None, now=None) -> ImportResult:
     """Normalise and validate one registry file read by ``read_table``.
 
     ``known`` holds the ids references must point to: ``{"grids", "villages", "townships",
@@ -500,7 +500,8 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     problems = _Problems()
     if "_extra_fields" in raw.columns:
         problems.add(raw["_extra_fields"].fillna(0).astype("int64").gt(0), "_row", "extra_fields")
-    typed = _normalise(kind, raw, problems)
+    # ``now``: the moment the import acts for (a replayed day); "in the future" is judged against it.
+    typed = _normalise(kind, raw, problems, now)
 
     key = list(KEYS[kind])
     later_duplicates = typed[key].notna().all(axis=1) & typed.duplicated(subset=key, keep="first")

@@ -36,7 +36,7 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
     raw = read_table(path)
     with session_scope(database_url) as s:
         known = known_references(s)
-    result = validate_import(kind, raw, source=path.name, known=known)
+    result = validate_import(kind, raw, source=path.name, known=known, now=now)
     q = result.quarantined
     bad_lines = set(q["line"].astype(int)) if not q.empty else set()
     # The rejected row is kept so a clerk can correct it, with ID and phone numbers masked:

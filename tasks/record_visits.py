@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 from prefect import task
@@ -17,7 +17,8 @@ VISIT_SUFFIXES = (".csv", ".xlsx", ".json")
 
 
 @task(name="import_visit_files", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def import_visit_files(inbox: str, database_url: str | None = None, out_dir: str | None = None) -> dict:
+def import_visit_files(inbox: str, database_url: str | None = None, out_dir: str | None = None,
+                       as_of: date | None = None) -> dict:
     """Import every visit sheet in ``inbox/visits``; imported files move to ``done/`` (never twice)."""
     folder = Path(inbox) / "visits"
     if not folder.exists():
@@ -26,7 +27,8 @@ def import_visit_files(inbox: str, database_url: str | None = None, out_dir: str
     done.mkdir(exist_ok=True)
     totals = {"files": 0, "read": 0, "accepted": 0, "quarantined": 0}
     for p in sorted(f for f in folder.iterdir() if f.suffix in VISIT_SUFFIXES):
-        r = import_file("visits", p, database_url=database_url, out_dir=Path(out_dir) if out_dir else None)
+        now = datetime.combine(as_of, time(23, 59, 59)) if as_of else None
+        r = import_file("visits", p, database_url=database_url, out_dir=Path(out_dir) if out_dir else None, now=now)
         shutil.move(str(p), done / p.name)
         totals["files"] += 1
         for k in ("read", "accepted", "quarantined"):
