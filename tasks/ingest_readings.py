@@ -86,7 +86,21 @@ def ingest_file_task(path: str, database_url: str | None = None, as_of: datetime
                         database_url=database_url, as_of=as_of)
 
 
-@task(name="pull_meter_api", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_unless_bad_data)
+def retry_pull(task, task_run, state) -> bool:  # noqa: ANN001
+    """Retry connection trouble and 5xx; not a 4xx or a malformed answer, nor bad data."""
+    from sibifang.meter_api import MeterApiError
+
+    try:
+        state.result()
+    except MeterApiError as e:
+        return bool(e.retryable)
+    except Exception:  # noqa: BLE001
+        return retry_unless_bad_data(task, task_run, state)
+    return False
+
+
+@task(name="pull_meter_api", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 30, 120],
+      retry_condition_fn=retry_pull)
 def pull_api_task(database_url: str | None = None, as_of: datetime | None = None) -> dict | None:
     """Pull new readings from the meter platform's paged API, resuming from the last stored one."""
     from sibifang.meter_api import fetch_readings
@@ -96,9 +110,11 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     settings = get_settings()
     if not settings.meter_api_url:
         return None
+    from sibifang.meter_api import resume_since
+
     store = ReadingStore(Path(settings.data_dir) / "readings")
-    last = store.last_ts()
-    since = min(last.values()) if last else None
+    # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
+    since = resume_since(store.last_ts())
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
     raw = fetch_readings(settings.meter_api_url, token, since)
     digest = hashlib.sha1(pd.util.hash_pandas_object(raw, index=False).values.tobytes()).hexdigest()

@@ -1,0 +1,564 @@
+"""Clean smart-meter readings as real feeds deliver them (issue 3, part 1).
+
+Input: a raw frame (from :func:`read_readings_file` or :mod:`sibifang.meter_api`) with
+``meter_id, ts`` and either ``kwh`` (energy of the interval that ends at ``ts``) or
+``register_kwh`` (cumulative register). Output: a :class:`CleanResult` whose ``accepted``
+frame follows the readings contract of docs/file-formats.md and whose ``quarantined`` frame
+tells a village data clerk, line by line, what was set aside and why.
+
+Invariant, asserted on every call: ``rows read == accepted + quarantined``. Nothing is
+dropped silently; even an exact duplicate or the first (baseline) reading of a cumulative
+register is a quarantine row with its own code, so the clerk can account for every line.
+
+Decisions (documented here because detectors depend on them):
+
+* Time zone. Timestamps with an offset or ``Z`` are converted to local time
+  (Asia/Shanghai by default); naive timestamps are already local and kept as they are.
+  ``ts`` is floored to whole seconds (sub-second jitter carries no information).
+* Clock skew. A reading later than ``now + future_skew`` (default 10 min) is quarantined
+  (``future_ts``), not shifted: a wrong correction would move usage into other slots, where
+  a detector would read it as night activity. The reason text tells the clerk to check the
+  meter clock. Readings before ``min_ts`` (default 2010-01-01, e.g. a meter whose clock fell
+  back to 1970/2000 after a power cut) are quarantined as ``ts_too_old``.
+* Physical maximum. A household on 220 V with a ~100 A main fuse draws at most ~22 kW; we
+  allow ``max_kw = 25`` kW, i.e. 6.25 kWh per 15-minute interval, scaled by the interval
+  (for registers: by the time elapsed since the previous reading). More is ``implausible_kwh``.
+* Duplicates. Same meter and ts: the first row in file order is kept; a later row with the
+  same kWh is ``duplicate`` (informational), with a different kWh ``conflicting_duplicate``.
+* Cumulative registers are differenced per meter in time order:
+    - the first reading of a meter is ``register_baseline`` (no interval can be computed;
+      pass ``last_registers`` from the previous batch to chain batches without losing one);
+    - a drop to near zero (≤ what the meter can count in the elapsed time) is
+      ``register_reset``; any other drop is ``register_drop`` (meter replaced or swapped):
+      either way the reading starts a new baseline, never a negative interval;
+      a drop of at most ``register_jitter_kwh`` (0.05 kWh) is read noise and counts as 0 kWh;
+    - a gap (more than 1.5 intervals since the previous reading) is ``register_gap``: the
+      energy of the gap is named in the reason but NOT spread over the missing slots —
+      spreading would invent a flat profile exactly where a detector must see "no data"
+      (a gap is never a zero, and never an average). The reading is the next baseline;
+    - an upward jump above the physical maximum is ``implausible_kwh`` and also becomes the
+      next baseline (a spike that falls back then shows as ``register_drop``; two intervals
+      are lost, no energy is invented).
+* Out-of-order rows are sorted; that is not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+log = logging.getLogger(__name__)
+
+LOCAL_TZ = "Asia/Shanghai"
+DEFAULT_INTERVAL_MINUTES = 15
+# 220 V x ~100 A main fuse ≈ 22 kW; 25 kW leaves a margin for measurement error.
+MAX_HOUSEHOLD_KW = 25.0
+DEFAULT_FUTURE_SKEW = pd.Timedelta(minutes=10)
+DEFAULT_MIN_TS = pd.Timestamp("2010-01-01")
+REGISTER_JITTER_KWH = 0.05
+# A reading this much later than the previous one (in intervals) closes a gap, not an interval.
+GAP_FACTOR = 1.5
+
+ACCEPTED_COLUMNS = ["meter_id", "ts", "kwh"]
+QUARANTINE_COLUMNS = ["source_file", "line", "meter_id", "ts", "field", "code", "reason", "value"]
+REGISTER_STATE_COLUMNS = ["meter_id", "ts", "register_kwh"]
+
+# code -> (field, Chinese reason for the village data clerk)
+QUARANTINE_CODES: dict[str, tuple[str, str]] = {
+    "missing_meter_id": ("meter_id", "缺少电表编号"),
+    "missing_ts": ("ts", "缺少读数时间"),
+    "bad_ts": ("ts", "读数时间无法识别，应为 YYYY-MM-DD HH:MM[:SS]，可带时区如 +08:00 或 Z"),
+    "missing_kwh": ("kwh", "缺少用电量（缺数不能当作0，已单独列出）"),
+    "bad_kwh": ("kwh", "用电量不是有效数字"),
+    "negative_kwh": ("kwh", "用电量为负数，电表数据有误"),
+    "implausible_kwh": ("kwh", "用电量超过家庭用电的物理上限（220V/100A 约 25kW），疑似读数错误"),
+    "unknown_meter": ("meter_id", "电表编号不在电表登记表（meters.csv）中"),
+    "future_ts": ("ts", "读数时间晚于当前时间，电表时钟可能偏快，请核对电表时钟"),
+    "ts_too_old": ("ts", "读数时间过早，电表时钟可能在停电后被重置，请核对电表时钟"),
+    "duplicate": ("ts", "重复读数（同一电表同一时间、用电量相同），已保留第一条"),
+    "conflicting_duplicate": ("kwh", "同一电表同一时间有不同的用电量，已保留文件中第一条，本条请核实"),
+    "register_baseline": ("register_kwh", "累计读数的起点，仅作为计算下一时段用电量的基准"),
+    "register_reset": ("register_kwh", "累计读数回零（电表复位），本条作为新的基准"),
+    "register_drop": ("register_kwh", "累计读数大幅下降（可能更换了电表），本条作为新的基准，请核实"),
+    "register_gap": ("register_kwh", "与上一条读数之间缺数，期间用电量无法分配到各时段，按缺数处理，本条作为新的基准"),
+}
+_CODE_NAMES = ["", *QUARANTINE_CODES]
+_CODE_NUMBER = {name: number for number, name in enumerate(_CODE_NAMES)}
+# Codes that need no action from the clerk: they explain a line, they do not report an error.
+INFORMATIONAL_CODES = frozenset({"duplicate", "register_baseline", "register_reset"})
+
+_COLUMN_ALIASES = {
+    "meter_id": "meter_id", "meter": "meter_id", "电表编号": "meter_id", "表号": "meter_id",
+    "ts": "ts", "timestamp": "ts", "time": "ts", "读数时间": "ts", "时间": "ts",
+    "kwh": "kwh", "用电量": "kwh",
+    "register_kwh": "register_kwh", "累计读数": "register_kwh", "示数": "register_kwh",
+}
+# An offset only counts after a time of day: "2026-11-20" must not read as offset "-20".
+_OFFSET_RE = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+_NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+
+
+@dataclass
+class CleanResult:
+    accepted: pd.DataFrame  # meter_id (str), ts (datetime64[ns], naive local, end of interval), kwh (float64)
+    quarantined: pd.DataFrame  # QUARANTINE_COLUMNS; line is the 1-based file line (header = line 1)
+    counts: dict  # read, accepted, quarantined, and one entry per quarantine code
+    # Cumulative feeds only: the last good register per meter, to pass as ``last_registers``
+    # to the next batch so its first reading yields an interval instead of a baseline.
+    last_registers: pd.DataFrame | None = field(default=None)
+
+
+# --------------------------------------------------------------------------- reading files
+
+def read_readings_file(path: Path) -> pd.DataFrame:
+    """Read a readings file as text, keeping a ``line`` column (1-based, header is line 1).
+
+    CSV in UTF-8 (with or without BOM) or GBK/GB18030; Parquet; XLSX (first sheet, line is
+    the Excel row number). For Parquet, ``line`` is the row position + 2, i.e. the line the
+    row would have in the equivalent CSV. Columns are matched case-insensitively (Chinese
+    headers 电表编号/读数时间/用电量/累计读数 accepted). A file with ``kwh`` is read as
+    intervals; with only ``register_kwh`` as a cumulative register; with both, ``kwh`` wins.
+    Blank CSV lines are kept (they become ``missing_*`` quarantine rows), so line numbers
+    stay true. Quoted fields containing newlines would shift line numbers; meter feeds
+    never contain them.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        raw = pd.read_parquet(path)
+        first_line = 2
+    elif suffix in {".xlsx", ".xlsm"}:
+        raw = pd.read_excel(path, sheet_name=0, dtype=str, keep_default_na=False)
+        first_line = 2
+    elif suffix in {".csv", ".txt", ""}:
+        raw = _read_csv_any_encoding(path)
+        first_line = 2
+    else:
+        raise ValueError(f"不支持的读数文件格式 {suffix!r}（支持 CSV、Parquet、XLSX）: {path.name}")
+
+    raw = raw.rename(columns=_normalise_column_name)
+    missing = {"meter_id", "ts"} - set(raw.columns)
+    if missing or not ({"kwh", "register_kwh"} & set(raw.columns)):
+        raise ValueError(
+            f"{path.name}: 读数文件缺少列 {sorted(missing | ({'kwh'} if not ({'kwh', 'register_kwh'} & set(raw.columns)) else set()))}"
+            f"（需要 meter_id, ts, kwh 或 meter_id, ts, register_kwh）；现有列 {list(raw.columns)}"
+        )
+    value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
+    out = raw[["meter_id", "ts", value_col]].copy()
+    out.insert(0, "line", np.arange(first_line, first_line + len(out), dtype=np.int64))
+    return out.reset_index(drop=True)
+
+
+def _normalise_column_name(name: object) -> str:
+    key = str(name).strip().lstrip("\ufeff").strip().lower()
+    return _COLUMN_ALIASES.get(key, key)
+
+
+def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        encoding = "utf-8-sig"
+    except UnicodeDecodeError:
+        encoding = "gb18030"  # superset of GBK; what Excel on a Chinese Windows writes
+    return pd.read_csv(
+        path, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
+        skip_blank_lines=False,
+    )
+
+
+# --------------------------------------------------------------------------- parsing columns
+
+def _as_text(values: pd.Series) -> pa.Array:
+    """Column as an Arrow string array, whitespace trimmed, empty/None -> null."""
+    arr = pa.array(values.astype("str"), type=pa.string(), from_pandas=True)
+    arr = pc.utf8_trim_whitespace(arr)
+    empty = pc.fill_null(pc.equal(arr, ""), True)
+    return pc.if_else(empty, pa.scalar(None, pa.string()), arr)
+
+
+def _parse_number(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """-> (float64 values with NaN where missing/bad, bool mask 'present but unparseable')."""
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        out = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return out, np.zeros(len(out), dtype=bool)
+    text = _as_text(values)
+    present = pc.is_valid(text).to_numpy(zero_copy_only=False)
+    try:
+        nums = pc.cast(text, pa.float64())
+        bad = np.zeros(len(text), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # Slow path only for files with garbage: validate by pattern, cast what is a number.
+        lowered = pc.utf8_lower(text)
+        ok = pc.or_(pc.match_substring_regex(text, _NUMBER_RE),
+                    pc.is_in(lowered, pa.array(["nan", "inf", "+inf", "-inf", "infinity", "-infinity"])))
+        ok = pc.fill_null(ok, False)
+        nums = pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64())
+        bad = present & ~ok.to_numpy(zero_copy_only=False)
+    out = nums.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    out = np.where(present & ~bad, out, np.nan)
+    # "nan" written in the file is a missing value; "inf" is a bad one.
+    bad = bad | np.isinf(out)
+    out[np.isinf(out)] = np.nan
+    return out, bad
+
+
+def _parse_ts(values: pd.Series, tz: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """-> (naive local datetime64[ns] with NaT, mask missing, mask present-but-unparseable)."""
+    n = len(values)
+    dtype = values.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        ts = values.dt.tz_convert(tz).dt.tz_localize(None)
+        missing = ts.isna().to_numpy()
+        return _to_ns(ts), missing, np.zeros(n, dtype=bool)
+    if pd.api.types.is_datetime64_dtype(dtype):
+        missing = values.isna().to_numpy()
+        return _to_ns(values), missing, np.zeros(n, dtype=bool)
+
+    if pd.api.types.is_object_dtype(dtype):
+        # Mixed Python objects (XLSX cells, JSON): aware datetimes go through their ISO text.
+        values = values.map(lambda v: v.isoformat() if isinstance(v, datetime) else v)
+    text = _as_text(values)
+    missing = ~pc.is_valid(text).to_numpy(zero_copy_only=False)
+    s = pd.Series(text, dtype="str")
+    has_offset = pc.fill_null(pc.match_substring_regex(text, _OFFSET_RE), False).to_numpy(zero_copy_only=False)
+    result = pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns]")
+    if has_offset.any():
+        aware = pd.to_datetime(s[has_offset], format="ISO8601", utc=True, errors="coerce")
+        result.loc[has_offset] = _to_ns(aware.dt.tz_convert(tz).dt.tz_localize(None)).to_numpy()
+    naive_mask = ~has_offset & ~missing
+    if naive_mask.any():
+        naive = pd.to_datetime(s[naive_mask], format="ISO8601", errors="coerce")
+        retry = naive.isna().to_numpy()
+        if retry.any():
+            # Second chance for "2026/11/20 8:15", "2026年11月20日 8:15" and the like: per element,
+            # so only for the few; only with a full date first (dateutil would complete a bare
+            # "08:15" with today's date).
+            again = s[naive_mask][retry].str.replace(r"[/.年月]", "-", regex=True).str.replace("日", " ", regex=False)
+            dated = again.str.match(r"^\s*\d{4}-\d{1,2}-\d{1,2}(?:[ T]|$)|^\s*\d{8}(?:[ T]|$)", na=False)
+            parsed = pd.to_datetime(again.where(dated), format="mixed", errors="coerce")
+            naive.loc[retry] = parsed.to_numpy()
+        result.loc[naive_mask] = _to_ns(naive).to_numpy()
+    bad = ~missing & result.isna().to_numpy()
+    return result, missing, bad
+
+
+def _to_ns(ts: pd.Series) -> pd.Series:
+    return ts.astype("datetime64[ns]").dt.floor("s")
+
+
+def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
+    if now is None:
+        return pd.Timestamp.now(tz=tz).tz_localize(None)
+    stamp = pd.Timestamp(now)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert(tz).tz_localize(None)
+    return stamp
+
+
+# --------------------------------------------------------------------------- cleaning
+
+def clean_readings(
+    raw: pd.DataFrame,
+    *,
+    source: str,
+    known_meters: set[str] | None = None,
+    now: datetime | None = None,
+    interval_minutes: dict[str, int] | int | None = None,
+    timezone: str = LOCAL_TZ,
+    max_kw: float = MAX_HOUSEHOLD_KW,
+    future_skew: pd.Timedelta = DEFAULT_FUTURE_SKEW,
+    min_ts: pd.Timestamp = DEFAULT_MIN_TS,
+    last_registers: pd.DataFrame | None = None,
+) -> CleanResult:
+    """Validate, convert and deduplicate raw readings; see the module docstring for the rules.
+
+    ``raw`` has ``meter_id, ts`` and ``kwh`` (intervals) or ``register_kwh`` (cumulative),
+    optionally ``line`` (else row position + 2). ``interval_minutes`` is per meter (from
+    meters.csv), one value for all, or None for 15. ``now`` (naive = local) bounds future
+    timestamps. ``last_registers`` (``meter_id, ts, register_kwh``, e.g. the previous
+    result's ``last_registers``) continues cumulative registers across batches.
+    """
+    if "kwh" in raw.columns:
+        cumulative = False
+        value_col = "kwh"
+    elif "register_kwh" in raw.columns:
+        cumulative = True
+        value_col = "register_kwh"
+    else:
+        raise ValueError("读数缺少 kwh 或 register_kwh 列")
+    for col in ("meter_id", "ts"):
+        if col not in raw.columns:
+            raise ValueError(f"读数缺少 {col} 列")
+
+    n = len(raw)
+    raw = raw.reset_index(drop=True)
+    line = (raw["line"].to_numpy(dtype=np.int64) if "line" in raw.columns
+            else np.arange(2, n + 2, dtype=np.int64))
+
+    # Meter ids as integer codes into a sorted dictionary: sorting, deduplication and the
+    # per-meter lookups below then work on integers, never on millions of Python strings.
+    meters = _MeterCodes.of(raw["meter_id"])
+    ts, ts_missing, ts_bad = _parse_ts(raw["ts"], timezone)
+    ts_values = ts.to_numpy()
+    value, value_bad = _parse_number(raw[value_col])
+    value_missing = np.isnan(value) & ~value_bad
+
+    # One code per row: the first failing check wins, in this order.
+    # Codes are small integers (0 = accepted, see _CODE_NUMBER): comparing millions of
+    # Python strings would cost more than all the cleaning.
+    code = np.zeros(n, dtype=np.int8)
+
+    def flag(mask: np.ndarray, name: str) -> None:
+        code[mask & (code == 0)] = _CODE_NUMBER[name]
+
+    flag(meters.codes < 0, "missing_meter_id")
+    flag(ts_missing, "missing_ts")
+    flag(ts_bad, "bad_ts")
+    flag(value_missing, "missing_kwh")
+    flag(value_bad, "bad_kwh")
+    if known_meters is not None:
+        known = np.append(pc.is_in(meters.names, pa.array(sorted(map(str, known_meters)), pa.string()))
+                          .to_numpy(zero_copy_only=False), True)
+        flag(~known[meters.codes], "unknown_meter")
+    local_now = _local_now(now, timezone)
+    flag(ts_values > (local_now + future_skew).to_datetime64(), "future_ts")
+    flag(ts_values < pd.Timestamp(min_ts).to_datetime64(), "ts_too_old")
+    flag(value < 0, "negative_kwh")
+
+    interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
+    if not cumulative:
+        flag(value > max_kw * interval / 60.0, "implausible_kwh")
+
+    kwh = np.full(n, np.nan)
+    detail = np.full(n, "", dtype=object)
+    valid = np.flatnonzero(code == 0)
+    if len(valid):
+        order = _sorted_rows(meters.codes[valid], ts_values[valid])
+        rows = valid[order]  # valid rows by meter, ts, file order
+        rows = _deduplicate(rows, meters.codes, ts_values, value, code)
+        if cumulative:
+            _difference_registers(rows, meters, ts_values, value, interval, code, kwh, detail,
+                                  max_kw, last_registers)
+        else:
+            kwh[rows] = value[rows]
+        accepted_rows = rows[code[rows] == 0]
+    else:
+        accepted_rows = valid
+
+    accepted = pd.DataFrame({
+        "meter_id": pd.Series(meters.names_of(accepted_rows), dtype="str"),
+        "ts": pd.Series(ts_values[accepted_rows], dtype="datetime64[ns]"),
+        "kwh": kwh[accepted_rows].astype(np.float64),
+    })
+
+    quarantined = _quarantine_frame(raw, value_col, code, detail, line, meters, source)
+    counts = {"read": n, "accepted": len(accepted), "quarantined": len(quarantined)}
+    per_code = np.bincount(code, minlength=len(_CODE_NAMES))
+    for name in QUARANTINE_CODES:
+        counts[name] = int(per_code[_CODE_NUMBER[name]])
+    assert counts["read"] == counts["accepted"] + counts["quarantined"], counts
+
+    last = None
+    if cumulative:
+        last = _last_registers(meters, ts_values, value, code, last_registers)
+    if counts["quarantined"]:
+        log.info("%s: %d readings read, %d accepted, %d quarantined %s", source, n,
+                 counts["accepted"], counts["quarantined"],
+                 {k: v for k, v in counts.items() if k in QUARANTINE_CODES and v})
+    return CleanResult(accepted=accepted, quarantined=quarantined, counts=counts, last_registers=last)
+
+
+class _MeterCodes:
+    """Row -> meter code (-1 where missing) into ``names``, the sorted distinct meter ids."""
+
+    def __init__(self, text: pa.Array):
+        encoded = pc.dictionary_encode(text).combine_chunks() if isinstance(text, pa.ChunkedArray) \
+            else pc.dictionary_encode(text)
+        dictionary = encoded.dictionary
+        order = pc.array_sort_indices(dictionary).to_numpy()
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        self.names: pa.Array = dictionary.take(pa.array(order))
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        present = pc.is_valid(encoded.indices).to_numpy(zero_copy_only=False)
+        self.codes = np.where(present, rank[np.where(present, indices, 0).astype(np.int64)], -1) \
+            if len(order) else np.full(len(text), -1, dtype=np.int64)
+
+    @classmethod
+    def of(cls, values: pd.Series) -> "_MeterCodes":
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            # Parquet dictionary columns arrive as categoricals: encode the few categories,
+            # not the millions of rows.
+            by_category = cls(_as_text(pd.Series(values.cat.categories)))
+            out = cls(pa.array([], pa.string()))
+            out.names = by_category.names
+            category_codes = values.cat.codes.to_numpy()
+            out.codes = np.where(category_codes >= 0,
+                                 np.append(by_category.codes, -1)[category_codes], -1).astype(np.int64)
+            return out
+        return cls(_as_text(values))
+
+    def per_row(self, per_meter: np.ndarray) -> np.ndarray:
+        """Spread a per-meter array over rows (rows without a meter get the last element)."""
+        return np.append(per_meter, per_meter[-1] if len(per_meter) else np.nan)[self.codes]
+
+    def names_of(self, rows: np.ndarray) -> pa.Array:
+        codes = self.codes[rows]
+        return self.names.take(pa.array(codes, mask=codes < 0))
+
+    def lookup(self, meter_ids: pd.Series) -> np.ndarray:
+        return pd.Index(self.names.to_pandas()).get_indexer(meter_ids.astype("str"))
+
+
+def _interval_per_meter(names: pa.Array, interval_minutes: dict[str, int] | int | None) -> np.ndarray:
+    if interval_minutes is None:
+        return np.full(len(names), float(DEFAULT_INTERVAL_MINUTES))
+    if isinstance(interval_minutes, (int, float)):
+        return np.full(len(names), float(interval_minutes))
+    mapped = pd.Series(names.to_pandas()).map(interval_minutes).astype("float64").to_numpy()
+    return np.where(np.isnan(mapped), float(DEFAULT_INTERVAL_MINUTES), mapped)
+
+
+def _sorted_rows(meter_codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Stable order by (meter, ts): ties keep file order, so 'first' means first in the file."""
+    seconds = ts.astype("datetime64[s]").astype(np.int64)
+    span = int(seconds.max() - seconds.min()) if len(seconds) else 0
+    if span < 2**32 and (meter_codes.max(initial=0) < 2**30):
+        key = (meter_codes.astype(np.int64) << 32) | (seconds - seconds.min())
+        return np.argsort(key, kind="stable")
+    return np.lexsort((seconds, meter_codes))
+
+
+def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, value: np.ndarray,
+                 code: np.ndarray) -> np.ndarray:
+    """Flag all but the first row of each (meter_id, ts); ``rows`` are sorted. -> kept rows."""
+    m = meter_codes[rows]
+    t = ts[rows]
+    dup = np.zeros(len(rows), dtype=bool)
+    dup[1:] = (m[1:] == m[:-1]) & (t[1:] == t[:-1])
+    if not dup.any():
+        return rows
+    # Value of the kept (first) row of each group, carried forward onto its duplicates.
+    group_start = np.maximum.accumulate(np.where(~dup, np.arange(len(rows)), 0))
+    kept_value = value[rows][group_start]
+    same = np.isclose(value[rows], kept_value, rtol=0, atol=1e-9)
+    code[rows[dup & same]] = _CODE_NUMBER["duplicate"]
+    code[rows[dup & ~same]] = _CODE_NUMBER["conflicting_duplicate"]
+    return rows[~dup]
+
+
+def _difference_registers(rows: np.ndarray, meters: _MeterCodes, ts_all: np.ndarray, value: np.ndarray,
+                          interval_all: np.ndarray, code: np.ndarray, kwh: np.ndarray, detail: np.ndarray,
+                          max_kw: float, last_registers: pd.DataFrame | None) -> None:
+    meter_codes = meters.codes[rows]
+    ts = ts_all[rows]
+    reg = value[rows]
+    interval = interval_all[rows]
+    row_ids = rows
+    if last_registers is not None and len(last_registers):
+        # Previous batch's last good registers: pseudo-rows (row id -1) that only act as baselines.
+        prev_codes = meters.lookup(last_registers["meter_id"])
+        keep = prev_codes >= 0
+        prev_ts = pd.to_datetime(last_registers["ts"]).astype("datetime64[ns]").to_numpy()[keep]
+        meter_codes = np.concatenate([prev_codes[keep], meter_codes])
+        ts = np.concatenate([prev_ts, ts])
+        reg = np.concatenate([last_registers["register_kwh"].astype("float64").to_numpy()[keep], reg])
+        interval = np.concatenate([np.full(keep.sum(), np.nan), interval])
+        row_ids = np.concatenate([np.full(keep.sum(), -1), rows])
+        # Stable: at equal ts the previous baseline comes first, the batch row then repeats it.
+        order = np.lexsort((ts.astype(np.int64), meter_codes))
+        meter_codes, ts, reg, interval, row_ids = (a[order] for a in (meter_codes, ts, reg, interval, row_ids))
+
+    first = np.ones(len(row_ids), dtype=bool)
+    first[1:] = meter_codes[1:] != meter_codes[:-1]
+    prev_reg = np.concatenate([[np.nan], reg[:-1]])
+    prev_time = np.concatenate([ts[:1], ts[:-1]])
+    elapsed_min = (ts - prev_time).astype("timedelta64[s]").astype(np.float64) / 60.0
+    diff = reg - prev_reg
+    limit = max_kw * elapsed_min / 60.0
+
+    out_code = np.zeros(len(row_ids), dtype=np.int8)
+
+    def flag(mask: np.ndarray, name: str) -> None:
+        out_code[mask & (out_code == 0)] = _CODE_NUMBER[name]
+
+    flag(first | (elapsed_min <= 0), "register_baseline")
+    dropped = diff < -REGISTER_JITTER_KWH
+    flag(dropped & (reg <= np.maximum(limit, REGISTER_JITTER_KWH)), "register_reset")
+    flag(dropped, "register_drop")
+    flag(elapsed_min > GAP_FACTOR * interval, "register_gap")
+    flag(diff > limit, "implausible_kwh")
+    ok = out_code == 0
+
+    real = row_ids >= 0
+    gap = (out_code == _CODE_NUMBER["register_gap"]) & real
+    if gap.any():
+        detail[row_ids[gap]] = (
+            "（间隔 " + pd.Series(elapsed_min[gap]).round().astype(int).astype(str)
+            + " 分钟，期间共用电 " + pd.Series(diff[gap]).round(3).astype(str) + " kWh）"
+        ).to_numpy()
+    code[row_ids[real]] = out_code[real]
+    kwh[row_ids[real & ok]] = np.maximum(diff[real & ok], 0.0)
+
+
+def _last_registers(meters: _MeterCodes, ts: np.ndarray, value: np.ndarray, code: np.ndarray,
+                    previous: pd.DataFrame | None) -> pd.DataFrame:
+    """Last usable register per meter: any reading that was or became a baseline counts."""
+    usable = np.flatnonzero(np.isin(code, [0] + [_CODE_NUMBER[c] for c in (
+        "register_baseline", "register_reset", "register_drop", "register_gap", "implausible_kwh")]))
+    if len(usable):
+        order = usable[_sorted_rows(meters.codes[usable], ts[usable])]
+        codes = meters.codes[order]
+        is_last = np.ones(len(order), dtype=bool)
+        is_last[:-1] = codes[1:] != codes[:-1]
+        usable = order[is_last]
+    frame = pd.DataFrame({"meter_id": pd.Series(meters.names_of(usable), dtype="str"),
+                          "ts": ts[usable], "register_kwh": value[usable]})
+    if previous is not None and len(previous):
+        frame = pd.concat([previous[REGISTER_STATE_COLUMNS].astype({"meter_id": "str"}), frame], ignore_index=True)
+    frame["ts"] = pd.to_datetime(frame["ts"]).astype("datetime64[ns]")
+    frame = frame.sort_values(["meter_id", "ts"], kind="stable").groupby("meter_id", sort=True).tail(1)
+    return frame.reset_index(drop=True)
+
+
+def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detail: np.ndarray,
+                      line: np.ndarray, meters: _MeterCodes, source: str) -> pd.DataFrame:
+    rows = np.flatnonzero(code != 0)
+    if not len(rows):
+        return pd.DataFrame({c: pd.Series([], dtype="int64" if c == "line" else "str")
+                             for c in QUARANTINE_COLUMNS})
+    codes = pd.Series(np.asarray(_CODE_NAMES, dtype=object)[code[rows]], dtype="str")
+    fields = codes.map({k: v[0] for k, v in QUARANTINE_CODES.items()})
+    if value_col == "kwh":
+        fields = fields.replace("register_kwh", "kwh")
+    else:
+        fields = fields.replace("kwh", "register_kwh")
+    reasons = codes.map({k: v[1] for k, v in QUARANTINE_CODES.items()}) + pd.Series(detail[rows], dtype="str")
+    sub = raw.iloc[rows]
+    # The offending field's raw text, so the clerk sees what the file said.
+    value_text = np.where(fields.to_numpy() == "meter_id", _raw_text(sub["meter_id"]),
+                          np.where(fields.to_numpy() == "ts", _raw_text(sub["ts"]), _raw_text(sub[value_col])))
+    out = pd.DataFrame({
+        "source_file": pd.Series(np.full(len(rows), source, dtype=object), dtype="str"),
+        "line": line[rows].astype(np.int64),
+        "meter_id": pd.Series(meters.names_of(rows), dtype="str"),
+        "ts": pd.Series(_raw_text(sub["ts"]), dtype="str"),
+        "field": fields,
+        "code": codes,
+        "reason": reasons,
+        "value": pd.Series(value_text, dtype="str"),
+    })
+    return out.sort_values("line", kind="stable", ignore_index=True)
+
+
+def _raw_text(values: pd.Series) -> np.ndarray:
+    return values.astype("str").where(values.notna(), "").to_numpy(dtype=object)
+

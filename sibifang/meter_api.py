@@ -1,0 +1,239 @@
+"""Pull connector for a utility's meter-reading API (paged JSON over HTTP).
+
+Expected API (what a utility or the village platform must expose)::
+
+    GET {base_url}/readings?since=2026-11-20T08:15:00+08:00[&page_token=...]
+    Authorization: Bearer <token>
+
+    200 {"readings": [{"meter_id": "3302810001", "ts": "2026-11-20T08:30:00+08:00", "kwh": 0.12}, ...],
+         "next_page_token": "opaque" | null}
+
+``since`` is exclusive (readings with ``ts > since``); ``ts`` may carry an offset or be naive
+local time; ``kwh`` is the energy of the interval ending at ``ts`` (a feed may send
+``register_kwh`` instead: then every reading must). The last page has no
+``next_page_token`` (null, empty or absent).
+
+Behaviour:
+
+* Timeouts on connect and read. Retries with exponential backoff and jitter on connection
+  errors, timeouts, 5xx and 429; ``Retry-After`` (seconds or HTTP date) is respected, up to
+  ``max_retry_after`` seconds. Other 4xx (bad request, bad token) are never retried: they
+  fail the same way again. Redirects are not followed (a token must not travel elsewhere).
+* The token goes only into the Authorization header. It never appears in a log line or an
+  exception message: messages carry the status, the page number and, for errors, a short
+  excerpt of the body with the token redacted, and exceptions from ``requests`` are not
+  chained (their text could include a URL with credentials).
+* Resuming: :func:`resume_since` gives the ``since`` for the next pull from the store —
+  the earliest of the meters' last readings, so no meter misses data, bounded by
+  ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
+  Overlap is harmless: ``ReadingStore.append`` is idempotent.
+* The result is a raw frame (``line, meter_id, ts, kwh|register_kwh`` as sent) for
+  :func:`sibifang.ingest_readings.clean_readings`; ``line`` is the reading's 1-based
+  position in the pull.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import requests
+from pydantic import SecretStr
+
+log = logging.getLogger(__name__)
+
+LOCAL_TZ = "Asia/Shanghai"
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class MeterApiError(RuntimeError):
+    """The meter API failed in a way retrying will not fix (or retries ran out)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+def fetch_readings(
+    base_url: str,
+    token: str | SecretStr | None,
+    since: datetime | str | None,
+    *,
+    session: requests.Session | None = None,
+    max_pages: int = 10_000,
+    timeout: float | tuple[float, float] = (5.0, 30.0),
+    max_attempts: int = 6,
+    backoff_base: float = 0.5,
+    backoff_max: float = 30.0,
+    max_retry_after: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
+    timezone: str = LOCAL_TZ,
+) -> pd.DataFrame:
+    """Fetch every reading after ``since`` from ``{base_url}/readings``, following pages.
+
+    ``since``: naive datetimes are local time (Asia/Shanghai); None fetches everything the
+    API holds. Raises :class:`MeterApiError` on a non-retryable error, after ``max_attempts``
+    failed attempts of one page, on a malformed answer, or when ``max_pages`` is exceeded
+    (the data would be incomplete; raise the limit or pull more often).
+    """
+    if max_pages < 1 or max_attempts < 1:
+        raise ValueError("max_pages and max_attempts must be at least 1")
+    secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+    url = base_url.rstrip("/") + "/readings"
+    own_session = session is None
+    session = session or requests.Session()
+    headers = {"Accept": "application/json"}
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    since_text = _format_since(since, timezone)
+
+    readings: list[dict[str, Any]] = []
+    page_token: str | None = None
+    seen_tokens: set[str] = set()
+    try:
+        for page in range(1, max_pages + 1):
+            params = {"since": since_text} if since_text else {}
+            if page_token:
+                params["page_token"] = page_token
+            body = _get_page(session, url, params, headers, page=page, timeout=timeout,
+                             max_attempts=max_attempts, backoff_base=backoff_base,
+                             backoff_max=backoff_max, max_retry_after=max_retry_after,
+                             sleep=sleep, secret=secret)
+            batch = body.get("readings")
+            if not isinstance(batch, list) or not all(isinstance(r, dict) for r in batch):
+                raise MeterApiError(f"电表接口第 {page} 页格式不对：缺少 readings 列表")
+            readings.extend(batch)
+            page_token = body.get("next_page_token") or None
+            log.debug("meter API page %d: %d readings", page, len(batch))
+            if page_token is None:
+                break
+            if not isinstance(page_token, str) or page_token in seen_tokens:
+                raise MeterApiError(f"电表接口第 {page} 页返回了重复或无效的 next_page_token，停止翻页以免死循环")
+            seen_tokens.add(page_token)
+        else:
+            raise MeterApiError(f"电表接口超过 {max_pages} 页仍未结束；数据不完整，请调大 max_pages 或缩短拉取间隔")
+    finally:
+        if own_session:
+            session.close()
+
+    log.info("meter API: %d readings in %d page(s) since %s", len(readings), page, since_text or "the beginning")
+    return _readings_frame(readings)
+
+
+def resume_since(last_ts: dict[str, pd.Timestamp], *, max_lookback: timedelta = timedelta(days=7)
+                 ) -> pd.Timestamp | None:
+    """``since`` for the next pull, from ``ReadingStore.last_ts()``; None on an empty store.
+
+    The earliest per-meter last reading, but no earlier than ``max_lookback`` before the
+    latest one: a meter silent for longer is offline, and re-fetching every other meter's
+    month would not bring it back.
+    """
+    if not last_ts:
+        return None
+    values = pd.Series(list(last_ts.values()), dtype="datetime64[ns]")
+    return max(values.min(), values.max() - pd.Timedelta(max_lookback))
+
+
+def fetch_new_readings(store, *, session: requests.Session | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Pull from ``settings.meter_api_url`` with ``settings.meter_api_token``, resuming from ``store``."""
+    from sibifang.settings import get_settings
+
+    settings = get_settings()
+    if not settings.meter_api_url:
+        raise MeterApiError("未配置电表接口地址 SIBIFANG_METER_API_URL")
+    return fetch_readings(settings.meter_api_url, settings.meter_api_token, resume_since(store.last_ts()),
+                          session=session, timezone=settings.timezone, **kwargs)
+
+
+# ---------------------------------------------------------------------- internals
+
+def _get_page(session: requests.Session, url: str, params: dict, headers: dict, *, page: int,
+              timeout, max_attempts: int, backoff_base: float, backoff_max: float,
+              max_retry_after: float, sleep: Callable[[float], None], secret: str | None) -> dict:
+    for attempt in range(1, max_attempts + 1):
+        wait: float | None = None
+        problem: str
+        try:
+            response = session.get(url, params=params, headers=headers, timeout=timeout,
+                                   allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            # Only the class name: requests' message can embed the URL and proxy details.
+            problem = f"连接失败 ({type(exc).__name__})"
+        else:
+            status = response.status_code
+            if status == 200:
+                try:
+                    body = response.json()
+                except ValueError:
+                    raise MeterApiError(f"电表接口第 {page} 页不是有效的 JSON", status=status) from None
+                if not isinstance(body, dict):
+                    raise MeterApiError(f"电表接口第 {page} 页不是 JSON 对象", status=status)
+                return body
+            if status not in RETRY_STATUS:
+                raise MeterApiError(_status_message(status, page, response, secret), status=status) from None
+            problem = f"HTTP {status}"
+            wait = _retry_after_seconds(response.headers.get("Retry-After"))
+            if wait is not None and wait > max_retry_after:
+                raise MeterApiError(f"电表接口要求等待 {wait:.0f} 秒后再试（超过上限 {max_retry_after:.0f} 秒）",
+                                    status=status, retryable=True)
+        if attempt == max_attempts:
+            raise MeterApiError(f"电表接口第 {page} 页重试 {max_attempts} 次仍失败：{problem}", retryable=True)
+        if wait is None:
+            wait = min(backoff_max, backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        log.warning("meter API page %d attempt %d/%d failed (%s); retrying in %.1f s",
+                    page, attempt, max_attempts, problem, wait)
+        sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _status_message(status: int, page: int, response: requests.Response, secret: str | None) -> str:
+    if status in (401, 403):
+        return f"电表接口拒绝访问（HTTP {status}），请检查 SIBIFANG_METER_API_TOKEN 是否正确、是否过期"
+    if 300 <= status < 400:
+        return f"电表接口返回重定向（HTTP {status}），为保护令牌不跟随重定向；请把地址改成最终地址"
+    excerpt = response.text[:200]
+    if secret:
+        excerpt = excerpt.replace(secret, "***")
+    return f"电表接口第 {page} 页请求被拒绝（HTTP {status}），不会重试：{excerpt}"
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _format_since(since: datetime | str | None, timezone: str) -> str | None:
+    if since is None:
+        return None
+    stamp = pd.Timestamp(since)
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize(timezone)
+    return stamp.isoformat()
+
+
+def _readings_frame(readings: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(readings) if readings else pd.DataFrame(columns=["meter_id", "ts", "kwh"])
+    value_col = "kwh" if "kwh" in frame.columns or "register_kwh" not in frame.columns else "register_kwh"
+    for col in ("meter_id", "ts", value_col):
+        if col not in frame.columns:
+            frame[col] = None
+    frame = frame[["meter_id", "ts", value_col]].astype(object)
+    frame.insert(0, "line", range(1, len(frame) + 1))
+    return frame

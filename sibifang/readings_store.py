@@ -1,0 +1,417 @@
+"""Where meter readings live: a columnar store of Parquet partitions by local date.
+
+A row per reading in SQLite cannot reach the figures the detectors need (a month of a city is
+144 M readings), so readings are Parquet files::
+
+    <root>/date=2026-11-20/part-0.parquet     meter_id (dictionary string), ts (timestamp[ns],
+                                                naive local), kwh (float32), sorted by meter, ts
+    <root>/_last_ts.parquet                    last reading per meter (resume point for pulls)
+    <root>/.lock                               serialises writers (flock)
+
+Conventions:
+
+* ``ts`` is the END of the interval (docs/file-formats.md). Partition ``date=D`` holds the
+  intervals that end in (D 00:00, D+1 00:00], i.e. the energy consumed on local day D: the
+  reading stamped 00:00 belongs to the day before. ``load``/``load_matrix`` use the same
+  half-open window ``start < ts <= end``, so a day's 96 slots come from one partition.
+* Exactly one file per partition. ``append`` merges into it under a lock, writes a temporary
+  file in the partition directory, fsyncs, and ``os.replace``s it over the old one: readers
+  see the old partition or the new one, never half of one. A crash leaves at most a
+  ``.tmp-*`` file, which readers ignore and the next append to that partition removes.
+* ``append`` is idempotent: rows whose (meter_id, ts) is already stored are not written
+  again; the stored value wins (a different value for a stored key is counted and logged,
+  not overwritten — corrections are a deliberate operation, not a side effect of a re-run).
+* float32 kWh: 7 significant digits are far below meter resolution (0.001 kWh per reading).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    pa.field("meter_id", pa.dictionary(pa.int32(), pa.string())),
+    pa.field("ts", pa.timestamp("ns")),
+    pa.field("kwh", pa.float32()),
+])
+PART_NAME = "part-0.parquet"
+LAST_TS_NAME = "_last_ts.parquet"
+_PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_ONE_NS = np.timedelta64(1, "ns")
+
+
+class ReadingStore:
+    """Parquet store of cleaned readings (``meter_id, ts, kwh``) partitioned by local date."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def from_settings(cls) -> "ReadingStore":
+        from sibifang.settings import get_settings
+
+        return cls(get_settings().data_dir / "readings")
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, df: pd.DataFrame) -> int:
+        """Merge cleaned readings into their date partitions; returns the number of NEW rows.
+
+        ``df`` has ``meter_id, ts, kwh`` as produced by ``clean_readings``: ts naive local,
+        kwh finite and >= 0. Rows already stored (same meter_id and ts) change nothing.
+        """
+        incoming = _validated(df)
+        if incoming.num_rows == 0:
+            return 0
+        self.root.mkdir(parents=True, exist_ok=True)
+        day = _partition_day(incoming.column("ts").to_numpy())
+        new_rows = 0
+        with self._write_lock():
+            for day_value in np.unique(day):
+                part = incoming.filter(pa.array(day == day_value))
+                new_rows += self._merge_partition(pd.Timestamp(day_value).date(), part)
+            self._update_last_ts(incoming)
+        return new_rows
+
+    def _merge_partition(self, day: date, incoming: pa.Table) -> int:
+        directory = self._partition_dir(day)
+        directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)  # a crash mid-write left it; never visible to readers
+        target = directory / PART_NAME
+        if target.exists():
+            existing = pq.read_table(target, schema=SCHEMA)
+            combined = pa.concat_tables([existing, incoming]).unify_dictionaries()
+            n_existing = existing.num_rows
+        else:
+            combined = incoming
+            n_existing = 0
+        merged, n_conflicts = _sorted_unique(combined, n_existing)
+        new_rows = merged.num_rows - n_existing
+        if n_conflicts:
+            log.warning("date=%s: %d readings differ from the stored value for the same meter and ts; "
+                        "stored values kept", day.isoformat(), n_conflicts)
+        if new_rows == 0:
+            return 0
+        _atomic_write(merged, target)
+        return new_rows
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _update_last_ts(self, incoming: pa.Table) -> None:
+        frame = incoming.select(["meter_id", "ts"]).to_pandas()
+        latest = frame.groupby("meter_id", observed=True, sort=False)["ts"].max()
+        current = self._read_last_ts_file()
+        if current is not None:
+            latest = pd.concat([current, latest.rename(index=str)]).groupby(level=0).max()
+        table = pa.table({"meter_id": pa.array(latest.index.astype(str), pa.string()),
+                          "ts": pa.array(latest.to_numpy(dtype="datetime64[ns]"), pa.timestamp("ns"))})
+        _atomic_write(table, self.root / LAST_TS_NAME)
+
+    def _read_last_ts_file(self) -> pd.Series | None:
+        path = self.root / LAST_TS_NAME
+        if not path.exists():
+            return None
+        table = pq.read_table(path)
+        return pd.Series(table.column("ts").to_numpy(), index=table.column("meter_id").to_pylist(), name="ts")
+
+    # ------------------------------------------------------------------ reading
+
+    def dates(self) -> list[date]:
+        """Dates that hold readings, ascending."""
+        out = []
+        if not self.root.exists():
+            return out
+        for entry in self.root.iterdir():
+            match = _PARTITION_RE.match(entry.name)
+            if match and (entry / PART_NAME).exists():
+                out.append(date.fromisoformat(match.group(1)))
+        return sorted(out)
+
+    def count(self) -> int:
+        """Number of stored readings, from Parquet footers only (no data pages are read)."""
+        return sum(pq.ParquetFile(self._partition_dir(d) / PART_NAME).metadata.num_rows for d in self.dates())
+
+    def last_ts(self) -> dict[str, pd.Timestamp]:
+        """Latest stored ts per meter (the resume point for pulls)."""
+        latest = self._read_last_ts_file()
+        if latest is None:
+            latest = self._scan_last_ts()
+        return {meter: pd.Timestamp(ts) for meter, ts in latest.items()}
+
+    def _scan_last_ts(self) -> pd.Series:
+        # The sidecar is missing (store written by an older version, or deleted): rebuild by scan.
+        latest = pd.Series(dtype="datetime64[ns]")
+        for day in self.dates():
+            frame = pq.read_table(self._partition_dir(day) / PART_NAME, columns=["meter_id", "ts"]).to_pandas()
+            day_max = frame.groupby("meter_id", observed=True)["ts"].max().rename(index=str)
+            latest = pd.concat([latest, day_max]).groupby(level=0).max()
+        return latest
+
+    def load(self, start: datetime | None = None, end: datetime | None = None,
+             meter_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Readings with ``start < ts <= end`` (either bound optional), sorted by meter_id, ts.
+
+        Columns: meter_id (str), ts (datetime64[ns], naive local), kwh (float64).
+        """
+        tables = [t for t in self._iter_tables(start, end, meter_ids, ["meter_id", "ts", "kwh"])]
+        if not tables:
+            return pd.DataFrame({"meter_id": pd.Series([], dtype="str"),
+                                 "ts": pd.Series([], dtype="datetime64[ns]"),
+                                 "kwh": pd.Series([], dtype="float64")})
+        table = pa.concat_tables(tables).unify_dictionaries()
+        frame = pd.DataFrame({
+            "meter_id": pd.Series(pc.cast(table.column("meter_id"), pa.string()), dtype="str"),
+            "ts": pd.Series(table.column("ts").to_numpy(), dtype="datetime64[ns]"),
+            "kwh": table.column("kwh").to_numpy().astype(np.float64),
+        })
+        if len(tables) > 1 or meter_ids is not None:
+            frame = frame.sort_values(["meter_id", "ts"], kind="stable", ignore_index=True)
+        return frame
+
+    def load_matrix(self, start: datetime, end: datetime, interval_minutes: int = 15
+                    ) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
+        """Meters × slots float32 matrix of kWh for ``start < ts <= end``; NaN where no reading.
+
+        Slot j is the interval ending at ``start + (j + 1) * interval`` (the returned index
+        holds these end times). A reading off the grid goes to the slot whose end is the next
+        grid point at or after it; two readings in one slot are summed (energy adds up).
+        Rows are the meters with at least one reading in the window, sorted by meter_id.
+
+        Partitions are streamed one at a time straight into the matrix, so memory is the
+        matrix plus one day of readings, never the whole window as a table.
+        """
+        start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
+        step = pd.Timedelta(minutes=interval_minutes)
+        n_slots = max(int(np.ceil((end_ts - start_ts) / step)), 0)
+        slot_ends = pd.date_range(start_ts + step, periods=n_slots, freq=step)
+        days = self._days_in_window(start_ts, end_ts)
+        if not days or n_slots == 0:
+            return np.full((0, n_slots), np.nan, dtype=np.float32), [], slot_ends
+
+        # Row per meter, from the last-ts sidecar (every meter ever stored, sorted); if a
+        # partition holds a meter the sidecar lacks (it is updated after the partitions),
+        # fall back to the meters of the window's partitions.
+        universe = self._meter_universe(days, from_sidecar=True)
+        try:
+            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots)
+        except _UnknownMeter:
+            universe = self._meter_universe(days, from_sidecar=False)
+            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots)
+        names = universe.to_pylist()
+        if not seen.all():
+            matrix = matrix[seen]
+            names = [n for n, keep in zip(names, seen) if keep]
+        return matrix, names, slot_ends
+
+    def _fill_matrix(self, days: list[date], universe: pa.Array, start_ts: pd.Timestamp, end_ts: pd.Timestamp,
+                     step: pd.Timedelta, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
+        matrix = np.full((len(universe), n_slots), np.nan, dtype=np.float32)
+        seen = np.zeros(len(universe), dtype=bool)
+        universe_index = pd.Index(universe.to_pandas())
+        start_ns = np.int64(start_ts.as_unit("ns").value)
+        window_ns = np.int64((end_ts - start_ts).value)
+        step_ns = np.int64(step.value)
+        flat_matrix = matrix.reshape(-1)
+        highest_slot = -1
+        for day in days:
+            table = pq.ParquetFile(self._partition_dir(day) / PART_NAME).read(columns=["meter_id", "ts", "kwh"])
+            column = table.column("meter_id").combine_chunks()
+            to_universe = universe_index.get_indexer(column.dictionary.to_pandas())
+            if (to_universe < 0).any():
+                raise _UnknownMeter()
+            offset = table.column("ts").to_numpy().view(np.int64) - start_ns
+            kwh = table.column("kwh").to_numpy()
+            rows = to_universe[column.indices.to_numpy(zero_copy_only=False)]
+            if len(offset) and (offset.min() <= 0 or offset.max() > window_ns):
+                inside = (offset > 0) & (offset <= window_ns)  # only partitions at the window's edges
+                offset, kwh, rows = offset[inside], kwh[inside], rows[inside]
+            if not len(rows):
+                continue
+            slots = (offset - 1) // step_ns  # = ceil(offset / step) - 1: interval-end convention
+            flat = rows.astype(np.int64) * n_slots + slots
+            # Rows are unique per (meter, ts) and sorted, so a repeated slot can only come from
+            # off-grid readings next to each other, or (off-grid start) from the previous
+            # partition: those are summed, everything else is a plain assignment.
+            repeat = flat[1:] == flat[:-1]
+            overlaps = slots.min() <= highest_slot
+            if repeat.any() or overlaps:
+                first_in_slot = np.concatenate([[True], ~repeat])
+                if overlaps:
+                    filled = ~np.isnan(flat_matrix[flat])
+                    first_in_slot &= ~filled
+                flat_matrix[flat[first_in_slot]] = kwh[first_in_slot]
+                np.add.at(flat_matrix, flat[~first_in_slot], kwh[~first_in_slot])
+            else:
+                flat_matrix[flat] = kwh
+            highest_slot = max(highest_slot, int(slots.max()))
+            seen[rows] = True
+        return matrix, seen
+
+    def _meter_universe(self, days: list[date], *, from_sidecar: bool) -> pa.Array:
+        if from_sidecar and (self.root / LAST_TS_NAME).exists():
+            names = pq.read_table(self.root / LAST_TS_NAME, columns=["meter_id"]).column("meter_id").combine_chunks()
+        else:
+            dictionaries = [pq.ParquetFile(self._partition_dir(d) / PART_NAME).read(columns=["meter_id"])
+                            .column("meter_id").combine_chunks().dictionary for d in days]
+            names = pc.unique(pa.concat_arrays(dictionaries))
+        names = names.cast(pa.string())
+        return names.take(pc.array_sort_indices(names))
+
+    def _days_in_window(self, start_ts: pd.Timestamp | None, end_ts: pd.Timestamp | None) -> list[date]:
+        if (start_ts is not None and start_ts.tzinfo) or (end_ts is not None and end_ts.tzinfo):
+            raise ValueError("store times are naive local (Asia/Shanghai): pass naive datetimes")
+        # The first interval ending after start ends on start's day (or closes it at 24:00);
+        # the interval ending at end belongs to the day of (end - 1 ns).
+        first = start_ts.normalize().date() if start_ts is not None else None
+        last = pd.Timestamp(_partition_day(np.array([end_ts.to_datetime64()]))[0]).date() if end_ts is not None else None
+        return [d for d in self.dates() if (first is None or d >= first) and (last is None or d <= last)]
+
+    def _iter_tables(self, start: datetime | None, end: datetime | None,
+                     meter_ids: Iterable[str] | None, columns: list[str]) -> Iterator[pa.Table]:
+        start_ts = pd.Timestamp(start) if start is not None else None
+        end_ts = pd.Timestamp(end) if end is not None else None
+        wanted = None if meter_ids is None else pa.array(sorted({str(m) for m in meter_ids}), pa.string())
+        for day in self._days_in_window(start_ts, end_ts):
+            table = pq.ParquetFile(self._partition_dir(day) / PART_NAME).read(columns=columns)
+            ts = table.column("ts")
+            keep = None
+            if start_ts is not None:
+                keep = pc.greater(ts, pa.scalar(start_ts.as_unit("ns").value, pa.timestamp("ns")))
+            if end_ts is not None:
+                upper = pc.less_equal(ts, pa.scalar(end_ts.as_unit("ns").value, pa.timestamp("ns")))
+                keep = upper if keep is None else pc.and_(keep, upper)
+            if wanted is not None:
+                names = pc.cast(table.column("meter_id"), pa.string())
+                in_set = pc.is_in(names, wanted)
+                keep = in_set if keep is None else pc.and_(keep, in_set)
+            if keep is not None:
+                table = table.filter(keep)
+            if table.num_rows:
+                yield table
+
+    def _partition_dir(self, day: date) -> Path:
+        return self.root / f"date={day.isoformat()}"
+
+
+# ---------------------------------------------------------------------- helpers
+
+class _UnknownMeter(Exception):
+    """A partition holds a meter the last-ts sidecar does not know (sidecar behind)."""
+
+
+def _partition_day(ts: np.ndarray) -> np.ndarray:
+    """Local day an interval belongs to: the day of (end - 1 ns); 00:00 closes the day before."""
+    return (ts.astype("datetime64[ns]") - _ONE_NS).astype("datetime64[D]")
+
+
+def _validated(df: pd.DataFrame) -> pa.Table:
+    missing = {"meter_id", "ts", "kwh"} - set(df.columns)
+    if missing:
+        raise ValueError(f"readings need columns meter_id, ts, kwh; missing {sorted(missing)}")
+    ts = df["ts"]
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        raise ValueError("readings ts must be naive local time (clean_readings converts offsets)")
+    ts = pd.to_datetime(ts).astype("datetime64[ns]")
+    kwh = pd.to_numeric(df["kwh"]).to_numpy(dtype=np.float64)
+    meter = df["meter_id"]
+    bad = meter.isna().to_numpy() | ts.isna().to_numpy() | ~np.isfinite(kwh) | (kwh < 0)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} readings have no meter_id/ts or a kWh that is not finite "
+                         "and >= 0: clean them with clean_readings before storing")
+    if isinstance(meter.dtype, pd.CategoricalDtype):
+        meter_arr = pa.array(meter.cat.rename_categories(meter.cat.categories.astype("str")))
+    else:
+        meter_arr = pa.array(meter.astype("str"), pa.string()).dictionary_encode()
+    return pa.table([meter_arr.cast(SCHEMA.field("meter_id").type),
+                     pa.array(ts.to_numpy(), pa.timestamp("ns")),
+                     pa.array(kwh.astype(np.float32), pa.float32())], schema=SCHEMA)
+
+
+def _sorted_unique(table: pa.Table, n_existing: int) -> tuple[pa.Table, int]:
+    """Sort by (meter_id, ts) and keep the first row of each key, existing rows first.
+
+    -> (table, number of incoming rows that conflict with a stored value).
+    """
+    codes, names = _sorted_codes(table.column("meter_id"))
+    ts = table.column("ts").to_numpy().view(np.int64)
+    order = _stable_order(codes, ts)  # ties keep table order: existing rows come first
+    c, t = codes[order], ts[order]
+    dup = np.zeros(len(order), dtype=bool)
+    dup[1:] = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+    conflicts = 0
+    if dup.any() and n_existing:
+        kwh = table.column("kwh").to_numpy()[order]
+        first = np.maximum.accumulate(np.where(~dup, np.arange(len(order)), 0))
+        conflicts = int((dup & (order >= n_existing) & (order[first] < n_existing)
+                         & ~np.isclose(kwh, kwh[first], rtol=0, atol=1e-4)).sum())
+    keep = order[~dup]
+    out = table.take(pa.array(keep))
+    # Rebuild a compact sorted dictionary so files compress well and codes sort like names.
+    meter_col = pa.DictionaryArray.from_arrays(pa.array(codes[keep].astype(np.int32)), names)
+    out = out.set_column(0, SCHEMA.field("meter_id"), meter_col)
+    return out, conflicts
+
+
+def _stable_order(codes: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
+    """Stable argsort by (code, ts). One int64 key when ts are whole seconds within ~136 years
+    (what clean_readings produces): about twice as fast as a two-key lexsort."""
+    if len(ts_ns):
+        low = ts_ns.min()
+        seconds, rest = np.divmod(ts_ns - low, 1_000_000_000)
+        if not rest.any() and seconds.max() < 2**32 and codes.max() < 2**31:
+            return np.argsort((codes << 32) | seconds, kind="stable")
+    return np.lexsort((ts_ns, codes))
+
+
+def _sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary column -> (int64 code per row into sorted names, sorted names)."""
+    column = column.unify_dictionaries() if column.num_chunks > 1 else column
+    if column.num_chunks == 0:
+        return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
+    dictionary = column.chunk(0).dictionary
+    order = pc.array_sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in column.chunks])
+    return rank[indices.astype(np.int64)], dictionary.take(pa.array(order))
+
+
+def _atomic_write(table: pa.Table, target: Path) -> None:
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}-{target.name}"
+    try:
+        # lz4: reads ~2.4x faster than zstd for ~16 % more bytes; detectors read far more than we write.
+        pq.write_table(table, tmp, compression="lz4", row_group_size=1_048_576)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,230 @@
+"""Meter pull connector against a real local HTTP server (127.0.0.1, ephemeral port)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pandas as pd
+import pytest
+import requests
+from pydantic import SecretStr
+
+from sibifang.ingest_readings import clean_readings
+from sibifang.meter_api import MeterApiError, fetch_readings, resume_since
+
+TOKEN = "s3cr3t-token-DO-NOT-LOG"
+
+PAGES = {
+    None: {"readings": [{"meter_id": "M1", "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.1},
+                        {"meter_id": "M2", "ts": "2026-11-20T00:15:00Z", "kwh": 0.2}],
+           "next_page_token": "p2"},
+    "p2": {"readings": [{"meter_id": "M1", "ts": "2026-11-20 08:30", "kwh": 0.3}], "next_page_token": "p3"},
+    "p3": {"readings": [{"meter_id": 3, "ts": "2026-11-20 08:30", "kwh": None}], "next_page_token": None},
+}
+
+
+class FakeMeterApi:
+    """Pages PAGES; ``script`` maps page token -> list of statuses to answer before succeeding."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.script: dict[str | None, list[tuple[int, dict]]] = {}
+        self.pages = PAGES
+        handler = self._handler()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/v1/"
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                parsed = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+                api.requests.append({"path": parsed.path, "query": query,
+                                     "auth": self.headers.get("Authorization")})
+                if parsed.path != "/api/v1/readings":
+                    return self._send(404, {"error": "not found"})
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._send(401, {"error": "bad token " + str(self.headers.get("Authorization"))})
+                token = query.get("page_token")
+                pending = api.script.get(token)
+                if pending:
+                    status, headers = pending.pop(0)
+                    return self._send(status, {"error": f"echo {self.headers.get('Authorization')}"}, headers)
+                return self._send(200, api.pages[token])
+
+            def _send(self, status, body, headers=None):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def api():
+    with FakeMeterApi() as server:
+        yield server
+
+
+def fetch(api, token=TOKEN, **kwargs):
+    sleeps: list[float] = []
+    kwargs.setdefault("sleep", sleeps.append)
+    kwargs.setdefault("timeout", 5)
+    df = fetch_readings(api.url, token, kwargs.pop("since", datetime(2026, 11, 20, 8, 0)), **kwargs)
+    return df, sleeps
+
+
+def test_pages_are_followed_with_bearer_token_and_since(api):
+    df, sleeps = fetch(api, token=SecretStr(TOKEN))
+    assert len(api.requests) == 3 and sleeps == []
+    assert all(r["auth"] == f"Bearer {TOKEN}" for r in api.requests)
+    assert [r["query"].get("page_token") for r in api.requests] == [None, "p2", "p3"]
+    assert {r["query"]["since"] for r in api.requests} == {"2026-11-20T08:00:00+08:00"}
+    assert list(df.columns) == ["line", "meter_id", "ts", "kwh"]
+    assert df["line"].tolist() == [1, 2, 3, 4]
+    result = clean_readings(df, source="meter-api", now=datetime(2026, 11, 21))
+    assert result.counts["read"] == 4 and result.counts["accepted"] == 3
+    assert result.quarantined["code"].tolist() == ["missing_kwh"]
+    assert set(result.accepted["ts"]) == {pd.Timestamp("2026-11-20 08:15"), pd.Timestamp("2026-11-20 08:30")}
+
+
+def test_503_and_429_are_retried_respecting_retry_after(api, caplog):
+    api.script = {None: [(503, {}), (429, {"Retry-After": "7"})], "p2": [(502, {}), (500, {})]}
+    caplog.set_level(logging.DEBUG)
+    df, sleeps = fetch(api, backoff_base=0.5)
+    assert len(df) == 4
+    assert len(api.requests) == 3 + 4
+    assert sleeps[1] == 7.0  # Retry-After honoured
+    assert 0.25 <= sleeps[0] <= 0.5 and 0.25 <= sleeps[2] <= 0.5 and 0.5 <= sleeps[3] <= 1.0  # backoff
+    assert TOKEN not in caplog.text
+
+
+def test_retries_run_out_with_clear_error(api, caplog):
+    api.script = {None: [(503, {})] * 10}
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(MeterApiError) as info:
+        fetch(api, max_attempts=3)
+    assert info.value.retryable and "3" in str(info.value)
+    assert len(api.requests) == 3
+    assert TOKEN not in str(info.value) and TOKEN not in caplog.text
+
+
+def test_too_long_retry_after_fails_fast(api):
+    api.script = {None: [(429, {"Retry-After": "3600"})]}
+    with pytest.raises(MeterApiError, match="3600"):
+        fetch(api, max_retry_after=60)
+    assert len(api.requests) == 1
+
+
+def test_4xx_is_not_retried_and_echoed_token_is_redacted(api, caplog):
+    api.script = {None: [(400, {})]}
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(MeterApiError) as info:
+        fetch(api)
+    assert info.value.status == 400 and not info.value.retryable
+    assert len(api.requests) == 1
+    message = str(info.value)
+    assert "***" in message and TOKEN not in message
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert TOKEN not in caplog.text
+
+
+def test_wrong_token_is_401_without_leaking_either_token(api, caplog):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(MeterApiError) as info:
+        fetch(api, token="wrong-" + TOKEN)
+    assert info.value.status == 401 and len(api.requests) == 1
+    assert "SIBIFANG_METER_API_TOKEN" in str(info.value)
+    assert TOKEN not in str(info.value) and TOKEN not in caplog.text
+
+
+def test_connection_refused_is_retried_then_reported_without_token(caplog):
+    caplog.set_level(logging.DEBUG)
+    with FakeMeterApi() as dead:
+        url = dead.url
+    sleeps: list[float] = []
+    with pytest.raises(MeterApiError) as info:
+        fetch_readings(url, TOKEN, None, sleep=sleeps.append, max_attempts=3, timeout=1)
+    assert len(sleeps) == 2 and "ConnectionError" in str(info.value)
+    assert TOKEN not in str(info.value) and TOKEN not in caplog.text
+    assert info.value.__cause__ is None
+
+
+def test_malformed_page_and_page_loop_are_errors(api):
+    api.pages = {None: {"items": []}}
+    with pytest.raises(MeterApiError, match="readings"):
+        fetch(api)
+    api.pages = {None: {"readings": [], "next_page_token": "a"}, "a": {"readings": [], "next_page_token": "a"}}
+    with pytest.raises(MeterApiError, match="next_page_token"):
+        fetch(api)
+    api.pages = {None: {"readings": [], "next_page_token": "b"}, "b": {"readings": [], "next_page_token": "c"}}
+    with pytest.raises(MeterApiError, match="max_pages"):
+        fetch(api, max_pages=2)
+
+
+def test_uses_given_session(api):
+    with requests.Session() as session:
+        df, _ = fetch(api, session=session)
+    assert len(df) == 4
+
+
+def test_resume_since_is_earliest_last_reading_bounded_by_lookback():
+    assert resume_since({}) is None
+    last = {"M1": pd.Timestamp("2026-11-20 08:00"), "M2": pd.Timestamp("2026-11-20 07:45")}
+    assert resume_since(last) == pd.Timestamp("2026-11-20 07:45")
+    last["dead"] = pd.Timestamp("2026-09-01")
+    assert resume_since(last) == pd.Timestamp("2026-11-13 08:00")
+
+
+def test_fetch_new_readings_uses_settings_and_resumes_from_store(api, tmp_path, monkeypatch, caplog):
+    from sibifang.meter_api import fetch_new_readings
+    from sibifang.readings_store import ReadingStore
+    from sibifang.settings import reset_settings
+
+    monkeypatch.setenv("SIBIFANG_METER_API_URL", api.url)
+    monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN)
+    reset_settings()
+    caplog.set_level(logging.DEBUG)
+    try:
+        store = ReadingStore(tmp_path)
+        store.append(pd.DataFrame({"meter_id": ["M1", "M2"],
+                                   "ts": pd.to_datetime(["2026-11-20 08:00", "2026-11-20 07:45"]),
+                                   "kwh": [0.1, 0.1]}))
+        df = fetch_new_readings(store, sleep=lambda s: None)
+        assert len(df) == 4
+        assert api.requests[0]["query"]["since"] == "2026-11-20T07:45:00+08:00"
+        # The whole loop: pull -> clean -> store; re-running it adds nothing.
+        result = clean_readings(df, source="meter-api", now=datetime(2026, 11, 21))
+        assert store.append(result.accepted) == 3
+        assert store.append(clean_readings(fetch_new_readings(store), source="meter-api",
+                                           now=datetime(2026, 11, 21)).accepted) == 0
+        assert TOKEN not in caplog.text
+    finally:
+        reset_settings()
