@@ -55,6 +55,11 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     result = clean_readings(raw, source=source, known_meters=known, now=as_of or now)
     acc, q = result.accepted, result.quarantined
     assert result.counts["read"] == len(acc) + result.counts["quarantined"], "rows lost in cleaning"
+    if len(acc):
+        # The hand-over contract of what goes into the store (the readings suite).
+        from schemas.validation import raise_for_critical, validate_frame
+
+        raise_for_critical(validate_frame(acc, "readings", source=source))
     store = ReadingStore(Path(settings.data_dir) / "readings")
     new_rows = store.append(acc) if len(acc) else 0
     with session_scope(database_url) as s:
