@@ -1,0 +1,1100 @@
+"""Visit scheduling (走访排期) for the four must-visits, and visit coverage (走访覆盖率).
+
+Pure logic on DataFrames: the caller loads the registry, last visits and open plans from the
+database and writes ``SchedulePlan.plans`` back with an upsert keyed on ``visit_id``.
+
+How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
+
+1. Every family gets a cadence (间隔天数) from ``cadence.toml``: the shortest interval among the
+   rules it matches (open dispute / red risk 7 d, hardship and left-behind 14 d, empty-nest 14 d
+   or 7 d when flagged, entrepreneur 30 d, any must-visit category at most 90 d). Ordinary
+   families (no category, no open dispute, not red) get no routine visits.
+2. Families are assigned to cadres (联系干部): the current cadre is kept when she still covers the
+   family's grid and has room (continuity before balance); the rest go, most urgent first, to
+   the least-loaded cadre of the grid with spare capacity. What cannot be placed is reported in
+   ``shortfall``, never dropped.
+3. Routine visits are chained from the last visit: each one is due no later than the previous
+   one plus the interval, on the latest day the assigned cadre can visit (a working day of the
+   official calendar incl. 调休, not on leave, and for "4+1" cadres only their grassroots
+   weekday). Overdue and never-visited families are visited within ``overdue_within_days``,
+   earliest first. When the cadre has no such day in the window a colleague of the same grid
+   takes that visit (``moved``); when nobody can, the visit slips to the first possible day
+   and the family is listed in ``shortfall``. A window without any official working day (the
+   Spring Festival week) lets the visit slip to the first working day after it.
+4. Urgent requests (new risk flag or alert) are due within 24 h (critical) or 72 h, ignoring
+   the calendar, preferably by the assigned cadre, else by a grid worker or village chair of
+   the grid. Follow-ups (e.g. 7 and 30 days after a mediation case closed) go to the first
+   possible day on or after their due date.
+5. Open plans (already planned, not done) due within the horizon are kept with their id, date
+   and, where still possible, their cadre; routine visits continue after the latest of them.
+   Overdue routine open plans are not re-emitted: they stay in the database as late or missed
+   and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
+
+``visit_id`` is a stable hash of household, due date and reason, so re-running on the same
+inputs gives the same ids and the upsert changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sibifang.workcalendar import WorkCalendar
+
+logger = logging.getLogger(__name__)
+
+# Must-visit category codes and the Chinese labels a federation may type instead.
+CATEGORY_LABELS: dict[str, str] = {
+    "entrepreneur": "创业困难",
+    "hardship": "困难家庭",
+    "empty_nest": "空巢老人",
+    "left_behind": "留守妇女儿童",
+    "dispute": "婚姻家庭矛盾",
+}
+_CATEGORY_CODE = {**{c: c for c in CATEGORY_LABELS}, **{v: k for k, v in CATEGORY_LABELS.items()}}
+_CATEGORY_CODE.update({"留守妇女": "left_behind", "留守儿童": "left_behind", "空巢": "empty_nest"})
+
+# Reason codes of routine visits, in tie-break order (the most specific reason wins a tie).
+CADENCE_REASONS: tuple[str, ...] = (
+    "open_dispute",
+    "risk_red",
+    "empty_nest_flagged",
+    "hardship",
+    "left_behind",
+    "empty_nest",
+    "entrepreneur",
+    "dispute",
+    "must_visit_max",
+)
+REASON_LABELS: dict[str, str] = {
+    "open_dispute": "婚姻家庭矛盾未化解（每周走访）",
+    "risk_red": "红色风险家庭（每周走访）",
+    "empty_nest_flagged": "空巢老人（已标记，每周走访）",
+    "hardship": "困难家庭定期走访",
+    "left_behind": "留守妇女儿童家庭定期走访",
+    "empty_nest": "空巢老人定期走访",
+    "entrepreneur": "创业困难家庭定期走访",
+    "dispute": "婚姻家庭矛盾家庭定期走访",
+    "must_visit_max": "四必访家庭定期走访",
+    "follow_up": "回访",
+    "urgent": "紧急上门",
+}
+
+SHORTFALL_CAPACITY = "网格内干部容量不足"
+SHORTFALL_NO_CADRE = "网格内无承担走访的干部"
+SHORTFALL_SLIPPED = "期限内联系干部无法走访（请假或4+1下沉日）且网格内无人可代，走访顺延"
+SHORTFALL_UNPLANNABLE = "排期范围内无可走访日期（干部请假或下沉日限制）"
+SHORTFALL_URGENT = "紧急上门无可用干部（均在请假）"
+
+MOVE_LEAVE = "联系干部请假"
+MOVE_FOUR_PLUS_ONE = "4+1干部下沉日不在走访窗口内"
+MOVE_REASSIGNED = "联系干部调整"
+MOVE_URGENT = "紧急上门由网格内在岗干部代办"
+
+PLAN_COLUMNS = ["visit_id", "household_id", "cadre_id", "grid_id", "due_date", "window_start", "window_end",
+                "reason", "urgent", "status"]
+ASSIGNMENT_COLUMNS = ["household_id", "cadre_id", "grid_id", "assigned", "interval_days"]
+SHORTFALL_COLUMNS = ["household_id", "grid_id", "reason"]
+MOVED_COLUMNS = ["visit_id", "household_id", "from_cadre_id", "to_cadre_id", "due_date", "reason"]
+AWAY_COLUMNS = ["household_id", "grid_id", "away_from", "away_until"]
+NOTICE_COLUMNS = ["cadre_id", "text"]
+COVERAGE_COLUMNS = ["level", "unit_id", "due", "visited_on_time", "late", "missed", "pending", "away"]
+
+_BIG = 1 << 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Cadence rules
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CadenceRules:
+    """Visit cadence rules (走访频次规则) read from ``cadence.toml``."""
+
+    interval_days: dict[str, int]
+    risk_level_interval_days: dict[str, int]
+    urgent_critical_hours: int = 24
+    urgent_other_hours: int = 72
+    follow_up_after_mediation_days: tuple[int, ...] = (7, 30)
+    window_fraction: float = 0.3
+    overdue_within_days: int = 3
+    follow_up_within_days: int = 3
+    visiting_roles: frozenset[str] = frozenset({"cadre", "executive_member", "vice_chair", "grid_worker",
+                                                 "village_chair"})
+    first_responder_roles: tuple[str, ...] = ("grid_worker", "village_chair")
+    calendar_holidays: frozenset[date] = field(default_factory=frozenset)
+    calendar_workdays: frozenset[date] = field(default_factory=frozenset)
+    source: str = ""
+
+    def work_calendar(self) -> WorkCalendar:
+        """The official working calendar plus the ``[calendar]`` dates of the rules file."""
+        return WorkCalendar(extra_holidays=self.calendar_holidays, extra_workdays=self.calendar_workdays)
+
+
+def load_cadence_rules(path: Path | None = None) -> CadenceRules:
+    """Read cadence rules from ``path``; ``None`` means ``settings.cadence_file`` or the packaged default."""
+    if path is None:
+        from sibifang.settings import get_settings
+
+        path = get_settings().cadence_file
+    if path is None:
+        text = resources.files("sibifang").joinpath("cadence.toml").read_text(encoding="utf-8")
+        source = "sibifang/cadence.toml"
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+        source = str(path)
+    raw = tomllib.loads(text)
+    intervals = {str(k): int(v) for k, v in raw.get("interval_days", {}).items()}
+    missing = {"must_visit_max", "open_dispute"} - intervals.keys()
+    if missing:
+        raise ValueError(f"{source}: [interval_days] lacks {sorted(missing)}")
+    bad = {k: v for k, v in intervals.items() if v <= 0}
+    if bad:
+        raise ValueError(f"{source}: intervals must be positive days, got {bad}")
+    urgent = raw.get("urgent", {})
+    follow = raw.get("follow_up", {})
+    window = raw.get("window", {})
+    roles = raw.get("roles", {})
+    cal = raw.get("calendar", {})
+    defaults = CadenceRules(interval_days={}, risk_level_interval_days={})
+    return CadenceRules(
+        interval_days=intervals,
+        risk_level_interval_days={str(k): int(v) for k, v in raw.get("risk_level_interval_days", {}).items()},
+        urgent_critical_hours=int(urgent.get("critical_hours", 24)),
+        urgent_other_hours=int(urgent.get("other_hours", 72)),
+        follow_up_after_mediation_days=tuple(int(x) for x in follow.get("after_mediation_closed_days", (7, 30))),
+        window_fraction=float(window.get("fraction_of_interval", 0.3)),
+        overdue_within_days=int(window.get("overdue_within_days", 3)),
+        follow_up_within_days=int(window.get("follow_up_within_days", 3)),
+        visiting_roles=frozenset(roles.get("visiting", defaults.visiting_roles)),
+        first_responder_roles=tuple(roles.get("first_responders", defaults.first_responder_roles)),
+        calendar_holidays=frozenset(date.fromisoformat(str(d)) for d in cal.get("holidays", [])),
+        calendar_workdays=frozenset(date.fromisoformat(str(d)) for d in cal.get("workdays", [])),
+        source=source,
+    )
+
+
+def follow_ups_after_mediation(closed_cases: pd.DataFrame, rules: CadenceRules) -> pd.DataFrame:
+    """Follow-up visits for closed mediation cases.
+
+    In: ``household_id, closed_at`` (date or datetime). Out: ``household_id, due_date, reason``
+    with one row per case and configured offset (7 and 30 days by default); reason
+    ``follow_up_mediation_7d`` etc.
+    """
+    if closed_cases.empty:
+        return pd.DataFrame({"household_id": pd.Series(dtype=object), "due_date": pd.Series(dtype="datetime64[s]"),
+                             "reason": pd.Series(dtype=object)})
+    closed = pd.to_datetime(closed_cases["closed_at"]).dt.normalize()
+    parts = [pd.DataFrame({"household_id": closed_cases["household_id"].astype(str).to_numpy(),
+                           "due_date": closed + pd.Timedelta(days=n),
+                           "reason": f"follow_up_mediation_{n}d"})
+             for n in rules.follow_up_after_mediation_days]
+    return pd.concat(parts, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Result
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SchedulePlan:
+    """Result of one scheduling run.
+
+    - ``plans``: ``visit_id, household_id, cadre_id, grid_id, due_date, window_start, window_end,
+      reason, urgent, status`` (dates as datetime64 at midnight; status ``planned``).
+    - ``assignments``: ``household_id, cadre_id, grid_id, assigned ('kept'|'new'), interval_days``
+      (interval_days is <NA> for families without routine visits).
+    - ``shortfall``: ``household_id, grid_id, reason`` (reason in Chinese).
+    - ``moved``: ``visit_id, household_id, from_cadre_id, to_cadre_id, due_date, reason``: every
+      visit of the plan done by someone other than the family's cadre (leave, 4+1 weekday,
+      urgent cover), and open plans this run hands from one cadre to another; reason in Chinese.
+    - ``away``: ``household_id, grid_id, away_from, away_until``: families with routine visits or
+      follow-ups not planned, or put off until their return, because they are recorded away.
+    - ``notices``: ``cadre_id, text`` (one digest per cadre concerned, in Chinese).
+    """
+
+    plans: pd.DataFrame
+    assignments: pd.DataFrame
+    shortfall: pd.DataFrame
+    moved: pd.DataFrame
+    away: pd.DataFrame
+    notices: pd.DataFrame
+
+
+# ---------------------------------------------------------------------------------------------
+# Input normalisation helpers
+# ---------------------------------------------------------------------------------------------
+def _as_days(values, as_of64: np.datetime64) -> tuple[np.ndarray, np.ndarray]:
+    """Day offsets from as_of (int64) and a validity mask, for any date/datetime-like column."""
+    ts = pd.to_datetime(pd.Series(values), errors="coerce")
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert("Asia/Shanghai").dt.tz_localize(None)
+    arr = ts.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+    valid = ~np.isnat(arr)
+    days = np.zeros(len(arr), dtype=np.int64)
+    days[valid] = (arr[valid] - as_of64).astype(np.int64)
+    return days, valid
+
+
+def _bool_col(df: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    s = df[name]
+    if s.dtype == bool:
+        return s.to_numpy()
+    text = s.astype(object).where(s.notna(), "0").astype(str).str.strip().str.lower()
+    return text.isin(["1", "true", "是", "yes", "y", "1.0"]).to_numpy()
+
+
+def _explode_list_col(s: pd.Series) -> pd.Series:
+    """A ';'-string or list column exploded to one stripped token per row; index = row position."""
+    s = s.reset_index(drop=True)
+    is_text = s.map(lambda v: isinstance(v, str) or v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+                    ) if s.dtype == object else pd.Series(True, index=s.index)
+    if bool(is_text.all()):
+        tokens = s.astype(object).where(s.notna(), "").astype(str).str.replace("；", ";", regex=False).str.split(";")
+    else:
+        tokens = s.map(lambda v: list(v) if isinstance(v, (list, tuple, set, np.ndarray))
+                       else ([] if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+                             else str(v).replace("；", ";").split(";")))
+    out = tokens.explode().dropna().astype(str).str.strip()
+    return out[out != ""]
+
+
+def _nullable_int(values: np.ndarray, valid: np.ndarray) -> pd.arrays.IntegerArray:
+    return pd.arrays.IntegerArray(np.asarray(values, dtype=np.int64), ~np.asarray(valid, dtype=bool))
+
+
+def _stable_ids(household_ids: np.ndarray, due: np.ndarray, reasons: np.ndarray) -> np.ndarray:
+    due_text = np.datetime_as_string(due.astype("datetime64[D]"), unit="D")
+    return np.array([
+        "V" + hashlib.blake2b(f"{h}|{d}|{r}".encode(), digest_size=8).hexdigest()
+        for h, d, r in zip(household_ids, due_text, reasons)
+    ], dtype=object)
+
+
+def household_intervals(households: pd.DataFrame, rules: CadenceRules) -> pd.DataFrame:
+    """Routine cadence of each family: ``household_id, interval_days (<NA> if none), reason``."""
+    n = len(households)
+    exploded = (_explode_list_col(households["categories"]) if "categories" in households.columns
+                else pd.Series([], dtype=object))
+    codes = exploded.map(lambda t: _CATEGORY_CODE.get(t, t.lower()))
+    has = {}
+    for code in CATEGORY_LABELS:
+        mask = np.zeros(n, dtype=bool)
+        mask[exploded.index[(codes == code).to_numpy()]] = True
+        has[code] = mask
+    unknown = codes.dropna()[~codes.dropna().isin(list(CATEGORY_LABELS))]
+    if len(unknown):
+        logger.warning("忽略未知的家庭类别 (unknown categories ignored): %s", sorted(set(unknown))[:10])
+    any_cat = np.logical_or.reduce([has[c] for c in CATEGORY_LABELS])
+    open_dispute = _bool_col(households, "open_dispute")
+    flagged = _bool_col(households, "flagged")
+    risk = (households["risk_level"].astype(object).where(households["risk_level"].notna(), "").astype(str)
+            .to_numpy() if "risk_level" in households.columns else np.full(n, "", dtype=object))
+    red_days = np.full(n, np.inf)
+    for level, days in rules.risk_level_interval_days.items():
+        red_days[risk == level] = np.minimum(red_days[risk == level], days)
+    iv = rules.interval_days
+    inf = np.inf
+    candidates = np.vstack([
+        np.where(open_dispute, iv["open_dispute"], inf),
+        red_days,
+        np.where(has["empty_nest"] & flagged, iv.get("empty_nest_flagged", iv.get("empty_nest", inf)), inf),
+        np.where(has["hardship"], iv.get("hardship", inf), inf),
+        np.where(has["left_behind"], iv.get("left_behind", inf), inf),
+        np.where(has["empty_nest"], iv.get("empty_nest", inf), inf),
+        np.where(has["entrepreneur"], iv.get("entrepreneur", inf), inf),
+        np.where(has["dispute"], iv.get("dispute", inf), inf),
+        np.where(any_cat | open_dispute | np.isfinite(red_days), iv["must_visit_max"], inf),
+    ])
+    best = candidates.argmin(axis=0)
+    interval = candidates.min(axis=0)
+    eligible = np.isfinite(interval)
+    return pd.DataFrame({
+        "household_id": households["household_id"].astype(str).to_numpy(),
+        "interval_days": _nullable_int(np.where(eligible, interval, 0), eligible),
+        "reason": np.where(eligible, np.array(CADENCE_REASONS, dtype=object)[best], None),
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# The scheduler
+# ---------------------------------------------------------------------------------------------
+class _Resolver:
+    """Picks a visiting day and cadre for non-urgent visits, with colleague substitution."""
+
+    def __init__(self, eligible: np.ndarray, cadre_grids: dict[str, np.ndarray], load: np.ndarray,
+                 four_plus_one: np.ndarray):
+        self.eligible = eligible
+        n_cadres, n_days = eligible.shape
+        self.n_days = n_days
+        ar = np.arange(n_days, dtype=np.int32)
+        # last eligible day <= t, and first eligible day >= t, per cadre
+        self.last_on_or_before = np.maximum.accumulate(np.where(eligible, ar, -1), axis=1)
+        self.first_on_or_after = np.minimum.accumulate(np.where(eligible, ar, n_days)[:, ::-1], axis=1)[:, ::-1]
+        self.cadre_grids = cadre_grids
+        self.load = load
+        self.four_plus_one = four_plus_one
+        self.sub_load = np.zeros(n_cadres, dtype=np.int64)
+
+    def pick(self, cadre: np.ndarray, ws: np.ndarray, we: np.ndarray, latest: np.ndarray,
+             grid: np.ndarray, slip_until: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (day, cadre, substituted, slipped).
+
+        day = -1 when no day at all can be found, -2 when the only possible day is after
+        ``slip_until`` (the family leaves home before it).
+        """
+        T = self.n_days
+        ws_c = np.clip(ws, 0, T - 1)
+        we_c = np.clip(we, 0, T - 1)
+        day = np.where(latest, self.last_on_or_before[cadre, we_c], self.first_on_or_after[cadre, ws_c])
+        ok = (day >= ws) & (day <= we) & (ws <= we) & (ws < T)
+        out_cadre = cadre.copy()
+        substituted = np.zeros(len(cadre), dtype=bool)
+        slipped = np.zeros(len(cadre), dtype=bool)
+        day = np.where(ok, day, -1)
+        for i in np.flatnonzero(~ok):
+            # Why a Python loop: only visits whose cadre is on leave or a "4+1" cadre off her
+            # weekday land here, a small fraction of the plan.
+            colleagues = self.cadre_grids.get(grid[i])
+            c0 = cadre[i]
+            lo, hi = max(int(ws[i]), 0), min(int(we[i]), T - 1)
+            best = None
+            if colleagues is not None and lo <= hi:
+                cand = colleagues[colleagues != c0]
+                if len(cand):
+                    first = self.first_on_or_after[cand, lo]
+                    cand = cand[first <= hi]
+                    if len(cand):
+                        order = np.lexsort((cand, self.four_plus_one[cand], self.load[cand], self.sub_load[cand]))
+                        best = int(cand[order[0]])
+            if best is not None:
+                d = self.last_on_or_before[best, hi] if latest[i] else self.first_on_or_after[best, lo]
+                day[i] = d
+                out_cadre[i] = best
+                substituted[i] = True
+                self.sub_load[best] += 1
+                continue
+            start = max(int(we[i]) + 1, 0)
+            if start < T and self.first_on_or_after[c0, start] < T:
+                if slip_until is not None and self.first_on_or_after[c0, start] > slip_until[i]:
+                    day[i] = -2
+                    continue
+                day[i] = self.first_on_or_after[c0, start]
+                slipped[i] = True
+        return day, out_cadre, substituted, slipped
+
+
+def schedule_visits(
+    households: pd.DataFrame,
+    cadres: pd.DataFrame,
+    *,
+    as_of: date,
+    horizon_days: int = 30,
+    last_visits: pd.DataFrame,
+    open_plans: pd.DataFrame,
+    current_assignments: pd.DataFrame,
+    urgent_requests: pd.DataFrame,
+    follow_ups: pd.DataFrame,
+    rules: CadenceRules,
+    calendar: WorkCalendar,
+    grid: str | None = None,
+) -> SchedulePlan:
+    """Plan the visits of the next ``horizon_days`` days from ``as_of`` (day 0 included).
+
+    Inputs (extra columns are ignored; list cells may be Python lists or ';'-strings):
+
+    - households: ``household_id, grid_id, categories, risk_level (红/橙/黄/绿 or empty),
+      open_dispute, flagged, away_from, away_until``; ``village_id`` optional.
+    - cadres: ``cadre_id, role, grid_ids, capacity, four_plus_one, grassroots_weekday (0=Mon),
+      on_leave_from, on_leave_until``. Only visiting roles carry families.
+    - last_visits: ``household_id, last_visited_at``.
+    - open_plans: ``visit_id, household_id, cadre_id, due_date, reason, urgent``.
+    - current_assignments: ``household_id, cadre_id``.
+    - urgent_requests: ``household_id, requested_at, reason, critical``.
+    - follow_ups: ``household_id, due_date, reason``.
+
+    ``grid`` restricts planning to one grid; cadres' families in other grids still count
+    against their capacity.
+    """
+    as_of = as_of.date() if isinstance(as_of, datetime) else as_of
+    as_of64 = np.datetime64(as_of, "D")
+    H = int(horizon_days)
+    T = H + 32  # room for visits that slip past the horizon's last day
+    overdue_within = max(int(rules.overdue_within_days), 0)
+
+    # ---- households in scope --------------------------------------------------------------
+    hh = households.copy()
+    hh["household_id"] = hh["household_id"].astype(str)
+    hh["grid_id"] = hh["grid_id"].astype(str)
+    hh = hh.drop_duplicates("household_id", keep="first").reset_index(drop=True)
+    all_hh_grid = pd.Series(hh["grid_id"].to_numpy(dtype=object), index=hh["household_id"].to_numpy(dtype=object))
+    if grid is not None:
+        hh = hh[hh["grid_id"] == str(grid)].reset_index(drop=True)
+    n_hh = len(hh)
+    hid = hh["household_id"].to_numpy(dtype=object)
+    hgrid = hh["grid_id"].to_numpy(dtype=object)
+    pos = pd.Index(hid)
+    cad = household_intervals(hh, rules)
+    interval = cad["interval_days"].fillna(0).to_numpy(dtype=np.int64)
+    routine = cad["interval_days"].notna().to_numpy()
+    cad_reason = cad["reason"].to_numpy(dtype=object)
+
+    away_from_d, away_from_ok = (_as_days(hh["away_from"], as_of64) if "away_from" in hh.columns
+                                 else (np.zeros(n_hh, np.int64), np.zeros(n_hh, bool)))
+    away_until_d, away_until_ok = (_as_days(hh["away_until"], as_of64) if "away_until" in hh.columns
+                                   else (np.zeros(n_hh, np.int64), np.zeros(n_hh, bool)))
+    away_now = away_from_ok & (away_from_d <= 0) & (~away_until_ok | (away_until_d >= 0))
+    # Back within the horizon: visits resume the day after the return.
+    back_day = np.where(away_now, np.where(away_until_ok, away_until_d + 1, _BIG), 0)
+    away_all_horizon = away_now & (back_day > H - 1)
+
+    def household_index(ids: pd.Series) -> np.ndarray:
+        return pos.get_indexer(ids.astype(str))
+
+    # last visit
+    last_day = np.full(n_hh, -_BIG, dtype=np.int64)
+    has_last = np.zeros(n_hh, dtype=bool)
+    if len(last_visits):
+        lv_idx = household_index(last_visits["household_id"])
+        d, ok = _as_days(last_visits["last_visited_at"], as_of64)
+        sel = (lv_idx >= 0) & ok & (d <= 0)
+        np.maximum.at(last_day, lv_idx[sel], d[sel])
+        has_last[lv_idx[sel]] = True
+    last_ts = pd.Series(pd.NaT, index=range(n_hh), dtype="datetime64[ns]")
+    if len(last_visits):
+        lv = last_visits.assign(_i=household_index(last_visits["household_id"]),
+                                _t=pd.to_datetime(last_visits["last_visited_at"], errors="coerce"))
+        lv = lv[lv["_i"] >= 0].groupby("_i")["_t"].max()
+        last_ts.loc[lv.index] = lv.to_numpy(dtype="datetime64[ns]")
+
+    # urgent requests not yet answered by a visit
+    ur = urgent_requests.copy() if len(urgent_requests) else pd.DataFrame(
+        columns=["household_id", "requested_at", "reason", "critical"])
+    ur["_i"] = household_index(ur["household_id"]) if len(ur) else np.zeros(0, dtype=np.int64)
+    ur = ur[ur["_i"] >= 0].copy()
+    if len(ur):
+        req = pd.to_datetime(ur["requested_at"], errors="coerce")
+        if getattr(req.dt, "tz", None) is not None:
+            req = req.dt.tz_convert("Asia/Shanghai").dt.tz_localize(None)
+        ur["_req"] = req
+        ur["_crit"] = _bool_col(ur, "critical")
+        ur = ur[ur["_req"].notna()]
+        answered = last_ts.to_numpy()[ur["_i"].to_numpy()] >= ur["_req"].to_numpy()
+        ur = ur[~answered].copy()
+        hours = np.where(ur["_crit"], rules.urgent_critical_hours, rules.urgent_other_hours)
+        ur["_deadline"] = ur["_req"] + pd.to_timedelta(hours, unit="h")
+        # One urgent visit per family: the tightest deadline wins.
+        ur = ur.sort_values(["_i", "_deadline", "_req"], kind="mergesort").drop_duplicates("_i")
+        ur["reason"] = ur["reason"].astype(object).where(ur["reason"].notna(), "urgent").astype(str)
+    has_urgent = np.zeros(n_hh, dtype=bool)
+    has_urgent[ur["_i"].to_numpy(dtype=np.int64)] = True
+
+    # follow-ups
+    fu = follow_ups.copy() if len(follow_ups) else pd.DataFrame(columns=["household_id", "due_date", "reason"])
+    fu["_i"] = household_index(fu["household_id"]) if len(fu) else np.zeros(0, dtype=np.int64)
+    fu = fu[fu["_i"] >= 0].copy()
+    if len(fu):
+        fu["_d"], ok = _as_days(fu["due_date"], as_of64)
+        fu = fu[ok]
+        fu["reason"] = fu["reason"].astype(object).where(fu["reason"].notna(), "follow_up").astype(str)
+        # already answered by a visit on or after the follow-up date
+        fu = fu[~(has_last[fu["_i"].to_numpy()] & (last_day[fu["_i"].to_numpy()] >= fu["_d"].to_numpy()))]
+        fu = fu[fu["_d"] <= H - 1].copy()
+        fu = fu.drop_duplicates(["_i", "reason", "_d"])
+    has_follow = np.zeros(n_hh, dtype=bool)
+    has_follow[fu["_i"].to_numpy(dtype=np.int64)] = True
+
+    # open plans within the horizon (overdue ones are left to coverage as late/missed)
+    op = open_plans.copy() if len(open_plans) else pd.DataFrame(
+        columns=["visit_id", "household_id", "cadre_id", "due_date", "reason", "urgent"])
+    op["_i"] = household_index(op["household_id"]) if len(op) else np.zeros(0, dtype=np.int64)
+    op = op[op["_i"] >= 0].copy()
+    if len(op):
+        op["_d"], ok = _as_days(op["due_date"], as_of64)
+        op["_urgent"] = _bool_col(op, "urgent")
+        # Overdue urgent plans stay: the family still needs that visit, by the same person.
+        op = op[ok & ((op["_d"] >= 0) | op["_urgent"])].copy()
+        op["reason"] = op["reason"].astype(str)
+        op["cadre_id"] = op["cadre_id"].astype(object).where(op["cadre_id"].notna(), None)
+        op = op.sort_values(["_d", "visit_id"], kind="mergesort").drop_duplicates("visit_id")
+    has_open = np.zeros(n_hh, dtype=bool)
+    has_open[op["_i"].to_numpy(dtype=np.int64)] = True
+
+    needs_cadre = routine | has_urgent | has_follow | has_open
+    priority = np.where(has_urgent, 0, np.where(routine, interval, 10_000))
+
+    # ---- cadres -----------------------------------------------------------------------------
+    cd = cadres.copy()
+    cd["cadre_id"] = cd["cadre_id"].astype(str)
+    cd = cd.drop_duplicates("cadre_id").reset_index(drop=True)
+    cd = cd[cd["role"].astype(str).isin(rules.visiting_roles)].reset_index(drop=True)
+    n_cd = len(cd)
+    cid = cd["cadre_id"].to_numpy(dtype=object)
+    cpos = pd.Index(cid)
+    from sibifang.settings import get_settings
+
+    default_cap = int(get_settings().default_capacity)
+    capacity = pd.to_numeric(cd.get("capacity", pd.Series([None] * n_cd)), errors="coerce").fillna(
+        default_cap).to_numpy(dtype=np.int64)
+    fpo = _bool_col(cd, "four_plus_one")
+    weekday = pd.to_numeric(cd.get("grassroots_weekday", pd.Series([None] * n_cd)), errors="coerce").to_numpy()
+    if (fpo & np.isnan(weekday)).any():
+        logger.warning("4+1 干部未填写下沉日，将不安排其常规走访: %s", list(cid[fpo & np.isnan(weekday)])[:10])
+    lf, lf_ok = _as_days(cd["on_leave_from"], as_of64) if "on_leave_from" in cd.columns else (
+        np.zeros(n_cd, np.int64), np.zeros(n_cd, bool))
+    lu, lu_ok = _as_days(cd["on_leave_until"], as_of64) if "on_leave_until" in cd.columns else (
+        np.zeros(n_cd, np.int64), np.zeros(n_cd, bool))
+    days = np.arange(T)
+    on_leave = lf_ok[:, None] & (days[None, :] >= lf[:, None]) & (~lu_ok[:, None] | (days[None, :] <= lu[:, None]))
+    workday = calendar.workdays_in(as_of, T)
+    dow = (np.arange(T) + as_of.weekday()) % 7
+    wd_ok = np.where(fpo[:, None], dow[None, :] == np.nan_to_num(weekday, nan=-1)[:, None], True)
+    eligible = workday[None, :] & ~on_leave & wd_ok
+
+    grid_tokens = _explode_list_col(cd["grid_ids"])
+    pairs = pd.DataFrame({"_c": grid_tokens.index.to_numpy(dtype=np.int64),
+                          "grid_id": grid_tokens.to_numpy(dtype=object)})
+    pairs = pairs.drop_duplicates()
+    cadre_grids = {g: np.sort(grp["_c"].to_numpy(dtype=np.int64)) for g, grp in pairs.groupby("grid_id", sort=True)}
+    grid_codes = pd.Index(np.unique(np.concatenate([pairs["grid_id"].to_numpy(dtype=object).astype(str),
+                                                    hgrid.astype(str)])))
+    n_grid_codes = max(len(grid_codes), 1)
+    pair_codes = np.unique(pairs["_c"].to_numpy(dtype=np.int64) * n_grid_codes
+                           + grid_codes.get_indexer(pairs["grid_id"].astype(str)))
+
+    def covers(c: np.ndarray, household_idx: np.ndarray) -> np.ndarray:
+        """Whether cadre c covers the grid of household household_idx (vectorised)."""
+        codes = np.asarray(c, dtype=np.int64) * n_grid_codes + grid_codes.get_indexer(hgrid[household_idx].astype(str))
+        return (np.asarray(c) >= 0) & np.isin(codes, pair_codes)
+
+    # ---- assignment -------------------------------------------------------------------------
+    load = np.zeros(n_cd, dtype=np.int64)
+    assigned = np.full(n_hh, -1, dtype=np.int64)
+    kept = np.zeros(n_hh, dtype=bool)
+    ca = current_assignments.copy() if len(current_assignments) else pd.DataFrame(columns=["household_id", "cadre_id"])
+    ca["household_id"] = ca["household_id"].astype(str)
+    ca["_c"] = cpos.get_indexer(ca["cadre_id"].astype(str)) if len(ca) else np.zeros(0, dtype=np.int64)
+    ca = ca.drop_duplicates("household_id")
+    if grid is not None and len(ca):
+        # Families of other grids keep their cadre and use her capacity.
+        outside = ca[(ca["_c"] >= 0) & ca["household_id"].map(all_hh_grid).fillna("").ne(str(grid))]
+        np.add.at(load, outside["_c"].to_numpy(dtype=np.int64), 1)
+    if len(ca):
+        ca["_i"] = household_index(ca["household_id"])
+        ca = ca[(ca["_i"] >= 0) & (ca["_c"] >= 0)]
+        ca = ca[needs_cadre[ca["_i"].to_numpy(dtype=np.int64)]]
+        valid = covers(ca["_c"].to_numpy(dtype=np.int64), ca["_i"].to_numpy(dtype=np.int64))
+        ca = ca[valid].copy()
+        ca["_p"] = priority[ca["_i"].to_numpy(dtype=np.int64)]
+        ca = ca.sort_values(["_c", "_p", "household_id"], kind="mergesort")
+        ca["_rank"] = ca.groupby("_c").cumcount().to_numpy() + load[ca["_c"].to_numpy(dtype=np.int64)]
+        ca = ca[ca["_rank"] < capacity[ca["_c"].to_numpy(dtype=np.int64)]]
+        ci = ca["_i"].to_numpy(dtype=np.int64)
+        cc = ca["_c"].to_numpy(dtype=np.int64)
+        assigned[ci] = cc
+        kept[ci] = True
+        np.add.at(load, cc, 1)
+
+    can_take_new = eligible[:, :H].any(axis=1) if H > 0 else np.zeros(n_cd, dtype=bool)
+    todo = np.flatnonzero(needs_cadre & (assigned < 0) & ~away_all_horizon)
+    shortfall_rows: list[tuple[int, str]] = []
+    if len(todo):
+        order = np.lexsort((hid[todo].astype(str), priority[todo], hgrid[todo].astype(str)))
+        todo = todo[order]
+        grids_sorted = hgrid[todo]
+        bounds = np.flatnonzero(np.r_[True, grids_sorted[1:] != grids_sorted[:-1], True])
+        for b0, b1 in zip(bounds[:-1], bounds[1:]):
+            g = grids_sorted[b0]
+            members = todo[b0:b1]
+            pool = cadre_grids.get(g)
+            if pool is None or not can_take_new[pool].any():
+                shortfall_rows.extend((int(i), SHORTFALL_NO_CADRE) for i in members)
+                continue
+            pool = pool[can_take_new[pool]]
+            spare = np.maximum(capacity[pool] - load[pool], 0)
+            if spare.sum() == 0:
+                shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members)
+                continue
+            # One slot per free place, keyed by the load the cadre would have before taking it:
+            # taking slots in key order is exactly "least-loaded first" (ties: non-4+1, then id).
+            slot_cadre = np.repeat(np.arange(len(pool)), spare)
+            rank_in_cadre = np.arange(len(slot_cadre)) - np.repeat(np.cumsum(spare) - spare, spare)
+            slot_level = load[pool][slot_cadre] + rank_in_cadre
+            slot_order = np.lexsort((slot_cadre, fpo[pool][slot_cadre], slot_level))
+            take = min(len(members), len(slot_order))
+            chosen = pool[slot_cadre[slot_order[:take]]]
+            assigned[members[:take]] = chosen
+            np.add.at(load, chosen, 1)
+            shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members[take:])
+
+    resolver = _Resolver(eligible, cadre_grids, load, fpo)
+    plan_parts: list[dict[str, np.ndarray]] = []
+    moved_parts: list[dict[str, np.ndarray]] = []
+
+    def emit(idx, cadre_idx, due, ws, we, reason, urgent_flag):
+        plan_parts.append({"_i": np.asarray(idx, dtype=np.int64), "_c": np.asarray(cadre_idx, dtype=np.int64),
+                           "_due": np.asarray(due, dtype=np.int64), "_ws": np.asarray(ws, dtype=np.int64),
+                           "_we": np.asarray(we, dtype=np.int64), "reason": np.asarray(reason, dtype=object),
+                           "urgent": np.asarray(urgent_flag, dtype=bool)})
+
+    def emit_moves(idx, from_c, to_c, due, reason, move_reason):
+        if len(idx):
+            moved_parts.append({"_i": np.asarray(idx, dtype=np.int64), "_from": np.asarray(from_c, dtype=np.int64),
+                                "_to": np.asarray(to_c, dtype=np.int64), "_due": np.asarray(due, dtype=np.int64),
+                                "_reason": np.asarray(reason, dtype=object),
+                                "reason": np.asarray(move_reason, dtype=object)})
+
+    def move_reason_for(c_from: np.ndarray, day: np.ndarray) -> np.ndarray:
+        leave_day = on_leave[c_from, np.clip(day, 0, T - 1)]
+        return np.where(leave_day | on_leave[c_from, :H].any(axis=1) & ~fpo[c_from], MOVE_LEAVE, MOVE_FOUR_PLUS_ONE)
+
+    def resolve_and_emit(idx, ws, we, latest, reasons, shown_ws=None, slip_until=None):
+        """Non-urgent visits: choose day and cadre, record substitutions and slips; return days.
+
+        ``shown_ws`` is the window start written to the plan (the recommended period); the day
+        may still be earlier when holidays leave no possible day inside it.
+        """
+        shown_ws = ws if shown_ws is None else shown_ws
+        c0 = assigned[idx]
+        day, c1, sub, slipped = resolver.pick(c0, ws, we, latest, hgrid[idx], slip_until)
+        planned = day >= 0
+        for i in idx[day == -1]:
+            shortfall_rows.append((int(i), SHORTFALL_UNPLANNABLE))
+        # A slip is a shortfall only when the official calendar had a working day in the window.
+        if slipped.any():
+            wd_cum = np.r_[0, np.cumsum(workday)]
+            lo = np.clip(ws[slipped], 0, T)
+            hi = np.clip(we[slipped] + 1, 0, T)
+            had_workday = wd_cum[hi] - wd_cum[lo] > 0
+            for i in idx[slipped][had_workday]:
+                shortfall_rows.append((int(i), SHORTFALL_SLIPPED))
+        p = planned
+        emit(idx[p], c1[p], day[p], np.minimum(shown_ws[p], day[p]), we[p], reasons[p], np.zeros(p.sum(), bool))
+        s = sub & p
+        emit_moves(idx[s], c0[s], c1[s], day[s], reasons[s], move_reason_for(c0[s], day[s]))
+        return day
+
+    # ---- carried open plans -----------------------------------------------------------------
+    routine_prev = np.where(has_last, last_day, -_BIG)
+    # Routine open plans that stand (kept in this plan, or beyond the horizon): the cadence chain
+    # counts them as visits and only fills the gaps around them.
+    fixed_i = np.zeros(0, dtype=np.int64)
+    fixed_d = np.zeros(0, dtype=np.int64)
+    open_reason_keys: set[tuple[int, str]] = set()
+    if len(op):
+        oi = op["_i"].to_numpy(dtype=np.int64)
+        od = op["_d"].to_numpy(dtype=np.int64)
+        o_urg = op["_urgent"].to_numpy()
+        o_reason = op["reason"].to_numpy(dtype=object)
+        is_routine_reason = np.isin(o_reason.astype(str), list(CADENCE_REASONS))
+        r = is_routine_reason & ~o_urg & routine[oi]
+        beyond = r & (od > H - 1)
+        fixed_i, fixed_d = oi[beyond], od[beyond]
+        open_reason_keys = set(zip(oi.tolist(), o_reason.tolist()))
+        inside = (od <= H - 1) & ((assigned[oi] >= 0) | o_urg)
+        oi, od, o_urg, o_reason = oi[inside], od[inside], o_urg[inside], o_reason[inside]
+        o_ids = op["visit_id"].astype(str).to_numpy(dtype=object)[inside]
+        o_cadre = cpos.get_indexer(op["cadre_id"].astype(str).to_numpy()[inside])
+        # The window of an open plan is kept when the caller passes it back.
+        o_ws, o_we = od.copy(), od.copy()
+        for col, target_arr in (("window_start", o_ws), ("window_end", o_we)):
+            if col in op.columns:
+                d, ok = _as_days(op[col].to_numpy()[inside], as_of64)
+                target_arr[ok] = d[ok]
+        target = assigned[oi]
+        od_all = od
+
+        def can_take(c: np.ndarray, family_cadre: bool) -> np.ndarray:
+            c_safe = np.where(c >= 0, c, 0)
+            od = np.clip(od_all, 0, T - 1)  # overdue urgent plans: availability from today
+            # Same rule as fresh urgent visits: the family's cadre answers unless she is a "4+1"
+            # cadre (in the office most days) or on leave.
+            urgent_ok = ~on_leave[c_safe, od] & (~fpo[c_safe] if family_cadre else True)
+            fits = np.where(o_urg, urgent_ok, eligible[c_safe, od])
+            in_grid = covers(c_safe, oi)
+            return (c >= 0) & fits & in_grid
+
+        # Who does an open plan: the family's cadre if she can that day, else whoever already holds
+        # the plan (a substitute chosen by an earlier run: re-runs must not reshuffle), else a colleague.
+        target_ok = can_take(target, True)
+        own_ok = can_take(o_cadre, False)
+        final_c = np.where(target_ok, target, np.where(own_ok, o_cadre, target))
+        ok_day = target_ok | own_ok
+        need = ~ok_day & ~o_urg
+        if need.any():
+            d, c1, sub, slipped = resolver.pick(target[need], od[need], od[need], np.ones(need.sum(), bool),
+                                                hgrid[oi[need]])
+            good = d == od[need]
+            final_c[np.flatnonzero(need)[good]] = c1[good]
+            ok_day[np.flatnonzero(need)[good]] = True
+        for k in np.flatnonzero(~ok_day & o_urg):
+            pool = cadre_grids.get(hgrid[oi[k]], np.zeros(0, np.int64))
+            pool = pool[~on_leave[pool, min(max(od[k], 0), T - 1)]]
+            if len(pool):
+                final_c[k] = pool[np.lexsort((pool, load[pool], resolver.sub_load[pool]))[0]]
+                resolver.sub_load[final_c[k]] += 1
+                ok_day[k] = True
+        keep = ok_day
+        plan_parts.append({"_i": oi[keep], "_c": final_c[keep], "_due": od[keep], "_ws": o_ws[keep],
+                           "_we": o_we[keep], "reason": o_reason[keep], "urgent": o_urg[keep], "_vid": o_ids[keep]})
+        # ``moved`` lists every visit done by someone other than the family's cadre (both are told
+        # in the digest), and open plans this run hands from one cadre to another.
+        by_other = keep & (target >= 0) & (final_c != target)
+        if by_other.any():
+            why = np.where(o_urg[by_other], MOVE_URGENT, move_reason_for(target[by_other], od[by_other]))
+            emit_moves(oi[by_other], target[by_other], final_c[by_other], od[by_other], o_reason[by_other], why)
+        handed = keep & (target >= 0) & (final_c == target) & (o_cadre >= 0) & (o_cadre != target)
+        if handed.any():
+            emit_moves(oi[handed], o_cadre[handed], final_c[handed], od[handed], o_reason[handed],
+                       np.full(handed.sum(), MOVE_REASSIGNED, dtype=object))
+        standing = keep & np.isin(o_reason.astype(str), list(CADENCE_REASONS)) & ~o_urg & routine[oi]
+        fixed_i = np.concatenate([fixed_i, oi[standing]])
+        fixed_d = np.concatenate([fixed_d, od[standing]])
+    fixed_order = np.lexsort((fixed_d, fixed_i))
+    fixed_i, fixed_d = fixed_i[fixed_order], fixed_d[fixed_order]
+    fixed_start = np.searchsorted(fixed_i, np.arange(n_hh), side="left")
+    fixed_end = np.searchsorted(fixed_i, np.arange(n_hh), side="right")
+
+    # ---- routine visits, one chain step at a time --------------------------------------------
+    deferred_by_away = np.zeros(n_hh, dtype=bool)
+    active = np.flatnonzero(routine & (assigned >= 0) & ~away_all_horizon)
+    prev = routine_prev[active]
+    after_return = np.zeros(len(active), dtype=bool)  # next visit must wait for the return home
+    next_fixed = fixed_start[active]  # pointer into the standing open plans of each family
+    first = True
+    while len(active):
+        iv = interval[active]
+        deadline = prev + iv
+        back = back_day[active]
+        if first:
+            overdue = (deadline < np.maximum(back, 0)) | (prev <= -_BIG // 2)
+            start = np.maximum(np.maximum(prev + 1, 0), back)
+            ws = np.where(overdue, start, np.maximum(prev + 1, np.maximum(back, 0)))
+            we = np.where(overdue, start + overdue_within, deadline)
+            latest = ~overdue
+        else:
+            ws = prev + 1
+            we = deadline
+            latest = np.ones(len(active), dtype=bool)
+        # An absence that starts later (住院, 外出): visit before she leaves when her cadre can,
+        # else right after the return; never while away, and not at all when no return is recorded.
+        af, au, au_ok = away_from_d[active], away_until_d[active], away_until_ok[active]
+        future_away = away_from_ok[active] & (af > 0)
+        hits = future_away & (af <= we) & (~au_ok | (au >= ws))
+        cad_now = assigned[active]
+        first_possible = resolver.first_on_or_after[cad_now, np.clip(ws, 0, T - 1)]
+        before = hits & (af - 1 >= ws) & (first_possible <= af - 1) & (ws < T)
+        after = (hits & ~before) | after_return
+        we = np.where(before, af - 1, we)
+        ws = np.where(after, np.where(au_ok, au + 1, _BIG), ws)
+        we = np.where(after, np.where(au_ok, au + 1 + overdue_within, _BIG), we)
+        latest = latest & ~after
+        deferred_by_away[active[after]] = True
+        # A visit may slip past holidays, but not into an absence that starts after its window.
+        slip_until = np.where(future_away & (af > we), af - 1, _BIG)
+        # Only visits whose deadline lies inside the horizon are planned now (the next run does the rest);
+        # overdue ones are planned when their window opens inside it.
+        inside = np.where(latest, we <= H - 1, ws <= H - 1)
+        active, ws, we, latest, slip_until = active[inside], ws[inside], we[inside], latest[inside], slip_until[inside]
+        next_fixed = next_fixed[inside]
+        if not len(active):
+            break
+        # A standing open plan due by the deadline is this step's visit: nothing new to plan.
+        has_fixed = next_fixed < fixed_end[active]
+        padded = np.append(fixed_d, _BIG)  # one sentinel so families without open plans index safely
+        fixed_day = np.where(has_fixed, padded[np.minimum(next_fixed, len(fixed_d))], _BIG)
+        satisfied = has_fixed & (fixed_day <= we)
+        day = np.where(satisfied, fixed_day, -1)
+        todo_rows = np.flatnonzero(~satisfied)
+        if len(todo_rows):
+            t_idx = active[todo_rows]
+            slack = np.maximum(1, np.round(interval[t_idx] * rules.window_fraction)).astype(np.int64)
+            shown = np.where(latest[todo_rows], np.maximum(ws[todo_rows], we[todo_rows] - slack), ws[todo_rows])
+            day[todo_rows] = resolve_and_emit(t_idx, ws[todo_rows], we[todo_rows], latest[todo_rows],
+                                              cad_reason[t_idx], shown, slip_until[todo_rows])
+        blocked = day == -2
+        going = (day >= 0) | blocked
+        # Blocked by the absence: the same visit is tried again after the return.
+        prev = np.where(blocked, ws - 1, day)[going]
+        after_return = blocked[going]
+        next_fixed = (next_fixed + satisfied)[going]
+        active = active[going]
+        first = False
+
+    # ---- follow-ups -------------------------------------------------------------------------
+    if len(fu):
+        fi = fu["_i"].to_numpy(dtype=np.int64)
+        fd = fu["_d"].to_numpy(dtype=np.int64)
+        fr = fu["reason"].to_numpy(dtype=object)
+        known = np.array([(int(i), r) in open_reason_keys for i, r in zip(fi, fr)], dtype=bool)
+        usable = ~known & (assigned[fi] >= 0)
+        fi, fd, fr = fi[usable], fd[usable], fr[usable]
+        ws = np.maximum(fd, 0)
+        we = np.where(fd >= 0, fd + rules.follow_up_within_days, ws + overdue_within)
+        # Away when the follow-up opens: right after the return (if recorded), else not planned.
+        af, au, au_ok = away_from_d[fi], away_until_d[fi], away_until_ok[fi]
+        away_then = away_from_ok[fi] & (af <= ws) & (~au_ok | (au >= ws))
+        deferred_by_away[fi[away_then]] = True
+        ws = np.where(away_then, np.where(au_ok, au + 1, _BIG), ws)
+        we = np.where(away_then, np.where(au_ok, au + 1 + overdue_within, _BIG), we)
+        # Leaving during the window: visit before departure, never slip into the absence.
+        leaves = away_from_ok[fi] & (af > ws) & (af <= we)
+        we = np.where(leaves, af - 1, we)
+        slip_until = np.where(away_from_ok[fi] & (af > ws), af - 1, _BIG)
+        ok = ws <= H - 1
+        day = resolve_and_emit(fi[ok], ws[ok], we[ok], np.zeros(ok.sum(), dtype=bool), fr[ok],
+                               slip_until=slip_until[ok])
+        deferred_by_away[fi[ok][day == -2]] = True
+
+    # ---- urgent visits (ignore the calendar) -----------------------------------------------
+    if len(ur):
+        ui = ur["_i"].to_numpy(dtype=np.int64)
+        req_day, _ = _as_days(ur["_req"], as_of64)
+        dl_day, _ = _as_days(ur["_deadline"], as_of64)
+        u_reason = ur["reason"].to_numpy(dtype=object)
+        first_resp = np.isin(cd["role"].astype(str).to_numpy(), list(rules.first_responder_roles))
+        for k in range(len(ui)):
+            i = ui[k]
+            lo = int(min(max(req_day[k], 0), T - 1))
+            hi = int(min(max(dl_day[k], lo), T - 1))
+            c0 = assigned[i]
+            if c0 >= 0 and not fpo[c0] and not on_leave[c0, lo:hi + 1].any():
+                chosen = c0
+            else:
+                pool = cadre_grids.get(hgrid[i], np.zeros(0, np.int64))
+                pool = pool[~on_leave[pool, lo:hi + 1].any(axis=1)] if len(pool) else pool
+                if not len(pool):
+                    shortfall_rows.append((int(i), SHORTFALL_URGENT))
+                    continue
+                order = np.lexsort((pool, load[pool], resolver.sub_load[pool], fpo[pool], ~first_resp[pool]))
+                chosen = int(pool[order[0]])
+                resolver.sub_load[chosen] += 1
+            emit([i], [chosen], [dl_day[k]], [req_day[k]], [dl_day[k]], [u_reason[k]], [True])
+            if c0 >= 0 and chosen != c0:
+                emit_moves([i], [c0], [chosen], [dl_day[k]], [u_reason[k]], [MOVE_URGENT])
+
+    # ---- assemble ---------------------------------------------------------------------------
+    def day_to_ts(d: np.ndarray) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex((as_of64 + np.asarray(d, dtype=np.int64).astype("timedelta64[D]")).astype(
+            "datetime64[s]"))
+
+    if plan_parts:
+        parts = [pd.DataFrame(p) for p in plan_parts]
+        pl = pd.concat(parts, ignore_index=True)
+    else:
+        pl = pd.DataFrame({k: np.zeros(0, dtype=t) for k, t in
+                           [("_i", np.int64), ("_c", np.int64), ("_due", np.int64), ("_ws", np.int64),
+                            ("_we", np.int64), ("reason", object), ("urgent", bool)]})
+    if "_vid" not in pl.columns:
+        pl["_vid"] = None
+    due_dates = as_of64 + pl["_due"].to_numpy(dtype=np.int64).astype("timedelta64[D]")
+    vid = pl["_vid"].to_numpy(dtype=object).copy()
+    fresh = pd.isna(vid)
+    vid[fresh] = _stable_ids(hid[pl["_i"].to_numpy(dtype=np.int64)[fresh]], due_dates[fresh],
+                             pl["reason"].to_numpy(dtype=object)[fresh])
+    plans = pd.DataFrame({
+        "visit_id": vid,
+        "household_id": hid[pl["_i"].to_numpy(dtype=np.int64)],
+        "cadre_id": cid[pl["_c"].to_numpy(dtype=np.int64)] if n_cd else np.zeros(len(pl), dtype=object),
+        "grid_id": hgrid[pl["_i"].to_numpy(dtype=np.int64)],
+        "due_date": day_to_ts(pl["_due"].to_numpy()),
+        "window_start": day_to_ts(pl["_ws"].to_numpy()),
+        "window_end": day_to_ts(pl["_we"].to_numpy()),
+        "reason": pl["reason"].to_numpy(dtype=object),
+        "urgent": pl["urgent"].to_numpy(dtype=bool),
+        "status": "planned",
+    })
+    # Carried plans come first, so a regenerated twin of an open plan is dropped.
+    plans = plans.drop_duplicates("visit_id", keep="first")
+    plans = plans.sort_values(["due_date", "grid_id", "household_id", "reason", "visit_id"], kind="mergesort")
+    plans = plans.reset_index(drop=True)[PLAN_COLUMNS]
+    plans["urgent"] = plans["urgent"].astype(bool)
+
+    has_a = assigned >= 0
+    assignments = pd.DataFrame({
+        "household_id": hid[has_a],
+        "cadre_id": cid[assigned[has_a]] if n_cd else np.zeros(0, dtype=object),
+        "grid_id": hgrid[has_a],
+        "assigned": np.where(kept[has_a], "kept", "new"),
+        "interval_days": _nullable_int(interval[has_a], routine[has_a]),
+    }).sort_values("household_id", kind="mergesort").reset_index(drop=True)
+
+    if shortfall_rows:
+        sf_idx = np.array([r[0] for r in shortfall_rows], dtype=np.int64)
+        shortfall = pd.DataFrame({"household_id": hid[sf_idx], "grid_id": hgrid[sf_idx],
+                                  "reason": [r[1] for r in shortfall_rows]})
+        shortfall = shortfall.drop_duplicates().sort_values(["grid_id", "household_id", "reason"],
+                                                            kind="mergesort").reset_index(drop=True)
+    else:
+        shortfall = pd.DataFrame({c: pd.Series(dtype=object) for c in SHORTFALL_COLUMNS})
+
+    if moved_parts:
+        mv = pd.concat([pd.DataFrame(m) for m in moved_parts], ignore_index=True)
+        mv_due = as_of64 + mv["_due"].to_numpy(dtype=np.int64).astype("timedelta64[D]")
+        mv_ids = _stable_ids(hid[mv["_i"].to_numpy(dtype=np.int64)], mv_due, mv["_reason"].to_numpy(dtype=object))
+        # Carried plans keep their own id: look the moved visits up in the plan.
+        concerned = plans[plans["household_id"].isin(hid[mv["_i"].to_numpy(dtype=np.int64)])]
+        id_lookup = dict(zip(zip(concerned["household_id"].to_numpy(dtype=object),
+                                 concerned["due_date"].to_numpy().astype("datetime64[D]"),
+                                 concerned["reason"].to_numpy(dtype=object)),
+                             concerned["visit_id"].to_numpy(dtype=object)))
+        mv_keys = zip(hid[mv["_i"].to_numpy(dtype=np.int64)], mv_due, mv["_reason"].to_numpy(dtype=object))
+        moved = pd.DataFrame({
+            "visit_id": [id_lookup.get(k, fallback) for k, fallback in zip(mv_keys, mv_ids)],
+            "household_id": hid[mv["_i"].to_numpy(dtype=np.int64)],
+            "from_cadre_id": cid[mv["_from"].to_numpy(dtype=np.int64)],
+            "to_cadre_id": cid[mv["_to"].to_numpy(dtype=np.int64)],
+            "due_date": day_to_ts(mv["_due"].to_numpy()),
+            "reason": mv["reason"].to_numpy(dtype=object),
+        }).drop_duplicates("visit_id").sort_values(["due_date", "visit_id"], kind="mergesort").reset_index(drop=True)
+    else:
+        moved = pd.DataFrame({c: pd.Series(dtype=object) for c in MOVED_COLUMNS})
+
+    away_sel = (away_now & (routine | has_follow)) | deferred_by_away
+    away = pd.DataFrame({
+        "household_id": hid[away_sel],
+        "grid_id": hgrid[away_sel],
+        "away_from": day_to_ts(away_from_d[away_sel]),
+        "away_until": pd.DatetimeIndex(np.where(away_until_ok[away_sel],
+                                                as_of64 + away_until_d[away_sel].astype("timedelta64[D]"),
+                                                np.datetime64("NaT"))).astype("datetime64[s]"),
+    }).sort_values("household_id", kind="mergesort").reset_index(drop=True)
+
+    notices = _notices(plans, assignments, moved, as_of, H)
+    return SchedulePlan(plans=plans, assignments=assignments, shortfall=shortfall, moved=moved, away=away,
+                        notices=notices)
+
+
+def _notices(plans: pd.DataFrame, assignments: pd.DataFrame, moved: pd.DataFrame, as_of: date,
+             horizon_days: int) -> pd.DataFrame:
+    """One Chinese digest per cadre concerned by this run (no family details beyond counts and dates)."""
+    per = plans.groupby("cadre_id").agg(n=("visit_id", "size"), n_urgent=("urgent", "sum"), first=("due_date", "min"))
+    new = assignments[assignments["assigned"] == "new"].groupby("cadre_id").size().rename("n_new")
+    out_moves = moved.groupby("from_cadre_id").size().rename("n_out")
+    in_moves = moved.groupby("to_cadre_id").size().rename("n_in")
+    digest = per.join(new, how="outer").join(out_moves, how="outer").join(in_moves, how="outer")
+    digest = digest.fillna({"n": 0, "n_urgent": 0, "n_new": 0, "n_out": 0, "n_in": 0})
+    digest = digest.sort_index()
+    head = f"【四必访走访提醒】自{as_of:%Y-%m-%d}起{horizon_days}天内，您有"
+    first_text = pd.to_datetime(digest["first"]).dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
+    texts = []
+    for n, n_urgent, first, n_new, n_out, n_in in zip(
+            digest["n"].to_numpy(dtype=np.int64), digest["n_urgent"].to_numpy(dtype=np.int64), first_text,
+            digest["n_new"].to_numpy(dtype=np.int64), digest["n_out"].to_numpy(dtype=np.int64),
+            digest["n_in"].to_numpy(dtype=np.int64)):
+        parts = [f"{head}{n}次走访计划"]
+        if n_urgent:
+            parts.append(f"其中紧急上门{n_urgent}次，请在时限内到户")
+        if n and isinstance(first, str):
+            parts.append(f"最近一次在{first}")
+        if n_new:
+            parts.append(f"新分配联系户{n_new}户")
+        if n_out:
+            parts.append(f"您有{n_out}次走访已转交网格内同事代为走访")
+        if n_in:
+            parts.append(f"您需代同事走访{n_in}次")
+        texts.append("；".join(parts) + "。")
+    rows = list(zip(digest.index.astype(str), texts))
+    return pd.DataFrame(rows, columns=NOTICE_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage
+# ---------------------------------------------------------------------------------------------
+def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.DataFrame,
+                     as_of: date) -> pd.DataFrame:
+    """Visit coverage (走访覆盖率) per grid, village and cadre.
+
+    In: ``plans`` (``visit_id, household_id, cadre_id, grid_id, due_date, window_start,
+    window_end``), ``visits`` (``visit_id, plan_id, household_id, visited_at``; plan_id may be
+    empty), ``households`` (``household_id, grid_id``, optional ``village_id, away_from,
+    away_until``).
+
+    Out: ``level ('grid'|'village'|'cadre'), unit_id, due, visited_on_time, late, missed,
+    pending, away``. ``due`` counts plans due on or before ``as_of``; each is visited on time
+    (a visit closing it, or any visit of the family inside its window), late (visited after
+    the window), missed (window over, no visit, family at home), pending (window still open)
+    or away (family recorded away on the due date: not counted as missed).
+    """
+    as_of = as_of.date() if isinstance(as_of, datetime) else as_of
+    as_of_ts = pd.Timestamp(as_of)
+    p = plans[["visit_id", "household_id", "cadre_id", "grid_id", "due_date", "window_start", "window_end"]].copy()
+    p["household_id"] = p["household_id"].astype(str)
+    for c in ("due_date", "window_start", "window_end"):
+        p[c] = pd.to_datetime(p[c]).dt.normalize()
+    p = p[p["due_date"] <= as_of_ts].reset_index(drop=True)
+
+    v = visits.copy()
+    v["household_id"] = v["household_id"].astype(str)
+    v["_day"] = pd.to_datetime(v["visited_at"], errors="coerce").dt.tz_localize(None).dt.normalize() \
+        if len(v) else pd.Series(dtype="datetime64[ns]")
+    v = v[v["_day"].notna() & (v["_day"] <= as_of_ts + pd.Timedelta(days=1))]
+
+    # visit closing the plan explicitly
+    explicit = pd.Series(pd.NaT, index=p.index, dtype="datetime64[ns]")
+    if "plan_id" in v.columns and len(v):
+        pid = v[v["plan_id"].notna() & v["plan_id"].astype(str).ne("")]
+        by_plan = pid.groupby(pid["plan_id"].astype(str))["_day"].min().rename("_e")
+        if len(by_plan):
+            explicit = p[["visit_id"]].astype(str).merge(by_plan, left_on="visit_id", right_index=True,
+                                                         how="left")["_e"]
+
+    # any visit of the family inside the window, else the first one after the window start
+    m = p[["visit_id", "household_id", "window_start", "window_end"]].reset_index().merge(
+        v[["household_id", "_day"]], on="household_id", how="inner")
+    m = m[m["_day"] >= m["window_start"]]
+    in_window = m[m["_day"] <= m["window_end"]].groupby("index")["_day"].min()
+    after = m.groupby("index")["_day"].min()
+    p["_in"] = p.index.map(in_window)
+    p["_after"] = p.index.map(after)
+    p["_explicit"] = explicit
+
+    on_time = (p["_explicit"].notna() & (p["_explicit"] <= p["window_end"])) | p["_in"].notna()
+    visited_any = p["_explicit"].notna() | p["_after"].notna()
+    late = ~on_time & visited_any
+    open_window = ~on_time & ~late & (p["window_end"] >= as_of_ts)
+
+    h = households.copy()
+    h["household_id"] = h["household_id"].astype(str)
+    h = h.drop_duplicates("household_id").set_index("household_id")
+    away_mask = pd.Series(False, index=p.index)
+    if "away_from" in h.columns:
+        af = pd.to_datetime(p["household_id"].map(h["away_from"]), errors="coerce")
+        au = pd.to_datetime(p["household_id"].map(h["away_until"]) if "away_until" in h.columns
+                            else pd.Series(pd.NaT, index=p.index), errors="coerce")
+        away_mask = af.notna() & (af <= p["due_date"]) & (au.isna() | (au >= p["due_date"]))
+    away = ~on_time & ~late & away_mask
+    missed = ~on_time & ~late & ~open_window & ~away
+    pending = open_window & ~away
+
+    p["due"] = 1
+    p["visited_on_time"] = on_time.astype(int)
+    p["late"] = late.astype(int)
+    p["missed"] = missed.astype(int)
+    p["pending"] = pending.astype(int)
+    p["away"] = away.astype(int)
+    if "village_id" in h.columns:
+        p["village_id"] = p["household_id"].map(h["village_id"])
+    metrics = ["due", "visited_on_time", "late", "missed", "pending", "away"]
+    frames = []
+    for level, key in (("grid", "grid_id"), ("village", "village_id"), ("cadre", "cadre_id")):
+        if key not in p.columns:
+            continue
+        g = p.dropna(subset=[key]).groupby(p[key].dropna().astype(str))[metrics].sum().reset_index()
+        g = g.rename(columns={key: "unit_id"})
+        g.insert(0, "level", level)
+        frames.append(g)
+    if not frames or all(f.empty for f in frames):
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("level", "unit_id") else np.int64)
+                             for c in COVERAGE_COLUMNS})
+    out = pd.concat(frames, ignore_index=True)[COVERAGE_COLUMNS]
+    return out.sort_values(["level", "unit_id"], kind="mergesort").reset_index(drop=True)

@@ -1,0 +1,301 @@
+"""Visit scheduling (走访排期): cadence rules, assignment, calendar, leave, 4+1, urgent, coverage."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+
+from sibifang.schedule_visits import (
+    PLAN_COLUMNS,
+    compute_coverage,
+    follow_ups_after_mediation,
+    household_intervals,
+    load_cadence_rules,
+    schedule_visits,
+)
+from sibifang.settings import reset_settings
+
+RULES = load_cadence_rules(None)
+CAL = RULES.work_calendar()
+MONDAY = date(2026, 11, 23)
+
+
+def households(*rows):
+    base = dict(grid_id="G1", village_id="V1", categories="", risk_level=None, open_dispute=0, flagged=0,
+                away_from=None, away_until=None)
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def cadres(*rows):
+    base = dict(role="cadre", grid_ids="G1", capacity=10, four_plus_one=0, grassroots_weekday=None,
+                on_leave_from=None, on_leave_until=None)
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def plan(hh, cd, *, as_of=MONDAY, horizon_days=30, last_visits=None, open_plans=None, current_assignments=None,
+         urgent_requests=None, follow_ups=None, grid=None, rules=RULES):
+    empty = pd.DataFrame
+    return schedule_visits(
+        hh, cd, as_of=as_of, horizon_days=horizon_days,
+        last_visits=last_visits if last_visits is not None else empty(columns=["household_id", "last_visited_at"]),
+        open_plans=open_plans if open_plans is not None else empty(),
+        current_assignments=current_assignments if current_assignments is not None else empty(),
+        urgent_requests=urgent_requests if urgent_requests is not None else empty(),
+        follow_ups=follow_ups if follow_ups is not None else empty(),
+        rules=rules, calendar=rules.work_calendar(), grid=grid)
+
+
+def last(**days_ago):
+    return pd.DataFrame({"household_id": list(days_ago),
+                         "last_visited_at": [pd.Timestamp(MONDAY) - pd.Timedelta(days=d) for d in days_ago.values()]})
+
+
+# -- rules --------------------------------------------------------------------------------------
+def test_packaged_rules_match_the_brief():
+    iv = RULES.interval_days
+    assert (iv["open_dispute"], iv["hardship"], iv["left_behind"], iv["empty_nest"]) == (7, 14, 14, 14)
+    assert (iv["empty_nest_flagged"], iv["entrepreneur"], iv["must_visit_max"]) == (7, 30, 90)
+    assert RULES.risk_level_interval_days == {"红": 7}
+    assert (RULES.urgent_critical_hours, RULES.urgent_other_hours) == (24, 72)
+    assert RULES.follow_up_after_mediation_days == (7, 30)
+    assert "mediator" not in RULES.visiting_roles and "supervisor" not in RULES.visiting_roles
+
+
+def test_settings_cadence_file_overrides(tmp_path, monkeypatch):
+    text = (load_cadence_rules.__globals__["resources"].files("sibifang") / "cadence.toml").read_text(encoding="utf-8")
+    custom = tmp_path / "cadence.toml"
+    custom.write_text(text.replace("hardship = 14", "hardship = 10"), encoding="utf-8")
+    monkeypatch.setenv("SIBIFANG_CADENCE_FILE", str(custom))
+    reset_settings()
+    try:
+        assert load_cadence_rules(None).interval_days["hardship"] == 10
+    finally:
+        monkeypatch.delenv("SIBIFANG_CADENCE_FILE")
+        reset_settings()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[interval_days]\nhardship = 14\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="must_visit_max"):
+        load_cadence_rules(bad)
+
+
+def test_intervals_take_the_shortest_rule():
+    hh = households(
+        dict(household_id="plain"),
+        dict(household_id="hard", categories="hardship"),
+        dict(household_id="nest", categories="空巢老人"),
+        dict(household_id="nest_flag", categories=["empty_nest"], flagged=1),
+        dict(household_id="biz", categories="entrepreneur"),
+        dict(household_id="quiet_dispute", categories="dispute"),
+        dict(household_id="open_dispute", categories="dispute", open_dispute="是"),
+        dict(household_id="red_biz", categories="entrepreneur", risk_level="红"),
+        dict(household_id="orange_biz", categories="entrepreneur;left_behind", risk_level="橙"),
+    )
+    got = household_intervals(hh, RULES).set_index("household_id")
+    assert pd.isna(got.loc["plain", "interval_days"])
+    assert got["interval_days"].drop("plain").astype(int).to_dict() == {
+        "hard": 14, "nest": 14, "nest_flag": 7, "biz": 30, "quiet_dispute": 90, "open_dispute": 7,
+        "red_biz": 7, "orange_biz": 14}
+    assert got.loc["open_dispute", "reason"] == "open_dispute" and got.loc["red_biz", "reason"] == "risk_red"
+
+
+# -- plans --------------------------------------------------------------------------------------
+def test_plan_columns_and_cadence_chain():
+    hh = households(dict(household_id="h1", categories="hardship"), dict(household_id="h0"))
+    result = plan(hh, cadres(dict(cadre_id="c1")), last_visits=last(h1=3))
+    assert list(result.plans.columns) == PLAN_COLUMNS
+    p = result.plans
+    assert set(p["household_id"]) == {"h1"}  # ordinary families get no routine visit
+    dues = list(p["due_date"].dt.date)
+    # last visit 20 Nov + 14 = 4 Dec (Fri), then every <= 14 days on working days
+    assert dues[0] == date(2026, 12, 4)
+    assert all(b - a <= timedelta(days=14) for a, b in zip(dues, dues[1:]))
+    assert all(CAL.is_workday(d) for d in dues)
+    assert (p["status"] == "planned").all() and not p["urgent"].any()
+    assert (p["window_start"] <= p["due_date"]).all() and (p["due_date"] <= p["window_end"]).all()
+
+
+def test_never_visited_family_is_visited_within_days_not_on_weekend():
+    hh = households(dict(household_id="h1", categories="left_behind"))
+    saturday = date(2026, 11, 21)
+    p = plan(hh, cadres(dict(cadre_id="c1")), as_of=saturday).plans
+    assert p["due_date"].iloc[0].date() == date(2026, 11, 23)
+
+
+def test_holidays_move_visits_to_working_days_spring_festival():
+    # Weekly family last visited Sat 14 Feb 2026 (调休 working day); 15–23 Feb are days off,
+    # so the next visit can only be on Tue 24 Feb.
+    hh = households(dict(household_id="h1", categories="dispute", open_dispute=1))
+    lv = pd.DataFrame({"household_id": ["h1"], "last_visited_at": ["2026-02-14 09:00"]})
+    p = plan(hh, cadres(dict(cadre_id="c1")), as_of=date(2026, 2, 14), horizon_days=20, last_visits=lv)
+    dues = list(p.plans["due_date"].dt.date)
+    assert dues[0] == date(2026, 2, 24)
+    assert p.shortfall.empty  # the calendar, not staffing, caused the slip
+    # Golden week: a 14-day family due 5 Oct is visited before the holiday instead.
+    hh = households(dict(household_id="h2", categories="hardship"))
+    lv = pd.DataFrame({"household_id": ["h2"], "last_visited_at": ["2026-09-21 09:00"]})
+    dues = list(plan(hh, cadres(dict(cadre_id="c1")), as_of=date(2026, 9, 22), last_visits=lv)
+                .plans["due_date"].dt.date)
+    assert dues[0] == date(2026, 9, 30)
+
+
+def test_continuity_capacity_and_least_loaded():
+    hh = households(*[dict(household_id=f"h{i}", categories="hardship") for i in range(6)])
+    cd = cadres(dict(cadre_id="a", capacity=3), dict(cadre_id="b", capacity=3), dict(cadre_id="m", role="mediator"))
+    current = pd.DataFrame({"household_id": ["h0", "h1", "h5"], "cadre_id": ["b", "b", "m"]})
+    r = plan(hh, cd, current_assignments=current)
+    a = r.assignments.set_index("household_id")
+    assert a.loc["h0", "cadre_id"] == "b" and a.loc["h1", "cadre_id"] == "b"
+    assert a.loc[["h0", "h1"], "assigned"].eq("kept").all()
+    assert a["cadre_id"].value_counts().to_dict() == {"a": 3, "b": 3}  # balanced, capacity kept
+    assert "m" not in set(r.plans["cadre_id"])  # mediators carry no families
+    # one more family than places: reported, never dropped
+    hh7 = pd.concat([hh, households(dict(household_id="h6", categories="hardship"))])
+    r7 = plan(hh7, cd, current_assignments=current)
+    assert r7.shortfall["reason"].tolist() == ["网格内干部容量不足"]
+
+
+def test_grid_without_cadre_is_shortfall():
+    hh = households(dict(household_id="h1", categories="hardship", grid_id="G9"))
+    r = plan(hh, cadres(dict(cadre_id="c1")))
+    assert r.plans.empty
+    assert r.shortfall.to_dict("records") == [{"household_id": "h1", "grid_id": "G9", "reason": "网格内无承担走访的干部"}]
+
+
+def test_four_plus_one_cadre_visits_on_her_weekday_only():
+    hh = households(*[dict(household_id=f"h{i}", categories="empty_nest") for i in range(3)])
+    cd = cadres(dict(cadre_id="boss", four_plus_one=1, grassroots_weekday=3))  # Thursday
+    r = plan(hh, cd, last_visits=last(h0=1, h1=5, h2=12))
+    assert not r.plans.empty
+    assert (r.plans["due_date"].dt.weekday == 3).all()
+
+
+def test_leave_moves_visits_to_colleague_and_both_are_told():
+    hh = households(dict(household_id="h1", categories="hardship"))
+    cd = cadres(dict(cadre_id="a", on_leave_from="2026-11-23", on_leave_until="2026-12-06"), dict(cadre_id="b"))
+    current = pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]})
+    r = plan(hh, cd, current_assignments=current, last_visits=last(h1=10))
+    first = r.plans.iloc[0]
+    assert first["cadre_id"] == "b" and first["due_date"].date() <= date(2026, 11, 27)
+    assert r.assignments["cadre_id"].tolist() == ["a"]  # she keeps the family
+    assert r.moved[["visit_id", "from_cadre_id", "to_cadre_id", "reason"]].iloc[0].tolist() == [
+        first["visit_id"], "a", "b", "联系干部请假"]
+    texts = r.notices.set_index("cadre_id")["text"]
+    assert "转交" in texts["a"] and "代同事走访1次" in texts["b"]
+    # after her leave the family's own cadre visits again
+    assert (r.plans[r.plans["due_date"] > "2026-12-06"]["cadre_id"] == "a").all()
+
+
+def test_away_family_is_skipped_until_back():
+    hh = households(dict(household_id="h1", categories="hardship", away_from="2026-11-01", away_until="2026-12-10"),
+                    dict(household_id="h2", categories="hardship", away_from="2026-11-01"))
+    r = plan(hh, cadres(dict(cadre_id="c1")), last_visits=last(h1=60, h2=60))
+    assert r.plans[r.plans["household_id"] == "h1"]["due_date"].min().date() > date(2026, 12, 10)
+    assert "h2" not in set(r.plans["household_id"])
+    assert set(r.away["household_id"]) == {"h1", "h2"}
+
+
+def test_urgent_requests_ignore_the_calendar():
+    hh = households(dict(household_id="h1", categories="empty_nest"), dict(household_id="h2"),
+                    dict(household_id="h3", categories="hardship"))
+    req = pd.DataFrame({"household_id": ["h1", "h2", "h3"],
+                        "requested_at": ["2026-11-21 14:00", "2026-11-21 09:00", "2026-11-19 09:00"],
+                        "reason": ["meter_inactivity", "visit_finding", "meter_drop"], "critical": [1, 0, 1]})
+    lv = pd.DataFrame({"household_id": ["h3"], "last_visited_at": ["2026-11-20 10:00"]})  # answered already
+    r = plan(hh, cadres(dict(cadre_id="c1"), dict(cadre_id="gw", role="grid_worker")), as_of=date(2026, 11, 21),
+             urgent_requests=req, last_visits=lv)
+    u = r.plans[r.plans["urgent"]].set_index("household_id")
+    assert u.loc["h1", "due_date"].date() == date(2026, 11, 22)  # Sunday: 24 h, calendar ignored
+    assert u.loc["h2", "due_date"].date() == date(2026, 11, 24)  # 72 h
+    assert "h3" not in u.index
+    assert u.loc["h1", "reason"] == "meter_inactivity"
+
+
+def test_urgent_visit_of_four_plus_one_family_goes_to_grid_worker():
+    hh = households(dict(household_id="h1", categories="empty_nest"))
+    cd = cadres(dict(cadre_id="boss", four_plus_one=1, grassroots_weekday=0), dict(cadre_id="gw", role="grid_worker"))
+    req = pd.DataFrame({"household_id": ["h1"], "requested_at": ["2026-11-23 08:00"], "reason": ["meter"],
+                        "critical": [1]})
+    r = plan(hh, cd, urgent_requests=req, current_assignments=pd.DataFrame({"household_id": ["h1"],
+                                                                             "cadre_id": ["boss"]}))
+    u = r.plans[r.plans["urgent"]]
+    assert u["cadre_id"].tolist() == ["gw"]
+    assert r.moved["to_cadre_id"].tolist() == ["gw"]
+
+
+def test_follow_ups_after_mediation():
+    cases = pd.DataFrame({"household_id": ["h1"], "closed_at": ["2026-11-20 16:30"]})
+    fu = follow_ups_after_mediation(cases, RULES)
+    assert fu["due_date"].dt.date.tolist() == [date(2026, 11, 27), date(2026, 12, 20)]
+    hh = households(dict(household_id="h1", categories="dispute"))
+    r = plan(hh, cadres(dict(cadre_id="c1")), follow_ups=fu, last_visits=last(h1=3))
+    f = r.plans[r.plans["reason"].str.startswith("follow_up")]
+    # 27 Nov is a Friday; 20 Dec is a Sunday, so the 30-day follow-up moves to Monday 21 Dec
+    assert f["due_date"].dt.date.tolist() == [date(2026, 11, 27), date(2026, 12, 21)]
+
+
+def test_rerun_is_idempotent_and_open_plans_are_kept():
+    hh = households(*[dict(household_id=f"h{i}", categories=c) for i, c in
+                      enumerate(["hardship", "empty_nest", "dispute", "entrepreneur"])])
+    cd = cadres(dict(cadre_id="a"), dict(cadre_id="b", on_leave_from="2026-11-30", on_leave_until="2026-12-02"))
+    kw = dict(last_visits=last(h0=3, h1=10, h2=80, h3=40))
+    first = plan(hh, cd, **kw)
+    again = plan(hh, cd, **kw)
+    pd.testing.assert_frame_equal(first.plans, again.plans)
+    fed = plan(hh, cd, open_plans=first.plans, current_assignments=first.assignments, **kw)
+    pd.testing.assert_frame_equal(first.plans, fed.plans)
+    # the day after, visits already planned keep their ids
+    tomorrow = plan(hh, cd, as_of=MONDAY + timedelta(days=1), open_plans=first.plans,
+                    current_assignments=first.assignments, **kw)
+    still = first.plans[first.plans["due_date"] > pd.Timestamp(MONDAY)]
+    assert set(still["visit_id"]) <= set(tomorrow.plans["visit_id"])
+
+
+def test_one_grid_replan_counts_other_grids_against_capacity():
+    hh = households(dict(household_id="x1", categories="hardship", grid_id="G2"),
+                    dict(household_id="y1", categories="hardship"), dict(household_id="y2", categories="hardship"))
+    cd = cadres(dict(cadre_id="chair", role="village_chair", grid_ids="G1;G2", capacity=2), dict(cadre_id="c1",
+                                                                                                    capacity=1))
+    current = pd.DataFrame({"household_id": ["x1"], "cadre_id": ["chair"]})
+    r = plan(hh, cd, current_assignments=current, grid="G1")
+    assert set(r.plans["grid_id"]) == {"G1"}
+    assert r.assignments["cadre_id"].value_counts().to_dict() == {"chair": 1, "c1": 1}
+
+
+# -- coverage -----------------------------------------------------------------------------------
+def test_coverage_counts():
+    d = pd.Timestamp
+    plans = pd.DataFrame({
+        "visit_id": ["p1", "p2", "p3", "p4", "p5", "p6"],
+        "household_id": ["h1", "h2", "h3", "h4", "h5", "h6"],
+        "cadre_id": ["a", "a", "a", "b", "b", "b"],
+        "grid_id": ["G1", "G1", "G1", "G2", "G2", "G2"],
+        "due_date": [d("2026-11-10"), d("2026-11-10"), d("2026-11-10"), d("2026-11-20"), d("2026-11-10"),
+                     d("2026-12-01")],
+        "window_start": [d("2026-11-06")] * 3 + [d("2026-11-18"), d("2026-11-06"), d("2026-11-27")],
+        "window_end": [d("2026-11-10")] * 3 + [d("2026-11-24"), d("2026-11-10"), d("2026-12-01")],
+    })
+    visits = pd.DataFrame({"visit_id": ["v1", "v2"], "plan_id": ["p1", None], "household_id": ["h1", "h2"],
+                           "visited_at": ["2026-11-09 10:00", "2026-11-15 10:00"]})
+    hh = pd.DataFrame({"household_id": [f"h{i}" for i in range(1, 7)], "grid_id": ["G1"] * 3 + ["G2"] * 3,
+                       "village_id": ["V1"] * 6, "away_from": [None] * 4 + ["2026-11-01", None],
+                       "away_until": [None] * 4 + ["2026-11-30", None]})
+    cov = compute_coverage(plans, visits, hh, date(2026, 11, 22)).set_index(["level", "unit_id"])
+    assert cov.loc[("grid", "G1")].to_dict() == dict(due=3, visited_on_time=1, late=1, missed=1, pending=0, away=0)
+    assert cov.loc[("grid", "G2")].to_dict() == dict(due=2, visited_on_time=0, late=0, missed=0, pending=1, away=1)
+    assert cov.loc[("village", "V1"), "due"] == 5
+    assert cov.loc[("cadre", "a"), "missed"] == 1
+
+
+def test_planned_absence_visit_before_leaving_or_after_return():
+    # Leaves on Thu 3 Dec for two weeks; her 14-day visit (deadline 7 Dec) is moved before departure.
+    hh = households(dict(household_id="h1", categories="hardship", away_from="2026-12-03", away_until="2026-12-16"),
+                    # Leaves tomorrow with no recorded return: one visit today, then listed as away.
+                    dict(household_id="h2", categories="hardship", away_from="2026-11-24"))
+    r = plan(hh, cadres(dict(cadre_id="c1")), last_visits=last(h1=10, h2=5))
+    dues = r.plans[r.plans["household_id"] == "h1"]["due_date"].dt.date.tolist()
+    assert dues[0] <= date(2026, 12, 2)
+    assert all(not (date(2026, 12, 3) <= d <= date(2026, 12, 16)) for d in dues)
+    assert r.plans[r.plans["household_id"] == "h2"]["due_date"].dt.date.tolist() == [MONDAY]
+    assert "h2" in set(r.away["household_id"])
