@@ -19,8 +19,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from schemas.models import AuditEvent, Base
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-# SQLite caps bound parameters per statement; keep batches well below it.
-_SQLITE_MAX_VARS = 30_000
 
 
 def database_url(url: str | None = None) -> str:
@@ -98,16 +96,18 @@ def upsert(
         from sqlalchemy.dialects.sqlite import insert
     cols = list(rows[0].keys())
     update_cols = [c for c in (cols if update is None else update) if c not in key]
-    batch = max(1, _SQLITE_MAX_VARS // max(1, len(cols)))
-    for i in range(0, len(rows), batch):
-        stmt = insert(model).values(list(rows[i : i + batch]))
-        if update_cols:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(key), set_={c: stmt.excluded[c] for c in update_cols}
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
-        session.execute(stmt)
+    table = model.__table__
+    stmt = insert(table)
+    if update_cols:
+        stmt = stmt.on_conflict_do_update(index_elements=list(key),
+                                          set_={c: stmt.excluded[c] for c in update_cols})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    # One compiled statement, executed for many parameter sets (Core executemany): compiling a
+    # multi-row VALUES clause per batch costs more than the database work itself.
+    conn = session.connection()
+    for i in range(0, len(rows), 5000):
+        conn.execute(stmt, [dict(r) for r in rows[i:i + 5000]])
     return len(rows)
 
 
