@@ -272,6 +272,39 @@ def _records_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str | Non
     return header or [], records
 
 
+def _records_json(path: Path) -> tuple[list[str], list[tuple[int, list]]]:
+    """A mobile form's submission: a JSON list of records, or ``{"records": [...]}``.
+
+    ``_line`` is the record's number (1 = first record + 1, so that numbering matches a CSV
+    whose header is line 1). Lists (the five steps) are joined with ``;``."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ImportFileError(f"{path.name}: not valid JSON ({type(e).__name__})") from None
+    if isinstance(data, dict):
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ImportFileError(f"{path.name}: expected a list of records")
+    header: list[str] = []
+    for r in data:
+        header += [str(k).strip().lower() for k in r if str(k).strip().lower() not in header]
+    records = []
+    for i, r in enumerate(data):
+        norm = {str(k).strip().lower(): v for k, v in r.items()}
+        cells = []
+        for h in header:
+            v = norm.get(h)
+            if isinstance(v, list):
+                v = ";".join(str(x) for x in v)
+            elif isinstance(v, bool):
+                v = "1" if v else "0"
+            cells.append(None if v is None else str(v))
+        records.append((i + 2, cells))
+    return header, records
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV (UTF-8, UTF-8 with BOM or GBK) or XLSX (first sheet), every column as text.
 
@@ -286,8 +319,10 @@ def read_table(path: Path) -> pd.DataFrame:
         header, records = _records_xlsx(path)
     elif suffix in (".csv", ".txt", ""):
         header, records = _records_csv(path)
+    elif suffix == ".json":
+        header, records = _records_json(path)
     else:
-        raise ImportFileError(f"{path.name}: unsupported file type {suffix!r} (CSV or XLSX)")
+        raise ImportFileError(f"{path.name}: unsupported file type {suffix!r} (CSV, XLSX or JSON)")
     # Trailing unnamed header cells (Excel's formatted-but-empty columns) are not columns.
     while header and header[-1] == "":
         header.pop()

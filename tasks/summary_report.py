@@ -30,8 +30,11 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
         plans=load_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent), database_url),
         visits=load_frame(select(Visit.id, Visit.visited_at), database_url),
         flags=load_frame(select(RiskFlag.id, RiskFlag.kind, RiskFlag.detected_at), database_url),
-        alerts=load_frame(select(Alert.id, Alert.status, Alert.created_at, Alert.first_sent_at, Alert.acked_at),
-                          database_url),
+        alerts=load_frame(select(Alert.id, Alert.status, Alert.created_at, Alert.first_sent_at, Alert.acked_at,
+                                 Alert.channel, Household.grid_id, RiskFlag.detected_at.label("flag_detected_at"),
+                                 RiskFlag.closed_at.label("flag_closed_at"))
+                          .join(RiskFlag, RiskFlag.id == Alert.flag_id)
+                          .join(Household, Household.id == RiskFlag.household_id), database_url),
         cases=load_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status), database_url),
         needs=load_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at),
                          database_url),

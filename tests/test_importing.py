@@ -258,3 +258,26 @@ def test_every_row_is_accepted_or_quarantined(rows):
     assert_counts_add_up(result)
     assert result.accepted["meter_id"].is_unique
     assert result.accepted["household_id"].isin(KNOWN["households"]).all()
+
+
+def test_a_mobile_form_json_drop_is_read_like_a_sheet(tmp_path):
+    """The mobile form posts visit records as JSON; steps may be a list."""
+    import json
+
+    from sibifang.importing import read_table, validate_import
+
+    p = tmp_path / "form.json"
+    p.write_text(json.dumps({"records": [
+        {"visit_id": "M1", "household_id": "H1", "cadre_id": "C1", "visited_at": "2026-11-20 10:00",
+         "mode": "visit", "steps": ["亮明身份", "作出承诺", "倾听诉求", "分类引领", "精准服务"],
+         "family_situation": "家庭和睦", "demand_category": "家庭教育", "follow_up_needed": True},
+        {"visit_id": "M2", "household_id": "H9", "cadre_id": "C1", "visited_at": "2026-11-20 11:00",
+         "mode": "visit", "steps": ["identify"]},
+    ]}, ensure_ascii=False), encoding="utf-8")
+    raw = read_table(p)
+    assert list(raw["_line"]) == [2, 3]
+    result = validate_import("visits", raw, source="form.json", known={"households": {"H1"}, "cadres": {"C1"}})
+    assert result.read == 2 and len(result.accepted) == 1 and result.quarantined_lines == 1
+    assert result.accepted.iloc[0]["steps"] == ["identify", "commit", "listen", "guide", "serve"]
+    assert result.accepted.iloc[0]["demand_category"] == "family_education"
+    assert set(result.quarantined["field"]) == {"household_id"}
