@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 
 from prefect import flow
 
@@ -29,7 +29,8 @@ def closed_loop(as_of: date | None = None, report: bool = False, report_period_d
         "flag_risks": flag_risks(day, database_url=database_url),
         "dispatch_alerts": dispatch_alerts(now, database_url=database_url),
         "escalate_disputes": escalate_disputes(day, database_url=database_url),
-        "schedule_visits": schedule_visits(day, database_url=database_url),
+        # Run at the day's end: the digests announce tomorrow's visits.
+        "schedule_visits": schedule_visits(day, notify_for=day + timedelta(days=1), database_url=database_url),
     }
     if report:
         out["summary_report"] = summary_report(day, report_period_days, database_url=database_url)

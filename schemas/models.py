@@ -377,3 +377,23 @@ class AuditEvent(Base):
     entity_id: Mapped[str | None] = mapped_column(String(200))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     __table_args__ = (Index("ix_audit_entity", "entity", "entity_id"),)
+
+
+class Notice(Base):
+    """A notification to a cadre or supervisor (工作提醒): the daily visit digest, overdue reminders,
+    the supervisor's overdue list. One per recipient, kind and day: a re-run sends nothing twice."""
+
+    __tablename__ = "notices"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    recipient_id: Mapped[str] = mapped_column(ID, index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # daily_digest | overdue_reminder | supervisor_overdue
+    day: Mapped[date] = mapped_column(Date, index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(String(512))
+    title: Mapped[str] = mapped_column(String(256))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sent|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -121,7 +121,8 @@ def run_demo(*, scale: str = "county", seed: int = 7, days: int = 7, out: Path =
                  f"new plans {sv['new_plans']:>5} ({time.monotonic() - t0:.0f} s)")
             day_results.append(result)
         duplicates = receiver.duplicates
-        received = len(receiver.seen)
+        received = receiver.alerts
+        notices_received = receiver.notices
     os.environ.pop("SIBIFANG_ALERT_WEBHOOK_URL", None)
     os.environ.pop("SIBIFANG_ALERT_WEBHOOK_SECRET", None)
     reset_settings()
@@ -139,6 +140,7 @@ def run_demo(*, scale: str = "county", seed: int = 7, days: int = 7, out: Path =
         "alerts_delivered": stats["alerts_sent"], "alerts_pending": stats["alerts_pending"],
         "alerts_acked": stats["alerts_acked"], "alerts_received_by_webhook": received,
         "alerts_received_twice": duplicates, "cases_opened": stats["cases"],
+        "notices_to_cadres": notices_received,
         "quarantined_rows": stats["quarantined_rows"], "report": report,
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -67,6 +67,15 @@ class AlertReceiver:
         return f"http://{host}:{port}/alerts"
 
     @property
+    def alerts(self) -> int:
+        """Distinct alerts received (notices to cadres carry ``N-`` keys)."""
+        return sum(1 for k in self.seen if not k.startswith("N-"))
+
+    @property
+    def notices(self) -> int:
+        return sum(1 for k in self.seen if k.startswith("N-"))
+
+    @property
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.seen.values())
 

@@ -7,7 +7,7 @@ from datetime import date
 import pandas as pd
 from sqlalchemy import func, select
 
-from schemas.models import (Alert, Cadre, DeliveryAttempt, Household, MediationCase, QuarantinedRow, ReadingBatch,
+from schemas.models import (Alert, Cadre, DeliveryAttempt, Household, MediationCase, Notice, QuarantinedRow, ReadingBatch,
                             Report, RiskFlag, ServiceNeed, ValidationRun, Visit, VisitPlan)
 from sibifang.db import count, get_engine, session_scope
 
@@ -31,7 +31,8 @@ def collect_stats(database_url: str | None = None) -> dict:
             "delivery_attempts": count(s, DeliveryAttempt),
             "cases": count(s, MediationCase), "cases_closed": count(s, MediationCase, MediationCase.status == "closed"),
             "needs": count(s, ServiceNeed), "needs_matched": count(s, ServiceNeed, ServiceNeed.status == "matched"),
-            "reports": count(s, Report), "validation_runs": count(s, ValidationRun),
+            "reports": count(s, Report),
+            "notices": count(s, Notice), "notices_sent": count(s, Notice, Notice.status == "sent"), "validation_runs": count(s, ValidationRun),
             "quarantined_rows": count(s, QuarantinedRow),
         }
     return out

@@ -122,3 +122,74 @@ def _d(v):
     if v is None:
         return None
     return v.date() if isinstance(v, datetime) else v
+
+
+@task(name="queue_notices", cache_policy=NO_CACHE)
+def queue_notices(day: date, database_url: str | None = None) -> int:
+    """Digests, overdue reminders and the supervisors' overdue lists for ``day`` (insert-or-ignore)."""
+    from schemas.models import Area, Cadre, Household, Notice, VisitPlan
+    from sibifang.db import session_scope, upsert
+    from sibifang.notify_cadres import build_notices
+    from sibifang.records import frame_records
+
+    plans = load_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+                              VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_end, VisitPlan.reason,
+                              VisitPlan.urgent, VisitPlan.status)
+                       .where(VisitPlan.status == "planned", VisitPlan.due_date <= day), database_url)
+    cadres = load_frame(select(Cadre.id.label("cadre_id"), Cadre.name, Cadre.role, Cadre.grid_ids,
+                               Cadre.alert_channel, Cadre.alert_address), database_url)
+    hh = load_frame(select(Household.id.label("household_id"), Household.head_name)
+                    .where(Household.id.in_(select(VisitPlan.household_id).where(VisitPlan.status == "planned",
+                                                                                VisitPlan.due_date <= day))),
+                    database_url)
+    grids = area_frame(database_url)
+    names = load_frame(select(Area.id, Area.name), database_url)
+    nm = dict(zip(names.id, names.name))
+    grids["grid_name"] = grids.grid_id.map(nm)
+    grids["village_name"] = grids.village_id.map(nm)
+    notices = build_notices(day, plans=plans, cadres=cadres, households=hh, grids=grids)
+    if notices.empty:
+        return 0
+    channel = dict(zip(cadres.cadre_id, cadres.alert_channel))
+    address = dict(zip(cadres.cadre_id, cadres.alert_address))
+    created = datetime.combine(day, datetime.min.time()).replace(hour=7)
+    with session_scope(database_url) as s:
+        upsert(s, Notice, [{"id": n["notice_id"], "recipient_id": n["recipient_id"], "kind": n["kind"],
+                            "day": n["day"], "channel": channel.get(n["recipient_id"]) or "webhook",
+                            "address": address.get(n["recipient_id"]), "title": n["title"], "body": n["body"],
+                            "status": "pending", "attempts": 0, "created_at": created}
+                           for n in frame_records(notices)], key=["id"], update=())
+    return len(notices)
+
+
+@task(name="send_notices", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def send_notices(day: date, database_url: str | None = None, max_attempts: int = 3) -> dict:
+    """Deliver pending notices over each person's channel; each is sent once (status moves on)."""
+    import requests
+
+    from schemas.models import Notice
+    from sibifang.channels import OutgoingMessage
+    from sibifang.db import session_scope
+    from tasks.dispatch_alerts import _channel, dispatch_policy
+
+    policy = dispatch_policy()
+    http = requests.Session()
+    sent = failed = 0
+    with session_scope(database_url) as s:
+        for n in s.scalars(select(Notice).where(Notice.status == "pending", Notice.day <= day)
+                           .order_by(Notice.id)).all():
+            kind, address = (("webhook", policy.override_webhook) if policy.override_webhook
+                             else (n.channel, n.address or ""))
+            msg = OutgoingMessage(alert_id=n.id, dedup_key=n.id, severity="low", title=n.title, text=n.body,
+                                  markdown=n.body)
+            result = _channel(kind, address, policy).send(msg, session=http)
+            n.attempts += 1
+            if result.ok:
+                n.status, n.sent_at, n.last_error = "sent", datetime.combine(day, datetime.min.time()), None
+                sent += 1
+            else:
+                n.last_error = result.error
+                if not result.retryable or n.attempts >= max_attempts:
+                    n.status = "dead"
+                failed += 1
+    return {"notices_sent": sent, "notices_failed": failed}

@@ -1,0 +1,85 @@
+"""Notifications of the scheduling stage (工作提醒): daily digests, overdue reminders, the
+supervisor's overdue list. Pure: frames in, notice rows out; wording in ``templates/schedule_visits``.
+
+A cadre's digest names her own families (surname and honorific, grid, reason): she keeps them
+and needs to know whom to visit. No ID numbers, phones or addresses. The supervisor's list is
+counts per village only.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader
+
+import templates as _templates
+from sibifang.records import stable_id
+
+REASONS = {"open_dispute": "矛盾纠纷跟进", "risk_red": "红色风险", "empty_nest_flagged": "空巢老人（有预警）",
+           "hardship": "困难家庭", "left_behind": "留守妇女儿童", "empty_nest": "空巢老人", "entrepreneur": "创业困难",
+           "dispute": "婚姻家庭矛盾", "must_visit_max": "季度走访", "urgent": "预警后紧急上门"}
+NOTICE_COLUMNS = ["notice_id", "recipient_id", "kind", "day", "title", "body"]
+
+
+def _env() -> Environment:
+    return Environment(loader=FileSystemLoader(Path(_templates.__file__).parent), trim_blocks=True,
+                       lstrip_blocks=True, autoescape=False)
+
+
+def _family(name: str | None, household_id: str) -> str:
+    surname = (name or "?")[0]
+    return f"{surname}家（{household_id}）"
+
+
+def _reason(code: str) -> str:
+    if code.startswith("follow_up"):
+        return "结案后回访"
+    return REASONS.get(code, code)
+
+
+def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, households: pd.DataFrame,
+                  grids: pd.DataFrame, grace_days: int = 3) -> pd.DataFrame:
+    """plans: ``visit_id, household_id, cadre_id, grid_id, due_date, window_end, reason, urgent, status``;
+    cadres: ``cadre_id, name, role, grid_ids``; households: ``household_id, head_name``;
+    grids: ``grid_id, grid_name, village_id, village_name``."""
+    env = _env()
+    names = dict(zip(households.household_id, households.head_name))
+    gnames = dict(zip(grids.grid_id, grids.grid_name))
+    cname = dict(zip(cadres.cadre_id, cadres.name))
+    p = plans[plans.status == "planned"].copy()
+    p["due_date"] = pd.to_datetime(p.due_date).dt.date
+    rows = []
+    today = p[p.due_date == day].sort_values(["cadre_id", "urgent", "household_id"], ascending=[True, False, True])
+    tpl = env.get_template("schedule_visits/daily_digest.md.j2")
+    for cid, g in today.groupby("cadre_id"):
+        visits = [{"family": _family(names.get(h), h), "grid_name": gnames.get(gr, gr), "reason": _reason(r),
+                   "urgent": bool(u)} for h, gr, r, u in zip(g.household_id, g.grid_id, g.reason, g.urgent)]
+        body = tpl.render(day=day, name=cname.get(cid, ""), visits=visits, urgent=int(g.urgent.sum()), moved_in=0)
+        rows.append([stable_id("N", cid, "daily_digest", day), cid, "daily_digest", day,
+                     f"{day:%m月%d日}走访安排（{len(g)}户）", body])
+    overdue = p[p.due_date < day].sort_values(["cadre_id", "due_date", "household_id"])
+    tpl = env.get_template("schedule_visits/overdue_reminder.md.j2")
+    for cid, g in overdue.groupby("cadre_id"):
+        visits = [{"family": _family(names.get(h), h), "grid_name": gnames.get(gr, gr), "due": d,
+                   "days": (day - d).days} for h, gr, d in zip(g.household_id, g.grid_id, g.due_date)]
+        body = tpl.render(name=cname.get(cid, ""), visits=visits)
+        rows.append([stable_id("N", cid, "overdue_reminder", day), cid, "overdue_reminder", day,
+                     f"逾期走访提醒（{len(g)}户）", body])
+    # Past the window and the grace period: the supervisors of the area see it, by village.
+    end = pd.to_datetime(p.window_end.fillna(p.due_date)).dt.date
+    late = p[end < pd.Timestamp(day - pd.Timedelta(days=grace_days)).date()].merge(
+        grids[["grid_id", "village_name"]], on="grid_id", how="left")
+    tpl = env.get_template("schedule_visits/supervisor_overdue.md.j2")
+    sups = cadres[cadres.role == "supervisor"]
+    for sid, sgrids in zip(sups.cadre_id, sups.grid_ids):
+        mine = late[late.grid_id.isin(set(sgrids or []))]
+        if mine.empty:
+            continue
+        groups = [{"unit": v, "count": int(len(g)), "cadres": int(g.cadre_id.nunique())}
+                  for v, g in mine.groupby("village_name")]
+        body = tpl.render(day=day, name=cname.get(sid, ""), total=len(mine), grace=grace_days, groups=groups)
+        rows.append([stable_id("N", sid, "supervisor_overdue", day), sid, "supervisor_overdue", day,
+                     f"逾期未访情况（{len(mine)}次）", body])
+    return pd.DataFrame(rows, columns=NOTICE_COLUMNS)

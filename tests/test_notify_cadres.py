@@ -1,0 +1,53 @@
+"""Daily digests, overdue reminders and supervisors' overdue lists (pure)."""
+
+from datetime import date
+
+import pandas as pd
+
+from sibifang.notify_cadres import build_notices
+
+DAY = date(2026, 11, 20)
+
+
+def _frames():
+    plans = pd.DataFrame({
+        "visit_id": ["V1", "V2", "V3", "V4", "V5"], "household_id": ["H1", "H2", "H3", "H4", "H5"],
+        "cadre_id": ["C1", "C1", "C2", "C2", "C1"], "grid_id": ["G1", "G1", "G2", "G2", "G1"],
+        "due_date": pd.to_datetime(["2026-11-20", "2026-11-20", "2026-11-18", "2026-11-10", "2026-11-20"]),
+        "window_end": pd.to_datetime(["2026-11-22", "2026-11-22", "2026-11-19", "2026-11-12", None]),
+        "reason": ["hardship", "urgent", "empty_nest", "dispute", "follow_up_mediation_7d"],
+        "urgent": [False, True, False, False, False], "status": ["planned"] * 4 + ["done"]})
+    cadres = pd.DataFrame({"cadre_id": ["C1", "C2", "S1"], "name": ["陈丽", "周敏", "徐红"],
+                           "role": ["cadre", "cadre", "supervisor"], "grid_ids": [["G1"], ["G2"], ["G1", "G2"]]})
+    hh = pd.DataFrame({"household_id": ["H1", "H2", "H3", "H4", "H5"],
+                       "head_name": ["李桂英", "王秀兰", "张梅", "刘芳", "赵敏"]})
+    grids = pd.DataFrame({"grid_id": ["G1", "G2"], "grid_name": ["万堤村第1网格", "万堤村第2网格"],
+                          "village_id": ["V1", "V1"], "village_name": ["万堤村", "万堤村"]})
+    return plans, cadres, hh, grids
+
+
+def test_each_kind_goes_to_the_right_person_once():
+    plans, cadres, hh, grids = _frames()
+    n = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids)
+    kinds = {(r.recipient_id, r.kind) for r in n.itertuples()}
+    assert kinds == {("C1", "daily_digest"), ("C2", "overdue_reminder"), ("S1", "supervisor_overdue")}
+    again = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids)
+    assert list(again.notice_id) == list(n.notice_id)  # same day, same ids: sent once
+
+
+def test_digest_lists_her_families_urgent_first_without_personal_numbers():
+    plans, cadres, hh, grids = _frames()
+    body = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids).set_index("kind").loc[
+        "daily_digest", "body"]
+    assert body.index("王家") < body.index("李家")  # the urgent one first
+    assert "紧急" in body and "陈丽" in body
+    assert "赵家" not in body  # done plans are not announced
+    assert "王秀兰" not in body  # surname only
+
+
+def test_supervisor_sees_counts_per_village_only():
+    plans, cadres, hh, grids = _frames()
+    body = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids).set_index("kind").loc[
+        "supervisor_overdue", "body"]
+    assert "万堤村：1次" in body  # only V4 is past its window plus the 3-day grace
+    assert "刘" not in body and "H4" not in body
