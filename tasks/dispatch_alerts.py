@@ -40,8 +40,13 @@ def enqueue(now: datetime, database_url: str | None = None) -> int:
     policy = dispatch_policy()
     with session_scope(database_url) as s:
         has_alert = select(Alert.flag_id)
-        flags = s.scalars(select(RiskFlag).where(RiskFlag.status == "open", RiskFlag.id.not_in(has_alert),
-                                                 RiskFlag.detected_at <= now)).all()
+        # New flags, and older ones still going on; a finding of weeks ago is for the visit plan
+        # and the report, not for a knock on the door tonight.
+        recent = now - timedelta(hours=48)
+        flags = s.scalars(select(RiskFlag).where(
+            RiskFlag.status == "open", RiskFlag.id.not_in(has_alert), RiskFlag.detected_at <= now,
+            (RiskFlag.detected_at >= recent) | (RiskFlag.meter_id.is_not(None) & RiskFlag.end.is_(None)))
+            .order_by(RiskFlag.detected_at, RiskFlag.id)).all()
         payload = [{"flag_id": f.id, "dedup_key": f.dedup_key, "household_id": f.household_id, "kind": f.kind,
                     "severity": f.severity, "start": f.start, "detected_at": f.detected_at, "evidence": f.evidence,
                     **(f.details or {})} for f in flags]

@@ -89,11 +89,19 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     now = datetime.combine(as_of, datetime.max.time()).replace(microsecond=0)
     with session_scope(database_url) as s:
         rows = []
+        # An episode that was over more than a day before this run (a first run over weeks of
+        # history, a feed that arrives late) is recorded, closed, and alerts nobody: the door
+        # knock it would ask for is no longer useful. Ongoing ones are raised whatever their age.
+        stale_before = datetime.combine(as_of, datetime.min.time()) - timedelta(days=1)
         for r in frame_records(inserts):
+            ended_long_ago = r["meter_id"] is not None and r["end"] is not None and r["end"] < stale_before
             rows.append({"id": r["flag_id"], "dedup_key": r["dedup_key"], "household_id": r["household_id"],
                          "meter_id": r["meter_id"], "kind": r["kind"], "severity": r["severity"],
                          "score": float(r["score"]), "start": r["start"], "detected_at": r["detected_at"],
-                         "end": r["end"], "evidence": r["evidence"], "details": r["details"], "status": "open"})
+                         "end": r["end"], "evidence": r["evidence"], "details": r["details"],
+                         "status": "closed" if ended_long_ago else "open",
+                         "outcome": "ended_before_run" if ended_long_ago else None,
+                         "closed_at": now if ended_long_ago else None})
         upsert(s, RiskFlag, rows, key=["dedup_key"], update=())
         for e in frame_records(extends):
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
@@ -120,4 +128,6 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         upsert(s, RiskMapSnapshot, frame_records(rmap[["as_of", "grid_id", "level", "households"]]),
                key=["as_of", "grid_id", "level"])
     levels = scored.risk_level.value_counts().to_dict()
-    return {"new_flags": len(rows), "extended": len(extends), "levels": levels}
+    return {"new_flags": sum(r["status"] == "open" for r in rows),
+            "recorded_past_episodes": sum(r["status"] == "closed" for r in rows),
+            "extended": len(extends), "levels": levels}

@@ -70,6 +70,19 @@ def test_closed_loop_end_to_end_and_rerun_changes_nothing(prefect_harness, isola
         assert after[key] == stats[key], key
     assert (tmp_path / "out" / "alerts-received.jsonl").read_text(encoding="utf-8").count("\n") == received
 
+    # A supervisor re-plans one grid by hand, with parameters, through the command.
+    from typer.testing import CliRunner
+
+    from sibifang.cli import app
+
+    grid = pd.read_csv(tmp_path / "out" / "area" / "areas.csv", dtype=str).grid_id.iloc[0]
+    day = last_day - timedelta(days=1)
+    res = CliRunner().invoke(app, ["run", "schedule_visits", "--param", f"grid={grid}", "--param",
+                                   f"as_of={day}"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["new_plans"] == 0 and out["planned"] > 0  # same inputs: the same plan, nothing new
+
 
 def test_same_counts_on_postgresql(prefect_harness, isolated_env, tmp_path, postgres_url):
     from tests.conftest import _clean_postgres

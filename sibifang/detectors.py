@@ -1,0 +1,897 @@
+"""Meter risk detectors (用电异常识别): find risk episodes in elderly households' smart-meter readings.
+
+Every household is judged against its own routine, learnt causally from its past only
+(trailing ``window_days``, by hour of day × weekday/weekend, so it follows the seasons):
+
+* activity is judged by *variation above the running floor*, not by level: an hour is active
+  when it rises above the floor of the previous ``floor_hours`` or changes level by more than
+  the household's standby noise, so a constant load left on ("frozen-on") looks as inactive
+  as a house with the lights off;
+* each slot has a smoothed (Beta-prior) probability of activity and a probability that an
+  inactive spell *continues* through it (a per-slot Markov survival model: sleeping hours are
+  normally silent, mornings are not);
+* a running silence is scored as a CUSUM (Page's test) of the log-likelihood ratio "nobody
+  active" against "routine": a silence is alarming by how unlikely it is for the hours it
+  spans in that household's routine, not by its length alone. Under the routine each
+  excursion passes level h with probability ≤ e^-h, so h = log(excursions a month /
+  ``false_alarms_per_month``); the household's own rate of excursions passing a moderate
+  reference level, against the model's prediction, scales h up when its tail is heavier.
+
+Kinds: ``inactivity`` (lights-off and frozen-on; the evidence says which),
+``sustained_drop`` (the Wandi case: use about half of normal for a day and a half or more),
+``missing_morning_routine``, ``night_activity``, ``high_use``, ``meter_offline`` (no data:
+told apart from inactivity, it needs a call to the utility rather than to the door).
+
+Everything runs on an hourly matrix (meters × hours, NaN gaps). ``detect`` pivots long
+readings into it; ``detect_matrix`` takes a dense matrix at any interval (the city-scale
+daily run); ``fit_profiles`` (once a day, over the trailing weeks) + ``detect_matrix(...,
+profiles=...)`` over the last day or two is the hourly incremental run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DetectorConfig",
+    "RoutineProfiles",
+    "EPISODE_COLUMNS",
+    "KINDS",
+    "detect",
+    "detect_matrix",
+    "fit_profiles",
+    "hourly_matrix",
+]
+
+EPISODE_COLUMNS = [
+    "meter_id", "kind", "start", "detected_at", "end", "severity", "score",
+    "expected_kwh_per_h", "observed_kwh_per_h", "evidence",
+]
+KINDS = ("inactivity", "sustained_drop", "missing_morning_routine", "night_activity",
+         "high_use", "meter_offline")
+_HOUR = np.timedelta64(1, "h")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Parameters of the routine model. Defaults are domain choices, not fits to any series."""
+
+    # Trailing window of the routine profile (adapts to season) and warm-up before any flag.
+    window_days: int = 28
+    min_history_days: int = 7
+    # Expected false alarms per household-month the silence / night alarms may each spend.
+    false_alarms_per_month: float = 0.3
+    night_false_alarms_per_month: float = 0.1
+    # Activity: an hour counts as active when it rises above the floor of the previous
+    # floor_hours, or changes level, by more than noise_factor × the household's standby
+    # noise (median hour-to-hour change in its quiet_slots quietest hours, re-estimated
+    # weekly) and never less than min_activity_kwh. A constant load stops counting as
+    # activity floor_hours after it switched on.
+    floor_hours: int = 2
+    noise_factor: float = 3.0
+    quiet_slots: int = 6
+    min_activity_kwh: float = 0.005
+    # Self-calibration: the routine model is first-order and days are correlated, so its tail
+    # is too thin. Each household's own rate of silences (night runs) passing a moderate
+    # reference level, against the model's prediction for that level, scales the threshold
+    # (never below the model's own); the factor is learnt from the trailing window only.
+    calibration_p_ref: float = 0.05
+    night_calibration_p_ref: float = 0.1
+    # Beta-prior strengths: weekday/weekend slot shrinks to the all-days slot, which shrinks
+    # to the marginal rate.
+    type_prior: float = 4.0
+    slot_prior: float = 2.0
+    # Sustained drop (Wandi: daily use about half of normal for days) and sustained high use.
+    drop_ratio: float = 0.6
+    high_ratio: float = 2.0
+    level_window_hours: int = 24
+    level_baseline_days: int = 7
+    level_sustain_hours: int = 12
+    # Night activity counts only in slots where the household is normally quiet.
+    night_quiet_p: float = 0.25
+    # Morning routine: deadline = the latest first activity (after the household's quietest
+    # hour) in the window plus a margin; needs that share of days with a morning.
+    morning_margin_hours: int = 1
+    morning_regular_share: float = 0.9
+    morning_search_hours: int = 12
+    # No data for this long is a meter_offline episode (gaps shorter than this are skipped).
+    offline_hours: int = 6
+    # meters per block: small enough that temporaries are reused (no page-fault storm)
+    chunk_meters: int = 4096
+
+
+@dataclass
+class RoutineProfiles:
+    """Per-meter routine for one day, learnt from the trailing window (stored once a day).
+
+    Arrays are indexed [meter, daytype (0 weekday, 1 weekend), hour-of-day] or [meter].
+    """
+
+    meter_ids: np.ndarray
+    p_active: np.ndarray        # (M, 2, 24) P(active in slot)
+    p_continue: np.ndarray      # (M, 2, 24) P(inactive in slot | inactive in previous hour)
+    mean_kwh: np.ndarray        # (M, 2, 24) mean kWh/h in slot
+    delta: np.ndarray           # (M,) activity threshold kWh/h
+    log_pstar: np.ndarray       # (M,) log P* of a single silence under the model alone (info)
+    log_pstar_night: np.ndarray  # (M,)
+    standby: np.ndarray         # (M,) standby level kWh/h
+    wake_hour: np.ndarray       # (M,) int, hour the morning search starts
+    morning_deadline: np.ndarray  # (M,) hours after wake_hour, NaN if no regular morning
+    history_days: np.ndarray    # (M,) days of valid history behind the profile
+    silence_threshold: np.ndarray | None = None  # (M,) CUSUM alarm level (nats), self-calibrated
+    night_threshold: np.ndarray | None = None    # (M,) night-run alarm level (log-prob)
+    level_kwh: np.ndarray | None = None          # (M, 2, 24) recent kWh/h (level detectors)
+
+
+# --------------------------------------------------------------------------- input handling
+
+def _infer_interval_minutes(ts: np.ndarray) -> int:
+    if len(ts) < 2:
+        return 60
+    d = np.diff(np.sort(ts)).astype("timedelta64[s]").astype(np.int64) / 60.0
+    d = d[d > 0]
+    if len(d) == 0:
+        return 60
+    med = float(np.median(d))
+    for cand in (5, 10, 15, 20, 30, 60):
+        if med <= cand * 1.25:
+            return cand
+    return 60
+
+
+def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
+    """Long readings → (meter_ids, X[meter, hour] kWh/h float32 with NaN gaps, t0, n_hours).
+
+    Column j is the hour [t0 + j h, t0 + (j+1) h); t0 is a local midnight. Each meter's
+    interval is inferred on its own; a partly covered hour is scaled up from the readings
+    present (a gap is never a zero). Only hours ending at or before ``as_of`` are kept.
+    """
+    df = readings.loc[:, ["meter_id", "ts", "kwh"]].copy()
+    df["ts"] = pd.to_datetime(df["ts"])
+    if getattr(df["ts"].dt, "tz", None) is not None:
+        df["ts"] = df["ts"].dt.tz_localize(None)
+    df["kwh"] = pd.to_numeric(df["kwh"], errors="coerce")
+    df = df[np.isfinite(df["kwh"].to_numpy(dtype=float)) & (df["kwh"] >= 0) & df["ts"].notna()]
+    if as_of is not None:
+        df = df[df["ts"] <= pd.Timestamp(as_of)]
+    df["meter_id"] = df["meter_id"].astype(str)
+    if df.empty:
+        return np.array([], dtype=object), np.zeros((0, 0), np.float32), None, 0
+    df = df.drop_duplicates(["meter_id", "ts"], keep="last")
+    meters = np.array(sorted(df["meter_id"].unique()), dtype=object)
+    per_hour = {}
+    for m, g in df.groupby("meter_id", sort=False):
+        per_hour[m] = 60 // _infer_interval_minutes(g["ts"].to_numpy())
+    df["hour_end"] = df["ts"].dt.ceil("h")
+    g = df.groupby(["meter_id", "hour_end"], sort=False)["kwh"].agg(["sum", "count"]).reset_index()
+    ph = g["meter_id"].map(per_hour).to_numpy(dtype=float)
+    g["val"] = g["sum"].to_numpy() * ph / np.minimum(g["count"].to_numpy(), ph)
+    t0 = (g["hour_end"].min() - pd.Timedelta(hours=1)).normalize()
+    if as_of is not None:
+        last_end = pd.Timestamp(as_of).floor("h")
+    else:
+        last_end = g["hour_end"].max()
+    n_hours = max(int((last_end - t0) / pd.Timedelta(hours=1)), 0)
+    n_cols = max(((n_hours + 23) // 24) * 24, 24)
+    X = np.full((len(meters), n_cols), np.nan, dtype=np.float32)
+    row = pd.Index(meters).get_indexer(g["meter_id"])
+    col = ((g["hour_end"] - t0) / pd.Timedelta(hours=1)).to_numpy().astype(np.int64) - 1
+    ok = (col >= 0) & (col < n_hours)
+    X[row[ok], col[ok]] = g["val"].to_numpy()[ok]
+    return meters, X, t0, n_hours
+
+
+def _absence_mask(meters, t0, n_cols, absences: pd.DataFrame | None):
+    if absences is None or len(absences) == 0:
+        return None
+    mask = np.zeros((len(meters), n_cols), dtype=bool)
+    idx = pd.Index(meters)
+    t0 = pd.Timestamp(t0)
+    for rec in absences.itertuples(index=False):
+        i = idx.get_indexer([str(rec.meter_id)])[0]
+        if i < 0:
+            continue
+        s = pd.Timestamp(rec.start)
+        e = pd.Timestamp(rec.end) if pd.notna(rec.end) else t0 + pd.Timedelta(hours=n_cols)
+        a = int(np.floor((s - t0) / pd.Timedelta(hours=1)))
+        b = int(np.ceil((e - t0) / pd.Timedelta(hours=1)))
+        mask[i, max(a, 0):max(min(b, n_cols), 0)] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- activity
+
+def _noise_delta(X: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
+    """Per-meter-day activity threshold from the trailing window's quietest slots (M, D)."""
+    M, T = X.shape
+    D = T // 24
+    Xd = X.reshape(M, D, 24)
+    dX = np.full_like(X, np.nan)
+    dX[:, 1:] = np.abs(X[:, 1:] - X[:, :-1])
+    dXd = dX.reshape(M, D, 24)
+    out = np.full((M, D), np.nan, dtype=np.float32)
+    W = cfg.window_days
+    # re-estimated weekly (daily while a meter has no estimate yet) from the days before
+    for d in range(1, D):
+        if d >= 7 and d % 7 and not np.isnan(out[:, d - 1]).any():
+            out[:, d] = out[:, d - 1]
+            continue
+        a = max(0, d - W)
+        with np.errstate(all="ignore"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                lvl = np.nanmean(Xd[:, a:d, :], axis=1)          # (M, 24)
+                order = np.argsort(np.where(np.isnan(lvl), np.inf, lvl), axis=1)[:, : cfg.quiet_slots]
+                q = np.take_along_axis(dXd[:, a:d, :], order[:, None, :], axis=2).reshape(M, -1)
+                out[:, d] = np.nanmedian(q, axis=1)
+    # the copy-forward above copied the raw medians; scale once here
+    out = np.maximum(np.nan_to_num(out, nan=0.0) * cfg.noise_factor, cfg.min_activity_kwh)
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- profiles
+
+def _trailing(Q: np.ndarray, W: int, weekend: np.ndarray) -> np.ndarray:
+    """Q (M, D, 24) → sums over the previous W days of the same daytype, and of all days.
+
+    Returns (same_type, all_days), each (M, D, 24); day d never sees day d or later.
+    Running sums over days keep it O(M·D·24) without big temporaries.
+    """
+    M, D, H = Q.shape
+    Qt = np.ascontiguousarray(Q.transpose(1, 0, 2))         # day-major: contiguous slices
+    same = np.empty((D, M, H), np.float32)
+    all_days = np.empty((D, M, H), np.float32)
+    run_all = np.zeros((M, H), np.float64)
+    run_we = np.zeros((M, H), np.float64)
+    for d in range(D):
+        if d >= 1:
+            run_all += Qt[d - 1]
+            if weekend[d - 1]:
+                run_we += Qt[d - 1]
+            if d - 1 - W >= 0:
+                run_all -= Qt[d - 1 - W]
+                if weekend[d - 1 - W]:
+                    run_we -= Qt[d - 1 - W]
+        all_days[d] = run_all
+        if weekend[d]:
+            same[d] = run_we
+        else:
+            np.subtract(run_all, run_we, out=same[d], casting="unsafe")
+    return same.transpose(1, 0, 2), all_days.transpose(1, 0, 2)
+
+
+def _rolling_profiles(X, A, valid, weekend, cfg):
+    """Causal per-day profiles: every array (M, D, 24) or (M, D) uses days before d only."""
+    M, T = X.shape
+    D = T // 24
+    W = cfg.window_days
+    sh = (M, D, 24)
+    v = valid.reshape(sh).astype(np.float32)
+    act = (A & valid).reshape(sh).astype(np.float32)
+    inact = (~A & valid)
+    prev_inact = np.zeros_like(inact)
+    prev_inact[:, 1:] = inact[:, :-1]
+    prev_act = np.zeros_like(inact)
+    prev_act[:, 1:] = (A & valid)[:, :-1]
+    ii = (inact & prev_inact).reshape(sh).astype(np.float32)
+    pi = (prev_inact & valid).reshape(sh).astype(np.float32)
+    starts = (inact & prev_act).reshape(sh).astype(np.float32)
+    xs = np.where(valid, X, 0).reshape(sh).astype(np.float32)
+
+    n_t, n_a = _trailing(v, W, weekend)
+    a_t, a_a = _trailing(act, W, weekend)
+    ii_t, ii_a = _trailing(ii, W, weekend)
+    pi_t, pi_a = _trailing(pi, W, weekend)
+    x_t, x_a = _trailing(xs, W, weekend)
+    # the use level follows the season faster than the routine's shape: the level detectors
+    # compare with the last level_baseline_days only (all days, by hour of day)
+    x_r, _ = _trailing(xs, cfg.level_baseline_days, np.zeros_like(weekend))
+    n_r, _ = _trailing(v, cfg.level_baseline_days, np.zeros_like(weekend))
+    st_t, st_a = _trailing(starts, W, weekend)
+    del v, act, ii, pi, xs, starts
+
+    p_all = (a_a + 1.0) / (n_a + 2.0)
+    p = (a_t + cfg.type_prior * p_all) / (n_t + cfg.type_prior)
+    q_marg = 1.0 - p
+    # uninformative Beta(1, 1): a slot seldom seen silent gives little evidence either way
+    c_all = (ii_a + 0.5 * cfg.slot_prior) / (pi_a + cfg.slot_prior)
+    c = (ii_t + cfg.type_prior * c_all) / (pi_t + cfg.type_prior)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m_all = np.where(n_a > 0, x_a / np.maximum(n_a, 1), np.nan)
+        mean = np.where(n_t > 0, (x_t + cfg.type_prior * np.nan_to_num(m_all)) / (n_t + cfg.type_prior), m_all)
+    hist_days = n_a.sum(axis=2) / 24.0                      # (M, D)
+    starts_per_day = st_a.sum(axis=2) / np.maximum(hist_days, 1.0)
+    # Expected number of silences a month × P(one survives past p*) = budget.
+    log_pstar = np.log(cfg.false_alarms_per_month / (30.0 * np.maximum(starts_per_day, 1.0)))
+    log_pstar_night = np.full((M, D), np.log(cfg.night_false_alarms_per_month / 30.0), np.float32)
+    with np.errstate(invalid="ignore"):
+        standby = np.nanmin(np.where(np.isnan(m_all), np.inf, m_all), axis=2)
+    standby[np.isinf(standby)] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = np.where(n_r >= 1, x_r / np.maximum(n_r, 1), mean)
+    return dict(p=p.astype(np.float32), c=c.astype(np.float32), mean=mean.astype(np.float32),
+                level=level.astype(np.float32),
+                p_all=p_all.astype(np.float32), hist_days=hist_days, log_pstar=log_pstar.astype(np.float32),
+                log_pstar_night=log_pstar_night, standby=standby.astype(np.float32))
+
+
+def _morning_deadlines(A, valid, P, cfg):
+    """Per meter-day: wake hour (quietest slot), deadline (hours after it) from past days."""
+    M, T = A.shape
+    D = T // 24
+    wake = np.argmin(P["p_all"], axis=2)                    # (M, D) quietest slot, causal
+    S = cfg.morning_search_hours
+    first = np.full((M, D), np.nan, dtype=np.float32)       # first activity offset on day d
+    idx = (np.arange(D)[None, :, None] * 24 + wake[:, :, None] + np.arange(S)[None, None, :])
+    inb = idx < T
+    idxc = np.minimum(idx, T - 1)
+    rows = np.arange(M)[:, None, None]
+    a = A[rows, idxc] & valid[rows, idxc] & inb
+    vv = valid[rows, idxc] & inb
+    has = a.any(axis=2)
+    first[has] = np.argmax(a, axis=2)[has]
+    seen = vv.sum(axis=2) >= S * 0.75
+    first[~has & ~seen] = np.nan
+    first[~has & seen] = np.inf                              # a day without a morning
+    deadline = np.full((M, D), np.nan, dtype=np.float32)
+    W = cfg.window_days
+    for d in range(cfg.min_history_days, D):
+        # a day's morning search can run into the next day, so the latest day whose search is
+        # surely over before day d starts is d - 2 (keeps the deadline causal)
+        f = first[:, max(0, d - W - 1):max(d - 1, 0)]
+        n = np.sum(~np.isnan(f), axis=1)
+        reg = np.sum(np.isfinite(f), axis=1)
+        # latest first-activity among the window's mornings, plus a margin: a morning later
+        # than every one of the last weeks' is a record, rare by construction (~1/window)
+        q = np.max(np.where(np.isfinite(f), f, -np.inf), axis=1) + cfg.morning_margin_hours
+        ok = (n >= cfg.min_history_days) & (reg >= cfg.morning_regular_share * np.maximum(n, 1)) & np.isfinite(q)
+        ok &= q < cfg.morning_search_hours
+        deadline[ok, d] = q[ok]
+    return wake, deadline, idx
+
+
+# --------------------------------------------------------------------------- scanning
+
+def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
+    """Walk hours in time order (vectorised over meters), emit episode dicts.
+
+    Everything that does not depend on the running state is precomputed as (M, T) arrays so
+    the per-hour loop does a handful of array operations. Returns dicts with hour indices.
+    """
+    M, T = X.shape
+    eps = []
+    D = T // 24
+    p = P["p"].reshape(M, -1)
+    c = P["c"].reshape(M, -1)
+    warm = P["hist_days"] >= cfg.min_history_days          # (M, D)
+    logp_act = np.log(np.clip(p, 1e-6, 1.0))
+    W = cfg.window_days
+
+    # --- silence (inactivity): CUSUM of "routine" against "nobody active" (Page's test).
+    # Under "nobody active" an hour still looks active with the household's noise rate eps
+    # (its activity rate in its quietest slots: fridge, pumps, a night toilet trip), never
+    # more than in the routine's own slot; under the routine an inactive hour has
+    # probability c (continuation, after an inactive hour) or 1 - p. One noisy hour costs a
+    # little evidence instead of resetting the silence.
+    srt = np.sort(P["p_all"], axis=2)[:, :, : cfg.quiet_slots].mean(axis=2)
+    noise = np.clip(srt, 0.02, 0.5).astype(np.float32)      # (M, D)
+    av = A & valid
+    prev_inact = np.zeros_like(av)
+    prev_inact[:, 1:] = (~A & valid)[:, :-1]
+    e1 = np.minimum(np.repeat(noise, 24, axis=1), p)
+    q = np.where(prev_inact, c, 1.0 - p)
+    with np.errstate(divide="ignore"):
+        llr = np.where(av, np.log(np.maximum(e1, 1e-6)) - logp_act,
+                       np.log1p(-e1) - np.log(np.maximum(q, 1e-6)))
+    llr = np.where(valid, llr, 0.0).astype(np.float32)
+    # a long gap (offline) or an absence ends a silence; a short gap only pauses it
+    idx = np.arange(T)
+    last_valid = np.maximum.accumulate(np.where(valid, idx[None, :], -10**6), axis=1)
+    brk = (~valid & (idx[None, :] - last_valid >= cfg.offline_hours)) | ~gap_ok
+    wv = valid & np.repeat(warm, 24, axis=1)
+    del e1, q, prev_inact, last_valid
+
+    # --- night activity: active hours in slots where the household is normally quiet; the
+    # run's probability uses the slot's rate but never below the household's quiet-slot
+    # rate, so a rarely-seen slot's noisy estimate cannot make one hour look impossible
+    quiet = (P["p"] <= cfg.night_quiet_p).reshape(M, -1)
+    nact = av & quiet
+    nl = np.where(nact, np.maximum(logp_act, np.log(np.repeat(noise, 24, axis=1))), 0.0).astype(np.float32)
+    nactf = nact.astype(np.float32)
+    del quiet
+
+    lref = np.float32(-np.log(cfg.calibration_p_ref))
+    nlref = np.float32(np.log(cfg.night_calibration_p_ref))
+    cross = np.zeros((M, D + 1), np.float32)      # excursions passing the reference level, by day
+    exc = np.zeros((M, D + 1), np.float32)        # excursions (S leaving 0), by day
+    ncross = np.zeros((M, D + 1), np.float32)     # night runs passing theirs
+    S = np.zeros(M, np.float32)
+    run_start = np.full(M, -1, np.int64)
+    alarmed = np.zeros(M, bool)
+    crossed = np.zeros(M, bool)
+    NL = np.zeros(M, np.float32)
+    n_start = np.full(M, -1, np.int64)
+    n_alarmed = np.zeros(M, bool)
+    n_crossed = np.zeros(M, bool)
+    open_sil = {}
+    open_night = {}
+    thr = np.zeros(M, np.float32)
+    nthr = np.zeros(M, np.float32)
+    for t in range(T_eff):
+        d = t // 24
+        if t % 24 == 0:
+            lo = max(0, d - W)
+            hist = np.maximum(P["hist_days"][:, d], 1.0)
+            e_pd = np.maximum(exc[:, lo:d].sum(axis=1) / hist, 1.0 / 7)
+            # each excursion passes h with probability <= e^-h under the routine, so
+            # h = log(excursions a month / budget); scaled up by the household's own tail
+            k = (cross[:, lo:d].sum(axis=1) + 1.0) / (cfg.calibration_p_ref * e_pd * hist + 1.0)
+            thr = (np.log(30.0 * e_pd / cfg.false_alarms_per_month) + np.log(np.maximum(k, 1.0))).astype(np.float32)
+            nk = (ncross[:, lo:d].sum(axis=1) + 1.0) / (cfg.night_calibration_p_ref * hist + 1.0)
+            nthr = (P["log_pstar_night"][:, d] - np.log(np.maximum(nk, 1.0))).astype(np.float32)
+            if "fixed_thr" in P:          # incremental run: thresholds stored with the profile
+                thr, nthr = P["fixed_thr"]
+            P["last_thr"] = (thr, nthr)
+        S = np.maximum(S + llr[:, t], 0.0)
+        S[brk[:, t]] = 0.0
+        pos = S > 0
+        ended = ~pos & (run_start >= 0)
+        if ended.any():
+            for i in np.nonzero(ended & alarmed)[0]:
+                e = open_sil.pop(i)
+                act = np.nonzero(av[i, e["det"] + 1:t + 1])[0]
+                e["end"] = int(e["det"] + 1 + act[0]) if len(act) else t
+            run_start[ended] = -1
+            alarmed &= ~ended
+            crossed &= ~ended
+        new = pos & (run_start < 0)
+        run_start[new] = t
+        exc[:, d] += new
+        xr = pos & ~crossed & (S > lref)
+        cross[:, d] += xr
+        crossed |= xr
+        fire = pos & ~alarmed & wv[:, t] & (S > thr)
+        if fire.any():
+            for i in np.nonzero(fire)[0]:
+                e = dict(kind="inactivity", i=i, start=int(run_start[i]), det=t, end=None,
+                         score=float(S[i] / np.log(10)))
+                eps.append(e)
+                open_sil[i] = e
+            alarmed |= fire
+
+        na = nact[:, t]
+        NL = (NL + nl[:, t]) * nactf[:, t]
+        nend = ~na & (n_start >= 0)
+        if nend.any():
+            for i in np.nonzero(nend & n_alarmed)[0]:
+                open_night.pop(i)["end"] = t
+            n_start[nend] = -1
+            n_alarmed &= ~nend
+            n_crossed &= ~nend
+        n_start[na & (n_start < 0)] = t
+        nx = na & ~n_crossed & (NL < nlref)
+        ncross[:, d] += nx
+        n_crossed |= nx
+        nfire = na & ~n_alarmed & wv[:, t] & (NL < nthr)
+        if nfire.any():
+            for i in np.nonzero(nfire)[0]:
+                e = dict(kind="night_activity", i=i, start=int(n_start[i]), det=t, end=None,
+                         score=float(-NL[i] / np.log(10)))
+                eps.append(e)
+                open_night[i] = e
+            n_alarmed |= nfire
+    return eps
+
+
+def _offline_episodes(valid, gap_ok, T_eff, cfg):
+    eps = []
+    M = valid.shape[0]
+    V = valid[:, :T_eff]
+    seen = np.maximum.accumulate(V, axis=1)
+    miss = ~V & seen & gap_ok[:, :T_eff]
+    for i in np.nonzero(miss.any(axis=1))[0]:
+        m = np.concatenate([[False], miss[i], [False]]).astype(np.int8)
+        dm = np.diff(m)
+        s = np.nonzero(dm == 1)[0]
+        e = np.nonzero(dm == -1)[0]
+        for a, b in zip(s, e):
+            if b - a >= cfg.offline_hours:
+                eps.append(dict(kind="meter_offline", i=i, start=int(a), det=int(a + cfg.offline_hours - 1),
+                                end=(int(b) if b < T_eff else None), score=float(cfg.offline_hours)))
+    return eps
+
+
+def _level_episodes(X, valid, gap_ok, P, T_eff, cfg):
+    """Sustained drop / high use: trailing-24 h use against the routine's expectation."""
+    M, T = X.shape
+    Wh = cfg.level_window_hours
+    mean = P["level"].reshape(M, -1)
+    ok = valid & gap_ok & ~np.isnan(mean)
+    def window_sums(v):
+        c = np.zeros((M, T + 1), np.float64)
+        np.cumsum(v, axis=1, out=c[:, 1:])
+        out = c[:, 1:].copy()
+        out[:, Wh:] -= c[:, 1:T + 1 - Wh]
+        return out
+    O = window_sums(np.where(ok, X, 0))
+    E = window_sums(np.where(ok, mean, 0))
+    N = window_sums(ok)
+    warm = np.repeat(P["hist_days"] >= cfg.min_history_days, 24, axis=1)
+    good = (N >= 0.75 * Wh) & (E > 0) & warm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(good, O / np.where(E > 0, E, 1), np.nan)
+    eps = []
+    S = cfg.level_sustain_hours
+    for kind, cond in (("sustained_drop", r < cfg.drop_ratio), ("high_use", r > cfg.high_ratio)):
+        cond = cond[:, :T_eff]
+        for i in np.nonzero(cond.sum(axis=1) >= S)[0]:
+            m = np.concatenate([[0], cond[i].astype(np.int8), [0]])
+            dm = np.diff(m)
+            s = np.nonzero(dm == 1)[0]
+            e = np.nonzero(dm == -1)[0]
+            for a, b in zip(s, e):
+                if b - a >= S:
+                    det = a + S - 1
+                    st = max(a - Wh + 1, 0)
+                    eps.append(dict(kind=kind, i=i, start=int(st), det=int(det),
+                                    end=(int(b) if b < T_eff else None),
+                                    score=float(abs(np.log(max(r[i, det], 1e-3)))),
+                                    ratio=float(r[i, det]), obs=float(O[i, det] / max(N[i, det], 1)),
+                                    exp=float(E[i, det] / max(N[i, det], 1))))
+    return eps
+
+
+def _drop_covered_mornings(mornings, eps, av):
+    """One event, one episode: a missed morning while an inactivity episode already raised
+    is still silent (no activity since its detection) adds nothing. Uses only hours up to
+    the morning's detection, so it stays causal."""
+    raised = {}
+    for e in eps:
+        if e["kind"] == "inactivity":
+            raised.setdefault(e["i"], []).append(e["det"])
+    keep = []
+    for m in mornings:
+        covered = any(d <= m["det"] and not av[m["i"], d + 1:m["det"] + 1].any()
+                      for d in raised.get(m["i"], ()))
+        if not covered:
+            keep.append(m)
+    return keep
+
+
+def _morning_episodes(A, valid, gap_ok, P, wake, deadline, T_eff, cfg):
+    """No activity from the household's quietest hour until past its latest usual morning."""
+    M, T = A.shape
+    D = T // 24
+    av = A & valid
+    cA = np.zeros((M, T + 1), np.int32); np.cumsum(av, axis=1, out=cA[:, 1:])
+    cV = np.zeros((M, T + 1), np.int32); np.cumsum(valid, axis=1, out=cV[:, 1:])
+    cG = np.zeros((M, T + 1), np.int32); np.cumsum(~gap_ok, axis=1, out=cG[:, 1:])
+    rows = np.arange(M)
+    eps = []
+    for d in range(D):
+        dl = deadline[:, d]
+        has = ~np.isnan(dl)
+        if not has.any():
+            continue
+        s = d * 24 + wake[:, d].astype(np.int64)
+        e = s + np.where(has, dl, 0).astype(np.int64)      # last hour a morning normally shows by
+        ok = has & (e < T_eff)
+        e1 = np.minimum(e + 1, T)
+        n = e1 - s
+        quiet = (cA[rows, e1] - cA[rows, s] == 0) & (cV[rows, e1] - cV[rows, s] >= 0.75 * n) \
+            & (cG[rows, e1] - cG[rows, s] == 0) & ok
+        for i in np.nonzero(quiet)[0]:
+            after = np.nonzero(av[i, e[i] + 1:T_eff])[0]
+            end = int(e[i] + 1 + after[0]) if len(after) else None
+            eps.append(dict(kind="missing_morning_routine", i=i, start=int(s[i]), det=int(e[i]), end=end,
+                            score=float(np.log10(cfg.window_days + 1) + (e[i] - s[i]) / 24)))
+    return eps
+
+
+# --------------------------------------------------------------------------- assembly
+
+def _fmt_time(ts: pd.Timestamp) -> str:
+    return f"{ts.month}月{ts.day}日{ts.hour}时"
+
+
+def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
+    """Episode dicts → output rows with the figures and the Chinese evidence a grid worker reads.
+
+    Everything is computed over [start, detected_at] only, so replaying up to detected_at
+    gives the same row (apart from ``end``)."""
+    rows = []
+    if not eps:
+        return rows
+    M, T = X.shape
+    mean = P["mean"].reshape(M, -1)
+    t0 = np.datetime64(pd.Timestamp(t0).to_datetime64(), "ns")
+    I = np.array([e["i"] for e in eps])
+    S0 = np.array([e["start"] for e in eps])
+    S1 = np.array([e["det"] for e in eps]) + 1
+
+    def seg_means(V):
+        # mean over [start, detected] of the episode, NaN-aware, from cumulative sums of its rows
+        v = V[I]
+        ok = ~np.isnan(v)
+        c = np.zeros((len(I), T + 1)); np.cumsum(np.where(ok, v, 0), axis=1, out=c[:, 1:])
+        n = np.zeros((len(I), T + 1)); np.cumsum(ok, axis=1, out=n[:, 1:])
+        r = np.arange(len(I))
+        cnt = n[r, S1] - n[r, S0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(cnt > 0, (c[r, S1] - c[r, S0]) / np.maximum(cnt, 1), np.nan)
+    OBS = seg_means(X)
+    EXP = seg_means(mean)
+    for k, e in enumerate(eps):
+        i, s, det = e["i"], e["start"], e["det"]
+        start = pd.Timestamp(t0 + np.timedelta64(int(s), "h"))
+        detected = pd.Timestamp(t0 + np.timedelta64(int(det) + 1, "h"))
+        end = pd.NaT if e["end"] is None else pd.Timestamp(t0 + np.timedelta64(int(e["end"]), "h"))
+        obs, exp = float(OBS[k]), float(EXP[k])
+        kind = e["kind"]
+        hours = det + 1 - s
+        d = min(det // 24, P["standby"].shape[1] - 1)
+        standby = float(P["standby"][i, d])
+        dlt = float(delta_md[i, d])
+        since = _fmt_time(start)
+        if kind == "inactivity":
+            frozen = np.isfinite(standby) and np.isfinite(obs) and obs > standby + max(2 * dlt, 0.5 * standby)
+            if frozen:
+                sev = "high"
+                ev = (f"从{since}起用电一直平稳在约{obs:.2f}千瓦时/小时、没有起伏（已{hours}小时），"
+                      f"像是电器开着而无人活动；平时此时段约{exp:.2f}千瓦时/小时且有起伏，请尽快上门查看")
+            else:
+                sev = "critical"
+                ev = (f"从{since}起用电接近停止（已{hours}小时），平时此时段约{exp:.2f}千瓦时/小时，"
+                      f"现约{obs:.2f}；按该户作息这样长的安静很少见，请尽快上门查看")
+        elif kind == "sustained_drop":
+            obs, exp = e["obs"], e["exp"]
+            sev = "high" if e["ratio"] < 0.35 else "medium"
+            ev = (f"近{hours}小时用电明显减少：平时约{exp:.2f}千瓦时/小时，现约{obs:.2f}，"
+                  f"只有平时的{e['ratio'] * 100:.0f}%，可能是电器坏了（如空调）或老人身体、生活有变化，请上门了解原因")
+        elif kind == "high_use":
+            obs, exp = e["obs"], e["exp"]
+            sev = "medium" if e["ratio"] > 3 else "low"
+            ev = (f"近{hours}小时用电持续偏高：平时约{exp:.2f}千瓦时/小时，现约{obs:.2f}，"
+                  f"是平时的{e['ratio']:.1f}倍，可能有电器异常或家中情况变化")
+        elif kind == "missing_morning_routine":
+            sev = "high"
+            ev = (f"今天早上到{_fmt_time(detected)}还没有起床用电（平时这时早已有用电），"
+                  f"从{since}起用电约{obs:.2f}千瓦时/小时，平时约{exp:.2f}，请电话或上门确认老人情况")
+        elif kind == "night_activity":
+            sev = "medium"
+            ev = (f"{since}起夜间用电活跃（{hours}小时），平时此时段多在休息、约{exp:.2f}千瓦时/小时，"
+                  f"现约{obs:.2f}，可能夜里睡不好或身体不适，请白天电话问候")
+        else:  # meter_offline
+            sev = "medium"
+            obs = float("nan")
+            ev = (f"电表从{since}起没有传回数据（已{hours}小时以上），这不等于家中无人用电，"
+                  f"请先联系供电所或检查电表通信，必要时电话确认老人情况")
+        rows.append(dict(meter_id=meters[i], kind=kind, start=start, detected_at=detected, end=end,
+                         severity=sev, score=float(e["score"]), expected_kwh_per_h=exp,
+                         observed_kwh_per_h=obs, evidence=ev))
+    return rows
+
+
+def _empty() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype=object) for c in EPISODE_COLUMNS})
+    for c in ("start", "detected_at", "end"):
+        df[c] = pd.Series(dtype="datetime64[ns]")
+    for c in ("score", "expected_kwh_per_h", "observed_kwh_per_h"):
+        df[c] = pd.Series(dtype=float)
+    return df
+
+
+def _finish(rows) -> pd.DataFrame:
+    if not rows:
+        return _empty()
+    out = pd.DataFrame(rows, columns=EPISODE_COLUMNS)
+    for c in ("start", "detected_at", "end"):
+        out[c] = pd.to_datetime(out[c]).astype("datetime64[ns]")
+    out = out.sort_values(["meter_id", "detected_at", "kind"], kind="stable").reset_index(drop=True)
+    return out
+
+
+def _profiles_from_fixed(prof: RoutineProfiles, sel: np.ndarray, D: int, weekend: np.ndarray):
+    """Broadcast a stored one-day profile over D days (incremental run)."""
+    dt = weekend.astype(int)
+    pick = lambda a: a[sel][:, dt, :]  # noqa: E731
+    M = len(sel)
+    rep = lambda v: np.repeat(v[sel][:, None], D, axis=1)  # noqa: E731
+    return dict(p=pick(prof.p_active), c=pick(prof.p_continue), mean=pick(prof.mean_kwh),
+                level=pick(prof.level_kwh if prof.level_kwh is not None else prof.mean_kwh),
+                p_all=prof.p_active[sel].mean(axis=1)[:, None, :].repeat(D, axis=1),
+                hist_days=rep(prof.history_days), log_pstar=rep(prof.log_pstar),
+                log_pstar_night=rep(prof.log_pstar_night), standby=rep(prof.standby),
+                fixed_thr=(prof.silence_threshold[sel].astype(np.float32), prof.night_threshold[sel].astype(np.float32)))
+
+
+def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles: RoutineProfiles | None = None):
+    """Core: hourly matrix → list of row dicts. Processes meters in chunks (bounded memory)."""
+    M, T = X.shape
+    if M == 0 or n_hours <= 0:
+        return []
+    D = T // 24
+    days = pd.Timestamp(t0) + pd.to_timedelta(np.arange(D), unit="D")
+    weekend = np.asarray(days.day_of_week >= 5)
+    rows = []
+    for c0 in range(0, M, cfg.chunk_meters):
+        sl = slice(c0, min(M, c0 + cfg.chunk_meters))
+        Xc = X[sl]
+        valid = ~np.isnan(Xc)
+        gap_ok = np.ones_like(valid) if absent is None else ~absent[sl]
+        valid &= gap_ok
+        Xc = np.where(valid, Xc, np.nan).astype(np.float32)
+        if profiles is None:
+            delta_md = _noise_delta(Xc, cfg)
+        else:
+            delta_md = np.repeat(profiles.delta[sl][:, None], D, axis=1)
+        delta_h = np.repeat(delta_md, 24, axis=1)
+        A = _activity_per_hour(Xc, delta_h, cfg.floor_hours)
+        if profiles is None:
+            P = _rolling_profiles(Xc, A, valid, weekend, cfg)
+            wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
+        else:
+            ix = np.arange(sl.start, sl.stop)
+            P = _profiles_from_fixed(profiles, ix, D, weekend)
+            wake = np.repeat(profiles.wake_hour[ix][:, None], D, axis=1)
+            deadline = np.repeat(profiles.morning_deadline[ix][:, None], D, axis=1)
+        eps = _scan(Xc, A, valid, gap_ok, P, cfg, n_hours)
+        eps += _offline_episodes(~np.isnan(X[sl]), gap_ok, n_hours, cfg)
+        eps += _level_episodes(Xc, valid, gap_ok, P, n_hours, cfg)
+        eps += _drop_covered_mornings(_morning_episodes(A, valid, gap_ok, P, wake, deadline, n_hours, cfg), eps,
+                                      A & valid)
+        rows += _rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md)
+    return rows
+
+
+def _activity_per_hour(X, delta_h, floor_hours):
+    """Active hour (活动): rises above the floor of the previous ``floor_hours`` hours, or
+    changes level from the previous hour, by more than the household's noise ``delta_h``.
+
+    Past hours only (causal). A constant load is active only while it switches on, so
+    standby plus an appliance left on reads as "nobody active".
+    """
+    M, T = X.shape
+    big = np.where(np.isnan(X), np.inf, X)
+    floor = np.full((M, T), np.inf, dtype=np.float32)
+    for k in range(1, floor_hours + 1):
+        np.minimum(floor[:, k:], big[:, :-k], out=floor[:, k:])
+    prev = np.full((M, T), np.nan, dtype=np.float32)
+    prev[:, 1:] = X[:, :-1]
+    with np.errstate(invalid="ignore"):
+        rise = X - np.where(np.isinf(floor), X, floor)
+        jump = np.abs(X - prev)
+        return (rise > delta_h) | (jump > delta_h)
+
+
+# --------------------------------------------------------------------------- public API
+
+def detect(readings: pd.DataFrame, *, as_of: datetime | None = None, absences: pd.DataFrame | None = None,
+           config: DetectorConfig | None = None) -> pd.DataFrame:
+    """Find risk episodes in meter readings (``meter_id, ts, kwh``), one row per episode.
+
+    Causal: an episode's ``detected_at`` is when a live system fed readings in time order
+    would raise it; nothing after it influences the flag. ``absences`` (``meter_id, start,
+    end``) suppress flags in those times. Columns: see ``EPISODE_COLUMNS``.
+    """
+    cfg = config or DetectorConfig()
+    meters, X, t0, n_hours = hourly_matrix(readings, as_of)
+    if len(meters) == 0:
+        return _empty()
+    absent = _absence_mask(meters, t0, X.shape[1], absences)
+    return _finish(_detect_hourly(meters, X, t0, n_hours, absent, cfg))
+
+
+def _to_hourly(kwh: np.ndarray, t0: pd.Timestamp, interval_minutes: int, chunk: int = 4096):
+    """Dense (meters, slots) at any interval → hourly float32, midnight-aligned."""
+    M, K = kwh.shape
+    per = 60 // interval_minutes
+    lead = int(((t0 - t0.normalize()) / pd.Timedelta(minutes=interval_minutes)))
+    total = lead + K
+    H = -(-total // per)
+    D = -(-H // 24)
+    out = np.full((M, D * 24), np.nan, dtype=np.float32)
+    for c0 in range(0, M, chunk):
+        blk = np.full((min(chunk, M - c0), H * per), np.nan, dtype=np.float32)
+        blk[:, lead:lead + K] = kwh[c0:c0 + chunk]
+        blk = blk.reshape(blk.shape[0], H, per)
+        n = np.sum(~np.isnan(blk), axis=2)
+        s = np.nansum(blk, axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[c0:c0 + chunk, :H] = np.where(n > 0, s * per / np.maximum(n, 1), np.nan)
+    n_hours = total // per                       # only complete hours count
+    return out, t0.normalize(), n_hours
+
+
+def detect_matrix(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int, *,
+                  absences: pd.DataFrame | None = None, config: DetectorConfig | None = None,
+                  profiles: RoutineProfiles | None = None) -> pd.DataFrame:
+    """City-scale path: ``kwh[meter, k]`` (float32, NaN gaps) is the energy in
+    [t0 + k·interval, t0 + (k+1)·interval). Without ``profiles`` the routine is learnt
+    causally inside the matrix (needs ``min_history_days`` of warm-up); with ``profiles``
+    (from ``fit_profiles`` on the trailing weeks, stored once a day) the whole matrix is
+    judged against them — the incremental hourly run over the last few days.
+    """
+    cfg = config or DetectorConfig()
+    t0 = pd.Timestamp(t0)
+    meters = np.asarray(meter_ids, dtype=object)
+    X, t0h, n_hours = _to_hourly(np.asarray(kwh, dtype=np.float32), t0, int(interval_minutes), cfg.chunk_meters)
+    absent = _absence_mask(meters, t0h, X.shape[1], absences)
+    if profiles is not None:
+        pos = pd.Index(profiles.meter_ids).get_indexer(meters)
+        if (pos < 0).any():
+            raise ValueError("profiles lack some meters")
+        profiles = _subset(profiles, pos)
+    return _finish(_detect_hourly(meters, X, t0h, n_hours, absent, cfg, profiles))
+
+
+def _subset(p: RoutineProfiles, pos) -> RoutineProfiles:
+    return RoutineProfiles(meter_ids=p.meter_ids[pos], p_active=p.p_active[pos], p_continue=p.p_continue[pos],
+                           mean_kwh=p.mean_kwh[pos], delta=p.delta[pos], log_pstar=p.log_pstar[pos],
+                           log_pstar_night=p.log_pstar_night[pos], standby=p.standby[pos],
+                           wake_hour=p.wake_hour[pos], morning_deadline=p.morning_deadline[pos],
+                           history_days=p.history_days[pos], silence_threshold=p.silence_threshold[pos],
+                           night_threshold=p.night_threshold[pos], level_kwh=p.level_kwh[pos])
+
+
+def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int,
+                 config: DetectorConfig | None = None) -> RoutineProfiles:
+    """Learn each meter's routine from the trailing weeks in ``kwh`` (stored once a day).
+
+    The profile describes the day *after* the matrix ends; pass it to ``detect_matrix`` for
+    the hourly incremental run.
+    """
+    cfg = config or DetectorConfig()
+    t0 = pd.Timestamp(t0)
+    meters = np.asarray(meter_ids, dtype=object)
+    X, t0h, n_hours = _to_hourly(np.asarray(kwh, dtype=np.float32), t0, int(interval_minutes), cfg.chunk_meters)
+    D0 = n_hours // 24
+    X = X[:, : D0 * 24]
+    # one extra empty day: its causal profile is "everything before it"
+    X = np.concatenate([X, np.full((X.shape[0], 24), np.nan, np.float32)], axis=1)
+    D = D0 + 1
+    days = t0h + pd.to_timedelta(np.arange(D), unit="D")
+    weekend = np.asarray(days.day_of_week >= 5)
+    M = len(meters)
+    out = {k: [] for k in ("p", "c", "mean", "delta", "lp", "lpn", "sb", "wake", "dl", "hd", "thr", "nthr", "level")}
+    for c0 in range(0, M, cfg.chunk_meters):
+        sl = slice(c0, min(M, c0 + cfg.chunk_meters))
+        Xc = X[sl]
+        valid = ~np.isnan(Xc)
+        delta_md = _noise_delta(Xc, cfg)
+        A = _activity_per_hour(Xc, np.repeat(delta_md, 24, axis=1), cfg.floor_hours)
+        # last day profiles for both day types: recompute with the last day as each type
+        res = {}
+        for typ in (0, 1):
+            wk = weekend.copy()
+            wk[-1] = bool(typ)
+            P = _rolling_profiles(Xc, A, valid, wk, cfg)
+            res[typ] = P
+        P = res[0]
+        wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
+        # replay the history to learn the self-calibrated alarm levels for the next day
+        _scan(Xc, A, valid, np.ones_like(valid), P, cfg, Xc.shape[1])
+        out["thr"].append(P["last_thr"][0])
+        out["nthr"].append(P["last_thr"][1])
+        out["p"].append(np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1))
+        out["c"].append(np.stack([res[0]["c"][:, -1], res[1]["c"][:, -1]], axis=1))
+        out["mean"].append(np.stack([res[0]["mean"][:, -1], res[1]["mean"][:, -1]], axis=1))
+        out["level"].append(np.stack([res[0]["level"][:, -1], res[1]["level"][:, -1]], axis=1))
+        out["delta"].append(delta_md[:, -1])
+        out["lp"].append(P["log_pstar"][:, -1])
+        out["lpn"].append(P["log_pstar_night"][:, -1])
+        out["sb"].append(P["standby"][:, -1])
+        out["wake"].append(wake[:, -1])
+        out["dl"].append(deadline[:, -1])
+        out["hd"].append(P["hist_days"][:, -1])
+    cat = lambda k: np.concatenate(out[k], axis=0)  # noqa: E731
+    return RoutineProfiles(meter_ids=meters, p_active=cat("p"), p_continue=cat("c"), mean_kwh=cat("mean"),
+                           delta=cat("delta"), log_pstar=cat("lp"), log_pstar_night=cat("lpn"),
+                           standby=cat("sb"), wake_hour=cat("wake"), morning_deadline=cat("dl"),
+                           history_days=cat("hd"), silence_threshold=cat("thr"), night_threshold=cat("nthr"),
+                           level_kwh=cat("level"))

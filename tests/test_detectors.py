@@ -1,0 +1,234 @@
+"""Tests of the meter risk detectors on synthetic routines with known episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sibifang.detectors import EPISODE_COLUMNS, KINDS, detect, detect_matrix, fit_profiles
+
+START = pd.Timestamp("2026-09-07")  # a Monday
+SEVERITIES = {"critical", "high", "medium", "low"}
+
+
+def routine(meter="m1", days=42, interval=30, seed=0, start=START) -> pd.DataFrame:
+    """An elderly person living alone: fridge-cycling standby, meals and TV at regular hours."""
+    rng = np.random.default_rng(seed)
+    n = days * 24 * 60 // interval
+    ts = start + pd.to_timedelta((np.arange(n) + 1) * interval, unit="min")
+    hour = ((np.arange(n) * interval) // 60) % 24
+    standby = 0.05 + 0.03 * (rng.random(n) < 0.5)
+    p_act = np.select([(hour >= 6) & (hour < 9), (hour >= 11) & (hour < 13), (hour >= 17) & (hour < 21),
+                       (hour >= 9) & (hour < 17), (hour >= 21) & (hour < 23)], [0.85, 0.8, 0.9, 0.3, 0.4], 0.02)
+    load = np.where(rng.random(n) < p_act, rng.uniform(0.2, 1.0, n), 0.0)
+    kwh = (standby + load) * interval / 60
+    return pd.DataFrame({"meter_id": meter, "ts": ts, "kwh": kwh})
+
+
+def _sel(df, a, b):
+    return (df["ts"] > pd.Timestamp(a)) & (df["ts"] <= pd.Timestamp(b))
+
+
+def lights_off(df, onset, hours=48, interval=30):
+    df = df.copy()
+    s = _sel(df, onset, pd.Timestamp(onset) + pd.Timedelta(hours=hours))
+    rng = np.random.default_rng(1)
+    df.loc[s, "kwh"] = (0.05 + 0.03 * (rng.random(s.sum()) < 0.5)) * interval / 60
+    return df
+
+
+@pytest.fixture(scope="module")
+def normal():
+    return routine()
+
+
+def _kinds(out, meter=None):
+    o = out if meter is None else out[out["meter_id"] == meter]
+    return list(o["kind"])
+
+
+def _check_schema(out):
+    assert list(out.columns) == EPISODE_COLUMNS
+    assert set(out["kind"]) <= set(KINDS)
+    assert set(out["severity"]) <= SEVERITIES
+    for c in ("start", "detected_at", "end"):
+        assert pd.api.types.is_datetime64_any_dtype(out[c])
+    assert (out["start"] <= out["detected_at"]).all()
+    assert out[["meter_id", "detected_at"]].equals(
+        out[["meter_id", "detected_at"]].sort_values(["meter_id", "detected_at"], kind="stable"))
+
+
+def test_normal_routine_over_weeks_raises_no_flag(normal):
+    out = detect(normal)
+    _check_schema(out)
+    serious = out[out["kind"].isin(["inactivity", "sustained_drop", "meter_offline", "high_use"])]
+    assert serious.empty, serious
+
+
+def test_lights_off_found_once_with_plausible_delay(normal):
+    onset = START + pd.Timedelta(days=30, hours=10)
+    out = detect(lights_off(normal, onset))
+    ina = out[out["kind"] == "inactivity"]
+    assert len(ina) == 1                                   # one episode, not one per reading
+    ep = ina.iloc[0]
+    assert onset - pd.Timedelta(hours=2) <= ep["start"] <= onset + pd.Timedelta(hours=3)
+    assert ep["detected_at"] - onset <= pd.Timedelta(hours=12)
+    assert ep["severity"] == "critical"
+    assert ep["observed_kwh_per_h"] < ep["expected_kwh_per_h"]
+    assert "用电" in ep["evidence"] and "千瓦时/小时" in ep["evidence"]
+    assert pd.notna(ep["end"]) and ep["end"] >= onset + pd.Timedelta(hours=47)
+    # the silent mornings inside that episode are the same event: no extra episodes
+    later = out[(out["kind"] == "missing_morning_routine") & (out["detected_at"] > ep["detected_at"])
+                & (out["detected_at"] < onset + pd.Timedelta(hours=48))]
+    assert later.empty, later
+
+
+def test_frozen_on_is_inactivity_not_normal_use(normal):
+    onset = START + pd.Timedelta(days=31, hours=9)
+    df = lights_off(normal, onset)
+    s = _sel(df, onset, onset + pd.Timedelta(hours=48))
+    df.loc[s, "kwh"] += 0.5 * 0.5                          # a 0.5 kW heater left on
+    out = detect(df)
+    ina = out[(out["kind"] == "inactivity") & (out["detected_at"] >= onset)]
+    assert len(ina) == 1
+    ep = ina.iloc[0]
+    assert ep["detected_at"] - onset <= pd.Timedelta(hours=16)
+    assert ep["observed_kwh_per_h"] > 0.4                   # level is high, yet nobody is active
+    assert "平稳" in ep["evidence"]
+
+
+def test_sustained_drop_wandi(normal):
+    onset = START + pd.Timedelta(days=30)
+    df = normal.copy()
+    s = _sel(df, onset, onset + pd.Timedelta(days=4))
+    df.loc[s, "kwh"] *= 0.4
+    out = detect(df)
+    drop = out[out["kind"] == "sustained_drop"]
+    assert len(drop) == 1
+    assert pd.Timedelta(0) < drop.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=48)
+
+
+def test_meter_offline_is_not_inactivity(normal):
+    a = START + pd.Timedelta(days=33, hours=8)
+    df = normal[~_sel(normal, a, a + pd.Timedelta(hours=14))]
+    out = detect(df)
+    off = out[out["kind"] == "meter_offline"]
+    assert len(off) == 1
+    assert abs(off.iloc[0]["start"] - a) <= pd.Timedelta(hours=1)
+    assert off.iloc[0]["end"] == a + pd.Timedelta(hours=14)
+    assert out[out["kind"] == "inactivity"].empty
+    # a meter whose data stops is offline and still ongoing at as_of
+    out2 = detect(normal, as_of=normal["ts"].max() + pd.Timedelta(hours=10))
+    last = out2[out2["kind"] == "meter_offline"]
+    assert len(last) == 1 and pd.isna(last.iloc[0]["end"])
+
+
+def test_night_activity(normal):
+    df = normal.copy()
+    day = START + pd.Timedelta(days=32)
+    s = _sel(df, day + pd.Timedelta(hours=1), day + pd.Timedelta(hours=5))
+    # up and about: lights, kettle, TV switched on and off (varying, not a constant load)
+    df.loc[s, "kwh"] += np.tile([0.5, 0.3, 0.0, 0.1], s.sum() // 4 + 1)[: s.sum()]
+    out = detect(df)
+    night = out[(out["kind"] == "night_activity") & (out["start"] >= day) & (out["start"] < day + pd.Timedelta(hours=6))]
+    assert len(night) == 1
+    assert night.iloc[0]["detected_at"] <= day + pd.Timedelta(hours=5)
+
+
+def test_absence_suppresses_flags(normal):
+    onset = START + pd.Timedelta(days=30, hours=10)
+    df = lights_off(normal, onset)
+    absences = pd.DataFrame({"meter_id": ["m1"], "start": [onset - pd.Timedelta(hours=1)],
+                             "end": [onset + pd.Timedelta(hours=49)]})
+    out = detect(df, absences=absences)
+    inside = out[(out["detected_at"] > onset) & (out["detected_at"] <= onset + pd.Timedelta(hours=49))]
+    assert inside.empty, inside
+
+
+def test_causal_replay_truncating_at_detection_gives_same_episode(normal):
+    onset = START + pd.Timedelta(days=30, hours=10)
+    df = lights_off(normal, onset)
+    a = START + pd.Timedelta(days=35, hours=8)
+    df = df[~_sel(df, a, a + pd.Timedelta(hours=10))]
+    s = _sel(df, START + pd.Timedelta(days=37), START + pd.Timedelta(days=41))
+    df.loc[s, "kwh"] *= 0.35
+    full = detect(df)
+    assert len(full) >= 3
+    key = ["meter_id", "kind", "start", "detected_at", "severity"]
+    for ep in full.itertuples(index=False):
+        cut = detect(df, as_of=ep.detected_at)
+        same = cut[(cut["kind"] == ep.kind) & (cut["start"] == ep.start) & (cut["detected_at"] == ep.detected_at)]
+        assert len(same) == 1, (ep, cut[key])
+        got = same.iloc[0]
+        assert got["severity"] == ep.severity
+        assert got["score"] == pytest.approx(ep.score, rel=1e-5)
+        assert got["evidence"] == ep.evidence
+        # nothing is known before it was detected
+        assert not (cut["detected_at"] > ep.detected_at).any()
+
+
+def test_mixed_intervals_and_meters():
+    a = routine("half-hour", interval=30, seed=2)
+    b = routine("quarter", interval=15, seed=3)
+    c = routine("hourly", interval=60, seed=4)
+    onset = START + pd.Timedelta(days=30, hours=10)
+    b = lights_off(b, onset, interval=15)
+    c = lights_off(c, onset, interval=60)
+    out = detect(pd.concat([c, a, b], ignore_index=True))
+    _check_schema(out)
+    ina = out[out["kind"] == "inactivity"]
+    assert set(ina["meter_id"]) == {"quarter", "hourly"}
+    assert (ina["detected_at"] - onset <= pd.Timedelta(hours=12)).all()
+
+
+def test_matrix_path_and_incremental_profiles_agree_with_detect(normal):
+    onset = START + pd.Timedelta(days=30, hours=10)
+    df = lights_off(normal, onset)
+    wide = df.pivot(index="meter_id", columns="ts", values="kwh")
+    kwh = wide.to_numpy(np.float32)
+    out = detect_matrix(kwh, wide.index, START, 30)
+    ref = detect(df)
+    assert out[["kind", "start", "detected_at"]].reset_index(drop=True).equals(
+        ref[["kind", "start", "detected_at"]].reset_index(drop=True))
+    # incremental: profile stored at midnight from the previous 28 days, then the last 2 days
+    day = (onset.normalize() - START).days
+    prof = fit_profiles(kwh[:, : day * 48], wide.index, START, 30)
+    inc = detect_matrix(kwh[:, (day - 1) * 48: (day + 1) * 48], wide.index, START + pd.Timedelta(days=day - 1), 30,
+                        profiles=prof)
+    ina = inc[inc["kind"] == "inactivity"]
+    assert len(ina) == 1
+    assert ina.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=12)
+
+
+def test_empty_and_tiny_inputs():
+    empty = pd.DataFrame({"meter_id": [], "ts": pd.to_datetime([]), "kwh": []})
+    _check_schema(detect(empty))
+    _check_schema(detect(routine(days=2)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    days=st.integers(1, 12),
+    interval=st.sampled_from([15, 30, 60]),
+    drop_frac=st.floats(0, 0.9),
+    nan_frac=st.floats(0, 0.3),
+    zero_frac=st.floats(0, 0.5),
+    seed=st.integers(0, 2**16),
+    as_of_h=st.one_of(st.none(), st.integers(0, 300)),
+)
+def test_robust_to_gaps_nans_and_odd_values(days, interval, drop_frac, nan_frac, zero_frac, seed, as_of_h):
+    rng = np.random.default_rng(seed)
+    df = routine(days=days, interval=interval, seed=seed)
+    df = df[rng.random(len(df)) >= drop_frac].copy()
+    df.loc[rng.random(len(df)) < nan_frac, "kwh"] = np.nan
+    df.loc[rng.random(len(df)) < zero_frac, "kwh"] = 0.0
+    df["ts"] = df["ts"] + pd.to_timedelta(rng.integers(0, 3, len(df)) * 0, unit="min")
+    as_of = None if as_of_h is None else START + pd.Timedelta(hours=as_of_h)
+    out = detect(df, as_of=as_of)
+    _check_schema(out)
+    assert out["score"].notna().all()
+    if as_of is not None and len(out):
+        assert (out["detected_at"] <= as_of).all()
