@@ -99,7 +99,12 @@ def run_demo(*, scale: str = "county", seed: int = 7, days: int = 7, out: Path =
     from sibifang.settings import reset_settings
 
     day_results = []
-    with AlertReceiver(out / "alerts-received.jsonl", secret="demo-webhook-secret") as receiver:
+    # The demo replays a week in one short process: run heartbeats (which detect crashed runs of
+    # long-lived workers, and cost ≈ 1 s per flow run) are off here only; `serve` keeps them.
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
+            AlertReceiver(out / "alerts-received.jsonl", secret="demo-webhook-secret") as receiver:
         os.environ["SIBIFANG_ALERT_WEBHOOK_URL"] = receiver.url
         os.environ["SIBIFANG_ALERT_WEBHOOK_SECRET"] = "demo-webhook-secret"
         reset_settings()

@@ -84,6 +84,23 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
     if not flags:
         return 0
     cadres = cadres_frame(session)
+    cadres = cadres[cadres.role.isin(("grid_worker", "village_chair", "supervisor"))].reset_index(drop=True)
+    # Routing looks only at the people of the household's grid (and the supervisors as last
+    # resort): index them once instead of scanning every cadre of a county per flag.
+    by_grid: dict[str, list[int]] = {}
+    for i, grids in enumerate(cadres.grid_ids):
+        for g in grids or []:
+            by_grid.setdefault(g, []).append(i)
+    supervisors = cadres[cadres.role == "supervisor"]
+    local: dict[str, pd.DataFrame] = {}
+
+    def cadres_for(grid_id: str) -> pd.DataFrame:
+        if grid_id not in local:
+            sub = cadres.iloc[by_grid.get(grid_id, [])]
+            local[grid_id] = sub if (sub.role != "supervisor").any() else pd.concat([sub, supervisors]).drop_duplicates(
+                "cadre_id")
+        return local[grid_id]
+
     ctx = household_context(session, sorted({f["household_id"] for f in flags}))
     rows = []
     skipped: list[tuple[str, str]] = []
@@ -92,7 +109,7 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
         if household is None:
             continue
         try:
-            recipients = route(flag, household, cadres)
+            recipients = route(flag, household, cadres_for(household["grid_id"]))
         except LookupError as e:
             # Nobody to tell in this area: keep the flag open and tell the supervisor via the log
             # and the report; one such flag must not stop the others' alerts.

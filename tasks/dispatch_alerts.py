@@ -12,6 +12,11 @@ from sqlalchemy import select
 from tasks.common import run_logger
 
 
+# Signals for the household's risk level, the visit plan and the supervisor, not a knock on the
+# door: overdue visits and difficulties left unresolved; and 'low' findings are recorded only.
+NO_ALERT_KINDS = ("overdue_visit", "unresolved_difficulty")
+
+
 def dispatch_policy():
     from sibifang.outbox import DispatchPolicy
     from sibifang.settings import get_settings
@@ -45,6 +50,7 @@ def enqueue(now: datetime, database_url: str | None = None) -> int:
         recent = now - timedelta(hours=48)
         flags = s.scalars(select(RiskFlag).where(
             RiskFlag.status == "open", RiskFlag.id.not_in(has_alert), RiskFlag.detected_at <= now,
+            RiskFlag.kind.not_in(NO_ALERT_KINDS), RiskFlag.severity != "low",
             (RiskFlag.detected_at >= recent) | (RiskFlag.meter_id.is_not(None) & RiskFlag.end.is_(None)))
             .order_by(RiskFlag.detected_at, RiskFlag.id)).all()
         payload = [{"flag_id": f.id, "dedup_key": f.dedup_key, "household_id": f.household_id, "kind": f.kind,

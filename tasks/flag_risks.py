@@ -24,15 +24,17 @@ def load_frame(sql, database_url: str | None = None) -> pd.DataFrame:
 def detect_meter_episodes(as_of: datetime, database_url: str | None = None, baseline_days: int = 35) -> pd.DataFrame:
     """Run the meter detectors over the readings window of every metered household."""
     from schemas.models import Household, Meter
-    from sibifang.detectors import detect
-    from sibifang.flag_risks import detection_window
+    from sibifang.detectors import detect_matrix
     from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings
 
-    start, end = detection_window(as_of, baseline_days)
+    # Whole hours: the matrix path sums each meter's readings into hourly slots (15-, 30- and
+    # 60-minute meters alike), which is what the detectors score; no per-reading table is built.
+    end = pd.Timestamp(as_of).ceil("h").to_pydatetime()
+    start = end - timedelta(days=baseline_days)
     store = ReadingStore(Path(get_settings().data_dir) / "readings")
-    readings = store.load(start, end)
-    if readings.empty:
+    kwh, meter_ids, _ = store.load_matrix(start, end, interval_minutes=60)
+    if not meter_ids:
         return pd.DataFrame()
     away = load_frame(select(Meter.id.label("meter_id"), Household.away_from.label("start"),
                              Household.away_until.label("end"))
@@ -41,9 +43,10 @@ def detect_meter_episodes(as_of: datetime, database_url: str | None = None, base
     if not away.empty:
         away["start"] = pd.to_datetime(away["start"])
         away["end"] = pd.to_datetime(away["end"]).fillna(pd.Timestamp(as_of)) + pd.Timedelta(days=1)
-    episodes = detect(readings, as_of=as_of, absences=away if not away.empty else None)
-    run_logger().info("scored %d readings of %d meters: %d episodes", len(readings),
-                      readings["meter_id"].nunique(), len(episodes))
+    episodes = detect_matrix(kwh, meter_ids, start, 60, absences=away if not away.empty else None)
+    if not episodes.empty:
+        episodes = episodes[pd.to_datetime(episodes.detected_at) <= pd.Timestamp(as_of)]
+    run_logger().info("scored %d meter-hours of %d meters: %d episodes", kwh.size, len(meter_ids), len(episodes))
     return episodes
 
 
