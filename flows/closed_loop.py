@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time as time_module
 from datetime import date, datetime, time, timedelta
 
 from prefect import flow
@@ -23,15 +24,21 @@ def closed_loop(as_of: date | None = None, report: bool = False, report_period_d
     day = as_of_date(as_of)
     # Replaying a past day acts at that day's end; today acts now.
     now = datetime.combine(day, time(23, 59, 59)) if as_of is not None else None
-    out = {
-        "record_visits": record_visits(day, database_url=database_url),
-        "ingest_readings": ingest_readings(day, database_url=database_url),
-        "flag_risks": flag_risks(day, database_url=database_url),
-        "dispatch_alerts": dispatch_alerts(now, database_url=database_url),
-        "escalate_disputes": escalate_disputes(day, database_url=database_url),
+    stages = [
+        ("record_visits", lambda: record_visits(day, database_url=database_url)),
+        ("ingest_readings", lambda: ingest_readings(day, database_url=database_url)),
+        ("flag_risks", lambda: flag_risks(day, database_url=database_url)),
+        ("dispatch_alerts", lambda: dispatch_alerts(now, database_url=database_url)),
+        ("escalate_disputes", lambda: escalate_disputes(day, database_url=database_url)),
         # Run at the day's end: the digests announce tomorrow's visits.
-        "schedule_visits": schedule_visits(day, notify_for=day + timedelta(days=1), database_url=database_url),
-    }
+        ("schedule_visits", lambda: schedule_visits(day, notify_for=day + timedelta(days=1),
+                                                    database_url=database_url)),
+    ]
     if report:
-        out["summary_report"] = summary_report(day, report_period_days, database_url=database_url)
+        stages.append(("summary_report", lambda: summary_report(day, report_period_days, database_url=database_url)))
+    out: dict = {"seconds": {}}
+    for name, run in stages:  # in order: a stage that fails stops the ones after it
+        t0 = time_module.perf_counter()
+        out[name] = run()
+        out["seconds"][name] = round(time_module.perf_counter() - t0, 2)
     return out

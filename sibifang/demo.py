@@ -124,6 +124,8 @@ def run_demo(*, scale: str = "county", seed: int = 7, days: int = 7, out: Path =
                  f"alerts sent {da['sent']:>3}, escalated {da['escalated']:>2}, acked {acks['alerts_acked']:>3}, "
                  f"cases +{result['escalate_disputes']['cases_opened']} -{closed}, "
                  f"new plans {sv['new_plans']:>5} ({time.monotonic() - t0:.0f} s)")
+            slow = sorted(result["seconds"].items(), key=lambda kv: -kv[1])[:3]
+            echo("                  slowest stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in slow))
             day_results.append(result)
         duplicates = receiver.duplicates
         received = receiver.alerts
