@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from schemas.models import Alert, Household, RiskFlag, ServiceNeed
+from schemas.models import Alert, Area, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
 from sibifang.records import stable_id
 
@@ -23,39 +23,46 @@ class AckError(ValueError):
 
 
 def acknowledge(alert_id: str, *, actor: str, outcome: str | None = None, at: datetime | None = None,
-                database_url: str | None = None) -> dict:
+                database_url: str | None = None, session=None) -> dict:
+    """Acknowledge one alert (in ``session`` when given, else in its own transaction)."""
     if outcome is not None and outcome not in OUTCOMES:
         raise AckError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
     at = at or datetime.now()
+    if session is not None:
+        return _acknowledge(session, alert_id, actor, outcome, at)
     with session_scope(database_url) as s:
-        alert = s.get(Alert, alert_id)
-        if alert is None:
-            raise AckError(f"no alert {alert_id!r}")
-        first = alert.acked_at is None
-        # Every alert of the same flag counts as answered: nobody escalates it any more.
-        s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
-                  .values(acked_at=at, acked_by=actor))
-        flag = s.get(RiskFlag, alert.flag_id)
-        if outcome:
-            alert.outcome = outcome
-            if outcome == "visited_all_well":
-                flag.status, flag.outcome, flag.closed_at = "closed", outcome, at
-            else:
-                flag.status, flag.outcome = "acknowledged", outcome
-                if outcome == "needs_help":
-                    hh = s.get(Household, flag.household_id)
-                    from schemas.models import Area
+        return _acknowledge(s, alert_id, actor, outcome, at)
 
-                    grid = s.get(Area, hh.grid_id)
-                    need_id = stable_id("N", flag.id, "elderly_care")
-                    if s.get(ServiceNeed, need_id) is None:
-                        s.add(ServiceNeed(id=need_id, household_id=hh.id, village_id=grid.parent_id,
-                                          category="elderly_care", created_at=at, status="open"))
-        elif flag.status == "open":
-            flag.status = "acknowledged"
-        audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": first}, at=at)
-        return {"alert_id": alert_id, "flag_id": flag.id, "flag_status": flag.status, "outcome": outcome,
-                "already_acknowledged": not first}
+
+def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime) -> dict:
+    alert = s.get(Alert, alert_id)
+    if alert is None:
+        raise AckError(f"no alert {alert_id!r}")
+    first = alert.acked_at is None
+    # Every alert of the same flag counts as answered: nobody escalates it any more.
+    s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
+              .values(acked_at=at, acked_by=actor))
+    flag = s.get(RiskFlag, alert.flag_id)
+    if outcome:
+        alert.outcome = outcome
+        if outcome == "visited_all_well":
+            flag.status, flag.outcome, flag.closed_at = "closed", outcome, at
+        else:
+            flag.status, flag.outcome = "acknowledged", outcome
+            if outcome == "needs_help":
+                hh = s.get(Household, flag.household_id)
+                from schemas.models import Area
+
+                grid = s.get(Area, hh.grid_id)
+                need_id = stable_id("N", flag.id, "elderly_care")
+                if s.get(ServiceNeed, need_id) is None:
+                    s.add(ServiceNeed(id=need_id, household_id=hh.id, village_id=grid.parent_id,
+                                      category="elderly_care", created_at=at, status="open"))
+    elif flag.status == "open":
+        flag.status = "acknowledged"
+    audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": first}, at=at)
+    return {"alert_id": alert_id, "flag_id": flag.id, "flag_status": flag.status, "outcome": outcome,
+            "already_acknowledged": not first}
 
 
 def acknowledge_token(token: str, *, secret: str, outcome: str | None = None, now: datetime | None = None,

@@ -81,6 +81,17 @@ class DetectorConfig:
     # reference level, against the model's prediction for that level, scales the threshold
     # (never below the model's own); the factor is learnt from the trailing window only.
     calibration_p_ref: float = 0.05
+    # Second silence alarm, "lights off": the same CUSUM with the hour's level as evidence
+    # too. A silent hour at the household's standby (≤ standby + noise threshold) is what a
+    # dark house gives with probability low_given_off; the routine gives it with the slot's
+    # own learnt share of silent hours at standby. Both silence alarms share the budget.
+    low_given_off: float = 0.9
+    # Peaks over threshold: excursions passing the reference level exceed it by an amount
+    # that is exponential with mean 1 nat under the model; the household's own mean excess
+    # (shrunk to 1 with pot_prior excursions' weight, each excess capped at pot_cap nats)
+    # stretches the extrapolation from the reference level to the alarm level.
+    pot_prior: float = 3.0
+    pot_cap: float = 8.0
     night_calibration_p_ref: float = 0.1
     # Beta-prior strengths: weekday/weekend slot shrinks to the all-days slot, which shrinks
     # to the marginal rate.
@@ -89,6 +100,12 @@ class DetectorConfig:
     # Sustained drop (Wandi: daily use about half of normal for days) and sustained high use.
     drop_ratio: float = 0.6
     high_ratio: float = 2.0
+    # Per-household noise model of the level detectors: the log of the trailing-24 h ratio
+    # must also lie level_z robust standard deviations (MAD × 1.4826 of the household's own
+    # day-end log-ratios in the trailing window, never below level_min_sigma) beyond 0, so a
+    # household whose use swings from day to day needs a deeper drop before it alarms.
+    level_z: float = 2.5
+    level_min_sigma: float = 0.1
     level_window_hours: int = 24
     level_baseline_days: int = 7
     level_sustain_hours: int = 12
@@ -98,6 +115,12 @@ class DetectorConfig:
     # hour) in the window plus a margin; needs that share of days with a morning.
     morning_margin_hours: int = 1
     morning_regular_share: float = 0.9
+    # ... and, so that only households with a regular morning get this alarm, the deadline is
+    # also pushed to median + z·spread of the window's first activities (robust spread, never
+    # below morning_min_spread_hours), z set by the household-month budget of this alarm: a
+    # loose morning gets a deadline past the search and is left to the inactivity alarm.
+    morning_false_alarms_per_month: float = 0.1
+    morning_min_spread_hours: float = 0.5
     morning_search_hours: int = 12
     # No data for this long is a meter_offline episode (gaps shorter than this are skipped).
     offline_hours: int = 6
@@ -126,6 +149,9 @@ class RoutineProfiles:
     silence_threshold: np.ndarray | None = None  # (M,) CUSUM alarm level (nats), self-calibrated
     night_threshold: np.ndarray | None = None    # (M,) night-run alarm level (log-prob)
     level_kwh: np.ndarray | None = None          # (M, 2, 24) recent kWh/h (level detectors)
+    p_low: np.ndarray | None = None              # (M, 2, 24) P(at standby | inactive) in slot
+    low_kwh: np.ndarray | None = None            # (M,) standby ceiling kWh/h
+    low_threshold: np.ndarray | None = None      # (M,) lights-off CUSUM alarm level (nats)
 
 
 # --------------------------------------------------------------------------- input handling
@@ -265,7 +291,7 @@ def _trailing(Q: np.ndarray, W: int, weekend: np.ndarray) -> np.ndarray:
     return same.transpose(1, 0, 2), all_days.transpose(1, 0, 2)
 
 
-def _rolling_profiles(X, A, valid, weekend, cfg):
+def _rolling_profiles(X, A, valid, weekend, cfg, delta_md=None):
     """Causal per-day profiles: every array (M, D, 24) or (M, D) uses days before d only."""
     M, T = X.shape
     D = T // 24
@@ -314,7 +340,21 @@ def _rolling_profiles(X, A, valid, weekend, cfg):
     standby[np.isinf(standby)] = np.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         level = np.where(n_r >= 1, x_r / np.maximum(n_r, 1), mean)
-    return dict(p=p.astype(np.float32), c=c.astype(np.float32), mean=mean.astype(np.float32),
+    # standby ceiling per meter-day (its quietest slot's mean + its noise threshold) and the
+    # slot's share of silent hours at or below it, both from past days only
+    if delta_md is None:
+        delta_md = np.zeros((M, D), np.float32)
+    lowthr = (standby + delta_md).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        low = (X.reshape(sh) <= np.nan_to_num(lowthr, nan=-1.0)[:, :, None])
+    inact_f = inact.reshape(sh)
+    lo_t, lo_a = _trailing((low & inact_f).astype(np.float32), W, weekend)
+    in_t, in_a = _trailing(inact_f.astype(np.float32), W, weekend)
+    del low, inact_f
+    pl_all = (lo_a + 0.5 * cfg.slot_prior) / (in_a + cfg.slot_prior)
+    pl = (lo_t + cfg.type_prior * pl_all) / (in_t + cfg.type_prior)
+    del lo_t, lo_a, in_t, in_a, pl_all
+    return dict(pl=pl.astype(np.float32), lowthr=lowthr, p=p.astype(np.float32), c=c.astype(np.float32), mean=mean.astype(np.float32),
                 level=level.astype(np.float32),
                 p_all=p_all.astype(np.float32), hist_days=hist_days, log_pstar=log_pstar.astype(np.float32),
                 log_pstar_night=log_pstar_night, standby=standby.astype(np.float32))
@@ -340,6 +380,8 @@ def _morning_deadlines(A, valid, P, cfg):
     first[~has & seen] = np.inf                              # a day without a morning
     deadline = np.full((M, D), np.nan, dtype=np.float32)
     W = cfg.window_days
+    from statistics import NormalDist
+    z_morning = NormalDist().inv_cdf(1.0 - min(cfg.morning_false_alarms_per_month / 30.0, 0.5))
     for d in range(cfg.min_history_days, D):
         # a day's morning search can run into the next day, so the latest day whose search is
         # surely over before day d starts is d - 2 (keeps the deadline causal)
@@ -349,6 +391,13 @@ def _morning_deadlines(A, valid, P, cfg):
         # latest first-activity among the window's mornings, plus a margin: a morning later
         # than every one of the last weeks' is a record, rare by construction (~1/window)
         q = np.max(np.where(np.isfinite(f), f, -np.inf), axis=1) + cfg.morning_margin_hours
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ff = np.where(np.isfinite(f), f, np.nan)
+            med = np.nanmedian(ff, axis=1)
+            mad = 1.4826 * np.nanmedian(np.abs(ff - med[:, None]), axis=1)
+        spread = np.maximum(np.nan_to_num(mad, nan=np.inf), cfg.morning_min_spread_hours)
+        q = np.maximum(q, np.ceil(med + z_morning * spread))
         ok = (n >= cfg.min_history_days) & (reg >= cfg.morning_regular_share * np.maximum(n, 1)) & np.isfinite(q)
         ok &= q < cfg.morning_search_hours
         deadline[ok, d] = q[ok]
@@ -389,6 +438,15 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
         llr = np.where(av, np.log(np.maximum(e1, 1e-6)) - logp_act,
                        np.log1p(-e1) - np.log(np.maximum(q, 1e-6)))
     llr = np.where(valid, llr, 0.0).astype(np.float32)
+    # lights-off alternative: the silent hour's level is evidence too (see low_given_off)
+    pl = np.clip(P["pl"].reshape(M, -1), 0.02, 0.98)
+    with np.errstate(invalid="ignore"):
+        low = X <= np.repeat(np.nan_to_num(P["lowthr"], nan=-1.0), 24, axis=1)[:, :T]
+    g = cfg.low_given_off
+    with np.errstate(divide="ignore"):
+        llr2 = np.where(low, np.log(g) - np.log(pl), np.log1p(-g) - np.log1p(-pl))
+    llr2 = np.where(valid, np.where(av, llr, llr + llr2), 0.0).astype(np.float32)
+    del pl, low
     # a long gap (offline) or an absence ends a silence; a short gap only pauses it
     idx = np.arange(T)
     last_valid = np.maximum.accumulate(np.where(valid, idx[None, :], -10**6), axis=1)
@@ -411,6 +469,14 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
     exc = np.zeros((M, D + 1), np.float32)        # excursions (S leaving 0), by day
     ncross = np.zeros((M, D + 1), np.float32)     # night runs passing theirs
     S = np.zeros(M, np.float32)
+    S2 = np.zeros(M, np.float32)
+    cross2 = np.zeros((M, D + 1), np.float32)
+    # completed excursions that passed the reference level: count and summed excess, by day
+    ncomp = np.zeros((2, M, D + 1), np.float32)
+    exsum = np.zeros((2, M, D + 1), np.float32)
+    smax = np.zeros((2, M), np.float32)
+    crossed2 = np.zeros(M, bool)
+    thr2 = np.zeros(M, np.float32)
     run_start = np.full(M, -1, np.int64)
     alarmed = np.zeros(M, bool)
     crossed = np.zeros(M, bool)
@@ -431,17 +497,37 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
             # each excursion passes h with probability <= e^-h under the routine, so
             # h = log(excursions a month / budget); scaled up by the household's own tail
             k = (cross[:, lo:d].sum(axis=1) + 1.0) / (cfg.calibration_p_ref * e_pd * hist + 1.0)
-            thr = (np.log(30.0 * e_pd / cfg.false_alarms_per_month) + np.log(np.maximum(k, 1.0))).astype(np.float32)
+            # two silence alarms share the budget; each: the model's own level, or the
+            # household's rate of passing the reference level extrapolated with its own
+            # mean excess (peaks over threshold), whichever is higher
+            b = 0.5 * cfg.false_alarms_per_month
+            h0 = np.log(30.0 * e_pd / b)
+            ths = []
+            for j, cr in enumerate((cross, cross2)):
+                n_c = cr[:, lo:d].sum(axis=1)
+                beta = (exsum[j, :, lo:d].sum(axis=1) + cfg.pot_prior) / (ncomp[j, :, lo:d].sum(axis=1) + cfg.pot_prior)
+                rate = 30.0 * (n_c + cfg.calibration_p_ref * e_pd) / hist
+                ths.append(np.maximum(h0, lref + np.maximum(beta, 1.0) * np.log(np.maximum(rate / b, 1.0))))
+            thr, thr2 = (x.astype(np.float32) for x in ths)
             nk = (ncross[:, lo:d].sum(axis=1) + 1.0) / (cfg.night_calibration_p_ref * hist + 1.0)
             nthr = (P["log_pstar_night"][:, d] - np.log(np.maximum(nk, 1.0))).astype(np.float32)
             if "fixed_thr" in P:          # incremental run: thresholds stored with the profile
-                thr, nthr = P["fixed_thr"]
-            P["last_thr"] = (thr, nthr)
+                thr, nthr, thr2 = P["fixed_thr"]
+            P["last_thr"] = (thr, nthr, thr2)
         S = np.maximum(S + llr[:, t], 0.0)
         S[brk[:, t]] = 0.0
-        pos = S > 0
+        S2 = np.maximum(S2 + llr2[:, t], 0.0)
+        S2[brk[:, t]] = 0.0
+        pos = (S > 0) | (S2 > 0)
+        np.maximum(smax[0], S, out=smax[0])
+        np.maximum(smax[1], S2, out=smax[1])
         ended = ~pos & (run_start >= 0)
         if ended.any():
+            for j, cd in enumerate((crossed, crossed2)):
+                done = ended & cd
+                ncomp[j, :, d] += done
+                exsum[j, :, d] += np.where(done, np.minimum(smax[j] - lref, cfg.pot_cap), 0.0)
+            smax[:, ended] = 0.0
             for i in np.nonzero(ended & alarmed)[0]:
                 e = open_sil.pop(i)
                 act = np.nonzero(av[i, e["det"] + 1:t + 1])[0]
@@ -449,17 +535,21 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
             run_start[ended] = -1
             alarmed &= ~ended
             crossed &= ~ended
+            crossed2 &= ~ended
         new = pos & (run_start < 0)
         run_start[new] = t
         exc[:, d] += new
         xr = pos & ~crossed & (S > lref)
         cross[:, d] += xr
         crossed |= xr
-        fire = pos & ~alarmed & wv[:, t] & (S > thr)
+        xr2 = pos & ~crossed2 & (S2 > lref)
+        cross2[:, d] += xr2
+        crossed2 |= xr2
+        fire = pos & ~alarmed & wv[:, t] & ((S > thr) | (S2 > thr2))
         if fire.any():
             for i in np.nonzero(fire)[0]:
                 e = dict(kind="inactivity", i=i, start=int(run_start[i]), det=t, end=None,
-                         score=float(S[i] / np.log(10)))
+                         score=float(max(S[i], S2[i]) / np.log(10)))
                 eps.append(e)
                 open_sil[i] = e
             alarmed |= fire
@@ -525,9 +615,27 @@ def _level_episodes(X, valid, gap_ok, P, T_eff, cfg):
     good = (N >= 0.75 * Wh) & (E > 0) & warm
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(good, O / np.where(E > 0, E, 1), np.nan)
+    # the household's own day-to-day variability of the log-ratio, from past days only
+    D = T // 24
+    with np.errstate(divide="ignore", invalid="ignore"):
+        L = np.log(np.maximum(r[:, 23::24], 1e-3))                  # (M, D) day-end log-ratios
+    sig = np.full((M, D), np.nan, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for d in range(1, D):
+            w = L[:, max(0, d - cfg.window_days):d]
+            med = np.nanmedian(w, axis=1)
+            sig[:, d] = 1.4826 * np.nanmedian(np.abs(w - med[:, None]), axis=1)
+    # too few past day-ends to know the spread: stay at the floor (the ratio bound still holds)
+    nobs = np.cumsum(np.isfinite(L), axis=1) - np.isfinite(L)
+    sig = np.where((nobs >= cfg.min_history_days) & np.isfinite(sig), np.maximum(sig, cfg.level_min_sigma), np.inf)
+    zs = np.repeat(sig * cfg.level_z, 24, axis=1)[:, :T]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log(np.maximum(r, 1e-3))
     eps = []
     S = cfg.level_sustain_hours
-    for kind, cond in (("sustained_drop", r < cfg.drop_ratio), ("high_use", r > cfg.high_ratio)):
+    for kind, cond in (("sustained_drop", (r < cfg.drop_ratio) & (lr < -zs)),
+                       ("high_use", (r > cfg.high_ratio) & (lr > zs))):
         cond = cond[:, :T_eff]
         for i in np.nonzero(cond.sum(axis=1) >= S)[0]:
             m = np.concatenate([[0], cond[i].astype(np.int8), [0]])
@@ -655,7 +763,7 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
                   f"只有平时的{e['ratio'] * 100:.0f}%，可能是电器坏了（如空调）或老人身体、生活有变化，请上门了解原因")
         elif kind == "high_use":
             obs, exp = e["obs"], e["exp"]
-            sev = "medium" if e["ratio"] > 3 else "low"
+            sev = "medium" if e["ratio"] > 4 else "low"
             ev = (f"近{hours}小时用电持续偏高：平时约{exp:.2f}千瓦时/小时，现约{obs:.2f}，"
                   f"是平时的{e['ratio']:.1f}倍，可能有电器异常或家中情况变化")
         elif kind == "missing_morning_routine":
@@ -663,7 +771,7 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
             ev = (f"今天早上到{_fmt_time(detected)}还没有起床用电（平时这时早已有用电），"
                   f"从{since}起用电约{obs:.2f}千瓦时/小时，平时约{exp:.2f}，请电话或上门确认老人情况")
         elif kind == "night_activity":
-            sev = "medium"
+            sev = "low"
             ev = (f"{since}起夜间用电活跃（{hours}小时），平时此时段多在休息、约{exp:.2f}千瓦时/小时，"
                   f"现约{obs:.2f}，可能夜里睡不好或身体不适，请白天电话问候")
         else:  # meter_offline
@@ -707,7 +815,11 @@ def _profiles_from_fixed(prof: RoutineProfiles, sel: np.ndarray, D: int, weekend
                 p_all=prof.p_active[sel].mean(axis=1)[:, None, :].repeat(D, axis=1),
                 hist_days=rep(prof.history_days), log_pstar=rep(prof.log_pstar),
                 log_pstar_night=rep(prof.log_pstar_night), standby=rep(prof.standby),
-                fixed_thr=(prof.silence_threshold[sel].astype(np.float32), prof.night_threshold[sel].astype(np.float32)))
+                pl=(pick(prof.p_low) if prof.p_low is not None else np.full((M, D, 24), 0.98, np.float32)),
+                lowthr=(rep(prof.low_kwh) if prof.low_kwh is not None else np.full((M, D), np.nan, np.float32)),
+                fixed_thr=(prof.silence_threshold[sel].astype(np.float32), prof.night_threshold[sel].astype(np.float32),
+                           (prof.low_threshold[sel] if prof.low_threshold is not None
+                            else np.full(M, np.inf)).astype(np.float32)))
 
 
 def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles: RoutineProfiles | None = None):
@@ -733,7 +845,7 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
         delta_h = np.repeat(delta_md, 24, axis=1)
         A = _activity_per_hour(Xc, delta_h, cfg.floor_hours)
         if profiles is None:
-            P = _rolling_profiles(Xc, A, valid, weekend, cfg)
+            P = _rolling_profiles(Xc, A, valid, weekend, cfg, delta_md)
             wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
         else:
             ix = np.arange(sl.start, sl.stop)
@@ -836,7 +948,10 @@ def _subset(p: RoutineProfiles, pos) -> RoutineProfiles:
                            log_pstar_night=p.log_pstar_night[pos], standby=p.standby[pos],
                            wake_hour=p.wake_hour[pos], morning_deadline=p.morning_deadline[pos],
                            history_days=p.history_days[pos], silence_threshold=p.silence_threshold[pos],
-                           night_threshold=p.night_threshold[pos], level_kwh=p.level_kwh[pos])
+                           night_threshold=p.night_threshold[pos], level_kwh=p.level_kwh[pos],
+                           p_low=None if p.p_low is None else p.p_low[pos],
+                           low_kwh=None if p.low_kwh is None else p.low_kwh[pos],
+                           low_threshold=None if p.low_threshold is None else p.low_threshold[pos])
 
 
 def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int,
@@ -858,7 +973,8 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
     days = t0h + pd.to_timedelta(np.arange(D), unit="D")
     weekend = np.asarray(days.day_of_week >= 5)
     M = len(meters)
-    out = {k: [] for k in ("p", "c", "mean", "delta", "lp", "lpn", "sb", "wake", "dl", "hd", "thr", "nthr", "level")}
+    out = {k: [] for k in ("p", "c", "mean", "delta", "lp", "lpn", "sb", "wake", "dl", "hd", "thr", "nthr", "level",
+                                 "pl", "lowkwh", "thr2")}
     for c0 in range(0, M, cfg.chunk_meters):
         sl = slice(c0, min(M, c0 + cfg.chunk_meters))
         Xc = X[sl]
@@ -870,7 +986,7 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         for typ in (0, 1):
             wk = weekend.copy()
             wk[-1] = bool(typ)
-            P = _rolling_profiles(Xc, A, valid, wk, cfg)
+            P = _rolling_profiles(Xc, A, valid, wk, cfg, delta_md)
             res[typ] = P
         P = res[0]
         wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
@@ -878,6 +994,9 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         _scan(Xc, A, valid, np.ones_like(valid), P, cfg, Xc.shape[1])
         out["thr"].append(P["last_thr"][0])
         out["nthr"].append(P["last_thr"][1])
+        out["thr2"].append(P["last_thr"][2])
+        out["pl"].append(np.stack([res[0]["pl"][:, -1], res[1]["pl"][:, -1]], axis=1))
+        out["lowkwh"].append(P["lowthr"][:, -1])
         out["p"].append(np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1))
         out["c"].append(np.stack([res[0]["c"][:, -1], res[1]["c"][:, -1]], axis=1))
         out["mean"].append(np.stack([res[0]["mean"][:, -1], res[1]["mean"][:, -1]], axis=1))
@@ -894,4 +1013,5 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
                            delta=cat("delta"), log_pstar=cat("lp"), log_pstar_night=cat("lpn"),
                            standby=cat("sb"), wake_hour=cat("wake"), morning_deadline=cat("dl"),
                            history_days=cat("hd"), silence_threshold=cat("thr"), night_threshold=cat("nthr"),
-                           level_kwh=cat("level"))
+                           level_kwh=cat("level"), p_low=cat("pl"), low_kwh=cat("lowkwh"),
+                           low_threshold=cat("thr2"))

@@ -108,12 +108,14 @@ def acknowledge_alerts(day: date, seed: int, database_url: str | None = None, *,
             Alert.sent_at < start + timedelta(days=1)).order_by(Alert.id)).all()
     rng = _rng(seed, day, "ack")
     acked = 0
-    for (aid, sent_at), r, minutes, o in zip(sent, rng.random(len(sent)), rng.integers(3, 28, len(sent)),
-                                             rng.integers(0, len(OUTCOMES), len(sent))):
-        if r < ack_share:
-            acknowledge(aid, actor="simulated-grid-worker", outcome=OUTCOMES[o],
-                        at=sent_at + timedelta(minutes=int(minutes)), database_url=database_url)
-            acked += 1
+    with session_scope(database_url) as s:
+        for (aid, sent_at), r, minutes, o in zip(sent, rng.random(len(sent)), rng.integers(3, 28, len(sent)),
+                                                 rng.integers(0, len(OUTCOMES), len(sent))):
+            if r < ack_share:
+                acknowledge(aid, actor="simulated-grid-worker", outcome=OUTCOMES[o],
+                            at=sent_at + timedelta(minutes=int(minutes)), session=s)
+                s.flush()
+                acked += 1
     return {"alerts_acked": acked, "alerts_unanswered": len(sent) - acked}
 
 

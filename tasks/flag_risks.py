@@ -110,7 +110,9 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
         if rows:
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
-    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories), database_url)
+    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
+                           Household.risk_level.label("old_level"), Household.risk_score.label("old_score")),
+                    database_url)
     still_open = load_frame(select(RiskFlag.household_id, RiskFlag.severity, RiskFlag.evidence)
                             .where(RiskFlag.status != "closed"), database_url)
     scored = logic.score_households(hh, still_open)
@@ -122,7 +124,11 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                               database_url)
     rmap = logic.risk_map(scored, as_of, previous)
     with session_scope(database_url) as s:
-        changed = scored
+        # Only households whose level or score moved are written.
+        prev = hh.set_index("household_id")
+        moved = (scored.risk_level.to_numpy() != prev.loc[scored.household_id, "old_level"].to_numpy()) | (
+            scored.risk_score.to_numpy() != prev.loc[scored.household_id, "old_score"].fillna(-1).to_numpy())
+        changed = scored[moved]
         for chunk_start in range(0, len(changed), 2000):
             chunk = changed.iloc[chunk_start:chunk_start + 2000]
             s.execute(update(Household), [

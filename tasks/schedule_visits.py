@@ -85,6 +85,11 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     from sibifang.records import frame_records
 
     p = plan.plans
+    # Only plans not stored yet are written: a re-run (or the next day's run, which re-derives
+    # most of the same visits with the same ids) must not rewrite tens of thousands of rows.
+    if len(p):
+        known = set(load_frame(select(VisitPlan.id).where(VisitPlan.due_date >= p.due_date.min()), database_url).id)
+        p = p[~p.visit_id.isin(known)]
     rows = [{"id": r["visit_id"], "household_id": r["household_id"], "cadre_id": r["cadre_id"],
              "grid_id": r["grid_id"], "due_date": r["due_date"].date() if hasattr(r["due_date"], "date") else r["due_date"],
              "window_start": _d(r["window_start"]), "window_end": _d(r["window_end"]), "reason": r["reason"],
@@ -114,7 +119,7 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     plan.notices.to_csv(out / "cadre_digests.csv", index=False)
     plan.shortfall.to_csv(out / "shortfall.csv", index=False)
     plan.moved.to_csv(out / "moved.csv", index=False)
-    return {"planned": len(rows), "new_plans": after - before, "shortfall": len(plan.shortfall),
+    return {"planned": len(plan.plans), "new_plans": after - before, "shortfall": len(plan.shortfall),
             "moved": len(plan.moved), "away": len(plan.away), "missed": missed}
 
 
