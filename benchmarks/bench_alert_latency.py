@@ -47,10 +47,11 @@ def main() -> None:
                    SIBIFANG_DATA_DIR=str(Path(d) / "data"), SIBIFANG_INBOX_DIR=str(Path(d) / "inbox"),
                    SIBIFANG_OUT_DIR=str(Path(d) / "out"), PREFECT_HOME=str(Path(d) / "prefect"),
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
-        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "sibifang"), "serve", "--ack-port", "0"], env=env,
+        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "sibifang"), "serve", "--ack-port", "0",
+                                 "--prefect-port", "4391"], env=env,
                                 cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            time.sleep(20)  # the temporary API server and the runner come up
+            time.sleep(40)  # the Prefect server, the scheduler and the runner come up
             latencies, arrivals = [], []
             for i in range(args.flags):
                 stored = datetime.now()

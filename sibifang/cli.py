@@ -117,13 +117,17 @@ def run(flow_name: str = typer.Argument(..., help="a flow: closed_loop, schedule
 
 
 @app.command()
-def serve(ack_port: int = typer.Option(8765, help="port of the acknowledgement endpoint (0 = off)")) -> None:
-    """Serve every flow on its schedule from this process, plus the acknowledgement endpoint."""
+def serve(ack_port: int = typer.Option(8765, help="port of the acknowledgement endpoint (0 = off)"),
+          prefect_port: int = typer.Option(4200, help="port of the Prefect server started when PREFECT_API_URL "
+                                                      "is unset")) -> None:
+    """Serve every flow on its schedule from this process, plus the acknowledgement endpoint.
+
+    Without PREFECT_API_URL a local Prefect server (with its scheduler and UI) is started."""
     from sibifang.db import migrate as do_migrate
     from sibifang.deployments import serve_all
 
     do_migrate()
-    serve_all(ack_port=ack_port)
+    serve_all(ack_port=ack_port, prefect_port=prefect_port)
 
 
 @app.command()

@@ -46,14 +46,59 @@ def build_deployments():
     return deployments
 
 
-def serve_all(*, ack_port: int = 8765) -> None:
-    from prefect import serve
+def start_prefect_server(port: int = 4200, timeout: float = 90.0):
+    """Start ``prefect server start`` (API, UI and the scheduler service) as a child process.
 
-    if ack_port:
-        from sibifang.ack_server import make_ack_server
+    Prefect's temporary server cannot schedule runs ("Cannot schedule flows on an ephemeral
+    server"), so a county office that runs ``sibifang serve`` with no Prefect server of its own
+    gets one here, on 127.0.0.1. Returns ``(process, api_url)``."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
 
-        server = make_ack_server(port=ack_port)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        print(f"acknowledgement endpoint on http://{server.server_address[0]}:{server.server_address[1]}/ack")
-    # pause_on_shutdown=False: stopping this process must not silently pause a county's schedules.
-    serve(*build_deployments(), pause_on_shutdown=False)
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).with_name("prefect")
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, api
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"prefect server did not answer on {api} within {timeout:.0f} s")
+
+
+def serve_all(*, ack_port: int = 8765, prefect_port: int = 4200) -> None:
+    import os
+
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        server, api = start_prefect_server(prefect_port)
+        os.environ["PREFECT_API_URL"] = api
+        print(f"Prefect server (API, UI, scheduler) on {api.removesuffix('/api')}")
+    try:
+        from prefect import serve
+
+        if ack_port:
+            from sibifang.ack_server import make_ack_server
+
+            ack = make_ack_server(port=ack_port)
+            threading.Thread(target=ack.serve_forever, daemon=True).start()
+            print(f"acknowledgement endpoint on http://{ack.server_address[0]}:{ack.server_address[1]}/ack")
+        # pause_on_shutdown=False: stopping this process must not silently pause a county's schedules.
+        serve(*build_deployments(), pause_on_shutdown=False)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)

@@ -152,6 +152,25 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
     return ins.reset_index(drop=True), ext
 
 
+def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFrame:
+    """Drop episodes that belong to a flag already closed or acknowledged: the same household and
+    kind, starting inside that flag's span (up to its end or closure, plus ``MERGE_GAP``). A grid
+    worker who went to the door and found all well is not asked again about the same episode;
+    a new episode after it is a new flag."""
+    if new.empty or settled.empty:
+        return new
+    spans: dict[tuple, list[tuple]] = {}
+    for f in settled.itertuples(index=False):
+        stop = f.end if pd.notna(f.end) else f.closed_at
+        spans.setdefault((f.household_id, f.kind), []).append(
+            (pd.Timestamp(f.start) - MERGE_GAP, pd.Timestamp(stop) + MERGE_GAP if pd.notna(stop) else pd.Timestamp.max))
+    keep = []
+    for row in new.itertuples(index=False):
+        start = pd.Timestamp(row.start)
+        keep.append(not any(lo <= start <= hi for lo, hi in spans.get((row.household_id, row.kind), [])))
+    return new[keep]
+
+
 def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
     """Dispute and safety cues in visit notes and findings (家暴, 离婚, 赌博, 轻生, ...)."""
     rows = []

@@ -74,7 +74,10 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     parts = [p for p in parts if p is not None and not p.empty]
     if not parts:
         return pd.DataFrame(columns=logic.FLAG_COLUMNS)
-    return pd.concat(parts, ignore_index=True)
+    # One flag per episode: a detector that reports the same episode twice (same meter, kind and
+    # start hour) yields one candidate, the first detected.
+    return (pd.concat(parts, ignore_index=True).sort_values(["dedup_key", "detected_at"])
+            .drop_duplicates("dedup_key", keep="first").reset_index(drop=True))
 
 
 @task(name="store_flags", cache_policy=NO_CACHE)
@@ -88,7 +91,22 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     open_flags = load_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
                                    RiskFlag.kind, RiskFlag.severity, RiskFlag.evidence, RiskFlag.start, RiskFlag.end)
                             .where(RiskFlag.status != "closed"), database_url)
-    inserts, extends = logic.merge_with_open_flags(candidates, open_flags)
+    # Episodes already on record (open or closed) are not raised again.
+    if len(candidates):
+        seen = set()
+        keys = list(candidates.dedup_key)
+        for i in range(0, len(keys), 500):
+            seen |= set(load_frame(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys[i:i + 500])),
+                                   database_url).dedup_key)
+        fresh = candidates[~candidates.dedup_key.isin(seen) | candidates.dedup_key.isin(set(open_flags.dedup_key))]
+        settled = load_frame(select(RiskFlag.household_id, RiskFlag.kind, RiskFlag.start, RiskFlag.end,
+                                    RiskFlag.closed_at)
+                             .where(RiskFlag.status != "open", RiskFlag.meter_id.is_not(None),
+                                    RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
+        fresh = logic.drop_settled_episodes(fresh, settled)
+    else:
+        fresh = candidates
+    inserts, extends = logic.merge_with_open_flags(fresh, open_flags)
     now = datetime.combine(as_of, datetime.max.time()).replace(microsecond=0)
     with session_scope(database_url) as s:
         rows = []
