@@ -51,7 +51,8 @@ def start_prefect_server(port: int = 4200, timeout: float = 90.0):
 
     Prefect's temporary server cannot schedule runs ("Cannot schedule flows on an ephemeral
     server"), so a county office that runs ``sibifang serve`` with no Prefect server of its own
-    gets one here, on 127.0.0.1. Returns ``(process, api_url)``."""
+    gets one here, on 127.0.0.1, logging to ``out/prefect-server.log``. Returns
+    ``(process, api_url)``."""
     import os
     import subprocess
     import sys
@@ -59,12 +60,17 @@ def start_prefect_server(port: int = 4200, timeout: float = 90.0):
     import urllib.request
     from pathlib import Path
 
+    from sibifang.settings import get_settings
+
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).with_name("prefect")
+    log_dir = Path(get_settings().out_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / "prefect-server.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
