@@ -12,15 +12,42 @@ Every household is judged against its own routine, learnt causally from its past
   normally silent, mornings are not);
 * a running silence is scored as a CUSUM (Page's test) of the log-likelihood ratio "nobody
   active" against "routine": a silence is alarming by how unlikely it is for the hours it
-  spans in that household's routine, not by its length alone. Under the routine each
-  excursion passes level h with probability ≤ e^-h, so h = log(excursions a month /
-  ``false_alarms_per_month``); the household's own rate of excursions passing a moderate
-  reference level, against the model's prediction, scales h up when its tail is heavier.
+  spans in that household's routine, not by its length alone. Two such CUSUMs run side by
+  side and share the silence budget: one on activity alone (catches a constant load left on,
+  "frozen-on"), one that also weighs each silent hour's level ("lights off": an hour at the
+  household's standby is what a dark house gives, and the routine gives it in that slot only
+  as often as the household's own past silent hours were at standby there);
+* alarm levels: under the routine each excursion passes level h with probability ≤ e^-h, so
+  h = log(excursions a month / budget). Real households have heavier tails, so each
+  household's own excursions are used too (peaks over threshold): the rate at which they
+  pass a moderate reference level, and by how much (mean excess, shrunk to the model's 1
+  nat), extrapolate to the level passed ``false_alarms_per_month`` / 2 times a month; the
+  alarm level is the higher of the two.
 
 Kinds: ``inactivity`` (lights-off and frozen-on; the evidence says which),
-``sustained_drop`` (the Wandi case: use about half of normal for a day and a half or more),
-``missing_morning_routine``, ``night_activity``, ``high_use``, ``meter_offline`` (no data:
-told apart from inactivity, it needs a call to the utility rather than to the door).
+``sustained_drop`` (the Wandi case: trailing-24 h use below 60 % of normal and either below
+half of it or ``level_z`` robust σ below it, σ the household's own day-to-day spread, for
+12 h), ``missing_morning_routine``
+(only for households whose first morning activity is regular: the deadline is the later of
+the latest morning of the last weeks + 1 h and median + z × robust spread, z from its
+budget; a loose morning is left to the inactivity alarm), ``night_activity``, ``high_use``,
+``meter_offline`` (no data: told apart from inactivity, it needs a call to the utility rather
+than to the door).
+
+Severity and routing (column ``severity``): only ``medium``, ``high`` and ``critical``
+episodes are meant to reach a grid worker (网格员); ``low`` is recorded for the daily
+summary and the family archive, not alerted.
+
+====================  ==========================================================
+kind                  severity
+====================  ==========================================================
+inactivity            critical (lights off), high (constant load, frozen-on)
+missing_morning       high
+sustained_drop        high when use < 35 % of normal, else medium
+meter_offline         medium (call the utility first)
+high_use              low; medium only beyond 4 × normal
+night_activity        low (a daytime phone call, not a visit)
+====================  ==========================================================
 
 Everything runs on an hourly matrix (meters × hours, NaN gaps). ``detect`` pivots long
 readings into it; ``detect_matrix`` takes a dense matrix at any interval (the city-scale
@@ -38,6 +65,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "ALERT_SEVERITIES",
     "DetectorConfig",
     "RoutineProfiles",
     "EPISODE_COLUMNS",
@@ -55,6 +83,8 @@ EPISODE_COLUMNS = [
 KINDS = ("inactivity", "sustained_drop", "missing_morning_routine", "night_activity",
          "high_use", "meter_offline")
 _HOUR = np.timedelta64(1, "h")
+# severities that go to a grid worker; "low" is recorded only (see the module docstring)
+ALERT_SEVERITIES = ("medium", "high", "critical")
 
 
 @dataclass(frozen=True)
@@ -86,6 +116,11 @@ class DetectorConfig:
     # dark house gives with probability low_given_off; the routine gives it with the slot's
     # own learnt share of silent hours at standby. Both silence alarms share the budget.
     low_given_off: float = 0.9
+    # "At standby" = at most the quietest slot's mean + low_margin × the activity threshold;
+    # how often a dark house is at standby is learnt per household from its quiet slots (the
+    # share of their hours at standby, shrunk to low_given_off with low_prior hours' weight).
+    low_margin: float = 1.0
+    low_prior: float = 24.0
     # Peaks over threshold: excursions passing the reference level exceed it by an amount
     # that is exponential with mean 1 nat under the model; the household's own mean excess
     # (shrunk to 1 with pot_prior excursions' weight, each excess capped at pot_cap nats)
@@ -106,6 +141,8 @@ class DetectorConfig:
     # household whose use swings from day to day needs a deeper drop before it alarms.
     level_z: float = 2.5
     level_min_sigma: float = 0.1
+    # ... but never stricter than this: use at half of normal, sustained, always counts
+    drop_design: float = 0.5
     level_window_hours: int = 24
     level_baseline_days: int = 7
     level_sustain_hours: int = 12
@@ -152,6 +189,8 @@ class RoutineProfiles:
     p_low: np.ndarray | None = None              # (M, 2, 24) P(at standby | inactive) in slot
     low_kwh: np.ndarray | None = None            # (M,) standby ceiling kWh/h
     low_threshold: np.ndarray | None = None      # (M,) lights-off CUSUM alarm level (nats)
+    low_given_off: np.ndarray | None = None      # (M,) P(at standby | dark house)
+    level_sigma: np.ndarray | None = None        # (M,) day-to-day spread of log(use ratio)
 
 
 # --------------------------------------------------------------------------- input handling
@@ -344,9 +383,16 @@ def _rolling_profiles(X, A, valid, weekend, cfg, delta_md=None):
     # slot's share of silent hours at or below it, both from past days only
     if delta_md is None:
         delta_md = np.zeros((M, D), np.float32)
-    lowthr = (standby + delta_md).astype(np.float32)
+    lowthr = (standby + cfg.low_margin * delta_md).astype(np.float32)
     with np.errstate(invalid="ignore"):
         low = (X.reshape(sh) <= np.nan_to_num(lowthr, nan=-1.0)[:, :, None])
+    # P(at standby | dark): the share of the quiet slots' past hours at standby
+    _, la_a = _trailing((low & valid.reshape(sh)).astype(np.float32), W, weekend)
+    order = np.argsort(np.where(np.isnan(m_all), np.inf, m_all), axis=2)[:, :, : cfg.quiet_slots]
+    num = np.take_along_axis(la_a, order, axis=2).sum(axis=2)
+    den = np.take_along_axis(n_a, order, axis=2).sum(axis=2)
+    goff = np.clip((num + cfg.low_prior * cfg.low_given_off) / (den + cfg.low_prior), 0.3, 0.97).astype(np.float32)
+    del la_a, order
     inact_f = inact.reshape(sh)
     lo_t, lo_a = _trailing((low & inact_f).astype(np.float32), W, weekend)
     in_t, in_a = _trailing(inact_f.astype(np.float32), W, weekend)
@@ -354,7 +400,7 @@ def _rolling_profiles(X, A, valid, weekend, cfg, delta_md=None):
     pl_all = (lo_a + 0.5 * cfg.slot_prior) / (in_a + cfg.slot_prior)
     pl = (lo_t + cfg.type_prior * pl_all) / (in_t + cfg.type_prior)
     del lo_t, lo_a, in_t, in_a, pl_all
-    return dict(pl=pl.astype(np.float32), lowthr=lowthr, p=p.astype(np.float32), c=c.astype(np.float32), mean=mean.astype(np.float32),
+    return dict(pl=pl.astype(np.float32), lowthr=lowthr, goff=goff, p=p.astype(np.float32), c=c.astype(np.float32), mean=mean.astype(np.float32),
                 level=level.astype(np.float32),
                 p_all=p_all.astype(np.float32), hist_days=hist_days, log_pstar=log_pstar.astype(np.float32),
                 log_pstar_night=log_pstar_night, standby=standby.astype(np.float32))
@@ -442,7 +488,7 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
     pl = np.clip(P["pl"].reshape(M, -1), 0.02, 0.98)
     with np.errstate(invalid="ignore"):
         low = X <= np.repeat(np.nan_to_num(P["lowthr"], nan=-1.0), 24, axis=1)[:, :T]
-    g = cfg.low_given_off
+    g = np.repeat(P["goff"], 24, axis=1)[:, :T]
     with np.errstate(divide="ignore"):
         llr2 = np.where(low, np.log(g) - np.log(pl), np.log1p(-g) - np.log1p(-pl))
     llr2 = np.where(valid, np.where(av, llr, llr + llr2), 0.0).astype(np.float32)
@@ -495,11 +541,9 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
             hist = np.maximum(P["hist_days"][:, d], 1.0)
             e_pd = np.maximum(exc[:, lo:d].sum(axis=1) / hist, 1.0 / 7)
             # each excursion passes h with probability <= e^-h under the routine, so
-            # h = log(excursions a month / budget); scaled up by the household's own tail
-            k = (cross[:, lo:d].sum(axis=1) + 1.0) / (cfg.calibration_p_ref * e_pd * hist + 1.0)
-            # two silence alarms share the budget; each: the model's own level, or the
-            # household's rate of passing the reference level extrapolated with its own
-            # mean excess (peaks over threshold), whichever is higher
+            # h = log(excursions a month / budget). The two silence alarms share the budget;
+            # each uses that level or, if higher, the household's own rate of passing the
+            # reference level extrapolated with its own mean excess (peaks over threshold)
             b = 0.5 * cfg.false_alarms_per_month
             h0 = np.log(30.0 * e_pd / b)
             ths = []
@@ -596,8 +640,8 @@ def _offline_episodes(valid, gap_ok, T_eff, cfg):
     return eps
 
 
-def _level_episodes(X, valid, gap_ok, P, T_eff, cfg):
-    """Sustained drop / high use: trailing-24 h use against the routine's expectation."""
+def _level_ratio(X, valid, gap_ok, P, cfg):
+    """Trailing-24 h observed / expected use (M, T), NaN where not judged, and the sums."""
     M, T = X.shape
     Wh = cfg.level_window_hours
     mean = P["level"].reshape(M, -1)
@@ -615,7 +659,14 @@ def _level_episodes(X, valid, gap_ok, P, T_eff, cfg):
     good = (N >= 0.75 * Wh) & (E > 0) & warm
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(good, O / np.where(E > 0, E, 1), np.nan)
-    # the household's own day-to-day variability of the log-ratio, from past days only
+    return r, O, E, N
+
+
+def _level_sigma(r, cfg):
+    """The household's own day-to-day spread of log(ratio) (M, D): robust (MAD) over the day
+    ends of the trailing ``window_days`` before day d; inf while fewer than
+    ``min_history_days`` are known (then only the ratio bounds apply)."""
+    M, T = r.shape
     D = T // 24
     with np.errstate(divide="ignore", invalid="ignore"):
         L = np.log(np.maximum(r[:, 23::24], 1e-3))                  # (M, D) day-end log-ratios
@@ -626,15 +677,26 @@ def _level_episodes(X, valid, gap_ok, P, T_eff, cfg):
             w = L[:, max(0, d - cfg.window_days):d]
             med = np.nanmedian(w, axis=1)
             sig[:, d] = 1.4826 * np.nanmedian(np.abs(w - med[:, None]), axis=1)
-    # too few past day-ends to know the spread: stay at the floor (the ratio bound still holds)
+    # too few past day ends to know the spread: inf (a drop below drop_design still counts)
     nobs = np.cumsum(np.isfinite(L), axis=1) - np.isfinite(L)
-    sig = np.where((nobs >= cfg.min_history_days) & np.isfinite(sig), np.maximum(sig, cfg.level_min_sigma), np.inf)
+    return np.where((nobs >= cfg.min_history_days) & np.isfinite(sig), np.maximum(sig, cfg.level_min_sigma),
+                    np.inf).astype(np.float32)
+
+
+def _level_episodes(X, valid, gap_ok, P, T_eff, cfg):
+    """Sustained drop / high use: trailing-24 h use against the routine's expectation, the
+    ratio's log judged against the household's own day-to-day spread."""
+    M, T = X.shape
+    Wh = cfg.level_window_hours
+    r, O, E, N = _level_ratio(X, valid, gap_ok, P, cfg)
+    sig = P["level_sig"] if "level_sig" in P else _level_sigma(r, cfg)
     zs = np.repeat(sig * cfg.level_z, 24, axis=1)[:, :T]
     with np.errstate(divide="ignore", invalid="ignore"):
         lr = np.log(np.maximum(r, 1e-3))
     eps = []
     S = cfg.level_sustain_hours
-    for kind, cond in (("sustained_drop", (r < cfg.drop_ratio) & (lr < -zs)),
+    zd = np.minimum(zs, -np.log(cfg.drop_design))
+    for kind, cond in (("sustained_drop", (r < cfg.drop_ratio) & (lr < -zd)),
                        ("high_use", (r > cfg.high_ratio) & (lr > zs))):
         cond = cond[:, :T_eff]
         for i in np.nonzero(cond.sum(axis=1) >= S)[0]:
@@ -817,6 +879,8 @@ def _profiles_from_fixed(prof: RoutineProfiles, sel: np.ndarray, D: int, weekend
                 log_pstar_night=rep(prof.log_pstar_night), standby=rep(prof.standby),
                 pl=(pick(prof.p_low) if prof.p_low is not None else np.full((M, D, 24), 0.98, np.float32)),
                 lowthr=(rep(prof.low_kwh) if prof.low_kwh is not None else np.full((M, D), np.nan, np.float32)),
+                goff=(rep(prof.low_given_off) if prof.low_given_off is not None else np.full((M, D), 0.9, np.float32)),
+                level_sig=(rep(prof.level_sigma) if prof.level_sigma is not None else np.full((M, D), np.inf, np.float32)),
                 fixed_thr=(prof.silence_threshold[sel].astype(np.float32), prof.night_threshold[sel].astype(np.float32),
                            (prof.low_threshold[sel] if prof.low_threshold is not None
                             else np.full(M, np.inf)).astype(np.float32)))
@@ -951,7 +1015,9 @@ def _subset(p: RoutineProfiles, pos) -> RoutineProfiles:
                            night_threshold=p.night_threshold[pos], level_kwh=p.level_kwh[pos],
                            p_low=None if p.p_low is None else p.p_low[pos],
                            low_kwh=None if p.low_kwh is None else p.low_kwh[pos],
-                           low_threshold=None if p.low_threshold is None else p.low_threshold[pos])
+                           low_threshold=None if p.low_threshold is None else p.low_threshold[pos],
+                           low_given_off=None if p.low_given_off is None else p.low_given_off[pos],
+                           level_sigma=None if p.level_sigma is None else p.level_sigma[pos])
 
 
 def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int,
@@ -974,7 +1040,7 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
     weekend = np.asarray(days.day_of_week >= 5)
     M = len(meters)
     out = {k: [] for k in ("p", "c", "mean", "delta", "lp", "lpn", "sb", "wake", "dl", "hd", "thr", "nthr", "level",
-                                 "pl", "lowkwh", "thr2")}
+                                 "pl", "lowkwh", "thr2", "goff", "lsig")}
     for c0 in range(0, M, cfg.chunk_meters):
         sl = slice(c0, min(M, c0 + cfg.chunk_meters))
         Xc = X[sl]
@@ -997,6 +1063,8 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         out["thr2"].append(P["last_thr"][2])
         out["pl"].append(np.stack([res[0]["pl"][:, -1], res[1]["pl"][:, -1]], axis=1))
         out["lowkwh"].append(P["lowthr"][:, -1])
+        out["goff"].append(P["goff"][:, -1])
+        out["lsig"].append(_level_sigma(_level_ratio(Xc, valid, np.ones_like(valid), P, cfg)[0], cfg)[:, -1])
         out["p"].append(np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1))
         out["c"].append(np.stack([res[0]["c"][:, -1], res[1]["c"][:, -1]], axis=1))
         out["mean"].append(np.stack([res[0]["mean"][:, -1], res[1]["mean"][:, -1]], axis=1))
@@ -1014,4 +1082,5 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
                            standby=cat("sb"), wake_hour=cat("wake"), morning_deadline=cat("dl"),
                            history_days=cat("hd"), silence_threshold=cat("thr"), night_threshold=cat("nthr"),
                            level_kwh=cat("level"), p_low=cat("pl"), low_kwh=cat("lowkwh"),
-                           low_threshold=cat("thr2"))
+                           low_threshold=cat("thr2"), low_given_off=cat("goff"),
+                           level_sigma=cat("lsig"))
