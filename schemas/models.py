@@ -136,6 +136,8 @@ class VisitPlan(Base):
     status: Mapped[str] = mapped_column(String(16), default="planned", index=True)  # planned|done|missed|cancelled
     planned_on: Mapped[date] = mapped_column(Date)
     closed_by_visit_id: Mapped[str | None] = mapped_column(ID)
+    # The family's own cadre when a colleague takes this visit (leave, 4+1 day): both are told.
+    moved_from: Mapped[str | None] = mapped_column(ID)
 
 
 class Visit(Base):

@@ -40,7 +40,7 @@ def _reason(code: str) -> str:
 
 
 def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, households: pd.DataFrame,
-                  grids: pd.DataFrame, grace_days: int = 3) -> pd.DataFrame:
+                  grids: pd.DataFrame, grace_days: int = 3, moved: pd.DataFrame | None = None) -> pd.DataFrame:
     """plans: ``visit_id, household_id, cadre_id, grid_id, due_date, window_end, reason, urgent, status``;
     cadres: ``cadre_id, name, role, grid_ids``; households: ``household_id, head_name``;
     grids: ``grid_id, grid_name, village_id, village_name``."""
@@ -52,11 +52,14 @@ def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, house
     p["due_date"] = pd.to_datetime(p.due_date).dt.date
     rows = []
     today = p[p.due_date == day].sort_values(["cadre_id", "urgent", "household_id"], ascending=[True, False, True])
+    moved_in = (moved[pd.to_datetime(moved.due_date).dt.date == day].groupby("to_cadre_id").size()
+                if moved is not None and len(moved) else pd.Series(dtype=int))
     tpl = env.get_template("schedule_visits/daily_digest.md.j2")
     for cid, g in today.groupby("cadre_id"):
         visits = [{"family": _family(names.get(h), h), "grid_name": gnames.get(gr, gr), "reason": _reason(r),
                    "urgent": bool(u)} for h, gr, r, u in zip(g.household_id, g.grid_id, g.reason, g.urgent)]
-        body = tpl.render(day=day, name=cname.get(cid, ""), visits=visits, urgent=int(g.urgent.sum()), moved_in=0)
+        body = tpl.render(day=day, name=cname.get(cid, ""), visits=visits, urgent=int(g.urgent.sum()),
+                          moved_in=int(moved_in.get(cid, 0)))
         rows.append([stable_id("N", cid, "daily_digest", day), cid, "daily_digest", day,
                      f"{day:%m月%d日}走访安排（{len(g)}户）", body])
     overdue = p[p.due_date < day].sort_values(["cadre_id", "due_date", "household_id"])
@@ -82,4 +85,31 @@ def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, house
         body = tpl.render(day=day, name=cname.get(sid, ""), total=len(mine), grace=grace_days, groups=groups)
         rows.append([stable_id("N", sid, "supervisor_overdue", day), sid, "supervisor_overdue", day,
                      f"逾期未访情况（{len(mine)}次）", body])
+    return pd.DataFrame(rows, columns=NOTICE_COLUMNS)
+
+
+def build_move_notices(day: date, *, moved: pd.DataFrame, cadres: pd.DataFrame,
+                       households: pd.DataFrame) -> pd.DataFrame:
+    """Leave and absence move visits to a colleague of the same grid: both are told (调整通知).
+
+    moved: ``visit_id, household_id, from_cadre_id, to_cadre_id, due_date`` (the scheduler's
+    ``SchedulePlan.moved``). One notice per cadre and direction for the moves of this run; the
+    id covers the visits concerned, so the same moves are announced once."""
+    if moved is None or moved.empty:
+        return pd.DataFrame(columns=NOTICE_COLUMNS)
+    env = _env()
+    tpl = env.get_template("schedule_visits/visit_moved.md.j2")
+    names = dict(zip(households.household_id, households.head_name))
+    cname = dict(zip(cadres.cadre_id, cadres.name))
+    m = moved.copy()
+    m["due"] = pd.to_datetime(m.due_date).dt.date
+    m = m[m.due >= day].sort_values(["due", "visit_id"])
+    rows = []
+    for direction, me, other in (("out", "from_cadre_id", "to_cadre_id"), ("in", "to_cadre_id", "from_cadre_id")):
+        for cid, g in m.groupby(me):
+            visits = [{"family": _family(names.get(h), h), "due": d, "other": cname.get(o, o)}
+                      for h, d, o in zip(g.household_id, g.due, g[other])]
+            body = tpl.render(name=cname.get(cid, ""), direction=direction, visits=visits)
+            key = stable_id("N", cid, "visit_moved", direction, *sorted(g.visit_id))
+            rows.append([key, cid, f"visit_moved_{direction}", day, f"走访调整通知（{len(g)}次）", body])
     return pd.DataFrame(rows, columns=NOTICE_COLUMNS)

@@ -102,8 +102,9 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         after = s.scalar(select(func.count()).select_from(VisitPlan))
         # Moves of a cadre on leave: the colleague takes the visit (both are told in the notices).
         for m in frame_records(plan.moved):
-            s.execute(update(VisitPlan).where(VisitPlan.id == m["visit_id"], VisitPlan.status == "planned")
-                      .values(cadre_id=m["to_cadre_id"]))
+            s.execute(update(VisitPlan).where(VisitPlan.id == m["visit_id"], VisitPlan.status == "planned",
+                                              VisitPlan.moved_from.is_(None))
+                      .values(cadre_id=m["to_cadre_id"], moved_from=m["from_cadre_id"]))
         a = plan.assignments
         upsert(s, Assignment, [{"household_id": r["household_id"], "cadre_id": r["cadre_id"], "since": as_of}
                                for r in frame_records(a[a.cadre_id.notna()])], key=["household_id"],
@@ -134,7 +135,7 @@ def queue_notices(day: date, database_url: str | None = None) -> int:
     """Digests, overdue reminders and the supervisors' overdue lists for ``day`` (insert-or-ignore)."""
     from schemas.models import Area, Cadre, Household, Notice, VisitPlan
     from sibifang.db import session_scope, upsert
-    from sibifang.notify_cadres import build_notices
+    from sibifang.notify_cadres import build_move_notices, build_notices
     from sibifang.records import frame_records
 
     plans = load_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
@@ -152,7 +153,17 @@ def queue_notices(day: date, database_url: str | None = None) -> int:
     nm = dict(zip(names.id, names.name))
     grids["grid_name"] = grids.grid_id.map(nm)
     grids["village_name"] = grids.village_id.map(nm)
-    notices = build_notices(day, plans=plans, cadres=cadres, households=hh, grids=grids)
+    moved = load_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id,
+                              VisitPlan.moved_from.label("from_cadre_id"), VisitPlan.cadre_id.label("to_cadre_id"),
+                              VisitPlan.due_date)
+                       .where(VisitPlan.status == "planned", VisitPlan.moved_from.is_not(None),
+                              VisitPlan.due_date >= day), database_url)
+    if not moved.empty:
+        more = load_frame(select(Household.id.label("household_id"), Household.head_name)
+                          .where(Household.id.in_(list(set(moved.household_id)))), database_url)
+        hh = pd.concat([hh, more]).drop_duplicates("household_id")
+    notices = pd.concat([build_notices(day, plans=plans, cadres=cadres, households=hh, grids=grids, moved=moved),
+                         build_move_notices(day, moved=moved, cadres=cadres, households=hh)], ignore_index=True)
     if notices.empty:
         return 0
     channel = dict(zip(cadres.cadre_id, cadres.alert_channel))

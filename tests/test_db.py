@@ -112,3 +112,18 @@ def test_dates_round_trip(database_url):
     with session_scope(database_url) as s:
         h = s.get(Household, "H2")
         assert (h.away_from, h.away_until) == (date(2026, 11, 1), date(2026, 11, 30))
+
+
+def test_upgrade_from_the_first_schema_keeps_the_data(database_url):
+    """A county that installed an earlier version upgrades in place."""
+    migrate(database_url, "0001")
+    with session_scope(database_url) as s:
+        _seed_area(s)
+        s.add(Household(id="H1", head_name="李桂英", grid_id="G1", categories=["empty_nest"]))
+    migrate(database_url)
+    tables = set(inspect(get_engine(database_url)).get_table_names())
+    assert {"notices"} <= tables
+    cols = {c["name"] for c in inspect(get_engine(database_url)).get_columns("visit_plans")}
+    assert "moved_from" in cols
+    with session_scope(database_url) as s:
+        assert s.get(Household, "H1").head_name == "李桂英"

@@ -51,3 +51,16 @@ def test_supervisor_sees_counts_per_village_only():
         "supervisor_overdue", "body"]
     assert "万堤村：1次" in body  # only V4 is past its window plus the 3-day grace
     assert "刘" not in body and "H4" not in body
+
+
+def test_a_moved_visit_is_announced_to_both_cadres():
+    from sibifang.notify_cadres import build_move_notices
+
+    plans, cadres, hh, grids = _frames()
+    moved = pd.DataFrame({"visit_id": ["V1"], "household_id": ["H1"], "from_cadre_id": ["C2"],
+                          "to_cadre_id": ["C1"], "due_date": pd.to_datetime(["2026-11-20"])})
+    n = build_move_notices(DAY, moved=moved, cadres=cadres, households=hh)
+    assert set(zip(n.recipient_id, n.kind)) == {("C2", "visit_moved_out"), ("C1", "visit_moved_in")}
+    assert "陈丽" in n.set_index("kind").loc["visit_moved_out", "body"]  # who takes it over
+    digest = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids, moved=moved)
+    assert "另有1户为代同事走访" in digest.set_index("kind").loc["daily_digest", "body"]
