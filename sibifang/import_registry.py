@@ -142,7 +142,13 @@ def room_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
 def known_references(session: Session) -> dict[str, set[str]]:
     """Ids the import checks references against (grids, households, cadres, meters, ...)."""
     areas = session.execute(select(Area.id, Area.level)).all()
+    from schemas.models import VisitPlan
+
     return {
+        # cross-record rules of visit records (the cadre covers the grid, the plan exists)
+        "cadre_grids": {c: set(g or []) for c, g in session.execute(select(Cadre.id, Cadre.grid_ids))},
+        "household_grid": dict(session.execute(select(Household.id, Household.grid_id)).all()),
+        "plans": dict(session.execute(select(VisitPlan.id, VisitPlan.planned_on)).all()),
         "grids": {a for a, lvl in areas if lvl == "grid"},
         "villages": {a for a, lvl in areas if lvl == "village"},
         "townships": {a for a, lvl in areas if lvl == "township"},

@@ -98,6 +98,9 @@ REASONS_ZH = {
     "alert_address_missing": "已填写预警渠道，但{field}为空",
     "bad_alert_address": "{field}与预警渠道不符（短信填手机号，邮件填邮箱，其他填网址）",
     "weekday_missing": "4+1干部须填写{field}（0=周一 … 4=周五）",
+    "cadre_not_covering": "{field}：该人员不负责这户家庭所在的网格",
+    "unknown_plan": "{field}不在已制定的走访计划中",
+    "before_plan": "{field}早于对应走访计划的制定日期",
     "conflicting_parent": "{field}与前面的行不一致（同一编号的上级区划应相同）",
     "extra_fields": "{field}的列数多于表头",
     "unusual": "{field}数值不常见，请核实",
@@ -490,6 +493,23 @@ def _check_rows(kind: str, typed: pd.DataFrame, problems: _Problems,
                      "alert_address", "bad_alert_address")
         problems.add(typed["four_plus_one"] & typed["grassroots_weekday"].isna(),
                      "grassroots_weekday", "weekday_missing")
+    if kind == "visits" and known is not None:
+        # Cross-record rules of a visit: her cadre covers the family's grid; a visit that names
+        # its plan cannot precede the plan. (Optional ``known`` maps: skipped when absent.)
+        cadre_grids, household_grid = known.get("cadre_grids"), known.get("household_grid")
+        if cadre_grids is not None and household_grid is not None:
+            grid = typed["household_id"].map(household_grid)
+            covered = [c not in cadre_grids or not isinstance(g, str) or g in cadre_grids[c]
+                       for c, g in zip(typed["cadre_id"], grid)]
+            problems.add(~np.asarray(covered, dtype=bool), "cadre_id", "cadre_not_covering")
+        plans = known.get("plans")
+        if plans is not None and "plan_id" in typed:
+            pid = typed["plan_id"]
+            named = pid.notna() & pid.astype(str).str.strip().ne("")
+            problems.add(named & ~pid.isin(set(plans)), "plan_id", "unknown_plan")
+            created = pd.to_datetime(pid.map(plans))
+            problems.add(named & created.notna() & (pd.to_datetime(typed["visited_at"]) < created),
+                         "visited_at", "before_plan")
     if kind == "areas":
         # One parent per area: a village under two townships would split the hierarchy.
         for child, parent in (("grid_id", "village_id"), ("village_id", "township_id"),

@@ -281,3 +281,28 @@ def test_a_mobile_form_json_drop_is_read_like_a_sheet(tmp_path):
     assert result.accepted.iloc[0]["steps"] == ["identify", "commit", "listen", "guide", "serve"]
     assert result.accepted.iloc[0]["demand_category"] == "family_education"
     assert set(result.quarantined["field"]) == {"household_id"}
+
+
+def test_visit_rules_across_records(tmp_path):
+    """A visit's cadre must cover the family's grid; a visit cannot precede its plan."""
+    import datetime as dt
+
+    from sibifang.importing import read_table, validate_import
+
+    p = tmp_path / "visits.csv"
+    p.write_text(
+        "visit_id,plan_id,household_id,cadre_id,visited_at,mode,steps\n"
+        "V1,P1,H1,C1,2026-11-20 10:00,visit,identify\n"   # fine
+        "V2,,H2,C1,2026-11-20 11:00,visit,identify\n"     # C1 does not cover H2's grid
+        "V3,P1,H1,C1,2026-11-10 10:00,visit,identify\n"   # before the plan was made
+        "V4,P9,H1,C1,2026-11-20 12:00,visit,identify\n",  # no such plan
+        encoding="utf-8")
+    known = {"households": {"H1", "H2"}, "cadres": {"C1"}, "cadre_grids": {"C1": {"G1"}},
+             "household_grid": {"H1": "G1", "H2": "G2"}, "plans": {"P1": dt.date(2026, 11, 15)}}
+    result = validate_import("visits", read_table(p), source="visits.csv", known=known,
+                             now=dt.datetime(2026, 11, 21))
+    assert list(result.accepted.visit_id) == ["V1"]
+    got = {(int(r.line), r.field, r.code) for r in result.quarantined.itertuples()}
+    assert got == {(3, "cadre_id", "cadre_not_covering"), (4, "visited_at", "before_plan"),
+                   (5, "plan_id", "unknown_plan")}
+    assert result.read == len(result.accepted) + result.quarantined_lines
