@@ -82,6 +82,44 @@ def _channel(kind: str, address: str, policy):
     return _CHANNELS[key]
 
 
+# Group robots take 20 messages a minute and are read by people: non-critical alerts due for one
+# robot at the same time go as one digest, most urgent first (critical ones always go alone).
+DIGEST_CHANNELS = ("wecom", "dingtalk", "feishu")
+
+
+def _digest_groups(session, alerts, policy, now: datetime) -> dict:
+    """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts."""
+    from schemas.models import RiskFlag
+    from sibifang.ack_tokens import ack_url, make_ack_token
+    from sibifang.dispatch_alerts import PendingAlert, Recipient, build_digest
+    from sibifang.outbox import household_context
+
+    if policy.override_webhook:
+        return {}
+    by_robot: dict = {}
+    for a in alerts:
+        if a.channel in DIGEST_CHANNELS and a.severity != "critical" and a.escalation_level == 0:
+            by_robot.setdefault((a.channel, a.address or "", a.recipient_id), []).append(a)
+    out = {}
+    for (channel, address, rid), group in sorted(by_robot.items()):
+        if len(group) < 2:
+            continue
+        flags = {a.id: session.get(RiskFlag, a.flag_id) for a in group}
+        ctx = household_context(session, sorted({f.household_id for f in flags.values()}))
+        rcpt = Recipient(rid or "", "", group[0].recipient_role or "grid_worker", channel, address, "digest")
+        pending = [PendingAlert(a.id, {"flag_id": f.id, "household_id": f.household_id, "kind": f.kind,
+                                       "severity": f.severity, "start": f.start, "detected_at": f.detected_at,
+                                       "evidence": f.evidence, **(f.details or {})},
+                                ctx.get(f.household_id, {}), rcpt,
+                                ack_url(policy.ack_base_url, make_ack_token(a.id, rid or "", policy.ack_secret,
+                                                                            policy.ack_ttl, now)))
+                   for a in group for f in [flags[a.id]]]
+        msg = build_digest(pending, rcpt, now=now)
+        if msg is not None:
+            out[tuple(sorted(a.id for a in group))] = (channel, address, msg)
+    return out
+
+
 def deliver(now: datetime | None = None, database_url: str | None = None, *, max_batches: int = 1000,
             clock=datetime.now, flush_every: int = 16) -> dict:
     """Send every due alert: claim a batch (committed), send it concurrently, record each attempt.
@@ -118,13 +156,19 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 ids = claim_due(s, now=at)
                 alerts = s.scalars(select(Alert).where(Alert.id.in_(ids))).all() if ids else []
                 jobs = {}
+                digests = _digest_groups(s, alerts, policy, at)
+                grouped = {aid for ids in digests for aid in ids}
+                for ids, (channel, address, msg) in digests.items():
+                    jobs[ids] = (_channel(channel, address, policy), msg)
                 for a in alerts:
+                    if a.id in grouped:
+                        continue
                     channel, address = a.channel, a.address
                     if policy.override_webhook:
                         channel, address = "webhook", policy.override_webhook
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
                                           text=a.body, markdown=a.body)
-                    jobs[a.id] = (_channel(channel, address or "", policy), msg)
+                    jobs[(a.id,)] = (_channel(channel, address or "", policy), msg)
             if not jobs:
                 break
             # Bounded in flight: what a crash can leave sent-but-unrecorded stays small.
@@ -137,7 +181,8 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                     in_flight[pool.submit(ch.send, msg, session=http)] = aid
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    done.append((in_flight.pop(fut), fut.result()))
+                    result = fut.result()
+                    done.extend((aid, result) for aid in in_flight.pop(fut))  # a digest answers for each
                 if len(done) >= flush_every or not (queue or in_flight):
                     flush(done)
     if totals["dead"]:

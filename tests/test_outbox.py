@@ -217,3 +217,32 @@ def test_acknowledge_with_outcome_closes_the_flag(outbox_db, monkeypatch):
     acknowledge(a.id, actor="GW1", outcome="visited_all_well", at=NOW, database_url=outbox_db)
     with session_scope(outbox_db) as s:
         assert s.get(RiskFlag, "F001").status == "closed"
+
+
+def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkeypatch):
+    """WeCom takes 20 messages a minute: a grid worker's non-critical alerts go as one digest,
+    critical ones on their own; each alert is marked sent."""
+    from sibifang.settings import reset_settings
+    import tasks.dispatch_alerts as td
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    with HttpReceiver(flavor="wecom") as rx:
+        with session_scope(outbox_db) as s:
+            for cid in ("GW1", "GW2", "VC1"):
+                c = s.get(Cadre, cid)
+                c.alert_channel, c.alert_address = "wecom", f"{rx.url}/cgi-bin/webhook/send?key={cid}"
+        monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
+        reset_settings()
+        td._CHANNELS.clear()
+        enqueue(NOW, outbox_db)
+        deliver(NOW, outbox_db)
+        bodies = [r.json for r in rx.accepted()]
+    with session_scope(outbox_db) as s:
+        n_alerts = count(s, Alert)
+        assert count(s, Alert, Alert.status == "sent") == n_alerts
+        n_critical = count(s, Alert, Alert.severity == "critical")
+    # one digest per grid worker for her 16 high alerts, plus every critical alert alone
+    assert len(bodies) == n_critical + 2
+    digests = [b for b in bodies if "待处理提醒" in b["markdown"]["content"]]
+    assert len(digests) == 2
+    assert not any("330203194001011234" in b["markdown"]["content"] for b in bodies)
