@@ -17,9 +17,6 @@ from jinja2 import Environment, FileSystemLoader
 import templates as _templates
 from sibifang.records import stable_id
 
-REASONS = {"open_dispute": "矛盾纠纷跟进", "risk_red": "红色风险", "empty_nest_flagged": "空巢老人（有预警）",
-           "hardship": "困难家庭", "left_behind": "留守妇女儿童", "empty_nest": "空巢老人", "entrepreneur": "创业困难",
-           "dispute": "婚姻家庭矛盾", "must_visit_max": "季度走访", "urgent": "预警后紧急上门"}
 NOTICE_COLUMNS = ["notice_id", "recipient_id", "kind", "day", "title", "body"]
 
 
@@ -34,9 +31,11 @@ def _family(name: str | None, household_id: str) -> str:
 
 
 def _reason(code: str) -> str:
+    from sibifang.schedule_visits import REASON_LABELS
+
     if code.startswith("follow_up"):
-        return "结案后回访"
-    return REASONS.get(code, code)
+        return REASON_LABELS["follow_up"]
+    return REASON_LABELS.get(code, code)
 
 
 def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, households: pd.DataFrame,

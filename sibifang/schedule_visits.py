@@ -47,19 +47,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sibifang.checks import CATEGORY_ALIASES, CATEGORY_LABELS
 from sibifang.workcalendar import WorkCalendar
 
 logger = logging.getLogger(__name__)
 
-# Must-visit category codes and the Chinese labels a federation may type instead.
-CATEGORY_LABELS: dict[str, str] = {
-    "entrepreneur": "创业困难",
-    "hardship": "困难家庭",
-    "empty_nest": "空巢老人",
-    "left_behind": "留守妇女儿童",
-    "dispute": "婚姻家庭矛盾",
-}
-_CATEGORY_CODE = {**{c: c for c in CATEGORY_LABELS}, **{v: k for k, v in CATEGORY_LABELS.items()}}
+# Must-visit category codes and the Chinese labels a federation may type instead: one place,
+# sibifang.checks (the importer's maps); the planner also accepts the labels directly.
+_CATEGORY_CODE = {**{c: c for c in CATEGORY_LABELS}, **{v: k for k, v in CATEGORY_LABELS.items()},
+                  **CATEGORY_ALIASES}
 _CATEGORY_CODE.update({"留守妇女": "left_behind", "留守儿童": "left_behind", "空巢": "empty_nest"})
 
 # Reason codes of routine visits, in tie-break order (the most specific reason wins a tie).
