@@ -33,7 +33,14 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_from: str = "sibifang@localhost"
+    # SMS gateway described by a template (see sibifang.channels.SmsChannel): the body is JSON with
+    # {phone} {text} {secret} placeholders; success read at a dotted path of the answer.
     sms_gateway_url: str | None = None
+    sms_method: str = "POST"
+    sms_body_template: str = '{"phone": "{phone}", "text": "{text}"}'
+    sms_headers: str = "{}"
+    sms_success_path: str | None = "code"
+    sms_api_key: SecretStr | None = None
     # Dispatch concurrency (threads sending at once) and channel rate limits on/off.
     dispatch_workers: int = 8
     rate_limits: bool = True

@@ -78,6 +78,14 @@ def _channel(kind: str, address: str, policy):
         opts = {"timeout": s.alert_timeout_seconds}
         if kind == "email":
             opts.update(host=s.smtp_host, port=s.smtp_port, sender=s.smtp_from)
+        if kind == "sms":
+            import json
+
+            if not s.sms_gateway_url:
+                raise ValueError("an SMS alert needs SIBIFANG_SMS_GATEWAY_URL")
+            secret = s.sms_api_key.get_secret_value() if s.sms_api_key else None
+            opts.update(url=s.sms_gateway_url, method=s.sms_method, body_template=json.loads(s.sms_body_template),
+                        headers=json.loads(s.sms_headers), success_path=s.sms_success_path)
         _CHANNELS[key] = channel_for(kind, address, secret, rate_limited=s.rate_limits, **opts)
     return _CHANNELS[key]
 

@@ -246,3 +246,28 @@ def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkey
     digests = [b for b in bodies if "待处理提醒" in b["markdown"]["content"]]
     assert len(digests) == 2
     assert not any("330203194001011234" in b["markdown"]["content"] for b in bodies)
+
+
+def test_sms_alerts_go_through_the_configured_gateway(outbox_db, monkeypatch):
+    from sibifang.settings import reset_settings
+    import tasks.dispatch_alerts as td
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    with HttpReceiver(flavor="sms") as rx:
+        with session_scope(outbox_db) as s:
+            for cid in ("GW1", "GW2", "VC1"):
+                c = s.get(Cadre, cid)
+                c.alert_channel, c.alert_address = "sms", "13800000000"
+        monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+        monkeypatch.setenv("SIBIFANG_SMS_BODY_TEMPLATE", '{"to": "{phone}", "content": "{text}", "key": "{secret}"}')
+        monkeypatch.setenv("SIBIFANG_SMS_API_KEY", "sms-key-123")
+        monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
+        reset_settings()
+        td._CHANNELS.clear()
+        enqueue(NOW, outbox_db)
+        deliver(NOW, outbox_db)
+        bodies = [r.json for r in rx.accepted()]
+    with session_scope(outbox_db) as s:
+        assert count(s, Alert, Alert.status == "sent") == count(s, Alert) == len(bodies)
+    assert {b["to"] for b in bodies} == {"13800000000"} and all(b["key"] == "sms-key-123" for b in bodies)
+    assert not any("330203194001011234" in b["content"] for b in bodies)
