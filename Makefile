@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 SCALE ?= county
 SEED ?= 7
-DAYS ?= 7
+DAYS ?= 5
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
