@@ -47,4 +47,4 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf out out-pg data sibifang.db sibifang.db-wal sibifang.db-shm .pytest_cache
+	rm -rf out out-pg data .pytest_cache

@@ -33,6 +33,11 @@ def database_url(url: str | None = None) -> str:
 def get_engine(url: str | None = None) -> Engine:
     url = database_url(url)
     if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        db_file = make_url(url).database
+        if db_file and db_file != ":memory:":
+            Path(db_file).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -12,9 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIBIFANG_", extra="ignore")
 
-    # Application database: SQLite file in the working directory by default,
+    # Application database: a SQLite file under the working directory by default (``out/``, where
+    # `make demo` writes everything, so `sibifang stats` afterwards reads what the demo did);
     # any ``postgresql+psycopg://`` URL works the same.
-    database_url: str = "sqlite:///sibifang.db"
+    database_url: str = "sqlite:///out/sibifang.db"
     # Columnar store for meter readings (Parquet partitions) and other bulk files.
     data_dir: Path = Path("data")
     # Where reports, maps, exports and quarantine files are written.
