@@ -219,24 +219,31 @@ def test_acknowledge_with_outcome_closes_the_flag(outbox_db, monkeypatch):
         assert s.get(RiskFlag, "F001").status == "closed"
 
 
-def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkeypatch):
-    """WeCom takes 20 messages a minute: a grid worker's non-critical alerts go as one digest,
-    critical ones on their own; each alert is marked sent."""
+def _send_over_own_channels(url, monkeypatch, rx, channel, address_of):
+    """The people of the village on their own channel (no webhook override): enqueue and deliver."""
     from sibifang.settings import reset_settings
     import tasks.dispatch_alerts as td
     from tasks.dispatch_alerts import deliver, enqueue
 
+    with session_scope(url) as s:
+        for cid in ("GW1", "GW2", "VC1"):
+            c = s.get(Cadre, cid)
+            c.alert_channel, c.alert_address = channel, address_of(cid)
+    monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
+    reset_settings()
+    td._CHANNELS.clear()
+    enqueue(NOW, url)
+    deliver(NOW, url)
+    return [r.json for r in rx.accepted()]
+
+
+def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkeypatch):
+    """WeCom takes 20 messages a minute: a grid worker's non-critical alerts go as one digest,
+    critical ones on their own; each alert is marked sent."""
+
     with HttpReceiver(flavor="wecom") as rx:
-        with session_scope(outbox_db) as s:
-            for cid in ("GW1", "GW2", "VC1"):
-                c = s.get(Cadre, cid)
-                c.alert_channel, c.alert_address = "wecom", f"{rx.url}/cgi-bin/webhook/send?key={cid}"
-        monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
-        reset_settings()
-        td._CHANNELS.clear()
-        enqueue(NOW, outbox_db)
-        deliver(NOW, outbox_db)
-        bodies = [r.json for r in rx.accepted()]
+        bodies = _send_over_own_channels(outbox_db, monkeypatch, rx, "wecom",
+                                         lambda cid: f"{rx.url}/cgi-bin/webhook/send?key={cid}")
     with session_scope(outbox_db) as s:
         n_alerts = count(s, Alert)
         assert count(s, Alert, Alert.status == "sent") == n_alerts
@@ -249,24 +256,12 @@ def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkey
 
 
 def test_sms_alerts_go_through_the_configured_gateway(outbox_db, monkeypatch):
-    from sibifang.settings import reset_settings
-    import tasks.dispatch_alerts as td
-    from tasks.dispatch_alerts import deliver, enqueue
 
     with HttpReceiver(flavor="sms") as rx:
-        with session_scope(outbox_db) as s:
-            for cid in ("GW1", "GW2", "VC1"):
-                c = s.get(Cadre, cid)
-                c.alert_channel, c.alert_address = "sms", "13800000000"
         monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
         monkeypatch.setenv("SIBIFANG_SMS_BODY_TEMPLATE", '{"to": "{phone}", "content": "{text}", "key": "{secret}"}')
         monkeypatch.setenv("SIBIFANG_SMS_API_KEY", "sms-key-123")
-        monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
-        reset_settings()
-        td._CHANNELS.clear()
-        enqueue(NOW, outbox_db)
-        deliver(NOW, outbox_db)
-        bodies = [r.json for r in rx.accepted()]
+        bodies = _send_over_own_channels(outbox_db, monkeypatch, rx, "sms", lambda cid: "13800000000")
     with session_scope(outbox_db) as s:
         assert count(s, Alert, Alert.status == "sent") == count(s, Alert) == len(bodies)
     assert {b["to"] for b in bodies} == {"13800000000"} and all(b["key"] == "sms-key-123" for b in bodies)
