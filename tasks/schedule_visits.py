@@ -56,7 +56,10 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
                                                pd.to_datetime(done_since.detected_at).dt.normalize())
         recent = recent[keep.to_numpy()]
     urgent = recent.sort_values("detected_at").groupby("household_id", as_index=False).first()
-    urgent = pd.DataFrame({"household_id": urgent.household_id, "requested_at": pd.to_datetime(urgent.detected_at),
+    # The 24/72 h run from when the loop learnt of the flag: an episode detected in a feed that
+    # arrived late must not produce a visit that is overdue the moment it is planned.
+    learnt = pd.to_datetime(urgent.detected_at).clip(lower=pd.Timestamp(as_of))
+    urgent = pd.DataFrame({"household_id": urgent.household_id, "requested_at": learnt,
                            "reason": "urgent", "critical": urgent.severity.eq("critical")})
     closed = load_frame(select(MediationCase.household_id, MediationCase.closed_at)
                         .where(MediationCase.status == "closed"), database_url)
