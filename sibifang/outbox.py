@@ -131,6 +131,12 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
                 "status": "pending", "attempts": 0, "escalation_level": 0, "created_at": now,
                 "next_attempt_at": held_until or now,
             })
+    if rows:
+        # The hand-over contract of the outbox (the alerts suite), checked before anything is
+        # committed: a broken batch stops here and nothing of it can be sent.
+        from schemas.validation import raise_for_critical, validate_frame
+
+        raise_for_critical(validate_frame(pd.DataFrame(rows), "alerts", source="dispatch_alerts outbox"))
     upsert(session, Alert, rows, key=["dedup_key"], update=())
     if skipped:
         import logging
