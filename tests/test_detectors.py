@@ -289,3 +289,43 @@ def test_incremental_run_uses_the_stored_noise_model(normal):
     drop = inc[inc["kind"] == "sustained_drop"]
     assert len(drop) == 1
     assert drop.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=48)
+
+
+def _two_drops(second_hours):
+    df = routine(days=42)
+    for d0, hours in ((18, 72), (30, second_hours)):
+        a = START + pd.Timedelta(days=d0)
+        s = _sel(df, a, a + pd.Timedelta(hours=hours))
+        df.loc[s, "kwh"] *= 0.4
+    return df
+
+
+def test_recurrent_drop_is_recorded_and_alerted_only_when_it_lasts():
+    # the household's second drop within 28 days: its own history says such dips happen, so
+    # the 12-hour detection is recorded ("low") and only the same dip lasting twice as long
+    # reaches a grid worker (one alert per event)
+    out = detect(_two_drops(96))
+    drop = out[out["kind"] == "sustained_drop"].reset_index(drop=True)
+    assert list(drop["severity"].isin(ALERT_SEVERITIES)) == [True, False, True]
+    low, esc = drop.iloc[1], drop.iloc[2]
+    assert low["start"] == esc["start"] and esc["detected_at"] > low["detected_at"]
+    assert "已有1次类似情况" in low["evidence"] and "比其平常更久" in esc["evidence"]
+    assert esc["detected_at"] - (START + pd.Timedelta(days=30)) <= pd.Timedelta(hours=48)
+    # a short recurrent dip stays a record
+    out = detect(_two_drops(20))
+    drop = out[out["kind"] == "sustained_drop"]
+    assert len(drop) == 2 and list(drop["severity"].isin(ALERT_SEVERITIES)) == [True, False]
+
+
+def test_incremental_run_knows_the_households_past_episodes():
+    df = _two_drops(96)
+    wide = df.pivot(index="meter_id", columns="ts", values="kwh")
+    kwh = wide.to_numpy(np.float32)
+    prof = fit_profiles(kwh[:, : 29 * 48], wide.index, START, 30)
+    assert prof.recent_detections is not None and (~np.isnat(prof.recent_detections)).sum() == 1
+    inc = detect_matrix(kwh[:, 28 * 48:], wide.index, START + pd.Timedelta(days=28), 30, profiles=prof)
+    ref = detect(df)
+    key = ["kind", "start", "detected_at", "severity"]
+    got = inc[inc["kind"] == "sustained_drop"][key].reset_index(drop=True)
+    want = ref[(ref["kind"] == "sustained_drop") & (ref["start"] >= START + pd.Timedelta(days=28))][key]
+    assert got.equals(want.reset_index(drop=True)), (got, want)
