@@ -99,6 +99,7 @@ def run_demo(*, scale: str = "county", seed: int = 7, days: int = 7, out: Path =
     from sibifang.settings import reset_settings
 
     day_results = []
+    broken_shown = False
     # The demo replays a week in one short process: run heartbeats (which detect crashed runs of
     # long-lived workers, and cost ≈ 1 s per flow run) are off here only; `serve` keeps them.
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -113,8 +114,10 @@ def run_demo(*, scale: str = "county", seed: int = 7, days: int = 7, out: Path =
             drop_readings(readings_file, inbox, datetime.combine(day, dtime.min),
                           datetime.combine(day + timedelta(days=1), dtime.min), f"readings-{day}")
             if i > 0:
-                write_visit_sheet(visit_sheet(day - timedelta(days=1), seed, broken_rows=1 if i == 1 else 0),
-                                  inbox, day - timedelta(days=1))
+                # The first sheet with visits carries one broken row, to show the quarantine.
+                sheet = visit_sheet(day - timedelta(days=1), seed, broken_rows=0 if broken_shown else 1)
+                broken_shown = broken_shown or len(sheet) > 0
+                write_visit_sheet(sheet, inbox, day - timedelta(days=1))
             result = closed_loop(as_of=day, report=(i == days - 1), report_period_days=days)
             acks = acknowledge_alerts(day, seed)
             closed = close_cases(day, seed)
