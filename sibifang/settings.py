@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Signing secrets of the group robots (DingTalk "加签", Feishu "签名校验"); SMTP for e-mail.
     dingtalk_secret: SecretStr | None = None
     feishu_secret: SecretStr | None = None
+    # Per-robot signing secrets, JSON {"<robot webhook URL>": "<secret>", ...}; a robot not
+    # listed falls back to the single secret above.
+    robot_secrets: SecretStr | None = None
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_from: str = "sibifang@localhost"

@@ -63,6 +63,19 @@ def enqueue(now: datetime, database_url: str | None = None) -> int:
 _CHANNELS: dict = {}
 
 
+def robot_secret(kind: str, address: str, settings) -> str | None:
+    """The signing secret of one group robot, from ``SIBIFANG_ROBOT_SECRETS`` (never the database)."""
+    import json
+
+    if kind not in ("dingtalk", "feishu") or settings.robot_secrets is None:
+        return None
+    try:
+        table = json.loads(settings.robot_secrets.get_secret_value())
+    except json.JSONDecodeError:
+        raise ValueError("SIBIFANG_ROBOT_SECRETS is not valid JSON") from None  # the value stays unprinted
+    return table.get(address)
+
+
 def _channel(kind: str, address: str, policy):
     """One adapter per address, kept for the process: its rate limiter must see every send."""
     from sibifang.channels import channel_for
@@ -71,10 +84,11 @@ def _channel(kind: str, address: str, policy):
     key = (kind, address)
     if key not in _CHANNELS:
         s = get_settings()
-        secret = {"webhook": policy.override_secret or (s.alert_webhook_secret.get_secret_value()
-                                                        if s.alert_webhook_secret else None),
-                  "dingtalk": s.dingtalk_secret.get_secret_value() if s.dingtalk_secret else None,
-                  "feishu": s.feishu_secret.get_secret_value() if s.feishu_secret else None}.get(kind)
+        secret = robot_secret(kind, address, s) or {
+            "webhook": policy.override_secret or (s.alert_webhook_secret.get_secret_value()
+                                                  if s.alert_webhook_secret else None),
+            "dingtalk": s.dingtalk_secret.get_secret_value() if s.dingtalk_secret else None,
+            "feishu": s.feishu_secret.get_secret_value() if s.feishu_secret else None}.get(kind)
         opts = {"timeout": s.alert_timeout_seconds}
         if kind == "email":
             opts.update(host=s.smtp_host, port=s.smtp_port, sender=s.smtp_from)

@@ -312,3 +312,23 @@ def test_a_dispatcher_killed_mid_run_loses_nothing(tmp_path, monkeypatch):
         assert count(s, Alert, Alert.status == "sent") == n
     assert len(set(keys)) == n
     assert len(keys) - n <= 2 * 8 + 16  # in flight (2 × workers) plus one unflushed group at most
+
+
+def test_each_dingtalk_robot_signs_with_its_own_secret(monkeypatch):
+    """Secrets come from the environment per robot; a robot not listed uses the single one."""
+    import json
+
+    from sibifang.settings import get_settings, reset_settings
+    from tasks.dispatch_alerts import robot_secret
+
+    a, b = "https://oapi.dingtalk.com/robot/send?access_token=AAA", "https://oapi.dingtalk.com/robot/send?access_token=BBB"
+    monkeypatch.setenv("SIBIFANG_ROBOT_SECRETS", json.dumps({a: "SECa"}))
+    monkeypatch.setenv("SIBIFANG_DINGTALK_SECRET", "SECdefault")
+    reset_settings()
+    try:
+        s = get_settings()
+        assert robot_secret("dingtalk", a, s) == "SECa"
+        assert robot_secret("dingtalk", b, s) is None  # falls back to SIBIFANG_DINGTALK_SECRET
+        assert "SECa" not in repr(s)  # a SecretStr: never in logs
+    finally:
+        reset_settings()
