@@ -16,8 +16,8 @@ from tasks.ingest_readings import ingest_file_task, pending_reading_files, pull_
 def ingest_readings(as_of: date | None = None, inbox: str | None = None, database_url: str | None = None) -> dict:
     day = as_of_date(as_of)
     folder = Path(inbox) if inbox else Path(get_settings().inbox_dir)
-    results = [ingest_file_task(str(p), database_url, end_of_day(day))
-               for p in pending_reading_files(folder, database_url)]
+    results = [ingest_file_task(str(p), batch_id, database_url, end_of_day(day))
+               for p, batch_id in pending_reading_files(folder, database_url)]
     pulled = pull_api_task(database_url, end_of_day(day))
     if pulled:
         results.append(pulled)

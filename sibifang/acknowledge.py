@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
-from schemas.models import Alert, Area, Household, RiskFlag, ServiceNeed
+from schemas.models import Alert, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
 from sibifang.records import stable_id
 

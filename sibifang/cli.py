@@ -6,7 +6,7 @@ import csv
 import json
 import os
 import sys
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Optional
 
@@ -63,11 +63,10 @@ def import_(kind: str = typer.Argument(..., help="|".join(IMPORT_KINDS) + " | al
 
         results = [import_file(k, p) for k, p in registry_files(path)]
     elif kind == "readings":
-        from tasks.ingest_readings import file_digest, ingest_frame
         from sibifang.ingest_readings import read_readings_file
+        from tasks.ingest_readings import file_batch_id, ingest_frame
 
-        raw = read_readings_file(path)
-        r = ingest_frame(raw, source=path.name, batch_id=f"file-{file_digest(path)[:24]}")
+        r = ingest_frame(read_readings_file(path), source=path.name, batch_id=file_batch_id(path))
         results = [{"kind": "readings", "file": str(path), **r}]
     elif kind in IMPORT_KINDS:
         from tasks.import_registry import import_file

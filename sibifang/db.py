@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.models import AuditEvent, Base
+from sibifang.records import chunks
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -111,8 +112,8 @@ def upsert(
     # One compiled statement, executed for many parameter sets (Core executemany): compiling a
     # multi-row VALUES clause per batch costs more than the database work itself.
     conn = session.connection()
-    for i in range(0, len(rows), 5000):
-        conn.execute(stmt, [dict(r) for r in rows[i:i + 5000]])
+    for batch in chunks(rows, 5000):
+        conn.execute(stmt, [dict(r) for r in batch])
     return len(rows)
 
 
@@ -121,6 +122,27 @@ def audit(session: Session, actor: str, action: str, entity: str, entity_id: str
     """Record who changed what (never personal data in ``detail``)."""
     session.add(AuditEvent(at=at or datetime.now(), actor=actor, action=action, entity=entity,
                            entity_id=entity_id, detail=detail))
+
+
+def read_frame(stmt, database_url: str | None = None):
+    """A SELECT as a DataFrame: how every stage reads its inputs in one batch."""
+    import pandas as pd
+
+    with get_engine(database_url).connect() as conn:
+        return pd.read_sql(stmt, conn)
+
+
+def grid_hierarchy(database_url: str | None = None):
+    """grid → village → township → district, one row per grid."""
+    from schemas.models import Area
+
+    a = read_frame(select(Area.id, Area.level, Area.parent_id), database_url)
+    parent = dict(zip(a.id, a.parent_id))
+    grids = a[a.level == "grid"][["id"]].rename(columns={"id": "grid_id"})
+    grids["village_id"] = grids.grid_id.map(parent)
+    grids["township_id"] = grids.village_id.map(parent)
+    grids["district_id"] = grids.township_id.map(parent)
+    return grids.reset_index(drop=True)
 
 
 def count(session: Session, model: type[Base], *where) -> int:

@@ -390,7 +390,6 @@ def _rolling_profiles(X, A, valid, weekend, cfg, delta_md=None):
 
     p_all = (a_a + 1.0) / (n_a + 2.0)
     p = (a_t + cfg.type_prior * p_all) / (n_t + cfg.type_prior)
-    q_marg = 1.0 - p
     # uninformative Beta(1, 1): a slot seldom seen silent gives little evidence either way
     c_all = (ii_a + 0.5 * cfg.slot_prior) / (pi_a + cfg.slot_prior)
     c = (ii_t + cfg.type_prior * c_all) / (pi_t + cfg.type_prior)
@@ -652,7 +651,6 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
 
 def _offline_episodes(valid, gap_ok, T_eff, cfg):
     eps = []
-    M = valid.shape[0]
     V = valid[:, :T_eff]
     seen = np.maximum.accumulate(V, axis=1)
     miss = ~V & seen & gap_ok[:, :T_eff]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -277,8 +277,3 @@ def risk_map(scored: pd.DataFrame, as_of: date, previous: pd.DataFrame | None = 
         counts["change"] = 0
     counts["as_of"] = as_of
     return counts[["as_of", "grid_id", "level", "households", "change"]]
-
-
-def detection_window(as_of: datetime, baseline_days: int = 35) -> tuple[datetime, datetime]:
-    """Readings the daily detection looks at: a baseline of some weeks up to ``as_of``."""
-    return as_of - timedelta(days=baseline_days), as_of

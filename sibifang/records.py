@@ -86,5 +86,6 @@ def frame_records(df: pd.DataFrame, columns: Sequence[str] | None = None) -> lis
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """Consecutive slices of at most ``size`` items (bounded statements and parameter lists)."""
     for i in range(0, len(items), size):
         yield items[i : i + size]

@@ -1006,6 +1006,11 @@ def _notices(plans: pd.DataFrame, assignments: pd.DataFrame, moved: pd.DataFrame
 # ---------------------------------------------------------------------------------------------
 # Coverage
 # ---------------------------------------------------------------------------------------------
+def _empty_coverage() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object if c in ("level", "unit_id") else np.int64)
+                         for c in COVERAGE_COLUMNS})
+
+
 def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.DataFrame,
                      as_of: date) -> pd.DataFrame:
     """Visit coverage (走访覆盖率) per grid, village and cadre.
@@ -1028,6 +1033,8 @@ def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.D
     for c in ("due_date", "window_start", "window_end"):
         p[c] = pd.to_datetime(p[c]).dt.normalize()
     p = p[p["due_date"] <= as_of_ts].reset_index(drop=True)
+    if p.empty:  # nothing due yet (a registry just imported): no unit has anything to count
+        return _empty_coverage()
 
     v = visits.copy()
     v["household_id"] = v["household_id"].astype(str)
@@ -1090,7 +1097,6 @@ def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.D
         g.insert(0, "level", level)
         frames.append(g)
     if not frames or all(f.empty for f in frames):
-        return pd.DataFrame({c: pd.Series(dtype=object if c in ("level", "unit_id") else np.int64)
-                             for c in COVERAGE_COLUMNS})
+        return _empty_coverage()
     out = pd.concat(frames, ignore_index=True)[COVERAGE_COLUMNS]
     return out.sort_values(["level", "unit_id"], kind="mergesort").reset_index(drop=True)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from schemas.models import (Alert, Cadre, DeliveryAttempt, Household, MediationCase, Notice, QuarantinedRow, ReadingBatch,
                             Report, RiskFlag, ServiceNeed, ValidationRun, Visit, VisitPlan)
-from sibifang.db import count, get_engine, session_scope
+from sibifang.db import count, grid_hierarchy, read_frame, session_scope
 
 
 def collect_stats(database_url: str | None = None) -> dict:
@@ -38,51 +38,45 @@ def collect_stats(database_url: str | None = None) -> dict:
     return out
 
 
-def _frame(stmt, database_url: str | None = None) -> pd.DataFrame:
-    with get_engine(database_url).connect() as conn:
-        return pd.read_sql(stmt, conn)
-
-
 def export_frame(what: str, *, as_of: date | None = None, database_url: str | None = None) -> pd.DataFrame:
     """A checkable export: ids and codes, no ID numbers or phone numbers."""
     if what == "visits":
-        return _frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+        return read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
                              VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end,
                              VisitPlan.reason, VisitPlan.urgent, VisitPlan.status, VisitPlan.planned_on,
                              VisitPlan.closed_by_visit_id).order_by(VisitPlan.due_date, VisitPlan.id), database_url)
     if what == "cadres":
-        df = _frame(select(Cadre.id.label("cadre_id"), Cadre.role, Cadre.grid_ids, Cadre.capacity,
+        df = read_frame(select(Cadre.id.label("cadre_id"), Cadre.role, Cadre.grid_ids, Cadre.capacity,
                            Cadre.four_plus_one, Cadre.grassroots_weekday, Cadre.on_leave_from, Cadre.on_leave_until)
                     .order_by(Cadre.id), database_url)
         df["grid_ids"] = df.grid_ids.map(lambda g: ";".join(g or []))
         return df
     if what == "flags":
-        return _frame(select(RiskFlag.id.label("flag_id"), RiskFlag.household_id, RiskFlag.meter_id, RiskFlag.kind,
+        return read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.household_id, RiskFlag.meter_id, RiskFlag.kind,
                              RiskFlag.severity, RiskFlag.score, RiskFlag.start, RiskFlag.detected_at, RiskFlag.end,
                              RiskFlag.status, RiskFlag.outcome, RiskFlag.evidence)
                       .order_by(RiskFlag.detected_at, RiskFlag.id), database_url)
     if what == "alerts":
-        return _frame(select(Alert.id.label("alert_id"), Alert.flag_id, Alert.recipient_id.label("recipient"),
+        return read_frame(select(Alert.id.label("alert_id"), Alert.flag_id, Alert.recipient_id.label("recipient"),
                              Alert.recipient_role, Alert.channel, Alert.severity, Alert.status, Alert.attempts,
                              Alert.escalation_level, Alert.created_at, Alert.first_sent_at, Alert.acked_at,
                              Alert.outcome, Alert.last_error).order_by(Alert.created_at, Alert.id), database_url)
     if what == "cases":
-        return _frame(select(MediationCase.id.label("case_id"), MediationCase.household_id, MediationCase.room_id,
+        return read_frame(select(MediationCase.id.label("case_id"), MediationCase.household_id, MediationCase.room_id,
                              MediationCase.mediator_id, MediationCase.source_flag_id, MediationCase.opened_at,
                              MediationCase.status, MediationCase.closed_at, MediationCase.outcome)
                       .order_by(MediationCase.opened_at, MediationCase.id), database_url)
     if what == "coverage":
         from sibifang.schedule_visits import compute_coverage
-        from tasks.escalate_disputes import area_frame
 
         day = as_of or date.today()
-        plans = _frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+        plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
                               VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end),
                        database_url)
-        visits = _frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at),
+        visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at),
                         database_url)
-        hh = _frame(select(Household.id.label("household_id"), Household.grid_id, Household.away_from,
+        hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.away_from,
                            Household.away_until), database_url)
-        hh = hh.merge(area_frame(database_url)[["grid_id", "village_id"]], on="grid_id", how="left")
+        hh = hh.merge(grid_hierarchy(database_url)[["grid_id", "village_id"]], on="grid_id", how="left")
         return compute_coverage(plans, visits, hh, day)
     raise ValueError(f"unknown export {what!r}")

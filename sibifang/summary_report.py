@@ -67,8 +67,7 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
         "must_visit_households": int(households.categories.map(lambda c: bool(c)).sum()),
         "by_category": [{"label": CATEGORY_LABELS.get(k, k), "count": int(cnt)} for k, cnt in cats.items()],
         "visits_planned": int(len(p)), "visits_done": int(len(done)),
-        "visits_recorded": int(len(v)), "visits_on_time": int((pd.to_datetime(done.due_date) >= pd.to_datetime(
-            done.get("done_on", done.due_date))).sum()) if not done.empty else 0,
+        "visits_recorded": int(len(v)),
         "completion_rate": round(len(done) / len(p), 3) if len(p) else None,
         "flags": int(len(f)),
         "flags_by_kind": [{"label": FLAG_LABELS.get(k, k), "count": int(cnt)}

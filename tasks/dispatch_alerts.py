@@ -36,6 +36,13 @@ def _quiet(now: datetime) -> datetime | None:
     return release_time(now).replace(tzinfo=None) if in_quiet_hours(now) else None
 
 
+def flag_payload(flag) -> dict:
+    """What routing and the message templates know of a flag (its evidence, no personal data)."""
+    return {"flag_id": flag.id, "dedup_key": flag.dedup_key, "household_id": flag.household_id, "kind": flag.kind,
+            "severity": flag.severity, "start": flag.start, "detected_at": flag.detected_at,
+            "evidence": flag.evidence, **(flag.details or {})}
+
+
 def enqueue(now: datetime, database_url: str | None = None) -> int:
     from schemas.models import Alert, RiskFlag
     from sibifang.db import session_scope
@@ -53,10 +60,7 @@ def enqueue(now: datetime, database_url: str | None = None) -> int:
             RiskFlag.kind.not_in(NO_ALERT_KINDS), RiskFlag.severity != "low",
             (RiskFlag.detected_at >= recent) | (RiskFlag.meter_id.is_not(None) & RiskFlag.end.is_(None)))
             .order_by(RiskFlag.detected_at, RiskFlag.id)).all()
-        payload = [{"flag_id": f.id, "dedup_key": f.dedup_key, "household_id": f.household_id, "kind": f.kind,
-                    "severity": f.severity, "start": f.start, "detected_at": f.detected_at, "evidence": f.evidence,
-                    **(f.details or {})} for f in flags]
-        return enqueue_alerts(s, payload, now=now, policy=policy, route=route_flag, render=render_alert,
+        return enqueue_alerts(s, [flag_payload(f) for f in flags], now=now, policy=policy, route=route_flag, render=render_alert,
                               quiet=_quiet)
 
 
@@ -129,10 +133,7 @@ def _digest_groups(session, alerts, policy, now: datetime) -> dict:
         flags = {a.id: session.get(RiskFlag, a.flag_id) for a in group}
         ctx = household_context(session, sorted({f.household_id for f in flags.values()}))
         rcpt = Recipient(rid or "", "", group[0].recipient_role or "grid_worker", channel, address, "digest")
-        pending = [PendingAlert(a.id, {"flag_id": f.id, "household_id": f.household_id, "kind": f.kind,
-                                       "severity": f.severity, "start": f.start, "detected_at": f.detected_at,
-                                       "evidence": f.evidence, **(f.details or {})},
-                                ctx.get(f.household_id, {}), rcpt,
+        pending = [PendingAlert(a.id, flag_payload(f), ctx.get(f.household_id, {}), rcpt,
                                 ack_url(policy.ack_base_url, make_ack_token(a.id, rid or "", policy.ack_secret,
                                                                             policy.ack_ttl, now)))
                    for a in group for f in [flags[a.id]]]
@@ -230,9 +231,7 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
             household = household_context(s, [flag.household_id]).get(flag.household_id)
             if not targets or household is None:
                 continue
-            fdict = {"flag_id": flag.id, "dedup_key": flag.dedup_key, "household_id": flag.household_id,
-                     "kind": flag.kind, "severity": flag.severity, "start": flag.start,
-                     "detected_at": flag.detected_at, "evidence": flag.evidence, **(flag.details or {})}
+            fdict = flag_payload(flag)
             rows = []
             for c in targets:
                 dedup = f"{flag.dedup_key}|{c.id}|L{new_level}"

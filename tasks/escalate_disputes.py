@@ -9,20 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select, update
 
-from tasks.flag_risks import load_frame
+from sibifang.db import grid_hierarchy, read_frame
 
-
-def area_frame(database_url: str | None = None) -> pd.DataFrame:
-    """grid → village → township → district, one row per grid."""
-    from schemas.models import Area
-
-    a = load_frame(select(Area.id, Area.level, Area.parent_id, Area.name), database_url)
-    parent = dict(zip(a.id, a.parent_id))
-    grids = a[a.level == "grid"][["id"]].rename(columns={"id": "grid_id"})
-    grids["village_id"] = grids.grid_id.map(parent)
-    grids["township_id"] = grids.village_id.map(parent)
-    grids["district_id"] = grids.township_id.map(parent)
-    return grids
 
 
 @task(name="open_mediation_cases", cache_policy=NO_CACHE)
@@ -33,17 +21,17 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
     from sibifang.records import frame_records
 
     until = datetime.combine(as_of, datetime.max.time())
-    flags = load_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.household_id, RiskFlag.kind,
+    flags = read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.household_id, RiskFlag.kind,
                               RiskFlag.detected_at, RiskFlag.details)
                        .where(RiskFlag.status != "closed", RiskFlag.kind.in_(logic.DISPUTE_KINDS),
                               RiskFlag.detected_at <= until), database_url)
     if flags.empty:
         return 0
-    grids = area_frame(database_url)
-    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id), database_url).merge(grids, on="grid_id")
-    rooms = load_frame(select(MediationRoom.id.label("room_id"), MediationRoom.township_id,
+    grids = grid_hierarchy(database_url)
+    hh = read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url).merge(grids, on="grid_id")
+    rooms = read_frame(select(MediationRoom.id.label("room_id"), MediationRoom.township_id,
                               MediationRoom.mediator_ids), database_url)
-    open_cases = load_frame(select(MediationCase.household_id).where(MediationCase.status == "open"), database_url)
+    open_cases = read_frame(select(MediationCase.household_id).where(MediationCase.status == "open"), database_url)
     cases = logic.open_mediation_cases(flags, hh, rooms, open_cases)
     with session_scope(database_url) as s:
         rows = [{"id": c["case_id"], "household_id": c["household_id"], "room_id": c["room_id"],
@@ -66,20 +54,20 @@ def match_needs_task(as_of: date, database_url: str | None = None, lookback_days
 
     since = datetime.combine(as_of - timedelta(days=lookback_days), datetime.min.time())
     until = datetime.combine(as_of, datetime.max.time())
-    visits = load_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at,
+    visits = read_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at,
                                Visit.demand_category)
                         .where(Visit.visited_at >= since, Visit.visited_at <= until), database_url)
-    grids = area_frame(database_url)
-    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id), database_url).merge(grids, on="grid_id")
+    grids = grid_hierarchy(database_url)
+    hh = read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url).merge(grids, on="grid_id")
     needs = logic.needs_from_visits(visits, hh) if not visits.empty else pd.DataFrame()
     with session_scope(database_url) as s:
         upsert(s, ServiceNeed, [{"id": n["need_id"], "household_id": n["household_id"], "village_id": n["village_id"],
                                  "category": n["category"], "source_visit_id": n["source_visit_id"],
                                  "created_at": n["created_at"], "status": "open"} for n in frame_records(needs)],
                key=["id"], update=())
-    open_needs = load_frame(select(ServiceNeed.id.label("need_id"), ServiceNeed.village_id, ServiceNeed.category)
+    open_needs = read_frame(select(ServiceNeed.id.label("need_id"), ServiceNeed.village_id, ServiceNeed.category)
                             .where(ServiceNeed.status == "open"), database_url)
-    resources = load_frame(select(ServiceResource.id.label("resource_id"), ServiceResource.village_id,
+    resources = read_frame(select(ServiceResource.id.label("resource_id"), ServiceResource.village_id,
                                   ServiceResource.offers), database_url)
     areas = grids[["village_id", "township_id", "district_id"]].drop_duplicates("village_id")
     matches = logic.match_needs(open_needs, resources, areas)

@@ -10,14 +10,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select, update
 
+from sibifang.db import read_frame
+from sibifang.records import chunks
+
 from tasks.common import run_logger
 
-
-def load_frame(sql, database_url: str | None = None) -> pd.DataFrame:
-    from sibifang.db import get_engine
-
-    with get_engine(database_url).connect() as conn:
-        return pd.read_sql(sql, conn)
 
 
 @task(name="detect_meter_episodes", cache_policy=NO_CACHE)
@@ -36,7 +33,7 @@ def detect_meter_episodes(as_of: datetime, database_url: str | None = None, base
     kwh, meter_ids, _ = store.load_matrix(start, end, interval_minutes=60)
     if not meter_ids:
         return pd.DataFrame()
-    away = load_frame(select(Meter.id.label("meter_id"), Household.away_from.label("start"),
+    away = read_frame(select(Meter.id.label("meter_id"), Household.away_from.label("start"),
                              Household.away_until.label("end"))
                       .join(Household, Household.id == Meter.household_id)
                       .where(Household.away_from.is_not(None)), database_url)
@@ -57,12 +54,12 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     from schemas.models import Meter, Visit, VisitPlan
     from sibifang import flag_risks as logic
 
-    meters = load_frame(select(Meter.id.label("meter_id"), Meter.household_id), database_url)
+    meters = read_frame(select(Meter.id.label("meter_id"), Meter.household_id), database_url)
     since = datetime.combine(as_of, datetime.min.time()) - timedelta(days=lookback_days * 3)
-    visits = load_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at, Visit.notes,
+    visits = read_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at, Visit.notes,
                                Visit.family_situation, Visit.women_situation, Visit.difficulties, Visit.measures)
                         .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
-    plans = load_frame(select(VisitPlan).where(VisitPlan.status == "planned", VisitPlan.due_date < as_of), database_url)
+    plans = read_frame(select(VisitPlan).where(VisitPlan.status == "planned", VisitPlan.due_date < as_of), database_url)
     recent = visits[pd.to_datetime(visits.visited_at) >= pd.Timestamp(as_of) - pd.Timedelta(days=lookback_days)] \
         if not visits.empty else visits
     parts = [
@@ -88,18 +85,17 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
 
-    open_flags = load_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
+    open_flags = read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
                                    RiskFlag.kind, RiskFlag.severity, RiskFlag.evidence, RiskFlag.start, RiskFlag.end)
                             .where(RiskFlag.status != "closed"), database_url)
     # Episodes already on record (open or closed) are not raised again.
     if len(candidates):
         seen = set()
-        keys = list(candidates.dedup_key)
-        for i in range(0, len(keys), 500):
-            seen |= set(load_frame(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys[i:i + 500])),
+        for keys in chunks(list(candidates.dedup_key), 500):
+            seen |= set(read_frame(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys)),
                                    database_url).dedup_key)
         fresh = candidates[~candidates.dedup_key.isin(seen) | candidates.dedup_key.isin(set(open_flags.dedup_key))]
-        settled = load_frame(select(RiskFlag.household_id, RiskFlag.kind, RiskFlag.start, RiskFlag.end,
+        settled = read_frame(select(RiskFlag.household_id, RiskFlag.kind, RiskFlag.start, RiskFlag.end,
                                     RiskFlag.closed_at)
                              .where(RiskFlag.status != "open", RiskFlag.meter_id.is_not(None),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
@@ -128,17 +124,17 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
         if rows:
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
-    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
+    hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
                            Household.risk_level.label("old_level"), Household.risk_score.label("old_score")),
                     database_url)
-    still_open = load_frame(select(RiskFlag.household_id, RiskFlag.severity, RiskFlag.evidence)
+    still_open = read_frame(select(RiskFlag.household_id, RiskFlag.severity, RiskFlag.evidence)
                             .where(RiskFlag.status != "closed"), database_url)
     scored = logic.score_households(hh, still_open)
-    prev_day = load_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of < as_of)
+    prev_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of < as_of)
                           .order_by(RiskMapSnapshot.as_of.desc()).limit(1), database_url)
     previous = None
     if not prev_day.empty:
-        previous = load_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of == prev_day.as_of.iloc[0]),
+        previous = read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of == prev_day.as_of.iloc[0]),
                               database_url)
     rmap = logic.risk_map(scored, as_of, previous)
     with session_scope(database_url) as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -24,18 +25,34 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def pending_reading_files(inbox: Path, database_url: str | None = None, until: datetime | None = None) -> list[Path]:
-    """Files in the drop folder not yet in the ledger (a re-run ingests nothing twice)."""
+def file_batch_id(path: Path) -> str:
+    return f"file-{file_digest(path)[:24]}"
+
+
+def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[tuple[Path, str]]:
+    """New files in the drop folder with their batch id (content hash), each hashed once.
+
+    Ingested files move to ``readings/done/``, so a run reads only what arrived since the last
+    one; a file dropped again (same content) is already in the ledger and is moved aside unread."""
     from schemas.models import ReadingBatch
     from sibifang.db import session_scope
 
     folder = inbox / "readings"
     if not folder.exists():
         return []
-    files = sorted(p for p in folder.iterdir() if p.suffix in READING_SUFFIXES)
+    files = [(p, file_batch_id(p)) for p in sorted(folder.iterdir()) if p.suffix in READING_SUFFIXES]
     with session_scope(database_url) as s:
-        done = set(s.scalars(select(ReadingBatch.id)))
-    return [p for p in files if f"file-{file_digest(p)[:24]}" not in done]
+        done = set(s.scalars(select(ReadingBatch.id).where(ReadingBatch.id.in_([b for _, b in files]))))
+    for p, batch in files:
+        if batch in done:
+            move_to_done(p)
+    return [(p, b) for p, b in files if b not in done]
+
+
+def move_to_done(path: Path) -> None:
+    done = path.parent / "done"
+    done.mkdir(exist_ok=True)
+    shutil.move(str(path), done / path.name)
 
 
 def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url: str | None = None,
@@ -81,14 +98,16 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
             "quarantined": int(result.counts["quarantined"]), "new": int(new_rows)}
 
 
-@task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_data)
-def ingest_file_task(path: str, database_url: str | None = None, as_of: datetime | None = None) -> dict:
+@task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_bad_data)
+def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, as_of: datetime | None = None) -> dict:
     from sibifang.ingest_readings import read_readings_file
 
     p = Path(path)
-    raw = read_readings_file(p)
-    return ingest_frame(raw, source=p.name, batch_id=f"file-{file_digest(p)[:24]}",
-                        database_url=database_url, as_of=as_of)
+    result = ingest_frame(read_readings_file(p), source=p.name, batch_id=batch_id, database_url=database_url,
+                          as_of=as_of)
+    move_to_done(p)  # in the ledger now: a later run need not read it again
+    return result
 
 
 def retry_pull(task, task_run, state) -> bool:  # noqa: ANN001

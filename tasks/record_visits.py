@@ -10,7 +10,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select, update
 
-from tasks.flag_risks import load_frame
+from sibifang.db import read_frame
+
 from tasks.import_registry import import_file
 
 VISIT_SUFFIXES = (".csv", ".xlsx", ".json")
@@ -44,12 +45,12 @@ def close_plans(as_of: date, database_url: str | None = None, lookback_days: int
     from sibifang.records import frame_records
 
     since = as_of - timedelta(days=lookback_days)
-    visits = load_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at)
+    visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at)
                         .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
-    plans = load_frame(select(VisitPlan.id.label("plan_id"), VisitPlan.household_id, VisitPlan.window_start,
+    plans = read_frame(select(VisitPlan.id.label("plan_id"), VisitPlan.household_id, VisitPlan.window_start,
                               VisitPlan.window_end, VisitPlan.due_date)
                        .where(VisitPlan.status.in_(("planned", "missed"))), database_url)
-    closed_visits = load_frame(select(VisitPlan.closed_by_visit_id).where(VisitPlan.closed_by_visit_id.is_not(None)),
+    closed_visits = read_frame(select(VisitPlan.closed_by_visit_id).where(VisitPlan.closed_by_visit_id.is_not(None)),
                                database_url)
     visits = visits[~visits.visit_id.isin(set(closed_visits.closed_by_visit_id))]
     matches = match_visits_to_plans(visits, plans)

@@ -10,8 +10,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select, update
 
-from tasks.escalate_disputes import area_frame
-from tasks.flag_risks import load_frame
+from sibifang.db import grid_hierarchy, read_frame
+
 
 METER_KINDS = ("inactivity", "sustained_drop", "missing_morning_routine", "night_activity", "high_use",
                "meter_offline")
@@ -23,29 +23,29 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
     from sibifang.schedule_visits import follow_ups_after_mediation, load_cadence_rules
 
     rules = load_cadence_rules()
-    grids = area_frame(database_url)
-    hh = load_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
+    grids = grid_hierarchy(database_url)
+    hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
                            Household.risk_level, Household.away_from, Household.away_until), database_url)
     hh = hh.merge(grids[["grid_id", "village_id"]], on="grid_id", how="left")
-    open_cases = set(load_frame(select(MediationCase.household_id).where(MediationCase.status == "open"),
+    open_cases = set(read_frame(select(MediationCase.household_id).where(MediationCase.status == "open"),
                                 database_url).household_id)
-    flags = load_frame(select(RiskFlag.household_id, RiskFlag.kind, RiskFlag.severity, RiskFlag.detected_at,
+    flags = read_frame(select(RiskFlag.household_id, RiskFlag.kind, RiskFlag.severity, RiskFlag.detected_at,
                               RiskFlag.id).where(RiskFlag.status != "closed"), database_url)
     hh["open_dispute"] = hh.household_id.isin(open_cases | set(flags[flags.kind.isin(("dispute", "domestic_violence"))]
                                                              .household_id))
     hh["flagged"] = hh.household_id.isin(set(flags.household_id))
-    cadres = load_frame(select(Cadre.id.label("cadre_id"), Cadre.role, Cadre.grid_ids, Cadre.capacity,
+    cadres = read_frame(select(Cadre.id.label("cadre_id"), Cadre.role, Cadre.grid_ids, Cadre.capacity,
                                Cadre.four_plus_one, Cadre.grassroots_weekday, Cadre.on_leave_from,
                                Cadre.on_leave_until), database_url)
-    last = load_frame(select(Visit.household_id, func.max(Visit.visited_at).label("last_visited_at"))
+    last = read_frame(select(Visit.household_id, func.max(Visit.visited_at).label("last_visited_at"))
                       .where(Visit.visited_at < as_of + timedelta(days=1)).group_by(Visit.household_id), database_url)
-    open_plans = load_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+    open_plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
                                    VisitPlan.due_date, VisitPlan.reason, VisitPlan.urgent)
                             .where(VisitPlan.status == "planned", VisitPlan.due_date >= as_of), database_url)
-    assignments = load_frame(select(Assignment.household_id, Assignment.cadre_id), database_url)
+    assignments = read_frame(select(Assignment.household_id, Assignment.cadre_id), database_url)
     # A new flag asks for a visit within 24 h (critical) or 72 h, once: not when an urgent visit
     # has already been planned for that household since the flag was raised.
-    urgent_plans = load_frame(select(VisitPlan.household_id, func.max(VisitPlan.planned_on).label("planned_on"))
+    urgent_plans = read_frame(select(VisitPlan.household_id, func.max(VisitPlan.planned_on).label("planned_on"))
                               .where(VisitPlan.urgent.is_(True)).group_by(VisitPlan.household_id), database_url)
     recent = flags[(pd.to_datetime(flags.detected_at) >= pd.Timestamp(as_of) - pd.Timedelta(days=2))
                    & (pd.to_datetime(flags.detected_at) < pd.Timestamp(as_of) + pd.Timedelta(days=1))
@@ -61,7 +61,7 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
     learnt = pd.to_datetime(urgent.detected_at).clip(lower=pd.Timestamp(as_of))
     urgent = pd.DataFrame({"household_id": urgent.household_id, "requested_at": learnt,
                            "reason": "urgent", "critical": urgent.severity.eq("critical")})
-    closed = load_frame(select(MediationCase.household_id, MediationCase.closed_at)
+    closed = read_frame(select(MediationCase.household_id, MediationCase.closed_at)
                         .where(MediationCase.status == "closed"), database_url)
     follow = follow_ups_after_mediation(closed, rules)
     if not follow.empty:
@@ -91,7 +91,7 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     # Only plans not stored yet are written: a re-run (or the next day's run, which re-derives
     # most of the same visits with the same ids) must not rewrite tens of thousands of rows.
     if len(p):
-        known = set(load_frame(select(VisitPlan.id).where(VisitPlan.due_date >= p.due_date.min()), database_url).id)
+        known = set(read_frame(select(VisitPlan.id).where(VisitPlan.due_date >= p.due_date.min()), database_url).id)
         p = p[~p.visit_id.isin(known)]
     rows = [{"id": r["visit_id"], "household_id": r["household_id"], "cadre_id": r["cadre_id"],
              "grid_id": r["grid_id"], "due_date": r["due_date"].date() if hasattr(r["due_date"], "date") else r["due_date"],
@@ -141,28 +141,28 @@ def queue_notices(day: date, database_url: str | None = None) -> int:
     from sibifang.notify_cadres import build_move_notices, build_notices
     from sibifang.records import frame_records
 
-    plans = load_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+    plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
                               VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_end, VisitPlan.reason,
                               VisitPlan.urgent, VisitPlan.status)
                        .where(VisitPlan.status == "planned", VisitPlan.due_date <= day), database_url)
-    cadres = load_frame(select(Cadre.id.label("cadre_id"), Cadre.name, Cadre.role, Cadre.grid_ids,
+    cadres = read_frame(select(Cadre.id.label("cadre_id"), Cadre.name, Cadre.role, Cadre.grid_ids,
                                Cadre.alert_channel, Cadre.alert_address), database_url)
-    hh = load_frame(select(Household.id.label("household_id"), Household.head_name)
+    hh = read_frame(select(Household.id.label("household_id"), Household.head_name)
                     .where(Household.id.in_(select(VisitPlan.household_id).where(VisitPlan.status == "planned",
                                                                                 VisitPlan.due_date <= day))),
                     database_url)
-    grids = area_frame(database_url)
-    names = load_frame(select(Area.id, Area.name), database_url)
+    grids = grid_hierarchy(database_url)
+    names = read_frame(select(Area.id, Area.name), database_url)
     nm = dict(zip(names.id, names.name))
     grids["grid_name"] = grids.grid_id.map(nm)
     grids["village_name"] = grids.village_id.map(nm)
-    moved = load_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id,
+    moved = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id,
                               VisitPlan.moved_from.label("from_cadre_id"), VisitPlan.cadre_id.label("to_cadre_id"),
                               VisitPlan.due_date)
                        .where(VisitPlan.status == "planned", VisitPlan.moved_from.is_not(None),
                               VisitPlan.due_date >= day), database_url)
     if not moved.empty:
-        more = load_frame(select(Household.id.label("household_id"), Household.head_name)
+        more = read_frame(select(Household.id.label("household_id"), Household.head_name)
                           .where(Household.id.in_(list(set(moved.household_id)))), database_url)
         hh = pd.concat([hh, more]).drop_duplicates("household_id")
     notices = pd.concat([build_notices(day, plans=plans, cadres=cadres, households=hh, grids=grids, moved=moved),

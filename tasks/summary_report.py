@@ -6,13 +6,12 @@ import hashlib
 from datetime import date, datetime
 from pathlib import Path
 
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
-from tasks.escalate_disputes import area_frame
-from tasks.flag_risks import load_frame
+from sibifang.db import grid_hierarchy, read_frame
+
 
 
 @task(name="gather_report_aggregates", cache_policy=NO_CACHE)
@@ -21,24 +20,24 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
                                 VisitPlan)
     from sibifang.summary_report import summarise
 
-    hh = load_frame(select(Household.id.label("household_id"), Household.categories), database_url)
+    hh = read_frame(select(Household.id.label("household_id"), Household.categories), database_url)
     hh["categories"] = hh.categories.map(lambda c: c if isinstance(c, list) else [])
-    grids = area_frame(database_url)
-    names = load_frame(select(Area.id, Area.name), database_url)
+    grids = grid_hierarchy(database_url)
+    names = read_frame(select(Area.id, Area.name), database_url)
     grids = grids.merge(names.rename(columns={"id": "village_id", "name": "village_name"}), on="village_id", how="left")
     frames = dict(
-        plans=load_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent), database_url),
-        visits=load_frame(select(Visit.id, Visit.visited_at), database_url),
-        flags=load_frame(select(RiskFlag.id, RiskFlag.kind, RiskFlag.detected_at), database_url),
-        alerts=load_frame(select(Alert.id, Alert.status, Alert.created_at, Alert.first_sent_at, Alert.acked_at,
+        plans=read_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent), database_url),
+        visits=read_frame(select(Visit.id, Visit.visited_at), database_url),
+        flags=read_frame(select(RiskFlag.id, RiskFlag.kind, RiskFlag.detected_at), database_url),
+        alerts=read_frame(select(Alert.id, Alert.status, Alert.created_at, Alert.first_sent_at, Alert.acked_at,
                                  Alert.channel, Household.grid_id, RiskFlag.detected_at.label("flag_detected_at"),
                                  RiskFlag.closed_at.label("flag_closed_at"))
                           .join(RiskFlag, RiskFlag.id == Alert.flag_id)
                           .join(Household, Household.id == RiskFlag.household_id), database_url),
-        cases=load_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status), database_url),
-        needs=load_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at),
+        cases=read_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status), database_url),
+        needs=read_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at),
                          database_url),
-        risk_map=load_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of <= period_end), database_url),
+        risk_map=read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of <= period_end), database_url),
     )
     agg = summarise(period_start=period_start, period_end=period_end, households=hh, areas=grids, **frames)
     return {"aggregates": agg, "risk_map": frames["risk_map"], "areas": grids}

@@ -68,7 +68,8 @@ def test_export_columns(cli_env, village_dir, tmp_path):
                        "alerts": {"alert_id", "flag_id", "recipient", "channel", "status", "attempts", "first_sent_at",
                                   "acked_at"},
                        "flags": {"flag_id", "household_id", "kind", "severity", "start", "detected_at"},
-                       "cases": {"case_id", "household_id", "room_id", "status"}}.items():
+                       "cases": {"case_id", "household_id", "room_id", "status"},
+                       "coverage": {"level", "unit_id", "due", "visited_on_time", "late", "missed", "away"}}.items():
         invoke("export", what, "--out", tmp_path / f"{what}.csv")
         assert cols <= set(pd.read_csv(tmp_path / f"{what}.csv").columns), what
 

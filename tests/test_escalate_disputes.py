@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from sibifang.escalate_disputes import CASE_COLUMNS, match_needs, needs_from_visits, open_mediation_cases
 from sibifang.records import stable_id

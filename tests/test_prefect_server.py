@@ -4,7 +4,6 @@ prefect 3.8.8 with fastapi >= 0.151 rejects explicit nulls in filter bodies (HTT
 silently stops `serve` from picking up scheduled runs; >= 0.155 fails to import. This test
 keeps the pin honest."""
 
-import os
 
 import pytest
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import date
 
 import pandas as pd
-import pytest
 
 from sibifang.record_visits import match_visits_to_plans
 

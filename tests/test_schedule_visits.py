@@ -299,3 +299,18 @@ def test_planned_absence_visit_before_leaving_or_after_return():
     assert all(not (date(2026, 12, 3) <= d <= date(2026, 12, 16)) for d in dues)
     assert r.plans[r.plans["household_id"] == "h2"]["due_date"].dt.date.tolist() == [MONDAY]
     assert "h2" in set(r.away["household_id"])
+
+
+def test_coverage_with_nothing_due_is_empty():
+    """Right after the registry is imported there are no plans: coverage is empty, not an error."""
+    import pandas as pd
+
+    from sibifang.schedule_visits import COVERAGE_COLUMNS, compute_coverage
+
+    plans = pd.DataFrame(columns=["visit_id", "household_id", "cadre_id", "grid_id", "due_date", "window_start",
+                                  "window_end"])
+    visits = pd.DataFrame({"visit_id": ["X1"], "plan_id": [None], "household_id": ["H1"],
+                           "visited_at": pd.to_datetime(["2026-11-01 10:00"])})
+    households = pd.DataFrame({"household_id": ["H1"], "grid_id": ["G1"]})
+    out = compute_coverage(plans, visits, households, date(2026, 11, 20))
+    assert list(out.columns) == COVERAGE_COLUMNS and out.empty
