@@ -275,7 +275,8 @@ def false_alarm_rate(alarms: pd.DataFrame, clean: pd.DataFrame, kind_col: bool =
 
 # ----------------------------------------------------------------------------- main
 
-CONFIG = DetectorConfig()
+import os
+CONFIG = DetectorConfig(**{k[4:].lower(): (v == "1" if isinstance(getattr(DetectorConfig(), k[4:].lower()), bool) else type(getattr(DetectorConfig(), k[4:].lower()))(v)) for k, v in os.environ.items() if k.startswith("DET_")})
 
 
 def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
