@@ -162,11 +162,20 @@ def export(what: str = typer.Argument(..., help="|".join(EXPORTS)), out: Path = 
 
 @app.command()
 def detect(readings: Path = typer.Option(..., "--readings", exists=True, help="CSV or Parquet: meter_id, ts, kwh"),
-           out: Path = typer.Option(..., "--out"), as_of: Optional[str] = typer.Option(None, "--as-of")) -> None:
+           out: Path = typer.Option(..., "--out"), as_of: Optional[str] = typer.Option(None, "--as-of"),
+           min_severity: str = typer.Option(
+               "medium", "--min-severity",
+               help="low | medium | high | critical. Default medium: the episodes that would alert a grid "
+                    "worker. 'low' episodes are recorded for the family archive, not alerted.")) -> None:
     """Run the meter detectors on a file, outside the database: one row per episode."""
     import pandas as pd
 
+    from sibifang.detectors import SEVERITIES
     from sibifang.detectors import detect as run_detect
+
+    if min_severity not in SEVERITIES:
+        typer.echo(f"--min-severity: one of {', '.join(SEVERITIES)}", err=True)
+        raise typer.Exit(2)
 
     df = pd.read_parquet(readings) if readings.suffix == ".parquet" else pd.read_csv(readings)
     missing = {"meter_id", "ts", "kwh"} - set(df.columns)
@@ -176,11 +185,14 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, help="C
     df["meter_id"] = df["meter_id"].astype(str)
     df["ts"] = pd.to_datetime(df["ts"])
     episodes = run_detect(df, as_of=pd.Timestamp(as_of).to_pydatetime() if as_of else None)
+    recorded = len(episodes)
+    episodes = episodes[episodes["severity"].isin(SEVERITIES[SEVERITIES.index(min_severity):])]
     cols = ["meter_id", "kind", "start", "detected_at", "severity", "score"]
     extra = [c for c in episodes.columns if c not in cols]
     out.parent.mkdir(parents=True, exist_ok=True)
     episodes[cols + extra].to_csv(out, index=False)
-    typer.echo(f"{len(episodes)} episodes from {df['meter_id'].nunique()} meters → {out}")
+    typer.echo(f"{len(episodes)} episodes of severity {min_severity} or above ({recorded} in all) "
+               f"from {df['meter_id'].nunique()} meters → {out}")
 
 
 @app.command()

@@ -76,6 +76,7 @@ import pandas as pd
 
 __all__ = [
     "ALERT_SEVERITIES",
+    "SEVERITIES",
     "DetectorConfig",
     "RoutineProfiles",
     "EPISODE_COLUMNS",
@@ -93,8 +94,10 @@ EPISODE_COLUMNS = [
 KINDS = ("inactivity", "sustained_drop", "missing_morning_routine", "night_activity",
          "high_use", "meter_offline")
 _HOUR = np.timedelta64(1, "h")
-# severities that go to a grid worker; "low" is recorded only (see the module docstring)
-ALERT_SEVERITIES = ("medium", "high", "critical")
+# severities in rising order; those from "medium" on go to a grid worker, "low" is recorded
+# only (see the module docstring)
+SEVERITIES = ("low", "medium", "high", "critical")
+ALERT_SEVERITIES = SEVERITIES[1:]
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class DetectorConfig:
     # house has none, and a model that expects them reads hours of true silence as weak
     # evidence. It moved real-data frozen-on recall 0.758 → 0.817.)
     dark_hours: int = 3
+    lights_off_share: float = 0.5
     dark_noise_prior: float = 0.05
     dark_noise_prior_days: float = 3.0
     # No data for this long is a meter_offline episode (gaps shorter than this are skipped).
@@ -609,10 +613,10 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
             # h = log(excursions a month / budget). The two silence alarms share the budget;
             # each uses that level or, if higher, the household's own rate of passing the
             # reference level extrapolated with its own mean excess (peaks over threshold)
-            b = 0.5 * cfg.false_alarms_per_month
-            h0 = np.log(30.0 * e_pd / b)
             ths = []
             for j, cr in enumerate((cross, cross2)):
+                b = cfg.false_alarms_per_month * (cfg.lights_off_share if j else 1.0 - cfg.lights_off_share)
+                h0 = np.log(30.0 * e_pd / b)
                 n_c = cr[:, lo:d].sum(axis=1)
                 beta = (exsum[j, :, lo:d].sum(axis=1) + cfg.pot_prior) / (ncomp[j, :, lo:d].sum(axis=1) + cfg.pot_prior)
                 rate = 30.0 * (n_c + cfg.calibration_p_ref * e_pd) / hist

@@ -92,6 +92,15 @@ def test_detect_follows_the_contract(tmp_path):
     assert (pd.to_datetime(flags.detected_at) >= pd.to_datetime(flags.start)).all()
     absence = flags[(pd.to_datetime(flags.start) >= "2008-08-05") & (pd.to_datetime(flags.start) <= "2008-08-08")]
     assert len(absence) >= 1, "the real August 2008 absence should be flagged"
+    # by default only what would alert a grid worker; --min-severity low adds the recorded ones
+    assert set(flags.severity) <= {"medium", "high", "critical"}
+    invoke("detect", "--readings", src, "--out", tmp_path / "all.csv", "--min-severity", "low")
+    every = pd.read_csv(tmp_path / "all.csv")
+    assert "low" in set(every.severity)
+    assert len(every[every.severity != "low"]) == len(flags)
+    result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "x.csv"),
+                                 "--min-severity", "urgent"])
+    assert result.exit_code == 2
 
 
 def test_detect_rejects_a_file_without_the_contract_columns(tmp_path):
