@@ -67,12 +67,17 @@ profiles=...)`` over the last day or two is the hourly incremental run.
 
 from __future__ import annotations
 
+import tomllib
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+import templates as _templates_pkg
 
 __all__ = [
     "ALERT_SEVERITIES",
@@ -844,6 +849,21 @@ def _fmt_time(ts: pd.Timestamp) -> str:
     return f"{ts.month}月{ts.day}日{ts.hour}时"
 
 
+# The evidence wording lives in templates/ (one str.format string per case); the numbers
+# and the choice of case stay here.
+EVIDENCE_TEMPLATE = Path(_templates_pkg.__file__).parent / "flag_risks" / "evidence.toml"
+
+
+@lru_cache(maxsize=1)
+def _evidence_templates() -> dict[str, str]:
+    with EVIDENCE_TEMPLATE.open("rb") as f:
+        return tomllib.load(f)
+
+
+def _evidence(key: str, **fields) -> str:
+    return _evidence_templates()[key].format(**fields)
+
+
 def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
     """Episode dicts → output rows with the figures and the Chinese evidence a grid worker reads.
 
@@ -887,41 +907,35 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
             frozen = np.isfinite(standby) and np.isfinite(obs) and obs > standby + max(2 * dlt, 0.5 * standby)
             if frozen:
                 sev = "high"
-                ev = (f"从{since}起用电一直平稳在约{obs:.2f}千瓦时/小时、没有起伏（已{hours}小时），"
-                      f"像是电器开着而无人活动；平时此时段约{exp:.2f}千瓦时/小时且有起伏，请尽快上门查看")
+                ev = _evidence("inactivity_frozen", since=since, obs=obs, exp=exp, hours=hours)
             else:
                 sev = "critical"
-                ev = (f"从{since}起用电接近停止（已{hours}小时），平时此时段约{exp:.2f}千瓦时/小时，"
-                      f"现约{obs:.2f}；按该户作息这样长的安静很少见，请尽快上门查看")
+                ev = _evidence("inactivity", since=since, obs=obs, exp=exp, hours=hours)
         elif kind == "sustained_drop":
             obs, exp = e["obs"], e["exp"]
             sev = "high" if e["ratio"] < 0.35 else "medium"
-            ev = (f"近{hours}小时用电明显减少：平时约{exp:.2f}千瓦时/小时，现约{obs:.2f}，"
-                  f"只有平时的{e['ratio'] * 100:.0f}%，可能是电器坏了（如空调）或老人身体、生活有变化，请上门了解原因")
+            ev = _evidence("sustained_drop", obs=obs, exp=exp, hours=hours, ratio_pct=e["ratio"] * 100)
         elif kind == "high_use":
             obs, exp = e["obs"], e["exp"]
             sev = "medium" if e["ratio"] > 4 else "low"
-            ev = (f"近{hours}小时用电持续偏高：平时约{exp:.2f}千瓦时/小时，现约{obs:.2f}，"
-                  f"是平时的{e['ratio']:.1f}倍，可能有电器异常或家中情况变化")
+            ev = _evidence("high_use", obs=obs, exp=exp, hours=hours, ratio=e["ratio"])
         elif kind == "missing_morning_routine":
             sev = "high"
-            ev = (f"今天早上到{_fmt_time(detected)}还没有起床用电（平时这时早已有用电），"
-                  f"从{since}起用电约{obs:.2f}千瓦时/小时，平时约{exp:.2f}，请电话或上门确认老人情况")
+            ev = _evidence("missing_morning_routine", detected=_fmt_time(detected), since=since,
+                           obs=obs, exp=exp)
         elif kind == "night_activity":
             sev = "low"
-            ev = (f"{since}起夜间用电活跃（{hours}小时），平时此时段多在休息、约{exp:.2f}千瓦时/小时，"
-                  f"现约{obs:.2f}，可能夜里睡不好或身体不适，请白天电话问候")
+            ev = _evidence("night_activity", since=since, obs=obs, exp=exp, hours=hours)
         else:  # meter_offline
             sev = "medium"
             obs = float("nan")
-            ev = (f"电表从{since}起没有传回数据（已{hours}小时以上），这不等于家中无人用电，"
-                  f"请先联系供电所或检查电表通信，必要时电话确认老人情况")
+            ev = _evidence("meter_offline", since=since, hours=hours)
         if e.get("escalated") is not None:
-            ev += f"（该户用电常有短时下降，这次已持续{e['held']}小时，比其平常更久）"
+            ev += _evidence("suffix_escalated", held=e["held"])
         if e.get("recurrent"):
             sev = "low"
             n_prev, n_days = e["recurrent"]
-            ev += f"（该户近{n_days}天内已有{n_prev}次类似情况，属其常态，记录备查，暂不派人）"
+            ev += _evidence("suffix_recurrent", n_days=n_days, n_prev=n_prev)
         rows.append(dict(meter_id=meters[i], kind=kind, start=start, detected_at=detected, end=end,
                          severity=sev, score=float(e["score"]), expected_kwh_per_h=exp,
                          observed_kwh_per_h=obs, evidence=ev))

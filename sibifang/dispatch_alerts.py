@@ -281,50 +281,24 @@ def reference_code(flag_or_alert_id: Any) -> str:
 
 
 def what_happened(flag: Mapping[str, Any], who: str, now: Any = None) -> str:
-    """``now``: when the message is read (send time); "昨晚" is relative to it."""
+    """One line: what happened at ``who``'s home. Wording: ``templates/dispatch_alerts/what_happened.j2``.
+
+    ``now``: when the message is read (send time); "昨晚" is relative to it.
+    """
     kind = str(flag.get("kind"))
     ref = now or flag.get("detected_at") or flag.get("start")
     since = when_phrase(flag["start"], ref) if flag.get("start") is not None else None
-    exp, obs = _kwh(flag.get("expected_kwh_per_h")), _kwh(flag.get("observed_kwh_per_h"))
-    usual = f",平时此时段约{exp}千瓦时/小时" if exp else ""
-    if kind == "inactivity":
-        return f"{who}家用电从{since}起接近停止{usual}"
-    if kind == "sustained_drop":
-        now_part = f",现在约{obs}千瓦时/小时" if obs else ""
-        return f"{who}家用电从{since}起明显下降{now_part}{usual}"
-    if kind == "missing_morning_routine":
-        return f"{who}家今天早上没有出现平时的早间用电{usual}"
-    if kind == "night_activity":
-        now_part = f"约{obs}千瓦时/小时" if obs else "明显偏高"
-        return f"{who}家从{since}起夜间用电异常,{now_part}{usual}"
-    if kind == "high_use":
-        now_part = f",约{obs}千瓦时/小时" if obs else ""
-        return f"{who}家用电从{since}起异常偏高{now_part}{usual}"
-    if kind == "meter_offline":
-        return f"{who}家电表从{since}起没有上传数据(可能停电或设备故障)"
-    if kind == "visit_cue":
-        return f"{who}家在走访中发现需要跟进的情况"
-    if kind == "overdue_visit":
-        return f"{who}家已超过应走访的时间,尚未走访"
-    if kind in SENSITIVE_KINDS:
-        return f"{who}家有{KIND_LABEL[kind]}情况需要处理"
-    return f"{who}家出现需要关注的情况"
+    return _render_line("what_happened.j2", kind=kind, who=who, since=since,
+                        expected=_kwh(flag.get("expected_kwh_per_h")), observed=_kwh(flag.get("observed_kwh_per_h")),
+                        sensitive=kind in SENSITIVE_KINDS, kind_label=KIND_LABEL.get(kind, ""))
 
 
 def what_to_do(flag: Mapping[str, Any], recipient_role: str = "grid_worker") -> str:
+    """One line: what the recipient should do, within how long. Wording: ``templates/dispatch_alerts/what_to_do.j2``."""
     kind, severity = str(flag.get("kind")), str(flag.get("severity"))
-    hours = RESPONSE_HOURS.get(severity, 24)
-    within = f"{hours}小时内" if hours < 24 else f"{hours // 24}天内"
-    if kind in METER_KINDS:
-        if severity == "critical":
-            backup = "网格员或上级妇联" if recipient_role == "village_chair" else "村妇联主席"
-            return f"请立即上门查看({within}),路上先打电话联系;到不了请马上告诉{backup}"
-        return f"请在{within}电话联系或上门查看,确认老人平安"
-    if kind == "overdue_visit":
-        return f"请在{within}安排上门走访(或电话、微信联系)并记录"
-    if kind in SENSITIVE_KINDS:
-        return f"请在{within}处理,必要时转木兰调解室或报告上级"
-    return f"请在{within}上门查看或电话联系"
+    backup = "网格员或上级妇联" if recipient_role == "village_chair" else "村妇联主席"
+    return _render_line("what_to_do.j2", kind=kind, severity=severity, hours=RESPONSE_HOURS.get(severity, 24),
+                        meter=kind in METER_KINDS, sensitive=kind in SENSITIVE_KINDS, backup=backup)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -345,6 +319,12 @@ def template_env() -> jinja2.Environment:
 
 def _render(name: str, **ctx) -> str:
     return template_env().get_template(f"dispatch_alerts/{name}").render(**ctx).strip()
+
+
+def _render_line(name: str, **ctx) -> str:
+    """A one-line phrase template, unstripped: its whitespace control keeps newlines out, and the
+    caller's values (``who``) come back exactly as given."""
+    return template_env().get_template(f"dispatch_alerts/{name}").render(**ctx)
 
 
 def is_sensitive(flag: Mapping[str, Any]) -> bool:

@@ -1,0 +1,76 @@
+"""The one-line alert phrases (what happened, what to do) come from templates/dispatch_alerts/."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from sibifang import dispatch_alerts as da
+from sibifang.dispatch_alerts import TEMPLATE_DIR, what_happened, what_to_do
+
+TZ = ZoneInfo("Asia/Shanghai")
+PHRASE_TEMPLATES = ("what_happened.j2", "what_to_do.j2")
+
+
+def _flag(kind: str, severity: str = "high", **extra) -> dict:
+    return {"kind": kind, "severity": severity, "start": datetime(2024, 11, 19, 20, 0, tzinfo=TZ),
+            "detected_at": datetime(2024, 11, 20, 7, 0, tzinfo=TZ), **extra}
+
+
+@pytest.mark.parametrize(("flag", "expected"), [
+    (_flag("inactivity", expected_kwh_per_h=0.35),
+     "李奶奶家用电从昨晚8点起接近停止,平时此时段约0.35千瓦时/小时"),
+    (_flag("inactivity"), "李奶奶家用电从昨晚8点起接近停止"),
+    (_flag("sustained_drop", expected_kwh_per_h=12.4, observed_kwh_per_h=0.04),
+     "李奶奶家用电从昨晚8点起明显下降,现在约0.04千瓦时/小时,平时此时段约12千瓦时/小时"),
+    (_flag("night_activity"), "李奶奶家从昨晚8点起夜间用电异常,明显偏高"),
+    (_flag("meter_offline"), "李奶奶家电表从昨晚8点起没有上传数据(可能停电或设备故障)"),
+    (_flag("overdue_visit"), "李奶奶家已超过应走访的时间,尚未走访"),
+    (_flag("domestic_violence"), "李奶奶家有家庭暴力情况需要处理"),
+    (_flag("something_new"), "李奶奶家出现需要关注的情况"),
+])
+def test_what_happened_exact(flag, expected):
+    assert what_happened(flag, "李奶奶") == expected
+
+
+@pytest.mark.parametrize(("flag", "role", "expected"), [
+    (_flag("inactivity", "critical"), "grid_worker",
+     "请立即上门查看(1小时内),路上先打电话联系;到不了请马上告诉村妇联主席"),
+    (_flag("inactivity", "critical"), "village_chair",
+     "请立即上门查看(1小时内),路上先打电话联系;到不了请马上告诉网格员或上级妇联"),
+    (_flag("sustained_drop", "medium"), "grid_worker", "请在1天内电话联系或上门查看,确认老人平安"),
+    (_flag("overdue_visit", "low"), "grid_worker", "请在3天内安排上门走访(或电话、微信联系)并记录"),
+    (_flag("dispute", "high"), "grid_worker", "请在4小时内处理,必要时转木兰调解室或报告上级"),
+    (_flag("visit_cue", "unknown"), "grid_worker", "请在1天内上门查看或电话联系"),
+])
+def test_what_to_do_exact(flag, role, expected):
+    assert what_to_do(flag, role) == expected
+
+
+def test_phrases_are_one_line_and_keep_who_as_given():
+    for kind in [*da.KIND_LABEL, "something_new"]:
+        for severity in da.SEVERITY_RANK:
+            flag = _flag(kind, severity, expected_kwh_per_h=0.5, observed_kwh_per_h=2.0)
+            happened, todo = what_happened(flag, " 赵爷爷 "), what_to_do(flag, "village_chair")
+            assert "\n" not in happened and "\n" not in todo
+            assert happened.startswith(" 赵爷爷 家") and happened == happened.rstrip()
+            assert todo == todo.strip() and todo.startswith("请")
+
+
+def test_every_phrase_template_exists_and_is_used(monkeypatch):
+    for name in PHRASE_TEMPLATES:
+        assert (TEMPLATE_DIR / "dispatch_alerts" / name).is_file()
+    real_env = da.template_env()
+    loaded: list[str] = []
+
+    class RecordingEnv:
+        def get_template(self, name, *args, **kwargs):
+            loaded.append(name)
+            return real_env.get_template(name, *args, **kwargs)
+
+    monkeypatch.setattr(da, "template_env", lambda: RecordingEnv())
+    what_happened(_flag("inactivity"), "李奶奶")
+    what_to_do(_flag("inactivity", "critical"))
+    assert loaded == [f"dispatch_alerts/{name}" for name in PHRASE_TEMPLATES]
