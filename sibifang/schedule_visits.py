@@ -16,22 +16,36 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
 3. Routine visits are chained from the last visit: each one is due no later than the previous
    one plus the interval, on the latest day the assigned cadre can visit (a working day of the
    official calendar incl. 调休, not on leave, and for "4+1" cadres only their grassroots
-   weekday). Overdue and never-visited families are visited within ``overdue_within_days``,
-   earliest first. When the cadre has no such day in the window a colleague of the same grid
-   takes that visit (``moved``); when nobody can, the visit slips to the first possible day
-   and the family is listed in ``shortfall``. A window without any official working day (the
-   Spring Festival week) lets the visit slip to the first working day after it.
+   weekday) and that still has room under the daily cap (``[capacity]
+   max_visits_per_cadre_per_day``, 4 by default: volunteers cannot do 20 visits in a day).
+   Overdue and never-visited families are visited within ``overdue_within_days``, on the
+   earliest day with room, the most overdue first. When several visits want the last places of
+   a day, the one whose window closes first wins (a family due today before an overdue one
+   that can still go tomorrow), then the most overdue, then the shortest cadence. When the
+   cadre has no day with room in the window a colleague of the same grid with room takes that
+   visit (``moved``, reason: leave, 4+1 weekday, or her days full); when nobody can, the visit
+   slips to the cadre's first day with room after the window and the family is listed in
+   ``shortfall`` (the daily-cap reason when the cap caused it), never dropped. A window without
+   any official working day (the Spring Festival week) lets the visit slip to the first working
+   day after it.
 4. Urgent requests (new risk flag or alert) are due within 24 h (critical) or 72 h, ignoring
-   the calendar, preferably by the assigned cadre, else by a grid worker or village chair of
-   the grid. Follow-ups (e.g. 7 and 30 days after a mediation case closed) go to the first
-   possible day on or after their due date.
-5. Open plans (already planned, not done) due within the horizon are kept with their id, date
-   and, where still possible, their cadre; routine visits continue after the latest of them.
-   Overdue routine open plans are not re-emitted: they stay in the database as late or missed
-   and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
+   the calendar and the daily cap (safety first), preferably by the assigned cadre, else by a
+   grid worker or village chair of the grid. They are planned before the other visits and count
+   toward their cadre-day, so routine visits make room around them. Follow-ups (e.g. 7 and 30
+   days after a mediation case closed) go to the first day with room within
+   ``follow_up_within_days`` of their due date, before the routine visits (fixed dates first).
+5. Open plans (already planned, not done) due within the horizon, or up to a month past it, are
+   kept with their id, date and, where still possible, their cadre; routine visits continue
+   after the latest of them. Kept plans count toward the load of their day (never moved for the
+   cap: they are already announced); a plan goes back to the family's cadre only if her day has
+   room. Overdue routine open plans are not re-emitted: they stay in the database as late or
+   missed and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
 
 ``visit_id`` is a stable hash of household, due date and reason, so re-running on the same
-inputs gives the same ids and the upsert changes nothing.
+inputs gives the same ids and the upsert changes nothing. The daily cap keeps this: visits are
+served in a fixed order (ties broken by household id, not input order), a re-run fed its own
+plans finds every day as full as it left it, and a visit that would slip to an open plan of the
+family or later is that open plan (nothing new is planned).
 """
 
 from __future__ import annotations
@@ -89,11 +103,13 @@ SHORTFALL_NO_CADRE = "网格内无承担走访的干部"
 SHORTFALL_SLIPPED = "期限内联系干部无法走访（请假或4+1下沉日）且网格内无人可代，走访顺延"
 SHORTFALL_UNPLANNABLE = "排期范围内无可走访日期（干部请假或下沉日限制）"
 SHORTFALL_URGENT = "紧急上门无可用干部（均在请假）"
+SHORTFALL_DAY_FULL = "期限内联系干部及网格内同事每日走访已满（每日走访容量不足），走访顺延"
 
 MOVE_LEAVE = "联系干部请假"
 MOVE_FOUR_PLUS_ONE = "4+1干部下沉日不在走访窗口内"
 MOVE_REASSIGNED = "联系干部调整"
 MOVE_URGENT = "紧急上门由网格内在岗干部代办"
+MOVE_DAY_FULL = "联系干部期限内每日走访已满"
 
 PLAN_COLUMNS = ["visit_id", "household_id", "cadre_id", "grid_id", "due_date", "window_start", "window_end",
                 "reason", "urgent", "status"]
@@ -122,6 +138,8 @@ class CadenceRules:
     window_fraction: float = 0.3
     overdue_within_days: int = 3
     follow_up_within_days: int = 3
+    # Non-urgent visits one cadre can make in a day (volunteers, most with a job); 0 = no cap.
+    max_visits_per_cadre_per_day: int = 4
     visiting_roles: frozenset[str] = frozenset({"cadre", "executive_member", "vice_chair", "grid_worker",
                                                  "village_chair"})
     first_responder_roles: tuple[str, ...] = ("grid_worker", "village_chair")
@@ -160,6 +178,11 @@ def load_cadence_rules(path: Path | None = None) -> CadenceRules:
     roles = raw.get("roles", {})
     cal = raw.get("calendar", {})
     defaults = CadenceRules(interval_days={}, risk_level_interval_days={})
+    daily_cap = int(raw.get("capacity", {}).get("max_visits_per_cadre_per_day",
+                                                defaults.max_visits_per_cadre_per_day))
+    if daily_cap < 0:
+        raise ValueError(f"{source}: [capacity] max_visits_per_cadre_per_day must be 0 (no cap) or more, "
+                         f"got {daily_cap}")
     return CadenceRules(
         interval_days=intervals,
         risk_level_interval_days={str(k): int(v) for k, v in raw.get("risk_level_interval_days", {}).items()},
@@ -169,6 +192,7 @@ def load_cadence_rules(path: Path | None = None) -> CadenceRules:
         window_fraction=float(window.get("fraction_of_interval", 0.3)),
         overdue_within_days=int(window.get("overdue_within_days", 3)),
         follow_up_within_days=int(window.get("follow_up_within_days", 3)),
+        max_visits_per_cadre_per_day=daily_cap,
         visiting_roles=frozenset(roles.get("visiting", defaults.visiting_roles)),
         first_responder_roles=tuple(roles.get("first_responders", defaults.first_responder_roles)),
         calendar_holidays=frozenset(date.fromisoformat(str(d)) for d in cal.get("holidays", [])),
@@ -324,69 +348,157 @@ def household_intervals(households: pd.DataFrame, rules: CadenceRules) -> pd.Dat
 # The scheduler
 # ---------------------------------------------------------------------------------------------
 class _Resolver:
-    """Picks a visiting day and cadre for non-urgent visits, with colleague substitution."""
+    """Picks a visiting day and cadre for non-urgent visits, under the daily cap, with colleague substitution.
+
+    ``day_load[c, t]`` counts every visit cadre ``c`` has on day ``t`` (urgent ones and kept open
+    plans included); a non-urgent visit only goes to a day whose load is below ``daily_cap``.
+    """
 
     def __init__(self, eligible: np.ndarray, cadre_grids: dict[str, np.ndarray], load: np.ndarray,
-                 four_plus_one: np.ndarray):
+                 four_plus_one: np.ndarray, daily_cap: int, day_load: np.ndarray):
         self.eligible = eligible
         n_cadres, n_days = eligible.shape
         self.n_days = n_days
         ar = np.arange(n_days, dtype=np.int32)
-        # last eligible day <= t, and first eligible day >= t, per cadre
+        # last eligible day <= t, and first eligible day >= t, per cadre (the calendar, leave and
+        # 4+1 only: whether a cadre *can* visit at all, whatever her load)
         self.last_on_or_before = np.maximum.accumulate(np.where(eligible, ar, -1), axis=1)
         self.first_on_or_after = np.minimum.accumulate(np.where(eligible, ar, n_days)[:, ::-1], axis=1)[:, ::-1]
         self.cadre_grids = cadre_grids
         self.load = load
         self.four_plus_one = four_plus_one
         self.sub_load = np.zeros(n_cadres, dtype=np.int64)
+        self.cap = int(daily_cap) if daily_cap and daily_cap > 0 else _BIG
+        self.day_load = day_load
 
-    def pick(self, cadre: np.ndarray, ws: np.ndarray, we: np.ndarray, latest: np.ndarray,
-             grid: np.ndarray, slip_until: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Return (day, cadre, substituted, slipped).
+    def count(self, cadre, day, by: int = 1) -> None:
+        """Add visits to the load of their cadre-day (days outside the planning range are not tracked)."""
+        cadre = np.atleast_1d(np.asarray(cadre, dtype=np.int64))
+        day = np.atleast_1d(np.asarray(day, dtype=np.int64))
+        sel = (cadre >= 0) & (day >= 0) & (day < self.n_days)
+        np.add.at(self.day_load, (cadre[sel], day[sel]), by)
 
-        day = -1 when no day at all can be found, -2 when the only possible day is after
-        ``slip_until`` (the family leaves home before it).
+    def has_room(self, cadre, day) -> np.ndarray:
+        return self.eligible[cadre, day] & (self.day_load[cadre, day] < self.cap)
+
+    def pick(self, cadre: np.ndarray, ws: np.ndarray, we: np.ndarray, latest: np.ndarray, grid: np.ndarray,
+             rank: np.ndarray, slip_until: np.ndarray | None = None, allow_slip: bool = True,
+             stop_at: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (day, cadre, substituted, slipped, own_full, cap_hit); counts what it places.
+
+        Visits are served in ``rank`` order (lower first) wherever they compete for the last
+        places of a day. ``latest`` visits take the latest day with room in ``[ws, we]``, the
+        others the earliest. day = -1 when no day at all can be found, -2 when the only
+        possible day is after ``slip_until`` (the family leaves home before it), -3 when the
+        visit would slip to ``stop_at`` or later (the day of an open plan of the family: that
+        plan is the visit, nothing new is planned; slipped is set). ``own_full``: the family's
+        cadre could visit in the window but her days there are full (why a substitute came);
+        ``cap_hit``: without the cap the visit would have been placed in the window (why it
+        slipped).
         """
         T = self.n_days
-        ws_c = np.clip(ws, 0, T - 1)
-        we_c = np.clip(we, 0, T - 1)
-        day = np.where(latest, self.last_on_or_before[cadre, we_c], self.first_on_or_after[cadre, ws_c])
-        ok = (day >= ws) & (day <= we) & (ws <= we) & (ws < T)
+        n = len(cadre)
+        cadre = np.asarray(cadre, dtype=np.int64)
+        lo = np.maximum(ws, 0)
+        hi = np.minimum(we, T - 1)
+        valid = (ws <= we) & (ws < T) & (lo <= hi)
+        lo_c, hi_c = np.clip(lo, 0, T - 1), np.clip(hi, 0, T - 1)
+        pref = np.where(latest, self.last_on_or_before[cadre, hi_c], self.first_on_or_after[cadre, lo_c])
+        can = valid & (pref >= lo) & (pref <= hi)  # her calendar allows a day in the window
+        day = np.full(n, -1, dtype=np.int64)
         out_cadre = cadre.copy()
-        substituted = np.zeros(len(cadre), dtype=bool)
-        slipped = np.zeros(len(cadre), dtype=bool)
-        day = np.where(ok, day, -1)
-        for i in np.flatnonzero(~ok):
-            # Why a Python loop: only visits whose cadre is on leave or a "4+1" cadre off her
-            # weekday land here, a small fraction of the plan.
-            colleagues = self.cadre_grids.get(grid[i])
+        placed = np.zeros(n, dtype=bool)
+
+        # 1. The family's own cadre. Where her preferred days all keep room for every visit that
+        # wants them, each visit simply takes its preferred day (no competition: the common case,
+        # vectorised). Otherwise her visits are served one at a time in rank order, all cadres in
+        # parallel: round k gives every such cadre her k-th visit, which takes the best day of its
+        # window that still has room.
+        rows = np.flatnonzero(can)
+        if len(rows):
+            key = cadre[rows] * T + pref[rows]
+            uniq, counts = np.unique(key, return_counts=True)
+            over = self.day_load.ravel()[uniq] + counts > self.cap
+            slow = np.isin(cadre[rows], uniq[over] // T)
+            easy = rows[~slow]
+            day[easy], placed[easy] = pref[easy], True
+            self.count(cadre[easy], pref[easy])
+            hard = rows[slow]
+            if len(hard):
+                hard = hard[np.lexsort((rank[hard], cadre[hard]))]
+                starts = np.flatnonzero(np.r_[True, cadre[hard][1:] != cadre[hard][:-1]])
+                turn = np.arange(len(hard)) - np.repeat(starts, np.diff(np.r_[starts, len(hard)]))
+                for k in range(int(turn.max()) + 1):
+                    s = hard[turn == k]
+                    d = self._best_day(cadre[s], lo[s], hi[s], latest[s])
+                    ok = d >= 0
+                    s, d = s[ok], d[ok]
+                    day[s], placed[s] = d, True
+                    self.count(cadre[s], d)
+
+        own_full = can & ~placed
+        cap_hit = own_full.copy()
+        substituted = np.zeros(n, dtype=bool)
+        slipped = np.zeros(n, dtype=bool)
+        # 2. A colleague of the grid with room, then 3. the first day after the window with room.
+        # Why a Python loop: only visits whose cadre is on leave, a "4+1" cadre off her weekday or
+        # full for the whole window land here, a small fraction of the plan.
+        rest = np.flatnonzero(~placed)
+        for i in rest[np.argsort(rank[rest], kind="stable")]:
             c0 = cadre[i]
-            lo, hi = max(int(ws[i]), 0), min(int(we[i]), T - 1)
-            best = None
-            if colleagues is not None and lo <= hi:
-                cand = colleagues[colleagues != c0]
+            lo_i, hi_i = int(lo[i]), int(hi[i])
+            if valid[i]:
+                colleagues = self.cadre_grids.get(grid[i])
+                cand = colleagues[colleagues != c0] if colleagues is not None else np.zeros(0, np.int64)
                 if len(cand):
-                    first = self.first_on_or_after[cand, lo]
-                    cand = cand[first <= hi]
-                    if len(cand):
+                    elig = self.eligible[cand, lo_i:hi_i + 1]
+                    room = elig & (self.day_load[cand, lo_i:hi_i + 1] < self.cap)
+                    free = room.any(axis=1)
+                    cap_hit[i] |= bool(elig.any())  # read only when nobody has room
+                    if free.any():
+                        cand, room = cand[free], room[free]
                         order = np.lexsort((cand, self.four_plus_one[cand], self.load[cand], self.sub_load[cand]))
-                        best = int(cand[order[0]])
-            if best is not None:
-                d = self.last_on_or_before[best, hi] if latest[i] else self.first_on_or_after[best, lo]
-                day[i] = d
-                out_cadre[i] = best
-                substituted[i] = True
-                self.sub_load[best] += 1
+                        j = order[0]
+                        best = int(cand[j])
+                        r = room[j]
+                        d = lo_i + (len(r) - 1 - int(np.argmax(r[::-1])) if latest[i] else int(np.argmax(r)))
+                        day[i], out_cadre[i], substituted[i] = d, best, True
+                        self.sub_load[best] += 1
+                        self.count(best, d)
+                        continue
+            if not allow_slip:
                 continue
             start = max(int(we[i]) + 1, 0)
-            if start < T and self.first_on_or_after[c0, start] < T:
-                if slip_until is not None and self.first_on_or_after[c0, start] > slip_until[i]:
-                    day[i] = -2
-                    continue
-                day[i] = self.first_on_or_after[c0, start]
-                slipped[i] = True
-        return day, out_cadre, substituted, slipped
+            room = self.eligible[c0, start:] & (self.day_load[c0, start:] < self.cap)
+            if room.any():
+                d = start + int(np.argmax(room))
+            else:
+                d = _BIG
+                cap_hit[i] |= bool(self.eligible[c0, start:].any())
+            if stop_at is not None and stop_at[i] < _BIG and stop_at[i] <= d:
+                day[i], slipped[i] = -3, True
+            elif d == _BIG:
+                continue
+            elif slip_until is not None and d > slip_until[i]:
+                day[i] = -2
+            else:
+                day[i], slipped[i] = d, True
+                self.count(c0, d)
+        return day, out_cadre, substituted, slipped, own_full, cap_hit
+
+    def _best_day(self, cadre, lo, hi, latest) -> np.ndarray:
+        """Best day with room of each visit's window for its cadre (latest or earliest); -1 if none."""
+        width = int((hi - lo).max()) + 1
+        days = lo[:, None] + np.arange(width)[None, :]
+        inside = days <= hi[:, None]
+        days_c = np.minimum(days, self.n_days - 1)
+        c = cadre[:, None]
+        room = inside & self.eligible[c, days_c] & (self.day_load[c, days_c] < self.cap)
+        found = room.any(axis=1)
+        first = np.argmax(room, axis=1)
+        last = width - 1 - np.argmax(room[:, ::-1], axis=1)
+        return np.where(found, lo + np.where(latest, last, first), -1)
 
 
 def schedule_visits(
@@ -632,7 +744,21 @@ def schedule_visits(
             np.add.at(load, chosen, 1)
             shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members[take:])
 
-    resolver = _Resolver(eligible, cadre_grids, load, fpo)
+    # Visits per cadre and day (the daily cap). A one-grid re-plan also counts the open plans of
+    # the cadres' families in other grids: her day is just as full whichever grid the families are in.
+    day_load = np.zeros((n_cd, T), dtype=np.int64)
+    resolver = _Resolver(eligible, cadre_grids, load, fpo, rules.max_visits_per_cadre_per_day, day_load)
+    if grid is not None and len(open_plans) and n_cd:
+        other = open_plans[open_plans["household_id"].astype(str).map(all_hh_grid).fillna(str(grid)).ne(str(grid))]
+        if len(other):
+            oc = cpos.get_indexer(other["cadre_id"].astype(str))
+            od_other, ok = _as_days(other["due_date"], as_of64)
+            late_urgent = _bool_col(other, "urgent") & (od_other < 0)
+            od_other = np.where(late_urgent, 0, od_other)
+            resolver.count(oc[ok & (oc >= 0)], od_other[ok & (oc >= 0)])
+    # Stable order of families by id, for ties between equally urgent visits (input order may vary).
+    hrank = np.empty(n_hh, dtype=np.int64)
+    hrank[np.argsort(hid.astype(str), kind="stable")] = np.arange(n_hh)
     plan_parts: list[dict[str, np.ndarray]] = []
     moved_parts: list[dict[str, np.ndarray]] = []
 
@@ -653,30 +779,40 @@ def schedule_visits(
         leave_day = on_leave[c_from, np.clip(day, 0, T - 1)]
         return np.where(leave_day | on_leave[c_from, :H].any(axis=1) & ~fpo[c_from], MOVE_LEAVE, MOVE_FOUR_PLUS_ONE)
 
-    def resolve_and_emit(idx, ws, we, latest, reasons, shown_ws=None, slip_until=None):
+    def resolve_and_emit(idx, ws, we, latest, reasons, priority, shown_ws=None, slip_until=None, stop_at=None):
         """Non-urgent visits: choose day and cadre, record substitutions and slips; return days.
 
-        ``shown_ws`` is the window start written to the plan (the recommended period); the day
-        may still be earlier when holidays leave no possible day inside it.
+        ``priority``: sort keys (``np.lexsort`` order, the last one first) deciding who gets the
+        last places of a full day. ``shown_ws`` is the window start written to the plan (the
+        recommended period); the day may still be earlier when holidays leave no possible day
+        inside it, or when the later days of the window are full.
         """
         shown_ws = ws if shown_ws is None else shown_ws
         c0 = assigned[idx]
-        day, c1, sub, slipped = resolver.pick(c0, ws, we, latest, hgrid[idx], slip_until)
+        rank = np.empty(len(idx), dtype=np.int64)
+        rank[np.lexsort((hrank[idx], *priority))] = np.arange(len(idx))
+        day, c1, sub, slipped, own_full, cap_hit = resolver.pick(c0, ws, we, latest, hgrid[idx], rank, slip_until,
+                                                                 stop_at=stop_at)
         planned = day >= 0
-        for i in idx[day == -1]:
-            shortfall_rows.append((int(i), SHORTFALL_UNPLANNABLE))
-        # A slip is a shortfall only when the official calendar had a working day in the window.
+        for i, full in zip(idx[day == -1], cap_hit[day == -1]):
+            shortfall_rows.append((int(i), SHORTFALL_DAY_FULL if full else SHORTFALL_UNPLANNABLE))
+        # A slip is a shortfall when the daily cap caused it, or when the official calendar had a
+        # working day in the window (else the holidays did: nobody could have visited).
         if slipped.any():
             wd_cum = np.r_[0, np.cumsum(workday)]
             lo = np.clip(ws[slipped], 0, T)
             hi = np.clip(we[slipped] + 1, 0, T)
             had_workday = wd_cum[hi] - wd_cum[lo] > 0
-            for i in idx[slipped][had_workday]:
-                shortfall_rows.append((int(i), SHORTFALL_SLIPPED))
+            for i, full, wd in zip(idx[slipped], cap_hit[slipped], had_workday):
+                if full:
+                    shortfall_rows.append((int(i), SHORTFALL_DAY_FULL))
+                elif wd:
+                    shortfall_rows.append((int(i), SHORTFALL_SLIPPED))
         p = planned
         emit(idx[p], c1[p], day[p], np.minimum(shown_ws[p], day[p]), we[p], reasons[p], np.zeros(p.sum(), bool))
         s = sub & p
-        emit_moves(idx[s], c0[s], c1[s], day[s], reasons[s], move_reason_for(c0[s], day[s]))
+        emit_moves(idx[s], c0[s], c1[s], day[s], reasons[s],
+                   np.where(own_full[s], MOVE_DAY_FULL, move_reason_for(c0[s], day[s])))
         return day
 
     # ---- carried open plans -----------------------------------------------------------------
@@ -686,6 +822,7 @@ def schedule_visits(
     fixed_i = np.zeros(0, dtype=np.int64)
     fixed_d = np.zeros(0, dtype=np.int64)
     open_reason_keys: set[tuple[int, str]] = set()
+    kept_urgent_keys: set[tuple[int, int, str]] = set()
     if len(op):
         oi = op["_i"].to_numpy(dtype=np.int64)
         od = op["_d"].to_numpy(dtype=np.int64)
@@ -693,10 +830,13 @@ def schedule_visits(
         o_reason = op["reason"].to_numpy(dtype=object)
         is_routine_reason = np.isin(o_reason.astype(str), list(CADENCE_REASONS))
         r = is_routine_reason & ~o_urg & routine[oi]
-        beyond = r & (od > H - 1)
+        # Open plans a little past the horizon (a visit that slipped, or whose window reached past
+        # it) are kept like the others: they are in the day loads, and a re-run plans them again
+        # identically instead of dropping them or planning a twin on another day.
+        beyond = r & (od > T - 1)
         fixed_i, fixed_d = oi[beyond], od[beyond]
         open_reason_keys = set(zip(oi.tolist(), o_reason.tolist()))
-        inside = (od <= H - 1) & ((assigned[oi] >= 0) | o_urg)
+        inside = (od <= T - 1) & ((assigned[oi] >= 0) | o_urg)
         oi, od, o_urg, o_reason = oi[inside], od[inside], o_urg[inside], o_reason[inside]
         o_ids = op["visit_id"].astype(str).to_numpy(dtype=object)[inside]
         o_cadre = cpos.get_indexer(op["cadre_id"].astype(str).to_numpy()[inside])
@@ -721,17 +861,33 @@ def schedule_visits(
 
         # Who does an open plan: the family's cadre if she can that day, else whoever already holds
         # the plan (a substitute chosen by an earlier run: re-runs must not reshuffle), else a colleague.
+        # Kept plans count toward the load of their day before anything new is planned; handing a
+        # plan back to the family's cadre needs room on her day (else it stays where it is), so a
+        # plan a colleague took because that day was full stays with the colleague on a re-run.
         target_ok = can_take(target, True)
         own_ok = can_take(o_cadre, False)
-        final_c = np.where(target_ok, target, np.where(own_ok, o_cadre, target))
-        ok_day = target_ok | own_ok
+        hand = target_ok & ~o_urg & (o_cadre != target)
+        final_c = np.where(target_ok & ~hand, target, np.where(own_ok, o_cadre, target))
+        ok_day = (target_ok & ~hand) | own_ok
+        load_day = np.where(o_urg, np.maximum(od, 0), od)  # an overdue urgent visit is due today
+        resolver.count(final_c[ok_day], load_day[ok_day])
+        hand_rows = np.flatnonzero(hand)
+        for k in hand_rows[np.lexsort((o_ids[hand_rows].astype(str), od[hand_rows]))]:
+            if resolver.has_room(target[k], od[k]):
+                if own_ok[k]:
+                    resolver.count(final_c[k], od[k], by=-1)  # the holder gives it up
+                final_c[k], ok_day[k] = target[k], True
+                resolver.count(target[k], od[k])
         need = ~ok_day & ~o_urg
         if need.any():
-            d, c1, sub, slipped = resolver.pick(target[need], od[need], od[need], np.ones(need.sum(), bool),
-                                                hgrid[oi[need]])
-            good = d == od[need]
-            final_c[np.flatnonzero(need)[good]] = c1[good]
-            ok_day[np.flatnonzero(need)[good]] = True
+            rows = np.flatnonzero(need)
+            rank = np.empty(len(rows), dtype=np.int64)
+            rank[np.lexsort((o_ids[rows].astype(str), od[rows]))] = np.arange(len(rows))
+            d, c1, *_ = resolver.pick(target[rows], od[rows], od[rows], np.ones(len(rows), bool), hgrid[oi[rows]],
+                                      rank, allow_slip=False)
+            good = d == od[rows]
+            final_c[rows[good]] = c1[good]
+            ok_day[rows[good]] = True
         for k in np.flatnonzero(~ok_day & o_urg):
             pool = cadre_grids.get(hgrid[oi[k]], np.zeros(0, np.int64))
             pool = pool[~on_leave[pool, min(max(od[k], 0), T - 1)]]
@@ -739,14 +895,21 @@ def schedule_visits(
                 final_c[k] = pool[np.lexsort((pool, load[pool], resolver.sub_load[pool]))[0]]
                 resolver.sub_load[final_c[k]] += 1
                 ok_day[k] = True
+                resolver.count(final_c[k], load_day[k])
         keep = ok_day
         plan_parts.append({"_i": oi[keep], "_c": final_c[keep], "_due": od[keep], "_ws": o_ws[keep],
                            "_we": o_we[keep], "reason": o_reason[keep], "urgent": o_urg[keep], "_vid": o_ids[keep]})
+        kept_urgent_keys = set(zip(oi[keep & o_urg].tolist(), od[keep & o_urg].tolist(),
+                                   o_reason[keep & o_urg].tolist()))
         # ``moved`` lists every visit done by someone other than the family's cadre (both are told
         # in the digest), and open plans this run hands from one cadre to another.
         by_other = keep & (target >= 0) & (final_c != target)
         if by_other.any():
-            why = np.where(o_urg[by_other], MOVE_URGENT, move_reason_for(target[by_other], od[by_other]))
+            # Full rather than away when she could have visited on some day of the plan's window.
+            could = resolver.first_on_or_after[np.maximum(target, 0), np.clip(o_ws, 0, T - 1)] <= o_we
+            why = np.where(o_urg[by_other], MOVE_URGENT,
+                           np.where(could[by_other], MOVE_DAY_FULL,
+                                    move_reason_for(target[by_other], od[by_other])))
             emit_moves(oi[by_other], target[by_other], final_c[by_other], od[by_other], o_reason[by_other], why)
         handed = keep & (target >= 0) & (final_c == target) & (o_cadre >= 0) & (o_cadre != target)
         if handed.any():
@@ -760,8 +923,68 @@ def schedule_visits(
     fixed_start = np.searchsorted(fixed_i, np.arange(n_hh), side="left")
     fixed_end = np.searchsorted(fixed_i, np.arange(n_hh), side="right")
 
-    # ---- routine visits, one chain step at a time --------------------------------------------
+    # ---- urgent visits (ignore the calendar and the daily cap) ------------------------------
+    # Planned before the routine ones: safety first, and the time an urgent visit takes that day
+    # is counted, so the routine visits of that cadre-day make room around it.
+    if len(ur):
+        ui = ur["_i"].to_numpy(dtype=np.int64)
+        req_day, _ = _as_days(ur["_req"], as_of64)
+        dl_day, _ = _as_days(ur["_deadline"], as_of64)
+        u_reason = ur["reason"].to_numpy(dtype=object)
+        first_resp = np.isin(cd["role"].astype(str).to_numpy(), list(rules.first_responder_roles))
+        for k in range(len(ui)):
+            i = ui[k]
+            if (int(i), int(dl_day[k]), u_reason[k]) in kept_urgent_keys:
+                continue  # the same visit, already planned and kept above
+            lo = int(min(max(req_day[k], 0), T - 1))
+            hi = int(min(max(dl_day[k], lo), T - 1))
+            c0 = assigned[i]
+            if c0 >= 0 and not fpo[c0] and not on_leave[c0, lo:hi + 1].any():
+                chosen = c0
+            else:
+                pool = cadre_grids.get(hgrid[i], np.zeros(0, np.int64))
+                pool = pool[~on_leave[pool, lo:hi + 1].any(axis=1)] if len(pool) else pool
+                if not len(pool):
+                    shortfall_rows.append((int(i), SHORTFALL_URGENT))
+                    continue
+                order = np.lexsort((pool, load[pool], resolver.sub_load[pool], fpo[pool], ~first_resp[pool]))
+                chosen = int(pool[order[0]])
+                resolver.sub_load[chosen] += 1
+            emit([i], [chosen], [dl_day[k]], [req_day[k]], [dl_day[k]], [u_reason[k]], [True])
+            resolver.count(chosen, max(int(dl_day[k]), 0))
+            if c0 >= 0 and chosen != c0:
+                emit_moves([i], [c0], [chosen], [dl_day[k]], [u_reason[k]], [MOVE_URGENT])
+
     deferred_by_away = np.zeros(n_hh, dtype=bool)
+
+    # ---- follow-ups -------------------------------------------------------------------------
+    # Before the routine visits: a follow-up has a fixed date and a short window, a routine visit
+    # can still move to an earlier day of its window when the day is full.
+    if len(fu):
+        fi = fu["_i"].to_numpy(dtype=np.int64)
+        fd = fu["_d"].to_numpy(dtype=np.int64)
+        fr = fu["reason"].to_numpy(dtype=object)
+        known = np.array([(int(i), r) in open_reason_keys for i, r in zip(fi, fr)], dtype=bool)
+        usable = ~known & (assigned[fi] >= 0)
+        fi, fd, fr = fi[usable], fd[usable], fr[usable]
+        ws = np.maximum(fd, 0)
+        we = np.where(fd >= 0, fd + rules.follow_up_within_days, ws + overdue_within)
+        # Away when the follow-up opens: right after the return (if recorded), else not planned.
+        af, au, au_ok = away_from_d[fi], away_until_d[fi], away_until_ok[fi]
+        away_then = away_from_ok[fi] & (af <= ws) & (~au_ok | (au >= ws))
+        deferred_by_away[fi[away_then]] = True
+        ws = np.where(away_then, np.where(au_ok, au + 1, _BIG), ws)
+        we = np.where(away_then, np.where(au_ok, au + 1 + overdue_within, _BIG), we)
+        # Leaving during the window: visit before departure, never slip into the absence.
+        leaves = away_from_ok[fi] & (af > ws) & (af <= we)
+        we = np.where(leaves, af - 1, we)
+        slip_until = np.where(away_from_ok[fi] & (af > ws), af - 1, _BIG)
+        ok = ws <= H - 1
+        day = resolve_and_emit(fi[ok], ws[ok], we[ok], np.zeros(ok.sum(), dtype=bool), fr[ok],
+                               (fd[ok], fr[ok].astype(str), ws[ok]), slip_until=slip_until[ok])
+        deferred_by_away[fi[ok][day == -2]] = True
+
+    # ---- routine visits, one chain step at a time --------------------------------------------
     active = np.flatnonzero(routine & (assigned >= 0) & ~away_all_horizon)
     prev = routine_prev[active]
     after_return = np.zeros(len(active), dtype=bool)  # next visit must wait for the return home
@@ -795,13 +1018,17 @@ def schedule_visits(
         we = np.where(after, np.where(au_ok, au + 1 + overdue_within, _BIG), we)
         latest = latest & ~after
         deferred_by_away[active[after]] = True
+        # Who gets the last places of a full day: the visit whose window closes first (a family due
+        # today before an overdue one that may still go tomorrow), then the most overdue (never
+        # visited first), then the shortest cadence.
+        due_key = np.where(latest, we, deadline)
         # A visit may slip past holidays, but not into an absence that starts after its window.
         slip_until = np.where(future_away & (af > we), af - 1, _BIG)
         # Only visits whose deadline lies inside the horizon are planned now (the next run does the rest);
         # overdue ones are planned when their window opens inside it.
         inside = np.where(latest, we <= H - 1, ws <= H - 1)
         active, ws, we, latest, slip_until = active[inside], ws[inside], we[inside], latest[inside], slip_until[inside]
-        next_fixed = next_fixed[inside]
+        next_fixed, due_key = next_fixed[inside], due_key[inside]
         if not len(active):
             break
         # A standing open plan due by the deadline is this step's visit: nothing new to plan.
@@ -815,68 +1042,22 @@ def schedule_visits(
             t_idx = active[todo_rows]
             slack = np.maximum(1, np.round(interval[t_idx] * rules.window_fraction)).astype(np.int64)
             shown = np.where(latest[todo_rows], np.maximum(ws[todo_rows], we[todo_rows] - slack), ws[todo_rows])
-            day[todo_rows] = resolve_and_emit(t_idx, ws[todo_rows], we[todo_rows], latest[todo_rows],
-                                              cad_reason[t_idx], shown, slip_until[todo_rows])
+            # A visit that would slip to the family's next open plan or later is that open plan (e.g.
+            # one that slipped the same way in an earlier run): nothing new is planned.
+            day[todo_rows] = resolve_and_emit(
+                t_idx, ws[todo_rows], we[todo_rows], latest[todo_rows], cad_reason[t_idx],
+                (interval[t_idx], due_key[todo_rows], we[todo_rows]), shown, slip_until[todo_rows],
+                stop_at=fixed_day[todo_rows])
+        served = day == -3
+        day = np.where(served, fixed_day, day)
         blocked = day == -2
         going = (day >= 0) | blocked
         # Blocked by the absence: the same visit is tried again after the return.
         prev = np.where(blocked, ws - 1, day)[going]
         after_return = blocked[going]
-        next_fixed = (next_fixed + satisfied)[going]
+        next_fixed = (next_fixed + (satisfied | served))[going]
         active = active[going]
         first = False
-
-    # ---- follow-ups -------------------------------------------------------------------------
-    if len(fu):
-        fi = fu["_i"].to_numpy(dtype=np.int64)
-        fd = fu["_d"].to_numpy(dtype=np.int64)
-        fr = fu["reason"].to_numpy(dtype=object)
-        known = np.array([(int(i), r) in open_reason_keys for i, r in zip(fi, fr)], dtype=bool)
-        usable = ~known & (assigned[fi] >= 0)
-        fi, fd, fr = fi[usable], fd[usable], fr[usable]
-        ws = np.maximum(fd, 0)
-        we = np.where(fd >= 0, fd + rules.follow_up_within_days, ws + overdue_within)
-        # Away when the follow-up opens: right after the return (if recorded), else not planned.
-        af, au, au_ok = away_from_d[fi], away_until_d[fi], away_until_ok[fi]
-        away_then = away_from_ok[fi] & (af <= ws) & (~au_ok | (au >= ws))
-        deferred_by_away[fi[away_then]] = True
-        ws = np.where(away_then, np.where(au_ok, au + 1, _BIG), ws)
-        we = np.where(away_then, np.where(au_ok, au + 1 + overdue_within, _BIG), we)
-        # Leaving during the window: visit before departure, never slip into the absence.
-        leaves = away_from_ok[fi] & (af > ws) & (af <= we)
-        we = np.where(leaves, af - 1, we)
-        slip_until = np.where(away_from_ok[fi] & (af > ws), af - 1, _BIG)
-        ok = ws <= H - 1
-        day = resolve_and_emit(fi[ok], ws[ok], we[ok], np.zeros(ok.sum(), dtype=bool), fr[ok],
-                               slip_until=slip_until[ok])
-        deferred_by_away[fi[ok][day == -2]] = True
-
-    # ---- urgent visits (ignore the calendar) -----------------------------------------------
-    if len(ur):
-        ui = ur["_i"].to_numpy(dtype=np.int64)
-        req_day, _ = _as_days(ur["_req"], as_of64)
-        dl_day, _ = _as_days(ur["_deadline"], as_of64)
-        u_reason = ur["reason"].to_numpy(dtype=object)
-        first_resp = np.isin(cd["role"].astype(str).to_numpy(), list(rules.first_responder_roles))
-        for k in range(len(ui)):
-            i = ui[k]
-            lo = int(min(max(req_day[k], 0), T - 1))
-            hi = int(min(max(dl_day[k], lo), T - 1))
-            c0 = assigned[i]
-            if c0 >= 0 and not fpo[c0] and not on_leave[c0, lo:hi + 1].any():
-                chosen = c0
-            else:
-                pool = cadre_grids.get(hgrid[i], np.zeros(0, np.int64))
-                pool = pool[~on_leave[pool, lo:hi + 1].any(axis=1)] if len(pool) else pool
-                if not len(pool):
-                    shortfall_rows.append((int(i), SHORTFALL_URGENT))
-                    continue
-                order = np.lexsort((pool, load[pool], resolver.sub_load[pool], fpo[pool], ~first_resp[pool]))
-                chosen = int(pool[order[0]])
-                resolver.sub_load[chosen] += 1
-            emit([i], [chosen], [dl_day[k]], [req_day[k]], [dl_day[k]], [u_reason[k]], [True])
-            if c0 >= 0 and chosen != c0:
-                emit_moves([i], [c0], [chosen], [dl_day[k]], [u_reason[k]], [MOVE_URGENT])
 
     # ---- assemble ---------------------------------------------------------------------------
     def day_to_ts(d: np.ndarray) -> pd.DatetimeIndex:

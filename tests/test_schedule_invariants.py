@@ -10,6 +10,7 @@ of violations in plain words; an empty list means the plan keeps every rule.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, timedelta
 from functools import lru_cache
 
@@ -149,6 +150,19 @@ def check_schedule(result, households, cadres, last_visits, *, as_of: date, hori
         elif not can_visit(c, d):
             violations.append(f"plan {p['visit_id']} on {d}: not a day cadre {c} can visit "
                               f"(holiday/weekend, leave or 4+1 weekday)")
+
+    # 2b. the daily cap: no cadre is given more non-urgent visits on one day than the rules allow
+    # (urgent visits ignore it: safety first). Slipped visits beyond the horizon count too.
+    cap = rules.max_visits_per_cadre_per_day
+    if cap:
+        per_day: dict[tuple[str, date], int] = {}
+        for p in plan_rows:
+            if not p["urgent"]:
+                key = (str(p["cadre_id"]), p["due_date"])
+                per_day[key] = per_day.get(key, 0) + 1
+        for (c, d), n in sorted(per_day.items()):
+            if n > cap:
+                violations.append(f"cadre {c} has {n} non-urgent visits on {d}, over the daily cap of {cap}")
 
     # 3. no routine visit while the family is recorded away
     away_of = {}
@@ -305,8 +319,11 @@ def synth_inputs(*, seed: int, n_grids: int, households_per_grid: int = 100, cad
             "current_assignments": current_assignments, "urgent_requests": urgent_requests, "follow_ups": follow_ups}
 
 
-def run_and_check(inputs: dict, *, as_of: date, horizon_days: int = 30, grid: str | None = None):
+def run_and_check(inputs: dict, *, as_of: date, horizon_days: int = 30, grid: str | None = None,
+                  daily_cap: int | None = None):
     rules = load_cadence_rules(None)
+    if daily_cap is not None:
+        rules = dataclasses.replace(rules, max_visits_per_cadre_per_day=daily_cap)
     result = schedule_visits(inputs["households"], inputs["cadres"], as_of=as_of, horizon_days=horizon_days,
                              last_visits=inputs["last_visits"], open_plans=inputs["open_plans"],
                              current_assignments=inputs["current_assignments"],
@@ -393,6 +410,15 @@ def test_checker_catches_broken_plans():
     result_bad = type(result)(**{**result.__dict__, "assignments": a})
     assert any("capacity" in v for v in check_schedule(result_bad, hh, cd, lv, **args))
 
+    # One cadre's non-urgent visits piled on one working day: over the daily cap.
+    busiest = result.plans[~result.plans["urgent"]]["cadre_id"].value_counts().index[0]
+    piled = result.plans.index[(result.plans["cadre_id"] == busiest) & ~result.plans["urgent"]]
+    assert len(piled) > rules.max_visits_per_cadre_per_day
+    bad = result.plans.copy()
+    bad.loc[piled, "due_date"] = pd.Timestamp("2026-11-24")  # a Tuesday
+    result_bad = type(result)(**{**result.__dict__, "plans": bad})
+    assert any("over the daily cap" in v for v in check_schedule(result_bad, hh, cd, lv, **args))
+
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -405,16 +431,65 @@ def test_checker_catches_broken_plans():
     leave_share=st.sampled_from([0.0, 0.3, 0.9]),
     as_of_offset=st.integers(0, 364),
     horizon_days=st.integers(1, 45),
+    daily_cap=st.sampled_from([1, 2, 4, 0]),
 )
 def test_scheduler_keeps_every_rule_on_generated_inputs(seed, n_grids, households_per_grid, cadres_per_grid, capacity,
-                                                        four_plus_one_share, leave_share, as_of_offset, horizon_days):
+                                                        four_plus_one_share, leave_share, as_of_offset, horizon_days,
+                                                        daily_cap):
     as_of = date(2026, 1, 1) + timedelta(days=as_of_offset)
     inputs = synth_inputs(seed=seed, n_grids=n_grids, households_per_grid=households_per_grid,
                           cadres_per_grid=cadres_per_grid, capacity=capacity,
                           four_plus_one_share=four_plus_one_share, leave_share=leave_share, as_of=as_of,
                           grids_per_village=2)
-    result, violations = run_and_check(inputs, as_of=as_of, horizon_days=horizon_days)
+    result, violations = run_and_check(inputs, as_of=as_of, horizon_days=horizon_days, daily_cap=daily_cap)
     assert violations == [], violations[:10]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n_grids=st.integers(1, 3),
+    households_per_grid=st.integers(1, 40),
+    cadres_per_grid=st.integers(1, 4),
+    four_plus_one_share=st.sampled_from([0.0, 0.3]),
+    leave_share=st.sampled_from([0.0, 0.3]),
+    as_of_offset=st.integers(0, 364),
+    daily_cap=st.sampled_from([1, 2, 4]),
+)
+def test_rerun_fed_its_own_plans_changes_nothing_under_the_daily_cap(seed, n_grids, households_per_grid,
+                                                                    cadres_per_grid, four_plus_one_share,
+                                                                    leave_share, as_of_offset, daily_cap):
+    """Same day, the plan fed back as open plans: the same plans and ids (the upsert writes nothing),
+    even when full days sent visits to colleagues or past their window."""
+    as_of = date(2026, 1, 1) + timedelta(days=as_of_offset)
+    inputs = synth_inputs(seed=seed, n_grids=n_grids, households_per_grid=households_per_grid,
+                          cadres_per_grid=cadres_per_grid, four_plus_one_share=four_plus_one_share,
+                          leave_share=leave_share, as_of=as_of, grids_per_village=2)
+    first, violations = run_and_check(inputs, as_of=as_of, daily_cap=daily_cap)
+    assert violations == []
+    fed = {**inputs, "open_plans": first.plans, "current_assignments": first.assignments}
+    again, violations = run_and_check(fed, as_of=as_of, daily_cap=daily_cap)
+    assert violations == []
+    pd.testing.assert_frame_equal(first.plans, again.plans)
+
+
+def test_first_run_after_archive_import_keeps_the_daily_cap():
+    """Nobody visited yet and no cadre chosen: every must-visit family is overdue at once. The
+    visits spread over the overdue window at most ``cap`` a day per cadre; what does not fit is a
+    capacity shortfall, never a dropped family."""
+    as_of = date(2026, 11, 23)
+    inputs = synth_inputs(seed=13, n_grids=6, as_of=as_of)
+    inputs["last_visits"] = inputs["last_visits"].iloc[:0]
+    inputs["current_assignments"] = inputs["current_assignments"].iloc[:0]
+    result, violations = run_and_check(inputs, as_of=as_of, daily_cap=2)
+    assert violations == [], violations[:10]
+    routine = result.plans[~result.plans["urgent"]]
+    assert routine.groupby(["cadre_id", "due_date"]).size().max() == 2
+    assert result.shortfall["reason"].str.contains("容量").any()
+    must = inputs["households"][inputs["households"]["categories"] != ""]
+    planned_or_listed = set(routine["household_id"]) | set(result.shortfall["household_id"]) | set(
+        result.away["household_id"])
+    assert set(must["household_id"]) <= planned_or_listed
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -426,19 +501,20 @@ def test_scheduler_keeps_every_rule_on_generated_inputs(seed, n_grids, household
     leave_share=st.sampled_from([0.0, 0.3]),
     as_of_offset=st.integers(0, 364),
     days_later=st.integers(1, 10),
+    daily_cap=st.sampled_from([1, 2, 4]),
 )
 def test_replanning_later_with_open_plans_keeps_every_rule(seed, n_grids, households_per_grid, cadres_per_grid,
-                                                           leave_share, as_of_offset, days_later):
+                                                           leave_share, as_of_offset, days_later, daily_cap):
     """A later run fed with the open plans and assignments of an earlier one (no visit done since)."""
     as_of = date(2026, 1, 1) + timedelta(days=as_of_offset)
     inputs = synth_inputs(seed=seed, n_grids=n_grids, households_per_grid=households_per_grid,
                           cadres_per_grid=cadres_per_grid, leave_share=leave_share, as_of=as_of,
                           grids_per_village=2)
-    first, violations = run_and_check(inputs, as_of=as_of)
+    first, violations = run_and_check(inputs, as_of=as_of, daily_cap=daily_cap)
     assert violations == []
     later = as_of + timedelta(days=days_later)
     fed = {**inputs, "open_plans": first.plans, "current_assignments": first.assignments}
-    second, violations = run_and_check(fed, as_of=later)
+    second, violations = run_and_check(fed, as_of=later, daily_cap=daily_cap)
     assert violations == [], violations[:10]
     # Plans still ahead keep their ids unless their cadre can no longer do them.
     ahead = first.plans[(first.plans["due_date"] >= pd.Timestamp(later)) & (first.plans["due_date"]

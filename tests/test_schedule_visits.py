@@ -314,3 +314,142 @@ def test_coverage_with_nothing_due_is_empty():
     households = pd.DataFrame({"household_id": ["H1"], "grid_id": ["G1"]})
     out = compute_coverage(plans, visits, households, date(2026, 11, 20))
     assert list(out.columns) == COVERAGE_COLUMNS and out.empty
+
+
+# -- daily cap (每日走访上限) ----------------------------------------------------------------------
+def _non_urgent_per_cadre_day(plans: pd.DataFrame) -> pd.Series:
+    return plans[~plans["urgent"]].groupby(["cadre_id", "due_date"]).size()
+
+
+def _first_visits(plans: pd.DataFrame) -> pd.DataFrame:
+    return plans[~plans["urgent"]].sort_values("due_date", kind="mergesort").groupby("household_id").first()
+
+
+def _overdue_archive():
+    """30 overdue families of cadre a (h29 the most overdue); colleague b is on leave after Monday."""
+    hh = households(*[dict(household_id=f"h{i:02d}", categories="hardship") for i in range(30)])
+    cd = cadres(dict(cadre_id="a", capacity=30),
+                dict(cadre_id="b", on_leave_from="2026-11-24", on_leave_until="2026-12-31"))
+    current = pd.DataFrame({"household_id": hh["household_id"], "cadre_id": "a"})
+    lv = last(**{f"h{i:02d}": 20 + i for i in range(30)})
+    return hh, cd, dict(current_assignments=current, last_visits=lv)
+
+
+def test_packaged_daily_cap_is_four():
+    assert RULES.max_visits_per_cadre_per_day == 4
+
+
+def test_overdue_families_spread_over_the_window_then_colleague_then_shortfall():
+    hh, cd, kw = _overdue_archive()
+    r = plan(hh, cd, **kw)
+    assert _non_urgent_per_cadre_day(r.plans).max() == 4
+    first = _first_visits(r.plans)
+    assert len(first) == 30  # nobody dropped
+    # Cadre a: 4 a day over the overdue window (Mon 23 – Thu 26 Nov), most overdue first.
+    by_a = first[(first["cadre_id"] == "a") & (first["due_date"] <= "2026-11-26")]
+    assert by_a.groupby(by_a["due_date"].dt.date).size().to_dict() == {
+        date(2026, 11, d): 4 for d in (23, 24, 25, 26)}
+    assert set(by_a.index) == {f"h{i:02d}" for i in range(14, 30)}
+    assert set(by_a.index[by_a["due_date"] == "2026-11-23"]) == {"h26", "h27", "h28", "h29"}
+    # Colleague b (only Monday before her leave) takes the next four, reported as moved.
+    by_b = first[first["cadre_id"] == "b"]
+    assert set(by_b.index) == {"h10", "h11", "h12", "h13"}
+    assert (by_b["due_date"] == "2026-11-23").all()
+    moved = r.moved.set_index("household_id").loc[list(by_b.index)]
+    assert (moved["from_cadre_id"] == "a").all() and (moved["to_cadre_id"] == "b").all()
+    assert moved["reason"].str.contains("已满").all()
+    # Nobody has room for the last ten: the first days after the window where a has room, and
+    # each family is listed in the shortfall with a capacity reason.
+    late = first.loc[[f"h{i:02d}" for i in range(10)]]
+    assert (late["cadre_id"] == "a").all()
+    assert late["due_date"].dt.date.value_counts().to_dict() == {
+        date(2026, 11, 27): 4, date(2026, 11, 30): 4, date(2026, 12, 1): 2}
+    assert late.loc["h09", "due_date"].date() == date(2026, 11, 27)  # the more overdue, the sooner
+    sf = r.shortfall.set_index("household_id")
+    assert set(sf.index) == set(late.index)
+    assert sf["reason"].str.contains("容量").all()
+
+
+def test_no_daily_cap_when_set_to_zero():
+    import dataclasses
+
+    hh, cd, kw = _overdue_archive()
+    uncapped = dataclasses.replace(RULES, max_visits_per_cadre_per_day=0)
+    first = _first_visits(plan(hh, cd, rules=uncapped, **kw).plans)
+    assert (first["due_date"] == "2026-11-23").all() and (first["cadre_id"] == "a").all()
+
+
+def test_daily_cap_rerun_gives_identical_ids():
+    hh, cd, kw = _overdue_archive()
+    first = plan(hh, cd, **kw)
+    again = plan(hh, cd, **kw)
+    pd.testing.assert_frame_equal(first.plans, again.plans)
+    # Fed its own plans back (what the database holds after the upsert): nothing changes, the
+    # visits a colleague took or that slipped past the window included.
+    fed = plan(hh, cd, open_plans=first.plans, current_assignments=first.assignments,
+               last_visits=kw["last_visits"])
+    pd.testing.assert_frame_equal(first.plans, fed.plans)
+    assert set(fed.moved["visit_id"]) == set(first.moved["visit_id"])
+    # The next morning, nothing visited yet: the visits still ahead keep their ids.
+    tomorrow = plan(hh, cd, as_of=MONDAY + timedelta(days=1), open_plans=first.plans,
+                    current_assignments=first.assignments, last_visits=kw["last_visits"])
+    ahead = first.plans[first.plans["due_date"] > pd.Timestamp(MONDAY)]
+    assert set(ahead["visit_id"]) <= set(tomorrow.plans["visit_id"])
+    assert _non_urgent_per_cadre_day(tomorrow.plans).max() <= 4
+
+
+def test_urgent_visit_on_a_full_day_is_still_planned_and_counts():
+    sunday_morning = pd.Timestamp(MONDAY) - pd.Timedelta(hours=14)  # critical: due Monday 10:00
+    urgent = pd.DataFrame({"household_id": ["u1"], "requested_at": [sunday_morning], "reason": ["meter_inactivity"],
+                           "critical": [1]})
+    cd = cadres(dict(cadre_id="a"))
+    # Monday already full with four kept open plans of cadre a.
+    hh = households(*[dict(household_id=f"k{i}", categories="hardship") for i in range(4)],
+                    dict(household_id="late", categories="hardship"), dict(household_id="u1", categories="empty_nest"))
+    kept = pd.DataFrame({"visit_id": [f"P{i}" for i in range(4)], "household_id": [f"k{i}" for i in range(4)],
+                         "cadre_id": "a", "due_date": pd.Timestamp(MONDAY), "reason": "hardship", "urgent": False})
+    current = pd.DataFrame({"household_id": hh["household_id"], "cadre_id": "a"})
+    r = plan(hh, cd, open_plans=kept, current_assignments=current, urgent_requests=urgent,
+             last_visits=last(k0=10, k1=10, k2=10, k3=10, late=20, u1=3))
+    monday = r.plans[r.plans["due_date"] == pd.Timestamp(MONDAY)]
+    assert set(monday["visit_id"]) >= {"P0", "P1", "P2", "P3"}
+    u = r.plans[r.plans["urgent"]]
+    assert u[["household_id", "cadre_id"]].values.tolist() == [["u1", "a"]]
+    assert u["due_date"].iloc[0] == pd.Timestamp(MONDAY)  # over the cap: safety first
+    assert len(monday) == 5
+    # The overdue family does not squeeze in: the first day with room.
+    late = r.plans[r.plans["household_id"] == "late"]["due_date"].min()
+    assert late.date() == date(2026, 11, 24)
+    # Without open plans the urgent visit still takes one of Monday's four places.
+    hh = households(*[dict(household_id=f"o{i}", categories="hardship") for i in range(4)],
+                    dict(household_id="u1", categories="empty_nest"))
+    current = pd.DataFrame({"household_id": hh["household_id"], "cadre_id": "a"})
+    r = plan(hh, cd, current_assignments=current, urgent_requests=urgent,
+             last_visits=last(o0=20, o1=21, o2=22, o3=23, u1=3))
+    monday = r.plans[r.plans["due_date"] == pd.Timestamp(MONDAY)]
+    assert len(monday) == 4 and monday["urgent"].sum() == 1
+    assert r.plans[r.plans["household_id"] == "o0"]["due_date"].min().date() == date(2026, 11, 24)
+    assert r.shortfall.empty
+
+
+def test_follow_ups_respect_the_daily_cap_within_their_window():
+    hh = households(*[dict(household_id=f"f{i}", categories="dispute") for i in range(6)])
+    fu = pd.DataFrame({"household_id": [f"f{i}" for i in range(6)], "due_date": pd.Timestamp("2026-11-25"),
+                       "reason": "follow_up_mediation_7d"})
+    r = plan(hh, cadres(dict(cadre_id="c1")), follow_ups=fu, last_visits=last(**{f"f{i}": 3 for i in range(6)}))
+    f = r.plans[r.plans["reason"].str.startswith("follow_up")]
+    assert f["due_date"].dt.date.value_counts().to_dict() == {date(2026, 11, 25): 4, date(2026, 11, 26): 2}
+    assert _non_urgent_per_cadre_day(r.plans).max() <= 4
+    assert r.shortfall.empty
+
+
+def test_one_grid_replan_counts_the_day_load_of_other_grids():
+    # The village chair covers G1 and G2; her Monday is full with four open plans in G2.
+    hh = households(dict(household_id="x1", categories="hardship"),
+                    *[dict(household_id=f"y{i}", categories="hardship", grid_id="G2") for i in range(4)])
+    cd = cadres(dict(cadre_id="chair", role="village_chair", grid_ids="G1;G2"))
+    kept = pd.DataFrame({"visit_id": [f"P{i}" for i in range(4)], "household_id": [f"y{i}" for i in range(4)],
+                         "cadre_id": "chair", "due_date": pd.Timestamp(MONDAY), "reason": "hardship", "urgent": False})
+    current = pd.DataFrame({"household_id": hh["household_id"], "cadre_id": "chair"})
+    r = plan(hh, cd, open_plans=kept, current_assignments=current, last_visits=last(x1=20), grid="G1")
+    assert r.plans[r.plans["household_id"] == "x1"]["due_date"].min().date() == date(2026, 11, 24)
