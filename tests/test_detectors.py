@@ -329,3 +329,53 @@ def test_incremental_run_knows_the_households_past_episodes():
     got = inc[inc["kind"] == "sustained_drop"][key].reset_index(drop=True)
     want = ref[(ref["kind"] == "sustained_drop") & (ref["start"] >= START + pd.Timedelta(days=28))][key]
     assert got.equals(want.reset_index(drop=True)), (got, want)
+
+
+def cycling_standby_routine(days=42, seed=3, start=START):
+    """A household whose standby cycles hard (an off-peak water heater on every other hour at
+    night and a fridge): its quietest stretches are not flat."""
+    rng = np.random.default_rng(seed)
+    n = days * 24
+    ts = start + pd.to_timedelta(np.arange(n) + 1, unit="h")
+    hour = np.arange(n) % 24
+    standby = 0.06 + 0.25 * (np.arange(n) % 2)                         # cycles every hour
+    p_act = np.select([(hour >= 6) & (hour < 9), (hour >= 11) & (hour < 13), (hour >= 17) & (hour < 22)],
+                      [0.9, 0.85, 0.9], 0.05)
+    load = np.where(rng.random(n) < p_act, rng.uniform(0.5, 1.5, n), 0.0)
+    return pd.DataFrame({"meter_id": "cyc", "ts": ts, "kwh": standby + load}), standby
+
+
+def test_dark_house_whose_standby_cycles_is_still_found():
+    # the lights-off alarm judges the level against the household's own quietest stretches, so
+    # a dark house that keeps cycling reads as dark, not as someone moving about
+    df, standby = cycling_standby_routine()
+    onset = START + pd.Timedelta(days=35, hours=10)
+    s = _sel(df, onset, onset + pd.Timedelta(days=2))
+    df.loc[s, "kwh"] = standby[s.to_numpy()]
+    out = detect(df)
+    hit = out[(out["kind"] == "inactivity") & (out["detected_at"] >= onset)
+              & (out["detected_at"] <= onset + pd.Timedelta(hours=24))]
+    assert len(hit) == 1, out
+    assert hit["severity"].iloc[0] in ALERT_SEVERITIES
+    # the same household without the dark spell: its cycling standby is not read as a silence
+    # (one improbable quiet morning in six weeks may alarm; none in the spell's days)
+    clean = detect(cycling_standby_routine()[0])
+    quiet = clean[clean["kind"] == "inactivity"]
+    assert len(quiet) <= 1, quiet
+    assert not ((quiet["detected_at"] >= onset) & (quiet["detected_at"] <= onset + pd.Timedelta(days=2))).any()
+
+
+def test_level_evidence_weighs_the_hour_against_a_dark_house():
+    from sibifang.detectors import DetectorConfig, _level_llr, _level_samples, hourly_matrix
+    df = routine(days=35)
+    meters, X, t0, n = hourly_matrix(df)
+    cfg = DetectorConfig()
+    X = X.copy()
+    d = 30
+    X[0, d * 24 + 19] = 0.065         # evening hour at standby (0.05-0.08 kWh/h): a dark house's level
+    X[0, d * 24 + 20] = 1.2           # evening hour at a busy level
+    llr = _level_llr(*_level_samples(X, ~np.isnan(X), cfg), cfg).reshape(1, -1, 24)
+    assert llr[0, d, 19] > 1.0
+    assert llr[0, d, 20] < 0.0
+    # the household's quietest hours (night) carry no level evidence: asleep looks dark
+    assert (llr[0, d, 1:5] == 0.0).all()
