@@ -166,6 +166,16 @@ def _hourly(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
+def _run_alarms(meter: str, ts: pd.Series, flag: np.ndarray, hours: int) -> list[dict]:
+    """An alarm at the ``hours``-th consecutive flagged hour of each run (one per run)."""
+    rows, run = [], 0
+    for t in range(len(flag)):
+        run = run + 1 if flag[t] else 0
+        if run == hours:
+            rows.append(dict(meter_id=meter, start=ts[t - hours + 1] - pd.Timedelta(hours=1), detected_at=ts[t]))
+    return rows
+
+
 def rule_12h(hourly: pd.DataFrame) -> pd.DataFrame:
     """Fixed rule: 12 consecutive hours at or below standby (95th pct of the trailing 4 weeks'
     01–05 h use) raise an alarm at the 12th hour."""
@@ -176,13 +186,7 @@ def rule_12h(hourly: pd.DataFrame) -> pd.DataFrame:
         night = np.where(g["ts"].dt.hour.between(2, 6), x, np.nan)   # ends 02..06 → 01..05 starts
         ser = pd.Series(night).shift(1)
         thr = ser.rolling(28 * 24, min_periods=7 * 5).quantile(0.95).to_numpy()
-        low = (x <= thr) & ~np.isnan(x)
-        run = 0
-        for t in range(len(x)):
-            run = run + 1 if low[t] else 0
-            if run == 12:
-                rows.append(dict(meter_id=m, start=g["ts"][t - 11] - pd.Timedelta(hours=1),
-                                 detected_at=g["ts"][t]))
+        rows += _run_alarms(m, g["ts"], (x <= thr) & ~np.isnan(x), 12)
     return pd.DataFrame(rows, columns=["meter_id", "start", "detected_at"])
 
 
@@ -215,12 +219,7 @@ class IsolationForestBaseline:
             g = g.reset_index(drop=True)
             mdl, thr = self.models[household_of(m)]
             flag = (mdl.score_samples(_features(g)) < thr) & g["kwh"].notna().to_numpy()
-            run = 0
-            for t in range(len(flag)):
-                run = run + 1 if flag[t] else 0
-                if run == 3:
-                    rows.append(dict(meter_id=m, start=g["ts"][t - 2] - pd.Timedelta(hours=1),
-                                     detected_at=g["ts"][t]))
+            rows += _run_alarms(m, g["ts"], flag, 3)
         return pd.DataFrame(rows, columns=["meter_id", "start", "detected_at"])
 
 

@@ -242,9 +242,9 @@ class RoutineProfiles:
     low_threshold: np.ndarray | None = None      # (M,) lights-off CUSUM alarm level (nats)
     # level evidence (see _level_samples): a dark house's histogram of log-use bins, each hour's
     # bins over the trailing window, and its mean log use
-    dark_sample: np.ndarray | None = None        # (M, bins + 2) counts
+    dark_hist: np.ndarray | None = None          # (M, bins + 2) counts
     slot_sample: np.ndarray | None = None        # (M, 24, window_days) bins, -1 = none
-    slot_mean: np.ndarray | None = None          # (M, 24, 2) mean log use, readings
+    slot_stats: np.ndarray | None = None         # (M, 24, 2) mean log use, readings
     dark_noise: np.ndarray | None = None         # (M,) P(active hour | dark house)
     level_sigma: np.ndarray | None = None        # (M,) day-to-day spread of log(use ratio)
     # (M, len(recurrence_kinds), _RECENT) detection times (datetime64[ns], NaT = none) of the
@@ -389,6 +389,16 @@ def _trailing(Q: np.ndarray, W: int, weekend: np.ndarray) -> np.ndarray:
     return same.transpose(1, 0, 2), all_days.transpose(1, 0, 2)
 
 
+def _quietest_stretch(X, valid, k: int):
+    """Each day's quietest ``k`` consecutive hours (M, D, k) as hour-of-day indices, and
+    whether the day had such a stretch with readings (M, D): where a dark house is learnt."""
+    M, T = X.shape
+    Xd = np.where(valid, X, np.inf).reshape(M, T // 24, 24)
+    sums = sum(Xd[:, :, j:24 - k + 1 + j] for j in range(k))          # (M, D, 24-k+1)
+    j0 = np.argmin(sums, axis=2)
+    return j0[:, :, None] + np.arange(k), np.isfinite(np.min(sums, axis=2))
+
+
 def _dark_noise(X, A, valid, cfg) -> np.ndarray:
     """How often a dark house still looks active (M, D): the share of active hours in each
     day's quietest ``dark_hours`` stretch (everyone asleep, only automatic loads running),
@@ -396,12 +406,9 @@ def _dark_noise(X, A, valid, cfg) -> np.ndarray:
     M, T = X.shape
     D = T // 24
     k = cfg.dark_hours
-    Xd = np.where(valid, X, np.inf).reshape(M, D, 24)
     Ad = (A & valid).reshape(M, D, 24).astype(np.float32)
-    sums = sum(Xd[:, :, j:24 - k + 1 + j] for j in range(k))          # (M, D, 24-k+1)
-    j0 = np.argmin(sums, axis=2)
-    seen = np.isfinite(np.min(sums, axis=2))
-    rate = sum(np.take_along_axis(Ad, (j0 + j)[:, :, None], axis=2)[:, :, 0] for j in range(k)) / k
+    hours, seen = _quietest_stretch(X, valid, k)
+    rate = np.take_along_axis(Ad, hours, axis=2).mean(axis=2)
     num = np.zeros((M, D + 1)); np.cumsum(np.where(seen, rate, 0.0), axis=1, out=num[:, 1:])
     den = np.zeros((M, D + 1)); np.cumsum(seen, axis=1, out=den[:, 1:])
     W = cfg.window_days
@@ -436,11 +443,8 @@ def _level_samples(X, valid, cfg):
         bins = np.floor((L - _LOG_MIN) / np.float32(cfg.level_bandwidth))
     bins = np.where(np.isnan(bins), -1, np.clip(bins, 0, B - 1)).astype(np.int16)
     # each day's quietest stretch → per-day histograms → trailing-window sums
-    Xd = np.where(valid, X, np.inf).reshape(M, D, 24)
-    sums = sum(Xd[:, :, j:24 - k + 1 + j] for j in range(k))
-    j0 = np.argmin(sums, axis=2)
-    seen = np.isfinite(np.min(sums, axis=2))
-    db = np.stack([np.take_along_axis(bins, (j0 + j)[:, :, None], axis=2)[:, :, 0] for j in range(k)], axis=2)
+    hours, seen = _quietest_stretch(X, valid, k)
+    db = np.take_along_axis(bins, hours, axis=2)
     ok = seen[:, :, None] & (db >= 0)
     # counts stay ≤ dark_hours × days: int16, and no dense temporaries (they page-fault)
     hist = np.zeros((M, D + 1, B + 2), np.int16)
@@ -1066,7 +1070,7 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
             delta_md = np.repeat(profiles.delta[sl][:, None], D, axis=1)
         delta_h = np.repeat(delta_md, 24, axis=1)
         A = _activity_per_hour(Xc, delta_h, cfg.floor_hours)
-        L, dark_s, slot_s, smean = _level_samples(Xc, valid, cfg)
+        bins, dark_s, slot_s, sstats = _level_samples(Xc, valid, cfg)
         if profiles is None:
             P = _rolling_profiles(Xc, A, valid, weekend, cfg, delta_md)
             wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
@@ -1075,12 +1079,12 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
             P = _profiles_from_fixed(profiles, ix, D, weekend)
             wake = np.repeat(profiles.wake_hour[ix][:, None], D, axis=1)
             deadline = np.repeat(profiles.morning_deadline[ix][:, None], D, axis=1)
-            if profiles.dark_sample is not None:      # judged against the stored samples
-                dark_s = np.broadcast_to(profiles.dark_sample[ix][:, None, :], (len(ix), D) + profiles.dark_sample.shape[1:])
+            if profiles.dark_hist is not None:      # judged against the stored samples
+                dark_s = np.broadcast_to(profiles.dark_hist[ix][:, None, :], (len(ix), D) + profiles.dark_hist.shape[1:])
                 slot_s = np.broadcast_to(profiles.slot_sample[ix][:, None], (len(ix), D) + profiles.slot_sample.shape[1:])
-                smean = np.broadcast_to(profiles.slot_mean[ix][:, None], (len(ix), D, 24, 2))
-        P["level_llr"] = _level_llr(L, dark_s, slot_s, smean, cfg)
-        del L, dark_s, slot_s, smean
+                sstats = np.broadcast_to(profiles.slot_stats[ix][:, None], (len(ix), D, 24, 2))
+        P["level_llr"] = _level_llr(bins, dark_s, slot_s, sstats, cfg)
+        del bins, dark_s, slot_s, sstats
         eps = _scan(Xc, A, valid, gap_ok, P, cfg, n_hours)
         eps += _offline_episodes(~np.isnan(X[sl]), gap_ok, n_hours, cfg)
         eps += _level_episodes(Xc, valid, gap_ok, P, n_hours, cfg)
@@ -1242,9 +1246,9 @@ def _subset(p: RoutineProfiles, pos) -> RoutineProfiles:
                            history_days=p.history_days[pos], silence_threshold=p.silence_threshold[pos],
                            night_threshold=p.night_threshold[pos], level_kwh=p.level_kwh[pos],
                            low_threshold=None if p.low_threshold is None else p.low_threshold[pos],
-                           dark_sample=None if p.dark_sample is None else p.dark_sample[pos],
+                           dark_hist=None if p.dark_hist is None else p.dark_hist[pos],
                            slot_sample=None if p.slot_sample is None else p.slot_sample[pos],
-                           slot_mean=None if p.slot_mean is None else p.slot_mean[pos],
+                           slot_stats=None if p.slot_stats is None else p.slot_stats[pos],
                            dark_noise=None if p.dark_noise is None else p.dark_noise[pos],
                            level_sigma=None if p.level_sigma is None else p.level_sigma[pos],
                            recent_detections=None if p.recent_detections is None else p.recent_detections[pos])
@@ -1270,7 +1274,7 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
     weekend = np.asarray(days.day_of_week >= 5)
     M = len(meters)
     out = {k: [] for k in ("p", "c", "mean", "delta", "lp", "lpn", "sb", "wake", "dl", "hd", "thr", "nthr", "level",
-                                 "thr2", "lsig", "recent", "dark", "dsample", "ssample", "smean")}
+                                 "thr2", "lsig", "recent", "dark", "dhist", "ssample", "sstats")}
     for c0 in range(0, M, cfg.chunk_meters):
         sl = slice(c0, min(M, c0 + cfg.chunk_meters))
         Xc = X[sl]
@@ -1286,8 +1290,8 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
             res[typ] = P
         P = res[0]
         wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
-        L, dark_s, slot_s, smean = _level_samples(Xc, valid, cfg)
-        P["level_llr"] = _level_llr(L, dark_s, slot_s, smean, cfg)
+        bins, dark_s, slot_s, sstats = _level_samples(Xc, valid, cfg)
+        P["level_llr"] = _level_llr(bins, dark_s, slot_s, sstats, cfg)
         # replay the history to learn the self-calibrated alarm levels for the next day
         ones = np.ones_like(valid)
         eps = _scan(Xc, A, valid, ones, P, cfg, Xc.shape[1])
@@ -1300,9 +1304,9 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         out["nthr"].append(P["last_thr"][1])
         out["thr2"].append(P["last_thr"][2])
         # the samples behind the day after the history (the appended empty day, D - 1)
-        out["dsample"].append(np.ascontiguousarray(dark_s[:, D - 1]))
+        out["dhist"].append(np.ascontiguousarray(dark_s[:, D - 1]))
         out["ssample"].append(np.ascontiguousarray(slot_s[:, D - 1]))
-        out["smean"].append(np.ascontiguousarray(smean[:, D - 1]))
+        out["sstats"].append(np.ascontiguousarray(sstats[:, D - 1]))
         out["dark"].append(P["dark"][:, -1])
         out["lsig"].append(_level_sigma(_level_ratio(Xc, valid, np.ones_like(valid), P, cfg)[0], cfg)[:, -1])
         out["p"].append(np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1))
@@ -1322,5 +1326,5 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
                            standby=cat("sb"), wake_hour=cat("wake"), morning_deadline=cat("dl"),
                            history_days=cat("hd"), silence_threshold=cat("thr"), night_threshold=cat("nthr"),
                            level_kwh=cat("level"), low_threshold=cat("thr2"), dark_noise=cat("dark"),
-                           dark_sample=cat("dsample"), slot_sample=cat("ssample"), slot_mean=cat("smean"),
+                           dark_hist=cat("dhist"), slot_sample=cat("ssample"), slot_stats=cat("sstats"),
                            level_sigma=cat("lsig"), recent_detections=cat("recent"))
