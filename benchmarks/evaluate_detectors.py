@@ -25,6 +25,7 @@ what would reach a grid worker (severity 'low' is recorded, not alerted; see
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -274,8 +275,25 @@ def false_alarm_rate(alarms: pd.DataFrame, clean: pd.DataFrame, kind_col: bool =
 
 # ----------------------------------------------------------------------------- main
 
-import os
-CONFIG = DetectorConfig(**{k[4:].lower(): (v == "1" if isinstance(getattr(DetectorConfig(), k[4:].lower()), bool) else type(getattr(DetectorConfig(), k[4:].lower()))(v)) for k, v in os.environ.items() if k.startswith("DET_")})
+def _config_from_env(environ) -> DetectorConfig:
+    """``DET_<field>=value`` overrides of DetectorConfig (tuples as Python literals)."""
+    import ast
+    out = {}
+    for k, v in environ.items():
+        if not k.startswith("DET_"):
+            continue
+        name = k[4:].lower()
+        default = getattr(DetectorConfig(), name)
+        if isinstance(default, bool):
+            out[name] = v == "1"
+        elif isinstance(default, tuple):
+            out[name] = tuple(ast.literal_eval(v))
+        else:
+            out[name] = type(default)(v)
+    return DetectorConfig(**out)
+
+
+CONFIG = _config_from_env(os.environ)
 
 
 def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):

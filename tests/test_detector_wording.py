@@ -25,7 +25,9 @@ def _ep(kind, start, det, **kw):
     return dict(kind=kind, i=0, start=start, det=det, end=None, score=1.0, **kw)
 
 
-# One episode per case of _rows: both inactivity variants, every other kind, and the two suffixes.
+# One episode per case of _rows: both inactivity variants, every other kind, and the recurrent
+# suffix; the same-incident suffix comes from _merge_incidents (a drop raised inside the
+# silence already alerted).
 # Hours 0-23 of X are a constant load (frozen-on), 24-47 standby (lights off), 48-71 a low level.
 CASES = {
     "inactivity_frozen": (_ep("inactivity", 2, 9), "high"),
@@ -35,8 +37,6 @@ CASES = {
     "missing_morning_routine": (_ep("missing_morning_routine", 26, 31), "high"),
     "night_activity": (_ep("night_activity", 48, 51), "low"),
     "meter_offline": (_ep("meter_offline", 60, 65), "medium"),
-    "suffix_escalated": (_ep("sustained_drop", 48, 71, obs=0.2, exp=0.4, ratio=0.5, escalated=59, held=24),
-                         "medium"),
     "suffix_recurrent": (_ep("missing_morning_routine", 50, 55, recurrent=(3, 28)), "low"),
 }
 
@@ -58,7 +58,12 @@ def rendered():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(detectors, "_evidence", spy)
         rows = detectors._rows(eps, ["m1"], X, np.zeros_like(X, bool), P, T0, T, delta_md)
-    return dict(zip(CASES, rows)), used
+        out = dict(zip(CASES, rows))
+        silence, drop = (dict(r) for r in detectors._rows([_ep("inactivity", 26, 35), _ep(
+            "sustained_drop", 30, 47, obs=0.05, exp=0.4, ratio=0.12)], ["m1"], X, np.zeros_like(X, bool), P, T0, T,
+            delta_md))
+        out["suffix_same_incident"] = detectors._merge_incidents([silence, drop], detectors.DetectorConfig())[1]
+    return out, used
 
 
 def test_every_template_key_is_used_and_every_used_key_exists(rendered):
@@ -69,7 +74,7 @@ def test_every_template_key_is_used_and_every_used_key_exists(rendered):
 
 
 def test_every_template_is_a_format_string_with_known_fields():
-    known = {"since", "detected", "hours", "obs", "exp", "ratio_pct", "ratio", "held", "n_prev", "n_days"}
+    known = {"since", "detected", "hours", "obs", "exp", "ratio_pct", "ratio", "first", "n_prev", "n_days"}
     for key, text in _toml().items():
         assert isinstance(text, str) and text, key
         fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
@@ -80,8 +85,8 @@ def test_every_case_renders_without_leftover_braces_and_keeps_its_severity(rende
     rows, _ = rendered
     for key, row in rows.items():
         assert "{" not in row["evidence"] and "}" not in row["evidence"], key
-        assert row["severity"] == CASES[key][1], key
-    assert rows["suffix_escalated"]["evidence"].endswith("（该户用电常有短时下降，这次已持续24小时，比其平常更久）")
+        assert row["severity"] == (CASES[key][1] if key in CASES else "low"), key
+    assert rows["suffix_same_incident"]["evidence"].endswith("（与9月8日12时已发出的预警属同一事件，记录备查，不重复派人）")
     assert rows["suffix_recurrent"]["evidence"].endswith("（该户近28天内已有3次类似情况，属其常态，记录备查，暂不派人）")
     assert rows["suffix_recurrent"]["evidence"].startswith("今天早上到9月9日8时还没有起床用电")
 
