@@ -368,38 +368,39 @@ def test_dark_house_whose_standby_cycles_is_still_found():
     assert not ((quiet["detected_at"] >= onset) & (quiet["detected_at"] <= onset + pd.Timedelta(days=2))).any()
 
 
-def test_level_evidence_weighs_the_hour_against_a_dark_house():
-    from sibifang.detectors import DetectorConfig, _level_llr, _level_samples, hourly_matrix
-    df = routine(days=35)
-    meters, X, t0, n = hourly_matrix(df)
-    cfg = DetectorConfig()
+def _hour_evidence(edit, day=30):
+    """The (lights-off, drop) evidence of each hour of ``day`` (each (24,)) of a 35-day
+    routine whose hourly matrix ``edit(X, day)`` changed."""
+    from sibifang.detectors import _level_llr, _level_samples, hourly_matrix
+    meters, X, t0, n = hourly_matrix(routine(days=35))
     X = X.copy()
-    d = 30
-    X[0, d * 24 + 19] = 0.065         # evening hour at standby (0.05-0.08 kWh/h): a dark house's level
-    X[0, d * 24 + 20] = 1.2           # evening hour at a busy level
-    llr = _level_llr(*_level_samples(X, ~np.isnan(X), cfg), cfg)[0].reshape(1, -1, 24)
-    assert llr[0, d, 19] > 1.0
-    assert llr[0, d, 20] < 0.0
+    edit(X, day)
+    cfg = DetectorConfig()
+    return tuple(e.reshape(-1, 24)[day] for e in _level_llr(*_level_samples(X, ~np.isnan(X), cfg), cfg))
+
+
+def test_level_evidence_weighs_the_hour_against_a_dark_house():
+    def edit(X, d):
+        X[0, d * 24 + 19] = 0.065     # evening hour at standby (0.05-0.08 kWh/h): a dark house's level
+        X[0, d * 24 + 20] = 1.2       # evening hour at a busy level
+    llr, _ = _hour_evidence(edit)
+    assert llr[19] > 1.0
+    assert llr[20] < 0.0
     # the household's quietest hours (night) carry no level evidence: asleep looks dark
-    assert (llr[0, d, 1:5] == 0.0).all()
+    assert (llr[1:5] == 0.0).all()
 
 
 def test_drop_evidence_weighs_the_hour_against_its_usual_level():
-    from sibifang.detectors import _level_llr, _level_samples, hourly_matrix
-    df = routine(days=35)
-    meters, X, t0, n = hourly_matrix(df)
-    cfg = DetectorConfig()
-    X = X.copy()
-    d = 30
-    usual = np.nanmean(X[0, (d - 14) * 24 + 18: d * 24: 24])   # the last fortnight's 18-19 h
-    X[0, d * 24 + 18] = 0.4 * usual      # an evening hour at 40 % of its usual use: a drop
-    X[0, d * 24 + 19] = usual            # an evening hour at its usual use: against a drop
-    drop = _level_llr(*_level_samples(X, ~np.isnan(X), cfg), cfg)[1].reshape(1, -1, 24)
-    assert drop[0, d, 18] > 0.5
-    assert drop[0, d, 19] < 0.0
+    def edit(X, d):
+        usual = np.nanmean(X[0, (d - 14) * 24 + 18: d * 24: 24])   # the last fortnight's 18-19 h
+        X[0, d * 24 + 18] = 0.4 * usual      # an evening hour at 40 % of its usual use: a drop
+        X[0, d * 24 + 19] = usual            # an evening hour at its usual use: against a drop
+    _, drop = _hour_evidence(edit)
+    assert drop[18] > 0.5
+    assert drop[19] < 0.0
     # judged in the household's active hours only: a fridge's standby does not drop with the
     # air conditioner
-    assert (drop[0, d, 1:5] == 0.0).all()
+    assert (drop[1:5] == 0.0).all()
 
 
 def test_one_incident_one_alert():
