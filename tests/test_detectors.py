@@ -379,6 +379,26 @@ def _hour_evidence(edit, day=30):
     return tuple(e.reshape(-1, 24)[day] for e in _level_llr(*_level_samples(X, ~np.isnan(X), cfg), cfg))
 
 
+def test_nothing_changes_is_found_by_its_flatness():
+    # a household whose standby swings every hour leaves a heater on: use stays near 0.9 kWh/h,
+    # as high as usual, and nothing changes. With the other silence alarms held back (no
+    # budget), the flatness alarm alone finds it, and not on the same household's normal weeks.
+    df, _ = cycling_standby_routine()
+    onset = START + pd.Timedelta(days=32, hours=10)
+    s = _sel(df, onset, onset + pd.Timedelta(hours=48))
+    df.loc[s, "kwh"] = 0.9 + np.random.default_rng(4).uniform(-0.02, 0.02, s.sum())
+    only_flat = DetectorConfig(false_alarms_per_month=1e-12)
+    out = detect(df, config=only_flat)
+    ina = out[(out["kind"] == "inactivity") & (out["detected_at"] >= onset)]
+    assert len(ina) == 1
+    assert ina.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=24)
+    assert ina.iloc[0]["severity"] == "high" and "平稳" in ina.iloc[0]["evidence"]
+    assert detect(df, config=DetectorConfig(false_alarms_per_month=1e-12, flat_threshold=float("inf")))[
+        lambda o: (o["kind"] == "inactivity") & (o["detected_at"] >= onset)].empty
+    clean = detect(cycling_standby_routine()[0], config=only_flat)
+    assert clean[clean["kind"] == "inactivity"].empty
+
+
 def test_level_evidence_weighs_the_hour_against_a_dark_house():
     def edit(X, d):
         X[0, d * 24 + 19] = 0.065     # evening hour at standby (0.05-0.08 kWh/h): a dark house's level
