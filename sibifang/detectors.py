@@ -18,6 +18,10 @@ Every household is judged against its own routine, learnt causally from its past
   for a dark house — the household's own quietest stretch of each day, so a fridge or a
   water heater cycling still reads as dark — against how likely it is in that hour of the
   household's days; kernel densities over the trailing window);
+* a third CUSUM, "nothing changes", sees the constant load that the activity flags can miss
+  in a household whose standby swings: how rarely that hour of the household's days is as
+  flat (coefficient of variation of the last ``flat_window_hours``) as now, with a fixed
+  negative drift under the routine and a fixed alarm level (``flat_threshold``);
 * alarm levels: under the routine each excursion passes level h with probability ≤ e^-h, so
   h = log(excursions a month / budget). Real households have heavier tails, so each
   household's own excursions are used too (peaks over threshold): the rate at which they
@@ -26,8 +30,9 @@ Every household is judged against its own routine, learnt causally from its past
   alarm level is the higher of the two.
 
 Kinds: ``inactivity`` (lights-off and frozen-on; the evidence says which),
-``sustained_drop`` (the Wandi case: trailing-24 h use below 60 % of normal and either below
-half of it or ``level_z`` robust σ below it, σ the household's own day-to-day spread, for
+``sustained_drop`` (the Wandi case: a CUSUM of each active hour's evidence for "use halved"
+from the hour's own density, see ``_level_llr``; beside it, trailing-24 h use below half of
+normal and ``level_z`` robust σ below it, σ the household's own day-to-day spread, for
 12 h), ``missing_morning_routine``
 (only for households whose first morning activity is regular: the deadline is the later of
 the latest morning of the last weeks + 1 h and median + z × robust spread, z from its
