@@ -988,9 +988,10 @@ def _ratio_episodes(X, valid, gap_ok, P, T_eff, cfg):
 
 
 def _one_per_event(eps):
-    """Two tests of one kind (the hourly drop CUSUM and the whole-day ratio) see one event
-    once: an episode raised while a kept episode of the same meter and kind is still open
-    (not ended by its detection: causal) is dropped."""
+    """Two tests of one kind see one event once (the silence CUSUMs and the flatness CUSUM,
+    both ``inactivity``; the drop CUSUM and the whole-day ratio, both ``sustained_drop``): an
+    episode raised while a kept episode of the same meter and kind is still open (not ended by
+    its detection: causal) is dropped."""
     kept: dict[tuple, list[dict]] = {}
     for e in sorted(eps, key=lambda e: (e["det"], e["start"])):
         same = kept.setdefault((e["i"], e["kind"]), [])
