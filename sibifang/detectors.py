@@ -1000,42 +1000,45 @@ def _one_per_event(eps):
     return [e for v in kept.values() for e in v]
 
 
-def _cusum_episodes(kind, evidence, threshold, X, valid, gap_ok, P, T_eff, cfg):
-    """Page's CUSUM of hourly ``evidence`` (M, T) nats: an episode of ``kind`` when it passes
-    ``threshold``; it starts where the evidence began to pile up and ends when it is used up
-    again. A long gap or an absence resets it. Used for the sustained drop (用电骤降, evidence
-    ``P["drop_llr"]``) and for "nothing changes" (frozen-on, ``P["flat_llr"]``)."""
+def _cusum_episodes(tests, X, valid, gap_ok, P, T_eff, cfg):
+    """Page's CUSUM of hourly evidence (nats), for each ``(kind, evidence (M, T), threshold)``
+    of ``tests``: an episode of ``kind`` when it passes ``threshold``; it starts where the
+    evidence began to pile up and ends when it is used up again. A long gap or an absence
+    resets it. Used for the sustained drop (用电骤降, ``P["drop_llr"]``) and for "nothing
+    changes" (frozen-on, ``P["flat_llr"]``); the tests run stacked, in one pass over the hours."""
     M, T = X.shape
-    L = np.where(valid & gap_ok, evidence[:, :T], 0.0).astype(np.float32)
+    K = len(tests)
+    L = np.concatenate([np.where(valid & gap_ok, ev[:, :T], 0.0) for _, ev, _ in tests]).astype(np.float32)
     idx = np.arange(T)
     last_valid = np.maximum.accumulate(np.where(valid, idx[None, :], -10**6), axis=1)
-    brk = (~valid & (idx[None, :] - last_valid >= cfg.offline_hours)) | ~gap_ok
-    warm = np.repeat(P["hist_days"] >= cfg.min_history_days, 24, axis=1)
+    brk = np.tile((~valid & (idx[None, :] - last_valid >= cfg.offline_hours)) | ~gap_ok, (K, 1))
+    warm = np.tile(np.repeat(P["hist_days"] >= cfg.min_history_days, 24, axis=1), (K, 1))
+    threshold = np.repeat([h for _, _, h in tests], M).astype(np.float32)
     expected = P["level"].reshape(M, -1)
-    S = np.zeros(M, np.float32)
-    start = np.full(M, -1, np.int64)
-    alarmed = np.zeros(M, bool)
+    S = np.zeros(K * M, np.float32)
+    start = np.full(K * M, -1, np.int64)
+    alarmed = np.zeros(K * M, bool)
     opened: dict[int, dict] = {}
     eps = []
     for t in range(T_eff):
         S = np.maximum(S + L[:, t], 0.0)
         S[brk[:, t]] = 0.0
         done = (S <= 0) & (start >= 0)
-        for i in np.nonzero(done & alarmed)[0]:
-            opened.pop(i)["end"] = t
+        for j in np.nonzero(done & alarmed)[0]:
+            opened.pop(j)["end"] = t
         start[done] = -1
         alarmed &= ~done
         start[(S > 0) & (start < 0)] = t
         fire = (S > threshold) & ~alarmed & warm[:, t]
-        for i in np.nonzero(fire)[0]:
-            s0 = int(start[i])
+        for j in np.nonzero(fire)[0]:
+            i, s0 = j % M, int(start[j])
             ok = valid[i, s0:t + 1] & ~np.isnan(expected[i, s0:t + 1])
             obs = float(X[i, s0:t + 1][ok].mean()) if ok.any() else float("nan")
             exp = float(expected[i, s0:t + 1][ok].mean()) if ok.any() else float("nan")
-            e = dict(kind=kind, i=i, start=s0, det=t, end=None, score=float(S[i] / np.log(10)),
+            e = dict(kind=tests[j // M][0], i=i, start=s0, det=t, end=None, score=float(S[j] / np.log(10)),
                      ratio=obs / exp if exp > 0 else float("nan"), obs=obs, exp=exp)
             eps.append(e)
-            opened[i] = e
+            opened[j] = e
         alarmed |= fire
     return eps
 
@@ -1269,13 +1272,11 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
         P["level_llr"], P["drop_llr"] = _level_llr(bins, dark_s, slot_s, sstats, cfg)
         P["flat_llr"] = _flat_llr(fbins, flat_s, flat_n, cfg)
         del bins, dark_s, slot_s, sstats, fbins, flat_s, flat_n
-        eps = _one_per_event(_scan(Xc, A, valid, gap_ok, P, cfg, n_hours)
-                             + _cusum_episodes("inactivity", P["flat_llr"], cfg.flat_threshold, Xc, valid, gap_ok,
-                                               P, n_hours, cfg))
-        eps += _offline_episodes(~np.isnan(X[sl]), gap_ok, n_hours, cfg)
-        eps += _one_per_event(_cusum_episodes("sustained_drop", P["drop_llr"], cfg.drop_threshold, Xc, valid, gap_ok,
-                                              P, n_hours, cfg)
-                              + _ratio_episodes(Xc, valid, gap_ok, P, n_hours, cfg))
+        eps = _scan(Xc, A, valid, gap_ok, P, cfg, n_hours)
+        eps += _cusum_episodes([("inactivity", P["flat_llr"], cfg.flat_threshold),
+                                ("sustained_drop", P["drop_llr"], cfg.drop_threshold)], Xc, valid, gap_ok, P, n_hours, cfg)
+        eps += _ratio_episodes(Xc, valid, gap_ok, P, n_hours, cfg)
+        eps = _one_per_event(eps) + _offline_episodes(~np.isnan(X[sl]), gap_ok, n_hours, cfg)
         eps += _drop_covered_mornings(_morning_episodes(A, valid, gap_ok, P, wake, deadline, n_hours, cfg), eps,
                                       A & valid)
         past = None
@@ -1499,16 +1500,17 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
         bins, dark_s, slot_s, sstats = _level_samples(Xc, valid, cfg)
         P["level_llr"], P["drop_llr"] = _level_llr(bins, dark_s, slot_s, sstats, cfg)
-        _, flat_s, _ = _flat_samples(Xc, valid, cfg)
+        fbins, flat_s, flat_n = _flat_samples(Xc, valid, cfg)
+        P["flat_llr"] = _flat_llr(fbins, flat_s, flat_n, cfg)
         out["fsample"].append(np.ascontiguousarray(flat_s[:, D - 1]))
-        # replay the history to learn the self-calibrated alarm levels for the next day
+        # replay the history to learn the self-calibrated alarm levels for the next day, and the
+        # household's own past episodes of the recurrence kinds (recurrence gate), as detect does
         ones = np.ones_like(valid)
         eps = _scan(Xc, A, valid, ones, P, cfg, Xc.shape[1])
-        # the household's own past episodes of the recurrence kinds (recurrence gate)
-        if "sustained_drop" in cfg.recurrence_kinds or "high_use" in cfg.recurrence_kinds:
-            eps += _one_per_event(_cusum_episodes("sustained_drop", P["drop_llr"], cfg.drop_threshold, Xc, valid,
-                                                  ones, P, Xc.shape[1], cfg)
-                                  + _ratio_episodes(Xc, valid, ones, P, Xc.shape[1], cfg))
+        eps += _cusum_episodes([("inactivity", P["flat_llr"], cfg.flat_threshold),
+                                ("sustained_drop", P["drop_llr"], cfg.drop_threshold)], Xc, valid, ones, P,
+                               Xc.shape[1], cfg)
+        eps = _one_per_event(eps + _ratio_episodes(Xc, valid, ones, P, Xc.shape[1], cfg))
         eps += _drop_covered_mornings(_morning_episodes(A, valid, ones, P, wake, deadline, Xc.shape[1], cfg),
                                       eps, A & valid)
         out["recent"].append(_recent_detections(eps, Xc.shape[0], cfg, t0h))
