@@ -182,12 +182,12 @@ class DetectorConfig:
     # evidence for "use scaled by drop_design" against the routine (see _level_llr), each
     # hour capped at ±drop_llr_cap nats, alarming at drop_threshold nats; the whole-day ratio
     # test stays beside it (_ratio_episodes). Against that test alone (300 injected 50–70 %
-    # drops, any alerting row): real data 0.90 → 0.97 within 48 h, median delay 26 → 15 h,
-    # alerting false alarms of this kind 0.28 → 0.11 per household-month; generated elderly
-    # households 0.918 → 0.929.
+    # drops, any alerting row): real data 0.90 → 0.97 within 48 h, median delay 26 → 13 h,
+    # alerting false alarms of this kind 0.28 → 0.14 per household-month; generated elderly
+    # households 0.918 → 0.938. (12 nats: the same real recall at 15.5 h, generated 0.928.)
     drop_design: float = 0.5
     drop_llr_cap: float = 2.0
-    drop_threshold: float = 12.0
+    drop_threshold: float = 10.0
     # Sustained high use: trailing-24 h use over the routine's expectation above high_ratio,
     # and its log level_z robust standard deviations (MAD × 1.4826 of the household's own
     # day-end log-ratios in the trailing window, never below level_min_sigma) above 0.
