@@ -156,12 +156,11 @@ class DetectorConfig:
     level_bandwidth: float = 0.1
     level_llr_cap: float = 3.0
     # The densities count a reading within ±level_kernel_bins bins, over that hour of the
-    # trailing days and, with level_pool_neighbours, the hours either side (a routine
+    # trailing days and the hours either side (a routine
     # moves by an hour from day to day); the ±1 bin, same-hour density before them read a
     # late dinner as a dark evening. (Real data: inactivity false alarms 0.84 → 0.70 per
     # household-month at recall +0.01.)
     level_kernel_bins: int = 2
-    level_pool_neighbours: bool = True
     # One incident, one alert (_merge_incidents): an episode raised while an alerted one of the
     # same meter is open, or within incident_gap_hours of its end, is recorded, not sent; -1
     # sends every episode. (Real data: alerting false alarms 1.37 → 1.15 per household-month,
@@ -479,7 +478,6 @@ def _level_samples(X, valid, cfg):
     * ``slot_stats`` (M, D+1, 24, 2): their mean log use (which hours are the quiet ones)
       and how many readings there are.
     """
-    from numpy.lib.stride_tricks import sliding_window_view
     M, T = X.shape
     D = T // 24
     W, k, B = cfg.window_days, cfg.dark_hours, _LEVEL_BINS
@@ -501,10 +499,7 @@ def _level_samples(X, valid, cfg):
     if D + 1 > W:
         np.subtract(hist[:, W:], hist[:, : D + 1 - W], out=dark[:, W:])
     del hist
-    # hour-major, so that each window of days is contiguous in memory (the counts in
-    # _level_llr read it 48 times)
-    pad = np.concatenate([np.full((M, 24, W), -1, np.int8), bins.transpose(0, 2, 1)], axis=2)
-    slot = sliding_window_view(pad, W, axis=2).transpose(0, 2, 1, 3)
+    slot = _day_windows(bins, W)
     cs = np.zeros((M, D + 1, 24), np.float32); np.cumsum(np.where(np.isnan(L), 0.0, L), axis=1, out=cs[:, 1:])
     cn = np.zeros((M, D + 1, 24), np.float32); np.cumsum(~np.isnan(L), axis=1, out=cn[:, 1:])
     lo = np.maximum(np.arange(D + 1) - W, 0)
@@ -525,7 +520,7 @@ def _level_llr(bins, dark, slot, slot_stats, cfg) -> tuple[np.ndarray, np.ndarra
       apart.
 
     Densities are box kernels of ±``level_kernel_bins`` bins on log use, over that hour of
-    the trailing days and, with ``level_pool_neighbours``, the hours either side (a
+    the trailing days and the hours either side (a
     routine shifts by an hour from day to day), a half-count prior on each; 0 where the hour
     has no reading and in the household's quiet hours (see below)."""
     M, D, _ = bins.shape
@@ -549,11 +544,8 @@ def _level_llr(bins, dark, slot, slot_stats, cfg) -> tuple[np.ndarray, np.ndarra
 
     for hr in range(24):
         x = bins[:, :, hr, None].astype(np.int16)
-        if cfg.level_pool_neighbours:
-            sample = np.concatenate([slot[:, :D, h % 24, :] for h in (hr - 1, hr, hr + 1)], axis=2)
-            n = ns[:, :, hr] + ns[:, :, (hr - 1) % 24] + ns[:, :, (hr + 1) % 24]
-        else:
-            sample, n = slot[:, :D, hr, :], ns[:, :, hr]
+        sample = np.concatenate([slot[:, :D, h % 24, :] for h in (hr - 1, hr, hr + 1)], axis=2)
+        n = ns[:, :, hr] + ns[:, :, (hr - 1) % 24] + ns[:, :, (hr + 1) % 24]
         # the readings within ±K bins of x, and of x / ρ (the value this hour would have had
         # without a drop: `shift` bins up), from one subtraction
         lo = np.clip(x - K, 0, top)
@@ -580,12 +572,22 @@ def _level_llr(bins, dark, slot, slot_stats, cfg) -> tuple[np.ndarray, np.ndarra
     return out.reshape(M, D * 24), drop.reshape(M, D * 24)
 
 
+def _day_windows(bins: np.ndarray, W: int) -> np.ndarray:
+    """Bins (M, D, 24) → for every day d and the day after the last, the bins of each hour of
+    the day over the W days before it (M, D+1, 24, W), -1 where none: a view. Hour-major
+    underneath, so that each window of days is contiguous in memory (the counts read it 24 to
+    48 times)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    M = bins.shape[0]
+    pad = np.concatenate([np.full((M, 24, W), -1, np.int8), bins.transpose(0, 2, 1)], axis=2)
+    return sliding_window_view(pad, W, axis=2).transpose(0, 2, 1, 3)
+
+
 def _flat_samples(X, valid, cfg):
     """Each hour's flatness — the coefficient of variation of the last ``flat_window_hours``
     hourly readings — as a bin of log CV (M, D, 24) (-1 = not known), every day's window of
     those bins over the trailing ``window_days`` (M, D+1, 24, W), as ``_level_samples``, and
     how many of each window's are known (M, D+1, 24)."""
-    from numpy.lib.stride_tricks import sliding_window_view
     M, T = X.shape
     D, W, k = T // 24, cfg.window_days, cfg.flat_window_hours
     x = np.where(valid, X, np.float32(0.0)).astype(np.float32)
@@ -601,10 +603,9 @@ def _flat_samples(X, valid, cfg):
         b = np.floor((np.log(cv + np.float32(1e-3)) - _LOG_MIN) / np.float32(cfg.level_bandwidth))
     known = valid & (nn >= k - 1)
     bins = np.where(known & np.isfinite(b), np.clip(b, 0, _LEVEL_BINS - 1), -1).astype(np.int8).reshape(M, D, 24)
-    pad = np.concatenate([np.full((M, 24, W), -1, np.int8), bins.transpose(0, 2, 1)], axis=2)
     cn = np.zeros((M, D + 1, 24), np.int16); np.cumsum(bins >= 0, axis=1, out=cn[:, 1:])
     lo = np.maximum(np.arange(D + 1) - W, 0)
-    return bins, sliding_window_view(pad, W, axis=2).transpose(0, 2, 1, 3), cn - cn[:, lo]
+    return bins, _day_windows(bins, W), cn - cn[:, lo]
 
 
 def _flat_llr(bins, slot, known, cfg) -> np.ndarray:
@@ -726,6 +727,14 @@ def _morning_deadlines(A, valid, P, cfg):
 
 # --------------------------------------------------------------------------- scanning
 
+def _breaks(valid, gap_ok, cfg) -> np.ndarray:
+    """Hours (M, T) that reset a running CUSUM: a long gap (offline) or an absence ends an
+    episode's evidence; a short gap only pauses it."""
+    idx = np.arange(valid.shape[1])
+    last_valid = np.maximum.accumulate(np.where(valid, idx[None, :], -10**6), axis=1)
+    return (~valid & (idx[None, :] - last_valid >= cfg.offline_hours)) | ~gap_ok
+
+
 def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
     """Walk hours in time order (vectorised over meters), emit episode dicts.
 
@@ -765,12 +774,9 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
     # (on the level alone: an hour at standby is also an inactive hour, so adding the activity
     # evidence would count the same silence twice)
     llr2 = np.where(valid, P["level_llr"][:, :T], 0.0).astype(np.float32)
-    # a long gap (offline) or an absence ends a silence; a short gap only pauses it
-    idx = np.arange(T)
-    last_valid = np.maximum.accumulate(np.where(valid, idx[None, :], -10**6), axis=1)
-    brk = (~valid & (idx[None, :] - last_valid >= cfg.offline_hours)) | ~gap_ok
+    brk = _breaks(valid, gap_ok, cfg)
     wv = valid & np.repeat(warm, 24, axis=1)
-    del e1, q, prev_inact, last_valid
+    del e1, q, prev_inact
 
     # --- night activity: active hours in slots where the household is normally quiet; the
     # run's probability uses the slot's rate but never below the household's quiet-slot
@@ -1009,9 +1015,7 @@ def _cusum_episodes(tests, X, valid, gap_ok, P, T_eff, cfg):
     M, T = X.shape
     K = len(tests)
     L = np.concatenate([np.where(valid & gap_ok, ev[:, :T], 0.0) for _, ev, _ in tests]).astype(np.float32)
-    idx = np.arange(T)
-    last_valid = np.maximum.accumulate(np.where(valid, idx[None, :], -10**6), axis=1)
-    brk = np.tile((~valid & (idx[None, :] - last_valid >= cfg.offline_hours)) | ~gap_ok, (K, 1))
+    brk = np.tile(_breaks(valid, gap_ok, cfg), (K, 1))
     warm = np.tile(np.repeat(P["hist_days"] >= cfg.min_history_days, 24, axis=1), (K, 1))
     threshold = np.repeat([h for _, _, h in tests], M).astype(np.float32)
     expected = P["level"].reshape(M, -1)
