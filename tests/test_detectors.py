@@ -368,14 +368,13 @@ def test_dark_house_whose_standby_cycles_is_still_found():
     assert not ((quiet["detected_at"] >= onset) & (quiet["detected_at"] <= onset + pd.Timedelta(days=2))).any()
 
 
-def _hour_evidence(edit, day=30):
+def _hour_evidence(edit, day=30, cfg=DetectorConfig()):
     """The (lights-off, drop) evidence of each hour of ``day`` (each (24,)) of a 35-day
     routine whose hourly matrix ``edit(X, day)`` changed."""
     from sibifang.detectors import _level_llr, _level_samples, hourly_matrix
     meters, X, t0, n = hourly_matrix(routine(days=35))
     X = X.copy()
     edit(X, day)
-    cfg = DetectorConfig()
     return tuple(e.reshape(-1, 24)[day] for e in _level_llr(*_level_samples(X, ~np.isnan(X), cfg), cfg))
 
 
@@ -421,6 +420,18 @@ def test_drop_evidence_weighs_the_hour_against_its_usual_level():
     # judged in the household's active hours only: a fridge's standby does not drop with the
     # air conditioner
     assert (drop[1:5] == 0.0).all()
+
+
+def test_drop_is_judged_against_the_recent_level():
+    # a cold spell: the household's use doubled a fortnight ago (a heater). A day back at the
+    # old level is half of what it now uses: a drop against the last fortnight, a day like
+    # those of three weeks ago against the whole month
+    def edit(X, d):
+        X[0, (d - 14) * 24: d * 24] *= 2.0
+    recent = _hour_evidence(edit)[1][6:].sum()
+    month = _hour_evidence(edit, cfg=DetectorConfig(drop_window_days=28))[1][6:].sum()
+    assert recent > DetectorConfig().drop_threshold
+    assert month < recent / 2
 
 
 def test_one_incident_one_alert():
