@@ -43,6 +43,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -x -m "not slow"
 
+lint: install
+	$(BIN)/ruff check .
+
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 

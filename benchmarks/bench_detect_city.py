@@ -89,8 +89,8 @@ def main():
     t, c = time.perf_counter(), time.process_time()
     out = detect_matrix(kwh, ids, t0, 15)
     t_daily, c_daily = time.perf_counter() - t, time.process_time() - c
-    print(f"daily run (detect_matrix, 30 days, causal routine): {t_daily:.1f}s wall, {c_daily:.1f}s CPU, {len(out):,} episodes "
-          f"{out['kind'].value_counts().to_dict()}; peak RSS {peak_rss_gb():.2f} GB")
+    print(f"daily run (detect_matrix, 30 days, causal routine): {t_daily:.1f}s wall, {c_daily:.1f}s CPU, "
+          f"{len(out):,} episodes {out['kind'].value_counts().to_dict()}; peak RSS {peak_rss_gb():.2f} GB")
 
     t, c = time.perf_counter(), time.process_time()
     rule_alarms = rule_12h_matrix(kwh, 4)
@@ -109,8 +109,9 @@ def main():
     t, c = time.perf_counter(), time.process_time()
     inc = detect_matrix(last, ids, t0 + pd.Timedelta(days=args.days - 2), 15, profiles=prof)
     t_inc, c_inc = time.perf_counter() - t, time.process_time() - c
-    print(f"hourly incremental run (2 days × {args.meters:,} meters, stored profile): {t_inc:.1f}s wall, {c_inc:.1f}s CPU, "
-          f"{len(inc):,} episodes {inc['kind'].value_counts().to_dict()}; peak RSS {peak_rss_gb():.2f} GB")
+    print(f"hourly incremental run (2 days × {args.meters:,} meters, stored profile): {t_inc:.1f}s wall, "
+          f"{c_inc:.1f}s CPU, {len(inc):,} episodes {inc['kind'].value_counts().to_dict()}; "
+          f"peak RSS {peak_rss_gb():.2f} GB")
     print(f"load average during run: {__import__('os').getloadavg()}")
     print(f"targets: daily ≤ 30 s → {'OK' if t_daily <= 30 else 'MISSED'}; hourly ≤ 5 s → "
           f"{'OK' if t_inc <= 5 else 'MISSED'}; peak ≤ 4 GB → {'OK' if peak_rss_gb() <= 4 else 'MISSED'}")

@@ -40,7 +40,8 @@ def build_db(url: str, n_flags: int) -> None:
                  {"id": "T1", "level": "township", "name": "东湖街道", "parent_id": "C1", "village_kind": None},
                  {"id": "V1", "level": "village", "name": "万堤村", "parent_id": "T1", "village_kind": "村"}]
         grids = [f"G{i:03d}" for i in range(50)]
-        areas += [{"id": g, "level": "grid", "name": f"第{g}网格", "parent_id": "V1", "village_kind": None} for g in grids]
+        areas += [{"id": g, "level": "grid", "name": f"第{g}网格", "parent_id": "V1", "village_kind": None}
+                  for g in grids]
         upsert(s, Area, areas, key=["id"])
         upsert(s, Cadre, [{"id": f"GW{g}", "name": "网格员", "role": "grid_worker", "grid_ids": [g],
                            "alert_channel": "webhook", "alert_address": "http://127.0.0.1:9/x"} for g in grids]

@@ -78,7 +78,8 @@ def _night_blocks(g: pd.DataFrame, onset: pd.Timestamp) -> list[np.ndarray]:
     return blocks
 
 
-def inject(g: pd.DataFrame, kind: str, onset: pd.Timestamp, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.Timestamp]:
+def inject(g: pd.DataFrame, kind: str, onset: pd.Timestamp,
+           rng: np.random.Generator) -> tuple[pd.DataFrame, pd.Timestamp]:
     g = g.copy()
     step = _interval(g)
     if kind == "sustained_drop":
@@ -237,7 +238,8 @@ def score_injected(alarms: pd.DataFrame, truth: pd.DataFrame, kinds=None):
             a = by_seg.get(r.seg)
             if a is None:
                 continue
-            win = a[(a["detected_at"] >= r.onset - pd.Timedelta(days=7)) & (a["detected_at"] < r.onset + pd.Timedelta(days=AFTER_DAYS))]
+            win = a[(a["detected_at"] >= r.onset - pd.Timedelta(days=7))
+                    & (a["detected_at"] < r.onset + pd.Timedelta(days=AFTER_DAYS))]
             ok = win[(win["detected_at"] >= r.onset) & (win["detected_at"] <= r.onset + dl)]
             if len(ok):
                 hits += 1
@@ -300,7 +302,8 @@ def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
     print(f"\n=== data set: {name} ({clean['meter_id'].nunique()} households) ===")
     t = time.perf_counter()
     segs, truth = make_segments(clean, n_events, seed)
-    print(f"injected {len(truth)} episodes ({truth.groupby('kind').size().to_dict()}) in {time.perf_counter() - t:.1f}s")
+    print(f"injected {len(truth)} episodes ({truth.groupby('kind').size().to_dict()}) "
+          f"in {time.perf_counter() - t:.1f}s")
 
     t = time.perf_counter()
     ours_inj = detect(segs, config=CONFIG)
@@ -337,7 +340,8 @@ def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
             for kind, tk in truth.groupby("kind"):
                 res |= score_injected(alarms[alarms["kind"].isin(m[kind])], tk, None)
         for kind, r in res.items():
-            print(f"{label:34s} {kind:15s} {r['n']:4d} {r['recall']:7.3f} {r['precision']:6.3f} {r['f1']:6.3f} {r['median_delay_h']:11.1f}")
+            print(f"{label:34s} {kind:15s} {r['n']:4d} {r['recall']:7.3f} {r['precision']:6.3f} {r['f1']:6.3f} "
+                  f"{r['median_delay_h']:11.1f}")
     if len(ours_inj):
         # per detector kind: recall of each injected episode by that kind alone
         print("\nrecall by our detector kind alone (rows) per injected episode (columns)")
@@ -359,7 +363,8 @@ def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
     alerting = ours_clean[ours_clean["severity"] != "low"] if len(ours_clean) else ours_clean
     fal = false_alarm_rate(alerting.assign(kind="alert"), clean, kind_col=False)
     allk = sorted({k for v in fa.values() for k in v if k != "_months"} | {"inactivity"})
-    print(f"{'household':12s} {'months':>6s}" + "".join(f"{k[:14]:>15s}" for k in allk) + f"{'ALERTING':>9s}{'rule12h':>9s}{'isoforest':>10s}")
+    print(f"{'household':12s} {'months':>6s}" + "".join(f"{k[:14]:>15s}" for k in allk)
+          + f"{'ALERTING':>9s}{'rule12h':>9s}{'isoforest':>10s}")
     tot = {k: 0.0 for k in allk}
     totm = 0.0
     for m in fa:
@@ -404,7 +409,8 @@ def main():
     if (gen / "readings.parquet").exists():
         readings = pd.read_parquet(gen / "readings.parquet")
         readings["ts"] = pd.to_datetime(readings["ts"])
-        anomalies = pd.read_csv(gen / "anomalies.csv", parse_dates=["start", "end"]) if (gen / "anomalies.csv").exists() else None
+        anomalies = (pd.read_csv(gen / "anomalies.csv", parse_dates=["start", "end"])
+                     if (gen / "anomalies.csv").exists() else None)
         evaluate_generated(readings, anomalies, args)
     else:
         print(f"\n(no generated data at {gen}: run sibifang.generate.generate_area first; skipped)")
@@ -421,13 +427,15 @@ def evaluate_generated(readings: pd.DataFrame, anomalies: pd.DataFrame | None, a
             hit = hit_any = 0
             delays = []
             for r in tk.itertuples():
-                a = out[(out["meter_id"] == r.meter_id) & (out["detected_at"] >= r.start) & (out["detected_at"] <= r.start + dl)]
+                a = out[(out["meter_id"] == r.meter_id) & (out["detected_at"] >= r.start)
+                        & (out["detected_at"] <= r.start + dl)]
                 hit_any += len(a) > 0
                 s = a[a["kind"] == kind]
                 if len(s):
                     hit += 1
                     delays.append((s["detected_at"].min() - r.start) / pd.Timedelta(hours=1))
-            print(f"{kind:18s} {len(tk):4d} {hit / len(tk):18.3f} {hit_any / len(tk):12.3f} {np.median(delays) if delays else np.nan:11.1f}")
+            print(f"{kind:18s} {len(tk):4d} {hit / len(tk):18.3f} {hit_any / len(tk):12.3f} "
+                  f"{np.median(delays) if delays else np.nan:11.1f}")
         bad = set(anomalies["meter_id"])
     else:
         bad = set()

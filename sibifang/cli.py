@@ -76,7 +76,8 @@ def import_(kind: str = typer.Argument(..., help="|".join(IMPORT_KINDS) + " | al
         raise typer.BadParameter(f"kind must be one of {', '.join(IMPORT_KINDS)} or all")
     for r in results:
         typer.echo(f"{r['kind']:<16} {Path(r['file']).name:<28} read {r['read']:>8}  accepted {r['accepted']:>8}"
-                   f"  quarantined {r['quarantined']:>6}" + (f"  → {r['error_report']}" if r.get("error_report") else ""))
+                   f"  quarantined {r['quarantined']:>6}"
+                   + (f"  → {r['error_report']}" if r.get("error_report") else ""))
         if r.get("error_report"):
             typer.echo(Path(r["error_report"]).read_text(encoding="utf-8")[:3000])
 
@@ -205,7 +206,7 @@ def ack(alert_id: str, outcome: Optional[str] = typer.Option(None, help="visited
         _echo_json(acknowledge(alert_id, actor=actor, outcome=outcome))
     except AckError as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command()

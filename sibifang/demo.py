@@ -82,7 +82,8 @@ def run_demo(*, scale: str = "county", seed: int = 7, days: int = 7, out: Path =
     echo(f"[2/4] importing the registry ({time.monotonic() - t0:.0f} s) ...")
     imported = import_registry(directory=str(area))
     for r in imported:
-        echo(f"      {r['kind']:<16} read {r['read']:>6}  accepted {r['accepted']:>6}  quarantined {r['quarantined']:>3}"
+        echo(f"      {r['kind']:<16} read {r['read']:>6}  accepted {r['accepted']:>6}"
+             f"  quarantined {r['quarantined']:>3}"
              + (f"  → {r['error_report']}" if r.get("error_report") else ""))
 
     # 3. Meter history up to the first simulated day, then the loop day by day.

@@ -31,9 +31,9 @@ Every household is judged against its own routine, learnt causally from its past
 
 Kinds: ``inactivity`` (lights-off and frozen-on; the evidence says which),
 ``sustained_drop`` (the Wandi case: a CUSUM of each active hour's evidence for "use halved"
-from the hour's own density, see ``_level_llr``; beside it, trailing-24 h use below half of
-normal and ``level_z`` robust σ below it, σ the household's own day-to-day spread, for
-12 h), ``missing_morning_routine``
+from the hour's own density over its last ``drop_window_days``, see ``_level_llr``; beside
+it, trailing-24 h use below half of normal and ``level_z`` robust σ below it, σ the
+household's own day-to-day spread, for 12 h), ``missing_morning_routine``
 (only for households whose first morning activity is regular: the deadline is the later of
 the latest morning of the last weeks + 1 h and median + z × robust spread, z from its
 budget; a loose morning is left to the inactivity alarm), ``night_activity``, ``high_use``,
@@ -944,14 +944,14 @@ def _level_ratio(X, valid, gap_ok, P, cfg):
         out = c[:, 1:].copy()
         out[:, Wh:] -= c[:, 1:T + 1 - Wh]
         return out
-    O = window_sums(np.where(ok, X, 0))
+    Obs = window_sums(np.where(ok, X, 0))
     E = window_sums(np.where(ok, mean, 0))
     N = window_sums(ok)
     warm = np.repeat(P["hist_days"] >= cfg.min_history_days, 24, axis=1)
     good = (N >= 0.75 * Wh) & (E > 0) & warm
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(good, O / np.where(E > 0, E, 1), np.nan)
-    return r, O, E, N
+        r = np.where(good, Obs / np.where(E > 0, E, 1), np.nan)
+    return r, Obs, E, N
 
 
 def _level_sigma(r, cfg):
@@ -983,7 +983,7 @@ def _ratio_episodes(X, valid, gap_ok, P, T_eff, cfg):
     hours are either standby or busy, where half of a busy hour still looks like a busy hour."""
     M, T = X.shape
     Wh = cfg.level_window_hours
-    r, O, E, N = _level_ratio(X, valid, gap_ok, P, cfg)
+    r, Obs, E, N = _level_ratio(X, valid, gap_ok, P, cfg)
     sig = P["level_sig"] if "level_sig" in P else _level_sigma(r, cfg)
     zs = np.repeat(sig * cfg.level_z, 24, axis=1)[:, :T]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1003,7 +1003,7 @@ def _ratio_episodes(X, valid, gap_ok, P, T_eff, cfg):
                     eps.append(dict(kind=kind, i=i, start=int(max(a - Wh + 1, 0)), det=int(det),
                                     end=(int(b) if b < T_eff else None),
                                     score=float(abs(np.log(max(r[i, det], 1e-3)))),
-                                    ratio=float(r[i, det]), obs=float(O[i, det] / max(N[i, det], 1)),
+                                    ratio=float(r[i, det]), obs=float(Obs[i, det] / max(N[i, det], 1)),
                                     exp=float(E[i, det] / max(N[i, det], 1))))
     return eps
 
@@ -1141,17 +1141,17 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
     M, T = X.shape
     mean = P["mean"].reshape(M, -1)
     t0 = np.datetime64(pd.Timestamp(t0).to_datetime64(), "ns")
-    I = np.array([e["i"] for e in eps])
+    meter_ix = np.array([e["i"] for e in eps])
     S0 = np.array([e["start"] for e in eps])
     S1 = np.array([e["det"] for e in eps]) + 1
 
     def seg_means(V):
         # mean over [start, detected] of the episode, NaN-aware, from cumulative sums of its rows
-        v = V[I]
+        v = V[meter_ix]
         ok = ~np.isnan(v)
-        c = np.zeros((len(I), T + 1)); np.cumsum(np.where(ok, v, 0), axis=1, out=c[:, 1:])
-        n = np.zeros((len(I), T + 1)); np.cumsum(ok, axis=1, out=n[:, 1:])
-        r = np.arange(len(I))
+        c = np.zeros((len(meter_ix), T + 1)); np.cumsum(np.where(ok, v, 0), axis=1, out=c[:, 1:])
+        n = np.zeros((len(meter_ix), T + 1)); np.cumsum(ok, axis=1, out=n[:, 1:])
+        r = np.arange(len(meter_ix))
         cnt = n[r, S1] - n[r, S0]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(cnt > 0, (c[r, S1] - c[r, S0]) / np.maximum(cnt, 1), np.nan)
@@ -1241,7 +1241,8 @@ def _profiles_from_fixed(prof: RoutineProfiles, sel: np.ndarray, D: int, weekend
                 log_pstar_night=rep(prof.log_pstar_night), standby=rep(prof.standby),
                 dark=(rep(prof.dark_noise) if prof.dark_noise is not None
                       else np.full((M, D), DetectorConfig.dark_noise_prior, np.float32)),
-                level_sig=(rep(prof.level_sigma) if prof.level_sigma is not None else np.full((M, D), np.inf, np.float32)),
+                level_sig=(rep(prof.level_sigma) if prof.level_sigma is not None
+                           else np.full((M, D), np.inf, np.float32)),
                 fixed_thr=(prof.silence_threshold[sel].astype(np.float32), prof.night_threshold[sel].astype(np.float32),
                            (prof.low_threshold[sel] if prof.low_threshold is not None
                             else np.full(M, np.inf)).astype(np.float32)))
@@ -1280,7 +1281,8 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
             wake = np.repeat(profiles.wake_hour[ix][:, None], D, axis=1)
             deadline = np.repeat(profiles.morning_deadline[ix][:, None], D, axis=1)
             if profiles.dark_hist is not None:      # judged against the stored samples
-                dark_s = np.broadcast_to(profiles.dark_hist[ix][:, None, :], (len(ix), D) + profiles.dark_hist.shape[1:])
+                dark_s = np.broadcast_to(profiles.dark_hist[ix][:, None, :],
+                                         (len(ix), D) + profiles.dark_hist.shape[1:])
                 # one day's samples: the counts in _level_llr broadcast them over the days
                 slot_s = profiles.slot_sample[ix][:, None]
             if profiles.flat_sample is not None:
@@ -1293,7 +1295,8 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
         del bins, dark_s, slot_s, sstats, fbins, flat_s, flat_n
         eps = _scan(Xc, A, valid, gap_ok, P, cfg, n_hours)
         eps += _cusum_episodes([("inactivity", P["flat_llr"], cfg.flat_threshold),
-                                ("sustained_drop", P["drop_llr"], cfg.drop_threshold)], Xc, valid, gap_ok, P, n_hours, cfg)
+                                ("sustained_drop", P["drop_llr"], cfg.drop_threshold)],
+                               Xc, valid, gap_ok, P, n_hours, cfg)
         eps += _ratio_episodes(Xc, valid, gap_ok, P, n_hours, cfg)
         eps = _one_per_event(eps) + _offline_episodes(~np.isnan(X[sl]), gap_ok, n_hours, cfg)
         eps += _drop_covered_mornings(_morning_episodes(A, valid, gap_ok, P, wake, deadline, n_hours, cfg), eps,

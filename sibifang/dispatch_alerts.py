@@ -429,7 +429,8 @@ def build_digest(alerts: Sequence[PendingAlert], recipient: Recipient, *, now: d
     ctx = {"items": items, "count": len(items), "recipient_name": str(getattr(recipient, "name", "") or ""),
            "date": f"{when.month}月{when.day}日"}
     top = items[0]["severity"]
-    markdown = _render("digest.md.j2", **ctx) if _recipient_kind(recipient) in ("wecom", "dingtalk", "webhook") else None
+    markdown = (_render("digest.md.j2", **ctx)
+                if _recipient_kind(recipient) in ("wecom", "dingtalk", "webhook") else None)
     return OutgoingMessage(alert_id=digest_id, dedup_key=digest_id, severity=top,
                            title=f"待处理提醒汇总({len(items)}条)", text=_render("digest.text.j2", **ctx),
                            markdown=markdown)

@@ -147,7 +147,8 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     missing = {"meter_id", "ts"} - set(raw.columns)
     if missing or not ({"kwh", "register_kwh"} & set(raw.columns)):
         raise ValueError(
-            f"{path.name}: 读数文件缺少列 {sorted(missing | ({'kwh'} if not ({'kwh', 'register_kwh'} & set(raw.columns)) else set()))}"
+            f"{path.name}: 读数文件缺少列 "
+            f"{sorted(missing | ({'kwh'} if not ({'kwh', 'register_kwh'} & set(raw.columns)) else set()))}"
             f"（需要 meter_id, ts, kwh 或 meter_id, ts, register_kwh）；现有列 {list(raw.columns)}"
         )
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"

@@ -286,7 +286,8 @@ class ReadingStore:
         # The first interval ending after start ends on start's day (or closes it at 24:00);
         # the interval ending at end belongs to the day of (end - 1 ns).
         first = start_ts.normalize().date() if start_ts is not None else None
-        last = pd.Timestamp(_partition_day(np.array([end_ts.to_datetime64()]))[0]).date() if end_ts is not None else None
+        last = (pd.Timestamp(_partition_day(np.array([end_ts.to_datetime64()]))[0]).date()
+                if end_ts is not None else None)
         return [d for d in self.dates() if (first is None or d >= first) and (last is None or d <= last)]
 
     def _iter_tables(self, start: datetime | None, end: datetime | None,

@@ -7,8 +7,8 @@ from datetime import date
 import pandas as pd
 from sqlalchemy import func, select
 
-from schemas.models import (Alert, Cadre, DeliveryAttempt, Household, MediationCase, Notice, QuarantinedRow, ReadingBatch,
-                            Report, RiskFlag, ServiceNeed, ValidationRun, Visit, VisitPlan)
+from schemas.models import (Alert, Cadre, DeliveryAttempt, Household, MediationCase, Notice, QuarantinedRow,
+                            ReadingBatch, Report, RiskFlag, ServiceNeed, ValidationRun, Visit, VisitPlan)
 from sibifang.db import count, grid_hierarchy, read_frame, session_scope
 
 
@@ -21,7 +21,8 @@ def collect_stats(database_url: str | None = None) -> dict:
             "visit_plans_missed": count(s, VisitPlan, VisitPlan.status == "missed"),
             "visits": count(s, Visit),
             "readings": int(s.scalar(select(func.coalesce(func.sum(ReadingBatch.rows_new), 0))) or 0),
-            "readings_quarantined": int(s.scalar(select(func.coalesce(func.sum(ReadingBatch.rows_quarantined), 0))) or 0),
+            "readings_quarantined": int(
+                s.scalar(select(func.coalesce(func.sum(ReadingBatch.rows_quarantined), 0))) or 0),
             "flags": count(s, RiskFlag), "flags_open": count(s, RiskFlag, RiskFlag.status != "closed"),
             "alerts": count(s, Alert), "alerts_sent": count(s, Alert, Alert.status == "sent"),
             "alerts_pending": count(s, Alert, Alert.status.in_(("pending", "sending"))),
@@ -32,7 +33,8 @@ def collect_stats(database_url: str | None = None) -> dict:
             "cases": count(s, MediationCase), "cases_closed": count(s, MediationCase, MediationCase.status == "closed"),
             "needs": count(s, ServiceNeed), "needs_matched": count(s, ServiceNeed, ServiceNeed.status == "matched"),
             "reports": count(s, Report),
-            "notices": count(s, Notice), "notices_sent": count(s, Notice, Notice.status == "sent"), "validation_runs": count(s, ValidationRun),
+            "notices": count(s, Notice), "notices_sent": count(s, Notice, Notice.status == "sent"),
+            "validation_runs": count(s, ValidationRun),
             "quarantined_rows": count(s, QuarantinedRow),
         }
     return out

@@ -24,7 +24,8 @@ CATEGORY_LABELS = {"entrepreneur": "创业困难女性家庭", "hardship": "困�
 DEMAND_LABELS = {"democratic_participation": "民主参与", "marriage_family_rights": "婚姻家庭权益",
                  "employment_rights": "就业权益", "entrepreneurship": "创业信息和资金", "elderly_care": "空巢老人照料",
                  "domestic_services": "家政服务", "family_education": "家庭教育", "skills": "技能提升"}
-FLAG_LABELS = {"inactivity": "长时间无用电活动", "sustained_drop": "用电持续下降", "missing_morning_routine": "早间用电缺失",
+FLAG_LABELS = {"inactivity": "长时间无用电活动", "sustained_drop": "用电持续下降",
+               "missing_morning_routine": "早间用电缺失",
                "night_activity": "夜间异常用电", "high_use": "用电异常偏高", "meter_offline": "电表离线",
                "dispute": "婚姻家庭矛盾", "domestic_violence": "家庭暴力线索", "self_harm": "轻生线索",
                "gambling": "赌博线索", "unresolved_difficulty": "困难反复未解决", "overdue_visit": "逾期未访"}
@@ -123,7 +124,8 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
     the share of households at 红/橙 (red/orange) level; the title of each cell gives the counts."""
     latest = risk_map[risk_map.as_of == risk_map.as_of.max()] if not risk_map.empty else risk_map
     if latest.empty:
-        return '<svg xmlns="http://www.w3.org/2000/svg" width="200" height="30"><text x="5" y="20">暂无数据</text></svg>'
+        return ('<svg xmlns="http://www.w3.org/2000/svg" width="200" height="30">'
+                '<text x="5" y="20">暂无数据</text></svg>')
     t = latest.pivot_table(index="grid_id", columns="level", values="households", aggfunc="sum", fill_value=0)
     for lvl in LEVEL_COLORS:
         if lvl not in t:
@@ -135,7 +137,8 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
     label_w = 110
     w, h = label_w + width_cells * cell + 10, 40 + len(villages) * cell + 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="11" '
-             f'font-family="sans-serif">', '<text x="5" y="16" font-size="13">家庭风险动态预警图（按网格，红橙户占比）</text>']
+             f'font-family="sans-serif">',
+             '<text x="5" y="16" font-size="13">家庭风险动态预警图（按网格，红橙户占比）</text>']
     for yi, village in enumerate(villages):
         y = 30 + yi * cell
         parts.append(f'<text x="5" y="{y + cell * 0.7:.0f}">{html.escape(str(village))}</text>')

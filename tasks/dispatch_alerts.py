@@ -60,8 +60,8 @@ def enqueue(now: datetime, database_url: str | None = None) -> int:
             RiskFlag.kind.not_in(NO_ALERT_KINDS), RiskFlag.severity != "low",
             (RiskFlag.detected_at >= recent) | (RiskFlag.meter_id.is_not(None) & RiskFlag.end.is_(None)))
             .order_by(RiskFlag.detected_at, RiskFlag.id)).all()
-        return enqueue_alerts(s, [flag_payload(f) for f in flags], now=now, policy=policy, route=route_flag, render=render_alert,
-                              quiet=_quiet)
+        return enqueue_alerts(s, [flag_payload(f) for f in flags], now=now, policy=policy, route=route_flag,
+                              render=render_alert, quiet=_quiet)
 
 
 _CHANNELS: dict = {}

@@ -28,7 +28,8 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
     if flags.empty:
         return 0
     grids = grid_hierarchy(database_url)
-    hh = read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url).merge(grids, on="grid_id")
+    hh = (read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url)
+          .merge(grids, on="grid_id"))
     rooms = read_frame(select(MediationRoom.id.label("room_id"), MediationRoom.township_id,
                               MediationRoom.mediator_ids), database_url)
     open_cases = read_frame(select(MediationCase.household_id).where(MediationCase.status == "open"), database_url)
@@ -58,7 +59,8 @@ def match_needs_task(as_of: date, database_url: str | None = None, lookback_days
                                Visit.demand_category)
                         .where(Visit.visited_at >= since, Visit.visited_at <= until), database_url)
     grids = grid_hierarchy(database_url)
-    hh = read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url).merge(grids, on="grid_id")
+    hh = (read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url)
+          .merge(grids, on="grid_id"))
     needs = logic.needs_from_visits(visits, hh) if not visits.empty else pd.DataFrame()
     with session_scope(database_url) as s:
         upsert(s, ServiceNeed, [{"id": n["need_id"], "household_id": n["household_id"], "village_id": n["village_id"],

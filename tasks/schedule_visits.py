@@ -94,7 +94,8 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         known = set(read_frame(select(VisitPlan.id).where(VisitPlan.due_date >= p.due_date.min()), database_url).id)
         p = p[~p.visit_id.isin(known)]
     rows = [{"id": r["visit_id"], "household_id": r["household_id"], "cadre_id": r["cadre_id"],
-             "grid_id": r["grid_id"], "due_date": r["due_date"].date() if hasattr(r["due_date"], "date") else r["due_date"],
+             "grid_id": r["grid_id"],
+             "due_date": r["due_date"].date() if hasattr(r["due_date"], "date") else r["due_date"],
              "window_start": _d(r["window_start"]), "window_end": _d(r["window_end"]), "reason": r["reason"],
              "urgent": bool(r["urgent"]), "status": "planned", "planned_on": as_of} for r in frame_records(p)]
     for r in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import logging
@@ -345,7 +346,7 @@ def test_feishu_five_per_second_and_hundred_per_minute(session):
         burst = [ch.send(msg(i), session=session).ok for i in range(7)]
         assert burst.count(True) == 5
         sent = 5
-        for second in range(1, 60):
+        for _ in range(1, 60):
             mono.advance(1.0)
             sent += sum(ch.send(msg(i), session=session).ok for i in range(6))
         assert sent == 100  # the per-minute cap binds before the per-second one
@@ -444,7 +445,7 @@ def test_channel_for_unknown_kind_and_repr_hides_key():
 
 def test_results_are_frozen_dataclasses():
     r = DeliveryResult(True, 200, "0", None, False, 1.0)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         r.ok = False  # type: ignore[misc]
 
 

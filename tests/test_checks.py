@@ -85,7 +85,8 @@ def test_phone_formats(phone, ok):
 
 def test_alert_address_fits_channel():
     channels = s("sms", "sms", "email", "email", "wecom", "webhook", None)
-    addresses = s("13805740001", "https://x.invalid", "a@b.cn", "13805740001", "https://qyapi.invalid/k", "ftp://x", None)
+    addresses = s("13805740001", "https://x.invalid", "a@b.cn", "13805740001",
+                  "https://qyapi.invalid/k", "ftp://x", None)
     assert C.valid_alert_address(channels, addresses).tolist() == [True, False, True, False, True, False, True]
 
 

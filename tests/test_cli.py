@@ -33,7 +33,7 @@ def invoke(*args):
 def test_import_reports_broken_rows_by_line_and_field_and_counts_add_up(cli_env, village_dir):
     invoke("import", "areas", village_dir / "areas.csv")
     out = invoke("import", "households", village_dir / "households.csv")
-    line = next(l for l in out.splitlines() if l.startswith("households"))
+    line = next(row for row in out.splitlines() if row.startswith("households"))
     nums = [int(x) for x in line.split() if x.isdigit()]
     read, accepted, quarantined = nums[0], nums[1], nums[2]
     assert read == accepted + quarantined and quarantined == 5

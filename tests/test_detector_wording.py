@@ -86,8 +86,10 @@ def test_every_case_renders_without_leftover_braces_and_keeps_its_severity(rende
     for key, row in rows.items():
         assert "{" not in row["evidence"] and "}" not in row["evidence"], key
         assert row["severity"] == (CASES[key][1] if key in CASES else "low"), key
-    assert rows["suffix_same_incident"]["evidence"].endswith("（与9月8日12时已发出的预警属同一事件，记录备查，不重复派人）")
-    assert rows["suffix_recurrent"]["evidence"].endswith("（该户近28天内已有3次类似情况，属其常态，记录备查，暂不派人）")
+    assert rows["suffix_same_incident"]["evidence"].endswith(
+        "（与9月8日12时已发出的预警属同一事件，记录备查，不重复派人）")
+    assert rows["suffix_recurrent"]["evidence"].endswith(
+        "（该户近28天内已有3次类似情况，属其常态，记录备查，暂不派人）")
     assert rows["suffix_recurrent"]["evidence"].startswith("今天早上到9月9日8时还没有起床用电")
 
 

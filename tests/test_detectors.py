@@ -134,7 +134,8 @@ def test_night_activity(normal):
     # up and about: lights, kettle, TV switched on and off (varying, not a constant load)
     df.loc[s, "kwh"] += np.tile([0.5, 0.3, 0.0, 0.1], s.sum() // 4 + 1)[: s.sum()]
     out = detect(df)
-    night = out[(out["kind"] == "night_activity") & (out["start"] >= day) & (out["start"] < day + pd.Timedelta(hours=6))]
+    night = out[(out["kind"] == "night_activity") & (out["start"] >= day)
+                & (out["start"] < day + pd.Timedelta(hours=6))]
     assert len(night) == 1
     assert night.iloc[0]["detected_at"] <= day + pd.Timedelta(hours=5)
     # recorded for the archive and a daytime call, not sent to a grid worker as an alert

@@ -203,7 +203,8 @@ def test_sensitive_kinds_to_group_robots_only_code_and_urgency(kind, channel):
     assert f"有一条紧急事项需要您处理,编号 {code}" in msg.text
     assert "http://a/ack/t" in msg.text
     for out in (msg.title, msg.text, msg.markdown or ""):
-        for leaked in ("李", "万地村", "第三网格", "三组18号", "家暴", "家庭暴力", "轻生", "矛盾", "纠纷", "丈夫", "动手"):
+        for leaked in ("李", "万地村", "第三网格", "三组18号", "家暴", "家庭暴力",
+                       "轻生", "矛盾", "纠纷", "丈夫", "动手"):
             assert leaked not in out, (leaked, out)
 
 
@@ -419,7 +420,8 @@ def test_csv_blanks_as_nan_are_no_channel(tmp_path):
 def test_render_accepts_outbox_style_recipient_objects():
     class EscalationTarget:  # what the escalation step passes: cadre_id/channel, not recipient_id/channel_kind
         def __init__(self):
-            self.cadre_id, self.role, self.name, self.channel, self.address = "C-SUP-1", "supervisor", "值班", "wecom", "x"
+            self.cadre_id, self.role, self.name, self.channel, self.address = (
+                "C-SUP-1", "supervisor", "值班", "wecom", "x")
 
     msg = render_alert(make_flag(kind="dispute", severity="critical"), make_household(), EscalationTarget(), "u")
     assert msg.alert_id == "F-20261122-001:C-SUP-1" and "有一条紧急事项需要您处理" in msg.text

@@ -110,7 +110,8 @@ def test_case_source_visit_belongs_to_source_flag():
 
 def test_needs_from_visits_one_per_visit_with_a_demand():
     visits = pd.DataFrame([
-        {"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00", "demand_category": "family_education"},
+        {"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00",
+         "demand_category": "family_education"},
         {"visit_id": "V2", "household_id": "H3", "visited_at": "2026-07-02 11:00", "demand_category": "elderly_care"},
         {"visit_id": "V3", "household_id": "H2", "visited_at": "2026-07-02 11:00", "demand_category": None},
         {"visit_id": "V4", "household_id": "H2", "visited_at": "2026-07-02 11:00", "demand_category": ""},
@@ -143,7 +144,8 @@ AREAS = pd.DataFrame({
     "district_id": ["D1", "D1", "D1", "D1", "D9"],
 })
 RESOURCES = pd.DataFrame([
-    {"resource_id": "R-v1", "village_id": "V1", "offers": ["family_education"], "name": "王老师", "phone": "13800000000"},
+    {"resource_id": "R-v1", "village_id": "V1", "offers": ["family_education"], "name": "王老师",
+     "phone": "13800000000"},
     {"resource_id": "R-v2a", "village_id": "V2", "offers": ["family_education", "skills"], "name": "x", "phone": "y"},
     {"resource_id": "R-v2b", "village_id": "V2", "offers": ["family_education"], "name": "x", "phone": "y"},
     {"resource_id": "R-v3", "village_id": "V3", "offers": ["elderly_care"], "name": "x", "phone": "y"},

@@ -41,7 +41,8 @@ def test_lexicon_load_custom_path(tmp_path):
     p.write_text('negations = ["不"]\n[cues.gambling]\nseverity = "low"\nterms = ["打牌", "麻将"]\n', encoding="utf-8")
     lex = Lexicon.load(p)
     assert lex.negations == ["不"]
-    assert [(c.term, c.kind, c.severity) for c in lex.cues] == [("打牌", "gambling", "low"), ("麻将", "gambling", "low")]
+    assert [(c.term, c.kind, c.severity) for c in lex.cues] == [
+        ("打牌", "gambling", "low"), ("麻将", "gambling", "low")]
     assert kinds(lex.find("丈夫整天打麻将")) == {"gambling"}
     assert lex.find("他不打牌") == []
 
@@ -133,7 +134,8 @@ def test_visit_cue_flags_ids_are_deterministic(lexicon):
 def test_visit_cue_flags_severity_is_the_max_of_the_cues():
     lex = Lexicon(cues=[Cue("吵架", "dispute", "low"), Cue("离婚", "dispute", "high"),
                         Cue("分居", "dispute", "medium")], negations=["无"])
-    v = pd.DataFrame([{"visit_id": "V9", "household_id": "H9", "visited_at": "2026-07-05", "notes": "吵架后分居，闹离婚"},
+    v = pd.DataFrame([{"visit_id": "V9", "household_id": "H9", "visited_at": "2026-07-05",
+                       "notes": "吵架后分居，闹离婚"},
                       {"visit_id": "V8", "household_id": "H8", "visited_at": "2026-07-05", "notes": "偶尔吵架"}])
     flags = visit_cue_flags(v, lex).set_index("household_id")
     assert flags.loc["H9", "severity"] == "high"

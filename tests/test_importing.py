@@ -191,7 +191,8 @@ def test_row_wider_than_header_is_quarantined(tmp_path):
 
 def test_areas_hierarchy_must_be_consistent(tmp_path):
     path = tmp_path / "areas.csv"
-    header = "grid_id,grid_name,village_id,village_name,village_kind,township_id,township_name,district_id,district_name,city_id,city_name"
+    header = ("grid_id,grid_name,village_id,village_name,village_kind,township_id,township_name,"
+              "district_id,district_name,city_id,city_name")
     path.write_text(header + "\n"
                     "G1,一网格,V1,示例村,村,T1,示例镇,D1,海曙区,C1,宁波市\n"
                     "G2,二网格,V1,示例村,社区,T2,另一镇,D1,海曙区,C1,宁波市\n"  # V1 under another township

@@ -160,7 +160,8 @@ def test_grid_without_cadre_is_shortfall():
     hh = households(dict(household_id="h1", categories="hardship", grid_id="G9"))
     r = plan(hh, cadres(dict(cadre_id="c1")))
     assert r.plans.empty
-    assert r.shortfall.to_dict("records") == [{"household_id": "h1", "grid_id": "G9", "reason": "网格内无承担走访的干部"}]
+    assert r.shortfall.to_dict("records") == [
+        {"household_id": "h1", "grid_id": "G9", "reason": "网格内无承担走访的干部"}]
 
 
 def test_four_plus_one_cadre_visits_on_her_weekday_only():

@@ -141,7 +141,8 @@ def test_risk_flag_detected_before_start_is_caught():
     flags.loc[1, "detected_at"] = flags.loc[1, "start"] - pd.Timedelta(minutes=5)
     flags.loc[0, "kind"] = "bad_vibes"
     report = validate_frame(flags, "risk_flags", source="detect output")
-    assert outcome(report, "expect_column_pair_values_a_to_be_greater_than_b", "detected_at,start").unexpected_rows == [1]
+    assert outcome(report, "expect_column_pair_values_a_to_be_greater_than_b",
+                   "detected_at,start").unexpected_rows == [1]
     assert [r.unexpected_rows for r in report.failures if r.column == "kind"] == [[0]]
 
 

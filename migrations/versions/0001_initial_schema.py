@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 07:07:46.196322
 """
 from alembic import op
@@ -71,7 +71,8 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('raw', sa.JSON(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_quarantined_rows')),
-    sa.UniqueConstraint('kind', 'source', 'line', 'field', 'code', name=op.f('uq_quarantined_rows_kind_source_line_field_code'))
+    sa.UniqueConstraint('kind', 'source', 'line', 'field', 'code',
+                        name=op.f('uq_quarantined_rows_kind_source_line_field_code'))
     )
     with op.batch_alter_table('quarantined_rows', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_quarantined_rows_kind'), ['kind'], unique=False)
@@ -209,8 +210,10 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('closed_at', sa.DateTime(), nullable=True),
     sa.Column('outcome', sa.String(length=64), nullable=True),
-    sa.ForeignKeyConstraint(['household_id'], ['households.id'], name=op.f('fk_mediation_cases_household_id_households')),
-    sa.ForeignKeyConstraint(['room_id'], ['mediation_rooms.id'], name=op.f('fk_mediation_cases_room_id_mediation_rooms')),
+    sa.ForeignKeyConstraint(['household_id'], ['households.id'],
+                            name=op.f('fk_mediation_cases_household_id_households')),
+    sa.ForeignKeyConstraint(['room_id'], ['mediation_rooms.id'],
+                            name=op.f('fk_mediation_cases_room_id_mediation_rooms')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_mediation_cases'))
     )
     with op.batch_alter_table('mediation_cases', schema=None) as batch_op:

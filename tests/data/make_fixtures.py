@@ -19,7 +19,7 @@ rows = [
  f"H008,郑霞,{rid('33020319820606012')},+86 138 0574 0008,海曙区示例路8号,G002,创业困难；婚姻家庭矛盾,5,0,1,\"多行\n备注\",,,2026-03-01,2026-02-01,外出务工",  # 9 multi-line cell; away_until < away_from (line 9)
  f"H009,孙红,{rid('33020319900101014').lower()},13805740009,海曙区示例路9号,G001,unknown_cat,2,maybe,1,,,,,,",  # 11 (after multiline) unknown category + bad bool
  "",
- f"H010,钱敏,,,海曙区示例路10号,G001,,1,1,1,,,,,,",  # 13 clean without id/phone
+ "H010,钱敏,,,海曙区示例路10号,G001,,1,1,1,,,,,,",  # 13 clean without id/phone
 ]
 (D/"households_broken.csv").write_text(hdr + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
 clean = [
