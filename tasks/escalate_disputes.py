@@ -12,10 +12,18 @@ from sqlalchemy import select, update
 from sibifang.db import grid_hierarchy, read_frame
 
 
+def _households_in_grids(grids: pd.DataFrame, database_url: str | None) -> pd.DataFrame:
+    """Each household with its grid's village, township and district (``grid_hierarchy``):
+    both escalations route by them."""
+    from schemas.models import Household
+
+    return (read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url)
+            .merge(grids, on="grid_id"))
+
 
 @task(name="open_mediation_cases", cache_policy=NO_CACHE)
 def open_cases_task(as_of: date, database_url: str | None = None) -> int:
-    from schemas.models import Household, MediationCase, MediationRoom, RiskFlag
+    from schemas.models import MediationCase, MediationRoom, RiskFlag
     from sibifang import escalate_disputes as logic
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
@@ -28,8 +36,7 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
     if flags.empty:
         return 0
     grids = grid_hierarchy(database_url)
-    hh = (read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url)
-          .merge(grids, on="grid_id"))
+    hh = _households_in_grids(grids, database_url)
     rooms = read_frame(select(MediationRoom.id.label("room_id"), MediationRoom.township_id,
                               MediationRoom.mediator_ids), database_url)
     open_cases = read_frame(select(MediationCase.household_id).where(MediationCase.status == "open"), database_url)
@@ -48,7 +55,7 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
 
 @task(name="match_service_needs", cache_policy=NO_CACHE)
 def match_needs_task(as_of: date, database_url: str | None = None, lookback_days: int = 30) -> dict:
-    from schemas.models import Household, ServiceNeed, ServiceResource, Visit
+    from schemas.models import ServiceNeed, ServiceResource, Visit
     from sibifang import escalate_disputes as logic
     from sibifang.db import session_scope, upsert
     from sibifang.records import frame_records
@@ -59,8 +66,7 @@ def match_needs_task(as_of: date, database_url: str | None = None, lookback_days
                                Visit.demand_category)
                         .where(Visit.visited_at >= since, Visit.visited_at <= until), database_url)
     grids = grid_hierarchy(database_url)
-    hh = (read_frame(select(Household.id.label("household_id"), Household.grid_id), database_url)
-          .merge(grids, on="grid_id"))
+    hh = _households_in_grids(grids, database_url)
     needs = logic.needs_from_visits(visits, hh) if not visits.empty else pd.DataFrame()
     with session_scope(database_url) as s:
         upsert(s, ServiceNeed, [{"id": n["need_id"], "household_id": n["household_id"], "village_id": n["village_id"],
