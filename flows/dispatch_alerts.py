@@ -6,6 +6,8 @@ from datetime import datetime
 
 from prefect import flow
 
+from sibifang.settings import local_now
+
 from tasks.dispatch_alerts import deliver_task, enqueue_task, escalate_task
 
 
@@ -13,7 +15,7 @@ from tasks.dispatch_alerts import deliver_task, enqueue_task, escalate_task
       "(retried, never twice), escalate unacknowledged critical alerts.")
 def dispatch_alerts(now: datetime | None = None, database_url: str | None = None) -> dict:
     # ``now`` replays a moment (the demo, a re-run); unset, it is the wall clock.
-    at = now or datetime.now()
+    at = now or local_now()
     queued = enqueue_task(at, database_url)
     escalated = escalate_task(at, database_url)
     delivered = deliver_task(now, database_url)

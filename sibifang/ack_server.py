@@ -1,54 +1,88 @@
 """The acknowledgement endpoint (确认链接): a grid worker opens the signed link from her alert.
 
-``GET /ack?t=TOKEN`` shows the alert's reference and three outcome buttons;
-``GET /ack?t=TOKEN&outcome=visited_all_well|needs_help|escalate`` records it. The token is
-signed and expires (``sibifang.ack_tokens``); nothing personal is in the link.
+``GET /ack?t=TOKEN`` shows the whole alert (what, where, what to do, its reference code; the
+masked group-chat and SMS messages leave these out) and answers as buttons. Opening the link
+records nothing: a chat app's link preview opens it too, and must not stop an escalation.
+``POST /ack`` with ``t`` and ``outcome`` (empty: "received"; or ``visited_all_well``,
+``needs_help``, ``escalate``) records the answer. The token is signed and expires
+(``sibifang.ack_tokens``); nothing personal is in the link. Wording:
+``templates/dispatch_alerts/ack_page.html.j2``.
 """
 
 from __future__ import annotations
 
-import html
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, urlparse
+from urllib.parse import parse_qs, urlparse
 
-from sibifang.acknowledge import OUTCOMES, AckError, acknowledge_token
+import jinja2
 
-PAGE = """<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>预警确认</title></head>
-<body style="font-family:sans-serif;max-width:480px;margin:2em auto">{body}</body></html>"""
+from sibifang.ack_tokens import AckTokenError
+from sibifang.acknowledge import OUTCOMES, AckError, acknowledge_token, alert_for_link
+from sibifang.dispatch_alerts import TEMPLATE_DIR
+
+MAX_FORM_BYTES = 4096
+
+
+@lru_cache(maxsize=1)
+def _page() -> jinja2.Template:
+    # HTML, unlike the messages: autoescape, so a name or an address cannot inject markup.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR / "dispatch_alerts"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.get_template("ack_page.html.j2")
+
+
+def render_page(view: str, **ctx) -> str:
+    return _page().render(view=view, outcomes=OUTCOMES, **{"a": {}, "token": "", "message": "", **ctx})
 
 
 def make_ack_server(host: str = "127.0.0.1", port: int = 8765, *, database_url: str | None = None,
                     secret: str | None = None) -> ThreadingHTTPServer:
     from sibifang.settings import get_settings
 
-    key = secret or get_settings().ack_secret.get_secret_value()
+    key = secret or get_settings().ack_signing_key()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             url = urlparse(self.path)
             if url.path != "/ack":
-                return self._send(404, "<p>未找到</p>")
+                return self._send(404, render_page("error", message="页面不存在。"))
             q = parse_qs(url.query)
             token = (q.get("t") or q.get("token") or [""])[0]
-            outcome = (q.get("outcome") or [None])[0]
             try:
-                res = acknowledge_token(token, secret=key, outcome=outcome, database_url=database_url)
-            except (AckError, ValueError) as e:
-                # The message names the problem (expired, bad signature), never the token.
-                return self._send(400, f"<p>无法确认：{html.escape(type(e).__name__)}</p>")
-            if outcome:
-                return self._send(200, f"<h2>已记录</h2><p>结果：{html.escape(OUTCOMES[outcome])}</p>")
-            links = "".join(f'<p><a href="/ack?t={quote(token)}&outcome={k}">{html.escape(v)}</a></p>'
-                            for k, v in OUTCOMES.items())
-            return self._send(200, f"<h2>已确认收到预警</h2><p>编号：{html.escape(res['alert_id'])}</p>"
-                                   f"<p>上门后请选择处理结果：</p>{links}")
+                alert = alert_for_link(token, secret=key, database_url=database_url)
+            except (AckError, AckTokenError) as e:
+                return self._error(e)
+            return self._send(200, render_page("details", a=alert, token=token))
 
-        def _send(self, status: int, body: str):
-            data = PAGE.format(body=body).encode("utf-8")
+        def do_POST(self):  # noqa: N802
+            if urlparse(self.path).path != "/ack":
+                return self._send(404, render_page("error", message="页面不存在。"))
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_FORM_BYTES:
+                return self._send(413, render_page("error", message="提交的内容过长。"))
+            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)
+            token = (form.get("t") or [""])[0]
+            outcome = (form.get("outcome") or [""])[0] or None
+            try:
+                acknowledge_token(token, secret=key, outcome=outcome, database_url=database_url)
+                alert = alert_for_link(token, secret=key, database_url=database_url)
+            except (AckError, AckTokenError) as e:
+                return self._error(e)
+            return self._send(200, render_page("done", a=alert, token=token))
+
+        def _error(self, e: Exception):
+            # Both error types carry a Chinese message that names the problem (expired, bad
+            # signature, unknown alert), never the token or the key.
+            return self._send(400, render_page("error", message=str(e)))
+
+        def _send(self, status: int, page: str):
+            data = page.encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Referrer-Policy", "no-referrer")
             self.end_headers()
             self.wfile.write(data)
 

@@ -66,8 +66,15 @@ def _b64d(text: str) -> bytes:
 
 
 def _epoch(now: datetime) -> int:
-    # A naive ``now`` is the machine's local time (what ``datetime.now()`` returns); the
-    # token itself stores epoch seconds, so it is zone-independent either way.
+    # A naive ``now`` is the installation's local time (``sibifang.settings.local_now``, as the
+    # database stores it), not the host's: a UTC server would otherwise issue links that expire
+    # 8 hours off. The token itself stores epoch seconds.
+    if now.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        from sibifang.settings import get_settings
+
+        now = now.replace(tzinfo=ZoneInfo(get_settings().timezone))
     return int(now.timestamp())
 
 
@@ -96,7 +103,7 @@ def verify_ack_token(token: str, secret, now: datetime) -> AckClaims:
     expected = _sign(payload_part, _secret_bytes(secret))
     # Constant-time comparison: a timing side channel would leak the signature byte by byte.
     if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii", "replace")):
-        raise BadAckSignature("确认链接签名无效(可能被篡改)")
+        raise BadAckSignature("确认链接签名无效（可能被篡改）")
     try:
         payload = json.loads(_b64d(payload_part))
         alert_id, recipient_id = str(payload["a"]), str(payload["r"])
@@ -106,7 +113,7 @@ def verify_ack_token(token: str, secret, now: datetime) -> AckClaims:
     if payload.get("v") != TOKEN_VERSION:
         raise MalformedAckToken("确认链接版本不受支持")
     if _epoch(now) >= expiry:
-        raise ExpiredAckToken("确认链接已过期,请联系上级重新发送")
+        raise ExpiredAckToken("确认链接已过期，请联系上级重新发送")
     return AckClaims(alert_id=alert_id, recipient_id=recipient_id,
                      issued_at=datetime.fromtimestamp(issued, timezone.utc),
                      expires_at=datetime.fromtimestamp(expiry, timezone.utc))

@@ -14,20 +14,22 @@ from sqlalchemy import update
 from schemas.models import Alert, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
 from sibifang.records import stable_id
+from sibifang.settings import local_now
 
 OUTCOMES = {"visited_all_well": "已上门，一切正常", "needs_help": "已上门，需要帮助", "escalate": "需上报处理"}
 
 
 class AckError(ValueError):
-    """The alert cannot be acknowledged (unknown id, unknown outcome)."""
+    """The alert cannot be acknowledged (unknown id, unknown outcome); the message is for the
+    grid worker, in Chinese, and names no token or secret."""
 
 
 def acknowledge(alert_id: str, *, actor: str, outcome: str | None = None, at: datetime | None = None,
                 database_url: str | None = None, session=None) -> dict:
     """Acknowledge one alert (in ``session`` when given, else in its own transaction)."""
     if outcome is not None and outcome not in OUTCOMES:
-        raise AckError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
-    at = at or datetime.now()
+        raise AckError(f"处理结果“{outcome}”无法识别，可选：{'、'.join(f'{k}（{v}）' for k, v in OUTCOMES.items())}")
+    at = at or local_now()
     if session is not None:
         return _acknowledge(session, alert_id, actor, outcome, at)
     with session_scope(database_url) as s:
@@ -37,7 +39,7 @@ def acknowledge(alert_id: str, *, actor: str, outcome: str | None = None, at: da
 def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime) -> dict:
     alert = s.get(Alert, alert_id)
     if alert is None:
-        raise AckError(f"no alert {alert_id!r}")
+        raise AckError(f"没有编号为“{alert_id}”的预警")
     first = alert.acked_at is None
     # Every alert of the same flag counts as answered: nobody escalates it any more.
     s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
@@ -70,6 +72,26 @@ def acknowledge_token(token: str, *, secret: str, outcome: str | None = None, no
     """Acknowledge through the signed link a grid worker received (verifies signature and expiry)."""
     from sibifang.ack_tokens import verify_ack_token
 
-    claims = verify_ack_token(token, secret, now or datetime.now())
+    claims = verify_ack_token(token, secret, now or local_now())
     return acknowledge(claims.alert_id, actor=claims.recipient_id or "link", outcome=outcome, at=now,
                        database_url=database_url)
+
+
+def alert_for_link(token: str, *, secret: str, now: datetime | None = None, database_url: str | None = None) -> dict:
+    """The alert behind a signed link, read only: opening a link records nothing (a chat app's
+    link preview opens it too), the grid worker answers on the page."""
+    from sibifang.ack_tokens import verify_ack_token
+    from sibifang.dispatch_alerts import alert_page_context
+    from sibifang.outbox import flag_payload, household_context
+
+    claims = verify_ack_token(token, secret, now or local_now())
+    with session_scope(database_url) as s:
+        alert = s.get(Alert, claims.alert_id)
+        if alert is None:
+            raise AckError(f"没有编号为“{claims.alert_id}”的预警")
+        flag = s.get(RiskFlag, alert.flag_id)
+        household = household_context(s, [flag.household_id]).get(flag.household_id, {})
+        ctx = alert_page_context(flag_payload(flag), household, alert.recipient_role or "grid_worker", alert.id,
+                                 now=now)
+        return {**ctx, "acked": alert.acked_at is not None, "outcome": alert.outcome,
+                "outcome_label": OUTCOMES.get(alert.outcome or "", ""), "flag_status": flag.status}

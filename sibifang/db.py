@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.models import AuditEvent, Base
 from sibifang.records import chunks
+from sibifang.settings import local_now
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -120,7 +121,7 @@ def upsert(
 def audit(session: Session, actor: str, action: str, entity: str, entity_id: str | None = None,
           detail: dict[str, Any] | None = None, at: datetime | None = None) -> None:
     """Record who changed what (never personal data in ``detail``)."""
-    session.add(AuditEvent(at=at or datetime.now(), actor=actor, action=action, entity=entity,
+    session.add(AuditEvent(at=at or local_now(), actor=actor, action=action, entity=entity,
                            entity_id=entity_id, detail=detail))
 
 

@@ -19,6 +19,7 @@ Rules
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, time as dtime
 from pathlib import Path
@@ -40,7 +41,7 @@ SEVERITY_LABEL = {"critical": "紧急", "high": "较急", "medium": "一般", "l
 RESPONSE_HOURS = {"critical": 1, "high": 4, "medium": 24, "low": 72}
 
 # Kinds whose details must not land in a group chat (or an SMS inbox others may read).
-SENSITIVE_KINDS = frozenset({"dispute", "domestic_violence", "self_harm"})
+SENSITIVE_KINDS = frozenset({"dispute", "domestic_violence", "self_harm", "gambling"})
 MASKED_CHANNEL_KINDS = GROUP_ROBOT_KINDS | {"sms"}
 
 KIND_LABEL = {
@@ -55,6 +56,8 @@ KIND_LABEL = {
     "dispute": "婚姻家庭矛盾",
     "domestic_violence": "家庭暴力",
     "self_harm": "轻生风险",
+    "gambling": "赌博线索",
+    "hardship": "生活困难",
 }
 METER_KINDS = frozenset({"inactivity", "sustained_drop", "missing_morning_routine", "night_activity",
                          "high_use", "meter_offline"})
@@ -339,6 +342,19 @@ def alert_id_for(flag: Mapping[str, Any], recipient: Recipient) -> str:
     return f"{flag['flag_id']}:{_recipient_id(recipient)}"
 
 
+# A resident ID number (身份证号) never leaves in a message, even when a cadre typed one into an
+# address or a visit note: 18 characters (17 digits + digit or X) or the old 15 digits.
+_ID_NUMBER = re.compile(r"(?<![0-9])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9Xx])")
+
+
+def scrub_id_numbers(text: str) -> str:
+    return _ID_NUMBER.sub("［身份证号已隐去］", text)
+
+
+def _place(village: str, grid: str) -> str:
+    return grid if village and grid.startswith(village) else village + grid
+
+
 def _context(flag, household, recipient, ack_url, alert_id, now=None) -> dict[str, Any]:
     severity = str(flag.get("severity") or "medium")
     detected = _local(flag.get("detected_at") or flag.get("start") or datetime.now(LOCAL_TZ))
@@ -348,7 +364,7 @@ def _context(flag, household, recipient, ack_url, alert_id, now=None) -> dict[st
     kind = str(flag.get("kind"))
     # Evidence text comes from the detector for meter kinds; visit findings may hold personal
     # details, so they stay behind the ack link.
-    evidence = str(flag.get("evidence") or "").strip() if kind in METER_KINDS else ""
+    evidence = scrub_id_numbers(str(flag.get("evidence") or "").strip()) if kind in METER_KINDS else ""
     return {
         "alert_id": alert_id,
         # Per flag, not per recipient: the grid worker and the chair can talk about one code.
@@ -362,7 +378,9 @@ def _context(flag, household, recipient, ack_url, alert_id, now=None) -> dict[st
         "evidence": evidence,
         "grid_name": str(household.get("grid_name") or ""),
         "village_name": str(household.get("village_name") or ""),
-        "address": str(household.get("address") or ""),
+        # "万堤村第2网格", not "万堤村万堤村第2网格": grid names often already start with the village's
+        "place": _place(str(household.get("village_name") or ""), str(household.get("grid_name") or "")),
+        "address": scrub_id_numbers(str(household.get("address") or "")),
         "todo": what_to_do(flag, str(getattr(recipient, "role", "") or "")),
         "deadline": f"{deadline.month}月{deadline.day}日{deadline:%H:%M}",
         "ack_url": ack_url,
@@ -387,6 +405,17 @@ def render_alert(flag: Mapping[str, Any], household: Mapping[str, Any], recipien
     return OutgoingMessage(alert_id=alert_id, dedup_key=alert_id, severity=ctx["severity"],
                            title=_render(f"{base}.title.j2", **ctx), text=_render(text_template, **ctx),
                            markdown=markdown)
+
+
+def alert_page_context(flag: Mapping[str, Any], household: Mapping[str, Any], recipient_role: str,
+                       alert_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """What the page behind an alert's signed link shows (预警详情页): the whole alert, never
+    masked, since the link is the recipient's own, with a visit finding's evidence that messages
+    leave out (ID numbers still scrubbed). Wording: ``templates/dispatch_alerts/ack_page.html.j2``."""
+    recipient = Recipient("", "", recipient_role or "grid_worker", "web", "", "link")
+    ctx = _context(flag, household, recipient, "", alert_id, now)
+    ctx["evidence"] = scrub_id_numbers(str(flag.get("evidence") or "").strip())
+    return ctx
 
 
 # --------------------------------------------------------------------------- digest
@@ -432,7 +461,7 @@ def build_digest(alerts: Sequence[PendingAlert], recipient: Recipient, *, now: d
     markdown = (_render("digest.md.j2", **ctx)
                 if _recipient_kind(recipient) in ("wecom", "dingtalk", "webhook") else None)
     return OutgoingMessage(alert_id=digest_id, dedup_key=digest_id, severity=top,
-                           title=f"待处理提醒汇总({len(items)}条)", text=_render("digest.text.j2", **ctx),
+                           title=f"待处理提醒汇总（{len(items)}条）", text=_render("digest.text.j2", **ctx),
                            markdown=markdown)
 
 

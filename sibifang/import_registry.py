@@ -29,6 +29,7 @@ from schemas.models import (
 )
 from sibifang.db import audit, upsert
 from sibifang.records import as_list, clean_value, frame_records, to_date, to_datetime
+from sibifang.settings import local_now
 
 ORDER = ("areas", "households", "cadres", "meters", "visits", "resources", "mediation_rooms")
 """Import order on a fresh database: references must exist before the rows that name them."""
@@ -161,7 +162,7 @@ def known_references(session: Session) -> dict[str, set[str]]:
 def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, source: str,
                    default_capacity: int = 10, now: datetime | None = None) -> int:
     """Upsert the accepted rows of one file; running it twice changes nothing."""
-    now = now or datetime.now()
+    now = now or local_now()
     if accepted.empty:
         return 0
     builders: dict[str, tuple[type, Callable[[], list[dict[str, Any]]]]] = {
@@ -192,7 +193,7 @@ def record_validation(session: Session, *, stage: str, suite: str, source: str, 
                       quarantined: pd.DataFrame | None, failures: list[str], success: bool,
                       raw_rows: dict[int, dict[str, Any]] | None = None, now: datetime | None = None) -> None:
     """Keep the validation run and every quarantined row (line, field, reason) in the database."""
-    now = now or datetime.now()
+    now = now or local_now()
     q = quarantined if quarantined is not None else pd.DataFrame()
     lines = int(q["line"].nunique()) if "line" in q and not q.empty else 0
     session.add(ValidationRun(stage=stage, suite=suite, source=source, at=now, success=success,

@@ -38,7 +38,7 @@ class DispatchPolicy:
     max_attempts: int = 5
     escalate_after: timedelta = timedelta(minutes=30)
     ack_base_url: str = "http://127.0.0.1:8765"
-    ack_secret: str = "change-me"
+    ack_secret: str = ""  # no default key: an empty one refuses to sign (ack_tokens)
     ack_ttl: timedelta = timedelta(hours=72)
     override_webhook: str | None = None
     override_secret: str | None = None
@@ -55,6 +55,13 @@ def cadres_frame(session: Session) -> pd.DataFrame:
                            .order_by(Cadre.id)).all()
     return pd.DataFrame(rows, columns=["cadre_id", "name", "role", "grid_ids", "alert_channel", "alert_address",
                                        "on_leave_from", "on_leave_until"])
+
+
+def flag_payload(flag: RiskFlag) -> dict[str, Any]:
+    """What routing and the message templates know of a flag (its evidence, no personal data)."""
+    return {"flag_id": flag.id, "dedup_key": flag.dedup_key, "household_id": flag.household_id, "kind": flag.kind,
+            "severity": flag.severity, "start": flag.start, "detected_at": flag.detected_at,
+            "evidence": flag.evidence, **(flag.details or {})}
 
 
 def household_context(session: Session, household_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -146,12 +153,13 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
 
 
 def claim_due(session: Session, *, now: datetime, limit: int = 500) -> list[str]:
-    """Claim pending alerts that are due, and stale ``sending`` ones whose lease ran out."""
+    """Claim pending alerts that are due, and stale ``sending`` ones whose lease ran out; critical
+    ones first, so a backlog never holds them back."""
     ids = list(session.scalars(
         select(Alert.id).where(or_(
             and_(Alert.status == "pending", Alert.next_attempt_at <= now),
             and_(Alert.status == "sending", Alert.next_attempt_at <= now - LEASE),
-        )).order_by(Alert.severity == "critical", Alert.next_attempt_at).limit(limit)))
+        )).order_by((Alert.severity == "critical").desc(), Alert.next_attempt_at, Alert.id).limit(limit)))
     claimed = []
     for aid in ids:
         res = session.execute(update(Alert).where(

@@ -1238,8 +1238,9 @@ def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.D
     m = m[m["_day"] >= m["window_start"]]
     in_window = m[m["_day"] <= m["window_end"]].groupby("index")["_day"].min()
     after = m.groupby("index")["_day"].min()
-    p["_in"] = p.index.map(in_window)
-    p["_after"] = p.index.map(after)
+    # reindex, not index.map: mapping by an empty Series (no visit in any window yet) fails in pandas
+    p["_in"] = in_window.reindex(p.index)
+    p["_after"] = after.reindex(p.index)
     p["_explicit"] = explicit
 
     on_time = (p["_explicit"].notna() & (p["_explicit"] <= p["window_end"])) | p["_in"].notna()

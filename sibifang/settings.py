@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,7 +19,9 @@ class Settings(BaseSettings):
     # Application database: a SQLite file under the working directory by default (``out/``, where
     # `make demo` writes everything, so `sibifang stats` afterwards reads what the demo did);
     # any ``postgresql+psycopg://`` URL works the same.
-    database_url: str = "sqlite:///out/sibifang.db"
+    # repr=False here and below: these may carry a password or a key (user:pw@host, ?key=,
+    # an Authorization header), and a settings object ends up in tracebacks and debug logs.
+    database_url: str = Field("sqlite:///out/sibifang.db", repr=False)
     # Columnar store for meter readings (Parquet partitions) and other bulk files.
     data_dir: Path = Path("data")
     # Where reports, maps, exports and quarantine files are written.
@@ -25,7 +31,7 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
 
     # Alerts: when set, every alert goes to this one generic webhook (trials, tests).
-    alert_webhook_url: str | None = None
+    alert_webhook_url: str | None = Field(None, repr=False)
     alert_webhook_secret: SecretStr | None = None
     alert_max_attempts: int = 5
     # Signing secrets of the group robots (DingTalk "加签", Feishu "签名校验"); SMTP for e-mail.
@@ -39,18 +45,21 @@ class Settings(BaseSettings):
     smtp_from: str = "sibifang@localhost"
     # SMS gateway described by a template (see sibifang.channels.SmsChannel): the body is JSON with
     # {phone} {text} {secret} placeholders; success read at a dotted path of the answer.
-    sms_gateway_url: str | None = None
+    sms_gateway_url: str | None = Field(None, repr=False)
     sms_method: str = "POST"
     sms_body_template: str = '{"phone": "{phone}", "text": "{text}"}'
-    sms_headers: str = "{}"
+    sms_headers: str = Field("{}", repr=False)
     sms_success_path: str | None = "code"
     sms_api_key: SecretStr | None = None
     # Dispatch concurrency (threads sending at once) and channel rate limits on/off.
     dispatch_workers: int = 8
     rate_limits: bool = True
     alert_timeout_seconds: float = 5.0
-    # Acknowledgement links: signed, expiring tokens served by ``sibifang serve``.
-    ack_secret: SecretStr = SecretStr("change-me-in-production")
+    # Acknowledgement links: signed, expiring tokens served by ``sibifang serve``. Anyone holding
+    # the key can forge a link that closes an alert, so there is no default key: unset, each
+    # installation makes its own random one (see ``ack_signing_key``); a cluster sets one
+    # shared SIBIFANG_ACK_SECRET for all its workers.
+    ack_secret: SecretStr | None = None
     ack_base_url: str = "http://127.0.0.1:8765"
     ack_token_ttl_hours: int = 72
     escalate_after_minutes: int = 30
@@ -58,7 +67,7 @@ class Settings(BaseSettings):
     quiet_hours_end: int = 7
 
     # Meter pull connector (paged JSON API).
-    meter_api_url: str | None = None
+    meter_api_url: str | None = Field(None, repr=False)
     meter_api_token: SecretStr | None = None
 
     # Visit cadence rules a supervisor can read and edit (TOML); packaged default if unset.
@@ -66,9 +75,60 @@ class Settings(BaseSettings):
     default_capacity: int = Field(10, description="families per cadre (每名干部联系约10户)")
 
 
+    def ack_signing_key(self) -> str:
+        """The key that signs acknowledgement links (确认链接签名密钥).
+
+        ``SIBIFANG_ACK_SECRET`` when set; otherwise a random key made once for this
+        installation and kept in ``data_dir/ack_secret.key`` (owner-only), so a county office
+        on one machine needs no setting and its links survive a restart."""
+        if self.ack_secret is not None:
+            key = self.ack_secret.get_secret_value()
+            if len(key) < MIN_ACK_SECRET_LENGTH:
+                # Checked here, not by a pydantic validator: its error would print the value.
+                raise ValueError(f"SIBIFANG_ACK_SECRET must be at least {MIN_ACK_SECRET_LENGTH} characters "
+                                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+            return key
+        return _installation_key(Path(self.data_dir) / "ack_secret.key")
+
+
+MIN_ACK_SECRET_LENGTH = 16
+
+
+def _installation_key(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="ascii").strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secrets.token_urlsafe(32))
+    try:
+        # link() fails if another process got there first: both then use the file's key.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return path.read_text(encoding="ascii").strip()
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def local_now() -> datetime:
+    """Now, as the naive local time (``SIBIFANG_TIMEZONE``, Asia/Shanghai) that the database and
+    every schedule use, whatever zone the host's clock is set to (servers often run on UTC)."""
+    return datetime.now(ZoneInfo(get_settings().timezone)).replace(tzinfo=None)
+
+
+def local_today() -> date:
+    return local_now().date()
 
 
 def reset_settings() -> None:

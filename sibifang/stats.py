@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from schemas.models import (Alert, Cadre, DeliveryAttempt, Household, MediationCase, Notice, QuarantinedRow,
                             ReadingBatch, Report, RiskFlag, ServiceNeed, ValidationRun, Visit, VisitPlan)
 from sibifang.db import count, grid_hierarchy, read_frame, session_scope
+from sibifang.settings import local_today
 
 
 def collect_stats(database_url: str | None = None) -> dict:
@@ -71,7 +72,7 @@ def export_frame(what: str, *, as_of: date | None = None, database_url: str | No
     if what == "coverage":
         from sibifang.schedule_visits import compute_coverage
 
-        day = as_of or date.today()
+        day = as_of or local_today()
         plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
                               VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end),
                        database_url)

@@ -34,7 +34,9 @@ def run_logger():
 
 def as_of_date(as_of: date | datetime | str | None) -> date:
     if as_of is None:
-        return date.today()
+        from sibifang.settings import local_today
+
+        return local_today()
     if isinstance(as_of, datetime):
         return as_of.date()
     if isinstance(as_of, date):

@@ -9,6 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
+from sibifang.outbox import flag_payload
+from sibifang.settings import local_now
 from tasks.common import run_logger
 
 
@@ -24,7 +26,7 @@ def dispatch_policy():
     s = get_settings()
     return DispatchPolicy(
         max_attempts=s.alert_max_attempts, escalate_after=timedelta(minutes=s.escalate_after_minutes),
-        ack_base_url=s.ack_base_url, ack_secret=s.ack_secret.get_secret_value(),
+        ack_base_url=s.ack_base_url, ack_secret=s.ack_signing_key(),
         ack_ttl=timedelta(hours=s.ack_token_ttl_hours), override_webhook=s.alert_webhook_url,
         override_secret=s.alert_webhook_secret.get_secret_value() if s.alert_webhook_secret else None)
 
@@ -34,13 +36,6 @@ def _quiet(now: datetime) -> datetime | None:
 
     # Stored times are naive local time (Asia/Shanghai), as everywhere in the database.
     return release_time(now).replace(tzinfo=None) if in_quiet_hours(now) else None
-
-
-def flag_payload(flag) -> dict:
-    """What routing and the message templates know of a flag (its evidence, no personal data)."""
-    return {"flag_id": flag.id, "dedup_key": flag.dedup_key, "household_id": flag.household_id, "kind": flag.kind,
-            "severity": flag.severity, "start": flag.start, "detected_at": flag.detected_at,
-            "evidence": flag.evidence, **(flag.details or {})}
 
 
 def enqueue(now: datetime, database_url: str | None = None) -> int:
@@ -143,8 +138,22 @@ def _digest_groups(session, alerts, policy, now: datetime) -> dict:
     return out
 
 
+def _add_job(jobs: dict, unusable: list, ids: tuple, channel: str, address: str, msg, policy) -> None:
+    """Queue one send, or, when its channel cannot be built (no address, no SMS gateway), a
+    failed attempt that is not retried: one recipient's bad registry entry dead-letters her alert
+    for the supervisor instead of stopping every delivery behind it."""
+    from sibifang.channels import DeliveryResult
+
+    try:
+        jobs[ids] = (_channel(channel, address, policy), msg)
+    except ValueError as e:
+        result = DeliveryResult(ok=False, status_code=None, provider_code="config", error=str(e), retryable=False,
+                                latency_ms=0.0)
+        unusable.extend((aid, result) for aid in ids)
+
+
 def deliver(now: datetime | None = None, database_url: str | None = None, *, max_batches: int = 1000,
-            clock=datetime.now, flush_every: int = 16) -> dict:
+            clock=local_now, flush_every: int = 16) -> dict:
     """Send every due alert: claim a batch (committed), send it concurrently, record each attempt.
 
     Attempts are committed as they complete, a few at a time, so that a dispatcher killed
@@ -181,8 +190,9 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 jobs = {}
                 digests = _digest_groups(s, alerts, policy, at)
                 grouped = {aid for ids in digests for aid in ids}
+                unusable: list = []
                 for ids, (channel, address, msg) in digests.items():
-                    jobs[ids] = (_channel(channel, address, policy), msg)
+                    _add_job(jobs, unusable, ids, channel, address, msg, policy)
                 for a in alerts:
                     if a.id in grouped:
                         continue
@@ -191,8 +201,12 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                         channel, address = "webhook", policy.override_webhook
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
                                           text=a.body, markdown=a.body)
-                    jobs[(a.id,)] = (_channel(channel, address or "", policy), msg)
+                    _add_job(jobs, unusable, (a.id,), channel, address or "", msg, policy)
+            if unusable:
+                flush(unusable)
             if not jobs:
+                if unusable:
+                    continue
                 break
             # Bounded in flight: what a crash can leave sent-but-unrecorded stays small.
             queue = list(jobs.items())

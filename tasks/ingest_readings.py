@@ -63,15 +63,17 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     from sibifang.import_registry import record_validation
     from sibifang.ingest_readings import clean_readings
     from sibifang.readings_store import ReadingStore
-    from sibifang.settings import get_settings
+    from sibifang.settings import get_settings, local_now
 
     settings = get_settings()
-    now = now or datetime.now()
+    now = now or local_now()
     with session_scope(database_url) as s:
         known = set(s.scalars(select(Meter.id)))
     result = clean_readings(raw, source=source, known_meters=known, now=as_of or now)
     acc, q = result.accepted, result.quarantined
-    assert result.counts["read"] == len(acc) + result.counts["quarantined"], "rows lost in cleaning"
+    if result.counts["read"] != len(acc) + result.counts["quarantined"]:
+        raise RuntimeError(f"{source}: rows lost in cleaning: read {result.counts['read']} != "
+                           f"{len(acc)} accepted + {result.counts['quarantined']} quarantined")
     if len(acc):
         # The hand-over contract of what goes into the store (the readings suite).
         from schemas.validation import raise_for_critical, validate_frame

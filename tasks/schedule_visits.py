@@ -196,14 +196,26 @@ def send_notices(day: date, database_url: str | None = None, max_attempts: int =
     http = requests.Session()
     sent = failed = 0
     with session_scope(database_url) as s:
-        for n in s.scalars(select(Notice).where(Notice.status == "pending", Notice.day <= day)
-                           .order_by(Notice.id)).all():
+        pending = list(s.scalars(select(Notice.id).where(Notice.status == "pending", Notice.day <= day)
+                                 .order_by(Notice.id)))
+    # One transaction per notice, committed right after its send: a failure or a crash part-way
+    # (and this task's retries) never sends again the notices already delivered.
+    for notice_id in pending:
+        with session_scope(database_url) as s:
+            n = s.get(Notice, notice_id)
+            if n is None or n.status != "pending":
+                continue
             kind, address = (("webhook", policy.override_webhook) if policy.override_webhook
                              else (n.channel, n.address or ""))
             msg = OutgoingMessage(alert_id=n.id, dedup_key=n.id, severity="low", title=n.title, text=n.body,
                                   markdown=n.body)
-            result = _channel(kind, address, policy).send(msg, session=http)
             n.attempts += 1
+            try:
+                result = _channel(kind, address, policy).send(msg, session=http)
+            except ValueError as e:  # no address, no gateway: a registry fix, not a retry
+                n.status, n.last_error = "dead", str(e)
+                failed += 1
+                continue
             if result.ok:
                 n.status, n.sent_at, n.last_error = "sent", datetime.combine(day, datetime.min.time()), None
                 sent += 1

@@ -161,7 +161,7 @@ def test_recipient_repr_hides_address():
 def test_grandma_li_message_says_what_where_todo_and_ack():
     msg = render_alert(make_flag(), make_household(), rec("wecom"), "http://127.0.0.1:8765/ack/TOK")
     text = msg.text
-    assert "李奶奶家用电从昨晚8点起接近停止,平时此时段约0.3千瓦时/小时" in text
+    assert "李奶奶家用电从昨晚8点起接近停止，平时此时段约0.3千瓦时/小时" in text
     assert "万地村第三网格" in text and "万地村三组18号" in text
     assert "电话联系或上门查看" in text and "4小时内" in text and "最晚11月22日10:40" in text
     assert "http://127.0.0.1:8765/ack/TOK" in text and reference_code("F-20261122-001") in text
@@ -200,7 +200,7 @@ def test_sensitive_kinds_to_group_robots_only_code_and_urgency(kind, channel):
     flag = make_flag(kind=kind, severity="critical", evidence="丈夫酒后动手,邻居报告")
     msg = render_alert(flag, make_household(), rec(channel), "http://a/ack/t")
     code = reference_code(flag["flag_id"])
-    assert f"有一条紧急事项需要您处理,编号 {code}" in msg.text
+    assert f"有一条紧急事项需要您处理，编号 {code}" in msg.text
     assert "http://a/ack/t" in msg.text
     for out in (msg.title, msg.text, msg.markdown or ""):
         for leaked in ("李", "万地村", "第三网格", "三组18号", "家暴", "家庭暴力",
@@ -266,11 +266,11 @@ def test_digest_groups_non_critical_for_one_recipient_by_priority():
         PendingAlert("a-other", make_flag(flag_id="F5", severity="high"), hh, other, "http://a/5"),
     ]
     d = build_digest(alerts, me, now=datetime(2026, 11, 22, 7, 0, tzinfo=SH))
-    assert d.title == "待处理提醒汇总(3条)" and d.severity == "high"
+    assert d.title == "待处理提醒汇总（3条）" and d.severity == "high"
     lines = [ln for ln in d.text.splitlines() if re.match(r"\d+\. ", ln)]
     assert [ln[:7] for ln in lines] == ["1. [较急]", "2. [一般]", "3. [提示]"]
     assert "http://a/2" not in d.text and "http://a/5" not in d.text
-    assert "有一条事项需要处理,编号 " + reference_code("F4") in d.text and "矛盾" not in d.text  # masked
+    assert "有一条事项需要处理，编号 " + reference_code("F4") in d.text and "矛盾" not in d.text  # masked
     again = build_digest(list(reversed(alerts)), me, now=datetime(2026, 11, 22, 7, 0, tzinfo=SH))
     assert again.alert_id == d.alert_id and again.text == d.text  # stable, order-independent
     assert build_digest(alerts[1:2], me) is None
@@ -366,11 +366,16 @@ def test_token_errors_never_show_secret_or_token():
         assert SECRET not in str(err.value) and "wrong-secret-xyz" not in str(err.value) and tok not in str(err.value)
 
 
-def test_token_naive_clock_is_machine_local_time():
-    tok = make_ack_token("A", "C", SECRET, 1, datetime.now())
+def test_token_naive_clock_is_the_installations_local_time():
+    # naive times are Asia/Shanghai as stored in the database, even on a host whose clock is UTC
+    from sibifang.settings import local_now
+
+    tok = make_ack_token("A", "C", SECRET, 1, local_now())
     assert verify_ack_token(tok, SECRET, datetime.now(timezone.utc)).alert_id == "A"
     with pytest.raises(ExpiredAckToken):
-        verify_ack_token(tok, SECRET, datetime.now() + timedelta(hours=1, seconds=1))
+        verify_ack_token(tok, SECRET, local_now() + timedelta(hours=1, seconds=1))
+    with pytest.raises(ExpiredAckToken):
+        verify_ack_token(tok, SECRET, datetime.now(timezone.utc) + timedelta(hours=1, seconds=1))
 
 
 @hsettings(max_examples=100, deadline=None)
@@ -384,6 +389,9 @@ def test_token_round_trip_any_ids(alert_id, recipient_id):
 # --------------------------------------------------------------------------- end to end
 
 
+ACK_KEY = "a-signing-key-for-this-test-only"
+
+
 def test_route_render_send_through_override_webhook(caplog):
     secret = "trial-webhook-secret-123"
     with HttpReceiver("generic", verifier=verify_generic(secret)) as rx:
@@ -393,7 +401,7 @@ def test_route_render_send_through_override_webhook(caplog):
         limiter = RateLimiter()
         results = []
         for r in recipients:
-            tok = make_ack_token(f"{flag['flag_id']}:{r.recipient_id}", r.recipient_id, cfg.ack_secret,
+            tok = make_ack_token(f"{flag['flag_id']}:{r.recipient_id}", r.recipient_id, ACK_KEY,
                                  cfg.ack_token_ttl_hours, T0)
             msg = render_alert(flag, hh, r, ack_url(cfg.ack_base_url, tok))
             ch = channel_for(r.channel_kind, r.address, cfg.alert_webhook_secret, rate_limiter=limiter)
@@ -403,7 +411,7 @@ def test_route_render_send_through_override_webhook(caplog):
         body = req.body.decode("utf-8")
         assert ID_NUMBER not in body and RELATIVE_PHONE not in body and HEAD_PHONE not in body
         link = re.search(r"/ack\?t=([\w.\-]+)", req.json["text"]).group(1)
-        assert verify_ack_token(link, cfg.ack_secret, T0).recipient_id in ("C-GW-1", "C-VC-1")
+        assert verify_ack_token(link, ACK_KEY, T0).recipient_id in ("C-GW-1", "C-VC-1")
     assert secret not in caplog.text
 
 

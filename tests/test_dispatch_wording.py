@@ -21,13 +21,13 @@ def _flag(kind: str, severity: str = "high", **extra) -> dict:
 
 @pytest.mark.parametrize(("flag", "expected"), [
     (_flag("inactivity", expected_kwh_per_h=0.35),
-     "李奶奶家用电从昨晚8点起接近停止,平时此时段约0.35千瓦时/小时"),
+     "李奶奶家用电从昨晚8点起接近停止，平时此时段约0.35千瓦时/小时"),
     (_flag("inactivity"), "李奶奶家用电从昨晚8点起接近停止"),
     (_flag("sustained_drop", expected_kwh_per_h=12.4, observed_kwh_per_h=0.04),
-     "李奶奶家用电从昨晚8点起明显下降,现在约0.04千瓦时/小时,平时此时段约12千瓦时/小时"),
-    (_flag("night_activity"), "李奶奶家从昨晚8点起夜间用电异常,明显偏高"),
-    (_flag("meter_offline"), "李奶奶家电表从昨晚8点起没有上传数据(可能停电或设备故障)"),
-    (_flag("overdue_visit"), "李奶奶家已超过应走访的时间,尚未走访"),
+     "李奶奶家用电从昨晚8点起明显下降，现在约0.04千瓦时/小时，平时此时段约12千瓦时/小时"),
+    (_flag("night_activity"), "李奶奶家从昨晚8点起夜间用电异常，明显偏高"),
+    (_flag("meter_offline"), "李奶奶家电表从昨晚8点起没有上传数据（可能停电或设备故障）"),
+    (_flag("overdue_visit"), "李奶奶家已超过应走访的时间，尚未走访"),
     (_flag("domestic_violence"), "李奶奶家有家庭暴力情况需要处理"),
     (_flag("something_new"), "李奶奶家出现需要关注的情况"),
 ])
@@ -37,12 +37,12 @@ def test_what_happened_exact(flag, expected):
 
 @pytest.mark.parametrize(("flag", "role", "expected"), [
     (_flag("inactivity", "critical"), "grid_worker",
-     "请立即上门查看(1小时内),路上先打电话联系;到不了请马上告诉村妇联主席"),
+     "请立即上门查看（1小时内），路上先打电话联系；到不了请马上告诉村妇联主席"),
     (_flag("inactivity", "critical"), "village_chair",
-     "请立即上门查看(1小时内),路上先打电话联系;到不了请马上告诉网格员或上级妇联"),
-    (_flag("sustained_drop", "medium"), "grid_worker", "请在1天内电话联系或上门查看,确认老人平安"),
-    (_flag("overdue_visit", "low"), "grid_worker", "请在3天内安排上门走访(或电话、微信联系)并记录"),
-    (_flag("dispute", "high"), "grid_worker", "请在4小时内处理,必要时转木兰调解室或报告上级"),
+     "请立即上门查看（1小时内），路上先打电话联系；到不了请马上告诉网格员或上级妇联"),
+    (_flag("sustained_drop", "medium"), "grid_worker", "请在1天内电话联系或上门查看，确认老人平安"),
+    (_flag("overdue_visit", "low"), "grid_worker", "请在3天内安排上门走访（或电话、微信联系）并记录"),
+    (_flag("dispute", "high"), "grid_worker", "请在4小时内处理，必要时转木兰调解室或报告上级"),
     (_flag("visit_cue", "unknown"), "grid_worker", "请在1天内上门查看或电话联系"),
 ])
 def test_what_to_do_exact(flag, role, expected):
