@@ -370,9 +370,9 @@ class ImportResult:
     warnings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
 
     def __post_init__(self) -> None:
-        assert self.read == len(self.accepted) + self.quarantined_lines, (
-            f"{self.source}: {self.read} read != {len(self.accepted)} accepted + "
-            f"{self.quarantined_lines} quarantined")
+        if self.read != len(self.accepted) + self.quarantined_lines:
+            raise RuntimeError(f"{self.source}: rows lost in validation: read {self.read} != "
+                               f"{len(self.accepted)} accepted + {self.quarantined_lines} quarantined")
 
     @property
     def quarantined_lines(self) -> int:

@@ -365,7 +365,9 @@ def clean_readings(
     per_code = np.bincount(code, minlength=len(_CODE_NAMES))
     for name in QUARANTINE_CODES:
         counts[name] = int(per_code[_CODE_NUMBER[name]])
-    assert counts["read"] == counts["accepted"] + counts["quarantined"], counts
+    if counts["read"] != counts["accepted"] + counts["quarantined"]:
+        raise RuntimeError(f"{source}: rows lost in cleaning: read {counts['read']} != "
+                           f"{counts['accepted']} accepted + {counts['quarantined']} quarantined")
 
     last = None
     if cumulative:

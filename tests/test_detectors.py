@@ -230,7 +230,7 @@ def test_robust_to_gaps_nans_and_odd_values(days, interval, drop_frac, nan_frac,
     df = df[rng.random(len(df)) >= drop_frac].copy()
     df.loc[rng.random(len(df)) < nan_frac, "kwh"] = np.nan
     df.loc[rng.random(len(df)) < zero_frac, "kwh"] = 0.0
-    df["ts"] = df["ts"] + pd.to_timedelta(rng.integers(0, 3, len(df)) * 0, unit="min")
+    df["ts"] = df["ts"] + pd.to_timedelta(rng.integers(0, 3, len(df)), unit="min")
     as_of = None if as_of_h is None else START + pd.Timedelta(hours=as_of_h)
     out = detect(df, as_of=as_of)
     _check_schema(out)

@@ -90,7 +90,8 @@ def test_flaky_receiver_gets_every_alert_exactly_once(outbox_db, monkeypatch):
         _use_webhook(monkeypatch, rx.url)
         queued = enqueue(NOW, outbox_db)
         assert queued >= 40  # one per flag, plus the chair for critical ones
-        assert enqueue(NOW, outbox_db) == 0 or count_alerts(outbox_db) == queued  # re-run inserts nothing
+        assert enqueue(NOW, outbox_db) == 0  # a re-run inserts nothing ...
+        assert count_alerts(outbox_db) == queued  # ... and the outbox holds exactly the first run's alerts
         _drain(outbox_db)
         accepted = [r.json["dedup_key"] for r in rx.accepted()]
     assert len(accepted) == len(set(accepted)) == count_alerts(outbox_db)
@@ -318,17 +319,41 @@ def test_each_dingtalk_robot_signs_with_its_own_secret(monkeypatch):
     """Secrets come from the environment per robot; a robot not listed uses the single one."""
     import json
 
+    import tasks.dispatch_alerts as td
+    from sibifang.channels import OutgoingMessage
+    from sibifang.outbox import DispatchPolicy
     from sibifang.settings import get_settings, reset_settings
-    from tasks.dispatch_alerts import robot_secret
+    from tests.http_receiver import verify_dingtalk
 
-    a, b = "https://oapi.dingtalk.com/robot/send?access_token=AAA", "https://oapi.dingtalk.com/robot/send?access_token=BBB"
-    monkeypatch.setenv("SIBIFANG_ROBOT_SECRETS", json.dumps({a: "SECa"}))
-    monkeypatch.setenv("SIBIFANG_DINGTALK_SECRET", "SECdefault")
-    reset_settings()
-    try:
-        s = get_settings()
-        assert robot_secret("dingtalk", a, s) == "SECa"
-        assert robot_secret("dingtalk", b, s) is None  # falls back to SIBIFANG_DINGTALK_SECRET
-        assert "SECa" not in repr(s)  # a SecretStr: never in logs
-    finally:
+    secrets = {"AAA": "SECa-robot-one", "BBB": "SECb-robot-two", "CCC": "SECdefault-single"}
+    with HttpReceiver("dingtalk", verifier=verify_dingtalk("AAA", secrets["AAA"])) as ra, \
+            HttpReceiver("dingtalk", verifier=verify_dingtalk("BBB", secrets["BBB"])) as rb, \
+            HttpReceiver("dingtalk", verifier=verify_dingtalk("CCC", secrets["CCC"])) as rc:
+        urls = {tok: f"{rx.url}/robot/send?access_token={tok}" for tok, rx in (("AAA", ra), ("BBB", rb), ("CCC", rc))}
+        # AAA and BBB are listed with their own secrets; CCC is not: it falls back to SIBIFANG_DINGTALK_SECRET.
+        monkeypatch.setenv("SIBIFANG_ROBOT_SECRETS", json.dumps({urls["AAA"]: secrets["AAA"],
+                                                                 urls["BBB"]: secrets["BBB"]}))
+        monkeypatch.setenv("SIBIFANG_DINGTALK_SECRET", secrets["CCC"])
+        monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
         reset_settings()
+        td._CHANNELS.clear()
+        try:
+            s = get_settings()
+            assert td.robot_secret("dingtalk", urls["AAA"], s) == secrets["AAA"]
+            assert td.robot_secret("dingtalk", urls["CCC"], s) is None  # not listed
+            assert secrets["AAA"] not in repr(s) and secrets["CCC"] not in repr(s)  # SecretStr: never in logs
+            results = {tok: td._channel("dingtalk", url, DispatchPolicy()).send(
+                OutgoingMessage(alert_id=f"AL-{tok}", dedup_key=f"F-{tok}:GW1", severity="high",
+                                title="用电异常", text="用电接近停止"))
+                for tok, url in urls.items()}
+        finally:
+            td._CHANNELS.clear()
+            reset_settings()
+    for tok, rx in (("AAA", ra), ("BBB", rb), ("CCC", rc)):
+        assert results[tok].ok, (tok, results[tok])
+        assert len(rx.requests) == 1 and len(rx.accepted()) == 1, tok
+    # Each signature verifies with its robot's secret only, not with another robot's.
+    for tok, rx in (("AAA", ra), ("BBB", rb), ("CCC", rc)):
+        for other, secret in secrets.items():
+            verdict = verify_dingtalk(tok, secret)(rx.requests[0])
+            assert (verdict is None) == (other == tok), (tok, other, verdict)

@@ -16,11 +16,6 @@ from sibifang.record_visits import match_visits_to_plans
 T = pd.Timestamp
 COLS = ["plan_id", "visit_id", "done_on"]
 
-# Both frames carry a ``plan_id`` column, so ``rest.merge(p, on="household_id")`` yields
-# plan_id_x / plan_id_y and the following sort on "plan_id" raises KeyError: any call with
-# non-empty visits and plans fails.
-
-
 
 def _plan(pid, hid, due, ws=None, we=None):
     return {"plan_id": pid, "household_id": hid, "window_start": T(ws) if ws else pd.NaT,

@@ -208,10 +208,9 @@ def test_reports_hold_no_failing_values():
     report = validate_frame(households, "households", source="households.csv")
     assert not report.success
     dumped = repr(report) + json.dumps(report.summary(), ensure_ascii=False, default=str)
-    try:
+    with pytest.raises(DataContractError) as ei:
         raise_for_critical(report)
-    except DataContractError as err:
-        dumped += str(err)
+    dumped += str(ei.value)
     for value in ("1234567", "99-12", "G 1", ID_NUMBER, PHONE, "王秀英"):
         assert value not in dumped
 
@@ -226,7 +225,59 @@ def test_every_suite_builds_into_gx(name):
     # Every expectation has a severity and can fail (no vacuous checks).
     for exp in spec.expectations:
         assert exp.severity in ("critical", "warning")
-        assert exp.kwargs
+        problem = vacuity(exp)
+        assert problem is None, f"{name}: {exp.expectation} {exp.kwargs}: {problem}"
+
+
+# Strings a value-pattern expectation must reject at least one of, and column names a
+# forbidden-column pattern must catch at least one of.
+REGEX_PROBES = ("", " ", "a b", "~" * 200)
+FORBIDDEN_COLUMN_PROBES = ("name", "phone", "id_number", "address", "户主姓名")
+
+
+def vacuity(exp: ExpectationSpec) -> str | None:
+    """Why ``exp`` could never fail (None if it can). Unknown expectation types are an error."""
+    kw, kind = exp.kwargs, exp.expectation
+    if kind in ("ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeUnique"):
+        return None if isinstance(kw.get("column"), str) and kw["column"] else "no column"
+    if kind == "ExpectCompoundColumnsToBeUnique":
+        return None if kw.get("column_list") else "empty column_list"
+    if kind == "ExpectTableColumnsToMatchSet":
+        return None if kw.get("column_set") else "empty column_set"
+    if kind == "ExpectColumnValuesToBeInSet":
+        return None if kw.get("value_set") else "empty value_set"
+    if kind == "ExpectColumnPairValuesAToBeGreaterThanB":
+        return None if kw.get("column_A") and kw["column_A"] != kw.get("column_B") else "compares a column with itself"
+    if kind in ("ExpectColumnValuesToBeBetween", "ExpectTableRowCountToBeBetween"):
+        lo, hi = kw.get("min_value"), kw.get("max_value")
+        if lo is None and hi is None:
+            return "both bounds are None"
+        if kind == "ExpectTableRowCountToBeBetween" and hi is None and lo <= 0:
+            return "a row count is always >= 0"
+        if lo is not None and hi is not None and lo > hi:
+            return "min_value > max_value: can never pass"
+        return None
+    if kind == "ExpectColumnValuesToMatchRegex":
+        regex = re.compile(kw.get("regex") or "")
+        return None if any(regex.search(p) is None for p in REGEX_PROBES) else "the regex matches anything"
+    if kind == "ExpectTableColumnsToNotMatchRegex":
+        regex = re.compile(kw.get("regex") or "(?!)")
+        return None if kw.get("regex") and any(regex.search(p) for p in FORBIDDEN_COLUMN_PROBES) \
+            else "the regex forbids no column name"
+    return f"no vacuity rule for {kind}: add one to this test"
+
+
+@pytest.mark.parametrize("exp, vacuous", [
+    (ExpectationSpec("ExpectColumnValuesToBeBetween", {"column": "x", "min_value": None, "max_value": None}), True),
+    (ExpectationSpec("ExpectColumnValuesToBeBetween", {"column": "x", "min_value": None, "max_value": 3}), False),
+    (ExpectationSpec("ExpectTableRowCountToBeBetween", {"min_value": 0}), True),
+    (ExpectationSpec("ExpectColumnValuesToBeInSet", {"column": "x", "value_set": []}), True),
+    (ExpectationSpec("ExpectColumnValuesToMatchRegex", {"column": "x", "regex": ".*"}), True),
+    (ExpectationSpec("ExpectColumnValuesToMatchRegex", {"column": "x", "regex": "^a$"}), False),
+    (ExpectationSpec("ExpectSomethingNew", {"column": "x"}), True),
+])
+def test_vacuity_rule_itself(exp, vacuous):
+    assert (vacuity(exp) is not None) == vacuous
 
 
 def test_unknown_suite_name():
@@ -247,9 +298,11 @@ def test_risk_flag_kinds_cover_what_the_stages_raise():
     import tomllib
     from pathlib import Path
 
-    detectors = pytest.importorskip("sibifang.detectors")
+    from sibifang import detectors
+
     assert set(detectors.KINDS) <= set(S.RISK_FLAG_KINDS)
     lexicon = Path(detectors.__file__).with_name("risk_lexicon.toml")
-    if lexicon.exists():
-        cues = tomllib.loads(lexicon.read_text(encoding="utf-8")).get("cues", {})
-        assert set(cues) <= set(S.RISK_FLAG_KINDS)
+    assert lexicon.exists(), lexicon
+    cues = tomllib.loads(lexicon.read_text(encoding="utf-8")).get("cues", {})
+    assert cues, "the lexicon defines no cues"
+    assert set(cues) <= set(S.RISK_FLAG_KINDS)
