@@ -12,18 +12,32 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
+import templates as _templates_pkg
 from sibifang.records import stable_id
+
+VISIT_EVIDENCE = Path(_templates_pkg.__file__).parent / "flag_risks" / "visit_evidence.toml"
+
+
+@lru_cache(maxsize=1)
+def _visit_evidence() -> dict[str, str]:
+    with VISIT_EVIDENCE.open("rb") as f:
+        return tomllib.load(f)
+
+
+def evidence_sentence(kind: str, **fields) -> str:
+    """A visit-derived flag's evidence, worded in ``templates/flag_risks/visit_evidence.toml``."""
+    return _visit_evidence()[kind].format(**fields)
 
 LEXICON_FILE = Path(__file__).with_name("risk_lexicon.toml")
 FLAG_COLUMNS = ["flag_id", "dedup_key", "household_id", "meter_id", "kind", "severity", "score", "start",
                 "detected_at", "end", "evidence", "details"]
 SEVERITY_POINTS = {"critical": 60, "high": 35, "medium": 20, "low": 10}
 LEVELS = (("红", 60), ("橙", 35), ("黄", 15), ("绿", 0))
-SENSITIVE_KINDS = {"domestic_violence", "self_harm", "dispute"}
 # Episodes of the same kind closer than this are one situation, not two flags.
 MERGE_GAP = timedelta(hours=12)
 
@@ -187,7 +201,7 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
                 "flag_id": stable_id("F", key), "dedup_key": key, "household_id": v.household_id, "meter_id": None,
                 "kind": kind, "severity": sev, "score": float(SEVERITY_POINTS[sev]), "start": when,
                 "detected_at": when, "end": pd.NaT,
-                "evidence": f"走访记录中出现“{'、'.join(sorted({c.term for c in kc}))}”等情况",
+                "evidence": evidence_sentence("visit_cue", terms="、".join(sorted({c.term for c in kc}))),
                 "details": {"visit_id": v.visit_id, "terms": sorted({c.term for c in kc})},
             })
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
@@ -213,7 +227,7 @@ def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_day
         rows.append({"flag_id": stable_id("F", key), "dedup_key": key, "household_id": hid, "meter_id": None,
                      "kind": "unresolved_difficulty", "severity": "medium", "score": 20.0 + 5 * int(r.n),
                      "start": r["first"], "detected_at": r["last"], "end": pd.NaT,
-                     "evidence": f"近{window_days}天内{int(r.n)}次走访反映困难，尚无解决措施",
+                     "evidence": evidence_sentence("unresolved_difficulty", window_days=window_days, times=int(r.n)),
                      "details": {"times": int(r.n)}})
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
@@ -233,7 +247,8 @@ def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3
         rows.append({"flag_id": stable_id("F", key), "dedup_key": key, "household_id": r.household_id,
                      "meter_id": None, "kind": "overdue_visit", "severity": "high" if r.urgent else "low",
                      "score": float(10 + days), "start": due, "detected_at": pd.Timestamp(as_of), "end": pd.NaT,
-                     "evidence": f"应于{due:%m月%d日}走访，已逾期{days}天", "details": {"plan_id": r.id}})
+                     "evidence": evidence_sentence("overdue_visit", due=f"{due:%m月%d日}", days=days),
+                     "details": {"plan_id": r.id}})
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
 
