@@ -74,7 +74,6 @@ class Settings(BaseSettings):
     cadence_file: Path | None = None
     default_capacity: int = Field(10, description="families per cadre (每名干部联系约10户)")
 
-
     def ack_signing_key(self) -> str:
         """The key that signs acknowledgement links (确认链接签名密钥).
 
