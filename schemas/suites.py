@@ -325,12 +325,34 @@ def alerts_suite() -> SuiteSpec:
     )
 
 
+def published_figures_only(small_count: int) -> ExpectationSpec:
+    """Every printed figure of the report is one of the published forms, so no count between 1
+    and ``small_count - 1`` can be printed as such (they must read "<3").
+
+    Checks the ``shown`` column of ``sibifang.summary_report.aggregates_frame`` (one row per
+    printed figure): a count of 0 or at least ``small_count``; "<n"; "*"; a range "a～b" or
+    "≥a" with ``a >= small_count``; a rate or median (a decimal point); a date; empty (not
+    printed). A whitelist, so a new way of printing a count fails until it is added here.
+    Optional, so that other aggregate frames (no such column) keep their column-name check.
+    """
+    if not 2 <= small_count <= 9:
+        raise ValueError("small_count must be between 2 and 9")
+    big = rf"(?:[{small_count}-9]|[1-9]\d+)"
+    forms = ("", "0", big, r"<\d+", r"\*", rf"{big}～\d+", rf"≥{big}", r"-?\d+\.\d+", r"\d{4}-\d{2}-\d{2}")
+    return optional(matches("shown", "^(?:%s)$" % "|".join(forms), "critical",
+                            "a count of 1..%d could single out a family: it must be published masked"
+                            % (small_count - 1), "small_count"))
+
+
 def report_aggregates_suite() -> SuiteSpec:
-    # Aggregates may legitimately be empty columns-wise but never carry a person.
+    # Aggregates may legitimately be empty columns-wise but never carry a person, nor a small count.
+    from sibifang.summary_report import SMALL_COUNT  # lazy: that module loads jinja and the templates
+
     return SuiteSpec(
         "report_aggregates",
-        (has_rows(), no_personal_columns()),
-        "aggregates for party and government: no names, ID numbers, phones or addresses",
+        (has_rows(), no_personal_columns(), published_figures_only(SMALL_COUNT)),
+        "aggregates for party and government: no names, ID numbers, phones or addresses; no count below "
+        f"{SMALL_COUNT} unmasked",
     )
 
 

@@ -1,15 +1,50 @@
 """Periodic summary report to the party committee and government (工作情况报告): aggregates only.
 
-Pure functions: frames in, a dict of aggregates out, and the HTML rendered from
-``templates/summary_report.html.j2``. No name, ID number, phone or address leaves this module:
-the aggregates are validated by the ``report_aggregates`` suite before rendering, and counts
-below ``SMALL_COUNT`` in a cross-tabulation by village are shown as "<3" so that no family can
-be singled out.
+Pure functions: frames in, a dict of *published* figures out, and the HTML rendered from
+``templates/summary_report.html.j2``. No name, ID number, phone or address leaves this module,
+and no figure in the report can single out a family. ``summarise`` never returns a raw count
+that the report would not show: the dict is what is rendered, stored and validated (the
+``report_aggregates`` suite checks every cell of ``aggregates_frame``).
+
+Suppression rule (one rule for every count of households, people, flags, alerts and cases shown:
+totals, tables, by-kind counts, per-village alerts, the risk map's tooltips and colours):
+
+1. Primary: a count ``n`` with ``1 <= n < SMALL_COUNT`` is published as ``"<3"``; 0 and counts
+   from ``SMALL_COUNT`` up are published exactly.
+2. Secondary (complementary) suppression, per breakdown (cells that add up to a total; every
+   breakdown has a cell for each part, e.g. alerts still pending, alerts without a village, so
+   nothing is left to subtract). A "<3" cell must never be pinned to one value from the total:
+   - total printed exactly: the masked cells' sum is public; it pins them when only one cell
+     is masked or when they must all be 1 (or all 2). Only then the smallest cell *larger than*
+     ``SMALL_COUNT`` is hidden too, as ``"*"`` ("not less than 3");
+   - total printed as "<3": the breakdown is published only when a single cell is masked;
+   - total not printed but inferable (the risk map covers every registered household, so its
+     total is the register; category counts overlap, their sum is assumed known): a "*" is
+     added whenever any cell is "<3", so the choice never depends on the masked values.
+   With one "*" of at least ``SMALL_COUNT + 1`` no "<3" cell (nor the "*") can be pinned,
+   whatever the masked values. The choice depends only on published figures, so two inputs
+   differing only inside masked cells (and in no printed total) give the same report. When a
+   breakdown has no cell to hide, it is not published (a sentence says so); its total still is.
+   (Assumption, as in usual statistical disclosure control: the reader does not exploit the
+   rule that chose the "*" cell.)
+3. Derived figures: the village rows of the risk map are computed from the *published* grid
+   cells, never from raw counts: exact when nothing is masked, otherwise the range the
+   published cells imply (``"<5"`` = 1 to 4, ``"5～8"``, ``"≥8"``). They add no information.
+   The county-wide 红/橙/黄/绿 totals are printed exactly when each level's grid cells can be
+   protected as a breakdown of that total; otherwise the whole grid table is protected as one
+   breakdown of all households (the register) and the county totals are derived too. If the
+   grid table cannot be protected, the village table is, then the county totals alone.
+4. Statistics (completion rate, medians) whose base count is below ``SMALL_COUNT`` are "—";
+   lists are ordered by published value (exact counts first, then "*", then "<3", ties in the
+   fixed label order), so the order reveals nothing about masked cells.
+5. Map colours are computed from the published grid cells only ("<3" counts as 1.5, "*" as 3).
 """
 
 from __future__ import annotations
 
 import html
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -17,8 +52,12 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 import templates as _templates
+from sibifang.checks import ALERT_CHANNEL_LABELS
 
 SMALL_COUNT = 3
+MASKED = f"<{SMALL_COUNT}"   # primary suppression: 1 .. SMALL_COUNT-1
+SUPPRESSED = "*"             # secondary suppression: at least SMALL_COUNT, hidden to protect a "<3" cell
+NOT_SHOWN = "—"
 CATEGORY_LABELS = {"entrepreneur": "创业困难女性家庭", "hardship": "困难家庭", "empty_nest": "空巢老人家庭",
                    "left_behind": "留守妇女儿童家庭", "dispute": "婚姻家庭矛盾家庭"}
 DEMAND_LABELS = {"democratic_participation": "民主参与", "marriage_family_rights": "婚姻家庭权益",
@@ -30,6 +69,11 @@ FLAG_LABELS = {"inactivity": "长时间无用电活动", "sustained_drop": "用�
                "dispute": "婚姻家庭矛盾", "domestic_violence": "家庭暴力线索", "self_harm": "轻生线索",
                "gambling": "赌博线索", "unresolved_difficulty": "困难反复未解决", "overdue_visit": "逾期未访"}
 LEVEL_COLORS = {"红": "#d7301f", "橙": "#fc8d59", "黄": "#fdcc8a", "绿": "#b3de69"}
+UNKNOWN_VILLAGE = "未归属村（社区）"
+OTHER = "其他"
+NO_DATA_FILL = "#d9d9d9"
+
+Published = int | str
 
 
 def _env() -> Environment:
@@ -37,10 +81,105 @@ def _env() -> Environment:
                        autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
 
 
+# ------------------------------------------------------------------ the suppression rule
+def mask(n: int) -> Published:
+    """Primary suppression of one count: 1 .. SMALL_COUNT-1 → "<3"; 0 and larger counts as they are."""
+    n = int(n)
+    return MASKED if 0 < n < SMALL_COUNT else n
+
+
+def protect(values: Sequence[int], total: int | None = None) -> list[Published] | None:
+    """Publish one breakdown: primary and secondary suppression (rule 2 of the module docstring).
+
+    ``values`` are the raw cells in a fixed order (label order, grid order: never by count).
+    ``total``: the raw total printed next to them (itself masked when small); it must be the sum
+    of the cells. ``None``: the total is not printed but assumed known to the reader. Returns the
+    published cells, or ``None`` when the breakdown cannot be protected and must not be published.
+    """
+    vals = [int(v) for v in values]
+    pub: list[Published] = [mask(v) for v in vals]
+    masked = [i for i, v in enumerate(vals) if 0 < v < SMALL_COUNT]
+    if not masked:
+        return pub
+    if total is not None:
+        if int(total) != sum(vals):
+            raise ValueError("a breakdown must add up to its printed total: give the rest its own cell")
+        if int(total) < SMALL_COUNT:
+            # The total reads "<3" as well: each masked cell keeps its 1..SMALL_COUNT-1 range only alone.
+            return pub if len(masked) <= SMALL_COUNT - 2 else None
+        m, s = len(masked), sum(vals[i] for i in masked)  # s is public: the total minus the exact cells
+        if m >= 2 and m + 1 <= s <= (SMALL_COUNT - 1) * m - 1:
+            return pub
+    candidates = [i for i, v in enumerate(vals) if v > SMALL_COUNT]
+    if not candidates:
+        return None
+    pub[min(candidates, key=lambda i: (vals[i], i))] = SUPPRESSED
+    return pub
+
+
+def bounds(v: Published) -> tuple[int, float]:
+    """What a reader knows of a published figure: (lowest, highest) possible value."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v, v
+    s = str(v)
+    if s == SUPPRESSED:
+        return SMALL_COUNT, math.inf
+    if s.startswith("<"):
+        return 1, int(s[1:]) - 1
+    if s.startswith("≥"):
+        return int(s[1:]), math.inf
+    lo, hi = s.split("～")
+    return int(lo), int(hi)
+
+
+def derived_total(cells: Iterable[Published]) -> Published:
+    """A sum computed from published cells only (rule 3): exact, "<n", "a～b" or "≥a"."""
+    lo = hi = 0
+    for c in cells:
+        a, b = bounds(c)
+        lo, hi = lo + a, hi + b
+    if lo == hi:
+        return mask(lo)
+    if hi == math.inf:
+        return f"≥{lo}"
+    if lo < SMALL_COUNT:
+        return f"<{int(hi) + 1}"
+    return f"{lo}～{int(hi)}"
+
+
+def _point(v: Published) -> float:
+    """One number standing for a published figure (for colours): the middle of its range, or its floor."""
+    lo, hi = bounds(v)
+    return float(lo) if hi == math.inf else (lo + hi) / 2
+
+
+def _rank_key(v: Published, position: int) -> tuple:
+    if isinstance(v, int):
+        return (0, -v, position)
+    return (1 if v == SUPPRESSED else 2, 0, position)
+
+
+def _breakdown(counts: Mapping[str, int], labels: Mapping[str, str], total: int | None) -> list[dict] | None:
+    """A protected, ranked breakdown of nonzero counts: [{"label", "count"}] or None."""
+    order = [k for k in labels if counts.get(k, 0)] + sorted(k for k in counts if k not in labels and counts[k])
+    pub = protect([counts[k] for k in order], total)
+    if pub is None:
+        return None
+    rows = sorted(range(len(order)), key=lambda i: _rank_key(pub[i], i))
+    return [{"label": labels.get(order[i], order[i]), "count": pub[i]} for i in rows]
+
+
+def _stat(value: float | None, base: int) -> float | None:
+    """A rate or median, shown only when it rests on at least SMALL_COUNT records."""
+    return value if value is not None and base >= SMALL_COUNT else None
+
+
+# ------------------------------------------------------------------ the report's figures
 def summarise(*, period_start: date, period_end: date, households: pd.DataFrame, plans: pd.DataFrame,
               visits: pd.DataFrame, flags: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFrame,
               needs: pd.DataFrame, risk_map: pd.DataFrame, areas: pd.DataFrame) -> dict:
-    """The report's numbers. Inputs carry ids and codes only; the output carries counts only."""
+    """The report's published figures. Inputs carry ids and codes only; the output carries only
+    counts that follow the suppression rule (ints, "<3", "*" or ranges) and statistics."""
     in_period = lambda s: (pd.to_datetime(s) >= pd.Timestamp(period_start)) & (  # noqa: E731
         pd.to_datetime(s) < pd.Timestamp(period_end) + pd.Timedelta(days=1))
     cats = households.explode("categories")["categories"].dropna().value_counts()
@@ -54,44 +193,56 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     acked = a[a.acked_at.notna()] if not a.empty else a
     ack_minutes = ((pd.to_datetime(acked.acked_at) - pd.to_datetime(acked.first_sent_at)).dt.total_seconds() / 60
                    ).dropna() if not acked.empty else pd.Series(dtype=float)
-    demands = n.category.value_counts() if not n.empty else pd.Series(dtype=int)
-    latest = risk_map[risk_map.as_of == risk_map.as_of.max()] if not risk_map.empty else risk_map
-    by_village = []
-    if not latest.empty:
-        lv = latest.merge(areas[["grid_id", "village_name"]], on="grid_id", how="left")
-        tab = lv.pivot_table(index="village_name", columns="level", values="households", aggfunc="sum", fill_value=0)
-        for village, row in tab.iterrows():
-            by_village.append({"village": village, **{lvl: _mask(int(row.get(lvl, 0))) for lvl in LEVEL_COLORS}})
+    demands = n.category.fillna(OTHER).value_counts() if not n.empty else pd.Series(dtype=int)
+    must_visit = int(households.categories.map(lambda c: bool(c)).sum())
+    n_alerts, n_acked = int(len(a)), int(len(acked))
+    sent = int((a.status == "sent").sum()) if not a.empty else 0
+    dead = int((a.status == "dead").sum()) if not a.empty else 0
+    status = protect([sent, dead, n_alerts - sent - dead], n_alerts)  # the rest: pending or sending
+    demand_rows = _breakdown({str(k): int(c) for k, c in demands.items()}, DEMAND_LABELS, int(len(n)))
+    risk = publish_risk_map(risk_map, areas)
+    with_village = a
+    if not a.empty and "grid_id" in a:
+        with_village = a.merge(areas[["grid_id", "village_name"]].drop_duplicates("grid_id"), on="grid_id",
+                               how="left")
+        with_village["village_name"] = with_village["village_name"].fillna(UNKNOWN_VILLAGE)
+    if "channel" in a:
+        a = a.assign(channel=a["channel"].fillna(OTHER))
     return {
         "period_start": period_start.isoformat(), "period_end": period_end.isoformat(),
-        "households": int(len(households)),
-        "must_visit_households": int(households.categories.map(lambda c: bool(c)).sum()),
-        "by_category": [{"label": CATEGORY_LABELS.get(k, k), "count": int(cnt)} for k, cnt in cats.items()],
-        "visits_planned": int(len(p)), "visits_done": int(len(done)),
-        "visits_recorded": int(len(v)),
-        "completion_rate": round(len(done) / len(p), 3) if len(p) else None,
-        "flags": int(len(f)),
-        "flags_by_kind": [{"label": FLAG_LABELS.get(k, k), "count": int(cnt)}
-                          for k, cnt in (f.kind.value_counts().items() if not f.empty else [])],
-        "alerts": int(len(a)), "alerts_sent": int((a.status == "sent").sum()) if not a.empty else 0,
-        "alerts_dead": int((a.status == "dead").sum()) if not a.empty else 0,
-        "alerts_acked": int(len(acked)),
-        "median_minutes_to_ack": round(float(ack_minutes.median()), 1) if len(ack_minutes) else None,
-        "cases_opened": int(len(c_open)),
-        "cases_closed": int((cases.status == "closed").sum()) if not cases.empty else 0,
-        "needs": int(len(n)), "needs_matched": int((n.status == "matched").sum()) if not n.empty else 0,
-        "common_demands": [{"label": DEMAND_LABELS.get(k, k), "count": int(cnt)} for k, cnt in demands.head(5).items()],
-        "risk_levels": {lvl: int(latest[latest.level == lvl].households.sum()) if not latest.empty else 0
-                        for lvl in LEVEL_COLORS},
-        "risk_by_village": by_village,
-        "response_by_channel": response_metrics(a, "channel"),
-        "response_by_village": response_metrics(a.merge(areas[["grid_id", "village_name"]], on="grid_id", how="left")
-                                                if not a.empty and "grid_id" in a else a, "village_name"),
+        "households": mask(len(households)),
+        "must_visit_households": mask(must_visit),
+        "by_category": _breakdown({str(k): int(c) for k, c in cats.items()}, CATEGORY_LABELS, None),
+        "visits_planned": mask(len(p)), "visits_done": mask(len(done)),
+        "visits_recorded": mask(len(v)),
+        "completion_rate": (round(len(done) / len(p), 3) if len(p) and mask(len(p)) == len(p)
+                            and mask(len(done)) == len(done) else None),
+        "flags": mask(len(f)),
+        "flags_by_kind": _breakdown({str(k): int(c) for k, c in (f.kind.fillna(OTHER).value_counts().items()
+                                                                  if not f.empty else [])}, FLAG_LABELS, int(len(f))),
+        "alerts": mask(n_alerts),
+        "alerts_sent": status[0] if status else None, "alerts_dead": status[1] if status else None,
+        "alerts_pending": status[2] if status else None,
+        "alerts_acked": mask(n_acked),
+        "median_minutes_to_ack": _stat(round(float(ack_minutes.median()), 1) if len(ack_minutes) else None,
+                                       len(ack_minutes)),
+        "cases_opened": mask(len(c_open)),
+        "cases_closed": mask(int((cases.status == "closed").sum()) if not cases.empty else 0),
+        "needs": mask(len(n)), "needs_matched": mask(int((n.status == "matched").sum()) if not n.empty else 0),
+        "common_demands": demand_rows,  # every category (at most nine): a top-5 cut would hide part of a total
+        "risk_levels": risk["levels"],
+        "risk_by_village": risk["villages"],
+        "risk_by_grid": risk["grids"],
+        "response_by_channel": _publish_response(response_metrics(a, "channel"), n_alerts, n_acked,
+                                                 ALERT_CHANNEL_LABELS),
+        "response_by_village": _publish_response(response_metrics(with_village, "village_name"), n_alerts, n_acked),
     }
 
 
 def response_metrics(alerts: pd.DataFrame, by: str) -> list[dict]:
-    """Time to acknowledge and time to outcome (预警响应时效), per channel or per village."""
+    """Time to acknowledge and time to outcome (预警响应时效), per channel or per village.
+
+    Raw figures (counts unmasked), ordered by unit: ``summarise`` publishes them."""
     if alerts.empty or by not in alerts:
         return []
     a = alerts.copy()
@@ -106,34 +257,105 @@ def response_metrics(alerts: pd.DataFrame, by: str) -> list[dict]:
         ack, outc = g.ack_min.dropna(), g.outcome_h.dropna()
         out.append({"unit": str(key), "alerts": int(len(g)), "acked": int(g.acked_at.notna().sum()),
                     "median_minutes_to_ack": round(float(ack.median()), 1) if len(ack) else None,
-                    "median_hours_to_outcome": round(float(outc.median()), 1) if len(outc) else None})
+                    "median_hours_to_outcome": round(float(outc.median()), 1) if len(outc) else None,
+                    "n_ack": int(len(ack)), "n_outcome": int(len(outc))})
     return out
 
 
-def _mask(n: int) -> int | str:
-    return f"<{SMALL_COUNT}" if 0 < n < SMALL_COUNT else n
+def _publish_response(rows: list[dict], n_alerts: int, n_acked: int,
+                      labels: Mapping[str, str] | None = None) -> list[dict] | None:
+    """The response table with both count columns protected against their totals; None if it can't be."""
+    if not rows:
+        return []
+    alerts_col = protect([r["alerts"] for r in rows], n_alerts)
+    acked_col = protect([r["acked"] for r in rows], n_acked)
+    if alerts_col is None or acked_col is None:
+        return None
+    return [{"unit": (labels or {}).get(r["unit"], r["unit"]), "alerts": al, "acked": ac,
+             "median_minutes_to_ack": _stat(r["median_minutes_to_ack"], r["n_ack"]),
+             "median_hours_to_outcome": _stat(r["median_hours_to_outcome"], r["n_outcome"])}
+            for r, al, ac in zip(rows, alerts_col, acked_col)]
 
 
-def aggregates_frame(agg: dict) -> pd.DataFrame:
-    """The scalar aggregates as a one-row frame, for the ``report_aggregates`` suite."""
-    return pd.DataFrame([{k: v for k, v in agg.items() if not isinstance(v, (list, dict))}])
-
-
-def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22) -> str:
-    """The dynamic risk map as a heat grid: one row per village, one cell per grid, coloured by
-    the share of households at 红/橙 (red/orange) level; the title of each cell gives the counts."""
+# ------------------------------------------------------------------ the risk map (动态预警图)
+def _grid_table(risk_map: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
+    """Raw households per grid and level of the latest snapshot, with the village; sorted by village, grid."""
     latest = risk_map[risk_map.as_of == risk_map.as_of.max()] if not risk_map.empty else risk_map
     if latest.empty:
-        return ('<svg xmlns="http://www.w3.org/2000/svg" width="200" height="30">'
-                '<text x="5" y="20">暂无数据</text></svg>')
+        return pd.DataFrame(columns=["grid_id", "village_name", *LEVEL_COLORS])
     t = latest.pivot_table(index="grid_id", columns="level", values="households", aggfunc="sum", fill_value=0)
     for lvl in LEVEL_COLORS:
         if lvl not in t:
             t[lvl] = 0
-    t = t.reset_index().merge(areas[["grid_id", "village_name"]], on="grid_id", how="left")
-    t["village_name"] = t["village_name"].fillna("?")
-    villages = sorted(t.village_name.fillna("?").unique())
-    width_cells = int(t.groupby("village_name").size().max())
+    t = t.reset_index().merge(areas[["grid_id", "village_name"]].drop_duplicates("grid_id"), on="grid_id",
+                              how="left")
+    t["village_name"] = t["village_name"].fillna(UNKNOWN_VILLAGE).astype(str)
+    t["grid_id"] = t["grid_id"].astype(str)
+    return t[["grid_id", "village_name", *LEVEL_COLORS]].sort_values(["village_name", "grid_id"]).reset_index(drop=True)
+
+
+def _cells(frame: pd.DataFrame) -> list[int]:
+    return [int(x) for x in frame[list(LEVEL_COLORS)].to_numpy().ravel()]
+
+
+def _as_rows(keys: list[str], pub: list[Published]) -> list[dict]:
+    k = len(LEVEL_COLORS)
+    return [dict(zip(LEVEL_COLORS, pub[i * k:(i + 1) * k])) for i in range(len(keys))]
+
+
+def publish_risk_map(risk_map: pd.DataFrame, areas: pd.DataFrame) -> dict:
+    """The published risk map: per grid, per village and county-wide 红/橙/黄/绿 households.
+
+    Preferred: each level's grid cells are protected as one breakdown of that level's county
+    total (rule 2, a "*" in each level that has a "<3"), and the county totals are printed
+    exactly. If a level cannot be protected so (its county total is small, say), the whole grid
+    table is protected as one breakdown of all households and the county totals are derived.
+    Village rows are always derived from the published grid cells (rule 3). Further fallbacks:
+    villages protected and grids unpublished (``None`` counts), then county totals alone, then
+    nothing (``{}``).
+    """
+    t = _grid_table(risk_map, areas)
+    if t.empty:
+        return {"grids": [], "villages": [], "levels": {lvl: 0 for lvl in LEVEL_COLORS}}
+    village_raw = t.groupby("village_name", sort=True)[list(LEVEL_COLORS)].sum()
+    villages_order = list(village_raw.index)
+    by_level = {lvl: protect([int(x) for x in t[lvl]]) for lvl in LEVEL_COLORS}
+    levels: dict[str, Published] | None = None
+    grid_rows: list[dict] | None = None
+    if all(pub is not None for pub in by_level.values()):
+        grid_rows = [{lvl: pub[i] for lvl, pub in by_level.items() if pub is not None} for i in range(len(t))]
+        levels = {lvl: mask(int(t[lvl].sum())) for lvl in LEVEL_COLORS}  # 0 or >= SMALL_COUNT here
+    else:
+        grid_pub = protect(_cells(t))
+        grid_rows = _as_rows(list(t.grid_id), grid_pub) if grid_pub is not None else None
+    if grid_rows is not None:
+        grids = [{"grid": g, "village": vn, **r} for g, vn, r in zip(t.grid_id, t.village_name, grid_rows)]
+        villages = [{"village": vn, **{lvl: derived_total(g[lvl] for g in grids if g["village"] == vn)
+                                       for lvl in LEVEL_COLORS}} for vn in villages_order]
+        if levels is None:
+            levels = {lvl: derived_total(g[lvl] for g in grids) for lvl in LEVEL_COLORS}
+        return {"grids": grids, "villages": villages, "levels": levels}
+    grids = [{"grid": g, "village": vn, **{lvl: None for lvl in LEVEL_COLORS}}
+             for g, vn in zip(t.grid_id, t.village_name)]
+    village_pub = protect(_cells(village_raw))
+    if village_pub is not None:
+        villages = [{"village": vn, **r} for vn, r in zip(villages_order, _as_rows(villages_order, village_pub))]
+        levels = {lvl: derived_total(r[lvl] for r in villages) for lvl in LEVEL_COLORS}
+        return {"grids": grids, "villages": villages, "levels": levels}
+    level_pub = protect([int(village_raw[lvl].sum()) for lvl in LEVEL_COLORS])
+    return {"grids": grids, "villages": [], "levels": dict(zip(LEVEL_COLORS, level_pub)) if level_pub else {}}
+
+
+def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22) -> str:
+    """The dynamic risk map as a heat grid: one row per village, one cell per grid, coloured by
+    the share of households at 红/橙 (red/orange) level. Colours and tooltips come from the
+    published grid cells (``publish_risk_map``) only, never from the raw counts."""
+    grids = publish_risk_map(risk_map, areas)["grids"]
+    if not grids:
+        return ('<svg xmlns="http://www.w3.org/2000/svg" width="200" height="30">'
+                '<text x="5" y="20">暂无数据</text></svg>')
+    villages = sorted({g["village"] for g in grids})
+    width_cells = max(sum(g["village"] == vn for g in grids) for vn in villages)
     label_w = 110
     w, h = label_w + width_cells * cell + 10, 40 + len(villages) * cell + 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="11" '
@@ -142,16 +364,17 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
     for yi, village in enumerate(villages):
         y = 30 + yi * cell
         parts.append(f'<text x="5" y="{y + cell * 0.7:.0f}">{html.escape(str(village))}</text>')
-        rows = t[t.village_name == village].sort_values("grid_id")
-        for xi, r in enumerate(rows.itertuples(index=False)):
-            total = sum(getattr(r, lvl) for lvl in LEVEL_COLORS) or 1
-            hot = (getattr(r, "红") * 1.0 + getattr(r, "橙") * 0.5) / total
-            color = _blend(hot)
+        rows = sorted((g for g in grids if g["village"] == village), key=lambda g: g["grid"])
+        for xi, g in enumerate(rows):
             x = label_w + xi * cell
-            # Grids are small: the tooltip masks counts below SMALL_COUNT like the tables do.
-            tip = " ".join(f"{lvl}{_mask(int(getattr(r, lvl)))}" for lvl in LEVEL_COLORS)
+            if g["红"] is None:
+                color, tip = NO_DATA_FILL, "户数较少，不分网格公布"
+            else:
+                pts = {lvl: _point(g[lvl]) for lvl in LEVEL_COLORS}
+                color = _blend((pts["红"] + pts["橙"] * 0.5) / (sum(pts.values()) or 1))
+                tip = " ".join(f"{lvl}{g[lvl]}" for lvl in LEVEL_COLORS)
             parts.append(f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{color}">'
-                         f'<title>{html.escape(str(r.grid_id))}: {html.escape(tip)}</title></rect>')
+                         f'<title>{html.escape(g["grid"])}: {html.escape(tip)}</title></rect>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -162,6 +385,43 @@ def _blend(x: float) -> str:
     return "#%02x%02x%02x" % g
 
 
+# ------------------------------------------------------------------ validation and rendering
+_LABEL_KEYS = ("label", "unit", "grid", "village")
+
+
+def aggregates_frame(agg: dict) -> pd.DataFrame:
+    """Every published figure of ``agg`` as one row, for the ``report_aggregates`` suite.
+
+    Columns: ``item`` (where it is, e.g. ``risk_by_village.红``), ``unit`` (the row's label:
+    village, grid, channel, category), ``shown`` (the text printed, which the suite checks
+    against the published forms) and ``count`` (the number printed when it is an exact count,
+    else empty). Every int in ``agg`` is a count; floats are rates and medians; strings are
+    masks and ranges.
+    """
+    rows: list[dict] = []
+
+    def leaf(item: str, unit: str, value: object) -> None:
+        is_count = isinstance(value, int) and not isinstance(value, bool)
+        rows.append({"item": item, "unit": unit, "shown": "" if value is None else str(value),
+                     "count": float(value) if is_count else float("nan")})
+
+    for key, value in agg.items():
+        if isinstance(value, dict):
+            for sub, x in value.items():
+                leaf(f"{key}.{sub}", "", x)
+        elif isinstance(value, list):
+            for r in value:
+                unit = next((str(r[k]) for k in _LABEL_KEYS if k in r), "")
+                for sub, x in r.items():
+                    if sub not in _LABEL_KEYS:
+                        leaf(f"{key}.{sub}", unit, x)
+        else:
+            leaf(key, "", value)
+    frame = pd.DataFrame(rows, columns=["item", "unit", "shown", "count"])
+    return frame.astype({"item": "str", "unit": "str", "shown": "str", "count": "float64"})
+
+
 def render_report(agg: dict, *, risk_map_svg_text: str, title: str = "四必访工作情况报告") -> str:
-    return _env().get_template("summary_report.html.j2").render(a=agg, svg=risk_map_svg_text, title=title,
-                                                                level_colors=LEVEL_COLORS)
+    return _env().get_template("summary_report.html.j2").render(
+        a=agg, svg=risk_map_svg_text, title=title, level_colors=LEVEL_COLORS, small=SMALL_COUNT,
+        masked=MASKED, suppressed=SUPPRESSED, not_shown=NOT_SHOWN)

@@ -1,11 +1,16 @@
-"""Unit tests of sibifang.summary_report: aggregates, masking, the risk-map SVG and the rendered HTML.
+"""Unit tests of sibifang.summary_report: aggregates, suppression, the risk-map SVG and the rendered HTML.
 
 The report goes to the party committee and government: aggregates only, no name, ID number,
-phone or address, even when the frames handed in carry such columns.
+phone or address, even when the frames handed in carry such columns, and no count a family
+could be singled out by: counts 1..SMALL_COUNT-1 read "<3", and no masked cell can be worked
+out from a total, a map colour or a tooltip.
 """
 
 from __future__ import annotations
 
+import html as html_lib
+import itertools
+import random
 import re
 import xml.etree.ElementTree as ET
 from datetime import date
@@ -13,8 +18,10 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from sibifang.summary_report import (CATEGORY_LABELS, LEVEL_COLORS, aggregates_frame, render_report, risk_map_svg,
-                                     summarise)
+from sibifang.checks import ALERT_CHANNEL_LABELS
+from sibifang.summary_report import (CATEGORY_LABELS, LEVEL_COLORS, MASKED, NO_DATA_FILL, SMALL_COUNT, SUPPRESSED,
+                                     aggregates_frame, bounds, derived_total, mask, protect, publish_risk_map,
+                                     render_report, risk_map_svg, summarise)
 
 T = pd.Timestamp
 START, END = date(2026, 7, 1), date(2026, 7, 31)
@@ -95,6 +102,68 @@ def _frames() -> dict:
     return dict(plans=plans, visits=visits, flags=flags, alerts=alerts, cases=cases, needs=needs)
 
 
+def _scaled(frames: dict, k: int = 3) -> dict:
+    """Every row k times (ids made unique): the same shape with counts large enough to be shown."""
+    out = {}
+    for name, df in frames.items():
+        parts = [df.assign(id=df["id"] + f"-{i}") for i in range(k)]
+        out[name] = pd.concat(parts, ignore_index=True)
+    return out
+
+
+def _summarise(frames: dict | None = None, *, households: pd.DataFrame | None = None,
+               risk_map: pd.DataFrame | None = None, areas: pd.DataFrame | None = None) -> dict:
+    return summarise(period_start=START, period_end=END,
+                     households=_households() if households is None else households,
+                     risk_map=_risk_map() if risk_map is None else risk_map,
+                     areas=_areas() if areas is None else areas, **(_frames() if frames is None else frames))
+
+
+def _report(agg: dict, risk_map: pd.DataFrame | None = None, areas: pd.DataFrame | None = None) -> str:
+    rm, ar = _risk_map() if risk_map is None else risk_map, _areas() if areas is None else areas
+    return render_report(agg, risk_map_svg_text=risk_map_svg(rm, ar))
+
+
+def _with_counts(rm: pd.DataFrame, changes: dict[tuple[str, str], int]) -> pd.DataFrame:
+    """The latest snapshot with some (grid, level) counts replaced."""
+    rm = rm.copy()
+    for (grid, level), n in changes.items():
+        rm.loc[(rm.as_of == rm.as_of.max()) & (rm.grid_id == grid) & (rm.level == level), "households"] = n
+    return rm
+
+
+def _reader_ranges(published: list, total) -> dict[int, set[int]]:
+    """What a reader can work out of each hidden cell from the published cells and the total
+    (an int, or MASKED): every value each hidden cell can take, by brute force."""
+    known = sum(v for v in published if isinstance(v, int))
+    hidden = [i for i, v in enumerate(published) if not isinstance(v, int)]
+    sums = set(range(1, SMALL_COUNT)) if total == MASKED else {int(total)}
+    top = max(sums)
+    domains = [range(1, SMALL_COUNT) if published[i] == MASKED else range(SMALL_COUNT, top + 1) for i in hidden]
+    feasible: dict[int, set[int]] = {i: set() for i in hidden}
+    for combo in itertools.product(*domains):
+        if known + sum(combo) in sums:
+            for i, x in zip(hidden, combo):
+                feasible[i].add(x)
+    return feasible
+
+
+def _assert_nothing_pinned(published: list, total, raw: list[int]) -> None:
+    for i, values in _reader_ranges(published, total).items():
+        assert raw[i] in values, (published, total, raw)
+        assert len(values) >= 2, f"cell {i} of {published} (total {total}) can only be {values}"
+
+
+def _visible_integers(report: str) -> list[int]:
+    """Every whole number a reader sees (text, table cells, map tooltips); dates, decimals,
+    percentages, identifiers like G1 and the explanatory notes left out."""
+    body = report.split("<body>", 1)[1]
+    body = re.sub(r'<p class="note">.*?</p>', " ", body, flags=re.S)
+    text = html_lib.unescape(re.sub(r"<[^>]+>", " ", body))
+    text = re.sub(r"\d{4}-\d{2}-\d{2}", " ", text)
+    return [int(n) for n in re.findall(r"(?<![\w.\-])\d+(?![\w.%])", text)]
+
+
 @pytest.fixture(scope="module")
 def agg() -> dict:
     return summarise(period_start=START, period_end=END, households=_households(), risk_map=_risk_map(),
@@ -111,41 +180,157 @@ def report(agg, svg) -> str:
     return render_report(agg, risk_map_svg_text=svg)
 
 
+# --- the suppression rule ------------------------------------------------------------------------
+
+def test_mask_and_derived_totals():
+    assert [mask(n) for n in (0, 1, 2, 3, 40)] == [0, MASKED, MASKED, 3, 40]
+    assert derived_total([3, 4]) == 7
+    assert derived_total([MASKED, 0]) == MASKED
+    assert derived_total([MASKED, MASKED]) == "<5"          # 2..4
+    assert derived_total([3, MASKED]) == "4～5"
+    assert derived_total([SUPPRESSED, 5]) == "≥8"
+    for shown in ("<5", "4～5", "≥8", SUPPRESSED, MASKED, 7):
+        lo, hi = bounds(shown)
+        assert lo <= hi
+
+
+def test_protect_primary_only_when_the_masked_cells_cannot_be_pinned():
+    # total 3 printed: two "<3" cells are 1+2 or 2+1, neither pinned
+    assert protect([2, 1], 3) == [MASKED, MASKED]
+    # one "<3" cell next to a printed total: the smallest cell above SMALL_COUNT is hidden too
+    assert protect([6, 1, 9], 16) == [SUPPRESSED, MASKED, 9]
+    # 红1 橙1 next to their total: both would be 1; a third cell is hidden
+    assert protect([1, 1, 5, 7], 14) == [MASKED, MASKED, SUPPRESSED, 7]
+    # a cell of exactly SMALL_COUNT does not protect (it would read "at least 3" and be 3)
+    assert protect([1, 3], 4) is None
+    # total itself "<3": a single masked cell is safe, two are not (they would both be 1)
+    assert protect([0, 2], 2) == [0, MASKED]
+    assert protect([1, 1], 2) is None
+    with pytest.raises(ValueError):
+        protect([1, 4], 9)  # a part left out: the rest needs its own cell
+
+
+def test_protect_is_sound_by_brute_force():
+    rng = random.Random(7)
+    published = 0
+    for _ in range(3000):
+        raw = [rng.choice([0, 1, 1, 2, 2, 3, 4, 5, 6, 9]) for _ in range(rng.randint(1, 5))]
+        for printed in (True, False):
+            pub = protect(raw, sum(raw) if printed else None)
+            if pub is None:
+                continue
+            published += 1
+            for r, p in zip(raw, pub):
+                assert p == r if (r == 0 or r >= SMALL_COUNT) and p != SUPPRESSED else p in (MASKED, SUPPRESSED)
+                assert p != SUPPRESSED or r > SMALL_COUNT
+                assert p != MASKED or 0 < r < SMALL_COUNT
+            # The reader knows the total (printed, or assumed known when it is not).
+            _assert_nothing_pinned(pub, mask(sum(raw)) if printed else sum(raw), raw)
+            if not printed:  # the pattern never depends on the masked values
+                other = [rng.choice([1, 2]) if 0 < r < SMALL_COUNT else r for r in raw]
+                assert protect(other, None) == pub
+    assert published > 2000
+
+
 # --- summarise -------------------------------------------------------------------------------
 
-def test_summarise_counts(agg):
+def test_summarise_publishes_only_masked_figures(agg):
     assert agg["period_start"] == "2026-07-01" and agg["period_end"] == "2026-07-31"
     assert agg["households"] == 5
     assert agg["must_visit_households"] == 3
-    assert {c["label"]: c["count"] for c in agg["by_category"]} == {
-        CATEGORY_LABELS["dispute"]: 1, CATEGORY_LABELS["hardship"]: 1, CATEGORY_LABELS["empty_nest"]: 2}
+    # 1, 1 and 2 households: all "<3" and no cell to hide with them: the breakdown is withheld
+    assert agg["by_category"] is None
     assert agg["visits_planned"] == 3          # P1, P2, P3 due in July
-    assert agg["visits_done"] == 2
-    assert agg["completion_rate"] == round(2 / 3, 3)
+    assert agg["visits_done"] == MASKED        # 2
+    assert agg["completion_rate"] is None      # 2/3 would give the masked 2 away
     assert agg["visits_recorded"] == 3         # 07-31 23:30 counts, 08-01 00:00 does not
     assert agg["flags"] == 3
-    assert {f["label"]: f["count"] for f in agg["flags_by_kind"]} == {"长时间无用电活动": 2, "婚姻家庭矛盾": 1}
-    assert agg["alerts"] == 3 and agg["alerts_sent"] == 2 and agg["alerts_dead"] == 1 and agg["alerts_acked"] == 2
+    # 2 + 1 = 3: each "<3" can still be 1 or 2; listed in label order, not by count
+    assert agg["flags_by_kind"] == [{"label": "长时间无用电活动", "count": MASKED},
+                                    {"label": "婚姻家庭矛盾", "count": MASKED}]
+    assert agg["alerts"] == 3
+    assert (agg["alerts_sent"], agg["alerts_dead"], agg["alerts_pending"]) == (MASKED, MASKED, 0)
+    assert agg["alerts_acked"] == MASKED and agg["median_minutes_to_ack"] is None  # 2 acknowledgements
+    assert agg["cases_opened"] == MASKED and agg["cases_closed"] == MASKED
+    assert agg["needs"] == 3 and agg["needs_matched"] == MASKED
+    assert agg["common_demands"] == [{"label": "空巢老人照料", "count": MASKED},
+                                     {"label": "家庭教育", "count": MASKED}]
+
+
+def test_summarise_counts_large_enough_are_exact():
+    agg = _summarise(_scaled(_frames()), households=pd.concat([_households()] * 3, ignore_index=True))
+    assert agg["households"] == 15 and agg["must_visit_households"] == 9
+    assert {c["label"]: c["count"] for c in agg["by_category"]} == {
+        CATEGORY_LABELS["dispute"]: 3, CATEGORY_LABELS["hardship"]: 3, CATEGORY_LABELS["empty_nest"]: 6}
+    assert agg["visits_planned"] == 9 and agg["visits_done"] == 6 and agg["completion_rate"] == round(2 / 3, 3)
+    assert agg["flags"] == 9
+    assert agg["flags_by_kind"] == [{"label": "长时间无用电活动", "count": 6}, {"label": "婚姻家庭矛盾", "count": 3}]
+    assert (agg["alerts"], agg["alerts_sent"], agg["alerts_dead"], agg["alerts_acked"]) == (9, 6, 3, 6)
     assert agg["median_minutes_to_ack"] == 20.0  # 10 and 30 minutes
-    assert agg["cases_opened"] == 1 and agg["cases_closed"] == 1
-    assert agg["needs"] == 3 and agg["needs_matched"] == 2
-    assert agg["common_demands"][0] == {"label": "家庭教育", "count": 2}
-    assert {d["label"] for d in agg["common_demands"]} == {"家庭教育", "空巢老人照料"}
+    assert agg["cases_opened"] == 3 and agg["cases_closed"] == 3
+    assert agg["needs"] == 9 and agg["needs_matched"] == 6
+    assert agg["common_demands"][0] == {"label": "家庭教育", "count": 6}
 
 
-def test_summarise_risk_levels_use_the_latest_snapshot(agg):
-    assert agg["risk_levels"] == {"红": 1, "橙": 2, "黄": 3, "绿": 15}
+def test_summarise_risk_levels_are_derived_from_the_published_grid_cells(agg):
+    # latest snapshot only (the old 红9 is ignored); 红1 → "<3", 橙2 → "<3", 黄3; green's
+    # G1 cell (4) is hidden to protect G1's red one, so the county green total is a range
+    assert agg["risk_levels"] == {"红": MASKED, "橙": MASKED, "黄": 3, "绿": "≥14"}
+    assert "红色 1 户" not in _report(agg)
 
 
 def test_summarise_masks_small_counts_by_village(agg):
     by = {r["village"]: r for r in agg["risk_by_village"]}
     assert set(by) == {"万地村", "丽园社区"}
-    assert by["万地村"]["红"] == "<3"          # 1 household
-    assert by["万地村"]["绿"] == 9
+    assert by["万地村"]["红"] == MASKED        # 1 household
     assert by["万地村"]["橙"] == 0             # zero is not a small count
-    assert by["丽园社区"]["橙"] == "<3"        # 2 households
+    assert by["万地村"]["绿"] == "≥8"          # G1's 4 is hidden ("*"), G2's 5 shown
+    assert by["丽园社区"]["橙"] == MASKED      # 2 households
     assert by["丽园社区"]["黄"] == 3           # exactly SMALL_COUNT is shown
     assert by["丽园社区"]["绿"] == 6
+    grids = {g["grid"]: g for g in agg["risk_by_grid"]}
+    assert grids["G1"] == {"grid": "G1", "village": "万地村", "红": MASKED, "橙": 0, "黄": 0, "绿": SUPPRESSED}
+
+
+def test_totals_do_not_reveal_masked_cells(agg):
+    # Every village and county figure contains the true count, and is not exact where a
+    # masked grid cell went into it.
+    rm = _risk_map()
+    latest = rm[rm.as_of == rm.as_of.max()].merge(_areas()[["grid_id", "village_name"]], on="grid_id")
+    for r in agg["risk_by_village"]:
+        for lvl in LEVEL_COLORS:
+            true = int(latest[(latest.village_name == r["village"]) & (latest.level == lvl)].households.sum())
+            lo, hi = bounds(r[lvl])
+            assert lo <= true <= hi
+            grid_cells = [g[lvl] for g in agg["risk_by_grid"] if g["village"] == r["village"]]
+            assert r[lvl] == derived_total(grid_cells)
+    for lvl, shown in agg["risk_levels"].items():
+        assert shown == derived_total(g[lvl] for g in agg["risk_by_grid"])
+    # The grid cells, with the county's total known exactly (it is the register), pin nothing.
+    cells = [g[lvl] for g in agg["risk_by_grid"] for lvl in LEVEL_COLORS]
+    raw = [int(latest[(latest.grid_id == g["grid"]) & (latest.level == lvl)].households.sum())
+           for g in agg["risk_by_grid"] for lvl in LEVEL_COLORS]
+    _assert_nothing_pinned(cells, sum(raw), raw)
+    # Breakdowns printed next to their totals pin nothing either.
+    _assert_nothing_pinned([f["count"] for f in agg["flags_by_kind"]], agg["flags"], [2, 1])
+    _assert_nothing_pinned([agg["alerts_sent"], agg["alerts_dead"], agg["alerts_pending"]], agg["alerts"], [2, 1, 0])
+
+
+def test_a_single_small_kind_gets_a_complementary_cell():
+    frames = _frames()
+    frames["flags"] = pd.DataFrame({
+        "id": [f"F{i}" for i in range(8)],
+        "kind": ["inactivity"] * 6 + ["domestic_violence", "self_harm"],
+        "detected_at": [T("2026-07-10")] * 8,
+    })
+    agg = _summarise(frames)
+    assert agg["flags"] == 8
+    assert agg["flags_by_kind"] == [{"label": "长时间无用电活动", "count": SUPPRESSED},
+                                    {"label": "家庭暴力线索", "count": MASKED},
+                                    {"label": "轻生线索", "count": MASKED}]
+    _assert_nothing_pinned([f["count"] for f in agg["flags_by_kind"]], 8, [6, 1, 1])
+    report = _report(agg)
+    assert all(n == 0 or n >= SMALL_COUNT for n in _visible_integers(report))
 
 
 def test_summarise_output_carries_no_personal_data(agg):
@@ -153,20 +338,63 @@ def test_summarise_output_carries_no_personal_data(agg):
     for s in PII:
         assert s not in text
     frame = aggregates_frame(agg)
-    assert len(frame) == 1 and frame.loc[0, "households"] == 5
-    assert not any(isinstance(v, (list, dict)) for v in frame.iloc[0])
+    assert list(frame.columns) == ["item", "unit", "shown", "count"]
+    assert frame.loc[frame.item == "households", "count"].tolist() == [5.0]
+    for s in PII:
+        assert not frame.astype(str).apply(lambda col, s=s: col.str.contains(s, regex=False)).any().any()
 
 
 def test_summarise_empty_period():
     empty = {k: v.iloc[0:0] for k, v in _frames().items()}
-    agg = summarise(period_start=START, period_end=END, households=_households(), risk_map=_risk_map().iloc[0:0],
-                    areas=_areas(), **empty)
+    agg = _summarise(empty, risk_map=_risk_map().iloc[0:0])
     assert agg["visits_planned"] == 0 and agg["completion_rate"] is None
     assert agg["flags"] == 0 and agg["alerts"] == 0 and agg["median_minutes_to_ack"] is None
+    assert agg["flags_by_kind"] == [] and agg["response_by_village"] == []
     assert agg["risk_levels"] == {lvl: 0 for lvl in LEVEL_COLORS}
     assert agg["risk_by_village"] == [] and agg["common_demands"] == []
     html = render_report(agg, risk_map_svg_text=risk_map_svg(_risk_map().iloc[0:0], _areas()))
     assert "本期未收集到普遍性诉求" in html and "暂无数据" in html
+
+
+# --- aggregates_frame and the report_aggregates suite -------------------------------------------
+
+def test_aggregates_frame_holds_every_published_cell(agg):
+    frame = aggregates_frame(agg)
+    village = frame[frame.item == "risk_by_village.红"]
+    assert dict(zip(village.unit, village.shown)) == {"万地村": MASKED, "丽园社区": "0"}
+    assert set(frame[frame.item.str.startswith("risk_by_grid.")].unit) == {"G1", "G2", "G3"}
+    assert set(frame[frame.item == "flags_by_kind.count"].shown) == {MASKED}
+    # exact counts carry their number; masks and ranges do not
+    assert frame.loc[frame.shown == MASKED, "count"].isna().all()
+    assert not frame["count"].dropna().between(1, SMALL_COUNT - 1).any()
+
+
+def test_report_aggregates_suite_passes_the_report_and_fails_a_small_count(agg):
+    from schemas.validation import DataContractError, raise_for_critical, validate_frame
+
+    frames = [aggregates_frame(agg), aggregates_frame(_summarise(_scaled(_frames())))]
+    for frame in frames:
+        good = validate_frame(frame, "report_aggregates", source="summary report")
+        assert good.success, good.summary()
+    # A per-village count of 1 that escaped masking (the check used to see column names only).
+    bad = aggregates_frame(agg)
+    bad.loc[bad.item == "risk_by_village.红", ["shown", "count"]] = ["1", 1.0]
+    report = validate_frame(bad, "report_aggregates", source="summary report")
+    assert not report.success
+    assert [(r.expectation, r.column, r.unexpected_count) for r in report.critical_failures] == [
+        ("expect_column_values_to_match_regex", "shown", 2)]
+    with pytest.raises(DataContractError, match="shown"):
+        raise_for_critical(report)
+    # A total of 2, a range starting below 3, or a form the suite does not know fail too;
+    # a median of 2.0 minutes is not a count and passes.
+    for item, shown in (("households", "2"), ("risk_levels.绿", "2～4"), ("risk_levels.绿", "≥2"),
+                        ("households", "约2")):
+        frame = aggregates_frame(agg)
+        frame.loc[frame.item == item, "shown"] = shown
+        assert not validate_frame(frame, "report_aggregates", source="summary report").success, shown
+    median = aggregates_frame(agg)
+    median.loc[median.item == "median_minutes_to_ack", "shown"] = "2.0"
+    assert validate_frame(median, "report_aggregates", source="summary report").success
 
 
 # --- risk_map_svg ----------------------------------------------------------------------------
@@ -215,7 +443,56 @@ def test_risk_map_svg_does_not_leak_small_counts(svg):
     root = ET.fromstring(svg)
     for title in root.iter(f"{SVG}title"):
         counts = [int(n) for n in re.findall(r"[红橙黄绿](\d+)", title.text)]
-        assert not any(0 < n < 3 for n in counts), title.text
+        assert not any(0 < n < SMALL_COUNT for n in counts), title.text
+
+
+@pytest.mark.parametrize("changes", [{("G1", "红"): 2}, {("G3", "橙"): 1}, {("G1", "红"): 2, ("G3", "橙"): 1}])
+def test_map_and_report_do_not_depend_on_masked_values(svg, report, changes):
+    # 红1 → 红2 (or 橙2 → 橙1): the same published cells, so the same colours, tooltips, tables
+    # and totals: nothing in the report tells the two apart.
+    rm = _with_counts(_risk_map(), changes)
+    assert risk_map_svg(rm, _areas()) == svg
+    assert _report(_summarise(risk_map=rm), rm) == report
+
+
+def test_risk_map_colours_follow_published_figures_not_raw_counts():
+    # 红1 橙1 绿9 and 红2 橙2 绿9 read the same, and get the same colour.
+    base = pd.DataFrame({"as_of": [END] * 6, "grid_id": ["G1"] * 3 + ["G3"] * 3, "level": ["红", "橙", "绿"] * 2,
+                         "households": [1, 1, 9, 0, 0, 12], "change": [0] * 6})
+    other = _with_counts(base, {("G1", "红"): 2, ("G1", "橙"): 2})
+    assert risk_map_svg(base, _areas()) == risk_map_svg(other, _areas())
+
+
+def test_county_totals_are_exact_when_every_level_can_be_protected_on_its_own():
+    rm = pd.DataFrame({"as_of": [END] * 12, "grid_id": ["G1"] * 4 + ["G2"] * 4 + ["G3"] * 4,
+                       "level": list(LEVEL_COLORS) * 3,
+                       "households": [1, 5, 4, 20, 6, 1, 0, 30, 0, 0, 7, 25], "change": [0] * 12})
+    pub = publish_risk_map(rm, _areas())
+    assert pub["levels"] == {"红": 7, "橙": 6, "黄": 11, "绿": 75}
+    grids = {g["grid"]: g for g in pub["grids"]}
+    assert [grids[g]["红"] for g in ("G1", "G2", "G3")] == [MASKED, SUPPRESSED, 0]
+    assert [grids[g]["橙"] for g in ("G1", "G2", "G3")] == [SUPPRESSED, MASKED, 0]
+    assert [grids[g]["黄"] for g in ("G1", "G2", "G3")] == [4, 0, 7]
+    for lvl, raw in {"红": [1, 6, 0], "橙": [5, 1, 0]}.items():  # the county total pins nothing
+        _assert_nothing_pinned([grids[g][lvl] for g in ("G1", "G2", "G3")], pub["levels"][lvl], raw)
+    village = {v["village"]: v for v in pub["villages"]}
+    assert village["万地村"]["红"] == "≥4" and village["丽园社区"]["黄"] == 7
+    # and the map still cannot tell 红1 from 红2
+    assert risk_map_svg(rm, _areas()) == risk_map_svg(_with_counts(rm, {("G1", "红"): 2}), _areas())
+
+
+def test_risk_map_falls_back_to_villages_when_grids_cannot_be_protected():
+    # Grid cells 1, 3, 3: no cell above SMALL_COUNT to hide with the 1, so no grid figures at all.
+    rm = pd.DataFrame({"as_of": [END] * 3, "grid_id": ["G1", "G1", "G2"], "level": ["红", "绿", "绿"],
+                       "households": [1, 3, 3], "change": [0] * 3})
+    pub = publish_risk_map(rm, _areas())
+    assert all(g[lvl] is None for g in pub["grids"] for lvl in LEVEL_COLORS)
+    assert pub["villages"] == [{"village": "万地村", "红": MASKED, "橙": 0, "黄": 0, "绿": SUPPRESSED}]
+    assert pub["levels"] == {"红": MASKED, "橙": 0, "黄": 0, "绿": "≥3"}
+    root = ET.fromstring(risk_map_svg(rm, _areas()))
+    rects = root.findall(f".//{SVG}rect")
+    assert {r.get("fill") for r in rects} == {NO_DATA_FILL}
+    assert all(not re.search(r"\d+$", r.find(f"{SVG}title").text) for r in rects)
 
 
 # --- render_report ---------------------------------------------------------------------------
@@ -227,13 +504,13 @@ def test_report_is_chinese_html_with_the_counts(report):
     assert "2026-07-01 至 2026-07-31" in report
     assert "在册家庭 5 户" in report and "重点家庭 3 户" in report
     assert "本期产生风险预警 3 条" in report
-    assert "推送预警消息 3 条" in report and "已送达 2 条" in report and "投递失败转人工 1 条" in report
-    assert "确认用时中位数 20.0 分钟" in report
-    assert "转介调解室 1 件" in report and "已与服务资源池对接 2 项" in report
-    assert "66.7%" in report
-    assert "红色 1 户" in report and "绿色 15 户" in report
+    assert "推送预警消息 3 条" in report and "已送达 &lt;3 条" in report and "投递失败转人工 &lt;3 条" in report
+    assert "转介调解室 &lt;3 件" in report and "已与服务资源池对接 &lt;3 项" in report
+    assert "各类别户数较少，不分类列示" in report
+    assert "红色 &lt;3 户" in report and "绿色 ≥14 户" in report
     assert "家庭教育" in report and "长时间无用电活动" in report
     assert "<svg" in report
+    assert f"不足{SMALL_COUNT}" in report and "{{" not in report
     # mostly Chinese text, not an English template
     body = re.sub(r"<[^>]+>", "", report.split("<body>", 1)[1])
     han = sum("\u4e00" <= ch <= "\u9fff" for ch in body)
@@ -241,12 +518,50 @@ def test_report_is_chinese_html_with_the_counts(report):
     assert han > 200 and han > 5 * len(latin_words)
 
 
+def test_report_with_larger_counts_shows_them():
+    agg = _summarise(_scaled(_frames()), households=pd.concat([_households()] * 3, ignore_index=True))
+    report = _report(agg)
+    assert "确认用时中位数 20.0 分钟" in report and "66.7%" in report
+    assert "已送达 6 条" in report and "投递失败转人工 3 条" in report
+    assert "针对反映较集中的“家庭教育”" in report
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_report_shows_no_unmasked_small_count_anywhere(scale):
+    frames = _scaled(_frames(), scale)
+    frames["alerts"] = frames["alerts"].assign(
+        channel=(["webhook", "sms", "wecom"] * 12)[:len(frames["alerts"])],
+        grid_id=(["G1", "G3", "G1", "G2"] * 12)[:len(frames["alerts"])])
+    agg = _summarise(frames, households=pd.concat([_households()] * scale, ignore_index=True))
+    report = _report(agg)
+    numbers = _visible_integers(report)
+    assert numbers, "the parser found no figures"
+    small = [n for n in numbers if 0 < n < SMALL_COUNT]
+    assert not small, f"unmasked small counts in the report: {small}"
+    # … nor in the figures handed to validation
+    assert not aggregates_frame(agg)["count"].dropna().between(1, SMALL_COUNT - 1).any()
+
+
+def test_report_labels_channels_in_chinese():
+    frames = _scaled(_frames(), 3)
+    frames["alerts"] = frames["alerts"].assign(channel=["sms", "wecom"] * 6)
+    report = _report(_summarise(frames))
+    cells = re.findall(r"<tr><td>(.*?)</td>", report)
+    assert ALERT_CHANNEL_LABELS["sms"] in cells and ALERT_CHANNEL_LABELS["wecom"] in cells
+    assert "sms" not in cells and "wecom" not in cells
+    # 2 + 2 acknowledgements by channel next to a total of 4 would give both 2s away: withheld
+    frames = _scaled(_frames(), 2)
+    frames["alerts"] = frames["alerts"].assign(channel=["sms", "wecom"] * 4)
+    agg = _summarise(frames)
+    assert agg["response_by_channel"] is None and "不分渠道列示" in _report(agg)
+
+
 def test_report_masks_small_village_counts(report):
     assert "&lt;3" in report
     rows = re.findall(r"<tr><td>(万地村|丽园社区)</td>(.*?)</tr>", report)
     assert len(rows) == 2
     cells = {v: re.findall(r"<td>(.*?)</td>", rest) for v, rest in rows}
-    assert cells["万地村"] == ["&lt;3", "0", "0", "9"]
+    assert cells["万地村"] == ["&lt;3", "0", "0", "≥8"]
     assert cells["丽园社区"] == ["0", "&lt;3", "3", "6"]
 
 
@@ -260,8 +575,7 @@ def test_report_contains_no_personal_data(report, svg):
 
 
 def test_report_escapes_labels():
-    agg = summarise(period_start=START, period_end=END, households=_households(), risk_map=_risk_map(),
-                    areas=_areas().assign(village_name=["<script>x</script>"] * 2 + ["丽园社区"]), **_frames())
+    agg = _summarise(areas=_areas().assign(village_name=["<script>x</script>"] * 2 + ["丽园社区"]))
     html = render_report(agg, risk_map_svg_text="<svg xmlns='http://www.w3.org/2000/svg'/>")
     assert "<script>x</script>" not in html
     assert "&lt;script&gt;" in html
