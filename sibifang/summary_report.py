@@ -182,6 +182,7 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     counts that follow the suppression rule (ints, "<3", "*" or ranges) and statistics."""
     in_period = lambda s: (pd.to_datetime(s) >= pd.Timestamp(period_start)) & (  # noqa: E731
         pd.to_datetime(s) < pd.Timestamp(period_end) + pd.Timedelta(days=1))
+    plans, alerts, cases = as_of_period_end(plans, alerts, cases, period_end)
     cats = households.explode("categories")["categories"].dropna().value_counts()
     p = plans[in_period(plans.due_date)] if not plans.empty else plans
     v = visits[in_period(visits.visited_at)] if not visits.empty else visits
@@ -227,7 +228,7 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
         "median_minutes_to_ack": _stat(round(float(ack_minutes.median()), 1) if len(ack_minutes) else None,
                                        len(ack_minutes)),
         "cases_opened": mask(len(c_open)),
-        "cases_closed": mask(int((cases.status == "closed").sum()) if not cases.empty else 0),
+        "cases_closed": mask(int((cases.status == "closed").sum()) if not cases.empty else 0),  # by period end
         "needs": mask(len(n)), "needs_matched": mask(int((n.status == "matched").sum()) if not n.empty else 0),
         "common_demands": demand_rows,  # every category (at most nine): a top-5 cut would hide part of a total
         "risk_levels": risk["levels"],
@@ -237,6 +238,29 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
                                                  ALERT_CHANNEL_LABELS),
         "response_by_village": _publish_response(response_metrics(with_village, "village_name"), n_alerts, n_acked),
     }
+
+
+def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFrame,
+                     period_end: date) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The records as they stood at the end of the period: what happened later (a visit done,
+    an alert acknowledged, a case closed after it) is not this period's, so a report re-made
+    next month for the same period shows the same figures."""
+    end = pd.Timestamp(period_end) + pd.Timedelta(days=1)
+    later = lambda col: pd.to_datetime(col) >= end  # noqa: E731
+    if not plans.empty and "done_at" in plans:
+        done = plans.done_at.notna() & ~later(plans.done_at)
+        plans = plans.assign(status=plans.status.where(~(plans.status.eq("done") & ~done), "planned"))
+    if not alerts.empty:
+        alerts = alerts.copy()
+        for col in ("acked_at", "first_sent_at", "flag_closed_at"):
+            if col in alerts:
+                alerts.loc[later(alerts[col]).fillna(False), col] = pd.NaT
+        if "first_sent_at" in alerts:
+            alerts.loc[alerts.status.eq("sent") & alerts.first_sent_at.isna(), "status"] = "pending"
+    if not cases.empty and "closed_at" in cases:
+        closed = cases.closed_at.notna() & ~later(cases.closed_at)
+        cases = cases.assign(status=cases.status.where(~(cases.status.eq("closed") & ~closed), "open"))
+    return plans, alerts, cases
 
 
 def response_metrics(alerts: pd.DataFrame, by: str) -> list[dict]:

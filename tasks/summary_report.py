@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from sibifang.db import grid_hierarchy, read_frame
 
@@ -26,7 +26,12 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
     names = read_frame(select(Area.id, Area.name), database_url)
     grids = grids.merge(names.rename(columns={"id": "village_id", "name": "village_name"}), on="village_id", how="left")
     frames = dict(
-        plans=read_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent), database_url),
+        # done_at: the first visit that closed the plan, so the report can say what was done by the
+        # period's end (summary_report.as_of_period_end)
+        plans=read_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent,
+                                func.min(Visit.visited_at).label("done_at"))
+                         .join(Visit, Visit.plan_id == VisitPlan.id, isouter=True).group_by(VisitPlan.id),
+                         database_url),
         visits=read_frame(select(Visit.id, Visit.visited_at), database_url),
         flags=read_frame(select(RiskFlag.id, RiskFlag.kind, RiskFlag.detected_at), database_url),
         alerts=read_frame(select(Alert.id, Alert.status, Alert.created_at, Alert.first_sent_at, Alert.acked_at,
@@ -34,7 +39,8 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
                                  RiskFlag.closed_at.label("flag_closed_at"))
                           .join(RiskFlag, RiskFlag.id == Alert.flag_id)
                           .join(Household, Household.id == RiskFlag.household_id), database_url),
-        cases=read_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status), database_url),
+        cases=read_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status,
+                                MediationCase.closed_at), database_url),
         needs=read_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at),
                          database_url),
         risk_map=read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of <= period_end), database_url),

@@ -579,3 +579,29 @@ def test_report_escapes_labels():
     html = render_report(agg, risk_map_svg_text="<svg xmlns='http://www.w3.org/2000/svg'/>")
     assert "<script>x</script>" not in html
     assert "&lt;script&gt;" in html
+
+
+def test_a_report_remade_later_shows_the_period_as_it_ended():
+    """Things done after the period (a plan's visit, an acknowledgement, a case closed) are not
+    its figures: the same period's report, made again next month, is the same."""
+    from sibifang.summary_report import as_of_period_end
+
+    frames = _scaled(_frames())
+    made_then = _summarise(frames)
+    later = {k: v.copy() for k, v in frames.items()}
+    after = T("2026-08-10 09:00")
+    p = later["plans"]
+    p["done_at"] = pd.NaT
+    p.loc[p.status.eq("done"), "done_at"] = T("2026-07-15")  # done within the period
+    p.loc[p.status.eq("planned"), ["status", "done_at"]] = ["done", after]  # done only next month
+    a = later["alerts"]
+    a.loc[a.acked_at.isna(), "acked_at"] = after
+    c = later["cases"]
+    c["closed_at"] = pd.NaT
+    c.loc[c.status.eq("closed"), "closed_at"] = T("2026-06-15")
+    c.loc[c.status.eq("open"), ["status", "closed_at"]] = ["closed", after]
+    assert _summarise(later) == made_then
+    # and the censoring itself: nothing after the period's end is left
+    plans, alerts, cases = as_of_period_end(later["plans"], later["alerts"], later["cases"], END)
+    assert (plans.status.eq("done") == (plans.done_at < after)).all()
+    assert alerts.acked_at.max() < after and cases.status.eq("closed").sum() == 3
