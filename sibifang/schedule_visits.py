@@ -55,12 +55,14 @@ import logging
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+import templates as _templates_pkg
 from sibifang.checks import CATEGORY_ALIASES, CATEGORY_LABELS
 from sibifang.workcalendar import WorkCalendar
 
@@ -1151,6 +1153,12 @@ def schedule_visits(
                         notices=notices)
 
 
+@lru_cache(maxsize=1)
+def _plan_digest_wording() -> dict[str, str]:
+    with (Path(_templates_pkg.__file__).parent / "schedule_visits" / "plan_digest.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
 def _notices(plans: pd.DataFrame, assignments: pd.DataFrame, moved: pd.DataFrame, as_of: date,
              horizon_days: int) -> pd.DataFrame:
     """One Chinese digest per cadre concerned by this run (no family details beyond counts and dates)."""
@@ -1161,24 +1169,25 @@ def _notices(plans: pd.DataFrame, assignments: pd.DataFrame, moved: pd.DataFrame
     digest = per.join(new, how="outer").join(out_moves, how="outer").join(in_moves, how="outer")
     digest = digest.fillna({"n": 0, "n_urgent": 0, "n_new": 0, "n_out": 0, "n_in": 0})
     digest = digest.sort_index()
-    head = f"【四必访走访提醒】自{as_of:%Y-%m-%d}起{horizon_days}天内，您有"
+    w = _plan_digest_wording()
+    head = w["planned"]
     first_text = pd.to_datetime(digest["first"]).dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
     texts = []
     for n, n_urgent, first, n_new, n_out, n_in in zip(
             digest["n"].to_numpy(dtype=np.int64), digest["n_urgent"].to_numpy(dtype=np.int64), first_text,
             digest["n_new"].to_numpy(dtype=np.int64), digest["n_out"].to_numpy(dtype=np.int64),
             digest["n_in"].to_numpy(dtype=np.int64)):
-        parts = [f"{head}{n}次走访计划"]
+        parts = [head.format(as_of=f"{as_of:%Y-%m-%d}", horizon_days=horizon_days, n=n)]
         if n_urgent:
-            parts.append(f"其中紧急上门{n_urgent}次，请在时限内到户")
+            parts.append(w["urgent"].format(n_urgent=n_urgent))
         if n and isinstance(first, str):
-            parts.append(f"最近一次在{first}")
+            parts.append(w["first"].format(first=first))
         if n_new:
-            parts.append(f"新分配联系户{n_new}户")
+            parts.append(w["new"].format(n_new=n_new))
         if n_out:
-            parts.append(f"您有{n_out}次走访已转交网格内同事代为走访")
+            parts.append(w["moved_out"].format(n_out=n_out))
         if n_in:
-            parts.append(f"您需代同事走访{n_in}次")
+            parts.append(w["moved_in"].format(n_in=n_in))
         texts.append("；".join(parts) + "。")
     rows = list(zip(digest.index.astype(str), texts))
     return pd.DataFrame(rows, columns=NOTICE_COLUMNS)
