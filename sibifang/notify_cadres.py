@@ -8,7 +8,9 @@ counts per village only.
 
 from __future__ import annotations
 
+import tomllib
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +25,16 @@ NOTICE_COLUMNS = ["notice_id", "recipient_id", "kind", "day", "title", "body"]
 def _env() -> Environment:
     return Environment(loader=FileSystemLoader(Path(_templates.__file__).parent), trim_blocks=True,
                        lstrip_blocks=True, autoescape=False)
+
+
+@lru_cache(maxsize=1)
+def _titles() -> dict[str, str]:
+    with (Path(_templates.__file__).parent / "schedule_visits" / "titles.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def _title(kind: str, **fields) -> str:
+    return _titles()[kind].format(**fields)
 
 
 def _family(name: str | None, household_id: str) -> str:
@@ -60,7 +72,7 @@ def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, house
         body = tpl.render(day=day, name=cname.get(cid, ""), visits=visits, urgent=int(g.urgent.sum()),
                           moved_in=int(moved_in.get(cid, 0)))
         rows.append([stable_id("N", cid, "daily_digest", day), cid, "daily_digest", day,
-                     f"{day:%m月%d日}走访安排（{len(g)}户）", body])
+                     _title("daily_digest", day=day, count=len(g)), body])
     overdue = p[p.due_date < day].sort_values(["cadre_id", "due_date", "household_id"])
     tpl = env.get_template("schedule_visits/overdue_reminder.md.j2")
     for cid, g in overdue.groupby("cadre_id"):
@@ -68,7 +80,7 @@ def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, house
                    "days": (day - d).days} for h, gr, d in zip(g.household_id, g.grid_id, g.due_date)]
         body = tpl.render(name=cname.get(cid, ""), visits=visits)
         rows.append([stable_id("N", cid, "overdue_reminder", day), cid, "overdue_reminder", day,
-                     f"逾期走访提醒（{len(g)}户）", body])
+                     _title("overdue_reminder", count=len(g)), body])
     # Past the window and the grace period: the supervisors of the area see it, by village.
     end = pd.to_datetime(p.window_end.fillna(p.due_date)).dt.date
     late = p[end < pd.Timestamp(day - pd.Timedelta(days=grace_days)).date()].merge(
@@ -83,7 +95,7 @@ def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, house
                   for v, g in mine.groupby("village_name")]
         body = tpl.render(day=day, name=cname.get(sid, ""), total=len(mine), grace=grace_days, groups=groups)
         rows.append([stable_id("N", sid, "supervisor_overdue", day), sid, "supervisor_overdue", day,
-                     f"逾期未访情况（{len(mine)}次）", body])
+                     _title("supervisor_overdue", count=len(mine)), body])
     return pd.DataFrame(rows, columns=NOTICE_COLUMNS)
 
 
@@ -110,5 +122,5 @@ def build_move_notices(day: date, *, moved: pd.DataFrame, cadres: pd.DataFrame,
                       for h, d, o in zip(g.household_id, g.due, g[other])]
             body = tpl.render(name=cname.get(cid, ""), direction=direction, visits=visits)
             key = stable_id("N", cid, "visit_moved", direction, *sorted(g.visit_id))
-            rows.append([key, cid, f"visit_moved_{direction}", day, f"走访调整通知（{len(g)}次）", body])
+            rows.append([key, cid, f"visit_moved_{direction}", day, _title("visit_moved", count=len(g)), body])
     return pd.DataFrame(rows, columns=NOTICE_COLUMNS)
