@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from sibifang.settings import get_settings
 from tasks.common import as_of_date, end_of_day
@@ -14,10 +14,34 @@ from tasks.ingest_readings import ingest_file_task, pending_reading_files, pull_
 
 @flow(name="ingest_readings", description="Clean, quarantine and store new meter readings (file drops, API).")
 def ingest_readings(as_of: date | None = None, inbox: str | None = None, database_url: str | None = None) -> dict:
+    """Each dropped file is its own task: a file that cannot be read as readings is recorded
+    (failed validation run, the clerk's report) and moved to ``readings/rejected/``; the other
+    files and the API pull go on. ``rejected`` counts such files; ``failed`` counts files left
+    in the inbox after an unexpected error (tried again on the next run)."""
+    from schemas.validation import DataContractError
+    from tasks.import_registry import record_rejected_file
+
     day = as_of_date(as_of)
-    folder = Path(inbox) if inbox else Path(get_settings().inbox_dir)
-    results = [ingest_file_task(str(p), batch_id, database_url, end_of_day(day))
-               for p, batch_id in pending_reading_files(folder, database_url)]
+    settings = get_settings()
+    folder = Path(inbox) if inbox else Path(settings.inbox_dir)
+    logger = get_run_logger()
+    results, rejected, failed = [], [], []
+    for p, batch_id in pending_reading_files(folder, database_url):
+        state = ingest_file_task(str(p), batch_id, database_url, end_of_day(day), return_state=True)
+        if state.is_completed():
+            results.append(state.result())
+            continue
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, DataContractError):
+            r = record_rejected_file("readings", p, error, database_url=database_url, out_dir=settings.out_dir,
+                                     now=end_of_day(day), stage="ingest_readings", move=True)
+            rejected.append({"file": p.name, "reason": r["reason"], "error_report": r["error_report"]})
+        else:
+            failed.append({"file": p.name, "error": f"{type(error).__name__}: {error}"[:300]})
+            logger.error("%s: not ingested, left in the inbox for the next run: %s", p.name, failed[-1]["error"])
+    if rejected:
+        logger.warning("%d readings file(s) not ingested, moved to rejected/: %s", len(rejected),
+                       "; ".join(f"{r['file']}: {r['reason']}" for r in rejected))
     pulled = pull_api_task(database_url, end_of_day(day))
     if pulled:
         results.append(pulled)
@@ -25,4 +49,5 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None, databas
         "files": len([r for r in results if r["source"] != "meter-api"]),
         "read": sum(r["read"] for r in results), "accepted": sum(r["accepted"] for r in results),
         "quarantined": sum(r["quarantined"] for r in results), "new": sum(r["new"] for r in results),
+        "rejected": len(rejected), "rejected_files": rejected, "failed": len(failed), "failed_files": failed,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from sibifang.settings import get_settings
 from tasks.common import as_of_date
@@ -17,5 +17,9 @@ def record_visits(as_of: date | None = None, inbox: str | None = None, database_
     day = as_of_date(as_of)
     settings = get_settings()
     imported = import_visit_files(inbox or str(settings.inbox_dir), database_url, str(settings.out_dir), day)
+    if imported["rejected"]:
+        # The files were set aside with their report; the rest of the day's loop goes on.
+        get_run_logger().warning("%d visit file(s) not imported, moved to rejected/: %s", imported["rejected"],
+                                 "; ".join(f"{r['file']}: {r['reason']}" for r in imported["rejected_files"]))
     closed = close_plans(day, database_url)
     return {**imported, **closed}

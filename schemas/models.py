@@ -359,12 +359,15 @@ class QuarantinedRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     source: Mapped[str] = mapped_column(String(512))
+    # The batch the row came in: a file's content digest or a reading batch's id. Two files
+    # of the same name (or two API pulls) are two batches; the same file again is the same one.
+    batch: Mapped[str] = mapped_column(String(64), default="", server_default="")
     line: Mapped[int | None] = mapped_column(Integer)
     field: Mapped[str | None] = mapped_column(String(64))
     code: Mapped[str] = mapped_column(String(48))
     reason: Mapped[str] = mapped_column(Text)
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    __table_args__ = (UniqueConstraint("kind", "source", "line", "field", "code"),)
+    __table_args__ = (UniqueConstraint("kind", "source", "batch", "line", "field", "code"),)
 
 
 class AuditEvent(Base):

@@ -139,6 +139,17 @@ VILLAGE_KIND_LOOKUP = label_lookup(VILLAGE_KIND_LABELS)
 ALERT_CHANNEL_LOOKUP = label_lookup(ALERT_CHANNEL_LABELS)
 
 
+def fold_width(values: pd.Series) -> pd.Series:
+    """NFKC: full-width digits, letters and ASCII punctuation (what a Chinese IME types:
+    ``１５８``, ``Ｈ００１``, ``；``) become their ASCII forms; Chinese characters are unchanged.
+
+    Patterns in this module use ``[0-9]``, never ``\\d``: ``\\d`` also matches full-width and
+    other Unicode digits, which would pass a pattern and then break ASCII-only arithmetic.
+    """
+    text = values.astype("str")
+    return text.str.normalize("NFKC").where(values.notna())
+
+
 def _blank(values: pd.Series) -> pd.Series:
     """True where a cell holds nothing (NA or only whitespace)."""
     return values.isna() | values.astype("str").str.strip().eq("")
@@ -229,16 +240,16 @@ def to_float(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     return numbers.astype("float64"), invalid
 
 
-_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+_OFFSET = re.compile(r"(?:Z|[+-][0-9]{2}:?[0-9]{2})$")
 
 
 def _date_text(values: pd.Series) -> pd.Series:
     """What clerks type → ISO 8601: 2026/1/5, 2026年1月5日 9:30 → 2026-01-05 09:30."""
     text = values.astype("str").str.strip()
-    text = text.str.replace(r"^(\d{4})[-/.年](\d{1,2})[-/.月](\d{1,2})日?", r"\1-\2-\3", regex=True)
+    text = text.str.replace(r"^([0-9]{4})[-/.年]([0-9]{1,2})[-/.月]([0-9]{1,2})日?", r"\1-\2-\3", regex=True)
     text = text.str.replace(r"\s+", " ", regex=True)
     # Zero-pad lone digits (month, day, hour) — ISO 8601 parsing wants two.
-    return text.str.replace(r"(?<![\d.])(\d)(?!\d)", r"0\1", regex=True)
+    return text.str.replace(r"(?<![0-9.])([0-9])(?![0-9])", r"0\1", regex=True)
 
 
 def to_datetime_local(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -300,7 +311,7 @@ def not_in_future(when: pd.Series, *, now: dt.datetime | None = None, slack_minu
 
 _ID_WEIGHTS = np.array([pow(2, 17 - i, 11) for i in range(17)], dtype=np.int64)
 _ID_CHECK_CHARS = np.array(list("10X98765432"))
-_ID_PATTERN = r"\d{17}[\dX]"
+_ID_PATTERN = r"[0-9]{17}[0-9X]"
 EARLIEST_BIRTH = pd.Timestamp("1900-01-01")
 
 ID_OK = "ok"
@@ -310,8 +321,8 @@ ID_BAD_CHECK_DIGIT = "id_number_check_digit"
 
 
 def normalise_id_number(values: pd.Series) -> pd.Series:
-    """Strip spaces and upper-case the trailing x (clerks type both)."""
-    return values.astype("str").str.replace(r"\s+", "", regex=True).str.upper()
+    """Fold full-width digits, strip spaces and upper-case the trailing x (clerks type all three)."""
+    return fold_width(values).str.replace(r"\s+", "", regex=True).str.upper()
 
 
 def resident_id_check_char(first17: str) -> str:
@@ -358,13 +369,13 @@ def valid_resident_id(values: pd.Series) -> pd.Series:
 # Phones: mainland mobile 1[3-9]XXXXXXXXX, landline 0XXX-XXXXXXX(X) (area code 3-4 digits).
 # --------------------------------------------------------------------------------------
 
-MOBILE_PATTERN = r"1[3-9]\d{9}"
-LANDLINE_PATTERN = r"0\d{2,3}-\d{7,8}"
+MOBILE_PATTERN = r"1[3-9][0-9]{9}"
+LANDLINE_PATTERN = r"0[0-9]{2,3}-[0-9]{7,8}"
 
 
 def normalise_phone(values: pd.Series) -> pd.Series:
-    """Drop spaces and a +86 / 0086 country prefix; keep the landline dash."""
-    text = values.astype("str").str.replace(r"\s+", "", regex=True)
+    """Fold full-width digits, drop spaces and a +86 / 0086 country prefix; keep the landline dash."""
+    text = fold_width(values).str.replace(r"\s+", "", regex=True)
     text = text.str.replace(r"^(\+86|0086)-?", "", regex=True)
     return text.where(~_blank(values))
 

@@ -53,33 +53,68 @@ def generate(scale: str = typer.Option("village", help="village | county | city"
 @app.command("import")
 def import_(kind: str = typer.Argument(..., help="|".join(IMPORT_KINDS) + " | all (a directory)"),
             path: Path = typer.Argument(..., exists=True)) -> None:
-    """Validate and import a file (CSV/XLSX, UTF-8/GBK); bad rows are quarantined with line, field and reason."""
-    from sibifang.db import migrate as do_migrate
+    """Validate and import a file (CSV/XLSX, UTF-8/GBK); bad rows are quarantined with line, field and reason.
 
+    Prints, in Chinese for the village clerk, what was read, imported and set aside per file. A file that
+    cannot be imported at all is reported with its reason (exit code 1); the other files are imported."""
+    from schemas.validation import DataContractError
+    from sibifang.db import migrate as do_migrate
+    from tasks.import_registry import record_rejected_file
+
+    if kind != "all" and kind not in IMPORT_KINDS:
+        raise typer.BadParameter(f"kind must be one of {', '.join(IMPORT_KINDS)} or all")
     do_migrate()
     if kind == "all":
         from flows.import_registry import registry_files
-        from tasks.import_registry import import_file
 
-        results = [import_file(k, p) for k, p in registry_files(path)]
-    elif kind == "readings":
+        files = registry_files(path)
+    else:
+        files = [(kind, path)]
+    rejected = 0
+    for k, p in files:
+        try:
+            r = _import_one_file(k, p)
+        except DataContractError as e:
+            r = record_rejected_file(k, p, e, stage="ingest_readings" if k == "readings" else None)
+            rejected += 1
+            typer.echo(f"{_kind_zh(k)} {p.name}：未导入。{r['reason']} → 报告 {r['error_report']}", err=True)
+            continue
+        typer.echo(_import_line(r))
+        if r.get("error_report"):
+            typer.echo(Path(r["error_report"]).read_text(encoding="utf-8")[:3000])
+    if rejected:
+        raise typer.Exit(1)
+
+
+def _kind_zh(kind: str) -> str:
+    from sibifang.importing import KIND_LABELS_ZH
+
+    return KIND_LABELS_ZH.get(kind, kind)
+
+
+def _import_one_file(kind: str, path: Path) -> dict:
+    if kind == "readings":
         from sibifang.ingest_readings import read_readings_file
         from tasks.ingest_readings import file_batch_id, ingest_frame
 
         r = ingest_frame(read_readings_file(path), source=path.name, batch_id=file_batch_id(path))
-        results = [{"kind": "readings", "file": str(path), **r}]
-    elif kind in IMPORT_KINDS:
-        from tasks.import_registry import import_file
+        return {"kind": "readings", "file": str(path), **r}
+    from tasks.import_registry import import_file
 
-        results = [import_file(kind, path)]
-    else:
-        raise typer.BadParameter(f"kind must be one of {', '.join(IMPORT_KINDS)} or all")
-    for r in results:
-        typer.echo(f"{r['kind']:<16} {Path(r['file']).name:<28} read {r['read']:>8}  accepted {r['accepted']:>8}"
-                   f"  quarantined {r['quarantined']:>6}"
-                   + (f"  → {r['error_report']}" if r.get("error_report") else ""))
-        if r.get("error_report"):
-            typer.echo(Path(r["error_report"]).read_text(encoding="utf-8")[:3000])
+    return import_file(kind, path)
+
+
+def _import_line(r: dict) -> str:
+    """``家庭档案 households.csv：读取 300 行，导入 298 行，隔离 2 行 → 报告 …`` (the clerk's summary)."""
+    line = (f"{_kind_zh(r['kind'])} {Path(r['file']).name}：读取 {r['read']} 行，导入 {r['accepted']} 行，"
+            f"隔离 {r['quarantined']} 行")
+    if r.get("new") is not None:
+        line += f"（新增 {r['new']} 条）"
+    if r.get("unknown_columns"):
+        line += f"；未识别的列（未导入）：{'、'.join(r['unknown_columns'])}"
+    if r.get("error_report"):
+        line += f" → 报告 {r['error_report']}"
+    return line
 
 
 def _parse_params(params: list[str]) -> dict:

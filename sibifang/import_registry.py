@@ -191,8 +191,13 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
 
 def record_validation(session: Session, *, stage: str, suite: str, source: str, read: int, accepted: int,
                       quarantined: pd.DataFrame | None, failures: list[str], success: bool,
-                      raw_rows: dict[int, dict[str, Any]] | None = None, now: datetime | None = None) -> None:
-    """Keep the validation run and every quarantined row (line, field, reason) in the database."""
+                      raw_rows: dict[int, dict[str, Any]] | None = None, now: datetime | None = None,
+                      batch: str = "") -> None:
+    """Keep the validation run and every quarantined row (line, field, reason) in the database.
+
+    ``batch`` (a file's content digest, a reading batch's id) keeps the quarantined rows of two
+    files with the same name, or of two API pulls, apart; the same batch again changes nothing.
+    """
     now = now or local_now()
     q = quarantined if quarantined is not None else pd.DataFrame()
     lines = int(q["line"].nunique()) if "line" in q and not q.empty else 0
@@ -203,8 +208,10 @@ def record_validation(session: Session, *, stage: str, suite: str, source: str, 
         rows = []
         for r in frame_records(q):
             line = r.get("line")
-            rows.append({"kind": stage, "source": source, "line": int(line) if line is not None else None,
+            rows.append({"kind": stage, "source": source, "batch": batch,
+                         "line": int(line) if line is not None else None,
                          "field": r.get("field"), "code": str(r.get("code") or "invalid"),
                          "reason": str(r.get("reason") or ""),
                          "raw": (raw_rows or {}).get(int(line)) if line is not None else None})
-        upsert(session, QuarantinedRow, rows, key=["kind", "source", "line", "field", "code"], update=("reason",))
+        upsert(session, QuarantinedRow, rows, key=["kind", "source", "batch", "line", "field", "code"],
+               update=("reason",))

@@ -16,9 +16,13 @@ Validation has three layers, applied to every row:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
+import hashlib
 import io
+import unicodedata
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from schemas.validation import DataContractError
 from sibifang import checks as C
 
 if TYPE_CHECKING:  # the GX wrapper is imported where validation runs
@@ -71,7 +76,9 @@ FIELD_LABELS_ZH = {
 # Quarantine codes → the reason a clerk reads. ``{field}`` is the column's Chinese name.
 REASONS_ZH = {
     "required": "{field}不能为空",
-    "duplicate_key": "{field}与前面的行重复（保留第一次出现的行）",
+    # ``{first}``: the line of the copy that was imported (or, when every copy is bad, the first).
+    "duplicate_key": "{field}与第{first}行重复（已导入第{first}行，本行未导入）",
+    "duplicate_key_all_bad": "{field}与第{first}行重复，且各行都有错误：请改正后只保留一行",
     "bad_id": "{field}格式不对（编号中不能有空格或分隔符，最长64个字符）",
     "bad_date": "{field}不是有效日期，请按 YYYY-MM-DD 填写",
     "bad_datetime": "{field}不是有效时间，请按 YYYY-MM-DD HH:MM 填写",
@@ -103,6 +110,8 @@ REASONS_ZH = {
     "before_plan": "{field}早于对应走访计划的制定日期",
     "conflicting_parent": "{field}与前面的行不一致（同一编号的上级区划应相同）",
     "extra_fields": "{field}的列数多于表头",
+    "unclosed_quote": "第{line}行引号未闭合（某个单元格以双引号开头，却没有结束的双引号），本行未导入；"
+                      "请补全或删去这个引号",
     "unusual": "{field}数值不常见，请核实",
     "invalid": "{field}未通过校验",
 }
@@ -209,13 +218,56 @@ FIELDS: dict[str, tuple[Field, ...]] = {
 }
 
 
-class ImportFileError(ValueError):
-    """The file cannot be read as a table at all (unknown format, no header)."""
+class ImportFileError(DataContractError):
+    """The file cannot be read as a table at all (format, encoding, structure).
+
+    The whole file is set aside: ``message_zh`` names the file and, when known, the line
+    (``line``) for the clerk. A DataContractError, so Prefect does not retry it."""
+
+    def __init__(self, source: str, message: str, *, message_zh: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(source, [message], message_zh=message_zh)
+
+    def __reduce__(self):  # picklable (Prefect may persist a failed task's exception)
+        return _import_file_error, (self.source, str(self.failures[0]), self.message_zh, self.line)
+
+
+def _import_file_error(source: str, message: str, message_zh: str, line: int | None) -> ImportFileError:
+    return ImportFileError(source, message, message_zh=message_zh, line=line)
+
+
+def content_digest(path: Path) -> str:
+    """SHA-1 of a file's bytes (hex): names a batch by its content, not its file name."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ reading
+def header_key(name: Any) -> str:
+    """A column name as matched: NFKC (full-width letters and brackets folded), no BOM or
+    spaces, lower case."""
+    text = unicodedata.normalize("NFKC", str(name if name is not None else "")).replace("\ufeff", "")
+    return "".join(text.split()).lower()
+
+
 def _clean_header(names: list[Any]) -> list[str]:
-    return [str(n if n is not None else "").replace("\ufeff", "").strip().lower() for n in names]
+    return [header_key(n) for n in names]
+
+
+def header_aliases(kind: str) -> dict[str, str]:
+    """Header spellings of ``kind``'s columns → column name: the name itself, its Chinese label
+    (the one the error report prints, FIELD_LABELS_ZH) and the report's "label（name）" form."""
+    aliases: dict[str, str] = {}
+    for f in FIELDS[kind]:
+        label = FIELD_LABELS_ZH.get(f.name)
+        aliases[header_key(f.name)] = f.name
+        if label:
+            aliases.setdefault(header_key(label), f.name)
+            aliases.setdefault(header_key(f"{label}（{f.name}）"), f.name)
+    return aliases
 
 
 def _cell_text(value: Any) -> str | None:
@@ -233,36 +285,132 @@ def _cell_text(value: Any) -> str | None:
     return str(value)
 
 
-def _decode(data: bytes) -> str:
-    """UTF-8 (with or without BOM), else GBK — read as GB18030, its superset."""
+def _undecodable(name: str, data: bytes, at: int) -> ImportFileError:
+    line = data[:at].count(b"\n") + 1
+    return ImportFileError(
+        name, f"cannot decode the byte at offset {at} (line {line}): the file is neither UTF-8 nor GBK",
+        message_zh=f"文件 {name} 第{line}行有无法识别的字符：文件编码不是 UTF-8 或 GBK。"
+                   "请在 Excel 中“另存为”“CSV UTF-8（逗号分隔）”后重新提交。", line=line)
+
+
+def detect_encoding(data: bytes, name: str) -> str:
+    """The codec a file is read with: UTF-8 (with or without BOM), UTF-16 with a BOM (Excel's
+    "Unicode text"), else GBK — read as GB18030, its superset. Undecodable bytes raise
+    ImportFileError naming their line.
+
+    A file that is valid UTF-8 up to a bad byte, with non-ASCII text before it, is UTF-8 with
+    a damaged byte: reading it as GB18030 would turn every Chinese character into another one.
+    """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            prefix = data[:e.start].decode("utf-16", errors="replace").encode("utf-8")
+            raise _undecodable(name, prefix, len(prefix)) from None
+        return "utf-16"
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("gb18030")
+        data.decode("utf-8")
+        return "utf-8-sig"
+    except UnicodeDecodeError as utf8_error:
+        if not data[:utf8_error.start].isascii():
+            raise _undecodable(name, data, utf8_error.start) from None
+        try:
+            data.decode("gb18030")
+        except UnicodeDecodeError as gb_error:
+            raise _undecodable(name, data, max(utf8_error.start, gb_error.start)) from None
+        return "gb18030"
 
 
-def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None]]]]:
-    text = _decode(path.read_bytes())
-    reader = csv.reader(io.StringIO(text, newline=""))
+def decode_text(data: bytes, name: str) -> str:
+    """The file's text (``detect_encoding``)."""
+    return data.decode(detect_encoding(data, name))
+
+
+def _unclosed_quote(lines: list[str], cells: list[str], width: int, at_end: bool) -> bool:
+    """Does a record that spans ``lines`` come from a quote that was opened and never closed?
+
+    A real multi-line cell (an address typed with Alt+Enter) closes its quote. An opening
+    quote that is never closed takes every following line into its cell up to the end of the
+    file (odd number of quotes); one closed by a stray quote further down takes whole records
+    into its cell — lines with as many separators as a row has.
+    """
+    if len(lines) < 2:
+        return False
+    if at_end and sum(line.count('"') for line in lines) % 2:
+        return True
+    separators = max(width - 1, 2)
+    return any(inner.count(",") >= separators
+               for cell in cells if "\n" in cell or "\r" in cell
+               for inner in cell.splitlines()[1:])
+
+
+def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None]]], set[int]]:
+    """Header, (line, cells) per record, and the lines whose quote is not closed.
+
+    A record with an unclosed quote is cut back to its own line (its cells read literally)
+    and reading goes on with the next line, so the rows after it are not swallowed."""
+    text = decode_text(path.read_bytes(), path.name)
+    lines = list(io.StringIO(text, newline=""))  # physical lines, as csv counts them
+    if "\x00" in text:
+        line = next(number for number, physical in enumerate(lines, start=1) if "\x00" in physical)
+        raise ImportFileError(
+            path.name, f"line {line}: NUL character (damaged file or wrong encoding)",
+            message_zh=f"文件 {path.name} 第{line}行含有空字符，文件可能已损坏或编码不对，请重新导出后提交。",
+            line=line)
     header: list[str] | None = None
     records: list[tuple[int, list[str | None]]] = []
-    last_line = 0
-    for cells in reader:
-        start = last_line + 1  # a quoted cell may span lines: the record starts here
-        last_line = reader.line_num
-        if header is None:
-            header = _clean_header(cells)
-            continue
-        records.append((start, [c for c in cells]))
-    return header or [], records
+    unclosed: set[int] = set()
+    pos = 0  # index of the next physical line to read
+    while pos < len(lines):
+        reader = csv.reader(lines[pos:])
+        last_line = pos
+        resume = None
+        try:
+            for cells in reader:
+                start = last_line + 1  # a quoted cell may span lines: the record starts here
+                last_line = pos + reader.line_num
+                if last_line > start and _unclosed_quote(lines[start - 1:last_line], cells, len(header or cells),
+                                                         last_line == len(lines)):
+                    if header is None:
+                        raise ImportFileError(
+                            path.name, f"unclosed quote in the header (line {start})",
+                            message_zh=f"文件 {path.name} 第{start}行（表头）引号未闭合，请补全或删去这个引号。",
+                            line=start)
+                    literal = next(csv.reader([lines[start - 1].rstrip("\r\n")], quoting=csv.QUOTE_NONE), [])
+                    records.append((start, literal))
+                    unclosed.add(start)
+                    resume = start
+                    break
+                if header is None:
+                    header = _clean_header(cells)
+                    continue
+                records.append((start, list(cells)))
+        except csv.Error as e:
+            line = pos + reader.line_num
+            raise ImportFileError(path.name, f"line {line}: {e}",
+                                  message_zh=f"文件 {path.name} 第{line}行无法按 CSV 格式读取，请检查该行。",
+                                  line=line) from None
+        if resume is None:
+            break
+        pos = resume
+    return header or [], records, unclosed
 
 
 def _records_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str | None]]]]:
     from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
 
-    workbook = load_workbook(path, read_only=True, data_only=True)
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError) as e:
+        raise ImportFileError(
+            path.name, f"not a readable XLSX workbook ({type(e).__name__})",
+            message_zh=f"文件 {path.name} 不是有效的 Excel（.xlsx）文件，请在 Excel 中重新保存后提交。") from None
     try:
         sheet = workbook.worksheets[0]
+        # Read-only mode trusts the sheet's stored <dimension>; exporters that write a stale one
+        # would have rows past it dropped without a word.
+        sheet.reset_dimensions()
         header: list[str] | None = None
         records: list[tuple[int, list[str | None]]] = []
         for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
@@ -284,18 +432,23 @@ def _records_json(path: Path) -> tuple[list[str], list[tuple[int, list]]]:
 
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ImportFileError(f"{path.name}: not valid JSON ({type(e).__name__})") from None
+    except UnicodeDecodeError as e:
+        raise _undecodable(path.name, path.read_bytes(), e.start) from None
+    except json.JSONDecodeError as e:
+        raise ImportFileError(path.name, f"not valid JSON: line {e.lineno}: {e.msg}",
+                              message_zh=f"文件 {path.name} 第{e.lineno}行不是有效的 JSON，请检查表单导出的文件。",
+                              line=e.lineno) from None
     if isinstance(data, dict):
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise ImportFileError(f"{path.name}: expected a list of records")
+        raise ImportFileError(path.name, "expected a list of records",
+                              message_zh=f"文件 {path.name} 的内容应为记录列表（JSON 数组），请检查表单导出的文件。")
     header: list[str] = []
     for r in data:
-        header += [str(k).strip().lower() for k in r if str(k).strip().lower() not in header]
+        header += [header_key(k) for k in r if header_key(k) not in header]
     records = []
     for i, r in enumerate(data):
-        norm = {str(k).strip().lower(): v for k, v in r.items()}
+        norm = {header_key(k): v for k, v in r.items()}
         cells = []
         for h in header:
             v = norm.get(h)
@@ -309,23 +462,29 @@ def _records_json(path: Path) -> tuple[list[str], list[tuple[int, list]]]:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV (UTF-8, UTF-8 with BOM or GBK) or XLSX (first sheet), every column as text.
+    """Read a CSV (UTF-8, UTF-8 with BOM, UTF-16 with BOM or GBK), XLSX (first sheet) or JSON
+    file, every column as text.
 
-    Column names are stripped and lower-cased; cells are stripped, blank cells are NA. Adds
-    ``_line``: the record's line in the file (header = line 1; for XLSX the sheet row). Blank
-    lines are skipped. A row with more non-blank cells than the header has gets
-    ``_extra_fields`` > 0 (the importer quarantines it rather than guess).
+    Column names are NFKC-folded, stripped of spaces and lower-cased (``header_key``); cells
+    are stripped, blank cells are NA (full-width digits in coded columns are folded when the
+    kind is known: ``validate_import``). Adds ``_line``: the record's line in the file
+    (header = line 1; for XLSX the sheet row). Blank lines are skipped. A row with more
+    non-blank cells than the header has gets ``_extra_fields`` > 0, a CSV row whose quote is
+    not closed ``_unclosed_quote`` = 1 (the importer quarantines both rather than guess).
+    A file that cannot be read as a table raises ImportFileError (a DataContractError).
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    unclosed: set[int] = set()
     if suffix in (".xlsx", ".xlsm"):
         header, records = _records_xlsx(path)
     elif suffix in (".csv", ".txt", ""):
-        header, records = _records_csv(path)
+        header, records, unclosed = _records_csv(path)
     elif suffix == ".json":
         header, records = _records_json(path)
     else:
-        raise ImportFileError(f"{path.name}: unsupported file type {suffix!r} (CSV, XLSX or JSON)")
+        raise ImportFileError(path.name, f"unsupported file type {suffix!r} (CSV, XLSX or JSON)",
+                              message_zh=f"文件 {path.name} 的格式不支持，请提交 CSV、XLSX 或 JSON 文件。")
     # Trailing unnamed header cells (Excel's formatted-but-empty columns) are not columns.
     while header and header[-1] == "":
         header.pop()
@@ -345,13 +504,13 @@ def read_table(path: Path) -> pd.DataFrame:
         pd.DataFrame({c: pd.Series([], dtype="str") for c in header})
     if df.columns.duplicated().any():
         dup = sorted(set(df.columns[df.columns.duplicated()]))
-        from schemas.validation import DataContractError
-
-        raise DataContractError(path.name, [f"duplicate column names: {', '.join(dup)}"],
-                                message_zh=f"文件 {path.name} 的表头有重复的列：{'、'.join(dup)}")
+        raise ImportFileError(path.name, f"duplicate column names: {', '.join(dup)}",
+                              message_zh=f"文件 {path.name} 的表头有重复的列：{'、'.join(dup)}。", line=1)
     df["_line"] = pd.Series(lines, dtype="int64")
     if any(extras):
         df["_extra_fields"] = pd.Series(extras, dtype="int64")
+    if unclosed:
+        df["_unclosed_quote"] = pd.Series([int(line in unclosed) for line in lines], dtype="int64")
     return df
 
 
@@ -368,6 +527,8 @@ class ImportResult:
     quarantined: pd.DataFrame  # line, field, code, reason — one row per problem
     validation: ValidationReport
     warnings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
+    # Header names that are no column of the kind (nor a Chinese label of one): not imported.
+    unknown_columns: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.read != len(self.accepted) + self.quarantined_lines:
@@ -381,19 +542,28 @@ class ImportResult:
 
 # ------------------------------------------------------------------ normalising
 class _Problems:
-    """Row problems as (position, field, code), first one per (position, field) wins."""
+    """Row problems as (position, field, code), first one per (position, field) wins.
+
+    ``context`` fills a reason's placeholders other than ``{field}`` and ``{line}`` (e.g. the
+    line a duplicate repeats); ``variant`` picks another wording of the same code."""
 
     def __init__(self) -> None:
         self._items: dict[tuple[int, str], str] = {}
+        self._context: dict[tuple[int, str], dict[str, Any]] = {}
 
     def add(self, mask: pd.Series | np.ndarray, field_name: str, code: str) -> None:
         positions = np.flatnonzero(np.asarray(mask, dtype=bool))
         for pos in positions.tolist():
             self._items.setdefault((pos, field_name), code)
 
-    def add_positions(self, positions: list[int], field_name: str, code: str) -> None:
+    def add_positions(self, positions: list[int], field_name: str, code: str,
+                      context: Mapping[int, dict[str, Any]] | None = None) -> None:
         for pos in positions:
-            self._items.setdefault((int(pos), field_name), code)
+            item = (int(pos), field_name)
+            if item not in self._items:
+                self._items[item] = code
+                if context and int(pos) in context:
+                    self._context[item] = context[int(pos)]
 
     @property
     def positions(self) -> set[int]:
@@ -403,15 +573,26 @@ class _Problems:
         if not self._items:
             return pd.DataFrame({"line": pd.Series([], dtype="int64"), "field": pd.Series([], dtype="str"),
                                  "code": pd.Series([], dtype="str"), "reason": pd.Series([], dtype="str")})
-        rows = [(int(lines[pos]), name, code, reason_zh(code, name)) for (pos, name), code in self._items.items()]
+        rows = [(int(lines[pos]), name, code,
+                 reason_zh(code, name, line=int(lines[pos]), **self._context.get((pos, name), {})))
+                for (pos, name), code in self._items.items()]
         out = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
         out = out.astype({"line": "int64", "field": "str", "code": "str", "reason": "str"})
         return out.sort_values(["line", "field"], kind="stable").reset_index(drop=True)
 
 
-def reason_zh(code: str, field_name: str) -> str:
+def reason_zh(code: str, field_name: str, *, line: int | None = None, variant: str | None = None,
+              **context: Any) -> str:
     label = FIELD_LABELS_ZH.get(field_name, field_name)
-    return REASONS_ZH.get(code, REASONS_ZH["invalid"]).format(field=label)
+    template = REASONS_ZH.get(variant or code) or REASONS_ZH.get(code, REASONS_ZH["invalid"])
+    return template.format_map(_Placeholders(field=label, line=line if line is not None else "?", **context))
+
+
+class _Placeholders(dict):
+    """A reason whose context is not known says "?" rather than failing the import."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
 
 
 def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> pd.DataFrame:
@@ -420,6 +601,10 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
     for f in FIELDS[kind]:
         values = raw[f.name] if f.name in raw.columns else pd.Series(pd.NA, index=raw.index, dtype="str")
         values = values.astype("str").where(values.notna())
+        if f.type != "text":
+            # Full-width digits and letters (１５８…, Ｈ００１) are what an IME types; fold them
+            # (NFKC) in ids, numbers, dates and codes. Free text keeps its full-width punctuation.
+            values = C.fold_width(values)
         blank = values.isna() | values.str.strip().eq("")
         if f.type in ("text", "id"):
             typed[f.name] = values.str.strip().where(~blank).astype("str")
@@ -541,6 +726,7 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     raw = raw.reset_index(drop=True)
     if "_line" not in raw.columns:
         raw = raw.assign(_line=np.arange(2, len(raw) + 2, dtype="int64"))
+    raw, unknown_columns = _canonical_columns(kind, raw)
     required = [f.name for f in FIELDS[kind] if f.in_header]
     missing = [c for c in required if c not in raw.columns]
     if missing:
@@ -553,13 +739,12 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
                                 message_zh=f"文件 {source} 没有数据行。")
 
     problems = _Problems()
+    if "_unclosed_quote" in raw.columns:
+        problems.add(raw["_unclosed_quote"].fillna(0).astype("int64").gt(0), "_row", "unclosed_quote")
     if "_extra_fields" in raw.columns:
         problems.add(raw["_extra_fields"].fillna(0).astype("int64").gt(0), "_row", "extra_fields")
     # ``now``: the moment the import acts for (a replayed day); "in the future" is judged against it.
     typed = _normalise(kind, raw, problems, now)
-
-    key = list(KEYS[kind])
-    later_duplicates = typed[key].notna().all(axis=1) & typed.duplicated(subset=key, keep="first")
 
     report = validate_frame(typed, kind, source=source)
     broken = [r for r in report.results if r.exception]
@@ -569,21 +754,15 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
         raise DataContractError(source, broken + table_level,
                                 message_zh=f"文件 {source} 的校验规则执行出错，请联系系统管理员。")
     for outcome in report.critical_failures:
-        # For a date pair the first column is the later date: the one a clerk corrects.
-        name = outcome.columns[0]
-        rows = outcome.unexpected_rows
         if outcome.code == "duplicate_key":
-            name = key[-1]
-            # GX marks every copy; the first copy is kept, later ones are quarantined.
-            dup = later_duplicates.to_numpy()
-            rows = [r for r in rows if dup[r]]
-        problems.add_positions(rows, name, outcome.code)
-    # Duplicates the suite does not cover (a kind without a unique key expectation).
-    problems.add(later_duplicates, key[-1], "duplicate_key")
+            continue  # GX marks every copy; which copy is kept is decided below, on the good rows
+        # For a date pair the first column is the later date: the one a clerk corrects.
+        problems.add_positions(outcome.unexpected_rows, outcome.columns[0], outcome.code)
 
     _check_rows(kind, typed, problems, known)
-
     lines = raw["_line"].to_numpy()
+    _mark_duplicates(kind, typed, problems, lines)
+
     quarantined = problems.frame(lines)
     bad = np.zeros(len(typed), dtype=bool)
     bad[list(problems.positions)] = True
@@ -598,7 +777,66 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
             warning_rows.append((int(lines[pos]), name, outcome.code, reason_zh(outcome.code, name)))
     warnings = pd.DataFrame(warning_rows, columns=QUARANTINE_COLUMNS)
     return ImportResult(kind=kind, source=source, read=len(raw), accepted=accepted,
-                        quarantined=quarantined, validation=report, warnings=warnings)
+                        quarantined=quarantined, validation=report, warnings=warnings,
+                        unknown_columns=unknown_columns)
+
+
+_MARKER_COLUMNS = frozenset({"_line", "_extra_fields", "_unclosed_quote"})
+
+
+def _canonical_columns(kind: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Rename Chinese headers (独居老人, 独居老人（elderly_living_alone）) to column names;
+    return the frame and the header names that are no column of ``kind`` (not imported).
+
+    A label whose column is also in the file under its own name is not renamed (two columns
+    for one field): it is reported as unknown instead."""
+    aliases = header_aliases(kind)
+    present = set(raw.columns)
+    rename: dict[str, str] = {}
+    unknown: list[str] = []
+    for column in raw.columns:
+        if column in _MARKER_COLUMNS:
+            continue
+        target = aliases.get(header_key(column))
+        if target is None:
+            name = str(column).strip()
+            if name or raw[column].notna().any():
+                unknown.append(name or "（无列名）")
+        elif target != column:
+            if target in present or target in rename.values():
+                unknown.append(str(column))
+            else:
+                rename[column] = target
+    return (raw.rename(columns=rename) if rename else raw), unknown
+
+
+def _mark_duplicates(kind: str, typed: pd.DataFrame, problems: _Problems, lines: np.ndarray) -> None:
+    """One row per key is imported: the first copy without any other problem.
+
+    Every other copy is quarantined as ``duplicate_key`` and its reason names the line that
+    was imported; when every copy has a problem, the later ones name the first copy.
+    """
+    key = list(KEYS[kind])
+    keyed = typed[key].notna().all(axis=1).to_numpy()
+    groups = typed[key].astype("str").agg("\x1f".join, axis=1) if len(key) > 1 else typed[key[0]].astype("str")
+    in_dup_group = keyed & groups.duplicated(keep=False).to_numpy()
+    if not in_dup_group.any():
+        return
+    bad = np.zeros(len(typed), dtype=bool)
+    bad[list(problems.positions)] = True
+    positions = np.flatnonzero(in_dup_group)
+    copies = pd.DataFrame({"group": pd.factorize(groups.to_numpy()[positions])[0], "pos": positions,
+                           "good": ~bad[positions]})
+    kept = copies["group"].map(copies[copies["good"]].groupby("group")["pos"].first())
+    first = copies["group"].map(copies.groupby("group")["pos"].first())
+    context: dict[int, dict[str, Any]] = {}
+    for pos, kept_pos, first_pos in zip(copies["pos"].tolist(), kept.tolist(), first.tolist()):
+        if pd.notna(kept_pos):  # a good copy was imported: every other copy names it
+            if pos != kept_pos:
+                context[pos] = {"first": int(lines[int(kept_pos)])}
+        elif pos != first_pos:  # every copy is bad: the later ones name the first
+            context[pos] = {"first": int(lines[first_pos]), "variant": "duplicate_key_all_bad"}
+    problems.add_positions(sorted(context), key[-1], "duplicate_key", context)
 
 
 # ------------------------------------------------------------------ the clerk's report
@@ -617,23 +855,30 @@ def render_import_errors(result: ImportResult, fmt: str = "txt", *,
     ``fmt`` is ``"txt"`` or ``"html"``. Holds counts, line numbers, column names and reasons —
     never the failing values.
     """
-    if fmt not in ("txt", "html"):
-        raise ValueError("fmt must be 'txt' or 'html'")
-    generated = (now or (lambda: dt.datetime.now(C.LOCAL_TZ)))()
 
     def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
         return [{"line": int(r.line), "field": r.field, "field_zh": FIELD_LABELS_ZH.get(r.field, r.field),
                  "code": r.code, "reason": r.reason} for r in frame.itertuples(index=False)]
 
-    context = {
-        "source": result.source,
-        "kind": result.kind,
-        "kind_zh": KIND_LABELS_ZH.get(result.kind, result.kind),
-        "read": result.read,
-        "accepted": len(result.accepted),
-        "quarantined_lines": result.quarantined_lines,
-        "problems": rows(result.quarantined),
-        "warnings": rows(result.warnings),
-        "generated_at": generated.strftime("%Y-%m-%d %H:%M"),
-    }
+    return _render(fmt, now, source=result.source, kind=result.kind, read=result.read,
+                   accepted=len(result.accepted), quarantined_lines=result.quarantined_lines,
+                   problems=rows(result.quarantined), warnings=rows(result.warnings),
+                   unknown_columns=list(result.unknown_columns), rejected=None, moved=False)
+
+
+def render_file_rejection(source: str, kind: str, message_zh: str, fmt: str = "txt", *, moved: bool = False,
+                          now: Callable[[], dt.datetime] | None = None) -> str:
+    """The report of a file set aside as a whole (unreadable, no header, missing columns):
+    the same report as ``render_import_errors``, with the reason instead of row problems.
+    ``moved``: the file was moved to the inbox's ``rejected/`` folder."""
+    return _render(fmt, now, source=source, kind=kind, read=0, accepted=0, quarantined_lines=0,
+                   problems=[], warnings=[], unknown_columns=[], rejected=message_zh, moved=moved)
+
+
+def _render(fmt: str, now: Callable[[], dt.datetime] | None, **context: Any) -> str:
+    if fmt not in ("txt", "html"):
+        raise ValueError("fmt must be 'txt' or 'html'")
+    generated = (now or (lambda: dt.datetime.now(C.LOCAL_TZ)))()
+    context["kind_zh"] = KIND_LABELS_ZH.get(context["kind"], context["kind"])
+    context["generated_at"] = generated.strftime("%Y-%m-%d %H:%M")
     return _template_env().get_template(f"import_errors.{fmt}.j2").render(**context)

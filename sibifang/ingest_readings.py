@@ -45,6 +45,8 @@ Decisions (documented here because detectors depend on them):
 from __future__ import annotations
 
 import logging
+import re
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +55,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from schemas.validation import DataContractError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,10 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     "register_drop": ("register_kwh", "累计读数大幅下降（可能更换了电表），本条作为新的基准，请核实"),
     "register_gap": ("register_kwh", "与上一条读数之间缺数，期间用电量无法分配到各时段，按缺数处理，本条作为新的基准"),
 }
+# The same code when the row contradicts a reading already stored by an earlier batch
+# (ReadingStore keeps the stored value; the row is quarantined, not counted accepted).
+STORED_CONFLICT_REASON = ("同一电表同一时间已有入库的读数，且用电量不同：保留已入库的数值，本条请核实"
+                          "（更正读数须由管理员处理）")
 _CODE_NAMES = ["", *QUARANTINE_CODES]
 _CODE_NUMBER = {name: number for number, name in enumerate(_CODE_NAMES)}
 # Codes that need no action from the clerk: they explain a line, they do not report an error.
@@ -113,6 +121,8 @@ class CleanResult:
     # Cumulative feeds only: the last good register per meter, to pass as ``last_registers``
     # to the next batch so its first reading yields an interval instead of a baseline.
     last_registers: pd.DataFrame | None = field(default=None)
+    # The file line of each accepted row (same order as ``accepted``).
+    accepted_lines: np.ndarray | None = field(default=None)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -128,29 +138,49 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     Blank CSV lines are kept (they become ``missing_*`` quarantine rows), so line numbers
     stay true. Quoted fields containing newlines would shift line numbers; meter feeds
     never contain them.
+
+    A file that cannot be read as readings (format, encoding, a line with more fields than
+    the header, an unclosed quote, missing columns) raises DataContractError — never retried —
+    whose ``message_zh`` names the file and, when known, the line.
     """
+    from sibifang.importing import ImportFileError
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
-        raw = pd.read_parquet(path)
+        try:
+            raw = pd.read_parquet(path)
+        except pa.ArrowInvalid as e:
+            raise ImportFileError(path.name, f"not a readable Parquet file ({type(e).__name__})",
+                                  message_zh=f"文件 {path.name} 不是有效的 Parquet 文件，请重新导出后提交。") from None
         first_line = 2
     elif suffix in {".xlsx", ".xlsm"}:
-        raw = pd.read_excel(path, sheet_name=0, dtype=str, keep_default_na=False)
+        try:
+            raw = pd.read_excel(path, sheet_name=0, dtype=str, keep_default_na=False)
+        except (zipfile.BadZipFile, ValueError, KeyError) as e:
+            raise ImportFileError(
+                path.name, f"not a readable XLSX workbook ({type(e).__name__})",
+                message_zh=f"文件 {path.name} 不是有效的 Excel（.xlsx）文件，请在 Excel 中重新保存后提交。") from None
         first_line = 2
     elif suffix in {".csv", ".txt", ""}:
         raw = _read_csv_any_encoding(path)
         first_line = 2
     else:
-        raise ValueError(f"不支持的读数文件格式 {suffix!r}（支持 CSV、Parquet、XLSX）: {path.name}")
+        raise ImportFileError(path.name, f"unsupported readings file type {suffix!r} (CSV, Parquet, XLSX)",
+                              message_zh=f"文件 {path.name} 的格式不支持，电表读数请提交 CSV、Parquet 或 XLSX 文件。")
 
     raw = raw.rename(columns=_normalise_column_name)
-    missing = {"meter_id", "ts"} - set(raw.columns)
-    if missing or not ({"kwh", "register_kwh"} & set(raw.columns)):
-        raise ValueError(
-            f"{path.name}: 读数文件缺少列 "
-            f"{sorted(missing | ({'kwh'} if not ({'kwh', 'register_kwh'} & set(raw.columns)) else set()))}"
-            f"（需要 meter_id, ts, kwh 或 meter_id, ts, register_kwh）；现有列 {list(raw.columns)}"
-        )
+    missing = sorted({"meter_id", "ts"} - set(raw.columns))
+    if not ({"kwh", "register_kwh"} & set(raw.columns)):
+        missing.append("kwh")
+    if missing:
+        raise ImportFileError(
+            path.name, f"readings file lacks column(s) {', '.join(missing)} "
+                       f"(needs meter_id, ts, kwh or meter_id, ts, register_kwh); has {list(map(str, raw.columns))}",
+            message_zh=f"文件 {path.name} 缺少必需的列：{'、'.join(missing)}。电表读数文件的表头应为 "
+                       "meter_id、ts、kwh（累计读数为 meter_id、ts、register_kwh；"
+                       "也可用中文表头：电表编号、读数时间、用电量、累计读数）。",
+            line=1)
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
     out = raw[["meter_id", "ts", value_col]].copy()
     out.insert(0, "line", np.arange(first_line, first_line + len(out), dtype=np.int64))
@@ -163,16 +193,37 @@ def _normalise_column_name(name: object) -> str:
 
 
 def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
-    data = path.read_bytes()
+    """UTF-8 (BOM or not), UTF-16 with BOM, else GB18030 (superset of GBK: what Excel on a
+    Chinese Windows writes); file-level faults become ImportFileError with their line."""
+    from sibifang.importing import ImportFileError, detect_encoding
+
+    encoding = detect_encoding(path.read_bytes(), path.name)
     try:
-        data.decode("utf-8")
-        encoding = "utf-8-sig"
-    except UnicodeDecodeError:
-        encoding = "gb18030"  # superset of GBK; what Excel on a Chinese Windows writes
-    return pd.read_csv(
-        path, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
-        skip_blank_lines=False,
-    )
+        return pd.read_csv(
+            path, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
+            skip_blank_lines=False,
+        )
+    except pd.errors.EmptyDataError:
+        raise ImportFileError(path.name, "empty file: no header",
+                              message_zh=f"文件 {path.name} 是空文件（没有表头和数据）。") from None
+    except pd.errors.ParserError as e:
+        text = str(e)
+        wide = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
+        quote = re.search(r"EOF inside string starting at row (\d+)", text)
+        if wide:
+            expected, line, seen = (int(g) for g in wide.groups())
+            zh = (f"文件 {path.name} 第{line}行的列数多于表头（表头{expected}列，该行{seen}列），"
+                  "请检查该行是否多了逗号。")
+        elif quote:
+            line = int(quote.group(1)) + 1
+            zh = f"文件 {path.name} 第{line}行引号未闭合，请补全或删去这个引号。"
+        else:
+            found = re.search(r"line (\d+)", text)
+            line = int(found.group(1)) if found else None
+            where = f"第{line}行" if line else ""
+            zh = f"文件 {path.name} {where}无法按 CSV 格式读取，请检查文件内容。"
+        raise ImportFileError(path.name, text.replace("Error tokenizing data. C error: ", "").strip(),
+                              message_zh=zh, line=line) from None
 
 
 # --------------------------------------------------------------------------- parsing columns
@@ -294,10 +345,12 @@ def clean_readings(
         cumulative = True
         value_col = "register_kwh"
     else:
-        raise ValueError("读数缺少 kwh 或 register_kwh 列")
+        raise DataContractError(source, ["readings lack a kwh or register_kwh column"],
+                                message_zh=f"{source} 的读数缺少 kwh（用电量）或 register_kwh（累计读数）列。")
     for col in ("meter_id", "ts"):
         if col not in raw.columns:
-            raise ValueError(f"读数缺少 {col} 列")
+            raise DataContractError(source, [f"readings lack the {col} column"],
+                                    message_zh=f"{source} 的读数缺少 {col} 列。")
 
     n = len(raw)
     raw = raw.reset_index(drop=True)
@@ -376,7 +429,8 @@ def clean_readings(
         log.info("%s: %d readings read, %d accepted, %d quarantined %s", source, n,
                  counts["accepted"], counts["quarantined"],
                  {k: v for k, v in counts.items() if k in QUARANTINE_CODES and v})
-    return CleanResult(accepted=accepted, quarantined=quarantined, counts=counts, last_registers=last)
+    return CleanResult(accepted=accepted, quarantined=quarantined, counts=counts, last_registers=last,
+                       accepted_lines=line[accepted_rows].astype(np.int64))
 
 
 class _MeterCodes:

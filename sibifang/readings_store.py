@@ -19,8 +19,9 @@ Conventions:
   see the old partition or the new one, never half of one. A crash leaves at most a
   ``.tmp-*`` file, which readers ignore and the next append to that partition removes.
 * ``append`` is idempotent: rows whose (meter_id, ts) is already stored are not written
-  again; the stored value wins (a different value for a stored key is counted and logged,
-  not overwritten — corrections are a deliberate operation, not a side effect of a re-run).
+  again; the stored value wins (a different value for a stored key is logged and, with
+  ``return_conflicts=True``, handed back so the caller quarantines it instead of counting it
+  accepted — corrections are a deliberate operation, not a side effect of a re-run).
 * float32 kWh: 7 significant digits are far below meter resolution (0.001 kWh per reading).
 """
 
@@ -69,26 +70,34 @@ class ReadingStore:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, df: pd.DataFrame) -> int:
+    def append(self, df: pd.DataFrame, *, return_conflicts: bool = False) -> int | tuple[int, np.ndarray]:
         """Merge cleaned readings into their date partitions; returns the number of NEW rows.
 
         ``df`` has ``meter_id, ts, kwh`` as produced by ``clean_readings``: ts naive local,
         kwh finite and >= 0. Rows already stored (same meter_id and ts) change nothing.
+        With ``return_conflicts``: ``(new rows, positions in df of the rows whose key was
+        stored with another kWh)`` — those rows were not written.
         """
         incoming = _validated(df)
-        if incoming.num_rows == 0:
-            return 0
-        self.root.mkdir(parents=True, exist_ok=True)
-        day = _partition_day(incoming.column("ts").to_numpy())
+        conflicts: list[np.ndarray] = []
         new_rows = 0
-        with self._write_lock():
-            for day_value in np.unique(day):
-                part = incoming.filter(pa.array(day == day_value))
-                new_rows += self._merge_partition(pd.Timestamp(day_value).date(), part)
-            self._update_last_ts(incoming)
-        return new_rows
+        if incoming.num_rows:
+            self.root.mkdir(parents=True, exist_ok=True)
+            day = _partition_day(incoming.column("ts").to_numpy())
+            with self._write_lock():
+                for day_value in np.unique(day):
+                    in_day = day == day_value
+                    part = incoming.filter(pa.array(in_day))
+                    added, clashing = self._merge_partition(pd.Timestamp(day_value).date(), part)
+                    new_rows += added
+                    conflicts.append(np.flatnonzero(in_day)[clashing])
+                self._update_last_ts(incoming)
+        if not return_conflicts:
+            return new_rows
+        return new_rows, np.sort(np.concatenate(conflicts)) if conflicts else np.zeros(0, dtype=np.int64)
 
-    def _merge_partition(self, day: date, incoming: pa.Table) -> int:
+    def _merge_partition(self, day: date, incoming: pa.Table) -> tuple[int, np.ndarray]:
+        """-> (new rows, positions in ``incoming`` that conflict with a stored value)."""
         directory = self._partition_dir(day)
         directory.mkdir(parents=True, exist_ok=True)
         for leftover in directory.glob(".tmp-*"):
@@ -101,15 +110,14 @@ class ReadingStore:
         else:
             combined = incoming
             n_existing = 0
-        merged, n_conflicts = _sorted_unique(combined, n_existing)
+        merged, conflicts = _sorted_unique(combined, n_existing)
         new_rows = merged.num_rows - n_existing
-        if n_conflicts:
+        if len(conflicts):
             log.warning("date=%s: %d readings differ from the stored value for the same meter and ts; "
-                        "stored values kept", day.isoformat(), n_conflicts)
-        if new_rows == 0:
-            return 0
-        _atomic_write(merged, target)
-        return new_rows
+                        "stored values kept", day.isoformat(), len(conflicts))
+        if new_rows:
+            _atomic_write(merged, target)
+        return new_rows, conflicts
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -351,10 +359,11 @@ def _validated(df: pd.DataFrame) -> pa.Table:
                      pa.array(kwh.astype(np.float32), pa.float32())], schema=SCHEMA)
 
 
-def _sorted_unique(table: pa.Table, n_existing: int) -> tuple[pa.Table, int]:
+def _sorted_unique(table: pa.Table, n_existing: int) -> tuple[pa.Table, np.ndarray]:
     """Sort by (meter_id, ts) and keep the first row of each key, existing rows first.
 
-    -> (table, number of incoming rows that conflict with a stored value).
+    -> (table, positions among the incoming rows — after the ``n_existing`` stored ones — of
+    those whose key is stored with another value).
     """
     codes, names = _sorted_codes(table.column("meter_id"))
     ts = table.column("ts").to_numpy().view(np.int64)
@@ -362,12 +371,13 @@ def _sorted_unique(table: pa.Table, n_existing: int) -> tuple[pa.Table, int]:
     c, t = codes[order], ts[order]
     dup = np.zeros(len(order), dtype=bool)
     dup[1:] = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
-    conflicts = 0
+    conflicts = np.zeros(0, dtype=np.int64)
     if dup.any() and n_existing:
         kwh = table.column("kwh").to_numpy()[order]
         first = np.maximum.accumulate(np.where(~dup, np.arange(len(order)), 0))
-        conflicts = int((dup & (order >= n_existing) & (order[first] < n_existing)
-                         & ~np.isclose(kwh, kwh[first], rtol=0, atol=1e-4)).sum())
+        clash = (dup & (order >= n_existing) & (order[first] < n_existing)
+                 & ~np.isclose(kwh, kwh[first], rtol=0, atol=1e-4))
+        conflicts = np.sort(order[clash] - n_existing).astype(np.int64)
     keep = order[~dup]
     out = table.take(pa.array(keep))
     # Rebuild a compact sorted dictionary so files compress well and codes sort like names.

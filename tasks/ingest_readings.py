@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -18,11 +18,9 @@ READING_SUFFIXES = (".csv", ".parquet", ".xlsx")
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from sibifang.importing import content_digest
+
+    return content_digest(path)
 
 
 def file_batch_id(path: Path) -> str:
@@ -32,15 +30,17 @@ def file_batch_id(path: Path) -> str:
 def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[tuple[Path, str]]:
     """New files in the drop folder with their batch id (content hash), each hashed once.
 
-    Ingested files move to ``readings/done/``, so a run reads only what arrived since the last
-    one; a file dropped again (same content) is already in the ledger and is moved aside unread."""
+    Ingested files move to ``readings/done/`` (named ``<stem>.<digest8><suffix>``), so a run
+    reads only what arrived since the last one; a file dropped again (same content) is already
+    in the ledger and is moved aside unread."""
     from schemas.models import ReadingBatch
     from sibifang.db import session_scope
 
     folder = inbox / "readings"
     if not folder.exists():
         return []
-    files = [(p, file_batch_id(p)) for p in sorted(folder.iterdir()) if p.suffix in READING_SUFFIXES]
+    files = [(p, file_batch_id(p)) for p in sorted(folder.iterdir())
+             if p.is_file() and p.suffix.lower() in READING_SUFFIXES]
     with session_scope(database_url) as s:
         done = set(s.scalars(select(ReadingBatch.id).where(ReadingBatch.id.in_([b for _, b in files]))))
     for p, batch in files:
@@ -49,10 +49,50 @@ def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[
     return [(p, b) for p, b in files if b not in done]
 
 
-def move_to_done(path: Path) -> None:
-    done = path.parent / "done"
-    done.mkdir(exist_ok=True)
-    shutil.move(str(path), done / path.name)
+def move_to_done(path: Path) -> Path:
+    from tasks.import_registry import move_aside
+
+    return move_aside(path, "done")
+
+
+def _raw_rows(raw: pd.DataFrame, lines: pd.Series) -> dict[int, dict]:
+    """The quarantined lines as the feed gave them (meter, time, value), for the clerk."""
+    if not len(lines):
+        return {}
+    value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
+    line_of = raw["line"] if "line" in raw.columns else pd.Series(np.arange(2, len(raw) + 2))
+    positions = pd.Index(line_of.to_numpy()).get_indexer(lines.to_numpy())
+    out = {}
+    for line, pos in zip(lines.tolist(), positions.tolist()):
+        if pos < 0 or int(line) in out:
+            continue
+        row = raw.iloc[pos]
+        out[int(line)] = {c: (None if pd.isna(row[c]) else str(row[c]))
+                          for c in ("meter_id", "ts", value_col) if c in raw.columns}
+    return out
+
+
+def _quarantine_conflicts(result, raw: pd.DataFrame, positions: np.ndarray, source: str):
+    """Accepted rows the store already holds with another value → quarantine
+    ``conflicting_duplicate``; returns (accepted, quarantined) without / with them."""
+    from sibifang.ingest_readings import STORED_CONFLICT_REASON
+
+    acc = result.accepted
+    lines = (result.accepted_lines if result.accepted_lines is not None
+             else np.full(len(acc), -1, dtype=np.int64))[positions]
+    clashing = acc.iloc[positions]
+    extra = pd.DataFrame({
+        "source_file": source, "line": lines.astype(np.int64),
+        "meter_id": clashing["meter_id"].astype("str").to_numpy(),
+        "ts": clashing["ts"].dt.strftime("%Y-%m-%d %H:%M:%S").to_numpy(),
+        "field": "kwh", "code": "conflicting_duplicate", "reason": STORED_CONFLICT_REASON,
+        "value": clashing["kwh"].astype("str").to_numpy(),
+    })
+    keep = np.ones(len(acc), dtype=bool)
+    keep[positions] = False
+    quarantined = pd.concat([result.quarantined, extra.astype(result.quarantined.dtypes.to_dict())],
+                            ignore_index=True).sort_values("line", kind="stable", ignore_index=True)
+    return acc.loc[keep].reset_index(drop=True), quarantined
 
 
 def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url: str | None = None,
@@ -71,33 +111,47 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         known = set(s.scalars(select(Meter.id)))
     result = clean_readings(raw, source=source, known_meters=known, now=as_of or now)
     acc, q = result.accepted, result.quarantined
-    if result.counts["read"] != len(acc) + result.counts["quarantined"]:
-        raise RuntimeError(f"{source}: rows lost in cleaning: read {result.counts['read']} != "
-                           f"{len(acc)} accepted + {result.counts['quarantined']} quarantined")
+    counts = dict(result.counts)
+    if counts["read"] != len(acc) + counts["quarantined"]:
+        raise RuntimeError(f"{source}: rows lost in cleaning: read {counts['read']} != "
+                           f"{len(acc)} accepted + {counts['quarantined']} quarantined")
     if len(acc):
         # The hand-over contract of what goes into the store (the readings suite).
         from schemas.validation import raise_for_critical, validate_frame
 
         raise_for_critical(validate_frame(acc, "readings", source=source))
     store = ReadingStore(Path(settings.data_dir) / "readings")
-    new_rows = store.append(acc) if len(acc) else 0
+    new_rows, clashing = store.append(acc, return_conflicts=True) if len(acc) else (0, np.zeros(0, dtype=np.int64))
+    if len(clashing):
+        # A value that contradicts a stored reading was not stored: it is not "accepted".
+        acc, q = _quarantine_conflicts(result, raw, clashing, source)
+        counts["conflicting_duplicate"] = counts.get("conflicting_duplicate", 0) + len(clashing)
+        counts["accepted"] = len(acc)
+        counts["quarantined"] += len(clashing)
+    if counts["read"] != len(acc) + counts["quarantined"]:
+        raise RuntimeError(f"{source}: rows lost storing readings: read {counts['read']} != "
+                           f"{len(acc)} accepted + {counts['quarantined']} quarantined")
     with session_scope(database_url) as s:
         upsert(s, ReadingBatch, [{
             "id": batch_id, "source": source, "as_of": as_of, "ingested_at": now,
-            "rows_read": int(result.counts["read"]), "rows_accepted": int(len(acc)),
-            "rows_quarantined": int(result.counts["quarantined"]), "rows_new": int(new_rows),
+            "rows_read": int(counts["read"]), "rows_accepted": int(len(acc)),
+            "rows_quarantined": int(counts["quarantined"]), "rows_new": int(new_rows),
             "first_ts": acc["ts"].min().to_pydatetime() if len(acc) else None,
             "last_ts": acc["ts"].max().to_pydatetime() if len(acc) else None,
         }], key=["id"], update=())
+        # Keyed by the batch: two API pulls (same source) or two files of one name never
+        # overwrite each other's quarantined rows; the same batch again changes nothing.
         record_validation(s, stage="ingest_readings", suite="readings", source=source,
-                          read=int(result.counts["read"]), accepted=int(len(acc)), quarantined=q,
-                          failures=[f"{k}: {v}" for k, v in result.counts.items()
+                          read=int(counts["read"]), accepted=int(len(acc)), quarantined=q,
+                          failures=[f"{k}: {v}" for k, v in counts.items()
                                     if k not in ("read", "accepted", "quarantined") and v],
-                          success=len(q) == 0, now=now)
+                          success=len(q) == 0, now=now, batch=batch_id,
+                          raw_rows=_raw_rows(raw, q["line"]))
     if len(q):
-        run_logger().warning("%s: %d reading(s) quarantined", source, result.counts["quarantined"])
-    return {"source": source, "read": int(result.counts["read"]), "accepted": int(len(acc)),
-            "quarantined": int(result.counts["quarantined"]), "new": int(new_rows)}
+        run_logger().warning("%s: %d reading(s) quarantined", source, counts["quarantined"])
+    return {"source": source, "read": int(counts["read"]), "accepted": int(len(acc)),
+            "quarantined": int(counts["quarantined"]), "new": int(new_rows),
+            "conflicting": int(len(clashing))}
 
 
 @task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,

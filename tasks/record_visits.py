@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from sqlalchemy import select, update
 
 from sibifang.db import read_frame
 
-from tasks.import_registry import import_file
+from tasks.import_registry import import_file, move_aside, record_rejected_file
 
 VISIT_SUFFIXES = (".csv", ".xlsx", ".json")
 
@@ -20,17 +19,32 @@ VISIT_SUFFIXES = (".csv", ".xlsx", ".json")
 @task(name="import_visit_files", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def import_visit_files(inbox: str, database_url: str | None = None, out_dir: str | None = None,
                        as_of: date | None = None) -> dict:
-    """Import every visit sheet in ``inbox/visits``; imported files move to ``done/`` (never twice)."""
+    """Import every visit sheet in ``inbox/visits``; imported files move to ``done/`` (never twice).
+
+    A file that cannot be imported at all (unreadable, missing columns, ...) is recorded (a
+    failed validation run and the clerk's report) and moved to ``rejected/``; the other files
+    are imported all the same. ``rejected`` counts such files, ``rejected_files`` names them."""
+    from schemas.validation import DataContractError
+    from sibifang.importing import content_digest
+
+    totals: dict = {"files": 0, "read": 0, "accepted": 0, "quarantined": 0, "rejected": 0, "rejected_files": []}
     folder = Path(inbox) / "visits"
     if not folder.exists():
-        return {"files": 0, "read": 0, "accepted": 0, "quarantined": 0}
-    done = folder / "done"
-    done.mkdir(exist_ok=True)
-    totals = {"files": 0, "read": 0, "accepted": 0, "quarantined": 0}
-    for p in sorted(f for f in folder.iterdir() if f.suffix in VISIT_SUFFIXES):
-        now = datetime.combine(as_of, time(23, 59, 59)) if as_of else None
-        r = import_file("visits", p, database_url=database_url, out_dir=Path(out_dir) if out_dir else None, now=now)
-        shutil.move(str(p), done / p.name)
+        return totals
+    now = datetime.combine(as_of, time(23, 59, 59)) if as_of else None
+    out = Path(out_dir) if out_dir else None
+    for p in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VISIT_SUFFIXES):
+        digest = content_digest(p)
+        try:
+            r = import_file("visits", p, database_url=database_url, out_dir=out, now=now)
+        except DataContractError as e:
+            rejected = record_rejected_file("visits", p, e, database_url=database_url, out_dir=out, now=now,
+                                            move=True)
+            totals["rejected"] += 1
+            totals["rejected_files"].append({"file": p.name, "reason": rejected["reason"],
+                                             "error_report": rejected["error_report"]})
+            continue
+        move_aside(p, "done", digest)
         totals["files"] += 1
         for k in ("read", "accepted", "quarantined"):
             totals[k] += r[k]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -30,12 +32,21 @@ def invoke(*args):
     return result.output
 
 
+COUNTS = re.compile(r"：读取 (\d+) 行，导入 (\d+) 行，隔离 (\d+) 行")
+
+
+def counts(out: str, prefix: str) -> tuple[int, int, int]:
+    """(read, accepted, quarantined) from the clerk's line ``家庭档案 households.csv：读取 …``."""
+    line = next(row for row in out.splitlines() if row.startswith(prefix))
+    found = COUNTS.search(line)
+    assert found, line
+    return tuple(int(n) for n in found.groups())
+
+
 def test_import_reports_broken_rows_by_line_and_field_and_counts_add_up(cli_env, village_dir):
     invoke("import", "areas", village_dir / "areas.csv")
     out = invoke("import", "households", village_dir / "households.csv")
-    line = next(row for row in out.splitlines() if row.startswith("households"))
-    nums = [int(x) for x in line.split() if x.isdigit()]
-    read, accepted, quarantined = nums[0], nums[1], nums[2]
+    read, accepted, quarantined = counts(out, "家庭档案 households.csv")
     assert read == accepted + quarantined and quarantined == 5
     assert "行号" in out and "身份证号" in out
     # Running it twice changes nothing.
@@ -48,12 +59,46 @@ def test_import_reports_broken_rows_by_line_and_field_and_counts_add_up(cli_env,
 def test_import_of_an_xlsx_registry(cli_env, village_dir):
     invoke("import", "areas", village_dir / "areas.csv")
     out = invoke("import", "households", village_dir / "households.xlsx")
-    line = next(row for row in out.splitlines() if row.startswith("households"))
-    nums = [int(x) for x in line.split() if x.isdigit()]
-    read, accepted, quarantined = nums[0], nums[1], nums[2]
+    read, accepted, quarantined = counts(out, "家庭档案 households.xlsx")
     rows = len(pd.read_excel(village_dir / "households.xlsx", dtype=str))
     assert rows > 0
     assert read == accepted == rows and quarantined == 0
+
+
+def test_import_speaks_chinese_to_the_clerk(cli_env, village_dir):
+    invoke("import", "areas", village_dir / "areas.csv")
+    out = invoke("import", "households", village_dir / "households.csv")
+    line = next(row for row in out.splitlines() if row.startswith("家庭档案 households.csv："))
+    assert "→ 报告" in line
+    for english in ("read", "accepted", "quarantined"):
+        assert english not in line
+
+
+def test_a_file_that_cannot_be_imported_prints_its_reason_and_exits_1(cli_env, village_dir, tmp_path, monkeypatch):
+    # Prefect's console handler (on the root logger) holds the stderr of the CliRunner call that
+    # set it up, closed by now: keep the stage's warnings off it (one process has one stderr).
+    monkeypatch.setattr(logging.getLogger("sibifang"), "propagate", False)
+    bad = tmp_path / "households.csv"
+    bad.write_text("household_id,head_name\nH1,李桂英\n", encoding="utf-8")
+    result = runner.invoke(app, ["import", "households", str(bad)])
+    assert result.exit_code == 1
+    assert "家庭档案 households.csv：未导入。文件 households.csv 缺少必需的列" in result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output  # a clean exit
+    readings = tmp_path / "readings.csv"
+    readings.write_text("meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,2026-11-20 00:30,0.1,9\n", encoding="utf-8")
+    result = runner.invoke(app, ["import", "readings", str(readings)])
+    assert result.exit_code == 1 and "readings.csv 第3行的列数多于表头" in result.output
+    # A hand-over directory: the bad file is reported, the others are imported all the same.
+    handover = tmp_path / "handover"
+    handover.mkdir()
+    (handover / "areas.csv").write_bytes((village_dir / "areas.csv").read_bytes())
+    (handover / "households.csv").write_bytes(bad.read_bytes())
+    (handover / "cadres.csv").write_bytes((village_dir / "cadres.csv").read_bytes())
+    result = runner.invoke(app, ["import", "all", str(handover)])
+    assert result.exit_code == 1
+    assert "households.csv：未导入" in result.output
+    assert counts(result.output, "行政区划与网格 areas.csv")[0] > 0
+    assert counts(result.output, "干部与网格员 cadres.csv")[0] > 0
 
 
 def test_stats_json_has_the_documented_keys(cli_env):

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from schemas import suites as S
 from schemas.validation import DataContractError
 from sibifang import checks as C
-from sibifang.importing import FIELDS, KINDS, ImportResult, read_table, render_import_errors, validate_import
+from sibifang.importing import (
+    FIELD_LABELS_ZH,
+    FIELDS,
+    KINDS,
+    ImportResult,
+    read_table,
+    render_import_errors,
+    validate_import,
+)
 
 DATA = Path(__file__).parent / "data"
 KNOWN = {"grids": {"G001", "G002"}, "villages": {"V01"}, "townships": {"T01"},
@@ -309,3 +317,197 @@ def test_visit_rules_across_records(tmp_path):
     assert got == {(3, "cadre_id", "cadre_not_covering"), (4, "visited_at", "before_plan"),
                    (5, "plan_id", "unknown_plan")}
     assert result.read == len(result.accepted) + result.quarantined_lines
+
+
+# ------------------------------------------------------------------ review fixes: malformed input
+HOUSEHOLD_HEADER = "household_id,head_name,id_number,phone,address,grid_id,categories"
+GOOD_ID, OTHER_ID = "33020319431206966X", "33020319530402946X"
+
+
+def household_file(tmp_path, *rows: str, header: str = HOUSEHOLD_HEADER, name: str = "h.csv",
+                   encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([header, *rows]) + "\n", encoding=encoding)
+    return path
+
+
+def test_fixture_ids_are_valid():
+    assert C.valid_resident_id(pd.Series([GOOD_ID, OTHER_ID])).all()
+
+
+def _full_width(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "0" <= c <= "9" or c == "X" else c for c in text)
+
+
+def test_full_width_digits_in_id_number_and_phone_are_folded_not_a_crash(tmp_path):
+    bad_check = GOOD_ID[:-1] + "1"
+    path = household_file(
+        tmp_path,
+        f"H1,陈福,{_full_width(GOOD_ID)},158{_full_width('22736369')},万堤村,G001,空巢老人",
+        f"H2,唐翠,{_full_width(bad_check)},15822736369,万堤村,G001,空巢老人",
+        f"H3,王芳,{OTHER_ID},{'١٥٨٢٢٧٣٦٣٦٩'},万堤村,G001,空巢老人")  # Arabic-Indic digits: no NFKC form
+    result = validate_import("households", read_table(path), source="h.csv", known=KNOWN)
+    assert problems(result) == {(3, "id_number", "id_number_check_digit"), (4, "phone", "bad_phone")}
+    row = result.accepted.iloc[0]
+    assert row["id_number"] == GOOD_ID and row["phone"] == "15822736369"  # stored as ASCII digits
+    # The checks themselves: [0-9], not \d (which matches any Unicode digit).
+    assert C.resident_id_problems(pd.Series(["١" * 18])).tolist() == ["id_number_format"]
+    assert not C.valid_phone(pd.Series(["١٥٨٢٢٧٣٦٣٦٩"])).any()
+    assert C.valid_phone(pd.Series([f"158{_full_width('22736369')}"])).all()
+
+
+def test_full_width_digits_in_numbers_and_codes(tmp_path):
+    path = household_file(tmp_path, f"Ｈ1,陈福,{GOOD_ID},15822736369,万堤村,Ｇ００１,空巢老人,{_full_width('2')}",
+                          header=HOUSEHOLD_HEADER + ",members")
+    result = validate_import("households", read_table(path), source="h.csv", known=KNOWN)
+    assert result.quarantined.empty
+    row = result.accepted.iloc[0]
+    assert (row["household_id"], row["grid_id"], int(row["members"])) == ("H1", "G001", 2)
+
+
+def test_xlsx_with_a_stale_dimension_loses_no_row(tmp_path):
+    import re
+    import zipfile
+
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    ws = wb.active
+    ws.append(HOUSEHOLD_HEADER.split(","))
+    for i in range(1, 6):
+        ws.append([f"H{i}", "陈福", GOOD_ID, "15822736369", "万堤村", "G001", "空巢老人"])
+    good = tmp_path / "good.xlsx"
+    wb.save(good)
+    stale = tmp_path / "stale.xlsx"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(stale, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data, n = re.subn(rb'<dimension ref="[^"]+"\s*/>', b'<dimension ref="A1:G3"/>', data)
+                assert n == 1
+            zout.writestr(item, data)
+    raw = read_table(stale)
+    assert raw["_line"].tolist() == [2, 3, 4, 5, 6]
+    result = validate_import("households", raw, source="stale.xlsx", known=KNOWN)
+    assert result.read == 5 and result.quarantined_lines == 5 - len(result.accepted)  # duplicates of one ID
+
+
+def test_chinese_headers_are_read_and_unknown_columns_are_reported(tmp_path):
+    header = HOUSEHOLD_HEADER + ",独居老人,知情同意（consent）,备用列"
+    path = household_file(tmp_path, f"H1,陈福,{GOOD_ID},15822736369,万堤村,G001,空巢老人,是,否,x", header=header)
+    result = validate_import("households", read_table(path), source="h.csv", known=KNOWN)
+    row = result.accepted.iloc[0]
+    assert bool(row["elderly_living_alone"]) is True and bool(row["consent"]) is False
+    assert result.unknown_columns == ["备用列"]
+    text = render_import_errors(result, "txt")
+    assert "备用列" in text and "未导入" in text
+    assert "备用列" in render_import_errors(result, "html")
+    # A whole header in Chinese, as the report prints the columns.
+    zh = ",".join(FIELD_LABELS_ZH[c] for c in HOUSEHOLD_HEADER.split(","))
+    path = household_file(tmp_path, f"H1,陈福,{GOOD_ID},15822736369,万堤村,G001,空巢老人", header=zh, name="zh.csv")
+    result = validate_import("households", read_table(path), source="zh.csv", known=KNOWN)
+    assert len(result.accepted) == 1 and result.unknown_columns == []
+    # The label of a column that is also present under its own name is not silently merged.
+    header = HOUSEHOLD_HEADER + ",elderly_living_alone,独居老人"
+    path = household_file(tmp_path, f"H1,陈福,{GOOD_ID},15822736369,万堤村,G001,空巢老人,1,0", header=header,
+                          name="both.csv")
+    result = validate_import("households", read_table(path), source="both.csv", known=KNOWN)
+    assert result.unknown_columns == ["独居老人"] and bool(result.accepted.iloc[0]["elderly_living_alone"])
+
+
+def test_an_unclosed_quote_quarantines_its_line_and_keeps_the_following_rows(tmp_path):
+    path = household_file(
+        tmp_path,
+        f'H1,陈福,{GOOD_ID},15822736369,"万堤村,G001,空巢老人',
+        f"H2,唐翠,{OTHER_ID},15822736369,万堤村,G001,空巢老人",
+        f"H3,王芳,{GOOD_ID},15822736369,万堤村,G001,空巢老人")
+    result = validate_import("households", read_table(path), source="h.csv", known=KNOWN)
+    assert result.read == 3 == len(path.read_text(encoding="utf-8").splitlines()) - 1
+    assert problems(result) == {(2, "_row", "unclosed_quote")}
+    assert result.quarantined.iloc[0]["reason"].startswith("第2行引号未闭合")
+    assert result.accepted["household_id"].tolist() == ["H2", "H3"]
+    assert_counts_add_up(result)
+    # A stray quote further down closes it: the records in between are not swallowed either.
+    path = household_file(
+        tmp_path,
+        f'H1,陈福,{GOOD_ID},15822736369,"万堤村,G001,空巢老人',
+        f"H2,唐翠,{OTHER_ID},15822736369,万堤村,G001,空巢老人",
+        f'H3,王芳,{GOOD_ID},15822736369,万堤村",G001,空巢老人',
+        f"H4,李梅,{OTHER_ID},15822736369,万堤村,G001,空巢老人", name="stray.csv")
+    result = validate_import("households", read_table(path), source="stray.csv", known=KNOWN)
+    assert result.read == 4 and (2, "_row", "unclosed_quote") in problems(result)
+    assert {"H2", "H4"} <= set(result.accepted["household_id"])
+    assert_counts_add_up(result)
+
+
+def test_a_quoted_cell_over_two_lines_is_still_one_row(tmp_path):
+    path = household_file(tmp_path, f'H1,陈福,{GOOD_ID},15822736369,"万堤村\n4组5号",G001,空巢老人',
+                          f"H2,唐翠,{OTHER_ID},15822736369,万堤村,G001,空巢老人")
+    result = validate_import("households", read_table(path), source="h.csv", known=KNOWN)
+    assert result.quarantined.empty and result.accepted["_line"].tolist() == [2, 4]
+    assert result.accepted.iloc[0]["address"] == "万堤村\n4组5号"
+
+
+@pytest.mark.parametrize("content, line", [
+    ((HOUSEHOLD_HEADER + "\nH1,陈福\n").encode("utf-8") + b"H2,Caf\xe9\n", 3),  # UTF-8 with one latin-1 byte
+    ((HOUSEHOLD_HEADER + "\nH1,x\n").encode("ascii") + "H2,陈福\n".encode("gbk") + b"H3,\x80\xff\n", 4),
+])
+def test_undecodable_bytes_name_the_file_and_line_in_chinese(tmp_path, content, line):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataContractError) as err:
+        read_table(path)
+    assert f"bad.csv 第{line}行" in err.value.message_zh and "UTF-8" in err.value.message_zh
+    assert not isinstance(err.value, UnicodeError)
+
+
+def test_utf16_with_bom_is_read_and_nul_bytes_are_refused(tmp_path):
+    path = household_file(tmp_path, f"H1,陈福,{GOOD_ID},15822736369,万堤村,G001,空巢老人", encoding="utf-16")
+    raw = read_table(path)
+    assert raw.loc[0, "head_name"] == "陈福"
+    path.write_bytes((HOUSEHOLD_HEADER + "\nH1,陈\x00福\n").encode("utf-8"))
+    with pytest.raises(DataContractError) as err:
+        read_table(path)
+    assert "第2行" in err.value.message_zh
+
+
+def test_unsupported_file_type_is_a_data_contract_error(tmp_path):
+    path = tmp_path / "h.docx"
+    path.write_bytes(b"PK")
+    with pytest.raises(DataContractError) as err:
+        read_table(path)
+    assert "h.docx" in err.value.message_zh
+    broken = tmp_path / "h.xlsx"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(DataContractError) as err:
+        read_table(broken)
+    assert "h.xlsx" in err.value.message_zh and "Excel" in err.value.message_zh
+
+
+def test_duplicate_keys_keep_the_first_good_copy_and_say_which(tmp_path):
+    path = household_file(
+        tmp_path,
+        f"H1,陈福,{GOOD_ID},123,万堤村,G001,空巢老人",           # bad phone: not imported
+        f"H1,陈福,{GOOD_ID},15822736369,万堤村,G001,空巢老人",   # the good copy: imported
+        f"H1,陈福,{GOOD_ID},15822736369,万堤村,G001,空巢老人",   # a later copy
+        f"H2,唐翠,{OTHER_ID},1,万堤村,G001,空巢老人",
+        f"H2,唐翠,{OTHER_ID},2,万堤村,G001,空巢老人")           # every copy bad
+    result = validate_import("households", read_table(path), source="h.csv", known=KNOWN)
+    assert result.accepted["_line"].tolist() == [3]
+    reasons = {(int(r.line), r.code): r.reason for r in result.quarantined.itertuples()}
+    assert reasons[(2, "duplicate_key")] == "家庭编号与第3行重复（已导入第3行，本行未导入）"
+    assert reasons[(4, "duplicate_key")] == "家庭编号与第3行重复（已导入第3行，本行未导入）"
+    assert (5, "duplicate_key") not in reasons and "都有错误" in reasons[(6, "duplicate_key")]
+    assert not any("保留第一次出现的行" in r for r in reasons.values())
+    assert_counts_add_up(result)
+
+
+def test_file_errors_survive_pickling():
+    """Prefect may persist a failed task's exception: it must come back whole."""
+    import pickle
+
+    from sibifang.importing import ImportFileError
+
+    error = pickle.loads(pickle.dumps(ImportFileError("h.csv", "bad", message_zh="文件 h.csv 第3行……", line=3)))
+    assert (error.source, error.line, error.message_zh) == ("h.csv", 3, "文件 h.csv 第3行……")
+    assert isinstance(error, DataContractError)

@@ -379,3 +379,46 @@ def test_categorical_meter_ids_as_parquet_dictionaries_arrive():
     assert_balanced(r, 4)
     assert r.accepted["meter_id"].tolist() == ["M1", "M1", "M2"]
     assert r.quarantined["code"].tolist() == ["missing_meter_id"]
+
+
+# --------------------------------------------------------------------------- file-level faults
+
+def test_file_faults_are_data_contract_errors_naming_file_and_line(tmp_path):
+    from schemas.validation import DataContractError
+
+    cases = {
+        "wide.csv": (b"meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1,9\n",
+                     "wide.csv 第3行的列数多于表头（表头3列，该行4列）"),
+        "quote.csv": (b'meter_id,ts,kwh\nM1,"2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1\n',
+                      "quote.csv 第2行引号未闭合"),
+        "enc.csv": ("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\n".encode() + "电表".encode() + b"\xff,x,1\n",
+                    "enc.csv 第3行有无法识别的字符"),
+        "empty.csv": (b"", "empty.csv 是空文件"),
+        # "meter" is read as meter_id
+        "cols.csv": (b"meter,when,value\nM1,2026-11-20 08:15,0.1\n", "cols.csv 缺少必需的列：ts、kwh"),
+        "r.json": (b"[]", "r.json 的格式不支持"),
+        "r.xlsx": (b"not a zip", "r.xlsx 不是有效的 Excel"),
+        "r.parquet": (b"not parquet", "r.parquet 不是有效的 Parquet"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(DataContractError) as err:
+            read_readings_file(path)
+        assert message in err.value.message_zh, (name, err.value.message_zh)
+        assert name in str(err.value)
+
+
+def test_clean_readings_without_columns_is_a_data_contract_error():
+    from schemas.validation import DataContractError
+
+    with pytest.raises(DataContractError):
+        clean_readings(pd.DataFrame({"meter_id": ["M1"], "ts": ["2026-11-20 08:15"]}), source="meter-api")
+    with pytest.raises(DataContractError):
+        clean_readings(pd.DataFrame({"meter_id": ["M1"], "kwh": ["0.1"]}), source="meter-api")
+
+
+def test_accepted_lines_follow_the_accepted_rows():
+    r = clean([("M2", "2026-11-20 08:30", "0.2"), ("M1", "2026-11-20 08:15", "x"), ("M1", "2026-11-20 08:30", "0.1")])
+    assert r.accepted["meter_id"].tolist() == ["M1", "M2"]
+    assert r.accepted_lines.tolist() == [4, 2]

@@ -86,8 +86,6 @@ def test_ingest_file_task_retries_io_errors_but_not_bad_data(failure, retried, p
     assert len(calls) == (1 + ingest_file_task.retries if retried else 1), calls
 
 
-@pytest.mark.xfail(strict=True, reason="bug: read_readings_file raises ValueError (not DataContractError) for a "
-                   "readings file with missing columns, so retry_unless_bad_data retries bad data")
 def test_ingest_file_task_does_not_retry_a_file_with_missing_columns(prefect_harness, app_env, monkeypatch, tmp_path):
     import sibifang.ingest_readings as ingest
     from tasks.ingest_readings import ingest_file_task

@@ -209,3 +209,19 @@ def test_load_matrix_off_grid_readings_and_windows(tmp_path):
     np.testing.assert_allclose(matrix, [[0.3, 0.3]], atol=1e-6)
     empty, none, slots = store.load_matrix(pd.Timestamp("2026-12-01"), pd.Timestamp("2026-12-02"))
     assert empty.shape == (0, 96) and none == [] and len(slots) == 96
+
+
+def test_append_hands_back_the_rows_that_contradict_stored_values(tmp_path):
+    store = ReadingStore(tmp_path)
+    df = pd.concat([day_of_readings("2026-11-20", ["M1"], slots=3), day_of_readings("2026-11-21", ["M1"], slots=2)],
+                   ignore_index=True)
+    new, conflicts = store.append(df, return_conflicts=True)
+    assert (new, conflicts.tolist()) == (5, [])
+    again = df.copy()
+    again.loc[[1, 4], "kwh"] += 1  # one changed value on each day
+    again = pd.concat([again, day_of_readings("2026-11-22", ["M1"], slots=1)], ignore_index=True)
+    new, conflicts = store.append(again, return_conflicts=True)
+    assert new == 1 and conflicts.tolist() == [1, 4]
+    np.testing.assert_allclose(store.load()["kwh"].iloc[:5], df["kwh"], atol=1e-6)
+    # Identical values are not conflicts: a re-run is idempotent.
+    assert store.append(df, return_conflicts=True)[1].tolist() == []
