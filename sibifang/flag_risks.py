@@ -12,26 +12,16 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
-import templates as _templates_pkg
+from templates import wording
 from sibifang.records import stable_id
-
-VISIT_EVIDENCE = Path(_templates_pkg.__file__).parent / "flag_risks" / "visit_evidence.toml"
-
-
-@lru_cache(maxsize=1)
-def _visit_evidence() -> dict[str, str]:
-    with VISIT_EVIDENCE.open("rb") as f:
-        return tomllib.load(f)
-
 
 def evidence_sentence(kind: str, **fields) -> str:
     """A visit-derived flag's evidence, worded in ``templates/flag_risks/visit_evidence.toml``."""
-    return _visit_evidence()[kind].format(**fields)
+    return wording("flag_risks/visit_evidence.toml")[kind].format(**fields)
 
 LEXICON_FILE = Path(__file__).with_name("risk_lexicon.toml")
 FLAG_COLUMNS = ["flag_id", "dedup_key", "household_id", "meter_id", "kind", "severity", "score", "start",

@@ -8,15 +8,14 @@ counts per village only.
 
 from __future__ import annotations
 
-import tomllib
 from datetime import date
-from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 
 import templates as _templates
+from templates import wording
 from sibifang.records import stable_id
 
 NOTICE_COLUMNS = ["notice_id", "recipient_id", "kind", "day", "title", "body"]
@@ -27,14 +26,8 @@ def _env() -> Environment:
                        lstrip_blocks=True, autoescape=False)
 
 
-@lru_cache(maxsize=1)
-def _titles() -> dict[str, str]:
-    with (Path(_templates.__file__).parent / "schedule_visits" / "titles.toml").open("rb") as f:
-        return tomllib.load(f)
-
-
 def _title(kind: str, **fields) -> str:
-    return _titles()[kind].format(**fields)
+    return wording("schedule_visits/titles.toml")[kind].format(**fields)
 
 
 def _family(name: str | None, household_id: str) -> str:

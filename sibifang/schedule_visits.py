@@ -55,14 +55,13 @@ import logging
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import templates as _templates_pkg
+from templates import wording
 from sibifang.checks import CATEGORY_ALIASES, CATEGORY_LABELS
 from sibifang.workcalendar import WorkCalendar
 
@@ -1153,12 +1152,6 @@ def schedule_visits(
                         notices=notices)
 
 
-@lru_cache(maxsize=1)
-def _plan_digest_wording() -> dict[str, str]:
-    with (Path(_templates_pkg.__file__).parent / "schedule_visits" / "plan_digest.toml").open("rb") as f:
-        return tomllib.load(f)
-
-
 def _notices(plans: pd.DataFrame, assignments: pd.DataFrame, moved: pd.DataFrame, as_of: date,
              horizon_days: int) -> pd.DataFrame:
     """One Chinese digest per cadre concerned by this run (no family details beyond counts and dates)."""
@@ -1169,7 +1162,7 @@ def _notices(plans: pd.DataFrame, assignments: pd.DataFrame, moved: pd.DataFrame
     digest = per.join(new, how="outer").join(out_moves, how="outer").join(in_moves, how="outer")
     digest = digest.fillna({"n": 0, "n_urgent": 0, "n_new": 0, "n_out": 0, "n_in": 0})
     digest = digest.sort_index()
-    w = _plan_digest_wording()
+    w = wording("schedule_visits/plan_digest.toml")
     head = w["planned"]
     first_text = pd.to_datetime(digest["first"]).dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
     texts = []
