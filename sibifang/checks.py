@@ -99,6 +99,24 @@ PROVIDER_TYPE_ALIASES: dict[str, str] = {"志愿者团队": "volunteer_team", "�
 
 VILLAGE_KIND_LABELS: dict[str, str] = {"village": "村", "community": "社区"}
 
+# Risk flag kinds as alerts, reports and the risk map name them (one table for all three).
+FLAG_KIND_LABELS: dict[str, str] = {
+    "inactivity": "长时间无用电活动",
+    "sustained_drop": "用电持续下降",
+    "missing_morning_routine": "早间用电缺失",
+    "night_activity": "夜间异常用电",
+    "high_use": "用电异常偏高",
+    "meter_offline": "电表离线",
+    "visit_cue": "走访发现情况",
+    "dispute": "婚姻家庭矛盾",
+    "domestic_violence": "家庭暴力线索",
+    "self_harm": "轻生线索",
+    "gambling": "赌博线索",
+    "hardship": "生活困难",
+    "unresolved_difficulty": "困难反复未解决",
+    "overdue_visit": "逾期未访",
+}
+
 ALERT_CHANNELS: tuple[str, ...] = ("webhook", "wecom", "dingtalk", "feishu", "sms", "email")
 ALERT_CHANNEL_LABELS: dict[str, str] = {
     "webhook": "Webhook",

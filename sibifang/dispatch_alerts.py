@@ -31,6 +31,7 @@ import pandas as pd
 
 import templates as _templates_pkg
 from sibifang.channels import GROUP_ROBOT_KINDS, OutgoingMessage
+from sibifang.checks import FLAG_KIND_LABELS
 
 TEMPLATE_DIR = Path(_templates_pkg.__file__).parent
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
@@ -44,21 +45,7 @@ RESPONSE_HOURS = {"critical": 1, "high": 4, "medium": 24, "low": 72}
 SENSITIVE_KINDS = frozenset({"dispute", "domestic_violence", "self_harm", "gambling"})
 MASKED_CHANNEL_KINDS = GROUP_ROBOT_KINDS | {"sms"}
 
-KIND_LABEL = {
-    "inactivity": "用电接近停止",
-    "sustained_drop": "用电持续下降",
-    "missing_morning_routine": "早间用电未出现",
-    "night_activity": "夜间用电异常",
-    "high_use": "用电异常偏高",
-    "meter_offline": "电表离线",
-    "visit_cue": "走访发现情况",
-    "overdue_visit": "走访逾期",
-    "dispute": "婚姻家庭矛盾",
-    "domestic_violence": "家庭暴力",
-    "self_harm": "轻生风险",
-    "gambling": "赌博线索",
-    "hardship": "生活困难",
-}
+KIND_LABEL = FLAG_KIND_LABELS
 METER_KINDS = frozenset({"inactivity", "sustained_drop", "missing_morning_routine", "night_activity",
                          "high_use", "meter_offline"})
 

@@ -52,7 +52,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 import templates as _templates
-from sibifang.checks import ALERT_CHANNEL_LABELS
+from sibifang.checks import ALERT_CHANNEL_LABELS, DEMAND_CATEGORY_LABELS, FLAG_KIND_LABELS
 
 SMALL_COUNT = 3
 MASKED = f"<{SMALL_COUNT}"   # primary suppression: 1 .. SMALL_COUNT-1
@@ -60,14 +60,8 @@ SUPPRESSED = "*"             # secondary suppression: at least SMALL_COUNT, hidd
 NOT_SHOWN = "—"
 CATEGORY_LABELS = {"entrepreneur": "创业困难女性家庭", "hardship": "困难家庭", "empty_nest": "空巢老人家庭",
                    "left_behind": "留守妇女儿童家庭", "dispute": "婚姻家庭矛盾家庭"}
-DEMAND_LABELS = {"democratic_participation": "民主参与", "marriage_family_rights": "婚姻家庭权益",
-                 "employment_rights": "就业权益", "entrepreneurship": "创业信息和资金", "elderly_care": "空巢老人照料",
-                 "domestic_services": "家政服务", "family_education": "家庭教育", "skills": "技能提升"}
-FLAG_LABELS = {"inactivity": "长时间无用电活动", "sustained_drop": "用电持续下降",
-               "missing_morning_routine": "早间用电缺失",
-               "night_activity": "夜间异常用电", "high_use": "用电异常偏高", "meter_offline": "电表离线",
-               "dispute": "婚姻家庭矛盾", "domestic_violence": "家庭暴力线索", "self_harm": "轻生线索",
-               "gambling": "赌博线索", "unresolved_difficulty": "困难反复未解决", "overdue_visit": "逾期未访"}
+DEMAND_LABELS = DEMAND_CATEGORY_LABELS
+FLAG_LABELS = FLAG_KIND_LABELS
 LEVEL_COLORS = {"红": "#d7301f", "橙": "#fc8d59", "黄": "#fdcc8a", "绿": "#b3de69"}
 UNKNOWN_VILLAGE = "未归属村（社区）"
 OTHER = "其他"

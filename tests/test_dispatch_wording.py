@@ -28,7 +28,7 @@ def _flag(kind: str, severity: str = "high", **extra) -> dict:
     (_flag("night_activity"), "李奶奶家从昨晚8点起夜间用电异常，明显偏高"),
     (_flag("meter_offline"), "李奶奶家电表从昨晚8点起没有上传数据（可能停电或设备故障）"),
     (_flag("overdue_visit"), "李奶奶家已超过应走访的时间，尚未走访"),
-    (_flag("domestic_violence"), "李奶奶家有家庭暴力情况需要处理"),
+    (_flag("domestic_violence"), "李奶奶家有家庭暴力线索，需要处理"),
     (_flag("something_new"), "李奶奶家出现需要关注的情况"),
 ])
 def test_what_happened_exact(flag, expected):
