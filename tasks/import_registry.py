@@ -48,8 +48,9 @@ def _report_path(out_dir: Path | None, path: Path, kind: str, digest: str) -> Pa
 
 
 def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
-                out_dir: Path | None = None, now: datetime | None = None) -> dict:
+                out_dir: Path | None = None, now: datetime | None = None, digest: str | None = None) -> dict:
     """Read, validate, upsert and quarantine one registry file; returns read/accepted/quarantined.
+    ``digest``: the file's content digest when the caller has it already.
 
     A file that cannot be imported at all (unreadable, missing columns, no rows) raises
     DataContractError: the caller records it with ``record_rejected_file``."""
@@ -62,7 +63,7 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
     settings = get_settings()
     path = Path(path)
     migrate(database_url)
-    digest = content_digest(path)
+    digest = digest or content_digest(path)
     raw = read_table(path)
     with session_scope(database_url) as s:
         known = known_references(s)
@@ -108,7 +109,7 @@ def rejection_message(path: Path, error: Exception) -> str:
 
 def record_rejected_file(kind: str, path: Path | str, error: Exception, *, database_url: str | None = None,
                          out_dir: Path | None = None, now: datetime | None = None, stage: str | None = None,
-                         move: bool = False) -> dict:
+                         move: bool = False, digest: str | None = None) -> dict:
     """Account for a file set aside as a whole: a failed validation run, the clerk's report in
     ``out/import-errors/`` and (``move``: an inbox file) the file moved to ``rejected/``.
 
@@ -119,7 +120,7 @@ def record_rejected_file(kind: str, path: Path | str, error: Exception, *, datab
 
     path = Path(path)
     message = rejection_message(path, error)
-    digest = content_digest(path) if path.exists() else ""
+    digest = digest or (content_digest(path) if path.exists() else "")
     migrate(database_url)
     with session_scope(database_url) as s:
         record_validation(s, stage=stage or f"import_{kind}", suite=kind, source=path.name, read=0, accepted=0,

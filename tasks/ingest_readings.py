@@ -17,14 +17,10 @@ from tasks.common import retry_unless_bad_data, run_logger
 READING_SUFFIXES = (".csv", ".parquet", ".xlsx")
 
 
-def file_digest(path: Path) -> str:
+def file_batch_id(path: Path) -> str:
     from sibifang.importing import content_digest
 
-    return content_digest(path)
-
-
-def file_batch_id(path: Path) -> str:
-    return f"file-{file_digest(path)[:24]}"
+    return f"file-{content_digest(path)[:24]}"
 
 
 def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[tuple[Path, str]]:

@@ -36,10 +36,10 @@ def import_visit_files(inbox: str, database_url: str | None = None, out_dir: str
     for p in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VISIT_SUFFIXES):
         digest = content_digest(p)
         try:
-            r = import_file("visits", p, database_url=database_url, out_dir=out, now=now)
+            r = import_file("visits", p, database_url=database_url, out_dir=out, now=now, digest=digest)
         except DataContractError as e:
             rejected = record_rejected_file("visits", p, e, database_url=database_url, out_dir=out, now=now,
-                                            move=True)
+                                            move=True, digest=digest)
             totals["rejected"] += 1
             totals["rejected_files"].append({"file": p.name, "reason": rejected["reason"],
                                              "error_report": rejected["error_report"]})
