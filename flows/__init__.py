@@ -1,4 +1,9 @@
-"""Prefect flows, one per stage of the loop, plus ``closed_loop`` that runs them in order."""
+"""Prefect flows, one per stage of the loop, plus ``closed_loop`` that runs them in order.
+
+No flow takes a database URL: Prefect stores a run's parameters and shows them in its UI, and a
+URL can carry a password. Every stage reads ``SIBIFANG_DATABASE_URL`` (``sibifang.settings``) in
+the environment of the process that runs it.
+"""
 
 from __future__ import annotations
 

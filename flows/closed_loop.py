@@ -19,23 +19,21 @@ from tasks.common import as_of_date
 
 @flow(name="closed_loop", description="Visits recorded → readings ingested → risks flagged → alerts dispatched → "
       "disputes escalated → visits scheduled (incl. urgent ones for new flags) → report (when asked).")
-def closed_loop(as_of: date | None = None, report: bool = False, report_period_days: int = 7,
-                database_url: str | None = None) -> dict:
+def closed_loop(as_of: date | None = None, report: bool = False, report_period_days: int = 7) -> dict:
     day = as_of_date(as_of)
     # Replaying a past day acts at that day's end; today acts now.
     now = datetime.combine(day, time(23, 59, 59)) if as_of is not None else None
     stages = [
-        ("record_visits", lambda: record_visits(day, database_url=database_url)),
-        ("ingest_readings", lambda: ingest_readings(day, database_url=database_url)),
-        ("flag_risks", lambda: flag_risks(day, database_url=database_url)),
-        ("dispatch_alerts", lambda: dispatch_alerts(now, database_url=database_url)),
-        ("escalate_disputes", lambda: escalate_disputes(day, database_url=database_url)),
+        ("record_visits", lambda: record_visits(day)),
+        ("ingest_readings", lambda: ingest_readings(day)),
+        ("flag_risks", lambda: flag_risks(day)),
+        ("dispatch_alerts", lambda: dispatch_alerts(now)),
+        ("escalate_disputes", lambda: escalate_disputes(day)),
         # Run at the day's end: the digests announce tomorrow's visits.
-        ("schedule_visits", lambda: schedule_visits(day, notify_for=day + timedelta(days=1),
-                                                    database_url=database_url)),
+        ("schedule_visits", lambda: schedule_visits(day, notify_for=day + timedelta(days=1))),
     ]
     if report:
-        stages.append(("summary_report", lambda: summary_report(day, report_period_days, database_url=database_url)))
+        stages.append(("summary_report", lambda: summary_report(day, report_period_days)))
     out: dict = {"seconds": {}}
     for name, run in stages:  # in order: a stage that fails stops the ones after it
         t0 = time_module.perf_counter()

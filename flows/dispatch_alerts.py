@@ -13,10 +13,10 @@ from tasks.dispatch_alerts import deliver_task, enqueue_task, escalate_task
 
 @flow(name="dispatch_alerts", description="Route new flags to grid workers and chairs, deliver the outbox "
       "(retried, never twice), escalate unacknowledged critical alerts.")
-def dispatch_alerts(now: datetime | None = None, database_url: str | None = None) -> dict:
+def dispatch_alerts(now: datetime | None = None) -> dict:
     # ``now`` replays a moment (the demo, a re-run); unset, it is the wall clock.
     at = now or local_now()
-    queued = enqueue_task(at, database_url)
-    escalated = escalate_task(at, database_url)
-    delivered = deliver_task(now, database_url)
+    queued = enqueue_task(at)
+    escalated = escalate_task(at)
+    delivered = deliver_task(now)
     return {"queued": queued, "escalated": escalated, **delivered}

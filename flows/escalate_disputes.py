@@ -12,8 +12,8 @@ from tasks.escalate_disputes import match_needs_task, open_cases_task
 
 @flow(name="escalate_disputes", description="Dispute and domestic-violence findings open a case in the township's "
       "mediation room (木兰调解室); demands raised in visits are matched with the service-resource pool.")
-def escalate_disputes(as_of: date | None = None, database_url: str | None = None) -> dict:
+def escalate_disputes(as_of: date | None = None) -> dict:
     day = as_of_date(as_of)
-    cases = open_cases_task(day, database_url)
-    needs = match_needs_task(day, database_url)
+    cases = open_cases_task(day)
+    needs = match_needs_task(day)
     return {"cases_opened": cases, **needs}

@@ -12,11 +12,10 @@ from tasks.flag_risks import derive_flags, detect_meter_episodes, store_flags
 
 @flow(name="flag_risks", description="Detect electricity anomalies of elderly people living alone, dispute and "
       "safety cues in visit notes and overdue must-visits; raise each episode once; update risk levels and map.")
-def flag_risks(as_of: date | None = None, database_url: str | None = None) -> dict:
+def flag_risks(as_of: date | None = None) -> dict:
     day = as_of_date(as_of)
-    episodes = detect_meter_episodes(end_of_day(day), database_url)
-    candidates = derive_flags(episodes, day, database_url)
+    episodes = detect_meter_episodes(end_of_day(day))
+    candidates = derive_flags(episodes, day)
     if len(candidates):
-        validate_handover(candidates, "risk_flags", stage="flag_risks", source="flag_risks candidates",
-                          database_url=database_url)
-    return store_flags(candidates, day, database_url)
+        validate_handover(candidates, "risk_flags", stage="flag_risks", source="flag_risks candidates")
+    return store_flags(candidates, day)

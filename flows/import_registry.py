@@ -25,33 +25,32 @@ def registry_files(directory: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _import_one(kind: str, path: str, database_url: str | None) -> dict:
+def _import_one(kind: str, path: str) -> dict:
     """One file; a file that cannot be imported at all is recorded with its report (``rejected``)
     and the hand-over goes on with the next file (the file itself stays where it is)."""
     from schemas.validation import DataContractError
     from tasks.import_registry import record_rejected_file
 
-    state = import_file_task(kind, path, database_url, return_state=True)
+    state = import_file_task(kind, path, return_state=True)
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
     if not isinstance(error, DataContractError):
         raise error
-    return record_rejected_file(kind, path, error, database_url=database_url)
+    return record_rejected_file(kind, path, error)
 
 
 @flow(name="import_registry", description="Validate and import registry files: areas, households, cadres, "
       "meters, visits, resources, mediation rooms. Bad rows are quarantined with their reason.")
-def import_registry(directory: str | None = None, kind: str | None = None, file: str | None = None,
-                    database_url: str | None = None) -> list[dict]:
+def import_registry(directory: str | None = None, kind: str | None = None, file: str | None = None) -> list[dict]:
     if file:
         if not kind:
             raise ValueError("importing one file needs its kind (households, cadres, ...)")
-        return [_import_one(kind, file, database_url)]
+        return [_import_one(kind, file)]
     if not directory:
         raise ValueError("give a directory of registry files or one file with its kind")
     results = []
     for k, p in registry_files(Path(directory)):
         # Sequential on purpose: households reference grids, cadres reference grids, ...
-        results.append(_import_one(k, str(p), database_url))
+        results.append(_import_one(k, str(p)))
     return results

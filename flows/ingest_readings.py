@@ -13,7 +13,7 @@ from tasks.ingest_readings import ingest_file_task, pending_reading_files, pull_
 
 
 @flow(name="ingest_readings", description="Clean, quarantine and store new meter readings (file drops, API).")
-def ingest_readings(as_of: date | None = None, inbox: str | None = None, database_url: str | None = None) -> dict:
+def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict:
     """Each dropped file is its own task: a file that cannot be read as readings is recorded
     (failed validation run, the clerk's report) and moved to ``readings/rejected/``; the other
     files and the API pull go on. ``rejected`` counts such files; ``failed`` counts files left
@@ -26,14 +26,14 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None, databas
     folder = Path(inbox) if inbox else Path(settings.inbox_dir)
     logger = get_run_logger()
     results, rejected, failed = [], [], []
-    for p, batch_id in pending_reading_files(folder, database_url):
-        state = ingest_file_task(str(p), batch_id, database_url, end_of_day(day), return_state=True)
+    for p, batch_id in pending_reading_files(folder):
+        state = ingest_file_task(str(p), batch_id, as_of=end_of_day(day), return_state=True)
         if state.is_completed():
             results.append(state.result())
             continue
         error = state.result(raise_on_failure=False)
         if isinstance(error, DataContractError):
-            r = record_rejected_file("readings", p, error, database_url=database_url, out_dir=settings.out_dir,
+            r = record_rejected_file("readings", p, error, out_dir=settings.out_dir,
                                      now=end_of_day(day), stage="ingest_readings", move=True)
             rejected.append({"file": p.name, "reason": r["reason"], "error_report": r["error_report"]})
         else:
@@ -42,7 +42,7 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None, databas
     if rejected:
         logger.warning("%d readings file(s) not ingested, moved to rejected/: %s", len(rejected),
                        "; ".join(f"{r['file']}: {r['reason']}" for r in rejected))
-    pulled = pull_api_task(database_url, end_of_day(day))
+    pulled = pull_api_task(as_of=end_of_day(day))
     if pulled:
         results.append(pulled)
     return {

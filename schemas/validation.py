@@ -131,12 +131,21 @@ class DataContractError(ValueError):
         self.source = source
         self.failures = list(failures)
         self.message_zh = message_zh
+        self.row_offset = row_offset
+        self.row_label = row_label
         parts = [f.describe(row_offset=row_offset, row_label=row_label) if isinstance(f, ExpectationOutcome)
                  else str(f) for f in self.failures]
         message = f"{source}: data contract broken: " + "; ".join(parts)
         if message_zh:
             message += f"\n{message_zh}"
         super().__init__(message)
+
+    def __reduce__(self):
+        # Picklable with its failures: Prefect persists a failed task's exception and a process
+        # or Dask task runner sends it between processes. (A subclass with another signature
+        # defines its own, as ImportFileError does.)
+        return _data_contract_error, (self.source, self.failures, self.message_zh, self.row_offset,
+                                      self.row_label)
 
     @property
     def columns(self) -> list[str]:
@@ -145,6 +154,11 @@ class DataContractError(ValueError):
             if isinstance(f, ExpectationOutcome):
                 cols.extend(c for c in f.columns if c not in cols)
         return cols
+
+
+def _data_contract_error(source: str, failures: list, message_zh: str | None, row_offset: int,
+                         row_label: str) -> DataContractError:
+    return DataContractError(source, failures, message_zh=message_zh, row_offset=row_offset, row_label=row_label)
 
 
 def raise_for_critical(report: ValidationReport) -> None:

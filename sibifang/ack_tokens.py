@@ -70,11 +70,9 @@ def _epoch(now: datetime) -> int:
     # database stores it), not the host's: a UTC server would otherwise issue links that expire
     # 8 hours off. The token itself stores epoch seconds.
     if now.tzinfo is None:
-        from zoneinfo import ZoneInfo
+        from sibifang.settings import LOCAL_TZ
 
-        from sibifang.settings import get_settings
-
-        now = now.replace(tzinfo=ZoneInfo(get_settings().timezone))
+        now = now.replace(tzinfo=LOCAL_TZ)
     return int(now.timestamp())
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+from sibifang.settings import LOCAL_TZ, LOCAL_TZ_NAME
+
 
 # --------------------------------------------------------------------------------------
 # Label ↔ code maps (file-formats.md). Keys are codes; values are the Chinese labels shown
@@ -119,7 +119,7 @@ FLAG_KIND_LABELS: dict[str, str] = {
 
 ALERT_CHANNELS: tuple[str, ...] = ("webhook", "wecom", "dingtalk", "feishu", "sms", "email")
 ALERT_CHANNEL_LABELS: dict[str, str] = {
-    "webhook": "Webhook",
+    "webhook": "接口推送",  # a generic HTTP endpoint (a county platform, a trial receiver)
     "wecom": "企业微信",
     "dingtalk": "钉钉",
     "feishu": "飞书",
@@ -154,7 +154,7 @@ MODE_LOOKUP = label_lookup(MODE_LABELS, MODE_ALIASES)
 DEMAND_CATEGORY_LOOKUP = label_lookup(DEMAND_CATEGORY_LABELS, DEMAND_CATEGORY_ALIASES)
 PROVIDER_TYPE_LOOKUP = label_lookup(PROVIDER_TYPE_LABELS, PROVIDER_TYPE_ALIASES)
 VILLAGE_KIND_LOOKUP = label_lookup(VILLAGE_KIND_LABELS)
-ALERT_CHANNEL_LOOKUP = label_lookup(ALERT_CHANNEL_LABELS)
+ALERT_CHANNEL_LOOKUP = label_lookup(ALERT_CHANNEL_LABELS, {"Webhook": "webhook", "WEBHOOK": "webhook"})
 
 
 def fold_width(values: pd.Series) -> pd.Series:
@@ -278,7 +278,7 @@ def to_datetime_local(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     text = _date_text(values)
     blank = _blank(values)
     has_offset = text.str.contains(_OFFSET, regex=True, na=False) & ~blank
-    result = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, Asia/Shanghai]")
+    result = pd.Series(pd.NaT, index=values.index, dtype=f"datetime64[us, {LOCAL_TZ_NAME}]")
     naive_part = text[~has_offset & ~blank]
     if len(naive_part):
         parsed = pd.to_datetime(naive_part, format="ISO8601", errors="coerce")

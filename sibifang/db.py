@@ -31,9 +31,14 @@ def database_url(url: str | None = None) -> str:
     return get_settings().database_url
 
 
-@lru_cache(maxsize=8)
 def get_engine(url: str | None = None) -> Engine:
-    url = database_url(url)
+    """The engine of ``url``, or of the configured database (``SIBIFANG_DATABASE_URL``)."""
+    # Resolved before the cache: keyed by None, a changed setting would keep the old engine.
+    return _engine(database_url(url))
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         from sqlalchemy.engine import make_url
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-TZ = "Asia/Shanghai"
+from sibifang.settings import LOCAL_TZ_NAME
 
 # (flow, deployment schedules) — each schedule may carry its own parameters.
 SCHEDULES: dict[str, list[dict]] = {
@@ -38,7 +38,7 @@ def build_deployments():
         for spec in specs:
             params = spec.get("parameters", {})
             if "cron" in spec:
-                schedules.append(Cron(spec["cron"], timezone=TZ, parameters=params))
+                schedules.append(Cron(spec["cron"], timezone=LOCAL_TZ_NAME, parameters=params))
             else:
                 schedules.append(Interval(spec["interval"], parameters=params))
         deployments.append(get_flow(name).to_deployment(name=name, schedules=schedules or None,

@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, time as dtime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-from zoneinfo import ZoneInfo
 
 import jinja2
 import pandas as pd
@@ -32,9 +31,9 @@ import pandas as pd
 import templates as _templates_pkg
 from sibifang.channels import GROUP_ROBOT_KINDS, OutgoingMessage
 from sibifang.checks import FLAG_KIND_LABELS
+from sibifang.settings import LOCAL_TZ
 
 TEMPLATE_DIR = Path(_templates_pkg.__file__).parent
-LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 
 SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 SEVERITY_LABEL = {"critical": "紧急", "high": "较急", "medium": "一般", "low": "提示"}

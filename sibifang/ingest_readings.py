@@ -57,10 +57,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.validation import DataContractError
+from sibifang.settings import LOCAL_TZ_NAME
 
 log = logging.getLogger(__name__)
 
-LOCAL_TZ = "Asia/Shanghai"
 DEFAULT_INTERVAL_MINUTES = 15
 # 220 V x ~100 A main fuse ≈ 22 kW; 25 kW leaves a margin for measurement error.
 MAX_HOUSEHOLD_KW = 25.0
@@ -324,7 +324,7 @@ def clean_readings(
     known_meters: set[str] | None = None,
     now: datetime | None = None,
     interval_minutes: dict[str, int] | int | None = None,
-    timezone: str = LOCAL_TZ,
+    timezone: str = LOCAL_TZ_NAME,
     max_kw: float = MAX_HOUSEHOLD_KW,
     future_skew: pd.Timedelta = DEFAULT_FUTURE_SKEW,
     min_ts: pd.Timestamp = DEFAULT_MIN_TS,

@@ -46,9 +46,10 @@ import pandas as pd
 import requests
 from pydantic import SecretStr
 
+from sibifang.settings import LOCAL_TZ_NAME
+
 log = logging.getLogger(__name__)
 
-LOCAL_TZ = "Asia/Shanghai"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
@@ -74,7 +75,7 @@ def fetch_readings(
     backoff_max: float = 30.0,
     max_retry_after: float = 300.0,
     sleep: Callable[[float], None] = time.sleep,
-    timezone: str = LOCAL_TZ,
+    timezone: str = LOCAL_TZ_NAME,
 ) -> pd.DataFrame:
     """Fetch every reading after ``since`` from ``{base_url}/readings``, following pages.
 
@@ -149,7 +150,7 @@ def fetch_new_readings(store, *, session: requests.Session | None = None, **kwar
     if not settings.meter_api_url:
         raise MeterApiError("未配置电表接口地址 SIBIFANG_METER_API_URL")
     return fetch_readings(settings.meter_api_url, settings.meter_api_token, resume_since(store.last_ts()),
-                          session=session, timezone=settings.timezone, **kwargs)
+                          session=session, timezone=LOCAL_TZ_NAME, **kwargs)
 
 
 # ---------------------------------------------------------------------- internals

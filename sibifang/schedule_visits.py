@@ -63,6 +63,7 @@ import pandas as pd
 
 from templates import wording
 from sibifang.checks import CATEGORY_ALIASES, CATEGORY_LABELS
+from sibifang.settings import LOCAL_TZ
 from sibifang.workcalendar import WorkCalendar
 
 logger = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def _as_days(values, as_of64: np.datetime64) -> tuple[np.ndarray, np.ndarray]:
     """Day offsets from as_of (int64) and a validity mask, for any date/datetime-like column."""
     ts = pd.to_datetime(pd.Series(values), errors="coerce")
     if getattr(ts.dt, "tz", None) is not None:
-        ts = ts.dt.tz_convert("Asia/Shanghai").dt.tz_localize(None)
+        ts = ts.dt.tz_convert(LOCAL_TZ).dt.tz_localize(None)
     arr = ts.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
     valid = ~np.isnat(arr)
     days = np.zeros(len(arr), dtype=np.int64)
@@ -593,7 +594,7 @@ def schedule_visits(
     if len(ur):
         req = pd.to_datetime(ur["requested_at"], errors="coerce")
         if getattr(req.dt, "tz", None) is not None:
-            req = req.dt.tz_convert("Asia/Shanghai").dt.tz_localize(None)
+            req = req.dt.tz_convert(LOCAL_TZ).dt.tz_localize(None)
         ur["_req"] = req
         ur["_crit"] = _bool_col(ur, "critical")
         ur = ur[ur["_req"].notna()]

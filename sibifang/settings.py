@@ -12,6 +12,11 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# China keeps one time zone. Every stored time is naive local time in it (schemas.models), so it
+# is fixed here, once, and not a setting: a changed zone would shift every stored time.
+LOCAL_TZ_NAME = "Asia/Shanghai"
+LOCAL_TZ = ZoneInfo(LOCAL_TZ_NAME)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIBIFANG_", extra="ignore")
@@ -28,7 +33,6 @@ class Settings(BaseSettings):
     out_dir: Path = Path("out")
     # File drops that the scheduled flows pick up (villages' visit sheets, meter exports).
     inbox_dir: Path = Path("data/inbox")
-    timezone: str = "Asia/Shanghai"
 
     # Alerts: when set, every alert goes to this one generic webhook (trials, tests).
     alert_webhook_url: str | None = Field(None, repr=False)
@@ -121,9 +125,9 @@ def get_settings() -> Settings:
 
 
 def local_now() -> datetime:
-    """Now, as the naive local time (``SIBIFANG_TIMEZONE``, Asia/Shanghai) that the database and
-    every schedule use, whatever zone the host's clock is set to (servers often run on UTC)."""
-    return datetime.now(ZoneInfo(get_settings().timezone)).replace(tzinfo=None)
+    """Now, as the naive local time (Asia/Shanghai) that the database and every schedule use,
+    whatever zone the host's clock is set to (servers often run on UTC)."""
+    return datetime.now(LOCAL_TZ).replace(tzinfo=None)
 
 
 def local_today() -> date:

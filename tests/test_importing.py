@@ -511,3 +511,20 @@ def test_file_errors_survive_pickling():
     error = pickle.loads(pickle.dumps(ImportFileError("h.csv", "bad", message_zh="文件 h.csv 第3行……", line=3)))
     assert (error.source, error.line, error.message_zh) == ("h.csv", 3, "文件 h.csv 第3行……")
     assert isinstance(error, DataContractError)
+
+
+def test_data_contract_errors_survive_pickling_with_their_failures():
+    """A stage's contract failure crosses processes (a process or Dask task runner) whole."""
+    import pickle
+
+    from schemas.validation import ExpectationOutcome
+
+    outcome = ExpectationOutcome("expect_column_values_to_not_be_null", "due_date", "critical", False,
+                                 unexpected_count=2, unexpected_rows=[3, 7])
+    error = DataContractError("plans.csv", [outcome, "missing column: status"], message_zh="文件 plans.csv 有错误",
+                              row_offset=2, row_label="lines")
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is DataContractError
+    assert str(back) == str(error) and "lines: 5, 9" in str(back)
+    assert (back.source, back.failures, back.message_zh, back.columns) == (
+        "plans.csv", error.failures, "文件 plans.csv 有错误", ["due_date"])

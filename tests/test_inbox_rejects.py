@@ -30,6 +30,14 @@ def seed(url: str) -> None:
         upsert(s, Meter, [{"id": "M1", "household_id": "H1", "interval_minutes": 15}], key=["id"])
 
 
+def use_database(monkeypatch, url: str) -> None:
+    """Flows read the database from the settings, never from a parameter."""
+    from sibifang.settings import reset_settings
+
+    monkeypatch.setenv("SIBIFANG_DATABASE_URL", url)
+    reset_settings()
+
+
 def inbox(app_env: Path, stage: str) -> Path:
     folder = app_env / "data" / "inbox" / stage
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,28 +81,29 @@ def test_a_bad_visit_file_is_set_aside_and_the_next_one_imported(database_url, a
     assert run.success is False and run.stage == "import_visits" and "缺少必需的列" in " ".join(run.failures)
 
 
-def test_record_visits_flow_reports_the_rejected_file_and_closes_plans(prefect_harness, database_url, app_env):
+def test_record_visits_flow_reports_the_rejected_file_and_closes_plans(prefect_harness, database_url, app_env,
+                                                                       monkeypatch):
     from flows.record_visits import record_visits
 
+    use_database(monkeypatch, database_url)
     seed(database_url)
     visits = inbox(app_env, "visits")
     (visits / "a_bad.csv").write_bytes(b"visit_id,household_id\n\xff\xfe\x00V1\n")
-    result = record_visits(date(2026, 11, 20), inbox=str(visits.parent), database_url=database_url)
+    result = record_visits(date(2026, 11, 20), inbox=str(visits.parent))
     assert result["rejected"] == 1 and "plans_closed" in result
 
 
 def test_ingest_flow_rejects_a_malformed_file_and_ingests_the_others(prefect_harness, database_url, app_env,
                                                                       monkeypatch):
     from flows.ingest_readings import ingest_readings
-    from sibifang.settings import reset_settings
 
     monkeypatch.delenv("SIBIFANG_METER_API_URL", raising=False)
-    reset_settings()
+    use_database(monkeypatch, database_url)
     seed(database_url)
     readings = inbox(app_env, "readings")
     (readings / "a.csv").write_text("meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,2026-11-20 00:30,0.1,9\n")
     (readings / "b.csv").write_text("meter_id,ts,kwh\nM1,2026-11-20 00:45,0.2\n")
-    result = ingest_readings(date(2026, 11, 20), inbox=str(readings.parent), database_url=database_url)
+    result = ingest_readings(date(2026, 11, 20), inbox=str(readings.parent))
     assert (result["files"], result["accepted"], result["rejected"], result["failed"]) == (1, 1, 1, 0)
     assert "a.csv 第3行的列数多于表头" in result["rejected_files"][0]["reason"]
     assert [p.name[:2] for p in (readings / "rejected").iterdir()] == ["a."]
@@ -102,7 +111,7 @@ def test_ingest_flow_rejects_a_malformed_file_and_ingests_the_others(prefect_har
     [run] = runs(database_url, "a.csv")  # recorded once: bad data is not retried
     assert run.stage == "ingest_readings" and not run.success
     # The next run finds nothing new: the rejected file is not read again.
-    again = ingest_readings(date(2026, 11, 20), inbox=str(readings.parent), database_url=database_url)
+    again = ingest_readings(date(2026, 11, 20), inbox=str(readings.parent))
     assert (again["files"], again["rejected"]) == (0, 0)
 
 
