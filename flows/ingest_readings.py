@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from sibifang.inbox import claim
 from sibifang.settings import get_settings
 from tasks.common import as_of_date, end_of_day
 from tasks.ingest_readings import ingest_file_task, pending_reading_files, pull_api_task
@@ -17,7 +18,8 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
     """Each dropped file is its own task: a file that cannot be read as readings is recorded
     (failed validation run, the clerk's report) and moved to ``readings/rejected/``; the other
     files and the API pull go on. ``rejected`` counts such files; ``failed`` counts files left
-    in the inbox after an unexpected error (tried again on the next run)."""
+    in the inbox after an unexpected error (tried again on the next run); ``busy`` when another
+    run held the drop folder (``sibifang.inbox.claim``) and this one left its files to it."""
     from schemas.validation import DataContractError
     from tasks.import_registry import record_rejected_file
 
@@ -26,19 +28,23 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
     folder = Path(inbox) if inbox else Path(settings.inbox_dir)
     logger = get_run_logger()
     results, rejected, failed = [], [], []
-    for p, batch_id in pending_reading_files(folder):
-        state = ingest_file_task(str(p), batch_id, as_of=end_of_day(day), return_state=True)
-        if state.is_completed():
-            results.append(state.result())
-            continue
-        error = state.result(raise_on_failure=False)
-        if isinstance(error, DataContractError):
-            r = record_rejected_file("readings", p, error, out_dir=settings.out_dir,
-                                     now=end_of_day(day), stage="ingest_readings", move=True)
-            rejected.append({"file": p.name, "reason": r["reason"], "error_report": r["error_report"]})
-        else:
-            failed.append({"file": p.name, "error": f"{type(error).__name__}: {error}"[:300]})
-            logger.error("%s: not ingested, left in the inbox for the next run: %s", p.name, failed[-1]["error"])
+    with claim(folder / "readings") as mine:  # one run at a time reads the drop folder
+        if not mine:
+            logger.info("another run is reading %s; its files are left to it", folder / "readings")
+        for p, batch_id in pending_reading_files(folder) if mine else []:
+            state = ingest_file_task(str(p), batch_id, as_of=end_of_day(day), return_state=True)
+            if state.is_completed():
+                results.append(state.result())
+                continue
+            error = state.result(raise_on_failure=False)
+            if isinstance(error, DataContractError):
+                r = record_rejected_file("readings", p, error, out_dir=settings.out_dir,
+                                         now=end_of_day(day), stage="ingest_readings", move=True)
+                rejected.append({"file": p.name, "reason": r["reason"], "error_report": r["error_report"]})
+            else:
+                failed.append({"file": p.name, "error": f"{type(error).__name__}: {error}"[:300]})
+                logger.error("%s: not ingested, left in the inbox for the next run: %s", p.name,
+                             failed[-1]["error"])
     if rejected:
         logger.warning("%d readings file(s) not ingested, moved to rejected/: %s", len(rejected),
                        "; ".join(f"{r['file']}: {r['reason']}" for r in rejected))
@@ -50,4 +56,5 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
         "read": sum(r["read"] for r in results), "accepted": sum(r["accepted"] for r in results),
         "quarantined": sum(r["quarantined"] for r in results), "new": sum(r["new"] for r in results),
         "rejected": len(rejected), "rejected_files": rejected, "failed": len(failed), "failed_files": failed,
+        "busy": not mine,
     }

@@ -23,6 +23,8 @@ def _configure(out: Path) -> None:
     os.environ["SIBIFANG_DATA_DIR"] = str(out / "data")
     os.environ["SIBIFANG_INBOX_DIR"] = str(out / "data" / "inbox")
     os.environ["SIBIFANG_OUT_DIR"] = str(out)
+    # The simulator writes each day's files whole before that day's loop reads them.
+    os.environ["SIBIFANG_INBOX_SETTLE_SECONDS"] = "0"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from sibifang.settings import reset_settings

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     out_dir: Path = Path("out")
     # File drops that the scheduled flows pick up (villages' visit sheets, meter exports).
     inbox_dir: Path = Path("data/inbox")
+    # A dropped file is read once it has not changed for this long (it may still be being copied).
+    inbox_settle_seconds: float = 30.0
 
     # Alerts: when set, every alert goes to this one generic webhook (trials, tests).
     alert_webhook_url: str | None = Field(None, repr=False)

@@ -26,17 +26,20 @@ def file_batch_id(path: Path) -> str:
 def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[tuple[Path, str]]:
     """New files in the drop folder with their batch id (content hash), each hashed once.
 
-    Ingested files move to ``readings/done/`` (named ``<stem>.<digest8><suffix>``), so a run
-    reads only what arrived since the last one; a file dropped again (same content) is already
-    in the ledger and is moved aside unread."""
+    Only files that are ready (``sibifang.inbox.ready_files``): one still being copied in waits
+    for the next run. Ingested files move to ``readings/done/`` (named
+    ``<stem>.<digest8><suffix>``), so a run reads only what arrived since the last one; a file
+    dropped again (same content) is already in the ledger and is moved aside unread. The caller
+    holds the folder (``sibifang.inbox.claim``)."""
     from schemas.models import ReadingBatch
     from sibifang.db import session_scope
+    from sibifang.inbox import ready_files
+    from sibifang.settings import get_settings
 
-    folder = inbox / "readings"
-    if not folder.exists():
+    ready = ready_files(inbox / "readings", READING_SUFFIXES, settle_seconds=get_settings().inbox_settle_seconds)
+    if not ready:
         return []
-    files = [(p, file_batch_id(p)) for p in sorted(folder.iterdir())
-             if p.is_file() and p.suffix.lower() in READING_SUFFIXES]
+    files = [(p, file_batch_id(p)) for p in ready]
     with session_scope(database_url) as s:
         done = set(s.scalars(select(ReadingBatch.id).where(ReadingBatch.id.in_([b for _, b in files]))))
     for p, batch in files:

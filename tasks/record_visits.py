@@ -10,7 +10,10 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select, update
 
 from sibifang.db import read_frame
+from sibifang.inbox import claim, ready_files
+from sibifang.settings import get_settings
 
+from tasks.common import run_logger
 from tasks.import_registry import import_file, move_aside, record_rejected_file
 
 VISIT_SUFFIXES = (".csv", ".xlsx", ".json")
@@ -23,17 +26,30 @@ def import_visit_files(inbox: str, database_url: str | None = None, out_dir: str
 
     A file that cannot be imported at all (unreadable, missing columns, ...) is recorded (a
     failed validation run and the clerk's report) and moved to ``rejected/``; the other files
-    are imported all the same. ``rejected`` counts such files, ``rejected_files`` names them."""
-    from schemas.validation import DataContractError
-    from sibifang.importing import content_digest
-
-    totals: dict = {"files": 0, "read": 0, "accepted": 0, "quarantined": 0, "rejected": 0, "rejected_files": []}
+    are imported all the same. ``rejected`` counts such files, ``rejected_files`` names them.
+    Only ready files are read (one still being copied in waits), and one run at a time: ``busy``
+    when another run holds the folder (``sibifang.inbox``)."""
+    totals: dict = {"files": 0, "read": 0, "accepted": 0, "quarantined": 0, "rejected": 0, "rejected_files": [],
+                    "busy": False}
     folder = Path(inbox) / "visits"
     if not folder.exists():
         return totals
+    with claim(folder) as mine:
+        if not mine:
+            run_logger().info("%s: another run is reading this folder; its files are left to it", folder)
+            return totals | {"busy": True}
+        files = ready_files(folder, VISIT_SUFFIXES, settle_seconds=get_settings().inbox_settle_seconds)
+        return _import_visit_sheets(files, totals, database_url, out_dir, as_of)
+
+
+def _import_visit_sheets(files: list[Path], totals: dict, database_url: str | None, out_dir: str | None,
+                         as_of: date | None) -> dict:
+    from schemas.validation import DataContractError
+    from sibifang.importing import content_digest
+
     now = datetime.combine(as_of, time(23, 59, 59)) if as_of else None
     out = Path(out_dir) if out_dir else None
-    for p in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VISIT_SUFFIXES):
+    for p in files:
         digest = content_digest(p)
         try:
             r = import_file("visits", p, database_url=database_url, out_dir=out, now=now, digest=digest)

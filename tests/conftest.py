@@ -97,6 +97,8 @@ def app_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SIBIFANG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("SIBIFANG_INBOX_DIR", str(tmp_path / "data" / "inbox"))
     monkeypatch.setenv("SIBIFANG_OUT_DIR", str(tmp_path / "out"))
+    # Tests write a drop file and read it at once (tests/test_inbox.py tests the settling).
+    monkeypatch.setenv("SIBIFANG_INBOX_SETTLE_SECONDS", "0")
     monkeypatch.delenv("SIBIFANG_ALERT_WEBHOOK_URL", raising=False)
     reset_settings()
     yield tmp_path
