@@ -26,6 +26,21 @@ SCHEDULES: dict[str, list[dict]] = {
     "import_registry": [],  # by hand: a supervisor imports what a village sent
 }
 
+# One run of a deployment at a time (Prefect's deployment concurrency limit, enforced by its
+# server for `serve` and for a cluster's workers alike). A run of the frequent ones that finds
+# the last one still going is dropped: the next, minutes later, does the work, and runs that
+# pile up behind a slow receiver would only wait to find nothing left. The others queue, so a
+# supervisor's run by hand is never dropped.
+CANCEL_NEW_WHEN_BUSY = ("dispatch_alerts", "ingest_readings", "record_visits")
+
+
+def concurrency_limit(name: str):
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    strategy = (ConcurrencyLimitStrategy.CANCEL_NEW if name in CANCEL_NEW_WHEN_BUSY
+                else ConcurrencyLimitStrategy.ENQUEUE)
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=strategy)
+
 
 def build_deployments():
     from prefect.schedules import Cron, Interval
@@ -42,6 +57,7 @@ def build_deployments():
             else:
                 schedules.append(Interval(spec["interval"], parameters=params))
         deployments.append(get_flow(name).to_deployment(name=name, schedules=schedules or None,
+                                                        concurrency_limit=concurrency_limit(name),
                                                         tags=["sibifang"]))
     return deployments
 

@@ -153,7 +153,7 @@ def test_pull_api_task_does_not_retry_bad_data(prefect_harness, app_env, monkeyp
 
 
 def test_served_deployments_match_prefect_yaml():
-    from sibifang.deployments import SCHEDULES
+    from sibifang.deployments import SCHEDULES, concurrency_limit
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text(encoding="utf-8"))
     yaml_names = {d["name"] for d in spec["deployments"]}
@@ -161,3 +161,19 @@ def test_served_deployments_match_prefect_yaml():
     for d in spec["deployments"]:
         crons = sorted(s["cron"] for s in d.get("schedules", []) if "cron" in s)
         assert crons == sorted(s["cron"] for s in SCHEDULES[d["name"]] if "cron" in s), d["name"]
+        served = concurrency_limit(d["name"])
+        assert d["concurrency_limit"] == {"limit": served.limit,
+                                          "collision_strategy": served.collision_strategy.value}, d["name"]
+
+
+def test_the_server_keeps_one_run_of_each_deployment_at_a_time(prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    from sibifang.deployments import build_deployments
+
+    deployments = {d.name: d for d in build_deployments()}
+    with get_client(sync_client=True) as client:
+        for name, strategy in (("dispatch_alerts", "CANCEL_NEW"), ("schedule_visits", "ENQUEUE")):
+            stored = client.read_deployment(deployments[name].apply())
+            assert stored.global_concurrency_limit.limit == 1, name
+            assert stored.concurrency_options.collision_strategy.value == strategy, name
