@@ -350,6 +350,9 @@ class ValidationRun(Base):
     rows_accepted: Mapped[int] = mapped_column(Integer)
     rows_quarantined: Mapped[int] = mapped_column(Integer)
     failures: Mapped[list[str] | None] = mapped_column(JSON)
+    # What was validated and how it came out (stage, suite, source, the data's digest, result):
+    # validating the same data again is the same run, kept once. NULL on runs from before 0005.
+    digest: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class QuarantinedRow(Base):

@@ -7,16 +7,20 @@ and records the validation run and every quarantined row with its reason.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from schemas.models import (
     Area,
+    AuditEvent,
     Cadre,
     CadreGrid,
     Household,
@@ -185,25 +189,49 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
             session.execute(delete(CadreGrid).where(CadreGrid.cadre_id.in_(ids[i:i + 500])))
         links = [{"cadre_id": r["id"], "grid_id": g} for r in rows for g in r["grid_ids"]]
         upsert(session, CadreGrid, links, key=["cadre_id", "grid_id"], update=())
-    audit(session, "import", f"import_{kind}", kind, source, {"rows": len(rows)}, at=now)
+    # The same file imported again (a re-run of the hand-over, a sheet dropped twice) changes
+    # nothing and is not recorded again; the same rows after other content of this file are.
+    digest = frame_digest(accepted)[:16]
+    last = session.scalars(select(AuditEvent.detail).where(
+        AuditEvent.entity == kind, AuditEvent.entity_id == source, AuditEvent.action == f"import_{kind}")
+        .order_by(AuditEvent.id.desc()).limit(1)).first()
+    if (last or {}).get("digest") != digest:
+        audit(session, "import", f"import_{kind}", kind, source, {"rows": len(rows), "digest": digest}, at=now)
     return len(rows)
+
+
+def frame_digest(df: pd.DataFrame) -> str:
+    """A stable hash of a frame's columns and rows, whatever the row order: the same data, the
+    same digest. Lists and dicts (flag details, grid ids) are hashed by their text."""
+    cells = df.apply(lambda c: c.map(repr) if c.dtype == object else c)
+    h = hashlib.sha256(json.dumps([str(c) for c in df.columns]).encode())
+    h.update(np.sort(pd.util.hash_pandas_object(cells, index=False).to_numpy()).tobytes())
+    return h.hexdigest()
 
 
 def record_validation(session: Session, *, stage: str, suite: str, source: str, read: int, accepted: int,
                       quarantined: pd.DataFrame | None, failures: list[str], success: bool,
                       raw_rows: dict[int, dict[str, Any]] | None = None, now: datetime | None = None,
-                      batch: str = "") -> None:
+                      batch: str = "", content: str = "") -> None:
     """Keep the validation run and every quarantined row (line, field, reason) in the database.
 
     ``batch`` (a file's content digest, a reading batch's id) keeps the quarantined rows of two
     files with the same name, or of two API pulls, apart; the same batch again changes nothing.
+    ``content`` names what was validated where there is no batch (``frame_digest`` of a hand-over).
+    The same data validated again with the same result is the same run: stored once, with the time
+    it was first seen. A different result for the same data (a file checked again after the
+    households it names were imported) is a new run.
     """
     now = now or local_now()
     q = quarantined if quarantined is not None else pd.DataFrame()
     lines = int(q["line"].nunique()) if "line" in q and not q.empty else 0
-    session.add(ValidationRun(stage=stage, suite=suite, source=source, at=now, success=success,
-                              rows_read=read, rows_accepted=accepted, rows_quarantined=lines,
-                              failures=failures[:50]))
+    read, accepted, success, failures = int(read), int(accepted), bool(success), failures[:50]
+    key = [stage, suite, source, content or batch, read, accepted, lines, success, failures]
+    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False, default=str).encode()).hexdigest()
+    upsert(session, ValidationRun, [{"stage": stage, "suite": suite, "source": source, "at": now,
+                                     "success": success, "rows_read": read, "rows_accepted": accepted,
+                                     "rows_quarantined": lines, "failures": failures, "digest": digest}],
+           key=["digest"], update=())
     if not q.empty:
         rows = []
         for r in frame_records(q):

@@ -54,14 +54,15 @@ def validate_handover(df: pd.DataFrame, suite: str, *, stage: str, source: str,
     """Validate a stage's output with its GX suite, record the run, stop on a critical failure."""
     from schemas.validation import raise_for_critical, validate_frame
     from sibifang.db import session_scope
-    from sibifang.import_registry import record_validation
+    from sibifang.import_registry import frame_digest, record_validation
 
     report = validate_frame(df, suite, source=source)
     failures = [f"{r.expectation}({r.column}): {r.unexpected_count}" + (f" [{r.exception}]" if r.exception else "")
                 for r in report.results if not r.success]
     with session_scope(database_url) as s:
         record_validation(s, stage=stage, suite=suite, source=source, read=len(df), accepted=len(df),
-                          quarantined=None, failures=failures, success=report.success)
+                          quarantined=None, failures=failures, success=report.success,
+                          content=frame_digest(df))  # a re-run hands over the same frame: one run
     if failures:
         run_logger().warning("%s: %s expectation(s) failed: %s", source, len(failures), "; ".join(failures[:5]))
     raise_for_critical(report)

@@ -119,10 +119,16 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                          "status": "closed" if ended_long_ago else "open",
                          "outcome": "ended_before_run" if ended_long_ago else None,
                          "closed_at": now if ended_long_ago else None})
+        # Only episodes not on record are raised: ``seen`` was read before this transaction, and a
+        # run alongside (or a retry) may have stored some since. Those are neither raised nor counted.
+        stored = set()
+        for keys in chunks([r["dedup_key"] for r in rows], 500):
+            stored |= set(s.scalars(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys))))
+        rows = [r for r in rows if r["dedup_key"] not in stored]
         upsert(s, RiskFlag, rows, key=["dedup_key"], update=())
         for e in frame_records(extends):
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
-        if rows:
+        if rows:  # a re-run raises nothing and records nothing
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
     hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
                            Household.risk_level.label("old_level"), Household.risk_score.label("old_score")),

@@ -39,8 +39,11 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
                                Cadre.on_leave_until), database_url)
     last = read_frame(select(Visit.household_id, func.max(Visit.visited_at).label("last_visited_at"))
                       .where(Visit.visited_at < as_of + timedelta(days=1)).group_by(Visit.household_id), database_url)
+    # With their windows: without them the planner shows a carried plan's window as its due day
+    # alone, and a re-run hands over (and validates) another plan than the run it repeats.
     open_plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
-                                   VisitPlan.due_date, VisitPlan.reason, VisitPlan.urgent)
+                                   VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end,
+                                   VisitPlan.reason, VisitPlan.urgent)
                             .where(VisitPlan.status == "planned", VisitPlan.due_date >= as_of), database_url)
     assignments = read_frame(select(Assignment.household_id, Assignment.cadre_id), database_url)
     # A new flag asks for a visit within 24 h (critical) or 72 h, once: not when an urgent visit
@@ -105,10 +108,12 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         upsert(s, VisitPlan, rows, key=["id"], update=())
         after = s.scalar(select(func.count()).select_from(VisitPlan))
         # Moves of a cadre on leave: the colleague takes the visit (both are told in the notices).
+        # A visit moved already is not moved again: ``moved`` counts this run's moves only.
+        moved = 0
         for m in frame_records(plan.moved):
-            s.execute(update(VisitPlan).where(VisitPlan.id == m["visit_id"], VisitPlan.status == "planned",
-                                              VisitPlan.moved_from.is_(None))
-                      .values(cadre_id=m["to_cadre_id"], moved_from=m["from_cadre_id"]))
+            moved += s.execute(update(VisitPlan).where(VisitPlan.id == m["visit_id"], VisitPlan.status == "planned",
+                                                       VisitPlan.moved_from.is_(None))
+                               .values(cadre_id=m["to_cadre_id"], moved_from=m["from_cadre_id"])).rowcount
         a = plan.assignments
         upsert(s, Assignment, [{"household_id": r["household_id"], "cadre_id": r["cadre_id"], "since": as_of}
                                for r in frame_records(a[a.cadre_id.notna()])], key=["household_id"],
@@ -117,8 +122,10 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         missed = s.execute(update(VisitPlan).where(VisitPlan.status == "planned",
                                                    VisitPlan.window_end < as_of - timedelta(days=4))
                            .values(status="missed")).rowcount
-        audit(s, "schedule_visits", "plan", "visit_plan", None, {"new": after - before, "missed": missed},
-              at=datetime.combine(as_of, datetime.min.time()))
+        if after - before or missed or moved:  # a re-run that changes nothing records nothing
+            audit(s, "schedule_visits", "plan", "visit_plan", None,
+                  {"new": after - before, "missed": missed, "moved": moved},
+                  at=datetime.combine(as_of, datetime.min.time()))
     out = Path(out_dir) / "schedule" / str(as_of)
     out.mkdir(parents=True, exist_ok=True)
     plan.notices.to_csv(out / "cadre_digests.csv", index=False)

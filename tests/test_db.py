@@ -127,3 +127,88 @@ def test_upgrade_from_the_first_schema_keeps_the_data(database_url):
     assert "moved_from" in cols
     with session_scope(database_url) as s:
         assert s.get(Household, "H1").head_name == "李桂英"
+
+
+def test_downgrade_below_0004_keeps_the_newest_row_of_a_key_two_batches_share(database_url):
+    """Two batches quarantined the same line, field and code: the old key holds one of them."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from sibifang.db import alembic_config
+
+    migrate(database_url, "0004")
+    insert = text("INSERT INTO quarantined_rows (kind, source, batch, line, field, code, reason) "
+                  "VALUES ('import_visits', 'v.csv', :batch, :line, :field, 'unknown', :reason)")
+    with get_engine(database_url).begin() as conn:
+        for batch, line, field, reason in [("b1", 2, "household_id", "first"), ("b2", 2, "household_id", "second"),
+                                           ("b1", 3, "mode", "only"),
+                                           ("b1", None, None, "whole file"), ("b2", None, None, "whole file")]:
+            conn.execute(insert, {"batch": batch, "line": line, "field": field, "reason": reason})
+    command.downgrade(alembic_config(database_url), "0003")
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(text("SELECT line, field, reason FROM quarantined_rows ORDER BY id")).all()
+    # The newest of the shared key stays; NULL lines never collided and are all kept.
+    assert [tuple(r) for r in rows] == [(2, "household_id", "second"), (3, "mode", "only"),
+                                        (None, None, "whole file"), (None, None, "whole file")]
+    migrate(database_url)  # and up again
+    cols = {c["name"] for c in inspect(get_engine(database_url)).get_columns("quarantined_rows")}
+    assert "batch" in cols
+
+
+def test_validation_runs_are_kept_once_per_content_and_result(database_url):
+    """Runs from before 0005 keep a NULL digest; the same validation again adds no row."""
+    from sqlalchemy import text
+
+    from schemas.models import ValidationRun
+    from sibifang.import_registry import record_validation
+
+    migrate(database_url, "0004")
+    with get_engine(database_url).begin() as conn:
+        for _ in range(2):
+            conn.execute(text("INSERT INTO validation_runs (stage, suite, source, at, success, rows_read, "
+                              "rows_accepted, rows_quarantined) VALUES ('flag_risks', 'risk_flags', 'old', "
+                              ":at, true, 1, 1, 0)"), {"at": datetime(2026, 11, 20)})
+    migrate(database_url)
+
+    def validate(content: str, success: bool = True) -> None:
+        with session_scope(database_url) as s:
+            record_validation(s, stage="flag_risks", suite="risk_flags", source="flag_risks candidates", read=3,
+                              accepted=3, quarantined=None, failures=[] if success else ["x(kind): 1"],
+                              success=success, content=content, now=datetime(2026, 11, 21))
+
+    validate("d1")
+    validate("d1")  # a re-run: the same data, the same result
+    with session_scope(database_url) as s:
+        assert count(s, ValidationRun) == 3
+        assert count(s, ValidationRun, ValidationRun.digest.is_(None)) == 2
+    validate("d2")  # other data
+    validate("d1", success=False)  # the same data, another result (the suite changed)
+    with session_scope(database_url) as s:
+        assert count(s, ValidationRun) == 5
+    from alembic import command
+
+    from sibifang.db import alembic_config
+
+    command.downgrade(alembic_config(database_url), "0004")
+    assert "digest" not in {c["name"] for c in inspect(get_engine(database_url)).get_columns("validation_runs")}
+    migrate(database_url)
+
+
+def test_a_handover_validated_again_is_recorded_once(database_url):
+    import pandas as pd
+
+    from schemas.models import ValidationRun
+    from tasks.common import validate_handover
+
+    migrate(database_url)
+    plans = pd.DataFrame({"visit_id": ["P1", "P2"], "household_id": ["H1", "H2"], "cadre_id": ["K1", "K1"],
+                          "due_date": pd.to_datetime(["2026-01-10"] * 2), "urgent": [False, False],
+                          "status": ["planned", "planned"]})
+    for df in (plans, plans.iloc[::-1], plans.copy()):  # row order is not content
+        validate_handover.fn(df, "visit_plans", stage="schedule_visits", source="plans", database_url=database_url)
+    with session_scope(database_url) as s:
+        assert count(s, ValidationRun) == 1
+    validate_handover.fn(plans.assign(urgent=[True, False]), "visit_plans", stage="schedule_visits",
+                         source="plans", database_url=database_url)
+    with session_scope(database_url) as s:
+        assert count(s, ValidationRun) == 2

@@ -32,6 +32,17 @@ def _run_demo(out: Path, database_url: str, days: int = 2) -> dict:
     return run_demo(scale="village", seed=5, days=days, out=out, reset=True, echo=lambda m: None)
 
 
+def _row_counts(database_url: str) -> dict[str, int]:
+    """Rows of every table of the models, so a table added later is counted too."""
+    from sqlalchemy import func, select
+
+    from schemas.models import Base
+    from sibifang.db import session_scope
+
+    with session_scope(database_url) as s:
+        return {t.name: s.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
 def test_closed_loop_end_to_end_and_rerun_changes_nothing(prefect_harness, isolated_env, tmp_path):
     url = f"sqlite:///{tmp_path / 'loop.db'}"
     summary = _run_demo(tmp_path / "out", url)
@@ -61,9 +72,9 @@ def test_closed_loop_end_to_end_and_rerun_changes_nothing(prefect_harness, isola
     from sibifang.settings import reset_settings
 
     reset_settings()
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
-    from schemas.models import Alert
+    from schemas.models import Alert, ValidationRun
     from sibifang.db import session_scope
 
     def sent_attempts():
@@ -71,6 +82,9 @@ def test_closed_loop_end_to_end_and_rerun_changes_nothing(prefect_harness, isola
             return dict(s.execute(select(Alert.id, Alert.attempts).where(Alert.status == "sent")).all())
 
     sent_before = sent_attempts()
+    rows_before = _row_counts(url)
+    with session_scope(url) as s:
+        last_run = s.scalar(select(func.max(ValidationRun.id)))
     result = closed_loop(as_of=last_day - timedelta(days=1), report=True, report_period_days=2)
     # Nothing delivered is tried again (alerts still pending may be, to a receiver that is down).
     after_sent = sent_attempts()
@@ -81,6 +95,22 @@ def test_closed_loop_end_to_end_and_rerun_changes_nothing(prefect_harness, isola
     after = collect_stats(url)
     for key in ("visit_plans", "visits", "readings", "flags", "alerts", "cases", "reports", "needs"):
         assert after[key] == stats[key], key
+    # Every table, not only the ones named above: a log table that grows on a re-run is caught too.
+    rows_after = _row_counts(url)
+    grown = {t: (rows_before[t], n) for t, n in rows_after.items() if n != rows_before[t]}
+    # One exception. After each day's loop the demo's cadres answer alerts (``acknowledge_alerts``),
+    # closing flags: the re-run's risk levels, so the report's aggregates, are new data, and that
+    # hand-over is validated once more. Every other stage hands over the same data: no new run.
+    grown.pop("validation_runs", None)
+    with session_scope(url) as s:
+        new_runs = set(s.scalars(select(ValidationRun.stage).where(ValidationRun.id > last_run)))
+    assert new_runs <= {"summary_report"}
+    assert grown == {}
+    # Once more, nothing having happened since: not a row more anywhere, validation runs included.
+    closed_loop(as_of=last_day - timedelta(days=1), report=True, report_period_days=2)
+    assert _row_counts(url) == rows_after
+    # Alerts still pending would be tried again (never delivered, so not a re-send): none here.
+    assert stats["alerts_pending"] == 0
     assert (tmp_path / "out" / "alerts-received.jsonl").read_text(encoding="utf-8").count("\n") == received
 
     # A supervisor re-plans one grid by hand, with parameters, through the command.
@@ -95,6 +125,24 @@ def test_closed_loop_end_to_end_and_rerun_changes_nothing(prefect_harness, isola
     assert res.exit_code == 0, res.output
     out, _ = json.JSONDecoder().raw_decode(res.output[res.output.index("{\n"):])  # logs may follow
     assert out["new_plans"] == 0 and out["planned"] > 0  # same inputs: the same plan, nothing new
+
+
+def test_importing_the_same_registry_again_changes_nothing(prefect_harness, isolated_env, tmp_path, village_dir):
+    """No new rows anywhere, validation runs and audit events included (the broken rows too)."""
+    from flows.import_registry import import_registry
+    from sibifang.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'import.db'}"
+    os.environ["SIBIFANG_DATABASE_URL"] = url
+    from sibifang.settings import reset_settings
+
+    reset_settings()
+    migrate(url)
+    import_registry(str(village_dir))
+    first = _row_counts(url)
+    assert first["households"] > 0 and first["quarantined_rows"] >= 5 and first["audit_events"] > 0
+    import_registry(str(village_dir))
+    assert _row_counts(url) == first
 
 
 def test_same_counts_on_postgresql(prefect_harness, isolated_env, tmp_path, postgres_url):

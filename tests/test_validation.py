@@ -306,3 +306,16 @@ def test_risk_flag_kinds_cover_what_the_stages_raise():
     cues = tomllib.loads(lexicon.read_text(encoding="utf-8")).get("cues", {})
     assert cues, "the lexicon defines no cues"
     assert set(cues) <= set(S.RISK_FLAG_KINDS)
+
+
+def test_frame_digest_is_the_data_not_the_row_order():
+    """What a validation run is keyed by: the same rows in any order, lists and dicts included."""
+    from sibifang.import_registry import frame_digest
+
+    df = visit_plans().assign(details=[{"kwh": 0.1}, {}, None, {"kwh": 0.2}], grids=[["G1"], [], ["G2"], None])
+    assert frame_digest(df) == frame_digest(df.iloc[::-1]) == frame_digest(df.copy())
+    assert frame_digest(df) != frame_digest(df.assign(urgent=[True, False, False, False]))
+    assert frame_digest(df) != frame_digest(df.assign(details=[{"kwh": 0.3}, {}, None, {"kwh": 0.2}]))
+    assert frame_digest(df) != frame_digest(df.rename(columns={"urgent": "critical"}))
+    assert frame_digest(df) != frame_digest(df.iloc[:3])
+    assert frame_digest(pd.DataFrame()) == frame_digest(pd.DataFrame())
