@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +35,7 @@ def main() -> None:
     from bench_dispatch import build_db
     from schemas.models import DeliveryAttempt, RiskFlag
     from sibifang.db import session_scope
+    from sibifang.settings import local_now
     from tests.http_receiver import HttpReceiver
     from sqlalchemy import select
 
@@ -54,7 +55,9 @@ def main() -> None:
             time.sleep(40)  # the Prefect server, the scheduler and the runner come up
             latencies, arrivals = [], []
             for i in range(args.flags):
-                stored = datetime.now()
+                # The database keeps naive China time (local_now), whatever the host's zone;
+                # the receiver stamps epoch seconds.
+                stored, stored_epoch = local_now(), time.time()
                 with session_scope(url) as s:
                     s.add(RiskFlag(id=f"L{i}", dedup_key=f"latency|{i}", household_id="H000000", meter_id="M0",
                                    kind="inactivity", severity="critical", score=9.0,
@@ -74,7 +77,7 @@ def main() -> None:
                 lat = (first - stored).total_seconds() if first else float("nan")
                 latencies.append(lat)
                 if arrived:
-                    arrivals.append(arrived - stored.timestamp())
+                    arrivals.append(arrived - stored_epoch)
                 print(f"flag {i}: first delivery attempt {lat:6.1f} s after it was stored"
                       + (f", at the receiver {arrivals[-1]:6.1f} s" if arrived else ""), flush=True)
                 time.sleep(args.spacing)

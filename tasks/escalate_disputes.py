@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select, update
 
 from sibifang.db import grid_hierarchy, read_frame
+from sibifang.records import chunks
 
 
 def _households_in_grids(grids: pd.DataFrame, database_url: str | None) -> pd.DataFrame:
@@ -46,6 +47,12 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
                  "mediator_id": c["mediator_id"], "source_flag_id": c["source_flag_id"],
                  "source_visit_id": c["source_visit_id"], "cues": c["cues"], "opened_at": c["opened_at"],
                  "status": "open"} for c in frame_records(cases)]
+        # A flag's case is opened once: one closed since (mediated) while the flag stays open is
+        # not opened, counted or audited again.
+        stored = set()
+        for ids in chunks([r["id"] for r in rows], 500):
+            stored |= set(s.scalars(select(MediationCase.id).where(MediationCase.id.in_(ids))))
+        rows = [r for r in rows if r["id"] not in stored]
         upsert(s, MediationCase, rows, key=["id"], update=())
         for r in rows:
             audit(s, "escalate_disputes", "open_case", "mediation_case", r["id"], {"room": r["room_id"]},

@@ -210,3 +210,42 @@ def test_match_needs_is_deterministic():
     b = match_needs(needs.iloc[::-1], RESOURCES.iloc[::-1], AREAS)
     assert dict(zip(a.need_id, a.resource_id)) == dict(zip(b.need_id, b.resource_id))
     assert len(a) == 12
+
+
+# --- the task on a database ------------------------------------------------------------------
+def test_a_flags_case_is_opened_once_even_after_it_was_closed(database_url):
+    """A case mediated and closed while its dispute flag stays open is not opened (or counted,
+    or audited) again by the next run."""
+    from datetime import date, datetime
+
+    from sqlalchemy import func, select, update
+
+    from schemas.models import Area, AuditEvent, Household, MediationCase, MediationRoom, RiskFlag
+    from sibifang.db import migrate, session_scope, upsert
+    from tasks.escalate_disputes import open_cases_task
+
+    migrate(database_url)
+    areas = [("D1", "district", None), ("T1", "township", "D1"), ("V1", "village", "T1"), ("G1", "grid", "V1")]
+    with session_scope(database_url) as s:
+        upsert(s, Area, [{"id": i, "level": lv, "name": i, "parent_id": p, "village_kind": None}
+                         for i, lv, p in areas], key=["id"])
+        upsert(s, Household, [{"id": "H1", "head_name": "王秀兰", "grid_id": "G1", "categories": []}], key=["id"])
+        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1",
+                                   "mediator_ids": ["MED1"]}], key=["id"])
+        s.add(RiskFlag(id="F1", dedup_key="dispute|H1|1", household_id="H1", kind="dispute", severity="high",
+                       score=3.0, start=datetime(2026, 11, 20, 9), detected_at=datetime(2026, 11, 20, 9),
+                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+
+    def audits() -> int:
+        with session_scope(database_url) as s:
+            return s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "open_case"))
+
+    assert open_cases_task.fn(date(2026, 11, 20), database_url) == 1
+    assert audits() == 1
+    with session_scope(database_url) as s:
+        s.execute(update(MediationCase).values(status="closed", closed_at=datetime(2026, 11, 21, 10),
+                                                outcome="调解成功"))
+    assert open_cases_task.fn(date(2026, 11, 22), database_url) == 0
+    assert audits() == 1
+    with session_scope(database_url) as s:
+        assert [c.status for c in s.scalars(select(MediationCase))] == ["closed"]
