@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from sibifang.db import read_frame
 from sibifang.records import chunks
@@ -133,22 +133,27 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
                            Household.risk_level.label("old_level"), Household.risk_score.label("old_score")),
                     database_url)
+    # Scored as of the day's end: a replayed day gets the flags open then, not the ones raised or
+    # closed since, so its risk map (and the report built on it) is what that day saw.
     still_open = read_frame(select(RiskFlag.household_id, RiskFlag.severity, RiskFlag.evidence)
-                            .where(RiskFlag.status != "closed"), database_url)
+                            .where(RiskFlag.detected_at <= now,
+                                   or_(RiskFlag.status != "closed", RiskFlag.closed_at > now)), database_url)
     scored = logic.score_households(hh, still_open)
     prev_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of < as_of)
                           .order_by(RiskMapSnapshot.as_of.desc()).limit(1), database_url)
+    later_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of > as_of).limit(1), database_url)
     previous = None
     if not prev_day.empty:
         previous = read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of == prev_day.as_of.iloc[0]),
                               database_url)
     rmap = logic.risk_map(scored, as_of, previous)
     with session_scope(database_url) as s:
-        # Only households whose level or score moved are written.
+        # Only households whose level or score moved are written, and only by the latest day: the
+        # household's level is its current one, which a replay of an earlier day must not set back.
         prev = hh.set_index("household_id")
         moved = (scored.risk_level.to_numpy() != prev.loc[scored.household_id, "old_level"].to_numpy()) | (
             scored.risk_score.to_numpy() != prev.loc[scored.household_id, "old_score"].fillna(-1).to_numpy())
-        changed = scored[moved]
+        changed = scored[moved] if later_day.empty else scored.iloc[:0]
         for chunk_start in range(0, len(changed), 2000):
             chunk = changed.iloc[chunk_start:chunk_start + 2000]
             s.execute(update(Household), [
