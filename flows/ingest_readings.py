@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from sibifang.inbox import claim
-from sibifang.settings import get_settings
+from sibifang.settings import get_settings, local_now
 from tasks.common import as_of_date, end_of_day
 from tasks.ingest_readings import ingest_file_task, pending_reading_files, pull_api_task
 
@@ -24,6 +24,10 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
     from tasks.import_registry import record_rejected_file
 
     day = as_of_date(as_of)
+    # The tasks ingest as of the day's end and cap it at the clock themselves (``reading_clock``:
+    # a reading from later today is in the future); a rejected file is recorded at the same
+    # capped time, never at a time still to come.
+    until = min(end_of_day(day), local_now())
     settings = get_settings()
     folder = Path(inbox) if inbox else Path(settings.inbox_dir)
     logger = get_run_logger()
@@ -39,7 +43,7 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
             error = state.result(raise_on_failure=False)
             if isinstance(error, DataContractError):
                 r = record_rejected_file("readings", p, error, out_dir=settings.out_dir,
-                                         now=end_of_day(day), stage="ingest_readings", move=True)
+                                         now=until, stage="ingest_readings", move=True)
                 rejected.append({"file": p.name, "reason": r["reason"], "error_report": r["error_report"]})
             else:
                 failed.append({"file": p.name, "error": f"{type(error).__name__}: {error}"[:300]})

@@ -829,6 +829,10 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
     nthr = np.zeros(M, np.float32)
     for t in range(T_eff):
         d = t // 24
+        # An alerted silence is over at the first activity after its detection, and known to be
+        # then (causal: a replay cut at any later hour sees the same end).
+        for i in [i for i in open_sil if av[i, t]]:
+            open_sil.pop(i)["end"] = t
         if t % 24 == 0:
             lo = max(0, d - W)
             hist = np.maximum(P["hist_days"][:, d], 1.0)
@@ -866,9 +870,9 @@ def _scan(X, A, valid, gap_ok, P, cfg, T_eff):
                 exsum[j, :, d] += np.where(done, np.minimum(smax[j] - lref, cfg.pot_cap), 0.0)
             smax[:, ended] = 0.0
             for i in np.nonzero(ended & alarmed)[0]:
-                e = open_sil.pop(i)
-                act = np.nonzero(av[i, e["det"] + 1:t + 1])[0]
-                e["end"] = int(e["det"] + 1 + act[0]) if len(act) else t
+                e = open_sil.pop(i, None)
+                if e is not None:  # no activity came back before its evidence was used up
+                    e["end"] = t
             run_start[ended] = -1
             alarmed &= ~ended
             crossed &= ~ended

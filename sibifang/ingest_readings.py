@@ -12,9 +12,12 @@ register is a quarantine row with its own code, so the clerk can account for eve
 
 Decisions (documented here because detectors depend on them):
 
-* Time zone. Timestamps with an offset or ``Z`` are converted to local time
+* Time zone. Timestamps with an offset or ``Z``/``z`` are converted to local time
   (Asia/Shanghai by default); naive timestamps are already local and kept as they are.
-  ``ts`` is floored to whole seconds (sub-second jitter carries no information).
+  ``ts`` is floored to whole seconds (sub-second jitter carries no information). ``24:00``
+  is the end of the day (ISO 8601): ``2026-11-20 24:00`` is ``2026-11-21 00:00``.
+* Meter ids are text; one that arrived as a floating-point number (a Parquet integer column
+  with a missing id is float64) is written as the integer: ``3302810001.0`` is ``3302810001``.
 * Clock skew. A reading later than ``now + future_skew`` (default 10 min) is quarantined
   (``future_ts``), not shifted: a wrong correction would move usage into other slots, where
   a detector would read it as night activity. The reason text tells the clerk to check the
@@ -25,13 +28,20 @@ Decisions (documented here because detectors depend on them):
   (for registers: by the time elapsed since the previous reading). More is ``implausible_kwh``.
 * Duplicates. Same meter and ts: the first row in file order is kept; a later row with the
   same kWh is ``duplicate`` (informational), with a different kWh ``conflicting_duplicate``.
-* Cumulative registers are differenced per meter in time order:
-    - the first reading of a meter is ``register_baseline`` (no interval can be computed;
-      pass ``last_registers`` from the previous batch to chain batches without losing one);
-    - a drop to near zero (≤ what the meter can count in the elapsed time) is
+* Cumulative registers are differenced per meter in time order, each reading against the
+  *reference*: the highest reading since the last baseline (see :func:`register_baselines`):
+    - the first reading of a meter is ``register_baseline`` (no interval can be computed).
+      ``last_registers`` (the previous batch's state, which the ReadingStore keeps) chains
+      batches, so a file or pull boundary loses no interval; only a meter's very first
+      reading is a baseline. A reading at or before the state's ts is differenced within
+      its own batch (a re-sent or re-ingested reading), and the state never moves back;
+    - a reading at most ``REGISTER_JITTER_KWH`` (0.05 kWh) below the reference is read
+      noise: 0 kWh, and the reference stays up, so noise never creates energy (100.00,
+      100.04, 100.00, 100.04 is 0.04 kWh in all): accepted intervals sum to the register's
+      rise (from the baseline to the highest reading);
+    - a drop below that to near zero (≤ what the meter can count in the elapsed time) is
       ``register_reset``; any other drop is ``register_drop`` (meter replaced or swapped):
       either way the reading starts a new baseline, never a negative interval;
-      a drop of at most ``register_jitter_kwh`` (0.05 kWh) is read noise and counts as 0 kWh;
     - a gap (more than 1.5 intervals since the previous reading) is ``register_gap``: the
       energy of the gap is named in the reason but NOT spread over the missing slots —
       spreading would invent a flat profile exactly where a detector must see "no data"
@@ -108,9 +118,16 @@ _COLUMN_ALIASES = {
     "kwh": "kwh", "用电量": "kwh",
     "register_kwh": "register_kwh", "累计读数": "register_kwh", "示数": "register_kwh",
 }
+# The columns a readings file is read for, as the clerk knows them (for file-level errors).
+_COLUMN_LABELS_ZH = {"meter_id": "电表编号（meter_id）", "ts": "读数时间（ts）", "kwh": "用电量（kwh）",
+                     "register_kwh": "累计读数（register_kwh）"}
 # An offset only counts after a time of day: "2026-11-20" must not read as offset "-20".
 _OFFSET_RE = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
 _NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+# A lower-case UTC designator after a time of day: "…02:45:00z".
+_LOWER_Z_RE = r"(\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*)z$"
+# 24:00[:00[.000]] as a time of day (not "2024:00" nor "12:24:00"), before an optional offset.
+_END_OF_DAY_RE = r"(?<![\d:])24:00(?::00(?:[.,]0*)?)?(?=\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?$)"
 
 
 @dataclass
@@ -118,8 +135,9 @@ class CleanResult:
     accepted: pd.DataFrame  # meter_id (str), ts (datetime64[ns], naive local, end of interval), kwh (float64)
     quarantined: pd.DataFrame  # QUARANTINE_COLUMNS; line is the 1-based file line (header = line 1)
     counts: dict  # read, accepted, quarantined, and one entry per quarantine code
-    # Cumulative feeds only: the last good register per meter, to pass as ``last_registers``
-    # to the next batch so its first reading yields an interval instead of a baseline.
+    # Cumulative feeds only: per meter the ts of its last usable reading and the reference
+    # reached there, to pass as ``last_registers`` to the next batch so that its first reading
+    # yields an interval instead of a baseline (meters not in this batch: as passed in).
     last_registers: pd.DataFrame | None = field(default=None)
     # The file line of each accepted row (same order as ``accepted``).
     accepted_lines: np.ndarray | None = field(default=None)
@@ -169,6 +187,16 @@ def read_readings_file(path: Path) -> pd.DataFrame:
         raise ImportFileError(path.name, f"unsupported readings file type {suffix!r} (CSV, Parquet, XLSX)",
                               message_zh=f"文件 {path.name} 的格式不支持，电表读数请提交 CSV、Parquet 或 XLSX 文件。")
 
+    clashes = _column_clashes(raw.columns)
+    if clashes:
+        # Two headers for one column (kwh and 用电量, meter_id and 表号, kwh twice): which one
+        # holds the readings is a guess, so the file is refused rather than read either way.
+        raise ImportFileError(
+            path.name, "; ".join(f"headers {', '.join(h)} all name the column {c}" for c, h in clashes.items()),
+            message_zh=f"文件 {path.name} 的表头有重复的列："
+                       + "；".join(_clash_zh(c, h) for c, h in clashes.items())
+                       + "。无法确定该用哪一列，请只保留其中一列后重新提交。",
+            line=1)
     raw = raw.rename(columns=_normalise_column_name)
     missing = sorted({"meter_id", "ts"} - set(raw.columns))
     if not ({"kwh", "register_kwh"} & set(raw.columns)):
@@ -183,13 +211,64 @@ def read_readings_file(path: Path) -> pd.DataFrame:
             line=1)
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
     out = raw[["meter_id", "ts", value_col]].copy()
+    out["meter_id"] = meter_id_text(out["meter_id"])
     out.insert(0, "line", np.arange(first_line, first_line + len(out), dtype=np.int64))
     return out.reset_index(drop=True)
 
 
+def _header_text(name: object) -> str:
+    return str(name).strip().lstrip("\ufeff").strip()
+
+
 def _normalise_column_name(name: object) -> str:
-    key = str(name).strip().lstrip("\ufeff").strip().lower()
+    key = _header_text(name).lower()
     return _COLUMN_ALIASES.get(key, key)
+
+
+def _column_clashes(columns: pd.Index) -> dict[str, list[str]]:
+    """Readings column -> the headers (as written) that name it, where more than one does."""
+    named: dict[str, list[str]] = {}
+    for column in columns:
+        header, target = _header_text(column), _normalise_column_name(column)
+        if target not in _COLUMN_LABELS_ZH:
+            # pandas reads a repeated header "kwh,kwh" as "kwh" and "kwh.1": one column twice.
+            repeated = re.fullmatch(r"(.+)\.\d+", header)
+            if not repeated or _normalise_column_name(repeated.group(1)) not in _COLUMN_LABELS_ZH:
+                continue
+            header, target = repeated.group(1), _normalise_column_name(repeated.group(1))
+        named.setdefault(target, []).append(header)
+    return {target: headers for target, headers in named.items() if len(headers) > 1}
+
+
+def _clash_zh(column: str, headers: list[str]) -> str:
+    if len(set(headers)) == 1:
+        return f"{headers[0]} 出现了 {len(headers)} 次（{_COLUMN_LABELS_ZH[column]}）"
+    return f"{'、'.join(headers)} 都表示{_COLUMN_LABELS_ZH[column]}"
+
+
+def meter_id_text(values: pd.Series) -> pd.Series:
+    """Meter ids as text, with ids that arrived as floating-point numbers written as integers.
+
+    A Parquet integer column with one missing id is stored as float64 (a JSON feed with a null
+    id decodes the same way), and 3302810001.0 is the meter 3302810001, not a new meter
+    "3302810001.0" that the register does not know. Text columns are returned unchanged.
+    """
+    if pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        integral = np.isfinite(numbers) & (numbers == np.trunc(numbers)) & (np.abs(numbers) < 2.0**63)
+        text = values.astype("str")
+        if integral.any():
+            text = text.astype(object)
+            text[integral] = numbers[integral].astype(np.int64).astype(str)
+            text = text.astype("str")
+        return text
+    if pd.api.types.is_object_dtype(values.dtype) and \
+            pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        # Mixed Python objects (JSON, XLSX): only the floats among them are rewritten, and the
+        # column stays object (Series.map would infer float64 again and round long ids).
+        return pd.Series([int(v) if isinstance(v, float) and v.is_integer() else v for v in values],
+                         index=values.index, dtype=object)
+    return values
 
 
 def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
@@ -262,7 +341,7 @@ def _parse_number(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
-def _parse_ts(values: pd.Series, tz: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+def _parse_ts(values: pd.Series, tz: str, second_chance: bool = True) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """-> (naive local datetime64[ns] with NaT, mask missing, mask present-but-unparseable)."""
     n = len(values)
     dtype = values.dtype
@@ -299,11 +378,36 @@ def _parse_ts(values: pd.Series, tz: str) -> tuple[pd.Series, np.ndarray, np.nda
             naive.loc[retry] = parsed.to_numpy()
         result.loc[naive_mask] = _to_ns(naive).to_numpy()
     bad = ~missing & result.isna().to_numpy()
+    if bad.any() and second_chance:
+        # ISO 8601 forms pandas does not read, tried only where parsing failed (a clean feed
+        # pays nothing): "24:00" is the end of the day (2026-11-20 24:00 = 2026-11-21 00:00),
+        # and UTC may be written "z".
+        retry = np.flatnonzero(bad)
+        original = s.iloc[retry].reset_index(drop=True)
+        midnight = original.str.replace(_END_OF_DAY_RE, "00:00", regex=True)
+        next_day = (midnight != original).to_numpy()
+        rewritten = midnight.str.replace(_LOWER_Z_RE, r"\1Z", regex=True)
+        changed = (rewritten != original).to_numpy()
+        if changed.any():
+            again, _, still_bad = _parse_ts(rewritten[changed].reset_index(drop=True), tz, second_chance=False)
+            # Naive local time: China has no DST, so a calendar day is 24 h, offsets or not.
+            again = again + pd.to_timedelta(next_day[changed].astype(np.int64), unit="D")
+            result.iloc[retry[changed]] = again.to_numpy()
+            bad[retry[changed]] = still_bad
     return result, missing, bad
 
 
 def _to_ns(ts: pd.Series) -> pd.Series:
     return ts.astype("datetime64[ns]").dt.floor("s")
+
+
+def reading_clock(as_of: datetime | None, now: datetime, timezone: str = LOCAL_TZ_NAME) -> pd.Timestamp:
+    """The "now" that readings may not be later than (plus the clock skew): the as-of time,
+    but never later than the real clock. A replayed past day is judged at that day's end;
+    today's run (as of today's end, 23:59:59) at the actual time, else a meter clock hours
+    fast would pass. Naive times are local; the result is naive local."""
+    clock = _local_now(now, timezone)
+    return clock if as_of is None else min(clock, _local_now(as_of, timezone))
 
 
 def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
@@ -335,8 +439,10 @@ def clean_readings(
     ``raw`` has ``meter_id, ts`` and ``kwh`` (intervals) or ``register_kwh`` (cumulative),
     optionally ``line`` (else row position + 2). ``interval_minutes`` is per meter (from
     meters.csv), one value for all, or None for 15. ``now`` (naive = local) bounds future
-    timestamps. ``last_registers`` (``meter_id, ts, register_kwh``, e.g. the previous
-    result's ``last_registers``) continues cumulative registers across batches.
+    timestamps (see :func:`reading_clock`). ``last_registers`` (``meter_id, ts, register_kwh``:
+    the previous result's ``last_registers``, or ``ReadingStore.last_registers()``) continues
+    cumulative registers across batches; the result's ``last_registers`` is the state after
+    this batch (``register_kwh`` is the reference, which read noise does not lower).
     """
     if "kwh" in raw.columns:
         cumulative = False
@@ -393,14 +499,15 @@ def clean_readings(
 
     kwh = np.full(n, np.nan)
     detail = np.full(n, "", dtype=object)
+    register_state = None
     valid = np.flatnonzero(code == 0)
     if len(valid):
         order = _sorted_rows(meters.codes[valid], ts_values[valid])
         rows = valid[order]  # valid rows by meter, ts, file order
         rows = _deduplicate(rows, meters.codes, ts_values, value, code)
         if cumulative:
-            _difference_registers(rows, meters, ts_values, value, interval, code, kwh, detail,
-                                  max_kw, last_registers)
+            register_state = _difference_registers(rows, meters, ts_values, value, interval, code, kwh,
+                                                   detail, max_kw, last_registers)
         else:
             kwh[rows] = value[rows]
         accepted_rows = rows[code[rows] == 0]
@@ -422,9 +529,7 @@ def clean_readings(
         raise RuntimeError(f"{source}: rows lost in cleaning: read {counts['read']} != "
                            f"{counts['accepted']} accepted + {counts['quarantined']} quarantined")
 
-    last = None
-    if cumulative:
-        last = _last_registers(meters, ts_values, value, code, last_registers)
+    last = _register_state(last_registers, register_state) if cumulative else None
     if counts["quarantined"]:
         log.info("%s: %d readings read, %d accepted, %d quarantined %s", source, n,
                  counts["accepted"], counts["quarantined"],
@@ -454,14 +559,14 @@ class _MeterCodes:
         if isinstance(values.dtype, pd.CategoricalDtype):
             # Parquet dictionary columns arrive as categoricals: encode the few categories,
             # not the millions of rows.
-            by_category = cls(_as_text(pd.Series(values.cat.categories)))
+            by_category = cls(_as_text(meter_id_text(pd.Series(values.cat.categories))))
             out = cls(pa.array([], pa.string()))
             out.names = by_category.names
             category_codes = values.cat.codes.to_numpy()
             out.codes = np.where(category_codes >= 0,
                                  np.append(by_category.codes, -1)[category_codes], -1).astype(np.int64)
             return out
-        return cls(_as_text(values))
+        return cls(_as_text(meter_id_text(values)))
 
     def per_row(self, per_meter: np.ndarray) -> np.ndarray:
         """Spread a per-meter array over rows (rows without a meter get the last element)."""
@@ -514,14 +619,18 @@ def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, valu
 
 def _difference_registers(rows: np.ndarray, meters: _MeterCodes, ts_all: np.ndarray, value: np.ndarray,
                           interval_all: np.ndarray, code: np.ndarray, kwh: np.ndarray, detail: np.ndarray,
-                          max_kw: float, last_registers: pd.DataFrame | None) -> None:
+                          max_kw: float, last_registers: pd.DataFrame | None) -> pd.DataFrame:
+    """Intervals from registers, in place (``code``, ``kwh``, ``detail``); -> the register state
+    after this batch: per meter, the ts of its last reading and the reference reached there."""
     meter_codes = meters.codes[rows]
     ts = ts_all[rows]
     reg = value[rows]
     interval = interval_all[rows]
     row_ids = rows
+    stored = np.zeros(len(rows), dtype=bool)
     if last_registers is not None and len(last_registers):
-        # Previous batch's last good registers: pseudo-rows (row id -1) that only act as baselines.
+        # The state an earlier batch left (its last reading's ts and its reference): pseudo-rows
+        # (row id -1) that only serve as the reference for the readings after them.
         prev_codes = meters.lookup(last_registers["meter_id"])
         keep = prev_codes >= 0
         prev_ts = pd.to_datetime(last_registers["ts"]).astype("datetime64[ns]").to_numpy()[keep]
@@ -530,60 +639,167 @@ def _difference_registers(rows: np.ndarray, meters: _MeterCodes, ts_all: np.ndar
         reg = np.concatenate([last_registers["register_kwh"].astype("float64").to_numpy()[keep], reg])
         interval = np.concatenate([np.full(keep.sum(), np.nan), interval])
         row_ids = np.concatenate([np.full(keep.sum(), -1), rows])
-        # Stable: at equal ts the previous baseline comes first, the batch row then repeats it.
-        order = np.lexsort((ts.astype(np.int64), meter_codes))
-        meter_codes, ts, reg, interval, row_ids = (a[order] for a in (meter_codes, ts, reg, interval, row_ids))
+        stored = np.concatenate([np.ones(keep.sum(), dtype=bool), stored])
+        # At equal ts the batch's reading comes first: it is differenced within its batch as
+        # it was the first time (a re-sent or re-ingested reading), and the stored state after
+        # it carries the reference on, so a re-ingested old file never moves the state back.
+        order = np.lexsort((stored, ts.astype(np.int64), meter_codes))
+        meter_codes, ts, reg, interval, row_ids, stored = (
+            a[order] for a in (meter_codes, ts, reg, interval, row_ids, stored))
 
     first = np.ones(len(row_ids), dtype=bool)
     first[1:] = meter_codes[1:] != meter_codes[:-1]
-    prev_reg = np.concatenate([[np.nan], reg[:-1]])
     prev_time = np.concatenate([ts[:1], ts[:-1]])
     elapsed_min = (ts - prev_time).astype("timedelta64[s]").astype(np.float64) / 60.0
-    diff = reg - prev_reg
     limit = max_kw * elapsed_min / 60.0
+    gap = elapsed_min > GAP_FACTOR * interval  # NaN interval (stored state): never a gap
+    # Where a reading starts a new baseline whatever the register says.
+    fixed = first | stored | (elapsed_min <= 0) | gap
+    starts, reference = register_baselines(reg, fixed, limit)
+    prev_ref = np.concatenate([[np.nan], reference[:-1]])
+    diff = reg - prev_ref
 
     out_code = np.zeros(len(row_ids), dtype=np.int8)
 
     def flag(mask: np.ndarray, name: str) -> None:
         out_code[mask & (out_code == 0)] = _CODE_NUMBER[name]
 
-    flag(first | (elapsed_min <= 0), "register_baseline")
+    flag(first | stored | (elapsed_min <= 0), "register_baseline")
     dropped = diff < -REGISTER_JITTER_KWH
     flag(dropped & (reg <= np.maximum(limit, REGISTER_JITTER_KWH)), "register_reset")
     flag(dropped, "register_drop")
-    flag(elapsed_min > GAP_FACTOR * interval, "register_gap")
+    flag(gap, "register_gap")
     flag(diff > limit, "implausible_kwh")
     ok = out_code == 0
+    if not np.array_equal(ok, ~starts):
+        raise RuntimeError("register differencing: the codes and the baselines disagree")
 
     real = row_ids >= 0
-    gap = (out_code == _CODE_NUMBER["register_gap"]) & real
-    if gap.any():
-        detail[row_ids[gap]] = (
-            "（间隔 " + pd.Series(elapsed_min[gap]).round().astype(int).astype(str)
-            + " 分钟，期间共用电 " + pd.Series(diff[gap]).round(3).astype(str) + " kWh）"
+    gap_rows = (out_code == _CODE_NUMBER["register_gap"]) & real
+    if gap_rows.any():
+        detail[row_ids[gap_rows]] = (
+            "（间隔 " + pd.Series(elapsed_min[gap_rows]).round().astype(int).astype(str)
+            + " 分钟，期间共用电 " + pd.Series(np.maximum(diff[gap_rows], 0.0)).round(3).astype(str) + " kWh）"
         ).to_numpy()
     code[row_ids[real]] = out_code[real]
-    kwh[row_ids[real & ok]] = np.maximum(diff[real & ok], 0.0)
+    # = max(diff, 0): measured from the reference, so read noise adds nothing.
+    kwh[row_ids[real & ok]] = (reference - prev_ref)[real & ok]
+
+    last = np.ones(len(row_ids), dtype=bool)
+    last[:-1] = meter_codes[1:] != meter_codes[:-1]
+    return pd.DataFrame({"meter_id": pd.Series(meters.names.take(pa.array(meter_codes[last])), dtype="str"),
+                         "ts": pd.Series(ts[last], dtype="datetime64[ns]"),
+                         "register_kwh": reference[last].astype(np.float64)})
 
 
-def _last_registers(meters: _MeterCodes, ts: np.ndarray, value: np.ndarray, code: np.ndarray,
-                    previous: pd.DataFrame | None) -> pd.DataFrame:
-    """Last usable register per meter: any reading that was or became a baseline counts."""
-    usable = np.flatnonzero(np.isin(code, [0] + [_CODE_NUMBER[c] for c in (
-        "register_baseline", "register_reset", "register_drop", "register_gap", "implausible_kwh")]))
-    if len(usable):
-        order = usable[_sorted_rows(meters.codes[usable], ts[usable])]
-        codes = meters.codes[order]
-        is_last = np.ones(len(order), dtype=bool)
-        is_last[:-1] = codes[1:] != codes[:-1]
-        usable = order[is_last]
-    frame = pd.DataFrame({"meter_id": pd.Series(meters.names_of(usable), dtype="str"),
-                          "ts": ts[usable], "register_kwh": value[usable]})
+# Passes of the vectorised baseline search before the plain scan takes over (see below).
+_BASELINE_PASSES = 12
+
+
+def register_baselines(reg: np.ndarray, fixed: np.ndarray, limit: np.ndarray,
+                       jitter: float = REGISTER_JITTER_KWH) -> tuple[np.ndarray, np.ndarray]:
+    """Which readings start a new baseline, and the reference after each reading.
+
+    The rule, reading by reading in time order (meters one after the other; ``fixed`` marks
+    the readings that start a baseline anyway: a meter's first, the one after a gap):
+
+    * the reference is the highest reading since the last baseline. A register cannot run
+      backwards, so a reading up to ``jitter`` below the reference is read noise: it adds
+      0 kWh and leaves the reference where it is, and the next reading is measured from the
+      reference, not from the noisy one (100.00, 100.04, 100.00, 100.04 is 0.04 kWh, not
+      0.08). Accepted intervals therefore sum to the highest reading minus the baseline;
+    * a reading more than ``jitter`` below the reference (reset, replaced meter) or more than
+      ``limit`` above it (implausible) starts a new baseline.
+
+    Vectorised: baselines are guessed, references taken as running maxima between them, and
+    the baselines recomputed until they no longer change. The rule's outcome is the only
+    fixed point, and each pass settles at least the next reading of every meter; meters
+    still changing after a few passes (never seen in real feeds) go through
+    :func:`register_baselines_scan`.
+    """
+    n = len(reg)
+    if n == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float64)
+    fixed = _first_is_fixed(fixed)
+    meter_start = np.flatnonzero(fixed)
+    # First guess: measured from the previous reading (exact for feeds without noise).
+    guess = _baselines_from(reg, np.concatenate([[np.nan], reg[:-1]]), fixed, limit, jitter)
+    changed_at = np.arange(n)
+    for _ in range(_BASELINE_PASSES):
+        reference = _running_max_between(reg, guess)
+        again = _baselines_from(reg, np.concatenate([[np.nan], reference[:-1]]), fixed, limit, jitter)
+        if np.array_equal(again, guess):
+            return guess, reference
+        changed_at, guess = np.flatnonzero(again != guess), again
+    # The rest, reading by reading, only for the stretches (from a fixed baseline on) that
+    # still changed; the others have settled, and stretches do not depend on each other.
+    reference = _running_max_between(reg, guess)
+    stretch = np.searchsorted(meter_start, changed_at, side="right") - 1
+    bounds = np.append(meter_start, n)
+    for k in np.unique(stretch):
+        lo, hi = bounds[k], bounds[k + 1]
+        guess[lo:hi], reference[lo:hi] = register_baselines_scan(reg[lo:hi], fixed[lo:hi], limit[lo:hi], jitter)
+    return guess, reference
+
+
+def register_baselines_scan(reg: np.ndarray, fixed: np.ndarray, limit: np.ndarray,
+                            jitter: float = REGISTER_JITTER_KWH) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`register_baselines`, reading by reading: the rule as written (slow, plain)."""
+    fixed = _first_is_fixed(fixed)
+    starts = np.zeros(len(reg), dtype=bool)
+    reference = np.zeros(len(reg), dtype=np.float64)
+    level = np.nan
+    for i, value in enumerate(reg.tolist()):
+        # The same float expressions as _baselines_from: equal at the very edge of the tolerance.
+        if fixed[i] or value - level < -jitter or value - level > limit[i]:
+            starts[i], level = True, value
+        else:
+            level = max(level, value)
+        reference[i] = level
+    return starts, reference
+
+
+def _first_is_fixed(fixed: np.ndarray) -> np.ndarray:
+    """The first reading has nothing before it: a baseline, whatever ``fixed`` says."""
+    if len(fixed) and not fixed[0]:
+        fixed = fixed.copy()
+        fixed[0] = True
+    return fixed
+
+
+def _baselines_from(reg: np.ndarray, prev_ref: np.ndarray, fixed: np.ndarray, limit: np.ndarray,
+                    jitter: float) -> np.ndarray:
+    diff = reg - prev_ref
+    return fixed | (diff < -jitter) | (diff > limit)
+
+
+def _running_max_between(reg: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Running maximum of ``reg`` that restarts at every ``starts``."""
+    rises = np.ones(len(reg), dtype=bool)
+    rises[1:] = starts[1:] | (reg[1:] >= reg[:-1])
+    if rises.all():
+        return reg.astype(np.float64, copy=True)  # no reading below its predecessor: reg itself
+    # A copy: pandas may hand out a read-only view, and the scan fallback writes into it.
+    return pd.Series(reg).groupby(np.cumsum(starts)).cummax().to_numpy(dtype=np.float64, copy=True)
+
+
+def _register_state(previous: pd.DataFrame | None, batch: pd.DataFrame | None) -> pd.DataFrame:
+    """State to hand to the next batch: this batch's meters as it left them, the other
+    meters of ``previous`` as they were."""
+    frames = []
     if previous is not None and len(previous):
-        frame = pd.concat([previous[REGISTER_STATE_COLUMNS].astype({"meter_id": "str"}), frame], ignore_index=True)
+        previous = previous[REGISTER_STATE_COLUMNS].astype({"meter_id": "str", "register_kwh": "float64"})
+        if batch is not None:
+            previous = previous[~previous["meter_id"].isin(batch["meter_id"])]
+        frames.append(previous)
+    if batch is not None:
+        frames.append(batch)
+    if not frames:
+        return pd.DataFrame({"meter_id": pd.Series([], dtype="str"), "ts": pd.Series([], dtype="datetime64[ns]"),
+                             "register_kwh": pd.Series([], dtype="float64")})
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
     frame["ts"] = pd.to_datetime(frame["ts"]).astype("datetime64[ns]")
-    frame = frame.sort_values(["meter_id", "ts"], kind="stable").groupby("meter_id", sort=True).tail(1)
-    return frame.reset_index(drop=True)
+    return frame.sort_values("meter_id", kind="stable", ignore_index=True)
 
 
 def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detail: np.ndarray,
@@ -601,7 +817,7 @@ def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detai
     reasons = codes.map({k: v[1] for k, v in QUARANTINE_CODES.items()}) + pd.Series(detail[rows], dtype="str")
     sub = raw.iloc[rows]
     # The offending field's raw text, so the clerk sees what the file said.
-    value_text = np.where(fields.to_numpy() == "meter_id", _raw_text(sub["meter_id"]),
+    value_text = np.where(fields.to_numpy() == "meter_id", _raw_text(meter_id_text(sub["meter_id"])),
                           np.where(fields.to_numpy() == "ts", _raw_text(sub["ts"]), _raw_text(sub[value_col])))
     out = pd.DataFrame({
         "source_file": pd.Series(np.full(len(rows), source, dtype=object), dtype="str"),

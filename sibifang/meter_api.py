@@ -230,7 +230,9 @@ def _format_since(since: datetime | str | None, timezone: str) -> str | None:
 
 
 def _readings_frame(readings: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(readings) if readings else pd.DataFrame(columns=["meter_id", "ts", "kwh"])
+    # As sent (object columns): inferring would turn an integer meter_id column with one null
+    # into float64, and a 19-digit id into another number.
+    frame = pd.DataFrame(readings, dtype=object) if readings else pd.DataFrame(columns=["meter_id", "ts", "kwh"])
     value_col = "kwh" if "kwh" in frame.columns or "register_kwh" not in frame.columns else "register_kwh"
     for col in ("meter_id", "ts", value_col):
         if col not in frame.columns:

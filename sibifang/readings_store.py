@@ -6,6 +6,9 @@ A row per reading in SQLite cannot reach the figures the detectors need (a month
     <root>/date=2026-11-20/part-0.parquet     meter_id (dictionary string), ts (timestamp[ns],
                                                 naive local), kwh (float32), sorted by meter, ts
     <root>/_last_ts.parquet                    last reading per meter (resume point for pulls)
+    <root>/_last_registers.parquet             cumulative feeds: per meter the ts of its last
+                                                register reading and the reference reached
+                                                there (meter_id, ts, register_kwh float64)
     <root>/.lock                               serialises writers (flock)
 
 Conventions:
@@ -23,6 +26,12 @@ Conventions:
   ``return_conflicts=True``, handed back so the caller quarantines it instead of counting it
   accepted — corrections are a deliberate operation, not a side effect of a re-run).
 * float32 kWh: 7 significant digits are far below meter resolution (0.001 kWh per reading).
+  Register values are float64: a register of 10 000 000 kWh still resolves 0.001 kWh.
+* Cumulative (register) feeds chain across files and pulls through ``_last_registers``: the
+  next batch's first reading of a meter is an interval from it, not a lost baseline. It only
+  moves forward (the later ts wins; an old file ingested again does not set it back), and it
+  is saved after the batch's readings, so a crash in between makes the batch run again from
+  the old state, which gives the same intervals.
 """
 
 from __future__ import annotations
@@ -52,6 +61,12 @@ SCHEMA = pa.schema([
 ])
 PART_NAME = "part-0.parquet"
 LAST_TS_NAME = "_last_ts.parquet"
+REGISTERS_NAME = "_last_registers.parquet"
+REGISTERS_SCHEMA = pa.schema([
+    pa.field("meter_id", pa.string()),
+    pa.field("ts", pa.timestamp("ns")),
+    pa.field("register_kwh", pa.float64()),
+])
 _PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _ONE_NS = np.timedelta64(1, "ns")
 
@@ -145,7 +160,39 @@ class ReadingStore:
         table = pq.read_table(path)
         return pd.Series(table.column("ts").to_numpy(), index=table.column("meter_id").to_pylist(), name="ts")
 
+    def save_registers(self, state: pd.DataFrame) -> int:
+        """Merge a register state (``meter_id, ts, register_kwh``, as ``CleanResult.last_registers``)
+        into the stored one; returns how many meters changed.
+
+        Per meter the later ts wins; at an equal ts the stored value is kept (as ``append``
+        keeps a stored reading). Nothing changed: the file is not rewritten.
+        """
+        incoming = _register_frame(state)
+        if not len(incoming):
+            return 0
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._write_lock():
+            current = self.last_registers()
+            both = pd.concat([current.assign(stored=1), incoming.assign(stored=0)], ignore_index=True)
+            # Last per meter by (ts, stored): the latest ts, and the stored row at an equal ts.
+            merged = (both.sort_values(["meter_id", "ts", "stored"], kind="stable")
+                      .groupby("meter_id", sort=True).tail(1))
+            changed = int((merged["stored"] == 0).sum())
+            merged = merged.drop(columns="stored").reset_index(drop=True)
+            if changed:
+                _atomic_write(pa.Table.from_pandas(merged, schema=REGISTERS_SCHEMA, preserve_index=False),
+                              self.root / REGISTERS_NAME)
+        return changed
+
     # ------------------------------------------------------------------ reading
+
+    def last_registers(self) -> pd.DataFrame:
+        """The stored register state (``meter_id, ts, register_kwh``), one row per meter; empty
+        when no cumulative feed was ingested. Pass it as ``clean_readings(last_registers=...)``."""
+        path = self.root / REGISTERS_NAME
+        if not path.exists():
+            return _register_frame(None)
+        return _register_frame(pq.read_table(path, schema=REGISTERS_SCHEMA).to_pandas())
 
     def dates(self) -> list[date]:
         """Dates that hold readings, ascending."""
@@ -334,6 +381,21 @@ class _UnknownMeter(Exception):
 def _partition_day(ts: np.ndarray) -> np.ndarray:
     """Local day an interval belongs to: the day of (end - 1 ns); 00:00 closes the day before."""
     return (ts.astype("datetime64[ns]") - _ONE_NS).astype("datetime64[D]")
+
+
+def _register_frame(state: pd.DataFrame | None) -> pd.DataFrame:
+    if state is None or not len(state):
+        return pd.DataFrame({"meter_id": pd.Series([], dtype="str"), "ts": pd.Series([], dtype="datetime64[ns]"),
+                             "register_kwh": pd.Series([], dtype="float64")})
+    missing = {"meter_id", "ts", "register_kwh"} - set(state.columns)
+    if missing:
+        raise ValueError(f"a register state needs meter_id, ts, register_kwh; missing {sorted(missing)}")
+    frame = pd.DataFrame({"meter_id": pd.Series(state["meter_id"].to_numpy(), dtype="str"),
+                          "ts": pd.to_datetime(state["ts"]).astype("datetime64[ns]").to_numpy(),
+                          "register_kwh": state["register_kwh"].astype("float64").to_numpy()})
+    if frame["meter_id"].isna().any() or frame["ts"].isna().any() or not np.isfinite(frame["register_kwh"]).all():
+        raise ValueError("a register state needs a meter_id, a ts and a finite register_kwh on every row")
+    return frame
 
 
 def _validated(df: pd.DataFrame) -> pa.Table:

@@ -96,11 +96,16 @@ def _quarantine_conflicts(result, raw: pd.DataFrame, positions: np.ndarray, sour
 
 def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url: str | None = None,
                  now: datetime | None = None, as_of: datetime | None = None) -> dict:
-    """Clean, store and account for one batch of readings (read = accepted + quarantined)."""
+    """Clean, store and account for one batch of readings (read = accepted + quarantined).
+
+    ``now`` (default: the clock) is when the batch is ingested; ``as_of`` the time it is
+    ingested for (a replayed day's end). Readings later than the earlier of the two are
+    ``future_ts``. A cumulative feed continues from the register state the store keeps, so
+    its first reading per meter is an interval, not a lost baseline."""
     from schemas.models import Meter, ReadingBatch
     from sibifang.db import session_scope, upsert
     from sibifang.import_registry import record_validation
-    from sibifang.ingest_readings import clean_readings
+    from sibifang.ingest_readings import clean_readings, reading_clock
     from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings, local_now
 
@@ -108,7 +113,10 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     now = now or local_now()
     with session_scope(database_url) as s:
         known = set(s.scalars(select(Meter.id)))
-    result = clean_readings(raw, source=source, known_meters=known, now=as_of or now)
+    store = ReadingStore(Path(settings.data_dir) / "readings")
+    cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
+    result = clean_readings(raw, source=source, known_meters=known, now=reading_clock(as_of, now),
+                            last_registers=store.last_registers() if cumulative else None)
     acc, q = result.accepted, result.quarantined
     counts = dict(result.counts)
     if counts["read"] != len(acc) + counts["quarantined"]:
@@ -119,8 +127,11 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         from schemas.validation import raise_for_critical, validate_frame
 
         raise_for_critical(validate_frame(acc, "readings", source=source))
-    store = ReadingStore(Path(settings.data_dir) / "readings")
     new_rows, clashing = store.append(acc, return_conflicts=True) if len(acc) else (0, np.zeros(0, dtype=np.int64))
+    if result.last_registers is not None:
+        # After the readings: a crash in between runs the batch again from the old state
+        # (same intervals); saved first, the batch's first intervals would be lost.
+        store.save_registers(result.last_registers)
     if len(clashing):
         # A value that contradicts a stored reading was not stored: it is not "accepted".
         acc, q = _quarantine_conflicts(result, raw, clashing, source)

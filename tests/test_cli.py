@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -155,10 +156,120 @@ def test_detect_follows_the_contract(tmp_path):
 
 def test_detect_rejects_a_file_without_the_contract_columns(tmp_path):
     src = tmp_path / "bad.csv"
-    pd.DataFrame({"meter": ["a"], "time": ["2026-01-01 00:15"], "kwh": [0.1]}).to_csv(src, index=False)
+    pd.DataFrame({"id": ["a"], "when": ["2026-01-01 00:15"], "kwh": [0.1]}).to_csv(src, index=False)
     result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "o.csv")])
     assert result.exit_code == 2
-    assert "meter_id" in result.output
+    assert "文件 bad.csv 缺少必需的列：meter_id、ts" in result.output
+    assert isinstance(result.exception, SystemExit)  # a clean exit, no traceback
+
+
+def _silent_meter(meter: str = "m1") -> pd.DataFrame:
+    """30 days of 15-minute readings (local time) of a household that falls silent on
+    2026-03-25 at 09:00: the detectors raise an inactivity episode that day."""
+    rng = np.random.default_rng(3)
+    ts = pd.date_range("2026-03-01 00:15", periods=30 * 96, freq="15min")
+    active = (ts.hour >= 6) & (ts.hour < 22)
+    kwh = np.where(active, rng.gamma(2.0, 0.08, len(ts)), 0.02 + rng.normal(0, 0.003, len(ts)).clip(-0.01, 0.01))
+    kwh[ts >= pd.Timestamp("2026-03-25 09:00")] = 0.02
+    return pd.DataFrame({"meter_id": meter, "ts": ts.strftime("%Y-%m-%d %H:%M:%S"), "kwh": kwh.round(4)})
+
+
+DETECT_COUNTS = re.compile(r"：读取 (\d+) 行，接受 (\d+) 行，隔离 (\d+) 行")
+
+
+def detect_file(src: Path, out: Path, *args) -> tuple[pd.DataFrame, str]:
+    """Run ``detect`` (all severities): -> (its flags, its output)."""
+    output = invoke("detect", "--readings", src, "--out", out, "--min-severity", "low", *args)
+    return pd.read_csv(out, dtype=str), output
+
+
+def assert_accounted(output: str, out: Path) -> None:
+    """Read = accepted + quarantined, and every quarantined row is in FLAGS.quarantine.csv."""
+    found = DETECT_COUNTS.search(output)
+    assert found, output
+    read, accepted, quarantined = (int(n) for n in found.groups())
+    assert read == accepted + quarantined
+    assert len(pd.read_csv(out.with_name(f"{out.stem}.quarantine.csv"))) == quarantined
+
+
+def test_detect_reads_a_gbk_csv(tmp_path):
+    src = tmp_path / "gbk.csv"
+    _silent_meter("城关一号").to_csv(src, index=False, encoding="gbk")  # what Excel on a Chinese Windows writes
+    flags, output = detect_file(src, tmp_path / "flags.csv")
+    assert len(flags) >= 1 and set(flags.meter_id) == {"城关一号"}
+    assert "电表读数 gbk.csv：读取 2880 行，接受 2880 行，隔离 0 行" in output
+    assert_accounted(output, tmp_path / "flags.csv")
+
+
+def test_detect_converts_utc_timestamps_to_local_time(tmp_path):
+    local = _silent_meter()
+    local.to_csv(tmp_path / "local.csv", index=False)
+    expected, _ = detect_file(tmp_path / "local.csv", tmp_path / "f_local.csv")
+    assert (expected.kind == "inactivity").any()
+    utc = pd.to_datetime(local.ts) - pd.Timedelta(hours=8)
+    local.assign(ts=utc.dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(tmp_path / "z.csv", index=False)
+    flags, output = detect_file(tmp_path / "z.csv", tmp_path / "f_z.csv")
+    pd.testing.assert_frame_equal(flags, expected)  # not 8 hours early
+    assert_accounted(output, tmp_path / "f_z.csv")
+    local.assign(ts=utc.dt.tz_localize("UTC")).to_parquet(tmp_path / "aware.parquet")
+    flags, _ = detect_file(tmp_path / "aware.parquet", tmp_path / "f_aware.csv")
+    pd.testing.assert_frame_equal(flags, expected)
+
+
+def test_detect_quarantines_and_counts_an_unreadable_timestamp(tmp_path):
+    df = _silent_meter()
+    df.loc[100, "ts"] = "11/20/2026 10:15"  # month first: not a time the cleaner guesses at
+    src = tmp_path / "r.csv"
+    df.to_csv(src, index=False)
+    flags, output = detect_file(src, tmp_path / "flags.csv")
+    assert "读取 2880 行，接受 2879 行，隔离 1 行（读数时间无法识别 1 行）" in output
+    assert (flags.kind == "inactivity").any()
+    quarantined = pd.read_csv(tmp_path / "flags.quarantine.csv", dtype=str)
+    assert quarantined[["line", "field", "code", "value"]].values.tolist() == [
+        ["102", "ts", "bad_ts", "11/20/2026 10:15"]]  # the file's line 102 (header = line 1)
+    assert quarantined.reason[0].startswith("读数时间无法识别")
+    assert_accounted(output, tmp_path / "flags.csv")
+
+
+def test_detect_of_an_empty_file_is_a_clean_chinese_error(tmp_path):
+    src = tmp_path / "empty.csv"
+    src.write_bytes(b"")
+    result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2
+    assert "文件 empty.csv 是空文件" in result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_detect_as_of_with_an_offset_is_converted_to_local_time(tmp_path):
+    src = tmp_path / "r.csv"
+    _silent_meter().to_csv(src, index=False)
+    expected, local_output = detect_file(src, tmp_path / "local.csv", "--as-of", "2026-03-25 12:00")
+    assert len(expected) >= 1 and (pd.to_datetime(expected.detected_at) <= "2026-03-25 12:00").all()
+    for as_of in ("2026-03-25T12:00+08:00", "2026-03-25T04:00:00Z"):  # the same moment
+        flags, output = detect_file(src, tmp_path / "f.csv", "--as-of", as_of)
+        pd.testing.assert_frame_equal(flags, expected)
+        assert "行晚于 --as-of 2026-03-25 12:00:00，未参与检测" in output
+    assert_accounted(local_output, tmp_path / "local.csv")
+    for bad in ("yesterday", "today", "2026-13-01"):
+        result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "o.csv"),
+                                     "--as-of", bad])
+        assert result.exit_code == 2 and "--as-of" in result.output and "无法识别" in result.output
+        assert isinstance(result.exception, SystemExit)
+
+
+def test_detect_writes_utf8_with_bom_for_excel(tmp_path):
+    src = tmp_path / "r.csv"
+    df = _silent_meter()
+    df.loc[5, "kwh"] = -1  # one row set aside, so the quarantine file has Chinese reasons too
+    df.to_csv(src, index=False)
+    flags, output = detect_file(src, tmp_path / "flags.csv")
+    assert flags.evidence.str.contains("用电").any()
+    assert (tmp_path / "flags.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    quarantine = tmp_path / "flags.quarantine.csv"
+    assert quarantine.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert "用电量为负数" in quarantine.read_text(encoding="utf-8-sig")
+    assert_accounted(output, tmp_path / "flags.csv")
 
 
 def test_ack_unknown_alert_fails_clearly(cli_env):

@@ -228,3 +228,17 @@ def test_fetch_new_readings_uses_settings_and_resumes_from_store(api, tmp_path, 
         assert TOKEN not in caplog.text
     finally:
         reset_settings()
+
+
+def test_numeric_meter_ids_arrive_as_sent_even_with_a_null_among_them(api):
+    # JSON numbers: an integer column with a null used to become float64 — 3302810001.0, and a
+    # 19-digit id another number altogether.
+    api.pages = {None: {"readings": [
+        {"meter_id": 3302810001234567891, "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.1},
+        {"meter_id": None, "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.2},
+        {"meter_id": 3302810002.0, "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.3},
+    ], "next_page_token": None}}
+    df, _ = fetch(api)
+    result = clean_readings(df, source="meter-api", now=datetime(2026, 11, 21))
+    assert result.accepted["meter_id"].tolist() == ["3302810001234567891", "3302810002"]
+    assert result.quarantined["code"].tolist() == ["missing_meter_id"]

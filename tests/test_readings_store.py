@@ -225,3 +225,53 @@ def test_append_hands_back_the_rows_that_contradict_stored_values(tmp_path):
     np.testing.assert_allclose(store.load()["kwh"].iloc[:5], df["kwh"], atol=1e-6)
     # Identical values are not conflicts: a re-run is idempotent.
     assert store.append(df, return_conflicts=True)[1].tolist() == []
+
+
+# ---------------------------------------------------------------------- register state (cumulative feeds)
+
+def register_state(*rows) -> pd.DataFrame:
+    return pd.DataFrame([(m, pd.Timestamp(t), v) for m, t, v in rows], columns=["meter_id", "ts", "register_kwh"])
+
+
+def test_register_state_only_moves_forward_and_is_not_rewritten_when_unchanged(tmp_path):
+    store = ReadingStore(tmp_path)
+    empty = store.last_registers()
+    assert empty.empty and list(empty.columns) == ["meter_id", "ts", "register_kwh"]
+    assert store.save_registers(register_state(("A", "2026-11-20 09:30", 100.6),
+                                               ("B", "2026-11-20 09:00", 12345678.123))) == 2
+    sidecar = tmp_path / "_last_registers.parquet"
+    written = sidecar.stat().st_mtime_ns
+    assert store.save_registers(store.last_registers()) == 0
+    assert sidecar.stat().st_mtime_ns == written  # a re-run rewrites nothing
+    # An old file ingested again does not set A back; B moves on; C is new.
+    assert store.save_registers(register_state(("A", "2026-11-20 08:00", 100.0), ("B", "2026-11-20 09:15", 12345678.2),
+                                               ("C", "2026-11-20 09:15", 0.5))) == 2
+    # At an equal ts the stored value is kept, as append keeps a stored reading.
+    assert store.save_registers(register_state(("A", "2026-11-20 09:30", 999.0))) == 0
+    assert store.last_registers().to_dict("records") == [
+        {"meter_id": "A", "ts": pd.Timestamp("2026-11-20 09:30"), "register_kwh": 100.6},
+        {"meter_id": "B", "ts": pd.Timestamp("2026-11-20 09:15"), "register_kwh": 12345678.2},  # float64: exact
+        {"meter_id": "C", "ts": pd.Timestamp("2026-11-20 09:15"), "register_kwh": 0.5},
+    ]
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(ValueError, match="register_kwh"):
+        store.save_registers(register_state(("D", "2026-11-20 09:15", float("nan"))))
+
+
+def test_concurrent_register_saves_lose_no_meter(tmp_path):
+    errors = []
+
+    def worker(meter: str) -> None:
+        try:
+            for k in range(5):
+                ReadingStore(tmp_path).save_registers(register_state((meter, f"2026-11-20 09:{15 * (k % 4):02d}", k)))
+        except Exception as exc:  # pragma: no cover - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"M{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert ReadingStore(tmp_path).last_registers()["meter_id"].tolist() == ["M0", "M1", "M2", "M3"]
