@@ -112,10 +112,14 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     settings = get_settings()
     now = now or local_now()
     with session_scope(database_url) as s:
+        # Each meter's own interval: an hourly meter's 3 kWh hour is no 15-minute spike, and its
+        # next register reading an hour on is no gap.
+        intervals = {m: int(n) for m, n in s.execute(select(Meter.id, Meter.interval_minutes)) if n}
         known = set(s.scalars(select(Meter.id)))
     store = ReadingStore(Path(settings.data_dir) / "readings")
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
     result = clean_readings(raw, source=source, known_meters=known, now=reading_clock(as_of, now),
+                            interval_minutes=intervals or None,
                             last_registers=store.last_registers() if cumulative else None)
     acc, q = result.accepted, result.quarantined
     counts = dict(result.counts)

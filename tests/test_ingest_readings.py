@@ -684,3 +684,20 @@ def ingest_readings_flow(readings):
     from flows.ingest_readings import ingest_readings
 
     return ingest_readings(inbox=str(readings.parent))
+
+
+def test_each_meter_is_cleaned_at_its_own_interval(database_url, app_env):
+    """An hourly register meter (meters.interval_minutes = 60): a reading an hour on is an interval,
+    not a gap, and 7 kWh in an hour (a heater) is not an impossible 15-minute spike."""
+    from schemas.models import Meter
+    from sibifang.db import session_scope, upsert
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import seed
+
+    seed(database_url)
+    with session_scope(database_url) as s:
+        upsert(s, Meter, [{"id": "M60", "household_id": "H1", "interval_minutes": 60}], key=["id"])
+    rows = [("M60", f"2026-11-20 0{h}:00", f"{100 + 7 * h:.1f}") for h in range(1, 5)]
+    raw = pd.DataFrame(rows, columns=["meter_id", "ts", "register_kwh"])
+    r = ingest_frame(raw, source="hourly.csv", batch_id="hourly", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (4, 3, 1)  # only the first reading: its baseline
