@@ -237,7 +237,8 @@ class Alert(Base):
     title: Mapped[str] = mapped_column(String(256))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
-    # pending|sending|sent|dead ; held (quiet hours) is pending with a later next_attempt_at
+    # pending|sending|sent|dead|cancelled ; held (quiet hours) is pending with a later next_attempt_at;
+    # cancelled: its flag was acknowledged or closed before it went out (never sent)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     escalation_level: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -248,6 +249,8 @@ class Alert(Base):
     acked_by: Mapped[str | None] = mapped_column(ID)
     outcome: Mapped[str | None] = mapped_column(String(32))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The claim that is sending it (one per dispatcher batch): only that claim records the attempt.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
 
 
 class DeliveryAttempt(Base):
@@ -400,7 +403,7 @@ class Notice(Base):
     address: Mapped[str | None] = mapped_column(String(512))
     title: Mapped[str] = mapped_column(String(256))
     body: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sent|dead
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sending|sent|dead
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -13,6 +13,7 @@ from sqlalchemy import update
 
 from schemas.models import Alert, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
+from sibifang.outbox import lock_flag
 from sibifang.records import stable_id
 from sibifang.settings import local_now
 
@@ -40,11 +41,16 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
     alert = s.get(Alert, alert_id)
     if alert is None:
         raise AckError(f"没有编号为“{alert_id}”的预警")
+    # The flag's lock first, the one escalation takes before inserting (outbox.lock_flag): an
+    # escalation in progress commits before this goes on, and its new alerts are marked below.
+    flag = lock_flag(s, alert.flag_id)
+    s.refresh(alert)
     first = alert.acked_at is None
-    # Every alert of the same flag counts as answered: nobody escalates it any more.
+    # Every alert of the same flag counts as answered: nobody escalates it any more, and what is
+    # still queued for it is never sent (outbox.claim_due).
     s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
-              .values(acked_at=at, acked_by=actor))
-    flag = s.get(RiskFlag, alert.flag_id)
+              .values(acked_at=at, acked_by=actor).execution_options(synchronize_session=False))
+    s.refresh(alert)
     if outcome:
         alert.outcome = outcome
         if outcome == "visited_all_well":

@@ -11,6 +11,12 @@ Guarantees, on SQLite and PostgreSQL alike:
 A process killed between a receiver's 200 and our commit leaves the row ``sending``; after
 the lease it is retried, and the receiver sees the same ``dedup_key`` again: receivers use
 it to drop the repeat (documented in the README). That window is one HTTP round trip.
+
+Nothing is sent for a flag already answered: alerts of an acknowledged or closed flag (or
+acknowledged themselves) still queued are ``cancelled`` at the next claim, never claimed.
+Leases and retry backoff run on the real clock (``local_now``), whatever moment a replay
+passes as ``now`` (which only decides what is due): a replay of yesterday never takes over a
+live dispatcher's claims.
 """
 
 from __future__ import annotations
@@ -21,16 +27,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from schemas.models import Alert, Area, Cadre, DeliveryAttempt, Household, RiskFlag
 from sibifang.db import audit, upsert
 from sibifang.records import stable_id
+from sibifang.settings import local_now
 
 LEASE = timedelta(minutes=5)
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
+# Our own limiter deferring a send (a robot's quota, a block after "too fast"): nothing left the
+# process, so it is not a delivery attempt and never counts toward ``max_attempts``.
+LOCAL_RATE_LIMIT = "local_rate_limit"
+# An alert of a flag answered (acknowledged or closed) before it went out: never sent.
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -152,33 +164,102 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
     return len(rows)
 
 
-def claim_due(session: Session, *, now: datetime, limit: int = 500) -> list[str]:
+def answered():
+    """Alerts nobody needs any more: acknowledged, or of a flag acknowledged or closed."""
+    return or_(Alert.acked_at.is_not(None),
+               Alert.flag_id.in_(select(RiskFlag.id).where(RiskFlag.status.in_(("acknowledged", "closed")))))
+
+
+def lock_flag(session: Session, flag_id: str) -> RiskFlag | None:
+    """The flag, read fresh and locked until the transaction ends.
+
+    Escalation and acknowledgement both take this lock before writing for a flag, so one
+    sees the other's outcome: no escalation is inserted after an acknowledgement committed,
+    and an acknowledgement waiting for an escalation marks its new alerts answered too.
+    PostgreSQL locks the row (``FOR UPDATE``); SQLite has no row locks, and a transaction only
+    takes the database's write lock at its first write: a no-op UPDATE takes it now."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(RiskFlag).where(RiskFlag.id == flag_id).values(status=RiskFlag.status)
+                        .execution_options(synchronize_session=False))
+    return session.get(RiskFlag, flag_id, with_for_update=True, populate_existing=True)
+
+
+def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str | None = None,
+              real_now: datetime | None = None, tries: int = 3) -> list[str]:
     """Claim pending alerts that are due, and stale ``sending`` ones whose lease ran out; critical
-    ones first, so a backlog never holds them back."""
-    ids = list(session.scalars(
-        select(Alert.id).where(or_(
-            and_(Alert.status == "pending", Alert.next_attempt_at <= now),
-            and_(Alert.status == "sending", Alert.next_attempt_at <= now - LEASE),
-        )).order_by((Alert.severity == "critical").desc(), Alert.next_attempt_at, Alert.id).limit(limit)))
-    claimed = []
-    for aid in ids:
-        res = session.execute(update(Alert).where(
-            Alert.id == aid,
-            or_(and_(Alert.status == "pending", Alert.next_attempt_at <= now),
-                and_(Alert.status == "sending", Alert.next_attempt_at <= now - LEASE)))
-            .values(status="sending", next_attempt_at=now))
-        if res.rowcount == 1:
-            claimed.append(aid)
-    return claimed
+    ones first, so a backlog never holds them back.
+
+    ``now`` decides what is due (a replay passes a past moment); the lease is stamped with
+    ``real_now`` (the real clock) and expires on it, so two dispatchers agree on it whatever
+    moment each replays. ``token`` marks the claim as the caller's (see ``record_attempt``).
+    Alerts of an answered flag still waiting are cancelled first, never claimed. A caller that
+    loses the race for every row it selected selects again (``tries`` times in all): others'
+    claims must not make it stop while alerts are due."""
+    real_now = real_now or local_now()
+    stale = and_(Alert.status == "sending", Alert.next_attempt_at <= real_now - LEASE)
+    session.execute(update(Alert).where(or_(Alert.status == "pending", stale), answered())
+                    .values(status=CANCELLED, claim_token=None, last_error="预警已确认或已结案，不再发送")
+                    .execution_options(synchronize_session=False))
+    claimable = and_(or_(and_(Alert.status == "pending", Alert.next_attempt_at <= now), stale), not_(answered()))
+    for _ in range(max(1, tries)):
+        ids = list(session.scalars(
+            select(Alert.id).where(claimable)
+            .order_by((Alert.severity == "critical").desc(), Alert.next_attempt_at, Alert.id).limit(limit)))
+        if not ids:
+            return []
+        claimed = []
+        for aid in ids:
+            res = session.execute(update(Alert).where(Alert.id == aid, claimable)
+                                  .values(status="sending", next_attempt_at=real_now, claim_token=token)
+                                  .execution_options(synchronize_session=False))
+            if res.rowcount == 1:
+                claimed.append(aid)
+        if claimed:
+            return claimed
+    return []
 
 
-def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime, policy: DispatchPolicy) -> str:
-    """Store one attempt and move the alert on: sent, back to pending with backoff, or dead."""
+def release(session: Session, ids: list[str], token: str) -> int:
+    """Give back claimed alerts not sent yet (still ours): due again at once, for any dispatcher."""
+    if not ids:
+        return 0
+    return session.execute(update(Alert).where(Alert.id.in_(ids), Alert.claim_token == token,
+                                               Alert.status == "sending")
+                           .values(status="pending", claim_token=None)
+                           .execution_options(synchronize_session=False)).rowcount
+
+
+def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime, policy: DispatchPolicy,
+                   token: str | None = None, real_now: datetime | None = None) -> str:
+    """Store one attempt and move the alert on: sent, back to pending with backoff, or dead.
+
+    With ``token``, only the claim that sent it records it: a row claimed again by another
+    dispatcher since (its lease ran out) is left to that one, and ``"lost"`` is returned.
+    ``now`` is the moment recorded (a replay's); the retry is scheduled on the real clock,
+    ``real_now``, or on ``now`` when that is later. Our own rate limiter's deferral
+    (``local_rate_limit``) is no attempt: the alert just waits for the limiter."""
+    if token is not None:
+        # A conditional write, so the check holds until commit (row lock; SQLite's write lock).
+        mine = session.execute(update(Alert).where(Alert.id == alert.id, Alert.claim_token == token,
+                                                   Alert.status == "sending")
+                               .values(claim_token=token).execution_options(synchronize_session=False))
+        if mine.rowcount != 1:
+            return "lost"
+        session.refresh(alert)
+    base = max(now, real_now or local_now())
+    retry_after = timedelta(seconds=result.retry_after) if getattr(result, "retry_after", None) else timedelta(0)
+    if result.provider_code == LOCAL_RATE_LIMIT and not result.ok:
+        alert.status = "pending"
+        alert.claim_token = None
+        alert.next_attempt_at = base + max(backoff(alert.attempts), retry_after)
+        alert.last_error = result.error
+        return alert.status
     attempt_no = alert.attempts + 1
     session.add(DeliveryAttempt(alert_id=alert.id, attempt_no=attempt_no, at=now, ok=bool(result.ok),
                                 status_code=result.status_code, provider_code=result.provider_code,
                                 error=result.error, latency_ms=result.latency_ms))
     alert.attempts = attempt_no
+    alert.claim_token = None
     if result.ok:
         alert.status = "sent"
         alert.sent_at = now
@@ -186,7 +267,7 @@ def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime
         alert.last_error = None
     elif result.retryable and attempt_no < policy.max_attempts:
         alert.status = "pending"
-        alert.next_attempt_at = now + backoff(attempt_no)
+        alert.next_attempt_at = base + max(backoff(attempt_no), retry_after)
         alert.last_error = result.error
     else:
         alert.status = "dead"

@@ -152,40 +152,73 @@ def _add_job(jobs: dict, unusable: list, ids: tuple, channel: str, address: str,
         unusable.extend((aid, result) for aid in ids)
 
 
+def batch_limit(settings) -> int:
+    """How many alerts one claim takes: what the workers send in half a lease, each send taking
+    the channel timeout (8 workers, 5 s, 5 min: 240), at most 500."""
+    from sibifang.outbox import LEASE
+
+    per_lease = settings.dispatch_workers * LEASE.total_seconds() / (2 * max(settings.alert_timeout_seconds, 0.1))
+    return max(1, min(500, int(per_lease)))
+
+
 def deliver(now: datetime | None = None, database_url: str | None = None, *, max_batches: int = 1000,
             clock=local_now, flush_every: int = 16) -> dict:
     """Send every due alert: claim a batch (committed), send it concurrently, record each attempt.
 
     Attempts are committed as they complete, a few at a time, so that a dispatcher killed
     mid-batch leaves at most the requests in flight plus one small group unrecorded: only those
-    can reach a receiver twice (with the same ``dedup_key``) when the lease runs out."""
+    can reach a receiver twice (with the same ``dedup_key``) when the lease runs out.
+
+    A claim never runs out while its alerts are being sent (else a second dispatcher claims and
+    sends them again): a batch is sized to be sent in half a lease (``batch_limit``), a send
+    only *starts* in the first half of the lease, and what has not started by then goes back to
+    pending at once for a fresh claim; the other half is the margin of the sends in flight (150 s
+    for a 5 s timeout by default). Each claim carries its own token: a result that comes back
+    after all (a send hung past the lease) is dropped, not recorded over the new owner's. No
+    lease renewal is needed. ``now`` (a replay) decides what is due; leases and backoff use
+    ``clock``, the real one."""
+    import uuid
+
     import requests
 
     from schemas.models import Alert
     from sibifang.channels import OutgoingMessage
     from sibifang.db import session_scope
-    from sibifang.outbox import claim_due, record_attempt
+    from sibifang.outbox import LEASE, LOCAL_RATE_LIMIT, claim_due, record_attempt, release
     from sibifang.settings import get_settings
 
     policy = dispatch_policy()
     settings = get_settings()
-    totals = {"attempted": 0, "sent": 0, "retry": 0, "dead": 0}
+    totals = {"attempted": 0, "sent": 0, "retry": 0, "dead": 0, "deferred": 0}
     http = requests.Session()
+    limit = batch_limit(settings)
 
-    def flush(done: list) -> None:
+    def flush(done: list, token: str) -> None:
+        lost = 0
         with session_scope(database_url) as s:
             for alert_id, result in done:
                 a = s.get(Alert, alert_id)
-                status = record_attempt(s, a, result, now=now or clock(), policy=policy)
-                totals["attempted"] += 1
-                totals["sent" if status == "sent" else "dead" if status == "dead" else "retry"] += 1
+                status = record_attempt(s, a, result, now=now or clock(), policy=policy, token=token,
+                                        real_now=clock())
+                if status == "lost":
+                    lost += 1
+                elif result.provider_code == LOCAL_RATE_LIMIT and not result.ok:
+                    totals["deferred"] += 1
+                else:
+                    totals["attempted"] += 1
+                    totals["sent" if status == "sent" else "dead" if status == "dead" else "retry"] += 1
         done.clear()
+        if lost:
+            run_logger().warning("%d alert(s) were claimed again by another dispatcher before their result "
+                                 "was recorded: left to it", lost)
 
     with ThreadPoolExecutor(max_workers=settings.dispatch_workers) as pool:
         for _ in range(max_batches):
             at = now or clock()
+            token = uuid.uuid4().hex
             with session_scope(database_url) as s:
-                ids = claim_due(s, now=at)
+                claimed_at = clock()
+                ids = claim_due(s, now=at, limit=limit, token=token, real_now=claimed_at)
                 alerts = s.scalars(select(Alert).where(Alert.id.in_(ids))).all() if ids else []
                 jobs = {}
                 digests = _digest_groups(s, alerts, policy, at)
@@ -203,25 +236,35 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                                           text=a.body, markdown=a.body)
                     _add_job(jobs, unusable, (a.id,), channel, address or "", msg, policy)
             if unusable:
-                flush(unusable)
+                flush(unusable, token)
             if not jobs:
                 if unusable:
                     continue
                 break
+            start_by = claimed_at + LEASE / 2
             # Bounded in flight: what a crash can leave sent-but-unrecorded stays small.
             queue = list(jobs.items())
             in_flight: dict = {}
             done: list = []
             while queue or in_flight:
                 while queue and len(in_flight) < 2 * settings.dispatch_workers:
+                    if clock() >= start_by:
+                        with session_scope(database_url) as s:
+                            release(s, [aid for ids, _ in queue for aid in ids], token)
+                        queue.clear()
+                        break
                     aid, (ch, msg) = queue.pop(0)
                     in_flight[pool.submit(ch.send, msg, session=http)] = aid
+                if not in_flight:
+                    break
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     result = fut.result()
                     done.extend((aid, result) for aid in in_flight.pop(fut))  # a digest answers for each
                 if len(done) >= flush_every or not (queue or in_flight):
-                    flush(done)
+                    flush(done, token)
+            if done:
+                flush(done, token)
     if totals["dead"]:
         run_logger().warning("%d alert(s) dead-lettered: shown to the supervisor", totals["dead"])
     return totals
@@ -229,19 +272,25 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
 
 def escalate(now: datetime, database_url: str | None = None) -> int:
     """Unanswered critical flags go one step up: village chair, then the township federation."""
-    from schemas.models import Alert, RiskFlag
+    from schemas.models import Alert
     from sibifang.ack_tokens import ack_url, make_ack_token
     from sibifang.db import audit, session_scope, upsert
     from sibifang.dispatch_alerts import Recipient, render_alert
-    from sibifang.outbox import escalation_due, escalation_targets, household_context
+    from sibifang.outbox import escalation_due, escalation_targets, household_context, lock_flag
     from sibifang.records import stable_id
 
     policy = dispatch_policy()
     created = 0
     with session_scope(database_url) as s:
         for flag_id, level, alerted in escalation_due(s, now=now, policy=policy):
+            # Checked again under the flag's lock, in the transaction that inserts: an
+            # acknowledgement committed since escalation_due read (it takes the same lock)
+            # stops this step; one coming after waits for us and marks these alerts answered.
+            flag = lock_flag(s, flag_id)
+            if flag is None or flag.status != "open" or s.scalar(
+                    select(Alert.id).where(Alert.flag_id == flag_id, Alert.acked_at.is_not(None)).limit(1)):
+                continue
             new_level, targets = escalation_targets(s, flag_id, level, alerted)
-            flag = s.get(RiskFlag, flag_id)
             household = household_context(s, [flag.household_id]).get(flag.household_id)
             if not targets or household is None:
                 continue

@@ -205,30 +205,38 @@ def send_notices(day: date, database_url: str | None = None, max_attempts: int =
     with session_scope(database_url) as s:
         pending = list(s.scalars(select(Notice.id).where(Notice.status == "pending", Notice.day <= day)
                                  .order_by(Notice.id)))
-    # One transaction per notice, committed right after its send: a failure or a crash part-way
-    # (and this task's retries) never sends again the notices already delivered.
+    # Each notice is claimed before its send by a conditional UPDATE (pending → sending), committed:
+    # of two overlapping runs only the one whose UPDATE changed the row sends it. The result is
+    # committed right after the send, so a failure or a crash part-way (and this task's retries)
+    # never sends again the notices already delivered. A run killed mid-send leaves its notice
+    # ``sending``: it may have arrived, so it is not sent again (shown as not sent).
     for notice_id in pending:
         with session_scope(database_url) as s:
+            claimed = s.execute(update(Notice).where(Notice.id == notice_id, Notice.status == "pending")
+                                .values(status="sending", attempts=Notice.attempts + 1)
+                                .execution_options(synchronize_session=False)).rowcount == 1
+            n = s.get(Notice, notice_id) if claimed else None
+        if n is None:
+            continue
+        kind, address = (("webhook", policy.override_webhook) if policy.override_webhook
+                         else (n.channel, n.address or ""))
+        msg = OutgoingMessage(alert_id=n.id, dedup_key=n.id, severity="low", title=n.title, text=n.body,
+                              markdown=n.body)
+        try:
+            result = _channel(kind, address, policy).send(msg, session=http)
+        except ValueError as e:  # no address, no gateway: a registry fix, not a retry
+            result = None
+            error = str(e)
+        with session_scope(database_url) as s:
             n = s.get(Notice, notice_id)
-            if n is None or n.status != "pending":
-                continue
-            kind, address = (("webhook", policy.override_webhook) if policy.override_webhook
-                             else (n.channel, n.address or ""))
-            msg = OutgoingMessage(alert_id=n.id, dedup_key=n.id, severity="low", title=n.title, text=n.body,
-                                  markdown=n.body)
-            n.attempts += 1
-            try:
-                result = _channel(kind, address, policy).send(msg, session=http)
-            except ValueError as e:  # no address, no gateway: a registry fix, not a retry
-                n.status, n.last_error = "dead", str(e)
+            if result is None:
+                n.status, n.last_error = "dead", error
                 failed += 1
-                continue
-            if result.ok:
+            elif result.ok:
                 n.status, n.sent_at, n.last_error = "sent", datetime.combine(day, datetime.min.time()), None
                 sent += 1
             else:
                 n.last_error = result.error
-                if not result.retryable or n.attempts >= max_attempts:
-                    n.status = "dead"
+                n.status = "dead" if not result.retryable or n.attempts >= max_attempts else "pending"
                 failed += 1
     return {"notices_sent": sent, "notices_failed": failed}

@@ -6,7 +6,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from schemas.models import Alert, Area, Cadre, DeliveryAttempt, Household, RiskFlag
 from sibifang.db import count, migrate, session_scope, upsert
@@ -74,7 +74,7 @@ def _drain(url, start=NOW, rounds=60, step=timedelta(minutes=2)):
 
     t = start
     for _ in range(rounds):
-        deliver(t, url)
+        deliver(t, url, clock=lambda t=t: t)  # the simulated moment is the real clock too (backoff, leases)
         with session_scope(url) as s:
             if count(s, Alert, Alert.status.in_(("pending", "sending"))) == 0:
                 return t
@@ -301,6 +301,10 @@ def test_a_dispatcher_killed_mid_run_loses_nothing(tmp_path, monkeypatch):
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        # Leases run on the real clock: let the killed run's lease run out.
+        with session_scope(url) as s:
+            s.execute(update(Alert).where(Alert.status == "sending")
+                      .values(next_attempt_at=Alert.next_attempt_at - timedelta(minutes=6)))
         later = NOW + timedelta(minutes=6)
         subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), now=later.isoformat(), url=url)],
                        env=dict(os.environ), cwd=ROOT, check=True, timeout=120)
