@@ -52,7 +52,7 @@ RISK_FLAG_KINDS = (
 )
 RISK_FLAG_SEVERITIES = ("low", "medium", "high", "critical")
 RISK_FLAG_STATUSES = ("open", "acknowledged", "closed")
-ALERT_STATUSES = ("pending", "sending", "sent", "dead")
+ALERT_STATUSES = ("pending", "sending", "sent", "dead", "cancelled")
 
 # Columns that would put a person into an aggregate report (name, ID number, phone, address).
 # Names of places and things (grid_name, village_name, room_name, ...) are fine in a report.

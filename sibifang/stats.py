@@ -28,6 +28,7 @@ def collect_stats(database_url: str | None = None) -> dict:
             "alerts": count(s, Alert), "alerts_sent": count(s, Alert, Alert.status == "sent"),
             "alerts_pending": count(s, Alert, Alert.status.in_(("pending", "sending"))),
             "alerts_dead": count(s, Alert, Alert.status == "dead"),
+            "alerts_cancelled": count(s, Alert, Alert.status == "cancelled"),
             "alerts_acked": count(s, Alert, Alert.acked_at.is_not(None)),
             "alerts_escalated": count(s, Alert, Alert.escalation_level > 0),
             "delivery_attempts": count(s, DeliveryAttempt),

@@ -193,7 +193,9 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     n_alerts, n_acked = int(len(a)), int(len(acked))
     sent = int((a.status == "sent").sum()) if not a.empty else 0
     dead = int((a.status == "dead").sum()) if not a.empty else 0
-    status = protect([sent, dead, n_alerts - sent - dead], n_alerts)  # the rest: pending or sending
+    cancelled = int((a.status == "cancelled").sum()) if not a.empty else 0
+    # the rest: pending or sending; the four parts add up to the alerts
+    status = protect([sent, dead, cancelled, n_alerts - sent - dead - cancelled], n_alerts)
     demand_rows = _breakdown({str(k): int(c) for k, c in demands.items()}, DEMAND_LABELS, int(len(n)))
     risk = publish_risk_map(risk_map, areas)
     with_village = a
@@ -217,7 +219,8 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
                                                                   if not f.empty else [])}, FLAG_LABELS, int(len(f))),
         "alerts": mask(n_alerts),
         "alerts_sent": status[0] if status else None, "alerts_dead": status[1] if status else None,
-        "alerts_pending": status[2] if status else None,
+        "alerts_cancelled": status[2] if status else None,
+        "alerts_pending": status[3] if status else None,
         "alerts_acked": mask(n_acked),
         "median_minutes_to_ack": _stat(round(float(ack_minutes.median()), 1) if len(ack_minutes) else None,
                                        len(ack_minutes)),
@@ -251,6 +254,13 @@ def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFr
                 alerts.loc[later(alerts[col]).fillna(False), col] = pd.NaT
         if "first_sent_at" in alerts:
             alerts.loc[alerts.status.eq("sent") & alerts.first_sent_at.isna(), "status"] = "pending"
+        # Cancelled means its flag was answered before it went out; answered after the period,
+        # it was still waiting at the period's end.
+        answered = pd.Series(False, index=alerts.index)
+        for col in ("acked_at", "flag_closed_at"):
+            if col in alerts:
+                answered |= alerts[col].notna()
+        alerts.loc[alerts.status.eq("cancelled") & ~answered, "status"] = "pending"
     if not cases.empty and "closed_at" in cases:
         closed = cases.closed_at.notna() & ~later(cases.closed_at)
         cases = cases.assign(status=cases.status.where(~(cases.status.eq("closed") & ~closed), "open"))

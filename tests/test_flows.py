@@ -112,6 +112,7 @@ def test_closed_loop_end_to_end_and_rerun_changes_nothing(prefect_harness, isola
     assert _row_counts(url) == rows_after
     # Alerts still pending would be tried again (never delivered, so not a re-send): none here.
     assert stats["alerts_pending"] == 0
+    assert stats["alerts"] == sum(stats[f"alerts_{k}"] for k in ("sent", "dead", "cancelled", "pending"))
     assert (tmp_path / "out" / "alerts-received.jsonl").read_text(encoding="utf-8").count("\n") == received
 
     # A supervisor re-plans one grid by hand, with parameters, through the command.

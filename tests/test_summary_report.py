@@ -249,7 +249,8 @@ def test_summarise_publishes_only_masked_figures(agg):
     assert agg["flags_by_kind"] == [{"label": "长时间无用电活动", "count": MASKED},
                                     {"label": "婚姻家庭矛盾", "count": MASKED}]
     assert agg["alerts"] == 3
-    assert (agg["alerts_sent"], agg["alerts_dead"], agg["alerts_pending"]) == (MASKED, MASKED, 0)
+    assert (agg["alerts_sent"], agg["alerts_dead"], agg["alerts_cancelled"], agg["alerts_pending"]) == (
+        MASKED, MASKED, 0, 0)
     assert agg["alerts_acked"] == MASKED and agg["median_minutes_to_ack"] is None  # 2 acknowledgements
     assert agg["cases_opened"] == MASKED and agg["cases_closed"] == MASKED
     assert agg["needs"] == 3 and agg["needs_matched"] == MASKED
@@ -270,6 +271,25 @@ def test_summarise_counts_large_enough_are_exact():
     assert agg["cases_opened"] == 3 and agg["cases_closed"] == 3
     assert agg["needs"] == 9 and agg["needs_matched"] == 6
     assert agg["common_demands"][0] == {"label": "家庭教育", "count": 6}
+
+
+def test_cancelled_alerts_are_their_own_part_as_of_the_period_end():
+    # Cancelled: its flag was answered before it went out. Answered after the period (here the
+    # flag closed in August), the alert was still waiting at the period's end.
+    frames = _scaled(_frames())
+    a = frames["alerts"]
+    a["flag_closed_at"] = pd.NaT
+    a.loc[a.id.str.startswith("A3"), "status"] = "cancelled"
+    a.loc[a.id == "A3-0", "flag_closed_at"] = T("2026-07-25 09:00")
+    a.loc[a.id == "A3-1", "flag_closed_at"] = T("2026-07-26 09:00")
+    a.loc[a.id == "A3-2", "flag_closed_at"] = T("2026-07-28 09:00")
+    agg = _summarise(frames, households=pd.concat([_households()] * 3, ignore_index=True))
+    parts = (agg["alerts_sent"], agg["alerts_dead"], agg["alerts_cancelled"], agg["alerts_pending"])
+    assert agg["alerts"] == 9 and parts == (6, 0, 3, 0)
+    a.loc[a.id == "A3-2", "flag_closed_at"] = T("2026-08-02 09:00")
+    agg = _summarise(frames, households=pd.concat([_households()] * 3, ignore_index=True))
+    assert (agg["alerts_cancelled"], agg["alerts_pending"]) == (MASKED, MASKED)
+    assert "撤销" in _report(agg)
 
 
 def test_summarise_risk_levels_are_derived_from_the_published_grid_cells(agg):
@@ -313,7 +333,8 @@ def test_totals_do_not_reveal_masked_cells(agg):
     _assert_nothing_pinned(cells, sum(raw), raw)
     # Breakdowns printed next to their totals pin nothing either.
     _assert_nothing_pinned([f["count"] for f in agg["flags_by_kind"]], agg["flags"], [2, 1])
-    _assert_nothing_pinned([agg["alerts_sent"], agg["alerts_dead"], agg["alerts_pending"]], agg["alerts"], [2, 1, 0])
+    _assert_nothing_pinned([agg["alerts_sent"], agg["alerts_dead"], agg["alerts_cancelled"], agg["alerts_pending"]],
+                           agg["alerts"], [2, 1, 0, 0])
 
 
 def test_a_single_small_kind_gets_a_complementary_cell():
