@@ -103,3 +103,20 @@ def app_env(tmp_path, monkeypatch):
     reset_settings()
     yield tmp_path
     reset_settings()
+
+
+@pytest.fixture
+def own_channels(monkeypatch):
+    """Alerts and notices go to each cadre's own address: no default webhook, no rate limits,
+    no channel cached from another test."""
+    from sibifang.settings import reset_settings
+    import tasks.dispatch_alerts as td
+
+    for k in ("SIBIFANG_ALERT_WEBHOOK_URL", "SIBIFANG_ALERT_WEBHOOK_SECRET"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
+    reset_settings()
+    td._CHANNELS.clear()
+    yield
+    td._CHANNELS.clear()
+    reset_settings()

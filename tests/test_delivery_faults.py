@@ -64,18 +64,11 @@ def test_critical_alerts_are_claimed_first(outbox_db, monkeypatch):  # noqa: F81
     assert n_critical > 0 and severities == {"critical"}
 
 
-def test_notices_are_sent_once_when_one_of_them_cannot_be(database_url, monkeypatch):
+def test_notices_are_sent_once_when_one_of_them_cannot_be(database_url, own_channels):
     from sibifang.db import migrate
-    from sibifang.settings import reset_settings
     from tasks.schedule_visits import send_notices
-    import tasks.dispatch_alerts as td
 
     migrate(database_url)
-    for k in ("SIBIFANG_ALERT_WEBHOOK_URL", "SIBIFANG_ALERT_WEBHOOK_SECRET"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
-    reset_settings()
-    td._CHANNELS.clear()
     day = date(2026, 11, 20)
     with HttpReceiver() as rx:
         with session_scope(database_url) as s:

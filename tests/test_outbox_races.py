@@ -224,18 +224,11 @@ def test_a_dispatcher_beaten_to_its_whole_batch_claims_again(outbox_db, monkeypa
         assert len(mine) == 10 and count(s, Alert, Alert.status == "sending") == 20
 
 
-def test_two_overlapping_notice_runs_send_each_notice_once(database_url, monkeypatch):
+def test_two_overlapping_notice_runs_send_each_notice_once(database_url, own_channels):
     from sibifang.db import migrate
-    from sibifang.settings import reset_settings
     from tasks.schedule_visits import send_notices
-    import tasks.dispatch_alerts as td
 
     migrate(database_url)
-    for k in ("SIBIFANG_ALERT_WEBHOOK_URL", "SIBIFANG_ALERT_WEBHOOK_SECRET"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
-    reset_settings()
-    td._CHANNELS.clear()
     day = date(2026, 11, 20)
     with HttpReceiver(response_delay=0.05) as rx:
         with session_scope(database_url) as s:
@@ -256,7 +249,6 @@ def test_two_overlapping_notice_runs_send_each_notice_once(database_url, monkeyp
         for th in threads:
             th.join(60)
         ids = [r.json["alert_id"] for r in rx.accepted()]
-    td._CHANNELS.clear()
     assert sorted(ids) == [f"N{i}" for i in range(10)]
     assert sum(r["notices_sent"] for r in results) == 10
     with session_scope(database_url) as s:

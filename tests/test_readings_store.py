@@ -138,6 +138,15 @@ def test_failed_write_does_not_leave_temporary_files(tmp_path, monkeypatch):
     assert store.count() == 4
 
 
+def _run_in_threads(worker, args: list) -> None:
+    """``worker(arg)`` for each arg, all at once, and wait for them all."""
+    threads = [threading.Thread(target=worker, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_concurrent_appends_to_one_partition_lose_nothing(tmp_path):
     store = ReadingStore(tmp_path)
     errors = []
@@ -148,11 +157,7 @@ def test_concurrent_appends_to_one_partition_lose_nothing(tmp_path):
         except Exception as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(f"M{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_in_threads(worker, [f"M{i}" for i in range(4)])
     assert not errors
     assert store.count() == 4 * 96
 
@@ -268,10 +273,6 @@ def test_concurrent_register_saves_lose_no_meter(tmp_path):
         except Exception as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(f"M{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_in_threads(worker, [f"M{i}" for i in range(4)])
     assert not errors
     assert ReadingStore(tmp_path).last_registers()["meter_id"].tolist() == ["M0", "M1", "M2", "M3"]
