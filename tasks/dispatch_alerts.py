@@ -276,7 +276,7 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
     from sibifang.ack_tokens import ack_url, make_ack_token
     from sibifang.db import audit, session_scope, upsert
     from sibifang.dispatch_alerts import Recipient, render_alert
-    from sibifang.outbox import escalation_due, escalation_targets, household_context, lock_flag
+    from sibifang.outbox import answered, escalation_due, escalation_targets, household_context, lock_flag
     from sibifang.records import stable_id
 
     policy = dispatch_policy()
@@ -287,8 +287,7 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
             # acknowledgement committed since escalation_due read (it takes the same lock)
             # stops this step; one coming after waits for us and marks these alerts answered.
             flag = lock_flag(s, flag_id)
-            if flag is None or flag.status != "open" or s.scalar(
-                    select(Alert.id).where(Alert.flag_id == flag_id, Alert.acked_at.is_not(None)).limit(1)):
+            if flag is None or s.scalar(select(Alert.id).where(Alert.flag_id == flag_id, answered()).limit(1)):
                 continue
             new_level, targets = escalation_targets(s, flag_id, level, alerted)
             household = household_context(s, [flag.household_id]).get(flag.household_id)
