@@ -74,8 +74,9 @@ profiles=...)`` over the last day or two is the hourly incremental run.
 
 from __future__ import annotations
 
+import os
 import tomllib
-import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -257,6 +258,9 @@ class DetectorConfig:
     # meters per block: small enough that temporaries stay in cache and are reused (no
     # page-fault storm); 1024 against 4096 cut the city's daily run by a sixth
     chunk_meters: int = 1024
+    # threads judging blocks of meters at once (0: one per CPU); numpy releases the GIL in
+    # the array work, and each block's episodes depend on its own meters only
+    workers: int = 0
 
 
 @dataclass
@@ -382,29 +386,51 @@ def _nanmedian_rows(a: np.ndarray) -> np.ndarray:
     return np.where(n > 0, (lo + hi) / 2, np.nan).astype(a.dtype)
 
 
-def _noise_delta(X: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
-    """Per-meter-day activity threshold from the trailing window's quietest slots (M, D)."""
+def _day_number(t0) -> int:
+    """Calendar day number of ``t0``'s local date (days since 1970-01-01)."""
+    return int((pd.Timestamp(t0).tz_localize(None).normalize() - pd.Timestamp(0)).days)
+
+
+def _noise_delta(X: np.ndarray, cfg: DetectorConfig, day0: int = 0) -> np.ndarray:
+    """Per-meter-day activity threshold from the trailing window's quietest slots (M, D).
+
+    ``day0`` is the calendar day number (days since 1970-01-01) of the matrix's first day.
+    Each meter's threshold is re-estimated on calendar Mondays, and every day while the meter
+    has under a week of readings, from the ``window_days`` before: so a meter's threshold
+    depends on its own readings and the date only, not on which other meters share the matrix
+    or on the day the matrix starts (a daily run over a sliding window sees the same ones).
+    """
     M, T = X.shape
     D = T // 24
     Xd = X.reshape(M, D, 24)
     dX = np.full_like(X, np.nan)
     dX[:, 1:] = np.abs(X[:, 1:] - X[:, :-1])
     dXd = dX.reshape(M, D, 24)
+    # trailing per-slot level by cumulative sums over days (a NaN-free nanmean: numpy's own
+    # warns on empty slices, and silencing warnings is not thread-safe)
+    ok = ~np.isnan(Xd)
+    S = np.zeros((M, D + 1, 24), np.float64)
+    N = np.zeros((M, D + 1, 24), np.int32)
+    np.cumsum(np.where(ok, Xd, 0.0), axis=1, out=S[:, 1:])
+    np.cumsum(ok, axis=1, out=N[:, 1:])
+    seen = np.zeros((M, D + 1), np.int32)                 # days with a reading, cumulative
+    np.cumsum(ok.any(axis=2), axis=1, out=seen[:, 1:])
     out = np.full((M, D), np.nan, dtype=np.float32)
     W = cfg.window_days
-    # re-estimated weekly (daily while a meter has no estimate yet) from the days before
+    # 1970-01-01 was a Thursday: (day + 3) % 7 == 0 on Mondays
+    monday = (day0 + np.arange(D) + 3) % 7 == 0
     for d in range(1, D):
-        if d >= 7 and d % 7 and not np.isnan(out[:, d - 1]).any():
-            out[:, d] = out[:, d - 1]
-            continue
         a = max(0, d - W)
-        with np.errstate(all="ignore"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                lvl = np.nanmean(Xd[:, a:d, :], axis=1)          # (M, 24)
-                order = np.argsort(np.where(np.isnan(lvl), np.inf, lvl), axis=1)[:, : cfg.quiet_slots]
-                q = np.take_along_axis(dXd[:, a:d, :], order[:, None, :], axis=2).reshape(M, -1)
-                out[:, d] = _nanmedian_rows(q)
+        todo = monday[d] | np.isnan(out[:, d - 1]) | (seen[:, d] - seen[:, a] < 7)
+        out[~todo, d] = out[~todo, d - 1]
+        if not todo.any():
+            continue
+        rows = np.flatnonzero(todo)
+        n = N[rows, d] - N[rows, a]
+        lvl = np.where(n > 0, (S[rows, d] - S[rows, a]) / np.maximum(n, 1), np.inf)     # (m, 24)
+        order = np.argsort(lvl, axis=1, kind="stable")[:, : cfg.quiet_slots]
+        q = np.take_along_axis(dXd[rows, a:d, :], order[:, None, :], axis=2).reshape(len(rows), -1)
+        out[rows, d] = _nanmedian_rows(q)
     # the copy-forward above copied the raw medians; scale once here
     out = np.maximum(np.nan_to_num(out, nan=0.0) * cfg.noise_factor, cfg.min_activity_kwh)
     return out.astype(np.float32)
@@ -727,11 +753,9 @@ def _morning_deadlines(A, valid, P, cfg):
         # latest first-activity among the window's mornings, plus a margin: a morning later
         # than every one of the last weeks' is a record, rare by construction (~1/window)
         q = np.max(np.where(np.isfinite(f), f, -np.inf), axis=1) + cfg.morning_margin_hours
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ff = np.where(np.isfinite(f), f, np.nan)
-            med = _nanmedian_rows(ff)
-            mad = 1.4826 * _nanmedian_rows(np.abs(ff - med[:, None]))
+        ff = np.where(np.isfinite(f), f, np.nan)
+        med = _nanmedian_rows(ff)
+        mad = 1.4826 * _nanmedian_rows(np.abs(ff - med[:, None]))
         spread = np.maximum(np.nan_to_num(mad, nan=np.inf), cfg.morning_min_spread_hours)
         q = np.maximum(q, np.ceil(med + z_morning * spread))
         ok = (n >= cfg.min_history_days) & (reg >= cfg.morning_regular_share * np.maximum(n, 1)) & np.isfinite(q)
@@ -967,12 +991,10 @@ def _level_sigma(r, cfg):
     with np.errstate(divide="ignore", invalid="ignore"):
         L = np.log(np.maximum(r[:, 23::24], 1e-3))                  # (M, D) day-end log-ratios
     sig = np.full((M, D), np.nan, np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for d in range(1, D):
-            w = L[:, max(0, d - cfg.window_days):d]
-            med = _nanmedian_rows(w)
-            sig[:, d] = 1.4826 * _nanmedian_rows(np.abs(w - med[:, None]))
+    for d in range(1, D):
+        w = L[:, max(0, d - cfg.window_days):d]
+        med = _nanmedian_rows(w)
+        sig[:, d] = 1.4826 * _nanmedian_rows(np.abs(w - med[:, None]))
     # too few past day ends to know the spread: inf (a drop below drop_design still counts)
     nobs = np.cumsum(np.isfinite(L), axis=1) - np.isfinite(L)
     return np.where((nobs >= cfg.min_history_days) & np.isfinite(sig), np.maximum(sig, cfg.level_min_sigma),
@@ -1252,24 +1274,34 @@ def _profiles_from_fixed(prof: RoutineProfiles, sel: np.ndarray, D: int, weekend
                             else np.full(M, np.inf)).astype(np.float32)))
 
 
+def _map_chunks(fn, M: int, cfg: DetectorConfig) -> list:
+    """``fn`` over blocks of ``cfg.chunk_meters`` meters, on ``cfg.workers`` threads, in order."""
+    blocks = [slice(c0, min(M, c0 + cfg.chunk_meters)) for c0 in range(0, M, cfg.chunk_meters)]
+    workers = min(cfg.workers or os.cpu_count() or 1, len(blocks))
+    if workers <= 1:
+        return [fn(sl) for sl in blocks]
+    with ThreadPoolExecutor(workers, thread_name_prefix="detect") as pool:
+        return list(pool.map(fn, blocks))
+
+
 def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles: RoutineProfiles | None = None):
-    """Core: hourly matrix → list of row dicts. Processes meters in chunks (bounded memory)."""
+    """Core: hourly matrix → list of row dicts, judged in blocks of meters (bounded memory) on
+    worker threads."""
     M, T = X.shape
     if M == 0 or n_hours <= 0:
         return []
     D = T // 24
     days = pd.Timestamp(t0) + pd.to_timedelta(np.arange(D), unit="D")
     weekend = np.asarray(days.day_of_week >= 5)
-    rows = []
-    for c0 in range(0, M, cfg.chunk_meters):
-        sl = slice(c0, min(M, c0 + cfg.chunk_meters))
+
+    def judge(sl: slice) -> list[dict]:
         Xc = X[sl]
         valid = ~np.isnan(Xc)
         gap_ok = np.ones_like(valid) if absent is None else ~absent[sl]
         valid &= gap_ok
         Xc = np.where(valid, Xc, np.nan).astype(np.float32)
         if profiles is None:
-            delta_md = _noise_delta(Xc, cfg)
+            delta_md = _noise_delta(Xc, cfg, _day_number(t0))
         else:
             delta_md = np.repeat(profiles.delta[sl][:, None], D, axis=1)
         delta_h = np.repeat(delta_md, 24, axis=1)
@@ -1309,8 +1341,9 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
         if profiles is not None and profiles.recent_detections is not None:
             past = _past_detections(profiles.recent_detections[sl], cfg, t0)
         _gate_recurrent(eps, cfg, past)
-        rows += _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md), cfg)
-    return rows
+        return _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md), cfg)
+
+    return [row for rows in _map_chunks(judge, M, cfg) for row in rows]
 
 
 def _merge_incidents(rows: list[dict], cfg: DetectorConfig) -> list[dict]:
@@ -1507,13 +1540,12 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
     days = t0h + pd.to_timedelta(np.arange(D), unit="D")
     weekend = np.asarray(days.day_of_week >= 5)
     M = len(meters)
-    out = {k: [] for k in ("p", "c", "mean", "delta", "lp", "lpn", "sb", "wake", "dl", "hd", "thr", "nthr", "level",
-                                 "thr2", "lsig", "recent", "dark", "dhist", "ssample", "sstats", "fsample")}
-    for c0 in range(0, M, cfg.chunk_meters):
-        sl = slice(c0, min(M, c0 + cfg.chunk_meters))
+
+    def learn(sl: slice) -> dict[str, np.ndarray]:
+        out = {}
         Xc = X[sl]
         valid = ~np.isnan(Xc)
-        delta_md = _noise_delta(Xc, cfg)
+        delta_md = _noise_delta(Xc, cfg, _day_number(t0h))
         A = _activity_per_hour(Xc, np.repeat(delta_md, 24, axis=1), cfg.floor_hours)
         # last day profiles for both day types: recompute with the last day as each type
         res = {}
@@ -1528,7 +1560,7 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         P["level_llr"], P["drop_llr"] = _level_llr(bins, dark_s, slot_s, sstats, cfg)
         fbins, flat_s, flat_n = _flat_samples(Xc, valid, cfg)
         P["flat_llr"] = _flat_llr(fbins, flat_s, flat_n, cfg)
-        out["fsample"].append(np.ascontiguousarray(flat_s[:, D - 1]))
+        out["fsample"] = np.ascontiguousarray(flat_s[:, D - 1])
         # replay the history to learn the self-calibrated alarm levels for the next day, and the
         # household's own past episodes of the recurrence kinds (recurrence gate), as detect does
         ones = np.ones_like(valid)
@@ -1539,28 +1571,31 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         eps = _one_per_event(eps + _ratio_episodes(Xc, valid, ones, P, Xc.shape[1], cfg))
         eps += _drop_covered_mornings(_morning_episodes(A, valid, ones, P, wake, deadline, Xc.shape[1], cfg),
                                       eps, A & valid)
-        out["recent"].append(_recent_detections(eps, Xc.shape[0], cfg, t0h))
-        out["thr"].append(P["last_thr"][0])
-        out["nthr"].append(P["last_thr"][1])
-        out["thr2"].append(P["last_thr"][2])
+        out["recent"] = _recent_detections(eps, Xc.shape[0], cfg, t0h)
+        out["thr"] = P["last_thr"][0]
+        out["nthr"] = P["last_thr"][1]
+        out["thr2"] = P["last_thr"][2]
         # the samples behind the day after the history (the appended empty day, D - 1)
-        out["dhist"].append(np.ascontiguousarray(dark_s[:, D - 1]))
-        out["ssample"].append(np.ascontiguousarray(slot_s[:, D - 1]))
-        out["sstats"].append(np.ascontiguousarray(sstats[:, D - 1]))
-        out["dark"].append(P["dark"][:, -1])
-        out["lsig"].append(_level_sigma(_level_ratio(Xc, valid, np.ones_like(valid), P, cfg)[0], cfg)[:, -1])
-        out["p"].append(np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1))
-        out["c"].append(np.stack([res[0]["c"][:, -1], res[1]["c"][:, -1]], axis=1))
-        out["mean"].append(np.stack([res[0]["mean"][:, -1], res[1]["mean"][:, -1]], axis=1))
-        out["level"].append(np.stack([res[0]["level"][:, -1], res[1]["level"][:, -1]], axis=1))
-        out["delta"].append(delta_md[:, -1])
-        out["lp"].append(P["log_pstar"][:, -1])
-        out["lpn"].append(P["log_pstar_night"][:, -1])
-        out["sb"].append(P["standby"][:, -1])
-        out["wake"].append(wake[:, -1])
-        out["dl"].append(deadline[:, -1])
-        out["hd"].append(P["hist_days"][:, -1])
-    cat = lambda k: np.concatenate(out[k], axis=0)  # noqa: E731
+        out["dhist"] = np.ascontiguousarray(dark_s[:, D - 1])
+        out["ssample"] = np.ascontiguousarray(slot_s[:, D - 1])
+        out["sstats"] = np.ascontiguousarray(sstats[:, D - 1])
+        out["dark"] = P["dark"][:, -1]
+        out["lsig"] = _level_sigma(_level_ratio(Xc, valid, np.ones_like(valid), P, cfg)[0], cfg)[:, -1]
+        out["p"] = np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1)
+        out["c"] = np.stack([res[0]["c"][:, -1], res[1]["c"][:, -1]], axis=1)
+        out["mean"] = np.stack([res[0]["mean"][:, -1], res[1]["mean"][:, -1]], axis=1)
+        out["level"] = np.stack([res[0]["level"][:, -1], res[1]["level"][:, -1]], axis=1)
+        out["delta"] = delta_md[:, -1]
+        out["lp"] = P["log_pstar"][:, -1]
+        out["lpn"] = P["log_pstar_night"][:, -1]
+        out["sb"] = P["standby"][:, -1]
+        out["wake"] = wake[:, -1]
+        out["dl"] = deadline[:, -1]
+        out["hd"] = P["hist_days"][:, -1]
+        return out
+
+    parts = _map_chunks(learn, M, cfg)
+    cat = lambda k: np.concatenate([part[k] for part in parts], axis=0)  # noqa: E731
     return RoutineProfiles(meter_ids=meters, p_active=cat("p"), p_continue=cat("c"), mean_kwh=cat("mean"),
                            delta=cat("delta"), log_pstar=cat("lp"), log_pstar_night=cat("lpn"),
                            standby=cat("sb"), wake_hour=cat("wake"), morning_deadline=cat("dl"),

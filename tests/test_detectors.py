@@ -210,6 +210,43 @@ def test_matrix_path_and_incremental_profiles_agree_with_detect(normal):
     assert ina.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=12)
 
 
+def test_a_meters_activity_threshold_depends_on_its_own_readings_and_the_date_only():
+    from sibifang.detectors import _day_number, _noise_delta, hourly_matrix
+
+    _, X, t0, _ = hourly_matrix(routine("a", days=63, seed=6))
+    cfg = DetectorConfig()
+    alone = _noise_delta(X, cfg, _day_number(t0))
+    # beside a meter that starts reading weeks later (no threshold of its own until then)
+    late = X.copy()
+    late[:, : 24 * 20] = np.nan
+    both = _noise_delta(np.vstack([X, late]), cfg, _day_number(t0))
+    np.testing.assert_array_equal(both[0], alone[0])
+    # a daily run over a sliding window: a window starting later sees the same thresholds once
+    # its days have a full trailing window behind their last re-estimate (a Monday)
+    for skip in (1, 3, 9):
+        shifted = _noise_delta(X[:, 24 * skip:], cfg, _day_number(t0) + skip)
+        first_full = skip + cfg.window_days + 7
+        np.testing.assert_array_equal(shifted[0, first_full - skip:], alone[0, first_full:])
+
+
+def test_blocks_of_meters_judged_in_threads_give_the_same_episodes(normal):
+    onset = START + pd.Timedelta(days=30, hours=10)
+    meters = [lights_off(routine(f"m{i}", seed=i), onset + pd.Timedelta(hours=i)) if i % 3 == 0
+              else routine(f"m{i}", seed=i) for i in range(9)]
+    df = pd.concat(meters, ignore_index=True)
+    serial = detect(df, config=DetectorConfig(chunk_meters=2, workers=1))
+    threaded = detect(df, config=DetectorConfig(chunk_meters=2, workers=4))
+    assert (serial["kind"] == "inactivity").sum() >= 3
+    pd.testing.assert_frame_equal(serial, threaded)
+    wide = df.pivot(index="meter_id", columns="ts", values="kwh")
+    kwh = wide.to_numpy(np.float32)
+    p1 = fit_profiles(kwh[:, : 28 * 48], wide.index, START, 30, config=DetectorConfig(chunk_meters=2, workers=1))
+    p4 = fit_profiles(kwh[:, : 28 * 48], wide.index, START, 30, config=DetectorConfig(chunk_meters=2, workers=4))
+    np.testing.assert_array_equal(p1.morning_deadline, p4.morning_deadline)
+    np.testing.assert_array_equal(p1.p_active, p4.p_active)
+    np.testing.assert_array_equal(p1.silence_threshold, p4.silence_threshold)
+
+
 def test_empty_and_tiny_inputs():
     empty = pd.DataFrame({"meter_id": [], "ts": pd.to_datetime([]), "kwh": []})
     _check_schema(detect(empty))
