@@ -308,10 +308,9 @@ def _infer_interval_minutes(ts: np.ndarray) -> int:
     if len(d) == 0:
         return 60
     med = float(np.median(d))
-    for cand in (5, 10, 15, 20, 30, 60):
-        if med <= cand * 1.25:
-            return cand
-    return 60
+    # the nearest divisor of an hour: a minute meter with half an hour's readings missing is
+    # scaled up by its own interval (not by five minutes'), clock jitter does not matter
+    return min((1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60), key=lambda c: abs(np.log(c / med)))
 
 
 def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):

@@ -191,6 +191,19 @@ def test_mixed_intervals_and_meters():
     assert (ina["detected_at"] - onset <= pd.Timedelta(hours=12)).all()
 
 
+@pytest.mark.parametrize("interval", [1, 2, 5, 12])
+def test_a_partly_covered_hour_is_scaled_up_by_the_meters_own_interval(interval):
+    from sibifang.detectors import hourly_matrix
+
+    per_hour = 60 // interval
+    ts = START + pd.to_timedelta((np.arange(3 * per_hour) + 1) * interval, unit="min")
+    df = pd.DataFrame({"meter_id": "fine", "ts": ts, "kwh": 0.6 / per_hour})   # 0.6 kWh every hour
+    df = df.drop(index=range(per_hour, per_hour + per_hour // 2))               # half of hour 2 lost
+    _, X, _, n_hours = hourly_matrix(df)
+    assert n_hours == 3
+    np.testing.assert_allclose(X[0, :3], 0.6, rtol=1e-5)
+
+
 def test_matrix_path_and_incremental_profiles_agree_with_detect(normal):
     onset = START + pd.Timedelta(days=30, hours=10)
     df = lights_off(normal, onset)
