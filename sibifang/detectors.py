@@ -258,6 +258,9 @@ class DetectorConfig:
     # meters per block: small enough that temporaries stay in cache and are reused (no
     # page-fault storm); 1024 against 4096 cut the city's daily run by a sixth
     chunk_meters: int = 1024
+    # ... and at most this many meter-hours (a block's temporaries take about 1.4 kB each):
+    # a file of years of readings is judged a few meters at a time instead of needing 10 GB
+    block_meter_hours: int = 1024 * 24 * 30
     # threads judging blocks of meters at once (0: one per CPU); numpy releases the GIL in
     # the array work, and each block's episodes depend on its own meters only
     workers: int = 0
@@ -1171,15 +1174,15 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
     S1 = np.array([e["det"] for e in eps]) + 1
 
     def seg_means(V):
-        # mean over [start, detected] of the episode, NaN-aware, from cumulative sums of its rows
-        v = V[meter_ix]
-        ok = ~np.isnan(v)
-        c = np.zeros((len(meter_ix), T + 1)); np.cumsum(np.where(ok, v, 0), axis=1, out=c[:, 1:])
-        n = np.zeros((len(meter_ix), T + 1)); np.cumsum(ok, axis=1, out=n[:, 1:])
-        r = np.arange(len(meter_ix))
-        cnt = n[r, S1] - n[r, S0]
+        # mean over [start, detected] of each episode, NaN-aware, from cumulative sums of the
+        # meters' rows (one per meter, not per episode: a meter with years of readings has
+        # hundreds of episodes)
+        ok = ~np.isnan(V)
+        c = np.zeros((M, T + 1)); np.cumsum(np.where(ok, V, 0), axis=1, out=c[:, 1:])
+        n = np.zeros((M, T + 1), np.int32); np.cumsum(ok, axis=1, out=n[:, 1:])
+        cnt = n[meter_ix, S1] - n[meter_ix, S0]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(cnt > 0, (c[r, S1] - c[r, S0]) / np.maximum(cnt, 1), np.nan)
+            return np.where(cnt > 0, (c[meter_ix, S1] - c[meter_ix, S0]) / np.maximum(cnt, 1), np.nan)
     OBS = seg_means(X)
     EXP = seg_means(mean)
     for k, e in enumerate(eps):
@@ -1273,9 +1276,10 @@ def _profiles_from_fixed(prof: RoutineProfiles, sel: np.ndarray, D: int, weekend
                             else np.full(M, np.inf)).astype(np.float32)))
 
 
-def _map_chunks(fn, M: int, cfg: DetectorConfig) -> list:
-    """``fn`` over blocks of ``cfg.chunk_meters`` meters, on ``cfg.workers`` threads, in order."""
-    blocks = [slice(c0, min(M, c0 + cfg.chunk_meters)) for c0 in range(0, M, cfg.chunk_meters)]
+def _map_chunks(fn, M: int, T: int, cfg: DetectorConfig) -> list:
+    """``fn`` over blocks of meters (of ``T`` hours each), on ``cfg.workers`` threads, in order."""
+    size = max(1, min(cfg.chunk_meters, cfg.block_meter_hours // max(T, 1)))
+    blocks = [slice(c0, min(M, c0 + size)) for c0 in range(0, M, size)]
     workers = min(cfg.workers or os.cpu_count() or 1, len(blocks))
     if workers <= 1:
         return [fn(sl) for sl in blocks]
@@ -1342,7 +1346,7 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
         _gate_recurrent(eps, cfg, past)
         return _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md), cfg)
 
-    return [row for rows in _map_chunks(judge, M, cfg) for row in rows]
+    return [row for rows in _map_chunks(judge, M, T, cfg) for row in rows]
 
 
 def _merge_incidents(rows: list[dict], cfg: DetectorConfig) -> list[dict]:
@@ -1593,7 +1597,7 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         out["hd"] = P["hist_days"][:, -1]
         return out
 
-    parts = _map_chunks(learn, M, cfg)
+    parts = _map_chunks(learn, M, X.shape[1], cfg)
     cat = lambda k: np.concatenate([part[k] for part in parts], axis=0)  # noqa: E731
     return RoutineProfiles(meter_ids=meters, p_active=cat("p"), p_continue=cat("c"), mean_kwh=cat("mean"),
                            delta=cat("delta"), log_pstar=cat("lp"), log_pstar_night=cat("lpn"),

@@ -251,6 +251,11 @@ def test_blocks_of_meters_judged_in_threads_give_the_same_episodes(normal):
     threaded = detect(df, config=DetectorConfig(chunk_meters=2, workers=4))
     assert (serial["kind"] == "inactivity").sum() >= 3
     pd.testing.assert_frame_equal(serial, threaded)
+    # a long file is judged a few meters at a time (bounded memory), to the same episodes
+    one_block = detect(df, config=DetectorConfig(workers=1))
+    by_hours = detect(df, config=DetectorConfig(block_meter_hours=42 * 24 * 3))    # 3 meters a block
+    pd.testing.assert_frame_equal(one_block, serial)
+    pd.testing.assert_frame_equal(one_block, by_hours)
     wide = df.pivot(index="meter_id", columns="ts", values="kwh")
     kwh = wide.to_numpy(np.float32)
     p1 = fit_profiles(kwh[:, : 28 * 48], wide.index, START, 30, config=DetectorConfig(chunk_meters=2, workers=1))
