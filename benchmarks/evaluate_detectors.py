@@ -20,6 +20,7 @@ what would reach a grid worker (severity 'low' is recorded, not alerted; see
 ``sibifang.detectors``).
 
     .venv/bin/python benchmarks/evaluate_detectors.py [--events 40] [--seed 7] [--generated DIR]
+        [--real FILE [--known EPISODES.csv]] [--only-real]
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sibifang.detectors import DetectorConfig, detect  # noqa: E402
 
-REAL = Path("/work/shared/data/household-meters/readings.csv")
-# Real episodes already in the data (README): excluded from false-alarm counts.
+# The shipped real households (../shared/data/household-meters beside the project); --real
+# takes anyone else's file in the same contract (meter_id, ts, kwh).
+REAL = next((p for p in (Path(os.environ.get("SIBIFANG_REAL_METERS", "/nonexistent")),
+                         Path(__file__).resolve().parents[2] / "shared/data/household-meters/readings.csv",
+                         Path("/work/shared/data/household-meters/readings.csv")) if p.exists()),
+            Path("/work/shared/data/household-meters/readings.csv"))
+# Real episodes already in the data (their README): excluded from false-alarm counts and from
+# injection, with every run of zero readings of ZERO_RUN_HOURS or more (found in any file).
 KNOWN_REAL = {
     "uci-sceaux": [("2008-08-06", "2008-08-31")],
     "hue-bc-1": [("2013-11-07 18:00", "2013-11-08 11:00"), ("2015-08-29 14:00", "2015-08-30 20:00")],
 }
+ZERO_RUN_HOURS = 12
 HISTORY_DAYS = 42
 AFTER_DAYS = 4
 DEADLINE_H = {"lights_off": 24, "frozen_on": 24, "sustained_drop": 48}
@@ -110,6 +118,28 @@ def inject(g: pd.DataFrame, kind: str, onset: pd.Timestamp,
         vals = vals + per_h * (step / pd.Timedelta(hours=1))
     g.loc[sel, "kwh"] = vals
     return g, end
+
+
+def long_zero_runs(df: pd.DataFrame, min_hours: float = ZERO_RUN_HOURS) -> dict[str, list[tuple[str, str]]]:
+    """Runs of readings that are exactly zero lasting ``min_hours`` or more, per meter: real
+    outages or absences already in a series (the protocol leaves them out of false alarms)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for meter, g in df.groupby("meter_id"):
+        g = g.sort_values("ts")
+        ts, zero = g["ts"].to_numpy(), g["kwh"].to_numpy(dtype=float) == 0
+        run_id = np.cumsum(~zero)            # consecutive zeros share an id
+        step = _interval(g)
+        for _, idx in pd.Series(np.flatnonzero(zero)).groupby(run_id[zero]):
+            a, b = pd.Timestamp(ts[idx.iloc[0]]) - step, pd.Timestamp(ts[idx.iloc[-1]])
+            if b - a >= pd.Timedelta(hours=min_hours):
+                out.setdefault(str(meter), []).append((str(a), str(b)))
+    return out
+
+
+def add_known_episodes(extra: dict[str, list[tuple[str, str]]]) -> None:
+    for meter, spans in extra.items():
+        KNOWN_REAL.setdefault(meter, [])
+        KNOWN_REAL[meter] += [s for s in spans if s not in KNOWN_REAL[meter]]
 
 
 def _excluded(meter: str, t: pd.Timestamp, pad: pd.Timedelta) -> bool:
@@ -300,6 +330,11 @@ CONFIG = _config_from_env(os.environ)
 
 def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
     print(f"\n=== data set: {name} ({clean['meter_id'].nunique()} households) ===")
+    zero_runs = long_zero_runs(clean)
+    add_known_episodes(zero_runs)
+    if zero_runs:
+        print("left out as real episodes (zero readings for 12 h or more): " + "; ".join(
+            f"{m} {a[:16]} to {b[:16]}" for m, spans in zero_runs.items() for a, b in spans))
     t = time.perf_counter()
     segs, truth = make_segments(clean, n_events, seed)
     print(f"injected {len(truth)} episodes ({truth.groupby('kind').size().to_dict()}) "
@@ -395,12 +430,25 @@ def main():
     ap.add_argument("--budget", type=float, default=None,
                     help="false_alarms_per_month of the silence alarm (default: DetectorConfig's)")
     ap.add_argument("--only-real", action="store_true")
+    ap.add_argument("--real", type=Path, default=REAL,
+                    help="real households' readings, CSV or Parquet with meter_id, ts, kwh (kWh in the interval "
+                         "ending at ts, local time); default: the three shipped ones")
+    ap.add_argument("--known", type=Path, default=None,
+                    help="CSV meter_id, start, end of real episodes already in --real (absences, outages): left "
+                         "out of false alarms and of injection")
     args = ap.parse_args()
     global CONFIG
     if args.budget is not None:
         CONFIG = DetectorConfig(false_alarms_per_month=args.budget)
     print(f"detector config: {CONFIG}")
-    real = pd.read_csv(REAL, parse_dates=["ts"])
+    real = (pd.read_parquet(args.real) if args.real.suffix == ".parquet"
+            else pd.read_csv(args.real, dtype={"meter_id": str}))[["meter_id", "ts", "kwh"]]
+    real["ts"] = pd.to_datetime(real["ts"])
+    if args.known is not None:
+        known = pd.read_csv(args.known, dtype={"meter_id": str})
+        add_known_episodes({m: list(zip(g["start"].astype(str), g["end"].astype(str)))
+                            for m, g in known.groupby("meter_id")})
+    print(f"real households: {args.real}")
     evaluate("real households", real, args.events, args.seed)
 
     gen = args.generated
