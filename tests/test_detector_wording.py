@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sibifang import detectors
-from sibifang.detectors import EVIDENCE_TEMPLATE, KINDS, detect
+from sibifang.detectors import KINDS, DetectorConfig, detect, evidence
+from sibifang.detectors.evidence import EVIDENCE_TEMPLATE
 
 T0 = pd.Timestamp("2026-09-07")  # 9月7日0时
 
@@ -48,7 +48,7 @@ def rendered():
     P = {"mean": np.full((M, T), 0.4), "standby": np.full((M, D), 0.05)}
     delta_md = np.full((M, D), 0.01)
     used = []
-    real = detectors._evidence
+    real = evidence._evidence
 
     def spy(key, **fields):
         used.append(key)
@@ -56,13 +56,13 @@ def rendered():
 
     eps = [dict(e) for e, _ in CASES.values()]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(detectors, "_evidence", spy)
-        rows = detectors._rows(eps, ["m1"], X, np.zeros_like(X, bool), P, T0, T, delta_md)
+        mp.setattr(evidence, "_evidence", spy)
+        rows = evidence._rows(eps, ["m1"], X, np.zeros_like(X, bool), P, T0, T, delta_md)
         out = dict(zip(CASES, rows))
-        silence, drop = (dict(r) for r in detectors._rows([_ep("inactivity", 26, 35), _ep(
+        silence, drop = (dict(r) for r in evidence._rows([_ep("inactivity", 26, 35), _ep(
             "sustained_drop", 30, 47, obs=0.05, exp=0.4, ratio=0.12)], ["m1"], X, np.zeros_like(X, bool), P, T0, T,
             delta_md))
-        out["suffix_same_incident"] = detectors._merge_incidents([silence, drop], detectors.DetectorConfig())[1]
+        out["suffix_same_incident"] = evidence._merge_incidents([silence, drop], DetectorConfig())[1]
     return out, used
 
 
@@ -112,7 +112,7 @@ def test_exact_sentences(rendered):
 
 
 def test_templates_are_loaded_once():
-    assert detectors._evidence_templates() is detectors._evidence_templates()
+    assert evidence._evidence_templates() is evidence._evidence_templates()
 
 
 def test_detect_evidence_on_a_lights_off_household():

@@ -224,7 +224,9 @@ def test_matrix_path_and_incremental_profiles_agree_with_detect(normal):
 
 
 def test_a_meters_activity_threshold_depends_on_its_own_readings_and_the_date_only():
-    from sibifang.detectors import _day_number, _noise_delta, hourly_matrix
+    from sibifang.detectors import hourly_matrix
+    from sibifang.detectors.hourly import _day_number
+    from sibifang.detectors.routine import _noise_delta
 
     _, X, t0, _ = hourly_matrix(routine("a", days=63, seed=6))
     cfg = DetectorConfig()
@@ -429,7 +431,8 @@ def test_dark_house_whose_standby_cycles_is_still_found():
 def _hour_evidence(edit, day=30, cfg=DetectorConfig()):
     """The (lights-off, drop) evidence of each hour of ``day`` (each (24,)) of a 35-day
     routine whose hourly matrix ``edit(X, day)`` changed."""
-    from sibifang.detectors import _level_llr, _level_samples, hourly_matrix
+    from sibifang.detectors import hourly_matrix
+    from sibifang.detectors.routine import _level_llr, _level_samples
     meters, X, t0, n = hourly_matrix(routine(days=35))
     X = X.copy()
     edit(X, day)

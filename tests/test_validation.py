@@ -296,12 +296,11 @@ def test_personal_column_pattern():
 def test_risk_flag_kinds_cover_what_the_stages_raise():
     """The suite's value set must know every kind the detector and the lexicon can produce."""
     import tomllib
-    from pathlib import Path
 
-    from sibifang import detectors
+    from sibifang import detectors, flag_risks
 
     assert set(detectors.KINDS) <= set(S.RISK_FLAG_KINDS)
-    lexicon = Path(detectors.__file__).with_name("risk_lexicon.toml")
+    lexicon = flag_risks.LEXICON_FILE
     assert lexicon.exists(), lexicon
     cues = tomllib.loads(lexicon.read_text(encoding="utf-8")).get("cues", {})
     assert cues, "the lexicon defines no cues"

@@ -1,0 +1,112 @@
+"""Input handling: readings (long, or a dense matrix at any interval) → the hourly matrix
+(meters × hours, kWh/h, NaN gaps, midnight-aligned) every detector runs on, each meter's
+reading interval, the hours covered by absences, and the calendar day number of the start."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+
+def _infer_interval_minutes(ts: np.ndarray) -> int:
+    if len(ts) < 2:
+        return 60
+    d = np.diff(np.sort(ts)).astype("timedelta64[s]").astype(np.int64) / 60.0
+    d = d[d > 0]
+    if len(d) == 0:
+        return 60
+    med = float(np.median(d))
+    # the nearest divisor of an hour: a minute meter with half an hour's readings missing is
+    # scaled up by its own interval (not by five minutes'), clock jitter does not matter
+    return min((1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60), key=lambda c: abs(np.log(c / med)))
+
+
+def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
+    """Long readings → (meter_ids, X[meter, hour] kWh/h float32 with NaN gaps, t0, n_hours).
+
+    Column j is the hour [t0 + j h, t0 + (j+1) h); t0 is a local midnight. Each meter's
+    interval is inferred on its own; a partly covered hour is scaled up from the readings
+    present (a gap is never a zero). Only hours ending at or before ``as_of`` are kept.
+    """
+    df = readings.loc[:, ["meter_id", "ts", "kwh"]].copy()
+    df["ts"] = pd.to_datetime(df["ts"])
+    if getattr(df["ts"].dt, "tz", None) is not None:
+        df["ts"] = df["ts"].dt.tz_localize(None)
+    df["kwh"] = pd.to_numeric(df["kwh"], errors="coerce")
+    df = df[np.isfinite(df["kwh"].to_numpy(dtype=float)) & (df["kwh"] >= 0) & df["ts"].notna()]
+    if as_of is not None:
+        df = df[df["ts"] <= pd.Timestamp(as_of)]
+    df["meter_id"] = df["meter_id"].astype(str)
+    if df.empty:
+        return np.array([], dtype=object), np.zeros((0, 0), np.float32), None, 0
+    df = df.drop_duplicates(["meter_id", "ts"], keep="last")
+    meters = np.array(sorted(df["meter_id"].unique()), dtype=object)
+    per_hour = {}
+    for m, g in df.groupby("meter_id", sort=False):
+        per_hour[m] = 60 // _infer_interval_minutes(g["ts"].to_numpy())
+    df["hour_end"] = df["ts"].dt.ceil("h")
+    g = df.groupby(["meter_id", "hour_end"], sort=False)["kwh"].agg(["sum", "count"]).reset_index()
+    ph = g["meter_id"].map(per_hour).to_numpy(dtype=float)
+    g["val"] = g["sum"].to_numpy() * ph / np.minimum(g["count"].to_numpy(), ph)
+    t0 = (g["hour_end"].min() - pd.Timedelta(hours=1)).normalize()
+    if as_of is not None:
+        last_end = pd.Timestamp(as_of).floor("h")
+    else:
+        last_end = g["hour_end"].max()
+    n_hours = max(int((last_end - t0) / pd.Timedelta(hours=1)), 0)
+    n_cols = max(((n_hours + 23) // 24) * 24, 24)
+    X = np.full((len(meters), n_cols), np.nan, dtype=np.float32)
+    row = pd.Index(meters).get_indexer(g["meter_id"])
+    col = ((g["hour_end"] - t0) / pd.Timedelta(hours=1)).to_numpy().astype(np.int64) - 1
+    ok = (col >= 0) & (col < n_hours)
+    X[row[ok], col[ok]] = g["val"].to_numpy()[ok]
+    return meters, X, t0, n_hours
+
+
+def _absence_mask(meters, t0, n_cols, absences: pd.DataFrame | None):
+    if absences is None or len(absences) == 0:
+        return None
+    mask = np.zeros((len(meters), n_cols), dtype=bool)
+    idx = pd.Index(meters)
+    t0 = pd.Timestamp(t0)
+    for rec in absences.itertuples(index=False):
+        i = idx.get_indexer([str(rec.meter_id)])[0]
+        if i < 0:
+            continue
+        s = pd.Timestamp(rec.start)
+        e = pd.Timestamp(rec.end) if pd.notna(rec.end) else t0 + pd.Timedelta(hours=n_cols)
+        a = int(np.floor((s - t0) / pd.Timedelta(hours=1)))
+        b = int(np.ceil((e - t0) / pd.Timedelta(hours=1)))
+        mask[i, max(a, 0):max(min(b, n_cols), 0)] = True
+    return mask
+
+
+
+def _day_number(t0) -> int:
+    """Calendar day number of ``t0``'s local date (days since 1970-01-01)."""
+    return int((pd.Timestamp(t0).tz_localize(None).normalize() - pd.Timestamp(0)).days)
+
+
+
+def _to_hourly(kwh: np.ndarray, t0: pd.Timestamp, interval_minutes: int, chunk: int = 4096):
+    """Dense (meters, slots) at any interval → hourly float32, midnight-aligned."""
+    M, K = kwh.shape
+    per = 60 // interval_minutes
+    lead = int(((t0 - t0.normalize()) / pd.Timedelta(minutes=interval_minutes)))
+    total = lead + K
+    H = -(-total // per)
+    D = -(-H // 24)
+    out = np.full((M, D * 24), np.nan, dtype=np.float32)
+    for c0 in range(0, M, chunk):
+        blk = np.full((min(chunk, M - c0), H * per), np.nan, dtype=np.float32)
+        blk[:, lead:lead + K] = kwh[c0:c0 + chunk]
+        blk = blk.reshape(blk.shape[0], H, per)
+        ok = ~np.isnan(blk)
+        n = ok.view(np.uint8).sum(axis=2, dtype=np.uint8)
+        s = np.where(ok, blk, np.float32(0.0)).sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[c0:c0 + chunk, :H] = np.where(n > 0, s * per / np.maximum(n, 1), np.nan)
+    n_hours = total // per                       # only complete hours count
+    return out, t0.normalize(), n_hours
