@@ -206,17 +206,36 @@ def export(what: str = typer.Argument(..., help="|".join(EXPORTS)), out: Path = 
 DETECT_NOW = "2200-01-01"
 DETECT_MIN_TS = "2001-01-01"
 _AS_OF_DATE = re.compile(r"\s*(?:\d{4}[-/]\d{1,2}[-/]\d{1,2}|\d{8})(?:[ T]|\s*$)")
+# The detectors judge hours: a meter read less often (daily, monthly) is set aside.
+DETECT_MAX_INTERVAL_MINUTES = 60
+# Memory. Rows are cleaned a group of whole meters at a time (cleaning holds ~300 bytes per row);
+# the detectors bound their own blocks by meter-hours (DetectorConfig.block_meter_hours). Meters
+# are independent, so neither split changes a flag.
+CLEAN_ROWS_PER_CHUNK = 1_000_000
+# An --as-of this far past the file's last reading would flag every meter offline: a mistake.
+AS_OF_MAX_PAST_LAST = "7D"
+# Most readings above the physical maximum: the file is in Wh, not a few broken rows.
+WH_SHARE = 0.5
 
 
 class _DetectInputError(Exception):
     """Bad input to ``detect``: the Chinese message is printed, exit code 2, no traceback."""
 
 
-def _parse_as_of(value: Optional[str]) -> Optional[datetime]:
-    """``--as-of`` as naive local time: an offset or ``Z`` is converted to Asia/Shanghai."""
-    import pandas as pd
+def _check_timezone(tz: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from sibifang.settings import LOCAL_TZ_NAME
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _DetectInputError(f"--tz {tz!r} 不是有效的时区名，应为 IANA 时区名，如 Asia/Shanghai、"
+                                "Europe/London、America/Vancouver。") from None
+    return tz
+
+
+def _parse_as_of(value: Optional[str], tz: str) -> Optional[datetime]:
+    """``--as-of`` as naive local time in ``tz``: an offset or ``Z`` is converted."""
+    import pandas as pd
 
     if value is None:
         return None
@@ -228,43 +247,145 @@ def _parse_as_of(value: Optional[str]) -> Optional[datetime]:
             stamp = None
     if stamp is None or pd.isna(stamp):
         raise _DetectInputError(f"--as-of {value!r} 无法识别：应为 YYYY-MM-DD[ HH:MM[:SS]]，可带时区如 +08:00 或 Z"
-                                "（换算为北京时间）；不带时区即为北京时间。")
+                                f"（换算为 {tz} 当地时间）；不带时区即为当地时间。")
     if stamp.tzinfo is not None:
-        stamp = stamp.tz_convert(LOCAL_TZ_NAME).tz_localize(None)
+        stamp = stamp.tz_convert(tz).tz_localize(None)
     return stamp.to_pydatetime()
 
 
-def _interval_minutes(accepted) -> dict[str, int]:
-    """Each meter's reading interval (median spacing, whole minutes): the physical maximum of
-    a reading scales with it (hourly public data may hold 10 kWh, a 15-minute reading not)."""
+class _Cleaned:
+    """A readings file cleaned for ``detect``: accepted readings per group of meters, all the
+    quarantined rows, and the counts (read = accepted + quarantined)."""
+
+    def __init__(self) -> None:
+        self.accepted: list = []
+        self.quarantined: list = []
+        self.counts: dict = {}
+
+    def add(self, result) -> None:
+        if len(result.accepted):
+            # Meter ids as a categorical: one string per meter, not per reading (28 million rows
+            # of text would be the largest thing held while the other groups are cleaned).
+            self.accepted.append(result.accepted.astype({"meter_id": "category"}))
+        self.quarantined.append(result.quarantined)
+        for key, n in result.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+
+    def quarantine_frame(self):
+        import pandas as pd
+
+        frames = [q for q in self.quarantined if len(q)] or self.quarantined[:1]
+        return pd.concat(frames, ignore_index=True).sort_values("line", kind="stable", ignore_index=True)
+
+
+def _meter_groups(meter_ids, max_rows: int):
+    """Row positions (file order) in groups of whole meters of about ``max_rows`` rows, one
+    group at a time (a meter is never split: its duplicates and intervals are judged together).
+    Rows without a meter id go with the first group, where they are quarantined."""
+    import numpy as np
     import pandas as pd
 
-    if accepted.empty:
-        return {}
-    df = accepted[["meter_id", "ts"]].drop_duplicates().sort_values(["meter_id", "ts"])
-    gap = df.groupby("meter_id", sort=False)["ts"].diff()
-    ok = gap > pd.Timedelta(0)
-    minutes = (gap[ok].dt.total_seconds() / 60.0).groupby(df.loc[ok, "meter_id"]).median()
-    return {str(m): max(1, int(round(v))) for m, v in minutes.items()}
+    if isinstance(meter_ids.dtype, pd.CategoricalDtype):  # Parquet dictionary: no need to hash the rows
+        codes = meter_ids.cat.codes.to_numpy().astype(np.int32)
+    else:
+        codes = pd.factorize(meter_ids, use_na_sentinel=True)[0].astype(np.int32)
+    codes += 1  # 0: rows without a meter
+    rows_per_meter = np.bincount(codes)
+    group_of_meter = ((np.cumsum(rows_per_meter) - rows_per_meter) // max_rows).astype(np.int32)
+    group = group_of_meter[codes]
+    del codes
+    for k in np.unique(group_of_meter[rows_per_meter > 0]) if len(group) else []:
+        yield np.flatnonzero(group == k)
+    if not len(group):
+        yield np.zeros(0, dtype=np.int64)
 
 
-def _clean_for_detect(path: Path):
+def _clean_for_detect(path: Path, tz: str) -> _Cleaned:
     """Read and clean a readings file with the ingestion code (formats, encodings, headers,
-    offsets, duplicates, implausible values): -> CleanResult. Raises DataContractError."""
+    offsets, duplicates, implausible values), a group of meters at a time. Raises
+    DataContractError or _DetectInputError for a file that cannot be judged at all."""
     import pandas as pd
 
-    from sibifang.ingest_readings import clean_readings, read_readings_file
+    from sibifang.ingest_readings import check_readings_text, read_readings_file
 
     try:
         raw = read_readings_file(path)
     except OSError as e:  # unreadable (permissions, a vanished file): not a traceback either
         raise _DetectInputError(f"文件 {path.name} 无法读取：{e.strerror or e}。") from None
+    raw = check_readings_text(raw, path.name)
     options = dict(source=path.name, now=pd.Timestamp(DETECT_NOW).to_pydatetime(),
-                   min_ts=pd.Timestamp(DETECT_MIN_TS))
-    # First pass without a physical maximum (1e9 kW), only to learn each meter's interval;
-    # the second pass is the one that counts.
+                   min_ts=pd.Timestamp(DETECT_MIN_TS), timezone=tz)
+    cleaned = _Cleaned()
+    for rows in _meter_groups(raw["meter_id"], CLEAN_ROWS_PER_CHUNK):
+        cleaned.add(_clean_meter_group(raw.iloc[rows], options))
+    del raw
+    _refuse_wh(path, cleaned)
+    return cleaned
+
+
+def _clean_meter_group(raw, options: dict):
+    """Two passes: the first (no physical maximum, 1e9 kW) only learns each meter's interval,
+    which the second needs to snap jittered clocks, set aside daily meters and scale the maximum
+    (hourly public data may hold 10 kWh, a 15-minute reading not)."""
+    from sibifang.ingest_readings import clean_readings, infer_interval_minutes
+
     first = clean_readings(raw, max_kw=1e9, **options)
-    return clean_readings(raw, interval_minutes=_interval_minutes(first.accepted), **options)
+    return clean_readings(raw, interval_minutes=infer_interval_minutes(first.accepted), snap_to_grid=True,
+                          max_interval_minutes=DETECT_MAX_INTERVAL_MINUTES, **options)
+
+
+def _refuse_wh(path: Path, cleaned: _Cleaned) -> None:
+    """Readings mostly above what a household can draw are in Wh (1000 x kWh): refuse the file
+    rather than quarantine all of it as broken."""
+    implausible = cleaned.counts.get("implausible_kwh", 0)
+    if not implausible or implausible < WH_SHARE * (implausible + cleaned.counts.get("accepted", 0)):
+        return
+    q = cleaned.quarantine_frame()
+    first = q[q["code"] == "implausible_kwh"].iloc[0]
+    raise _DetectInputError(
+        f"文件 {path.name} 第{first['line']}行 {first['field']}（用电量）列的值 {first['value']}："
+        f"{implausible} 行读数超过家庭用电的物理上限，单位很可能是 Wh（瓦时）而不是 kWh（千瓦时）。"
+        "请把数值除以 1000 后重新提交。")
+
+
+def _resolve_as_of(path: Path, cleaned: _Cleaned, cutoff: Optional[datetime]):
+    """The time the replay judges up to: --as-of, or the file's last reading (not beyond: the
+    hours after it have no readings yet, they are not an outage)."""
+    import pandas as pd
+
+    last = max(a["ts"].max() for a in cleaned.accepted)
+    first = min(a["ts"].min() for a in cleaned.accepted)
+    if cutoff is None:
+        return last
+    cutoff = pd.Timestamp(cutoff)
+    if cutoff > last + pd.Timedelta(AS_OF_MAX_PAST_LAST):
+        raise _DetectInputError(
+            f"--as-of {cutoff:%Y-%m-%d %H:%M:%S} 比文件 {path.name} 的最后一条读数（{last:%Y-%m-%d %H:%M:%S}）"
+            f"晚 {(cutoff - last).days} 天：这段时间没有任何读数，所有电表都会被判为离线。"
+            "请检查 --as-of（年份、日期）或改用更新的读数文件；不给 --as-of 即判断到最后一条读数。")
+    if cutoff < first:
+        raise _DetectInputError(
+            f"--as-of {cutoff:%Y-%m-%d %H:%M:%S} 早于文件 {path.name} 的第一条读数（{first:%Y-%m-%d %H:%M:%S}），"
+            "没有可判断的读数。")
+    return cutoff
+
+
+def _detect_groups(cleaned: _Cleaned, cutoff):
+    """Episodes of every group of meters, each judged up to ``cutoff``."""
+    import pandas as pd
+
+    from sibifang.detectors import detect as run_detect
+
+    frames = [run_detect(accepted, as_of=cutoff) for accepted in cleaned.accepted]
+    episodes = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return episodes.sort_values(["meter_id", "detected_at", "kind"], kind="stable", ignore_index=True)
+
+
+def _no_usable_rows_message(path: Path, counts: dict, quarantine_path: Path) -> str:
+    if not counts.get("read"):
+        return f"文件 {path.name} 只有表头，没有任何读数行，无法检测。"
+    return (f"文件 {path.name} 没有可用的读数：{_detect_counts_line(path, counts, quarantine_path, 0, None)}。"
+            "请按隔离明细中的原因修改后重新提交。")
 
 
 def _detect_counts_line(path: Path, counts: dict, quarantine_path: Path, after_as_of: int,
@@ -287,11 +408,16 @@ def _detect_counts_line(path: Path, counts: dict, quarantine_path: Path, after_a
 
 @app.command()
 def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_okay=False,
-                                         help="CSV (UTF-8/GBK), Parquet or XLSX: meter_id, ts, kwh"),
+                                         help="CSV (UTF-8/GBK; , ; or tab), Parquet or XLSX: meter_id, ts, kwh"),
            out: Path = typer.Option(..., "--out"),
            as_of: Optional[str] = typer.Option(
                None, "--as-of", help="replay as of this time: readings after it are not seen "
-                                     "(local time; an offset such as +08:00 or Z is converted)"),
+                                     "(local time; an offset such as +08:00 or Z is converted). "
+                                     "Default: the file's last reading"),
+           tz: str = typer.Option(
+               "Asia/Shanghai", "--tz", help="the households' time zone: timestamps without an offset are "
+                                             "local time there, those with one are converted to it; "
+                                             "the flags are written in it"),
            min_severity: str = typer.Option(
                "medium", "--min-severity",
                help="low | medium | high | critical. Default medium: the episodes that would alert a grid "
@@ -299,38 +425,42 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
     """Run the meter detectors on a file, outside the database: one row per episode.
 
     The file is read and cleaned as `sibifang import readings` does (offsets converted to
-    Beijing time, duplicates and implausible values set aside); rows set aside are written with
-    their line and reason to FLAGS.quarantine.csv beside the output, and counted."""
+    local time, duplicates and implausible values set aside; clock jitter snapped to each
+    meter's interval; meters read less often than hourly set aside); rows set aside are written
+    with their line and reason to FLAGS.quarantine.csv beside the output, and counted."""
     from schemas.validation import DataContractError
     from sibifang.detectors import SEVERITIES
-    from sibifang.detectors import detect as run_detect
 
     if min_severity not in SEVERITIES:
         typer.echo(f"--min-severity: one of {', '.join(SEVERITIES)}", err=True)
         raise typer.Exit(2)
+    quarantine_path = out.with_name(f"{out.stem}.quarantine.csv")
     try:
-        cutoff = _parse_as_of(as_of)
-        result = _clean_for_detect(readings)
+        tz = _check_timezone(tz)
+        requested = _parse_as_of(as_of, tz)
+        cleaned = _clean_for_detect(readings, tz)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Written every time (header only when nothing was set aside): no stale file from an earlier run.
+        cleaned.quarantine_frame().to_csv(quarantine_path, index=False, encoding="utf-8-sig")
+        if not cleaned.accepted:
+            raise _DetectInputError(_no_usable_rows_message(readings, cleaned.counts, quarantine_path))
+        cutoff = _resolve_as_of(readings, cleaned, requested)
     except (DataContractError, _DetectInputError) as e:
         typer.echo(getattr(e, "message_zh", None) or str(e), err=True)
         raise typer.Exit(2) from None
 
-    accepted = result.accepted
-    episodes = run_detect(accepted, as_of=cutoff)
+    episodes = _detect_groups(cleaned, cutoff)
     recorded = len(episodes)
     episodes = episodes[episodes["severity"].isin(SEVERITIES[SEVERITIES.index(min_severity):])]
     cols = ["meter_id", "kind", "start", "detected_at", "severity", "score"]
     extra = [c for c in episodes.columns if c not in cols]
-    out.parent.mkdir(parents=True, exist_ok=True)
     # UTF-8 with BOM, as `export` writes: Excel on a Chinese Windows then shows the evidence.
     episodes[cols + extra].to_csv(out, index=False, encoding="utf-8-sig")
-    # Written every time (header only when nothing was set aside): no stale file from an earlier run.
-    quarantine_path = out.with_name(f"{out.stem}.quarantine.csv")
-    result.quarantined.to_csv(quarantine_path, index=False, encoding="utf-8-sig")
-    after = int((accepted["ts"] > cutoff).sum()) if cutoff is not None else 0
-    typer.echo(_detect_counts_line(readings, result.counts, quarantine_path, after, cutoff))
+    after = sum(int((a["ts"] > cutoff).sum()) for a in cleaned.accepted) if requested is not None else 0
+    typer.echo(_detect_counts_line(readings, cleaned.counts, quarantine_path, after, cutoff))
+    meters = sum(a["meter_id"].nunique() for a in cleaned.accepted)
     typer.echo(f"{len(episodes)} episodes of severity {min_severity} or above ({recorded} in all) "
-               f"from {accepted['meter_id'].nunique()} meters → {out}")
+               f"from {meters} meters, judged up to {cutoff:%Y-%m-%d %H:%M:%S} ({tz}) → {out}")
 
 
 @app.command()

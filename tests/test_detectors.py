@@ -204,6 +204,23 @@ def test_a_partly_covered_hour_is_scaled_up_by_the_meters_own_interval(interval)
     np.testing.assert_allclose(X[0, :3], 0.6, rtol=1e-5)
 
 
+def test_a_meter_with_most_readings_missing_or_a_clock_seconds_off_keeps_its_hours():
+    """A 15-minute meter using 1 kWh every hour: 60 % of its readings lost, or each stamped a few
+    seconds late, still reads 1 kWh in every hour (not half of it, not 1.25 in the next)."""
+    from sibifang.detectors.hourly import hourly_matrix
+
+    rng = np.random.default_rng(3)
+    ts = START + pd.to_timedelta((np.arange(96 * 7) + 1) * 15, unit="min")
+    full = pd.DataFrame({"meter_id": "q", "ts": ts, "kwh": 0.25})
+    sparse = full[rng.random(len(full)) < 0.4]
+    late = full.assign(ts=full["ts"] + pd.to_timedelta(rng.integers(1, 20, len(full)), unit="s"))
+    for df in (sparse, late):
+        _, X, _, _ = hourly_matrix(df)
+        v = X[0][~np.isnan(X[0])]
+        np.testing.assert_allclose(v, 1.0, rtol=1e-5)
+        assert len(v) >= 24 * 7 * 0.8
+
+
 def test_matrix_path_and_incremental_profiles_agree_with_detect(normal):
     onset = START + pd.Timedelta(days=30, hours=10)
     df = lights_off(normal, onset)

@@ -701,3 +701,137 @@ def test_each_meter_is_cleaned_at_its_own_interval(database_url, app_env):
     raw = pd.DataFrame(rows, columns=["meter_id", "ts", "register_kwh"])
     r = ingest_frame(raw, source="hourly.csv", batch_id="hourly", database_url=database_url, now=NOW)
     assert (r["read"], r["accepted"], r["quarantined"]) == (4, 3, 1)  # only the first reading: its baseline
+
+
+# --------------------------------------------------------------------------- files from elsewhere
+# (what `sibifang detect` is fed: other people's exports, not our feeds)
+
+from sibifang.importing import ImportFileError  # noqa: E402
+from sibifang.ingest_readings import (  # noqa: E402
+    check_readings_text,
+    infer_interval_minutes,
+)
+
+
+def _meter(meter: str, start: str, periods: int, minutes: int) -> pd.DataFrame:
+    ts = pd.date_range(start, periods=periods, freq=f"{minutes}min")
+    return pd.DataFrame({"meter_id": meter, "ts": ts, "kwh": 0.1})
+
+
+def test_interval_is_the_low_percentile_spacing_despite_gaps_and_jitter():
+    rng = np.random.default_rng(5)
+    m15 = _meter("q", "2026-03-01 00:15", 2000, 15)
+    m15 = m15[rng.random(len(m15)) < 0.35]  # two readings in three missing: the median spacing is 30+ min
+    m15 = m15.assign(ts=m15.ts + pd.to_timedelta(rng.integers(-5, 6, len(m15)), unit="s"))  # clock jitter
+    assert m15.ts.diff().median() > pd.Timedelta(minutes=29)
+    frame = pd.concat([m15, _meter("h", "2026-03-01 01:00", 200, 60), _meter("d", "2026-03-01", 60, 1440),
+                       _meter("one", "2026-03-01", 1, 15)])
+    assert infer_interval_minutes(frame) == {"q": 15, "h": 60, "d": 1440}  # one reading: no interval
+
+
+def test_jittered_clock_is_snapped_to_the_meter_grid_and_collisions_are_duplicates():
+    rows = [("M1", "2026-11-20 10:00:03", "0.1"), ("M1", "2026-11-20 10:14:56", "0.2"),
+            ("M1", "2026-11-20 10:30:00", "0.3"), ("M1", "2026-11-20 10:29:58", "0.3"),  # same slot twice
+            ("M1", "2026-11-20 10:37:30", "0.4")]  # half an interval off: not jitter, left where it is
+    r = clean(rows, interval_minutes={"M1": 15}, snap_to_grid=True)
+    assert_balanced(r, 5)
+    assert r.accepted.ts.dt.strftime("%H:%M:%S").tolist() == ["10:00:00", "10:15:00", "10:30:00", "10:37:30"]
+    assert codes_by_line(r) == {5: "duplicate"}
+    unsnapped = clean(rows, interval_minutes={"M1": 15})
+    assert unsnapped.quarantined.empty and "10:00:03" in unsnapped.accepted.ts.astype(str).str[11:].tolist()
+
+
+def test_meters_read_less_often_than_hourly_are_set_aside_with_a_reason():
+    frame = pd.concat([_meter("d", "2026-03-01", 5, 1440), _meter("h", "2026-03-01 01:00", 5, 60)])
+    r = clean_readings(frame, source="x.csv", now=NOW, interval_minutes=infer_interval_minutes(frame),
+                       max_interval_minutes=60)
+    assert_balanced(r, 10)
+    assert set(r.accepted.meter_id) == {"h"}
+    assert set(r.quarantined.code) == {"interval_too_long"} and r.counts["interval_too_long"] == 5
+    assert r.quarantined.reason.str.contains("约每 1440 分钟一条").all()
+
+
+@pytest.mark.parametrize("header", ["Meter ID,Timestamp,kWh", "meter-id, TIMESTAMP ,Energy (kWh)",
+                                    "电表编号,读数时间,用电量（kWh）", "MeterID,DateTime,KWH"])
+def test_header_variants_are_the_contract_columns(tmp_path, header):
+    src = tmp_path / "r.csv"
+    src.write_text(f"{header}\nM1,2026-11-20 10:00,0.1\n", encoding="utf-8")
+    raw = read_readings_file(src)
+    assert list(raw.columns) == ["line", "meter_id", "ts", "kwh"]
+
+
+def test_semicolon_and_tab_separated_files_are_read(tmp_path):
+    for sep, name in ((";", "semi.csv"), ("\t", "tab.txt")):
+        src = tmp_path / name
+        src.write_text(f"meter_id{sep}ts{sep}kwh\nM1{sep}2026-11-20 10:00{sep}0.1\n", encoding="utf-8")
+        raw = read_readings_file(src)
+        assert raw[["meter_id", "ts", "kwh"]].values.tolist() == [["M1", "2026-11-20 10:00", "0.1"]]
+
+
+def test_a_value_column_in_wh_is_refused_naming_the_header(tmp_path):
+    src = tmp_path / "wh.csv"
+    src.write_text("meter_id,ts,Energy (Wh)\nM1,2026-11-20 10:00,100\n", encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(src)
+    assert "Energy (Wh)" in e.value.message_zh and "除以 1000" in e.value.message_zh and e.value.line == 1
+
+
+def _raw(ts, kwh=None):
+    n = len(ts)
+    return pd.DataFrame({"line": np.arange(2, n + 2), "meter_id": "M1", "ts": ts,
+                         "kwh": kwh if kwh is not None else ["0.1"] * n})
+
+
+def test_epoch_seconds_are_refused_naming_file_line_and_field():
+    with pytest.raises(ImportFileError) as e:
+        check_readings_text(_raw(["1700000000", "1700000900", "1700001800"]), "e.csv")
+    assert e.value.line == 2
+    assert "文件 e.csv 第2行 ts" in e.value.message_zh and "Unix 时间戳" in e.value.message_zh
+    with pytest.raises(ImportFileError):  # a Parquet integer column, in milliseconds
+        check_readings_text(_raw(pd.Series([1700000000000, 1700000900000])), "e.parquet")
+
+
+def test_day_month_order_is_settled_by_the_file_or_refused():
+    with pytest.raises(ImportFileError) as e:  # 03/04: 3 April or 4 March?
+        check_readings_text(_raw(["03/04/2024 10:00", "03/04/2024 10:15", "04/04/2024 10:00"]), "a.csv")
+    assert "第2行 ts" in e.value.message_zh and "日/月/年" in e.value.message_zh
+    day_first = check_readings_text(_raw(["13/04/2024 10:00", "03/04/2024 10:15"]), "b.csv")
+    assert day_first.ts.tolist() == ["2024-04-13 10:00", "2024-04-03 10:15"]
+    month_first = check_readings_text(_raw(["4/13/2024 10:00", "4/3/2024 10:15"]), "c.csv")
+    assert month_first.ts.tolist() == ["2024-04-13 10:00", "2024-04-03 10:15"]
+    with pytest.raises(ImportFileError, match="ambiguous"):  # 13/04 and 04/13 in one file
+        check_readings_text(_raw(["13/04/2024 10:00", "04/13/2024 10:15"]), "d.csv")
+    # One stray cell is a row defect (bad_ts when cleaned), not a file-level one.
+    stray = _raw(["2024-04-03 10:00", "2024-04-03 10:15", "03/04/2024 10:30"])
+    assert check_readings_text(stray, "e.csv").ts.tolist() == stray.ts.tolist()
+
+
+def test_decimal_commas_are_refused_naming_file_line_and_field():
+    with pytest.raises(ImportFileError) as e:
+        check_readings_text(_raw(["2024-04-03 10:00", "2024-04-03 10:15", "2024-04-03 10:30"],
+                                 ["1", "0,25", "0,5"]), "c.csv")
+    assert e.value.line == 3 and "第3行 kwh" in e.value.message_zh and "0,25" in e.value.message_zh
+    ok = _raw(["2024-04-03 10:00", "2024-04-03 10:15"], ["0.25", "1"])
+    assert check_readings_text(ok, "ok.csv") is ok
+
+
+def test_na_and_null_written_by_other_tools_are_missing_readings_not_bad_ones():
+    r = clean([("M1", "2026-11-20 10:00", "NA"), ("M1", "2026-11-20 10:15", "null"),
+               ("M1", "2026-11-20 10:30", "N/A"), ("M1", "2026-11-20 10:45", "NAN1")])
+    assert_balanced(r, 4)
+    assert codes_by_line(r) == {2: "missing_kwh", 3: "missing_kwh", 4: "missing_kwh", 5: "bad_kwh"}
+
+
+def test_csv_read_in_blocks_keeps_true_line_numbers(tmp_path, monkeypatch):
+    import sibifang.ingest_readings as ingest
+
+    monkeypatch.setattr(ingest, "CSV_BLOCK_ROWS", 2)
+    src = tmp_path / "r.csv"
+    src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n\n" * 3, encoding="utf-8")
+    raw = read_readings_file(src)
+    assert raw.line.tolist() == [2, 3, 4, 5, 6, 7] and raw.meter_id.tolist()[::2] == ["M1"] * 3
+    src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n" * 5 + "M1,2026-11-20 10:15,0.1,9\n",
+                   encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(src)
+    assert e.value.line == 7 and "第7行的列数多于表头" in e.value.message_zh

@@ -9,18 +9,20 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+# one inference of a meter's interval and clock jitter, the ingestion's
+from sibifang.ingest_readings import INTERVAL_QUANTILE, grid_tolerance_seconds, snap_interval
+
 
 def _infer_interval_minutes(ts: np.ndarray) -> int:
+    """A meter's interval as ingestion infers it (a low quantile of its spacings, which gaps
+    do not lengthen, snapped to a divisor of an hour); an hour for anything coarser."""
     if len(ts) < 2:
         return 60
     d = np.diff(np.sort(ts)).astype("timedelta64[s]").astype(np.int64) / 60.0
     d = d[d > 0]
     if len(d) == 0:
         return 60
-    med = float(np.median(d))
-    # the nearest divisor of an hour: a minute meter with half an hour's readings missing is
-    # scaled up by its own interval (not by five minutes'), clock jitter does not matter
-    return min((1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60), key=lambda c: abs(np.log(c / med)))
+    return min(snap_interval(float(np.quantile(d, INTERVAL_QUANTILE))), 60)
 
 
 def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
@@ -46,7 +48,10 @@ def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
     per_hour = {}
     for m, g in df.groupby("meter_id", sort=False):
         per_hour[m] = 60 // _infer_interval_minutes(g["ts"].to_numpy())
-    df["hour_end"] = df["ts"].dt.ceil("h")
+    # A reading belongs to the hour its interval ends in; a meter clock a few seconds off (at most
+    # a tenth of the interval) does not move it into the next hour.
+    interval = 60.0 / df["meter_id"].map(per_hour).to_numpy(dtype=float)
+    df["hour_end"] = (df["ts"] - pd.to_timedelta(grid_tolerance_seconds(interval), unit="s")).dt.ceil("h")
     g = df.groupby(["meter_id", "hour_end"], sort=False)["kwh"].agg(["sum", "count"]).reset_index()
     ph = g["meter_id"].map(per_hour).to_numpy(dtype=float)
     g["val"] = g["sum"].to_numpy() * ph / np.minimum(g["count"].to_numpy(), ph)
