@@ -284,6 +284,31 @@ def test_blocks_of_meters_judged_in_threads_give_the_same_episodes(normal):
     np.testing.assert_array_equal(p1.silence_threshold, p4.silence_threshold)
 
 
+def test_incremental_run_judges_the_night_as_the_full_replay_does():
+    """The stored profile keeps the all-days activity rate: the incremental run over the last
+    day raises no night_activity the full causal replay of the same hours does not."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_detect_city import synthesise
+
+    days, n = 36, 400
+    kwh = synthesise(n, days, per_hour=1, seed=2)
+    ids = np.array([f"M{i:05d}" for i in range(n)], dtype=object)
+    t0 = pd.Timestamp("2026-10-16")
+    today, now = t0 + pd.Timedelta(days=days - 1), (days - 1) * 24 + 17
+    full = detect_matrix(kwh[:, :now], ids, t0, 60)
+    profiles = fit_profiles(kwh[:, : (days - 1) * 24], ids, t0, 60)
+    inc = detect_matrix(kwh[:, (days - 2) * 24: now], ids, today - pd.Timedelta(days=1), 60, profiles=profiles)
+
+    def night(e):
+        return set(e[(e["kind"] == "night_activity") & (e["detected_at"] >= today)]["meter_id"])
+
+    assert len(night(full)) >= 5
+    assert len(night(inc) - night(full)) <= 1, (night(inc) - night(full))   # 14 before
+    assert len(night(inc) & night(full)) >= 0.75 * len(night(full))
+
+
 def test_empty_and_tiny_inputs():
     empty = pd.DataFrame({"meter_id": [], "ts": pd.to_datetime([]), "kwh": []})
     _check_schema(detect(empty))

@@ -209,3 +209,8 @@ class RoutineProfiles:
     # (M, len(recurrence_kinds), _RECENT) detection times (datetime64[ns], NaT = none) of the
     # household's latest episodes of each recurrence kind, for the recurrence gate
     recent_detections: np.ndarray | None = None
+    # (M, 24) the all-days activity rate by hour (the quiet-slot noise of the silence and night
+    # tests); without it, the mean of the weekday and weekend rates stands in, which is not the
+    # same (5 weekdays to 2 weekend days, and each rate is shrunk to it): the incremental run
+    # then raised half again as many night_activity episodes as the full replay of the same day
+    p_all: np.ndarray | None = None

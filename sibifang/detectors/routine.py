@@ -403,7 +403,8 @@ def _profiles_from_fixed(prof: RoutineProfiles, sel: np.ndarray, D: int, weekend
     rep = lambda v: np.repeat(v[sel][:, None], D, axis=1)  # noqa: E731
     return dict(p=pick(prof.p_active), c=pick(prof.p_continue), mean=pick(prof.mean_kwh),
                 level=pick(prof.level_kwh if prof.level_kwh is not None else prof.mean_kwh),
-                p_all=prof.p_active[sel].mean(axis=1)[:, None, :].repeat(D, axis=1),
+                p_all=(prof.p_all[sel] if prof.p_all is not None
+                       else prof.p_active[sel].mean(axis=1))[:, None, :].repeat(D, axis=1),
                 hist_days=rep(prof.history_days), log_pstar=rep(prof.log_pstar),
                 log_pstar_night=rep(prof.log_pstar_night), standby=rep(prof.standby),
                 dark=(rep(prof.dark_noise) if prof.dark_noise is not None

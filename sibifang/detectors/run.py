@@ -152,7 +152,8 @@ def _subset(p: RoutineProfiles, pos) -> RoutineProfiles:
                            slot_stats=None if p.slot_stats is None else p.slot_stats[pos],
                            dark_noise=None if p.dark_noise is None else p.dark_noise[pos],
                            level_sigma=None if p.level_sigma is None else p.level_sigma[pos],
-                           recent_detections=None if p.recent_detections is None else p.recent_detections[pos])
+                           recent_detections=None if p.recent_detections is None else p.recent_detections[pos],
+                           p_all=None if p.p_all is None else p.p_all[pos])
 
 
 
@@ -227,6 +228,7 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         out["wake"] = wake[:, -1]
         out["dl"] = deadline[:, -1]
         out["hd"] = P["hist_days"][:, -1]
+        out["pall"] = P["p_all"][:, -1]
         return out
 
     parts = _map_chunks(learn, M, X.shape[1], cfg)
@@ -238,4 +240,4 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
                            level_kwh=cat("level"), low_threshold=cat("thr2"), dark_noise=cat("dark"),
                            dark_hist=cat("dhist"), slot_sample=cat("ssample"), slot_stats=cat("sstats"),
                            flat_sample=cat("fsample"),
-                           level_sigma=cat("lsig"), recent_detections=cat("recent"))
+                           level_sigma=cat("lsig"), recent_detections=cat("recent"), p_all=cat("pall"))
