@@ -95,7 +95,7 @@ def _kind_zh(kind: str) -> str:
 
 def _import_one_file(kind: str, path: Path) -> dict:
     if kind == "readings":
-        from sibifang.ingest_readings import read_readings_file
+        from sibifang.readings_files import read_readings_file
         from tasks.ingest_readings import file_batch_id, ingest_frame
 
         r = ingest_frame(read_readings_file(path), source=path.name, batch_id=file_batch_id(path))
@@ -306,7 +306,7 @@ def _clean_for_detect(path: Path, tz: str) -> _Cleaned:
     DataContractError or _DetectInputError for a file that cannot be judged at all."""
     import pandas as pd
 
-    from sibifang.ingest_readings import check_readings_text, read_readings_file
+    from sibifang.readings_files import check_readings_text, read_readings_file
 
     try:
         raw = read_readings_file(path)

@@ -171,7 +171,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
 @task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_unless_bad_data)
 def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, as_of: datetime | None = None) -> dict:
-    from sibifang.ingest_readings import read_readings_file
+    from sibifang.readings_files import read_readings_file
 
     p = Path(path)
     result = ingest_frame(read_readings_file(p), source=p.name, batch_id=batch_id, database_url=database_url,

@@ -16,8 +16,8 @@ from sibifang.ingest_readings import (
     REGISTER_JITTER_KWH,
     CleanResult,
     clean_readings,
-    read_readings_file,
 )
+from sibifang.readings_files import read_readings_file
 
 NOW = datetime(2026, 11, 21, 12, 0)
 
@@ -707,10 +707,8 @@ def test_each_meter_is_cleaned_at_its_own_interval(database_url, app_env):
 # (what `sibifang detect` is fed: other people's exports, not our feeds)
 
 from sibifang.importing import ImportFileError  # noqa: E402
-from sibifang.ingest_readings import (  # noqa: E402
-    check_readings_text,
-    infer_interval_minutes,
-)
+from sibifang.ingest_readings import infer_interval_minutes  # noqa: E402
+from sibifang.readings_files import check_readings_text  # noqa: E402
 
 
 def _meter(meter: str, start: str, periods: int, minutes: int) -> pd.DataFrame:
@@ -823,9 +821,9 @@ def test_na_and_null_written_by_other_tools_are_missing_readings_not_bad_ones():
 
 
 def test_csv_read_in_blocks_keeps_true_line_numbers(tmp_path, monkeypatch):
-    import sibifang.ingest_readings as ingest
+    import sibifang.readings_files as readings_files
 
-    monkeypatch.setattr(ingest, "CSV_BLOCK_ROWS", 2)
+    monkeypatch.setattr(readings_files, "CSV_BLOCK_ROWS", 2)
     src = tmp_path / "r.csv"
     src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n\n" * 3, encoding="utf-8")
     raw = read_readings_file(src)

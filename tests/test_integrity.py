@@ -70,7 +70,7 @@ def _ingest_file_failure(failure):
 @pytest.mark.parametrize("failure, retried", [("bad_data", False), ("io_error", True)])
 def test_ingest_file_task_retries_io_errors_but_not_bad_data(failure, retried, prefect_harness, app_env,
                                                              monkeypatch, tmp_path):
-    import sibifang.ingest_readings as ingest
+    import sibifang.readings_files as readings_files
     from tasks.ingest_readings import ingest_file_task
 
     assert ingest_file_task.retries >= 2
@@ -80,26 +80,26 @@ def test_ingest_file_task_retries_io_errors_but_not_bad_data(failure, retried, p
         calls.append(path)
         raise _ingest_file_failure(failure)
 
-    monkeypatch.setattr(ingest, "read_readings_file", failing_read)
+    monkeypatch.setattr(readings_files, "read_readings_file", failing_read)
     state = _run_in_flow(ingest_file_task, str(tmp_path / "readings.csv"), "file-x")
     assert state.is_failed()
     assert len(calls) == (1 + ingest_file_task.retries if retried else 1), calls
 
 
 def test_ingest_file_task_does_not_retry_a_file_with_missing_columns(prefect_harness, app_env, monkeypatch, tmp_path):
-    import sibifang.ingest_readings as ingest
+    import sibifang.readings_files as readings_files
     from tasks.ingest_readings import ingest_file_task
 
     bad = tmp_path / "readings.csv"
     bad.write_text("meter,when,value\nM001,2026-01-01 00:00,1.5\n", encoding="utf-8")
     calls = []
-    real_read = ingest.read_readings_file
+    real_read = readings_files.read_readings_file
 
     def counting_read(path):
         calls.append(path)
         return real_read(path)
 
-    monkeypatch.setattr(ingest, "read_readings_file", counting_read)
+    monkeypatch.setattr(readings_files, "read_readings_file", counting_read)
     assert _run_in_flow(ingest_file_task, str(bad), "file-bad").is_failed()
     assert len(calls) == 1, f"bad data read {len(calls)} times"
 

@@ -1,0 +1,415 @@
+"""Reading readings files, and judging them as a whole.
+
+:func:`read_readings_file` turns a CSV (UTF-8, UTF-16, GBK/GB18030; ``,``, ``;`` or tab),
+Parquet or XLSX file into a text frame ``line, meter_id, ts, kwh|register_kwh``, matching
+headers by alias (``Meter ID``, ``用电量（kWh）``) and refusing a file whose header cannot be
+read as readings. :func:`check_readings_text` refuses a file whose whole column was exported
+the wrong way (Unix epoch times, decimal commas, ambiguous dd/mm dates) and settles the date
+order when the file shows it. Both raise ImportFileError naming file and line.
+
+Kept apart from :mod:`sibifang.ingest_readings`, which cleans the rows of a frame (quarantine
+codes, intervals, registers): how a file was written is one concern, what each reading means
+another, and neither module needs the other's internals. Nothing here imports
+:mod:`sibifang.ingest_readings`; it takes :func:`meter_id_text` from here.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+# Keys after _normalise_column_name: lower case, runs of spaces/hyphens as "_", a unit in
+# brackets appended ("用电量（kWh）" -> "用电量_kwh"), so "Meter ID", "meter-id", "Timestamp"
+# and "kWh" are the contract columns. Only names that can mean nothing else are listed.
+_COLUMN_ALIASES = {
+    "meter_id": "meter_id", "meter": "meter_id", "meterid": "meter_id", "meter_no": "meter_id",
+    "电表编号": "meter_id", "表号": "meter_id",
+    "ts": "ts", "timestamp": "ts", "time": "ts", "datetime": "ts", "date_time": "ts", "time_stamp": "ts",
+    "读数时间": "ts", "时间": "ts",
+    "kwh": "kwh", "energy_kwh": "kwh", "consumption_kwh": "kwh", "用电量": "kwh", "用电量_kwh": "kwh",
+    "register_kwh": "register_kwh", "累计读数": "register_kwh", "示数": "register_kwh",
+}
+# A value column whose header says Wh: the numbers are 1000 times kWh (see _wh_header).
+_WH_HEADER_RE = r"(?:.*_)?wh"
+# The columns a readings file is read for, as the clerk knows them (for file-level errors).
+_COLUMN_LABELS_ZH = {"meter_id": "电表编号（meter_id）", "ts": "读数时间（ts）", "kwh": "用电量（kwh）",
+                     "register_kwh": "累计读数（register_kwh）"}
+
+
+# --------------------------------------------------------------------------- reading files
+
+def read_readings_file(path: Path) -> pd.DataFrame:
+    """Read a readings file as text, keeping a ``line`` column (1-based, header is line 1).
+
+    CSV in UTF-8 (with or without BOM) or GBK/GB18030; Parquet; XLSX (first sheet, line is
+    the Excel row number). For Parquet, ``line`` is the row position + 2, i.e. the line the
+    row would have in the equivalent CSV. Columns are matched case-insensitively (Chinese
+    headers 电表编号/读数时间/用电量/累计读数 accepted). A file with ``kwh`` is read as
+    intervals; with only ``register_kwh`` as a cumulative register; with both, ``kwh`` wins.
+    Blank CSV lines are kept (they become ``missing_*`` quarantine rows), so line numbers
+    stay true. Quoted fields containing newlines would shift line numbers; meter feeds
+    never contain them.
+
+    A file that cannot be read as readings (format, encoding, a line with more fields than
+    the header, an unclosed quote, missing columns) raises DataContractError — never retried —
+    whose ``message_zh`` names the file and, when known, the line.
+    """
+    from sibifang.importing import ImportFileError
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        try:
+            raw = _read_parquet_columns(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ImportFileError(path.name, f"not a readable Parquet file ({type(e).__name__})",
+                                  message_zh=f"文件 {path.name} 不是有效的 Parquet 文件，请重新导出后提交。") from None
+        first_line = 2
+    elif suffix in {".xlsx", ".xlsm"}:
+        try:
+            raw = pd.read_excel(path, sheet_name=0, dtype=str, keep_default_na=False)
+        except (zipfile.BadZipFile, ValueError, KeyError) as e:
+            raise ImportFileError(
+                path.name, f"not a readable XLSX workbook ({type(e).__name__})",
+                message_zh=f"文件 {path.name} 不是有效的 Excel（.xlsx）文件，请在 Excel 中重新保存后提交。") from None
+        first_line = 2
+    elif suffix in {".csv", ".txt", ""}:
+        raw = _read_csv_any_encoding(path)
+        first_line = 2
+    else:
+        raise ImportFileError(path.name, f"unsupported readings file type {suffix!r} (CSV, Parquet, XLSX)",
+                              message_zh=f"文件 {path.name} 的格式不支持，电表读数请提交 CSV、Parquet 或 XLSX 文件。")
+
+    clashes = _column_clashes(raw.columns)
+    if clashes:
+        # Two headers for one column (kwh and 用电量, meter_id and 表号, kwh twice): which one
+        # holds the readings is a guess, so the file is refused rather than read either way.
+        raise ImportFileError(
+            path.name, "; ".join(f"headers {', '.join(h)} all name the column {c}" for c, h in clashes.items()),
+            message_zh=f"文件 {path.name} 的表头有重复的列："
+                       + "；".join(_clash_zh(c, h) for c, h in clashes.items())
+                       + "。无法确定该用哪一列，请只保留其中一列后重新提交。",
+            line=1)
+    wh = _wh_header(raw.columns)
+    if wh is not None and not ({"kwh", "register_kwh"} & {_normalise_column_name(c) for c in raw.columns}):
+        # Read as kWh, every value would be 1000 times too high (all "implausible"); converting
+        # silently would hide a unit the clerk should see, so the file is refused.
+        raise ImportFileError(
+            path.name, f"column {wh!r} is in Wh; the contract column kwh is in kWh (Wh / 1000)",
+            message_zh=f"文件 {path.name} 第1行表头的列 {wh} 单位是 Wh（瓦时），电表读数应为 kWh（千瓦时）："
+                       "请把数值除以 1000，表头改为 kwh 后重新提交。",
+            line=1)
+    raw = raw.rename(columns=_normalise_column_name)
+    missing = sorted({"meter_id", "ts"} - set(raw.columns))
+    if not ({"kwh", "register_kwh"} & set(raw.columns)):
+        missing.append("kwh")
+    if missing:
+        raise ImportFileError(
+            path.name, f"readings file lacks column(s) {', '.join(missing)} "
+                       f"(needs meter_id, ts, kwh or meter_id, ts, register_kwh); has {list(map(str, raw.columns))}",
+            message_zh=f"文件 {path.name} 缺少必需的列：{'、'.join(missing)}。电表读数文件的表头应为 "
+                       "meter_id、ts、kwh（累计读数为 meter_id、ts、register_kwh；"
+                       "也可用中文表头：电表编号、读数时间、用电量、累计读数）。",
+            line=1)
+    value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
+    out = raw[["meter_id", "ts", value_col]]  # copy-on-write: no copy of millions of rows
+    out["meter_id"] = meter_id_text(out["meter_id"])
+    out.insert(0, "line", np.arange(first_line, first_line + len(out), dtype=np.int64))
+    return out.reset_index(drop=True)
+
+
+def _read_parquet_columns(path: Path) -> pd.DataFrame:
+    """Only the readings columns (a wide export may carry dozens more), meter ids as a
+    dictionary (a categorical: a few distinct ids, not one string per row), Arrow buffers freed
+    as they are converted. A 28-million-row file then takes 1 GB to read instead of 2.5 GB."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    wanted = [n for n in names if _normalise_column_name(n) in _COLUMN_LABELS_ZH
+              or re.fullmatch(_WH_HEADER_RE, _normalise_column_name(n))]
+    ids = [n for n in wanted if _normalise_column_name(n) == "meter_id"]
+    table = pq.read_table(path, columns=wanted or None, read_dictionary=ids or None)
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
+    pa.default_memory_pool().release_unused()  # else the pool keeps the decoded pages
+    return frame
+
+
+def _header_text(name: object) -> str:
+    return str(name).strip().lstrip("\ufeff").strip()
+
+
+def _normalise_column_name(name: object) -> str:
+    key = _header_text(name).lower()
+    key = re.sub(r"\s*[（(\[]\s*([^)）\]]*?)\s*[)）\]]\s*$", r"_\1", key)  # "用电量（kWh）" -> "用电量_kwh"
+    key = re.sub(r"[\s\-]+", "_", key).strip("_")  # "Meter ID", "meter-id" -> "meter_id"
+    return _COLUMN_ALIASES.get(key, key)
+
+
+def _wh_header(columns: pd.Index) -> str | None:
+    """The header (as written) of a value column in Wh, e.g. ``Energy (Wh)``, else None."""
+    for column in columns:
+        if re.fullmatch(_WH_HEADER_RE, _normalise_column_name(column)):
+            return _header_text(column)
+    return None
+
+
+def _column_clashes(columns: pd.Index) -> dict[str, list[str]]:
+    """Readings column -> the headers (as written) that name it, where more than one does."""
+    named: dict[str, list[str]] = {}
+    for column in columns:
+        header, target = _header_text(column), _normalise_column_name(column)
+        if target not in _COLUMN_LABELS_ZH:
+            # pandas reads a repeated header "kwh,kwh" as "kwh" and "kwh.1": one column twice.
+            repeated = re.fullmatch(r"(.+)\.\d+", header)
+            if not repeated or _normalise_column_name(repeated.group(1)) not in _COLUMN_LABELS_ZH:
+                continue
+            header, target = repeated.group(1), _normalise_column_name(repeated.group(1))
+        named.setdefault(target, []).append(header)
+    return {target: headers for target, headers in named.items() if len(headers) > 1}
+
+
+def _clash_zh(column: str, headers: list[str]) -> str:
+    if len(set(headers)) == 1:
+        return f"{headers[0]} 出现了 {len(headers)} 次（{_COLUMN_LABELS_ZH[column]}）"
+    return f"{'、'.join(headers)} 都表示{_COLUMN_LABELS_ZH[column]}"
+
+
+def meter_id_text(values: pd.Series) -> pd.Series:
+    """Meter ids as text, with ids that arrived as floating-point numbers written as integers.
+
+    A Parquet integer column with one missing id is stored as float64 (a JSON feed with a null
+    id decodes the same way), and 3302810001.0 is the meter 3302810001, not a new meter
+    "3302810001.0" that the register does not know. Text columns are returned unchanged.
+    """
+    if pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        integral = np.isfinite(numbers) & (numbers == np.trunc(numbers)) & (np.abs(numbers) < 2.0**63)
+        text = values.astype("str")
+        if integral.any():
+            text = text.astype(object)
+            text[integral] = numbers[integral].astype(np.int64).astype(str)
+            text = text.astype("str")
+        return text
+    if pd.api.types.is_object_dtype(values.dtype) and \
+            pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        # Mixed Python objects (JSON, XLSX): only the floats among them are rewritten, and the
+        # column stays object (Series.map would infer float64 again and round long ids).
+        return pd.Series([int(v) if isinstance(v, float) and v.is_integer() else v for v in values],
+                         index=values.index, dtype=object)
+    return values
+
+
+CSV_BLOCK_ROWS = 1_000_000
+
+
+def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
+    """UTF-8 (BOM or not), UTF-16 with BOM, else GB18030 (superset of GBK: what Excel on a
+    Chinese Windows writes); file-level faults become ImportFileError with their line."""
+    from sibifang.importing import ImportFileError, detect_encoding
+
+    encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
+    try:
+        # In blocks of rows: parsing a whole 28-million-row file at once needs 3.3 GB for a
+        # 1.7 GB frame, in blocks 2.2 GB. Line numbers in parser errors count from the file's start.
+        blocks = list(pd.read_csv(
+            path, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
+            skip_blank_lines=False, sep=_csv_separator(path, encoding), chunksize=CSV_BLOCK_ROWS,
+        ))
+        return pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+    except pd.errors.EmptyDataError:
+        raise ImportFileError(path.name, "empty file: no header",
+                              message_zh=f"文件 {path.name} 是空文件（没有表头和数据）。") from None
+    except pd.errors.ParserError as e:
+        text = str(e)
+        wide = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
+        quote = re.search(r"EOF inside string starting at row (\d+)", text)
+        if wide:
+            expected, line, seen = (int(g) for g in wide.groups())
+            zh = (f"文件 {path.name} 第{line}行的列数多于表头（表头{expected}列，该行{seen}列），"
+                  "请检查该行是否多了逗号。")
+        elif quote:
+            line = int(quote.group(1)) + 1
+            zh = f"文件 {path.name} 第{line}行引号未闭合，请补全或删去这个引号。"
+        else:
+            found = re.search(r"line (\d+)", text)
+            line = int(found.group(1)) if found else None
+            where = f"第{line}行" if line else ""
+            zh = f"文件 {path.name} {where}无法按 CSV 格式读取，请检查文件内容。"
+        raise ImportFileError(path.name, text.replace("Error tokenizing data. C error: ", "").strip(),
+                              message_zh=zh, line=line) from None
+
+
+def _is_plain_utf8(path: Path, block: int = 1 << 24) -> bool:
+    """True when the file decodes as UTF-8 (no UTF-16 BOM), checked block by block: the common
+    case then never holds the whole file in memory (a 1 GB export would need 2 GB as bytes and
+    text). Anything else goes to detect_encoding, which names the line of a bad byte."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        first = f.read(block)
+        if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return False
+        try:
+            data = first
+            while data:
+                decoder.decode(data)
+                data = f.read(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _csv_separator(path: Path, encoding: str) -> str:
+    """The field separator, from the header line: "," unless the header has none and has ";"
+    (what Excel writes where the decimal mark is a comma) or a tab. A header is never a number,
+    so the guess cannot be misled by decimal commas in the values."""
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        header = f.readline()
+    if "," not in header:
+        for sep in (";", "\t"):
+            if sep in header:
+                return sep
+    return ","
+
+
+# --------------------------------------------------------------------------- file-level checks
+
+# A column is judged as a whole when at least this share of its filled cells share one defect:
+# then the file was written that way (a unit, a date order, a decimal mark), and a message about
+# the file helps the clerk more than thousands of quarantined rows. Below it, rows are
+# quarantined one by one as usual.
+FILE_LEVEL_SHARE = 0.5
+_EPOCH_RE = r"^\s*(?:1\d{9}|[12]\d{12})(?:\.\d+)?\s*$"  # seconds 2001..2033, or milliseconds
+_DMY_RE = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4})(.*)$"  # 03/04/2024 10:00, 13.01.2024 ...
+_DECIMAL_COMMA_RE = r"^\s*[+-]?\d+,\d+\s*$"  # 0,25
+
+
+def check_readings_text(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    """File-level format checks on a frame from :func:`read_readings_file`: -> the frame, with
+    day-first or month-first dates rewritten as ISO when the file shows which it is.
+
+    Raises ImportFileError (file, line, field, Chinese message) for timestamps given as Unix
+    epoch numbers, dd/mm/yyyy dates whose order the file cannot settle, and decimal commas.
+    Each is a way a whole file was exported, so it is judged on the whole column (see
+    FILE_LEVEL_SHARE); a stray bad cell stays a per-row ``bad_ts`` / ``bad_kwh``.
+    """
+    _check_epoch(raw, source)
+    raw = _settle_slash_dates(raw, source)
+    _check_decimal_comma(raw, source)
+    return raw
+
+
+def _filled_text(values: pd.Series) -> pd.Series:
+    text = values.astype("str").where(values.notna(), "").str.strip()
+    return text[text != ""]
+
+
+# The share of a pattern is estimated on this many cells spread over the file; only a file where
+# it looks like a file-level defect pays for a scan of every cell.
+SNIFF_SAMPLE = 20_000
+
+
+def _sample(values: pd.Series, windows: int = 10) -> pd.Series:
+    """About SNIFF_SAMPLE cells in a few contiguous windows spread over the column. Contiguous
+    slices are views; a strided one would copy the whole (Arrow-backed) column first."""
+    size = SNIFF_SAMPLE // windows
+    if len(values) <= SNIFF_SAMPLE:
+        return _filled_text(values)
+    starts = np.linspace(0, len(values) - size, windows).astype(np.int64)
+    return _filled_text(pd.concat([values.iloc[a:a + size] for a in starts]))
+
+
+def _looks_like(values: pd.Series, pattern: str) -> bool:
+    sample = _sample(values)
+    return bool(len(sample)) and sample.str.match(pattern).mean() >= FILE_LEVEL_SHARE
+
+
+def _first_match(raw: pd.DataFrame, mask: pd.Series, column: str) -> tuple[int | None, str]:
+    """(file line, text of ``column``) of the first row in ``mask`` (index labels of ``raw``)."""
+    first = mask[mask].index[0]
+    line = int(raw.loc[first, "line"]) if "line" in raw.columns else None
+    return line, str(raw.loc[first, column]).strip()
+
+
+def _check_epoch(raw: pd.DataFrame, source: str) -> None:
+    from sibifang.importing import ImportFileError
+
+    ts = raw["ts"]
+    if pd.api.types.is_numeric_dtype(ts.dtype) and not pd.api.types.is_bool_dtype(ts.dtype):
+        text = _filled_text(ts.map(lambda v: f"{v:.0f}" if pd.notna(v) else v))
+    elif pd.api.types.is_datetime64_any_dtype(ts.dtype):
+        return
+    elif not _looks_like(ts, _EPOCH_RE):
+        return
+    else:
+        text = _filled_text(ts)
+    epoch = text.str.match(_EPOCH_RE)
+    if len(text) and epoch.mean() >= FILE_LEVEL_SHARE:
+        line, value = _first_match(raw, epoch, "ts")
+        raise ImportFileError(
+            source, f"line {line}, field ts: {value!r} is a Unix epoch number, not a local time",
+            message_zh=f"文件 {source} 第{line}行 ts（读数时间）列的值 {value} 是 Unix 时间戳（自1970年起的秒数），"
+                       "不是当地时间：请转换为 YYYY-MM-DD HH:MM:SS（当地时间，或带时区如 +08:00）后重新提交。",
+            line=line)
+
+
+def _settle_slash_dates(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    """dd/mm/yyyy or mm/dd/yyyy: the file decides. A day above 12 in the first place (and
+    never in the second) makes the whole file day-first, and the other way round; when every
+    date could be either (both parts at most 12), the order is a guess and the file is refused."""
+    from sibifang.importing import ImportFileError
+
+    if not (pd.api.types.is_object_dtype(raw["ts"].dtype) or pd.api.types.is_string_dtype(raw["ts"].dtype)):
+        return raw
+    if not _looks_like(raw["ts"], _DMY_RE):
+        return raw
+    text = _filled_text(raw["ts"])
+    parts = text.str.extract(_DMY_RE)
+    slashed = parts[0].notna()
+    if not len(text) or slashed.mean() < FILE_LEVEL_SHARE:
+        return raw
+    first, second = parts.loc[slashed, 0].astype(int), parts.loc[slashed, 1].astype(int)
+    day_first, month_first = (first > 12).any(), (second > 12).any()
+    if day_first == month_first:
+        line, value = _first_match(raw, slashed, "ts")
+        why = ("既有日在前、也有月在前的日期，顺序不一致" if day_first else
+               "日和月都不超过12，无法判断是 日/月/年 还是 月/日/年")
+        raise ImportFileError(
+            source, f"line {line}, field ts: {value!r}: the order of day and month is ambiguous",
+            message_zh=f"文件 {source} 第{line}行 ts（读数时间）列的值 {value}：{why}。"
+                       "请把日期改为 YYYY-MM-DD（年-月-日）格式后重新提交。",
+            line=line)
+    day, month = (parts[0], parts[1]) if day_first else (parts[1], parts[0])
+    iso = parts[2] + "-" + month.str.zfill(2) + "-" + day.str.zfill(2) + parts[3]
+    raw = raw.copy()
+    raw.loc[iso[slashed].index, "ts"] = iso[slashed].to_numpy()
+    return raw
+
+
+def _check_decimal_comma(raw: pd.DataFrame, source: str) -> None:
+    """"0,25": a comma as the decimal mark. Not converted: "1,234" may be a thousands separator."""
+    from sibifang.importing import ImportFileError
+
+    value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
+    if value_col not in raw.columns or pd.api.types.is_numeric_dtype(raw[value_col].dtype):
+        return
+    if not _sample(raw[value_col]).str.contains(",", regex=False).any():
+        return
+    text = _filled_text(raw[value_col])
+    comma = text.str.match(_DECIMAL_COMMA_RE)
+    fractional = comma | text.str.contains(".", regex=False)  # whole numbers say nothing of the mark
+    if comma.any() and comma.sum() >= FILE_LEVEL_SHARE * fractional.sum():
+        line, value = _first_match(raw, comma, value_col)
+        raise ImportFileError(
+            source, f"line {line}, field {value_col}: {value!r} uses a decimal comma",
+            message_zh=f"文件 {source} 第{line}行 {value_col}（用电量）列的值 {value} 用逗号作小数点："
+                       "请改用小数点（如 0.25）后重新提交。",
+            line=line)
