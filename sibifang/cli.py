@@ -306,13 +306,12 @@ def _clean_for_detect(path: Path, tz: str) -> _Cleaned:
     DataContractError or _DetectInputError for a file that cannot be judged at all."""
     import pandas as pd
 
-    from sibifang.readings_files import check_readings_text, read_readings_file
+    from sibifang.readings_files import read_readings_file
 
     try:
         raw = read_readings_file(path)
     except OSError as e:  # unreadable (permissions, a vanished file): not a traceback either
         raise _DetectInputError(f"文件 {path.name} 无法读取：{e.strerror or e}。") from None
-    raw = check_readings_text(raw, path.name)
     options = dict(source=path.name, now=pd.Timestamp(DETECT_NOW).to_pydatetime(),
                    min_ts=pd.Timestamp(DETECT_MIN_TS), timezone=tz)
     cleaned = _Cleaned()

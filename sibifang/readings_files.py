@@ -57,7 +57,10 @@ def read_readings_file(path: Path) -> pd.DataFrame:
 
     A file that cannot be read as readings (format, encoding, a line with more fields than
     the header, an unclosed quote, missing columns) raises DataContractError — never retried —
-    whose ``message_zh`` names the file and, when known, the line.
+    whose ``message_zh`` names the file and, when known, the line. So does a file written in a
+    way no row can be read right (:func:`check_readings_text`: Wh, epoch times, decimal commas,
+    a day/month order it cannot settle), for `sibifang detect`, `import readings` and the inbox
+    alike.
     """
     from sibifang.importing import ImportFileError
 
@@ -120,7 +123,7 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     out = raw[["meter_id", "ts", value_col]]  # copy-on-write: no copy of millions of rows
     out["meter_id"] = meter_id_text(out["meter_id"])
     out.insert(0, "line", np.arange(first_line, first_line + len(out), dtype=np.int64))
-    return out.reset_index(drop=True)
+    return check_readings_text(out.reset_index(drop=True), path.name)
 
 
 def _read_parquet_columns(path: Path) -> pd.DataFrame:

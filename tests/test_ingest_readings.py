@@ -680,6 +680,29 @@ def test_todays_ingest_run_uses_the_clock_and_rejects_clashing_headers(prefect_h
     assert run.at == clock  # recorded when it happened, not at the end of the day
 
 
+def test_the_inbox_refuses_a_file_written_with_decimal_commas_naming_line_and_field(prefect_harness, database_url,
+                                                                                   app_env, monkeypatch):
+    """An export from a machine whose decimal mark is a comma: every value would be a bad number.
+    The file goes to rejected/ with one Chinese reason instead of hundreds of quarantined rows."""
+    import flows.ingest_readings as ingest_flow
+    import sibifang.settings as settings_module
+    from tests.test_inbox_rejects import inbox, seed, use_database
+
+    clock = datetime(2026, 11, 20, 8, 0)
+    monkeypatch.setattr(settings_module, "local_now", lambda: clock)
+    monkeypatch.setattr(ingest_flow, "local_now", lambda: clock, raising=False)
+    monkeypatch.delenv("SIBIFANG_METER_API_URL", raising=False)
+    use_database(monkeypatch, database_url)
+    seed(database_url)
+    readings = inbox(app_env, "readings")
+    (readings / "commas.csv").write_text("meter_id;ts;kwh\nM1;2026-11-20 07:15;0,1\nM1;2026-11-20 07:30;0,2\n",
+                                         encoding="utf-8")
+    result = ingest_readings_flow(readings)
+    assert (result["files"], result["accepted"], result["rejected"]) == (0, 0, 1)
+    reason = result["rejected_files"][0]["reason"]
+    assert "第2行" in reason and "逗号作小数点" in reason, reason
+
+
 def ingest_readings_flow(readings):
     from flows.ingest_readings import ingest_readings
 
