@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -654,19 +655,28 @@ def test_a_register_feed_split_over_files_loses_no_interval(database_url, app_en
     assert store.last_registers().to_dict("records") == state
 
 
-def test_todays_ingest_run_uses_the_clock_and_rejects_clashing_headers(prefect_harness, database_url, app_env,
-                                                                       monkeypatch):
+THIS_MORNING = datetime(2026, 11, 20, 8, 0)
+
+
+@pytest.fixture
+def readings_inbox_this_morning(prefect_harness, database_url, app_env, monkeypatch) -> Path:
+    """The readings inbox of a seeded database (meter M1), the clock at 08:00 today, no meter API."""
     import flows.ingest_readings as ingest_flow
     import sibifang.settings as settings_module
-    from tests.test_inbox_rejects import inbox, runs, seed, use_database
+    from tests.test_inbox_rejects import inbox, seed, use_database
 
-    clock = datetime(2026, 11, 20, 8, 0)  # today, in the morning
-    monkeypatch.setattr(settings_module, "local_now", lambda: clock)
-    monkeypatch.setattr(ingest_flow, "local_now", lambda: clock, raising=False)
+    monkeypatch.setattr(settings_module, "local_now", lambda: THIS_MORNING)
+    monkeypatch.setattr(ingest_flow, "local_now", lambda: THIS_MORNING, raising=False)
     monkeypatch.delenv("SIBIFANG_METER_API_URL", raising=False)
     use_database(monkeypatch, database_url)
     seed(database_url)
-    readings = inbox(app_env, "readings")
+    return inbox(app_env, "readings")
+
+
+def test_todays_ingest_run_uses_the_clock_and_rejects_clashing_headers(readings_inbox_this_morning, database_url):
+    from tests.test_inbox_rejects import runs
+
+    readings = readings_inbox_this_morning
     (readings / "today.csv").write_text("meter_id,ts,kwh\nM1,2026-11-20 07:45,0.1\nM1,2026-11-20 08:05,0.1\n"
                                         "M1,2026-11-20 13:00,0.1\n", encoding="utf-8")
     (readings / "clash.csv").write_text("meter_id,ts,kwh,用电量\nM1,2026-11-20 07:30,0.1,0.1\n", encoding="utf-8")
@@ -677,24 +687,13 @@ def test_todays_ingest_run_uses_the_clock_and_rejects_clashing_headers(prefect_h
     assert "kwh、用电量 都表示用电量（kwh）" in result["rejected_files"][0]["reason"]
     assert [p.name[:6] for p in (readings / "rejected").iterdir()] == ["clash."]
     [run] = runs(database_url, "clash.csv")
-    assert run.at == clock  # recorded when it happened, not at the end of the day
+    assert run.at == THIS_MORNING  # recorded when it happened, not at the end of the day
 
 
-def test_the_inbox_refuses_a_file_written_with_decimal_commas_naming_line_and_field(prefect_harness, database_url,
-                                                                                   app_env, monkeypatch):
+def test_the_inbox_refuses_a_file_written_with_decimal_commas_naming_line_and_field(readings_inbox_this_morning):
     """An export from a machine whose decimal mark is a comma: every value would be a bad number.
     The file goes to rejected/ with one Chinese reason instead of hundreds of quarantined rows."""
-    import flows.ingest_readings as ingest_flow
-    import sibifang.settings as settings_module
-    from tests.test_inbox_rejects import inbox, seed, use_database
-
-    clock = datetime(2026, 11, 20, 8, 0)
-    monkeypatch.setattr(settings_module, "local_now", lambda: clock)
-    monkeypatch.setattr(ingest_flow, "local_now", lambda: clock, raising=False)
-    monkeypatch.delenv("SIBIFANG_METER_API_URL", raising=False)
-    use_database(monkeypatch, database_url)
-    seed(database_url)
-    readings = inbox(app_env, "readings")
+    readings = readings_inbox_this_morning
     (readings / "commas.csv").write_text("meter_id;ts;kwh\nM1;2026-11-20 07:15;0,1\nM1;2026-11-20 07:30;0,2\n",
                                          encoding="utf-8")
     result = ingest_readings_flow(readings)

@@ -10,19 +10,7 @@ import numpy as np
 import pandas as pd
 
 # one inference of a meter's interval and clock jitter, the ingestion's
-from sibifang.ingest_readings import INTERVAL_QUANTILE, grid_tolerance_seconds, snap_interval
-
-
-def _infer_interval_minutes(ts: np.ndarray) -> int:
-    """A meter's interval as ingestion infers it (a low quantile of its spacings, which gaps
-    do not lengthen, snapped to a divisor of an hour); an hour for anything coarser."""
-    if len(ts) < 2:
-        return 60
-    d = np.diff(np.sort(ts)).astype("timedelta64[s]").astype(np.int64) / 60.0
-    d = d[d > 0]
-    if len(d) == 0:
-        return 60
-    return min(snap_interval(float(np.quantile(d, INTERVAL_QUANTILE))), 60)
+from sibifang.ingest_readings import grid_tolerance_seconds, infer_interval_minutes
 
 
 def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
@@ -45,9 +33,10 @@ def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
         return np.array([], dtype=object), np.zeros((0, 0), np.float32), None, 0
     df = df.drop_duplicates(["meter_id", "ts"], keep="last")
     meters = np.array(sorted(df["meter_id"].unique()), dtype=object)
-    per_hour = {}
-    for m, g in df.groupby("meter_id", sort=False):
-        per_hour[m] = 60 // _infer_interval_minutes(g["ts"].to_numpy())
+    # each meter's interval as ingestion infers it (a low quantile of its spacings, which gaps
+    # do not lengthen, snapped to a divisor of an hour); an hour for anything coarser or unknown
+    intervals = infer_interval_minutes(df)
+    per_hour = {m: 60 // min(intervals.get(m, 60), 60) for m in meters}
     # A reading belongs to the hour its interval ends in; a meter clock a few seconds off (at most
     # a tenth of the interval) does not move it into the next hour.
     interval = 60.0 / df["meter_id"].map(per_hour).to_numpy(dtype=float)
