@@ -388,7 +388,8 @@ def test_incremental_run_uses_the_stored_noise_model(normal):
     kwh = wide.to_numpy(np.float32)
     prof = fit_profiles(kwh[:, : 30 * 48], wide.index, START, 30)
     assert prof.level_sigma is not None and np.isfinite(prof.level_sigma).all()
-    inc = detect_matrix(kwh[:, 30 * 48: 32 * 48], wide.index, onset, 30, profiles=prof)
+    # from the day before the profile's checkpoint (its context), then the two days since
+    inc = detect_matrix(kwh[:, 29 * 48: 32 * 48], wide.index, onset - pd.Timedelta(days=1), 30, profiles=prof)
     drop = inc[inc["kind"] == "sustained_drop"]
     assert len(drop) == 1
     assert drop.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=48)

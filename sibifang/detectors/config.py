@@ -214,3 +214,28 @@ class RoutineProfiles:
     # same (5 weekdays to 2 weekend days, and each rate is shrunk to it): the incremental run
     # then raised half again as many night_activity episodes as the full replay of the same day
     p_all: np.ndarray | None = None
+    # where every alarm stood when the history ended, so the incremental run resumes the replay
+    # instead of starting it afresh (see AlarmCheckpoint)
+    checkpoint: AlarmCheckpoint | None = None
+
+
+@dataclass
+class AlarmCheckpoint:
+    """Where each household's alarms stood at ``at``, the midnight the history behind a
+    profile ended: what ``detect_matrix(..., profiles=...)`` resumes from, so that an hourly
+    run over the day before ``at`` and the hours since judges those hours as the full
+    replay of the whole history does.
+
+    ``state``: arrays with the meter on axis 0 (the running CUSUMs and runs, the sums of the
+    runs under way, and the day before ``at`` as the replay saw it: its activity, expected
+    use and morning); their hour indices count from ``at`` (negative: before it; ``_NO_RUN``:
+    none). ``open``: the episodes still open at ``at`` (dicts on the same hour grid, meter
+    index into the profile's meters): ``scan`` and ``cusum`` as the running tests hold them,
+    ``kept`` those that were reported, each with its output ``row``. ``prior``: the alerted
+    rows an episode raised later could still join as one incident.
+    """
+
+    at: object                   # pd.Timestamp
+    state: dict
+    open: dict
+    prior: list

@@ -46,21 +46,24 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
     mean = P["mean"].reshape(M, -1)
     t0 = np.datetime64(pd.Timestamp(t0).to_datetime64(), "ns")
     meter_ix = np.array([e["i"] for e in eps])
-    S0 = np.array([e["start"] for e in eps])
+    # an episode whose run began before this matrix (carried into an incremental run) brings
+    # its sums up to the hour the matrix resumed from (``pre``)
+    S0 = np.array([e["pre"][0] if "pre" in e else max(e["start"], 0) for e in eps])
     S1 = np.array([e["det"] for e in eps]) + 1
+    pre = np.array([e["pre"][1] if "pre" in e else np.zeros(4) for e in eps])
 
-    def seg_means(V):
+    def seg_means(V, k):
         # mean over [start, detected] of each episode, NaN-aware, from cumulative sums of the
         # meters' rows (one per meter, not per episode: a meter with years of readings has
         # hundreds of episodes)
         ok = ~np.isnan(V)
-        c = np.zeros((M, T + 1)); np.cumsum(np.where(ok, V, 0), axis=1, out=c[:, 1:])
+        c = np.zeros((M, T + 1)); np.cumsum(np.where(ok, V, 0), axis=1, dtype=np.float64, out=c[:, 1:])
         n = np.zeros((M, T + 1), np.int32); np.cumsum(ok, axis=1, out=n[:, 1:])
-        cnt = n[meter_ix, S1] - n[meter_ix, S0]
+        cnt = n[meter_ix, S1] - n[meter_ix, S0] + pre[:, 2 * k + 1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(cnt > 0, (c[meter_ix, S1] - c[meter_ix, S0]) / np.maximum(cnt, 1), np.nan)
-    OBS = seg_means(X)
-    EXP = seg_means(mean)
+            return np.where(cnt > 0, (c[meter_ix, S1] - c[meter_ix, S0] + pre[:, 2 * k]) / np.maximum(cnt, 1), np.nan)
+    OBS = seg_means(X, 0)
+    EXP = seg_means(mean, 1)
     for k, e in enumerate(eps):
         i, s, det = e["i"], e["start"], e["det"]
         start = pd.Timestamp(t0 + np.timedelta64(int(s), "h"))
@@ -133,19 +136,23 @@ def _finish(rows) -> pd.DataFrame:
 
 
 
-def _merge_incidents(rows: list[dict], cfg: DetectorConfig) -> list[dict]:
+def _merge_incidents(rows: list[dict], cfg: DetectorConfig, prior: list[dict] = ()) -> list[dict]:
     """One incident, one alert (同一事件只派一次): an episode of any kind raised while an
     alerted episode of the same meter is still open, or within ``incident_gap_hours`` of its
     end, is a later signal of the same incident (a silence that then also reads as a drop, a
     missed morning inside a trip away). It is recorded as ``low`` with a note of the alert it
     follows, unless it is ``critical`` and the incident's alerts were not (that escalates).
     Only what is known at its detection counts: an earlier episode's end is used only if it
-    came before that (causal)."""
+    came before that (causal). ``prior``: rows judged by an earlier run (the incremental
+    run's, from the checkpoint), taken as they are."""
     if cfg.incident_gap_hours < 0:
         return rows
     gap = pd.Timedelta(hours=cfg.incident_gap_hours)
     rank = {s: k for k, s in enumerate(SEVERITIES)}
     by_meter: dict = {}
+    for r in sorted(prior, key=lambda r: (r["detected_at"], r["kind"])):
+        if r["severity"] != "low":
+            by_meter.setdefault(r["meter_id"], []).append(r)
     for r in sorted(rows, key=lambda r: (r["detected_at"], r["kind"])):
         if r["severity"] == "low":
             continue

@@ -5,6 +5,8 @@ worker threads."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -14,8 +16,8 @@ import pandas as pd
 
 from sibifang.detectors.alarms import (_cusum_episodes, _drop_covered_mornings, _gate_recurrent, _level_ratio,
                                        _level_sigma, _morning_episodes, _offline_episodes, _one_per_event,
-                                       _past_detections, _ratio_episodes, _recent_detections, _scan)
-from sibifang.detectors.config import DetectorConfig, RoutineProfiles
+                                       _NO_RUN, _past_detections, _ratio_episodes, _recent_detections, _scan)
+from sibifang.detectors.config import AlarmCheckpoint, DetectorConfig, RoutineProfiles
 from sibifang.detectors.evidence import _empty, _finish, _merge_incidents, _rows
 from sibifang.detectors.hourly import _absence_mask, _day_number, _to_hourly, hourly_matrix
 from sibifang.detectors.routine import (_activity_per_hour, _flat_llr, _flat_samples, _level_llr, _level_samples,
@@ -35,15 +37,68 @@ def _map_chunks(fn, M: int, T: int, cfg: DetectorConfig) -> list:
         return list(pool.map(fn, blocks))
 
 
+def _source(e: dict) -> str:
+    """Which test raised an episode (the incremental run brings each carried one's end up to
+    date from that test's carried state)."""
+    if "j" in e:
+        return "cusum"
+    return {"inactivity": "scan", "night_activity": "scan", "meter_offline": "offline",
+            "missing_morning_routine": "morning"}.get(e["kind"], "ratio")
+
+
+def _alarms(Xc, seen, A, valid, gap_ok, P, wake, deadline, cfg, n_hours, t_from=0, carry=None, past=None):
+    """Every test over hours [t_from, n_hours) of one block of meters.
+
+    Returns (the episodes raised there, the carried open ones with their ends brought up to
+    date, the state at ``n_hours``). ``carry`` (block-local, on this matrix's hour grid) is
+    the state at ``t_from``; without it the tests start from nothing at hour 0."""
+    c = carry or {}
+    kept_before = c.get("kept", [])
+    eps, scan_st = _scan(Xc, A, valid, gap_ok, P, cfg, n_hours, t_from, c.get("scan"))
+    ceps, cus_st = _cusum_episodes([("inactivity", P["flat_llr"], cfg.flat_threshold),
+                                    ("sustained_drop", P["drop_llr"], cfg.drop_threshold)],
+                                   Xc, valid, gap_ok, P, n_hours, cfg, t_from, c.get("cusum"))
+    reps, rends, rtails = _ratio_episodes(Xc, valid, gap_ok, P, n_hours, cfg, t_from, c.get("ratio"))
+    oeps, oends, off_st = _offline_episodes(seen, gap_ok, n_hours, cfg, t_from, c.get("offline"))
+    av = A & valid
+    for e in kept_before:               # the scan and the CUSUMs closed theirs in place
+        src = _source(e)
+        if src == "ratio" and (e["i"], e["kind"]) in rends:
+            e["end"] = rends[(e["i"], e["kind"])]
+        elif src == "offline" and e["i"] in oends:
+            e["end"] = oends[e["i"]]
+        elif src == "morning":
+            after = np.nonzero(av[e["i"], t_from:n_hours])[0]
+            e["end"] = int(t_from + after[0]) if len(after) else None
+    eps = [e for e in _one_per_event(kept_before + eps + ceps + reps) if e["det"] >= t_from] + oeps
+    silent = [dict(kind="inactivity", i=i, det=int(d)) for i, d in enumerate(c.get("silent", ())) if d != _NO_RUN]
+    eps += _drop_covered_mornings(_morning_episodes(A, valid, gap_ok, P, wake, deadline, n_hours, cfg, t_from),
+                                  eps + kept_before + silent, av)
+    _gate_recurrent(eps, cfg, past)
+    # the latest inactivity detection with no activity since (it still covers a missed morning)
+    last = np.full(Xc.shape[0], _NO_RUN, np.int64)
+    for e in silent + kept_before + eps:
+        if e["kind"] == "inactivity":
+            last[e["i"]] = max(last[e["i"]], e["det"])
+    for i in np.nonzero(last != _NO_RUN)[0]:
+        if av[i, max(last[i] + 1, 0):n_hours].any():
+            last[i] = _NO_RUN
+    state = dict(scan=scan_st, cusum=cus_st, ratio=rtails, offline=off_st, silent=last)
+    return eps, kept_before, state
+
+
 def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles: RoutineProfiles | None = None):
     """Core: hourly matrix → list of row dicts, judged in blocks of meters (bounded memory) on
-    worker threads."""
+    worker threads. With ``profiles`` (and their checkpoint), the matrix starts the day before
+    the checkpoint and the hours from the checkpoint on are judged, resuming from it."""
     M, T = X.shape
     if M == 0 or n_hours <= 0:
         return []
     D = T // 24
     days = pd.Timestamp(t0) + pd.to_timedelta(np.arange(D), unit="D")
     weekend = np.asarray(days.day_of_week >= 5)
+    ck = None if profiles is None else profiles.checkpoint
+    t_from = 0 if ck is None else 24
 
     def judge(sl: slice) -> list[dict]:
         Xc = X[sl]
@@ -77,25 +132,65 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
                 flat_n = np.broadcast_to(np.count_nonzero(profiles.flat_sample[ix] >= 0, axis=2)[:, None],
                                          (len(ix), D, 24))
                 sstats = np.broadcast_to(profiles.slot_stats[ix][:, None], (len(ix), D, 24, 2))
+            if ck is not None:              # the day before the checkpoint as the replay saw it
+                cs = ck.state
+                A[:, :24] = cs["A_prev"][sl]
+                P["level"] = P["level"].copy()
+                P["level"][:, 0] = cs["level_prev"][sl]
+                P["mean"] = P["mean"].copy()
+                P["mean"][:, 0] = cs["mean_prev"][sl]
+                wake[:, 0] = cs["wake_prev"][sl]
+                deadline[:, 0] = cs["deadline_prev"][sl]
         P["level_llr"], P["drop_llr"] = _level_llr(bins, dark_s, slot_s, sstats, cfg)
         P["flat_llr"] = _flat_llr(fbins, flat_s, flat_n, cfg)
         del bins, dark_s, slot_s, sstats, fbins, flat_s, flat_n
-        eps = _scan(Xc, A, valid, gap_ok, P, cfg, n_hours)
-        eps += _cusum_episodes([("inactivity", P["flat_llr"], cfg.flat_threshold),
-                                ("sustained_drop", P["drop_llr"], cfg.drop_threshold)],
-                               Xc, valid, gap_ok, P, n_hours, cfg)
-        eps += _ratio_episodes(Xc, valid, gap_ok, P, n_hours, cfg)
-        eps = _one_per_event(eps) + _offline_episodes(~np.isnan(X[sl]), gap_ok, n_hours, cfg)
-        eps += _drop_covered_mornings(_morning_episodes(A, valid, gap_ok, P, wake, deadline, n_hours, cfg), eps,
-                                      A & valid)
         past = None
         if profiles is not None and profiles.recent_detections is not None:
             past = _past_detections(profiles.recent_detections[sl], cfg, t0)
-        _gate_recurrent(eps, cfg, past)
-        return _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md), cfg)
+        carry, prior = (None, []) if ck is None else _block_carry(ck, sl, t_from, meters)
+        eps, kept_before, _ = _alarms(Xc, ~np.isnan(X[sl]), A, valid, gap_ok, P, wake, deadline, cfg, n_hours,
+                                      t_from, carry, past)
+        rows = _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md), cfg, prior)
+        t0n = np.datetime64(pd.Timestamp(t0).to_datetime64(), "ns")
+        for e in kept_before:           # still open at the checkpoint: reported again with its end
+            e["row"]["end"] = pd.NaT if e["end"] is None else pd.Timestamp(t0n + np.timedelta64(int(e["end"]), "h"))
+        return [e["row"] for e in kept_before] + rows
 
     return [row for rows in _map_chunks(judge, M, T, cfg) for row in rows]
 
+
+def _block_carry(ck: AlarmCheckpoint, sl: slice, t_from: int, meters) -> tuple[dict, list]:
+    """The checkpoint's part for the meters in ``sl``, on the block's own meter indices and
+    on the hour grid of a matrix in which the checkpoint is hour ``t_from``."""
+    cs = ck.state
+    Mb = sl.stop - sl.start
+    shift = lambda a: np.where(a == _NO_RUN, _NO_RUN, a + t_from)  # noqa: E731
+    scan = {k[5:]: v[sl] for k, v in cs.items() if k.startswith("scan.")}
+    scan["run_start"], scan["n_start"] = shift(scan["run_start"]), shift(scan["n_start"])
+    cusum = {k[6:]: np.moveaxis(v[sl], 0, 1).reshape((-1,) + v.shape[2:]) for k, v in cs.items()
+             if k.startswith("cusum.")}
+    cusum["start"] = shift(cusum["start"])
+    inside = lambda e: sl.start <= e["i"] < sl.stop  # noqa: E731
+    opened = copy.deepcopy({k: [e for e in v if inside(e)] for k, v in ck.open.items()})
+    names = set(meters[sl])
+    prior = [r for r in ck.prior if r["meter_id"] in names]
+    seen = {}
+    for e in (e for v in opened.values() for e in v):
+        if id(e) in seen:
+            continue
+        seen[id(e)] = e
+        e["i"] -= sl.start
+        for k in ("start", "det", "end"):
+            if e.get(k) is not None:
+                e[k] += t_from
+        if "k" in e:
+            e["j"] = e["k"] * Mb + e["i"]
+    # the rows of the open ones come with them (copied: their ends move in this run)
+    prior += [e["row"] for e in opened["kept"] if e["row"]["severity"] != "low"]
+    carry = dict(scan=dict(scan, open=opened["scan"]), cusum=dict(cusum, open=opened["cusum"]),
+                 ratio=cs["ratio"][sl].T.copy(), offline=dict(seen=cs["off.seen"][sl], len=cs["off.len"][sl]),
+                 silent=shift(cs["silent"][sl]), kept=opened["kept"])
+    return carry, prior
 
 
 def detect(readings: pd.DataFrame, *, as_of: datetime | None = None, absences: pd.DataFrame | None = None,
@@ -128,59 +223,80 @@ def detect_matrix(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: in
     t0 = pd.Timestamp(t0)
     meters = np.asarray(meter_ids, dtype=object)
     X, t0h, n_hours = _to_hourly(np.asarray(kwh, dtype=np.float32), t0, int(interval_minutes), cfg.chunk_meters)
-    absent = _absence_mask(meters, t0h, X.shape[1], absences)
     if profiles is not None:
         pos = pd.Index(profiles.meter_ids).get_indexer(meters)
         if (pos < 0).any():
             raise ValueError("profiles lack some meters")
         profiles = _subset(profiles, pos)
+        if profiles.checkpoint is not None:
+            # resume at the checkpoint, with the day before it as context (activity, 24-h use)
+            begin = profiles.checkpoint.at - pd.Timedelta(days=1)
+            skip = int((begin - t0h) / pd.Timedelta(hours=1))
+            if skip < 0 or skip % 24:
+                raise ValueError(f"the incremental run needs the readings from {begin} (the day before the "
+                                 f"profile's checkpoint) on; they start at {t0h}")
+            X, t0h, n_hours = X[:, skip:], t0h + pd.Timedelta(hours=skip), n_hours - skip
+            if n_hours <= 24:
+                return _empty()
+    absent = _absence_mask(meters, t0h, X.shape[1], absences)
     return _finish(_detect_hourly(meters, X, t0h, n_hours, absent, cfg, profiles))
 
 
 
 def _subset(p: RoutineProfiles, pos) -> RoutineProfiles:
-    return RoutineProfiles(meter_ids=p.meter_ids[pos], p_active=p.p_active[pos], p_continue=p.p_continue[pos],
-                           mean_kwh=p.mean_kwh[pos], delta=p.delta[pos], log_pstar=p.log_pstar[pos],
-                           log_pstar_night=p.log_pstar_night[pos], standby=p.standby[pos],
-                           wake_hour=p.wake_hour[pos], morning_deadline=p.morning_deadline[pos],
-                           history_days=p.history_days[pos], silence_threshold=p.silence_threshold[pos],
-                           night_threshold=p.night_threshold[pos], level_kwh=p.level_kwh[pos],
-                           low_threshold=None if p.low_threshold is None else p.low_threshold[pos],
-                           dark_hist=None if p.dark_hist is None else p.dark_hist[pos],
-                           slot_sample=None if p.slot_sample is None else p.slot_sample[pos],
-                           flat_sample=None if p.flat_sample is None else p.flat_sample[pos],
-                           slot_stats=None if p.slot_stats is None else p.slot_stats[pos],
-                           dark_noise=None if p.dark_noise is None else p.dark_noise[pos],
-                           level_sigma=None if p.level_sigma is None else p.level_sigma[pos],
-                           recent_detections=None if p.recent_detections is None else p.recent_detections[pos],
-                           p_all=None if p.p_all is None else p.p_all[pos])
+    """The profiles (and checkpoint) of the meters at ``pos``, in that order."""
+    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+    out = {k: (v[pos] if isinstance(v, np.ndarray) else v) for k, v in fields.items()}
+    ck = p.checkpoint
+    if ck is not None:
+        new_ix = {int(old): k for k, old in enumerate(pos)}
+        opened = copy.deepcopy({k: [e for e in v if e["i"] in new_ix] for k, v in ck.open.items()})
+        done = set()
+        for e in (e for v in opened.values() for e in v):
+            if id(e) not in done:
+                done.add(id(e))
+                e["i"] = new_ix[e["i"]]
+        names = set(p.meter_ids[pos])
+        out["checkpoint"] = AlarmCheckpoint(at=ck.at, state={k: v[pos] for k, v in ck.state.items()}, open=opened,
+                                            prior=[r for r in ck.prior if r["meter_id"] in names])
+    return RoutineProfiles(**out)
 
 
 
 def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int,
-                 config: DetectorConfig | None = None) -> RoutineProfiles:
-    """Learn each meter's routine from the trailing weeks in ``kwh`` (stored once a day).
+                 config: DetectorConfig | None = None, absences: pd.DataFrame | None = None,
+                 episodes: list | None = None) -> RoutineProfiles:
+    """Learn each meter's routine from the trailing weeks in ``kwh`` (stored once a day) and
+    replay them, keeping where every alarm stood at their end (the checkpoint).
 
-    The profile describes the day *after* the matrix ends; pass it to ``detect_matrix`` for
-    the hourly incremental run.
+    ``kwh`` should end at a midnight; the profile describes the day after it. Pass it to
+    ``detect_matrix`` with the readings from the day before that midnight on, for the hourly
+    incremental run. The replay's own episodes (as ``detect_matrix`` without profiles would
+    report them over the same readings) are appended to ``episodes`` when it is given.
     """
     cfg = config or DetectorConfig()
     t0 = pd.Timestamp(t0)
     meters = np.asarray(meter_ids, dtype=object)
     X, t0h, n_hours = _to_hourly(np.asarray(kwh, dtype=np.float32), t0, int(interval_minutes), cfg.chunk_meters)
     D0 = n_hours // 24
-    X = X[:, : D0 * 24]
+    T_hist = D0 * 24
+    X = X[:, :T_hist]
     # one extra empty day: its causal profile is "everything before it"
     X = np.concatenate([X, np.full((X.shape[0], 24), np.nan, np.float32)], axis=1)
     D = D0 + 1
     days = t0h + pd.to_timedelta(np.arange(D), unit="D")
     weekend = np.asarray(days.day_of_week >= 5)
     M = len(meters)
+    absent = _absence_mask(meters, t0h, X.shape[1], absences)
+    at = t0h + pd.Timedelta(hours=T_hist)
 
     def learn(sl: slice) -> dict[str, np.ndarray]:
         out = {}
         Xc = X[sl]
-        valid = ~np.isnan(Xc)
+        seen = ~np.isnan(Xc)
+        gap_ok = np.ones_like(seen) if absent is None else ~absent[sl]
+        valid = seen & gap_ok
+        Xc = np.where(valid, Xc, np.nan).astype(np.float32)
         delta_md = _noise_delta(Xc, cfg, _day_number(t0h))
         A = _activity_per_hour(Xc, np.repeat(delta_md, 24, axis=1), cfg.floor_hours)
         # last day profiles for both day types: recompute with the last day as each type
@@ -197,26 +313,54 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         fbins, flat_s, flat_n = _flat_samples(Xc, valid, cfg)
         P["flat_llr"] = _flat_llr(fbins, flat_s, flat_n, cfg)
         out["fsample"] = np.ascontiguousarray(flat_s[:, D - 1])
-        # replay the history to learn the self-calibrated alarm levels for the next day, and the
-        # household's own past episodes of the recurrence kinds (recurrence gate), as detect does
-        ones = np.ones_like(valid)
-        eps = _scan(Xc, A, valid, ones, P, cfg, Xc.shape[1])
-        eps += _cusum_episodes([("inactivity", P["flat_llr"], cfg.flat_threshold),
-                                ("sustained_drop", P["drop_llr"], cfg.drop_threshold)], Xc, valid, ones, P,
-                               Xc.shape[1], cfg)
-        eps = _one_per_event(eps + _ratio_episodes(Xc, valid, ones, P, Xc.shape[1], cfg))
-        eps += _drop_covered_mornings(_morning_episodes(A, valid, ones, P, wake, deadline, Xc.shape[1], cfg),
-                                      eps, A & valid)
+        # replay the history as detect does: the self-calibrated alarm levels for the next day,
+        # the household's own past episodes of the recurrence kinds (recurrence gate), and
+        # where every alarm stands at its end (the checkpoint)
+        eps, _, st = _alarms(Xc, seen, A, valid, gap_ok, P, wake, deadline, cfg, T_hist)
+        rows = _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0h, T_hist, delta_md), cfg)
+        out["rows"] = rows
         out["recent"] = _recent_detections(eps, Xc.shape[0], cfg, t0h)
-        out["thr"] = P["last_thr"][0]
-        out["nthr"] = P["last_thr"][1]
-        out["thr2"] = P["last_thr"][2]
+        out["thr"], out["nthr"], out["thr2"] = P["last_thr"]
+        # the checkpoint: indices on the profile's meters, hours counted from `at`
+        rel = lambda a: np.where(a == _NO_RUN, _NO_RUN, a - T_hist)  # noqa: E731
+        sc = {k: v for k, v in st["scan"].items() if k != "open"}
+        sc["run_start"], sc["n_start"] = rel(sc["run_start"]), rel(sc["n_start"])
+        cu = {k: v for k, v in st["cusum"].items() if k != "open"}
+        cu["start"] = rel(cu["start"])
+        Mb = Xc.shape[0]
+        state = {f"scan.{k}": v for k, v in sc.items()}
+        state.update({f"cusum.{k}": np.moveaxis(v.reshape((2, Mb) + v.shape[1:]), 0, 1) for k, v in cu.items()})
+        state.update({"ratio": st["ratio"].T.copy(), "off.seen": st["offline"]["seen"],
+                      "off.len": st["offline"]["len"], "silent": rel(st["silent"]),
+                      "A_prev": A[:, T_hist - 24:T_hist].copy() if T_hist else np.zeros((Mb, 24), bool),
+                      "level_prev": P["level"][:, D0 - 1].copy() if D0 else np.full((Mb, 24), np.nan, np.float32),
+                      "mean_prev": P["mean"][:, D0 - 1].copy() if D0 else np.full((Mb, 24), np.nan, np.float32),
+                      "wake_prev": wake[:, D0 - 1].copy() if D0 else np.zeros(Mb, wake.dtype),
+                      "deadline_prev": deadline[:, D0 - 1].copy() if D0 else np.full(Mb, np.nan, np.float32)})
+        out["state"] = state
+        kept = [e for e in eps if e["end"] is None]
+        for e, r in zip(eps, rows):
+            if e["end"] is None:
+                e["row"] = r
+        opened = {"scan": st["scan"]["open"], "cusum": st["cusum"]["open"], "kept": kept}
+        for e in {id(e): e for v in opened.values() for e in v}.values():
+            e["i"] += sl.start
+            for k in ("start", "det", "end"):
+                if e.get(k) is not None:
+                    e[k] -= T_hist
+            if "j" in e:
+                e["k"] = e.pop("j") // Mb
+        out["open"] = opened
+        # alerted and over, but recent enough that a later episode may belong to its incident
+        keep_from = at - pd.Timedelta(days=cfg.window_days)
+        out["prior"] = [r for e, r in zip(eps, rows)
+                        if r["severity"] != "low" and e["end"] is not None and r["end"] >= keep_from]
         # the samples behind the day after the history (the appended empty day, D - 1)
         out["dhist"] = np.ascontiguousarray(dark_s[:, D - 1])
         out["ssample"] = np.ascontiguousarray(slot_s[:, D - 1])
         out["sstats"] = np.ascontiguousarray(sstats[:, D - 1])
         out["dark"] = P["dark"][:, -1]
-        out["lsig"] = _level_sigma(_level_ratio(Xc, valid, np.ones_like(valid), P, cfg)[0], cfg)[:, -1]
+        out["lsig"] = _level_sigma(_level_ratio(Xc, valid, gap_ok, P, cfg)[0], cfg)[:, -1]
         out["p"] = np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1)
         out["c"] = np.stack([res[0]["c"][:, -1], res[1]["c"][:, -1]], axis=1)
         out["mean"] = np.stack([res[0]["mean"][:, -1], res[1]["mean"][:, -1]], axis=1)
@@ -233,6 +377,12 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
 
     parts = _map_chunks(learn, M, X.shape[1], cfg)
     cat = lambda k: np.concatenate([part[k] for part in parts], axis=0)  # noqa: E731
+    if episodes is not None:
+        episodes.extend(r for part in parts for r in part["rows"])
+    checkpoint = AlarmCheckpoint(
+        at=at, state={k: np.concatenate([part["state"][k] for part in parts], axis=0) for k in parts[0]["state"]},
+        open={k: [e for part in parts for e in part["open"][k]] for k in ("scan", "cusum", "kept")},
+        prior=[r for part in parts for r in part["prior"]])
     return RoutineProfiles(meter_ids=meters, p_active=cat("p"), p_continue=cat("c"), mean_kwh=cat("mean"),
                            delta=cat("delta"), log_pstar=cat("lp"), log_pstar_night=cat("lpn"),
                            standby=cat("sb"), wake_hour=cat("wake"), morning_deadline=cat("dl"),
@@ -240,4 +390,5 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
                            level_kwh=cat("level"), low_threshold=cat("thr2"), dark_noise=cat("dark"),
                            dark_hist=cat("dhist"), slot_sample=cat("ssample"), slot_stats=cat("sstats"),
                            flat_sample=cat("fsample"),
-                           level_sigma=cat("lsig"), recent_detections=cat("recent"), p_all=cat("pall"))
+                           level_sigma=cat("lsig"), recent_detections=cat("recent"), p_all=cat("pall"),
+                           checkpoint=checkpoint)
