@@ -425,8 +425,10 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
 
     The file is read and cleaned as `sibifang import readings` does (offsets converted to
     local time, duplicates and implausible values set aside; clock jitter snapped to each
-    meter's interval; meters read less often than hourly set aside); rows set aside are written
-    with their line and reason to FLAGS.quarantine.csv beside the output, and counted."""
+    meter's interval; meters read less often than hourly set aside; in a zone with summer time
+    the second pass of the hour repeated in autumn set aside as ``ambiguous_dst_hour``, see
+    sibifang/ingest_readings.py); rows set aside are written with their line and reason to
+    FLAGS.quarantine.csv beside the output, and counted."""
     from schemas.validation import DataContractError
     from sibifang.detectors import SEVERITIES
 

@@ -28,6 +28,18 @@ Decisions (documented here because detectors depend on them):
   (for registers: by the time elapsed since the previous reading). More is ``implausible_kwh``.
 * Duplicates. Same meter and ts: the first row in file order is kept; a later row with the
   same kWh is ``duplicate`` (informational), with a different kWh ``conflicting_duplicate``.
+* Summer time. Where the zone falls back (Europe/Paris: 2024-10-27, 03:00 back to 02:00), the
+  naive times of the repeated hour occur twice in a correct export, once per pass. Their
+  second occurrence (in file order, whatever its kWh) is ``ambiguous_dst_hour``
+  (informational), not a duplicate; a third is ``duplicate`` or ``conflicting_duplicate``
+  against either pass. It is set aside rather than kept because readings are naive local time
+  with one reading per meter and time (the store's key, the detectors' naive hourly grid): two
+  readings in one slot would double that night hour, moving one into another slot would invent
+  a reading. The day is one hour of energy short, which no detector reads as anything. With
+  an offset the two passes are still the same local time: the same rule applies. Cumulative
+  registers: the reading after the repeated hour carries its energy (the physical maximum still
+  applies). The hour skipped in spring is simply an hour without readings (a short gap).
+  Zones without summer time (Asia/Shanghai since 1991) have no repeated hour: nothing changes.
 * Cumulative registers are differenced per meter in time order, each reading against the
   *reference*: the highest reading since the last baseline (see :func:`register_baselines`):
     - the first reading of a meter is ``register_baseline`` (no interval can be computed).
@@ -96,6 +108,8 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     "ts_too_old": ("ts", "读数时间过早，电表时钟可能在停电后被重置，请核对电表时钟"),
     "duplicate": ("ts", "重复读数（同一电表同一时间、用电量相同），已保留第一条"),
     "conflicting_duplicate": ("kwh", "同一电表同一时间有不同的用电量，已保留文件中第一条，本条请核实"),
+    "ambiguous_dst_hour": ("ts", "夏令时回拨重复的钟点（当天该钟点出现两次，不是重复读数）：读数按当地钟点记录，"
+                                 "同一钟点只保留文件中第一条，本条单独列出，无需处理"),
     "register_baseline": ("register_kwh", "累计读数的起点，仅作为计算下一时段用电量的基准"),
     "register_reset": ("register_kwh", "累计读数回零（电表复位），本条作为新的基准"),
     "register_drop": ("register_kwh", "累计读数大幅下降（可能更换了电表），本条作为新的基准，请核实"),
@@ -112,7 +126,7 @@ STORED_CONFLICT_REASON = ("同一电表同一时间已有入库的读数，且�
 _CODE_NAMES = ["", *QUARANTINE_CODES]
 _CODE_NUMBER = {name: number for number, name in enumerate(_CODE_NAMES)}
 # Codes that need no action from the clerk: they explain a line, they do not report an error.
-INFORMATIONAL_CODES = frozenset({"duplicate", "register_baseline", "register_reset"})
+INFORMATIONAL_CODES = frozenset({"duplicate", "ambiguous_dst_hour", "register_baseline", "register_reset"})
 
 # An offset only counts after a time of day: "2026-11-20" must not read as offset "-20".
 _OFFSET_RE = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
@@ -417,7 +431,7 @@ def clean_readings(
     if len(valid):
         order = _sorted_rows(meters.codes[valid], ts_values[valid])
         rows = valid[order]  # valid rows by meter, ts, file order
-        rows = _deduplicate(rows, meters.codes, ts_values, value, code)
+        rows = _deduplicate(rows, meters.codes, ts_values, value, code, timezone)
         if cumulative:
             register_state = _difference_registers(rows, meters, ts_values, value, interval, code, kwh,
                                                    detail, max_kw, last_registers)
@@ -513,8 +527,11 @@ def _sorted_rows(meter_codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 
 def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, value: np.ndarray,
-                 code: np.ndarray) -> np.ndarray:
-    """Flag all but the first row of each (meter_id, ts); ``rows`` are sorted. -> kept rows."""
+                 code: np.ndarray, timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
+    """Flag all but the first row of each (meter_id, ts); ``rows`` are sorted. -> kept rows.
+
+    In the hour repeated when summer time ends the second row is the clock's second pass
+    (``ambiguous_dst_hour``), not a duplicate; see the module docstring."""
     m = meter_codes[rows]
     t = ts[rows]
     dup = np.zeros(len(rows), dtype=bool)
@@ -525,9 +542,31 @@ def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, valu
     group_start = np.maximum.accumulate(np.where(~dup, np.arange(len(rows)), 0))
     kept_value = value[rows][group_start]
     same = np.isclose(value[rows], kept_value, rtol=0, atol=1e-9)
-    code[rows[dup & same]] = _CODE_NUMBER["duplicate"]
-    code[rows[dup & ~same]] = _CODE_NUMBER["conflicting_duplicate"]
+    second_pass = np.zeros(len(rows), dtype=bool)
+    at = np.flatnonzero(dup)  # the few rows looked at in the zone's calendar
+    repeated = np.zeros(len(rows), dtype=bool)
+    repeated[at] = _repeated_clock_time(t[at], timezone)
+    if repeated.any():
+        occurrence = np.arange(len(rows)) - group_start
+        second_pass = repeated & (occurrence == 1)
+        # A third row or later is a duplicate of either pass, or conflicts with both.
+        second_value = value[rows][np.minimum(group_start + 1, len(rows) - 1)]
+        same |= repeated & np.isclose(value[rows], second_value, rtol=0, atol=1e-9)
+    code[rows[second_pass]] = _CODE_NUMBER["ambiguous_dst_hour"]
+    code[rows[dup & ~second_pass & same]] = _CODE_NUMBER["duplicate"]
+    code[rows[dup & ~second_pass & ~same]] = _CODE_NUMBER["conflicting_duplicate"]
     return rows[~dup]
+
+
+def _repeated_clock_time(ts: np.ndarray, timezone: str) -> np.ndarray:
+    """Mask: naive local times that occur twice in ``timezone`` (the hour repeated when summer
+    time ends): read as summer time and as standard time they are different instants."""
+    if not len(ts):
+        return np.zeros(0, dtype=bool)
+    naive = pd.DatetimeIndex(ts)
+    summer = naive.tz_localize(timezone, ambiguous=np.ones(len(ts), dtype=bool), nonexistent="NaT")
+    standard = naive.tz_localize(timezone, ambiguous=np.zeros(len(ts), dtype=bool), nonexistent="NaT")
+    return (summer.asi8 != standard.asi8) & ~summer.isna() & ~standard.isna()
 
 
 def _difference_registers(rows: np.ndarray, meters: _MeterCodes, ts_all: np.ndarray, value: np.ndarray,

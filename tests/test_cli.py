@@ -371,6 +371,57 @@ def test_detect_tz_reads_naive_times_there_and_converts_offsets(tmp_path):
     assert "--tz 'Mars/Olympus'" in detect_fails(tmp_path / "local.csv", tmp_path, "--tz", "Mars/Olympus")
 
 
+def _paris_meter() -> pd.DataFrame:
+    """30 days of 15-minute readings of a household in Europe/Paris, stamped in local time
+    without an offset as its meter exports them (end of interval), across the end of summer
+    time on 2024-10-27: 02:00–02:45 appear twice, once per pass of the clock. It falls silent
+    on 2024-11-05 at 09:00."""
+    rng = np.random.default_rng(4)
+    ts = pd.date_range("2024-10-10 00:15", periods=30 * 96 + 4, freq="15min", tz="Europe/Paris")
+    local = ts.tz_localize(None)
+    active = (local.hour >= 6) & (local.hour < 22)
+    kwh = np.where(active, rng.gamma(2.0, 0.08, len(ts)), 0.02 + rng.normal(0, 0.003, len(ts)).clip(-0.01, 0.01))
+    kwh[local >= pd.Timestamp("2024-11-05 09:00")] = 0.02
+    return pd.DataFrame({"meter_id": "m1", "ts": local.strftime("%Y-%m-%d %H:%M:%S"), "kwh": kwh.round(4)})
+
+
+def test_detect_in_a_zone_with_summer_time_sets_the_repeated_hour_aside_not_as_duplicates(tmp_path):
+    df = _paris_meter()
+    repeated = df.ts.between("2024-10-27 02:00", "2024-10-27 02:45:00") & df.ts.duplicated()
+    assert repeated.sum() == 4  # the second pass of the clock
+    real_duplicate = df[df.ts == "2024-10-20 10:00:00"]
+    src = tmp_path / "paris.csv"
+    pd.concat([df, real_duplicate]).to_csv(src, index=False)
+    flags, output = detect_file(src, tmp_path / "flags.csv", "--tz", "Europe/Paris")
+    n = len(df) + 1
+    assert (f"读取 {n} 行，接受 {n - 5} 行，隔离 5 行（重复读数 1 行、夏令时回拨重复的钟点 4 行）" in output), output
+    assert_accounted(output, tmp_path / "flags.csv")
+    quarantined = pd.read_csv(tmp_path / "flags.quarantine.csv", dtype=str)
+    assert quarantined[["line", "code"]].values.tolist() == (
+        [[str(i + 2), "ambiguous_dst_hour"] for i in np.flatnonzero(repeated)] + [[str(n + 1), "duplicate"]])
+    assert not quarantined.ts[quarantined.code == "duplicate"].str.startswith("2024-10-27 02").any()
+    # Judged as the file without the second pass: the repeated hour changes no flag.
+    df[~repeated].to_csv(tmp_path / "once.csv", index=False)
+    expected, _ = detect_file(tmp_path / "once.csv", tmp_path / "f_once.csv", "--tz", "Europe/Paris")
+    pd.testing.assert_frame_equal(flags, expected)
+    assert (flags.kind == "inactivity").any()
+    # In Asia/Shanghai (no summer time) the same file reads as before: duplicates.
+    _, output = detect_file(src, tmp_path / "f_sh.csv")
+    assert "隔离 5 行（重复读数" in output and "夏令时" not in output
+
+
+def test_detect_in_a_zone_with_summer_time_reads_the_skipped_spring_hour_as_a_short_gap(tmp_path):
+    df = _silent_meter()  # 2026-03-01 to 03-31: Europe/Paris skips 02:00–03:00 on 03-29
+    df.to_csv(tmp_path / "full.csv", index=False)
+    expected, _ = detect_file(tmp_path / "full.csv", tmp_path / "f_full.csv")
+    skipped = df.ts.between("2026-03-29 02:00", "2026-03-29 02:45:00")  # these local times do not exist
+    assert skipped.sum() == 4
+    df[~skipped].to_csv(tmp_path / "paris.csv", index=False)
+    flags, output = detect_file(tmp_path / "paris.csv", tmp_path / "flags.csv", "--tz", "Europe/Paris")
+    assert f"读取 {len(df) - 4} 行，接受 {len(df) - 4} 行，隔离 0 行" in output
+    pd.testing.assert_frame_equal(flags, expected)  # an hour without readings is no episode
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("epoch.csv", "meter_id,ts,kwh\nm1,1700000000,0.1\nm1,1700000900,0.1\n", "文件 epoch.csv 第2行 ts（读数时间）列"),
     ("dmy.csv", "meter_id,ts,kwh\nm1,03/04/2024 10:00,0.1\nm1,03/04/2024 10:15,0.1\n",

@@ -136,6 +136,45 @@ def test_exact_and_conflicting_duplicates_keep_first_in_file_order():
     assert r.counts["duplicate"] == 2 and r.counts["conflicting_duplicate"] == 1
 
 
+def test_repeated_autumn_hour_is_not_a_duplicate_and_real_duplicates_still_are():
+    # Europe/Paris falls back on 2024-10-27 at 03:00 (CEST) to 02:00 (CET): hourly readings
+    # (end of interval) stamped 02:00 twice, once per pass of the clock.
+    rows = [
+        ("M1", "2024-10-27 01:00", "0.1"),   # line 2
+        ("M1", "2024-10-27 02:00", "0.2"),   # line 3: first pass, kept
+        ("M1", "2024-10-27 02:00", "0.2"),   # line 4: second pass (same kWh at night), not a duplicate
+        ("M1", "2024-10-27 03:00", "0.3"),   # line 5
+        ("M1", "2024-10-27 02:00", "0.2"),   # line 6: a third 02:00 is a duplicate
+        ("M1", "2024-10-27 03:00", "0.3"),   # line 7: outside the repeated hour: a duplicate
+        ("M2", "2024-10-27T00:30:00Z", "0.4"),   # line 8: 02:30 CEST
+        ("M2", "2024-10-27T01:30:00Z", "0.5"),   # line 9: 02:30 CET, the same local time
+    ]
+    r = clean(rows, timezone="Europe/Paris")
+    assert_balanced(r, 8)
+    assert codes_by_line(r) == {4: "ambiguous_dst_hour", 6: "duplicate", 7: "duplicate", 9: "ambiguous_dst_hour"}
+    assert r.counts["ambiguous_dst_hour"] == 2 and r.counts["duplicate"] == 2
+    assert r.quarantined.reason[r.quarantined.code == "ambiguous_dst_hour"].str.startswith("夏令时回拨").all()
+    # One reading per meter and local time: the first pass (first in the file) is kept.
+    assert r.accepted.values.tolist() == [["M1", pd.Timestamp("2024-10-27 01:00"), 0.1],
+                                          ["M1", pd.Timestamp("2024-10-27 02:00"), 0.2],
+                                          ["M1", pd.Timestamp("2024-10-27 03:00"), 0.3],
+                                          ["M2", pd.Timestamp("2024-10-27 02:30"), 0.4]]
+    # No summer time in China (since 1991): the same rows are duplicates there, as before.
+    shanghai = clean(rows[:6])
+    assert codes_by_line(shanghai) == {4: "duplicate", 6: "duplicate", 7: "duplicate"}
+    assert shanghai.counts["ambiguous_dst_hour"] == 0
+
+
+def test_skipped_spring_hour_is_just_an_hour_without_readings():
+    # Europe/Paris springs forward on 2024-03-31 from 02:00 (CET) to 03:00 (CEST).
+    ts = pd.date_range("2024-03-30 22:00", "2024-03-31 06:00", freq="15min", tz="UTC").tz_convert("Europe/Paris")
+    rows = [("M1", t.strftime("%Y-%m-%d %H:%M:%S"), "0.05") for t in ts]
+    r = clean(rows, timezone="Europe/Paris", interval_minutes=15, snap_to_grid=True)
+    assert_balanced(r, len(rows))
+    assert r.quarantined.empty and len(r.accepted) == len(ts)
+    assert not r.accepted.ts.dt.strftime("%H:%M").isin(["02:00", "02:15", "02:30", "02:45"]).any()
+
+
 def test_empty_input():
     r = clean([])
     assert_balanced(r, 0)
