@@ -31,7 +31,7 @@ KEY = ["meter_id", "kind", "start", "detected_at"]
 
 def owed(full: pd.DataFrame, midnight: pd.Timestamp) -> pd.DataFrame:
     """The replay's episodes an hourly run after ``midnight`` reports: raised since, or open then."""
-    return full[(full["detected_at"] > midnight) | full["end"].isna() | (full["end"] > midnight)]
+    return full[(full["detected_at"] > midnight) | full["end"].isna() | (full["end"] >= midnight)]
 
 
 def main() -> None:
@@ -49,7 +49,8 @@ def main() -> None:
     day = t0 + pd.Timedelta(days=last)
     t = time.perf_counter()
     profiles = fit_profiles(kwh[:, : last * 24], ids, t0, 60)
-    print(f"{args.meters:,} meters, checkpoint {day:%Y-%m-%d %H:%M}: profile fit and replay {time.perf_counter() - t:.1f}s")
+    print(f"{args.meters:,} meters, checkpoint {day:%Y-%m-%d %H:%M}: "
+          f"profile fit and replay {time.perf_counter() - t:.1f}s")
     for hour in args.hours:
         now = last * 24 + hour
         t = time.perf_counter()

@@ -205,6 +205,15 @@ class ReadingStore:
                 out.append(date.fromisoformat(match.group(1)))
         return sorted(out)
 
+    def partition_stamps(self, start: datetime, end: datetime) -> list[tuple[str, int, int]]:
+        """(date, mtime_ns, size) of the partitions behind ``start < ts <= end``: every append
+        replaces a partition's file, so these change whenever the window's readings do."""
+        out = []
+        for day in self._days_in_window(pd.Timestamp(start), pd.Timestamp(end)):
+            st = (self._partition_dir(day) / PART_NAME).stat()
+            out.append((day.isoformat(), st.st_mtime_ns, st.st_size))
+        return out
+
     def count(self) -> int:
         """Number of stored readings, from Parquet footers only (no data pages are read)."""
         return sum(pq.ParquetFile(self._partition_dir(d) / PART_NAME).metadata.num_rows for d in self.dates())

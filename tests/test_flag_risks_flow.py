@@ -38,3 +38,62 @@ def test_todays_run_judges_the_readings_up_to_now_not_the_hours_still_to_come(pr
     monkeypatch.setattr(flag_flow, "local_now", lambda: next_morning)
     flag_flow.flag_risks(next_morning.date())
     assert "meter_offline" in _meter_flags(database_url)
+
+
+def _replay(store, as_of: pd.Timestamp, days: int = 35) -> pd.DataFrame:
+    """The whole window replayed at once, as the task did before it kept a checkpoint."""
+    from sibifang.detectors import detect_matrix
+
+    end = as_of.ceil("h")
+    start = as_of.normalize() - pd.Timedelta(days=days)
+    kwh, ids, _ = store.load_matrix(start.to_pydatetime(), end.to_pydatetime(), interval_minutes=60)
+    out = detect_matrix(kwh, ids, start, 60)
+    return out[out.detected_at <= as_of]
+
+
+def test_later_runs_of_the_day_resume_from_the_midnight_checkpoint(database_url, app_env, monkeypatch):
+    """The day's first run replays the month up to midnight and keeps the profiles; a later run
+    reads them back and reports what a replay of the whole window reports. A late file for
+    yesterday changes the history: the next run replays it again."""
+    from sibifang.readings_store import ReadingStore
+    from tasks.flag_risks import detect_meter_episodes
+    from tests.test_detectors import lights_off, routine
+    from tests.test_inbox_rejects import seed, use_database
+
+    use_database(monkeypatch, database_url)
+    seed(database_url)
+    morning, afternoon = pd.Timestamp("2026-11-20 07:00"), pd.Timestamp("2026-11-20 16:00")
+    start = morning.normalize() - pd.Timedelta(days=40)
+    meters = [routine(f"M{k}", days=41, interval=15, seed=k, start=start) for k in range(4)]
+    meters[1] = lights_off(meters[1], morning.normalize() - pd.Timedelta(hours=3), hours=30, interval=15)
+    dropped = meters[2].ts > morning.normalize() - pd.Timedelta(days=4)      # the Wandi case, open at midnight
+    meters[2].loc[dropped, "kwh"] *= 0.35
+    readings = pd.concat(meters, ignore_index=True)
+    held_back = (readings.meter_id == "M3") & (readings.ts > morning.normalize() - pd.Timedelta(hours=6)) \
+        & (readings.ts <= morning.normalize())
+    store = ReadingStore.from_settings()
+    store.append(readings[(readings.ts <= afternoon) & ~held_back])
+    profiles = app_env / "data" / "profiles"
+
+    first = detect_meter_episodes.fn(morning.to_pydatetime())
+    kept = sorted(profiles.glob("*.pkl"))
+    assert [p.name for p in kept] == ["2026-11-20T0000.pkl"]
+    stamp = kept[0].stat().st_mtime_ns
+    assert "inactivity" in set(first[first.meter_id == "M1"].kind)
+
+    later = detect_meter_episodes.fn(afternoon.to_pydatetime())
+    assert kept[0].stat().st_mtime_ns == stamp                    # read back, not fitted again
+    key = ["meter_id", "kind", "start", "detected_at", "end", "severity", "score", "evidence"]
+
+    def same_as_replay(got):
+        full = _replay(store, afternoon)
+        assert (full.detected_at > afternoon.normalize()).sum() >= 1
+        assert (full.detected_at < afternoon.normalize()).sum() >= 1
+        pd.testing.assert_frame_equal(got[key].sort_values(key[:4]).reset_index(drop=True),
+                                      full[key].sort_values(key[:4]).reset_index(drop=True), check_exact=False)
+    same_as_replay(later)
+
+    store.append(readings[held_back])                              # yesterday's late readings
+    again = detect_meter_episodes.fn(afternoon.to_pydatetime())
+    assert kept[0].stat().st_mtime_ns != stamp
+    same_as_replay(again)

@@ -69,7 +69,7 @@ def city():
 def _expected(full: pd.DataFrame) -> pd.DataFrame:
     """What the hourly run owes the flow: the replay's episodes detected after the checkpoint or
     still open at it."""
-    keep = (full["detected_at"] > CHECKPOINT) | full["end"].isna() | (full["end"] > CHECKPOINT)
+    keep = (full["detected_at"] > CHECKPOINT) | full["end"].isna() | (full["end"] >= CHECKPOINT)
     return full[keep][COLUMNS].sort_values(KEY).reset_index(drop=True)
 
 

@@ -68,8 +68,14 @@ night_activity        low (a daytime phone call, not a visit)
 
 Everything runs on an hourly matrix (meters × hours, NaN gaps). ``detect`` pivots long
 readings into it; ``detect_matrix`` takes a dense matrix at any interval (the city-scale
-daily run); ``fit_profiles`` (once a day, over the trailing weeks) + ``detect_matrix(...,
-profiles=...)`` over the last day or two is the hourly incremental run.
+daily run); ``fit_profiles`` (once a day, over the trailing weeks up to midnight) +
+``detect_matrix(..., profiles=...)`` over the day before that midnight and the hours since
+is the hourly incremental run. The fit replays the weeks and keeps where every alarm stood
+at midnight (``AlarmCheckpoint``: the running CUSUMs and runs, the sums of the runs under
+way, the episodes still open with their rows, the day before as the replay saw it), and the
+hourly run resumes from it: it reports the episodes raised since midnight and the ends of
+those open at it exactly as a replay of the whole window does
+(``tests/test_incremental_run.py``, ``benchmarks/compare_incremental.py``).
 
 The package (small modules, each depending only on those above it):
 

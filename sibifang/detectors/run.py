@@ -216,8 +216,12 @@ def detect_matrix(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: in
     """City-scale path: ``kwh[meter, k]`` (float32, NaN gaps) is the energy in
     [t0 + k·interval, t0 + (k+1)·interval). Without ``profiles`` the routine is learnt
     causally inside the matrix (needs ``min_history_days`` of warm-up); with ``profiles``
-    (from ``fit_profiles`` on the trailing weeks, stored once a day) the whole matrix is
-    judged against them — the incremental hourly run over the last few days.
+    (from ``fit_profiles`` on the trailing weeks up to a midnight, stored once a day) the
+    hours from that midnight on are judged against them, resuming every alarm from the
+    profiles' checkpoint — the hourly incremental run. The matrix then has to start at or
+    before the day before that midnight (earlier columns are skipped); it reports the episodes
+    raised since and those still open at the checkpoint, with their ends, as the full replay
+    of the whole history would.
     """
     cfg = config or DetectorConfig()
     t0 = pd.Timestamp(t0)
