@@ -386,10 +386,10 @@ def test_incremental_run_uses_the_stored_noise_model(normal):
     df.loc[s, "kwh"] *= 0.55       # between drop_design and drop_ratio: the noise model decides
     wide = df.pivot(index="meter_id", columns="ts", values="kwh")
     kwh = wide.to_numpy(np.float32)
-    prof = fit_profiles(kwh[:, : 30 * 48], wide.index, START, 30)
+    prof = fit_profiles(kwh[:, : 31 * 48], wide.index, START, 30)
     assert prof.level_sigma is not None and np.isfinite(prof.level_sigma).all()
-    # from the day before the profile's checkpoint (its context), then the two days since
-    inc = detect_matrix(kwh[:, 29 * 48: 32 * 48], wide.index, onset - pd.Timedelta(days=1), 30, profiles=prof)
+    # from the day before the profile's checkpoint (its context), then the day since
+    inc = detect_matrix(kwh[:, 30 * 48: 32 * 48], wide.index, onset, 30, profiles=prof)
     drop = inc[inc["kind"] == "sustained_drop"]
     assert len(drop) == 1
     assert drop.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=48)
@@ -426,9 +426,10 @@ def test_incremental_run_knows_the_households_past_episodes():
     df = _two_drops(96)
     wide = df.pivot(index="meter_id", columns="ts", values="kwh")
     kwh = wide.to_numpy(np.float32)
-    prof = fit_profiles(kwh[:, : 29 * 48], wide.index, START, 30, config=GATED_DROPS)
+    prof = fit_profiles(kwh[:, : 30 * 48], wide.index, START, 30, config=GATED_DROPS)
     assert prof.recent_detections is not None and (~np.isnat(prof.recent_detections)).sum() == 1
-    inc = detect_matrix(kwh[:, 28 * 48:], wide.index, START + pd.Timedelta(days=28), 30, profiles=prof,
+    # the day the second drop begins, from its midnight's profile
+    inc = detect_matrix(kwh[:, 29 * 48: 31 * 48], wide.index, START + pd.Timedelta(days=29), 30, profiles=prof,
                         config=GATED_DROPS)
     ref = detect(df, config=GATED_DROPS)
     key = ["kind", "start", "detected_at", "severity"]

@@ -73,7 +73,7 @@ def _expected(full: pd.DataFrame) -> pd.DataFrame:
     return full[keep][COLUMNS].sort_values(KEY).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("hour", [1, 7, 15, 23, 30])
+@pytest.mark.parametrize("hour", [1, 7, 15, 23, 24])
 def test_incremental_run_reports_what_the_full_replay_does(city, hour):
     kwh, ids, absences, prof, _ = city
     now = 32 * 48 + hour * 2
@@ -114,3 +114,9 @@ def test_the_incremental_run_needs_the_day_before_the_checkpoint(city):
     exact = detect_matrix(kwh[:, 31 * 48: 32 * 48 + 20], ids, CHECKPOINT - pd.Timedelta(days=1), 30,
                           absences=absences, profiles=prof)
     pd.testing.assert_frame_equal(longer, exact)
+
+
+def test_the_profiles_serve_one_day(city):
+    kwh, ids, absences, prof, _ = city
+    with pytest.raises(ValueError, match="fit them again"):
+        detect_matrix(kwh[:, 31 * 48: 33 * 48 + 2], ids, CHECKPOINT - pd.Timedelta(days=1), 30, profiles=prof)

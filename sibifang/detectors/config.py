@@ -181,6 +181,8 @@ class RoutineProfiles:
     """Per-meter routine for one day, learnt from the trailing window (stored once a day).
 
     Arrays are indexed [meter, daytype (0 weekday, 1 weekend), hour-of-day] or [meter].
+    ``fit_profiles`` learns the profile of the one day after its history (both daytype slots
+    hold that day's); the hourly runs of that day use it.
     """
 
     meter_ids: np.ndarray

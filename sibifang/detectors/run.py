@@ -242,6 +242,9 @@ def detect_matrix(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: in
             X, t0h, n_hours = X[:, skip:], t0h + pd.Timedelta(hours=skip), n_hours - skip
             if n_hours <= 24:
                 return _empty()
+            if n_hours > 48:
+                raise ValueError(f"the profiles serve the day from {profiles.checkpoint.at} only: fit them again "
+                                 "at the next midnight")
     absent = _absence_mask(meters, t0h, X.shape[1], absences)
     return _finish(_detect_hourly(meters, X, t0h, n_hours, absent, cfg, profiles))
 
@@ -303,14 +306,9 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         Xc = np.where(valid, Xc, np.nan).astype(np.float32)
         delta_md = _noise_delta(Xc, cfg, _day_number(t0h))
         A = _activity_per_hour(Xc, np.repeat(delta_md, 24, axis=1), cfg.floor_hours)
-        # last day profiles for both day types: recompute with the last day as each type
-        res = {}
-        for typ in (0, 1):
-            wk = weekend.copy()
-            wk[-1] = bool(typ)
-            P = _rolling_profiles(Xc, A, valid, wk, cfg, delta_md)
-            res[typ] = P
-        P = res[0]
+        # the profile serves the day after the history only (the hourly runs of that day), so it
+        # is that day's, of that day's type: one pass, as the replay computes it
+        P = _rolling_profiles(Xc, A, valid, weekend, cfg, delta_md)
         wake, deadline, _ = _morning_deadlines(A, valid, P, cfg)
         bins, dark_s, slot_s, sstats = _level_samples(Xc, valid, cfg)
         P["level_llr"], P["drop_llr"] = _level_llr(bins, dark_s, slot_s, sstats, cfg)
@@ -365,10 +363,9 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         out["sstats"] = np.ascontiguousarray(sstats[:, D - 1])
         out["dark"] = P["dark"][:, -1]
         out["lsig"] = _level_sigma(_level_ratio(Xc, valid, gap_ok, P, cfg)[0], cfg)[:, -1]
-        out["p"] = np.stack([res[0]["p"][:, -1], res[1]["p"][:, -1]], axis=1)
-        out["c"] = np.stack([res[0]["c"][:, -1], res[1]["c"][:, -1]], axis=1)
-        out["mean"] = np.stack([res[0]["mean"][:, -1], res[1]["mean"][:, -1]], axis=1)
-        out["level"] = np.stack([res[0]["level"][:, -1], res[1]["level"][:, -1]], axis=1)
+        # (M, daytype, 24) as stored: both day types hold that day's
+        for k in ("p", "c", "mean", "level"):
+            out[k] = np.repeat(P[k][:, -1][:, None], 2, axis=1)
         out["delta"] = delta_md[:, -1]
         out["lp"] = P["log_pstar"][:, -1]
         out["lpn"] = P["log_pstar_night"][:, -1]
