@@ -22,15 +22,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from sibifang import __version__
 from sibifang.detectors import DetectorConfig, RoutineProfiles
 
 KEEP = 3
+# the layout of what is stored: a new one (another checkpoint state) makes every stored fit stale
+FORMAT = 1
 
 
-def fingerprint(meter_ids, absences: pd.DataFrame | None, partitions: list, config: DetectorConfig) -> str:
-    """What a fit depends on besides the midnight, as one digest."""
+def fingerprint(absences: pd.DataFrame | None, partitions: list, config: DetectorConfig, baseline_days: int) -> str:
+    """What a fit depends on besides the midnight, as one digest: the recorded absences as
+    stored (an open-ended one is not "until now", which would change every run), the readings
+    partitions behind the history, the detector settings, the window and the stored layout."""
     h = hashlib.sha256()
-    h.update(repr(sorted(map(str, meter_ids))).encode())
+    h.update(repr((FORMAT, __version__, baseline_days)).encode())
     if absences is not None and len(absences):
         h.update(pd.util.hash_pandas_object(absences.sort_values(list(absences.columns)), index=False).values.tobytes())
     h.update(repr(partitions).encode())
@@ -55,7 +60,7 @@ class ProfileCache:
         try:
             with path.open("rb") as f:
                 stored, profiles, episodes = pickle.load(f)
-        except (FileNotFoundError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
+        except Exception:   # missing, cut short or not ours: fit again (it is only a cache)
             return None
         return (profiles, episodes) if stored == digest else None
 
@@ -72,6 +77,7 @@ class ProfileCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        for old in sorted(self.root.glob("*.pkl"))[:-KEEP]:
+        # (not the hidden temporary files: another run may be writing one)
+        for old in sorted(p for p in self.root.glob("*.pkl") if not p.name.startswith("."))[:-KEEP]:
             old.unlink(missing_ok=True)
         return path

@@ -44,6 +44,7 @@ def detect_meter_episodes(as_of: datetime, database_url: str | None = None, base
                              Household.away_until.label("end"))
                       .join(Household, Household.id == Meter.household_id)
                       .where(Household.away_from.is_not(None)), database_url)
+    recorded = away.copy()          # as stored: what the day's fit depends on
     if not away.empty:
         away["start"] = pd.to_datetime(away["start"])
         away["end"] = pd.to_datetime(away["end"]).fillna(pd.Timestamp(as_of)) + pd.Timedelta(days=1)
@@ -51,7 +52,7 @@ def detect_meter_episodes(as_of: datetime, database_url: str | None = None, base
     config = DetectorConfig()
 
     cache = ProfileCache(data_dir / "profiles")
-    digest = fingerprint([], absences, store.partition_stamps(history_start, midnight), config)
+    digest = fingerprint(recorded.astype(str), store.partition_stamps(history_start, midnight), config, baseline_days)
     stored = cache.load(midnight, digest)
     profiles, replayed = stored if stored is not None else (None, [])
     if stored is None:

@@ -97,3 +97,30 @@ def test_later_runs_of_the_day_resume_from_the_midnight_checkpoint(database_url,
     again = detect_meter_episodes.fn(afternoon.to_pydatetime())
     assert kept[0].stat().st_mtime_ns != stamp
     same_as_replay(again)
+
+
+def test_an_open_ended_absence_does_not_refit_every_run(database_url, app_env, monkeypatch):
+    """Away with no return date recorded: the absence runs "until now", which moves every run,
+    but the history before midnight does not: the day's fit is read back."""
+    from datetime import date
+
+    from sqlalchemy import update
+
+    from schemas.models import Household
+    from sibifang.db import session_scope
+    from sibifang.readings_store import ReadingStore
+    from tasks.flag_risks import detect_meter_episodes
+    from tests.test_detectors import routine
+    from tests.test_inbox_rejects import seed, use_database
+
+    use_database(monkeypatch, database_url)
+    seed(database_url)
+    with session_scope(database_url) as s:
+        s.execute(update(Household).where(Household.id == "H1").values(away_from=date(2026, 11, 10), away_until=None))
+    readings = routine("M1", days=41, interval=15, start=pd.Timestamp("2026-10-11"))
+    ReadingStore.from_settings().append(readings[readings.ts <= pd.Timestamp("2026-11-20 16:00")])
+    detect_meter_episodes.fn(datetime(2026, 11, 20, 7))
+    (kept,) = (app_env / "data" / "profiles").glob("*.pkl")
+    stamp = kept.stat().st_mtime_ns
+    detect_meter_episodes.fn(datetime(2026, 11, 20, 8))
+    assert kept.stat().st_mtime_ns == stamp

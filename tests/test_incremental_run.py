@@ -22,7 +22,7 @@ def _households() -> tuple[pd.DataFrame, pd.DataFrame]:
     day = CHECKPOINT
     h = lambda n: pd.Timedelta(hours=n)  # noqa: E731
     frames, absences = [], []
-    for k in range(12):
+    for k in range(14):
         df = routine(f"m{k:02d}", days=34, seed=k)
         if k == 1:                                   # lights off from the evening before
             df = lights_off(df, day - h(5), hours=40)
@@ -49,6 +49,12 @@ def _households() -> tuple[pd.DataFrame, pd.DataFrame]:
             df.loc[s, "kwh"] += np.resize([0.4, 0.0, 0.3, 0.05], s.sum())
         elif k == 11:                                # a drop that starts in the day judged
             df.loc[_sel(df, day + h(2), day + h(40)), "kwh"] *= 0.3
+        elif k == 12:                                # an alert open at midnight ends; a new one
+            df.loc[_sel(df, day - h(20), day + h(2)), "kwh"] = np.nan
+            df.loc[_sel(df, day + h(6), day + h(40)), "kwh"] *= 0.3
+        elif k == 13:                                # high use over at 01:00, then a drop
+            df.loc[_sel(df, day - h(40), day + h(1)), "kwh"] *= 5
+            df.loc[_sel(df, day + h(8), day + h(40)), "kwh"] *= 0.3
         frames.append(df)
     long = pd.concat(frames, ignore_index=True)
     return long, pd.DataFrame(absences, columns=["meter_id", "start", "end"])
@@ -73,7 +79,7 @@ def _expected(full: pd.DataFrame) -> pd.DataFrame:
     return full[keep][COLUMNS].sort_values(KEY).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("hour", [1, 7, 15, 23, 24])
+@pytest.mark.parametrize("hour", [0, 1, 7, 15, 20, 23, 24])
 def test_incremental_run_reports_what_the_full_replay_does(city, hour):
     kwh, ids, absences, prof, _ = city
     now = 32 * 48 + hour * 2
@@ -94,6 +100,9 @@ def test_the_hours_judged_hold_episodes_of_many_kinds(city):
     assert {"inactivity", "sustained_drop", "meter_offline", "high_use"} <= set(want["kind"])
     carried = want[want["detected_at"] <= CHECKPOINT]
     assert len(carried) >= 3 and (carried["end"] > CHECKPOINT).any()
+    # an alert that was open at midnight and is over does not swallow the day's next one
+    drop = want[(want["meter_id"] == "m12") & (want["kind"] == "sustained_drop")]
+    assert len(drop) == 1 and drop.iloc[0]["severity"] != "low"
 
 
 def test_the_profile_fit_replays_the_history_as_detect_matrix_does(city):

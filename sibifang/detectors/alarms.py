@@ -257,6 +257,8 @@ def _runs(cond, t_from, carried):
         for a, b in zip(np.nonzero(dm == 1)[0] + t_from, np.nonzero(dm == -1)[0] + t_from):
             first = a - carried[i] if a == t_from else a
             out.append((i, int(first), int(b) if b < T else None))
+    if not c.shape[1]:
+        return out, np.asarray(carried, np.int64).copy()
     # trailing run length: hours since the last False (the whole window: plus the carried run)
     last_false = np.where(~c.all(axis=1), c.shape[1] - 1 - np.argmax(~c[:, ::-1], axis=1), -1)
     tail = c.shape[1] - 1 - last_false

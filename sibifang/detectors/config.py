@@ -234,8 +234,8 @@ class AlarmCheckpoint:
     none). ``open``: the episodes still open at ``at`` (dicts on the same hour grid, meter
     index into the profile's meters): ``scan`` and ``cusum`` as the running tests hold them,
     ``kept`` those that were reported, each with its output ``row``. ``prior``: the alerted
-    rows that ended in the last ``window_days``, which an episode raised later could still
-    join as one incident (``_merge_incidents``).
+    rows that are over, which an episode raised later could still join as one incident, and
+    which decide whether a critical one escalates it (``_merge_incidents``).
     """
 
     at: object                   # pd.Timestamp

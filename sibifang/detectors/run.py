@@ -150,10 +150,11 @@ def _detect_hourly(meters, X, t0, n_hours, absent, cfg: DetectorConfig, profiles
         carry, prior = (None, []) if ck is None else _block_carry(ck, sl, t_from, meters)
         eps, kept_before, _ = _alarms(Xc, ~np.isnan(X[sl]), A, valid, gap_ok, P, wake, deadline, cfg, n_hours,
                                       t_from, carry, past)
-        rows = _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md), cfg, prior)
         t0n = np.datetime64(pd.Timestamp(t0).to_datetime64(), "ns")
-        for e in kept_before:           # still open at the checkpoint: reported again with its end
+        for e in kept_before:           # still open at the checkpoint: reported again with its end,
+            # which the incidents below must see (an alert that ended does not swallow a later one)
             e["row"]["end"] = pd.NaT if e["end"] is None else pd.Timestamp(t0n + np.timedelta64(int(e["end"]), "h"))
+        rows = _merge_incidents(_rows(eps, meters[sl], Xc, A, P, t0, n_hours, delta_md), cfg, prior)
         return [e["row"] for e in kept_before] + rows
 
     return [row for rows in _map_chunks(judge, M, T, cfg) for row in rows]
@@ -240,7 +241,7 @@ def detect_matrix(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: in
                 raise ValueError(f"the incremental run needs the readings from {begin} (the day before the "
                                  f"profile's checkpoint) on; they start at {t0h}")
             X, t0h, n_hours = X[:, skip:], t0h + pd.Timedelta(hours=skip), n_hours - skip
-            if n_hours <= 24:
+            if n_hours < 24:
                 return _empty()
             if n_hours > 48:
                 raise ValueError(f"the profiles serve the day from {profiles.checkpoint.at} only: fit them again "
@@ -353,10 +354,9 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
             if "j" in e:
                 e["k"] = e.pop("j") // Mb
         out["open"] = opened
-        # alerted and over, but recent enough that a later episode may belong to its incident
-        keep_from = at - pd.Timedelta(days=cfg.window_days)
-        out["prior"] = [r for e, r in zip(eps, rows)
-                        if r["severity"] != "low" and e["end"] is not None and r["end"] >= keep_from]
+        # every alerted one that is over: a later episode may belong to its incident, and whether
+        # a critical one escalates an incident depends on all the household's alerts so far
+        out["prior"] = [r for e, r in zip(eps, rows) if r["severity"] != "low" and e["end"] is not None]
         # the samples behind the day after the history (the appended empty day, D - 1)
         out["dhist"] = np.ascontiguousarray(dark_s[:, D - 1])
         out["ssample"] = np.ascontiguousarray(slot_s[:, D - 1])
