@@ -17,6 +17,8 @@ SCRIPTS = [
     ("readings store", ["bench_readings_store.py"]),
     ("scheduling, city", ["bench_schedule_city.py"]),
     ("detection, city", ["bench_detect_city.py"]),
+    ("hourly flag_risks detection from the store, city", ["bench_flag_risks_hourly.py"]),
+    ("hourly run against the full replay", ["compare_incremental.py"]),
     ("detectors: evaluation on real and generated data", ["evaluate_detectors.py"]),
     ("alert dispatch", ["bench_dispatch.py"]),
     ("alert latency under `sibifang serve`", ["bench_alert_latency.py"]),

@@ -1,4 +1,5 @@
-"""The day's routine profiles and alarm checkpoint (用电画像), kept between hourly runs.
+"""The day's routine profiles and alarm checkpoint (用电画像), kept between hourly runs, and
+the run that uses them (``judge_meters``).
 
 ``flag_risks`` replays the trailing weeks once a day (``fit_profiles``, at the first run
 after midnight) and judges every later run's new hours from that checkpoint
@@ -20,10 +21,11 @@ import pickle
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sibifang import __version__
-from sibifang.detectors import DetectorConfig, RoutineProfiles
+from sibifang.detectors import EPISODE_COLUMNS, DetectorConfig, RoutineProfiles, detect_matrix, fit_profiles
 
 KEEP = 3
 # the layout of what is stored: a new one (another checkpoint state) makes every stored fit stale
@@ -81,3 +83,61 @@ class ProfileCache:
         for old in sorted(p for p in self.root.glob("*.pkl") if not p.name.startswith("."))[:-KEEP]:
             old.unlink(missing_ok=True)
         return path
+
+
+def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataFrame, config: DetectorConfig,
+                 baseline_days: int = 35) -> tuple[pd.DataFrame, dict]:
+    """Every meter's episodes up to ``as_of`` (what ``detect_matrix`` over the trailing
+    ``baseline_days`` reports), from the day's fit: made at the first run after midnight (or
+    when what it depends on changed) and read back by the later ones, which judge only the
+    hours since midnight. ``store`` is a ``ReadingStore``; ``away`` the recorded absences as
+    stored (``meter_id, start, end``, end empty while away). Returns (episodes, what was done)."""
+    # Whole hours: the matrix path sums each meter's readings into hourly slots (15-, 30- and
+    # 60-minute meters alike), which is what the detectors score; no per-reading table is built.
+    end = pd.Timestamp(as_of).ceil("h")
+    midnight = pd.Timestamp(as_of).normalize()
+    history_start = midnight - pd.Timedelta(days=baseline_days)
+    absences = None
+    if len(away):
+        absences = away.assign(start=pd.to_datetime(away["start"]),
+                               end=pd.to_datetime(away["end"]).fillna(pd.Timestamp(as_of)) + pd.Timedelta(days=1))
+    digest = fingerprint(away.astype(str), store.partition_stamps(history_start, midnight), config, baseline_days)
+    stored = cache.load(midnight, digest)
+    profiles, replayed = stored if stored is not None else (None, [])
+    info = dict(fitted=stored is None, midnight=midnight, end=end, replayed_meter_hours=0)
+    if stored is None:
+        kwh, meter_ids, _ = store.load_matrix(history_start.to_pydatetime(), midnight.to_pydatetime(),
+                                              interval_minutes=60)
+        if meter_ids:
+            profiles = fit_profiles(kwh, meter_ids, history_start, 60, config=config, absences=absences,
+                                    episodes=replayed)
+            cache.save(midnight, digest, profiles, replayed)
+            info["replayed_meter_hours"] = kwh.size
+        del kwh         # the month's matrix: only the day before midnight is read again below
+
+    # the hours since midnight, with the day before as context
+    since = midnight - pd.Timedelta(days=1)
+    kwh, meter_ids, _ = store.load_matrix(since.to_pydatetime(), end.to_pydatetime(), interval_minutes=60)
+    # the replay's episodes (up to midnight) come with every run: each run reports what a replay of
+    # the whole window would, whether it fitted the profiles or read them back
+    parts = [pd.DataFrame(replayed, columns=EPISODE_COLUMNS)] if replayed else []
+    known = pd.Index([] if profiles is None else profiles.meter_ids)
+    rows = known.get_indexer(meter_ids)
+    if len(known) and end > midnight:
+        # every profiled meter (one silent since yesterday is still judged), in the profile's order
+        X = np.full((len(known), kwh.shape[1]), np.nan, np.float32)
+        X[rows[rows >= 0]] = kwh[rows >= 0]
+        parts.append(detect_matrix(X, known.to_numpy(), since, 60, absences=absences, config=config,
+                                   profiles=profiles))
+    new = rows < 0
+    if new.any():   # first read since midnight: nothing before to resume from
+        parts.append(detect_matrix(kwh[new], np.asarray(meter_ids, object)[new], since, 60, absences=absences,
+                                   config=config))
+    info["meters"] = len(known) + int(new.sum())
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=EPISODE_COLUMNS), info
+    # an episode open at midnight comes from both: the later report has its end
+    episodes = (pd.concat(parts, ignore_index=True)
+                .drop_duplicates(["meter_id", "kind", "start", "detected_at"], keep="last"))
+    return episodes[pd.to_datetime(episodes.detected_at) <= pd.Timestamp(as_of)].reset_index(drop=True), info

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,77 +19,26 @@ from tasks.common import run_logger
 
 @task(name="detect_meter_episodes", cache_policy=NO_CACHE)
 def detect_meter_episodes(as_of: datetime, database_url: str | None = None, baseline_days: int = 35) -> pd.DataFrame:
-    """Run the meter detectors over every metered household's readings up to ``as_of``.
-
-    Once a day (the first run after midnight, or when the readings before midnight changed)
-    the trailing ``baseline_days`` are replayed up to midnight and the routine profiles with the
-    alarms' checkpoint are kept (``sibifang.profile_cache``); every run then judges the hours
-    since midnight from that checkpoint, which reports what a replay of the whole window would.
-    """
+    """Run the meter detectors over every metered household's readings up to ``as_of``: the
+    day's replay up to midnight once, then the hours since from its checkpoint
+    (``sibifang.profile_cache.judge_meters``)."""
     from schemas.models import Household, Meter
-    from sibifang.detectors import EPISODE_COLUMNS, DetectorConfig, detect_matrix, fit_profiles
-    from sibifang.profile_cache import ProfileCache, fingerprint
+    from sibifang.detectors import DetectorConfig
+    from sibifang.profile_cache import ProfileCache, judge_meters
     from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings
 
-    # Whole hours: the matrix path sums each meter's readings into hourly slots (15-, 30- and
-    # 60-minute meters alike), which is what the detectors score; no per-reading table is built.
-    end = pd.Timestamp(as_of).ceil("h")
-    midnight = pd.Timestamp(as_of).normalize()
-    history_start = midnight - pd.Timedelta(days=baseline_days)
     data_dir = Path(get_settings().data_dir)
-    store = ReadingStore(data_dir / "readings")
     away = read_frame(select(Meter.id.label("meter_id"), Household.away_from.label("start"),
                              Household.away_until.label("end"))
                       .join(Household, Household.id == Meter.household_id)
                       .where(Household.away_from.is_not(None)), database_url)
-    recorded = away.copy()          # as stored: what the day's fit depends on
-    if not away.empty:
-        away["start"] = pd.to_datetime(away["start"])
-        away["end"] = pd.to_datetime(away["end"]).fillna(pd.Timestamp(as_of)) + pd.Timedelta(days=1)
-    absences = away if not away.empty else None
-    config = DetectorConfig()
-
-    cache = ProfileCache(data_dir / "profiles")
-    digest = fingerprint(recorded.astype(str), store.partition_stamps(history_start, midnight), config, baseline_days)
-    stored = cache.load(midnight, digest)
-    profiles, replayed = stored if stored is not None else (None, [])
-    if stored is None:
-        kwh, meter_ids, _ = store.load_matrix(history_start.to_pydatetime(), midnight.to_pydatetime(),
-                                              interval_minutes=60)
-        if meter_ids:
-            profiles = fit_profiles(kwh, meter_ids, history_start, 60, config=config, absences=absences,
-                                    episodes=replayed)
-            cache.save(midnight, digest, profiles, replayed)
-            run_logger().info("replayed %d meter-hours of %d meters up to %s: routine profiles and checkpoint kept",
-                              kwh.size, len(meter_ids), midnight)
-        del kwh         # the month's matrix: only the day before midnight is read again below
-
-    # the hours since midnight, with the day before as context
-    since = midnight - pd.Timedelta(days=1)
-    kwh, meter_ids, _ = store.load_matrix(since.to_pydatetime(), end.to_pydatetime(), interval_minutes=60)
-    # the replay's episodes (up to midnight) come with every run: each run reports what a replay of
-    # the whole window would, whether it fitted the profiles or read them back
-    parts = [pd.DataFrame(replayed, columns=EPISODE_COLUMNS)] if replayed else []
-    known = [] if profiles is None else list(profiles.meter_ids)
-    row_of = {m: k for k, m in enumerate(meter_ids)}
-    if known and end > midnight:
-        # every profiled meter (one silent since yesterday is still judged), in the profile's order
-        X = np.full((len(known), kwh.shape[1]), np.nan, np.float32)
-        has = [k for k, m in enumerate(known) if m in row_of]
-        X[has] = kwh[[row_of[known[k]] for k in has]]
-        parts.append(detect_matrix(X, known, since, 60, absences=absences, config=config, profiles=profiles))
-    new = [m for m in meter_ids if m not in set(known)]
-    if new:     # first read since midnight: nothing before to resume from
-        parts.append(detect_matrix(kwh[[row_of[m] for m in new]], new, since, 60, absences=absences, config=config))
-    parts = [p for p in parts if not p.empty]
-    if not parts:
-        return pd.DataFrame(columns=EPISODE_COLUMNS)
-    # an episode open at midnight comes from both: the later report has its end
-    episodes = (pd.concat(parts, ignore_index=True)
-                .drop_duplicates(["meter_id", "kind", "start", "detected_at"], keep="last"))
-    episodes = episodes[pd.to_datetime(episodes.detected_at) <= pd.Timestamp(as_of)].reset_index(drop=True)
-    run_logger().info("judged %d meters up to %s: %d episodes", len(known) + len(new), end, len(episodes))
+    episodes, info = judge_meters(ReadingStore(data_dir / "readings"), ProfileCache(data_dir / "profiles"),
+                                  pd.Timestamp(as_of), away, DetectorConfig(), baseline_days)
+    if info["fitted"]:
+        run_logger().info("replayed %d meter-hours of %d meters up to %s: routine profiles and checkpoint kept",
+                          info["replayed_meter_hours"], info["meters"], info["midnight"])
+    run_logger().info("judged %d meters up to %s: %d episodes", info["meters"], info["end"], len(episodes))
     return episodes
 
 
