@@ -25,21 +25,23 @@ import numpy as np
 import pandas as pd
 
 from sibifang import __version__
-from sibifang.detectors import EPISODE_COLUMNS, DetectorConfig, RoutineProfiles, detect_matrix, fit_profiles
+from sibifang.detectors import (EPISODE_COLUMNS, DetectorConfig, RoutineProfiles, detect_matrix, empty_episodes,
+                                fit_profiles)
 
 KEEP = 3
-# the layout of what is stored: a new one (another checkpoint state) makes every stored fit stale
+# the layout of what is stored: bump it with any change to RoutineProfiles or AlarmCheckpoint,
+# so that a fit stored by the code before is not read back (a new __version__ does the same)
 FORMAT = 1
 
 
-def fingerprint(absences: pd.DataFrame | None, partitions: list, config: DetectorConfig, baseline_days: int) -> str:
+def fingerprint(away: pd.DataFrame | None, partitions: list, config: DetectorConfig, baseline_days: int) -> str:
     """What a fit depends on besides the midnight, as one digest: the recorded absences as
     stored (an open-ended one is not "until now", which would change every run), the readings
     partitions behind the history, the detector settings, the window and the stored layout."""
     h = hashlib.sha256()
     h.update(repr((FORMAT, __version__, baseline_days)).encode())
-    if absences is not None and len(absences):
-        h.update(pd.util.hash_pandas_object(absences.sort_values(list(absences.columns)), index=False).values.tobytes())
+    if away is not None and len(away):
+        h.update(pd.util.hash_pandas_object(away.sort_values(list(away.columns)), index=False).values.tobytes())
     h.update(repr(partitions).encode())
     h.update(repr(config).encode())
     return h.hexdigest()
@@ -79,8 +81,11 @@ class ProfileCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        # (not the hidden temporary files: another run may be writing one)
-        for old in sorted(p for p in self.root.glob("*.pkl") if not p.name.startswith("."))[:-KEEP]:
+        # the newest others, and the one just written even if older (a supervisor replaying a past
+        # day reads it back at the next run); not the hidden temporary files: another run may be
+        # writing one
+        others = sorted(p for p in self.root.glob("*.pkl") if not p.name.startswith(".") and p != path)
+        for old in others[: max(len(others) - (KEEP - 1), 0)]:
             old.unlink(missing_ok=True)
         return path
 
@@ -104,7 +109,7 @@ def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataF
     digest = fingerprint(away.astype(str), store.partition_stamps(history_start, midnight), config, baseline_days)
     stored = cache.load(midnight, digest)
     profiles, replayed = stored if stored is not None else (None, [])
-    info = dict(fitted=stored is None, midnight=midnight, end=end, replayed_meter_hours=0)
+    info = dict(fitted=False, fitted_meters=0, midnight=midnight, end=end, replayed_meter_hours=0)
     if stored is None:
         kwh, meter_ids, _ = store.load_matrix(history_start.to_pydatetime(), midnight.to_pydatetime(),
                                               interval_minutes=60)
@@ -112,7 +117,7 @@ def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataF
             profiles = fit_profiles(kwh, meter_ids, history_start, 60, config=config, absences=absences,
                                     episodes=replayed)
             cache.save(midnight, digest, profiles, replayed)
-            info["replayed_meter_hours"] = kwh.size
+            info.update(fitted=True, fitted_meters=len(meter_ids), replayed_meter_hours=kwh.size)
         del kwh         # the month's matrix: only the day before midnight is read again below
 
     # the hours since midnight, with the day before as context
@@ -136,8 +141,9 @@ def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataF
     info["meters"] = len(known) + int(new.sum())
     parts = [p for p in parts if not p.empty]
     if not parts:
-        return pd.DataFrame(columns=EPISODE_COLUMNS), info
-    # an episode open at midnight comes from both: the later report has its end
+        return empty_episodes(), info
+    # an episode open at midnight comes from both: the hourly run's report (after the replay's in
+    # `parts`) has its end
     episodes = (pd.concat(parts, ignore_index=True)
                 .drop_duplicates(["meter_id", "kind", "start", "detected_at"], keep="last"))
     return episodes[pd.to_datetime(episodes.detected_at) <= pd.Timestamp(as_of)].reset_index(drop=True), info

@@ -37,7 +37,7 @@ def detect_meter_episodes(as_of: datetime, database_url: str | None = None, base
                                   pd.Timestamp(as_of), away, DetectorConfig(), baseline_days)
     if info["fitted"]:
         run_logger().info("replayed %d meter-hours of %d meters up to %s: routine profiles and checkpoint kept",
-                          info["replayed_meter_hours"], info["meters"], info["midnight"])
+                          info["replayed_meter_hours"], info["fitted_meters"], info["midnight"])
     run_logger().info("judged %d meters up to %s: %d episodes", info["meters"], info["end"], len(episodes))
     return episodes
 

@@ -40,14 +40,14 @@ def test_todays_run_judges_the_readings_up_to_now_not_the_hours_still_to_come(pr
     assert "meter_offline" in _meter_flags(database_url)
 
 
-def _replay(store, as_of: pd.Timestamp, days: int = 35) -> pd.DataFrame:
+def _replay(store, as_of: pd.Timestamp, days: int = 35, absences: pd.DataFrame | None = None) -> pd.DataFrame:
     """The whole window replayed at once, as the task did before it kept a checkpoint."""
     from sibifang.detectors import detect_matrix
 
     end = as_of.ceil("h")
     start = as_of.normalize() - pd.Timedelta(days=days)
     kwh, ids, _ = store.load_matrix(start.to_pydatetime(), end.to_pydatetime(), interval_minutes=60)
-    out = detect_matrix(kwh, ids, start, 60)
+    out = detect_matrix(kwh, ids, start, 60, absences=absences)
     return out[out.detected_at <= as_of]
 
 
@@ -101,7 +101,8 @@ def test_later_runs_of_the_day_resume_from_the_midnight_checkpoint(database_url,
 
 def test_an_open_ended_absence_does_not_refit_every_run(database_url, app_env, monkeypatch):
     """Away with no return date recorded: the absence runs "until now", which moves every run,
-    but the history before midnight does not: the day's fit is read back."""
+    but the history before midnight does not: the day's fit is read back, and the run reports
+    what a replay with the same absence reports (the silence while away raises nothing)."""
     from datetime import date
 
     from sqlalchemy import update
@@ -110,17 +111,27 @@ def test_an_open_ended_absence_does_not_refit_every_run(database_url, app_env, m
     from sibifang.db import session_scope
     from sibifang.readings_store import ReadingStore
     from tasks.flag_risks import detect_meter_episodes
-    from tests.test_detectors import routine
+    from tests.test_detectors import lights_off, routine
     from tests.test_inbox_rejects import seed, use_database
 
     use_database(monkeypatch, database_url)
     seed(database_url)
     with session_scope(database_url) as s:
-        s.execute(update(Household).where(Household.id == "H1").values(away_from=date(2026, 11, 10), away_until=None))
-    readings = routine("M1", days=41, interval=15, start=pd.Timestamp("2026-10-11"))
-    ReadingStore.from_settings().append(readings[readings.ts <= pd.Timestamp("2026-11-20 16:00")])
+        s.execute(update(Household).where(Household.id == "H1").values(away_from=date(2026, 11, 18), away_until=None))
+    readings = lights_off(routine("M1", days=41, interval=15, start=pd.Timestamp("2026-10-11")),
+                          pd.Timestamp("2026-11-18 09:00"), hours=80, interval=15)
+    store = ReadingStore.from_settings()
+    store.append(readings[readings.ts <= pd.Timestamp("2026-11-20 16:00")])
     detect_meter_episodes.fn(datetime(2026, 11, 20, 7))
     (kept,) = (app_env / "data" / "profiles").glob("*.pkl")
     stamp = kept.stat().st_mtime_ns
-    detect_meter_episodes.fn(datetime(2026, 11, 20, 8))
+    later = detect_meter_episodes.fn(datetime(2026, 11, 20, 15, 30))
     assert kept.stat().st_mtime_ns == stamp
+    away = pd.DataFrame({"meter_id": ["M1"], "start": [pd.Timestamp("2026-11-18")],
+                         "end": [pd.Timestamp("2026-11-21 15:30")]})
+    key = ["meter_id", "kind", "start", "detected_at", "end", "severity", "score", "evidence"]
+    full = _replay(store, pd.Timestamp("2026-11-20 15:30"), absences=away)
+    pd.testing.assert_frame_equal(later[key].sort_values(key[:4]).reset_index(drop=True),
+                                  full[key].sort_values(key[:4]).reset_index(drop=True), check_exact=False)
+    silent_while_away = _replay(store, pd.Timestamp("2026-11-20 15:30"))
+    assert (silent_while_away.kind == "inactivity").any() and not (later.kind == "inactivity").any()

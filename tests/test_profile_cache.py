@@ -51,3 +51,6 @@ def test_a_damaged_file_is_fitted_again_and_pruning_spares_temporary_files(tmp_p
     assert writing.exists()
     assert sorted(p.name for p in tmp_path.glob("2026-*.pkl")) == [
         "2026-11-22T0000.pkl", "2026-11-23T0000.pkl", "2026-11-24T0000.pkl"]
+    # a past day replayed by hand keeps its fit for its next run
+    cache.save(AT - pd.Timedelta(days=5), "d", _profiles(), [])
+    assert cache.load(AT - pd.Timedelta(days=5), "d") is not None

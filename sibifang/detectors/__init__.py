@@ -92,6 +92,7 @@ from __future__ import annotations
 
 from sibifang.detectors.config import (ALERT_SEVERITIES, EPISODE_COLUMNS, KINDS, SEVERITIES, DetectorConfig,
                                        RoutineProfiles)
+from sibifang.detectors.evidence import _empty as empty_episodes
 from sibifang.detectors.hourly import hourly_matrix
 from sibifang.detectors.run import detect, detect_matrix, fit_profiles
 
@@ -104,6 +105,7 @@ __all__ = [
     "KINDS",
     "detect",
     "detect_matrix",
+    "empty_episodes",
     "fit_profiles",
     "hourly_matrix",
 ]
