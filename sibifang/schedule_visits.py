@@ -645,7 +645,10 @@ def schedule_visits(
     # ---- cadres -----------------------------------------------------------------------------
     cd = cadres.copy()
     cd["cadre_id"] = cd["cadre_id"].astype(str)
-    cd = cd.drop_duplicates("cadre_id").reset_index(drop=True)
+    # Cadres are indexed in id order, not input order: the index is the last tie-break wherever
+    # cadres compete (least-loaded assignment, colleague cover, urgent responder), and the rows
+    # come from a SELECT without ORDER BY (PostgreSQL returns updated rows elsewhere in the heap).
+    cd = cd.drop_duplicates("cadre_id").sort_values("cadre_id", kind="mergesort").reset_index(drop=True)
     cd = cd[cd["role"].astype(str).isin(rules.visiting_roles)].reset_index(drop=True)
     n_cd = len(cd)
     cid = cd["cadre_id"].to_numpy(dtype=object)

@@ -454,3 +454,37 @@ def test_one_grid_replan_counts_the_day_load_of_other_grids():
     current = pd.DataFrame({"household_id": hh["household_id"], "cadre_id": "chair"})
     r = plan(hh, cd, open_plans=kept, current_assignments=current, last_visits=last(x1=20), grid="G1")
     assert r.plans[r.plans["household_id"] == "x1"]["due_date"].min().date() == date(2026, 11, 24)
+
+
+# -- engine independence -------------------------------------------------------------------------
+def test_cadre_ties_are_broken_by_id_not_input_order():
+    # Two equally loaded cadres: the family goes to the first by id ("least-loaded, then id"),
+    # whatever order the rows come in (a SELECT without ORDER BY has none; PostgreSQL returns an
+    # updated row after the others, SQLite in rowid order).
+    hh = households(dict(household_id="h1", categories="hardship"))
+    a_first = plan(hh, cadres(dict(cadre_id="a"), dict(cadre_id="b")))
+    b_first = plan(hh, cadres(dict(cadre_id="b"), dict(cadre_id="a")))
+    assert a_first.assignments["cadre_id"].tolist() == ["a"]
+    assert b_first.assignments["cadre_id"].tolist() == ["a"]
+    pd.testing.assert_frame_equal(a_first.plans, b_first.plans)
+
+
+def test_plan_from_the_database_does_not_depend_on_row_order(database_url):
+    from sqlalchemy import update
+
+    from schemas.models import Area, Cadre, Household
+    from sibifang.db import migrate, session_scope
+    from tasks.schedule_visits import plan_visits
+
+    migrate(database_url)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+        s.flush()
+        s.add_all([Cadre(id=c, name=c, role="cadre", grid_ids=["G1"], capacity=10) for c in ("a", "b")])
+        s.add(Household(id="h1", head_name="户主", grid_id="G1", categories=["hardship"]))
+    with session_scope(database_url) as s:  # PostgreSQL now returns cadre a after cadre b
+        s.execute(update(Cadre).where(Cadre.id == "a").values(phone="13800000000"))
+    r = plan_visits.fn(MONDAY, database_url=database_url)
+    assert r.assignments["cadre_id"].tolist() == ["a"]
+    assert set(r.plans["cadre_id"]) == {"a"}
