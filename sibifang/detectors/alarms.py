@@ -33,23 +33,29 @@ def _carry_in(spec: dict, M: int, carry: dict | None) -> dict:
     return {k: np.array(carry[k], dtype=dtype, copy=True) for k, (dtype, _, _) in spec.items()}
 
 
+def _span_sums(V, rows, a, b):
+    """Sum and count of the non-NaN values of ``V[rows[k], a[k]:b[k]]`` for every k, from one
+    cumulative sum per row of ``V`` used (not one per span: a meter with years of readings has
+    hundreds of episodes)."""
+    u, inv = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+    W = V[u]
+    ok = ~np.isnan(W)
+    c = np.zeros((len(u), W.shape[1] + 1)); np.cumsum(np.where(ok, W, 0), axis=1, dtype=np.float64, out=c[:, 1:])
+    n = np.zeros((len(u), W.shape[1] + 1), np.int64); np.cumsum(ok, axis=1, out=n[:, 1:])
+    return c[inv, b] - c[inv, a], n[inv, b] - n[inv, a]
+
+
 def _pre_sums(X, mean, start, t_from, T_eff, pre_in):
     """[Σ use, hours with use, Σ expected, hours with expected] over [start, T_eff) of each
-    row with a run under way, the part before ``t_from`` taken from
-    ``pre_in``: what an episode raised later from that run reports over its whole span."""
+    row with a run under way, the part before ``t_from`` taken from ``pre_in``: what an
+    episode raised later from that run reports over its whole span."""
     out = np.zeros((len(start), 4), np.float64)
     rows = np.nonzero(start != _NO_RUN)[0]
     if not len(rows):
         return out
     a = np.maximum(start[rows], t_from)
     for k, V in enumerate((X, mean)):
-        ok = ~np.isnan(V[rows, :T_eff])
-        c = np.zeros((len(rows), T_eff + 1))
-        np.cumsum(np.where(ok, V[rows, :T_eff], 0), axis=1, dtype=np.float64, out=c[:, 1:])
-        n = np.zeros((len(rows), T_eff + 1)); np.cumsum(ok, axis=1, out=n[:, 1:])
-        r = np.arange(len(rows))
-        out[rows, 2 * k] = c[r, T_eff] - c[r, a]
-        out[rows, 2 * k + 1] = n[r, T_eff] - n[r, a]
+        out[rows, 2 * k], out[rows, 2 * k + 1] = _span_sums(V[:, :T_eff], rows, a, T_eff)
     carried = start[rows] < t_from
     out[rows[carried]] += pre_in[rows[carried]]
     return out

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 import templates as _templates_pkg
+from sibifang.detectors.alarms import _span_sums
 from sibifang.detectors.config import EPISODE_COLUMNS, SEVERITIES, DetectorConfig
 
 
@@ -42,7 +43,7 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
     rows = []
     if not eps:
         return rows
-    M, T = X.shape
+    M = X.shape[0]
     mean = P["mean"].reshape(M, -1)
     t0 = np.datetime64(pd.Timestamp(t0).to_datetime64(), "ns")
     meter_ix = np.array([e["i"] for e in eps])
@@ -53,15 +54,11 @@ def _rows(eps, meters, X, A, P, t0, T_eff, delta_md):
     pre = np.array([e["pre"][1] if "pre" in e else np.zeros(4) for e in eps])
 
     def seg_means(V, k):
-        # mean over [start, detected] of each episode, NaN-aware, from cumulative sums of the
-        # meters' rows (one per meter, not per episode: a meter with years of readings has
-        # hundreds of episodes)
-        ok = ~np.isnan(V)
-        c = np.zeros((M, T + 1)); np.cumsum(np.where(ok, V, 0), axis=1, dtype=np.float64, out=c[:, 1:])
-        n = np.zeros((M, T + 1), np.int32); np.cumsum(ok, axis=1, out=n[:, 1:])
-        cnt = n[meter_ix, S1] - n[meter_ix, S0] + pre[:, 2 * k + 1]
+        # mean over [start, detected] of each episode, NaN-aware
+        total, cnt = _span_sums(V, meter_ix, S0, S1)
+        total, cnt = total + pre[:, 2 * k], cnt + pre[:, 2 * k + 1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(cnt > 0, (c[meter_ix, S1] - c[meter_ix, S0] + pre[:, 2 * k]) / np.maximum(cnt, 1), np.nan)
+            return np.where(cnt > 0, total / np.maximum(cnt, 1), np.nan)
     OBS = seg_means(X, 0)
     EXP = seg_means(mean, 1)
     for k, e in enumerate(eps):

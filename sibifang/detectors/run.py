@@ -171,21 +171,9 @@ def _block_carry(ck: AlarmCheckpoint, sl: slice, t_from: int, meters) -> tuple[d
     cusum = {k[6:]: np.moveaxis(v[sl], 0, 1).reshape((-1,) + v.shape[2:]) for k, v in cs.items()
              if k.startswith("cusum.")}
     cusum["start"] = shift(cusum["start"])
-    inside = lambda e: sl.start <= e["i"] < sl.stop  # noqa: E731
-    opened = copy.deepcopy({k: [e for e in v if inside(e)] for k, v in ck.open.items()})
+    opened = _moved(ck.open, {i: i - sl.start for i in range(sl.start, sl.stop)}, t_from, Mb)
     names = set(meters[sl])
     prior = [r for r in ck.prior if r["meter_id"] in names]
-    seen = {}
-    for e in (e for v in opened.values() for e in v):
-        if id(e) in seen:
-            continue
-        seen[id(e)] = e
-        e["i"] -= sl.start
-        for k in ("start", "det", "end"):
-            if e.get(k) is not None:
-                e[k] += t_from
-        if "k" in e:
-            e["j"] = e["k"] * Mb + e["i"]
     # the rows of the open ones come with them (copied: their ends move in this run)
     prior += [e["row"] for e in opened["kept"] if e["row"]["severity"] != "low"]
     carry = dict(scan=dict(scan, open=opened["scan"]), cusum=dict(cusum, open=opened["cusum"]),
@@ -251,19 +239,30 @@ def detect_matrix(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: in
 
 
 
+def _moved(opened: dict, meter_of: dict, hours: int = 0, blocks: int = 0) -> dict:
+    """A copy of a checkpoint's open episodes (``{list name: [episode dict]}``) of the meters
+    in ``meter_of`` (old meter index → new), their hours moved by ``hours``. An episode held in
+    two lists (a kept one the scan also holds) stays one object, so an end set through one is
+    seen through the other. ``blocks`` (the meters of a block) turns a stored CUSUM row's test
+    index ``k`` into its row ``j`` there."""
+    out = copy.deepcopy({name: [e for e in v if e["i"] in meter_of] for name, v in opened.items()})
+    for e in {id(e): e for v in out.values() for e in v}.values():
+        e["i"] = meter_of[e["i"]]
+        for k in ("start", "det", "end"):
+            if e.get(k) is not None:
+                e[k] += hours
+        if blocks and "k" in e:
+            e["j"] = e["k"] * blocks + e["i"]
+    return out
+
+
 def _subset(p: RoutineProfiles, pos) -> RoutineProfiles:
     """The profiles (and checkpoint) of the meters at ``pos``, in that order."""
     fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
     out = {k: (v[pos] if isinstance(v, np.ndarray) else v) for k, v in fields.items()}
     ck = p.checkpoint
     if ck is not None:
-        new_ix = {int(old): k for k, old in enumerate(pos)}
-        opened = copy.deepcopy({k: [e for e in v if e["i"] in new_ix] for k, v in ck.open.items()})
-        done = set()
-        for e in (e for v in opened.values() for e in v):
-            if id(e) not in done:
-                done.add(id(e))
-                e["i"] = new_ix[e["i"]]
+        opened = _moved(ck.open, {int(old): k for k, old in enumerate(pos)})
         names = set(p.meter_ids[pos])
         out["checkpoint"] = AlarmCheckpoint(at=ck.at, state={k: v[pos] for k, v in ck.state.items()}, open=opened,
                                             prior=[r for r in ck.prior if r["meter_id"] in names])
@@ -345,15 +344,10 @@ def fit_profiles(kwh: np.ndarray, meter_ids, t0: datetime, interval_minutes: int
         for e, r in zip(eps, rows):
             if e["end"] is None:
                 e["row"] = r
+        for e in st["cusum"]["open"]:      # stored by test, not by this block's row
+            e["k"] = e.pop("j") // Mb
         opened = {"scan": st["scan"]["open"], "cusum": st["cusum"]["open"], "kept": kept}
-        for e in {id(e): e for v in opened.values() for e in v}.values():
-            e["i"] += sl.start
-            for k in ("start", "det", "end"):
-                if e.get(k) is not None:
-                    e[k] -= T_hist
-            if "j" in e:
-                e["k"] = e.pop("j") // Mb
-        out["open"] = opened
+        out["open"] = _moved(opened, {i: i + sl.start for i in range(Mb)}, -T_hist)
         # every alerted one that is over: a later episode may belong to its incident, and whether
         # a critical one escalates an incident depends on all the household's alerts so far
         out["prior"] = [r for e, r in zip(eps, rows) if r["severity"] != "low" and e["end"] is not None]
