@@ -292,11 +292,15 @@ def score_injected(alarms: pd.DataFrame, truth: pd.DataFrame, kinds=None):
 
 
 def false_alarm_rate(alarms: pd.DataFrame, clean: pd.DataFrame, kind_col: bool = True):
-    """Alarm onsets per household-month on the un-injected series, excluding known real runs."""
+    """Alarm onsets per household-month on the un-injected series, excluding known real runs.
+
+    Only alarms within the household's own span count, as its months do: households of
+    different years judged in one file see "meter offline" after the last reading of each
+    but the latest (the file goes on, that series does not)."""
     out = {}
     for m, g in clean.groupby("meter_id"):
         months = (g["ts"].max() - g["ts"].min() - pd.Timedelta(days=7)) / pd.Timedelta(days=30)
-        a = alarms[alarms["meter_id"] == m]
+        a = alarms[(alarms["meter_id"] == m) & (alarms["detected_at"] <= g["ts"].max())]
         keep = []
         for r in a.itertuples():
             bad = any(pd.Timestamp(x) - pd.Timedelta(days=1) <= r.detected_at <= pd.Timestamp(y) + pd.Timedelta(days=1)
