@@ -1,0 +1,106 @@
+"""The evaluation harness scores what the README and the issue notes report: its scoring, its
+false-alarm count, its silence-rule baseline and its injection are checked on hand-made series
+whose answers are known."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ev():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluate_detectors.py"
+    spec = importlib.util.spec_from_file_location("evaluate_detectors_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+T0 = pd.Timestamp("2030-01-07")
+
+
+def _truth(kind="lights_off"):
+    return pd.DataFrame([
+        dict(seg="a", meter="a", kind=kind, onset=T0 + pd.Timedelta(hours=20), end=T0 + pd.Timedelta(days=3)),
+        dict(seg="b", meter="b", kind=kind, onset=T0 + pd.Timedelta(hours=8), end=T0 + pd.Timedelta(days=3)),
+        dict(seg="c", meter="c", kind=kind, onset=T0 + pd.Timedelta(hours=2), end=T0 + pd.Timedelta(days=3)),
+    ])
+
+
+def _alarms(rows):
+    return pd.DataFrame([dict(meter_id=m, detected_at=T0 + pd.Timedelta(hours=h), kind="inactivity")
+                         for m, h in rows])
+
+
+def test_scoring_counts_hits_delays_and_strays(ev):
+    # a: caught 6 h after onset; b: only an alarm 30 h late (a miss, inside the episode: not
+    # stray); c: caught 10 h after, plus one alarm two days before onset (stray)
+    alarms = _alarms([("a", 26), ("b", 38), ("c", 12), ("c", -46)])
+    res = ev.score_injected(alarms, _truth())["lights_off"]
+    assert res["n"] == 3
+    assert res["recall"] == pytest.approx(2 / 3)
+    assert res["precision"] == pytest.approx(2 / 3)
+    assert res["median_delay_h"] == pytest.approx(8.0)
+    assert np.allclose(ev._first_delays(alarms, _truth()), [6.0, np.nan, 10.0], equal_nan=True)
+    assert ev._within(alarms, _truth(), 8) == pytest.approx(1 / 3)
+
+
+def test_false_alarms_count_only_within_the_household_span_and_outside_known_episodes(ev, monkeypatch):
+    ts = pd.date_range(T0, T0 + pd.Timedelta(days=37), freq="h")
+    clean = pd.DataFrame({"meter_id": "h", "ts": ts, "kwh": 0.1})
+    monkeypatch.setitem(ev.KNOWN_REAL, "h", [(str(T0 + pd.Timedelta(days=20)), str(T0 + pd.Timedelta(days=22)))])
+    alarms = pd.DataFrame([
+        dict(meter_id="h", detected_at=T0 + pd.Timedelta(days=10), kind="inactivity"),   # counts
+        dict(meter_id="h", detected_at=T0 + pd.Timedelta(days=12), kind="sustained_drop"),  # counts
+        dict(meter_id="h", detected_at=T0 + pd.Timedelta(days=21), kind="inactivity"),   # known absence
+        dict(meter_id="h", detected_at=T0 + pd.Timedelta(days=40), kind="meter_offline"),  # after its last reading
+    ])
+    fa = ev.false_alarm_rate(alarms, clean)["h"]
+    assert fa["_months"] == pytest.approx(1.0)
+    assert fa == {"inactivity": pytest.approx(1.0), "sustained_drop": pytest.approx(1.0), "_months": fa["_months"]}
+    assert ev._pooled_rate(alarms, clean) == pytest.approx(2.0)
+
+
+def test_silence_rule_alarms_at_its_length(ev):
+    # five weeks of a household busy by day (1 kWh/h, 07–22 h) and at standby at night, then a
+    # silence from 08:00 on the last day
+    ts = pd.date_range(T0, T0 + pd.Timedelta(days=35), freq="h", inclusive="left") + pd.Timedelta(hours=1)
+    hour = (ts - pd.Timedelta(hours=1)).hour
+    kwh = np.where((hour >= 7) & (hour < 22), 1.0, 0.1)
+    day = T0 + pd.Timedelta(days=34)
+    last = ts > day + pd.Timedelta(hours=8)                     # 16 hours at standby, to midnight
+    kwh[last] = 0.1
+    hourly = pd.DataFrame({"meter_id": "h", "ts": ts, "kwh": kwh})
+    twelve = ev.rule_12h(hourly)
+    assert len(twelve) == 1                                     # the nights (9 h) never reach it
+    assert twelve["detected_at"].iloc[0] == ts[last][0] + pd.Timedelta(hours=11)
+    assert twelve["start"].iloc[0] == day + pd.Timedelta(hours=8)
+    assert len(ev.rule_12h(hourly, 16)) == 1 and ev.rule_12h(hourly, 20).empty
+
+
+def test_lights_off_injection_uses_the_households_own_night_standby(ev):
+    ts = pd.date_range(T0, T0 + pd.Timedelta(days=40), freq="h", inclusive="left") + pd.Timedelta(hours=1)
+    rng = np.random.default_rng(0)
+    hour = (ts - pd.Timedelta(hours=1)).hour
+    kwh = np.where((hour >= 7) & (hour < 22), 0.5 + rng.random(len(ts)), 0.05 + 0.01 * rng.random(len(ts)))
+    g = pd.DataFrame({"meter_id": "h", "ts": ts, "kwh": kwh})
+    onset = T0 + pd.Timedelta(days=35, hours=9)
+    out, end = ev.inject(g, "lights_off", onset, np.random.default_rng(1))
+    assert len(out) == len(g) and end == onset + pd.Timedelta(days=3)
+    before = out["ts"] <= onset
+    assert np.array_equal(out.loc[before, "kwh"].to_numpy(), g.loc[before, "kwh"].to_numpy())
+    during = ~before & (out["ts"] <= end)
+    after = out.loc[during, "kwh"].to_numpy()
+    night = g[(g["ts"] < onset) & g["ts"].dt.hour.between(0, 6)]["kwh"]
+    assert after.max() <= night.max() and after.min() >= night.min()
+    # frozen-on: the same standby plus one constant load
+    frozen, _ = ev.inject(g, "frozen_on", onset, np.random.default_rng(1))
+    extra = frozen.loc[during, "kwh"].to_numpy() - after
+    assert np.allclose(extra, extra[0]) and extra[0] > 0.1
