@@ -34,6 +34,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -357,6 +358,67 @@ def frontier(name: str, clean: pd.DataFrame, n_events: int, seed: int) -> None:
         line(f"baseline: no activity {h} h", rule_12h(h_segs, h), rule_12h(h_clean, h))
     print(f"\nours at the configured budget ({CONFIG.false_alarms_per_month:g}), by the hour the episode began:")
     _by_onset_band(mine, keep)
+    la = look_alike_windows(clean, 8)
+    print("\nthe un-injected series' own look-alikes: 8-hour windows wholly within the household's night standby "
+          "range\n(share of days with one beginning at a given hour: min / median / max over the 24 hours; days a "
+          "month with one\nbeginning in the 12 hours where they are rarest, which a median delay of 8 h needs):")
+    for r in la.itertuples():
+        print(f"  {r.meter_id:12s} {r.days:5d} days  {r.share_min:.3f} / {r.share_median:.3f} / {r.share_max:.3f}  "
+              f"{r.per_month_rarest_half:5.2f} a month  (hours {r.rarest_hours})")
+
+
+def look_alike_windows(clean: pd.DataFrame, hours: int = 8) -> pd.DataFrame:
+    """How often the un-injected series already holds what a lights-off episode injects: a
+    window of ``hours`` hours every one of which lies within the household's own night
+    standby (the min–max of the quietest 3-hour stretch of each of the 28 nights before,
+    00–06 h, as the injection draws it). A detector that raises lights-off within ``hours``
+    of onset for episodes beginning at hour s also sees those windows beginning at s, so this
+    bounds from below what reaching that delay costs in false alarms — unless the values
+    inside the range (or the hours before) still tell them apart. Per household: the share of
+    days with such a window beginning at each hour of the day, and the days a month with one
+    beginning in the half of the hours where they are rarest (what a median delay of
+    ``hours`` needs)."""
+    out = []
+    for m, g in _hourly(clean).groupby("meter_id"):
+        start = g["ts"] - pd.Timedelta(hours=1)              # hour labelled by its beginning
+        lead = int(start.iloc[0].hour)
+        x = np.concatenate([np.full(lead, np.nan), g["kwh"].to_numpy(dtype=float)])
+        D = len(x) // 24
+        x = np.concatenate([x[: D * 24], np.full(24, np.nan)]).reshape(D + 1, 24)
+        day0 = start.iloc[0].normalize()
+        night = x[:D, :7]                                    # hours beginning 00–06
+        s3 = night[:, :-2] + night[:, 1:-1] + night[:, 2:]
+        has = ~np.isnan(s3).all(axis=1)
+        k = np.argmin(np.where(np.isnan(s3), np.inf, s3), axis=1)
+        blk = np.stack([night[np.arange(D), k + j] for j in range(3)], axis=1)
+        blk[~has] = np.nan
+        with warnings.catch_warnings():                      # nights without a reading: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo = pd.Series(np.nanmin(blk, axis=1)).rolling(28, min_periods=7).min().shift(1).to_numpy()
+            hi = pd.Series(np.nanmax(blk, axis=1)).rolling(28, min_periods=7).max().shift(1).to_numpy()
+        flat = x.reshape(-1)
+        days = np.arange(D)
+        dates = day0 + pd.to_timedelta(days, unit="D")
+        usable = ~np.isnan(lo) & ~np.array([_excluded(str(m), t, pd.Timedelta(days=1)) for t in dates])
+        win = np.zeros((D, 24), bool)
+        known = np.zeros((D, 24), bool)
+        for s in range(24):
+            idx = days[:, None] * 24 + s + np.arange(hours)[None, :]
+            v = flat[np.minimum(idx, len(flat) - 1)]
+            known[:, s] = ~np.isnan(v).any(axis=1)
+            with np.errstate(invalid="ignore"):
+                win[:, s] = ((v >= lo[:, None] * (1 - 1e-6)) & (v <= hi[:, None] * (1 + 1e-6))).all(axis=1)
+        keep = usable & known.all(axis=1)
+        w = win[keep]
+        if not len(w):
+            continue
+        share = w.mean(axis=0)
+        rare = np.argsort(share, kind="stable")[:12]
+        out.append(dict(meter_id=m, days=int(keep.sum()), share_min=float(share.min()),
+                        share_median=float(np.median(share)), share_max=float(share.max()),
+                        per_month_rarest_half=float(30 * w[:, rare].any(axis=1).mean()),
+                        rarest_hours=" ".join(f"{h:02d}" for h in sorted(rare))))
+    return pd.DataFrame(out)
 
 
 def _first_delays(alarms: pd.DataFrame, truth: pd.DataFrame, hours: float = 24) -> np.ndarray:

@@ -104,3 +104,21 @@ def test_lights_off_injection_uses_the_households_own_night_standby(ev):
     frozen, _ = ev.inject(g, "frozen_on", onset, np.random.default_rng(1))
     extra = frozen.loc[during, "kwh"].to_numpy() - after
     assert np.allclose(extra, extra[0]) and extra[0] > 0.1
+
+
+def test_look_alike_windows_count_what_a_lights_off_would_inject(ev):
+    ts = pd.date_range(T0, T0 + pd.Timedelta(days=60), freq="h", inclusive="left") + pd.Timedelta(hours=1)
+    hour = (ts - pd.Timedelta(hours=1)).hour
+    standby = 0.05                      # constant: every standby hour is within the night range
+    # busy all day (07–22 h): only windows in the night look like a dark house
+    busy = pd.DataFrame({"meter_id": "busy", "ts": ts,
+                         "kwh": np.where((hour >= 7) & (hour < 22), 1.0, standby)})
+    # busy 18–21 h only: every 8-hour window clear of the evening is at standby, every day
+    away = pd.DataFrame({"meter_id": "away", "ts": ts,
+                         "kwh": np.where((hour >= 18) & (hour < 21), 1.0, standby)})
+    la = ev.look_alike_windows(pd.concat([busy, away]), 8).set_index("meter_id")
+    assert la.loc["busy", "share_min"] == 0.0 and la.loc["busy", "share_max"] == 1.0
+    assert la.loc["busy", "per_month_rarest_half"] == 0.0
+    # 10 start hours reach into the evening (11–20 h); the next rarest are at standby every day
+    assert la.loc["away", "per_month_rarest_half"] == pytest.approx(30.0)
+    assert la.loc["busy", "days"] >= 50
