@@ -369,13 +369,13 @@ def _resolve_as_of(path: Path, cleaned: _Cleaned, cutoff: Optional[datetime]):
     return cutoff
 
 
-def _detect_groups(cleaned: _Cleaned, cutoff):
+def _detect_groups(cleaned: _Cleaned, cutoff, config=None):
     """Episodes of every group of meters, each judged up to ``cutoff``."""
     import pandas as pd
 
     from sibifang.detectors import detect as run_detect
 
-    frames = [run_detect(accepted, as_of=cutoff) for accepted in cleaned.accepted]
+    frames = [run_detect(accepted, as_of=cutoff, config=config) for accepted in cleaned.accepted]
     episodes = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return episodes.sort_values(["meter_id", "detected_at", "kind"], kind="stable", ignore_index=True)
 
@@ -420,7 +420,11 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
            min_severity: str = typer.Option(
                "medium", "--min-severity",
                help="low | medium | high | critical. Default medium: the episodes that would alert a grid "
-                    "worker. 'low' episodes are recorded for the family archive, not alerted.")) -> None:
+                    "worker. 'low' episodes are recorded for the family archive, not alerted."),
+           silence_budget: Optional[float] = typer.Option(
+               None, "--silence-budget",
+               help="needless alerts a household-month the silence alarm may spend (higher: sooner and "
+                    "noisier). Default SIBIFANG_SILENCE_ALARMS_PER_MONTH, 0.15")) -> None:
     """Run the meter detectors on a file, outside the database: one row per episode.
 
     The file is read and cleaned as `sibifang import readings` does (offsets converted to
@@ -450,7 +454,14 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
         typer.echo(getattr(e, "message_zh", None) or str(e), err=True)
         raise typer.Exit(2) from None
 
-    episodes = _detect_groups(cleaned, cutoff)
+    from sibifang.detectors import DetectorConfig
+    from sibifang.settings import get_settings
+
+    if silence_budget is not None and silence_budget <= 0:
+        typer.echo("--silence-budget: a number above 0 (needless alerts a household-month)", err=True)
+        raise typer.Exit(2)
+    budget = get_settings().silence_alarms_per_month if silence_budget is None else silence_budget
+    episodes = _detect_groups(cleaned, cutoff, DetectorConfig(false_alarms_per_month=budget))
     recorded = len(episodes)
     episodes = episodes[episodes["severity"].isin(SEVERITIES[SEVERITIES.index(min_severity):])]
     cols = ["meter_id", "kind", "start", "detected_at", "severity", "score"]

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     meter_api_url: str | None = Field(None, repr=False)
     meter_api_token: SecretStr | None = None
 
+    # The silence alarm's budget (静默告警预算): the needless alerts a household-month it may
+    # spend to catch a resident who stopped being active (DetectorConfig.false_alarms_per_month).
+    # Higher is sooner and noisier; on the three real households 0.15 gives a median of 10 h
+    # at 0.96 alerts a household-month of every kind, 1.2 gives 8 h at 2.06
+    # (benchmarks/evaluate_detectors.py --frontier). A changed value fits the day's routine
+    # profiles again (it is part of their fingerprint).
+    silence_alarms_per_month: float = Field(0.15, gt=0, le=30)
+
     # Visit cadence rules a supervisor can read and edit (TOML); packaged default if unset.
     cadence_file: Path | None = None
     default_capacity: int = Field(10, description="families per cadre (每名干部联系约10户)")

@@ -506,3 +506,53 @@ def test_property_detect_loader_accounts_for_every_row(rows, group_rows):
     accepted = pd.concat(cleaned.accepted) if cleaned.accepted else pd.DataFrame(columns=["meter_id", "ts"])
     assert not accepted.duplicated(["meter_id", "ts"]).any()
     assert set(accepted["meter_id"]) <= {"a", "b", "c", "d"}
+
+
+def _silences_and_a_lights_off(path):
+    """Ten weeks of an hourly routine with a dozen afternoons out (5–8 quiet hours), then the
+    resident stops being active at 08:00 on 5 March: (file, onset)."""
+    rng = np.random.default_rng(5)
+    ts = pd.date_range("2026-01-01 01:00", "2026-03-10 00:00", freq="h")
+    h = (ts - pd.Timedelta(hours=1)).hour
+    p = np.select([(h >= 6) & (h < 9), (h >= 11) & (h < 13), (h >= 17) & (h < 22), (h >= 9) & (h < 17)],
+                  [0.7, 0.6, 0.8, 0.3], 0.03)
+    act = rng.random(len(ts)) < p
+    for d in rng.choice(np.arange(10, 60), 12, replace=False):
+        a = d * 24 + int(rng.integers(8, 16))
+        act[a:a + int(rng.integers(5, 9))] = False
+    kwh = 0.05 + 0.01 * rng.random(len(ts)) + act * (0.3 + 0.5 * rng.random(len(ts)))
+    onset = pd.Timestamp("2026-03-05 08:00")
+    dark = ts > onset
+    kwh[dark] = 0.05 + 0.01 * rng.random(dark.sum())
+    pd.DataFrame({"meter_id": "m1", "ts": ts, "kwh": kwh}).to_csv(path, index=False)
+    return path, onset
+
+
+def test_detect_silence_budget_trades_needless_alerts_for_a_sooner_one(tmp_path, monkeypatch):
+    from sibifang.settings import reset_settings
+
+    src, onset = _silences_and_a_lights_off(tmp_path / "r.csv")
+
+    def run(name, *args):
+        invoke("detect", "--readings", src, "--out", tmp_path / name, *args)
+        flags = pd.read_csv(tmp_path / name, parse_dates=["detected_at"])
+        silent = flags[flags.kind == "inactivity"]
+        first = silent[silent.detected_at >= onset].detected_at.min()
+        return len(silent[silent.detected_at < onset]), (first - onset) / pd.Timedelta(hours=1)
+
+    before_default, delay_default = run("default.csv")
+    before_loose, delay_loose = run("loose.csv", "--silence-budget", "5")
+    # the afternoons out cost alerts at the looser budget; the lights-off is caught sooner
+    assert before_loose > before_default + 5
+    assert delay_loose < delay_default <= 24
+    # the option's default is the installation's setting
+    monkeypatch.setenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH", "5")
+    reset_settings()
+    try:
+        assert run("setting.csv") == (before_loose, delay_loose)
+    finally:
+        monkeypatch.delenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH")
+        reset_settings()
+    result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "x.csv"),
+                                 "--silence-budget", "0"])
+    assert result.exit_code == 2 and "--silence-budget" in result.output

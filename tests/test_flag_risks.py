@@ -484,3 +484,22 @@ def test_risk_map_reports_levels_that_dropped_to_zero():
     row = m[(m.grid_id == "G2") & (m.level == "黄")]
     assert len(row) == 1
     assert row.households.iloc[0] == 0 and row.change.iloc[0] == -1
+
+
+def test_the_flow_judges_with_the_installations_silence_budget(monkeypatch):
+    from sibifang.detectors import DetectorConfig
+    from sibifang.settings import Settings, reset_settings
+    from tasks.flag_risks import detector_config
+
+    assert detector_config() == DetectorConfig()
+    monkeypatch.setenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH", "1.2")
+    reset_settings()
+    try:
+        assert detector_config() == DetectorConfig(false_alarms_per_month=1.2)
+    finally:
+        monkeypatch.delenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH")
+        reset_settings()
+    for bad in ("0", "-1", "abc"):
+        monkeypatch.setenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH", bad)
+        with pytest.raises(ValueError, match="silence_alarms_per_month"):
+            Settings()
