@@ -457,8 +457,9 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
     from sibifang.detectors import DetectorConfig
     from sibifang.settings import get_settings
 
-    if silence_budget is not None and silence_budget <= 0:
-        typer.echo("--silence-budget: a number above 0 (needless alerts a household-month)", err=True)
+    if silence_budget is not None and not 0 < silence_budget <= 30:      # NaN fails both
+        typer.echo("--silence-budget: a number above 0 and at most 30 (needless alerts a household-month)",
+                   err=True)
         raise typer.Exit(2)
     budget = get_settings().silence_alarms_per_month if silence_budget is None else silence_budget
     episodes = _detect_groups(cleaned, cutoff, DetectorConfig(false_alarms_per_month=budget))

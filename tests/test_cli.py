@@ -553,6 +553,7 @@ def test_detect_silence_budget_trades_needless_alerts_for_a_sooner_one(tmp_path,
     finally:
         monkeypatch.delenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH")
         reset_settings()
-    result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "x.csv"),
-                                 "--silence-budget", "0"])
-    assert result.exit_code == 2 and "--silence-budget" in result.output
+    for bad in ("0", "-1", "nan", "inf"):
+        result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "x.csv"),
+                                     "--silence-budget", bad])
+        assert result.exit_code == 2 and "--silence-budget" in result.output, bad

@@ -499,7 +499,7 @@ def test_the_flow_judges_with_the_installations_silence_budget(monkeypatch):
     finally:
         monkeypatch.delenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH")
         reset_settings()
-    for bad in ("0", "-1", "abc"):
+    for bad in ("0", "-1", "nan", "inf", "abc"):
         monkeypatch.setenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH", bad)
         with pytest.raises(ValueError, match="silence_alarms_per_month"):
             Settings()
