@@ -535,256 +535,351 @@ def schedule_visits(
     ``grid`` restricts planning to one grid; cadres' families in other grids still count
     against their capacity.
     """
-    as_of = as_of.date() if isinstance(as_of, datetime) else as_of
-    as_of64 = np.datetime64(as_of, "D")
-    H = int(horizon_days)
-    T = H + 32  # room for visits that slip past the horizon's last day
-    overdue_within = max(int(rules.overdue_within_days), 0)
+    run = _Planning(as_of=as_of, horizon_days=horizon_days, rules=rules, calendar=calendar, grid=grid)
+    # The order of the phases is part of the result: each one counts its visits into the day
+    # loads the next ones plan around (fixed dates first, routine visits last).
+    run.read_households(households, last_visits, urgent_requests, follow_ups, open_plans)
+    run.read_cadres(cadres)
+    run.assign_families(current_assignments)
+    run.start_day_loads(open_plans)
+    run.carry_open_plans()
+    run.plan_urgent_visits()
+    run.plan_follow_ups()
+    run.plan_routine_visits()
+    return run.assemble()
+
+
+class _Planning:
+    """One run of ``schedule_visits``: the arrays its phases share and the helpers that record visits.
+
+    Families are rows ``0..n_hh-1`` (``hid``, ``hgrid``), cadres rows ``0..n_cd-1`` (``cid``, in id
+    order); days are offsets from ``as_of`` (day 0), ``T`` of them tracked (the horizon ``H`` plus
+    room for visits that slip past it). The phases run in the order of ``schedule_visits`` and
+    fill ``plan_parts`` (visits), ``moved_parts`` (visits done by someone other than the family's
+    cadre) and ``shortfall_rows`` (family row, reason), which ``assemble`` turns into the result.
+    """
+
+    def __init__(self, *, as_of: date, horizon_days: int, rules: CadenceRules, calendar: WorkCalendar,
+                 grid: str | None):
+        as_of = as_of.date() if isinstance(as_of, datetime) else as_of
+        self.as_of = as_of
+        self.as_of64 = np.datetime64(as_of, "D")
+        self.H = int(horizon_days)
+        self.T = self.H + 32  # room for visits that slip past the horizon's last day
+        self.overdue_within = max(int(rules.overdue_within_days), 0)
+        self.rules = rules
+        self.calendar = calendar
+        self.grid = grid
+        self.shortfall_rows: list[tuple[int, str]] = []
+        self.plan_parts: list[dict[str, np.ndarray]] = []
+        self.moved_parts: list[dict[str, np.ndarray]] = []
 
     # ---- households in scope --------------------------------------------------------------
-    hh = households.copy()
-    hh["household_id"] = hh["household_id"].astype(str)
-    hh["grid_id"] = hh["grid_id"].astype(str)
-    hh = hh.drop_duplicates("household_id", keep="first").reset_index(drop=True)
-    all_hh_grid = pd.Series(hh["grid_id"].to_numpy(dtype=object), index=hh["household_id"].to_numpy(dtype=object))
-    if grid is not None:
-        hh = hh[hh["grid_id"] == str(grid)].reset_index(drop=True)
-    n_hh = len(hh)
-    hid = hh["household_id"].to_numpy(dtype=object)
-    hgrid = hh["grid_id"].to_numpy(dtype=object)
-    pos = pd.Index(hid)
-    cad = household_intervals(hh, rules)
-    interval = cad["interval_days"].fillna(0).to_numpy(dtype=np.int64)
-    routine = cad["interval_days"].notna().to_numpy()
-    cad_reason = cad["reason"].to_numpy(dtype=object)
+    def read_households(self, households: pd.DataFrame, last_visits: pd.DataFrame, urgent_requests: pd.DataFrame,
+                        follow_ups: pd.DataFrame, open_plans: pd.DataFrame) -> None:
+        """The families to plan (one grid or all), their cadence and absences, and what they still need.
 
-    away_from_d, away_from_ok = (_as_days(hh["away_from"], as_of64) if "away_from" in hh.columns
-                                 else (np.zeros(n_hh, np.int64), np.zeros(n_hh, bool)))
-    away_until_d, away_until_ok = (_as_days(hh["away_until"], as_of64) if "away_until" in hh.columns
-                                   else (np.zeros(n_hh, np.int64), np.zeros(n_hh, bool)))
-    away_now = away_from_ok & (away_from_d <= 0) & (~away_until_ok | (away_until_d >= 0))
-    # Back within the horizon: visits resume the day after the return.
-    back_day = np.where(away_now, np.where(away_until_ok, away_until_d + 1, _BIG), 0)
-    away_all_horizon = away_now & (back_day > H - 1)
+        Sets the family arrays, the last visit of each family, and the urgent requests (``ur``),
+        follow-ups (``fu``) and open plans (``op``) still to serve, indexed by family row ``_i``.
+        """
+        as_of64, H, rules, grid = self.as_of64, self.H, self.rules, self.grid
+        hh = households.copy()
+        hh["household_id"] = hh["household_id"].astype(str)
+        hh["grid_id"] = hh["grid_id"].astype(str)
+        hh = hh.drop_duplicates("household_id", keep="first").reset_index(drop=True)
+        all_hh_grid = pd.Series(hh["grid_id"].to_numpy(dtype=object), index=hh["household_id"].to_numpy(dtype=object))
+        if grid is not None:
+            hh = hh[hh["grid_id"] == str(grid)].reset_index(drop=True)
+        n_hh = len(hh)
+        hid = hh["household_id"].to_numpy(dtype=object)
+        self.all_hh_grid, self.n_hh, self.hid = all_hh_grid, n_hh, hid
+        self.hgrid = hh["grid_id"].to_numpy(dtype=object)
+        self.pos = pd.Index(hid)
+        cad = household_intervals(hh, rules)
+        self.interval = cad["interval_days"].fillna(0).to_numpy(dtype=np.int64)
+        self.routine = cad["interval_days"].notna().to_numpy()
+        self.cad_reason = cad["reason"].to_numpy(dtype=object)
 
-    def household_index(ids: pd.Series) -> np.ndarray:
-        return pos.get_indexer(ids.astype(str))
+        away_from_d, away_from_ok = (_as_days(hh["away_from"], as_of64) if "away_from" in hh.columns
+                                     else (np.zeros(n_hh, np.int64), np.zeros(n_hh, bool)))
+        away_until_d, away_until_ok = (_as_days(hh["away_until"], as_of64) if "away_until" in hh.columns
+                                       else (np.zeros(n_hh, np.int64), np.zeros(n_hh, bool)))
+        away_now = away_from_ok & (away_from_d <= 0) & (~away_until_ok | (away_until_d >= 0))
+        # Back within the horizon: visits resume the day after the return.
+        back_day = np.where(away_now, np.where(away_until_ok, away_until_d + 1, _BIG), 0)
+        self.away_from_d, self.away_from_ok, self.away_until_d, self.away_until_ok = (
+            away_from_d, away_from_ok, away_until_d, away_until_ok)
+        self.away_now, self.back_day = away_now, back_day
+        self.away_all_horizon = away_now & (back_day > H - 1)
+        # Families whose routine visit or follow-up waits for their return (set while planning).
+        self.deferred_by_away = np.zeros(n_hh, dtype=bool)
+        # Stable order of families by id, for ties between equally urgent visits (input order may vary).
+        hrank = np.empty(n_hh, dtype=np.int64)
+        hrank[np.argsort(hid.astype(str), kind="stable")] = np.arange(n_hh)
+        self.hrank = hrank
 
-    # last visit
-    last_day = np.full(n_hh, -_BIG, dtype=np.int64)
-    has_last = np.zeros(n_hh, dtype=bool)
-    if len(last_visits):
-        lv_idx = household_index(last_visits["household_id"])
-        d, ok = _as_days(last_visits["last_visited_at"], as_of64)
-        sel = (lv_idx >= 0) & ok & (d <= 0)
-        np.maximum.at(last_day, lv_idx[sel], d[sel])
-        has_last[lv_idx[sel]] = True
-    last_ts = pd.Series(pd.NaT, index=range(n_hh), dtype="datetime64[ns]")
-    if len(last_visits):
-        lv = last_visits.assign(_i=household_index(last_visits["household_id"]),
-                                _t=pd.to_datetime(last_visits["last_visited_at"], errors="coerce"))
-        lv = lv[lv["_i"] >= 0].groupby("_i")["_t"].max()
-        last_ts.loc[lv.index] = lv.to_numpy(dtype="datetime64[ns]")
+        self._read_last_visits(last_visits)
+        self._read_urgent_requests(urgent_requests)
+        self._read_follow_ups(follow_ups)
+        self._read_open_plans(open_plans)
+        self.needs_cadre = self.routine | self.has_urgent | self.has_follow | self.has_open
+        self.priority = np.where(self.has_urgent, 0, np.where(self.routine, self.interval, 10_000))
 
-    # urgent requests not yet answered by a visit
-    ur = urgent_requests.copy() if len(urgent_requests) else pd.DataFrame(
-        columns=["household_id", "requested_at", "reason", "critical"])
-    ur["_i"] = household_index(ur["household_id"]) if len(ur) else np.zeros(0, dtype=np.int64)
-    ur = ur[ur["_i"] >= 0].copy()
-    if len(ur):
-        req = pd.to_datetime(ur["requested_at"], errors="coerce")
-        if getattr(req.dt, "tz", None) is not None:
-            req = req.dt.tz_convert(LOCAL_TZ).dt.tz_localize(None)
-        ur["_req"] = req
-        ur["_crit"] = _bool_col(ur, "critical")
-        ur = ur[ur["_req"].notna()]
-        answered = last_ts.to_numpy()[ur["_i"].to_numpy()] >= ur["_req"].to_numpy()
-        ur = ur[~answered].copy()
-        hours = np.where(ur["_crit"], rules.urgent_critical_hours, rules.urgent_other_hours)
-        ur["_deadline"] = ur["_req"] + pd.to_timedelta(hours, unit="h")
-        # One urgent visit per family: the tightest deadline wins.
-        ur = ur.sort_values(["_i", "_deadline", "_req"], kind="mergesort").drop_duplicates("_i")
-        ur["reason"] = ur["reason"].astype(object).where(ur["reason"].notna(), "urgent").astype(str)
-    has_urgent = np.zeros(n_hh, dtype=bool)
-    has_urgent[ur["_i"].to_numpy(dtype=np.int64)] = True
+    def household_index(self, ids: pd.Series) -> np.ndarray:
+        """Family row of each household id (-1 when not in scope)."""
+        return self.pos.get_indexer(ids.astype(str))
 
-    # follow-ups
-    fu = follow_ups.copy() if len(follow_ups) else pd.DataFrame(columns=["household_id", "due_date", "reason"])
-    fu["_i"] = household_index(fu["household_id"]) if len(fu) else np.zeros(0, dtype=np.int64)
-    fu = fu[fu["_i"] >= 0].copy()
-    if len(fu):
-        fu["_d"], ok = _as_days(fu["due_date"], as_of64)
-        fu = fu[ok]
-        fu["reason"] = fu["reason"].astype(object).where(fu["reason"].notna(), "follow_up").astype(str)
-        # already answered by a visit on or after the follow-up date
-        fu = fu[~(has_last[fu["_i"].to_numpy()] & (last_day[fu["_i"].to_numpy()] >= fu["_d"].to_numpy()))]
-        fu = fu[fu["_d"] <= H - 1].copy()
-        fu = fu.drop_duplicates(["_i", "reason", "_d"])
-    has_follow = np.zeros(n_hh, dtype=bool)
-    has_follow[fu["_i"].to_numpy(dtype=np.int64)] = True
+    def _read_last_visits(self, last_visits: pd.DataFrame) -> None:
+        """``last_day`` / ``has_last``: the last visit day on or before today; ``last_ts`` its timestamp."""
+        n_hh, as_of64 = self.n_hh, self.as_of64
+        last_day = np.full(n_hh, -_BIG, dtype=np.int64)
+        has_last = np.zeros(n_hh, dtype=bool)
+        if len(last_visits):
+            lv_idx = self.household_index(last_visits["household_id"])
+            d, ok = _as_days(last_visits["last_visited_at"], as_of64)
+            sel = (lv_idx >= 0) & ok & (d <= 0)
+            np.maximum.at(last_day, lv_idx[sel], d[sel])
+            has_last[lv_idx[sel]] = True
+        last_ts = pd.Series(pd.NaT, index=range(n_hh), dtype="datetime64[ns]")
+        if len(last_visits):
+            lv = last_visits.assign(_i=self.household_index(last_visits["household_id"]),
+                                    _t=pd.to_datetime(last_visits["last_visited_at"], errors="coerce"))
+            lv = lv[lv["_i"] >= 0].groupby("_i")["_t"].max()
+            last_ts.loc[lv.index] = lv.to_numpy(dtype="datetime64[ns]")
+        self.last_day, self.has_last, self.last_ts = last_day, has_last, last_ts
 
-    # open plans within the horizon (overdue ones are left to coverage as late/missed)
-    op = open_plans.copy() if len(open_plans) else pd.DataFrame(
-        columns=["visit_id", "household_id", "cadre_id", "due_date", "reason", "urgent"])
-    op["_i"] = household_index(op["household_id"]) if len(op) else np.zeros(0, dtype=np.int64)
-    op = op[op["_i"] >= 0].copy()
-    if len(op):
-        op["_d"], ok = _as_days(op["due_date"], as_of64)
-        op["_urgent"] = _bool_col(op, "urgent")
-        # Overdue urgent plans stay: the family still needs that visit, by the same person.
-        op = op[ok & ((op["_d"] >= 0) | op["_urgent"])].copy()
-        op["reason"] = op["reason"].astype(str)
-        op["cadre_id"] = op["cadre_id"].astype(object).where(op["cadre_id"].notna(), None)
-        op = op.sort_values(["_d", "visit_id"], kind="mergesort").drop_duplicates("visit_id")
-    has_open = np.zeros(n_hh, dtype=bool)
-    has_open[op["_i"].to_numpy(dtype=np.int64)] = True
+    def _read_urgent_requests(self, urgent_requests: pd.DataFrame) -> None:
+        """``ur``: urgent requests not yet answered by a visit, one per family, with their deadline."""
+        rules = self.rules
+        ur = urgent_requests.copy() if len(urgent_requests) else pd.DataFrame(
+            columns=["household_id", "requested_at", "reason", "critical"])
+        ur["_i"] = self.household_index(ur["household_id"]) if len(ur) else np.zeros(0, dtype=np.int64)
+        ur = ur[ur["_i"] >= 0].copy()
+        if len(ur):
+            req = pd.to_datetime(ur["requested_at"], errors="coerce")
+            if getattr(req.dt, "tz", None) is not None:
+                req = req.dt.tz_convert(LOCAL_TZ).dt.tz_localize(None)
+            ur["_req"] = req
+            ur["_crit"] = _bool_col(ur, "critical")
+            ur = ur[ur["_req"].notna()]
+            answered = self.last_ts.to_numpy()[ur["_i"].to_numpy()] >= ur["_req"].to_numpy()
+            ur = ur[~answered].copy()
+            hours = np.where(ur["_crit"], rules.urgent_critical_hours, rules.urgent_other_hours)
+            ur["_deadline"] = ur["_req"] + pd.to_timedelta(hours, unit="h")
+            # One urgent visit per family: the tightest deadline wins.
+            ur = ur.sort_values(["_i", "_deadline", "_req"], kind="mergesort").drop_duplicates("_i")
+            ur["reason"] = ur["reason"].astype(object).where(ur["reason"].notna(), "urgent").astype(str)
+        has_urgent = np.zeros(self.n_hh, dtype=bool)
+        has_urgent[ur["_i"].to_numpy(dtype=np.int64)] = True
+        self.ur, self.has_urgent = ur, has_urgent
 
-    needs_cadre = routine | has_urgent | has_follow | has_open
-    priority = np.where(has_urgent, 0, np.where(routine, interval, 10_000))
+    def _read_follow_ups(self, follow_ups: pd.DataFrame) -> None:
+        """``fu``: follow-ups due within the horizon and not yet answered by a visit (day offset ``_d``)."""
+        has_last, last_day = self.has_last, self.last_day
+        fu = follow_ups.copy() if len(follow_ups) else pd.DataFrame(columns=["household_id", "due_date", "reason"])
+        fu["_i"] = self.household_index(fu["household_id"]) if len(fu) else np.zeros(0, dtype=np.int64)
+        fu = fu[fu["_i"] >= 0].copy()
+        if len(fu):
+            fu["_d"], ok = _as_days(fu["due_date"], self.as_of64)
+            fu = fu[ok]
+            fu["reason"] = fu["reason"].astype(object).where(fu["reason"].notna(), "follow_up").astype(str)
+            # already answered by a visit on or after the follow-up date
+            fu = fu[~(has_last[fu["_i"].to_numpy()] & (last_day[fu["_i"].to_numpy()] >= fu["_d"].to_numpy()))]
+            fu = fu[fu["_d"] <= self.H - 1].copy()
+            fu = fu.drop_duplicates(["_i", "reason", "_d"])
+        has_follow = np.zeros(self.n_hh, dtype=bool)
+        has_follow[fu["_i"].to_numpy(dtype=np.int64)] = True
+        self.fu, self.has_follow = fu, has_follow
+
+    def _read_open_plans(self, open_plans: pd.DataFrame) -> None:
+        """``op``: open plans of the families in scope, due today or later (overdue urgent ones too)."""
+        # open plans within the horizon (overdue ones are left to coverage as late/missed)
+        op = open_plans.copy() if len(open_plans) else pd.DataFrame(
+            columns=["visit_id", "household_id", "cadre_id", "due_date", "reason", "urgent"])
+        op["_i"] = self.household_index(op["household_id"]) if len(op) else np.zeros(0, dtype=np.int64)
+        op = op[op["_i"] >= 0].copy()
+        if len(op):
+            op["_d"], ok = _as_days(op["due_date"], self.as_of64)
+            op["_urgent"] = _bool_col(op, "urgent")
+            # Overdue urgent plans stay: the family still needs that visit, by the same person.
+            op = op[ok & ((op["_d"] >= 0) | op["_urgent"])].copy()
+            op["reason"] = op["reason"].astype(str)
+            op["cadre_id"] = op["cadre_id"].astype(object).where(op["cadre_id"].notna(), None)
+            op = op.sort_values(["_d", "visit_id"], kind="mergesort").drop_duplicates("visit_id")
+        has_open = np.zeros(self.n_hh, dtype=bool)
+        has_open[op["_i"].to_numpy(dtype=np.int64)] = True
+        self.op, self.has_open = op, has_open
 
     # ---- cadres -----------------------------------------------------------------------------
-    cd = cadres.copy()
-    cd["cadre_id"] = cd["cadre_id"].astype(str)
-    # Cadres are indexed in id order, not input order: the index is the last tie-break wherever
-    # cadres compete (least-loaded assignment, colleague cover, urgent responder), and the rows
-    # come from a SELECT without ORDER BY (PostgreSQL returns updated rows elsewhere in the heap).
-    cd = cd.drop_duplicates("cadre_id").sort_values("cadre_id", kind="mergesort").reset_index(drop=True)
-    cd = cd[cd["role"].astype(str).isin(rules.visiting_roles)].reset_index(drop=True)
-    n_cd = len(cd)
-    cid = cd["cadre_id"].to_numpy(dtype=object)
-    cpos = pd.Index(cid)
-    from sibifang.settings import get_settings
+    def read_cadres(self, cadres: pd.DataFrame) -> None:
+        """The visiting cadres, the days each can visit (``eligible``) and the grids each covers."""
+        as_of, as_of64, T, rules = self.as_of, self.as_of64, self.T, self.rules
+        cd = cadres.copy()
+        cd["cadre_id"] = cd["cadre_id"].astype(str)
+        # Cadres are indexed in id order, not input order: the index is the last tie-break wherever
+        # cadres compete (least-loaded assignment, colleague cover, urgent responder), and the rows
+        # come from a SELECT without ORDER BY (PostgreSQL returns updated rows elsewhere in the heap).
+        cd = cd.drop_duplicates("cadre_id").sort_values("cadre_id", kind="mergesort").reset_index(drop=True)
+        cd = cd[cd["role"].astype(str).isin(rules.visiting_roles)].reset_index(drop=True)
+        n_cd = len(cd)
+        cid = cd["cadre_id"].to_numpy(dtype=object)
+        self.cd, self.n_cd, self.cid = cd, n_cd, cid
+        self.cpos = pd.Index(cid)
+        from sibifang.settings import get_settings
 
-    default_cap = int(get_settings().default_capacity)
-    capacity = pd.to_numeric(cd.get("capacity", pd.Series([None] * n_cd)), errors="coerce").fillna(
-        default_cap).to_numpy(dtype=np.int64)
-    fpo = _bool_col(cd, "four_plus_one")
-    weekday = pd.to_numeric(cd.get("grassroots_weekday", pd.Series([None] * n_cd)), errors="coerce").to_numpy()
-    if (fpo & np.isnan(weekday)).any():
-        logger.warning("4+1 干部未填写下沉日，将不安排其常规走访: %s", list(cid[fpo & np.isnan(weekday)])[:10])
-    lf, lf_ok = _as_days(cd["on_leave_from"], as_of64) if "on_leave_from" in cd.columns else (
-        np.zeros(n_cd, np.int64), np.zeros(n_cd, bool))
-    lu, lu_ok = _as_days(cd["on_leave_until"], as_of64) if "on_leave_until" in cd.columns else (
-        np.zeros(n_cd, np.int64), np.zeros(n_cd, bool))
-    days = np.arange(T)
-    on_leave = lf_ok[:, None] & (days[None, :] >= lf[:, None]) & (~lu_ok[:, None] | (days[None, :] <= lu[:, None]))
-    workday = calendar.workdays_in(as_of, T)
-    dow = (np.arange(T) + as_of.weekday()) % 7
-    wd_ok = np.where(fpo[:, None], dow[None, :] == np.nan_to_num(weekday, nan=-1)[:, None], True)
-    eligible = workday[None, :] & ~on_leave & wd_ok
+        default_cap = int(get_settings().default_capacity)
+        self.capacity = pd.to_numeric(cd.get("capacity", pd.Series([None] * n_cd)), errors="coerce").fillna(
+            default_cap).to_numpy(dtype=np.int64)
+        fpo = _bool_col(cd, "four_plus_one")
+        weekday = pd.to_numeric(cd.get("grassroots_weekday", pd.Series([None] * n_cd)), errors="coerce").to_numpy()
+        if (fpo & np.isnan(weekday)).any():
+            logger.warning("4+1 干部未填写下沉日，将不安排其常规走访: %s", list(cid[fpo & np.isnan(weekday)])[:10])
+        lf, lf_ok = _as_days(cd["on_leave_from"], as_of64) if "on_leave_from" in cd.columns else (
+            np.zeros(n_cd, np.int64), np.zeros(n_cd, bool))
+        lu, lu_ok = _as_days(cd["on_leave_until"], as_of64) if "on_leave_until" in cd.columns else (
+            np.zeros(n_cd, np.int64), np.zeros(n_cd, bool))
+        days = np.arange(T)
+        on_leave = lf_ok[:, None] & (days[None, :] >= lf[:, None]) & (~lu_ok[:, None] | (days[None, :] <= lu[:, None]))
+        workday = self.calendar.workdays_in(as_of, T)
+        dow = (np.arange(T) + as_of.weekday()) % 7
+        wd_ok = np.where(fpo[:, None], dow[None, :] == np.nan_to_num(weekday, nan=-1)[:, None], True)
+        self.fpo, self.on_leave, self.workday = fpo, on_leave, workday
+        self.eligible = workday[None, :] & ~on_leave & wd_ok
 
-    grid_tokens = _explode_list_col(cd["grid_ids"])
-    pairs = pd.DataFrame({"_c": grid_tokens.index.to_numpy(dtype=np.int64),
-                          "grid_id": grid_tokens.to_numpy(dtype=object)})
-    pairs = pairs.drop_duplicates()
-    cadre_grids = {g: np.sort(grp["_c"].to_numpy(dtype=np.int64)) for g, grp in pairs.groupby("grid_id", sort=True)}
-    grid_codes = pd.Index(np.unique(np.concatenate([pairs["grid_id"].to_numpy(dtype=object).astype(str),
-                                                    hgrid.astype(str)])))
-    n_grid_codes = max(len(grid_codes), 1)
-    pair_codes = np.unique(pairs["_c"].to_numpy(dtype=np.int64) * n_grid_codes
-                           + grid_codes.get_indexer(pairs["grid_id"].astype(str)))
+        grid_tokens = _explode_list_col(cd["grid_ids"])
+        pairs = pd.DataFrame({"_c": grid_tokens.index.to_numpy(dtype=np.int64),
+                              "grid_id": grid_tokens.to_numpy(dtype=object)})
+        pairs = pairs.drop_duplicates()
+        self.cadre_grids = {g: np.sort(grp["_c"].to_numpy(dtype=np.int64))
+                            for g, grp in pairs.groupby("grid_id", sort=True)}
+        grid_codes = pd.Index(np.unique(np.concatenate([pairs["grid_id"].to_numpy(dtype=object).astype(str),
+                                                        self.hgrid.astype(str)])))
+        n_grid_codes = max(len(grid_codes), 1)
+        self.grid_codes, self.n_grid_codes = grid_codes, n_grid_codes
+        self.pair_codes = np.unique(pairs["_c"].to_numpy(dtype=np.int64) * n_grid_codes
+                                    + grid_codes.get_indexer(pairs["grid_id"].astype(str)))
 
-    def covers(c: np.ndarray, household_idx: np.ndarray) -> np.ndarray:
+    def covers(self, c: np.ndarray, household_idx: np.ndarray) -> np.ndarray:
         """Whether cadre c covers the grid of household household_idx (vectorised)."""
-        codes = np.asarray(c, dtype=np.int64) * n_grid_codes + grid_codes.get_indexer(hgrid[household_idx].astype(str))
-        return (np.asarray(c) >= 0) & np.isin(codes, pair_codes)
+        codes = (np.asarray(c, dtype=np.int64) * self.n_grid_codes
+                 + self.grid_codes.get_indexer(self.hgrid[household_idx].astype(str)))
+        return (np.asarray(c) >= 0) & np.isin(codes, self.pair_codes)
 
     # ---- assignment -------------------------------------------------------------------------
-    load = np.zeros(n_cd, dtype=np.int64)
-    assigned = np.full(n_hh, -1, dtype=np.int64)
-    kept = np.zeros(n_hh, dtype=bool)
-    ca = current_assignments.copy() if len(current_assignments) else pd.DataFrame(columns=["household_id", "cadre_id"])
-    ca["household_id"] = ca["household_id"].astype(str)
-    ca["_c"] = cpos.get_indexer(ca["cadre_id"].astype(str)) if len(ca) else np.zeros(0, dtype=np.int64)
-    ca = ca.drop_duplicates("household_id")
-    if grid is not None and len(ca):
-        # Families of other grids keep their cadre and use her capacity.
-        outside = ca[(ca["_c"] >= 0) & ca["household_id"].map(all_hh_grid).fillna("").ne(str(grid))]
-        np.add.at(load, outside["_c"].to_numpy(dtype=np.int64), 1)
-    if len(ca):
-        ca["_i"] = household_index(ca["household_id"])
-        ca = ca[(ca["_i"] >= 0) & (ca["_c"] >= 0)]
-        ca = ca[needs_cadre[ca["_i"].to_numpy(dtype=np.int64)]]
-        valid = covers(ca["_c"].to_numpy(dtype=np.int64), ca["_i"].to_numpy(dtype=np.int64))
-        ca = ca[valid].copy()
-        ca["_p"] = priority[ca["_i"].to_numpy(dtype=np.int64)]
-        ca = ca.sort_values(["_c", "_p", "household_id"], kind="mergesort")
-        ca["_rank"] = ca.groupby("_c").cumcount().to_numpy() + load[ca["_c"].to_numpy(dtype=np.int64)]
-        ca = ca[ca["_rank"] < capacity[ca["_c"].to_numpy(dtype=np.int64)]]
-        ci = ca["_i"].to_numpy(dtype=np.int64)
-        cc = ca["_c"].to_numpy(dtype=np.int64)
-        assigned[ci] = cc
-        kept[ci] = True
-        np.add.at(load, cc, 1)
+    def assign_families(self, current_assignments: pd.DataFrame) -> None:
+        """Each family that needs a cadre gets one: ``assigned`` (cadre row, -1 if none), ``kept``, ``load``.
 
-    can_take_new = eligible[:, :H].any(axis=1) if H > 0 else np.zeros(n_cd, dtype=bool)
-    todo = np.flatnonzero(needs_cadre & (assigned < 0) & ~away_all_horizon)
-    shortfall_rows: list[tuple[int, str]] = []
-    if len(todo):
-        order = np.lexsort((hid[todo].astype(str), priority[todo], hgrid[todo].astype(str)))
-        todo = todo[order]
-        grids_sorted = hgrid[todo]
-        bounds = np.flatnonzero(np.r_[True, grids_sorted[1:] != grids_sorted[:-1], True])
-        for b0, b1 in zip(bounds[:-1], bounds[1:]):
-            g = grids_sorted[b0]
-            members = todo[b0:b1]
-            pool = cadre_grids.get(g)
-            if pool is None or not can_take_new[pool].any():
-                shortfall_rows.extend((int(i), SHORTFALL_NO_CADRE) for i in members)
-                continue
-            pool = pool[can_take_new[pool]]
-            spare = np.maximum(capacity[pool] - load[pool], 0)
-            if spare.sum() == 0:
-                shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members)
-                continue
-            # One slot per free place, keyed by the load the cadre would have before taking it:
-            # taking slots in key order is exactly "least-loaded first" (ties: non-4+1, then id).
-            slot_cadre = np.repeat(np.arange(len(pool)), spare)
-            rank_in_cadre = np.arange(len(slot_cadre)) - np.repeat(np.cumsum(spare) - spare, spare)
-            slot_level = load[pool][slot_cadre] + rank_in_cadre
-            slot_order = np.lexsort((slot_cadre, fpo[pool][slot_cadre], slot_level))
-            take = min(len(members), len(slot_order))
-            chosen = pool[slot_cadre[slot_order[:take]]]
-            assigned[members[:take]] = chosen
-            np.add.at(load, chosen, 1)
-            shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members[take:])
+        The current cadre is kept while she covers the grid and has room; the others go, most
+        urgent first, to the least-loaded cadre of the grid; the rest is a capacity shortfall.
+        """
+        grid, H, n_cd, n_hh = self.grid, self.H, self.n_cd, self.n_hh
+        hid, hgrid, capacity, fpo = self.hid, self.hgrid, self.capacity, self.fpo
+        needs_cadre, priority, cadre_grids = self.needs_cadre, self.priority, self.cadre_grids
+        shortfall_rows = self.shortfall_rows
+        load = np.zeros(n_cd, dtype=np.int64)
+        assigned = np.full(n_hh, -1, dtype=np.int64)
+        kept = np.zeros(n_hh, dtype=bool)
+        self.load, self.assigned, self.kept = load, assigned, kept
+        ca = current_assignments.copy() if len(current_assignments) else pd.DataFrame(
+            columns=["household_id", "cadre_id"])
+        ca["household_id"] = ca["household_id"].astype(str)
+        ca["_c"] = self.cpos.get_indexer(ca["cadre_id"].astype(str)) if len(ca) else np.zeros(0, dtype=np.int64)
+        ca = ca.drop_duplicates("household_id")
+        if grid is not None and len(ca):
+            # Families of other grids keep their cadre and use her capacity.
+            outside = ca[(ca["_c"] >= 0) & ca["household_id"].map(self.all_hh_grid).fillna("").ne(str(grid))]
+            np.add.at(load, outside["_c"].to_numpy(dtype=np.int64), 1)
+        if len(ca):
+            ca["_i"] = self.household_index(ca["household_id"])
+            ca = ca[(ca["_i"] >= 0) & (ca["_c"] >= 0)]
+            ca = ca[needs_cadre[ca["_i"].to_numpy(dtype=np.int64)]]
+            valid = self.covers(ca["_c"].to_numpy(dtype=np.int64), ca["_i"].to_numpy(dtype=np.int64))
+            ca = ca[valid].copy()
+            ca["_p"] = priority[ca["_i"].to_numpy(dtype=np.int64)]
+            ca = ca.sort_values(["_c", "_p", "household_id"], kind="mergesort")
+            ca["_rank"] = ca.groupby("_c").cumcount().to_numpy() + load[ca["_c"].to_numpy(dtype=np.int64)]
+            ca = ca[ca["_rank"] < capacity[ca["_c"].to_numpy(dtype=np.int64)]]
+            ci = ca["_i"].to_numpy(dtype=np.int64)
+            cc = ca["_c"].to_numpy(dtype=np.int64)
+            assigned[ci] = cc
+            kept[ci] = True
+            np.add.at(load, cc, 1)
 
-    # Visits per cadre and day (the daily cap). A one-grid re-plan also counts the open plans of
-    # the cadres' families in other grids: her day is just as full whichever grid the families are in.
-    day_load = np.zeros((n_cd, T), dtype=np.int64)
-    resolver = _Resolver(eligible, cadre_grids, load, fpo, rules.max_visits_per_cadre_per_day, day_load)
-    if grid is not None and len(open_plans) and n_cd:
-        other = open_plans[open_plans["household_id"].astype(str).map(all_hh_grid).fillna(str(grid)).ne(str(grid))]
-        if len(other):
-            oc = cpos.get_indexer(other["cadre_id"].astype(str))
-            od_other, ok = _as_days(other["due_date"], as_of64)
-            late_urgent = _bool_col(other, "urgent") & (od_other < 0)
-            od_other = np.where(late_urgent, 0, od_other)
-            resolver.count(oc[ok & (oc >= 0)], od_other[ok & (oc >= 0)])
-    # Stable order of families by id, for ties between equally urgent visits (input order may vary).
-    hrank = np.empty(n_hh, dtype=np.int64)
-    hrank[np.argsort(hid.astype(str), kind="stable")] = np.arange(n_hh)
-    plan_parts: list[dict[str, np.ndarray]] = []
-    moved_parts: list[dict[str, np.ndarray]] = []
+        can_take_new = self.eligible[:, :H].any(axis=1) if H > 0 else np.zeros(n_cd, dtype=bool)
+        todo = np.flatnonzero(needs_cadre & (assigned < 0) & ~self.away_all_horizon)
+        if len(todo):
+            order = np.lexsort((hid[todo].astype(str), priority[todo], hgrid[todo].astype(str)))
+            todo = todo[order]
+            grids_sorted = hgrid[todo]
+            bounds = np.flatnonzero(np.r_[True, grids_sorted[1:] != grids_sorted[:-1], True])
+            for b0, b1 in zip(bounds[:-1], bounds[1:]):
+                g = grids_sorted[b0]
+                members = todo[b0:b1]
+                pool = cadre_grids.get(g)
+                if pool is None or not can_take_new[pool].any():
+                    shortfall_rows.extend((int(i), SHORTFALL_NO_CADRE) for i in members)
+                    continue
+                pool = pool[can_take_new[pool]]
+                spare = np.maximum(capacity[pool] - load[pool], 0)
+                if spare.sum() == 0:
+                    shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members)
+                    continue
+                # One slot per free place, keyed by the load the cadre would have before taking it:
+                # taking slots in key order is exactly "least-loaded first" (ties: non-4+1, then id).
+                slot_cadre = np.repeat(np.arange(len(pool)), spare)
+                rank_in_cadre = np.arange(len(slot_cadre)) - np.repeat(np.cumsum(spare) - spare, spare)
+                slot_level = load[pool][slot_cadre] + rank_in_cadre
+                slot_order = np.lexsort((slot_cadre, fpo[pool][slot_cadre], slot_level))
+                take = min(len(members), len(slot_order))
+                chosen = pool[slot_cadre[slot_order[:take]]]
+                assigned[members[:take]] = chosen
+                np.add.at(load, chosen, 1)
+                shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members[take:])
 
-    def emit(idx, cadre_idx, due, ws, we, reason, urgent_flag):
-        plan_parts.append({"_i": np.asarray(idx, dtype=np.int64), "_c": np.asarray(cadre_idx, dtype=np.int64),
-                           "_due": np.asarray(due, dtype=np.int64), "_ws": np.asarray(ws, dtype=np.int64),
-                           "_we": np.asarray(we, dtype=np.int64), "reason": np.asarray(reason, dtype=object),
-                           "urgent": np.asarray(urgent_flag, dtype=bool)})
+    def start_day_loads(self, open_plans: pd.DataFrame) -> None:
+        """The ``resolver`` with its empty cadre-day loads (plus, on a one-grid re-plan, other grids' plans)."""
+        grid, n_cd = self.grid, self.n_cd
+        # Visits per cadre and day (the daily cap). A one-grid re-plan also counts the open plans of
+        # the cadres' families in other grids: her day is just as full whichever grid the families are in.
+        day_load = np.zeros((n_cd, self.T), dtype=np.int64)
+        resolver = _Resolver(self.eligible, self.cadre_grids, self.load, self.fpo,
+                             self.rules.max_visits_per_cadre_per_day, day_load)
+        self.resolver = resolver
+        if grid is not None and len(open_plans) and n_cd:
+            other = open_plans[open_plans["household_id"].astype(str).map(self.all_hh_grid).fillna(str(grid))
+                               .ne(str(grid))]
+            if len(other):
+                oc = self.cpos.get_indexer(other["cadre_id"].astype(str))
+                od_other, ok = _as_days(other["due_date"], self.as_of64)
+                late_urgent = _bool_col(other, "urgent") & (od_other < 0)
+                od_other = np.where(late_urgent, 0, od_other)
+                resolver.count(oc[ok & (oc >= 0)], od_other[ok & (oc >= 0)])
 
-    def emit_moves(idx, from_c, to_c, due, reason, move_reason):
+    # ---- recording visits ---------------------------------------------------------------------
+    def emit(self, idx, cadre_idx, due, ws, we, reason, urgent_flag) -> None:
+        """Record planned visits (family rows, cadre rows, due day, window, reason, urgent)."""
+        self.plan_parts.append({"_i": np.asarray(idx, dtype=np.int64), "_c": np.asarray(cadre_idx, dtype=np.int64),
+                                "_due": np.asarray(due, dtype=np.int64), "_ws": np.asarray(ws, dtype=np.int64),
+                                "_we": np.asarray(we, dtype=np.int64), "reason": np.asarray(reason, dtype=object),
+                                "urgent": np.asarray(urgent_flag, dtype=bool)})
+
+    def emit_moves(self, idx, from_c, to_c, due, reason, move_reason) -> None:
+        """Record visits done by another cadre than ``from_c`` (``reason``: the visit's, ``move_reason``: why)."""
         if len(idx):
-            moved_parts.append({"_i": np.asarray(idx, dtype=np.int64), "_from": np.asarray(from_c, dtype=np.int64),
-                                "_to": np.asarray(to_c, dtype=np.int64), "_due": np.asarray(due, dtype=np.int64),
-                                "_reason": np.asarray(reason, dtype=object),
-                                "reason": np.asarray(move_reason, dtype=object)})
+            self.moved_parts.append({"_i": np.asarray(idx, dtype=np.int64),
+                                     "_from": np.asarray(from_c, dtype=np.int64),
+                                     "_to": np.asarray(to_c, dtype=np.int64), "_due": np.asarray(due, dtype=np.int64),
+                                     "_reason": np.asarray(reason, dtype=object),
+                                     "reason": np.asarray(move_reason, dtype=object)})
 
-    def move_reason_for(c_from: np.ndarray, day: np.ndarray) -> np.ndarray:
-        leave_day = on_leave[c_from, np.clip(day, 0, T - 1)]
-        return np.where(leave_day | on_leave[c_from, :H].any(axis=1) & ~fpo[c_from], MOVE_LEAVE, MOVE_FOUR_PLUS_ONE)
+    def move_reason_for(self, c_from: np.ndarray, day: np.ndarray) -> np.ndarray:
+        """Why cadre ``c_from`` cannot make her visit on ``day``: leave or her 4+1 weekday."""
+        on_leave, fpo = self.on_leave, self.fpo
+        leave_day = on_leave[c_from, np.clip(day, 0, self.T - 1)]
+        return np.where(leave_day | on_leave[c_from, :self.H].any(axis=1) & ~fpo[c_from], MOVE_LEAVE,
+                        MOVE_FOUR_PLUS_ONE)
 
-    def resolve_and_emit(idx, ws, we, latest, reasons, priority, shown_ws=None, slip_until=None, stop_at=None):
+    def resolve_and_emit(self, idx, ws, we, latest, reasons, priority, shown_ws=None, slip_until=None, stop_at=None):
         """Non-urgent visits: choose day and cadre, record substitutions and slips; return days.
 
         ``priority``: sort keys (``np.lexsort`` order, the last one first) deciding who gets the
@@ -792,19 +887,20 @@ def schedule_visits(
         recommended period); the day may still be earlier when holidays leave no possible day
         inside it, or when the later days of the window are full.
         """
+        T, shortfall_rows = self.T, self.shortfall_rows
         shown_ws = ws if shown_ws is None else shown_ws
-        c0 = assigned[idx]
+        c0 = self.assigned[idx]
         rank = np.empty(len(idx), dtype=np.int64)
-        rank[np.lexsort((hrank[idx], *priority))] = np.arange(len(idx))
-        day, c1, sub, slipped, own_full, cap_hit = resolver.pick(c0, ws, we, latest, hgrid[idx], rank, slip_until,
-                                                                 stop_at=stop_at)
+        rank[np.lexsort((self.hrank[idx], *priority))] = np.arange(len(idx))
+        day, c1, sub, slipped, own_full, cap_hit = self.resolver.pick(c0, ws, we, latest, self.hgrid[idx], rank,
+                                                                      slip_until, stop_at=stop_at)
         planned = day >= 0
         for i, full in zip(idx[day == -1], cap_hit[day == -1]):
             shortfall_rows.append((int(i), SHORTFALL_DAY_FULL if full else SHORTFALL_UNPLANNABLE))
         # A slip is a shortfall when the daily cap caused it, or when the official calendar had a
         # working day in the window (else the holidays did: nobody could have visited).
         if slipped.any():
-            wd_cum = np.r_[0, np.cumsum(workday)]
+            wd_cum = np.r_[0, np.cumsum(self.workday)]
             lo = np.clip(ws[slipped], 0, T)
             hi = np.clip(we[slipped] + 1, 0, T)
             had_workday = wd_cum[hi] - wd_cum[lo] > 0
@@ -814,129 +910,149 @@ def schedule_visits(
                 elif wd:
                     shortfall_rows.append((int(i), SHORTFALL_SLIPPED))
         p = planned
-        emit(idx[p], c1[p], day[p], np.minimum(shown_ws[p], day[p]), we[p], reasons[p], np.zeros(p.sum(), bool))
+        self.emit(idx[p], c1[p], day[p], np.minimum(shown_ws[p], day[p]), we[p], reasons[p], np.zeros(p.sum(), bool))
         s = sub & p
-        emit_moves(idx[s], c0[s], c1[s], day[s], reasons[s],
-                   np.where(own_full[s], MOVE_DAY_FULL, move_reason_for(c0[s], day[s])))
+        self.emit_moves(idx[s], c0[s], c1[s], day[s], reasons[s],
+                        np.where(own_full[s], MOVE_DAY_FULL, self.move_reason_for(c0[s], day[s])))
         return day
 
     # ---- carried open plans -----------------------------------------------------------------
-    routine_prev = np.where(has_last, last_day, -_BIG)
-    # Routine open plans that stand (kept in this plan, or beyond the horizon): the cadence chain
-    # counts them as visits and only fills the gaps around them.
-    fixed_i = np.zeros(0, dtype=np.int64)
-    fixed_d = np.zeros(0, dtype=np.int64)
-    open_reason_keys: set[tuple[int, str]] = set()
-    kept_urgent_keys: set[tuple[int, int, str]] = set()
-    if len(op):
-        oi = op["_i"].to_numpy(dtype=np.int64)
-        od = op["_d"].to_numpy(dtype=np.int64)
-        o_urg = op["_urgent"].to_numpy()
-        o_reason = op["reason"].to_numpy(dtype=object)
-        is_routine_reason = np.isin(o_reason.astype(str), list(CADENCE_REASONS))
-        r = is_routine_reason & ~o_urg & routine[oi]
-        # Open plans a little past the horizon (a visit that slipped, or whose window reached past
-        # it) are kept like the others: they are in the day loads, and a re-run plans them again
-        # identically instead of dropping them or planning a twin on another day.
-        beyond = r & (od > T - 1)
-        fixed_i, fixed_d = oi[beyond], od[beyond]
-        open_reason_keys = set(zip(oi.tolist(), o_reason.tolist()))
-        inside = (od <= T - 1) & ((assigned[oi] >= 0) | o_urg)
-        oi, od, o_urg, o_reason = oi[inside], od[inside], o_urg[inside], o_reason[inside]
-        o_ids = op["visit_id"].astype(str).to_numpy(dtype=object)[inside]
-        o_cadre = cpos.get_indexer(op["cadre_id"].astype(str).to_numpy()[inside])
-        # The window of an open plan is kept when the caller passes it back.
-        o_ws, o_we = od.copy(), od.copy()
-        for col, target_arr in (("window_start", o_ws), ("window_end", o_we)):
-            if col in op.columns:
-                d, ok = _as_days(op[col].to_numpy()[inside], as_of64)
-                target_arr[ok] = d[ok]
-        target = assigned[oi]
-        od_all = od
+    def carry_open_plans(self) -> None:
+        """Keep the open plans (id, date, and their cadre where possible) and count them into the day loads.
 
-        def can_take(c: np.ndarray, family_cadre: bool) -> np.ndarray:
-            c_safe = np.where(c >= 0, c, 0)
-            od = np.clip(od_all, 0, T - 1)  # overdue urgent plans: availability from today
-            # Same rule as fresh urgent visits: the family's cadre answers unless she is a "4+1"
-            # cadre (in the office most days) or on leave.
-            urgent_ok = ~on_leave[c_safe, od] & (~fpo[c_safe] if family_cadre else True)
-            fits = np.where(o_urg, urgent_ok, eligible[c_safe, od])
-            in_grid = covers(c_safe, oi)
-            return (c >= 0) & fits & in_grid
+        Sets the standing routine open plans the cadence chain fills around (``fixed_*``), the
+        ``(family, reason)`` keys of all open plans and the keys of the kept urgent ones.
+        """
+        T, n_hh, op = self.T, self.n_hh, self.op
+        assigned, routine, hgrid, load = self.assigned, self.routine, self.hgrid, self.load
+        on_leave, fpo, eligible, cadre_grids = self.on_leave, self.fpo, self.eligible, self.cadre_grids
+        resolver = self.resolver
+        move_reason_for, emit_moves = self.move_reason_for, self.emit_moves
+        self.routine_prev = np.where(self.has_last, self.last_day, -_BIG)
+        # Routine open plans that stand (kept in this plan, or beyond the horizon): the cadence chain
+        # counts them as visits and only fills the gaps around them.
+        fixed_i = np.zeros(0, dtype=np.int64)
+        fixed_d = np.zeros(0, dtype=np.int64)
+        open_reason_keys: set[tuple[int, str]] = set()
+        kept_urgent_keys: set[tuple[int, int, str]] = set()
+        if len(op):
+            oi = op["_i"].to_numpy(dtype=np.int64)
+            od = op["_d"].to_numpy(dtype=np.int64)
+            o_urg = op["_urgent"].to_numpy()
+            o_reason = op["reason"].to_numpy(dtype=object)
+            is_routine_reason = np.isin(o_reason.astype(str), list(CADENCE_REASONS))
+            r = is_routine_reason & ~o_urg & routine[oi]
+            # Open plans a little past the horizon (a visit that slipped, or whose window reached past
+            # it) are kept like the others: they are in the day loads, and a re-run plans them again
+            # identically instead of dropping them or planning a twin on another day.
+            beyond = r & (od > T - 1)
+            fixed_i, fixed_d = oi[beyond], od[beyond]
+            open_reason_keys = set(zip(oi.tolist(), o_reason.tolist()))
+            inside = (od <= T - 1) & ((assigned[oi] >= 0) | o_urg)
+            oi, od, o_urg, o_reason = oi[inside], od[inside], o_urg[inside], o_reason[inside]
+            o_ids = op["visit_id"].astype(str).to_numpy(dtype=object)[inside]
+            o_cadre = self.cpos.get_indexer(op["cadre_id"].astype(str).to_numpy()[inside])
+            # The window of an open plan is kept when the caller passes it back.
+            o_ws, o_we = od.copy(), od.copy()
+            for col, target_arr in (("window_start", o_ws), ("window_end", o_we)):
+                if col in op.columns:
+                    d, ok = _as_days(op[col].to_numpy()[inside], self.as_of64)
+                    target_arr[ok] = d[ok]
+            target = assigned[oi]
+            od_all = od
 
-        # Who does an open plan: the family's cadre if she can that day, else whoever already holds
-        # the plan (a substitute chosen by an earlier run: re-runs must not reshuffle), else a colleague.
-        # Kept plans count toward the load of their day before anything new is planned; handing a
-        # plan back to the family's cadre needs room on her day (else it stays where it is), so a
-        # plan a colleague took because that day was full stays with the colleague on a re-run.
-        target_ok = can_take(target, True)
-        own_ok = can_take(o_cadre, False)
-        hand = target_ok & ~o_urg & (o_cadre != target)
-        final_c = np.where(target_ok & ~hand, target, np.where(own_ok, o_cadre, target))
-        ok_day = (target_ok & ~hand) | own_ok
-        load_day = np.where(o_urg, np.maximum(od, 0), od)  # an overdue urgent visit is due today
-        resolver.count(final_c[ok_day], load_day[ok_day])
-        hand_rows = np.flatnonzero(hand)
-        for k in hand_rows[np.lexsort((o_ids[hand_rows].astype(str), od[hand_rows]))]:
-            if resolver.has_room(target[k], od[k]):
-                if own_ok[k]:
-                    resolver.count(final_c[k], od[k], by=-1)  # the holder gives it up
-                final_c[k], ok_day[k] = target[k], True
-                resolver.count(target[k], od[k])
-        need = ~ok_day & ~o_urg
-        if need.any():
-            rows = np.flatnonzero(need)
-            rank = np.empty(len(rows), dtype=np.int64)
-            rank[np.lexsort((o_ids[rows].astype(str), od[rows]))] = np.arange(len(rows))
-            d, c1, *_ = resolver.pick(target[rows], od[rows], od[rows], np.ones(len(rows), bool), hgrid[oi[rows]],
-                                      rank, allow_slip=False)
-            good = d == od[rows]
-            final_c[rows[good]] = c1[good]
-            ok_day[rows[good]] = True
-        for k in np.flatnonzero(~ok_day & o_urg):
-            pool = cadre_grids.get(hgrid[oi[k]], np.zeros(0, np.int64))
-            pool = pool[~on_leave[pool, min(max(od[k], 0), T - 1)]]
-            if len(pool):
-                final_c[k] = pool[np.lexsort((pool, load[pool], resolver.sub_load[pool]))[0]]
-                resolver.sub_load[final_c[k]] += 1
-                ok_day[k] = True
-                resolver.count(final_c[k], load_day[k])
-        keep = ok_day
-        plan_parts.append({"_i": oi[keep], "_c": final_c[keep], "_due": od[keep], "_ws": o_ws[keep],
-                           "_we": o_we[keep], "reason": o_reason[keep], "urgent": o_urg[keep], "_vid": o_ids[keep]})
-        kept_urgent_keys = set(zip(oi[keep & o_urg].tolist(), od[keep & o_urg].tolist(),
-                                   o_reason[keep & o_urg].tolist()))
-        # ``moved`` lists every visit done by someone other than the family's cadre (both are told
-        # in the digest), and open plans this run hands from one cadre to another.
-        by_other = keep & (target >= 0) & (final_c != target)
-        if by_other.any():
-            # Full rather than away when she could have visited on some day of the plan's window.
-            could = resolver.first_on_or_after[np.maximum(target, 0), np.clip(o_ws, 0, T - 1)] <= o_we
-            why = np.where(o_urg[by_other], MOVE_URGENT,
-                           np.where(could[by_other], MOVE_DAY_FULL,
-                                    move_reason_for(target[by_other], od[by_other])))
-            emit_moves(oi[by_other], target[by_other], final_c[by_other], od[by_other], o_reason[by_other], why)
-        handed = keep & (target >= 0) & (final_c == target) & (o_cadre >= 0) & (o_cadre != target)
-        if handed.any():
-            emit_moves(oi[handed], o_cadre[handed], final_c[handed], od[handed], o_reason[handed],
-                       np.full(handed.sum(), MOVE_REASSIGNED, dtype=object))
-        standing = keep & np.isin(o_reason.astype(str), list(CADENCE_REASONS)) & ~o_urg & routine[oi]
-        fixed_i = np.concatenate([fixed_i, oi[standing]])
-        fixed_d = np.concatenate([fixed_d, od[standing]])
-    fixed_order = np.lexsort((fixed_d, fixed_i))
-    fixed_i, fixed_d = fixed_i[fixed_order], fixed_d[fixed_order]
-    fixed_start = np.searchsorted(fixed_i, np.arange(n_hh), side="left")
-    fixed_end = np.searchsorted(fixed_i, np.arange(n_hh), side="right")
+            def can_take(c: np.ndarray, family_cadre: bool) -> np.ndarray:
+                c_safe = np.where(c >= 0, c, 0)
+                od = np.clip(od_all, 0, T - 1)  # overdue urgent plans: availability from today
+                # Same rule as fresh urgent visits: the family's cadre answers unless she is a "4+1"
+                # cadre (in the office most days) or on leave.
+                urgent_ok = ~on_leave[c_safe, od] & (~fpo[c_safe] if family_cadre else True)
+                fits = np.where(o_urg, urgent_ok, eligible[c_safe, od])
+                in_grid = self.covers(c_safe, oi)
+                return (c >= 0) & fits & in_grid
+
+            # Who does an open plan: the family's cadre if she can that day, else whoever already holds
+            # the plan (a substitute chosen by an earlier run: re-runs must not reshuffle), else a colleague.
+            # Kept plans count toward the load of their day before anything new is planned; handing a
+            # plan back to the family's cadre needs room on her day (else it stays where it is), so a
+            # plan a colleague took because that day was full stays with the colleague on a re-run.
+            target_ok = can_take(target, True)
+            own_ok = can_take(o_cadre, False)
+            hand = target_ok & ~o_urg & (o_cadre != target)
+            final_c = np.where(target_ok & ~hand, target, np.where(own_ok, o_cadre, target))
+            ok_day = (target_ok & ~hand) | own_ok
+            load_day = np.where(o_urg, np.maximum(od, 0), od)  # an overdue urgent visit is due today
+            resolver.count(final_c[ok_day], load_day[ok_day])
+            hand_rows = np.flatnonzero(hand)
+            for k in hand_rows[np.lexsort((o_ids[hand_rows].astype(str), od[hand_rows]))]:
+                if resolver.has_room(target[k], od[k]):
+                    if own_ok[k]:
+                        resolver.count(final_c[k], od[k], by=-1)  # the holder gives it up
+                    final_c[k], ok_day[k] = target[k], True
+                    resolver.count(target[k], od[k])
+            need = ~ok_day & ~o_urg
+            if need.any():
+                rows = np.flatnonzero(need)
+                rank = np.empty(len(rows), dtype=np.int64)
+                rank[np.lexsort((o_ids[rows].astype(str), od[rows]))] = np.arange(len(rows))
+                d, c1, *_ = resolver.pick(target[rows], od[rows], od[rows], np.ones(len(rows), bool),
+                                          hgrid[oi[rows]], rank, allow_slip=False)
+                good = d == od[rows]
+                final_c[rows[good]] = c1[good]
+                ok_day[rows[good]] = True
+            for k in np.flatnonzero(~ok_day & o_urg):
+                pool = cadre_grids.get(hgrid[oi[k]], np.zeros(0, np.int64))
+                pool = pool[~on_leave[pool, min(max(od[k], 0), T - 1)]]
+                if len(pool):
+                    final_c[k] = pool[np.lexsort((pool, load[pool], resolver.sub_load[pool]))[0]]
+                    resolver.sub_load[final_c[k]] += 1
+                    ok_day[k] = True
+                    resolver.count(final_c[k], load_day[k])
+            keep = ok_day
+            self.plan_parts.append({"_i": oi[keep], "_c": final_c[keep], "_due": od[keep], "_ws": o_ws[keep],
+                                    "_we": o_we[keep], "reason": o_reason[keep], "urgent": o_urg[keep],
+                                    "_vid": o_ids[keep]})
+            kept_urgent_keys = set(zip(oi[keep & o_urg].tolist(), od[keep & o_urg].tolist(),
+                                       o_reason[keep & o_urg].tolist()))
+            # ``moved`` lists every visit done by someone other than the family's cadre (both are told
+            # in the digest), and open plans this run hands from one cadre to another.
+            by_other = keep & (target >= 0) & (final_c != target)
+            if by_other.any():
+                # Full rather than away when she could have visited on some day of the plan's window.
+                could = resolver.first_on_or_after[np.maximum(target, 0), np.clip(o_ws, 0, T - 1)] <= o_we
+                why = np.where(o_urg[by_other], MOVE_URGENT,
+                               np.where(could[by_other], MOVE_DAY_FULL,
+                                        move_reason_for(target[by_other], od[by_other])))
+                emit_moves(oi[by_other], target[by_other], final_c[by_other], od[by_other], o_reason[by_other], why)
+            handed = keep & (target >= 0) & (final_c == target) & (o_cadre >= 0) & (o_cadre != target)
+            if handed.any():
+                emit_moves(oi[handed], o_cadre[handed], final_c[handed], od[handed], o_reason[handed],
+                           np.full(handed.sum(), MOVE_REASSIGNED, dtype=object))
+            standing = keep & np.isin(o_reason.astype(str), list(CADENCE_REASONS)) & ~o_urg & routine[oi]
+            fixed_i = np.concatenate([fixed_i, oi[standing]])
+            fixed_d = np.concatenate([fixed_d, od[standing]])
+        fixed_order = np.lexsort((fixed_d, fixed_i))
+        fixed_i, fixed_d = fixed_i[fixed_order], fixed_d[fixed_order]
+        self.fixed_d = fixed_d
+        self.fixed_start = np.searchsorted(fixed_i, np.arange(n_hh), side="left")
+        self.fixed_end = np.searchsorted(fixed_i, np.arange(n_hh), side="right")
+        self.open_reason_keys, self.kept_urgent_keys = open_reason_keys, kept_urgent_keys
 
     # ---- urgent visits (ignore the calendar and the daily cap) ------------------------------
-    # Planned before the routine ones: safety first, and the time an urgent visit takes that day
-    # is counted, so the routine visits of that cadre-day make room around it.
-    if len(ur):
+    def plan_urgent_visits(self) -> None:
+        """Urgent requests within their deadline, by the family's cadre or a first responder of the grid."""
+        # Planned before the routine ones: safety first, and the time an urgent visit takes that day
+        # is counted, so the routine visits of that cadre-day make room around it.
+        ur, T = self.ur, self.T
+        if not len(ur):
+            return
+        assigned, fpo, on_leave, load, hgrid = self.assigned, self.fpo, self.on_leave, self.load, self.hgrid
+        cadre_grids, resolver, kept_urgent_keys = self.cadre_grids, self.resolver, self.kept_urgent_keys
         ui = ur["_i"].to_numpy(dtype=np.int64)
-        req_day, _ = _as_days(ur["_req"], as_of64)
-        dl_day, _ = _as_days(ur["_deadline"], as_of64)
+        req_day, _ = _as_days(ur["_req"], self.as_of64)
+        dl_day, _ = _as_days(ur["_deadline"], self.as_of64)
         u_reason = ur["reason"].to_numpy(dtype=object)
-        first_resp = np.isin(cd["role"].astype(str).to_numpy(), list(rules.first_responder_roles))
+        first_resp = np.isin(self.cd["role"].astype(str).to_numpy(), list(self.rules.first_responder_roles))
         for k in range(len(ui)):
             i = ui[k]
             if (int(i), int(dl_day[k]), u_reason[k]) in kept_urgent_keys:
@@ -950,30 +1066,35 @@ def schedule_visits(
                 pool = cadre_grids.get(hgrid[i], np.zeros(0, np.int64))
                 pool = pool[~on_leave[pool, lo:hi + 1].any(axis=1)] if len(pool) else pool
                 if not len(pool):
-                    shortfall_rows.append((int(i), SHORTFALL_URGENT))
+                    self.shortfall_rows.append((int(i), SHORTFALL_URGENT))
                     continue
                 order = np.lexsort((pool, load[pool], resolver.sub_load[pool], fpo[pool], ~first_resp[pool]))
                 chosen = int(pool[order[0]])
                 resolver.sub_load[chosen] += 1
-            emit([i], [chosen], [dl_day[k]], [req_day[k]], [dl_day[k]], [u_reason[k]], [True])
+            self.emit([i], [chosen], [dl_day[k]], [req_day[k]], [dl_day[k]], [u_reason[k]], [True])
             resolver.count(chosen, max(int(dl_day[k]), 0))
             if c0 >= 0 and chosen != c0:
-                emit_moves([i], [c0], [chosen], [dl_day[k]], [u_reason[k]], [MOVE_URGENT])
-
-    deferred_by_away = np.zeros(n_hh, dtype=bool)
+                self.emit_moves([i], [c0], [chosen], [dl_day[k]], [u_reason[k]], [MOVE_URGENT])
 
     # ---- follow-ups -------------------------------------------------------------------------
-    # Before the routine visits: a follow-up has a fixed date and a short window, a routine visit
-    # can still move to an earlier day of its window when the day is full.
-    if len(fu):
+    def plan_follow_ups(self) -> None:
+        """Follow-ups on the first day with room within ``follow_up_within_days`` of their date."""
+        # Before the routine visits: a follow-up has a fixed date and a short window, a routine visit
+        # can still move to an earlier day of its window when the day is full.
+        fu, H, overdue_within = self.fu, self.H, self.overdue_within
+        if not len(fu):
+            return
+        away_from_d, away_from_ok = self.away_from_d, self.away_from_ok
+        away_until_d, away_until_ok = self.away_until_d, self.away_until_ok
+        deferred_by_away = self.deferred_by_away
         fi = fu["_i"].to_numpy(dtype=np.int64)
         fd = fu["_d"].to_numpy(dtype=np.int64)
         fr = fu["reason"].to_numpy(dtype=object)
-        known = np.array([(int(i), r) in open_reason_keys for i, r in zip(fi, fr)], dtype=bool)
-        usable = ~known & (assigned[fi] >= 0)
+        known = np.array([(int(i), r) in self.open_reason_keys for i, r in zip(fi, fr)], dtype=bool)
+        usable = ~known & (self.assigned[fi] >= 0)
         fi, fd, fr = fi[usable], fd[usable], fr[usable]
         ws = np.maximum(fd, 0)
-        we = np.where(fd >= 0, fd + rules.follow_up_within_days, ws + overdue_within)
+        we = np.where(fd >= 0, fd + self.rules.follow_up_within_days, ws + overdue_within)
         # Away when the follow-up opens: right after the return (if recorded), else not planned.
         af, au, au_ok = away_from_d[fi], away_until_d[fi], away_until_ok[fi]
         away_then = away_from_ok[fi] & (af <= ws) & (~au_ok | (au >= ws))
@@ -985,175 +1106,194 @@ def schedule_visits(
         we = np.where(leaves, af - 1, we)
         slip_until = np.where(away_from_ok[fi] & (af > ws), af - 1, _BIG)
         ok = ws <= H - 1
-        day = resolve_and_emit(fi[ok], ws[ok], we[ok], np.zeros(ok.sum(), dtype=bool), fr[ok],
-                               (fd[ok], fr[ok].astype(str), ws[ok]), slip_until=slip_until[ok])
+        day = self.resolve_and_emit(fi[ok], ws[ok], we[ok], np.zeros(ok.sum(), dtype=bool), fr[ok],
+                                    (fd[ok], fr[ok].astype(str), ws[ok]), slip_until=slip_until[ok])
         deferred_by_away[fi[ok][day == -2]] = True
 
     # ---- routine visits, one chain step at a time --------------------------------------------
-    active = np.flatnonzero(routine & (assigned >= 0) & ~away_all_horizon)
-    prev = routine_prev[active]
-    after_return = np.zeros(len(active), dtype=bool)  # next visit must wait for the return home
-    next_fixed = fixed_start[active]  # pointer into the standing open plans of each family
-    first = True
-    while len(active):
-        iv = interval[active]
-        deadline = prev + iv
-        back = back_day[active]
-        if first:
-            overdue = (deadline < np.maximum(back, 0)) | (prev <= -_BIG // 2)
-            start = np.maximum(np.maximum(prev + 1, 0), back)
-            ws = np.where(overdue, start, np.maximum(prev + 1, np.maximum(back, 0)))
-            we = np.where(overdue, start + overdue_within, deadline)
-            latest = ~overdue
-        else:
-            ws = prev + 1
-            we = deadline
-            latest = np.ones(len(active), dtype=bool)
-        # An absence that starts later (住院, 外出): visit before she leaves when her cadre can,
-        # else right after the return; never while away, and not at all when no return is recorded.
-        af, au, au_ok = away_from_d[active], away_until_d[active], away_until_ok[active]
-        future_away = away_from_ok[active] & (af > 0)
-        hits = future_away & (af <= we) & (~au_ok | (au >= ws))
-        cad_now = assigned[active]
-        first_possible = resolver.first_on_or_after[cad_now, np.clip(ws, 0, T - 1)]
-        before = hits & (af - 1 >= ws) & (first_possible <= af - 1) & (ws < T)
-        after = (hits & ~before) | after_return
-        we = np.where(before, af - 1, we)
-        ws = np.where(after, np.where(au_ok, au + 1, _BIG), ws)
-        we = np.where(after, np.where(au_ok, au + 1 + overdue_within, _BIG), we)
-        latest = latest & ~after
-        deferred_by_away[active[after]] = True
-        # Who gets the last places of a full day: the visit whose window closes first (a family due
-        # today before an overdue one that may still go tomorrow), then the most overdue (never
-        # visited first), then the shortest cadence.
-        due_key = np.where(latest, we, deadline)
-        # A visit may slip past holidays, but not into an absence that starts after its window.
-        slip_until = np.where(future_away & (af > we), af - 1, _BIG)
-        # Only visits whose deadline lies inside the horizon are planned now (the next run does the rest);
-        # overdue ones are planned when their window opens inside it.
-        inside = np.where(latest, we <= H - 1, ws <= H - 1)
-        active, ws, we, latest, slip_until = active[inside], ws[inside], we[inside], latest[inside], slip_until[inside]
-        next_fixed, due_key = next_fixed[inside], due_key[inside]
-        if not len(active):
-            break
-        # A standing open plan due by the deadline is this step's visit: nothing new to plan.
-        has_fixed = next_fixed < fixed_end[active]
-        padded = np.append(fixed_d, _BIG)  # one sentinel so families without open plans index safely
-        fixed_day = np.where(has_fixed, padded[np.minimum(next_fixed, len(fixed_d))], _BIG)
-        satisfied = has_fixed & (fixed_day <= we)
-        day = np.where(satisfied, fixed_day, -1)
-        todo_rows = np.flatnonzero(~satisfied)
-        if len(todo_rows):
-            t_idx = active[todo_rows]
-            slack = np.maximum(1, np.round(interval[t_idx] * rules.window_fraction)).astype(np.int64)
-            shown = np.where(latest[todo_rows], np.maximum(ws[todo_rows], we[todo_rows] - slack), ws[todo_rows])
-            # A visit that would slip to the family's next open plan or later is that open plan (e.g.
-            # one that slipped the same way in an earlier run): nothing new is planned.
-            day[todo_rows] = resolve_and_emit(
-                t_idx, ws[todo_rows], we[todo_rows], latest[todo_rows], cad_reason[t_idx],
-                (interval[t_idx], due_key[todo_rows], we[todo_rows]), shown, slip_until[todo_rows],
-                stop_at=fixed_day[todo_rows])
-        served = day == -3
-        day = np.where(served, fixed_day, day)
-        blocked = day == -2
-        going = (day >= 0) | blocked
-        # Blocked by the absence: the same visit is tried again after the return.
-        prev = np.where(blocked, ws - 1, day)[going]
-        after_return = blocked[going]
-        next_fixed = (next_fixed + (satisfied | served))[going]
-        active = active[going]
-        first = False
+    def plan_routine_visits(self) -> None:
+        """Chain each family's routine visits from its last one, around the standing open plans."""
+        H, T, overdue_within, rules = self.H, self.T, self.overdue_within, self.rules
+        interval, back_day, assigned, cad_reason = self.interval, self.back_day, self.assigned, self.cad_reason
+        away_from_d, away_from_ok = self.away_from_d, self.away_from_ok
+        away_until_d, away_until_ok = self.away_until_d, self.away_until_ok
+        fixed_d, fixed_end = self.fixed_d, self.fixed_end
+        deferred_by_away, resolver = self.deferred_by_away, self.resolver
+        active = np.flatnonzero(self.routine & (assigned >= 0) & ~self.away_all_horizon)
+        prev = self.routine_prev[active]
+        after_return = np.zeros(len(active), dtype=bool)  # next visit must wait for the return home
+        next_fixed = self.fixed_start[active]  # pointer into the standing open plans of each family
+        first = True
+        while len(active):
+            iv = interval[active]
+            deadline = prev + iv
+            back = back_day[active]
+            if first:
+                overdue = (deadline < np.maximum(back, 0)) | (prev <= -_BIG // 2)
+                start = np.maximum(np.maximum(prev + 1, 0), back)
+                ws = np.where(overdue, start, np.maximum(prev + 1, np.maximum(back, 0)))
+                we = np.where(overdue, start + overdue_within, deadline)
+                latest = ~overdue
+            else:
+                ws = prev + 1
+                we = deadline
+                latest = np.ones(len(active), dtype=bool)
+            # An absence that starts later (住院, 外出): visit before she leaves when her cadre can,
+            # else right after the return; never while away, and not at all when no return is recorded.
+            af, au, au_ok = away_from_d[active], away_until_d[active], away_until_ok[active]
+            future_away = away_from_ok[active] & (af > 0)
+            hits = future_away & (af <= we) & (~au_ok | (au >= ws))
+            cad_now = assigned[active]
+            first_possible = resolver.first_on_or_after[cad_now, np.clip(ws, 0, T - 1)]
+            before = hits & (af - 1 >= ws) & (first_possible <= af - 1) & (ws < T)
+            after = (hits & ~before) | after_return
+            we = np.where(before, af - 1, we)
+            ws = np.where(after, np.where(au_ok, au + 1, _BIG), ws)
+            we = np.where(after, np.where(au_ok, au + 1 + overdue_within, _BIG), we)
+            latest = latest & ~after
+            deferred_by_away[active[after]] = True
+            # Who gets the last places of a full day: the visit whose window closes first (a family due
+            # today before an overdue one that may still go tomorrow), then the most overdue (never
+            # visited first), then the shortest cadence.
+            due_key = np.where(latest, we, deadline)
+            # A visit may slip past holidays, but not into an absence that starts after its window.
+            slip_until = np.where(future_away & (af > we), af - 1, _BIG)
+            # Only visits whose deadline lies inside the horizon are planned now (the next run does the rest);
+            # overdue ones are planned when their window opens inside it.
+            inside = np.where(latest, we <= H - 1, ws <= H - 1)
+            active, ws, we, latest = active[inside], ws[inside], we[inside], latest[inside]
+            slip_until = slip_until[inside]
+            next_fixed, due_key = next_fixed[inside], due_key[inside]
+            if not len(active):
+                break
+            # A standing open plan due by the deadline is this step's visit: nothing new to plan.
+            has_fixed = next_fixed < fixed_end[active]
+            padded = np.append(fixed_d, _BIG)  # one sentinel so families without open plans index safely
+            fixed_day = np.where(has_fixed, padded[np.minimum(next_fixed, len(fixed_d))], _BIG)
+            satisfied = has_fixed & (fixed_day <= we)
+            day = np.where(satisfied, fixed_day, -1)
+            todo_rows = np.flatnonzero(~satisfied)
+            if len(todo_rows):
+                t_idx = active[todo_rows]
+                slack = np.maximum(1, np.round(interval[t_idx] * rules.window_fraction)).astype(np.int64)
+                shown = np.where(latest[todo_rows], np.maximum(ws[todo_rows], we[todo_rows] - slack), ws[todo_rows])
+                # A visit that would slip to the family's next open plan or later is that open plan (e.g.
+                # one that slipped the same way in an earlier run): nothing new is planned.
+                day[todo_rows] = self.resolve_and_emit(
+                    t_idx, ws[todo_rows], we[todo_rows], latest[todo_rows], cad_reason[t_idx],
+                    (interval[t_idx], due_key[todo_rows], we[todo_rows]), shown, slip_until[todo_rows],
+                    stop_at=fixed_day[todo_rows])
+            served = day == -3
+            day = np.where(served, fixed_day, day)
+            blocked = day == -2
+            going = (day >= 0) | blocked
+            # Blocked by the absence: the same visit is tried again after the return.
+            prev = np.where(blocked, ws - 1, day)[going]
+            after_return = blocked[going]
+            next_fixed = (next_fixed + (satisfied | served))[going]
+            active = active[going]
+            first = False
 
     # ---- assemble ---------------------------------------------------------------------------
-    def day_to_ts(d: np.ndarray) -> pd.DatetimeIndex:
-        return pd.DatetimeIndex((as_of64 + np.asarray(d, dtype=np.int64).astype("timedelta64[D]")).astype(
+    def day_to_ts(self, d: np.ndarray) -> pd.DatetimeIndex:
+        """Day offsets as midnight timestamps (datetime64[s])."""
+        return pd.DatetimeIndex((self.as_of64 + np.asarray(d, dtype=np.int64).astype("timedelta64[D]")).astype(
             "datetime64[s]"))
 
-    if plan_parts:
-        parts = [pd.DataFrame(p) for p in plan_parts]
-        pl = pd.concat(parts, ignore_index=True)
-    else:
-        pl = pd.DataFrame({k: np.zeros(0, dtype=t) for k, t in
-                           [("_i", np.int64), ("_c", np.int64), ("_due", np.int64), ("_ws", np.int64),
-                            ("_we", np.int64), ("reason", object), ("urgent", bool)]})
-    if "_vid" not in pl.columns:
-        pl["_vid"] = None
-    due_dates = as_of64 + pl["_due"].to_numpy(dtype=np.int64).astype("timedelta64[D]")
-    vid = pl["_vid"].to_numpy(dtype=object).copy()
-    fresh = pd.isna(vid)
-    vid[fresh] = _stable_ids(hid[pl["_i"].to_numpy(dtype=np.int64)[fresh]], due_dates[fresh],
-                             pl["reason"].to_numpy(dtype=object)[fresh])
-    plans = pd.DataFrame({
-        "visit_id": vid,
-        "household_id": hid[pl["_i"].to_numpy(dtype=np.int64)],
-        "cadre_id": cid[pl["_c"].to_numpy(dtype=np.int64)] if n_cd else np.zeros(len(pl), dtype=object),
-        "grid_id": hgrid[pl["_i"].to_numpy(dtype=np.int64)],
-        "due_date": day_to_ts(pl["_due"].to_numpy()),
-        "window_start": day_to_ts(pl["_ws"].to_numpy()),
-        "window_end": day_to_ts(pl["_we"].to_numpy()),
-        "reason": pl["reason"].to_numpy(dtype=object),
-        "urgent": pl["urgent"].to_numpy(dtype=bool),
-        "status": "planned",
-    })
-    # Carried plans come first, so a regenerated twin of an open plan is dropped.
-    plans = plans.drop_duplicates("visit_id", keep="first")
-    plans = plans.sort_values(["due_date", "grid_id", "household_id", "reason", "visit_id"], kind="mergesort")
-    plans = plans.reset_index(drop=True)[PLAN_COLUMNS]
-    plans["urgent"] = plans["urgent"].astype(bool)
+    def assemble(self) -> SchedulePlan:
+        """The recorded visits, moves and shortfalls as the frames of a ``SchedulePlan``, plus the notices."""
+        as_of64, hid, hgrid, cid, n_cd = self.as_of64, self.hid, self.hgrid, self.cid, self.n_cd
+        assigned, interval, routine = self.assigned, self.interval, self.routine
+        plan_parts, moved_parts, shortfall_rows = self.plan_parts, self.moved_parts, self.shortfall_rows
+        day_to_ts = self.day_to_ts
+        if plan_parts:
+            parts = [pd.DataFrame(p) for p in plan_parts]
+            pl = pd.concat(parts, ignore_index=True)
+        else:
+            pl = pd.DataFrame({k: np.zeros(0, dtype=t) for k, t in
+                               [("_i", np.int64), ("_c", np.int64), ("_due", np.int64), ("_ws", np.int64),
+                                ("_we", np.int64), ("reason", object), ("urgent", bool)]})
+        if "_vid" not in pl.columns:
+            pl["_vid"] = None
+        due_dates = as_of64 + pl["_due"].to_numpy(dtype=np.int64).astype("timedelta64[D]")
+        vid = pl["_vid"].to_numpy(dtype=object).copy()
+        fresh = pd.isna(vid)
+        vid[fresh] = _stable_ids(hid[pl["_i"].to_numpy(dtype=np.int64)[fresh]], due_dates[fresh],
+                                 pl["reason"].to_numpy(dtype=object)[fresh])
+        plans = pd.DataFrame({
+            "visit_id": vid,
+            "household_id": hid[pl["_i"].to_numpy(dtype=np.int64)],
+            "cadre_id": cid[pl["_c"].to_numpy(dtype=np.int64)] if n_cd else np.zeros(len(pl), dtype=object),
+            "grid_id": hgrid[pl["_i"].to_numpy(dtype=np.int64)],
+            "due_date": day_to_ts(pl["_due"].to_numpy()),
+            "window_start": day_to_ts(pl["_ws"].to_numpy()),
+            "window_end": day_to_ts(pl["_we"].to_numpy()),
+            "reason": pl["reason"].to_numpy(dtype=object),
+            "urgent": pl["urgent"].to_numpy(dtype=bool),
+            "status": "planned",
+        })
+        # Carried plans come first, so a regenerated twin of an open plan is dropped.
+        plans = plans.drop_duplicates("visit_id", keep="first")
+        plans = plans.sort_values(["due_date", "grid_id", "household_id", "reason", "visit_id"], kind="mergesort")
+        plans = plans.reset_index(drop=True)[PLAN_COLUMNS]
+        plans["urgent"] = plans["urgent"].astype(bool)
 
-    has_a = assigned >= 0
-    assignments = pd.DataFrame({
-        "household_id": hid[has_a],
-        "cadre_id": cid[assigned[has_a]] if n_cd else np.zeros(0, dtype=object),
-        "grid_id": hgrid[has_a],
-        "assigned": np.where(kept[has_a], "kept", "new"),
-        "interval_days": _nullable_int(interval[has_a], routine[has_a]),
-    }).sort_values("household_id", kind="mergesort").reset_index(drop=True)
+        has_a = assigned >= 0
+        assignments = pd.DataFrame({
+            "household_id": hid[has_a],
+            "cadre_id": cid[assigned[has_a]] if n_cd else np.zeros(0, dtype=object),
+            "grid_id": hgrid[has_a],
+            "assigned": np.where(self.kept[has_a], "kept", "new"),
+            "interval_days": _nullable_int(interval[has_a], routine[has_a]),
+        }).sort_values("household_id", kind="mergesort").reset_index(drop=True)
 
-    if shortfall_rows:
-        sf_idx = np.array([r[0] for r in shortfall_rows], dtype=np.int64)
-        shortfall = pd.DataFrame({"household_id": hid[sf_idx], "grid_id": hgrid[sf_idx],
-                                  "reason": [r[1] for r in shortfall_rows]})
-        shortfall = shortfall.drop_duplicates().sort_values(["grid_id", "household_id", "reason"],
-                                                            kind="mergesort").reset_index(drop=True)
-    else:
-        shortfall = pd.DataFrame({c: pd.Series(dtype=object) for c in SHORTFALL_COLUMNS})
+        if shortfall_rows:
+            sf_idx = np.array([r[0] for r in shortfall_rows], dtype=np.int64)
+            shortfall = pd.DataFrame({"household_id": hid[sf_idx], "grid_id": hgrid[sf_idx],
+                                      "reason": [r[1] for r in shortfall_rows]})
+            shortfall = shortfall.drop_duplicates().sort_values(["grid_id", "household_id", "reason"],
+                                                                kind="mergesort").reset_index(drop=True)
+        else:
+            shortfall = pd.DataFrame({c: pd.Series(dtype=object) for c in SHORTFALL_COLUMNS})
 
-    if moved_parts:
-        mv = pd.concat([pd.DataFrame(m) for m in moved_parts], ignore_index=True)
-        mv_due = as_of64 + mv["_due"].to_numpy(dtype=np.int64).astype("timedelta64[D]")
-        mv_ids = _stable_ids(hid[mv["_i"].to_numpy(dtype=np.int64)], mv_due, mv["_reason"].to_numpy(dtype=object))
-        # Carried plans keep their own id: look the moved visits up in the plan.
-        concerned = plans[plans["household_id"].isin(hid[mv["_i"].to_numpy(dtype=np.int64)])]
-        id_lookup = dict(zip(zip(concerned["household_id"].to_numpy(dtype=object),
-                                 concerned["due_date"].to_numpy().astype("datetime64[D]"),
-                                 concerned["reason"].to_numpy(dtype=object)),
-                             concerned["visit_id"].to_numpy(dtype=object)))
-        mv_keys = zip(hid[mv["_i"].to_numpy(dtype=np.int64)], mv_due, mv["_reason"].to_numpy(dtype=object))
-        moved = pd.DataFrame({
-            "visit_id": [id_lookup.get(k, fallback) for k, fallback in zip(mv_keys, mv_ids)],
-            "household_id": hid[mv["_i"].to_numpy(dtype=np.int64)],
-            "from_cadre_id": cid[mv["_from"].to_numpy(dtype=np.int64)],
-            "to_cadre_id": cid[mv["_to"].to_numpy(dtype=np.int64)],
-            "due_date": day_to_ts(mv["_due"].to_numpy()),
-            "reason": mv["reason"].to_numpy(dtype=object),
-        }).drop_duplicates("visit_id").sort_values(["due_date", "visit_id"], kind="mergesort").reset_index(drop=True)
-    else:
-        moved = pd.DataFrame({c: pd.Series(dtype=object) for c in MOVED_COLUMNS})
+        if moved_parts:
+            mv = pd.concat([pd.DataFrame(m) for m in moved_parts], ignore_index=True)
+            mv_due = as_of64 + mv["_due"].to_numpy(dtype=np.int64).astype("timedelta64[D]")
+            mv_ids = _stable_ids(hid[mv["_i"].to_numpy(dtype=np.int64)], mv_due,
+                                 mv["_reason"].to_numpy(dtype=object))
+            # Carried plans keep their own id: look the moved visits up in the plan.
+            concerned = plans[plans["household_id"].isin(hid[mv["_i"].to_numpy(dtype=np.int64)])]
+            id_lookup = dict(zip(zip(concerned["household_id"].to_numpy(dtype=object),
+                                     concerned["due_date"].to_numpy().astype("datetime64[D]"),
+                                     concerned["reason"].to_numpy(dtype=object)),
+                                 concerned["visit_id"].to_numpy(dtype=object)))
+            mv_keys = zip(hid[mv["_i"].to_numpy(dtype=np.int64)], mv_due, mv["_reason"].to_numpy(dtype=object))
+            moved = pd.DataFrame({
+                "visit_id": [id_lookup.get(k, fallback) for k, fallback in zip(mv_keys, mv_ids)],
+                "household_id": hid[mv["_i"].to_numpy(dtype=np.int64)],
+                "from_cadre_id": cid[mv["_from"].to_numpy(dtype=np.int64)],
+                "to_cadre_id": cid[mv["_to"].to_numpy(dtype=np.int64)],
+                "due_date": day_to_ts(mv["_due"].to_numpy()),
+                "reason": mv["reason"].to_numpy(dtype=object),
+            }).drop_duplicates("visit_id").sort_values(["due_date", "visit_id"], kind="mergesort").reset_index(
+                drop=True)
+        else:
+            moved = pd.DataFrame({c: pd.Series(dtype=object) for c in MOVED_COLUMNS})
 
-    away_sel = (away_now & (routine | has_follow)) | deferred_by_away
-    away = pd.DataFrame({
-        "household_id": hid[away_sel],
-        "grid_id": hgrid[away_sel],
-        "away_from": day_to_ts(away_from_d[away_sel]),
-        "away_until": pd.DatetimeIndex(np.where(away_until_ok[away_sel],
-                                                as_of64 + away_until_d[away_sel].astype("timedelta64[D]"),
-                                                np.datetime64("NaT"))).astype("datetime64[s]"),
-    }).sort_values("household_id", kind="mergesort").reset_index(drop=True)
+        away_from_d, away_until_d, away_until_ok = self.away_from_d, self.away_until_d, self.away_until_ok
+        away_sel = (self.away_now & (routine | self.has_follow)) | self.deferred_by_away
+        away = pd.DataFrame({
+            "household_id": hid[away_sel],
+            "grid_id": hgrid[away_sel],
+            "away_from": day_to_ts(away_from_d[away_sel]),
+            "away_until": pd.DatetimeIndex(np.where(away_until_ok[away_sel],
+                                                    as_of64 + away_until_d[away_sel].astype("timedelta64[D]"),
+                                                    np.datetime64("NaT"))).astype("datetime64[s]"),
+        }).sort_values("household_id", kind="mergesort").reset_index(drop=True)
 
-    notices = _notices(plans, assignments, moved, as_of, H)
-    return SchedulePlan(plans=plans, assignments=assignments, shortfall=shortfall, moved=moved, away=away,
-                        notices=notices)
+        notices = _notices(plans, assignments, moved, self.as_of, self.H)
+        return SchedulePlan(plans=plans, assignments=assignments, shortfall=shortfall, moved=moved, away=away,
+                            notices=notices)
 
 
 def _notices(plans: pd.DataFrame, assignments: pd.DataFrame, moved: pd.DataFrame, as_of: date,
