@@ -16,6 +16,11 @@ import typer
 # Telemetry off before Prefect is imported anywhere (no network here; noise on SQLite).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A flow run without a Prefect server starts a temporary local API, which creates and migrates
+# Prefect's database on its first start: on a fresh two-core machine that takes about 30 s,
+# past Prefect's 20 s limit, and `make demo` failed there ("Timed out while attempting to
+# connect to ephemeral Prefect API server"); later starts take about 11 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="四必访 sibifang — the Women's Federations' closed loop on Prefect.")

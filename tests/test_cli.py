@@ -557,3 +557,19 @@ def test_detect_silence_budget_trades_needless_alerts_for_a_sooner_one(tmp_path,
         result = runner.invoke(app, ["detect", "--readings", str(src), "--out", str(tmp_path / "x.csv"),
                                      "--silence-budget", bad])
         assert result.exit_code == 2 and "--silence-budget" in result.output, bad
+
+
+def test_the_cli_gives_prefects_first_start_time_to_migrate_its_database():
+    """`make demo` on a fresh machine: the temporary Prefect API's first start creates and
+    migrates Prefect's database, past Prefect's own 20 s limit; a user's value is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, sibifang.cli; print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) >= 120
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "45"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "45"
