@@ -62,7 +62,7 @@ def build_deployments():
     return deployments
 
 
-def start_prefect_server(port: int = 4200, timeout: float = 90.0):
+def start_prefect_server(port: int = 4200, timeout: float = 180.0):
     """Start ``prefect server start`` (API, UI and the scheduler service) as a child process.
 
     Prefect's temporary server cannot schedule runs ("Cannot schedule flows on an ephemeral

@@ -75,7 +75,8 @@ def prefect_harness(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("prefect-home")
     with temporary_settings({PREFECT_HOME: str(home), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        with prefect_test_harness(server_startup_timeout=60):
+        # its first start creates and migrates a new database: about 30 s on a two-core machine
+        with prefect_test_harness(server_startup_timeout=180):
             yield
 
 
