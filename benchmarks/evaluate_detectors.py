@@ -216,7 +216,7 @@ def _run_alarms(meter: str, ts: pd.Series, flag: np.ndarray, hours: int) -> list
 
 def rule_12h(hourly: pd.DataFrame, hours: int = 12) -> pd.DataFrame:
     """Fixed rule: 12 (``hours``) consecutive hours at or below standby (95th pct of the
-    trailing 4 weeks' 01–05 h use) raise an alarm at the 12th hour."""
+    trailing 4 weeks' 01–05 h use) raise an alarm at the last of them."""
     rows = []
     for m, g in hourly.groupby("meter_id"):
         g = g.reset_index(drop=True)
