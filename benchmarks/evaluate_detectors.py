@@ -268,18 +268,15 @@ def score_injected(alarms: pd.DataFrame, truth: pd.DataFrame, kinds=None):
     res = {}
     by_seg = {s: g for s, g in alarms.groupby("meter_id")} if len(alarms) else {}
     for kind, tk in truth.groupby("kind"):
-        hits, fps, delays = 0, 0, []
-        dl = pd.Timedelta(hours=DEADLINE_H[kind])
+        delays = _first_delays(alarms, tk, DEADLINE_H[kind])
+        delays = delays[~np.isnan(delays)]
+        hits, fps = len(delays), 0
         for r in tk.itertuples():
             a = by_seg.get(r.seg)
             if a is None:
                 continue
             win = a[(a["detected_at"] >= r.onset - pd.Timedelta(days=7))
                     & (a["detected_at"] < r.onset + pd.Timedelta(days=AFTER_DAYS))]
-            ok = win[(win["detected_at"] >= r.onset) & (win["detected_at"] <= r.onset + dl)]
-            if len(ok):
-                hits += 1
-                delays.append((ok["detected_at"].min() - r.onset) / pd.Timedelta(hours=1))
             # alarms after the event started and before it ended belong to it (late, not false)
             stray = win[(win["detected_at"] < r.onset) | (win["detected_at"] > r.end)]
             fps += len(stray)
@@ -288,7 +285,7 @@ def score_injected(alarms: pd.DataFrame, truth: pd.DataFrame, kinds=None):
         prec = hits / (hits + fps) if hits + fps else np.nan
         f1 = 2 * rec * prec / (rec + prec) if rec and prec else 0.0
         res[kind] = dict(n=n, recall=rec, precision=prec, f1=f1,
-                         median_delay_h=float(np.median(delays)) if delays else np.nan)
+                         median_delay_h=float(np.median(delays)) if hits else np.nan)
     return res
 
 
@@ -321,9 +318,14 @@ FRONTIER_BUDGETS = (0.05, 0.1, 0.15, 0.3, 0.6, 1.2)
 FRONTIER_RULE_HOURS = (6, 8, 10, 12, 16, 20, 24)
 
 
-def _pooled_rate(alarms: pd.DataFrame, clean: pd.DataFrame) -> float:
-    fa = false_alarm_rate(alarms.assign(kind="any"), clean, kind_col=False)
+def _pooled(fa: dict) -> float:
+    """All households' false alarms over all their months, from ``false_alarm_rate(...,
+    kind_col=False)``."""
     return sum(v["any"] * v["_months"] for v in fa.values()) / sum(v["_months"] for v in fa.values())
+
+
+def _pooled_rate(alarms: pd.DataFrame, clean: pd.DataFrame) -> float:
+    return _pooled(false_alarm_rate(alarms.assign(kind="any"), clean, kind_col=False))
 
 
 def frontier(name: str, clean: pd.DataFrame, n_events: int, seed: int) -> None:
@@ -557,9 +559,7 @@ def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
             tot[k] += fa[m].get(k, 0.0) * mo
         print(f"{m:12s} {mo:6.1f}" + "".join(f"{fa[m].get(k, 0.0):15.2f}" for k in allk)
               + f"{fal[m]['any']:9.2f}{fr[m]['any']:9.2f}{fi[m]['any']:10.2f}")
-    rr = sum(fr[m]["any"] * fr[m]["_months"] for m in fr) / totm
-    ri = sum(fi[m]["any"] * fi[m]["_months"] for m in fi) / totm
-    ra = sum(fal[m]["any"] * fal[m]["_months"] for m in fal) / totm
+    rr, ri, ra = _pooled(fr), _pooled(fi), _pooled(fal)
     print(f"{'pooled':12s} {totm:6.1f}" + "".join(f"{tot[k] / totm:15.2f}" for k in allk)
           + f"{ra:9.2f}{rr:9.2f}{ri:10.2f}")
     print("(ALERTING = all kinds with severity medium/high/critical, i.e. what reaches a grid worker)")

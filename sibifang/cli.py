@@ -440,9 +440,14 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
     FLAGS.quarantine.csv beside the output, and counted."""
     from schemas.validation import DataContractError
     from sibifang.detectors import SEVERITIES
+    from sibifang.settings import SILENCE_BUDGET_MAX, get_settings
 
     if min_severity not in SEVERITIES:
         typer.echo(f"--min-severity: one of {', '.join(SEVERITIES)}", err=True)
+        raise typer.Exit(2)
+    if silence_budget is not None and not 0 < silence_budget <= SILENCE_BUDGET_MAX:      # NaN fails both
+        typer.echo(f"--silence-budget: a number above 0 and at most {SILENCE_BUDGET_MAX:g} "
+                   "(needless alerts a household-month)", err=True)
         raise typer.Exit(2)
     quarantine_path = out.with_name(f"{out.stem}.quarantine.csv")
     try:
@@ -459,15 +464,7 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
         typer.echo(getattr(e, "message_zh", None) or str(e), err=True)
         raise typer.Exit(2) from None
 
-    from sibifang.detectors import DetectorConfig
-    from sibifang.settings import get_settings
-
-    if silence_budget is not None and not 0 < silence_budget <= 30:      # NaN fails both
-        typer.echo("--silence-budget: a number above 0 and at most 30 (needless alerts a household-month)",
-                   err=True)
-        raise typer.Exit(2)
-    budget = get_settings().silence_alarms_per_month if silence_budget is None else silence_budget
-    episodes = _detect_groups(cleaned, cutoff, DetectorConfig(false_alarms_per_month=budget))
+    episodes = _detect_groups(cleaned, cutoff, get_settings().detector_config(silence_budget))
     recorded = len(episodes)
     episodes = episodes[episodes["severity"].isin(SEVERITIES[SEVERITIES.index(min_severity):])]
     cols = ["meter_id", "kind", "start", "detected_at", "severity", "score"]

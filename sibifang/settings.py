@@ -18,6 +18,11 @@ LOCAL_TZ_NAME = "Asia/Shanghai"
 LOCAL_TZ = ZoneInfo(LOCAL_TZ_NAME)
 
 
+# Upper bound of the silence alarm's budget (needless alerts a household-month): past it the
+# alarm would fire on every quiet evening.
+SILENCE_BUDGET_MAX = 30.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIBIFANG_", extra="ignore")
 
@@ -82,11 +87,19 @@ class Settings(BaseSettings):
     # at 0.96 alerts a household-month of every kind, 1.2 gives 8 h at 2.06
     # (benchmarks/evaluate_detectors.py --frontier). A changed value fits the day's routine
     # profiles again (it is part of their fingerprint).
-    silence_alarms_per_month: float = Field(0.15, gt=0, le=30)
+    silence_alarms_per_month: float = Field(0.15, gt=0, le=SILENCE_BUDGET_MAX)
 
     # Visit cadence rules a supervisor can read and edit (TOML); packaged default if unset.
     cadence_file: Path | None = None
     default_capacity: int = Field(10, description="families per cadre (每名干部联系约10户)")
+
+    def detector_config(self, silence_budget: float | None = None):
+        """The meter detectors' settings for this installation: the defaults, with the silence
+        alarm's budget (``silence_budget`` overrides the setting for one run)."""
+        from sibifang.detectors import DetectorConfig
+
+        budget = self.silence_alarms_per_month if silence_budget is None else silence_budget
+        return DetectorConfig(false_alarms_per_month=budget)
 
     def ack_signing_key(self) -> str:
         """The key that signs acknowledgement links (确认链接签名密钥).

@@ -17,15 +17,6 @@ from tasks.common import run_logger
 
 
 
-def detector_config():
-    """The detectors' settings for this installation: the defaults, with the silence alarm's
-    budget from ``SIBIFANG_SILENCE_ALARMS_PER_MONTH``."""
-    from sibifang.detectors import DetectorConfig
-    from sibifang.settings import get_settings
-
-    return DetectorConfig(false_alarms_per_month=get_settings().silence_alarms_per_month)
-
-
 @task(name="detect_meter_episodes", cache_policy=NO_CACHE)
 def detect_meter_episodes(as_of: datetime, database_url: str | None = None, baseline_days: int = 35) -> pd.DataFrame:
     """Run the meter detectors over every metered household's readings up to ``as_of``: the
@@ -42,7 +33,7 @@ def detect_meter_episodes(as_of: datetime, database_url: str | None = None, base
                       .join(Household, Household.id == Meter.household_id)
                       .where(Household.away_from.is_not(None)), database_url)
     episodes, info = judge_meters(ReadingStore(data_dir / "readings"), ProfileCache(data_dir / "profiles"),
-                                  pd.Timestamp(as_of), away, detector_config(), baseline_days)
+                                  pd.Timestamp(as_of), away, get_settings().detector_config(), baseline_days)
     if info["fitted"]:
         run_logger().info("replayed %d meter-hours of %d meters up to %s: routine profiles and checkpoint kept",
                           info["replayed_meter_hours"], info["fitted_meters"], info["midnight"])
