@@ -122,3 +122,32 @@ def test_look_alike_windows_count_what_a_lights_off_would_inject(ev):
     # 10 start hours reach into the evening (11–20 h); the next rarest are at standby every day
     assert la.loc["away", "per_month_rarest_half"] == pytest.approx(30.0)
     assert la.loc["busy", "days"] >= 50
+
+
+def test_best_lengths_spends_the_false_alarm_budget_where_it_catches_most(ev):
+    # start hour 8: four clean stretches (three of 9 h, one of 3 h) and three episodes that
+    # begin with their stretch; start hour 20: no clean stretch, one episode 2 h into its own
+    runs = {8: [9, 9, 9, 3]}
+    events = {8: [(0.0, 72)] * 3, 20: [(2.0, 72)]}
+    best, lengths = ev._best_lengths(runs, events, 3, 8)
+    # catching the hour-8 episodes within 8 h costs three false alarms (L of 4 to 8 h)
+    assert best.tolist() == [1, 1, 1, 4]
+    assert 4 <= lengths[8] <= 8 and 2 <= lengths[20] <= 10
+
+
+def test_silence_bound_cannot_tell_an_episode_from_a_night_it_looks_like(ev):
+    ts = pd.date_range(T0, T0 + pd.Timedelta(days=60), freq="h", inclusive="left") + pd.Timedelta(hours=1)
+    hour = (ts - pd.Timedelta(hours=1)).hour
+    clean = pd.DataFrame({"meter_id": "h", "ts": ts, "kwh": np.where((hour >= 7) & (hour < 22), 1.0, 0.05)})
+    segs, truth = [], []
+    # at 14:00 a dark house is new for this household; at 23:00 it looks like every night
+    # (dark since 22:00, for 9 h) until the morning stays dark too
+    for k, onset in enumerate([T0 + pd.Timedelta(days=50, hours=14), T0 + pd.Timedelta(days=51, hours=23)]):
+        inj, end = ev.inject(clean, "lights_off", onset, np.random.default_rng(k))
+        segs.append(inj.assign(meter_id=f"h#lights_off#{k}"))
+        truth.append(dict(seg=f"h#lights_off#{k}", meter="h", kind="lights_off", onset=onset, end=end))
+    segs, truth = pd.concat(segs), pd.DataFrame(truth)
+    within8 = ev.silence_bound(clean, segs, truth, 8, 1.0).iloc[0]
+    assert within8["episodes"] == 2 and within8["caught"] == 1
+    # the night one is caught 9 h after onset (10 h of dark, one more than any night)
+    assert ev.silence_bound(clean, segs, truth, 9, 1.0).iloc[0]["caught"] == 2
