@@ -20,7 +20,7 @@ what would reach a grid worker (severity 'low' is recorded, not alerted; see
 ``sibifang.detectors``).
 
     .venv/bin/python benchmarks/evaluate_detectors.py [--events 40] [--seed 7] [--generated DIR]
-        [--real FILE [--known EPISODES.csv]] [--only-real] [--frontier]
+        [--real FILE [--tz ZONE] [--known EPISODES.csv]] [--only-real] [--frontier]
 
 ``--frontier`` prints only the lights-off trade-off (detection within 24 h, median delay, the
 share caught within 8 h, false alarms per household-month) for our detector at several silence
@@ -37,6 +37,7 @@ import os
 import sys
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +159,10 @@ def _excluded(meter: str, t: pd.Timestamp, pad: pd.Timedelta) -> bool:
 
 
 def make_segments(df: pd.DataFrame, n_events: int, seed: int):
-    """Injected segments (HISTORY_DAYS before onset, AFTER_DAYS after), shifted onto ANCHOR."""
-    rng = np.random.default_rng(seed)
+    """Injected segments (HISTORY_DAYS before onset, AFTER_DAYS after), shifted onto ANCHOR.
+
+    Each household and kind draws from its own stream (``seed``, its name, the kind): its
+    episodes do not move when another household in the file changes or is added."""
     segs, truth = [], []
     for meter, g in df.groupby("meter_id"):
         g = g.sort_values("ts").reset_index(drop=True)
@@ -167,6 +170,7 @@ def make_segments(df: pd.DataFrame, n_events: int, seed: int):
         lo = g["ts"].min() + pd.Timedelta(days=HISTORY_DAYS)
         hi = g["ts"].max() - pd.Timedelta(days=AFTER_DAYS)
         for kind in DEADLINE_H:
+            rng = np.random.default_rng([seed, zlib.crc32(f"{meter}#{kind}".encode())])
             made = tries = 0
             while made < n_events and tries < n_events * 20:
                 tries += 1
@@ -676,6 +680,27 @@ def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
         for k in sorted({k for v in fk.values() for k in v if k != "_months"})))
 
 
+def read_households(path: Path, tz: str) -> pd.DataFrame:
+    """Readings (``meter_id, ts, kwh``) as ``sibifang detect`` reads them: CSV, Parquet or
+    XLSX, offsets converted to ``tz``, duplicates and implausible values set aside (counted
+    here). Anyone's households are then judged on the same readings the CLI would judge."""
+    from schemas.validation import DataContractError
+    from sibifang.cli import DetectInputError, check_timezone, clean_for_detect
+
+    try:
+        cleaned = clean_for_detect(path, check_timezone(tz))
+    except (DataContractError, DetectInputError) as e:     # what the CLI would print
+        sys.exit(getattr(e, "message_zh", None) or str(e))
+    if not cleaned.accepted:
+        sys.exit(f"{path}: no usable readings ({cleaned.counts})")
+    real = pd.concat(cleaned.accepted, ignore_index=True)[["meter_id", "ts", "kwh"]]
+    real["meter_id"] = real["meter_id"].astype(str)
+    q = cleaned.quarantine_frame()
+    print(f"readings: {cleaned.counts.get('read', len(real) + len(q)):,} read, {len(real):,} accepted, "
+          f"{len(q):,} set aside" + (f" ({q['reason'].value_counts().head(3).to_dict()})" if len(q) else ""))
+    return real.sort_values(["meter_id", "ts"], ignore_index=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=40, help="injected episodes per household and kind")
@@ -691,6 +716,9 @@ def main():
     ap.add_argument("--real", type=Path, default=REAL,
                     help="real households' readings, CSV or Parquet with meter_id, ts, kwh (kWh in the interval "
                          "ending at ts, local time); default: the three shipped ones")
+    ap.add_argument("--tz", default="Asia/Shanghai",
+                    help="the households' time zone, as for `sibifang detect`: timestamps with an offset are "
+                         "converted to it, those without one are its local time")
     ap.add_argument("--known", type=Path, default=None,
                     help="CSV meter_id, start, end of real episodes already in --real (absences, outages): left "
                          "out of false alarms and of injection")
@@ -699,9 +727,7 @@ def main():
     if args.budget is not None:
         CONFIG = DetectorConfig(false_alarms_per_month=args.budget)
     print(f"detector config: {CONFIG}")
-    real = (pd.read_parquet(args.real) if args.real.suffix == ".parquet"
-            else pd.read_csv(args.real, dtype={"meter_id": str}))[["meter_id", "ts", "kwh"]]
-    real["ts"] = pd.to_datetime(real["ts"])
+    real = read_households(args.real, args.tz)
     if args.known is not None:
         known = pd.read_csv(args.known, dtype={"meter_id": str})
         add_known_episodes({m: list(zip(g["start"].astype(str), g["end"].astype(str)))

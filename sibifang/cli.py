@@ -223,17 +223,17 @@ AS_OF_MAX_PAST_LAST = "7D"
 WH_SHARE = 0.5
 
 
-class _DetectInputError(Exception):
+class DetectInputError(Exception):
     """Bad input to ``detect``: the Chinese message is printed, exit code 2, no traceback."""
 
 
-def _check_timezone(tz: str) -> str:
+def check_timezone(tz: str) -> str:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise _DetectInputError(f"--tz {tz!r} 不是有效的时区名，应为 IANA 时区名，如 Asia/Shanghai、"
+        raise DetectInputError(f"--tz {tz!r} 不是有效的时区名，应为 IANA 时区名，如 Asia/Shanghai、"
                                 "Europe/London、America/Vancouver。") from None
     return tz
 
@@ -251,7 +251,7 @@ def _parse_as_of(value: Optional[str], tz: str) -> Optional[datetime]:
         except (ValueError, OverflowError):
             stamp = None
     if stamp is None or pd.isna(stamp):
-        raise _DetectInputError(f"--as-of {value!r} 无法识别：应为 YYYY-MM-DD[ HH:MM[:SS]]，可带时区如 +08:00 或 Z"
+        raise DetectInputError(f"--as-of {value!r} 无法识别：应为 YYYY-MM-DD[ HH:MM[:SS]]，可带时区如 +08:00 或 Z"
                                 f"（换算为 {tz} 当地时间）；不带时区即为当地时间。")
     if stamp.tzinfo is not None:
         stamp = stamp.tz_convert(tz).tz_localize(None)
@@ -305,10 +305,11 @@ def _meter_groups(meter_ids, max_rows: int):
         yield np.zeros(0, dtype=np.int64)
 
 
-def _clean_for_detect(path: Path, tz: str) -> _Cleaned:
+def clean_for_detect(path: Path, tz: str) -> _Cleaned:
     """Read and clean a readings file with the ingestion code (formats, encodings, headers,
     offsets, duplicates, implausible values), a group of meters at a time. Raises
-    DataContractError or _DetectInputError for a file that cannot be judged at all."""
+    DataContractError or DetectInputError for a file that cannot be judged at all. The
+    evaluation harness reads anyone's households through it too (``--real``)."""
     import pandas as pd
 
     from sibifang.readings_files import read_readings_file
@@ -316,7 +317,7 @@ def _clean_for_detect(path: Path, tz: str) -> _Cleaned:
     try:
         raw = read_readings_file(path)
     except OSError as e:  # unreadable (permissions, a vanished file): not a traceback either
-        raise _DetectInputError(f"文件 {path.name} 无法读取：{e.strerror or e}。") from None
+        raise DetectInputError(f"文件 {path.name} 无法读取：{e.strerror or e}。") from None
     options = dict(source=path.name, now=pd.Timestamp(DETECT_NOW).to_pydatetime(),
                    min_ts=pd.Timestamp(DETECT_MIN_TS), timezone=tz)
     cleaned = _Cleaned()
@@ -346,7 +347,7 @@ def _refuse_wh(path: Path, cleaned: _Cleaned) -> None:
         return
     q = cleaned.quarantine_frame()
     first = q[q["code"] == "implausible_kwh"].iloc[0]
-    raise _DetectInputError(
+    raise DetectInputError(
         f"文件 {path.name} 第{first['line']}行 {first['field']}（用电量）列的值 {first['value']}："
         f"{implausible} 行读数超过家庭用电的物理上限，单位很可能是 Wh（瓦时）而不是 kWh（千瓦时）。"
         "请把数值除以 1000 后重新提交。")
@@ -363,12 +364,12 @@ def _resolve_as_of(path: Path, cleaned: _Cleaned, cutoff: Optional[datetime]):
         return last
     cutoff = pd.Timestamp(cutoff)
     if cutoff > last + pd.Timedelta(AS_OF_MAX_PAST_LAST):
-        raise _DetectInputError(
+        raise DetectInputError(
             f"--as-of {cutoff:%Y-%m-%d %H:%M:%S} 比文件 {path.name} 的最后一条读数（{last:%Y-%m-%d %H:%M:%S}）"
             f"晚 {(cutoff - last).days} 天：这段时间没有任何读数，所有电表都会被判为离线。"
             "请检查 --as-of（年份、日期）或改用更新的读数文件；不给 --as-of 即判断到最后一条读数。")
     if cutoff < first:
-        raise _DetectInputError(
+        raise DetectInputError(
             f"--as-of {cutoff:%Y-%m-%d %H:%M:%S} 早于文件 {path.name} 的第一条读数（{first:%Y-%m-%d %H:%M:%S}），"
             "没有可判断的读数。")
     return cutoff
@@ -451,16 +452,16 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
         raise typer.Exit(2)
     quarantine_path = out.with_name(f"{out.stem}.quarantine.csv")
     try:
-        tz = _check_timezone(tz)
+        tz = check_timezone(tz)
         requested = _parse_as_of(as_of, tz)
-        cleaned = _clean_for_detect(readings, tz)
+        cleaned = clean_for_detect(readings, tz)
         out.parent.mkdir(parents=True, exist_ok=True)
         # Written every time (header only when nothing was set aside): no stale file from an earlier run.
         cleaned.quarantine_frame().to_csv(quarantine_path, index=False, encoding="utf-8-sig")
         if not cleaned.accepted:
-            raise _DetectInputError(_no_usable_rows_message(readings, cleaned.counts, quarantine_path))
+            raise DetectInputError(_no_usable_rows_message(readings, cleaned.counts, quarantine_path))
         cutoff = _resolve_as_of(readings, cleaned, requested)
-    except (DataContractError, _DetectInputError) as e:
+    except (DataContractError, DetectInputError) as e:
         typer.echo(getattr(e, "message_zh", None) or str(e), err=True)
         raise typer.Exit(2) from None
 

@@ -151,3 +151,35 @@ def test_silence_bound_cannot_tell_an_episode_from_a_night_it_looks_like(ev):
     assert within8["episodes"] == 2 and within8["caught"] == 1
     # the night one is caught 9 h after onset (10 h of dark, one more than any night)
     assert ev.silence_bound(clean, segs, truth, 9, 1.0).iloc[0]["caught"] == 2
+
+
+def test_households_are_read_as_sibifang_detect_reads_them(ev, tmp_path, capsys):
+    # anyone's file: offsets (converted to --tz, then local time), a repeated reading, numeric ids
+    path = tmp_path / "theirs.csv"
+    path.write_text("meter_id,ts,kwh\n"
+                    "7,2030-01-07T01:00:00Z,0.2\n"
+                    "7,2030-01-07T02:00:00Z,0.3\n"
+                    "7,2030-01-07T02:00:00Z,0.3\n"
+                    "8,2030-01-07 09:00:00,0.1\n", encoding="utf-8")
+    real = ev.read_households(path, "Europe/London")
+    assert real["meter_id"].tolist() == ["7", "7", "8"]
+    assert real["ts"].tolist() == [pd.Timestamp("2030-01-07 01:00"), pd.Timestamp("2030-01-07 02:00"),
+                                   pd.Timestamp("2030-01-07 09:00")]
+    shanghai = ev.read_households(path, "Asia/Shanghai")
+    assert shanghai["ts"].iloc[0] == pd.Timestamp("2030-01-07 09:00")
+    assert "4 read, 3 accepted, 1 set aside" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="Mars/Base"):
+        ev.read_households(path, "Mars/Base")
+
+
+def test_a_households_episodes_do_not_depend_on_the_others_in_the_file(ev):
+    ts = pd.date_range(T0, T0 + pd.Timedelta(days=70), freq="h", inclusive="left") + pd.Timedelta(hours=1)
+    hour = (ts - pd.Timedelta(hours=1)).hour
+    rng = np.random.default_rng(3)
+    a = pd.DataFrame({"meter_id": "a", "ts": ts, "kwh": np.where((hour >= 7) & (hour < 22), 1.0, 0.05)
+                      + 0.01 * rng.random(len(ts))})
+    b = a.assign(meter_id="b").iloc[::2]          # another household, half its readings
+    alone = ev.make_segments(a, 3, 7)[1]
+    together = ev.make_segments(pd.concat([b, a]), 3, 7)[1]
+    assert len(alone) == 9
+    pd.testing.assert_frame_equal(together[together["meter"] == "a"].reset_index(drop=True), alone)
