@@ -149,6 +149,8 @@ def test_silence_bound_cannot_tell_an_episode_from_a_night_it_looks_like(ev):
     segs, truth = pd.concat(segs), pd.DataFrame(truth)
     within8 = ev.silence_bound(clean, segs, truth, 8, 1.0).iloc[0]
     assert within8["episodes"] == 2 and within8["caught"] == 1
+    # each half holds one episode, at an hour the other half never began at: nothing to learn from
+    assert within8["held_out"] == 0.0
     # the night one is caught 9 h after onset (10 h of dark, one more than any night)
     assert ev.silence_bound(clean, segs, truth, 9, 1.0).iloc[0]["caught"] == 2
 
