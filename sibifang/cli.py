@@ -234,7 +234,7 @@ def check_timezone(tz: str) -> str:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise DetectInputError(f"--tz {tz!r} 不是有效的时区名，应为 IANA 时区名，如 Asia/Shanghai、"
-                                "Europe/London、America/Vancouver。") from None
+                               "Europe/London、America/Vancouver。") from None
     return tz
 
 
@@ -252,7 +252,7 @@ def _parse_as_of(value: Optional[str], tz: str) -> Optional[datetime]:
             stamp = None
     if stamp is None or pd.isna(stamp):
         raise DetectInputError(f"--as-of {value!r} 无法识别：应为 YYYY-MM-DD[ HH:MM[:SS]]，可带时区如 +08:00 或 Z"
-                                f"（换算为 {tz} 当地时间）；不带时区即为当地时间。")
+                               f"（换算为 {tz} 当地时间）；不带时区即为当地时间。")
     if stamp.tzinfo is not None:
         stamp = stamp.tz_convert(tz).tz_localize(None)
     return stamp.to_pydatetime()
