@@ -503,7 +503,7 @@ def silence_bound(clean: pd.DataFrame, segs: pd.DataFrame, truth: pd.DataFrame, 
     episodes* to catch as many lights-off episodes as possible within ``hours`` of onset at no
     more than ``per_month`` false alarms per household-month (the clean stretches that reach
     their L). The injected standby lies in that range by construction, so such a detector
-    sees the episode from its first hour; real detectors, learning causally, do worse. Per
+    sees the episode from its first hour; one of this kind that learns causally does worse. Per
     household: episodes, the most caught within ``hours`` and their share, and the share caught
     when each half of the episodes is scored with the lengths chosen on the other half
     (``held_out``: hindsight on the household's series still, but not on the episodes scored)."""
