@@ -185,3 +185,20 @@ def test_a_households_episodes_do_not_depend_on_the_others_in_the_file(ev):
     together = ev.make_segments(pd.concat([b, a]), 3, 7)[1]
     assert len(alone) == 9
     pd.testing.assert_frame_equal(together[together["meter"] == "a"].reset_index(drop=True), alone)
+
+
+def test_the_issue_figures_are_marked_met_or_not(ev, capsys):
+    ours = {"lights_off": dict(recall=0.93, median_delay_h=10.0, f1=0.87),
+            "frozen_on": dict(recall=0.79, median_delay_h=12.0, f1=0.84),
+            "sustained_drop": dict(recall=0.95, median_delay_h=13.0, f1=0.50)}
+    rule = {k: dict(f1=0.5) for k in ours}
+    iso = {k: dict(f1=0.1) for k in ours}
+    ev.print_targets(ours, [rule, iso], 0.96)
+    lines = {ln.split("  ")[1].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
+    assert lines["lights-off caught within 24 h"].endswith(" met")
+    assert lines["lights-off median delay, hours"].endswith("NOT MET")
+    assert lines["frozen-on caught within 24 h"].endswith("NOT MET")
+    assert lines["50–70 % drop caught within 48 h"].endswith(" met")          # the bound itself counts
+    assert lines["alerting false alarms per household-month"].endswith(" met")
+    assert lines["F1 ahead of both baselines, sustained_drop"].endswith("NOT MET")   # a tie is not ahead
+    assert lines["F1 ahead of both baselines, lights_off"].endswith(" met")
