@@ -375,12 +375,13 @@ def frontier(name: str, clean: pd.DataFrame, n_events: int, seed: int) -> None:
               f"{r.per_month_rarest_half:5.2f} a month  (hours {r.rarest_hours})")
     print("\nthe best a silence judged by the clock hours it spans can do, in hindsight (silence_bound): each "
           "household's\nalarm length per start hour chosen after seeing its series and these episodes, at most 1 false "
-          "alarm a\nhousehold-month; a median delay of 8 h at detection 0.90 needs 0.45 caught within 8 h")
+          "alarm a\nhousehold-month; a median delay of 8 h at detection 0.90 needs 0.45 caught within 8 h. In sample:"
+          " the\nlengths chosen on these very episodes; held out: on the other half of them")
     print(f"  {'start groups':34s}" + "".join(f"{m:>12s}" for m in sorted(clean['meter_id'].unique()))
           + f"{'pooled':>9s}{'ours':>7s}")
     for label, daytype in (("hour of day", False), ("hour × weekday/weekend", True)):
         b = silence_bound(clean, segs, keep, 8, 1.0, daytype).set_index("meter_id").sort_index()
-        for col, how in (("share", "chosen on these episodes"), ("held_out", "chosen on the other half")):
+        for col, how in (("share", "in sample"), ("held_out", "held out")):
             pooled = (b[col] * b["episodes"]).sum() / b["episodes"].sum()
             print(f"  {label + ', ' + how:34s}" + "".join(f"{v:12.3f}" for v in b[col])
                   + f"{pooled:9.3f}{_within(mine, keep, 8):7.3f}")
