@@ -6,9 +6,10 @@ Protocol (risk issue): at seeded random onsets inject
   * sustained drop — usage × U(0.3, 0.5) for 4 days;
 a detection counts if an alarm of the matching kind is raised within 24 h of onset (48 h for
 the drop). False alarms = alarm onsets on the UN-injected series per household-month,
-excluding the real long zero/absence runs already in the data. Two baselines run in the same
-process on the same data: the fixed "no activity for 12 hours" rule and sklearn's
-IsolationForest on hourly features.
+excluding the real outages and absences already in the data (long runs of zeros, long
+stretches without readings, known absences). Two baselines run in the same process on the
+same data: the fixed "no activity for 12 hours" rule and sklearn's IsolationForest on hourly
+features.
 
 Precision is measured on each injected segment in the window [onset − 7 d, onset + 4 d): a
 matching alarm detected in [onset, onset + deadline] is a hit, any other alarm in the window
@@ -53,7 +54,8 @@ REAL = next((p for p in (Path(os.environ.get("SIBIFANG_REAL_METERS", "/nonexiste
                          Path("/work/shared/data/household-meters/readings.csv")) if p.exists()),
             Path("/work/shared/data/household-meters/readings.csv"))
 # Real episodes already in the data (their README): excluded from false-alarm counts and from
-# injection, with every run of zero readings of ZERO_RUN_HOURS or more (found in any file).
+# injection, with every run of zero readings and every stretch without readings of
+# ZERO_RUN_HOURS or more (found in any file: real outages).
 KNOWN_REAL = {
     "uci-sceaux": [("2008-08-06", "2008-08-31")],
     "hue-bc-1": [("2013-11-07 18:00", "2013-11-08 11:00"), ("2015-08-29 14:00", "2015-08-30 20:00")],
@@ -143,6 +145,31 @@ def long_zero_runs(df: pd.DataFrame, min_hours: float = ZERO_RUN_HOURS) -> dict[
             if b - a >= pd.Timedelta(hours=min_hours):
                 out.setdefault(str(meter), []).append((str(a), str(b)))
     return out
+
+
+def long_gaps(df: pd.DataFrame, min_hours: float = ZERO_RUN_HOURS) -> dict[str, list[tuple[str, str]]]:
+    """Stretches without any reading lasting ``min_hours`` or more, per meter, from the last
+    reading before to the end of the interval before the next: real outages of the meter or
+    its feed (a source's missing hours, which other files hold as zeros). The protocol leaves
+    them out as it does runs of zeros: a "meter offline" raised there is a real one."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for meter, g in df.groupby("meter_id"):
+        ts = g["ts"].sort_values().reset_index(drop=True)
+        step = _interval(g)
+        silent = ts.diff() - step                       # time without a reading in between
+        for k in np.flatnonzero((silent >= pd.Timedelta(hours=min_hours)).to_numpy()):
+            out.setdefault(str(meter), []).append((str(ts[k - 1]), str(ts[k] - step)))
+    return out
+
+
+def leave_out_real_episodes(clean: pd.DataFrame) -> None:
+    """Add the real outages and absences of ``clean`` (runs of zeros, stretches without
+    readings) to the known episodes, and say which."""
+    for what, spans in (("zero readings", long_zero_runs(clean)), ("no readings", long_gaps(clean))):
+        add_known_episodes(spans)
+        if spans:
+            print(f"left out as real episodes ({what} for {ZERO_RUN_HOURS} h or more): " + "; ".join(
+                f"{m} {a[:16]} to {b[:16]}" for m, sp in spans.items() for a, b in sp))
 
 
 def add_known_episodes(extra: dict[str, list[tuple[str, str]]]) -> None:
@@ -341,7 +368,7 @@ def frontier(name: str, clean: pd.DataFrame, n_events: int, seed: int) -> None:
     what reaches a grid worker (any kind, severity medium and above), so its false alarms
     include every other kind's too."""
     print(f"\n=== lights-off frontier: {name} ({clean['meter_id'].nunique()} households) ===")
-    add_known_episodes(long_zero_runs(clean))
+    leave_out_real_episodes(clean)
     segs, truth = make_segments(clean, n_events, seed)
     keep = truth[truth["kind"] == "lights_off"]
     segs = segs[segs["meter_id"].isin(keep["seg"])]
@@ -604,11 +631,7 @@ CONFIG = _config_from_env(os.environ)
 
 def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
     print(f"\n=== data set: {name} ({clean['meter_id'].nunique()} households) ===")
-    zero_runs = long_zero_runs(clean)
-    add_known_episodes(zero_runs)
-    if zero_runs:
-        print("left out as real episodes (zero readings for 12 h or more): " + "; ".join(
-            f"{m} {a[:16]} to {b[:16]}" for m, spans in zero_runs.items() for a, b in spans))
+    leave_out_real_episodes(clean)
     t = time.perf_counter()
     segs, truth = make_segments(clean, n_events, seed)
     print(f"injected {len(truth)} episodes ({truth.groupby('kind').size().to_dict()}) "

@@ -83,8 +83,8 @@ class Settings(BaseSettings):
 
     # The silence alarm's budget (静默告警预算): the needless alerts a household-month it may
     # spend to catch a resident who stopped being active (DetectorConfig.false_alarms_per_month).
-    # Higher is sooner and noisier; on the three real households 0.15 gives a median of 10.5 h
-    # at 0.96 alerts a household-month of every kind, 1.2 gives 8 h at 2.06
+    # Higher is sooner and noisier; on the three real households 0.15 gives a median of 10–11 h
+    # at 0.89 alerts a household-month of every kind, 1.2 gives 8 h at 1.99
     # (benchmarks/evaluate_detectors.py --frontier). A changed value fits the day's routine
     # profiles again (it is part of their fingerprint).
     silence_alarms_per_month: float = Field(0.15, gt=0, le=SILENCE_BUDGET_MAX)

@@ -202,3 +202,15 @@ def test_the_issue_figures_are_marked_met_or_not(ev, capsys):
     assert lines["alerting false alarms per household-month"].endswith(" met")
     assert lines["F1 ahead of both baselines, sustained_drop"].endswith("NOT MET")   # a tie is not ahead
     assert lines["F1 ahead of both baselines, lights_off"].endswith(" met")
+
+
+def test_long_stretches_without_readings_are_real_outages(ev):
+    ts = pd.date_range(T0, T0 + pd.Timedelta(days=3), freq="h", inclusive="left") + pd.Timedelta(hours=1)
+    # no readings for 20 hours from day 1 09:00 and for 6 hours from day 2 09:00
+    out = (((ts > T0 + pd.Timedelta(days=1, hours=9)) & (ts <= T0 + pd.Timedelta(days=1, hours=29)))
+           | ((ts > T0 + pd.Timedelta(days=2, hours=9)) & (ts <= T0 + pd.Timedelta(days=2, hours=15))))
+    df = pd.DataFrame({"meter_id": "h", "ts": ts[~out], "kwh": 0.2})
+    day1 = (str(T0 + pd.Timedelta(days=1, hours=9)), str(T0 + pd.Timedelta(days=1, hours=29)))
+    assert ev.long_gaps(df) == {"h": [day1]}
+    assert ev.long_gaps(df, 6)["h"][1] == (str(T0 + pd.Timedelta(days=2, hours=9)),
+                                           str(T0 + pd.Timedelta(days=2, hours=15)))
