@@ -561,14 +561,14 @@ def silence_bound(clean: pd.DataFrame, segs: pd.DataFrame, truth: pd.DataFrame, 
             t0, n = s_starts[k[0]], int(s_lens[k[0]])
             folds[j % 2].setdefault(group(t0), []).append(((r.onset - t0) / pd.Timedelta(hours=1), n))
         budget = int(np.floor(per_month * months))
-        both = {g: folds[0].get(g, []) + folds[1].get(g, []) for g in set(folds[0]) | set(folds[1])}
+        both = {grp: folds[0].get(grp, []) + folds[1].get(grp, []) for grp in set(folds[0]) | set(folds[1])}
         best, _ = _best_lengths(runs, both, budget, hours)
         # the lengths chosen on one half of the episodes, scored on the other
         held_out = 0
         for fit, score in ((0, 1), (1, 0)):
             _, lengths = _best_lengths(runs, folds[fit], budget, hours)
-            held_out += sum(1 for g, evs in folds[score].items() for o, n in evs
-                            if g in lengths and lengths[g] <= n and 0 <= lengths[g] - o <= hours)
+            held_out += sum(1 for grp, evs in folds[score].items() for o, n in evs
+                            if grp in lengths and lengths[grp] <= n and 0 <= lengths[grp] - o <= hours)
         rows.append(dict(meter_id=m, months=months, episodes=len(tk), caught=int(best[-1]),
                          share=best[-1] / max(len(tk), 1), held_out=held_out / max(len(tk), 1)))
     return pd.DataFrame(rows)
