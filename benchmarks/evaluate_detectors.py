@@ -46,6 +46,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sibifang.detectors import DetectorConfig, detect  # noqa: E402
+from sibifang.settings import LOCAL_TZ_NAME  # noqa: E402
 
 # The shipped real households (../shared/data/household-meters beside the project); --real
 # takes anyone else's file in the same contract (meter_id, ts, kwh).
@@ -322,6 +323,11 @@ def score_injected(alarms: pd.DataFrame, truth: pd.DataFrame, kinds=None):
     return res
 
 
+def _months(ts: pd.Series) -> float:
+    """A household's months of judged readings: its span less the first week (warm-up)."""
+    return (ts.max() - ts.min() - pd.Timedelta(days=7)) / pd.Timedelta(days=30)
+
+
 def false_alarm_rate(alarms: pd.DataFrame, clean: pd.DataFrame, kind_col: bool = True):
     """Alarm onsets per household-month on the un-injected series, excluding known real runs.
 
@@ -330,7 +336,7 @@ def false_alarm_rate(alarms: pd.DataFrame, clean: pd.DataFrame, kind_col: bool =
     but the latest (the file goes on, that series does not)."""
     out = {}
     for m, g in clean.groupby("meter_id"):
-        months = (g["ts"].max() - g["ts"].min() - pd.Timedelta(days=7)) / pd.Timedelta(days=30)
+        months = _months(g["ts"])
         a = alarms[(alarms["meter_id"] == m) & (alarms["detected_at"] <= g["ts"].max())]
         keep = []
         for r in a.itertuples():
@@ -406,19 +412,21 @@ def frontier(name: str, clean: pd.DataFrame, n_events: int, seed: int) -> None:
           " the\nlengths chosen on these very episodes; held out: on the other half of them")
     print(f"  {'start groups':34s}" + "".join(f"{m:>12s}" for m in sorted(clean['meter_id'].unique()))
           + f"{'pooled':>9s}{'ours':>7s}")
+    ours = _within(mine, keep, 8)
     for label, daytype in (("hour of day", False), ("hour × weekday/weekend", True)):
         b = silence_bound(clean, segs, keep, 8, 1.0, daytype).set_index("meter_id").sort_index()
         for col, how in (("share", "in sample"), ("held_out", "held out")):
             pooled = (b[col] * b["episodes"]).sum() / b["episodes"].sum()
             print(f"  {label + ', ' + how:34s}" + "".join(f"{v:12.3f}" for v in b[col])
-                  + f"{pooled:9.3f}{_within(mine, keep, 8):7.3f}")
+                  + f"{pooled:9.3f}{ours:7.3f}")
 
 
-def _standby_grid(g: pd.DataFrame):
+def _standby_grid(g: pd.DataFrame, meter: str):
     """One household's hourly use (``_hourly`` rows) on a day × hour grid of the hours'
     beginnings, and each day's night standby range as a lights-off injection draws it: the
     min–max of the quietest 3-hour stretch of each of the 28 nights before (00–06 h).
-    Returns (first day, use (D+1, 24) with a trailing NaN day, lo (D,), hi (D,))."""
+    Returns (first day, use (D+1, 24) with a trailing NaN day, lo (D,), hi (D,), and which
+    days can be judged (D,): a known range, not within a day of a known real episode)."""
     start = g["ts"] - pd.Timedelta(hours=1)              # hour labelled by its beginning
     lead = int(start.iloc[0].hour)
     x = np.concatenate([np.full(lead, np.nan), g["kwh"].to_numpy(dtype=float)])
@@ -434,7 +442,10 @@ def _standby_grid(g: pd.DataFrame):
         warnings.simplefilter("ignore", RuntimeWarning)
         lo = pd.Series(np.nanmin(blk, axis=1)).rolling(28, min_periods=7).min().shift(1).to_numpy()
         hi = pd.Series(np.nanmax(blk, axis=1)).rolling(28, min_periods=7).max().shift(1).to_numpy()
-    return start.iloc[0].normalize(), x, lo, hi
+    day0 = start.iloc[0].normalize()
+    dates = day0 + pd.to_timedelta(np.arange(D), unit="D")
+    usable = ~np.isnan(lo) & ~np.array([_excluded(meter, t, pd.Timedelta(days=1)) for t in dates], dtype=bool)
+    return day0, x, lo, hi, usable
 
 
 def _in_standby(v: np.ndarray, lo, hi) -> np.ndarray:
@@ -454,12 +465,10 @@ def look_alike_windows(clean: pd.DataFrame, hours: int = 8) -> pd.DataFrame:
     ``hours`` needs)."""
     out = []
     for m, g in _hourly(clean).groupby("meter_id"):
-        day0, x, lo, hi = _standby_grid(g)
+        _, x, lo, hi, usable = _standby_grid(g, str(m))
         D = len(lo)
         flat = x.reshape(-1)
         days = np.arange(D)
-        dates = day0 + pd.to_timedelta(days, unit="D")
-        usable = ~np.isnan(lo) & ~np.array([_excluded(str(m), t, pd.Timedelta(days=1)) for t in dates])
         win = np.zeros((D, 24), bool)
         known = np.zeros((D, 24), bool)
         for s in range(24):
@@ -484,11 +493,8 @@ def _dark_stretches(g: pd.DataFrame, meter: str):
     """Maximal runs of hours within the night standby range (``_standby_grid``; a missing
     hour, a day without a range or a known real episode ends one): (the hour each began,
     its length in hours)."""
-    day0, x, lo, hi = _standby_grid(g)
-    D = len(lo)
-    dates = day0 + pd.to_timedelta(np.arange(D), unit="D")
-    ok = ~np.isnan(lo) & ~np.array([_excluded(meter, t, pd.Timedelta(days=1)) for t in dates])
-    dark = (_in_standby(x[:D], lo[:, None], hi[:, None]) & ok[:, None]).reshape(-1)
+    day0, x, lo, hi, usable = _standby_grid(g, meter)
+    dark = (_in_standby(x[:len(lo)], lo[:, None], hi[:, None]) & usable[:, None]).reshape(-1)
     edge = np.diff(np.concatenate([[0], dark.astype(np.int8), [0]]))
     a, b = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
     return day0 + pd.to_timedelta(a, unit="h"), b - a
@@ -543,8 +549,7 @@ def silence_bound(clean: pd.DataFrame, segs: pd.DataFrame, truth: pd.DataFrame, 
     by_seg = dict(tuple(hs.groupby("meter_id")))
     lo_lights = truth[truth["kind"] == "lights_off"]
     for m, g in _hourly(clean).groupby("meter_id"):
-        raw = clean[clean["meter_id"] == m]["ts"]
-        months = (raw.max() - raw.min() - pd.Timedelta(days=7)) / pd.Timedelta(days=30)
+        months = _months(clean.loc[clean["meter_id"] == m, "ts"])
         starts, lens = _dark_stretches(g, str(m))
         runs: dict = {}
         for t, n in zip(starts, lens):
@@ -758,7 +763,7 @@ def read_households(path: Path, tz: str) -> pd.DataFrame:
     real = pd.concat(cleaned.accepted, ignore_index=True)[["meter_id", "ts", "kwh"]]
     real["meter_id"] = real["meter_id"].astype(str)
     q = cleaned.quarantine_frame()
-    print(f"readings: {cleaned.counts.get('read', len(real) + len(q)):,} read, {len(real):,} accepted, "
+    print(f"readings: {cleaned.counts['read']:,} read, {len(real):,} accepted, "
           f"{len(q):,} set aside" + (f" ({q['reason'].value_counts().head(3).to_dict()})" if len(q) else ""))
     return real.sort_values(["meter_id", "ts"], ignore_index=True)
 
@@ -781,7 +786,7 @@ def main():
     ap.add_argument("--real", type=Path, default=REAL,
                     help="real households' readings, CSV or Parquet with meter_id, ts, kwh (kWh in the interval "
                          "ending at ts, local time); default: the three shipped ones")
-    ap.add_argument("--tz", default="Asia/Shanghai",
+    ap.add_argument("--tz", default=LOCAL_TZ_NAME,
                     help="the households' time zone, as for `sibifang detect`: timestamps with an offset are "
                          "converted to it, those without one are its local time")
     ap.add_argument("--known", type=Path, default=None,
@@ -790,7 +795,7 @@ def main():
     args = ap.parse_args()
     global CONFIG
     if args.budget is not None:
-        CONFIG = DetectorConfig(false_alarms_per_month=args.budget)
+        CONFIG = dataclasses.replace(CONFIG, false_alarms_per_month=args.budget)
     print(f"detector config: {CONFIG}")
     real = read_households(args.real, args.tz)
     if args.known is not None:

@@ -488,17 +488,14 @@ def test_risk_map_reports_levels_that_dropped_to_zero():
 
 def test_the_flow_judges_with_the_installations_silence_budget(monkeypatch):
     from sibifang.detectors import DetectorConfig
-    from sibifang.settings import Settings, reset_settings
-    from sibifang.settings import get_settings
+    from sibifang.settings import Settings, get_settings, reset_settings
 
-    def detector_config():
-        return get_settings().detector_config()
-
-    assert detector_config() == DetectorConfig()
+    # what the flow's detect_meter_episodes task judges with
+    assert get_settings().detector_config() == DetectorConfig()
     monkeypatch.setenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH", "1.2")
     reset_settings()
     try:
-        assert detector_config() == DetectorConfig(false_alarms_per_month=1.2)
+        assert get_settings().detector_config() == DetectorConfig(false_alarms_per_month=1.2)
         # `sibifang detect --silence-budget` overrides it for one run
         assert get_settings().detector_config(2.0) == DetectorConfig(false_alarms_per_month=2.0)
     finally:
