@@ -1,23 +1,30 @@
 """Acknowledgement of an alert (确认预警) and the outcome of the visit it asked for.
 
 Acknowledging stops the escalation of that flag's alerts; the flag itself closes only with
-an outcome: ``visited_all_well`` closes it, ``needs_help`` keeps it open and raises a need for
-the service-resource pool, ``escalate`` keeps it open for the supervisor and mediation.
+an outcome: ``visited_all_well`` closes it, ``needs_help`` keeps it (acknowledged) and raises a
+need for the service-resource pool in the category its kind calls for, ``escalate`` keeps it
+open and sends it one step up at once (the village chair, then the township federation or a
+supervisor: ``outbox.queue_escalation``); a dispute kind's flag, open, also goes to mediation
+(``escalate_disputes``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from schemas.models import Alert, Household, RiskFlag, ServiceNeed
+from schemas.models import Alert, Area, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
-from sibifang.outbox import lock_flag
+from sibifang.outbox import DispatchPolicy, lock_flag, queue_escalation
 from sibifang.records import stable_id
 from sibifang.settings import local_now
 
 OUTCOMES = {"visited_all_well": "已上门，一切正常", "needs_help": "已上门，需要帮助", "escalate": "需上报处理"}
+# The service-pool category (checks.DEMAND_CATEGORY_LABELS) a "needs help" answer files, by flag
+# kind: the meter kinds are about elderly people living alone, the rest default to that too.
+NEED_CATEGORY = {"dispute": "marriage_family_rights", "domestic_violence": "marriage_family_rights",
+                 "gambling": "marriage_family_rights"}
 
 
 class AckError(ValueError):
@@ -47,26 +54,37 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
     s.refresh(alert)
     first = alert.acked_at is None
     # Every alert of the same flag counts as answered: nobody escalates it any more, and what is
-    # still queued for it is never sent (outbox.claim_due).
-    s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
-              .values(acked_at=at, acked_by=actor).execution_options(synchronize_session=False))
-    s.refresh(alert)
+    # still queued for it is never sent (outbox.claim_due). Only at an alert's first answer: her
+    # link opened again must not answer for the chair an escalation she asked for now tells.
+    if first:
+        s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
+                  .values(acked_at=at, acked_by=actor).execution_options(synchronize_session=False))
+        s.refresh(alert)
     if outcome:
         alert.outcome = outcome
         if outcome == "visited_all_well":
             flag.status, flag.outcome, flag.closed_at = "closed", outcome, at
+        elif outcome == "escalate":
+            # open, so that the step queued now is delivered (outbox.answered) and, for a critical
+            # flag left unanswered there, the next one follows (outbox.escalation_due)
+            asked_before = flag.outcome == "escalate"      # a second click sends nothing more
+            flag.status, flag.outcome = "open", outcome
+            if not asked_before:
+                rows = s.execute(select(Alert.escalation_level, Alert.recipient_id)
+                                 .where(Alert.flag_id == flag.id)).all()
+                queue_escalation(s, flag, max(r.escalation_level for r in rows), {r.recipient_id for r in rows},
+                                 now=at, policy=DispatchPolicy.from_settings(), why="requested")
         else:
             flag.status, flag.outcome = "acknowledged", outcome
             if outcome == "needs_help":
                 hh = s.get(Household, flag.household_id)
-                from schemas.models import Area
-
                 grid = s.get(Area, hh.grid_id)
-                need_id = stable_id("N", flag.id, "elderly_care")
+                category = NEED_CATEGORY.get(flag.kind, "elderly_care")
+                need_id = stable_id("N", flag.id, category)
                 if s.get(ServiceNeed, need_id) is None:
                     s.add(ServiceNeed(id=need_id, household_id=hh.id, village_id=grid.parent_id,
-                                      category="elderly_care", created_at=at, status="open"))
-    elif flag.status == "open":
+                                      category=category, created_at=at, status="open"))
+    elif flag.status == "open" and first:     # (her link opened again: an escalation she asked for stays)
         flag.status = "acknowledged"
     audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": first}, at=at)
     return {"alert_id": alert_id, "flag_id": flag.id, "flag_status": flag.status, "outcome": outcome,
@@ -98,6 +116,6 @@ def alert_for_link(token: str, *, secret: str, now: datetime | None = None, data
         flag = s.get(RiskFlag, alert.flag_id)
         household = household_context(s, [flag.household_id]).get(flag.household_id, {})
         ctx = alert_page_context(flag_payload(flag), household, alert.recipient_role or "grid_worker", alert.id,
-                                 now=now)
+                                 now=now, sent=alert.first_sent_at or alert.created_at)
         return {**ctx, "acked": alert.acked_at is not None, "outcome": alert.outcome,
                 "outcome_label": OUTCOMES.get(alert.outcome or "", ""), "flag_status": flag.status}

@@ -329,24 +329,41 @@ def alert_id_for(flag: Mapping[str, Any], recipient: Recipient) -> str:
 
 
 # A resident ID number (身份证号) never leaves in a message, even when a cadre typed one into an
-# address or a visit note: 18 characters (17 digits + digit or X) or the old 15 digits.
-_ID_NUMBER = re.compile(r"(?<![0-9])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9Xx])")
+# address or a visit note: 18 characters (17 digits + digit or X) or the old 15 digits, in
+# half- or full-width digits, written whole or in groups split by spaces or hyphens
+# ("330203 19400101 1234"). Matched on a copy with the digits folded to ASCII, one character
+# for one, so the rest of the text keeps its full-width punctuation.
+_FOLD = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)}, "Ｘ": "X", "ｘ": "x", "\u3000": " ",
+                       "－": "-", "—": "-"})
+_DIGIT_GROUPS = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9])*(?:[ -]?[Xx])?(?![0-9Xx])")
+_ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]|[0-9]{15}")
 
 
 def scrub_id_numbers(text: str) -> str:
-    return _ID_NUMBER.sub("［身份证号已隐去］", text)
+    folded = text.translate(_FOLD)
+    out, last = [], 0
+    for m in _DIGIT_GROUPS.finditer(folded):
+        if _ID_NUMBER.fullmatch(re.sub(r"[ -]", "", m.group())):
+            out += [text[last:m.start()], "［身份证号已隐去］"]
+            last = m.end()
+    return "".join(out) + text[last:]
 
 
 def _place(village: str, grid: str) -> str:
     return grid if village and grid.startswith(village) else village + grid
 
 
-def _context(flag, household, recipient, ack_url, alert_id, now=None) -> dict[str, Any]:
+def _context(flag, household, recipient, ack_url, alert_id, now=None, sent=None) -> dict[str, Any]:
+    """``now``: when it is read (its time phrases); ``sent``: when it went out (default ``now``)."""
     severity = str(flag.get("severity") or "medium")
     detected = _local(flag.get("detected_at") or flag.get("start") or datetime.now(LOCAL_TZ))
     who = honorific(str(household.get("head_name") or ""), household.get("birth_year"), household.get("sex"),
                     year=detected.year)
-    deadline = detected + timedelta(hours=RESPONSE_HOURS.get(severity, 24))
+    # From when it reaches her: an alert held over quiet hours gets its whole time from the
+    # morning send, not a deadline that passed in the night
+    sent = sent if sent is not None else now
+    deadline = max(detected, _local(sent) if sent is not None else detected) + timedelta(
+        hours=RESPONSE_HOURS.get(severity, 24))
     kind = str(flag.get("kind"))
     # Evidence text comes from the detector for meter kinds; visit findings may hold personal
     # details, so they stay behind the ack link.
@@ -394,12 +411,13 @@ def render_alert(flag: Mapping[str, Any], household: Mapping[str, Any], recipien
 
 
 def alert_page_context(flag: Mapping[str, Any], household: Mapping[str, Any], recipient_role: str,
-                       alert_id: str, now: datetime | None = None) -> dict[str, Any]:
+                       alert_id: str, now: datetime | None = None, sent: datetime | None = None) -> dict[str, Any]:
     """What the page behind an alert's signed link shows (预警详情页): the whole alert, never
     masked, since the link is the recipient's own, with a visit finding's evidence that messages
-    leave out (ID numbers still scrubbed). Wording: ``templates/dispatch_alerts/ack_page.html.j2``."""
+    leave out (ID numbers still scrubbed). ``sent``: when the alert went out, which its deadline
+    counts from (as in the message). Wording: ``templates/dispatch_alerts/ack_page.html.j2``."""
     recipient = Recipient("", "", recipient_role or "grid_worker", "web", "", "link")
-    ctx = _context(flag, household, recipient, "", alert_id, now)
+    ctx = _context(flag, household, recipient, "", alert_id, now, sent)
     ctx["evidence"] = scrub_id_numbers(str(flag.get("evidence") or "").strip())
     return ctx
 

@@ -158,20 +158,30 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
 
 def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFrame:
     """Drop episodes that belong to a flag already closed or acknowledged: the same household and
-    kind, starting inside that flag's span (up to its end or closure, plus ``MERGE_GAP``). A grid
-    worker who went to the door and found all well is not asked again about the same episode;
-    a new episode after it is a new flag."""
+    kind, starting inside that flag's span (up to its end, plus ``MERGE_GAP``). A grid worker who
+    went to the door and found all well is not asked again about the same episode; a new
+    episode after it is a new flag.
+
+    ``settled``: ``dedup_key, household_id, kind, start, end, closed_at, acked_at``. The flag's
+    own episode, reported again, is kept (it may bring the end the flag lacks). A flag whose end
+    is not known yet ends, for this purpose, where its episode as reported now ends, else where
+    it was closed or acknowledged: an acknowledged one with no end would otherwise silence that
+    household's kind for good."""
     if new.empty or settled.empty:
         return new
+    reported = new[new["end"].notna()].groupby("dedup_key")["end"].max()
     spans: dict[tuple, list[tuple]] = {}
     for f in settled.itertuples(index=False):
-        stop = f.end if pd.notna(f.end) else f.closed_at
-        spans.setdefault((f.household_id, f.kind), []).append(
-            (pd.Timestamp(f.start) - MERGE_GAP, pd.Timestamp(stop) + MERGE_GAP if pd.notna(stop) else pd.Timestamp.max))
+        stop = next((pd.Timestamp(t) for t in (f.end, reported.get(f.dedup_key), f.closed_at, f.acked_at)
+                     if t is not None and pd.notna(t)), None)
+        hi = stop + MERGE_GAP if stop is not None else pd.Timestamp.max
+        spans.setdefault((f.household_id, f.kind), []).append((pd.Timestamp(f.start) - MERGE_GAP, hi))
+    own = set(settled["dedup_key"])
     keep = []
     for row in new.itertuples(index=False):
         start = pd.Timestamp(row.start)
-        keep.append(not any(lo <= start <= hi for lo, hi in spans.get((row.household_id, row.kind), [])))
+        keep.append(row.dedup_key in own
+                    or not any(lo <= start <= hi for lo, hi in spans.get((row.household_id, row.kind), [])))
     return new[keep]
 
 

@@ -55,6 +55,17 @@ class DispatchPolicy:
     override_webhook: str | None = None
     override_secret: str | None = None
 
+    @classmethod
+    def from_settings(cls) -> DispatchPolicy:
+        """The policy the settings (``SIBIFANG_*``) give."""
+        from sibifang.settings import get_settings
+
+        s = get_settings()
+        return cls(max_attempts=s.alert_max_attempts, escalate_after=timedelta(minutes=s.escalate_after_minutes),
+                   ack_base_url=s.ack_base_url, ack_secret=s.ack_signing_key(),
+                   ack_ttl=timedelta(hours=s.ack_token_ttl_hours), override_webhook=s.alert_webhook_url,
+                   override_secret=s.alert_webhook_secret.get_secret_value() if s.alert_webhook_secret else None)
+
 
 def backoff(attempt_no: int) -> timedelta:
     """Delay before attempt ``attempt_no + 1``: 30 s, 1 min, 2 min, ... capped at an hour."""
@@ -292,12 +303,12 @@ def escalation_due(session: Session, *, now: datetime, policy: DispatchPolicy) -
     due = []
     cutoff = now - policy.escalate_after
     for flag_id, alerts in sorted(by_flag.items()):
-        if any(a.acked_at is not None for a in alerts):
-            continue
         level = max(a.escalation_level for a in alerts)
-        if level >= 2:
-            continue
         step = [a for a in alerts if a.escalation_level == level]
+        # answered at this step; an answer below it that asked for escalation (需上报处理, which
+        # keeps the flag open) queued this step, whose own clock now runs
+        if level >= 2 or any(a.acked_at is not None for a in step):
+            continue
         started = [a.first_sent_at or (a.created_at if a.status == "dead" else None) for a in step]
         if any(t is None for t in started):
             continue  # this step's alerts are still on their way
@@ -306,27 +317,75 @@ def escalation_due(session: Session, *, now: datetime, policy: DispatchPolicy) -
     return due
 
 
-def escalation_targets(session: Session, flag_id: str, level: int, alerted: set[str]) -> tuple[int, list[Cadre]]:
+def escalation_targets(session: Session, flag_id: str, level: int, alerted: set[str], *, now: datetime,
+                       override: bool = False) -> tuple[int, list[Cadre]]:
     """Who is told next: the village chair (村/社区妇联主席) if she has not been yet, then the
-    township federation (vice chairs covering the township) or, failing that, a supervisor."""
+    township federation (vice chairs covering the township) or, failing that, a supervisor.
+
+    As in routing (``dispatch_alerts.route_flag``), a cadre on leave on ``now``'s date or without
+    a channel (unless ``override``: every message goes to the one webhook) is passed over: the
+    step goes to whoever can answer, not to an inbox nobody reads for the next half hour."""
+    from sibifang.dispatch_alerts import _on_leave
+
     flag = session.get(RiskFlag, flag_id)
     hh = session.get(Household, flag.household_id)
     grid = session.get(Area, hh.grid_id)
     village = session.get(Area, grid.parent_id) if grid and grid.parent_id else None
-    cadres = session.scalars(select(Cadre).where(Cadre.role.in_(("village_chair", "supervisor", "vice_chair")))
-                             .order_by(Cadre.id)).all()
+    today = now.date()
+    cadres = [c for c in session.scalars(select(Cadre).where(Cadre.role.in_(("village_chair", "supervisor",
+                                                                             "vice_chair")))
+                                         .order_by(Cadre.id)).all()
+              if c.id not in alerted and (override or (c.alert_channel and c.alert_address))
+              and not _on_leave({"on_leave_from": c.on_leave_from, "on_leave_until": c.on_leave_until}, today)]
     if level == 0 and village is not None:
         village_grids = set(session.scalars(select(Area.id).where(Area.parent_id == village.id)))
-        chairs = [c for c in cadres if c.role == "village_chair" and set(c.grid_ids) & village_grids
-                  and c.id not in alerted]
+        chairs = [c for c in cadres if c.role == "village_chair" and set(c.grid_ids) & village_grids]
         if chairs:
             return 1, chairs
     township_grids: set[str] = set()
     if village is not None and village.parent_id:
         villages = list(session.scalars(select(Area.id).where(Area.parent_id == village.parent_id)))
         township_grids = set(session.scalars(select(Area.id).where(Area.parent_id.in_(villages))))
-    near = [c for c in cadres if c.role in ("vice_chair", "supervisor") and set(c.grid_ids) & township_grids
-            and c.id not in alerted]
+    near = [c for c in cadres if c.role in ("vice_chair", "supervisor") and set(c.grid_ids) & township_grids]
     if near:
         return 2, near
-    return 2, [c for c in cadres if c.role == "supervisor" and c.id not in alerted][:1]
+    return 2, [c for c in cadres if c.role == "supervisor"][:1]
+
+
+def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[str], *, now: datetime,
+                     policy: DispatchPolicy, why: str = "unanswered") -> list[str]:
+    """Queue the flag's alerts one step up (``escalation_targets``), titled 【升级】; returns the
+    ids of the alerts inserted (none twice: keyed by flag, cadre and level). The caller holds the
+    flag's lock (``lock_flag``). ``why``: ``unanswered`` (no acknowledgement in time) or
+    ``requested`` (the grid worker answered 需上报处理)."""
+    from sibifang.ack_tokens import ack_url, make_ack_token
+    from sibifang.dispatch_alerts import Recipient, render_alert
+
+    new_level, targets = escalation_targets(session, flag.id, level, alerted, now=now,
+                                            override=bool(policy.override_webhook))
+    household = household_context(session, [flag.household_id]).get(flag.household_id)
+    if not targets or household is None:
+        return []
+    fdict = flag_payload(flag)
+    rows = []
+    for c in targets:
+        dedup = f"{flag.dedup_key}|{c.id}|L{new_level}"
+        aid = stable_id("A", dedup, length=12)
+        overridden = bool(policy.override_webhook)
+        rcpt = Recipient(c.id, c.name, c.role, "webhook" if overridden else (c.alert_channel or "webhook"),
+                         policy.override_webhook if overridden else (c.alert_address or ""),
+                         f"escalation_level_{new_level}", overridden)
+        msg = render_alert(fdict, household, rcpt, ack_url(policy.ack_base_url, make_ack_token(
+            aid, c.id, policy.ack_secret, policy.ack_ttl, now)), alert_id=aid, now=now)
+        rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
+                     "recipient_role": c.role, "channel": rcpt.channel, "address": rcpt.address,
+                     "severity": flag.severity, "title": "【升级】" + msg.title,
+                     "body": msg.markdown or msg.text, "status": "pending", "attempts": 0,
+                     "escalation_level": new_level, "created_at": now, "next_attempt_at": now})
+    stored = set(session.scalars(select(Alert.id).where(Alert.id.in_([r["id"] for r in rows]))))
+    rows = [r for r in rows if r["id"] not in stored]
+    if rows:
+        upsert(session, Alert, rows, key=["dedup_key"], update=())
+        audit(session, "dispatch_alerts", "escalate", "risk_flag", flag.id,
+              {"level": new_level, "to": [r["recipient_id"] for r in rows], "why": why}, at=now)
+    return [r["id"] for r in rows]

@@ -21,14 +21,8 @@ NO_ALERT_KINDS = ("overdue_visit", "unresolved_difficulty")
 
 def dispatch_policy():
     from sibifang.outbox import DispatchPolicy
-    from sibifang.settings import get_settings
 
-    s = get_settings()
-    return DispatchPolicy(
-        max_attempts=s.alert_max_attempts, escalate_after=timedelta(minutes=s.escalate_after_minutes),
-        ack_base_url=s.ack_base_url, ack_secret=s.ack_signing_key(),
-        ack_ttl=timedelta(hours=s.ack_token_ttl_hours), override_webhook=s.alert_webhook_url,
-        override_secret=s.alert_webhook_secret.get_secret_value() if s.alert_webhook_secret else None)
+    return DispatchPolicy.from_settings()
 
 
 def _quiet(now: datetime) -> datetime | None:
@@ -273,11 +267,8 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
 def escalate(now: datetime, database_url: str | None = None) -> int:
     """Unanswered critical flags go one step up: village chair, then the township federation."""
     from schemas.models import Alert
-    from sibifang.ack_tokens import ack_url, make_ack_token
-    from sibifang.db import audit, session_scope, upsert
-    from sibifang.dispatch_alerts import Recipient, render_alert
-    from sibifang.outbox import answered, escalation_due, escalation_targets, household_context, lock_flag
-    from sibifang.records import stable_id
+    from sibifang.db import session_scope
+    from sibifang.outbox import answered, escalation_due, lock_flag, queue_escalation
 
     policy = dispatch_policy()
     created = 0
@@ -287,32 +278,11 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
             # acknowledgement committed since escalation_due read (it takes the same lock)
             # stops this step; one coming after waits for us and marks these alerts answered.
             flag = lock_flag(s, flag_id)
-            if flag is None or s.scalar(select(Alert.id).where(Alert.flag_id == flag_id, answered()).limit(1)):
+            answered_here = select(Alert.id).where(Alert.flag_id == flag_id, Alert.escalation_level >= level,
+                                                   answered())
+            if flag is None or s.scalar(answered_here.limit(1)):
                 continue
-            new_level, targets = escalation_targets(s, flag_id, level, alerted)
-            household = household_context(s, [flag.household_id]).get(flag.household_id)
-            if not targets or household is None:
-                continue
-            fdict = flag_payload(flag)
-            rows = []
-            for c in targets:
-                dedup = f"{flag.dedup_key}|{c.id}|L{new_level}"
-                aid = stable_id("A", dedup, length=12)
-                overridden = bool(policy.override_webhook)
-                rcpt = Recipient(c.id, c.name, c.role, "webhook" if overridden else (c.alert_channel or "webhook"),
-                                 policy.override_webhook if overridden else (c.alert_address or ""),
-                                 f"escalation_level_{new_level}", overridden)
-                msg = render_alert(fdict, household, rcpt, ack_url(policy.ack_base_url, make_ack_token(
-                    aid, c.id, policy.ack_secret, policy.ack_ttl, now)), alert_id=aid, now=now)
-                rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
-                             "recipient_role": c.role, "channel": rcpt.channel, "address": rcpt.address,
-                             "severity": flag.severity, "title": "【升级】" + msg.title,
-                             "body": msg.markdown or msg.text, "status": "pending", "attempts": 0,
-                             "escalation_level": new_level, "created_at": now, "next_attempt_at": now})
-            upsert(s, Alert, rows, key=["dedup_key"], update=())
-            audit(s, "dispatch_alerts", "escalate", "risk_flag", flag.id,
-                  {"level": new_level, "to": [c.id for c in targets]}, at=now)
-            created += len(rows)
+            created += len(queue_escalation(s, flag, level, alerted, now=now, policy=policy))
     return created
 
 

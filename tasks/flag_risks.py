@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from sibifang.db import read_frame
 from sibifang.records import chunks
@@ -74,7 +74,7 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
 @task(name="store_flags", cache_policy=NO_CACHE)
 def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None = None) -> dict:
     """Raise each episode once, extend continuing ones, and refresh levels and the risk map."""
-    from schemas.models import Household, RiskFlag, RiskMapSnapshot
+    from schemas.models import Alert, Household, RiskFlag, RiskMapSnapshot
     from sibifang import flag_risks as logic
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
@@ -89,8 +89,10 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
             seen |= set(read_frame(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys)),
                                    database_url).dedup_key)
         fresh = candidates[~candidates.dedup_key.isin(seen) | candidates.dedup_key.isin(set(open_flags.dedup_key))]
-        settled = read_frame(select(RiskFlag.household_id, RiskFlag.kind, RiskFlag.start, RiskFlag.end,
-                                    RiskFlag.closed_at)
+        acked_at = (select(func.min(Alert.acked_at)).where(Alert.flag_id == RiskFlag.id)
+                    .correlate(RiskFlag).scalar_subquery())
+        settled = read_frame(select(RiskFlag.dedup_key, RiskFlag.household_id, RiskFlag.kind, RiskFlag.start,
+                                    RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
                              .where(RiskFlag.status != "open", RiskFlag.meter_id.is_not(None),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)

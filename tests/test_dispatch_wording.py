@@ -74,3 +74,32 @@ def test_every_phrase_template_exists_and_is_used(monkeypatch):
     what_happened(_flag("inactivity"), "李奶奶")
     what_to_do(_flag("inactivity", "critical"))
     assert loaded == [f"dispatch_alerts/{name}" for name in PHRASE_TEMPLATES]
+
+
+def test_an_alert_held_overnight_counts_its_deadline_from_the_morning_send():
+    rcpt = da.Recipient("GW1", "陈丽", "grid_worker", "webhook", "http://127.0.0.1:9/x", "grid_worker")
+    flag = {**_flag("inactivity", "high"), "flag_id": "F1", "detected_at": datetime(2024, 11, 19, 22, 55, tzinfo=TZ)}
+    household = {"head_name": "李秀英", "birth_year": 1940, "sex": "F", "address": "万堤村1号"}
+    at_night = da.render_alert(flag, household, rcpt, "http://ack", now=datetime(2024, 11, 19, 22, 55, tzinfo=TZ))
+    morning = da.render_alert(flag, household, rcpt, "http://ack", now=datetime(2024, 11, 20, 7, 1, tzinfo=TZ))
+    assert "最晚：11月20日02:55" in at_night.markdown
+    assert "最晚：11月20日11:01" in morning.markdown
+    # the page behind the link, opened later, keeps the deadline of the message
+    page = da.alert_page_context(flag, household, "grid_worker", "A1", now=datetime(2024, 11, 20, 9, 30, tzinfo=TZ),
+                                 sent=datetime(2024, 11, 20, 7, 1, tzinfo=TZ))
+    assert page["deadline"] == "11月20日11:01"
+
+
+@pytest.mark.parametrize("text", [
+    "万堤村1号（身份证330203194001011234）", "万堤村1号（身份证３３０２０３１９４００１０１１２３４）",
+    "身份证 330203 19400101 1234", "身份证330203-19400101-123X", "老证号330203400101123",
+])
+def test_id_numbers_are_scrubbed_however_they_were_typed(text):
+    out = da.scrub_id_numbers(text)
+    assert "［身份证号已隐去］" in out
+    assert not any(part in out for part in ("330203", "３３０２０３", "0101", "０１０１"))
+
+
+@pytest.mark.parametrize("text", ["电话138 1234 5678，万堤村12号", "2024-11-20 08:00 起", "（３号楼）"])
+def test_phone_numbers_and_dates_are_left_as_written(text):
+    assert da.scrub_id_numbers(text) == text
