@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from schemas.models import Alert, Area, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
@@ -117,5 +117,9 @@ def alert_for_link(token: str, *, secret: str, now: datetime | None = None, data
         household = household_context(s, [flag.household_id]).get(flag.household_id, {})
         ctx = alert_page_context(flag_payload(flag), household, alert.recipient_role or "grid_worker", alert.id,
                                  now=now, sent=alert.first_sent_at or alert.created_at)
+        # who was told above her (需上报处理): the page says whether anyone was
+        above = s.scalar(select(func.count()).select_from(Alert).where(
+            Alert.flag_id == flag.id, Alert.escalation_level > alert.escalation_level))
         return {**ctx, "acked": alert.acked_at is not None, "outcome": alert.outcome,
-                "outcome_label": OUTCOMES.get(alert.outcome or "", ""), "flag_status": flag.status}
+                "outcome_label": OUTCOMES.get(alert.outcome or "", ""), "flag_status": flag.status,
+                "escalated_to": int(above)}

@@ -11,8 +11,9 @@ from datetime import timedelta
 
 import pytest
 import requests
+from sqlalchemy import select
 
-from schemas.models import Alert, Area, Household, RiskFlag
+from schemas.models import Alert, Area, Cadre, Household, RiskFlag
 from sibifang.ack_tokens import ack_url, make_ack_token
 from sibifang.db import migrate, session_scope, upsert
 from sibifang.settings import local_now
@@ -169,3 +170,21 @@ def test_settings_repr_hides_credentials(monkeypatch):
     assert "S3cretPw" not in text and "tok-123" not in text and "k-456" not in text
     assert Settings().database_url.endswith("@db:5432/x")  # still there for the code that needs it
 
+
+
+def test_needs_escalation_says_whether_anyone_above_was_told(server):
+    base, url = server
+    tok = requests.utils.unquote(_token(_link(base, "A1")))
+    r = requests.post(f"{base}/ack", data={"t": tok, "outcome": "escalate"}, timeout=5)
+    # this site has no chair or supervisor on record: she is told to phone one
+    assert r.status_code == 200 and "需上报处理" in r.text and "请直接电话联系" in r.text
+    assert _state(url, "A1")[1:] == ("escalate", "open")
+    with session_scope(url) as s:
+        s.add(Cadre(id="VC1", name="王秀英", role="village_chair", grid_ids=["G1"], alert_channel="sms",
+                    alert_address="13900000000"))
+    r = requests.post(f"{base}/ack", data={"t": requests.utils.unquote(_token(_link(base, "A2"))),
+                                           "outcome": "escalate"}, timeout=5)
+    assert "已转报上一级" in r.text
+    with session_scope(url) as s:
+        up = s.scalars(select(Alert).where(Alert.flag_id == "F2", Alert.escalation_level > 0)).all()
+        assert [(a.recipient_id, a.escalation_level, a.status) for a in up] == [("VC1", 1, "pending")]
