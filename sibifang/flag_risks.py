@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -43,30 +44,64 @@ class Cue:
 
 @dataclass
 class Lexicon:
+    """The visit-note lexicon (走访记录风险词库, ``risk_lexicon.toml``): cues and how a note
+    negates or asks about them."""
+
     cues: list[Cue] = field(default_factory=list)
     negations: list[str] = field(default_factory=list)
+    fillers: list[str] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+    answers_yes: list[str] = field(default_factory=list)
+    list_joiners: list[str] = field(default_factory=list)
+    traditional: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Lexicon:
         data = tomllib.loads((path or LEXICON_FILE).read_text(encoding="utf-8"))
         cues = [Cue(term, kind, spec["severity"]) for kind, spec in data["cues"].items() for term in spec["terms"]]
-        return cls(cues=cues, negations=list(data.get("negations", [])))
+        return cls(cues=cues, negations=list(data.get("negations", [])), fillers=list(data.get("fillers", [])),
+                   questions=list(data.get("questions", [])), answers_yes=list(data.get("answers_yes", [])),
+                   list_joiners=list(data.get("list_joiners", [])), traditional=dict(data.get("traditional", {})))
+
+    @staticmethod
+    def _alternatives(words: list[str]) -> str:
+        return "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
 
     def find(self, text: str | None) -> list[Cue]:
-        """Cues present in a note, skipping negated mentions ("无家暴", "没有发现家暴", "未见矛盾")
-        but not a negation that belongs to another word ("丈夫长期无业，家暴")."""
+        """Cues present in a note, in lexicon order, one per term.
+
+        Skipped: a negated mention ("无家暴", "没有发现家暴", "无明显矛盾", "无殴打、打骂"), a form's
+        question not answered yes ("有无家暴：无", a bare "有无家暴"), and a term inside a longer
+        one that is itself a cue ("无婆媳矛盾" is no "矛盾"). A negation that belongs to another word
+        ("丈夫长期无业，家暴") negates nothing. Read with spaces removed, full-width forms folded
+        and traditional characters as simplified."""
         if not text:
             return []
-        negated = re.compile("(?:" + "|".join(map(re.escape, self.negations)) + ")(?:发现|存在|有|见|出现)?$") \
-            if self.negations else None
-        found = []
-        for cue in self.cues:
-            for m in re.finditer(re.escape(cue.term), text):
-                if negated is not None and negated.search(text[:m.start()]):
-                    continue
-                found.append(cue)
-                break
-        return found
+        t = re.sub(r"\s+", "", unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional)))
+        # longest first where mentions overlap: a term inside a longer cue belongs to that cue
+        mentions: list[tuple[int, int, Cue]] = []
+        for s, e, cue in sorted(((m.start(), m.end(), c) for c in self.cues
+                                 for m in re.finditer(re.escape(c.term), t)), key=lambda o: o[0] - o[1]):
+            if not any(s < te and ts < e for ts, te, _ in mentions):
+                mentions.append((s, e, cue))
+        fill = f"(?:{self._alternatives(self.fillers)})*" if self.fillers else ""
+        negated = re.compile(f"(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        asked = re.compile(f"(?:{self._alternatives(self.questions)}){fill}$") if self.questions else None
+        yes = re.compile(f"^[:]?(?:{self._alternatives(self.answers_yes)})") if self.answers_yes else None
+        joined = re.compile(f"(?:{self._alternatives(self.list_joiners)})") if self.list_joiners else None
+        present: set[str] = set()
+        prev_end, prev_negated = None, False
+        for s, e, cue in sorted(mentions, key=lambda o: o[0]):
+            before = t[:s]
+            if asked is not None and asked.search(before):
+                no = not (yes is not None and yes.search(t[e:]))
+            else:
+                no = bool(negated is not None and negated.search(before)) or (
+                    prev_negated and joined is not None and joined.fullmatch(t[prev_end:s]) is not None)
+            prev_end, prev_negated = e, no
+            if not no:
+                present.add(cue.term)
+        return [c for c in self.cues if c.term in present]
 
 
 def episodes_to_flags(episodes: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
@@ -207,6 +242,18 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
 
+# What a clerk types for "nothing" in a free-text field (困难/措施: 无, 暂无, 没有, 无困难).
+_NOTHING = re.compile(r"[暂暫]?[无無没沒]有?(?:困难|困難|措施)?|[/\-—.。]+")
+
+
+def _blank_answer(value) -> bool:
+    """An empty field, or one that says there is nothing."""
+    if not isinstance(value, str):
+        return True
+    text = re.sub(r"\s+", "", value)
+    return not text or _NOTHING.fullmatch(text) is not None
+
+
 def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_days: int = 90,
                                 min_times: int = 2) -> pd.DataFrame:
     """Difficulties recorded again and again without a measure (反复反映困难未解决)."""
@@ -216,10 +263,14 @@ def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_day
     v["visited_at"] = pd.to_datetime(v["visited_at"])
     start = pd.Timestamp(as_of) - pd.Timedelta(days=window_days)
     v = v[(v.visited_at >= start) & (v.visited_at < pd.Timestamp(as_of) + pd.Timedelta(days=1))]
-    has_diff = v["difficulties"].fillna("").str.strip().ne("")
-    no_measure = v["measures"].fillna("").str.strip().eq("")
-    hits = v[has_diff & no_measure].groupby("household_id").agg(n=("visit_id", "size"), last=("visited_at", "max"),
-                                                                 first=("visited_at", "min"))
+    has_diff = ~v["difficulties"].map(_blank_answer)
+    has_measure = ~v["measures"].map(_blank_answer)
+    # only the visits since the last one that recorded a measure: a difficulty answered is no
+    # longer "again and again without a measure"
+    since = v["visited_at"].where(has_measure).groupby(v["household_id"]).transform("max")
+    v = v[has_diff & ~has_measure & (since.isna() | (v["visited_at"] > since))]
+    hits = v.groupby("household_id").agg(n=("visit_id", "size"), last=("visited_at", "max"),
+                                         first=("visited_at", "min"))
     hits = hits[hits.n >= min_times]
     rows = []
     for hid, r in hits.iterrows():
@@ -250,6 +301,45 @@ def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3
                      "evidence": evidence_sentence("overdue_visit", due=f"{due:%m月%d日}", days=days),
                      "details": {"plan_id": r.id}})
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+# Flags raised from the records, not from an event a grid worker goes to: the day's
+# candidates say whether they still hold.
+RECORD_KINDS = ("overdue_visit", "unresolved_difficulty")
+
+
+def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
+                             away: pd.DataFrame) -> pd.DataFrame:
+    """Open flags whose situation the records now say is over, nobody having to answer them:
+    ``flag_id, outcome``.
+
+    - ``overdue_visit``: the day's candidates no longer hold it (the plan was visited or
+      replanned): ``visited``;
+    - ``unresolved_difficulty``: the household has no such candidate any more (a measure was
+      recorded, or the visits left the window): ``measure_recorded``;
+    - a meter flag that began inside an absence recorded on the household since it was raised
+      (住院, 外出探亲; ``away``: ``household_id, start, end``, end empty while away): the
+      detectors no longer see it, and nobody was home to be at risk: ``absence_recorded``.
+    """
+    out = []
+    if open_flags.empty:
+        return pd.DataFrame(out, columns=["flag_id", "outcome"])
+    keys = set(candidates.dedup_key) if len(candidates) else set()
+    pairs = set(zip(candidates.household_id, candidates.kind)) if len(candidates) else set()
+    spans: dict[str, list[tuple]] = {}
+    for a in away.itertuples(index=False):
+        if pd.notna(a.start):
+            spans.setdefault(a.household_id, []).append(
+                (pd.Timestamp(a.start), pd.Timestamp(a.end) + pd.Timedelta(days=1) if pd.notna(a.end) else None))
+    for f in open_flags.itertuples(index=False):
+        if f.kind == "overdue_visit" and f.dedup_key not in keys:
+            out.append((f.flag_id, "visited"))
+        elif f.kind == "unresolved_difficulty" and (f.household_id, f.kind) not in pairs:
+            out.append((f.flag_id, "measure_recorded"))
+        elif pd.notna(f.meter_id) and any(lo <= pd.Timestamp(f.start) and (hi is None or pd.Timestamp(f.start) < hi)
+                                          for lo, hi in spans.get(f.household_id, ())):
+            out.append((f.flag_id, "absence_recorded"))
+    return pd.DataFrame(out, columns=["flag_id", "outcome"])
 
 
 def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 
 from sibifang.db import read_frame
 from sibifang.records import chunks
@@ -80,8 +81,10 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     from sibifang.records import frame_records
 
     open_flags = read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
-                                   RiskFlag.kind, RiskFlag.severity, RiskFlag.evidence, RiskFlag.start, RiskFlag.end)
+                                   RiskFlag.meter_id, RiskFlag.kind, RiskFlag.severity, RiskFlag.evidence,
+                                   RiskFlag.start, RiskFlag.end)
                             .where(RiskFlag.status != "closed"), database_url)
+    later_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of > as_of).limit(1), database_url)
     # Episodes already on record (open or closed) are not raised again.
     if len(candidates):
         seen = set()
@@ -93,13 +96,15 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                     .correlate(RiskFlag).scalar_subquery())
         settled = read_frame(select(RiskFlag.dedup_key, RiskFlag.household_id, RiskFlag.kind, RiskFlag.start,
                                     RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
-                             .where(RiskFlag.status != "open", RiskFlag.meter_id.is_not(None),
+                             .where(RiskFlag.status != "open", RiskFlag.kind.not_in(logic.RECORD_KINDS),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
     else:
         fresh = candidates
     inserts, extends = logic.merge_with_open_flags(fresh, open_flags)
     now = datetime.combine(as_of, datetime.max.time()).replace(microsecond=0)
+    away = read_frame(select(Household.id.label("household_id"), Household.away_from.label("start"),
+                             Household.away_until.label("end")).where(Household.away_from.is_not(None)), database_url)
     with session_scope(database_url) as s:
         rows = []
         # An episode that was over more than a day before this run (a first run over weeks of
@@ -126,8 +131,19 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
         if rows:  # a re-run raises nothing and records nothing
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
+        # Flags the records settle close here, by the latest day only: a replayed earlier day saw
+        # them open. (A re-run finds them closed: nothing more.)
+        settled_now = logic.flags_settled_by_records(open_flags, candidates, away) if later_day.empty \
+            else pd.DataFrame(columns=["flag_id", "outcome"])
+        for outcome, ids in settled_now.groupby("outcome")["flag_id"]:
+            s.execute(update(RiskFlag).where(RiskFlag.id.in_(list(ids)), RiskFlag.status != "closed")
+                      .values(status="closed", outcome=outcome, closed_at=now))
+        if len(settled_now):
+            audit(s, "flag_risks", "close_settled_flags", "risk_flag", None,
+                  settled_now.groupby("outcome").size().to_dict(), at=now)
     hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
-                           Household.risk_level.label("old_level"), Household.risk_score.label("old_score")),
+                           Household.risk_level.label("old_level"), Household.risk_score.label("old_score"),
+                           Household.risk_reasons.label("old_reasons")),
                     database_url)
     # Scored as of the day's end: a replayed day gets the flags open then, not the ones raised or
     # closed since, so its risk map (and the report built on it) is what that day saw.
@@ -137,7 +153,6 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     scored = logic.score_households(hh, still_open)
     prev_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of < as_of)
                           .order_by(RiskMapSnapshot.as_of.desc()).limit(1), database_url)
-    later_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of > as_of).limit(1), database_url)
     previous = None
     if not prev_day.empty:
         previous = read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of == prev_day.as_of.iloc[0]),
@@ -147,14 +162,21 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         # Only households whose level or score moved are written, and only by the latest day: the
         # household's level is its current one, which a replay of an earlier day must not set back.
         prev = hh.set_index("household_id")
-        moved = (scored.risk_level.to_numpy() != prev.loc[scored.household_id, "old_level"].to_numpy()) | (
-            scored.risk_score.to_numpy() != prev.loc[scored.household_id, "old_score"].fillna(-1).to_numpy())
+        old = prev.loc[scored.household_id]
+        moved = (scored.risk_level.to_numpy() != old["old_level"].to_numpy()) | (
+            scored.risk_score.to_numpy() != old["old_score"].fillna(-1).to_numpy()) | (
+            # the same score for other reasons (one flag closed, another opened) is news too
+            np.array([list(a) != list(b) if isinstance(b, list) else True
+                      for a, b in zip(scored.risk_reasons, old["old_reasons"])]))
         changed = scored[moved] if later_day.empty else scored.iloc[:0]
         for chunk_start in range(0, len(changed), 2000):
             chunk = changed.iloc[chunk_start:chunk_start + 2000]
             s.execute(update(Household), [
                 {"id": h, "risk_level": lvl, "risk_score": float(sc), "risk_reasons": rs}
                 for h, lvl, sc, rs in zip(chunk.household_id, chunk.risk_level, chunk.risk_score, chunk.risk_reasons)])
+        # The day's map whole: a level that emptied since an earlier run of the same day must not
+        # keep that run's count
+        s.execute(delete(RiskMapSnapshot).where(RiskMapSnapshot.as_of == as_of))
         upsert(s, RiskMapSnapshot, frame_records(rmap[["as_of", "grid_id", "level", "households"]]),
                key=["as_of", "grid_id", "level"])
     levels = scored.risk_level.value_counts().to_dict()

@@ -89,6 +89,25 @@ def test_lexicon_negation_with_verb_between(lexicon):
     assert lexicon.find("走访中没有发现家暴") == []
 
 
+@pytest.mark.parametrize("text", [
+    "无婆媳矛盾", "否认婆媳矛盾", "没有闹离婚",             # a term inside a longer, negated one
+    "无　家暴", "无 家暴", "无明显家暴", "没有任何家暴", "无任何矛盾",   # spaces and fillers
+    "无殴打、打骂", "没有吵架和打骂",                        # a negated list
+    "有无家暴：无", "有无家暴", "是否有赌博：否",             # a form's question, not answered yes
+])
+def test_lexicon_reads_negations_as_clerks_write_them(lexicon, text):
+    assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("有无家暴：有", "domestic_violence"), ("有无家庭暴力：有，丈夫酒后", "domestic_violence"),
+    ("是否有赌博：是", "gambling"), ("夫妻鬧離婚", "dispute"), ("丈夫毆打妻子", "domestic_violence"),
+    ("无家暴，但夫妻经常吵架", "dispute"),
+])
+def test_lexicon_finds_answered_questions_traditional_characters_and_cues_after_a_negated_one(lexicon, text, kind):
+    assert kinds(lexicon.find(text)) == {kind}
+
+
 def test_lexicon_harmonious_in_laws_is_not_a_dispute(lexicon):
     assert lexicon.find("婆媳关系和睦，家庭和谐") == []
 
@@ -188,6 +207,24 @@ def test_unresolved_difficulty_flags_two_visits_without_measure():
     assert f.dedup_key == "difficulty|HA|2026-05-10"
     assert f.flag_id == stable_id("F", "difficulty|HA|2026-05-10")
     assert "2次" in f.evidence
+
+
+def test_unresolved_difficulty_flags_read_nothing_as_nothing_and_start_again_after_a_measure():
+    v = pd.DataFrame([
+        # "无", "暂无" typed as the difficulty: no difficulty
+        _dv("A1", "HA", "2026-06-01", "无"), _dv("A2", "HA", "2026-06-05", "暂无"), _dv("A3", "HA", "2026-06-09", "无"),
+        # "无" typed as the measure: no measure
+        _dv("B1", "HB", "2026-06-01", "看病难", "无"), _dv("B2", "HB", "2026-06-05", "看病难", "暂无"),
+        # a measure on the latest visit answers the two before it
+        _dv("C1", "HC", "2026-06-01", "就业困难"), _dv("C2", "HC", "2026-06-05", "就业困难"),
+        _dv("C3", "HC", "2026-06-09", "就业困难", "已推荐到巾帼家政培训"),
+        # ... and two after a measure are counted again
+        _dv("D1", "HD", "2026-05-20", "缺少照料", "已联系志愿者"), _dv("D2", "HD", "2026-06-01", "缺少照料"),
+        _dv("D3", "HD", "2026-06-05", "缺少照料"),
+    ])
+    flags = unresolved_difficulty_flags(v, date(2026, 6, 10))
+    assert sorted(flags.household_id) == ["HB", "HD"]
+    assert flags.set_index("household_id").loc["HD", "details"] == {"times": 2}
 
 
 def test_unresolved_difficulty_flags_window_and_min_times():

@@ -1,0 +1,112 @@
+"""Flags on record across runs (store_flags): raised once, settled by the records, and the
+household levels and risk map that follow from them."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import pandas as pd
+from sqlalchemy import delete, select
+
+from schemas.models import Household, RiskFlag, RiskMapSnapshot
+from sibifang.db import session_scope
+from sibifang.flag_risks import FLAG_COLUMNS, Lexicon, visit_cue_flags
+from tests.test_outbox import outbox_db  # noqa: F401  (fixture)
+
+
+def _fresh(url: str) -> None:
+    """The fixture's village without its flags."""
+    with session_scope(url) as s:
+        s.execute(delete(RiskFlag))
+
+
+def _visit(vid: str, hid: str, when: str, notes: str) -> pd.DataFrame:
+    return visit_cue_flags(pd.DataFrame([{"visit_id": vid, "household_id": hid, "visited_at": when, "notes": notes}]),
+                           Lexicon.load())
+
+
+def _flags(url: str, hid: str) -> list[tuple]:
+    with session_scope(url) as s:
+        return [(f.kind, f.status, f.outcome) for f in
+                s.scalars(select(RiskFlag).where(RiskFlag.household_id == hid).order_by(RiskFlag.start))]
+
+
+def _map(url: str, day: date) -> dict:
+    with session_scope(url) as s:
+        return {(r.grid_id, r.level): r.households
+                for r in s.scalars(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of == day))}
+
+
+def test_the_days_map_is_redrawn_whole_when_a_level_empties_between_runs(outbox_db):  # noqa: F811
+    from tasks.flag_risks import store_flags
+
+    _fresh(outbox_db)
+    store_flags.fn(pd.DataFrame(columns=FLAG_COLUMNS), date(2026, 11, 19), outbox_db)
+    day = date(2026, 11, 20)
+    store_flags.fn(_visit("V1", "H001", "2026-11-20 10:00", "女方称丈夫家暴"), day, outbox_db)
+    assert _map(outbox_db, day)[("G1", "红")] == 1
+    with session_scope(outbox_db) as s:
+        s.execute(RiskFlag.__table__.update().values(status="closed", outcome="visited_all_well",
+                                                     closed_at=datetime(2026, 11, 20, 12)))
+    store_flags.fn(pd.DataFrame(columns=FLAG_COLUMNS), day, outbox_db)      # the day's later run
+    m = _map(outbox_db, day)
+    assert m.get(("G1", "红"), 0) == 0
+    assert sum(m.values()) == 40 == sum(m.get((g, "绿"), 0) for g in ("G1", "G2"))
+
+
+def test_a_visit_merged_into_a_closed_flag_is_not_raised_again(outbox_db):  # noqa: F811
+    from tasks.flag_risks import store_flags
+
+    _fresh(outbox_db)
+    both = pd.concat([_visit("V1", "H001", "2026-11-18 10:00", "丈夫家暴"),
+                      _visit("V2", "H001", "2026-11-19 10:00", "又被家暴")], ignore_index=True)
+    store_flags.fn(both, date(2026, 11, 19), outbox_db)
+    assert _flags(outbox_db, "H001") == [("domestic_violence", "open", None)]
+    with session_scope(outbox_db) as s:
+        s.execute(RiskFlag.__table__.update().values(status="closed", outcome="visited_all_well",
+                                                     closed_at=datetime(2026, 11, 20, 9)))
+    store_flags.fn(both, date(2026, 11, 21), outbox_db)
+    assert _flags(outbox_db, "H001") == [("domestic_violence", "closed", "visited_all_well")]
+    # a new finding days after is a new flag
+    store_flags.fn(pd.concat([both, _visit("V3", "H001", "2026-11-25 10:00", "丈夫殴打")]), date(2026, 11, 25),
+                   outbox_db)
+    assert _flags(outbox_db, "H001")[-1] == ("domestic_violence", "open", None)
+
+
+def test_flags_the_records_settle_close_and_the_level_follows(outbox_db):  # noqa: F811
+    from sibifang.flag_risks import overdue_visit_flags
+    from tasks.flag_risks import store_flags
+
+    _fresh(outbox_db)
+    plan = pd.DataFrame([{"id": "P1", "household_id": "H001", "status": "planned", "due_date": date(2026, 11, 1),
+                          "window_end": date(2026, 11, 5), "urgent": True}])
+    overdue = overdue_visit_flags(plan, date(2026, 11, 20))
+    meter = pd.DataFrame([{"flag_id": "FM", "dedup_key": "meter|M3|inactivity|2026-11-19T20:00", "household_id": "H003",
+                           "meter_id": "M3", "kind": "inactivity", "severity": "critical", "score": 5.0,
+                           "start": pd.Timestamp("2026-11-19 20:00"), "detected_at": pd.Timestamp("2026-11-20 08:00"),
+                           "end": pd.NaT, "evidence": "用电接近停止", "details": {}}], columns=FLAG_COLUMNS)
+    store_flags.fn(pd.concat([overdue, meter], ignore_index=True), date(2026, 11, 20), outbox_db)
+    with session_scope(outbox_db) as s:
+        assert s.get(Household, "H001").risk_level == "橙" and s.get(Household, "H003").risk_level == "红"
+        # the plan was visited; the family of H003 turns out to have been in hospital since the 19th
+        s.get(Household, "H003").away_from = date(2026, 11, 19)
+    store_flags.fn(pd.DataFrame(columns=FLAG_COLUMNS), date(2026, 11, 21), outbox_db)
+    assert _flags(outbox_db, "H001") == [("overdue_visit", "closed", "visited")]
+    assert _flags(outbox_db, "H003") == [("inactivity", "closed", "absence_recorded")]
+    with session_scope(outbox_db) as s:
+        assert s.get(Household, "H001").risk_level == "绿" and s.get(Household, "H003").risk_level == "绿"
+
+
+def test_the_reasons_follow_the_flags_when_the_score_stays_the_same(outbox_db):  # noqa: F811
+    from tasks.flag_risks import store_flags
+
+    _fresh(outbox_db)
+    store_flags.fn(_visit("V1", "H001", "2026-11-18 10:00", "闹离婚"), date(2026, 11, 18), outbox_db)
+    with session_scope(outbox_db) as s:
+        s.execute(RiskFlag.__table__.update().values(status="closed", outcome="visited_all_well",
+                                                     closed_at=datetime(2026, 11, 19, 9)))
+    store_flags.fn(_visit("V2", "H001", "2026-11-20 10:00", "丈夫欠下赌债"), date(2026, 11, 20), outbox_db)
+    with session_scope(outbox_db) as s:
+        h = s.get(Household, "H001")
+        assert h.risk_score == 35 and any("赌" in r for r in h.risk_reasons)
+        assert not any("离婚" in r for r in h.risk_reasons)
