@@ -128,6 +128,28 @@ _BIG = 1 << 30
 
 
 # ---------------------------------------------------------------------------------------------
+# Parameters a supervisor gives a run by hand
+# ---------------------------------------------------------------------------------------------
+class ScheduleParameterError(ValueError):
+    """A scheduling run asked for with parameters that cannot be planned; the message is in Chinese
+    (a supervisor reads it)."""
+
+
+MAX_HORIZON_DAYS = 366  # a year ahead; the planner holds every cadre's days in memory
+
+
+def check_schedule_parameters(*, horizon_days, grid: str | None = None, known_grids=None) -> None:
+    """Raise ``ScheduleParameterError`` for a horizon that is not 1..366 days or a grid not in the
+    registry (``known_grids``: the registered grid ids; None skips that check)."""
+    if isinstance(horizon_days, bool) or not isinstance(horizon_days, int) or not (
+            1 <= horizon_days <= MAX_HORIZON_DAYS):
+        raise ScheduleParameterError(f"排期天数 horizon_days 必须是 1 到 {MAX_HORIZON_DAYS} 之间的整数，"
+                                     f"收到 {horizon_days!r}。")
+    if grid is not None and known_grids is not None and str(grid) not in {str(g) for g in known_grids}:
+        raise ScheduleParameterError(f"没有编号为 {grid} 的网格，请检查 grid 参数（网格编号见档案导入的区域表）。")
+
+
+# ---------------------------------------------------------------------------------------------
 # Cadence rules
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -80,8 +80,13 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
 
 @task(name="plan_visits", cache_policy=NO_CACHE)
 def plan_visits(as_of: date, horizon_days: int = 30, grid: str | None = None, database_url: str | None = None):
-    from sibifang.schedule_visits import schedule_visits
+    from sibifang.schedule_visits import check_schedule_parameters, schedule_visits
 
+    # A grid that is not registered would plan nothing and then fail the plan's validation with
+    # an empty frame: say which parameter is wrong instead, before anything is read.
+    if grid is not None:
+        check_schedule_parameters(horizon_days=horizon_days, grid=grid,
+                                  known_grids=grid_hierarchy(database_url).grid_id)
     inputs = scheduling_inputs(as_of, database_url)
     rules = inputs.pop("rules")
     return schedule_visits(inputs.pop("households"), inputs.pop("cadres"), as_of=as_of, horizon_days=horizon_days,
