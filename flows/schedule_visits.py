@@ -17,6 +17,9 @@ def schedule_visits(as_of: date | None = None, grid: str | None = None, horizon_
                     notify_for: date | None = None, out_dir: str | None = None) -> dict:
     """``notify_for``: the day whose visits the digests announce (the morning run: today; the
     evening loop: tomorrow)."""
+    from sibifang.schedule_visits import check_schedule_parameters
+
+    check_schedule_parameters(horizon_days=horizon_days)  # before any task: a mistyped horizon plans nothing
     day = as_of_date(as_of)
     plan = plan_visits(day, horizon_days, grid)
     validate_handover(plan.plans, "visit_plans", stage="schedule_visits", source=f"schedule_visits {day}")

@@ -20,8 +20,10 @@ SCHEDULES: dict[str, list[dict]] = {
     "record_visits": [{"cron": "*/30 * * * *"}],
     "escalate_disputes": [{"cron": "10 * * * *"}],
     "schedule_visits": [{"cron": "0 6 * * *"}],
-    "summary_report": [{"cron": "0 8 * * 1", "parameters": {"period_days": 7}},
-                       {"cron": "0 8 1 * *", "parameters": {"period_days": 30}}],
+    # Calendar periods ending yesterday: Monday's run reports the Mon–Sun week before, the 1st's the
+    # month before, so every day is in one weekly and one monthly report whatever hour they run.
+    "summary_report": [{"cron": "0 8 * * 1", "parameters": {"period": "week"}},
+                       {"cron": "0 8 1 * *", "parameters": {"period": "month"}}],
     "closed_loop": [{"cron": "30 23 * * *"}],
     "import_registry": [],  # by hand: a supervisor imports what a village sent
 }

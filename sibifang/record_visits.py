@@ -1,18 +1,29 @@
 """Visit records in (走访记录): match each record to the plan it fulfils.
 
-A record names its plan (``plan_id``) when the cadre's form knew it; otherwise it fulfils the
-earliest open plan of the same household whose window it falls in (or that is overdue). A
-record that matches no plan is an unplanned visit: kept, and counted as such.
+A record names its plan (``plan_id``) when the cadre's form knew it. Otherwise, of the plans of
+the same household, it fulfils, in this order:
+
+1. an open plan whose window holds the visit day (the visit it was made for);
+2. the nearest other open plan: overdue (late visit) or opening within ``early_days``;
+3. only when no open plan fits, a plan already marked ``missed`` whose window ended at most
+   ``missed_within_days`` before the visit (a late visit of that plan; the caller keeps it
+   ``missed``, so reports do not count it as done on time).
+
+Ties go to the earlier due date, then the plan id. A record that matches no plan is an unplanned
+visit: kept, and counted as such.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 
-def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_days: int = 7) -> pd.DataFrame:
+def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_days: int = 7,
+                          missed_within_days: int = 30) -> pd.DataFrame:
     """visits ``visit_id, plan_id, household_id, visited_at``; plans ``plan_id, household_id, window_start,
-    window_end, due_date`` (open ones) → ``plan_id, visit_id, done_on`` (each plan closed at most once)."""
+    window_end, due_date`` and optionally ``status`` (``planned`` when absent, or ``missed``) →
+    ``plan_id, visit_id, done_on`` (each plan closed at most once, each visit used at most once)."""
     cols = ["plan_id", "visit_id", "done_on"]
     if visits.empty or plans.empty:
         return pd.DataFrame(columns=cols)
@@ -29,10 +40,24 @@ def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_da
     used_visits = set(explicit.visit_id)
     rest = v[~v.visit_id.isin(used_visits)].sort_values(["visited_at", "visit_id"])
     p = plans[~plans.plan_id.isin(used_plans)].copy()
-    p["ws"] = pd.to_datetime(p.window_start.fillna(p.due_date)) - pd.Timedelta(days=early_days)
-    p = p.sort_values(["due_date", "plan_id"])
-    m = rest.drop(columns="plan_id").merge(p[["plan_id", "household_id", "ws", "due_date"]], on="household_id")
-    m = m[m.visited_at >= m.ws].sort_values(["visited_at", "visit_id", "due_date", "plan_id"])
+    due = pd.to_datetime(p.due_date)
+    # The window as the cadre sees it: a visit that slipped past its window is due after it.
+    p["ws"] = pd.to_datetime(p.window_start).fillna(due).where(lambda s: s <= due, due)
+    p["we"] = pd.to_datetime(p.window_end).fillna(due).where(lambda s: s >= due, due)
+    p["due_date"] = due
+    p["missed"] = (p["status"].astype(str).eq("missed") if "status" in p.columns
+                   else pd.Series(False, index=p.index))
+    m = rest.drop(columns="plan_id").merge(p[["plan_id", "household_id", "ws", "we", "due_date", "missed"]],
+                                           on="household_id")
+    day = m.visited_at.dt.normalize()
+    m = m[(day >= m.ws - pd.Timedelta(days=early_days))
+          & (~m.missed | (day <= m.we + pd.Timedelta(days=missed_within_days)))].copy()
+    day = m.visited_at.dt.normalize()
+    inside = (day >= m.ws) & (day <= m.we)
+    m["tier"] = np.where(m.missed, 2, np.where(inside, 0, 1))
+    # Days between the visit and the plan's window (0 inside it).
+    m["gap"] = np.maximum(np.maximum((m.ws - day).dt.days, (day - m.we).dt.days), 0)
+    m = m.sort_values(["visited_at", "visit_id", "tier", "gap", "due_date", "plan_id"])
     taken_p, taken_v, rows = set(), set(), []
     for r in m.itertuples(index=False):
         if r.plan_id in taken_p or r.visit_id in taken_v:

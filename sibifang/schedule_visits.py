@@ -36,7 +36,9 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
    ``follow_up_within_days`` of their due date, before the routine visits (fixed dates first).
 5. Open plans (already planned, not done) due within the horizon, or up to a month past it, are
    kept with their id, date and, where still possible, their cadre; routine visits continue
-   after the latest of them. Kept plans count toward the load of their day (never moved for the
+   after the latest of them. A plan is open until its window closes (or its due day, if later):
+   one past its due day whose window is still open stands as it is, with whoever holds it, and
+   the family is not planned again. Kept plans count toward the load of their day (never moved for the
    cap: they are already announced); a plan goes back to the family's cadre only if her day has
    room. Overdue routine open plans are not re-emitted: they stay in the database as late or
    missed and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
@@ -123,6 +125,28 @@ NOTICE_COLUMNS = ["cadre_id", "text"]
 COVERAGE_COLUMNS = ["level", "unit_id", "due", "visited_on_time", "late", "missed", "pending", "away"]
 
 _BIG = 1 << 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters a supervisor gives a run by hand
+# ---------------------------------------------------------------------------------------------
+class ScheduleParameterError(ValueError):
+    """A scheduling run asked for with parameters that cannot be planned; the message is in Chinese
+    (a supervisor reads it)."""
+
+
+MAX_HORIZON_DAYS = 366  # a year ahead; the planner holds every cadre's days in memory
+
+
+def check_schedule_parameters(*, horizon_days, grid: str | None = None, known_grids=None) -> None:
+    """Raise ``ScheduleParameterError`` for a horizon that is not 1..366 days or a grid not in the
+    registry (``known_grids``: the registered grid ids; None skips that check)."""
+    if isinstance(horizon_days, bool) or not isinstance(horizon_days, int) or not (
+            1 <= horizon_days <= MAX_HORIZON_DAYS):
+        raise ScheduleParameterError(f"排期天数 horizon_days 必须是 1 到 {MAX_HORIZON_DAYS} 之间的整数，"
+                                     f"收到 {horizon_days!r}。")
+    if grid is not None and known_grids is not None and str(grid) not in {str(g) for g in known_grids}:
+        raise ScheduleParameterError(f"没有编号为 {grid} 的网格，请检查 grid 参数（网格编号见档案导入的区域表）。")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -692,17 +716,24 @@ class _Planning:
         self.fu, self.has_follow = fu, has_follow
 
     def _read_open_plans(self, open_plans: pd.DataFrame) -> None:
-        """``op``: open plans of the families in scope, due today or later (overdue urgent ones too)."""
-        # open plans within the horizon (overdue ones are left to coverage as late/missed)
+        """``op``: open plans of the families in scope whose window is still open (overdue urgent ones too)."""
+        # A plan counts until its window closes, not its due day: an overdue or first visit is due
+        # on the first day of its window, and dropped the next day the family was planned twice.
+        # Plans whose window is over are left to coverage as late/missed.
         op = open_plans.copy() if len(open_plans) else pd.DataFrame(
             columns=["visit_id", "household_id", "cadre_id", "due_date", "reason", "urgent"])
         op["_i"] = self.household_index(op["household_id"]) if len(op) else np.zeros(0, dtype=np.int64)
         op = op[op["_i"] >= 0].copy()
         if len(op):
             op["_d"], ok = _as_days(op["due_date"], self.as_of64)
+            # The later of window end and due day: a visit that slipped past its window is due after it.
+            end = op["_d"].to_numpy(dtype=np.int64).copy()
+            if "window_end" in op.columns:  # old rows without a window: the due day ends it
+                we, we_ok = _as_days(op["window_end"], self.as_of64)
+                end[we_ok] = np.maximum(end[we_ok], we[we_ok])
             op["_urgent"] = _bool_col(op, "urgent")
             # Overdue urgent plans stay: the family still needs that visit, by the same person.
-            op = op[ok & ((op["_d"] >= 0) | op["_urgent"])].copy()
+            op = op[ok & ((end >= 0) | op["_urgent"])].copy()
             op["reason"] = op["reason"].astype(str)
             op["cadre_id"] = op["cadre_id"].astype(object).where(op["cadre_id"].notna(), None)
             op = op.sort_values(["_d", "visit_id"], kind="mergesort").drop_duplicates("visit_id")
@@ -961,13 +992,18 @@ class _Planning:
             target = assigned[oi]
             od_all = od
 
+            # Routine plans past their due day, window still open: announced and possibly under way,
+            # so they stand as they are, with whoever holds them (their day is gone: no calendar or
+            # room to judge, and nothing counted into the day loads).
+            past = (od < 0) & ~o_urg
+
             def can_take(c: np.ndarray, family_cadre: bool) -> np.ndarray:
                 c_safe = np.where(c >= 0, c, 0)
                 od = np.clip(od_all, 0, T - 1)  # overdue urgent plans: availability from today
                 # Same rule as fresh urgent visits: the family's cadre answers unless she is a "4+1"
                 # cadre (in the office most days) or on leave.
                 urgent_ok = ~on_leave[c_safe, od] & (~fpo[c_safe] if family_cadre else True)
-                fits = np.where(o_urg, urgent_ok, eligible[c_safe, od])
+                fits = np.where(o_urg, urgent_ok, eligible[c_safe, od] | past)
                 in_grid = self.covers(c_safe, oi)
                 return (c >= 0) & fits & in_grid
 
@@ -978,8 +1014,9 @@ class _Planning:
             # plan a colleague took because that day was full stays with the colleague on a re-run.
             target_ok = can_take(target, True)
             own_ok = can_take(o_cadre, False)
-            hand = target_ok & ~o_urg & (o_cadre != target)
+            hand = target_ok & ~o_urg & (o_cadre != target) & ~past
             final_c = np.where(target_ok & ~hand, target, np.where(own_ok, o_cadre, target))
+            final_c = np.where(past & own_ok, o_cadre, final_c)
             ok_day = (target_ok & ~hand) | own_ok
             load_day = np.where(o_urg, np.maximum(od, 0), od)  # an overdue urgent visit is due today
             resolver.count(final_c[ok_day], load_day[ok_day])
@@ -990,7 +1027,7 @@ class _Planning:
                         resolver.count(final_c[k], od[k], by=-1)  # the holder gives it up
                     final_c[k], ok_day[k] = target[k], True
                     resolver.count(target[k], od[k])
-            need = ~ok_day & ~o_urg
+            need = ~ok_day & ~o_urg & ~past
             if need.any():
                 rows = np.flatnonzero(need)
                 rank = np.empty(len(rows), dtype=np.int64)
@@ -1186,7 +1223,8 @@ class _Planning:
             served = day == -3
             day = np.where(served, fixed_day, day)
             blocked = day == -2
-            going = (day >= 0) | blocked
+            # A standing plan past its due day (window still open) is a visit too: the chain goes on from it.
+            going = (day >= 0) | blocked | satisfied
             # Blocked by the absence: the same visit is tried again after the return.
             prev = np.where(blocked, ws - 1, day)[going]
             after_return = blocked[going]

@@ -45,7 +45,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -166,6 +166,57 @@ def _breakdown(counts: Mapping[str, int], labels: Mapping[str, str], total: int 
 def _stat(value: float | None, base: int) -> float | None:
     """A rate or median, shown only when it rests on at least SMALL_COUNT records."""
     return value if value is not None and base >= SMALL_COUNT else None
+
+
+# ------------------------------------------------------------------ the report's period
+class ReportPeriodError(ValueError):
+    """A report period asked for with parameters that name no period; the message is in Chinese
+    (a supervisor reads it)."""
+
+
+PERIOD_NAMES = {"week": "week", "周": "week", "周报": "week", "month": "month", "月": "month", "月报": "month"}
+
+
+def report_period(as_of: date, *, period: str | None = None, period_days: int | None = None,
+                  period_start: date | None = None, period_end: date | None = None) -> tuple[date, date]:
+    """First and last day (both included) of the report asked for; one way of asking at a time.
+
+    - ``period_start`` and ``period_end``: exactly those days (a supervisor's chosen period);
+    - ``period="week"``: the last full Monday–Sunday week before ``as_of`` (the Monday run reports
+      the week that ended yesterday); ``period="month"``: the calendar month before ``as_of``'s
+      month (the run on the 1st reports the month that ended yesterday). Calendar periods, so
+      every day is in exactly one weekly and one monthly report, whenever the run starts;
+    - ``period_days=n`` (7 when nothing is given): the ``n`` days ending on ``as_of``, ``as_of``
+      included (the evening loop's report of the days it has just run).
+    """
+    explicit = period_start is not None or period_end is not None
+    ways = [name for name, given in (("period_start/period_end", explicit), ("period", period is not None),
+                                     ("period_days", period_days is not None)) if given]
+    if len(ways) > 1:
+        raise ReportPeriodError(f"报告期间只能用一种方式指定，收到了 {'、'.join(ways)}："
+                                "或给出起止日期（period_start 和 period_end），"
+                                "或给出 period（week 周报 / month 月报），或给出天数 period_days。")
+    if explicit:
+        if period_start is None or period_end is None:
+            raise ReportPeriodError("请同时给出报告的开始日期 period_start 和结束日期 period_end（均含当天）。")
+        if period_start > period_end:
+            raise ReportPeriodError(f"报告开始日期 {period_start} 晚于结束日期 {period_end}，请检查 period_start 和 "
+                                    "period_end。")
+        return period_start, period_end
+    if period is not None:
+        kind = PERIOD_NAMES.get(str(period).strip().lower())
+        if kind is None:
+            raise ReportPeriodError(f"报告周期 period 只能是 week（上一个完整自然周，周一至周日）或 month"
+                                    f"（上一个自然月），收到 {period!r}。")
+        if kind == "week":
+            end = as_of - timedelta(days=as_of.weekday() + 1)  # the Sunday before as_of
+            return end - timedelta(days=6), end
+        end = as_of.replace(day=1) - timedelta(days=1)
+        return end.replace(day=1), end
+    days = 7 if period_days is None else period_days
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ReportPeriodError(f"报告天数 period_days 必须是正整数（至少 1 天），收到 {period_days!r}。")
+    return as_of - timedelta(days=days - 1), as_of
 
 
 # ------------------------------------------------------------------ the report's figures

@@ -80,8 +80,9 @@ def match_needs_task(as_of: date, database_url: str | None = None, lookback_days
                                  "category": n["category"], "source_visit_id": n["source_visit_id"],
                                  "created_at": n["created_at"], "status": "open"} for n in frame_records(needs)],
                key=["id"], update=())
+    # Only needs known by the end of the day run: a replay of a past day must not match later ones.
     open_needs = read_frame(select(ServiceNeed.id.label("need_id"), ServiceNeed.village_id, ServiceNeed.category)
-                            .where(ServiceNeed.status == "open"), database_url)
+                            .where(ServiceNeed.status == "open", ServiceNeed.created_at <= until), database_url)
     resources = read_frame(select(ServiceResource.id.label("resource_id"), ServiceResource.village_id,
                                   ServiceResource.offers), database_url)
     areas = grids[["village_id", "township_id", "district_id"]].drop_duplicates("village_id")

@@ -77,15 +77,23 @@ def close_plans(as_of: date, database_url: str | None = None, lookback_days: int
     since = as_of - timedelta(days=lookback_days)
     visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at)
                         .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
+    # Missed plans not yet answered by a late visit are candidates too, after every open plan.
     plans = read_frame(select(VisitPlan.id.label("plan_id"), VisitPlan.household_id, VisitPlan.window_start,
-                              VisitPlan.window_end, VisitPlan.due_date)
-                       .where(VisitPlan.status.in_(("planned", "missed"))), database_url)
+                              VisitPlan.window_end, VisitPlan.due_date, VisitPlan.status)
+                       .where(VisitPlan.status.in_(("planned", "missed")),
+                              VisitPlan.closed_by_visit_id.is_(None)), database_url)
     closed_visits = read_frame(select(VisitPlan.closed_by_visit_id).where(VisitPlan.closed_by_visit_id.is_not(None)),
                                database_url)
     visits = visits[~visits.visit_id.isin(set(closed_visits.closed_by_visit_id))]
     matches = match_visits_to_plans(visits, plans)
+    was_missed = set(plans.plan_id[plans.status.eq("missed")])
     with session_scope(database_url) as s:
         for m in frame_records(matches):
+            # A missed plan visited late keeps its status (reports count done plans as done on
+            # time); the visit is recorded against it, so it is not an unplanned visit.
+            status = "missed" if m["plan_id"] in was_missed else "done"
             s.execute(update(VisitPlan).where(VisitPlan.id == m["plan_id"]).values(
-                status="done", closed_by_visit_id=m["visit_id"]))
-    return {"plans_closed": len(matches), "unplanned": int(len(visits) - len(matches))}
+                status=status, closed_by_visit_id=m["visit_id"]))
+    late = int(matches.plan_id.isin(was_missed).sum())
+    return {"plans_closed": len(matches) - late, "missed_visited_late": late,
+            "unplanned": int(len(visits) - len(matches))}

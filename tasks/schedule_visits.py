@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from sibifang.db import grid_hierarchy, read_frame
 
@@ -41,10 +41,15 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
                       .where(Visit.visited_at < as_of + timedelta(days=1)).group_by(Visit.household_id), database_url)
     # With their windows: without them the planner shows a carried plan's window as its due day
     # alone, and a re-run hands over (and validates) another plan than the run it repeats.
+    # Open until its window closes, not just its due day: an overdue or first visit is due on the
+    # first day of its window, and read by its due day it looked overdue the next morning and the
+    # family was planned again. The due day still counts: a visit that slipped past its window is
+    # due after it (and old rows have no window).
     open_plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
                                    VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end,
                                    VisitPlan.reason, VisitPlan.urgent)
-                            .where(VisitPlan.status == "planned", VisitPlan.due_date >= as_of), database_url)
+                            .where(VisitPlan.status == "planned",
+                                   or_(VisitPlan.due_date >= as_of, VisitPlan.window_end >= as_of)), database_url)
     assignments = read_frame(select(Assignment.household_id, Assignment.cadre_id), database_url)
     # A new flag asks for a visit within 24 h (critical) or 72 h, once: not when an urgent visit
     # has already been planned for that household since the flag was raised.
@@ -75,8 +80,13 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
 
 @task(name="plan_visits", cache_policy=NO_CACHE)
 def plan_visits(as_of: date, horizon_days: int = 30, grid: str | None = None, database_url: str | None = None):
-    from sibifang.schedule_visits import schedule_visits
+    from sibifang.schedule_visits import check_schedule_parameters, schedule_visits
 
+    # A grid that is not registered would plan nothing and then fail the plan's validation with
+    # an empty frame: say which parameter is wrong instead, before anything is read.
+    if grid is not None:
+        check_schedule_parameters(horizon_days=horizon_days, grid=grid,
+                                  known_grids=grid_hierarchy(database_url).grid_id)
     inputs = scheduling_inputs(as_of, database_url)
     rules = inputs.pop("rules")
     return schedule_visits(inputs.pop("households"), inputs.pop("cadres"), as_of=as_of, horizon_days=horizon_days,

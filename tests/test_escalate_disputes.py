@@ -249,3 +249,35 @@ def test_a_flags_case_is_opened_once_even_after_it_was_closed(database_url):
     assert audits() == 1
     with session_scope(database_url) as s:
         assert [c.status for c in s.scalars(select(MediationCase))] == ["closed"]
+
+
+def test_replaying_a_past_day_matches_only_the_needs_known_that_day(database_url):
+    """A need raised on 11-25 is not matched by a replay of 11-20 (nor counted in its matches)."""
+    from datetime import date, datetime
+
+    from sqlalchemy import select
+
+    from schemas.models import Area, Household, ServiceNeed, ServiceResource
+    from sibifang.db import migrate, session_scope, upsert
+    from tasks.escalate_disputes import match_needs_task
+
+    migrate(database_url)
+    areas = [("D1", "district", None), ("T1", "township", "D1"), ("V1", "village", "T1"), ("G1", "grid", "V1")]
+    with session_scope(database_url) as s:
+        upsert(s, Area, [{"id": i, "level": lv, "name": i, "parent_id": p, "village_kind": None}
+                         for i, lv, p in areas], key=["id"])
+        upsert(s, Household, [{"id": "H1", "head_name": "王秀兰", "grid_id": "G1", "categories": []}], key=["id"])
+        s.add(ServiceResource(id="R1", name="王老师", provider_type="volunteer", offers=["family_education"],
+                              village_id="V1"))
+        s.flush()
+        s.add(ServiceNeed(id="N-later", household_id="H1", village_id="V1", category="family_education",
+                          created_at=datetime(2026, 11, 25, 10), status="open"))
+
+    def status() -> str:
+        with session_scope(database_url) as s:
+            return s.scalar(select(ServiceNeed.status).where(ServiceNeed.id == "N-later"))
+
+    assert match_needs_task.fn(date(2026, 11, 20), database_url)["matched"] == 0
+    assert status() == "open"
+    assert match_needs_task.fn(date(2026, 11, 25), database_url)["matched"] == 1
+    assert status() == "matched"

@@ -69,10 +69,81 @@ def test_early_days_before_window():
                                  early_days=8).plan_id.tolist() == ["P1"]
 
 
-def test_overdue_plan_is_closed_before_the_next_one():
-    # both P1 (overdue) and P2 (window opening) are open: the visit closes the earliest due
-    out = match_visits_to_plans(pd.DataFrame([_visit("V1", "H1", "2026-07-28 10:00")]), PLANS)
-    assert _pairs(out) == {"P1": "V1"}
+def test_nearest_open_plan_when_no_window_holds_the_visit():
+    # P1 is overdue (window ended 07-10), P2's window opens 08-01: the nearer window wins
+    late = match_visits_to_plans(pd.DataFrame([_visit("V1", "H1", "2026-07-14 10:00")]), PLANS)
+    assert _pairs(late) == {"P1": "V1"}
+    early = match_visits_to_plans(pd.DataFrame([_visit("V1", "H1", "2026-07-28 10:00")]), PLANS)
+    assert _pairs(early) == {"P2": "V1"}
+
+
+def _with_missed(*plans):
+    return pd.concat([PLANS.assign(status="planned"), pd.DataFrame(list(plans))], ignore_index=True)
+
+
+def test_visit_closes_the_plan_whose_window_holds_it_not_an_old_missed_one():
+    # A September plan of H1 was missed; the visit inside P2's window is P2's visit.
+    plans = _with_missed({**_plan("P0", "H1", "2026-06-01", ws="2026-05-28", we="2026-06-01"), "status": "missed"})
+    out = match_visits_to_plans(pd.DataFrame([_visit("V1", "H1", "2026-08-05 10:00")]), plans)
+    assert _pairs(out) == {"P2": "V1"}
+    # inside a window, an earlier overdue open plan does not take it either
+    plans = _with_missed(_plan("P0", "H1", "2026-07-25", ws="2026-07-20", we="2026-07-25") | {"status": "planned"})
+    out = match_visits_to_plans(pd.DataFrame([_visit("V1", "H1", "2026-08-05 10:00")]), plans)
+    assert _pairs(out) == {"P2": "V1"}
+
+
+def test_missed_plan_only_when_no_open_plan_fits_and_not_long_after():
+    plans = pd.DataFrame([{**_plan("P0", "H3", "2026-09-01", ws="2026-08-28", we="2026-09-01"), "status": "missed"},
+                          {**_plan("P9", "H3", "2026-12-01", ws="2026-11-25", we="2026-12-01"), "status": "planned"}])
+    # a late visit with no open plan near: the missed plan's (the caller keeps it missed)
+    assert _pairs(match_visits_to_plans(pd.DataFrame([_visit("V1", "H3", "2026-09-10 10:00")]), plans)) == {
+        "P0": "V1"}
+    # an open plan opening within a week is preferred to the missed one
+    assert _pairs(match_visits_to_plans(pd.DataFrame([_visit("V1", "H3", "2026-11-20 10:00")]), plans)) == {
+        "P9": "V1"}
+    # months later, with no open plan fitting, it is an unplanned visit, not the September one's
+    assert match_visits_to_plans(pd.DataFrame([_visit("V1", "H3", "2026-11-10 10:00")]), plans).empty
+
+
+def test_close_plans_keeps_the_current_plan_and_a_missed_one_missed(database_url):
+    from datetime import datetime
+
+    from sqlalchemy import select
+
+    from schemas.models import Area, Cadre, Household, Visit, VisitPlan
+    from sibifang.db import migrate, session_scope
+    from tasks.record_visits import close_plans
+
+    migrate(database_url)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+        s.flush()
+        s.add(Household(id="H1", head_name="户主", grid_id="G1", categories=["hardship"]))
+        s.add(Cadre(id="a", name="a", role="cadre", grid_ids=["G1"], capacity=10))
+        s.flush()
+        s.add_all([VisitPlan(id="Psep", household_id="H1", grid_id="G1", due_date=date(2026, 9, 1),
+                             window_start=date(2026, 8, 28), window_end=date(2026, 9, 1), reason="hardship",
+                             urgent=False, status="missed", planned_on=date(2026, 8, 20)),
+                   VisitPlan(id="Pnow", household_id="H1", grid_id="G1", due_date=date(2026, 11, 23),
+                             window_start=date(2026, 11, 23), window_end=date(2026, 11, 26), reason="hardship",
+                             urgent=False, status="planned", planned_on=date(2026, 11, 23))])
+        s.flush()
+        s.add(Visit(id="SV1", household_id="H1", cadre_id="a", mode="visit", visited_at=datetime(2026, 11, 24, 10)))
+    r = close_plans.fn(date(2026, 11, 24), database_url=database_url)
+    assert r["plans_closed"] == 1 and r["unplanned"] == 0
+    # a late visit of the missed plan, with no open plan left: recorded against it, still missed
+    with session_scope(database_url) as s:
+        s.add(VisitPlan(id="Pdec", household_id="H1", grid_id="G1", due_date=date(2026, 12, 20),
+                        window_start=date(2026, 12, 16), window_end=date(2026, 12, 20), reason="hardship",
+                        urgent=False, status="missed", planned_on=date(2026, 12, 1)))
+        s.add(Visit(id="SV2", household_id="H1", cadre_id="a", mode="visit", visited_at=datetime(2026, 12, 28, 10)))
+    again = close_plans.fn(date(2026, 12, 28), database_url=database_url)
+    assert again == {"plans_closed": 0, "missed_visited_late": 1, "unplanned": 0}
+    assert close_plans.fn(date(2026, 12, 28), database_url=database_url)["missed_visited_late"] == 0  # a re-run
+    with session_scope(database_url) as s:
+        rows = {p.id: (p.status, p.closed_by_visit_id) for p in s.scalars(select(VisitPlan))}
+    assert rows == {"Psep": ("missed", None), "Pnow": ("done", "SV1"), "Pdec": ("missed", "SV2")}
 
 
 def test_each_plan_closed_once_each_visit_used_once():

@@ -488,3 +488,64 @@ def test_plan_from_the_database_does_not_depend_on_row_order(database_url):
     r = plan_visits.fn(MONDAY, database_url=database_url)
     assert r.assignments["cadre_id"].tolist() == ["a"]
     assert set(r.plans["cadre_id"]) == {"a"}
+
+
+# -- an open plan counts until its window closes ------------------------------------------------
+def _overlapping_routine(plans: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of non-urgent plans of one family whose windows overlap (a family planned twice)."""
+    p = plans[~plans["urgent"].astype(bool)]
+    m = p.merge(p, on="household_id")
+    return m[(m.visit_id_x < m.visit_id_y) & (pd.to_datetime(m.window_start_x) <= pd.to_datetime(m.window_end_y))
+             & (pd.to_datetime(m.window_start_y) <= pd.to_datetime(m.window_end_x))]
+
+
+def test_overdue_visit_still_in_its_window_is_not_planned_again():
+    # Never visited: due on the first free day of its window (Monday, window to Thursday). On
+    # Tuesday that plan is past its due day but its window is open: it is still the visit.
+    hh = households(dict(household_id="h1", categories="hardship"))
+    cd = cadres(dict(cadre_id="a"))
+    first = plan(hh, cd)
+    v1 = first.plans.iloc[0]
+    assert v1["due_date"] == pd.Timestamp(MONDAY) and v1["window_end"] > pd.Timestamp(MONDAY) + pd.Timedelta(days=1)
+    tuesday = plan(hh, cd, as_of=MONDAY + timedelta(days=1), open_plans=first.plans,
+                   current_assignments=first.assignments)
+    assert v1["visit_id"] in set(tuesday.plans["visit_id"])
+    assert _overlapping_routine(tuesday.plans).empty
+    # the chain continues from the open plan, as it did the day before
+    assert set(first.plans["visit_id"]) <= set(tuesday.plans["visit_id"])
+
+
+def test_planner_reads_open_plans_until_their_window_end(database_url, tmp_path):
+    from sqlalchemy import select
+
+    from schemas.models import Area, Cadre, Household, VisitPlan
+    from sibifang.db import migrate, read_frame, session_scope
+    from tasks.schedule_visits import plan_visits, store_plan
+
+    migrate(database_url)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+        s.flush()
+        s.add(Cadre(id="a", name="a", role="cadre", grid_ids=["G1"], capacity=10))
+        s.add_all([Household(id=f"h{i}", head_name="户主", grid_id="G1", categories=["hardship"]) for i in range(3)])
+    for day in (MONDAY, MONDAY + timedelta(days=1), MONDAY + timedelta(days=2)):
+        store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path), database_url=database_url)
+    plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.window_start,
+                              VisitPlan.window_end, VisitPlan.urgent).where(VisitPlan.status == "planned"),
+                       database_url)
+    assert _overlapping_routine(plans).empty
+    # Old rows without a window, and a visit that slipped past its window: open until the due day.
+    thursday = MONDAY + timedelta(days=3)
+    with session_scope(database_url) as s:
+        s.add(VisitPlan(id="Vold", household_id="h0", cadre_id="a", grid_id="G1", due_date=thursday,
+                        reason="hardship", urgent=False, status="planned", planned_on=MONDAY))
+        s.add(VisitPlan(id="Vslip", household_id="h1", cadre_id="a", grid_id="G1", due_date=thursday,
+                        window_start=MONDAY, window_end=MONDAY + timedelta(days=1),
+                        reason="hardship", urgent=False, status="planned", planned_on=MONDAY))
+    from tasks.schedule_visits import scheduling_inputs
+
+    kept = scheduling_inputs(thursday, database_url)["open_plans"]
+    assert {"Vold", "Vslip"} <= set(kept.visit_id)
+    gone = scheduling_inputs(thursday + timedelta(days=1), database_url)["open_plans"]
+    assert not {"Vold", "Vslip"} & set(gone.visit_id)

@@ -76,3 +76,12 @@ def test_fallback_extra_workday_wins():
     cal = WorkCalendar(extra_holidays={date(2027, 2, 8)}, extra_workdays={date(2027, 2, 20)})
     assert cal.is_workday(date(2027, 2, 20))  # a configured 调休 Saturday
     assert not cal.is_workday(date(2027, 2, 8))
+
+
+def test_2027_lunar_and_solar_term_statutory_days_are_configured():
+    # 清明 is the solar term's day; 端午 (5th of the 5th lunar month) and 中秋 (15th of the 8th):
+    # 2027 has no leap month, its lunar months begin on the new moons of 06-05 and 09-01 (CST).
+    cal = load_cadence_rules(None).work_calendar()
+    for d in (date(2027, 4, 5), date(2027, 6, 9), date(2027, 9, 15)):  # a Monday and two Wednesdays
+        assert d.weekday() < 5 and not cal.is_workday(d), d
+    assert cal.is_workday(date(2027, 6, 8)) and cal.is_workday(date(2027, 9, 16))
