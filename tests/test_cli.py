@@ -88,9 +88,9 @@ def test_a_file_that_cannot_be_imported_prints_its_reason_and_exits_1(cli_env, v
     assert "家庭档案 households.csv：未导入。文件 households.csv 缺少必需的列" in result.output
     assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output  # a clean exit
     readings = tmp_path / "readings.csv"
-    readings.write_text("meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,2026-11-20 00:30,0.1,9\n", encoding="utf-8")
+    readings.write_text('meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,"2026-11-20 00:30,0.1\n', encoding="utf-8")
     result = runner.invoke(app, ["import", "readings", str(readings)])
-    assert result.exit_code == 1 and "readings.csv 第3行的列数多于表头" in result.output
+    assert result.exit_code == 1 and "readings.csv 第3行引号未闭合" in result.output
     # A hand-over directory: the bad file is reported, the others are imported all the same.
     handover = tmp_path / "handover"
     handover.mkdir()

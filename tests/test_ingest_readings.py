@@ -436,8 +436,6 @@ def test_file_faults_are_data_contract_errors_naming_file_and_line(tmp_path):
     from schemas.validation import DataContractError
 
     cases = {
-        "wide.csv": (b"meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1,9\n",
-                     "wide.csv 第3行的列数多于表头（表头3列，该行4列）"),
         "quote.csv": (b'meter_id,ts,kwh\nM1,"2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1\n',
                       "quote.csv 第2行引号未闭合"),
         "enc.csv": ("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\n".encode() + "电表".encode() + b"\xff,x,1\n",
@@ -891,6 +889,63 @@ def test_csv_read_in_blocks_keeps_true_line_numbers(tmp_path, monkeypatch):
     assert raw.line.tolist() == [2, 3, 4, 5, 6, 7] and raw.meter_id.tolist()[::2] == ["M1"] * 3
     src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n" * 5 + "M1,2026-11-20 10:15,0.1,9\n",
                    encoding="utf-8")
+    # A row wider than the header in the last block: marked on its own line, not a shift.
+    raw = read_readings_file(src)
+    assert raw.line.tolist() == [2, 3, 4, 5, 6, 7] and raw["_extra_fields"].tolist() == [""] * 5 + ["9"]
+    src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n" * 5 + 'M1,"2026-11-20 10:15,0.1\n',
+                   encoding="utf-8")
     with pytest.raises(ImportFileError) as e:
         read_readings_file(src)
-    assert e.value.line == 7 and "第7行的列数多于表头" in e.value.message_zh
+    assert e.value.line == 7 and "第7行引号未闭合" in e.value.message_zh
+
+
+# --------------------------------------------------------------------------- rows wider than the header
+# (review, HIGH: a comma at the end of each row made pandas take meter_id as the index and shift
+# every field one column left -- every row bad_ts, raw {"meter_id": "2025-01-15 12:00", ...})
+
+@pytest.mark.parametrize("encoding", ["utf-8", "gb18030", "utf-16"])
+@pytest.mark.parametrize("rows", [
+    ["M000012,2025-01-15 12:00,0.1,", "M000012,2025-01-15 12:15,0.2,"],  # every row
+    ["M000012,2025-01-15 12:00,0.1,", "M000012,2025-01-15 12:15,0.2"],  # only the first
+    ["M000012,2025-01-15 12:00,0.1", "M000012,2025-01-15 12:15,0.2,,"],  # a later one, twice
+])
+def test_empty_trailing_fields_are_harmless(tmp_path, rows, encoding):
+    path = tmp_path / "trailing.csv"
+    path.write_bytes(("meter_id,ts,kwh\n" + "\n".join(rows) + "\n").encode(encoding))
+    result = clean_readings(read_readings_file(path), source=path.name, now=NOW)
+    assert_balanced(result, 2)
+    assert result.accepted["meter_id"].tolist() == ["M000012", "M000012"]
+    assert result.accepted["kwh"].tolist() == [0.1, 0.2]
+
+
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_a_row_wider_than_the_header_is_quarantined_alone_naming_its_line(tmp_path, sep):
+    """As the registry import does: the row is set aside whole (which of its fields is the
+    reading is a guess), with what was extra; the other rows and the file go on."""
+    lines = ["meter_id,ts,kwh", "M1,2026-11-20 08:15,0.1,9", "M1,2026-11-20 08:30,0.2",
+             "M1,2026-11-20 08:45,0.3,,7,", "M1,2026-11-20 09:00,0.4,"]
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join(line.replace(",", sep) for line in lines) + "\n", encoding="utf-8")
+    result = clean_readings(read_readings_file(path), source=path.name, now=NOW)
+    assert_balanced(result, 4)
+    assert result.accepted["ts"].dt.strftime("%H:%M").tolist() == ["08:30", "09:00"]
+    q = result.quarantined
+    assert q["line"].tolist() == [2, 4] and set(q["code"]) == {"extra_fields"}
+    assert q["field"].tolist() == ["_row", "_row"] and q["value"].tolist() == ["9", "7"]
+    assert q["meter_id"].tolist() == ["M1", "M1"] and q["ts"].tolist() == ["2026-11-20 08:15", "2026-11-20 08:45"]
+    assert "列数多于表头" in q["reason"].iloc[0]
+
+
+def test_a_wide_row_is_kept_with_its_fields_in_the_ledger(database_url, app_env):
+    """Through the ingest: the quarantined row's raw fields are its own, not shifted."""
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import quarantined, seed
+
+    seed(database_url)
+    path = app_env / "wide.csv"
+    path.write_text("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1,9\nM1,2026-11-20 08:30,0.2,\n", encoding="utf-8")
+    r = ingest_frame(read_readings_file(path), source=path.name, batch_id="wide", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (2, 1, 1)
+    [row] = quarantined(database_url, "ingest_readings")
+    assert (row.line, row.field, row.code) == (2, "_row", "extra_fields")
+    assert row.raw == {"meter_id": "M1", "ts": "2026-11-20 08:15", "kwh": "0.1"}
