@@ -75,6 +75,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# MAX_HOUSEHOLD_KW (25 kW: 220 V x a ~100 A main fuse, with a margin) is defined with the
+# readings suite, which checks the same bound on what this module accepts.
+from schemas.suites import MAX_HOUSEHOLD_KW, REGISTER_SPAN_FACTOR
 from schemas.validation import DataContractError
 from sibifang.readings_files import EXTRA_FIELDS, meter_id_text
 from sibifang.settings import LOCAL_TZ_NAME
@@ -82,13 +85,11 @@ from sibifang.settings import LOCAL_TZ_NAME
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_MINUTES = 15
-# 220 V x ~100 A main fuse ≈ 22 kW; 25 kW leaves a margin for measurement error.
-MAX_HOUSEHOLD_KW = 25.0
 DEFAULT_FUTURE_SKEW = pd.Timedelta(minutes=10)
 DEFAULT_MIN_TS = pd.Timestamp("2010-01-01")
 REGISTER_JITTER_KWH = 0.05
 # A reading this much later than the previous one (in intervals) closes a gap, not an interval.
-GAP_FACTOR = 1.5
+GAP_FACTOR = REGISTER_SPAN_FACTOR
 
 ACCEPTED_COLUMNS = ["meter_id", "ts", "kwh"]
 QUARANTINE_COLUMNS = ["source_file", "line", "meter_id", "ts", "field", "code", "reason", "value"]

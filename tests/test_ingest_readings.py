@@ -949,3 +949,53 @@ def test_a_wide_row_is_kept_with_its_fields_in_the_ledger(database_url, app_env)
     [row] = quarantined(database_url, "ingest_readings")
     assert (row.line, row.field, row.code) == (2, "_row", "extra_fields")
     assert row.raw == {"meter_id": "M1", "ts": "2026-11-20 08:15", "kwh": "0.1"}
+
+
+# ------------------------------------------------------------------ the readings suite agrees with the cleaning
+# (review, HIGH: the suite capped every reading at 24 kWh while the cleaning allows 25 kW over
+# the meter's interval, so one hourly 24.5 kWh rejected the whole file with a 0-based row)
+
+def _meters(url: str, **intervals: int) -> None:
+    from schemas.models import Meter
+    from sibifang.db import session_scope, upsert
+
+    with session_scope(url) as s:
+        upsert(s, Meter, [{"id": m, "household_id": "H1", "interval_minutes": n} for m, n in intervals.items()],
+               key=["id"])
+
+
+def test_a_reading_the_cleaning_accepts_never_rejects_its_file(database_url, app_env):
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import seed
+
+    seed(database_url)
+    _meters(database_url, M60=60, DAY=1440)
+    rows = [("M1", "2026-11-20 08:00", "0.1"),
+            ("M60", "2026-11-20 08:00", "24.5"),  # an hour at 24.5 kW: under 25 kW
+            ("DAY", "2026-11-20 00:00", "31"),  # a day's use
+            ("M1", "2026-11-20 08:15", "6.3")]  # 25.2 kW over 15 minutes: impossible
+    raw = pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"])
+    r = ingest_frame(raw, source="big.csv", batch_id="big", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (4, 3, 1)
+    # A cumulative hourly register: 36 kWh over 90 minutes (1.5 intervals) is still an interval.
+    reg = pd.DataFrame([("M60", "2026-11-21 01:00", "100"), ("M60", "2026-11-21 02:30", "136")],
+                       columns=["meter_id", "ts", "register_kwh"])
+    r = ingest_frame(reg, source="reg.csv", batch_id="reg", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (2, 1, 1)  # the first is its baseline
+
+
+def test_a_reading_that_breaks_the_contract_is_named_by_line_and_field(database_url, app_env, monkeypatch):
+    """Should the suite ever be stricter than the cleaning, the clerk reads which lines and field."""
+    import schemas.suites
+    from schemas.validation import DataContractError
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import seed
+
+    seed(database_url)
+    monkeypatch.setattr(schemas.suites, "max_kwh_per_reading", lambda minutes, **kw: minutes * 0 + 1.0)
+    rows = [("M1", "2026-11-20 08:15", "0.5"), ("M1", "2026-11-20 08:00", "2.5")]
+    raw = pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"])
+    with pytest.raises(DataContractError) as e:
+        ingest_frame(raw, source="odd.csv", batch_id="odd", database_url=database_url, now=NOW)
+    assert "文件 odd.csv 第3行 kwh（用电量）列未通过入库检查" in e.value.message_zh
+    assert "lines [3]" in str(e.value)
