@@ -218,6 +218,24 @@ def test_detect_converts_utc_timestamps_to_local_time(tmp_path):
     pd.testing.assert_frame_equal(flags, expected)
 
 
+@pytest.mark.parametrize("minutes", [15, 30, 60])
+def test_detect_reads_a_cumulative_register_at_its_own_interval(tmp_path, minutes):
+    """(Review, HIGH) a 30-minute or hourly register was set aside whole as register gaps (exit 2):
+    its interval was learnt from a pass that had already differenced it at 15 minutes."""
+    df = _silent_meter()
+    df = df.assign(ts=pd.to_datetime(df.ts)).set_index("ts").resample(f"{minutes}min", label="right",
+                                                                         closed="right").sum().reset_index()
+    df = pd.DataFrame({"meter_id": "m1", "ts": df.ts.dt.strftime("%Y-%m-%d %H:%M:%S"),
+                       "register_kwh": (1000 + df.kwh.cumsum()).round(4)})
+    src = tmp_path / "cum.csv"
+    df.to_csv(src, index=False)
+    flags, output = detect_file(src, tmp_path / "flags.csv")
+    n = len(df)
+    assert f"读取 {n} 行，接受 {n - 1} 行，隔离 1 行" in output  # only the baseline
+    assert (flags.kind == "inactivity").any()
+    assert_accounted(output, tmp_path / "flags.csv")
+
+
 def test_detect_quarantines_and_counts_an_unreadable_timestamp(tmp_path):
     df = _silent_meter()
     df.loc[100, "ts"] = "11/20/2026 10:15"  # month first: not a time the cleaner guesses at
