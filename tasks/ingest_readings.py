@@ -152,6 +152,10 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
     result = clean_readings(raw, source=source, known_meters=known, now=reading_clock(as_of, now),
                             interval_minutes=intervals or None,
+                            # Seconds of meter-clock jitter (10:59:58 for 11:00) moved onto the
+                            # meter's grid, as `sibifang detect` and the detectors place them: left
+                            # off it, an hour reads empty and the next one doubled.
+                            snap_to_grid=True,
                             last_registers=store.last_registers() if cumulative else None)
     acc, q = result.accepted, result.quarantined
     counts = dict(result.counts)

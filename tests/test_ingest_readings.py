@@ -999,3 +999,21 @@ def test_a_reading_that_breaks_the_contract_is_named_by_line_and_field(database_
         ingest_frame(raw, source="odd.csv", batch_id="odd", database_url=database_url, now=NOW)
     assert "文件 odd.csv 第3行 kwh（用电量）列未通过入库检查" in e.value.message_zh
     assert "lines [3]" in str(e.value)
+
+
+def test_the_ingest_snaps_seconds_of_clock_jitter_onto_the_meter_grid(database_url, app_env):
+    """(Review) an hourly meter stamped 10:00:03, 10:59:58, 12:00:02 was stored off its grid:
+    the hourly table read NaN, 1.0, NaN, 1.0."""
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import seed
+
+    seed(database_url)
+    _meters(database_url, M60=60)
+    rows = [("M60", "2026-11-20 10:00:03", "1.0"), ("M60", "2026-11-20 10:59:58", "1.0"),
+            ("M60", "2026-11-20 12:00:02", "1.0"), ("M1", "2026-11-20 10:14:55", "0.1")]
+    r = ingest_frame(pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"]), source="jitter.csv",
+                     batch_id="jitter", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (4, 4, 0)
+    stored = ReadingStore(app_env / "data" / "readings").load().sort_values(["meter_id", "ts"])
+    assert stored["ts"].dt.strftime("%H:%M:%S").tolist() == ["10:15:00", "10:00:00", "11:00:00", "12:00:00"]
