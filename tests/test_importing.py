@@ -528,3 +528,14 @@ def test_data_contract_errors_survive_pickling_with_their_failures():
     assert str(back) == str(error) and "lines: 5, 9" in str(back)
     assert (back.source, back.failures, back.message_zh, back.columns) == (
         "plans.csv", error.failures, "文件 plans.csv 有错误", ["due_date"])
+
+
+def test_a_gbk_file_whose_first_chinese_bytes_are_also_utf8_is_read_as_gbk(tmp_path):
+    """(Review) 岑宝华 in GBK starts E1 AF B1: a valid UTF-8 character, so the file was taken for
+    damaged UTF-8 and refused as "neither UTF-8 nor GBK"."""
+    from sibifang.importing import detect_encoding
+
+    path = household_file(tmp_path, f"H1,岑宝华,{GOOD_ID},15822736369,万堤村,G001,空巢老人", encoding="gbk")
+    assert detect_encoding(path.read_bytes(), path.name) == "gb18030"
+    raw = read_table(path)
+    assert raw.loc[0, "head_name"] == "岑宝华" and raw.loc[0, "address"] == "万堤村"
