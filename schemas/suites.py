@@ -36,10 +36,25 @@ ID_REGEX = r"^[^\s;；,，、]{1,64}$"
 RESIDENT_ID_REGEX = r"^\d{17}[\dX]$"
 PHONE_REGEX = r"^(?:1[3-9]\d{9}|0\d{2,3}-\d{7,8})$"
 
-# A single-phase household meter is at most 60 A × 230 V ≈ 13.8 kW; with readings at most
-# hourly that bounds one interval at ~14 kWh. 24 kWh leaves room for a 100 A supply without
-# letting a register value (cumulative kWh, thousands) pass as an interval reading.
-MAX_KWH_PER_READING = 24.0
+# The most a household can draw: 220 V × a ~100 A main fuse ≈ 22 kW, with a margin for
+# measurement error. sibifang.ingest_readings judges every reading by it over the meter's own
+# interval; the readings suite below checks the same bound, so a reading the cleaner accepts
+# never rejects its file.
+MAX_HOUSEHOLD_KW = 25.0
+# A cumulative register's reading closes an interval of up to this many of the meter's
+# intervals (a longer wait is a gap): its energy may be that much larger.
+REGISTER_SPAN_FACTOR = 1.5
+# The longest interval a meter may be registered with (meters suite: one reading a day).
+LONGEST_INTERVAL_MINUTES = 1440
+# Ceiling for any reading whatever its meter (a day's register interval at full power): the
+# per-row bound, ``kwh_max`` (see max_kwh_per_reading), is the real check.
+MAX_KWH_PER_READING = MAX_HOUSEHOLD_KW * REGISTER_SPAN_FACTOR * LONGEST_INTERVAL_MINUTES / 60
+
+
+def max_kwh_per_reading(interval_minutes, *, cumulative: bool = False, max_kw: float = MAX_HOUSEHOLD_KW):
+    """The most energy one reading of a meter read every ``interval_minutes`` can hold (a
+    scalar or a numpy array): ``max_kw`` over the interval, over 1.5 intervals for a register."""
+    return max_kw * interval_minutes / 60.0 * (REGISTER_SPAN_FACTOR if cumulative else 1.0)
 
 VISIT_PLAN_STATUSES = ("planned", "done", "missed", "cancelled")
 RISK_FLAG_KINDS = (
@@ -240,6 +255,12 @@ def readings_suite() -> SuiteSpec:
         "readings", ("meter_id", "ts", "kwh"),
         not_null("meter_id"), not_null("ts"), not_null("kwh"),
         between("kwh", 0, MAX_KWH_PER_READING, why="energy of one interval; a gap is absent, never 0"),
+        # The ingest adds each row's bound for its meter's interval (max_kwh_per_reading): an
+        # hourly meter's 24.5 kWh or a daily meter's 31 kWh is a reading, a 15-minute meter's
+        # 24 kWh is not.
+        optional(ExpectationSpec("ExpectColumnPairValuesAToBeGreaterThanB",
+                                 {"column_A": "kwh_max", "column_B": "kwh", "or_equal": True},
+                                 "critical", "at most 25 kW over the meter's interval", "implausible_kwh")),
         ExpectationSpec("ExpectCompoundColumnsToBeUnique", {"column_list": ["meter_id", "ts"]}, "warning",
                         "one reading per meter and time; the ingest keeps the last", "duplicate_key"),
         description="meter readings (the detector's input contract)",

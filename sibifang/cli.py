@@ -334,7 +334,11 @@ def _clean_meter_group(raw, options: dict):
     (hourly public data may hold 10 kWh, a 15-minute reading not)."""
     from sibifang.ingest_readings import clean_readings, infer_interval_minutes
 
-    first = clean_readings(raw, max_kw=1e9, **options)
+    # The first pass reads a cumulative register's values as plain numbers: differenced without
+    # an interval (15 minutes by default), every 30- or 60-minute spacing would be a gap and
+    # nothing would be left to learn the interval from. Only the times matter here.
+    register = "register_kwh" in raw.columns and "kwh" not in raw.columns
+    first = clean_readings(raw.rename(columns={"register_kwh": "kwh"}) if register else raw, max_kw=1e9, **options)
     return clean_readings(raw, interval_minutes=infer_interval_minutes(first.accepted), snap_to_grid=True,
                           max_interval_minutes=DETECT_MAX_INTERVAL_MINUTES, **options)
 

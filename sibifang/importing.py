@@ -298,8 +298,11 @@ def detect_encoding(data: bytes, name: str) -> str:
     "Unicode text"), else GBK — read as GB18030, its superset. Undecodable bytes raise
     ImportFileError naming their line.
 
-    A file that is valid UTF-8 up to a bad byte, with non-ASCII text before it, is UTF-8 with
-    a damaged byte: reading it as GB18030 would turn every Chinese character into another one.
+    A file that does not decode as UTF-8 as a whole but does as GB18030 is GBK, even when it
+    starts like UTF-8: some GBK pairs are valid UTF-8 too (岑宝 is E1 AF B1 A6, and E1 AF B1 is
+    a UTF-8 character), so the first bad byte's position says nothing. A file that decodes as
+    neither is damaged: its line is the UTF-8 one when the text before it was UTF-8 with
+    non-ASCII characters, else the later of the two.
     """
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
@@ -312,12 +315,11 @@ def detect_encoding(data: bytes, name: str) -> str:
         data.decode("utf-8")
         return "utf-8-sig"
     except UnicodeDecodeError as utf8_error:
-        if not data[:utf8_error.start].isascii():
-            raise _undecodable(name, data, utf8_error.start) from None
         try:
             data.decode("gb18030")
         except UnicodeDecodeError as gb_error:
-            raise _undecodable(name, data, max(utf8_error.start, gb_error.start)) from None
+            at = utf8_error.start if not data[:utf8_error.start].isascii() else max(utf8_error.start, gb_error.start)
+            raise _undecodable(name, data, at) from None
         return "gb18030"
 
 

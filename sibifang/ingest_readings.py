@@ -75,20 +75,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# MAX_HOUSEHOLD_KW (25 kW: 220 V x a ~100 A main fuse, with a margin) is defined with the
+# readings suite, which checks the same bound on what this module accepts.
+from schemas.suites import MAX_HOUSEHOLD_KW, REGISTER_SPAN_FACTOR
 from schemas.validation import DataContractError
-from sibifang.readings_files import meter_id_text
+from sibifang.readings_files import EXTRA_FIELDS, meter_id_text
 from sibifang.settings import LOCAL_TZ_NAME
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_MINUTES = 15
-# 220 V x ~100 A main fuse ≈ 22 kW; 25 kW leaves a margin for measurement error.
-MAX_HOUSEHOLD_KW = 25.0
 DEFAULT_FUTURE_SKEW = pd.Timedelta(minutes=10)
 DEFAULT_MIN_TS = pd.Timestamp("2010-01-01")
 REGISTER_JITTER_KWH = 0.05
 # A reading this much later than the previous one (in intervals) closes a gap, not an interval.
-GAP_FACTOR = 1.5
+GAP_FACTOR = REGISTER_SPAN_FACTOR
 
 ACCEPTED_COLUMNS = ["meter_id", "ts", "kwh"]
 QUARANTINE_COLUMNS = ["source_file", "line", "meter_id", "ts", "field", "code", "reason", "value"]
@@ -96,6 +97,9 @@ REGISTER_STATE_COLUMNS = ["meter_id", "ts", "register_kwh"]
 
 # code -> (field, Chinese reason for the village data clerk)
 QUARANTINE_CODES: dict[str, tuple[str, str]] = {
+    # A row with more fields than the header (read_readings_file marks it): which of its fields
+    # is the reading is a guess, so it is set aside whole, as the registry import does.
+    "extra_fields": ("_row", "整行的列数多于表头，本行未导入，请检查该行是否多了逗号"),
     "missing_meter_id": ("meter_id", "缺少电表编号"),
     "missing_ts": ("ts", "缺少读数时间"),
     "bad_ts": ("ts", "读数时间无法识别，应为 YYYY-MM-DD HH:MM[:SS]，可带时区如 +08:00 或 Z"),
@@ -403,6 +407,10 @@ def clean_readings(
     def flag(mask: np.ndarray, name: str) -> None:
         code[mask & (code == 0)] = _CODE_NUMBER[name]
 
+    detail = np.full(n, "", dtype=object)
+    if EXTRA_FIELDS in raw.columns:
+        extra = raw[EXTRA_FIELDS].astype("str").fillna("").to_numpy(dtype=object) != ""
+        flag(extra, "extra_fields")
     flag(meters.codes < 0, "missing_meter_id")
     flag(ts_missing, "missing_ts")
     flag(ts_bad, "bad_ts")
@@ -416,7 +424,6 @@ def clean_readings(
     flag(ts_values > (local_now + future_skew).to_datetime64(), "future_ts")
     flag(ts_values < pd.Timestamp(min_ts).to_datetime64(), "ts_too_old")
     flag(value < 0, "negative_kwh")
-    detail = np.full(n, "", dtype=object)
     if max_interval_minutes is not None:
         too_long = (interval > max_interval_minutes) & (code == 0)
         flag(too_long, "interval_too_long")
@@ -769,8 +776,10 @@ def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detai
     reasons = codes.map({k: v[1] for k, v in QUARANTINE_CODES.items()}) + pd.Series(detail[rows], dtype="str")
     sub = raw.iloc[rows]
     # The offending field's raw text, so the clerk sees what the file said.
+    extra = _raw_text(sub[EXTRA_FIELDS]) if EXTRA_FIELDS in sub.columns else np.full(len(rows), "", dtype=object)
     value_text = np.where(fields.to_numpy() == "meter_id", _raw_text(meter_id_text(sub["meter_id"])),
-                          np.where(fields.to_numpy() == "ts", _raw_text(sub["ts"]), _raw_text(sub[value_col])))
+                          np.where(fields.to_numpy() == "ts", _raw_text(sub["ts"]),
+                                   np.where(fields.to_numpy() == "_row", extra, _raw_text(sub[value_col]))))
     out = pd.DataFrame({
         "source_file": pd.Series(np.full(len(rows), source, dtype=object), dtype="str"),
         "line": line[rows].astype(np.int64),

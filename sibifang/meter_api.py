@@ -18,11 +18,14 @@ Behaviour:
 * Timeouts on connect and read. Retries with exponential backoff and jitter on connection
   errors, timeouts, 5xx and 429; ``Retry-After`` (seconds or HTTP date) is respected, up to
   ``max_retry_after`` seconds. Other 4xx (bad request, bad token) are never retried: they
-  fail the same way again. Redirects are not followed (a token must not travel elsewhere).
+  fail the same way again, nor is a request that cannot be sent (an invalid header, URL or
+  scheme). Redirects are not followed (a token must not travel elsewhere).
 * The token goes only into the Authorization header. It never appears in a log line or an
   exception message: messages carry the status, the page number and, for errors, a short
   excerpt of the body with the token redacted, and exceptions from ``requests`` are not
-  chained (their text could include a URL with credentials).
+  chained (their text could include a URL with credentials, or the header itself: only their
+  class name is kept). The token is stripped of surrounding whitespace; one with whitespace
+  or control characters inside is refused before any request.
 * Resuming: :func:`resume_since` gives the ``since`` for the next pull from the store —
   the earliest of the meters' last readings, so no meter misses data, bounded by
   ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
@@ -51,6 +54,9 @@ from sibifang.settings import LOCAL_TZ_NAME
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# Failures another attempt may cure (the network, the server mid-answer). Every other
+# requests error (InvalidHeader, InvalidURL, MissingSchema, ...) is the request's own fault.
+TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class MeterApiError(RuntimeError):
@@ -86,7 +92,7 @@ def fetch_readings(
     """
     if max_pages < 1 or max_attempts < 1:
         raise ValueError("max_pages and max_attempts must be at least 1")
-    secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+    secret = _bearer_token(token)
     url = base_url.rstrip("/") + "/readings"
     own_session = session is None
     session = session or requests.Session()
@@ -128,6 +134,22 @@ def fetch_readings(
     return _readings_frame(readings)
 
 
+def _bearer_token(token: str | SecretStr | None) -> str | None:
+    """The token as it may go into the header: surrounding whitespace stripped (a token pasted
+    into an env file or a secret block often ends with a newline), and nothing but visible
+    ASCII inside. requests refuses a header value with a newline and quotes the whole value
+    in its exception, which Prefect would log on every retry: checked here, before any
+    request, with a message that names the variable, never its value."""
+    secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+    if secret is None:
+        return None
+    secret = secret.strip()
+    if any(not ("\x21" <= ch <= "\x7e") for ch in secret):
+        raise MeterApiError("SIBIFANG_METER_API_TOKEN 含有空格、换行或其他不可见字符（或非 ASCII 字符），"
+                            "令牌无法放入请求头；请重新复制令牌后再设置")
+    return secret or None
+
+
 def resume_since(last_ts: dict[str, pd.Timestamp], *, max_lookback: timedelta = timedelta(days=7)
                  ) -> pd.Timestamp | None:
     """``since`` for the next pull, from ``ReadingStore.last_ts()``; None on an empty store.
@@ -161,12 +183,19 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
     for attempt in range(1, max_attempts + 1):
         wait: float | None = None
         problem: str
+        failure = None
         try:
             response = session.get(url, params=params, headers=headers, timeout=timeout,
                                    allow_redirects=False)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            # Only the class name: requests' message can embed the URL and proxy details.
+        except TRANSIENT_ERRORS as exc:
+            # Only the class name: requests' message can embed the URL, proxy details or a header.
             problem = f"连接失败 ({type(exc).__name__})"
+        except (requests.RequestException, ValueError, UnicodeError) as exc:
+            # Anything else requests (or http.client under it) refuses -- an invalid header,
+            # URL or scheme -- fails the same way on every attempt. Its message may quote the
+            # Authorization header (InvalidHeader does), so only the class name is kept, and
+            # the error is raised outside this block so that it carries no __context__.
+            failure = type(exc).__name__
         else:
             status = response.status_code
             if status == 200:
@@ -184,6 +213,9 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
             if wait is not None and wait > max_retry_after:
                 raise MeterApiError(f"电表接口要求等待 {wait:.0f} 秒后再试（超过上限 {max_retry_after:.0f} 秒）",
                                     status=status, retryable=True)
+        if failure is not None:
+            raise MeterApiError(f"电表接口第 {page} 页请求无法发出（{failure}：请求头或地址无效），不会重试；"
+                                "请检查 SIBIFANG_METER_API_URL 和 SIBIFANG_METER_API_TOKEN")
         if attempt == max_attempts:
             raise MeterApiError(f"电表接口第 {page} 页重试 {max_attempts} 次仍失败：{problem}", retryable=True)
         if wait is None:

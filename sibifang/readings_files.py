@@ -16,6 +16,7 @@ another, and neither module needs the other's internals. Nothing here imports
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -55,8 +56,12 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     stay true. Quoted fields containing newlines would shift line numbers; meter feeds
     never contain them.
 
-    A file that cannot be read as readings (format, encoding, a line with more fields than
-    the header, an unclosed quote, missing columns) raises DataContractError — never retried —
+    A row with more non-blank fields than the header keeps them in ``_extra_fields`` (joined
+    by ``,``; the column only when some row has them), and is quarantined as ``extra_fields``
+    by clean_readings; empty trailing fields (a comma at the end of every row) are harmless.
+
+    A file that cannot be read as readings (format, encoding, an unclosed quote, missing
+    columns) raises DataContractError — never retried —
     whose ``message_zh`` names the file and, when known, the line. So does a file written in a
     way no row can be read right (:func:`check_readings_text`: Wh, epoch times, decimal commas,
     a day/month order it cannot settle), for `sibifang detect`, `import readings` and the inbox
@@ -107,7 +112,7 @@ def read_readings_file(path: Path) -> pd.DataFrame:
             message_zh=f"文件 {path.name} 第1行表头的列 {wh} 单位是 Wh（瓦时），电表读数应为 kWh（千瓦时）："
                        "请把数值除以 1000，表头改为 kwh 后重新提交。",
             line=1)
-    raw = raw.rename(columns=_normalise_column_name)
+    raw = raw.rename(columns=lambda c: c if c == EXTRA_FIELDS else _normalise_column_name(c))
     missing = sorted({"meter_id", "ts"} - set(raw.columns))
     if not ({"kwh", "register_kwh"} & set(raw.columns)):
         missing.append("kwh")
@@ -120,7 +125,8 @@ def read_readings_file(path: Path) -> pd.DataFrame:
                        "也可用中文表头：电表编号、读数时间、用电量、累计读数）。",
             line=1)
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
-    out = raw[["meter_id", "ts", value_col]]  # copy-on-write: no copy of millions of rows
+    marker = [EXTRA_FIELDS] if EXTRA_FIELDS in raw.columns and raw[EXTRA_FIELDS].ne("").any() else []
+    out = raw[["meter_id", "ts", value_col, *marker]]  # copy-on-write: no copy of millions of rows
     out["meter_id"] = meter_id_text(out["meter_id"])
     out.insert(0, "line", np.arange(first_line, first_line + len(out), dtype=np.int64))
     return check_readings_text(out.reset_index(drop=True), path.name)
@@ -217,14 +223,37 @@ def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
     from sibifang.importing import ImportFileError, detect_encoding
 
     encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
+    sep = _csv_separator(path, encoding)
+    header = _header_cells(path, encoding, sep)
+    # (An empty file has no header to widen: pandas reports it as such.)
+    extra = max(0, _widest_line(path, encoding, sep) - len(header)) if header else 0
+    # Rows wider than the header (a trailing comma on every row, or a stray field) get columns
+    # of their own, named after the header's, so pandas never takes the first column as the
+    # index -- which it does when the first data row is wider, shifting every field one column
+    # left -- and never refuses the whole file for one wide row. index_col=False as well: a
+    # row wider than even these columns (quoted newlines, which the line scan cannot see) is
+    # then a ParserError with its line, not a silent shift.
+    # (header=None and the header line skipped: with header=0, pandas expects the header's
+    # width on every line whatever the names.)
+    widths = ({"header": None, "skiprows": 1,
+               "names": _unique_names(header) + [f"{EXTRA_COLUMN}{i}" for i in range(extra)]}
+              if extra else {"header": 0})
     try:
         # In blocks of rows: parsing a whole 28-million-row file at once needs 3.3 GB for a
         # 1.7 GB frame, in blocks 2.2 GB. Line numbers in parser errors count from the file's start.
-        blocks = list(pd.read_csv(
-            path, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
-            skip_blank_lines=False, sep=_csv_separator(path, encoding), chunksize=CSV_BLOCK_ROWS,
-        ))
-        return pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+        with warnings.catch_warnings():
+            # index_col=False cuts a row wider than the columns with only this warning.
+            warnings.filterwarnings("error", message="Length of header or names", category=pd.errors.ParserWarning)
+            blocks = list(pd.read_csv(
+                path, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
+                skip_blank_lines=False, sep=sep, chunksize=CSV_BLOCK_ROWS, index_col=False, **widths,
+            ))
+        frame = pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+        return _mark_extra_fields(frame) if extra else frame
+    except pd.errors.ParserWarning:
+        raise ImportFileError(path.name, "a row has more fields than the header",
+                              message_zh=f"文件 {path.name} 有的行列数多于表头，且无法确定是哪一行"
+                                         "（可能有跨行的引号），请检查是否多了逗号或引号。") from None
     except pd.errors.EmptyDataError:
         raise ImportFileError(path.name, "empty file: no header",
                               message_zh=f"文件 {path.name} 是空文件（没有表头和数据）。") from None
@@ -246,6 +275,72 @@ def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
             zh = f"文件 {path.name} {where}无法按 CSV 格式读取，请检查文件内容。"
         raise ImportFileError(path.name, text.replace("Error tokenizing data. C error: ", "").strip(),
                               message_zh=zh, line=line) from None
+
+
+# Columns read beyond the header's, and the marker column that carries what they held
+# (sibifang.ingest_readings quarantines such rows as ``extra_fields``).
+EXTRA_COLUMN = "_extra_field_"
+EXTRA_FIELDS = "_extra_fields"
+
+
+def _header_cells(path: Path, encoding: str, sep: str) -> list[str]:
+    import csv
+
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        return next(csv.reader([f.readline()], delimiter=sep), [])
+
+
+def _unique_names(header: list[str]) -> list[str]:
+    """The header as pandas names it: a repeated name gets ``.1``, ``.2`` (so the clash of two
+    ``kwh`` columns is still seen), an empty one ``Unnamed: i``."""
+    seen: dict[str, int] = {}
+    names = []
+    for i, name in enumerate(header):
+        name = name or f"Unnamed: {i}"
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        names.append(name if not count else f"{name}.{count}")
+    return names
+
+
+def _widest_line(path: Path, encoding: str, sep: str, block: int = 1 << 22) -> int:
+    """An upper bound of the fields on any line: its separators + 1 (a quoted separator only
+    makes it larger, which costs an empty column). Counted on the bytes, a block at a time:
+    in UTF-8 and GB18030 the bytes of ``,``, ``;``, tab and newline never occur inside a
+    multi-byte character."""
+    if encoding.lower().replace("-", "").startswith("utf16"):
+        with open(path, encoding=encoding, newline="") as f:
+            return max((line.count(sep) for line in f), default=0) + 1
+    sep_byte, newline = ord(sep), ord("\n")
+    widest = carry = 0
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            arr = np.frombuffer(data, dtype=np.uint8)
+            seps = np.cumsum(arr == sep_byte, dtype=np.int64)
+            ends = np.flatnonzero(arr == newline)
+            if len(ends):
+                per_line = np.diff(seps[ends], prepend=0)
+                per_line[0] += carry
+                widest = max(widest, int(per_line.max()))
+                carry = int(seps[-1] - seps[ends[-1]])
+            else:
+                carry += int(seps[-1])
+    return max(widest, carry) + 1
+
+
+def _mark_extra_fields(frame: pd.DataFrame) -> pd.DataFrame:
+    """The extra columns folded into one: the non-blank cells beyond the header, joined by
+    ``,`` ("" where there are none). Empty trailing fields (a comma at the end of each row,
+    what some exporters write) are harmless, as in the registry import."""
+    extras = [c for c in frame.columns if str(c).startswith(EXTRA_COLUMN)]
+    text = pd.Series("", index=frame.index, dtype="str")
+    for column in extras:  # column by column: a file with a comma after every row may be huge
+        cell = frame[column].astype("str").str.strip()
+        joined = text.where(text.eq(""), text + ",") + cell
+        text = text.where(cell.eq(""), joined)
+    frame = frame.drop(columns=extras)
+    frame[EXTRA_FIELDS] = text
+    return frame
 
 
 def _is_plain_utf8(path: Path, block: int = 1 << 24) -> bool:

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # China keeps one time zone. Every stored time is naive local time in it (schemas.models), so it
@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     # Meter pull connector (paged JSON API).
     meter_api_url: str | None = Field(None, repr=False)
     meter_api_token: SecretStr | None = None
+
+    @field_validator("meter_api_token", mode="before")
+    @classmethod
+    def _strip_meter_api_token(cls, value):
+        # A token pasted into an env file or a secret block often ends with a newline, which no
+        # HTTP header may hold. Only stripped here, never refused: a validation error would print
+        # the value. sibifang.meter_api refuses one with whitespace inside, naming the variable.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return value.strip() or None if isinstance(value, str) else value
 
     # The silence alarm's budget (静默告警预算): the needless alerts a household-month it may
     # spend to catch a resident who stopped being active (DetectorConfig.false_alarms_per_month).

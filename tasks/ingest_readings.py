@@ -94,6 +94,38 @@ def _quarantine_conflicts(result, raw: pd.DataFrame, positions: np.ndarray, sour
     return acc.loc[keep].reset_index(drop=True), quarantined
 
 
+def _check_handover(acc: pd.DataFrame, lines: np.ndarray | None, intervals: dict[str, int], cumulative: bool,
+                    source: str) -> None:
+    """Validate the accepted readings (the readings suite); a critical failure raises a
+    DataContractError naming the file's lines and fields as the clerk sees them (the suite
+    reports 0-based positions in the accepted, sorted frame)."""
+    from schemas.suites import max_kwh_per_reading
+    from schemas.validation import DataContractError, validate_frame
+    from sibifang.ingest_readings import DEFAULT_INTERVAL_MINUTES
+
+    minutes = acc["meter_id"].map(intervals).astype("float64").fillna(DEFAULT_INTERVAL_MINUTES).to_numpy()
+    report = validate_frame(acc.assign(kwh_max=max_kwh_per_reading(minutes, cumulative=cumulative)),
+                            "readings", source=source)
+    bad = [r for r in report.results if (not r.success and r.severity == "critical") or r.exception]
+    if not bad:
+        return
+    labels = {"meter_id": "电表编号", "ts": "读数时间", "kwh": "用电量", "kwh_max": "用电量"}
+    parts_en, parts_zh = [], []
+    for r in bad:
+        if r.exception:
+            parts_en.append(f"{r.column}: {r.expectation} raised: {r.exception}")
+            parts_zh.append(f"入库检查 {r.expectation} 出错（{r.exception}），请联系管理员")
+            continue
+        at = [int(lines[i]) if lines is not None else i + 2 for i in r.unexpected_rows[:5]]
+        more = " 等" if r.unexpected_count > len(at) else ""
+        field = "kwh" if "kwh" in r.columns else (r.columns[0] if r.columns else "")
+        parts_en.append(f"{field}: {r.expectation} failed ({r.unexpected_count} rows, lines {at})")
+        parts_zh.append(f"第{'、'.join(map(str, at))}行{more} {field}（{labels.get(field, field)}）列"
+                        f"未通过入库检查（{r.unexpected_count} 行）")
+    raise DataContractError(source, parts_en, message_zh=f"文件 {source} " + "；".join(parts_zh)
+                            + "。整个文件未入库，请核对这些行后重新提交。")
+
+
 def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url: str | None = None,
                  now: datetime | None = None, as_of: datetime | None = None) -> dict:
     """Clean, store and account for one batch of readings (read = accepted + quarantined).
@@ -120,6 +152,10 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
     result = clean_readings(raw, source=source, known_meters=known, now=reading_clock(as_of, now),
                             interval_minutes=intervals or None,
+                            # Seconds of meter-clock jitter (10:59:58 for 11:00) moved onto the
+                            # meter's grid, as `sibifang detect` and the detectors place them: left
+                            # off it, an hour reads empty and the next one doubled.
+                            snap_to_grid=True,
                             last_registers=store.last_registers() if cumulative else None)
     acc, q = result.accepted, result.quarantined
     counts = dict(result.counts)
@@ -127,10 +163,9 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         raise RuntimeError(f"{source}: rows lost in cleaning: read {counts['read']} != "
                            f"{len(acc)} accepted + {counts['quarantined']} quarantined")
     if len(acc):
-        # The hand-over contract of what goes into the store (the readings suite).
-        from schemas.validation import raise_for_critical, validate_frame
-
-        raise_for_critical(validate_frame(acc, "readings", source=source))
+        # The hand-over contract of what goes into the store (the readings suite), each reading
+        # bounded for its own meter's interval as the cleaning bounded it.
+        _check_handover(acc, result.accepted_lines, intervals, cumulative, source)
     new_rows, clashing = store.append(acc, return_conflicts=True) if len(acc) else (0, np.zeros(0, dtype=np.int64))
     if result.last_registers is not None:
         # After the readings: a crash in between runs the batch again from the old state

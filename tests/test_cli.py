@@ -88,9 +88,9 @@ def test_a_file_that_cannot_be_imported_prints_its_reason_and_exits_1(cli_env, v
     assert "家庭档案 households.csv：未导入。文件 households.csv 缺少必需的列" in result.output
     assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output  # a clean exit
     readings = tmp_path / "readings.csv"
-    readings.write_text("meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,2026-11-20 00:30,0.1,9\n", encoding="utf-8")
+    readings.write_text('meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,"2026-11-20 00:30,0.1\n', encoding="utf-8")
     result = runner.invoke(app, ["import", "readings", str(readings)])
-    assert result.exit_code == 1 and "readings.csv 第3行的列数多于表头" in result.output
+    assert result.exit_code == 1 and "readings.csv 第3行引号未闭合" in result.output
     # A hand-over directory: the bad file is reported, the others are imported all the same.
     handover = tmp_path / "handover"
     handover.mkdir()
@@ -216,6 +216,24 @@ def test_detect_converts_utc_timestamps_to_local_time(tmp_path):
     local.assign(ts=utc.dt.tz_localize("UTC")).to_parquet(tmp_path / "aware.parquet")
     flags, _ = detect_file(tmp_path / "aware.parquet", tmp_path / "f_aware.csv")
     pd.testing.assert_frame_equal(flags, expected)
+
+
+@pytest.mark.parametrize("minutes", [15, 30, 60])
+def test_detect_reads_a_cumulative_register_at_its_own_interval(tmp_path, minutes):
+    """(Review, HIGH) a 30-minute or hourly register was set aside whole as register gaps (exit 2):
+    its interval was learnt from a pass that had already differenced it at 15 minutes."""
+    df = _silent_meter()
+    df = df.assign(ts=pd.to_datetime(df.ts)).set_index("ts").resample(f"{minutes}min", label="right",
+                                                                         closed="right").sum().reset_index()
+    df = pd.DataFrame({"meter_id": "m1", "ts": df.ts.dt.strftime("%Y-%m-%d %H:%M:%S"),
+                       "register_kwh": (1000 + df.kwh.cumsum()).round(4)})
+    src = tmp_path / "cum.csv"
+    df.to_csv(src, index=False)
+    flags, output = detect_file(src, tmp_path / "flags.csv")
+    n = len(df)
+    assert f"读取 {n} 行，接受 {n - 1} 行，隔离 1 行" in output  # only the baseline
+    assert (flags.kind == "inactivity").any()
+    assert_accounted(output, tmp_path / "flags.csv")
 
 
 def test_detect_quarantines_and_counts_an_unreadable_timestamp(tmp_path):

@@ -101,11 +101,11 @@ def test_ingest_flow_rejects_a_malformed_file_and_ingests_the_others(prefect_har
     use_database(monkeypatch, database_url)
     seed(database_url)
     readings = inbox(app_env, "readings")
-    (readings / "a.csv").write_text("meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,2026-11-20 00:30,0.1,9\n")
+    (readings / "a.csv").write_text('meter_id,ts,kwh\nM1,2026-11-20 00:15,0.1\nM1,"2026-11-20 00:30,0.1\n')
     (readings / "b.csv").write_text("meter_id,ts,kwh\nM1,2026-11-20 00:45,0.2\n")
     result = ingest_readings(date(2026, 11, 20), inbox=str(readings.parent))
     assert (result["files"], result["accepted"], result["rejected"], result["failed"]) == (1, 1, 1, 0)
-    assert "a.csv 第3行的列数多于表头" in result["rejected_files"][0]["reason"]
+    assert "a.csv 第3行引号未闭合" in result["rejected_files"][0]["reason"]
     assert [p.name[:2] for p in (readings / "rejected").iterdir()] == ["a."]
     assert [p.name[:2] for p in (readings / "done").iterdir()] == ["b."]
     [run] = runs(database_url, "a.csv")  # recorded once: bad data is not retried

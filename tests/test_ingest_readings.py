@@ -436,8 +436,6 @@ def test_file_faults_are_data_contract_errors_naming_file_and_line(tmp_path):
     from schemas.validation import DataContractError
 
     cases = {
-        "wide.csv": (b"meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1,9\n",
-                     "wide.csv 第3行的列数多于表头（表头3列，该行4列）"),
         "quote.csv": (b'meter_id,ts,kwh\nM1,"2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1\n',
                       "quote.csv 第2行引号未闭合"),
         "enc.csv": ("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\n".encode() + "电表".encode() + b"\xff,x,1\n",
@@ -891,6 +889,131 @@ def test_csv_read_in_blocks_keeps_true_line_numbers(tmp_path, monkeypatch):
     assert raw.line.tolist() == [2, 3, 4, 5, 6, 7] and raw.meter_id.tolist()[::2] == ["M1"] * 3
     src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n" * 5 + "M1,2026-11-20 10:15,0.1,9\n",
                    encoding="utf-8")
+    # A row wider than the header in the last block: marked on its own line, not a shift.
+    raw = read_readings_file(src)
+    assert raw.line.tolist() == [2, 3, 4, 5, 6, 7] and raw["_extra_fields"].tolist() == [""] * 5 + ["9"]
+    src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n" * 5 + 'M1,"2026-11-20 10:15,0.1\n',
+                   encoding="utf-8")
     with pytest.raises(ImportFileError) as e:
         read_readings_file(src)
-    assert e.value.line == 7 and "第7行的列数多于表头" in e.value.message_zh
+    assert e.value.line == 7 and "第7行引号未闭合" in e.value.message_zh
+
+
+# --------------------------------------------------------------------------- rows wider than the header
+# (review, HIGH: a comma at the end of each row made pandas take meter_id as the index and shift
+# every field one column left -- every row bad_ts, raw {"meter_id": "2025-01-15 12:00", ...})
+
+@pytest.mark.parametrize("encoding", ["utf-8", "gb18030", "utf-16"])
+@pytest.mark.parametrize("rows", [
+    ["M000012,2025-01-15 12:00,0.1,", "M000012,2025-01-15 12:15,0.2,"],  # every row
+    ["M000012,2025-01-15 12:00,0.1,", "M000012,2025-01-15 12:15,0.2"],  # only the first
+    ["M000012,2025-01-15 12:00,0.1", "M000012,2025-01-15 12:15,0.2,,"],  # a later one, twice
+])
+def test_empty_trailing_fields_are_harmless(tmp_path, rows, encoding):
+    path = tmp_path / "trailing.csv"
+    path.write_bytes(("meter_id,ts,kwh\n" + "\n".join(rows) + "\n").encode(encoding))
+    result = clean_readings(read_readings_file(path), source=path.name, now=NOW)
+    assert_balanced(result, 2)
+    assert result.accepted["meter_id"].tolist() == ["M000012", "M000012"]
+    assert result.accepted["kwh"].tolist() == [0.1, 0.2]
+
+
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_a_row_wider_than_the_header_is_quarantined_alone_naming_its_line(tmp_path, sep):
+    """As the registry import does: the row is set aside whole (which of its fields is the
+    reading is a guess), with what was extra; the other rows and the file go on."""
+    lines = ["meter_id,ts,kwh", "M1,2026-11-20 08:15,0.1,9", "M1,2026-11-20 08:30,0.2",
+             "M1,2026-11-20 08:45,0.3,,7,", "M1,2026-11-20 09:00,0.4,"]
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join(line.replace(",", sep) for line in lines) + "\n", encoding="utf-8")
+    result = clean_readings(read_readings_file(path), source=path.name, now=NOW)
+    assert_balanced(result, 4)
+    assert result.accepted["ts"].dt.strftime("%H:%M").tolist() == ["08:30", "09:00"]
+    q = result.quarantined
+    assert q["line"].tolist() == [2, 4] and set(q["code"]) == {"extra_fields"}
+    assert q["field"].tolist() == ["_row", "_row"] and q["value"].tolist() == ["9", "7"]
+    assert q["meter_id"].tolist() == ["M1", "M1"] and q["ts"].tolist() == ["2026-11-20 08:15", "2026-11-20 08:45"]
+    assert "列数多于表头" in q["reason"].iloc[0]
+
+
+def test_a_wide_row_is_kept_with_its_fields_in_the_ledger(database_url, app_env):
+    """Through the ingest: the quarantined row's raw fields are its own, not shifted."""
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import quarantined, seed
+
+    seed(database_url)
+    path = app_env / "wide.csv"
+    path.write_text("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1,9\nM1,2026-11-20 08:30,0.2,\n", encoding="utf-8")
+    r = ingest_frame(read_readings_file(path), source=path.name, batch_id="wide", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (2, 1, 1)
+    [row] = quarantined(database_url, "ingest_readings")
+    assert (row.line, row.field, row.code) == (2, "_row", "extra_fields")
+    assert row.raw == {"meter_id": "M1", "ts": "2026-11-20 08:15", "kwh": "0.1"}
+
+
+# ------------------------------------------------------------------ the readings suite agrees with the cleaning
+# (review, HIGH: the suite capped every reading at 24 kWh while the cleaning allows 25 kW over
+# the meter's interval, so one hourly 24.5 kWh rejected the whole file with a 0-based row)
+
+def _meters(url: str, **intervals: int) -> None:
+    from schemas.models import Meter
+    from sibifang.db import session_scope, upsert
+
+    with session_scope(url) as s:
+        upsert(s, Meter, [{"id": m, "household_id": "H1", "interval_minutes": n} for m, n in intervals.items()],
+               key=["id"])
+
+
+def test_a_reading_the_cleaning_accepts_never_rejects_its_file(database_url, app_env):
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import seed
+
+    seed(database_url)
+    _meters(database_url, M60=60, DAY=1440)
+    rows = [("M1", "2026-11-20 08:00", "0.1"),
+            ("M60", "2026-11-20 08:00", "24.5"),  # an hour at 24.5 kW: under 25 kW
+            ("DAY", "2026-11-20 00:00", "31"),  # a day's use
+            ("M1", "2026-11-20 08:15", "6.3")]  # 25.2 kW over 15 minutes: impossible
+    raw = pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"])
+    r = ingest_frame(raw, source="big.csv", batch_id="big", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (4, 3, 1)
+    # A cumulative hourly register: 36 kWh over 90 minutes (1.5 intervals) is still an interval.
+    reg = pd.DataFrame([("M60", "2026-11-21 01:00", "100"), ("M60", "2026-11-21 02:30", "136")],
+                       columns=["meter_id", "ts", "register_kwh"])
+    r = ingest_frame(reg, source="reg.csv", batch_id="reg", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (2, 1, 1)  # the first is its baseline
+
+
+def test_a_reading_that_breaks_the_contract_is_named_by_line_and_field(database_url, app_env, monkeypatch):
+    """Should the suite ever be stricter than the cleaning, the clerk reads which lines and field."""
+    import schemas.suites
+    from schemas.validation import DataContractError
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import seed
+
+    seed(database_url)
+    monkeypatch.setattr(schemas.suites, "max_kwh_per_reading", lambda minutes, **kw: minutes * 0 + 1.0)
+    rows = [("M1", "2026-11-20 08:15", "0.5"), ("M1", "2026-11-20 08:00", "2.5")]
+    raw = pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"])
+    with pytest.raises(DataContractError) as e:
+        ingest_frame(raw, source="odd.csv", batch_id="odd", database_url=database_url, now=NOW)
+    assert "文件 odd.csv 第3行 kwh（用电量）列未通过入库检查" in e.value.message_zh
+    assert "lines [3]" in str(e.value)
+
+
+def test_the_ingest_snaps_seconds_of_clock_jitter_onto_the_meter_grid(database_url, app_env):
+    """(Review) an hourly meter stamped 10:00:03, 10:59:58, 12:00:02 was stored off its grid:
+    the hourly table read NaN, 1.0, NaN, 1.0."""
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import ingest_frame
+    from tests.test_inbox_rejects import seed
+
+    seed(database_url)
+    _meters(database_url, M60=60)
+    rows = [("M60", "2026-11-20 10:00:03", "1.0"), ("M60", "2026-11-20 10:59:58", "1.0"),
+            ("M60", "2026-11-20 12:00:02", "1.0"), ("M1", "2026-11-20 10:14:55", "0.1")]
+    r = ingest_frame(pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"]), source="jitter.csv",
+                     batch_id="jitter", database_url=database_url, now=NOW)
+    assert (r["read"], r["accepted"], r["quarantined"]) == (4, 4, 0)
+    stored = ReadingStore(app_env / "data" / "readings").load().sort_values(["meter_id", "ts"])
+    assert stored["ts"].dt.strftime("%H:%M:%S").tolist() == ["10:15:00", "10:00:00", "11:00:00", "12:00:00"]

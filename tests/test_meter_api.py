@@ -242,3 +242,94 @@ def test_numeric_meter_ids_arrive_as_sent_even_with_a_null_among_them(api):
     result = clean_readings(df, source="meter-api", now=datetime(2026, 11, 21))
     assert result.accepted["meter_id"].tolist() == ["3302810001234567891", "3302810002"]
     assert result.quarantined["code"].tolist() == ["missing_meter_id"]
+
+
+# ------------------------------------------------------------- a token with whitespace (review, HIGH)
+
+def test_a_token_pasted_with_a_trailing_newline_is_stripped_and_works(api, monkeypatch, caplog):
+    """An env file or secret block often ends the token with a newline. requests refused the
+    header and quoted it, token and all, in its exception (logged on each of Prefect's retries)."""
+    from sibifang.settings import get_settings, reset_settings
+
+    monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", f" {TOKEN}\n")
+    reset_settings()
+    caplog.set_level(logging.DEBUG)
+    try:
+        assert get_settings().meter_api_token.get_secret_value() == TOKEN
+        df, _ = fetch(api, token=get_settings().meter_api_token)
+        assert len(df) == 4 and api.requests[0]["auth"] == f"Bearer {TOKEN}"
+        df, _ = fetch(api, token=TOKEN + "\r\n")  # passed directly: stripped the same way
+        assert len(df) == 4
+    finally:
+        reset_settings()
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("bad", [f"{TOKEN}\nX-Evil: 1", f"{TOKEN} extra", f"{TOKEN}\x00", f"{TOKEN}令牌"])
+def test_a_token_with_whitespace_or_control_characters_inside_is_refused_without_quoting_it(api, bad, caplog):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(MeterApiError) as info:
+        fetch(api, token=bad)
+    assert "SIBIFANG_METER_API_TOKEN" in str(info.value) and not info.value.retryable
+    assert api.requests == []  # refused before any request
+    assert TOKEN not in str(info.value) and TOKEN not in caplog.text
+
+
+class _RefusingSession(requests.Session):
+    """A request requests will not send, with the header in its message (as InvalidHeader has)."""
+
+    def __init__(self, error: type[requests.RequestException]):
+        super().__init__()
+        self.error, self.calls = error, 0
+
+    def get(self, url, **kwargs):
+        self.calls += 1
+        raise self.error(f"Invalid header value: {kwargs['headers'].get('Authorization')!r} for {url}")
+
+
+@pytest.mark.parametrize("error", [requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL,
+                                   requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema])
+def test_a_request_that_cannot_be_sent_is_not_retried_and_only_its_class_is_kept(error, caplog):
+    caplog.set_level(logging.DEBUG)
+    session = _RefusingSession(error)
+    sleeps: list[float] = []
+    with pytest.raises(MeterApiError) as info:
+        fetch_readings("http://meters.example/api", TOKEN, None, session=session, sleep=sleeps.append)
+    assert session.calls == 1 and sleeps == []
+    assert not info.value.retryable and error.__name__ in str(info.value)
+    assert TOKEN not in str(info.value) and TOKEN not in caplog.text
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_the_pull_task_never_logs_the_token_nor_retries_a_request_that_cannot_be_sent(
+        prefect_harness, app_env, monkeypatch, caplog, capfd):
+    """The whole path a scheduled run takes: the task fails once, and neither its logs nor its
+    state's message hold the token."""
+    from prefect import flow
+
+    from sibifang.settings import reset_settings
+    from tasks.ingest_readings import pull_api_task
+
+    session = _RefusingSession(requests.exceptions.InvalidHeader)
+    monkeypatch.setattr(requests, "Session", lambda: session)
+    monkeypatch.setenv("SIBIFANG_METER_API_URL", "http://meters.example/api")
+    monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN + "\n")
+    monkeypatch.setenv("SIBIFANG_DATABASE_URL", f"sqlite:///{app_env / 'app.db'}")
+    reset_settings()
+    caplog.set_level(logging.INFO)
+
+    @flow
+    def pull_once():
+        state = pull_api_task.with_options(retry_delay_seconds=0)(return_state=True)
+        return state.is_failed(), str(state.result(raise_on_failure=False)), state.message or ""
+
+    try:
+        failed, error, message = pull_once()
+    finally:
+        reset_settings()
+    assert failed and session.calls == 1  # no retry: it would fail the same way
+    assert "InvalidHeader" in error
+    out, err = capfd.readouterr()
+    assert "InvalidHeader" in caplog.text + out + err  # the failure is logged ...
+    for text in (error, message, caplog.text, out, err):
+        assert TOKEN not in text  # ... without the token
