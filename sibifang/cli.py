@@ -152,8 +152,14 @@ def run(flow_name: str = typer.Argument(..., help="a flow: closed_loop, schedule
         return
     from sibifang.db import migrate as do_migrate
 
+    from sibifang.errors import FlowParameterError
+
     do_migrate()
-    result = get_flow(flow_name)(**params)
+    try:
+        result = get_flow(flow_name)(**params)
+    except FlowParameterError as e:
+        typer.echo(f"参数有误：{e}", err=True)
+        raise typer.Exit(2) from None
     _echo_json(result)
 
 

@@ -65,6 +65,7 @@ import pandas as pd
 
 from templates import wording
 from sibifang.checks import CATEGORY_ALIASES, CATEGORY_LABELS
+from sibifang.errors import FlowParameterError
 from sibifang.settings import LOCAL_TZ
 from sibifang.workcalendar import WorkCalendar
 
@@ -130,7 +131,7 @@ _BIG = 1 << 30
 # ---------------------------------------------------------------------------------------------
 # Parameters a supervisor gives a run by hand
 # ---------------------------------------------------------------------------------------------
-class ScheduleParameterError(ValueError):
+class ScheduleParameterError(FlowParameterError):
     """A scheduling run asked for with parameters that cannot be planned; the message is in Chinese
     (a supervisor reads it)."""
 

@@ -53,6 +53,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 import templates as _templates
 from sibifang.checks import ALERT_CHANNEL_LABELS, DEMAND_CATEGORY_LABELS, FLAG_KIND_LABELS
+from sibifang.errors import FlowParameterError
 
 SMALL_COUNT = 3
 MASKED = f"<{SMALL_COUNT}"   # primary suppression: 1 .. SMALL_COUNT-1
@@ -169,7 +170,7 @@ def _stat(value: float | None, base: int) -> float | None:
 
 
 # ------------------------------------------------------------------ the report's period
-class ReportPeriodError(ValueError):
+class ReportPeriodError(FlowParameterError):
     """A report period asked for with parameters that name no period; the message is in Chinese
     (a supervisor reads it)."""
 

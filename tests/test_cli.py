@@ -591,3 +591,10 @@ def test_the_cli_gives_prefects_first_start_time_to_migrate_its_database():
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "45"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "45"
+
+
+def test_run_with_a_bad_parameter_says_so_in_chinese_and_exits_2(cli_env, prefect_harness):
+    result = runner.invoke(app, ["run", "summary_report", "-p", "period_days=0"])
+    assert result.exit_code == 2
+    # (Prefect's log of the failed run comes before; the last word is hers to read)
+    assert result.output.strip().splitlines()[-1].startswith("参数有误：报告天数 period_days 必须是正整数")
