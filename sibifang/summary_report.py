@@ -250,6 +250,10 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     status = protect([sent, dead, cancelled, n_alerts - sent - dead - cancelled], n_alerts)
     demand_rows = _breakdown({str(k): int(c) for k, c in demands.items()}, DEMAND_LABELS, int(len(n)))
     risk = publish_risk_map(risk_map, areas)
+    # the map as the period began (its latest run before the first day): the change since then
+    # reads from two published tables, so it shows nothing a count could not
+    before = risk_map[pd.to_datetime(risk_map.as_of) < pd.Timestamp(period_start)] if not risk_map.empty else risk_map
+    risk_before = publish_risk_map(before, areas) if not before.empty else {"levels": {}}
     with_village = a
     if not a.empty and "grid_id" in a:
         with_village = a.merge(areas[["grid_id", "village_name"]].drop_duplicates("grid_id"), on="grid_id",
@@ -281,6 +285,8 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
         "needs": mask(len(n)), "needs_matched": mask(int((n.status == "matched").sum()) if not n.empty else 0),
         "common_demands": demand_rows,  # every category (at most nine): a top-5 cut would hide part of a total
         "risk_levels": risk["levels"],
+        "risk_levels_before": risk_before["levels"],
+        "risk_before_date": (pd.Timestamp(before.as_of.max()).date().isoformat() if not before.empty else ""),
         "risk_by_village": risk["villages"],
         "risk_by_grid": risk["grids"],
         "response_by_channel": _publish_response(response_metrics(a, "channel"), n_alerts, n_acked,

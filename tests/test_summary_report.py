@@ -13,7 +13,7 @@ import itertools
 import random
 import re
 import xml.etree.ElementTree as ET
-from datetime import date
+from datetime import date, timedelta
 
 import pandas as pd
 import pytest
@@ -626,3 +626,16 @@ def test_a_report_remade_later_shows_the_period_as_it_ended():
     plans, alerts, cases = as_of_period_end(later["plans"], later["alerts"], later["cases"], END)
     assert (plans.status.eq("done") == (plans.done_at < after)).all()
     assert alerts.acked_at.max() < after and cases.status.eq("closed").sum() == 3
+
+
+def test_the_report_shows_the_levels_as_the_period_began_beside_the_current_ones():
+    before = pd.DataFrame({"as_of": [START - timedelta(days=1)] * 4, "grid_id": ["G1", "G2", "G3", "G3"],
+                           "level": ["红", "绿", "橙", "绿"], "households": [4, 5, 3, 9], "change": [0] * 4})
+    older = before.assign(as_of=START - timedelta(days=9), households=[7, 2, 8, 4])
+    rm = pd.concat([older, before, _risk_map()], ignore_index=True)
+    agg = _summarise(risk_map=rm)
+    assert agg["risk_before_date"] == (START - timedelta(days=1)).isoformat()
+    assert agg["risk_levels_before"] == {"红": 4, "橙": 3, "黄": 0, "绿": 14}
+    assert agg["risk_levels"] == _summarise()["risk_levels"]          # the current map is the latest's
+    assert f"本期开始前（{START - timedelta(days=1)}）：红色 4 户，橙色 3 户，黄色 0 户，绿色 14 户" in _report(agg, rm)
+    assert "本期开始前" not in _report(_summarise())                   # no run before the period: nothing to compare
