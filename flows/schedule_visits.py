@@ -22,7 +22,8 @@ def schedule_visits(as_of: date | None = None, grid: str | None = None, horizon_
     check_schedule_parameters(horizon_days=horizon_days)  # before any task: a mistyped horizon plans nothing
     day = as_of_date(as_of)
     plan = plan_visits(day, horizon_days, grid)
-    validate_handover(plan.plans, "visit_plans", stage="schedule_visits", source=f"schedule_visits {day}")
+    if len(plan.plans):  # nothing to plan (a new installation, no family due) hands nothing over
+        validate_handover(plan.plans, "visit_plans", stage="schedule_visits", source=f"schedule_visits {day}")
     stored = store_plan(plan, day, out_dir or str(get_settings().out_dir))
     if grid is None:  # a re-plan of one grid by hand does not re-send everyone's digest
         notify_day = as_of_date(notify_for) if notify_for else day

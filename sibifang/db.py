@@ -145,9 +145,11 @@ def grid_hierarchy(database_url: str | None = None):
     a = read_frame(select(Area.id, Area.level, Area.parent_id), database_url)
     parent = dict(zip(a.id, a.parent_id))
     grids = a[a.level == "grid"][["id"]].rename(columns={"id": "grid_id"})
-    grids["village_id"] = grids.grid_id.map(parent)
-    grids["township_id"] = grids.village_id.map(parent)
-    grids["district_id"] = grids.township_id.map(parent)
+    # object, not the float64 pandas gives an empty map: a new installation's empty frame must
+    # still join on these ids (the first scheduled report runs before anything is imported)
+    grids["village_id"] = grids.grid_id.map(parent).astype(object)
+    grids["township_id"] = grids.village_id.map(parent).astype(object)
+    grids["district_id"] = grids.township_id.map(parent).astype(object)
     return grids.reset_index(drop=True)
 
 

@@ -167,7 +167,7 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
             scored.risk_score.to_numpy() != old["old_score"].fillna(-1).to_numpy()) | (
             # the same score for other reasons (one flag closed, another opened) is news too
             np.array([list(a) != list(b) if isinstance(b, list) else True
-                      for a, b in zip(scored.risk_reasons, old["old_reasons"])]))
+                      for a, b in zip(scored.risk_reasons, old["old_reasons"])], dtype=bool))
         changed = scored[moved] if later_day.empty else scored.iloc[:0]
         for chunk_start in range(0, len(changed), 2000):
             chunk = changed.iloc[chunk_start:chunk_start + 2000]

@@ -182,3 +182,22 @@ def test_a_broken_handover_stops_the_stages_after_it(prefect_harness, isolated_e
         handover()
     text = str(err.value)
     assert "plans.csv" in text and ("visit_id" in text or "due_date" in text)
+
+
+def test_a_new_installation_runs_every_scheduled_flow_before_anything_is_imported(prefect_harness, app_env,
+                                                                                  database_url, monkeypatch):
+    """The schedules start with the server: the first morning's planning, the hourly flagging and
+    the Monday report come before the clerk's first import, and must not fail on an empty database."""
+    from flows import get_flow
+    from sibifang.db import migrate
+    from sibifang.settings import reset_settings
+
+    monkeypatch.setenv("SIBIFANG_DATABASE_URL", database_url)
+    reset_settings()
+    migrate(database_url)
+    day = date(2026, 12, 1)
+    for name, params in (("schedule_visits", {"as_of": day}), ("flag_risks", {"as_of": day}),
+                         ("summary_report", {"period": "week", "as_of": day}), ("closed_loop", {"as_of": day, "report": True})):
+        result = get_flow(name)(**params)
+        assert isinstance(result, dict), name
+    assert not _row_counts(database_url)["visit_plans"] and not _row_counts(database_url)["risk_flags"]
