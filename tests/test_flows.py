@@ -197,7 +197,8 @@ def test_a_new_installation_runs_every_scheduled_flow_before_anything_is_importe
     migrate(database_url)
     day = date(2026, 12, 1)
     for name, params in (("schedule_visits", {"as_of": day}), ("flag_risks", {"as_of": day}),
-                         ("summary_report", {"period": "week", "as_of": day}), ("closed_loop", {"as_of": day, "report": True})):
+                         ("summary_report", {"period": "week", "as_of": day}),
+                         ("closed_loop", {"as_of": day, "report": True})):
         result = get_flow(name)(**params)
         assert isinstance(result, dict), name
     assert not _row_counts(database_url)["visit_plans"] and not _row_counts(database_url)["risk_flags"]
