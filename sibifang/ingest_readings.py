@@ -337,6 +337,34 @@ def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
     return stamp
 
 
+def at_or_before_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], *,
+                        interval_minutes: dict[str, int] | int | None = None,
+                        timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
+    """Mask of the rows of ``raw`` (as :func:`clean_readings` takes it) whose meter has a stored
+    last reading (``ReadingStore.last_ts()``) at or after the row's time, read and snapped onto
+    the meter's grid as the cleaning reads it.
+
+    A meter-API pull resumes from the meter that lags most, so it sends again what earlier pulls
+    stored (or quarantined before a later reading of the same meter was stored): those rows are
+    not a new batch's to read. Rows without a meter or a readable time, and meters the store
+    does not hold, are never masked (the cleaning judges them)."""
+    n = len(raw)
+    if not n or not last_ts:
+        return np.zeros(n, dtype=bool)
+    raw = raw.reset_index(drop=True)
+    meters = _MeterCodes.of(raw["meter_id"])
+    ts, ts_missing, ts_bad = _parse_ts(raw["ts"], timezone)
+    values = ts.to_numpy()
+    readable = ~ts_missing & ~ts_bad & (meters.codes >= 0)
+    interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
+    values = _snap_to_grid(values, interval, np.flatnonzero(readable))
+    stored = pd.Series(meters.names.to_pandas()).map(
+        pd.Series(last_ts, dtype="datetime64[ns]")).to_numpy(dtype="datetime64[ns]")
+    limit = np.append(stored, np.datetime64("NaT", "ns"))[meters.codes]
+    with np.errstate(invalid="ignore"):
+        return readable & ~np.isnat(limit) & (values <= limit)
+
+
 # --------------------------------------------------------------------------- cleaning
 
 def clean_readings(
