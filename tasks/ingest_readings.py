@@ -23,14 +23,18 @@ def file_batch_id(path: Path) -> str:
     return f"file-{content_digest(path)[:24]}"
 
 
-def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[tuple[Path, str]]:
+def pending_reading_files(inbox: Path, database_url: str | None = None,
+                          duplicates: list[dict] | None = None) -> list[tuple[Path, str]]:
     """New files in the drop folder with their batch id (content hash), each hashed once.
 
     Only files that are ready (``sibifang.inbox.ready_files``): one still being copied in waits
     for the next run. Ingested files move to ``readings/done/`` (named
-    ``<stem>.<digest8><suffix>``), so a run reads only what arrived since the last one; a file
-    dropped again (same content) is already in the ledger and is moved aside unread. The caller
-    holds the folder (``sibifang.inbox.claim``)."""
+    ``<stem>.<digest8><suffix>``), so a run reads only what arrived since the last one. A file
+    whose content is already in the ledger, or is the same as a file before it in this run (a
+    copy dropped twice, under another name), is moved to ``done/`` unread, with a note in the
+    run's log; ``duplicates`` (if given) receives ``{"file", "batch", "same_as"}`` for each.
+    Ingested twice, a cumulative file's first reading would become a baseline the second time,
+    contradicting the ledger. The caller holds the folder (``sibifang.inbox.claim``)."""
     from schemas.models import ReadingBatch
     from sibifang.db import session_scope
     from sibifang.inbox import ready_files
@@ -41,11 +45,22 @@ def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[
         return []
     files = [(p, file_batch_id(p)) for p in ready]
     with session_scope(database_url) as s:
-        done = set(s.scalars(select(ReadingBatch.id).where(ReadingBatch.id.in_([b for _, b in files]))))
+        done = {b.id: b.source for b in s.scalars(select(ReadingBatch).where(
+            ReadingBatch.id.in_(sorted({b for _, b in files}))))}
+    pending: list[tuple[Path, str]] = []
+    first_of: dict[str, str] = {}
     for p, batch in files:
-        if batch in done:
-            move_to_done(p)
-    return [(p, b) for p, b in files if b not in done]
+        same_as = done.get(batch) or first_of.get(batch)
+        if same_as is None:
+            first_of[batch] = p.name
+            pending.append((p, batch))
+            continue
+        move_to_done(p)
+        run_logger().warning("%s：内容与已导入的文件 %s 相同，未重复导入，已移到 done/ (batch %s)",
+                             p.name, same_as, batch)
+        if duplicates is not None:
+            duplicates.append({"file": p.name, "batch": batch, "same_as": same_as})
+    return pending
 
 
 def move_to_done(path: Path) -> Path:

@@ -1017,3 +1017,67 @@ def test_the_ingest_snaps_seconds_of_clock_jitter_onto_the_meter_grid(database_u
     assert (r["read"], r["accepted"], r["quarantined"]) == (4, 4, 0)
     stored = ReadingStore(app_env / "data" / "readings").load().sort_values(["meter_id", "ts"])
     assert stored["ts"].dt.strftime("%H:%M:%S").tolist() == ["10:15:00", "10:00:00", "11:00:00", "12:00:00"]
+
+
+# ------------------------------------------------------------------ the same file twice (review #6)
+
+REGISTER_FILE = ("meter_id,ts,register_kwh\nM1,2026-11-20 06:00,100.0\nM1,2026-11-20 06:15,100.1\n"
+                 "M1,2026-11-20 06:30,100.2\n")
+
+
+def _ledger(url: str) -> tuple:
+    from sqlalchemy import select
+
+    from schemas.models import QuarantinedRow, ReadingBatch, ValidationRun
+    from sibifang.db import session_scope
+
+    with session_scope(url) as s:
+        batches = sorted((b.rows_read, b.rows_accepted, b.rows_quarantined, b.rows_new)
+                         for b in s.scalars(select(ReadingBatch)))
+        validations = sorted((v.source, v.success, v.rows_read) for v in s.scalars(select(ValidationRun)))
+        quarantine = sorted((q.batch, q.line, q.code) for q in s.scalars(select(QuarantinedRow)))
+    return batches, validations, quarantine
+
+
+def test_two_identical_files_in_one_inbox_run_are_ingested_once(readings_inbox_this_morning, database_url):
+    """Both copies used to be ingested: the second turned the register's first reading into a
+    baseline, and recorded a failed validation run the ledger contradicted."""
+    readings = readings_inbox_this_morning
+    (readings / "a.csv").write_text(REGISTER_FILE, encoding="utf-8")
+    (readings / "b_copy.csv").write_text(REGISTER_FILE, encoding="utf-8")
+    result = ingest_readings_flow(readings)
+    assert (result["files"], result["read"], result["accepted"], result["quarantined"]) == (1, 3, 2, 1)
+    assert result["duplicates"] == 1
+    batches, validations, quarantine = _ledger(database_url)
+    assert batches == [(3, 2, 1, 2)]
+    assert [v[0] for v in validations] == ["a.csv"]
+    assert [code for _, _, code in quarantine] == ["register_baseline"]
+    assert sorted(p.name.split(".")[0] for p in (readings / "done").iterdir()) == ["a", "b_copy"]
+    assert not list(readings.glob("*.csv"))
+    # The same file dropped again on a later run: moved aside unread, nothing changes.
+    (readings / "a_again.csv").write_text(REGISTER_FILE, encoding="utf-8")
+    again = ingest_readings_flow(readings)
+    assert (again["files"], again["read"], again["duplicates"]) == (0, 0, 1)
+    assert _ledger(database_url) == (batches, validations, quarantine)
+
+
+def test_importing_the_same_readings_file_twice_says_so_and_changes_nothing(database_url, app_env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sibifang.cli import app
+    from tests.test_inbox_rejects import seed, use_database
+
+    use_database(monkeypatch, database_url)
+    seed(database_url)
+    path = app_env / "readings.csv"
+    path.write_text(REGISTER_FILE, encoding="utf-8")
+    runner = CliRunner()
+    first = runner.invoke(app, ["import", "readings", str(path)], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "读取 3 行，导入 2 行，隔离 1 行（新增 2 条）" in first.output
+    before = _ledger(database_url)
+    second = runner.invoke(app, ["import", "readings", str(path)], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert "已导入过" in second.output and "未重复导入" in second.output
+    assert "读取 3 行，导入 2 行，隔离 1 行（新增 2 条）" in second.output  # the earlier counts
+    assert _ledger(database_url) == before
