@@ -146,8 +146,8 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     """Clean, store and account for one batch of readings (read = accepted + quarantined).
 
     ``now`` (default: the clock) is when the batch is ingested; ``as_of`` the time it is
-    ingested for (a replayed day's end). Readings later than the earlier of the two are
-    ``future_ts``. A cumulative feed continues from
+    ingested for (a replayed day's end), kept in the ledger. Readings later than ``now`` (plus
+    the clock skew) are ``future_ts``, whatever ``as_of``. A cumulative feed continues from
     the register state the store keeps, so its first reading per meter is an interval, not a
     lost baseline.
 
@@ -160,7 +160,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     from schemas.models import Meter, ReadingBatch
     from sibifang.db import session_scope, upsert
     from sibifang.import_registry import record_validation
-    from sibifang.ingest_readings import at_or_before_stored, clean_readings, reading_clock
+    from sibifang.ingest_readings import at_or_before_stored, clean_readings
     from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings, local_now
 
@@ -184,7 +184,10 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         skipped = int(stored.sum())
         raw = raw.loc[~stored].reset_index(drop=True)  # ``line`` stays the position in the pull
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
-    result = clean_readings(raw, source=source, known_meters=known, now=reading_clock(as_of, now),
+    # Future readings are judged against the real clock only (a meter clock ahead of now), never
+    # against ``as_of``: a replayed day's run must not set aside the readings of the days after
+    # it (the file watcher leaves such a file to their own run, see ingest_file_task).
+    result = clean_readings(raw, source=source, known_meters=known, now=now,
                             interval_minutes=intervals or None,
                             # Seconds of meter-clock jitter (10:59:58 for 11:00) moved onto the
                             # meter's grid, as `sibifang detect` and the detectors place them: left
@@ -317,11 +320,24 @@ def _set_reading_keys(session, source: str, batch_id: str, q: pd.DataFrame, keys
 @task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_unless_bad_data)
 def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, as_of: datetime | None = None) -> dict:
+    """Ingest one dropped file and move it to ``done/``. In a replay of a past day (``as_of``
+    before the clock), a file holding readings after ``as_of`` (and not ahead of the clock)
+    belongs to a later day's run: it is left in the inbox unread, and the result says
+    ``deferred`` (how many such readings); taking it now would use it up for that run."""
+    from sibifang.ingest_readings import readings_after
     from sibifang.readings_files import read_readings_file
+    from sibifang.settings import local_now
 
     p = Path(path)
-    result = ingest_frame(read_readings_file(p), source=p.name, batch_id=batch_id, database_url=database_url,
-                          as_of=as_of)
+    raw = read_readings_file(p)
+    now = local_now()
+    later = readings_after(raw, as_of, now) if as_of is not None else 0
+    if later:
+        run_logger().info("%s：有 %d 条读数晚于 %s，留在收件目录，由之后的运行导入", p.name, later,
+                          f"{as_of:%Y-%m-%d %H:%M}")
+        return {"source": p.name, "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
+                "deferred": later}
+    result = ingest_frame(raw, source=p.name, batch_id=batch_id, database_url=database_url, now=now, as_of=as_of)
     move_to_done(p)  # in the ledger now: a later run need not read it again
     return result
 
