@@ -18,27 +18,34 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
     """Each dropped file is its own task: a file that cannot be read as readings is recorded
     (failed validation run, the clerk's report) and moved to ``readings/rejected/``; the other
     files and the API pull go on. ``rejected`` counts such files; ``failed`` counts files left
-    in the inbox after an unexpected error (tried again on the next run); ``busy`` when another
+    in the inbox after an unexpected error (tried again on the next run); ``duplicates`` counts
+    files whose content was already ingested (in the ledger, or earlier in this run), moved to
+    ``readings/done/`` unread; ``deferred`` counts files left in the inbox by a replay of a past
+    day because they hold readings of a later day (``ingest_file_task``); ``busy`` when another
     run held the drop folder (``sibifang.inbox.claim``) and this one left its files to it."""
     from schemas.validation import DataContractError
     from tasks.import_registry import record_rejected_file
 
     day = as_of_date(as_of)
-    # The tasks ingest as of the day's end and cap it at the clock themselves (``reading_clock``:
-    # a reading from later today is in the future); a rejected file is recorded at the same
-    # capped time, never at a time still to come.
+    # Files and pulls are ingested as of the day's end (kept in the ledger); future readings are
+    # judged by the clock alone. A rejected file is recorded at the day's end capped at the
+    # clock, never at a time still to come.
     until = min(end_of_day(day), local_now())
     settings = get_settings()
     folder = Path(inbox) if inbox else Path(settings.inbox_dir)
     logger = get_run_logger()
-    results, rejected, failed = [], [], []
+    results, rejected, failed, duplicates, deferred = [], [], [], [], []
     with claim(folder / "readings") as mine:  # one run at a time reads the drop folder
         if not mine:
             logger.info("another run is reading %s; its files are left to it", folder / "readings")
-        for p, batch_id in pending_reading_files(folder) if mine else []:
+        for p, batch_id in pending_reading_files(folder, duplicates=duplicates) if mine else []:
             state = ingest_file_task(str(p), batch_id, as_of=end_of_day(day), return_state=True)
             if state.is_completed():
-                results.append(state.result())
+                done = state.result()
+                if done.get("deferred"):
+                    deferred.append({"file": p.name, "later_readings": done["deferred"]})
+                else:
+                    results.append(done)
                 continue
             error = state.result(raise_on_failure=False)
             if isinstance(error, DataContractError):
@@ -60,5 +67,7 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
         "read": sum(r["read"] for r in results), "accepted": sum(r["accepted"] for r in results),
         "quarantined": sum(r["quarantined"] for r in results), "new": sum(r["new"] for r in results),
         "rejected": len(rejected), "rejected_files": rejected, "failed": len(failed), "failed_files": failed,
+        "duplicates": len(duplicates), "duplicate_files": duplicates,
+        "deferred": len(deferred), "deferred_files": deferred,
         "busy": not mine,
     }

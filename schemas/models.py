@@ -373,7 +373,13 @@ class QuarantinedRow(Base):
     code: Mapped[str] = mapped_column(String(48))
     reason: Mapped[str] = mapped_column(Text)
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    __table_args__ = (UniqueConstraint("kind", "source", "batch", "line", "field", "code"),)
+    # Meter-API pulls only (NULL for files): a digest of the reading's meter id and time as
+    # sent (and which occurrence of them in the pull). Pulls overlap (they resume from the
+    # meter that lags most), so the same reading arrives in several batches; with the code it
+    # is quarantined once, whichever pull brings it again.
+    reading_key: Mapped[str | None] = mapped_column(String(40))
+    __table_args__ = (UniqueConstraint("kind", "source", "batch", "line", "field", "code"),
+                      UniqueConstraint("kind", "source", "reading_key", "code"))
 
 
 class AuditEvent(Base):

@@ -104,6 +104,13 @@ def _import_one_file(kind: str, path: Path) -> dict:
         from tasks.ingest_readings import file_batch_id, ingest_frame
 
         r = ingest_frame(read_readings_file(path), source=path.name, batch_id=file_batch_id(path))
+        earlier = r.get("earlier")
+        if earlier:
+            # The same content is in the ledger (reading_batches): imported again, a cumulative
+            # file's first reading would become a baseline and contradict the earlier counts.
+            typer.echo(f"电表读数 {path.name}：已导入过（{earlier['ingested_at']:%Y-%m-%d %H:%M}，"
+                       f"文件 {earlier['source']}，内容相同），本次未重复导入。当时的结果：")
+            return {"kind": "readings", "file": str(path), **earlier}
         return {"kind": "readings", "file": str(path), **r}
     from tasks.import_registry import import_file
 

@@ -19,10 +19,12 @@ Decisions (documented here because detectors depend on them):
 * Meter ids are text; one that arrived as a floating-point number (a Parquet integer column
   with a missing id is float64) is written as the integer: ``3302810001.0`` is ``3302810001``.
 * Clock skew. A reading later than ``now + future_skew`` (default 10 min) is quarantined
-  (``future_ts``), not shifted: a wrong correction would move usage into other slots, where
-  a detector would read it as night activity. The reason text tells the clerk to check the
-  meter clock. Readings before ``min_ts`` (default 2010-01-01, e.g. a meter whose clock fell
-  back to 1970/2000 after a power cut) are quarantined as ``ts_too_old``.
+  (``future_ts``; ``now`` is the real clock, never a replay's as-of time: a reading after a
+  replayed day is the next day's, not a fast meter clock), not shifted: a wrong correction
+  would move usage into other slots, where a detector would read it as night activity. The
+  reason text tells the clerk to check the meter clock. Readings before ``min_ts`` (default
+  2010-01-01, e.g. a meter whose clock fell back to 1970/2000 after a power cut) are
+  quarantined as ``ts_too_old``.
 * Physical maximum. A household on 220 V with a ~100 A main fuse draws at most ~22 kW; we
   allow ``max_kw = 25`` kW, i.e. 6.25 kWh per 15-minute interval, scaled by the interval
   (for registers: by the time elapsed since the previous reading). More is ``implausible_kwh``.
@@ -319,13 +321,26 @@ def _to_ns(ts: pd.Series) -> pd.Series:
     return ts.astype("datetime64[ns]").dt.floor("s")
 
 
-def reading_clock(as_of: datetime | None, now: datetime, timezone: str = LOCAL_TZ_NAME) -> pd.Timestamp:
-    """The "now" that readings may not be later than (plus the clock skew): the as-of time,
-    but never later than the real clock. A replayed past day is judged at that day's end;
-    today's run (as of today's end, 23:59:59) at the actual time, else a meter clock hours
-    fast would pass. Naive times are local; the result is naive local."""
-    clock = _local_now(now, timezone)
-    return clock if as_of is None else min(clock, _local_now(as_of, timezone))
+def readings_after(raw: pd.DataFrame, as_of: datetime, now: datetime, *,
+                   future_skew: pd.Timedelta = DEFAULT_FUTURE_SKEW, timezone: str = LOCAL_TZ_NAME) -> int:
+    """How many rows of ``raw`` are readings of a day after ``as_of``'s day but not in the future
+    of the clock ``now`` (within ``future_skew``): readings of a later day, not of a meter clock
+    ahead. Days as the store counts them: ``ts`` is the end of an interval, so a reading stamped
+    00:00 closes the day before (a day's export runs to the next midnight).
+
+    A replay of a past day must leave a file holding such readings to the run of their day:
+    ingested now, it would be moved to ``done/`` and that run would never read it. Rows later
+    than the clock are not counted: they are ``future_ts`` whenever the file is ingested, and
+    counted here they would keep the file waiting for ever."""
+    if not len(raw) or "ts" not in raw.columns:
+        return 0
+    ts, _, _ = _parse_ts(raw["ts"].reset_index(drop=True), timezone)
+    values = ts.to_numpy()
+    readable = ~np.isnat(values)
+    day = (values[readable] - np.timedelta64(1, "ns")).astype("datetime64[D]")
+    last_day = np.datetime64(_local_now(as_of, timezone).date(), "D")
+    upper = (_local_now(now, timezone) + future_skew).to_datetime64()
+    return int(((day > last_day) & (values[readable] <= upper)).sum())
 
 
 def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
@@ -335,6 +350,34 @@ def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
     if stamp.tzinfo is not None:
         stamp = stamp.tz_convert(tz).tz_localize(None)
     return stamp
+
+
+def at_or_before_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], *,
+                        interval_minutes: dict[str, int] | int | None = None,
+                        timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
+    """Mask of the rows of ``raw`` (as :func:`clean_readings` takes it) whose meter has a stored
+    last reading (``ReadingStore.last_ts()``) at or after the row's time, read and snapped onto
+    the meter's grid as the cleaning reads it.
+
+    A meter-API pull resumes from the meter that lags most, so it sends again what earlier pulls
+    stored (or quarantined before a later reading of the same meter was stored): those rows are
+    not a new batch's to read. Rows without a meter or a readable time, and meters the store
+    does not hold, are never masked (the cleaning judges them)."""
+    n = len(raw)
+    if not n or not last_ts:
+        return np.zeros(n, dtype=bool)
+    raw = raw.reset_index(drop=True)
+    meters = _MeterCodes.of(raw["meter_id"])
+    ts, ts_missing, ts_bad = _parse_ts(raw["ts"], timezone)
+    values = ts.to_numpy()
+    readable = ~ts_missing & ~ts_bad & (meters.codes >= 0)
+    interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
+    values = _snap_to_grid(values, interval, np.flatnonzero(readable))
+    stored = pd.Series(meters.names.to_pandas()).map(
+        pd.Series(last_ts, dtype="datetime64[ns]")).to_numpy(dtype="datetime64[ns]")
+    limit = np.append(stored, np.datetime64("NaT", "ns"))[meters.codes]
+    with np.errstate(invalid="ignore"):
+        return readable & ~np.isnat(limit) & (values <= limit)
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -358,8 +401,8 @@ def clean_readings(
 
     ``raw`` has ``meter_id, ts`` and ``kwh`` (intervals) or ``register_kwh`` (cumulative),
     optionally ``line`` (else row position + 2). ``interval_minutes`` is per meter (from
-    meters.csv), one value for all, or None for 15. ``now`` (naive = local) bounds future
-    timestamps (see :func:`reading_clock`). ``last_registers`` (``meter_id, ts, register_kwh``:
+    meters.csv), one value for all, or None for 15. ``now`` (naive = local; the real clock) bounds
+    future timestamps. ``last_registers`` (``meter_id, ts, register_kwh``:
     the previous result's ``last_registers``, or ``ReadingStore.last_registers()``) continues
     cumulative registers across batches; the result's ``last_registers`` is the state after
     this batch (``register_kwh`` is the reference, which read noise does not lower).

@@ -29,7 +29,9 @@ Behaviour:
 * Resuming: :func:`resume_since` gives the ``since`` for the next pull from the store —
   the earliest of the meters' last readings, so no meter misses data, bounded by
   ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
-  Overlap is harmless: ``ReadingStore.append`` is idempotent.
+  The overlap is not read twice: the pull task (``tasks.ingest_readings.pull_api_task``)
+  drops each meter's readings at or before its stored last one, and a reading an earlier pull
+  quarantined (same meter id, time as sent and reason) is not quarantined nor counted again.
 * The result is a raw frame (``line, meter_id, ts, kwh|register_kwh`` as sent) for
   :func:`sibifang.ingest_readings.clean_readings`; ``line`` is the reading's 1-based
   position in the pull.

@@ -23,14 +23,18 @@ def file_batch_id(path: Path) -> str:
     return f"file-{content_digest(path)[:24]}"
 
 
-def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[tuple[Path, str]]:
+def pending_reading_files(inbox: Path, database_url: str | None = None,
+                          duplicates: list[dict] | None = None) -> list[tuple[Path, str]]:
     """New files in the drop folder with their batch id (content hash), each hashed once.
 
     Only files that are ready (``sibifang.inbox.ready_files``): one still being copied in waits
     for the next run. Ingested files move to ``readings/done/`` (named
-    ``<stem>.<digest8><suffix>``), so a run reads only what arrived since the last one; a file
-    dropped again (same content) is already in the ledger and is moved aside unread. The caller
-    holds the folder (``sibifang.inbox.claim``)."""
+    ``<stem>.<digest8><suffix>``), so a run reads only what arrived since the last one. A file
+    whose content is already in the ledger, or is the same as a file before it in this run (a
+    copy dropped twice, under another name), is moved to ``done/`` unread, with a note in the
+    run's log; ``duplicates`` (if given) receives ``{"file", "batch", "same_as"}`` for each.
+    Ingested twice, a cumulative file's first reading would become a baseline the second time,
+    contradicting the ledger. The caller holds the folder (``sibifang.inbox.claim``)."""
     from schemas.models import ReadingBatch
     from sibifang.db import session_scope
     from sibifang.inbox import ready_files
@@ -41,11 +45,22 @@ def pending_reading_files(inbox: Path, database_url: str | None = None) -> list[
         return []
     files = [(p, file_batch_id(p)) for p in ready]
     with session_scope(database_url) as s:
-        done = set(s.scalars(select(ReadingBatch.id).where(ReadingBatch.id.in_([b for _, b in files]))))
+        done = {b.id: b.source for b in s.scalars(select(ReadingBatch).where(
+            ReadingBatch.id.in_(sorted({b for _, b in files}))))}
+    pending: list[tuple[Path, str]] = []
+    first_of: dict[str, str] = {}
     for p, batch in files:
-        if batch in done:
-            move_to_done(p)
-    return [(p, b) for p, b in files if b not in done]
+        same_as = done.get(batch) or first_of.get(batch)
+        if same_as is None:
+            first_of[batch] = p.name
+            pending.append((p, batch))
+            continue
+        move_to_done(p)
+        run_logger().warning("%s：内容与已导入的文件 %s 相同，未重复导入，已移到 done/ (batch %s)",
+                             p.name, same_as, batch)
+        if duplicates is not None:
+            duplicates.append({"file": p.name, "batch": batch, "same_as": same_as})
+    return pending
 
 
 def move_to_done(path: Path) -> Path:
@@ -127,30 +142,52 @@ def _check_handover(acc: pd.DataFrame, lines: np.ndarray | None, intervals: dict
 
 
 def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url: str | None = None,
-                 now: datetime | None = None, as_of: datetime | None = None) -> dict:
+                 now: datetime | None = None, as_of: datetime | None = None, pull: bool = False) -> dict:
     """Clean, store and account for one batch of readings (read = accepted + quarantined).
 
     ``now`` (default: the clock) is when the batch is ingested; ``as_of`` the time it is
-    ingested for (a replayed day's end). Readings later than the earlier of the two are
-    ``future_ts``. A cumulative feed continues from the register state the store keeps, so
-    its first reading per meter is an interval, not a lost baseline."""
+    ingested for (a replayed day's end), kept in the ledger. Readings later than ``now`` (plus
+    the clock skew) are ``future_ts``, whatever ``as_of``. A cumulative feed continues from
+    the register state the store keeps, so its first reading per meter is an interval, not a
+    lost baseline.
+
+    A batch already in the ledger (``reading_batches``: the same file, the same pull) is not
+    ingested again: the result reads nothing, ``already_ingested`` is what the earlier batch
+    read and ``earlier`` its counts. ``pull`` (a meter-API pull, which overlaps earlier pulls):
+    rows at or before their meter's stored last reading, and rows an earlier pull quarantined
+    for the same reason (same meter id and time as sent), are not read by this batch either;
+    ``already_ingested`` counts them. A pull that reads nothing new records nothing."""
     from schemas.models import Meter, ReadingBatch
     from sibifang.db import session_scope, upsert
     from sibifang.import_registry import record_validation
-    from sibifang.ingest_readings import clean_readings, reading_clock
+    from sibifang.ingest_readings import at_or_before_stored, clean_readings
     from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings, local_now
 
     settings = get_settings()
     now = now or local_now()
     with session_scope(database_url) as s:
+        earlier = s.get(ReadingBatch, batch_id)
+        if earlier is not None:
+            # The same content again (a file dropped or imported twice): ingesting it would
+            # turn a register's first reading into a baseline, count its rows again and record
+            # a validation run that contradicts the ledger.
+            return _already_in_ledger(earlier, source)
         # Each meter's own interval: an hourly meter's 3 kWh hour is no 15-minute spike, and its
         # next register reading an hour on is no gap.
         intervals = {m: int(n) for m, n in s.execute(select(Meter.id, Meter.interval_minutes)) if n}
         known = set(s.scalars(select(Meter.id)))
     store = ReadingStore(Path(settings.data_dir) / "readings")
+    skipped = 0
+    if pull and len(raw):
+        stored = at_or_before_stored(raw, store.last_ts(), interval_minutes=intervals or None)
+        skipped = int(stored.sum())
+        raw = raw.loc[~stored].reset_index(drop=True)  # ``line`` stays the position in the pull
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
-    result = clean_readings(raw, source=source, known_meters=known, now=reading_clock(as_of, now),
+    # Future readings are judged against the real clock only (a meter clock ahead of now), never
+    # against ``as_of``: a replayed day's run must not set aside the readings of the days after
+    # it (the file watcher leaves such a file to their own run, see ingest_file_task).
+    result = clean_readings(raw, source=source, known_meters=known, now=now,
                             interval_minutes=intervals or None,
                             # Seconds of meter-clock jitter (10:59:58 for 11:00) moved onto the
                             # meter's grid, as `sibifang detect` and the detectors place them: left
@@ -177,9 +214,30 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         counts["conflicting_duplicate"] = counts.get("conflicting_duplicate", 0) + len(clashing)
         counts["accepted"] = len(acc)
         counts["quarantined"] += len(clashing)
+    keys = None
+    if pull and len(q):
+        keys = _reading_keys(q)
+        repeat = _quarantined_before(database_url, source, keys, q["code"].to_numpy(dtype=object))
+        if repeat.any():
+            # Quarantined (and counted) by an earlier pull: not this batch's to read again.
+            for code, n in q.loc[repeat, "code"].value_counts().items():
+                counts[code] -= int(n)
+            counts["read"] -= int(repeat.sum())
+            counts["quarantined"] -= int(repeat.sum())
+            skipped += int(repeat.sum())
+            q, keys = q.loc[~repeat].reset_index(drop=True), keys[~repeat]
     if counts["read"] != len(acc) + counts["quarantined"]:
         raise RuntimeError(f"{source}: rows lost storing readings: read {counts['read']} != "
                            f"{len(acc)} accepted + {counts['quarantined']} quarantined")
+    out = {"source": source, "read": int(counts["read"]), "accepted": int(len(acc)),
+           "quarantined": int(counts["quarantined"]), "new": int(new_rows), "conflicting": int(len(clashing)),
+           "already_ingested": skipped}
+    if pull and counts["read"] == 0:
+        # Nothing this pull brought was new: a ledger row and a validation run of nothing would
+        # only make every quiet pull a change.
+        if skipped:
+            run_logger().info("%s: %d reading(s) already ingested by earlier pulls; nothing new", source, skipped)
+        return out
     with session_scope(database_url) as s:
         upsert(s, ReadingBatch, [{
             "id": batch_id, "source": source, "as_of": as_of, "ingested_at": now,
@@ -196,21 +254,90 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
                                     if k not in ("read", "accepted", "quarantined") and v],
                           success=len(q) == 0, now=now, batch=batch_id,
                           raw_rows=_raw_rows(raw, q["line"]))
+        if keys is not None and len(q):
+            _set_reading_keys(s, source, batch_id, q, keys)
     if len(q):
         run_logger().warning("%s: %d reading(s) quarantined", source, counts["quarantined"])
-    return {"source": source, "read": int(counts["read"]), "accepted": int(len(acc)),
-            "quarantined": int(counts["quarantined"]), "new": int(new_rows),
-            "conflicting": int(len(clashing))}
+    if skipped:
+        run_logger().info("%s: %d reading(s) already ingested by earlier pulls, not read again", source, skipped)
+    return out
+
+
+def _already_in_ledger(batch, source: str) -> dict:
+    """The result of ingesting a batch the ledger already holds: nothing read now; the earlier
+    batch's counts under ``earlier``."""
+    run_logger().info("%s: batch %s already ingested at %s; not ingested again", source, batch.id,
+                      batch.ingested_at)
+    return {"source": source, "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
+            "already_ingested": int(batch.rows_read),
+            "earlier": {"batch": batch.id, "source": batch.source, "ingested_at": batch.ingested_at,
+                        "read": int(batch.rows_read), "accepted": int(batch.rows_accepted),
+                        "quarantined": int(batch.rows_quarantined), "new": int(batch.rows_new)}}
+
+
+def _reading_keys(q: pd.DataFrame) -> np.ndarray:
+    """Per quarantined row of a pull: a digest of its meter id and time as sent, and which
+    occurrence of that meter, time and code it is in the pull (line order), so that two
+    identical rows of one pull stay two rows, and a pull sent again gives the same keys."""
+    meter = q["meter_id"].astype("str").where(q["meter_id"].notna(), "")
+    ts = q["ts"].astype("str").where(q["ts"].notna(), "")
+    occurrence = pd.DataFrame({"m": meter, "t": ts, "c": q["code"]}).groupby(["m", "t", "c"], sort=False).cumcount()
+    return np.array([hashlib.sha1(f"{m}\x1f{t}\x1f{n}".encode()).hexdigest()
+                     for m, t, n in zip(meter, ts, occurrence)], dtype=object)
+
+
+def _quarantined_before(database_url: str | None, source: str, keys: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Mask: the (reading key, code) pairs already among the quarantined rows of ``source``."""
+    from schemas.models import QuarantinedRow
+    from sibifang.db import chunks, session_scope
+
+    seen: set[tuple[str, str]] = set()
+    with session_scope(database_url) as s:
+        for part in chunks(sorted(set(keys.tolist())), 1000):
+            seen.update(s.execute(select(QuarantinedRow.reading_key, QuarantinedRow.code).where(
+                QuarantinedRow.kind == "ingest_readings", QuarantinedRow.source == source,
+                QuarantinedRow.reading_key.in_(part))).tuples())
+    return np.array([(k, c) in seen for k, c in zip(keys.tolist(), codes.tolist())], dtype=bool)
+
+
+def _set_reading_keys(session, source: str, batch_id: str, q: pd.DataFrame, keys: np.ndarray) -> None:
+    """Write each quarantined row's reading key (record_validation keys rows by batch and line).
+    Should a concurrent pull have quarantined the same reading meanwhile, the unique key
+    (kind, source, reading_key, code) fails this transaction, and the retry skips it."""
+    from sqlalchemy import bindparam, update
+
+    from schemas.models import QuarantinedRow
+
+    stmt = (update(QuarantinedRow)
+            .where(QuarantinedRow.kind == "ingest_readings", QuarantinedRow.source == source,
+                   QuarantinedRow.batch == batch_id, QuarantinedRow.line == bindparam("q_line"),
+                   QuarantinedRow.code == bindparam("q_code"))
+            .values(reading_key=bindparam("q_key")))
+    session.connection().execute(stmt, [{"q_line": int(line), "q_code": str(code), "q_key": str(key)}
+                                        for line, code, key in zip(q["line"], q["code"], keys)])
 
 
 @task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_unless_bad_data)
 def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, as_of: datetime | None = None) -> dict:
+    """Ingest one dropped file and move it to ``done/``. In a replay of a past day (``as_of``
+    before the clock), a file holding readings after ``as_of`` (and not ahead of the clock)
+    belongs to a later day's run: it is left in the inbox unread, and the result says
+    ``deferred`` (how many such readings); taking it now would use it up for that run."""
+    from sibifang.ingest_readings import readings_after
     from sibifang.readings_files import read_readings_file
+    from sibifang.settings import local_now
 
     p = Path(path)
-    result = ingest_frame(read_readings_file(p), source=p.name, batch_id=batch_id, database_url=database_url,
-                          as_of=as_of)
+    raw = read_readings_file(p)
+    now = local_now()
+    later = readings_after(raw, as_of, now) if as_of is not None else 0
+    if later:
+        run_logger().info("%s：有 %d 条读数晚于 %s，留在收件目录，由之后的运行导入", p.name, later,
+                          f"{as_of:%Y-%m-%d %H:%M}")
+        return {"source": p.name, "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
+                "deferred": later}
+    result = ingest_frame(raw, source=p.name, batch_id=batch_id, database_url=database_url, now=now, as_of=as_of)
     move_to_done(p)  # in the ledger now: a later run need not read it again
     return result
 
@@ -247,4 +374,7 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
     raw = fetch_readings(settings.meter_api_url, token, since)
     digest = hashlib.sha1(pd.util.hash_pandas_object(raw, index=False).values.tobytes()).hexdigest()
-    return ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url, as_of=as_of)
+    # ``pull``: what overlaps earlier pulls (the window the lagging meter keeps open) is neither
+    # read nor quarantined again; see ingest_frame.
+    return ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url,
+                        as_of=as_of, pull=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -630,21 +630,11 @@ def test_property_vectorised_baselines_follow_the_rule_reading_by_reading(rows, 
 
 # --------------------------------------------------------------------------- the ingest task and flow
 
-def test_reading_clock_is_the_as_of_time_but_never_later_than_the_clock():
-    from sibifang.ingest_readings import reading_clock
-
-    day_end = datetime(2026, 11, 20, 23, 59, 59)
-    # Today's run (as of today's end): the clock. A replayed day: that day's end.
-    assert reading_clock(day_end, datetime(2026, 11, 20, 8, 0)) == pd.Timestamp("2026-11-20 08:00")
-    assert reading_clock(day_end, datetime(2026, 12, 1, 8, 0)) == pd.Timestamp(day_end)
-    assert reading_clock(None, datetime(2026, 11, 20, 8, 0)) == pd.Timestamp("2026-11-20 08:00")
-    # Aware times are compared in local time: 00:00 UTC is 08:00 in Shanghai.
-    assert reading_clock(day_end, datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)) == pd.Timestamp("2026-11-20 08:00")
-
-
-def test_ingest_frame_judges_future_readings_by_the_earlier_of_as_of_and_clock(database_url, app_env):
+def test_ingest_frame_judges_future_readings_by_the_clock_alone(database_url, app_env):
+    """(Review #4) ``as_of`` used to bound future readings too: in a replay of a past day the next
+    morning's readings were quarantined as a fast meter clock. Only the real clock does."""
     from tasks.ingest_readings import ingest_frame
-    from tests.test_inbox_rejects import seed
+    from tests.test_inbox_rejects import quarantined, seed
 
     seed(database_url)
     rows = [("M1", "2026-11-20 07:45", "0.1"), ("M1", "2026-11-20 13:00", "0.1"), ("M1", "2026-11-21 06:00", "0.1")]
@@ -653,9 +643,23 @@ def test_ingest_frame_judges_future_readings_by_the_earlier_of_as_of_and_clock(d
     today = ingest_frame(raw, source="today.csv", batch_id="today", database_url=database_url,
                          now=datetime(2026, 11, 20, 8, 0), as_of=day_end)
     assert (today["accepted"], today["quarantined"]) == (1, 2)  # 13:00 is five hours ahead of the clock
+    assert {q.code for q in quarantined(database_url, "ingest_readings")} == {"future_ts"}
     replay = ingest_frame(raw, source="replay.csv", batch_id="replay", database_url=database_url,
-                          now=datetime(2026, 12, 1, 8, 0), as_of=day_end)
-    assert (replay["accepted"], replay["quarantined"]) == (2, 1)  # the next morning is after that day
+                          now=datetime(2026, 12, 1, 8, 0), as_of=datetime(2026, 11, 19, 23, 59, 59))
+    # Every reading is in the past of the clock: none is a fast meter clock, whatever the as-of day.
+    assert (replay["accepted"], replay["quarantined"]) == (3, 0)
+
+
+def test_readings_after_counts_a_later_day_not_a_fast_meter_clock():
+    from sibifang.ingest_readings import readings_after
+
+    raw = pd.DataFrame({"ts": ["2026-11-19 23:45", "2026-11-20 00:00", "2026-11-20 00:00:01",
+                               "2026-11-20T07:55:00+08:00", "2026-11-20 08:05", "2026-11-20 13:00", "garbage", None]})
+    as_of, now = datetime(2026, 11, 19, 23, 59, 59), datetime(2026, 11, 20, 8, 0)
+    # 00:00 closes the 19th (a day's export runs to the next midnight); 00:00:01, 07:55 and 08:05
+    # (within the 10-minute skew) are the next day's; 13:00 is ahead of the clock.
+    assert readings_after(raw, as_of, now) == 3
+    assert readings_after(raw, datetime(2026, 11, 20, 23, 59, 59), now) == 0
 
 
 def test_a_register_feed_split_over_files_loses_no_interval(database_url, app_env):
@@ -737,6 +741,28 @@ def test_the_inbox_refuses_a_file_written_with_decimal_commas_naming_line_and_fi
     assert (result["files"], result["accepted"], result["rejected"]) == (0, 0, 1)
     reason = result["rejected_files"][0]["reason"]
     assert "第2行" in reason and "逗号作小数点" in reason, reason
+
+
+def test_a_replay_of_yesterday_leaves_todays_file_for_todays_run(readings_inbox_this_morning, database_url):
+    """(Review #4) replaying yesterday quarantined today's readings as future_ts and moved the
+    file to done/: today's run then read nothing."""
+    from flows.ingest_readings import ingest_readings
+
+    readings = readings_inbox_this_morning
+    (readings / "today.csv").write_text("meter_id,ts,kwh\nM1,2026-11-20 07:15,0.1\nM1,2026-11-20 07:30,0.1\n",
+                                        encoding="utf-8")
+    # Yesterday's export runs to this midnight: the reading stamped 00:00 closes yesterday.
+    (readings / "yesterday.csv").write_text("meter_id,ts,kwh\nM1,2026-11-19 20:00,0.2\nM1,2026-11-20 00:00,0.2\n",
+                                            encoding="utf-8")
+    replay = ingest_readings(date(2026, 11, 19), inbox=str(readings.parent))
+    assert (replay["files"], replay["read"], replay["accepted"], replay["quarantined"]) == (1, 2, 2, 0)
+    assert replay["deferred_files"] == [{"file": "today.csv", "later_readings": 2}]
+    assert (readings / "today.csv").exists()
+    assert _ledger(database_url)[2] == []  # nothing quarantined
+    today = ingest_readings(inbox=str(readings.parent))
+    assert (today["files"], today["read"], today["accepted"], today["quarantined"]) == (1, 2, 2, 0)
+    assert today["deferred"] == 0
+    assert not list(readings.glob("*.csv"))
 
 
 def ingest_readings_flow(readings):
@@ -1017,3 +1043,67 @@ def test_the_ingest_snaps_seconds_of_clock_jitter_onto_the_meter_grid(database_u
     assert (r["read"], r["accepted"], r["quarantined"]) == (4, 4, 0)
     stored = ReadingStore(app_env / "data" / "readings").load().sort_values(["meter_id", "ts"])
     assert stored["ts"].dt.strftime("%H:%M:%S").tolist() == ["10:15:00", "10:00:00", "11:00:00", "12:00:00"]
+
+
+# ------------------------------------------------------------------ the same file twice (review #6)
+
+REGISTER_FILE = ("meter_id,ts,register_kwh\nM1,2026-11-20 06:00,100.0\nM1,2026-11-20 06:15,100.1\n"
+                 "M1,2026-11-20 06:30,100.2\n")
+
+
+def _ledger(url: str) -> tuple:
+    from sqlalchemy import select
+
+    from schemas.models import QuarantinedRow, ReadingBatch, ValidationRun
+    from sibifang.db import session_scope
+
+    with session_scope(url) as s:
+        batches = sorted((b.rows_read, b.rows_accepted, b.rows_quarantined, b.rows_new)
+                         for b in s.scalars(select(ReadingBatch)))
+        validations = sorted((v.source, v.success, v.rows_read) for v in s.scalars(select(ValidationRun)))
+        quarantine = sorted((q.batch, q.line, q.code) for q in s.scalars(select(QuarantinedRow)))
+    return batches, validations, quarantine
+
+
+def test_two_identical_files_in_one_inbox_run_are_ingested_once(readings_inbox_this_morning, database_url):
+    """Both copies used to be ingested: the second turned the register's first reading into a
+    baseline, and recorded a failed validation run the ledger contradicted."""
+    readings = readings_inbox_this_morning
+    (readings / "a.csv").write_text(REGISTER_FILE, encoding="utf-8")
+    (readings / "b_copy.csv").write_text(REGISTER_FILE, encoding="utf-8")
+    result = ingest_readings_flow(readings)
+    assert (result["files"], result["read"], result["accepted"], result["quarantined"]) == (1, 3, 2, 1)
+    assert result["duplicates"] == 1
+    batches, validations, quarantine = _ledger(database_url)
+    assert batches == [(3, 2, 1, 2)]
+    assert [v[0] for v in validations] == ["a.csv"]
+    assert [code for _, _, code in quarantine] == ["register_baseline"]
+    assert sorted(p.name.split(".")[0] for p in (readings / "done").iterdir()) == ["a", "b_copy"]
+    assert not list(readings.glob("*.csv"))
+    # The same file dropped again on a later run: moved aside unread, nothing changes.
+    (readings / "a_again.csv").write_text(REGISTER_FILE, encoding="utf-8")
+    again = ingest_readings_flow(readings)
+    assert (again["files"], again["read"], again["duplicates"]) == (0, 0, 1)
+    assert _ledger(database_url) == (batches, validations, quarantine)
+
+
+def test_importing_the_same_readings_file_twice_says_so_and_changes_nothing(database_url, app_env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sibifang.cli import app
+    from tests.test_inbox_rejects import seed, use_database
+
+    use_database(monkeypatch, database_url)
+    seed(database_url)
+    path = app_env / "readings.csv"
+    path.write_text(REGISTER_FILE, encoding="utf-8")
+    runner = CliRunner()
+    first = runner.invoke(app, ["import", "readings", str(path)], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "读取 3 行，导入 2 行，隔离 1 行（新增 2 条）" in first.output
+    before = _ledger(database_url)
+    second = runner.invoke(app, ["import", "readings", str(path)], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert "已导入过" in second.output and "未重复导入" in second.output
+    assert "读取 3 行，导入 2 行，隔离 1 行（新增 2 条）" in second.output  # the earlier counts
+    assert _ledger(database_url) == before

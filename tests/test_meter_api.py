@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlparse
 import pandas as pd
 import pytest
 import requests
+from sqlalchemy import select
 from pydantic import SecretStr
 
 from sibifang.ingest_readings import clean_readings
@@ -333,3 +334,75 @@ def test_the_pull_task_never_logs_the_token_nor_retries_a_request_that_cannot_be
     assert "InvalidHeader" in caplog.text + out + err  # the failure is logged ...
     for text in (error, message, caplog.text, out, err):
         assert TOKEN not in text  # ... without the token
+
+
+# ------------------------------------------------------------- a re-pull changes nothing (review #5)
+
+REPULL_PAGES = {
+    None: {"readings": [{"meter_id": "M1", "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.1},
+                        {"meter_id": "M1", "ts": "2026-11-20T08:30:00+08:00", "kwh": 0.2},
+                        {"meter_id": "M2", "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.1}],
+           "next_page_token": "p2"},
+    "p2": {"readings": [{"meter_id": "M2", "ts": "2026-11-20T08:30:00+08:00", "kwh": -0.3},
+                        {"meter_id": "X9", "ts": "2026-11-20T08:30:00+08:00", "kwh": 0.1},
+                        {"meter_id": "X9", "ts": "2026-11-20T08:30:00+08:00", "kwh": 0.1},
+                        {"meter_id": "M1", "ts": "2026-11-20T08:45:00+08:00", "kwh": 0.3}],
+           "next_page_token": None},
+}
+
+
+def test_pulling_the_same_window_again_stores_counts_and_quarantines_nothing_new(
+        api, database_url, app_env, monkeypatch):
+    """M2 lags (its last reading is 08:15), so every pull resumes from 08:15 and the API sends
+    M1's stored readings, M2's negative reading and the unknown meter X9 again, with whatever
+    is new. Three pulls used to give three copies of each quarantined row under three batches,
+    and count the stored readings as read and accepted again."""
+    import sibifang.settings as settings_module
+    from schemas.models import Meter, QuarantinedRow, ReadingBatch
+    from sibifang.db import session_scope, upsert
+    from sibifang.stats import collect_stats
+    from tasks.ingest_readings import pull_api_task
+    from tests.test_inbox_rejects import seed, use_database
+
+    monkeypatch.setenv("SIBIFANG_METER_API_URL", api.url)
+    monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN)
+    use_database(monkeypatch, database_url)
+    monkeypatch.setattr(settings_module, "local_now", lambda: datetime(2026, 11, 20, 12, 0))
+    seed(database_url)
+    with session_scope(database_url) as s:
+        upsert(s, Meter, [{"id": "M2", "household_id": "H1", "interval_minutes": 15}], key=["id"])
+    window = [*REPULL_PAGES[None]["readings"], *REPULL_PAGES["p2"]["readings"]]
+    api.pages = REPULL_PAGES
+
+    def quarantine_rows():
+        with session_scope(database_url) as s:
+            return sorted((q.code, q.raw["meter_id"], q.raw["ts"]) for q in s.scalars(select(QuarantinedRow)))
+
+    def batches():
+        with session_scope(database_url) as s:
+            return sorted((b.rows_read, b.rows_accepted, b.rows_quarantined, b.rows_new)
+                          for b in s.scalars(select(ReadingBatch)))
+
+    first = pull_api_task.fn()
+    # 7 read: 4 accepted (M1 three, M2 one), 3 quarantined (M2 negative, X9 unknown twice).
+    assert (first["read"], first["accepted"], first["quarantined"], first["new"]) == (7, 4, 3, 4)
+    stored = quarantine_rows()
+    assert [c for c, _, _ in stored] == ["negative_kwh", "unknown_meter", "unknown_meter"]
+    # The same answer again: nothing is read, stored, counted or quarantined.
+    again = pull_api_task.fn()
+    assert (again["read"], again["accepted"], again["quarantined"], again["new"]) == (0, 0, 0, 0)
+    assert again["already_ingested"] == 7
+    assert batches() == [(7, 4, 3, 4)] and quarantine_rows() == stored
+    # Two more pulls, each with one new M1 reading after the window M2 keeps open: only that
+    # reading is read (a batch of its own), the window is neither counted nor quarantined again.
+    for minute in (0, 15):
+        new = {"meter_id": "M1", "ts": f"2026-11-20T09:{minute:02d}:00+08:00", "kwh": 0.1}
+        window.append(new)
+        api.pages = {None: {"readings": list(window), "next_page_token": None}}
+        more = pull_api_task.fn()
+        assert (more["read"], more["accepted"], more["quarantined"], more["new"]) == (1, 1, 0, 1)
+        assert more["already_ingested"] == len(window) - 1
+    assert batches() == [(1, 1, 0, 1), (1, 1, 0, 1), (7, 4, 3, 4)]
+    assert quarantine_rows() == stored
+    stats = collect_stats(database_url)
+    assert (stats["readings"], stats["readings_quarantined"], stats["quarantined_rows"]) == (6, 3, 3)
