@@ -57,17 +57,20 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
     # still queued for it is never sent (outbox.claim_due). Only at an alert's first answer: her
     # link opened again must not answer for the chair an escalation she asked for now tells.
     if first:
-        s.execute(update(Alert).where(Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None))
+        answers = [Alert.flag_id == alert.flag_id, Alert.acked_at.is_(None)]
+        if outcome == "escalate":       # she asks for those above: what is on its way to them goes on
+            answers.append(Alert.escalation_level <= alert.escalation_level)
+        s.execute(update(Alert).where(*answers)
                   .values(acked_at=at, acked_by=actor).execution_options(synchronize_session=False))
         s.refresh(alert)
     if outcome:
+        asked_before = alert.outcome == "escalate"      # her second click sends nothing more
         alert.outcome = outcome
         if outcome == "visited_all_well":
             flag.status, flag.outcome, flag.closed_at = "closed", outcome, at
         elif outcome == "escalate":
             # open, so that the step queued now is delivered (outbox.answered) and, for a critical
             # flag left unanswered there, the next one follows (outbox.escalation_due)
-            asked_before = flag.outcome == "escalate"      # a second click sends nothing more
             flag.status, flag.outcome = "open", outcome
             if not asked_before:
                 rows = s.execute(select(Alert.escalation_level, Alert.recipient_id)
@@ -119,7 +122,7 @@ def alert_for_link(token: str, *, secret: str, now: datetime | None = None, data
                                  now=now, sent=alert.first_sent_at or alert.created_at)
         # who was told above her (需上报处理): the page says whether anyone was
         above = s.scalar(select(func.count()).select_from(Alert).where(
-            Alert.flag_id == flag.id, Alert.escalation_level > alert.escalation_level))
+            Alert.flag_id == flag.id, Alert.escalation_level > alert.escalation_level, Alert.status != "cancelled"))
         return {**ctx, "acked": alert.acked_at is not None, "outcome": alert.outcome,
                 "outcome_label": OUTCOMES.get(alert.outcome or "", ""), "flag_status": flag.status,
                 "escalated_to": int(above)}

@@ -51,7 +51,7 @@ class Lexicon:
     negations: list[str] = field(default_factory=list)
     fillers: list[str] = field(default_factory=list)
     questions: list[str] = field(default_factory=list)
-    answers_yes: list[str] = field(default_factory=list)
+    answers_no: list[str] = field(default_factory=list)
     list_joiners: list[str] = field(default_factory=list)
     traditional: dict[str, str] = field(default_factory=dict)
 
@@ -60,7 +60,7 @@ class Lexicon:
         data = tomllib.loads((path or LEXICON_FILE).read_text(encoding="utf-8"))
         cues = [Cue(term, kind, spec["severity"]) for kind, spec in data["cues"].items() for term in spec["terms"]]
         return cls(cues=cues, negations=list(data.get("negations", [])), fillers=list(data.get("fillers", [])),
-                   questions=list(data.get("questions", [])), answers_yes=list(data.get("answers_yes", [])),
+                   questions=list(data.get("questions", [])), answers_no=list(data.get("answers_no", [])),
                    list_joiners=list(data.get("list_joiners", [])), traditional=dict(data.get("traditional", {})))
 
     @staticmethod
@@ -71,13 +71,16 @@ class Lexicon:
         """Cues present in a note, in lexicon order, one per term.
 
         Skipped: a negated mention ("无家暴", "没有发现家暴", "无明显矛盾", "无殴打、打骂"), a form's
-        question not answered yes ("有无家暴：无", a bare "有无家暴"), and a term inside a longer
-        one that is itself a cue ("无婆媳矛盾" is no "矛盾"). A negation that belongs to another word
-        ("丈夫长期无业，家暴") negates nothing. Read with spaces removed, full-width forms folded
-        and traditional characters as simplified."""
+        question answered no ("有无家暴：无", "是否有家暴情况：否"), and a term inside a longer one
+        that is itself a cue ("无婆媳矛盾" is no "矛盾"). Kept, since a missed danger costs more
+        than a needless look: a negation that belongs to another word ("丈夫长期无业，家暴"), the
+        answer to the entry before ("低保：无 家暴：有"), a question answered yes or not at all.
+        Read with spaces within a line removed, lines as sentences, full-width forms folded and
+        traditional characters as simplified."""
         if not text:
             return []
-        t = re.sub(r"\s+", "", unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional)))
+        t = unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional))
+        t = re.sub(r"[^\S\n]+", "", re.sub(r"\s*\n\s*", "。", t))
         # longest first where mentions overlap: a term inside a longer cue belongs to that cue
         mentions: list[tuple[int, int, Cue]] = []
         for s, e, cue in sorted(((m.start(), m.end(), c) for c in self.cues
@@ -85,16 +88,19 @@ class Lexicon:
             if not any(s < te and ts < e for ts, te, _ in mentions):
                 mentions.append((s, e, cue))
         fill = f"(?:{self._alternatives(self.fillers)})*" if self.fillers else ""
-        negated = re.compile(f"(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        # (a negation right after ":" is the answer to the entry before, not this term's)
+        negated = re.compile(f"(?<!:)(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
         asked = re.compile(f"(?:{self._alternatives(self.questions)}){fill}$") if self.questions else None
-        yes = re.compile(f"^[:]?(?:{self._alternatives(self.answers_yes)})") if self.answers_yes else None
+        # the answer may follow a word or two of the question ("是否有家暴情况：否")
+        answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)})") \
+            if self.answers_no else None
         joined = re.compile(f"(?:{self._alternatives(self.list_joiners)})") if self.list_joiners else None
         present: set[str] = set()
         prev_end, prev_negated = None, False
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):
             before = t[:s]
             if asked is not None and asked.search(before):
-                no = not (yes is not None and yes.search(t[e:]))
+                no = answered_no is not None and answered_no.search(t[e:]) is not None
             else:
                 no = bool(negated is not None and negated.search(before)) or (
                     prev_negated and joined is not None and joined.fullmatch(t[prev_end:s]) is not None)
@@ -225,7 +231,8 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
     rows = []
     text_cols = [c for c in ("notes", "family_situation", "women_situation", "difficulties") if c in visits]
     for v in visits.itertuples(index=False):
-        text = " ".join(str(getattr(v, c)) for c in text_cols if isinstance(getattr(v, c), str))
+        # one sentence per field: "无" ending one field must not negate the next field's first words
+        text = "。".join(str(getattr(v, c)) for c in text_cols if isinstance(getattr(v, c), str))
         cues = lexicon.find(text)
         for kind in sorted({c.kind for c in cues}):
             kc = [c for c in cues if c.kind == kind]
@@ -308,13 +315,14 @@ def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3
 RECORD_KINDS = ("overdue_visit", "unresolved_difficulty")
 
 
-def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
-                             away: pd.DataFrame) -> pd.DataFrame:
+def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame, away: pd.DataFrame,
+                             last_visit: pd.Series) -> pd.DataFrame:
     """Open flags whose situation the records now say is over, nobody having to answer them:
     ``flag_id, outcome``.
 
-    - ``overdue_visit``: the day's candidates no longer hold it (the plan was visited or
-      replanned): ``visited``;
+    - ``overdue_visit``: the family was visited on or after the day the visit was due
+      (``last_visit``: household → its latest visit): ``visited``. A plan marked missed or
+      replanned without a visit leaves the flag open: the family is still waiting;
     - ``unresolved_difficulty``: the household has no such candidate any more (a measure was
       recorded, or the visits left the window): ``measure_recorded``;
     - a meter flag that began inside an absence recorded on the household since it was raised
@@ -324,7 +332,6 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
     out = []
     if open_flags.empty:
         return pd.DataFrame(out, columns=["flag_id", "outcome"])
-    keys = set(candidates.dedup_key) if len(candidates) else set()
     pairs = set(zip(candidates.household_id, candidates.kind)) if len(candidates) else set()
     spans: dict[str, list[tuple]] = {}
     for a in away.itertuples(index=False):
@@ -332,8 +339,10 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
             spans.setdefault(a.household_id, []).append(
                 (pd.Timestamp(a.start), pd.Timestamp(a.end) + pd.Timedelta(days=1) if pd.notna(a.end) else None))
     for f in open_flags.itertuples(index=False):
-        if f.kind == "overdue_visit" and f.dedup_key not in keys:
-            out.append((f.flag_id, "visited"))
+        if f.kind == "overdue_visit":
+            seen_at = last_visit.get(f.household_id)
+            if seen_at is not None and pd.notna(seen_at) and pd.Timestamp(seen_at) >= pd.Timestamp(f.start):
+                out.append((f.flag_id, "visited"))
         elif f.kind == "unresolved_difficulty" and (f.household_id, f.kind) not in pairs:
             out.append((f.flag_id, "measure_recorded"))
         elif pd.notna(f.meter_id) and any(lo <= pd.Timestamp(f.start) and (hi is None or pd.Timestamp(f.start) < hi)

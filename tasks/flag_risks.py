@@ -75,7 +75,7 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
 @task(name="store_flags", cache_policy=NO_CACHE)
 def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None = None) -> dict:
     """Raise each episode once, extend continuing ones, and refresh levels and the risk map."""
-    from schemas.models import Alert, Household, RiskFlag, RiskMapSnapshot
+    from schemas.models import Alert, Household, RiskFlag, RiskMapSnapshot, Visit
     from sibifang import flag_risks as logic
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
@@ -105,6 +105,10 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     now = datetime.combine(as_of, datetime.max.time()).replace(microsecond=0)
     away = read_frame(select(Household.id.label("household_id"), Household.away_from.label("start"),
                              Household.away_until.label("end")).where(Household.away_from.is_not(None)), database_url)
+    visited = read_frame(select(Visit.household_id, func.max(Visit.visited_at).label("last"))
+                         .group_by(Visit.household_id), database_url)
+    last_visit = pd.Series(pd.to_datetime(visited["last"]).to_numpy(), index=visited["household_id"]) \
+        if len(visited) else pd.Series(dtype="datetime64[ns]")
     with session_scope(database_url) as s:
         rows = []
         # An episode that was over more than a day before this run (a first run over weeks of
@@ -133,7 +137,7 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
         # Flags the records settle close here, by the latest day only: a replayed earlier day saw
         # them open. (A re-run finds them closed: nothing more.)
-        settled_now = logic.flags_settled_by_records(open_flags, candidates, away) if later_day.empty \
+        settled_now = logic.flags_settled_by_records(open_flags, candidates, away, last_visit) if later_day.empty \
             else pd.DataFrame(columns=["flag_id", "outcome"])
         for outcome, ids in settled_now.groupby("outcome")["flag_id"]:
             s.execute(update(RiskFlag).where(RiskFlag.id.in_(list(ids)), RiskFlag.status != "closed")

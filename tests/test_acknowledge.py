@@ -140,3 +140,39 @@ def test_needs_help_files_the_need_its_flag_kind_calls_for(outbox_db, monkeypatc
     with session_scope(outbox_db) as s:
         needs = {n.household_id: n.category for n in s.scalars(select(ServiceNeed))}
     assert needs == {"H002": "marriage_family_rights", "H003": "elderly_care"}
+
+
+def test_asking_for_escalation_keeps_what_is_already_on_its_way_up(outbox_db, monkeypatch):  # noqa: F811
+    from sibifang.acknowledge import acknowledge
+    from tasks.dispatch_alerts import deliver, enqueue, escalate
+
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        deliver(NOW, outbox_db)
+        assert escalate(NOW + timedelta(minutes=31), outbox_db) > 0      # F000's township step, not sent yet
+        acknowledge(_first_alert(outbox_db, "F000"), actor="GW2", outcome="escalate",
+                    at=NOW + timedelta(minutes=32), database_url=outbox_db)
+        deliver(NOW + timedelta(minutes=33), outbox_db)
+    with session_scope(outbox_db) as s:
+        up = s.scalars(select(Alert).where(Alert.flag_id == "F000", Alert.escalation_level > 0)).all()
+        assert [(a.recipient_id, a.status, a.acked_at) for a in up] == [("SV1", "sent", None)]
+
+
+def test_the_chair_can_ask_for_the_next_step_after_the_grid_worker(outbox_db, monkeypatch):  # noqa: F811
+    from sibifang.acknowledge import acknowledge
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        deliver(NOW, outbox_db)
+        acknowledge(_first_alert(outbox_db, "F001"), actor="GW1", outcome="escalate", at=NOW + timedelta(minutes=5),
+                    database_url=outbox_db)
+        with session_scope(outbox_db) as s:
+            chair = s.scalars(select(Alert.id).where(Alert.flag_id == "F001", Alert.escalation_level == 1)).one()
+        acknowledge(chair, actor="VC1", outcome="escalate", at=NOW + timedelta(minutes=20), database_url=outbox_db)
+    with session_scope(outbox_db) as s:
+        up = s.scalars(select(Alert).where(Alert.flag_id == "F001", Alert.escalation_level == 2)).all()
+        assert [(a.recipient_id, a.status) for a in up] == [("SV1", "pending")]
+        assert s.get(RiskFlag, "F001").status == "open"

@@ -93,7 +93,7 @@ def test_lexicon_negation_with_verb_between(lexicon):
     "无婆媳矛盾", "否认婆媳矛盾", "没有闹离婚",             # a term inside a longer, negated one
     "无　家暴", "无 家暴", "无明显家暴", "没有任何家暴", "无任何矛盾",   # spaces and fillers
     "无殴打、打骂", "没有吵架和打骂",                        # a negated list
-    "有无家暴：无", "有无家暴", "是否有赌博：否",             # a form's question, not answered yes
+    "有无家暴：无", "是否有赌博：否", "是否有家暴情况：否",     # a form's question answered no
 ])
 def test_lexicon_reads_negations_as_clerks_write_them(lexicon, text):
     assert lexicon.find(text) == []
@@ -103,9 +103,21 @@ def test_lexicon_reads_negations_as_clerks_write_them(lexicon, text):
     ("有无家暴：有", "domestic_violence"), ("有无家庭暴力：有，丈夫酒后", "domestic_violence"),
     ("是否有赌博：是", "gambling"), ("夫妻鬧離婚", "dispute"), ("丈夫毆打妻子", "domestic_violence"),
     ("无家暴，但夫妻经常吵架", "dispute"),
+    # a question answered yes, a word or two later, or not at all: a danger missed costs more
+    ("是否有家暴情况：有", "domestic_violence"), ("是否有轻生念头：有", "self_harm"),
+    ("是否存在打骂现象：存在", "domestic_violence"), ("是否殴打过妻子：是", "domestic_violence"),
+    ("有无家暴", "domestic_violence"),
+    # "无" answering the entry before, or ending the line before, negates nothing here
+    ("低保：无 家暴：有", "domestic_violence"), ("低保：无\n家暴后带孩子回娘家", "domestic_violence"),
 ])
 def test_lexicon_finds_answered_questions_traditional_characters_and_cues_after_a_negated_one(lexicon, text, kind):
     assert kinds(lexicon.find(text)) == {kind}
+
+
+def test_visit_cue_flags_read_each_field_as_its_own_sentence(lexicon):
+    v = pd.DataFrame([{"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00",
+                       "women_situation": "无", "difficulties": "家暴后带孩子回娘家"}])
+    assert list(visit_cue_flags(v, lexicon).kind) == ["domestic_violence"]
 
 
 def test_lexicon_harmonious_in_laws_is_not_a_dispute(lexicon):

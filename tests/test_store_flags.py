@@ -8,7 +8,7 @@ from datetime import date, datetime
 import pandas as pd
 from sqlalchemy import delete, select
 
-from schemas.models import Household, RiskFlag, RiskMapSnapshot
+from schemas.models import Household, RiskFlag, RiskMapSnapshot, Visit
 from sibifang.db import session_scope
 from sibifang.flag_risks import FLAG_COLUMNS, Lexicon, visit_cue_flags
 from tests.test_outbox import outbox_db  # noqa: F401  (fixture)
@@ -88,8 +88,13 @@ def test_flags_the_records_settle_close_and_the_level_follows(outbox_db):  # noq
     store_flags.fn(pd.concat([overdue, meter], ignore_index=True), date(2026, 11, 20), outbox_db)
     with session_scope(outbox_db) as s:
         assert s.get(Household, "H001").risk_level == "橙" and s.get(Household, "H003").risk_level == "红"
-        # the plan was visited; the family of H003 turns out to have been in hospital since the 19th
+        # the family of H003 turns out to have been in hospital since the 19th
         s.get(Household, "H003").away_from = date(2026, 11, 19)
+    # the planner marked the plan missed (no longer a candidate): the family still waits
+    store_flags.fn(pd.DataFrame(columns=FLAG_COLUMNS), date(2026, 11, 21), outbox_db)
+    assert _flags(outbox_db, "H001") == [("overdue_visit", "open", None)]
+    with session_scope(outbox_db) as s:
+        s.add(Visit(id="VX", household_id="H001", cadre_id="GW1", visited_at=datetime(2026, 11, 21, 15), mode="visit"))
     store_flags.fn(pd.DataFrame(columns=FLAG_COLUMNS), date(2026, 11, 21), outbox_db)
     assert _flags(outbox_db, "H001") == [("overdue_visit", "closed", "visited")]
     assert _flags(outbox_db, "H003") == [("inactivity", "closed", "absence_recorded")]
