@@ -352,17 +352,20 @@ def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
     return stamp
 
 
-def at_or_before_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], *,
-                        interval_minutes: dict[str, int] | int | None = None,
-                        timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
-    """Mask of the rows of ``raw`` (as :func:`clean_readings` takes it) whose meter has a stored
-    last reading (``ReadingStore.last_ts()``) at or after the row's time, read and snapped onto
-    the meter's grid as the cleaning reads it.
+def already_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], load_stored, *,
+                   interval_minutes: dict[str, int] | int | None = None,
+                   timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
+    """Mask of the rows of ``raw`` (as :func:`clean_readings` takes it) that the store already
+    holds: the same meter and time, read and snapped onto the meter's grid as the cleaning reads
+    it, and, for interval kWh, the same value (a register's value is not what is stored).
 
     A meter-API pull resumes from the meter that lags most, so it sends again what earlier pulls
-    stored (or quarantined before a later reading of the same meter was stored): those rows are
-    not a new batch's to read. Rows without a meter or a readable time, and meters the store
-    does not hold, are never masked (the cleaning judges them)."""
+    stored: those rows are not a new batch's to read. Only rows at or before their meter's
+    stored last reading (``ReadingStore.last_ts()``) can be; ``load_stored(start, end,
+    meter_ids)`` (``ReadingStore.load``) gives the stored readings of that span. A reading that
+    arrives late (its meter's later ones stored first) or with another value (a correction,
+    quarantined as a conflicting duplicate) is read. Rows without a meter or a readable time,
+    and meters the store does not hold, are never masked (the cleaning judges them)."""
     n = len(raw)
     if not n or not last_ts:
         return np.zeros(n, dtype=bool)
@@ -373,11 +376,29 @@ def at_or_before_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], *,
     readable = ~ts_missing & ~ts_bad & (meters.codes >= 0)
     interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
     values = _snap_to_grid(values, interval, np.flatnonzero(readable))
-    stored = pd.Series(meters.names.to_pandas()).map(
+    stored_last = pd.Series(meters.names.to_pandas()).map(
         pd.Series(last_ts, dtype="datetime64[ns]")).to_numpy(dtype="datetime64[ns]")
-    limit = np.append(stored, np.datetime64("NaT", "ns"))[meters.codes]
+    limit = np.append(stored_last, np.datetime64("NaT", "ns"))[meters.codes]
     with np.errstate(invalid="ignore"):
-        return readable & ~np.isnat(limit) & (values <= limit)
+        maybe = readable & ~np.isnat(limit) & (values <= limit)
+    out = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(maybe)
+    if not len(rows):
+        return out
+    names = np.asarray(meters.names.to_pandas(), dtype=object)[meters.codes[rows]]
+    lo, hi = values[rows].min(), values[rows].max()
+    have = load_stored(pd.Timestamp(lo) - pd.Timedelta(1, "ns"), pd.Timestamp(hi), sorted(set(names)))
+    if not len(have):
+        return out
+    probe = pd.DataFrame({"meter_id": names, "ts": values[rows], "row": rows})
+    if "kwh" in raw.columns:
+        probe["sent"] = pd.to_numeric(raw["kwh"].iloc[rows].to_numpy(), errors="coerce")
+    hit = probe.merge(have.rename(columns={"kwh": "held"}), on=["meter_id", "ts"], how="inner")
+    if "sent" in hit.columns:
+        # the store keeps float32: equal to a thousandth of a watt-hour is the same reading
+        hit = hit[np.isclose(hit["sent"].to_numpy(float), hit["held"].to_numpy(float), rtol=1e-5, atol=1e-6)]
+    out[hit["row"].to_numpy()] = True
+    return out
 
 
 # --------------------------------------------------------------------------- cleaning

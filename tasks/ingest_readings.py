@@ -154,13 +154,13 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     A batch already in the ledger (``reading_batches``: the same file, the same pull) is not
     ingested again: the result reads nothing, ``already_ingested`` is what the earlier batch
     read and ``earlier`` its counts. ``pull`` (a meter-API pull, which overlaps earlier pulls):
-    rows at or before their meter's stored last reading, and rows an earlier pull quarantined
+    rows the store already holds (same meter, time and kWh), and rows an earlier pull quarantined
     for the same reason (same meter id and time as sent), are not read by this batch either;
     ``already_ingested`` counts them. A pull that reads nothing new records nothing."""
     from schemas.models import Meter, ReadingBatch
     from sibifang.db import session_scope, upsert
     from sibifang.import_registry import record_validation
-    from sibifang.ingest_readings import at_or_before_stored, clean_readings
+    from sibifang.ingest_readings import already_stored, clean_readings
     from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings, local_now
 
@@ -180,7 +180,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     store = ReadingStore(Path(settings.data_dir) / "readings")
     skipped = 0
     if pull and len(raw):
-        stored = at_or_before_stored(raw, store.last_ts(), interval_minutes=intervals or None)
+        stored = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None)
         skipped = int(stored.sum())
         raw = raw.loc[~stored].reset_index(drop=True)  # ``line`` stays the position in the pull
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns

@@ -406,3 +406,34 @@ def test_pulling_the_same_window_again_stores_counts_and_quarantines_nothing_new
     assert quarantine_rows() == stored
     stats = collect_stats(database_url)
     assert (stats["readings"], stats["readings_quarantined"], stats["quarantined_rows"]) == (6, 3, 3)
+
+
+def _pull_twice(api, database_url, monkeypatch, first, second):
+    import sibifang.settings as settings_module
+    from tasks.ingest_readings import pull_api_task
+    from tests.test_inbox_rejects import seed, use_database
+
+    monkeypatch.setenv("SIBIFANG_METER_API_URL", api.url)
+    monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN)
+    use_database(monkeypatch, database_url)
+    monkeypatch.setattr(settings_module, "local_now", lambda: datetime(2026, 11, 20, 12, 0))
+    seed(database_url)
+    r = lambda hm, k: {"meter_id": "M1", "ts": f"2026-11-20T{hm}:00+08:00", "kwh": k}  # noqa: E731
+    api.pages = {None: {"readings": [r(*x) for x in first], "next_page_token": None}}
+    pull_api_task.fn()
+    api.pages = {None: {"readings": [r(*x) for x in second], "next_page_token": None}}
+    return pull_api_task.fn()
+
+
+def test_a_late_reading_in_a_later_pull_is_stored(api, database_url, app_env, monkeypatch):
+    # 08:30 reached the API after 08:45: the next pull sends it with the two already stored
+    out = _pull_twice(api, database_url, monkeypatch, [("08:15", .1), ("08:45", .3)],
+                      [("08:15", .1), ("08:30", .2), ("08:45", .3)])
+    assert (out["read"], out["accepted"], out["new"], out["already_ingested"]) == (1, 1, 1, 2)
+
+
+def test_a_stored_reading_sent_again_with_another_value_is_quarantined_not_dropped(api, database_url, app_env,
+                                                                                   monkeypatch):
+    out = _pull_twice(api, database_url, monkeypatch, [("08:15", .1), ("08:30", .3)],
+                      [("08:15", .9), ("08:30", .3), ("08:45", .3)])
+    assert (out["read"], out["accepted"], out["conflicting"], out["already_ingested"]) == (2, 1, 1, 1)
