@@ -357,7 +357,7 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
     """Queue the flag's alerts one step up (``escalation_targets``), titled 【升级】; returns the
     ids of the alerts inserted (none twice: keyed by flag, cadre and level). The caller holds the
     flag's lock (``lock_flag``). ``why``: ``unanswered`` (no acknowledgement in time) or
-    ``requested`` (the grid worker answered 需上报处理)."""
+    ``requested`` (a cadre it reached answered 需上报处理)."""
     from sibifang.ack_tokens import ack_url, make_ack_token
     from sibifang.dispatch_alerts import Recipient, render_alert
 
