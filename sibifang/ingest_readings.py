@@ -247,6 +247,9 @@ def _parse_number(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         bad = np.zeros(len(text), dtype=bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # Slow path only for files with garbage: validate by pattern, cast what is a number.
+        # Full-width digits (０.５, typed with a Chinese input method) are digits: folded first,
+        # as the registry import folds its coded columns.
+        text = pc.utf8_normalize(text, "NFKC")
         lowered = pc.utf8_lower(text)
         ok = pc.or_(pc.match_substring_regex(text, _NUMBER_RE),
                     pc.is_in(lowered, pa.array(["nan", "inf", "+inf", "-inf", "infinity", "-infinity"])))

@@ -1107,3 +1107,11 @@ def test_importing_the_same_readings_file_twice_says_so_and_changes_nothing(data
     assert "已导入过" in second.output and "未重复导入" in second.output
     assert "读取 3 行，导入 2 行，隔离 1 行（新增 2 条）" in second.output  # the earlier counts
     assert _ledger(database_url) == before
+
+
+def test_full_width_digits_in_kwh_are_read_as_digits():
+    r = clean([("M1", "2026-11-20 08:15", "０.５"), ("M1", "2026-11-20 08:30", "0.25"),
+               ("M1", "2026-11-20 08:45", "约0.3")])
+    assert_balanced(r, 3)
+    assert list(r.accepted["kwh"]) == [0.5, 0.25]
+    assert list(r.quarantined["code"]) == ["bad_kwh"]
