@@ -30,8 +30,9 @@ Behaviour:
   the earliest of the meters' last readings, so no meter misses data, bounded by
   ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
   The overlap is not read twice: the pull task (``tasks.ingest_readings.pull_api_task``)
-  drops each meter's readings at or before its stored last one, and a reading an earlier pull
-  quarantined (same meter id, time as sent and reason) is not quarantined nor counted again.
+  skips the readings the store already holds (same meter, time and kWh; a late or corrected
+  one is read), and a reading an earlier pull quarantined (same meter id, time as sent and
+  reason) is not quarantined nor counted again.
 * The result is a raw frame (``line, meter_id, ts, kwh|register_kwh`` as sent) for
   :func:`sibifang.ingest_readings.clean_readings`; ``line`` is the reading's 1-based
   position in the pull.

@@ -224,21 +224,8 @@ def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
 
     encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
     sep = _csv_separator(path, encoding)
-    header = _header_cells(path, encoding, sep)
-    # (An empty file has no header to widen: pandas reports it as such.)
-    extra = max(0, _widest_line(path, encoding, sep) - len(header)) if header else 0
-    # Rows wider than the header (a trailing comma on every row, or a stray field) get columns
-    # of their own, named after the header's, so pandas never takes the first column as the
-    # index -- which it does when the first data row is wider, shifting every field one column
-    # left -- and never refuses the whole file for one wide row. index_col=False as well: a
-    # row wider than even these columns (quoted newlines, which the line scan cannot see) is
-    # then a ParserError with its line, not a silent shift.
-    # (header=None and the header line skipped: with header=0, pandas expects the header's
-    # width on every line whatever the names.)
-    widths = ({"header": None, "skiprows": 1,
-               "names": _unique_names(header) + [f"{EXTRA_COLUMN}{i}" for i in range(extra)]}
-              if extra else {"header": 0})
-    try:
+
+    def read(**widths) -> pd.DataFrame:
         # In blocks of rows: parsing a whole 28-million-row file at once needs 3.3 GB for a
         # 1.7 GB frame, in blocks 2.2 GB. Line numbers in parser errors count from the file's start.
         with warnings.catch_warnings():
@@ -248,8 +235,26 @@ def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
                 path, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
                 skip_blank_lines=False, sep=sep, chunksize=CSV_BLOCK_ROWS, index_col=False, **widths,
             ))
-        frame = pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
-        return _mark_extra_fields(frame) if extra else frame
+        return pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+
+    try:
+        try:
+            return read(header=0)  # the usual file, as wide as its header: one pass
+        except (pd.errors.ParserWarning, pd.errors.ParserError) as e:
+            header = _header_cells(path, encoding, sep)
+            wide = isinstance(e, pd.errors.ParserWarning) or "fields in line" in str(e)
+            extra = max(0, _widest_line(path, encoding, sep) - len(header)) if wide and header else 0
+            if not extra:
+                raise
+        # Rows wider than the header (a trailing comma on every row, or a stray field) get
+        # columns of their own, named after the header's, so pandas never takes the first column
+        # as the index -- which it does when the first data row is wider, shifting every field
+        # one column left -- and never refuses the whole file for one wide row. A row wider than
+        # even these columns (quoted newlines, which the line scan cannot see) is then a
+        # ParserError with its line, not a silent shift. (header=None and the header line
+        # skipped: with header=0, pandas expects the header's width on every line.)
+        names = _unique_names(header) + [f"{EXTRA_COLUMN}{i}" for i in range(extra)]
+        return _mark_extra_fields(read(header=None, skiprows=1, names=names))
     except pd.errors.ParserWarning:
         raise ImportFileError(path.name, "a row has more fields than the header",
                               message_zh=f"文件 {path.name} 有的行列数多于表头，且无法确定是哪一行"

@@ -289,7 +289,8 @@ def _reading_keys(q: pd.DataFrame) -> np.ndarray:
 def _quarantined_before(database_url: str | None, source: str, keys: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Mask: the (reading key, code) pairs already among the quarantined rows of ``source``."""
     from schemas.models import QuarantinedRow
-    from sibifang.db import chunks, session_scope
+    from sibifang.db import session_scope
+    from sibifang.records import chunks
 
     seen: set[tuple[str, str]] = set()
     with session_scope(database_url) as s:
