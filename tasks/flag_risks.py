@@ -103,12 +103,20 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         fresh = candidates
     inserts, extends = logic.merge_with_open_flags(fresh, open_flags)
     now = datetime.combine(as_of, datetime.max.time()).replace(microsecond=0)
-    away = read_frame(select(Household.id.label("household_id"), Household.away_from.label("start"),
-                             Household.away_until.label("end")).where(Household.away_from.is_not(None)), database_url)
-    visited = read_frame(select(Visit.household_id, func.max(Visit.visited_at).label("last"))
-                         .group_by(Visit.household_id), database_url)
-    last_visit = pd.Series(pd.to_datetime(visited["last"]).to_numpy(), index=visited["household_id"]) \
-        if len(visited) else pd.Series(dtype="datetime64[ns]")
+    # Flags the records settle close by the latest day only: a replayed earlier day saw them open.
+    settled_now = pd.DataFrame(columns=["flag_id", "outcome"])
+    if later_day.empty and len(open_flags):
+        away = read_frame(select(Household.id.label("household_id"), Household.away_from.label("start"),
+                                 Household.away_until.label("end")).where(Household.away_from.is_not(None)),
+                          database_url)
+        # the latest visit of the families with an overdue-visit flag open (not of every family)
+        waiting = sorted(set(open_flags.household_id[open_flags.kind == "overdue_visit"]))
+        visited = [read_frame(select(Visit.household_id, func.max(Visit.visited_at).label("last"))
+                              .where(Visit.household_id.in_(part)).group_by(Visit.household_id), database_url)
+                   for part in chunks(waiting, 500)]
+        visited = pd.concat(visited, ignore_index=True) if visited else pd.DataFrame(columns=["household_id", "last"])
+        last_visit = pd.Series(pd.to_datetime(visited["last"]).to_numpy(), index=visited["household_id"])
+        settled_now = logic.flags_settled_by_records(open_flags, candidates, away, last_visit)
     with session_scope(database_url) as s:
         rows = []
         # An episode that was over more than a day before this run (a first run over weeks of
@@ -135,10 +143,7 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
         if rows:  # a re-run raises nothing and records nothing
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
-        # Flags the records settle close here, by the latest day only: a replayed earlier day saw
-        # them open. (A re-run finds them closed: nothing more.)
-        settled_now = logic.flags_settled_by_records(open_flags, candidates, away, last_visit) if later_day.empty \
-            else pd.DataFrame(columns=["flag_id", "outcome"])
+        # (a re-run finds them closed: nothing more)
         for outcome, ids in settled_now.groupby("outcome")["flag_id"]:
             s.execute(update(RiskFlag).where(RiskFlag.id.in_(list(ids)), RiskFlag.status != "closed")
                       .values(status="closed", outcome=outcome, closed_at=now))
