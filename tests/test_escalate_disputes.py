@@ -220,16 +220,12 @@ def test_a_flags_case_is_opened_once_even_after_it_was_closed(database_url):
 
     from sqlalchemy import func, select, update
 
-    from schemas.models import Area, AuditEvent, Household, MediationCase, MediationRoom, RiskFlag
-    from sibifang.db import migrate, session_scope, upsert
+    from schemas.models import AuditEvent, MediationCase, MediationRoom, RiskFlag
+    from sibifang.db import session_scope, upsert
     from tasks.escalate_disputes import open_cases_task
 
-    migrate(database_url)
-    areas = [("D1", "district", None), ("T1", "township", "D1"), ("V1", "village", "T1"), ("G1", "grid", "V1")]
+    _one_household_village(database_url)
     with session_scope(database_url) as s:
-        upsert(s, Area, [{"id": i, "level": lv, "name": i, "parent_id": p, "village_kind": None}
-                         for i, lv, p in areas], key=["id"])
-        upsert(s, Household, [{"id": "H1", "head_name": "王秀兰", "grid_id": "G1", "categories": []}], key=["id"])
         upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1",
                                    "mediator_ids": ["MED1"]}], key=["id"])
         s.add(RiskFlag(id="F1", dedup_key="dispute|H1|1", household_id="H1", kind="dispute", severity="high",
@@ -257,16 +253,12 @@ def test_replaying_a_past_day_matches_only_the_needs_known_that_day(database_url
 
     from sqlalchemy import select
 
-    from schemas.models import Area, Household, ServiceNeed, ServiceResource
-    from sibifang.db import migrate, session_scope, upsert
+    from schemas.models import ServiceNeed, ServiceResource
+    from sibifang.db import session_scope
     from tasks.escalate_disputes import match_needs_task
 
-    migrate(database_url)
-    areas = [("D1", "district", None), ("T1", "township", "D1"), ("V1", "village", "T1"), ("G1", "grid", "V1")]
+    _one_household_village(database_url)
     with session_scope(database_url) as s:
-        upsert(s, Area, [{"id": i, "level": lv, "name": i, "parent_id": p, "village_kind": None}
-                         for i, lv, p in areas], key=["id"])
-        upsert(s, Household, [{"id": "H1", "head_name": "王秀兰", "grid_id": "G1", "categories": []}], key=["id"])
         s.add(ServiceResource(id="R1", name="王老师", provider_type="volunteer", offers=["family_education"],
                               village_id="V1"))
         s.flush()
@@ -281,3 +273,16 @@ def test_replaying_a_past_day_matches_only_the_needs_known_that_day(database_url
     assert status() == "open"
     assert match_needs_task.fn(date(2026, 11, 25), database_url)["matched"] == 1
     assert status() == "matched"
+
+
+def _one_household_village(database_url: str) -> None:
+    """District D1 > township T1 > village V1 > grid G1, with household H1 (migrated first)."""
+    from schemas.models import Area, Household
+    from sibifang.db import migrate, session_scope, upsert
+
+    migrate(database_url)
+    areas = [("D1", "district", None), ("T1", "township", "D1"), ("V1", "village", "T1"), ("G1", "grid", "V1")]
+    with session_scope(database_url) as s:
+        upsert(s, Area, [{"id": i, "level": lv, "name": i, "parent_id": p, "village_kind": None}
+                         for i, lv, p in areas], key=["id"])
+        upsert(s, Household, [{"id": "H1", "head_name": "王秀兰", "grid_id": "G1", "categories": []}], key=["id"])
