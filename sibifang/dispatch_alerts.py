@@ -8,7 +8,8 @@ Rules
   the village federation chair (村/社区妇联主席); a critical flag also goes to the chair at once.
   Nobody at all: the supervisors (市/区妇联), and if there is none either, ``NoRecipientError`` —
   a flag is never dropped in silence. ``SIBIFANG_ALERT_WEBHOOK_URL`` replaces every
-  recipient's channel with that one generic webhook (trials, tests).
+  recipient's channel with that one generic webhook (trials, tests); the outbox stores it as a
+  marker without its key (``outbox.stored_address``) and the sender reads it again at send time.
 - ``render_alert``: plain Chinese — what happened, where, what to do by when, the ack link.
   Never an ID number, never relatives' phones; the household's own phone and the evidence
   details stay behind the ack link. Sensitive kinds (纠纷, 家暴, 轻生) sent to a group robot or

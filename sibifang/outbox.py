@@ -22,7 +22,7 @@ live dispatcher's claims.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,11 @@ BACKOFF_MAX = timedelta(hours=1)
 LOCAL_RATE_LIMIT = "local_rate_limit"
 # An alert of a flag answered (acknowledged or closed) before it went out: never sent.
 CANCELLED = "cancelled"
+# The address stored for an alert routed to the override webhook (``SIBIFANG_ALERT_WEBHOOK_URL``):
+# this prefix and the URL's scheme and host only. The URL often carries a robot key (``?key=``,
+# ``access_token=``, Feishu's ``/hook/<token>``), which must not reach the database; the sender
+# takes the real URL from the settings at send time (``send_target``).
+OVERRIDE_MARKER = "override:"
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,11 @@ class DispatchPolicy:
     max_attempts: int = 5
     escalate_after: timedelta = timedelta(minutes=30)
     ack_base_url: str = "http://127.0.0.1:8765"
-    ack_secret: str = ""  # no default key: an empty one refuses to sign (ack_tokens)
+    # repr=False: the keys, and the override URL's robot key, stay out of tracebacks and logs
+    ack_secret: str = field(default="", repr=False)  # no default key: an empty one refuses to sign (ack_tokens)
     ack_ttl: timedelta = timedelta(hours=72)
-    override_webhook: str | None = None
-    override_secret: str | None = None
+    override_webhook: str | None = field(default=None, repr=False)
+    override_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls) -> DispatchPolicy:
@@ -65,6 +71,34 @@ class DispatchPolicy:
                    ack_base_url=s.ack_base_url, ack_secret=s.ack_signing_key(),
                    ack_ttl=timedelta(hours=s.ack_token_ttl_hours), override_webhook=s.alert_webhook_url,
                    override_secret=s.alert_webhook_secret.get_secret_value() if s.alert_webhook_secret else None)
+
+
+def override_address(url: str) -> str:
+    """What the outbox stores for the override webhook: a marker and the host, never the key."""
+    from sibifang.channels import redact_url
+
+    return OVERRIDE_MARKER + redact_url(url)
+
+
+def stored_address(recipient: Any) -> str | None:
+    """A recipient's address as the outbox stores it: the override webhook as its marker."""
+    address = getattr(recipient, "address", None)
+    if getattr(recipient, "overridden", False) and address:
+        return override_address(address)
+    return address
+
+
+def send_target(channel: str, address: str | None, policy: DispatchPolicy) -> tuple[str, str]:
+    """Where an alert is sent now: the override webhook when the settings give one (every message
+    goes there), else its own channel and address. An alert stored for the override webhook when
+    the setting is gone raises ``ValueError``: it is not sent anywhere else (the caller
+    dead-letters it with this reason)."""
+    if policy.override_webhook:
+        return "webhook", policy.override_webhook
+    if (address or "").startswith(OVERRIDE_MARKER):
+        raise ValueError("该预警原定发往统一告警 webhook，但发送时未设置 SIBIFANG_ALERT_WEBHOOK_URL，"
+                         "未发送（不会改发到其他地址），请恢复该设置或重新派发")
+    return channel, address or ""
 
 
 def backoff(attempt_no: int) -> timedelta:
@@ -156,7 +190,8 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
                          now=held_until or now)
             rows.append({
                 "id": alert_id, "dedup_key": dedup, "flag_id": flag["flag_id"], "recipient_id": rid,
-                "recipient_role": getattr(rcpt, "role", None), "channel": rcpt.channel, "address": rcpt.address,
+                "recipient_role": getattr(rcpt, "role", None), "channel": rcpt.channel,
+                "address": stored_address(rcpt),
                 "severity": flag["severity"], "title": msg.title, "body": msg.markdown or msg.text,
                 "status": "pending", "attempts": 0, "escalation_level": 0, "created_at": now,
                 "next_attempt_at": held_until or now,
@@ -378,7 +413,7 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
         msg = render_alert(fdict, household, rcpt, ack_url(policy.ack_base_url, make_ack_token(
             aid, c.id, policy.ack_secret, policy.ack_ttl, now)), alert_id=aid, now=now)
         rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
-                     "recipient_role": c.role, "channel": rcpt.channel, "address": rcpt.address,
+                     "recipient_role": c.role, "channel": rcpt.channel, "address": stored_address(rcpt),
                      "severity": flag.severity, "title": "【升级】" + msg.title,
                      "body": msg.markdown or msg.text, "status": "pending", "attempts": 0,
                      "escalation_level": new_level, "created_at": now, "next_attempt_at": now})

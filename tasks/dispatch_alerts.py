@@ -132,14 +132,16 @@ def _digest_groups(session, alerts, policy, now: datetime) -> dict:
     return out
 
 
-def _add_job(jobs: dict, unusable: list, ids: tuple, channel: str, address: str, msg, policy) -> None:
-    """Queue one send, or, when its channel cannot be built (no address, no SMS gateway), a
-    failed attempt that is not retried: one recipient's bad registry entry dead-letters her alert
-    for the supervisor instead of stopping every delivery behind it."""
+def _add_job(jobs: dict, unusable: list, ids: tuple, channel: str, address: str | None, msg, policy) -> None:
+    """Queue one send, or, when its channel cannot be built (no address, no SMS gateway, an alert
+    for the override webhook whose setting is gone), a failed attempt that is not retried: one
+    recipient's bad registry entry dead-letters her alert for the supervisor instead of stopping
+    every delivery behind it. Where it goes is decided now (``outbox.send_target``)."""
     from sibifang.channels import DeliveryResult
+    from sibifang.outbox import send_target
 
     try:
-        jobs[ids] = (_channel(channel, address, policy), msg)
+        jobs[ids] = (_channel(*send_target(channel, address, policy), policy), msg)
     except ValueError as e:
         result = DeliveryResult(ok=False, status_code=None, provider_code="config", error=str(e), retryable=False,
                                 latency_ms=0.0)
@@ -223,12 +225,10 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 for a in alerts:
                     if a.id in grouped:
                         continue
-                    channel, address = a.channel, a.address
-                    if policy.override_webhook:
-                        channel, address = "webhook", policy.override_webhook
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
                                           text=a.body, markdown=a.body)
-                    _add_job(jobs, unusable, (a.id,), channel, address or "", msg, policy)
+                    # the override webhook, or the alert's own channel (send_target)
+                    _add_job(jobs, unusable, (a.id,), a.channel, a.address, msg, policy)
             if unusable:
                 flush(unusable, token)
             if not jobs:

@@ -361,3 +361,95 @@ def test_each_dingtalk_robot_signs_with_its_own_secret(monkeypatch):
         for other, secret in secrets.items():
             verdict = verify_dingtalk(tok, secret)(rx.requests[0])
             assert (verdict is None) == (other == tok), (tok, other, verdict)
+
+
+# --------------------------------------------------------------------------- the override webhook's token
+
+ROBOT_KEY = "wk-7f3a9c2e51d84b60aa19"
+
+
+def _key_checked(secret: str):
+    """The generic contract's signature, and the robot key in the query: proves the real URL was used."""
+    signed = verify_generic(secret)
+
+    def check(rec):
+        if rec.query.get("key") != [ROBOT_KEY]:
+            return 403, "wrong or missing key"
+        return signed(rec)
+
+    return check
+
+
+def _everything_stored(url) -> str:
+    """Every text the database holds about alerts, attempts and audit events, as one string."""
+    import json
+
+    from schemas.models import AuditEvent
+
+    with session_scope(url) as s:
+        parts = [repr((a.channel, a.address, a.last_error, a.title, a.body)) for a in s.scalars(select(Alert))]
+        parts += [repr((d.error, d.provider_code)) for d in s.scalars(select(DeliveryAttempt))]
+        parts += [json.dumps([e.action, e.entity_id, e.detail], ensure_ascii=False, default=str)
+                  for e in s.scalars(select(AuditEvent))]
+    return "\n".join(parts)
+
+
+def test_override_webhook_token_is_never_stored_or_logged_and_still_delivered(outbox_db, monkeypatch, caplog):
+    """The override URL carries a robot key: the outbox stores a marker, the sender resolves the
+    real URL from the settings at send time, through retries, a new process and escalation."""
+    import logging
+
+    import tasks.dispatch_alerts as td
+    from sibifang.outbox import DispatchPolicy
+    from sibifang.settings import reset_settings
+    from tasks.dispatch_alerts import enqueue, escalate
+
+    caplog.set_level(logging.DEBUG)
+    with HttpReceiver(down_first_requests=12, verifier=_key_checked("s3cret")) as rx:
+        hook = f"{rx.url}/cgi-bin/webhook/send?key={ROBOT_KEY}"
+        _use_webhook(monkeypatch, hook)
+        queued = enqueue(NOW, outbox_db)
+        assert ROBOT_KEY not in repr(DispatchPolicy.from_settings())
+        # the next run is another process with the same settings
+        reset_settings()
+        td._CHANNELS.clear()
+        _drain(outbox_db)  # the first 12 requests fail: retried
+        later = NOW + timedelta(minutes=31)
+        escalated = escalate(later, outbox_db)
+        _drain(outbox_db, start=later)
+        keys = [r.json["dedup_key"] for r in rx.accepted()]
+    assert queued > 0 and escalated > 0
+    assert len(keys) == len(set(keys)) == count_alerts(outbox_db)
+    with session_scope(outbox_db) as s:
+        assert count(s, Alert, Alert.status != "sent") == 0
+        assert count(s, DeliveryAttempt, DeliveryAttempt.ok.is_(False)) >= 12
+        addresses = set(s.scalars(select(Alert.address)))
+    stored = _everything_stored(outbox_db)
+    assert ROBOT_KEY not in stored and "key=" not in stored
+    assert all(a and "127.0.0.1" in a for a in addresses)  # still says where it went, host only
+    assert ROBOT_KEY not in caplog.text
+
+
+def test_override_webhook_gone_at_send_time_dead_letters_the_alerts(outbox_db, monkeypatch, caplog):
+    """Queued for the override webhook, sent after the setting was removed: nothing goes anywhere,
+    each alert is dead-lettered with a reason naming the missing setting."""
+    import tasks.dispatch_alerts as td
+    from sibifang.settings import reset_settings
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, f"{rx.url}/cgi-bin/webhook/send?key={ROBOT_KEY}")
+        queued = enqueue(NOW, outbox_db)
+        monkeypatch.delenv("SIBIFANG_ALERT_WEBHOOK_URL")
+        reset_settings()
+        td._CHANNELS.clear()
+        totals = deliver(NOW, outbox_db)
+        deliver(NOW + timedelta(hours=1), outbox_db)  # a re-run sends nothing either
+        received = len(rx.requests)
+    assert queued > 0 and received == 0
+    assert totals["dead"] == queued
+    with session_scope(outbox_db) as s:
+        alerts = s.scalars(select(Alert)).all()
+        assert {a.status for a in alerts} == {"dead"}
+        assert all("SIBIFANG_ALERT_WEBHOOK_URL" in (a.last_error or "") for a in alerts)
+    assert ROBOT_KEY not in _everything_stored(outbox_db) and ROBOT_KEY not in caplog.text
