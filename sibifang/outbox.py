@@ -30,7 +30,7 @@ import pandas as pd
 from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from schemas.models import Alert, Area, Cadre, DeliveryAttempt, Household, RiskFlag
+from schemas.models import Alert, Area, AuditEvent, Cadre, DeliveryAttempt, Household, RiskFlag
 from sibifang.db import audit, upsert
 from sibifang.records import stable_id
 from sibifang.settings import local_now
@@ -43,6 +43,8 @@ BACKOFF_MAX = timedelta(hours=1)
 LOCAL_RATE_LIMIT = "local_rate_limit"
 # An alert of a flag answered (acknowledged or closed) before it went out: never sent.
 CANCELLED = "cancelled"
+# Audit action of a critical flag whose next escalation step found no one left to tell.
+ESCALATION_EXHAUSTED = "escalation_exhausted"
 # The address stored for an alert routed to the override webhook (``SIBIFANG_ALERT_WEBHOOK_URL``):
 # this prefix and the URL's scheme and host only. The URL often carries a robot key (``?key=``,
 # ``access_token=``, Feishu's ``/hook/<token>``), which must not reach the database; the sender
@@ -392,14 +394,19 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
     """Queue the flag's alerts one step up (``escalation_targets``), titled 【升级】; returns the
     ids of the alerts inserted (none twice: keyed by flag, cadre and level). The caller holds the
     flag's lock (``lock_flag``). ``why``: ``unanswered`` (no acknowledgement in time) or
-    ``requested`` (a cadre it reached answered 需上报处理)."""
+    ``requested`` (a cadre it reached answered 需上报处理). Nobody left to tell (everyone alerted
+    already, on leave or without a channel): recorded once (``record_escalation_exhausted``), the
+    flag stays open, and a later run escalates it if someone has become available."""
     from sibifang.ack_tokens import ack_url, make_ack_token
     from sibifang.dispatch_alerts import Recipient, render_alert
 
     new_level, targets = escalation_targets(session, flag.id, level, alerted, now=now,
                                             override=bool(policy.override_webhook))
     household = household_context(session, [flag.household_id]).get(flag.household_id)
-    if not targets or household is None:
+    if household is None:
+        return []
+    if not targets:
+        record_escalation_exhausted(session, flag, level, now=now, why=why)
         return []
     fdict = flag_payload(flag)
     rows = []
@@ -424,3 +431,24 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
         audit(session, "dispatch_alerts", "escalate", "risk_flag", flag.id,
               {"level": new_level, "to": [r["recipient_id"] for r in rows], "why": why}, at=now)
     return [r["id"] for r in rows]
+
+
+def record_escalation_exhausted(session: Session, flag: RiskFlag, level: int, *, now: datetime,
+                                why: str = "unanswered") -> bool:
+    """Record once that the flag's escalation from step ``level`` found no one left to tell: an
+    audit entry (``escalation_exhausted``, counted in the summary report) and a warning without
+    personal data. A re-run (or an overlapping one: the caller holds the flag's lock) records
+    nothing twice; returns whether it recorded now. The flag is left open."""
+    import logging
+
+    seen = session.scalars(select(AuditEvent.detail).where(
+        AuditEvent.entity == "risk_flag", AuditEvent.entity_id == flag.id,
+        AuditEvent.action == ESCALATION_EXHAUSTED)).all()
+    if any((d or {}).get("level") == level for d in seen):
+        return False
+    audit(session, "dispatch_alerts", ESCALATION_EXHAUSTED, "risk_flag", flag.id,
+          {"level": level, "why": why, "severity": flag.severity}, at=now)
+    logging.getLogger(__name__).warning(
+        "escalation (%s) of a %s flag from step %d found no one left to tell (all alerted, on leave or "
+        "without a channel): the flag stays open; recorded once for the supervisor", why, flag.severity, level)
+    return True

@@ -223,9 +223,14 @@ def report_period(as_of: date, *, period: str | None = None, period_days: int | 
 # ------------------------------------------------------------------ the report's figures
 def summarise(*, period_start: date, period_end: date, households: pd.DataFrame, plans: pd.DataFrame,
               visits: pd.DataFrame, flags: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFrame,
-              needs: pd.DataFrame, risk_map: pd.DataFrame, areas: pd.DataFrame) -> dict:
+              needs: pd.DataFrame, risk_map: pd.DataFrame, areas: pd.DataFrame,
+              escalations_exhausted: pd.DataFrame | None = None) -> dict:
     """The report's published figures. Inputs carry ids and codes only; the output carries only
-    counts that follow the suppression rule (ints, "<3", "*" or ranges) and statistics."""
+    counts that follow the suppression rule (ints, "<3", "*" or ranges) and statistics.
+
+    ``escalations_exhausted``: ``flag_id, at``, one row per time a flag's escalation found no one
+    left to tell (the audit's ``escalation_exhausted``); the report counts the flags this
+    happened to in the period."""
     in_period = lambda s: (pd.to_datetime(s) >= pd.Timestamp(period_start)) & (  # noqa: E731
         pd.to_datetime(s) < pd.Timestamp(period_end) + pd.Timedelta(days=1))
     plans, alerts, cases = as_of_period_end(plans, alerts, cases, period_end)
@@ -236,6 +241,8 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     a = alerts[in_period(alerts.created_at)] if not alerts.empty else alerts
     c_open = cases[in_period(cases.opened_at)] if not cases.empty else cases
     n = needs[in_period(needs.created_at)] if not needs.empty else needs
+    ex = escalations_exhausted if escalations_exhausted is not None else pd.DataFrame(columns=["flag_id", "at"])
+    n_exhausted = int(ex[in_period(ex["at"])].flag_id.nunique()) if not ex.empty else 0
     done = p[p.status == "done"] if not p.empty else p
     acked = a[a.acked_at.notna()] if not a.empty else a
     ack_minutes = ((pd.to_datetime(acked.acked_at) - pd.to_datetime(acked.first_sent_at)).dt.total_seconds() / 60
@@ -278,6 +285,8 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
         "alerts_cancelled": status[2] if status else None,
         "alerts_pending": status[3] if status else None,
         "alerts_acked": mask(n_acked),
+        # critical flags unanswered whose escalation found no one left to tell (kept open)
+        "flags_escalation_exhausted": mask(n_exhausted),
         "median_minutes_to_ack": _stat(round(float(ack_minutes.median()), 1) if len(ack_minutes) else None,
                                        len(ack_minutes)),
         "cases_opened": mask(len(c_open)),

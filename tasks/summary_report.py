@@ -16,8 +16,9 @@ from sibifang.db import grid_hierarchy, read_frame
 
 @task(name="gather_report_aggregates", cache_policy=NO_CACHE)
 def gather_aggregates(period_start: date, period_end: date, database_url: str | None = None) -> dict:
-    from schemas.models import (Alert, Area, Household, MediationCase, RiskFlag, RiskMapSnapshot, ServiceNeed, Visit,
-                                VisitPlan)
+    from schemas.models import (Alert, Area, AuditEvent, Household, MediationCase, RiskFlag, RiskMapSnapshot,
+                                ServiceNeed, Visit, VisitPlan)
+    from sibifang.outbox import ESCALATION_EXHAUSTED
     from sibifang.summary_report import summarise
 
     hh = read_frame(select(Household.id.label("household_id"), Household.categories), database_url)
@@ -44,6 +45,9 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
         needs=read_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at),
                          database_url),
         risk_map=read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of <= period_end), database_url),
+        escalations_exhausted=read_frame(select(AuditEvent.entity_id.label("flag_id"), AuditEvent.at)
+                                         .where(AuditEvent.action == ESCALATION_EXHAUSTED,
+                                                AuditEvent.entity == "risk_flag"), database_url),
     )
     agg = summarise(period_start=period_start, period_end=period_end, households=hh, areas=grids, **frames)
     return {"aggregates": agg, "risk_map": frames["risk_map"], "areas": grids}

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
+import tasks.dispatch_alerts  # noqa: F401 - Prefect sets up logging on import: before caplog's handler, not over it
 from schemas.models import Alert, Area, Cadre, DeliveryAttempt, Household, RiskFlag
 from sibifang.db import count, migrate, session_scope, upsert
 from tests.http_receiver import HttpReceiver, verify_generic
@@ -414,7 +415,7 @@ def test_override_webhook_token_is_never_stored_or_logged_and_still_delivered(ou
         reset_settings()
         td._CHANNELS.clear()
         _drain(outbox_db)  # the first 12 requests fail: retried
-        later = NOW + timedelta(minutes=31)
+        later = NOW + timedelta(minutes=45)  # 30 min after the retried ones went out too
         escalated = escalate(later, outbox_db)
         _drain(outbox_db, start=later)
         keys = [r.json["dedup_key"] for r in rx.accepted()]
@@ -453,3 +454,50 @@ def test_override_webhook_gone_at_send_time_dead_letters_the_alerts(outbox_db, m
         assert {a.status for a in alerts} == {"dead"}
         assert all("SIBIFANG_ALERT_WEBHOOK_URL" in (a.last_error or "") for a in alerts)
     assert ROBOT_KEY not in _everything_stored(outbox_db) and ROBOT_KEY not in caplog.text
+
+
+# --------------------------------------------------------------------------- escalation with nobody left
+
+
+def test_escalation_with_nobody_left_is_recorded_once_and_reported(outbox_db, monkeypatch, caplog):
+    """The grid workers and the chair got the critical alerts and the supervisor is on leave: the
+    step up finds no one. Recorded once per flag (audit, a warning without names), shown as a count
+    in the summary report; the flag stays open and escalates once someone is back."""
+    import logging
+    from datetime import date
+
+    from schemas.models import AuditEvent
+    from sibifang.summary_report import render_report
+    from tasks.dispatch_alerts import deliver, enqueue, escalate
+    from tasks.summary_report import gather_aggregates
+
+    with session_scope(outbox_db) as s:
+        s.get(Cadre, "SV1").on_leave_from = NOW.date() - timedelta(days=1)
+    critical = {f"F{i:03d}" for i in range(0, 40, 5)}
+    caplog.set_level(logging.WARNING)
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(NOW, outbox_db)
+        deliver(NOW, outbox_db)
+        runs = [escalate(NOW + timedelta(minutes=m), outbox_db) for m in (31, 45, 90)]
+        exhausted_logs = [r for r in caplog.records if "no one left" in r.getMessage()]
+        with session_scope(outbox_db) as s:
+            events = s.scalars(select(AuditEvent).where(AuditEvent.action == "escalation_exhausted")).all()
+            recorded = sorted((e.entity, e.entity_id, e.detail["level"]) for e in events)
+            assert {f.status for f in s.scalars(select(RiskFlag).where(RiskFlag.id.in_(critical)))} == {"open"}
+            s.get(Cadre, "SV1").on_leave_from = None  # back from leave
+        back = escalate(NOW + timedelta(minutes=120), outbox_db)
+    assert runs == [0, 0, 0]
+    assert recorded == sorted(("risk_flag", f, 0) for f in critical)  # once each, whatever the re-runs
+    assert len(exhausted_logs) == len(critical)
+    text = "\n".join(r.getMessage() for r in exhausted_logs)
+    assert not any(x in text for x in ("徐红", "陈丽", "周敏", "王秀英", "李", "H0", "F0", "SV1"))
+    assert back == len(critical)  # the flags were kept open: the step is taken once she can answer
+    day = NOW.date()
+    gathered = gather_aggregates.fn(day, day, outbox_db)
+    assert gathered["aggregates"]["flags_escalation_exhausted"] == len(critical)
+    html = render_report(gathered["aggregates"], risk_map_svg_text="<svg></svg>")
+    assert f"本期有 {len(critical)} 条风险预警无人响应" in html
+    # another period does not count them
+    assert gather_aggregates.fn(date(2026, 10, 1), date(2026, 10, 31), outbox_db)["aggregates"][
+        "flags_escalation_exhausted"] == 0

@@ -639,3 +639,19 @@ def test_the_report_shows_the_levels_as_the_period_began_beside_the_current_ones
     assert agg["risk_levels"] == _summarise()["risk_levels"]          # the current map is the latest's
     assert f"本期开始前（{START - timedelta(days=1)}）：红色 4 户，橙色 3 户，黄色 0 户，绿色 14 户" in _report(agg, rm)
     assert "本期开始前" not in _report(_summarise())                   # no run before the period: nothing to compare
+
+
+def test_flags_whose_escalation_found_no_one_are_counted_once_and_masked():
+    """Counted per flag (a flag recorded at two steps is one), in the period only, masked when small."""
+    exhausted = pd.DataFrame({"flag_id": ["F2", "F2", "F3", "F9"],
+                              "at": [T("2026-07-12 09:00"), T("2026-07-12 10:00"), T("2026-07-20 09:00"),
+                                     T("2026-08-02 09:00")]})
+    agg = summarise(period_start=START, period_end=END, households=_households(), risk_map=_risk_map(),
+                    areas=_areas(), escalations_exhausted=exhausted, **_frames())
+    assert agg["flags_escalation_exhausted"] == MASKED  # two flags in July
+    assert "本期有 &lt;3 条风险预警无人响应" in _report(agg)
+    many = pd.DataFrame({"flag_id": [f"F{i}" for i in range(4)], "at": [T("2026-07-15 09:00")] * 4})
+    agg = summarise(period_start=START, period_end=END, households=_households(), risk_map=_risk_map(),
+                    areas=_areas(), escalations_exhausted=many, **_frames())
+    assert agg["flags_escalation_exhausted"] == 4 and "本期有 4 条风险预警无人响应" in _report(agg)
+    assert "无人响应" not in _report(_summarise())  # none: no sentence
