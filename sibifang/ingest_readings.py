@@ -30,6 +30,16 @@ Decisions (documented here because detectors depend on them):
   (for registers: by the time elapsed since the previous reading). More is ``implausible_kwh``.
 * Duplicates. Same meter and ts: the first row in file order is kept; a later row with the
   same kWh is ``duplicate`` (informational), with a different kWh ``conflicting_duplicate``.
+  That is the feeds' rule and the store's (``ReadingStore.append`` keeps the value that came
+  first and hands a changed one back to be quarantined): what arrived first is kept, a changed
+  value is set aside. A file given to ``sibifang detect`` has no order that says which of two
+  rows came first (an export sorted by value or meter, a merge of two exports), so there
+  (``conflicts=CONFLICTS_SET_ASIDE``) a meter and time whose rows disagree keeps none of them:
+  every row is ``conflicting_duplicate`` and the slot is a gap (a gap is never a guess).
+  Rows that agree are still one reading and ``duplicate``s. Either way nothing is lost: each
+  row is accepted or quarantined with its reason, and with CONFLICTS_SET_ASIDE the accepted
+  readings do not depend on the order of the rows (save in the repeated autumn hour below,
+  where the order of the two passes is the only thing that tells them apart).
 * Summer time. Where the zone falls back (Europe/Paris: 2024-10-27, 03:00 back to 02:00), the
   naive times of the repeated hour occur twice in a correct export, once per pass. Their
   second occurrence (in file order, whatever its kWh) is ``ambiguous_dst_hour``
@@ -125,6 +135,10 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     # routine. The whole meter is set aside, each row with this reason.
     "interval_too_long": ("ts", "该电表读数间隔超过1小时（如按日抄表），无法按小时判断用电规律，未参与检测"),
 }
+# The same code when the readings of one meter and time disagree and none is kept (``sibifang
+# detect``, whose file has no order that says which came first; see clean_readings(conflicts=...)).
+CONFLICT_SET_ASIDE_REASON = ("同一电表同一时间有多条用电量不同的读数，无法判断哪一条正确：这些读数都未采用"
+                             "（该时段按缺数处理），请核实")
 # The same code when the row contradicts a reading already stored by an earlier batch
 # (ReadingStore keeps the stored value; the row is quarantined, not counted accepted).
 STORED_CONFLICT_REASON = ("同一电表同一时间已有入库的读数，且用电量不同：保留已入库的数值，本条请核实"
@@ -141,6 +155,15 @@ _NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
 _LOWER_Z_RE = r"(\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*)z$"
 # 24:00[:00[.000]] as a time of day (not "2024:00" nor "12:24:00"), before an optional offset.
 _END_OF_DAY_RE = r"(?<![\d:])24:00(?::00(?:[.,]0*)?)?(?=\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?$)"
+
+
+# How clean_readings settles readings of one meter and time with different kWh (see the module
+# docstring): the first in file order is kept (a feed, a clerk's file: arrival order), or, when
+# the rows have no order that means anything (``sibifang detect``), none of them is.
+CONFLICTS_KEEP_FIRST = "keep_first"
+CONFLICTS_SET_ASIDE = "set_aside"
+# Equal kWh: within this (the files' values have at most a few decimals).
+_SAME_KWH_ATOL = 1e-9
 
 
 @dataclass
@@ -420,6 +443,7 @@ def clean_readings(
     last_registers: pd.DataFrame | None = None,
     snap_to_grid: bool = False,
     max_interval_minutes: int | None = None,
+    conflicts: str = CONFLICTS_KEEP_FIRST,
 ) -> CleanResult:
     """Validate, convert and deduplicate raw readings; see the module docstring for the rules.
 
@@ -435,6 +459,11 @@ def clean_readings(
     jitter; see :func:`_snap_to_grid`) before duplicates are looked for. ``max_interval_minutes``
     sets aside every row of a meter whose interval is longer (``interval_too_long``). Both
     need ``interval_minutes`` (see :func:`infer_interval_minutes`); the feeds use neither.
+
+    ``conflicts``: readings of one meter and time with different kWh keep the first in file
+    order (CONFLICTS_KEEP_FIRST, the feeds and the store) or none (CONFLICTS_SET_ASIDE: every
+    such row is ``conflicting_duplicate``, so the result does not depend on the order of the
+    rows; ``sibifang detect``). See the module docstring.
     """
     if "kwh" in raw.columns:
         cumulative = False
@@ -475,6 +504,7 @@ def clean_readings(
         code[mask & (code == 0)] = _CODE_NUMBER[name]
 
     detail = np.full(n, "", dtype=object)
+    reason = np.full(n, "", dtype=object)  # a reason other than the code's own ("" = the code's)
     if EXTRA_FIELDS in raw.columns:
         extra = raw[EXTRA_FIELDS].astype("str").fillna("").to_numpy(dtype=object) != ""
         flag(extra, "extra_fields")
@@ -505,7 +535,8 @@ def clean_readings(
     if len(valid):
         order = _sorted_rows(meters.codes[valid], ts_values[valid])
         rows = valid[order]  # valid rows by meter, ts, file order
-        rows = _deduplicate(rows, meters.codes, ts_values, value, code, timezone)
+        rows, unresolved = _deduplicate(rows, meters.codes, ts_values, value, code, timezone, conflicts)
+        reason[unresolved] = CONFLICT_SET_ASIDE_REASON
         if cumulative:
             register_state = _difference_registers(rows, meters, ts_values, value, interval, code, kwh,
                                                    detail, max_kw, last_registers)
@@ -521,7 +552,7 @@ def clean_readings(
         "kwh": kwh[accepted_rows].astype(np.float64),
     })
 
-    quarantined = _quarantine_frame(raw, value_col, code, detail, line, meters, source)
+    quarantined = _quarantine_frame(raw, value_col, code, detail, line, meters, source, reason)
     counts = {"read": n, "accepted": len(accepted), "quarantined": len(quarantined)}
     per_code = np.bincount(code, minlength=len(_CODE_NAMES))
     for name in QUARANTINE_CODES:
@@ -601,21 +632,26 @@ def _sorted_rows(meter_codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 
 def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, value: np.ndarray,
-                 code: np.ndarray, timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
-    """Flag all but the first row of each (meter_id, ts); ``rows`` are sorted. -> kept rows.
+                 code: np.ndarray, timezone: str = LOCAL_TZ_NAME,
+                 conflicts: str = CONFLICTS_KEEP_FIRST) -> tuple[np.ndarray, np.ndarray]:
+    """Flag all but the first row of each (meter_id, ts); ``rows`` are sorted. -> (kept rows,
+    the rows set aside whole as conflicting, for their reason).
 
     In the hour repeated when summer time ends the second row is the clock's second pass
-    (``ambiguous_dst_hour``), not a duplicate; see the module docstring."""
+    (``ambiguous_dst_hour``), not a duplicate; see the module docstring. With ``conflicts``
+    CONFLICTS_SET_ASIDE, a (meter, ts) whose rows disagree on kWh (outside a repeated hour)
+    keeps none of them: every row is ``conflicting_duplicate``, whatever the order of the rows."""
     m = meter_codes[rows]
     t = ts[rows]
     dup = np.zeros(len(rows), dtype=bool)
     dup[1:] = (m[1:] == m[:-1]) & (t[1:] == t[:-1])
+    no_rows = np.zeros(0, dtype=rows.dtype)
     if not dup.any():
-        return rows
+        return rows, no_rows
     # Value of the kept (first) row of each group, carried forward onto its duplicates.
     group_start = np.maximum.accumulate(np.where(~dup, np.arange(len(rows)), 0))
     kept_value = value[rows][group_start]
-    same = np.isclose(value[rows], kept_value, rtol=0, atol=1e-9)
+    same = np.isclose(value[rows], kept_value, rtol=0, atol=_SAME_KWH_ATOL)
     second_pass = np.zeros(len(rows), dtype=bool)
     at = np.flatnonzero(dup)  # the few rows looked at in the zone's calendar
     repeated = np.zeros(len(rows), dtype=bool)
@@ -625,11 +661,22 @@ def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, valu
         second_pass = repeated & (occurrence == 1)
         # A third row or later is a duplicate of either pass, or conflicts with both.
         second_value = value[rows][np.minimum(group_start + 1, len(rows) - 1)]
-        same |= repeated & np.isclose(value[rows], second_value, rtol=0, atol=1e-9)
+        same |= repeated & np.isclose(value[rows], second_value, rtol=0, atol=_SAME_KWH_ATOL)
+    set_aside = np.zeros(len(rows), dtype=bool)
+    if conflicts == CONFLICTS_SET_ASIDE:
+        # A group conflicts when its values spread wider than equal: decided on the group's
+        # smallest and largest value, which no order of its rows changes.
+        starts = np.flatnonzero(~dup)
+        spread = np.maximum.reduceat(value[rows], starts) - np.minimum.reduceat(value[rows], starts)
+        in_dst_hour = np.logical_or.reduceat(repeated, starts)  # the passes: file order tells them apart
+        group = np.cumsum(~dup) - 1
+        set_aside = ((spread > _SAME_KWH_ATOL) & ~in_dst_hour)[group]
+    elif conflicts != CONFLICTS_KEEP_FIRST:
+        raise ValueError(f"conflicts: {CONFLICTS_KEEP_FIRST!r} or {CONFLICTS_SET_ASIDE!r}, not {conflicts!r}")
     code[rows[second_pass]] = _CODE_NUMBER["ambiguous_dst_hour"]
-    code[rows[dup & ~second_pass & same]] = _CODE_NUMBER["duplicate"]
-    code[rows[dup & ~second_pass & ~same]] = _CODE_NUMBER["conflicting_duplicate"]
-    return rows[~dup]
+    code[rows[dup & ~second_pass & same & ~set_aside]] = _CODE_NUMBER["duplicate"]
+    code[rows[(dup & ~second_pass & ~same) | set_aside]] = _CODE_NUMBER["conflicting_duplicate"]
+    return rows[~dup & ~set_aside], rows[set_aside]
 
 
 def _repeated_clock_time(ts: np.ndarray, timezone: str) -> np.ndarray:
@@ -829,7 +876,8 @@ def _register_state(previous: pd.DataFrame | None, batch: pd.DataFrame | None) -
 
 
 def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detail: np.ndarray,
-                      line: np.ndarray, meters: _MeterCodes, source: str) -> pd.DataFrame:
+                      line: np.ndarray, meters: _MeterCodes, source: str,
+                      reason: np.ndarray | None = None) -> pd.DataFrame:
     rows = np.flatnonzero(code != 0)
     if not len(rows):
         return pd.DataFrame({c: pd.Series([], dtype="int64" if c == "line" else "str")
@@ -840,7 +888,10 @@ def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detai
         fields = fields.replace("register_kwh", "kwh")
     else:
         fields = fields.replace("kwh", "register_kwh")
-    reasons = codes.map({k: v[1] for k, v in QUARANTINE_CODES.items()}) + pd.Series(detail[rows], dtype="str")
+    reasons = codes.map({k: v[1] for k, v in QUARANTINE_CODES.items()})
+    if reason is not None and (reason[rows] != "").any():
+        reasons = pd.Series(np.where(reason[rows] != "", reason[rows], reasons.to_numpy(dtype=object)), dtype="str")
+    reasons = reasons + pd.Series(detail[rows], dtype="str")
     sub = raw.iloc[rows]
     # The offending field's raw text, so the clerk sees what the file said.
     extra = _raw_text(sub[EXTRA_FIELDS]) if EXTRA_FIELDS in sub.columns else np.full(len(rows), "", dtype=object)

@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sibifang.ingest_readings import (
+    CONFLICT_SET_ASIDE_REASON,
+    CONFLICTS_SET_ASIDE,
     QUARANTINE_CODES,
     QUARANTINE_COLUMNS,
     REGISTER_JITTER_KWH,
@@ -134,6 +136,60 @@ def test_exact_and_conflicting_duplicates_keep_first_in_file_order():
     assert codes_by_line(r) == {4: "duplicate", 5: "conflicting_duplicate", 6: "duplicate"}
     assert r.accepted["kwh"].tolist() == [0.1, 0.4]
     assert r.counts["duplicate"] == 2 and r.counts["conflicting_duplicate"] == 1
+
+
+def test_conflicts_set_aside_keeps_none_of_the_readings_that_disagree():
+    """``sibifang detect``'s rule: a meter and time whose readings disagree keeps none of them,
+    every such row quarantined with a reason that says so; readings that agree are still one."""
+    rows = [
+        ("M1", "2026-11-20 08:30", "0.4"),          # line 2: conflicts with line 5
+        ("M1", "2026-11-20 08:15", "0.1"),          # line 3: kept
+        ("M1", "2026-11-20T00:30:00Z", "0.4"),      # line 4: same instant as line 2
+        ("M1", "2026-11-20 08:30", "0.9"),          # line 5: conflicting
+        ("M1", "2026-11-20 08:45", "0.2"),          # line 6: kept (line 7 agrees)
+        ("M1", "2026-11-20 08:45:00", "0.2"),       # line 7: duplicate
+    ]
+    r = clean(rows, conflicts=CONFLICTS_SET_ASIDE)
+    assert_balanced(r, 6)
+    assert codes_by_line(r) == {2: "conflicting_duplicate", 4: "conflicting_duplicate",
+                                5: "conflicting_duplicate", 7: "duplicate"}
+    assert r.accepted["kwh"].tolist() == [0.1, 0.2] and r.accepted_lines.tolist() == [3, 6]
+    q = r.quarantined.set_index("line")
+    assert (q.loc[[2, 4, 5], "reason"] == CONFLICT_SET_ASIDE_REASON).all()
+    assert q.loc[7, "reason"] == QUARANTINE_CODES["duplicate"][1]
+    assert r.counts["conflicting_duplicate"] == 3 and r.counts["duplicate"] == 1
+    # the default (feeds, the store) is unchanged: the first in file order is kept
+    assert codes_by_line(clean(rows)) == {4: "duplicate", 5: "conflicting_duplicate", 7: "duplicate"}
+
+
+_conflict_rows = st.lists(st.tuples(st.sampled_from(["M1", "M2"]), st.integers(0, 5), st.sampled_from(
+    ["0.1", "0.2", "0.10", "0.3", "x", "-1"])), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=_conflict_rows, data=st.data())
+def test_property_conflicts_set_aside_does_not_depend_on_the_order_of_the_rows(rows, data):
+    """Any permutation of the rows: the same accepted readings and the same rows set aside for
+    the same reasons, every row accounted for."""
+    times = pd.date_range("2026-11-20 08:15", periods=6, freq="15min").strftime("%Y-%m-%d %H:%M")
+    as_text = [(m, times[k], v) for m, k, v in rows]  # "0.1" and "0.10" agree
+    order = data.draw(st.permutations(range(len(rows))))
+    first = clean(as_text, conflicts=CONFLICTS_SET_ASIDE)
+    again = clean([as_text[i] for i in order], conflicts=CONFLICTS_SET_ASIDE)
+    assert_balanced(again, len(rows))
+    pd.testing.assert_frame_equal(again.accepted, first.accepted)
+    assert again.counts == first.counts
+
+    def set_aside(r):
+        return sorted(r.quarantined[["meter_id", "ts", "code", "reason", "value"]].itertuples(index=False))
+
+    assert set_aside(again) == set_aside(first)
+    # no meter and time keeps a reading when its rows disagree
+    values = pd.DataFrame(as_text, columns=["meter_id", "ts", "kwh"]).assign(
+        kwh=lambda f: pd.to_numeric(f.kwh, errors="coerce")).query("kwh >= 0")
+    disagree = values.groupby(["meter_id", "ts"]).kwh.nunique().loc[lambda n: n > 1].index
+    kept = set(zip(first.accepted.meter_id, first.accepted.ts.dt.strftime("%Y-%m-%d %H:%M")))
+    assert not kept & set(disagree)
 
 
 def test_repeated_autumn_hour_is_not_a_duplicate_and_real_duplicates_still_are():
