@@ -981,6 +981,70 @@ def test_csv_read_in_blocks_keeps_true_line_numbers(tmp_path, monkeypatch):
     assert e.value.line == 7 and "第7行引号未闭合" in e.value.message_zh
 
 
+def test_a_quoted_line_break_does_not_shift_the_lines_of_the_rows_after_it(tmp_path):
+    """A cell with a line break in it (Alt+Enter in Excel) makes its row span two lines: the
+    rows after it are reported on the lines they are on, in the quarantine and in file errors,
+    in every encoding and with Windows line ends."""
+    text = ('meter_id,ts,kwh\n'
+            '"M\n1",2026-11-20 08:15,0.1\n'           # lines 2-3
+            'M1,2026-11-20 08:30,0.1\n'                # line 4
+            '\n'                                        # line 5: blank
+            'M1,"2026-11-20\n\n08:45",0.1\n'           # lines 6-8
+            'M1,notatime,0.1\n')                        # line 9
+    for name, data in {"lf.csv": text.encode(), "crlf.csv": text.replace("\n", "\r\n").encode(),
+                       "gbk.csv": text.replace("M1", "电表1").encode("gbk"),
+                       "utf16.csv": text.encode("utf-16")}.items():
+        src = tmp_path / name
+        src.write_bytes(data)
+        raw = read_readings_file(src)
+        assert raw.line.tolist() == [2, 4, 5, 6, 9], name
+        q = clean_readings(raw, source=name, now=NOW).quarantined.set_index("line")
+        assert q.loc[9, "code"] == "bad_ts" and q.loc[9, "value"] == "notatime", name
+        assert q.loc[5, "code"] == "missing_meter_id", name
+    src = tmp_path / "wide.csv"  # a row wider than the header after a multi-line one: pandas' record 4
+    src.write_text('meter_id,ts,kwh\n"M\n1",2026-11-20 08:15,0.1\n\nM1,"x\ny",0.1,9\n', encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(src)
+    assert e.value.line == 5 and "第5行的列数多于表头" in e.value.message_zh and "line 5" in str(e.value)
+    src = tmp_path / "quote.csv"  # an unclosed quote after a multi-line row: pandas' record 4
+    src.write_text('meter_id,ts,kwh\n"M\n1",2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1\n'
+                   'M1,"2026-11-20 08:45,0.1\nM1,2026-11-20 09:00,0.1\n', encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(src)
+    assert e.value.line == 5 and "第5行引号未闭合" in e.value.message_zh
+
+
+_cells = st.lists(st.sampled_from(["a", "1", " ", ",", '"', "\n", "\r\n", "电"]), max_size=6).map("".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.one_of(st.none(), st.tuples(_cells, _cells, _cells)), max_size=12),
+       newline=st.sampled_from(["\n", "\r\n"]))
+def test_property_line_is_the_physical_line_a_row_starts_on(tmp_path, rows, newline):
+    """Whatever the cells hold (separators, quotes, line breaks) and wherever blank lines are:
+    each row's ``line`` is the line it starts on, counted as a text editor counts them."""
+    import csv
+    import io
+
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator=newline)
+    writer.writerow(["meter_id", "ts", "kwh"])
+    expected = []
+    for row in rows:
+        expected.append(out.getvalue().count("\n") + 1)
+        if row is None:
+            out.write(newline)  # a blank line
+        else:
+            writer.writerow(row)
+    src = tmp_path / "r.csv"
+    src.write_bytes(out.getvalue().encode("utf-8"))
+    try:
+        raw = read_readings_file(src)
+    except ImportFileError:
+        return  # a whole column written a way the file checks refuse: not about lines
+    assert raw.line.tolist() == expected
+
+
 # --------------------------------------------------------------------------- rows wider than the header
 # (review, HIGH: a comma at the end of each row made pandas take meter_id as the index and shift
 # every field one column left -- every row bad_ts, raw {"meter_id": "2025-01-15 12:00", ...})
