@@ -347,6 +347,41 @@ def _to_ns(ts: pd.Series) -> pd.Series:
     return ts.astype("datetime64[ns]").dt.floor("s")
 
 
+@dataclass(frozen=True)
+class ReadingTimes:
+    """The ``ts`` column of a raw frame read once (:func:`parse_reading_times`), for the calls
+    that would each read it again: a meter-API pull asks :func:`already_stored` which rows the
+    store holds and cleans the others (``clean_readings(times=...)``); reading a million
+    timestamps with offsets takes about 0.6 s, a third of what the pull's cleaning takes."""
+
+    ts: pd.Series          # naive local datetime64[ns], NaT where missing or unreadable
+    missing: np.ndarray    # bool: no time given
+    bad: np.ndarray        # bool: a time given that cannot be read
+    timezone: str
+
+    def __len__(self) -> int:
+        return len(self.missing)
+
+    def take(self, keep: np.ndarray) -> "ReadingTimes":
+        """The times of the rows where ``keep`` (a boolean mask), as ``raw.loc[keep]`` keeps them."""
+        keep = np.asarray(keep, dtype=bool)
+        return ReadingTimes(self.ts[keep].reset_index(drop=True), self.missing[keep], self.bad[keep], self.timezone)
+
+
+def parse_reading_times(raw: pd.DataFrame, timezone: str = LOCAL_TZ_NAME) -> ReadingTimes:
+    """``raw["ts"]`` read as :func:`clean_readings` reads it (offsets converted to ``timezone``)."""
+    ts, missing, bad = _parse_ts(raw["ts"].reset_index(drop=True), timezone)
+    return ReadingTimes(ts, missing, bad, timezone)
+
+
+def _times_of(raw: pd.DataFrame, times: ReadingTimes | None, timezone: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    if times is None:
+        return _parse_ts(raw["ts"], timezone)
+    if len(times) != len(raw) or times.timezone != timezone:
+        raise ValueError(f"times: {len(times)} rows in {times.timezone}, the frame has {len(raw)} in {timezone}")
+    return times.ts, times.missing, times.bad
+
+
 def readings_after(raw: pd.DataFrame, as_of: datetime, now: datetime, *,
                    future_skew: pd.Timedelta = DEFAULT_FUTURE_SKEW, timezone: str = LOCAL_TZ_NAME) -> int:
     """How many rows of ``raw`` are readings of a day after ``as_of``'s day but not in the future
@@ -380,7 +415,7 @@ def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
 
 def already_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], load_stored, *,
                    interval_minutes: dict[str, int] | int | None = None,
-                   timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
+                   timezone: str = LOCAL_TZ_NAME, times: ReadingTimes | None = None) -> np.ndarray:
     """Mask of the rows of ``raw`` (as :func:`clean_readings` takes it) that the store already
     holds: the same meter and time, read and snapped onto the meter's grid as the cleaning reads
     it, and, for interval kWh, the same value (a register's value is not what is stored).
@@ -391,13 +426,14 @@ def already_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], load_sto
     meter_ids)`` (``ReadingStore.load``) gives the stored readings of that span. A reading that
     arrives late (its meter's later ones stored first) or with another value (a correction,
     quarantined as a conflicting duplicate) is read. Rows without a meter or a readable time,
-    and meters the store does not hold, are never masked (the cleaning judges them)."""
+    and meters the store does not hold, are never masked (the cleaning judges them).
+    ``times``: ``raw``'s times already read (:func:`parse_reading_times`), not read again."""
     n = len(raw)
     if not n or not last_ts:
         return np.zeros(n, dtype=bool)
     raw = raw.reset_index(drop=True)
     meters = _MeterCodes.of(raw["meter_id"])
-    ts, ts_missing, ts_bad = _parse_ts(raw["ts"], timezone)
+    ts, ts_missing, ts_bad = _times_of(raw, times, timezone)
     values = ts.to_numpy()
     readable = ~ts_missing & ~ts_bad & (meters.codes >= 0)
     interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
@@ -444,6 +480,7 @@ def clean_readings(
     snap_to_grid: bool = False,
     max_interval_minutes: int | None = None,
     conflicts: str = CONFLICTS_KEEP_FIRST,
+    times: ReadingTimes | None = None,
 ) -> CleanResult:
     """Validate, convert and deduplicate raw readings; see the module docstring for the rules.
 
@@ -464,6 +501,10 @@ def clean_readings(
     order (CONFLICTS_KEEP_FIRST, the feeds and the store) or none (CONFLICTS_SET_ASIDE: every
     such row is ``conflicting_duplicate``, so the result does not depend on the order of the
     rows; ``sibifang detect``). See the module docstring.
+
+    ``times``: ``raw``'s ``ts`` already read by :func:`parse_reading_times` (same rows, same
+    ``timezone``), which a caller that has read them for another purpose passes so they are
+    not read twice; the result is the same.
     """
     if "kwh" in raw.columns:
         cumulative = False
@@ -487,7 +528,7 @@ def clean_readings(
     # Meter ids as integer codes into a sorted dictionary: sorting, deduplication and the
     # per-meter lookups below then work on integers, never on millions of Python strings.
     meters = _MeterCodes.of(raw["meter_id"])
-    ts, ts_missing, ts_bad = _parse_ts(raw["ts"], timezone)
+    ts, ts_missing, ts_bad = _times_of(raw, times, timezone)
     ts_values = ts.to_numpy()
     interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
     if snap_to_grid:

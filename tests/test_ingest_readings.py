@@ -19,6 +19,7 @@ from sibifang.ingest_readings import (
     REGISTER_JITTER_KWH,
     CleanResult,
     clean_readings,
+    parse_reading_times,
 )
 from sibifang.readings_files import read_readings_file
 
@@ -1235,3 +1236,28 @@ def test_full_width_digits_in_kwh_are_read_as_digits():
     assert_balanced(r, 3)
     assert list(r.accepted["kwh"]) == [0.5, 0.25]
     assert list(r.quarantined["code"]) == ["bad_kwh"]
+
+
+_pulled_rows = st.lists(st.tuples(
+    st.sampled_from(["M1", "M2", "", None]),
+    st.one_of(st.integers(0, 8).map(lambda k: f"2026-11-20T{8 + k // 4:02d}:{k % 4 * 15:02d}:0{k % 3}+08:00"),
+              st.sampled_from(["2026-11-20 08:15", "2026-11-20 24:00", "2026-11-20T00:30:00z", "", None, "later"])),
+    st.sampled_from(["0.1", "0.2", "-1", "x", "", 30.0, 0.25])), max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=_pulled_rows, keep=st.lists(st.booleans(), min_size=25, max_size=25))
+def test_property_times_read_once_clean_as_they_would_be_read_again(rows, keep):
+    """clean_readings with the times a pull read first (of the rows it keeps) gives the result
+    it gives reading them itself."""
+    raw = pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"], dtype=object)
+    kept = np.asarray(keep[:len(raw)], dtype=bool)
+    times = parse_reading_times(raw).take(kept)
+    raw = raw.loc[kept].reset_index(drop=True)
+    options = dict(source="meter-api", now=NOW, known_meters={"M1"}, interval_minutes=15, snap_to_grid=True)
+    once, again = clean_readings(raw, times=times, **options), clean_readings(raw, **options)
+    pd.testing.assert_frame_equal(once.accepted, again.accepted)
+    pd.testing.assert_frame_equal(once.quarantined, again.quarantined)
+    assert once.counts == again.counts and once.accepted_lines.tolist() == again.accepted_lines.tolist()
+    with pytest.raises(ValueError):
+        clean_readings(raw, times=parse_reading_times(raw, "Europe/Paris"), **options)
