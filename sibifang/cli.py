@@ -325,6 +325,7 @@ def clean_for_detect(path: Path, tz: str) -> _Cleaned:
     evaluation harness reads anyone's households through it too (``--real``)."""
     import pandas as pd
 
+    from sibifang.ingest_readings import CONFLICTS_SET_ASIDE
     from sibifang.readings_files import read_readings_file
 
     try:
@@ -332,7 +333,11 @@ def clean_for_detect(path: Path, tz: str) -> _Cleaned:
     except OSError as e:  # unreadable (permissions, a vanished file): not a traceback either
         raise DetectInputError(f"文件 {path.name} 无法读取：{e.strerror or e}。") from None
     options = dict(source=path.name, now=pd.Timestamp(DETECT_NOW).to_pydatetime(),
-                   min_ts=pd.Timestamp(DETECT_MIN_TS), timezone=tz)
+                   min_ts=pd.Timestamp(DETECT_MIN_TS), timezone=tz,
+                   # the rows of a file have no order that says which of two readings came first:
+                   # a meter and time whose readings disagree keeps none (the flags never depend on
+                   # the order of the rows); see sibifang/ingest_readings.py, "Duplicates"
+                   conflicts=CONFLICTS_SET_ASIDE)
     cleaned = _Cleaned()
     for rows in _meter_groups(raw["meter_id"], CLEAN_ROWS_PER_CHUNK):
         cleaned.add(_clean_meter_group(raw.iloc[rows], options))
@@ -451,7 +456,8 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
     """Run the meter detectors on a file, outside the database: one row per episode.
 
     The file is read and cleaned as `sibifang import readings` does (offsets converted to
-    local time, duplicates and implausible values set aside; clock jitter snapped to each
+    local time, duplicates and implausible values set aside -- readings of one meter and time
+    that disagree are all set aside, so the order of the rows never changes a flag; clock jitter snapped to each
     meter's interval; meters read less often than hourly set aside; in a zone with summer time
     the second pass of the hour repeated in autumn set aside as ``ambiguous_dst_hour``, see
     sibifang/ingest_readings.py); rows set aside are written with their line and reason to

@@ -30,6 +30,16 @@ Decisions (documented here because detectors depend on them):
   (for registers: by the time elapsed since the previous reading). More is ``implausible_kwh``.
 * Duplicates. Same meter and ts: the first row in file order is kept; a later row with the
   same kWh is ``duplicate`` (informational), with a different kWh ``conflicting_duplicate``.
+  That is the feeds' rule and the store's (``ReadingStore.append`` keeps the value that came
+  first and hands a changed one back to be quarantined): what arrived first is kept, a changed
+  value is set aside. A file given to ``sibifang detect`` has no order that says which of two
+  rows came first (an export sorted by value or meter, a merge of two exports), so there
+  (``conflicts=CONFLICTS_SET_ASIDE``) a meter and time whose rows disagree keeps none of them:
+  every row is ``conflicting_duplicate`` and the slot is a gap (a gap is never a guess).
+  Rows that agree are still one reading and ``duplicate``s. Either way nothing is lost: each
+  row is accepted or quarantined with its reason, and with CONFLICTS_SET_ASIDE the accepted
+  readings do not depend on the order of the rows (save in the repeated autumn hour below,
+  where the order of the two passes is the only thing that tells them apart).
 * Summer time. Where the zone falls back (Europe/Paris: 2024-10-27, 03:00 back to 02:00), the
   naive times of the repeated hour occur twice in a correct export, once per pass. Their
   second occurrence (in file order, whatever its kWh) is ``ambiguous_dst_hour``
@@ -125,6 +135,10 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     # routine. The whole meter is set aside, each row with this reason.
     "interval_too_long": ("ts", "该电表读数间隔超过1小时（如按日抄表），无法按小时判断用电规律，未参与检测"),
 }
+# The same code when the readings of one meter and time disagree and none is kept (``sibifang
+# detect``, whose file has no order that says which came first; see clean_readings(conflicts=...)).
+CONFLICT_SET_ASIDE_REASON = ("同一电表同一时间有多条用电量不同的读数，无法判断哪一条正确：这些读数都未采用"
+                             "（该时段按缺数处理），请核实")
 # The same code when the row contradicts a reading already stored by an earlier batch
 # (ReadingStore keeps the stored value; the row is quarantined, not counted accepted).
 STORED_CONFLICT_REASON = ("同一电表同一时间已有入库的读数，且用电量不同：保留已入库的数值，本条请核实"
@@ -141,6 +155,15 @@ _NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
 _LOWER_Z_RE = r"(\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*)z$"
 # 24:00[:00[.000]] as a time of day (not "2024:00" nor "12:24:00"), before an optional offset.
 _END_OF_DAY_RE = r"(?<![\d:])24:00(?::00(?:[.,]0*)?)?(?=\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?$)"
+
+
+# How clean_readings settles readings of one meter and time with different kWh (see the module
+# docstring): the first in file order is kept (a feed, a clerk's file: arrival order), or, when
+# the rows have no order that means anything (``sibifang detect``), none of them is.
+CONFLICTS_KEEP_FIRST = "keep_first"
+CONFLICTS_SET_ASIDE = "set_aside"
+# Equal kWh: within this (the files' values have at most a few decimals).
+_SAME_KWH_ATOL = 1e-9
 
 
 @dataclass
@@ -324,6 +347,41 @@ def _to_ns(ts: pd.Series) -> pd.Series:
     return ts.astype("datetime64[ns]").dt.floor("s")
 
 
+@dataclass(frozen=True)
+class ReadingTimes:
+    """The ``ts`` column of a raw frame read once (:func:`parse_reading_times`), for the calls
+    that would each read it again: a meter-API pull asks :func:`already_stored` which rows the
+    store holds and cleans the others (``clean_readings(times=...)``); reading a million
+    timestamps with offsets takes about 0.6 s, a third of what the pull's cleaning takes."""
+
+    ts: pd.Series          # naive local datetime64[ns], NaT where missing or unreadable
+    missing: np.ndarray    # bool: no time given
+    bad: np.ndarray        # bool: a time given that cannot be read
+    timezone: str
+
+    def __len__(self) -> int:
+        return len(self.missing)
+
+    def take(self, keep: np.ndarray) -> "ReadingTimes":
+        """The times of the rows where ``keep`` (a boolean mask), as ``raw.loc[keep]`` keeps them."""
+        keep = np.asarray(keep, dtype=bool)
+        return ReadingTimes(self.ts[keep].reset_index(drop=True), self.missing[keep], self.bad[keep], self.timezone)
+
+
+def parse_reading_times(raw: pd.DataFrame, timezone: str = LOCAL_TZ_NAME) -> ReadingTimes:
+    """``raw["ts"]`` read as :func:`clean_readings` reads it (offsets converted to ``timezone``)."""
+    ts, missing, bad = _parse_ts(raw["ts"].reset_index(drop=True), timezone)
+    return ReadingTimes(ts, missing, bad, timezone)
+
+
+def _times_of(raw: pd.DataFrame, times: ReadingTimes | None, timezone: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    if times is None:
+        return _parse_ts(raw["ts"], timezone)
+    if len(times) != len(raw) or times.timezone != timezone:
+        raise ValueError(f"times: {len(times)} rows in {times.timezone}, the frame has {len(raw)} in {timezone}")
+    return times.ts, times.missing, times.bad
+
+
 def readings_after(raw: pd.DataFrame, as_of: datetime, now: datetime, *,
                    future_skew: pd.Timedelta = DEFAULT_FUTURE_SKEW, timezone: str = LOCAL_TZ_NAME) -> int:
     """How many rows of ``raw`` are readings of a day after ``as_of``'s day but not in the future
@@ -357,7 +415,7 @@ def _local_now(now: datetime | None, tz: str) -> pd.Timestamp:
 
 def already_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], load_stored, *,
                    interval_minutes: dict[str, int] | int | None = None,
-                   timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
+                   timezone: str = LOCAL_TZ_NAME, times: ReadingTimes | None = None) -> np.ndarray:
     """Mask of the rows of ``raw`` (as :func:`clean_readings` takes it) that the store already
     holds: the same meter and time, read and snapped onto the meter's grid as the cleaning reads
     it, and, for interval kWh, the same value (a register's value is not what is stored).
@@ -368,13 +426,14 @@ def already_stored(raw: pd.DataFrame, last_ts: dict[str, pd.Timestamp], load_sto
     meter_ids)`` (``ReadingStore.load``) gives the stored readings of that span. A reading that
     arrives late (its meter's later ones stored first) or with another value (a correction,
     quarantined as a conflicting duplicate) is read. Rows without a meter or a readable time,
-    and meters the store does not hold, are never masked (the cleaning judges them)."""
+    and meters the store does not hold, are never masked (the cleaning judges them).
+    ``times``: ``raw``'s times already read (:func:`parse_reading_times`), not read again."""
     n = len(raw)
     if not n or not last_ts:
         return np.zeros(n, dtype=bool)
     raw = raw.reset_index(drop=True)
     meters = _MeterCodes.of(raw["meter_id"])
-    ts, ts_missing, ts_bad = _parse_ts(raw["ts"], timezone)
+    ts, ts_missing, ts_bad = _times_of(raw, times, timezone)
     values = ts.to_numpy()
     readable = ~ts_missing & ~ts_bad & (meters.codes >= 0)
     interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
@@ -420,6 +479,8 @@ def clean_readings(
     last_registers: pd.DataFrame | None = None,
     snap_to_grid: bool = False,
     max_interval_minutes: int | None = None,
+    conflicts: str = CONFLICTS_KEEP_FIRST,
+    times: ReadingTimes | None = None,
 ) -> CleanResult:
     """Validate, convert and deduplicate raw readings; see the module docstring for the rules.
 
@@ -435,6 +496,15 @@ def clean_readings(
     jitter; see :func:`_snap_to_grid`) before duplicates are looked for. ``max_interval_minutes``
     sets aside every row of a meter whose interval is longer (``interval_too_long``). Both
     need ``interval_minutes`` (see :func:`infer_interval_minutes`); the feeds use neither.
+
+    ``conflicts``: readings of one meter and time with different kWh keep the first in file
+    order (CONFLICTS_KEEP_FIRST, the feeds and the store) or none (CONFLICTS_SET_ASIDE: every
+    such row is ``conflicting_duplicate``, so the result does not depend on the order of the
+    rows; ``sibifang detect``). See the module docstring.
+
+    ``times``: ``raw``'s ``ts`` already read by :func:`parse_reading_times` (same rows, same
+    ``timezone``), which a caller that has read them for another purpose passes so they are
+    not read twice; the result is the same.
     """
     if "kwh" in raw.columns:
         cumulative = False
@@ -458,7 +528,7 @@ def clean_readings(
     # Meter ids as integer codes into a sorted dictionary: sorting, deduplication and the
     # per-meter lookups below then work on integers, never on millions of Python strings.
     meters = _MeterCodes.of(raw["meter_id"])
-    ts, ts_missing, ts_bad = _parse_ts(raw["ts"], timezone)
+    ts, ts_missing, ts_bad = _times_of(raw, times, timezone)
     ts_values = ts.to_numpy()
     interval = meters.per_row(_interval_per_meter(meters.names, interval_minutes))
     if snap_to_grid:
@@ -475,6 +545,7 @@ def clean_readings(
         code[mask & (code == 0)] = _CODE_NUMBER[name]
 
     detail = np.full(n, "", dtype=object)
+    reason = np.full(n, "", dtype=object)  # a reason other than the code's own ("" = the code's)
     if EXTRA_FIELDS in raw.columns:
         extra = raw[EXTRA_FIELDS].astype("str").fillna("").to_numpy(dtype=object) != ""
         flag(extra, "extra_fields")
@@ -505,7 +576,8 @@ def clean_readings(
     if len(valid):
         order = _sorted_rows(meters.codes[valid], ts_values[valid])
         rows = valid[order]  # valid rows by meter, ts, file order
-        rows = _deduplicate(rows, meters.codes, ts_values, value, code, timezone)
+        rows, unresolved = _deduplicate(rows, meters.codes, ts_values, value, code, timezone, conflicts)
+        reason[unresolved] = CONFLICT_SET_ASIDE_REASON
         if cumulative:
             register_state = _difference_registers(rows, meters, ts_values, value, interval, code, kwh,
                                                    detail, max_kw, last_registers)
@@ -521,7 +593,7 @@ def clean_readings(
         "kwh": kwh[accepted_rows].astype(np.float64),
     })
 
-    quarantined = _quarantine_frame(raw, value_col, code, detail, line, meters, source)
+    quarantined = _quarantine_frame(raw, value_col, code, detail, line, meters, source, reason)
     counts = {"read": n, "accepted": len(accepted), "quarantined": len(quarantined)}
     per_code = np.bincount(code, minlength=len(_CODE_NAMES))
     for name in QUARANTINE_CODES:
@@ -601,21 +673,26 @@ def _sorted_rows(meter_codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 
 def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, value: np.ndarray,
-                 code: np.ndarray, timezone: str = LOCAL_TZ_NAME) -> np.ndarray:
-    """Flag all but the first row of each (meter_id, ts); ``rows`` are sorted. -> kept rows.
+                 code: np.ndarray, timezone: str = LOCAL_TZ_NAME,
+                 conflicts: str = CONFLICTS_KEEP_FIRST) -> tuple[np.ndarray, np.ndarray]:
+    """Flag all but the first row of each (meter_id, ts); ``rows`` are sorted. -> (kept rows,
+    the rows set aside whole as conflicting, for their reason).
 
     In the hour repeated when summer time ends the second row is the clock's second pass
-    (``ambiguous_dst_hour``), not a duplicate; see the module docstring."""
+    (``ambiguous_dst_hour``), not a duplicate; see the module docstring. With ``conflicts``
+    CONFLICTS_SET_ASIDE, a (meter, ts) whose rows disagree on kWh (outside a repeated hour)
+    keeps none of them: every row is ``conflicting_duplicate``, whatever the order of the rows."""
     m = meter_codes[rows]
     t = ts[rows]
     dup = np.zeros(len(rows), dtype=bool)
     dup[1:] = (m[1:] == m[:-1]) & (t[1:] == t[:-1])
+    no_rows = np.zeros(0, dtype=rows.dtype)
     if not dup.any():
-        return rows
+        return rows, no_rows
     # Value of the kept (first) row of each group, carried forward onto its duplicates.
     group_start = np.maximum.accumulate(np.where(~dup, np.arange(len(rows)), 0))
     kept_value = value[rows][group_start]
-    same = np.isclose(value[rows], kept_value, rtol=0, atol=1e-9)
+    same = np.isclose(value[rows], kept_value, rtol=0, atol=_SAME_KWH_ATOL)
     second_pass = np.zeros(len(rows), dtype=bool)
     at = np.flatnonzero(dup)  # the few rows looked at in the zone's calendar
     repeated = np.zeros(len(rows), dtype=bool)
@@ -625,11 +702,22 @@ def _deduplicate(rows: np.ndarray, meter_codes: np.ndarray, ts: np.ndarray, valu
         second_pass = repeated & (occurrence == 1)
         # A third row or later is a duplicate of either pass, or conflicts with both.
         second_value = value[rows][np.minimum(group_start + 1, len(rows) - 1)]
-        same |= repeated & np.isclose(value[rows], second_value, rtol=0, atol=1e-9)
+        same |= repeated & np.isclose(value[rows], second_value, rtol=0, atol=_SAME_KWH_ATOL)
+    set_aside = np.zeros(len(rows), dtype=bool)
+    if conflicts == CONFLICTS_SET_ASIDE:
+        # A group conflicts when its values spread wider than equal: decided on the group's
+        # smallest and largest value, which no order of its rows changes.
+        starts = np.flatnonzero(~dup)
+        spread = np.maximum.reduceat(value[rows], starts) - np.minimum.reduceat(value[rows], starts)
+        in_dst_hour = np.logical_or.reduceat(repeated, starts)  # the passes: file order tells them apart
+        group = np.cumsum(~dup) - 1
+        set_aside = ((spread > _SAME_KWH_ATOL) & ~in_dst_hour)[group]
+    elif conflicts != CONFLICTS_KEEP_FIRST:
+        raise ValueError(f"conflicts: {CONFLICTS_KEEP_FIRST!r} or {CONFLICTS_SET_ASIDE!r}, not {conflicts!r}")
     code[rows[second_pass]] = _CODE_NUMBER["ambiguous_dst_hour"]
-    code[rows[dup & ~second_pass & same]] = _CODE_NUMBER["duplicate"]
-    code[rows[dup & ~second_pass & ~same]] = _CODE_NUMBER["conflicting_duplicate"]
-    return rows[~dup]
+    code[rows[dup & ~second_pass & same & ~set_aside]] = _CODE_NUMBER["duplicate"]
+    code[rows[(dup & ~second_pass & ~same) | set_aside]] = _CODE_NUMBER["conflicting_duplicate"]
+    return rows[~dup & ~set_aside], rows[set_aside]
 
 
 def _repeated_clock_time(ts: np.ndarray, timezone: str) -> np.ndarray:
@@ -829,7 +917,8 @@ def _register_state(previous: pd.DataFrame | None, batch: pd.DataFrame | None) -
 
 
 def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detail: np.ndarray,
-                      line: np.ndarray, meters: _MeterCodes, source: str) -> pd.DataFrame:
+                      line: np.ndarray, meters: _MeterCodes, source: str,
+                      reason: np.ndarray | None = None) -> pd.DataFrame:
     rows = np.flatnonzero(code != 0)
     if not len(rows):
         return pd.DataFrame({c: pd.Series([], dtype="int64" if c == "line" else "str")
@@ -840,7 +929,10 @@ def _quarantine_frame(raw: pd.DataFrame, value_col: str, code: np.ndarray, detai
         fields = fields.replace("register_kwh", "kwh")
     else:
         fields = fields.replace("kwh", "register_kwh")
-    reasons = codes.map({k: v[1] for k, v in QUARANTINE_CODES.items()}) + pd.Series(detail[rows], dtype="str")
+    reasons = codes.map({k: v[1] for k, v in QUARANTINE_CODES.items()})
+    if reason is not None and (reason[rows] != "").any():
+        reasons = pd.Series(np.where(reason[rows] != "", reason[rows], reasons.to_numpy(dtype=object)), dtype="str")
+    reasons = reasons + pd.Series(detail[rows], dtype="str")
     sub = raw.iloc[rows]
     # The offending field's raw text, so the clerk sees what the file said.
     extra = _raw_text(sub[EXTRA_FIELDS]) if EXTRA_FIELDS in sub.columns else np.full(len(rows), "", dtype=object)

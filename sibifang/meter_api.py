@@ -32,7 +32,9 @@ Behaviour:
   The overlap is not read twice: the pull task (``tasks.ingest_readings.pull_api_task``)
   skips the readings the store already holds (same meter, time and kWh; a late or corrected
   one is read), and a reading an earlier pull quarantined (same meter id, time as sent and
-  reason) is not quarantined nor counted again.
+  reason) is not quarantined nor counted again. The readings' times are read once, for both
+  the look-up in the store and the cleaning (:func:`sibifang.ingest_readings.parse_reading_times`);
+  this connector hands them on as sent.
 * The result is a raw frame (``line, meter_id, ts, kwh|register_kwh`` as sent) for
   :func:`sibifang.ingest_readings.clean_readings`; ``line`` is the reading's 1-based
   position in the pull.

@@ -52,9 +52,12 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     row would have in the equivalent CSV. Columns are matched case-insensitively (Chinese
     headers 电表编号/读数时间/用电量/累计读数 accepted). A file with ``kwh`` is read as
     intervals; with only ``register_kwh`` as a cumulative register; with both, ``kwh`` wins.
-    Blank CSV lines are kept (they become ``missing_*`` quarantine rows), so line numbers
-    stay true. Quoted fields containing newlines would shift line numbers; meter feeds
-    never contain them.
+    For CSV, ``line`` is the file's physical line on which the row starts, as a text editor
+    numbers it and as the registry import reports it: blank lines are kept (they become
+    ``missing_*`` quarantine rows), and a quoted field with a line break in it (an address typed
+    with Alt+Enter) makes its row span lines, so the rows after it are numbered by the lines
+    they are on, not by their position (:func:`_record_lines`). Errors pandas raises name a CSV
+    record; they are reported by the record's line too.
 
     A row with more non-blank fields than the header keeps them in ``_extra_fields`` (joined
     by ``,``; the column only when some row has them), and is quarantined as ``extra_fields``
@@ -71,6 +74,7 @@ def read_readings_file(path: Path) -> pd.DataFrame:
 
     path = Path(path)
     suffix = path.suffix.lower()
+    lines = None
     if suffix in {".parquet", ".pq"}:
         try:
             raw = _read_parquet_columns(path)
@@ -87,7 +91,7 @@ def read_readings_file(path: Path) -> pd.DataFrame:
                 message_zh=f"文件 {path.name} 不是有效的 Excel（.xlsx）文件，请在 Excel 中重新保存后提交。") from None
         first_line = 2
     elif suffix in {".csv", ".txt", ""}:
-        raw = _read_csv_any_encoding(path)
+        raw, lines = _read_csv_any_encoding(path)
         first_line = 2
     else:
         raise ImportFileError(path.name, f"unsupported readings file type {suffix!r} (CSV, Parquet, XLSX)",
@@ -128,7 +132,9 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     marker = [EXTRA_FIELDS] if EXTRA_FIELDS in raw.columns and raw[EXTRA_FIELDS].ne("").any() else []
     out = raw[["meter_id", "ts", value_col, *marker]]  # copy-on-write: no copy of millions of rows
     out["meter_id"] = meter_id_text(out["meter_id"])
-    out.insert(0, "line", np.arange(first_line, first_line + len(out), dtype=np.int64))
+    if lines is None:  # one line a row (Parquet, XLSX, a CSV without line breaks in its fields)
+        lines = np.arange(first_line, first_line + len(out), dtype=np.int64)
+    out.insert(0, "line", lines)
     return check_readings_text(out.reset_index(drop=True), path.name)
 
 
@@ -217,9 +223,10 @@ def meter_id_text(values: pd.Series) -> pd.Series:
 CSV_BLOCK_ROWS = 1_000_000
 
 
-def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
+def _read_csv_any_encoding(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     """UTF-8 (BOM or not), UTF-16 with BOM, else GB18030 (superset of GBK: what Excel on a
-    Chinese Windows writes); file-level faults become ImportFileError with their line."""
+    Chinese Windows writes); file-level faults become ImportFileError with their line.
+    -> (the rows, the physical line each starts on, or None when each is one line: row + 2)."""
     from sibifang.importing import ImportFileError, detect_encoding
 
     encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
@@ -239,7 +246,8 @@ def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
 
     try:
         try:
-            return read(header=0)  # the usual file, as wide as its header: one pass
+            frame = read(header=0)  # the usual file, as wide as its header: one pass
+            return frame, _record_lines(path, encoding, sep, len(frame))
         except (pd.errors.ParserWarning, pd.errors.ParserError) as e:
             header = _header_cells(path, encoding, sep)
             wide = isinstance(e, pd.errors.ParserWarning) or "fields in line" in str(e)
@@ -254,7 +262,8 @@ def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
         # ParserError with its line, not a silent shift. (header=None and the header line
         # skipped: with header=0, pandas expects the header's width on every line.)
         names = _unique_names(header) + [f"{EXTRA_COLUMN}{i}" for i in range(extra)]
-        return _mark_extra_fields(read(header=None, skiprows=1, names=names))
+        frame = _mark_extra_fields(read(header=None, skiprows=1, names=names))
+        return frame, _record_lines(path, encoding, sep, len(frame))
     except pd.errors.ParserWarning:
         raise ImportFileError(path.name, "a row has more fields than the header",
                               message_zh=f"文件 {path.name} 有的行列数多于表头，且无法确定是哪一行"
@@ -266,20 +275,90 @@ def _read_csv_any_encoding(path: Path) -> pd.DataFrame:
         text = str(e)
         wide = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
         quote = re.search(r"EOF inside string starting at row (\d+)", text)
+        # pandas counts CSV records ("line 5": the 5th record, the header the 1st; "row 4": the
+        # 5th, from 0), which a line break inside a quoted field makes differ from the lines.
         if wide:
-            expected, line, seen = (int(g) for g in wide.groups())
+            expected, record, seen = (int(g) for g in wide.groups())
+            line = _record_start_line(path, encoding, sep, record)
             zh = (f"文件 {path.name} 第{line}行的列数多于表头（表头{expected}列，该行{seen}列），"
                   "请检查该行是否多了逗号。")
+            text = f"Expected {expected} fields in line {line}, saw {seen}"
         elif quote:
-            line = int(quote.group(1)) + 1
+            line = _record_start_line(path, encoding, sep, int(quote.group(1)) + 1)
             zh = f"文件 {path.name} 第{line}行引号未闭合，请补全或删去这个引号。"
+            text = f"EOF inside string starting at line {line}"
         else:
             found = re.search(r"line (\d+)", text)
-            line = int(found.group(1)) if found else None
+            line = _record_start_line(path, encoding, sep, int(found.group(1))) if found else None
             where = f"第{line}行" if line else ""
             zh = f"文件 {path.name} {where}无法按 CSV 格式读取，请检查文件内容。"
+            if found:
+                text = re.sub(r"line \d+", f"line {line}", text, count=1)
         raise ImportFileError(path.name, text.replace("Error tokenizing data. C error: ", "").strip(),
                               message_zh=zh, line=line) from None
+
+
+def _has_line_breaks_in_fields(path: Path, encoding: str, rows: int, block: int = 1 << 22) -> bool:
+    """Can a row span lines? Not when the file has no quote (a line break can only be inside a
+    quoted field), nor when it has as many lines as the header and its rows (pandas makes a row
+    of every record, blank lines too, and a record is at least a line). Counted on the bytes, a
+    block at a time (a quote and a newline byte never occur inside a UTF-8 or GB18030 character)."""
+    if encoding.lower().replace("-", "").startswith("utf16"):
+        with open(path, encoding=encoding, newline="") as f:
+            text = f.read()
+        if '"' not in text:
+            return False
+        lines = text.count("\n") + (not text.endswith("\n"))
+        return lines != rows + 1
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            if b'"' in data:
+                break
+        else:
+            return False  # the usual meter export: no quote at all, one look at the bytes
+        f.seek(0)
+        newlines, last = 0, b"\n"
+        while data := f.read(block):
+            newlines += data.count(b"\n")
+            last = data[-1:]
+    return newlines + (last != b"\n") != rows + 1
+
+
+def _record_lines(path: Path, encoding: str, sep: str, rows: int) -> np.ndarray | None:
+    """The physical line on which each of the ``rows`` data records starts, or None when every
+    record is one line (then row ``i`` is on line ``i + 2``). Read with the csv module, which
+    splits records as pandas does and counts the lines it has consumed (``line_num``), only for
+    a file with line breaks inside quoted fields."""
+    if not rows or not _has_line_breaks_in_fields(path, encoding, rows):
+        return None
+    ends = _record_ends(path, encoding, sep)
+    if ends is None or len(ends) != rows + 1:  # pandas and csv split the file differently: by record
+        return None
+    return (ends[:-1] + 1).astype(np.int64)
+
+
+def _record_ends(path: Path, encoding: str, sep: str, records: int | None = None) -> np.ndarray | None:
+    """The physical line on which each record (the header first) ends, for the first ``records``
+    (all by default); None when the csv module cannot read that far."""
+    import csv
+    import itertools
+
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        try:
+            return np.fromiter((reader.line_num for _ in itertools.islice(reader, records)), dtype=np.int64)
+        except csv.Error:
+            return None
+
+
+def _record_start_line(path: Path, encoding: str, sep: str, record: int) -> int:
+    """The physical line on which CSV record ``record`` (1-based, the header is 1) starts."""
+    if record <= 1:
+        return record
+    ends = _record_ends(path, encoding, sep, record - 1)
+    if ends is None or len(ends) < record - 1:
+        return record  # what pandas counted: the best there is
+    return int(ends[-1]) + 1
 
 
 # Columns read beyond the header's, and the marker column that carries what they held

@@ -160,7 +160,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     from schemas.models import Meter, ReadingBatch
     from sibifang.db import session_scope, upsert
     from sibifang.import_registry import record_validation
-    from sibifang.ingest_readings import already_stored, clean_readings
+    from sibifang.ingest_readings import already_stored, clean_readings, parse_reading_times
     from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings, local_now
 
@@ -179,10 +179,15 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         known = set(s.scalars(select(Meter.id)))
     store = ReadingStore(Path(settings.data_dir) / "readings")
     skipped = 0
+    times = None
     if pull and len(raw):
-        stored = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None)
+        # The times are read once: the rows the store holds are found with them and the others
+        # cleaned with them (they were read twice, 0.6 s a million readings).
+        times = parse_reading_times(raw)
+        stored = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None, times=times)
         skipped = int(stored.sum())
         raw = raw.loc[~stored].reset_index(drop=True)  # ``line`` stays the position in the pull
+        times = times.take(~stored)
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
     # Future readings are judged against the real clock only (a meter clock ahead of now), never
     # against ``as_of``: a replayed day's run must not set aside the readings of the days after
@@ -192,7 +197,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
                             # Seconds of meter-clock jitter (10:59:58 for 11:00) moved onto the
                             # meter's grid, as `sibifang detect` and the detectors place them: left
                             # off it, an hour reads empty and the next one doubled.
-                            snap_to_grid=True,
+                            snap_to_grid=True, times=times,
                             last_registers=store.last_registers() if cumulative else None)
     acc, q = result.accepted, result.quarantined
     counts = dict(result.counts)

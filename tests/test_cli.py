@@ -423,9 +423,10 @@ def test_detect_in_a_zone_with_summer_time_sets_the_repeated_hour_aside_not_as_d
     expected, _ = detect_file(tmp_path / "once.csv", tmp_path / "f_once.csv", "--tz", "Europe/Paris")
     pd.testing.assert_frame_equal(flags, expected)
     assert (flags.kind == "inactivity").any()
-    # In Asia/Shanghai (no summer time) the same file reads as before: duplicates.
+    # In Asia/Shanghai (no summer time) the same file reads as duplicates: the two passes of each
+    # of the 4 quarter-hours disagree, so neither is kept (8 rows), and the real duplicate.
     _, output = detect_file(src, tmp_path / "f_sh.csv")
-    assert "隔离 5 行（重复读数" in output and "夏令时" not in output
+    assert "隔离 9 行（重复读数 1 行、同一电表同一时间有不同的用电量 8 行）" in output and "夏令时" not in output
 
 
 def test_detect_in_a_zone_with_summer_time_reads_the_skipped_spring_hour_as_a_short_gap(tmp_path):
@@ -524,6 +525,65 @@ def test_property_detect_loader_accounts_for_every_row(rows, group_rows):
     accepted = pd.concat(cleaned.accepted) if cleaned.accepted else pd.DataFrame(columns=["meter_id", "ts"])
     assert not accepted.duplicated(["meter_id", "ts"]).any()
     assert set(accepted["meter_id"]) <= {"a", "b", "c", "d"}
+
+
+def _meters_with_duplicates() -> pd.DataFrame:
+    """Two meters (one falls silent on 25 March at 09:00), with copies of some readings: exact
+    ones, and ones with another kWh (busy hours in the silence, silence in busy hours; and one
+    conflict whose copies repeat the kept value too)."""
+    m1, m2 = _silent_meter("m1"), _silent_meter("m2").iloc[700:]
+    ts = pd.to_datetime(m1.ts)
+    busy_copies = m1[(ts >= "2026-03-25 09:00") & (ts < "2026-03-25 13:00")].assign(kwh=0.9)
+    quiet_copies = m2.iloc[1500:1520].assign(kwh=0.0)
+    exact = pd.concat([m1.iloc[100:110], m2.iloc[50:60]])
+    triple = pd.concat([m1.iloc[[1200]].assign(kwh=0.5), m1.iloc[[1200]]])
+    return pd.concat([m1, m2, busy_copies, quiet_copies, exact, triple], ignore_index=True)
+
+
+_DUPLICATED = _meters_with_duplicates()
+
+
+def _row_order(how) -> np.ndarray:
+    """An order of _DUPLICATED's rows: an export sorted another way, or any permutation (by seed:
+    a drawn permutation of 5118 rows is beyond what Hypothesis can shrink)."""
+    frame = _DUPLICATED.reset_index(drop=True)
+    if how == "reversed":
+        return np.arange(len(frame))[::-1]
+    if how in ("kwh", "ts"):  # sorted by value (either copy first), newest first
+        return frame.sort_values([how, "meter_id"], ascending=False, kind="stable").index.to_numpy()
+    return np.random.default_rng(how).permutation(len(frame))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.function_scoped_fixture])
+@given(how=st.one_of(st.sampled_from(["reversed", "kwh", "ts"]), st.integers(0, 2**32 - 1)))
+def test_property_detect_flags_do_not_depend_on_the_order_of_the_rows(tmp_path, how):
+    """Readings of one meter and time that disagree: the flags, the counts and what is set aside
+    (and why) are the same whatever the order of the file's rows. Every row of a conflicting
+    meter and time is set aside (none of them is a guess), rows that agree are one reading, and
+    read = accepted + quarantined."""
+    src, shuffled = tmp_path / "sorted.csv", tmp_path / "shuffled.csv"
+    _DUPLICATED.to_csv(src, index=False)
+    _DUPLICATED.iloc[_row_order(how)].to_csv(shuffled, index=False)
+    expected, expected_out = detect_file(src, tmp_path / "expected.csv")
+    flags, output = detect_file(shuffled, tmp_path / "flags.csv")
+    assert (tmp_path / "flags.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+    assert output.splitlines()[0] == expected_out.splitlines()[0].replace("sorted.", "shuffled.").replace(
+        "expected.", "flags.")
+    assert_accounted(output, tmp_path / "flags.csv")
+    assert "读取 5118 行，接受 5023 行，隔离 95 行（重复读数 20 行、同一电表同一时间有不同的用电量 75 行）" in output
+    assert (flags.meter_id == "m1").any()  # the silence is still found
+
+    def set_aside(name):
+        q = pd.read_csv(tmp_path / f"{name}.quarantine.csv", dtype=str)
+        return sorted(q[["meter_id", "ts", "code", "reason", "value"]].itertuples(index=False))
+
+    assert set_aside("flags") == set_aside("expected")
+    q = pd.read_csv(tmp_path / "flags.quarantine.csv", dtype=str)
+    conflicting = q[q.code == "conflicting_duplicate"]
+    assert conflicting.reason.str.contains("这些读数都未采用").all()
+    # both readings of each conflicting time, and all three of the one sent three times
+    assert conflicting.groupby(["meter_id", "ts"]).size().value_counts().to_dict() == {2: 36, 3: 1}
 
 
 def _silences_and_a_lights_off(path):

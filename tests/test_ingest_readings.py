@@ -12,11 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sibifang.ingest_readings import (
+    CONFLICT_SET_ASIDE_REASON,
+    CONFLICTS_SET_ASIDE,
     QUARANTINE_CODES,
     QUARANTINE_COLUMNS,
     REGISTER_JITTER_KWH,
     CleanResult,
     clean_readings,
+    parse_reading_times,
 )
 from sibifang.readings_files import read_readings_file
 
@@ -134,6 +137,60 @@ def test_exact_and_conflicting_duplicates_keep_first_in_file_order():
     assert codes_by_line(r) == {4: "duplicate", 5: "conflicting_duplicate", 6: "duplicate"}
     assert r.accepted["kwh"].tolist() == [0.1, 0.4]
     assert r.counts["duplicate"] == 2 and r.counts["conflicting_duplicate"] == 1
+
+
+def test_conflicts_set_aside_keeps_none_of_the_readings_that_disagree():
+    """``sibifang detect``'s rule: a meter and time whose readings disagree keeps none of them,
+    every such row quarantined with a reason that says so; readings that agree are still one."""
+    rows = [
+        ("M1", "2026-11-20 08:30", "0.4"),          # line 2: conflicts with line 5
+        ("M1", "2026-11-20 08:15", "0.1"),          # line 3: kept
+        ("M1", "2026-11-20T00:30:00Z", "0.4"),      # line 4: same instant as line 2
+        ("M1", "2026-11-20 08:30", "0.9"),          # line 5: conflicting
+        ("M1", "2026-11-20 08:45", "0.2"),          # line 6: kept (line 7 agrees)
+        ("M1", "2026-11-20 08:45:00", "0.2"),       # line 7: duplicate
+    ]
+    r = clean(rows, conflicts=CONFLICTS_SET_ASIDE)
+    assert_balanced(r, 6)
+    assert codes_by_line(r) == {2: "conflicting_duplicate", 4: "conflicting_duplicate",
+                                5: "conflicting_duplicate", 7: "duplicate"}
+    assert r.accepted["kwh"].tolist() == [0.1, 0.2] and r.accepted_lines.tolist() == [3, 6]
+    q = r.quarantined.set_index("line")
+    assert (q.loc[[2, 4, 5], "reason"] == CONFLICT_SET_ASIDE_REASON).all()
+    assert q.loc[7, "reason"] == QUARANTINE_CODES["duplicate"][1]
+    assert r.counts["conflicting_duplicate"] == 3 and r.counts["duplicate"] == 1
+    # the default (feeds, the store) is unchanged: the first in file order is kept
+    assert codes_by_line(clean(rows)) == {4: "duplicate", 5: "conflicting_duplicate", 7: "duplicate"}
+
+
+_conflict_rows = st.lists(st.tuples(st.sampled_from(["M1", "M2"]), st.integers(0, 5), st.sampled_from(
+    ["0.1", "0.2", "0.10", "0.3", "x", "-1"])), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=_conflict_rows, data=st.data())
+def test_property_conflicts_set_aside_does_not_depend_on_the_order_of_the_rows(rows, data):
+    """Any permutation of the rows: the same accepted readings and the same rows set aside for
+    the same reasons, every row accounted for."""
+    times = pd.date_range("2026-11-20 08:15", periods=6, freq="15min").strftime("%Y-%m-%d %H:%M")
+    as_text = [(m, times[k], v) for m, k, v in rows]  # "0.1" and "0.10" agree
+    order = data.draw(st.permutations(range(len(rows))))
+    first = clean(as_text, conflicts=CONFLICTS_SET_ASIDE)
+    again = clean([as_text[i] for i in order], conflicts=CONFLICTS_SET_ASIDE)
+    assert_balanced(again, len(rows))
+    pd.testing.assert_frame_equal(again.accepted, first.accepted)
+    assert again.counts == first.counts
+
+    def set_aside(r):
+        return sorted(r.quarantined[["meter_id", "ts", "code", "reason", "value"]].itertuples(index=False))
+
+    assert set_aside(again) == set_aside(first)
+    # no meter and time keeps a reading when its rows disagree
+    values = pd.DataFrame(as_text, columns=["meter_id", "ts", "kwh"]).assign(
+        kwh=lambda f: pd.to_numeric(f.kwh, errors="coerce")).query("kwh >= 0")
+    disagree = values.groupby(["meter_id", "ts"]).kwh.nunique().loc[lambda n: n > 1].index
+    kept = set(zip(first.accepted.meter_id, first.accepted.ts.dt.strftime("%Y-%m-%d %H:%M")))
+    assert not kept & set(disagree)
 
 
 def test_repeated_autumn_hour_is_not_a_duplicate_and_real_duplicates_still_are():
@@ -925,6 +982,70 @@ def test_csv_read_in_blocks_keeps_true_line_numbers(tmp_path, monkeypatch):
     assert e.value.line == 7 and "第7行引号未闭合" in e.value.message_zh
 
 
+def test_a_quoted_line_break_does_not_shift_the_lines_of_the_rows_after_it(tmp_path):
+    """A cell with a line break in it (Alt+Enter in Excel) makes its row span two lines: the
+    rows after it are reported on the lines they are on, in the quarantine and in file errors,
+    in every encoding and with Windows line ends."""
+    text = ('meter_id,ts,kwh\n'
+            '"M\n1",2026-11-20 08:15,0.1\n'           # lines 2-3
+            'M1,2026-11-20 08:30,0.1\n'                # line 4
+            '\n'                                        # line 5: blank
+            'M1,"2026-11-20\n\n08:45",0.1\n'           # lines 6-8
+            'M1,notatime,0.1\n')                        # line 9
+    for name, data in {"lf.csv": text.encode(), "crlf.csv": text.replace("\n", "\r\n").encode(),
+                       "gbk.csv": text.replace("M1", "电表1").encode("gbk"),
+                       "utf16.csv": text.encode("utf-16")}.items():
+        src = tmp_path / name
+        src.write_bytes(data)
+        raw = read_readings_file(src)
+        assert raw.line.tolist() == [2, 4, 5, 6, 9], name
+        q = clean_readings(raw, source=name, now=NOW).quarantined.set_index("line")
+        assert q.loc[9, "code"] == "bad_ts" and q.loc[9, "value"] == "notatime", name
+        assert q.loc[5, "code"] == "missing_meter_id", name
+    src = tmp_path / "wide.csv"  # a row wider than the header after a multi-line one: pandas' record 4
+    src.write_text('meter_id,ts,kwh\n"M\n1",2026-11-20 08:15,0.1\n\nM1,"x\ny",0.1,9\n', encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(src)
+    assert e.value.line == 5 and "第5行的列数多于表头" in e.value.message_zh and "line 5" in str(e.value)
+    src = tmp_path / "quote.csv"  # an unclosed quote after a multi-line row: pandas' record 4
+    src.write_text('meter_id,ts,kwh\n"M\n1",2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.1\n'
+                   'M1,"2026-11-20 08:45,0.1\nM1,2026-11-20 09:00,0.1\n', encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(src)
+    assert e.value.line == 5 and "第5行引号未闭合" in e.value.message_zh
+
+
+_cells = st.lists(st.sampled_from(["a", "1", " ", ",", '"', "\n", "\r\n", "电"]), max_size=6).map("".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.one_of(st.none(), st.tuples(_cells, _cells, _cells)), max_size=12),
+       newline=st.sampled_from(["\n", "\r\n"]))
+def test_property_line_is_the_physical_line_a_row_starts_on(tmp_path, rows, newline):
+    """Whatever the cells hold (separators, quotes, line breaks) and wherever blank lines are:
+    each row's ``line`` is the line it starts on, counted as a text editor counts them."""
+    import csv
+    import io
+
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator=newline)
+    writer.writerow(["meter_id", "ts", "kwh"])
+    expected = []
+    for row in rows:
+        expected.append(out.getvalue().count("\n") + 1)
+        if row is None:
+            out.write(newline)  # a blank line
+        else:
+            writer.writerow(row)
+    src = tmp_path / "r.csv"
+    src.write_bytes(out.getvalue().encode("utf-8"))
+    try:
+        raw = read_readings_file(src)
+    except ImportFileError:
+        return  # a whole column written a way the file checks refuse: not about lines
+    assert raw.line.tolist() == expected
+
+
 # --------------------------------------------------------------------------- rows wider than the header
 # (review, HIGH: a comma at the end of each row made pandas take meter_id as the index and shift
 # every field one column left -- every row bad_ts, raw {"meter_id": "2025-01-15 12:00", ...})
@@ -1115,3 +1236,28 @@ def test_full_width_digits_in_kwh_are_read_as_digits():
     assert_balanced(r, 3)
     assert list(r.accepted["kwh"]) == [0.5, 0.25]
     assert list(r.quarantined["code"]) == ["bad_kwh"]
+
+
+_pulled_rows = st.lists(st.tuples(
+    st.sampled_from(["M1", "M2", "", None]),
+    st.one_of(st.integers(0, 8).map(lambda k: f"2026-11-20T{8 + k // 4:02d}:{k % 4 * 15:02d}:0{k % 3}+08:00"),
+              st.sampled_from(["2026-11-20 08:15", "2026-11-20 24:00", "2026-11-20T00:30:00z", "", None, "later"])),
+    st.sampled_from(["0.1", "0.2", "-1", "x", "", 30.0, 0.25])), max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=_pulled_rows, keep=st.lists(st.booleans(), min_size=25, max_size=25))
+def test_property_times_read_once_clean_as_they_would_be_read_again(rows, keep):
+    """clean_readings with the times a pull read first (of the rows it keeps) gives the result
+    it gives reading them itself."""
+    raw = pd.DataFrame(rows, columns=["meter_id", "ts", "kwh"], dtype=object)
+    kept = np.asarray(keep[:len(raw)], dtype=bool)
+    times = parse_reading_times(raw).take(kept)
+    raw = raw.loc[kept].reset_index(drop=True)
+    options = dict(source="meter-api", now=NOW, known_meters={"M1"}, interval_minutes=15, snap_to_grid=True)
+    once, again = clean_readings(raw, times=times, **options), clean_readings(raw, **options)
+    pd.testing.assert_frame_equal(once.accepted, again.accepted)
+    pd.testing.assert_frame_equal(once.quarantined, again.quarantined)
+    assert once.counts == again.counts and once.accepted_lines.tolist() == again.accepted_lines.tolist()
+    with pytest.raises(ValueError):
+        clean_readings(raw, times=parse_reading_times(raw, "Europe/Paris"), **options)

@@ -437,3 +437,22 @@ def test_a_stored_reading_sent_again_with_another_value_is_quarantined_not_dropp
     out = _pull_twice(api, database_url, monkeypatch, [("08:15", .1), ("08:30", .3)],
                       [("08:15", .9), ("08:30", .3), ("08:45", .3)])
     assert (out["read"], out["accepted"], out["conflicting"], out["already_ingested"]) == (2, 1, 1, 1)
+
+
+def test_a_pull_reads_each_reading_s_time_once(api, database_url, app_env, monkeypatch):
+    """The pull finds the readings the store holds and cleans the others with one reading of
+    their times (they were read twice: once to find the stored ones, again to clean the rest)."""
+    import sibifang.ingest_readings as ingest_readings
+
+    parsed = []
+    parse = ingest_readings._parse_ts
+
+    def counted(values, *args, **kwargs):
+        parsed.append(len(values))
+        return parse(values, *args, **kwargs)
+
+    monkeypatch.setattr(ingest_readings, "_parse_ts", counted)
+    second = [("08:15", .1), ("08:30", .2), ("08:45", .3), ("09:00", "x")]
+    out = _pull_twice(api, database_url, monkeypatch, [("08:15", .1), ("08:45", .3)], second)
+    assert (out["read"], out["accepted"], out["new"], out["already_ingested"]) == (2, 1, 1, 2)
+    assert parsed == [2, len(second)]  # the first pull's two readings, then the second's four
