@@ -22,18 +22,28 @@ totals, tables, by-kind counts, per-village alerts, the risk map's tooltips and 
      total is the register; category counts overlap, their sum is assumed known): a "*" is
      added whenever any cell is "<3", so the choice never depends on the masked values.
    With one "*" of at least ``SMALL_COUNT + 1`` no "<3" cell (nor the "*") can be pinned,
-   whatever the masked values. The choice depends only on published figures, so two inputs
-   differing only inside masked cells (and in no printed total) give the same report. When a
-   breakdown has no cell to hide, it is not published (a sentence says so); its total still is.
+   whatever the masked values.
+   A table is a breakdown both ways: the risk map's grid rows add up to each grid's households
+   (the register, as knowable as the county's) and its level columns to the county totals.
+   There ``protect_table`` hides cells across rows *and* columns: each "<3" cell lies on a
+   cycle of hidden cells (row, column, row, … back to it) whose other cells are all "*", so 1
+   and 2 both fit every known total; every row and every known column with a hidden cell has
+   at least two. (A "<3" whose cycle ran through a second "<3" could be pinned: 2 and 1 cannot
+   move together.) The one-row table is the rule above for a total not printed.
+   The choice depends only on published figures, so two inputs differing only inside masked
+   cells (and in no printed total) give the same report. When a breakdown has no cell to hide,
+   it is not published (a sentence says so); its total still is.
    (Assumption, as in usual statistical disclosure control: the reader does not exploit the
    rule that chose the "*" cell.)
 3. Derived figures: the village rows of the risk map are computed from the *published* grid
    cells, never from raw counts: exact when nothing is masked, otherwise the range the
    published cells imply (``"<5"`` = 1 to 4, ``"5～8"``, ``"≥8"``). They add no information.
-   The county-wide 红/橙/黄/绿 totals are printed exactly when each level's grid cells can be
-   protected as a breakdown of that total; otherwise the whole grid table is protected as one
-   breakdown of all households (the register) and the county totals are derived too. If the
-   grid table cannot be protected, the village table is, then the county totals alone.
+   The county-wide 红/橙/黄/绿 totals are printed exactly when the grid table can be protected
+   with both its row totals (each grid's households) and its column totals known; otherwise it
+   is protected against its row totals alone and the county totals are derived too. If the
+   grid table cannot be protected, the village table is (each village's households known),
+   then the county totals alone. The change since the previous run is not published, and the
+   levels as the period began are another snapshot's county totals under the same rule.
 4. Statistics (completion rate, medians) whose base count is below ``SMALL_COUNT`` are "—";
    lists are ordered by published value (exact counts first, then "*", then "<3", ties in the
    fixed label order), so the order reveals nothing about masked cells.
@@ -42,6 +52,7 @@ totals, tables, by-kind counts, per-village alerts, the risk map's tooltips and 
 
 from __future__ import annotations
 
+import heapq
 import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -105,11 +116,86 @@ def protect(values: Sequence[int], total: int | None = None) -> list[Published] 
         m, s = len(masked), sum(vals[i] for i in masked)  # s is public: the total minus the exact cells
         if m >= 2 and m + 1 <= s <= (SMALL_COUNT - 1) * m - 1:
             return pub
-    candidates = [i for i, v in enumerate(vals) if v > SMALL_COUNT]
-    if not candidates:
-        return None
-    pub[min(candidates, key=lambda i: (vals[i], i))] = SUPPRESSED
+    # Otherwise the breakdown is a table of one row whose total is known: the table rule adds
+    # the smallest cell larger than SMALL_COUNT (one "*" covers every "<3" of the row).
+    table = protect_table([vals], known_columns=False)
+    return None if table is None else table[0]
+
+
+def protect_table(rows: Sequence[Sequence[int]], known_columns: bool = True) -> list[list[Published]] | None:
+    """Publish a table whose row totals are known to the reader (rule 2 across rows and columns).
+
+    ``rows``: the raw cells, rows and columns in a fixed order (never by count). Every row's
+    total is taken as known (a grid's or village's households are its register); so are the
+    column totals when ``known_columns`` (they are printed), while with ``known_columns=False``
+    only the cells themselves tell the reader about a column. Returns the published cells, or
+    ``None`` when a "<3" cell cannot be protected.
+
+    Complementary suppression, one "<3" cell at a time (in row-major order): the cell must lie
+    on a cycle of hidden cells (row, column, row, column, … back to it; with unknown column
+    totals two cells of one row already make a cycle) on which every other cell is a "*", so
+    a count larger than ``SMALL_COUNT``. Adding 1 to the "<3" cell and taking 1 from and adding
+    1 to the "*" cells in turn round the cycle keeps every known total, and 1 and 2 both fit:
+    neither the "<3" cell nor any "*" is pinned, whatever the masked values are. Each row and
+    each known column with a hidden cell therefore has at least two. The cells hidden are the
+    cheapest cycle's (fewest new "*", then the smallest counts; cells already "*" are free),
+    found from the published figures only, so two inputs differing only inside "<3" cells
+    give the same table.
+    """
+    vals = [[int(v) for v in r] for r in rows]
+    pub: list[list[Published]] = [[mask(v) for v in r] for r in vals]
+    small = [(i, j) for i, r in enumerate(vals) for j, v in enumerate(r) if 0 < v < SMALL_COUNT]
+    if not small:
+        return pub
+    n_rows, n_cols = len(vals), max(len(r) for r in vals)
+    free = n_rows + n_cols  # every column whose total is unknown: one node, bound by nothing
+
+    def col(j: int) -> int:
+        return n_rows + j if known_columns else free
+
+    # the cells that can carry a cycle: "*" already (cost 0) or counts above SMALL_COUNT
+    edges: dict[int, list[tuple[int, int, int]]] = {}
+    for i, r in enumerate(vals):
+        for j, v in enumerate(r):
+            if v > SMALL_COUNT:
+                edges.setdefault(i, []).append((col(j), i, j))
+                edges.setdefault(col(j), []).append((i, i, j))
+    hidden: set[tuple[int, int]] = set()
+    for i, j in small:
+        path = _cheapest_path(col(j), i, edges, vals, hidden)
+        if path is None:
+            return None
+        hidden.update(path)
+    for i, j in hidden:
+        pub[i][j] = SUPPRESSED
     return pub
+
+
+def _cheapest_path(start: int, goal: int, edges: Mapping[int, list[tuple[int, int, int]]],
+                   vals: list[list[int]], hidden: set[tuple[int, int]]) -> list[tuple[int, int]] | None:
+    """The cells of the cheapest path between two nodes (cost: new cells, then their counts)."""
+    best: dict[int, tuple[int, int]] = {start: (0, 0)}
+    via: dict[int, tuple[int, tuple[int, int]]] = {}
+    heap = [(0, 0, start)]
+    done: set[int] = set()
+    while heap:
+        n_new, weight, node = heapq.heappop(heap)
+        if node in done:
+            continue
+        done.add(node)
+        if node == goal:
+            cells = []
+            while node != start:
+                node, cell = via[node]
+                cells.append(cell)
+            return cells
+        for other, i, j in edges.get(node, ()):
+            cost = (n_new, weight) if (i, j) in hidden else (n_new + 1, weight + vals[i][j])
+            if other not in done and cost < best.get(other, (math.inf, math.inf)):
+                best[other] = cost
+                via[other] = (node, (i, j))
+                heapq.heappush(heap, (*cost, other))
+    return None
 
 
 def bounds(v: Published) -> tuple[int, float]:
@@ -389,42 +475,38 @@ def _grid_table(risk_map: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
     return t[["grid_id", "village_name", *LEVEL_COLORS]].sort_values(["village_name", "grid_id"]).reset_index(drop=True)
 
 
-def _cells(frame: pd.DataFrame) -> list[int]:
-    return [int(x) for x in frame[list(LEVEL_COLORS)].to_numpy().ravel()]
-
-
-def _as_rows(keys: list[str], pub: list[Published]) -> list[dict]:
-    k = len(LEVEL_COLORS)
-    return [dict(zip(LEVEL_COLORS, pub[i * k:(i + 1) * k])) for i in range(len(keys))]
+def _rows(frame: pd.DataFrame) -> list[list[int]]:
+    """The 红/橙/黄/绿 counts of a grid or village table, one list per row."""
+    return [[int(x) for x in r] for r in frame[list(LEVEL_COLORS)].to_numpy()]
 
 
 def publish_risk_map(risk_map: pd.DataFrame, areas: pd.DataFrame) -> dict:
     """The published risk map: per grid, per village and county-wide 红/橙/黄/绿 households.
 
-    Preferred: each level's grid cells are protected as one breakdown of that level's county
-    total (rule 2, a "*" in each level that has a "<3"), and the county totals are printed
-    exactly. If a level cannot be protected so (its county total is small, say), the whole grid
-    table is protected as one breakdown of all households and the county totals are derived.
+    The grid table is protected as a whole (``protect_table``): each grid's households are its
+    register, so a row is a breakdown of a known total just as a level's column is. Preferred:
+    the column totals known as well, and the county totals printed exactly. If that cannot be
+    done (a level's "<3" cells have no count above SMALL_COUNT to go round with, say), the grid
+    table is protected against its row totals alone and the county totals are derived.
     Village rows are always derived from the published grid cells (rule 3). Further fallbacks:
-    villages protected and grids unpublished (``None`` counts), then county totals alone, then
-    nothing (``{}``).
+    villages protected the same way (a village's households are known too) and grids
+    unpublished (``None`` counts), then county totals alone, then nothing (``{}``).
     """
     t = _grid_table(risk_map, areas)
     if t.empty:
         return {"grids": [], "villages": [], "levels": {lvl: 0 for lvl in LEVEL_COLORS}}
     village_raw = t.groupby("village_name", sort=True)[list(LEVEL_COLORS)].sum()
     villages_order = list(village_raw.index)
-    by_level = {lvl: protect([int(x) for x in t[lvl]]) for lvl in LEVEL_COLORS}
+    table = _rows(t)
     levels: dict[str, Published] | None = None
-    grid_rows: list[dict] | None = None
-    if all(pub is not None for pub in by_level.values()):
-        grid_rows = [{lvl: pub[i] for lvl, pub in by_level.items() if pub is not None} for i in range(len(t))]
+    grid_pub = protect_table(table, known_columns=True)
+    if grid_pub is not None:
         levels = {lvl: mask(int(t[lvl].sum())) for lvl in LEVEL_COLORS}  # 0 or >= SMALL_COUNT here
     else:
-        grid_pub = protect(_cells(t))
-        grid_rows = _as_rows(list(t.grid_id), grid_pub) if grid_pub is not None else None
-    if grid_rows is not None:
-        grids = [{"grid": g, "village": vn, **r} for g, vn, r in zip(t.grid_id, t.village_name, grid_rows)]
+        grid_pub = protect_table(table, known_columns=False)
+    if grid_pub is not None:
+        grids = [{"grid": g, "village": vn, **dict(zip(LEVEL_COLORS, r))}
+                 for g, vn, r in zip(t.grid_id, t.village_name, grid_pub)]
         villages = [{"village": vn, **{lvl: derived_total(g[lvl] for g in grids if g["village"] == vn)
                                        for lvl in LEVEL_COLORS}} for vn in villages_order]
         if levels is None:
@@ -432,9 +514,9 @@ def publish_risk_map(risk_map: pd.DataFrame, areas: pd.DataFrame) -> dict:
         return {"grids": grids, "villages": villages, "levels": levels}
     grids = [{"grid": g, "village": vn, **{lvl: None for lvl in LEVEL_COLORS}}
              for g, vn in zip(t.grid_id, t.village_name)]
-    village_pub = protect(_cells(village_raw))
+    village_pub = protect_table(_rows(village_raw), known_columns=False)
     if village_pub is not None:
-        villages = [{"village": vn, **r} for vn, r in zip(villages_order, _as_rows(villages_order, village_pub))]
+        villages = [{"village": vn, **dict(zip(LEVEL_COLORS, r))} for vn, r in zip(villages_order, village_pub)]
         levels = {lvl: derived_total(r[lvl] for r in villages) for lvl in LEVEL_COLORS}
         return {"grids": grids, "villages": villages, "levels": levels}
     level_pub = protect([int(village_raw[lvl].sum()) for lvl in LEVEL_COLORS])

@@ -13,14 +13,19 @@ import itertools
 import random
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
 
 from sibifang.checks import ALERT_CHANNEL_LABELS
 from sibifang.summary_report import (CATEGORY_LABELS, LEVEL_COLORS, MASKED, NO_DATA_FILL, SMALL_COUNT, SUPPRESSED,
-                                     aggregates_frame, bounds, derived_total, mask, protect, publish_risk_map,
+                                     aggregates_frame, bounds, derived_total, mask, protect, protect_table,
+                                     publish_risk_map,
                                      render_report, risk_map_svg, summarise)
 
 T = pd.Timestamp
@@ -232,6 +237,193 @@ def test_protect_is_sound_by_brute_force():
     assert published > 2000
 
 
+# --- the risk map as a table: grid rows and level columns -------------------------------------
+# A grid's households are its register (as knowable as the county's), so each grid row is a
+# breakdown of a known total, just as each level's column is when the county totals are printed.
+
+def _table_intervals(published: list[list], row_totals: list[int],
+                     col_totals: Mapping[int, int]) -> dict[tuple[int, int], tuple[int, int]]:
+    """What a reader can work out of each hidden cell of a published table from the published
+    cells, every row total and the known column totals: its lowest and highest possible value.
+    A linear programme over the hidden cells ("<3": 1..SMALL_COUNT-1, "*": at least SMALL_COUNT);
+    the constraints are a bipartite incidence matrix, so its optima are whole numbers and every
+    whole number between them is possible too: the interval is exact."""
+    hidden = [(i, j) for i, r in enumerate(published) for j, v in enumerate(r) if not isinstance(v, int)]
+    if not hidden:
+        return {}
+    a_eq, b_eq = [], []
+    for i, r in enumerate(published):
+        a_eq.append([1.0 if h[0] == i else 0.0 for h in hidden])
+        b_eq.append(row_totals[i] - sum(v for v in r if isinstance(v, int)))
+    for j, total in col_totals.items():
+        a_eq.append([1.0 if h[1] == j else 0.0 for h in hidden])
+        b_eq.append(total - sum(r[j] for r in published if isinstance(r[j], int)))
+    box = [(1, SMALL_COUNT - 1) if published[i][j] == MASKED else (SMALL_COUNT, None) for i, j in hidden]
+    out = {}
+    for k, cell in enumerate(hidden):
+        ends = []
+        for sign in (1.0, -1.0):
+            c = [0.0] * len(hidden)
+            c[k] = sign
+            res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=box, method="highs")
+            assert res.status == 0, ("the true table is feasible, so the programme must be", published)
+            ends.append(round(sign * res.fun))
+        out[cell] = (ends[0], ends[1])
+    return out
+
+
+def _assert_table_pins_nothing(published: list[list], raw: list[list[int]], known_columns: Iterable[int]) -> None:
+    """No hidden cell is pinned by the row totals and the known column totals; and (the pattern
+    that must hold for it) every row and every known column has no hidden cell or at least two."""
+    row_totals = [sum(r) for r in raw]
+    col_totals = {j: sum(r[j] for r in raw) for j in known_columns}
+    for (i, j), (lo, hi) in _table_intervals(published, row_totals, col_totals).items():
+        assert lo <= raw[i][j] <= hi
+        assert lo < hi, f"cell {i},{j} of {published} can only be {lo} (rows {row_totals}, columns {col_totals})"
+    hidden_in = lambda cells: sum(not isinstance(v, int) for v in cells)  # noqa: E731
+    assert all(hidden_in(r) != 1 for r in published), published
+    assert all(hidden_in([r[j] for r in published]) != 1 for j in col_totals), published
+
+
+def _assert_published_forms(published: list[list], raw: list[list[int]]) -> None:
+    for pr, rr in zip(published, raw):
+        for p, r in zip(pr, rr):
+            assert p == r if isinstance(p, int) else (p == MASKED and 0 < r < SMALL_COUNT
+                                                         or p == SUPPRESSED and r > SMALL_COUNT)
+            assert isinstance(p, int) or p in (MASKED, SUPPRESSED)
+            assert not isinstance(p, int) or not 0 < p < SMALL_COUNT
+
+
+def _map_of(raw: list[list[int]], villages: list[int] | None = None, as_of: date = END) -> tuple:
+    """A risk map (one snapshot) and its areas for a grid × level table of counts."""
+    grids = [f"G{i + 1:02d}" for i in range(len(raw))]
+    villages = villages or [0] * len(raw)
+    rm = pd.DataFrame([{"as_of": as_of, "grid_id": g, "level": lvl, "households": n, "change": 0}
+                       for g, r in zip(grids, raw) for lvl, n in zip(LEVEL_COLORS, r)])
+    areas = pd.DataFrame({"grid_id": grids, "village_id": [f"V{v}" for v in villages],
+                          "village_name": [f"村{v}" for v in villages], "township_id": ["T1"] * len(raw)})
+    return rm, areas
+
+
+def _grid_cells(pub: dict) -> list[list]:
+    """The published grid cells in the order of ``_map_of``'s rows (the map lists grids by village)."""
+    return [[g[lvl] for lvl in LEVEL_COLORS] for g in sorted(pub["grids"], key=lambda g: g["grid"])]
+
+
+def test_a_grid_row_with_one_small_cell_is_not_pinned_by_the_grids_household_count():
+    # The reviewer's demo village: G0003 = 0, 0, 1, 90 of 91 households was published 0 / 0 / "<3"
+    # / 90, so 黄 = 91 - 90 = 1; G0001 = 0 / "<3" / 9 / 112 of 122 gave 橙 = 1 away.
+    raw = [[0, 1, 9, 112], [0, 1, 4, 82], [0, 0, 1, 90]]
+    rm, areas = _map_of(raw)
+    pub = publish_risk_map(rm, areas)
+    cells = _grid_cells(pub)
+    _assert_published_forms(cells, raw)
+    _assert_table_pins_nothing(cells, raw, [j for j, lvl in enumerate(LEVEL_COLORS)
+                                            if isinstance(pub["levels"][lvl], int)])
+    assert cells[2] == [0, 0, MASKED, SUPPRESSED]      # 黄 is 1 or 2, 绿 89 or 90
+    # the tooltips say no more than the cells
+    tips = {t.text.split(":")[0]: t.text for t in ET.fromstring(risk_map_svg(rm, areas)).iter(f"{SVG}title")}
+    assert tips["G03"] == f"G03: 红0 橙0 黄{MASKED} 绿{SUPPRESSED}"
+
+
+def test_two_hidden_cells_in_every_row_and_column_can_still_pin_one():
+    # 红 2 and 橙 1 hidden with one "*" each in their columns and rows (the old pattern): with
+    # the rows' and columns' totals known the four hidden cells move together, 红 up when 橙 goes
+    # up, and 2 + 1 cannot: both were pinned. Each "<3" now goes round with "*" cells only.
+    raw = [[2, 5, 4, 20], [6, 1, 0, 30], [0, 0, 7, 25]]
+    rm, areas = _map_of(raw, villages=[0, 0, 1])
+    pub = publish_risk_map(rm, areas)
+    assert pub["levels"] == {"红": 8, "橙": 6, "黄": 11, "绿": 75}   # the county totals stay exact
+    cells = _grid_cells(pub)
+    _assert_published_forms(cells, raw)
+    _assert_table_pins_nothing(cells, raw, range(len(LEVEL_COLORS)))
+    assert cells == [[MASKED, SUPPRESSED, 4, SUPPRESSED], [SUPPRESSED, MASKED, 0, SUPPRESSED], [0, 0, 7, 25]]
+
+
+def test_protect_table_goes_round_small_cells_with_larger_ones():
+    # one "<3" in a table with known rows and columns: the cheapest rectangle of counts above 3
+    assert protect_table([[1, 9, 40], [5, 8, 30]]) == [[MASKED, SUPPRESSED, 40], [SUPPRESSED, SUPPRESSED, 30]]
+    # the column's only other count is 3 ("*" would say "at least 3" and be 3): cannot be protected
+    assert protect_table([[1, 9], [3, 8]]) is None
+    # column totals unknown: a row's own smallest count above 3 is enough
+    assert protect_table([[1, 9, 40], [5, 8, 30]], known_columns=False) == [[MASKED, SUPPRESSED, 40], [5, 8, 30]]
+    # the one-row case is the breakdown rule with its total known but not printed
+    assert protect_table([[6, 1, 9]], known_columns=False) == [protect([6, 1, 9])]
+
+
+_counts = st.one_of(st.integers(0, SMALL_COUNT), st.integers(0, 30))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.integers(1, 6).flatmap(lambda n: st.lists(st.lists(_counts, min_size=4, max_size=4),
+                                                         min_size=n, max_size=n)),
+       villages=st.lists(st.integers(0, 2), min_size=6, max_size=6),
+       flips=st.lists(st.booleans(), min_size=24, max_size=24))
+def test_risk_map_pins_no_hidden_cell_from_row_and_column_totals(raw, villages, flips):
+    """For any grid × level table: every grid's households and every county total printed
+    exactly are known to the reader, and still no hidden cell has one possible value; the
+    village rows are derived from the grid cells (so add nothing); when grids are withheld the
+    village table is protected against the villages' households the same way; and the
+    published pattern does not depend on the values inside "<3" cells."""
+    rm, areas = _map_of(raw, villages[:len(raw)])
+    pub = publish_risk_map(rm, areas)
+    cells = _grid_cells(pub)
+    exact_levels = [j for j, lvl in enumerate(LEVEL_COLORS) if isinstance(pub["levels"].get(lvl), int)]
+    if cells[0][0] is not None:
+        _assert_published_forms(cells, raw)
+        _assert_table_pins_nothing(cells, raw, exact_levels)
+        for v in pub["villages"]:
+            for lvl in LEVEL_COLORS:
+                assert v[lvl] == derived_total(g[lvl] for g in pub["grids"] if g["village"] == v["village"])
+    elif pub["villages"]:
+        vraw = {}
+        for r, v in zip(raw, villages):
+            vraw[f"村{v}"] = [a + b for a, b in zip(vraw.get(f"村{v}", [0] * 4), r)]
+        vcells = [[v[lvl] for lvl in LEVEL_COLORS] for v in pub["villages"]]
+        vtable = [vraw[v["village"]] for v in pub["villages"]]
+        _assert_published_forms(vcells, vtable)
+        _assert_table_pins_nothing(vcells, vtable, exact_levels)
+    if cells[0][0] is not None:  # 1 ↔ 2 inside "<3" grid cells: the same grid (and village) cells
+        other = [[(3 - n if flip else n) if 0 < n < SMALL_COUNT else n for n, flip in zip(r, flips[4 * i:])]
+                 for i, r in enumerate(raw)]
+        again = publish_risk_map(_map_of(other, villages[:len(raw)])[0], areas)
+        assert again["grids"] == pub["grids"] and again["villages"] == pub["villages"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.lists(st.lists(_counts, min_size=1, max_size=5), min_size=1, max_size=5).filter(
+           lambda t: len({len(r) for r in t}) == 1),
+       known=st.booleans())
+def test_protect_table_pins_nothing(raw, known):
+    pub = protect_table(raw, known_columns=known)
+    if pub is None:  # only when some "<3" has no count above SMALL_COUNT to go round with
+        assert any(0 < n < SMALL_COUNT for r in raw for n in r)
+        return
+    _assert_published_forms(pub, raw)
+    _assert_table_pins_nothing(pub, raw, range(len(raw[0])) if known else [])
+
+
+def test_change_since_last_run_and_period_start_levels_give_no_grid_cell_away():
+    """The change since the previous run is not published per grid (nor at all); the levels as
+    the period began are the county totals of another snapshot, published by the same rule, and
+    say nothing of the current grid cells: the current map reads the same whatever they are."""
+    raw = [[0, 1, 9, 112], [0, 1, 4, 82], [0, 0, 1, 90]]
+    rm, areas = _map_of(raw)
+    base = summarise(period_start=START, period_end=END, households=_households(), risk_map=rm, areas=areas,
+                     **_frames())
+    assert not any("change" in k for k in base) and "change" not in str(aggregates_frame(base).item.tolist())
+    for before_raw in ([[0, 1, 9, 112], [0, 1, 4, 82], [0, 0, 2, 89]], [[5, 4, 9, 104], [0, 6, 4, 77], [0, 0, 9, 82]]):
+        before = _map_of(before_raw, as_of=START - timedelta(days=1))[0]
+        now = rm.assign(change=[n - b for n, b in zip(rm.households, before.households)])
+        agg = summarise(period_start=START, period_end=END, households=_households(),
+                        risk_map=pd.concat([before, now], ignore_index=True), areas=areas, **_frames())
+        for key in ("risk_by_grid", "risk_by_village", "risk_levels"):
+            assert agg[key] == base[key]
+        assert agg["risk_levels_before"] == publish_risk_map(before, areas)["levels"]
+        exact = [j for j, lvl in enumerate(LEVEL_COLORS) if isinstance(agg["risk_levels"][lvl], int)]
+        _assert_table_pins_nothing(_grid_cells(publish_risk_map(rm, areas)), raw, exact)
+
+
 # --- summarise -------------------------------------------------------------------------------
 
 def test_summarise_publishes_only_masked_figures(agg):
@@ -293,9 +485,11 @@ def test_cancelled_alerts_are_their_own_part_as_of_the_period_end():
 
 
 def test_summarise_risk_levels_are_derived_from_the_published_grid_cells(agg):
-    # latest snapshot only (the old 红9 is ignored); 红1 → "<3", 橙2 → "<3", 黄3; green's
-    # G1 cell (4) is hidden to protect G1's red one, so the county green total is a range
-    assert agg["risk_levels"] == {"红": MASKED, "橙": MASKED, "黄": 3, "绿": "≥14"}
+    # latest snapshot only (the old 红9 is ignored); 红1 → "<3", 橙2 → "<3", 黄3; green's G1
+    # cell (4) is hidden to protect G1's red one and G3's (6) to protect G3's orange one (a
+    # grid's households are known: G3's 11 less 0 + 3 + 6 would give 橙 = 2 away), so the
+    # county green total is a range
+    assert agg["risk_levels"] == {"红": MASKED, "橙": MASKED, "黄": 3, "绿": "≥11"}
     assert "红色 1 户" not in _report(agg)
 
 
@@ -307,9 +501,10 @@ def test_summarise_masks_small_counts_by_village(agg):
     assert by["万地村"]["绿"] == "≥8"          # G1's 4 is hidden ("*"), G2's 5 shown
     assert by["丽园社区"]["橙"] == MASKED      # 2 households
     assert by["丽园社区"]["黄"] == 3           # exactly SMALL_COUNT is shown
-    assert by["丽园社区"]["绿"] == 6
+    assert by["丽园社区"]["绿"] == "≥3"        # G3's 6 is hidden ("*") with its row's "<3"
     grids = {g["grid"]: g for g in agg["risk_by_grid"]}
     assert grids["G1"] == {"grid": "G1", "village": "万地村", "红": MASKED, "橙": 0, "黄": 0, "绿": SUPPRESSED}
+    assert grids["G3"] == {"grid": "G3", "village": "丽园社区", "红": 0, "橙": MASKED, "黄": 3, "绿": SUPPRESSED}
 
 
 def test_totals_do_not_reveal_masked_cells(agg):
@@ -326,11 +521,14 @@ def test_totals_do_not_reveal_masked_cells(agg):
             assert r[lvl] == derived_total(grid_cells)
     for lvl, shown in agg["risk_levels"].items():
         assert shown == derived_total(g[lvl] for g in agg["risk_by_grid"])
-    # The grid cells, with the county's total known exactly (it is the register), pin nothing.
-    cells = [g[lvl] for g in agg["risk_by_grid"] for lvl in LEVEL_COLORS]
-    raw = [int(latest[(latest.grid_id == g["grid"]) & (latest.level == lvl)].households.sum())
-           for g in agg["risk_by_grid"] for lvl in LEVEL_COLORS]
-    _assert_nothing_pinned(cells, sum(raw), raw)
+    # The grid cells, with the county's total and every grid's known exactly (they are the
+    # register), and the county level totals that are printed exactly, pin nothing.
+    cells = [[g[lvl] for lvl in LEVEL_COLORS] for g in agg["risk_by_grid"]]
+    raw = [[int(latest[(latest.grid_id == g["grid"]) & (latest.level == lvl)].households.sum())
+            for lvl in LEVEL_COLORS] for g in agg["risk_by_grid"]]
+    _assert_nothing_pinned([c for r in cells for c in r], sum(map(sum, raw)), [n for r in raw for n in r])
+    _assert_table_pins_nothing(cells, raw, [j for j, lvl in enumerate(LEVEL_COLORS)
+                                            if isinstance(agg["risk_levels"][lvl], int)])
     # Breakdowns printed next to their totals pin nothing either.
     _assert_nothing_pinned([f["count"] for f in agg["flags_by_kind"]], agg["flags"], [2, 1])
     _assert_nothing_pinned([agg["alerts_sent"], agg["alerts_dead"], agg["alerts_cancelled"], agg["alerts_pending"]],
@@ -528,7 +726,7 @@ def test_report_is_chinese_html_with_the_counts(report):
     assert "推送预警消息 3 条" in report and "已送达 &lt;3 条" in report and "投递失败转人工 &lt;3 条" in report
     assert "转介调解室 &lt;3 件" in report and "已与服务资源池对接 &lt;3 项" in report
     assert "各类别户数较少，不分类列示" in report
-    assert "红色 &lt;3 户" in report and "绿色 ≥14 户" in report
+    assert "红色 &lt;3 户" in report and "绿色 ≥11 户" in report
     assert "家庭教育" in report and "长时间无用电活动" in report
     assert "<svg" in report
     assert f"不足{SMALL_COUNT}" in report and "{{" not in report
@@ -583,7 +781,7 @@ def test_report_masks_small_village_counts(report):
     assert len(rows) == 2
     cells = {v: re.findall(r"<td>(.*?)</td>", rest) for v, rest in rows}
     assert cells["万地村"] == ["&lt;3", "0", "0", "≥8"]
-    assert cells["丽园社区"] == ["0", "&lt;3", "3", "6"]
+    assert cells["丽园社区"] == ["0", "&lt;3", "3", "≥3"]
 
 
 def test_report_contains_no_personal_data(report, svg):
