@@ -52,8 +52,8 @@ totals, tables, by-kind counts, per-village alerts, the risk map's tooltips and 
 
 from __future__ import annotations
 
-import heapq
 import html
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
@@ -147,55 +147,95 @@ def protect_table(rows: Sequence[Sequence[int]], known_columns: bool = True) -> 
     small = [(i, j) for i, r in enumerate(vals) for j, v in enumerate(r) if 0 < v < SMALL_COUNT]
     if not small:
         return pub
-    n_rows, n_cols = len(vals), max(len(r) for r in vals)
-    free = n_rows + n_cols  # every column whose total is unknown: one node, bound by nothing
-
-    def col(j: int) -> int:
-        return n_rows + j if known_columns else free
-
-    # the cells that can carry a cycle: "*" already (cost 0) or counts above SMALL_COUNT
-    edges: dict[int, list[tuple[int, int, int]]] = {}
-    for i, r in enumerate(vals):
-        for j, v in enumerate(r):
-            if v > SMALL_COUNT:
-                edges.setdefault(i, []).append((col(j), i, j))
-                edges.setdefault(col(j), []).append((i, i, j))
-    hidden: set[tuple[int, int]] = set()
+    if len({len(r) for r in vals}) != 1:
+        raise ValueError("a table's rows must all have the same columns")
+    cycles = _Cycles(vals, known_columns)
     for i, j in small:
-        path = _cheapest_path(col(j), i, edges, vals, hidden)
-        if path is None:
+        cells = cycles.through(i, j)
+        if cells is None:
             return None
-        hidden.update(path)
-    for i, j in hidden:
+        cycles.hide(cells)
+    for i, j in cycles.hidden:
         pub[i][j] = SUPPRESSED
     return pub
 
 
-def _cheapest_path(start: int, goal: int, edges: Mapping[int, list[tuple[int, int, int]]],
-                   vals: list[list[int]], hidden: set[tuple[int, int]]) -> list[tuple[int, int]] | None:
-    """The cells of the cheapest path between two nodes (cost: new cells, then their counts)."""
-    best: dict[int, tuple[int, int]] = {start: (0, 0)}
-    via: dict[int, tuple[int, tuple[int, int]]] = {}
-    heap = [(0, 0, start)]
-    done: set[int] = set()
-    while heap:
-        n_new, weight, node = heapq.heappop(heap)
-        if node in done:
-            continue
-        done.add(node)
-        if node == goal:
-            cells = []
-            while node != start:
-                node, cell = via[node]
-                cells.append(cell)
-            return cells
-        for other, i, j in edges.get(node, ()):
-            cost = (n_new, weight) if (i, j) in hidden else (n_new + 1, weight + vals[i][j])
-            if other not in done and cost < best.get(other, (math.inf, math.inf)):
-                best[other] = cost
-                via[other] = (node, (i, j))
-                heapq.heappush(heap, (*cost, other))
-    return None
+Cost = tuple[int, int]  # (cells newly hidden, their counts): fewest first, then the smallest
+
+
+class _Cycles:
+    """The cheapest cycle of "*" cells through a "<3" cell, for ``protect_table``.
+
+    With known column totals a cycle runs col j → row r1 → col c1 → row r2 → … → row i: the
+    columns are few (four levels), so every order of distinct columns is tried, each step from
+    one column to the next through a row that has both cells (the few cheapest rows kept per
+    pair of columns, enough for the rows of one cycle to be distinct). Without them a second
+    cell of row i closes the cycle."""
+
+    def __init__(self, vals: list[list[int]], known_columns: bool) -> None:
+        self.vals, self.known = vals, known_columns
+        self.hidden: set[tuple[int, int]] = set()
+        self.n_cols = len(vals[0])
+        self.keep = self.n_cols  # rows kept per pair: one per other row of a cycle, and row i
+        self.links: dict[tuple[int, int], list[tuple[Cost, int]]] = {}
+        if known_columns:
+            for a in range(self.n_cols):
+                for b in range(a + 1, self.n_cols):
+                    ranked = sorted((c, r) for r in range(len(vals)) if (c := self._pair(r, a, b)) is not None)
+                    self.links[a, b] = ranked[:self.keep]
+
+    def _cost(self, i: int, j: int) -> Cost | None:
+        if (i, j) in self.hidden:
+            return (0, 0)
+        return (1, self.vals[i][j]) if self.vals[i][j] > SMALL_COUNT else None
+
+    def _pair(self, r: int, a: int, b: int) -> Cost | None:
+        ca, cb = self._cost(r, a), self._cost(r, b)
+        return None if ca is None or cb is None else (ca[0] + cb[0], ca[1] + cb[1])
+
+    def hide(self, cells: Iterable[tuple[int, int]]) -> None:
+        for r, c in cells:
+            if (r, c) in self.hidden:
+                continue
+            self.hidden.add((r, c))
+            for a, b in self.links:  # the row got cheaper for every pair with this column
+                if c in (a, b) and (cost := self._pair(r, a, b)) is not None:
+                    ranked = [x for x in self.links[a, b] if x[1] != r] + [(cost, r)]
+                    self.links[a, b] = sorted(ranked)[:self.keep]
+
+    def through(self, i: int, j: int) -> list[tuple[int, int]] | None:
+        """The cells (besides (i, j)) of the cheapest cycle through (i, j), or None."""
+        ends = [(c, a) for a in range(self.n_cols) if a != j and (c := self._cost(i, a)) is not None]
+        if not self.known:
+            return [(i, min(ends)[1])] if ends else None
+        best: tuple[Cost, list[tuple[int, int]]] | None = None
+        others = [a for a in range(self.n_cols) if a != j]
+        for end_cost, a in ends:
+            for k in range(len(others)):
+                for middle in itertools.permutations([b for b in others if b != a], k):
+                    cols = [j, *middle, a]
+                    found = self._rows(cols, i, (end_cost[0], end_cost[1]), best[0] if best else None)
+                    if found is not None:
+                        best = (found[0], [*found[1], (i, a)])
+        return None if best is None else best[1]
+
+    def _rows(self, cols: list[int], i: int, cost: Cost, bound: Cost | None,
+              used: tuple[int, ...] = ()) -> tuple[Cost, list[tuple[int, int]]] | None:
+        """The cheapest distinct rows (not i) linking each column of ``cols`` to the next."""
+        if bound is not None and cost >= bound:
+            return None
+        if len(cols) == 1:
+            return cost, []
+        a, b = cols[0], cols[1]
+        best = None
+        for c, r in self.links[min(a, b), max(a, b)]:
+            if r == i or r in used:
+                continue
+            found = self._rows(cols[1:], i, (cost[0] + c[0], cost[1] + c[1]), bound, (*used, r))
+            if found is not None:
+                bound = found[0]
+                best = (bound, [(r, a), (r, b), *found[1]])
+        return best
 
 
 def bounds(v: Published) -> tuple[int, float]:
