@@ -20,6 +20,7 @@ SCRIPTS = [
     ("hourly flag_risks detection from the store, city", ["bench_flag_risks_hourly.py"]),
     ("hourly run against the full replay", ["compare_incremental.py"]),
     ("detectors: evaluation on real and generated data", ["evaluate_detectors.py"]),
+    ("report small-cell protection, city", ["bench_report_suppression.py"]),
     ("alert dispatch", ["bench_dispatch.py"]),
     ("alert latency under `sibifang serve`", ["bench_alert_latency.py"]),
 ]

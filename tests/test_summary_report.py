@@ -12,7 +12,6 @@ import html as html_lib
 import itertools
 import random
 import re
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
@@ -353,16 +352,17 @@ def test_protect_table_goes_round_small_cells_with_larger_ones():
 
 
 
-def test_protect_table_is_quick_for_a_city():
-    # 5,000 grids (a city has about 2,300), a fifth of the cells "<3": well under a second here
-    # (a shortest-path search over the whole table per "<3" cell took about a minute)
+def test_protect_table_handles_a_city_sized_table():
+    # 5,000 grids (a city has about 2,300), a fifth of the cells small: every row still has zero
+    # or at least two hidden cells (its time is printed by benchmarks/bench_report_suppression.py)
     rng = random.Random(5)
     raw = [[rng.choice([0] * 8 + [1, 2, 3, 5]), rng.choice([0] * 5 + [1, 2, 4, 6]),
             rng.choice([0, 1, 2, 3, 5, 8, 12]), rng.randint(40, 150)] for _ in range(5000)]
-    started = time.perf_counter()
     pub = protect_table(raw)
-    assert time.perf_counter() - started < 10
     assert pub is not None and sum(r.count(SUPPRESSED) for r in pub) > 1000
+    hidden = [sum(not isinstance(v, int) for v in row) for row in pub]
+    assert all(h == 0 or h >= 2 for h in hidden)
+
 
 _counts = st.one_of(st.integers(0, SMALL_COUNT), st.integers(0, 30))
 
