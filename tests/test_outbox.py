@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime, timedelta
 
@@ -501,3 +502,163 @@ def test_escalation_with_nobody_left_is_recorded_once_and_reported(outbox_db, mo
     # another period does not count them
     assert gather_aggregates.fn(date(2026, 10, 1), date(2026, 10, 31), outbox_db)["aggregates"][
         "flags_escalation_exhausted"] == 0
+
+
+# --------------------------------------------------------------------------- ack links signed at send time
+
+ACK_KEY = "ack-links-test-key-of-32-chars!!"
+LINK = re.compile(r"/ack\?t=([A-Za-z0-9_\-.%]+)")
+
+
+def _ack_site(monkeypatch, url):
+    """The ack page (``sibifang serve``) over real HTTP, and the settings that make links point at it."""
+    from sibifang.ack_server import make_ack_server
+    from sibifang.settings import reset_settings
+
+    srv = make_ack_server(port=0, database_url=url, secret=ACK_KEY)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    monkeypatch.setenv("SIBIFANG_ACK_SECRET", ACK_KEY)
+    monkeypatch.setenv("SIBIFANG_ACK_BASE_URL", base)
+    reset_settings()
+    return srv, base
+
+
+def _links(text: str) -> list[str]:
+    from urllib.parse import unquote
+
+    return [unquote(t) for t in LINK.findall(text)]
+
+
+def _received_texts(rx) -> list[str]:
+    """What each accepted request carried, as the receiver saw it (JSON unescaped)."""
+    import json
+
+    return [json.dumps(r.json, ensure_ascii=False) if r.json is not None else r.body.decode("utf-8")
+            for r in rx.accepted()]
+
+
+def _mail_texts(smtp) -> list[str]:
+    import email
+    import email.policy
+
+    out = []
+    for m in smtp.messages:
+        msg = email.message_from_bytes(m.data, policy=email.policy.default)
+        out.append("\n".join(p.get_content() for p in msg.walk() if p.get_content_maintype() == "text"))
+    return out
+
+
+@pytest.mark.parametrize("channel", ["webhook", "dingtalk", "feishu", "sms", "email"])
+def test_no_ack_token_is_stored_and_every_sent_link_opens_the_alert(outbox_db, monkeypatch, channel):
+    """A signed ack link lets its holder acknowledge or close a flag (and so stop its escalation):
+    the outbox stores the body with a slot for it, the sender signs the link as the alert goes out.
+    Over every channel (single alerts, digests, masked SMS), each alert reaches its recipient with
+    a link the ack page opens, and nothing in the database is a token the page accepts."""
+    import requests
+
+    from sibifang.acknowledge import alert_for_link
+    from sibifang.ack_tokens import verify_ack_token
+    from tests.http_receiver import SmtpReceiver
+
+    srv, base = _ack_site(monkeypatch, outbox_db)
+    smtp = SmtpReceiver().start() if channel == "email" else None
+    try:
+        with HttpReceiver(flavor={"webhook": "generic", "email": "generic"}.get(channel, channel)) as rx:
+            if channel == "sms":
+                monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+                monkeypatch.setenv("SIBIFANG_SMS_BODY_TEMPLATE", '{"to": "{phone}", "content": "{text}"}')
+            if channel == "email":
+                monkeypatch.setenv("SIBIFANG_SMTP_HOST", "127.0.0.1")
+                monkeypatch.setenv("SIBIFANG_SMTP_PORT", str(smtp.port))
+            # a sensitive flag too: its group-robot and SMS messages are the masked ones
+            with session_scope(outbox_db) as s:
+                s.get(RiskFlag, "F001").kind = "domestic_violence"
+            address = {"sms": lambda cid: "13800000000", "email": lambda cid: f"{cid.lower()}@example.org"}.get(
+                channel, lambda cid: f"{rx.url}/robot/send?key={cid}")
+            _send_over_own_channels(outbox_db, monkeypatch, rx, channel, address)
+            texts = _mail_texts(smtp) if smtp else _received_texts(rx)
+    finally:
+        if smtp:
+            smtp.stop()
+    stored = _everything_stored(outbox_db)
+    with session_scope(outbox_db) as s:
+        alerts = {a.id: (a.recipient_id, a.status) for a in s.scalars(select(Alert))}
+    try:
+        assert alerts and {st for _, st in alerts.values()} == {"sent"}
+        assert "/ack?t=" not in stored and not _links(stored)
+        linked = {}
+        for text in texts:
+            assert "ack_url" not in text  # no slot left unfilled
+            for tok in _links(text):
+                claims = verify_ack_token(tok, ACK_KEY, NOW)
+                linked[claims.alert_id] = (claims.recipient_id, tok)
+        assert set(linked) == set(alerts)  # every alert went out with its own link ...
+        assert all(linked[a][0] == alerts[a][0] for a in alerts)  # ... for its own recipient
+        for aid, (_, tok) in sorted(linked.items())[:3]:
+            assert alert_for_link(tok, secret=ACK_KEY, now=NOW, database_url=outbox_db)["alert_id"] == aid
+            page = requests.get(f"{base}/ack", params={"t": tok}, timeout=5)
+            assert page.status_code == 200 and "万堤村" in page.text
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_ack_link_is_signed_at_each_send_and_lives_from_it(outbox_db, monkeypatch):
+    """An alert held over quiet hours, or retried, carries a link signed when it goes out: it is
+    valid for the whole lifetime from that send, and a retry's link works too."""
+    from sibifang.ack_tokens import verify_ack_token
+    from sibifang.settings import LOCAL_TZ
+    from tasks.dispatch_alerts import enqueue
+
+    srv, _ = _ack_site(monkeypatch, outbox_db)
+    late, morning = datetime(2026, 11, 20, 23, 0), datetime(2026, 11, 21, 7, 1)
+    try:
+        with HttpReceiver(down_first_requests=6, verifier=verify_generic("s3cret")) as rx:
+            _use_webhook(monkeypatch, rx.url)
+            enqueue_n = enqueue(late, outbox_db)
+            _drain(outbox_db, start=morning)
+            sent = [(r.json["dedup_key"], r.answered_status, r.json["markdown"]) for r in rx.requests]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with session_scope(outbox_db) as s:
+        by_dedup = {a.dedup_key: a for a in s.scalars(select(Alert))}
+        s.expunge_all()
+    assert enqueue_n == len(by_dedup) and {a.status for a in by_dedup.values()} == {"sent"}
+    failed = [x for x in sent if x[1] != 200]
+    assert len(failed) == 6  # the first sends failed and were retried
+    issued: dict[str, list] = {}
+    for dedup, status, text in sent:
+        a = by_dedup[dedup]
+        (tok,) = _links(text)
+        claims = verify_ack_token(tok, ACK_KEY, morning)
+        assert (claims.alert_id, claims.recipient_id) == (a.id, a.recipient_id)
+        issued.setdefault(dedup, []).append(claims.issued_at)
+        if status == 200:
+            # signed at the send that reached her (not at the enqueue the night before) ...
+            assert claims.issued_at == a.sent_at.replace(tzinfo=LOCAL_TZ)
+            # ... so it lasts its whole lifetime from that send
+            verify_ack_token(tok, ACK_KEY, a.sent_at + timedelta(hours=72) - timedelta(minutes=1))
+    retried = [v for d, v in issued.items() if len(v) > 1]
+    assert retried and all(v == sorted(v) and v[0] < v[-1] for v in retried)  # each attempt signs anew
+
+
+def test_alerts_stored_with_their_link_before_are_sent_as_stored(outbox_db, monkeypatch):
+    """An outbox row written by an earlier version holds the whole body, link included (no slot):
+    it is sent as it is."""
+    from sibifang.ack_tokens import ack_url, make_ack_token
+    from tasks.dispatch_alerts import deliver
+
+    old_body = ("**【较急】李奶奶家用电异常**\n[收到请点此确认](" +
+                ack_url("http://127.0.0.1:8765", make_ack_token("A-OLD", "GW1", ACK_KEY, 72, NOW)) + ")")
+    with session_scope(outbox_db) as s:
+        s.add(Alert(id="A-OLD", dedup_key="old|GW1|L0", flag_id="F001", recipient_id="GW1",
+                    recipient_role="grid_worker", channel="webhook", address="http://127.0.0.1:9/unused",
+                    severity="high", title="用电异常", body=old_body, status="pending", attempts=0,
+                    escalation_level=0, created_at=NOW, next_attempt_at=NOW))
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        deliver(NOW, outbox_db)
+        (got,) = [r.json for r in rx.accepted()]
+    assert got["markdown"] == got["text"] == old_body
