@@ -106,9 +106,11 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
     """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts.
 
     ``now`` words the digest (a replay's moment); each item's ack link is signed at ``signed_at``
-    (the real clock of the send, default ``now``), as a single alert's is (``outbox.with_ack_link``)."""
+    (the real clock of the send, default ``now``), as a single alert's is (``outbox.with_ack_link``).
+    A digest longer than the robot takes (WeCom: 4096 bytes, about 15 items) is split, most urgent
+    items first, so that no item and no ack link is cut off."""
     from schemas.models import RiskFlag
-    from sibifang.dispatch_alerts import PendingAlert, Recipient, build_digest
+    from sibifang.dispatch_alerts import PendingAlert, Recipient, digest_order
     from sibifang.outbox import household_context, signed_ack_url
 
     if policy.override_webhook:
@@ -127,10 +129,24 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
         pending = [PendingAlert(a.id, flag_payload(f), ctx.get(f.household_id, {}), rcpt,
                                 signed_ack_url(policy, a.id, rid, signed_at or now))
                    for a in group for f in [flags[a.id]]]
-        msg = build_digest(pending, rcpt, now=now)
-        if msg is not None:
-            out[tuple(sorted(a.id for a in group))] = (channel, address, msg)
+        for items, msg in _digest_parts(digest_order(pending), rcpt, channel, now):
+            out[tuple(sorted(p.alert_id for p in items))] = (channel, address, msg)
     return out
+
+
+def _digest_parts(items: list, rcpt, channel: str, now: datetime) -> list:
+    """``[(items, OutgoingMessage)]``: ``items`` (in digest order) as one digest, or halved until
+    each part goes whole over ``channel``."""
+    from sibifang.channels import sent_whole
+    from sibifang.dispatch_alerts import build_digest
+
+    msg = build_digest(items, rcpt, now=now)
+    if msg is None:
+        return []
+    if len(items) == 1 or sent_whole(channel, msg):
+        return [(items, msg)]
+    half = len(items) // 2
+    return _digest_parts(items[:half], rcpt, channel, now) + _digest_parts(items[half:], rcpt, channel, now)
 
 
 def _add_job(jobs: dict, unusable: list, ids: tuple, channel: str, address: str | None, msg, policy) -> None:

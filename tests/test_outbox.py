@@ -242,7 +242,8 @@ def _send_over_own_channels(url, monkeypatch, rx, channel, address_of):
 
 def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkeypatch):
     """WeCom takes 20 messages a minute: a grid worker's non-critical alerts go as one digest,
-    critical ones on their own; each alert is marked sent."""
+    critical ones on their own; each alert is marked sent. A digest longer than WeCom's 4096 bytes
+    would be cut, its last items and their ack links lost: it goes as a few, each whole."""
 
     with HttpReceiver(flavor="wecom") as rx:
         bodies = _send_over_own_channels(outbox_db, monkeypatch, rx, "wecom",
@@ -251,11 +252,16 @@ def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkey
         n_alerts = count(s, Alert)
         assert count(s, Alert, Alert.status == "sent") == n_alerts
         n_critical = count(s, Alert, Alert.severity == "critical")
-    # one digest per grid worker for her 16 high alerts, plus every critical alert alone
-    assert len(bodies) == n_critical + 2
-    digests = [b for b in bodies if "待处理提醒" in b["markdown"]["content"]]
-    assert len(digests) == 2
-    assert not any("330203194001011234" in b["markdown"]["content"] for b in bodies)
+        n_high = {rid: count(s, Alert, Alert.severity == "high", Alert.recipient_id == rid) for rid in ("GW1", "GW2")}
+    assert n_high == {"GW1": 16, "GW2": 16}
+    contents = [b["markdown"]["content"] for b in bodies]
+    digests = [c for c in contents if "待处理提醒" in c]
+    # a few digests per grid worker for her 16 high alerts, plus every critical alert alone
+    assert len(bodies) == n_critical + len(digests) and 2 <= len(digests) <= 8
+    assert all(len(c.encode("utf-8")) <= 4096 and not c.endswith("…") for c in contents)
+    items = [line for c in digests for line in c.splitlines() if "[确认](" in line]
+    assert len(items) == 32 and len({_links(line)[0] for line in items}) == 32  # each item whole, with its link
+    assert not any("330203194001011234" in c for c in contents)
 
 
 def test_sms_alerts_go_through_the_configured_gateway(outbox_db, monkeypatch):
@@ -549,7 +555,7 @@ def _mail_texts(smtp) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("channel", ["webhook", "dingtalk", "feishu", "sms", "email"])
+@pytest.mark.parametrize("channel", ["webhook", "wecom", "dingtalk", "feishu", "sms", "email"])
 def test_no_ack_token_is_stored_and_every_sent_link_opens_the_alert(outbox_db, monkeypatch, channel):
     """A signed ack link lets its holder acknowledge or close a flag (and so stop its escalation):
     the outbox stores the body with a slot for it, the sender signs the link as the alert goes out.
