@@ -668,3 +668,35 @@ def test_alerts_stored_with_their_link_before_are_sent_as_stored(outbox_db, monk
         deliver(NOW, outbox_db)
         (got,) = [r.json for r in rx.accepted()]
     assert got["markdown"] == got["text"] == old_body
+
+
+def test_an_id_number_run_into_a_phone_number_in_an_address_never_goes_out(outbox_db, monkeypatch):
+    """Addresses copied with their spaces lost or typed with dots: the messages and the page behind
+    the link hide the ID number and keep the phone number the grid worker may call."""
+    import requests
+
+    from sibifang.acknowledge import alert_for_link
+
+    addresses = {"H001": "石溪镇万堤村6组19号 户主身份证 33020319400101123413800138000",
+                 "H002": "石溪镇万堤村7组3号（身份证330203.19400101.1234，电话13800138000）"}
+    with session_scope(outbox_db) as s:
+        for hid, addr in addresses.items():
+            s.get(Household, hid).address = addr
+    srv, base = _ack_site(monkeypatch, outbox_db)
+    try:
+        with HttpReceiver() as rx:
+            _use_webhook(monkeypatch, rx.url)
+            tasks.dispatch_alerts.enqueue(NOW, outbox_db)
+            tasks.dispatch_alerts.deliver(NOW, outbox_db)  # links signed on the real clock: the page opens them
+            mine = [r.json for r in rx.accepted() if r.json["markdown"] and "石溪镇" in r.json["markdown"]]
+        pages = [requests.get(f"{base}/ack", params={"t": _links(m["markdown"])[0]}, timeout=5).text for m in mine]
+        page_ctx = [alert_for_link(_links(m["markdown"])[0], secret=ACK_KEY, database_url=outbox_db) for m in mine]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len(mine) >= 2
+    texts = [m["markdown"] + m["text"] for m in mine] + pages + [c["address"] for c in page_ctx]
+    for t in texts:
+        assert "身份证号已隐去" in t and "13800138000" in t
+        plain = "".join(c for c in t if c.isdigit() or c in "Xx")
+        assert "330203194001011234" not in plain
