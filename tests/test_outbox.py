@@ -700,3 +700,36 @@ def test_an_id_number_run_into_a_phone_number_in_an_address_never_goes_out(outbo
         assert "身份证号已隐去" in t and "13800138000" in t
         plain = "".join(c for c in t if c.isdigit() or c in "Xx")
         assert "330203194001011234" not in plain
+
+
+def test_escalation_alerts_store_no_ack_token_and_go_out_with_a_working_link(outbox_db, monkeypatch):
+    """The 【升级】 alerts queued one step up are stored with the link's slot too, and reach the
+    township with a link the ack page opens (signed when they go out)."""
+    import requests
+
+    from sibifang.ack_tokens import verify_ack_token
+    from tasks.dispatch_alerts import deliver, enqueue, escalate
+
+    srv, base = _ack_site(monkeypatch, outbox_db)
+    try:
+        with HttpReceiver() as rx:
+            _use_webhook(monkeypatch, rx.url)
+            enqueue(NOW, outbox_db)
+            deliver(NOW, outbox_db)
+            assert escalate(NOW + timedelta(minutes=31), outbox_db) > 0
+            with session_scope(outbox_db) as s:
+                stored = [a.body for a in s.scalars(select(Alert).where(Alert.escalation_level > 0))]
+            deliver(NOW + timedelta(minutes=32), outbox_db)
+            sent = [r.json for r in rx.accepted() if r.json["title"].startswith("【升级】")]
+        with session_scope(outbox_db) as s:
+            esc = {a.id: a.recipient_id for a in s.scalars(select(Alert).where(Alert.escalation_level > 0))}
+        assert stored and not any("/ack?t=" in b for b in stored)
+        assert len(sent) == len(esc)
+        for m in sent:
+            (tok,) = set(_links(m["markdown"]))
+            claims = verify_ack_token(tok, ACK_KEY, NOW)
+            assert esc[claims.alert_id] == claims.recipient_id == "SV1"
+            assert requests.get(f"{base}/ack", params={"t": tok}, timeout=5).status_code == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
