@@ -105,6 +105,15 @@ def truncate_utf8(text: str, max_bytes: int, ellipsis: str = ELLIPSIS) -> str:
     return raw[:budget].decode("utf-8", "ignore") + ellipsis
 
 
+def sent_whole(kind: str, msg: OutgoingMessage) -> bool:
+    """Whether a group robot of ``kind`` takes ``msg`` without cutting it (``truncate_utf8`` in its
+    ``build_request``): a cut digest loses its last items, ack links and all."""
+    limit = {"wecom": WECOM_MARKDOWN_MAX_BYTES, "dingtalk": DINGTALK_TEXT_MAX_BYTES,
+             "feishu": FEISHU_TEXT_MAX_BYTES}.get(kind)
+    text = msg.text if kind == "feishu" else (msg.markdown or msg.text)
+    return limit is None or len((text or "").encode("utf-8")) <= limit
+
+
 def truncate_chars(text: str, max_chars: int, ellipsis: str = ELLIPSIS) -> str:
     return text if len(text) <= max_chars else text[: max(0, max_chars - len(ellipsis))] + ellipsis
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, time as dtime
+from datetime import date as date_cls, datetime, timedelta, time as dtime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -331,22 +331,83 @@ def alert_id_for(flag: Mapping[str, Any], recipient: Recipient) -> str:
 
 # A resident ID number (身份证号) never leaves in a message, even when a cadre typed one into an
 # address or a visit note: 18 characters (17 digits + digit or X) or the old 15 digits, in
-# half- or full-width digits, written whole or in groups split by spaces or hyphens
-# ("330203 19400101 1234"). Matched on a copy with the digits folded to ASCII, one character
-# for one, so the rest of the text keeps its full-width punctuation.
+# half- or full-width digits, written whole or in groups split by spaces, hyphens or dots
+# ("330203 19400101 1234", "330203.19400101.1234"), also run together with a number beside it
+# ("33020319400101123413800138000": the spaces lost). Matched on a copy with the digits folded to
+# ASCII, one character for one, so the rest of the text keeps its full-width punctuation.
+# A run of digits that is exactly an ID's length is hidden whole, as before (with a dot in it,
+# only if it reads as an ID: "9.83000000000001" is a number). Inside a longer run,
+# any 18 or 15 characters that read as an ID (a province's region code, a real birth date) are
+# candidates; where candidates overlap (a window across an ID and the phone beside it can read
+# as one too), the likelier is hidden: a valid check digit, then ends on the run's groups, then
+# 18 characters, then the first. Every candidate is hidden or overlaps one hidden, so no ID
+# survives whole, and the digits beside an ID (a phone number) stay.
 _FOLD = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)}, "Ｘ": "X", "ｘ": "x", "\u3000": " ",
-                       "－": "-", "—": "-"})
-_DIGIT_GROUPS = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9])*(?:[ -]?[Xx])?(?![0-9Xx])")
+                       "－": "-", "—": "-", "–": "-", "‐": "-", "‑": "-", "．": "."})
+_SEPARATOR = re.compile(r"[ .\-]")
+_DIGIT_GROUPS = re.compile(r"[0-9](?:[ .\-]{0,3}[0-9Xx])*")
 _ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]|[0-9]{15}")
+# The first two digits of a region code (行政区划代码): the provinces, 11 Beijing .. 82 Macao.
+_PROVINCES = frozenset({"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37",
+                        "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64",
+                        "65", "71", "81", "82"})
+ID_MASK = "［身份证号已隐去］"
+
+
+def _birth_date(year: str, month: str, day: str) -> bool:
+    try:
+        date_cls(int(year), int(month), int(day))
+    except ValueError:
+        return False
+    return True
+
+
+def _reads_as_id(chars: str) -> bool:
+    """18 (17 digits + digit/X) or 15 digits with a province's region code and a real birth date."""
+    if chars[:2] not in _PROVINCES or not _ID_NUMBER.fullmatch(chars):
+        return False
+    if len(chars) == 18:
+        return chars[6:8] in ("19", "20") and _birth_date(chars[6:10], chars[10:12], chars[12:14])
+    return _birth_date("19" + chars[6:8], chars[8:10], chars[10:12])
+
+
+_CHECK_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def _check_digit_ok(chars: str) -> bool:
+    if len(chars) != 18:
+        return False
+    total = sum(int(c) * w for c, w in zip(chars[:17], _CHECK_WEIGHTS))
+    return "10X98765432"[total % 11] == chars[17].upper()
+
+
+def _id_spans(run: str) -> list[tuple[int, int]]:
+    """Where ID numbers are in one run of digits and separators, as (start, end) in ``run``."""
+    kept = [(i, c) for i, c in enumerate(run) if not _SEPARATOR.fullmatch(c)]
+    chars = "".join(c for _, c in kept)
+    # a dot may also be a decimal point ("9.83000000000001"): such a run is hidden whole only if
+    # it reads as an ID
+    if _ID_NUMBER.fullmatch(chars) and ("." not in run or _reads_as_id(chars)):
+        return [(0, len(run))]
+    # group boundaries, as indices into ``chars``: the run's ends and where a separator stood
+    bounds = {0, len(chars)} | {k for k in range(1, len(chars)) if kept[k][0] != kept[k - 1][0] + 1}
+    cands = [(k, k + n) for n in (18, 15) for k in range(len(chars) - n + 1) if _reads_as_id(chars[k:k + n])]
+    cands.sort(key=lambda w: (not _check_digit_ok(chars[w[0]:w[1]]), -((w[0] in bounds) + (w[1] in bounds)),
+                              -(w[1] - w[0]), w[0]))
+    chosen: list[tuple[int, int]] = []
+    for start, end in cands:
+        if all(end <= a or b <= start for a, b in chosen):
+            chosen.append((start, end))
+    return sorted((kept[a][0], kept[b - 1][0] + 1) for a, b in chosen)
 
 
 def scrub_id_numbers(text: str) -> str:
     folded = text.translate(_FOLD)
     out, last = [], 0
     for m in _DIGIT_GROUPS.finditer(folded):
-        if _ID_NUMBER.fullmatch(re.sub(r"[ -]", "", m.group())):
-            out += [text[last:m.start()], "［身份证号已隐去］"]
-            last = m.end()
+        for start, end in _id_spans(m.group()):
+            out += [text[last:m.start() + start], ID_MASK]
+            last = m.start() + end
     return "".join(out) + text[last:]
 
 

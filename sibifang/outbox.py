@@ -50,6 +50,13 @@ ESCALATION_EXHAUSTED = "escalation_exhausted"
 # ``access_token=``, Feishu's ``/hook/<token>``), which must not reach the database; the sender
 # takes the real URL from the settings at send time (``send_target``).
 OVERRIDE_MARKER = "override:"
+# Where the acknowledgement link goes in a stored alert body. The link carries a signed bearer
+# token (it lets its holder acknowledge or close the flag, which stops the escalation), so the
+# database keeps only this slot: the sender signs the link when the alert goes out
+# (``signed_ack_url``, as it does for a digest) and fills it in (``with_ack_link``), on every
+# attempt, so the token's lifetime counts from the send. A body stored before (with the link
+# in it, no slot) is sent as stored.
+ACK_URL_SLOT = "{{ack_url}}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,22 @@ def send_target(channel: str, address: str | None, policy: DispatchPolicy) -> tu
     return channel, address or ""
 
 
+def signed_ack_url(policy: DispatchPolicy, alert_id: str, recipient_id: str | None, now: datetime) -> str:
+    """The link of one alert, signed at ``now`` (the send) for its recipient; never stored."""
+    from sibifang.ack_tokens import ack_url, make_ack_token
+
+    return ack_url(policy.ack_base_url, make_ack_token(alert_id, recipient_id or "", policy.ack_secret,
+                                                       policy.ack_ttl, now))
+
+
+def with_ack_link(body: str, alert_id: str, recipient_id: str | None, policy: DispatchPolicy,
+                  now: datetime) -> str:
+    """A stored body as it is sent: its ``ACK_URL_SLOT`` filled with a link signed now."""
+    if ACK_URL_SLOT not in (body or ""):
+        return body
+    return body.replace(ACK_URL_SLOT, signed_ack_url(policy, alert_id, recipient_id, now))
+
+
 def backoff(attempt_no: int) -> timedelta:
     """Delay before attempt ``attempt_no + 1``: 30 s, 1 min, 2 min, ... capped at an hour."""
     return min(BACKOFF_MAX, BACKOFF_BASE * (2 ** max(0, attempt_no - 1)))
@@ -144,9 +167,8 @@ def household_context(session: Session, household_ids: list[str]) -> dict[str, d
 
 def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: datetime, policy: DispatchPolicy,
                    route: Callable, render: Callable, quiet: Callable[[datetime], datetime | None]) -> int:
-    """Route and render alerts for new flags and commit them to the outbox (nothing is sent here)."""
-    from sibifang.ack_tokens import ack_url, make_ack_token
-
+    """Route and render alerts for new flags and commit them to the outbox (nothing is sent here).
+    The body holds ``ACK_URL_SLOT`` where the link goes: the link is signed at send time."""
     if not flags:
         return 0
     cadres = cadres_frame(session)
@@ -185,11 +207,9 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
             rid = getattr(rcpt, "cadre_id", None)
             dedup = f"{flag['dedup_key']}|{rid}|L0"
             alert_id = stable_id("A", dedup, length=12)
-            token = make_ack_token(alert_id, rid or "", policy.ack_secret, policy.ack_ttl, now)
             held_until = None if flag["severity"] == "critical" else quiet(now)
             # Worded for the moment it is read: an alert held overnight is read in the morning.
-            msg = render(flag, household, rcpt, ack_url(policy.ack_base_url, token), alert_id=alert_id,
-                         now=held_until or now)
+            msg = render(flag, household, rcpt, ACK_URL_SLOT, alert_id=alert_id, now=held_until or now)
             rows.append({
                 "id": alert_id, "dedup_key": dedup, "flag_id": flag["flag_id"], "recipient_id": rid,
                 "recipient_role": getattr(rcpt, "role", None), "channel": rcpt.channel,
@@ -397,7 +417,6 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
     ``requested`` (a cadre it reached answered 需上报处理). Nobody left to tell (everyone alerted
     already, on leave or without a channel): recorded once (``record_escalation_exhausted``), the
     flag stays open, and a later run escalates it if someone has become available."""
-    from sibifang.ack_tokens import ack_url, make_ack_token
     from sibifang.dispatch_alerts import Recipient, render_alert
 
     new_level, targets = escalation_targets(session, flag.id, level, alerted, now=now,
@@ -417,8 +436,7 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
         rcpt = Recipient(c.id, c.name, c.role, "webhook" if overridden else (c.alert_channel or "webhook"),
                          policy.override_webhook if overridden else (c.alert_address or ""),
                          f"escalation_level_{new_level}", overridden)
-        msg = render_alert(fdict, household, rcpt, ack_url(policy.ack_base_url, make_ack_token(
-            aid, c.id, policy.ack_secret, policy.ack_ttl, now)), alert_id=aid, now=now)
+        msg = render_alert(fdict, household, rcpt, ACK_URL_SLOT, alert_id=aid, now=now)  # signed at send time
         rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
                      "recipient_role": c.role, "channel": rcpt.channel, "address": stored_address(rcpt),
                      "severity": flag.severity, "title": "【升级】" + msg.title,

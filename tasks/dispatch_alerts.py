@@ -102,12 +102,16 @@ def _channel(kind: str, address: str, policy):
 DIGEST_CHANNELS = ("wecom", "dingtalk", "feishu")
 
 
-def _digest_groups(session, alerts, policy, now: datetime) -> dict:
-    """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts."""
+def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime | None = None) -> dict:
+    """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts.
+
+    ``now`` words the digest (a replay's moment); each item's ack link is signed at ``signed_at``
+    (the real clock of the send, default ``now``), as a single alert's is (``outbox.with_ack_link``).
+    A digest longer than the robot takes (WeCom: 4096 bytes, about 15 items) is split, most urgent
+    items first, so that no item and no ack link is cut off."""
     from schemas.models import RiskFlag
-    from sibifang.ack_tokens import ack_url, make_ack_token
-    from sibifang.dispatch_alerts import PendingAlert, Recipient, build_digest
-    from sibifang.outbox import household_context
+    from sibifang.dispatch_alerts import PendingAlert, Recipient, digest_order
+    from sibifang.outbox import household_context, signed_ack_url
 
     if policy.override_webhook:
         return {}
@@ -123,13 +127,26 @@ def _digest_groups(session, alerts, policy, now: datetime) -> dict:
         ctx = household_context(session, sorted({f.household_id for f in flags.values()}))
         rcpt = Recipient(rid or "", "", group[0].recipient_role or "grid_worker", channel, address, "digest")
         pending = [PendingAlert(a.id, flag_payload(f), ctx.get(f.household_id, {}), rcpt,
-                                ack_url(policy.ack_base_url, make_ack_token(a.id, rid or "", policy.ack_secret,
-                                                                            policy.ack_ttl, now)))
+                                signed_ack_url(policy, a.id, rid, signed_at or now))
                    for a in group for f in [flags[a.id]]]
-        msg = build_digest(pending, rcpt, now=now)
-        if msg is not None:
-            out[tuple(sorted(a.id for a in group))] = (channel, address, msg)
+        for items, msg in _digest_parts(digest_order(pending), rcpt, channel, now):
+            out[tuple(sorted(p.alert_id for p in items))] = (channel, address, msg)
     return out
+
+
+def _digest_parts(items: list, rcpt, channel: str, now: datetime) -> list:
+    """``[(items, OutgoingMessage)]``: ``items`` (in digest order) as one digest, or halved until
+    each part goes whole over ``channel``."""
+    from sibifang.channels import sent_whole
+    from sibifang.dispatch_alerts import build_digest
+
+    msg = build_digest(items, rcpt, now=now)
+    if msg is None:
+        return []
+    if len(items) == 1 or sent_whole(channel, msg):
+        return [(items, msg)]
+    half = len(items) // 2
+    return _digest_parts(items[:half], rcpt, channel, now) + _digest_parts(items[half:], rcpt, channel, now)
 
 
 def _add_job(jobs: dict, unusable: list, ids: tuple, channel: str, address: str | None, msg, policy) -> None:
@@ -180,7 +197,7 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
     from schemas.models import Alert
     from sibifang.channels import OutgoingMessage
     from sibifang.db import session_scope
-    from sibifang.outbox import LEASE, LOCAL_RATE_LIMIT, claim_due, record_attempt, release
+    from sibifang.outbox import LEASE, LOCAL_RATE_LIMIT, claim_due, record_attempt, release, with_ack_link
     from sibifang.settings import get_settings
 
     policy = dispatch_policy()
@@ -217,7 +234,9 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 ids = claim_due(s, now=at, limit=limit, token=token, real_now=claimed_at)
                 alerts = s.scalars(select(Alert).where(Alert.id.in_(ids))).all() if ids else []
                 jobs = {}
-                digests = _digest_groups(s, alerts, policy, at)
+                # ack links are signed now, on the real clock: they live from the send, even in a
+                # replay of a past moment; the database holds only their slot
+                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at)
                 grouped = {aid for ids in digests for aid in ids}
                 unusable: list = []
                 for ids, (channel, address, msg) in digests.items():
@@ -225,8 +244,9 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 for a in alerts:
                     if a.id in grouped:
                         continue
+                    body = with_ack_link(a.body, a.id, a.recipient_id, policy, claimed_at)
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
-                                          text=a.body, markdown=a.body)
+                                          text=body, markdown=body)
                     # the override webhook, or the alert's own channel (send_target)
                     _add_job(jobs, unusable, (a.id,), a.channel, a.address, msg, policy)
             if unusable:

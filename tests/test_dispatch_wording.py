@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sibifang import dispatch_alerts as da
 from sibifang.dispatch_alerts import TEMPLATE_DIR, what_happened, what_to_do
@@ -100,6 +102,83 @@ def test_id_numbers_are_scrubbed_however_they_were_typed(text):
     assert not any(part in out for part in ("330203", "３３０２０３", "0101", "０１０１"))
 
 
-@pytest.mark.parametrize("text", ["电话138 1234 5678，万堤村12号", "2024-11-20 08:00 起", "（３号楼）"])
+@pytest.mark.parametrize("text", ["电话138 1234 5678，万堤村12号", "2024-11-20 08:00 起", "（３号楼）",
+                                  "电话138.1234.5678", "约9.83000000000001千瓦时", "0.11122944400000001",
+                                  "2024.11.20 08.00"])
 def test_phone_numbers_and_dates_are_left_as_written(text):
+    assert da.scrub_id_numbers(text) == text
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    # the spaces lost when an address was copied: the ID run together with the phone beside it
+    ("石溪镇万堤村6组19号 户主身份证 330203194001011234 13800138000", "13800138000"),
+    ("户主身份证33020319400101123413800138000", "13800138000"),
+    ("电话13800138000330203194001011234", "13800138000"),
+    ("身份证11010519491231002X13800138000", "13800138000"),
+    ("老证号330203400101123 电话13800138000", "13800138000"),
+    ("13833123419330203400101123", "13833123419"),
+    # dots as separators, half- or full-width
+    ("石溪镇万堤村6组19号（身份证330203.19400101.1234）", "万堤村6组19号"),
+    ("身份证３３０２０３．１９４００１０１．１２３４", "身份证"),
+    ("身份证 330203 - 19400101 - 1234 号", "号"),
+])
+def test_id_numbers_next_to_other_digits_or_split_by_dots_are_scrubbed(text, kept):
+    out = da.scrub_id_numbers(text)
+    assert "［身份证号已隐去］" in out and kept in out
+    digits = out.translate(da._FOLD).replace(".", "").replace(" ", "").replace("-", "")
+    assert not any(i in digits for i in ("330203194001011234", "11010519491231002X", "330203400101123"))
+
+
+PROVINCES = ("11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37", "41", "42",
+             "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81", "82")
+SEPARATORS = ("", " ", "-", ".", "\u3000", "－", "—", "．")
+
+
+@st.composite
+def id_numbers(draw) -> str:
+    """A valid-looking resident ID: a province's region code, a real birth date, any sequence and
+    check character; 18 characters, or the old 15 digits (born 19YY)."""
+    region = draw(st.sampled_from(PROVINCES)) + draw(st.text("0123456789", min_size=4, max_size=4))
+    seq = draw(st.text("0123456789", min_size=3, max_size=3))
+    if draw(st.booleans()):
+        born = draw(st.dates(date(1900, 1, 1), date(2099, 12, 31)))
+        return f"{region}{born:%Y%m%d}{seq}" + draw(st.sampled_from("0123456789Xx"))
+    born = draw(st.dates(date(1900, 1, 1), date(1999, 12, 31)))
+    return f"{region}{born:%y%m%d}{seq}"
+
+
+@st.composite
+def typed(draw, number: str) -> str:
+    """``number`` as a cadre may type it: cut anywhere into groups, each gap a separator (or none),
+    in half- or full-width digits."""
+    cuts = sorted(draw(st.sets(st.integers(1, len(number) - 1), max_size=5)))
+    parts = [number[a:b] for a, b in zip([0, *cuts], [*cuts, len(number)])]
+    out = parts[0]
+    for p in parts[1:]:
+        out += draw(st.sampled_from(SEPARATORS)) + p
+    if draw(st.booleans()):
+        out = out.translate({ord(c): chr(0xFF10 + int(c)) for c in "0123456789"} | {ord("X"): "Ｘ", ord("x"): "ｘ"})
+    return out
+
+
+SURROUNDINGS = st.text(alphabet="0123456789 -.号组村户主身份证电话（）,Xx", max_size=24)
+
+
+@given(data=st.data(), number=id_numbers(), before=SURROUNDINGS, after=SURROUNDINGS)
+@settings(max_examples=600, deadline=None)
+def test_no_id_number_survives_wherever_it_is_typed(data, number, before, after):
+    """Whatever stands beside it (other digits, a phone number, separators, X) and however it is
+    split, the ID number does not come out whole."""
+    if data.draw(st.booleans()):
+        before += data.draw(st.from_regex(r"\A1[3-9][0-9]{9}\Z")) + data.draw(st.sampled_from(SEPARATORS))
+    out = da.scrub_id_numbers(before + data.draw(typed(number)) + after)
+    plain = "".join(c for c in out.translate(da._FOLD) if c not in " .-").upper()
+    assert number.upper() not in plain
+
+
+@given(phone=st.from_regex(r"\A1[3-9][0-9]{9}\Z"), data=st.data(),
+       before=st.text(alphabet="号组村户主电话（）, ", max_size=8), after=st.text(alphabet="号组村（）, ", max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_a_phone_number_is_left_as_written(phone, data, before, after):
+    text = before + data.draw(typed(phone)) + after
     assert da.scrub_id_numbers(text) == text

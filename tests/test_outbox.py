@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime, timedelta
 
@@ -241,7 +242,8 @@ def _send_over_own_channels(url, monkeypatch, rx, channel, address_of):
 
 def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkeypatch):
     """WeCom takes 20 messages a minute: a grid worker's non-critical alerts go as one digest,
-    critical ones on their own; each alert is marked sent."""
+    critical ones on their own; each alert is marked sent. A digest longer than WeCom's 4096 bytes
+    would be cut, its last items and their ack links lost: it goes as a few, each whole."""
 
     with HttpReceiver(flavor="wecom") as rx:
         bodies = _send_over_own_channels(outbox_db, monkeypatch, rx, "wecom",
@@ -250,11 +252,16 @@ def test_non_critical_alerts_to_a_group_robot_go_as_one_digest(outbox_db, monkey
         n_alerts = count(s, Alert)
         assert count(s, Alert, Alert.status == "sent") == n_alerts
         n_critical = count(s, Alert, Alert.severity == "critical")
-    # one digest per grid worker for her 16 high alerts, plus every critical alert alone
-    assert len(bodies) == n_critical + 2
-    digests = [b for b in bodies if "待处理提醒" in b["markdown"]["content"]]
-    assert len(digests) == 2
-    assert not any("330203194001011234" in b["markdown"]["content"] for b in bodies)
+        n_high = {rid: count(s, Alert, Alert.severity == "high", Alert.recipient_id == rid) for rid in ("GW1", "GW2")}
+    assert n_high == {"GW1": 16, "GW2": 16}
+    contents = [b["markdown"]["content"] for b in bodies]
+    digests = [c for c in contents if "待处理提醒" in c]
+    # a few digests per grid worker for her 16 high alerts, plus every critical alert alone
+    assert len(bodies) == n_critical + len(digests) and 2 <= len(digests) <= 8
+    assert all(len(c.encode("utf-8")) <= 4096 and not c.endswith("…") for c in contents)
+    items = [line for c in digests for line in c.splitlines() if "[确认](" in line]
+    assert len(items) == 32 and len({_links(line)[0] for line in items}) == 32  # each item whole, with its link
+    assert not any("330203194001011234" in c for c in contents)
 
 
 def test_sms_alerts_go_through_the_configured_gateway(outbox_db, monkeypatch):
@@ -501,3 +508,228 @@ def test_escalation_with_nobody_left_is_recorded_once_and_reported(outbox_db, mo
     # another period does not count them
     assert gather_aggregates.fn(date(2026, 10, 1), date(2026, 10, 31), outbox_db)["aggregates"][
         "flags_escalation_exhausted"] == 0
+
+
+# --------------------------------------------------------------------------- ack links signed at send time
+
+ACK_KEY = "ack-links-test-key-of-32-chars!!"
+LINK = re.compile(r"/ack\?t=([A-Za-z0-9_\-.%]+)")
+
+
+def _ack_site(monkeypatch, url):
+    """The ack page (``sibifang serve``) over real HTTP, and the settings that make links point at it."""
+    from sibifang.ack_server import make_ack_server
+    from sibifang.settings import reset_settings
+
+    srv = make_ack_server(port=0, database_url=url, secret=ACK_KEY)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    monkeypatch.setenv("SIBIFANG_ACK_SECRET", ACK_KEY)
+    monkeypatch.setenv("SIBIFANG_ACK_BASE_URL", base)
+    reset_settings()
+    return srv, base
+
+
+def _links(text: str) -> list[str]:
+    from urllib.parse import unquote
+
+    return [unquote(t) for t in LINK.findall(text)]
+
+
+def _received_texts(rx) -> list[str]:
+    """What each accepted request carried, as the receiver saw it (JSON unescaped)."""
+    import json
+
+    return [json.dumps(r.json, ensure_ascii=False) if r.json is not None else r.body.decode("utf-8")
+            for r in rx.accepted()]
+
+
+def _mail_texts(smtp) -> list[str]:
+    import email
+    import email.policy
+
+    out = []
+    for m in smtp.messages:
+        msg = email.message_from_bytes(m.data, policy=email.policy.default)
+        out.append("\n".join(p.get_content() for p in msg.walk() if p.get_content_maintype() == "text"))
+    return out
+
+
+@pytest.mark.parametrize("channel", ["webhook", "wecom", "dingtalk", "feishu", "sms", "email"])
+def test_no_ack_token_is_stored_and_every_sent_link_opens_the_alert(outbox_db, monkeypatch, channel):
+    """A signed ack link lets its holder acknowledge or close a flag (and so stop its escalation):
+    the outbox stores the body with a slot for it, the sender signs the link as the alert goes out.
+    Over every channel (single alerts, digests, masked SMS), each alert reaches its recipient with
+    a link the ack page opens, and nothing in the database is a token the page accepts."""
+    import requests
+
+    from sibifang.acknowledge import alert_for_link
+    from sibifang.ack_tokens import verify_ack_token
+    from tests.http_receiver import SmtpReceiver
+
+    srv, base = _ack_site(monkeypatch, outbox_db)
+    smtp = SmtpReceiver().start() if channel == "email" else None
+    try:
+        with HttpReceiver(flavor={"webhook": "generic", "email": "generic"}.get(channel, channel)) as rx:
+            if channel == "sms":
+                monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+                monkeypatch.setenv("SIBIFANG_SMS_BODY_TEMPLATE", '{"to": "{phone}", "content": "{text}"}')
+            if channel == "email":
+                monkeypatch.setenv("SIBIFANG_SMTP_HOST", "127.0.0.1")
+                monkeypatch.setenv("SIBIFANG_SMTP_PORT", str(smtp.port))
+            # a sensitive flag too: its group-robot and SMS messages are the masked ones
+            with session_scope(outbox_db) as s:
+                s.get(RiskFlag, "F001").kind = "domestic_violence"
+            address = {"sms": lambda cid: "13800000000", "email": lambda cid: f"{cid.lower()}@example.org"}.get(
+                channel, lambda cid: f"{rx.url}/robot/send?key={cid}")
+            _send_over_own_channels(outbox_db, monkeypatch, rx, channel, address)
+            texts = _mail_texts(smtp) if smtp else _received_texts(rx)
+    finally:
+        if smtp:
+            smtp.stop()
+    stored = _everything_stored(outbox_db)
+    with session_scope(outbox_db) as s:
+        alerts = {a.id: (a.recipient_id, a.status) for a in s.scalars(select(Alert))}
+    try:
+        assert alerts and {st for _, st in alerts.values()} == {"sent"}
+        assert "/ack?t=" not in stored and not _links(stored)
+        linked = {}
+        for text in texts:
+            assert "ack_url" not in text  # no slot left unfilled
+            for tok in _links(text):
+                claims = verify_ack_token(tok, ACK_KEY, NOW)
+                linked[claims.alert_id] = (claims.recipient_id, tok)
+        assert set(linked) == set(alerts)  # every alert went out with its own link ...
+        assert all(linked[a][0] == alerts[a][0] for a in alerts)  # ... for its own recipient
+        for aid, (_, tok) in sorted(linked.items())[:3]:
+            assert alert_for_link(tok, secret=ACK_KEY, now=NOW, database_url=outbox_db)["alert_id"] == aid
+            page = requests.get(f"{base}/ack", params={"t": tok}, timeout=5)
+            assert page.status_code == 200 and "万堤村" in page.text
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_ack_link_is_signed_at_each_send_and_lives_from_it(outbox_db, monkeypatch):
+    """An alert held over quiet hours, or retried, carries a link signed when it goes out: it is
+    valid for the whole lifetime from that send, and a retry's link works too."""
+    from sibifang.ack_tokens import verify_ack_token
+    from sibifang.settings import LOCAL_TZ
+    from tasks.dispatch_alerts import enqueue
+
+    srv, _ = _ack_site(monkeypatch, outbox_db)
+    late, morning = datetime(2026, 11, 20, 23, 0), datetime(2026, 11, 21, 7, 1)
+    try:
+        with HttpReceiver(down_first_requests=6, verifier=verify_generic("s3cret")) as rx:
+            _use_webhook(monkeypatch, rx.url)
+            enqueue_n = enqueue(late, outbox_db)
+            _drain(outbox_db, start=morning)
+            sent = [(r.json["dedup_key"], r.answered_status, r.json["markdown"]) for r in rx.requests]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with session_scope(outbox_db) as s:
+        by_dedup = {a.dedup_key: a for a in s.scalars(select(Alert))}
+        s.expunge_all()
+    assert enqueue_n == len(by_dedup) and {a.status for a in by_dedup.values()} == {"sent"}
+    failed = [x for x in sent if x[1] != 200]
+    assert len(failed) == 6  # the first sends failed and were retried
+    issued: dict[str, list] = {}
+    for dedup, status, text in sent:
+        a = by_dedup[dedup]
+        (tok,) = _links(text)
+        claims = verify_ack_token(tok, ACK_KEY, morning)
+        assert (claims.alert_id, claims.recipient_id) == (a.id, a.recipient_id)
+        issued.setdefault(dedup, []).append(claims.issued_at)
+        if status == 200:
+            # signed at the send that reached her (not at the enqueue the night before) ...
+            assert claims.issued_at == a.sent_at.replace(tzinfo=LOCAL_TZ)
+            # ... so it lasts its whole lifetime from that send
+            verify_ack_token(tok, ACK_KEY, a.sent_at + timedelta(hours=72) - timedelta(minutes=1))
+    retried = [v for d, v in issued.items() if len(v) > 1]
+    assert retried and all(v == sorted(v) and v[0] < v[-1] for v in retried)  # each attempt signs anew
+
+
+def test_alerts_stored_with_their_link_before_are_sent_as_stored(outbox_db, monkeypatch):
+    """An outbox row written by an earlier version holds the whole body, link included (no slot):
+    it is sent as it is."""
+    from sibifang.ack_tokens import ack_url, make_ack_token
+    from tasks.dispatch_alerts import deliver
+
+    old_body = ("**【较急】李奶奶家用电异常**\n[收到请点此确认](" +
+                ack_url("http://127.0.0.1:8765", make_ack_token("A-OLD", "GW1", ACK_KEY, 72, NOW)) + ")")
+    with session_scope(outbox_db) as s:
+        s.add(Alert(id="A-OLD", dedup_key="old|GW1|L0", flag_id="F001", recipient_id="GW1",
+                    recipient_role="grid_worker", channel="webhook", address="http://127.0.0.1:9/unused",
+                    severity="high", title="用电异常", body=old_body, status="pending", attempts=0,
+                    escalation_level=0, created_at=NOW, next_attempt_at=NOW))
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        deliver(NOW, outbox_db)
+        (got,) = [r.json for r in rx.accepted()]
+    assert got["markdown"] == got["text"] == old_body
+
+
+def test_an_id_number_run_into_a_phone_number_in_an_address_never_goes_out(outbox_db, monkeypatch):
+    """Addresses copied with their spaces lost or typed with dots: the messages and the page behind
+    the link hide the ID number and keep the phone number the grid worker may call."""
+    import requests
+
+    from sibifang.acknowledge import alert_for_link
+
+    addresses = {"H001": "石溪镇万堤村6组19号 户主身份证 33020319400101123413800138000",
+                 "H002": "石溪镇万堤村7组3号（身份证330203.19400101.1234，电话13800138000）"}
+    with session_scope(outbox_db) as s:
+        for hid, addr in addresses.items():
+            s.get(Household, hid).address = addr
+    srv, base = _ack_site(monkeypatch, outbox_db)
+    try:
+        with HttpReceiver() as rx:
+            _use_webhook(monkeypatch, rx.url)
+            tasks.dispatch_alerts.enqueue(NOW, outbox_db)
+            tasks.dispatch_alerts.deliver(NOW, outbox_db)  # links signed on the real clock: the page opens them
+            mine = [r.json for r in rx.accepted() if r.json["markdown"] and "石溪镇" in r.json["markdown"]]
+        pages = [requests.get(f"{base}/ack", params={"t": _links(m["markdown"])[0]}, timeout=5).text for m in mine]
+        page_ctx = [alert_for_link(_links(m["markdown"])[0], secret=ACK_KEY, database_url=outbox_db) for m in mine]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len(mine) >= 2
+    texts = [m["markdown"] + m["text"] for m in mine] + pages + [c["address"] for c in page_ctx]
+    for t in texts:
+        assert "身份证号已隐去" in t and "13800138000" in t
+        plain = "".join(c for c in t if c.isdigit() or c in "Xx")
+        assert "330203194001011234" not in plain
+
+
+def test_escalation_alerts_store_no_ack_token_and_go_out_with_a_working_link(outbox_db, monkeypatch):
+    """The 【升级】 alerts queued one step up are stored with the link's slot too, and reach the
+    township with a link the ack page opens (signed when they go out)."""
+    import requests
+
+    from sibifang.ack_tokens import verify_ack_token
+    from tasks.dispatch_alerts import deliver, enqueue, escalate
+
+    srv, base = _ack_site(monkeypatch, outbox_db)
+    try:
+        with HttpReceiver() as rx:
+            _use_webhook(monkeypatch, rx.url)
+            enqueue(NOW, outbox_db)
+            deliver(NOW, outbox_db)
+            assert escalate(NOW + timedelta(minutes=31), outbox_db) > 0
+            with session_scope(outbox_db) as s:
+                stored = [a.body for a in s.scalars(select(Alert).where(Alert.escalation_level > 0))]
+            deliver(NOW + timedelta(minutes=32), outbox_db)
+            sent = [r.json for r in rx.accepted() if r.json["title"].startswith("【升级】")]
+        with session_scope(outbox_db) as s:
+            esc = {a.id: a.recipient_id for a in s.scalars(select(Alert).where(Alert.escalation_level > 0))}
+        assert stored and not any("/ack?t=" in b for b in stored)
+        assert len(sent) == len(esc)
+        for m in sent:
+            (tok,) = set(_links(m["markdown"]))
+            claims = verify_ack_token(tok, ACK_KEY, NOW)
+            assert esc[claims.alert_id] == claims.recipient_id == "SV1"
+            assert requests.get(f"{base}/ack", params={"t": tok}, timeout=5).status_code == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
