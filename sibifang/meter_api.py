@@ -26,6 +26,11 @@ Behaviour:
   chained (their text could include a URL with credentials, or the header itself: only their
   class name is kept). The token is stripped of surrounding whitespace; one with whitespace
   or control characters inside is refused before any request.
+* The base URL may carry a key of its own (a gateway key in its path or query: the settings
+  treat it as a secret). ``/readings`` is joined onto its path, its query kept; its path,
+  query values and user info are redacted like the token from an error's excerpt (raw and
+  percent-encoded, since a gateway answering 404 often echoes the request path) and from
+  urllib3's DEBUG request lines.
 * Resuming: :func:`resume_since` gives the ``since`` for the next pull from the store —
   the earliest of the meters' last readings, so no meter misses data, bounded by
   ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
@@ -103,8 +108,9 @@ def fetch_readings(
     url = _readings_url(base_url)
     # The token and whatever in the base URL may be a key (its path, its query, a password):
     # none of them may be quoted back from an error answer.
-    secrets = [secret, *_base_url_secrets(base_url)]
-    register_log_secrets(_base_url_secrets(base_url))  # urllib3's DEBUG request lines show the path
+    url_secrets = _base_url_secrets(base_url)
+    secrets = [secret, *url_secrets]
+    register_log_secrets(url_secrets)  # urllib3's DEBUG request lines show the path
     own_session = session is None
     session = session or requests.Session()
     headers = {"Accept": "application/json"}
