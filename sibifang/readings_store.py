@@ -398,6 +398,18 @@ class ReadingStore:
     def batch_journal(self, batch_id: str) -> "BatchJournal":
         return BatchJournal(self.root / BATCHES_DIR / hashlib.sha1(batch_id.encode("utf-8")).hexdigest())
 
+    def unfinished_pulls(self) -> list["BatchJournal"]:
+        """Journals of pulls that changed the store and never reached the ledger, oldest first.
+        A retry pulls from where the failed attempt's readings end, so it would not see them
+        again: ``tasks.ingest_readings.pull_api_task`` finishes these first, from the readings
+        kept in the journal."""
+        folder = self.root / BATCHES_DIR
+        if not folder.exists():
+            return []
+        found = [BatchJournal(d) for d in folder.iterdir() if d.is_dir()]
+        found = [j for j in found if j.exists() and (j.directory / "pull.json").exists()]
+        return sorted(found, key=lambda j: (j.directory / "begun").stat().st_mtime_ns)
+
 
 class BatchJournal:
     """What a batch started from, kept from its first change to the store until its ledger row
@@ -422,8 +434,11 @@ class BatchJournal:
     def exists(self) -> bool:
         return (self.directory / "begun").exists()
 
-    def begin(self, *, registers: pd.DataFrame | None = None, stored: np.ndarray | None = None) -> None:
-        """Record what the batch starts from; a journal begun already is left as it is."""
+    def begin(self, *, registers: pd.DataFrame | None = None, stored: np.ndarray | None = None,
+              pull: dict | None = None) -> None:
+        """Record what the batch starts from; a journal begun already is left as it is.
+        ``pull`` (a pull's ``batch_id``, ``source`` and ``readings``, the frame as pulled): kept
+        so that a retry, which pulls from later on, can finish this batch first."""
         if self.exists():
             return
         self.discard()  # a half-written one from a crash inside begin
@@ -434,8 +449,23 @@ class BatchJournal:
         if stored is not None:
             mask = np.asarray(stored, dtype=bool)
             _atomic_write(pa.table({"stored": pa.array(mask)}), self.directory / "stored.parquet")
+        if pull is not None:
+            frame = pull["readings"]
+            _atomic_write_text(json.dumps({"batch_id": pull["batch_id"], "source": pull["source"],
+                                           "columns": list(frame.columns),
+                                           "rows": frame.to_numpy(dtype=object).tolist()},
+                                          ensure_ascii=False, default=_json_scalar),
+                               self.directory / "pull.json")
         _atomic_write_text("{}", self.directory / "new_by_day.json")
         _atomic_write_text("", self.directory / "begun")  # last: the journal is whole
+
+    def pull(self) -> tuple[str, str, pd.DataFrame]:
+        """(batch id, source, the readings as pulled) of a pull's journal."""
+        kept = json.loads((self.directory / "pull.json").read_text(encoding="utf-8"))
+        frame = pd.DataFrame(kept["rows"], columns=kept["columns"], dtype=object)
+        if "line" in frame.columns:
+            frame["line"] = frame["line"].astype("int64")
+        return kept["batch_id"], kept["source"], frame
 
     def registers(self) -> pd.DataFrame | None:
         path = self.directory / "registers.parquet"
@@ -562,6 +592,12 @@ def _sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     rank[order] = np.arange(len(order))
     indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in column.chunks])
     return rank[indices.astype(np.int64)], dictionary.take(pa.array(order))
+
+
+def _json_scalar(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not kept in a batch journal")
 
 
 def _atomic_write_text(text: str, target: Path) -> None:

@@ -192,6 +192,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     skipped = 0
     times = None
     stored = None
+    pulled = raw
     if pull and len(raw):
         # The times are read once: the rows the store holds are found with them and the others
         # cleaned with them (they were read twice, 0.6 s a million readings).
@@ -237,7 +238,8 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     # accepted, and new as they were the first time).
     if len(acc) or result.last_registers is not None:
         journal.begin(registers=registers if cumulative else None,
-                      stored=stored if pull and stored is not None else None)
+                      stored=stored if pull and stored is not None else None,
+                      pull={"batch_id": batch_id, "source": source, "readings": pulled} if pull else None)
     new_rows, clashing = (store.append(acc, return_conflicts=True, count_new=journal.count_new) if len(acc)
                           else (0, np.zeros(0, dtype=np.int64)))
     if result.last_registers is not None:
@@ -408,6 +410,14 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     from sibifang.meter_api import resume_since
 
     store = ReadingStore(Path(settings.data_dir) / "readings")
+    # A pull that failed after storing readings (this task's earlier attempt, or an earlier run)
+    # is finished first, from the readings it kept: pulling resumes after them, so they would
+    # never be read again and the ledger would miss what the store holds.
+    finished = []
+    for journal in store.unfinished_pulls():
+        batch_id, source, kept = journal.pull()
+        finished.append(ingest_frame(kept, source=source, batch_id=batch_id, database_url=database_url,
+                                     as_of=as_of, pull=True))
     # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
     since = resume_since(store.last_ts())
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
@@ -415,5 +425,11 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     digest = hashlib.sha1(pd.util.hash_pandas_object(raw, index=False).values.tobytes()).hexdigest()
     # ``pull``: what overlaps earlier pulls (the window the lagging meter keeps open) is neither
     # read nor quarantined again; see ingest_frame.
-    return ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url,
-                        as_of=as_of, pull=True)
+    result = ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url,
+                          as_of=as_of, pull=True)
+    for earlier in finished:
+        if "earlier" in earlier:
+            continue  # in the ledger already (its attempt failed after the commit): nothing read now
+        for key in ("read", "accepted", "quarantined", "new", "conflicting", "already_ingested"):
+            result[key] += earlier.get(key, 0)
+    return result

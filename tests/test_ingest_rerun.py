@@ -228,3 +228,54 @@ def test_a_prefect_retry_of_the_file_task_ends_as_a_clean_run(inbox_this_morning
     expected_a = (72, 69, 3, 69) if feed == "cumulative" else (72, 72, 0, 72)
     assert ledger == [("a.csv", *expected_a), ("b.csv", 144, 144, 0, 144)]
     assert quarantined is None
+
+
+def test_a_pull_retried_after_a_failure_books_the_readings_the_failed_attempt_stored(database_url, app_env,
+                                                                                  monkeypatch):
+    """A retry of pull_meter_api resumes after the readings the failed attempt stored (the
+    store's last readings moved on): it never saw them again, so no ledger row ever counted
+    them. The retry now finishes the failed pull first, from the readings it kept."""
+    import sibifang.import_registry as registry
+    import sibifang.settings as settings_module
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import pull_api_task
+    from tests.test_inbox_rejects import use_database
+    from tests.test_meter_api import TOKEN, FakeMeterApi
+
+    _seed(database_url)
+    use_database(monkeypatch, database_url)
+    monkeypatch.setattr(settings_module, "local_now", lambda: datetime(2026, 11, 20, 12, 0))
+    r = lambda m, hm, k: {"meter_id": m, "ts": f"2026-11-20T{hm}:00+08:00", "kwh": k}  # noqa: E731
+    first = [r("M1", "08:15", .1), r("M2", "08:15", .2), r("M1", "08:30", .3), r("X9", "08:30", .1)]
+    later = [r("M1", "08:45", .4), r("M2", "08:45", .5)]
+    with FakeMeterApi() as api:
+        monkeypatch.setenv("SIBIFANG_METER_API_URL", api.url)
+        monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN)
+        from sibifang.settings import reset_settings
+        reset_settings()
+        api.pages = {None: {"readings": first, "next_page_token": None}}
+        original = registry.record_validation
+
+        def fail(*args, **kwargs):
+            raise Injected("database connection lost")
+        monkeypatch.setattr(registry, "record_validation", fail)
+        with pytest.raises(Injected):
+            pull_api_task.fn()
+        monkeypatch.setattr(registry, "record_validation", original)
+        # The retry: the API has more by now, and the pull resumes after what is stored.
+        api.pages = {None: {"readings": [r("M1", "08:30", .3), r("M2", "08:15", .2), *later],
+                            "next_page_token": None}}
+        out = pull_api_task.fn()
+        again = pull_api_task.fn()  # and again: nothing new
+    store = ReadingStore(app_env / "data" / "readings")
+    from schemas.models import ReadingBatch
+    from sibifang.db import session_scope
+    with session_scope(database_url) as s:
+        ledger = sorted(s.execute(select(ReadingBatch.rows_read, ReadingBatch.rows_accepted,
+                                         ReadingBatch.rows_quarantined, ReadingBatch.rows_new)).tuples())
+    # The failed pull as a clean run books it (X9 unknown: quarantined), then the two new ones.
+    assert ledger == [(2, 2, 0, 2), (4, 3, 1, 3)]
+    assert sum(row[3] for row in ledger) == len(store.load()) == 5
+    assert (out["read"], out["accepted"], out["quarantined"], out["new"]) == (6, 5, 1, 5)
+    assert store.unfinished_pulls() == []
+    assert again["read"] == 0
