@@ -407,7 +407,7 @@ class ReadingStore:
         if not folder.exists():
             return []
         found = [BatchJournal(d) for d in folder.iterdir() if d.is_dir()]
-        found = [j for j in found if j.exists() and (j.directory / "pull.json").exists()]
+        found = [j for j in found if j.exists() and (j.directory / "pull.parquet").exists()]
         return sorted(found, key=lambda j: (j.directory / "begun").stat().st_mtime_ns)
 
 
@@ -450,22 +450,16 @@ class BatchJournal:
             mask = np.asarray(stored, dtype=bool)
             _atomic_write(pa.table({"stored": pa.array(mask)}), self.directory / "stored.parquet")
         if pull is not None:
-            frame = pull["readings"]
-            _atomic_write_text(json.dumps({"batch_id": pull["batch_id"], "source": pull["source"],
-                                           "columns": list(frame.columns),
-                                           "rows": frame.to_numpy(dtype=object).tolist()},
-                                          ensure_ascii=False, default=_json_scalar),
-                               self.directory / "pull.json")
+            _atomic_write(_typed_table(pull["readings"]), self.directory / "pull.parquet")
+            _atomic_write_text(json.dumps({"batch_id": pull["batch_id"], "source": pull["source"]},
+                                          ensure_ascii=False), self.directory / "pull.json")
         _atomic_write_text("{}", self.directory / "new_by_day.json")
         _atomic_write_text("", self.directory / "begun")  # last: the journal is whole
 
     def pull(self) -> tuple[str, str, pd.DataFrame]:
         """(batch id, source, the readings as pulled) of a pull's journal."""
         kept = json.loads((self.directory / "pull.json").read_text(encoding="utf-8"))
-        frame = pd.DataFrame(kept["rows"], columns=kept["columns"], dtype=object)
-        if "line" in frame.columns:
-            frame["line"] = frame["line"].astype("int64")
-        return kept["batch_id"], kept["source"], frame
+        return kept["batch_id"], kept["source"], _untyped_frame(pq.read_table(self.directory / "pull.parquet"))
 
     def registers(self) -> pd.DataFrame | None:
         path = self.directory / "registers.parquet"
@@ -594,10 +588,56 @@ def _sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return rank[indices.astype(np.int64)], dictionary.take(pa.array(order))
 
 
-def _json_scalar(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not kept in a batch journal")
+# A pull's readings as sent (object columns: an id may be a number in one reading and a string
+# in the next) kept exactly: per column the text of each value and its type.
+_KINDS = {type(None): 0, str: 1, int: 2, float: 3, bool: 4}
+
+
+def _typed_table(frame: pd.DataFrame) -> pa.Table:
+    columns = {}
+    for name in frame.columns:
+        values = frame[name].to_numpy(dtype=object)
+        # The usual columns in one type each, stored as that type (fast); any other, value by value.
+        inferred = pd.api.types.infer_dtype(values, skipna=False)
+        fast = {"string": ("s", pa.string()), "integer": ("i", pa.int64()), "floating": ("f", pa.float64())}
+        if inferred in fast:
+            prefix, arrow_type = fast[inferred]
+            try:
+                columns[f"{prefix}:{name}"] = pa.array(values, arrow_type)
+                continue
+            except (pa.ArrowInvalid, OverflowError):  # an integer beyond 64 bits
+                pass
+        values = [v.item() if isinstance(v, np.generic) else v for v in values.tolist()]
+        kinds = np.fromiter((_KINDS.get(type(v), 5) for v in values), dtype=np.int8, count=len(values))
+        text = [None if k == 0 else (repr(v) if k == 3 else json.dumps(v) if k == 5 else str(v))
+                for v, k in zip(values, kinds.tolist())]
+        columns[f"v:{name}"] = pa.array(text, pa.string())
+        columns[f"k:{name}"] = pa.array(kinds, pa.int8())
+    return pa.table(columns)
+
+
+def _untyped_frame(table: pa.Table) -> pd.DataFrame:
+    out = {}
+    for column in table.column_names:
+        prefix, name = column.split(":", 1)
+        if prefix == "k":
+            continue
+        if prefix in ("s", "i", "f"):
+            out[name] = np.array(table.column(column).to_pylist(), dtype=object)
+            continue
+        text = table.column(column).to_numpy(zero_copy_only=False).astype(object)
+        kinds = table.column(f"k:{name}").to_numpy()
+        values = text.copy()
+        for kind, convert in ((2, int), (3, float), (4, lambda t: t == "True"), (5, json.loads)):
+            at = np.flatnonzero(kinds == kind)
+            if len(at):
+                values[at] = [convert(t) for t in text[at].tolist()]
+        values[kinds == 0] = None
+        out[name] = values
+    frame = pd.DataFrame(out, dtype=object)
+    if "line" in frame.columns:
+        frame["line"] = frame["line"].astype("int64")
+    return frame
 
 
 def _atomic_write_text(text: str, target: Path) -> None:

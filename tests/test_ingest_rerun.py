@@ -279,3 +279,21 @@ def test_a_pull_retried_after_a_failure_books_the_readings_the_failed_attempt_st
     assert (out["read"], out["accepted"], out["quarantined"], out["new"]) == (6, 5, 1, 5)
     assert store.unfinished_pulls() == []
     assert again["read"] == 0
+
+
+def test_a_pull_journal_keeps_the_readings_exactly_as_sent(tmp_path):
+    """What a retry ingests is what was pulled: ids as numbers or text, nulls, odd values."""
+    from sibifang.readings_store import BatchJournal
+
+    frame = pd.DataFrame({"meter_id": [3302810001, "3302810002", None, 12.5, True, {"x": 1}],
+                          "ts": ["2026-11-20T08:15:00+08:00", None, "", "later", 1763597700, [1, 2]],
+                          "kwh": [0.1, "0.2", None, 1e-17, 2**70, -0.0]}, dtype=object)
+    frame.insert(0, "line", range(1, len(frame) + 1))
+    journal = BatchJournal(tmp_path / "j")
+    journal.begin(stored=np.zeros(len(frame), dtype=bool), pull={"batch_id": "api-x", "source": "meter-api",
+                                                                  "readings": frame})
+    batch_id, source, kept = journal.pull()
+    assert (batch_id, source) == ("api-x", "meter-api")
+    assert kept["line"].dtype == frame["line"].dtype and list(kept.columns) == list(frame.columns)
+    for col in ("meter_id", "ts", "kwh"):
+        assert [(type(v), v) for v in kept[col]] == [(type(v), v) for v in frame[col]], col
