@@ -5,7 +5,7 @@ from __future__ import annotations
 import time as time_module
 from datetime import date, datetime, time, timedelta
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.dispatch_alerts import dispatch_alerts
 from flows.escalate_disputes import escalate_disputes
@@ -35,8 +35,47 @@ def closed_loop(as_of: date | None = None, report: bool = False, report_period_d
     if report:
         stages.append(("summary_report", lambda: summary_report(day, report_period_days)))
     out: dict = {"seconds": {}}
-    for name, run in stages:  # in order: a stage that fails stops the ones after it
+    failed: dict[str, str] = {}
+    for name, run in stages:  # in order; a failed stage stops only the stages that need it
+        missing = [need for need in NEEDS.get(name, ()) if need in failed or need in out.get("skipped", {})]
+        if missing:
+            out.setdefault("skipped", {})[name] = missing
+            get_run_logger().error("%s skipped: it needs %s, which did not complete", name, ", ".join(missing))
+            continue
         t0 = time_module.perf_counter()
-        out[name] = run()
+        try:
+            out[name] = run()
+        except Exception as exc:  # noqa: BLE001 -- reported below, and the run ends failed
+            # The subflow's own message (its run holds the traceback); secrets are kept out of
+            # these messages where they are made (sibifang.meter_api, sibifang.channels).
+            failed[name] = f"{type(exc).__name__}: {exc}"[:300]
+            get_run_logger().error("%s failed; the stages that do not need it go on: %s", name, failed[name])
         out["seconds"][name] = round(time_module.perf_counter() - t0, 2)
+    if failed:
+        out["failed"] = failed
+        raise ClosedLoopError(out)
     return out
+
+
+# Which stages need which to have completed. Risks are flagged from the day's readings and
+# visits: flagged without the readings of a failed ingest (say the meter API answering 404),
+# every meter the API feeds would look offline, and cadres would be sent to check on
+# households that are fine. Alerts (already pending ones), disputes, visit planning and the
+# report do not depend on today's readings: a broken meter feed must not stop them.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "flag_risks": ("record_visits", "ingest_readings"),
+}
+
+
+class ClosedLoopError(RuntimeError):
+    """One or more stages of the day failed (the others ran); ``result`` holds what ran,
+    ``failed`` and ``skipped``. Raised so the run ends failed and the failure is seen."""
+
+    def __init__(self, result: dict):
+        self.result = result
+        failed = result.get("failed", {})
+        skipped = result.get("skipped", {})
+        text = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        if skipped:
+            text += "; skipped: " + ", ".join(skipped)
+        super().__init__(f"closed loop: {len(failed)} stage(s) failed, the others ran — {text}")

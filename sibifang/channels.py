@@ -203,10 +203,29 @@ class RedactUrlSecretsFilter(logging.Filter):
             text = record.getMessage()
         except Exception:
             return True
-        if "?" in text or "/hook/" in text:
-            record.msg = self._hook.sub(r"\1***", self._query.sub("?***", text))
+        extra = _LOG_SECRETS
+        if "?" in text or "/hook/" in text or any(s in text for s in extra):
+            text = self._hook.sub(r"\1***", self._query.sub("?***", text))
+            for s in extra:  # longest first (see register_log_secrets)
+                text = text.replace(s, "***")
+            record.msg = text
             record.args = ()
         return True
+
+
+# Pieces of configured URLs (a key in a path) that urllib3's request lines must not show;
+# longest first, so a piece inside a longer one never leaves the rest of it behind.
+_LOG_SECRETS: tuple[str, ...] = ()
+_LOG_SECRETS_LOCK = threading.Lock()
+
+
+def register_log_secrets(pieces: Iterable[str | None]) -> None:
+    """Have urllib3's request lines redact ``pieces`` too (idempotent; shorter than 4
+    characters is ignored). For keys the query filter cannot see: one in a URL's path."""
+    global _LOG_SECRETS
+    with _LOG_SECRETS_LOCK:
+        merged = set(_LOG_SECRETS) | {p for p in pieces if p and len(p) >= 4}
+        _LOG_SECRETS = tuple(sorted(merged, key=len, reverse=True))
 
 
 def install_log_redaction() -> None:

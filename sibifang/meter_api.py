@@ -26,6 +26,11 @@ Behaviour:
   chained (their text could include a URL with credentials, or the header itself: only their
   class name is kept). The token is stripped of surrounding whitespace; one with whitespace
   or control characters inside is refused before any request.
+* The base URL may carry a key of its own (a gateway key in its path or query: the settings
+  treat it as a secret). ``/readings`` is joined onto its path, its query kept; its path,
+  query values and user info are redacted like the token from an error's excerpt (raw and
+  percent-encoded, since a gateway answering 404 often echoes the request path) and from
+  urllib3's DEBUG request lines.
 * Resuming: :func:`resume_since` gives the ``since`` for the next pull from the store —
   the earliest of the meters' last readings, so no meter misses data, bounded by
   ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
@@ -49,11 +54,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 import pandas as pd
 import requests
 from pydantic import SecretStr
 
+from sibifang.channels import register_log_secrets
 from sibifang.settings import LOCAL_TZ_NAME
 
 log = logging.getLogger(__name__)
@@ -98,7 +105,12 @@ def fetch_readings(
     if max_pages < 1 or max_attempts < 1:
         raise ValueError("max_pages and max_attempts must be at least 1")
     secret = _bearer_token(token)
-    url = base_url.rstrip("/") + "/readings"
+    url = _readings_url(base_url)
+    # The token and whatever in the base URL may be a key (its path, its query, a password):
+    # none of them may be quoted back from an error answer.
+    url_secrets = _base_url_secrets(base_url)
+    secrets = [secret, *url_secrets]
+    register_log_secrets(url_secrets)  # urllib3's DEBUG request lines show the path
     own_session = session is None
     session = session or requests.Session()
     headers = {"Accept": "application/json"}
@@ -117,7 +129,7 @@ def fetch_readings(
             body = _get_page(session, url, params, headers, page=page, timeout=timeout,
                              max_attempts=max_attempts, backoff_base=backoff_base,
                              backoff_max=backoff_max, max_retry_after=max_retry_after,
-                             sleep=sleep, secret=secret)
+                             sleep=sleep, secrets=secrets)
             batch = body.get("readings")
             if not isinstance(batch, list) or not all(isinstance(r, dict) for r in batch):
                 raise MeterApiError(f"电表接口第 {page} 页格式不对：缺少 readings 列表")
@@ -184,7 +196,7 @@ def fetch_new_readings(store, *, session: requests.Session | None = None, **kwar
 
 def _get_page(session: requests.Session, url: str, params: dict, headers: dict, *, page: int,
               timeout, max_attempts: int, backoff_base: float, backoff_max: float,
-              max_retry_after: float, sleep: Callable[[float], None], secret: str | None) -> dict:
+              max_retry_after: float, sleep: Callable[[float], None], secrets: list[str | None]) -> dict:
     for attempt in range(1, max_attempts + 1):
         wait: float | None = None
         problem: str
@@ -212,7 +224,7 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
                     raise MeterApiError(f"电表接口第 {page} 页不是 JSON 对象", status=status)
                 return body
             if status not in RETRY_STATUS:
-                raise MeterApiError(_status_message(status, page, response, secret), status=status) from None
+                raise MeterApiError(_status_message(status, page, response, secrets), status=status) from None
             problem = f"HTTP {status}"
             wait = _retry_after_seconds(response.headers.get("Retry-After"))
             if wait is not None and wait > max_retry_after:
@@ -231,14 +243,53 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
     raise AssertionError("unreachable")
 
 
-def _status_message(status: int, page: int, response: requests.Response, secret: str | None) -> str:
+def _readings_url(base_url: str) -> str:
+    """``{base_url}/readings``: the path joined as a path, the base URL's query (a key some
+    gateways take there) kept as the query; requests adds ``since``/``page_token`` to it."""
+    parts = urlsplit(base_url.strip())
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/readings", fragment=""))
+
+
+def _base_url_secrets(base_url: str) -> list[str]:
+    """Pieces of the base URL an error answer may echo and that may be credentials: the URL
+    helper's own (query values, long path segments, the password), plus the user name, the
+    whole path and the whole query (a short key in the path is still a key), each also as
+    percent-encoded or decoded, since a server may echo either form."""
+    from sibifang.channels import _url_secrets
+
+    found = list(_url_secrets(base_url))
+    try:
+        parts = urlsplit(base_url.strip())
+    except ValueError:
+        return found
+    path = parts.path.rstrip("/")
+    found += [path, parts.query, parts.username]
+    found += [pair.split("=", 1)[1] for pair in parts.query.split("&") if "=" in pair]
+    variants: set[str] = set()
+    for piece in found:
+        if not piece:
+            continue
+        for form in (piece, unquote(piece), unquote_plus(piece), quote(unquote(piece), safe="/"),
+                     quote(unquote(piece), safe=""), quote_plus(unquote_plus(piece), safe="")):
+            if len(form) >= 4:
+                variants.add(form)
+    return sorted(variants, key=len, reverse=True)  # a longer piece first: no half-redacted key
+
+
+def _redact_secrets(text: str, secrets: list[str | None]) -> str:
+    for s in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(s, "***")
+    return text
+
+
+def _status_message(status: int, page: int, response: requests.Response, secrets: list[str | None]) -> str:
     if status in (401, 403):
         return f"电表接口拒绝访问（HTTP {status}），请检查 SIBIFANG_METER_API_TOKEN 是否正确、是否过期"
     if 300 <= status < 400:
         return f"电表接口返回重定向（HTTP {status}），为保护令牌不跟随重定向；请把地址改成最终地址"
-    excerpt = response.text[:200]
-    if secret:
-        excerpt = excerpt.replace(secret, "***")
+    # Redacted before it is cut: a key cut in two would no longer match, and half a key is
+    # still too much.
+    excerpt = _redact_secrets(response.text, secrets)[:200]
     return f"电表接口第 {page} 页请求被拒绝（HTTP {status}），不会重试：{excerpt}"
 
 

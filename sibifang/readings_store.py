@@ -9,6 +9,7 @@ A row per reading in SQLite cannot reach the figures the detectors need (a month
     <root>/_last_registers.parquet             cumulative feeds: per meter the ts of its last
                                                 register reading and the reference reached
                                                 there (meter_id, ts, register_kwh float64)
+    <root>/_batches/<sha1>/                    a batch not yet in the ledger: what it started from
     <root>/.lock                               serialises writers (flock)
 
 Conventions:
@@ -30,18 +31,25 @@ Conventions:
 * Cumulative (register) feeds chain across files and pulls through ``_last_registers``: the
   next batch's first reading of a meter is an interval from it, not a lost baseline. It only
   moves forward (the later ts wins; an old file ingested again does not set it back), and it
-  is saved after the batch's readings, so a crash in between makes the batch run again from
-  the old state, which gives the same intervals.
+  is saved after the batch's readings.
+* A batch changes the store before its ledger row is committed: ``BatchJournal``
+  (``<root>/_batches/``) keeps what it started from (register state, for a pull which readings
+  were stored already, per partition what was new to it) until then, so a batch run again
+  after a failure anywhere in between ends as a clean run would (the same intervals, the same
+  counts in the ledger).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
+import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -62,6 +70,7 @@ SCHEMA = pa.schema([
 PART_NAME = "part-0.parquet"
 LAST_TS_NAME = "_last_ts.parquet"
 REGISTERS_NAME = "_last_registers.parquet"
+BATCHES_DIR = "_batches"  # BatchJournal: what a batch not yet in the ledger started from
 REGISTERS_SCHEMA = pa.schema([
     pa.field("meter_id", pa.string()),
     pa.field("ts", pa.timestamp("ns")),
@@ -85,13 +94,17 @@ class ReadingStore:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, df: pd.DataFrame, *, return_conflicts: bool = False) -> int | tuple[int, np.ndarray]:
+    def append(self, df: pd.DataFrame, *, return_conflicts: bool = False,
+               count_new: Callable[[date, int], int] | None = None) -> int | tuple[int, np.ndarray]:
         """Merge cleaned readings into their date partitions; returns the number of NEW rows.
 
         ``df`` has ``meter_id, ts, kwh`` as produced by ``clean_readings``: ts naive local,
         kwh finite and >= 0. Rows already stored (same meter_id and ts) change nothing.
         With ``return_conflicts``: ``(new rows, positions in df of the rows whose key was
         stored with another kWh)`` — those rows were not written.
+        ``count_new(day, n)``, called under the lock for each partition before it is written
+        with the rows new to it, returns what is counted as new there (a batch run again
+        after a failure counts what its first attempt found new: ``BatchJournal.count_new``).
         """
         incoming = _validated(df)
         conflicts: list[np.ndarray] = []
@@ -103,7 +116,7 @@ class ReadingStore:
                 for day_value in np.unique(day):
                     in_day = day == day_value
                     part = incoming.filter(pa.array(in_day))
-                    added, clashing = self._merge_partition(pd.Timestamp(day_value).date(), part)
+                    added, clashing = self._merge_partition(pd.Timestamp(day_value).date(), part, count_new)
                     new_rows += added
                     conflicts.append(np.flatnonzero(in_day)[clashing])
                 self._update_last_ts(incoming)
@@ -111,7 +124,8 @@ class ReadingStore:
             return new_rows
         return new_rows, np.sort(np.concatenate(conflicts)) if conflicts else np.zeros(0, dtype=np.int64)
 
-    def _merge_partition(self, day: date, incoming: pa.Table) -> tuple[int, np.ndarray]:
+    def _merge_partition(self, day: date, incoming: pa.Table,
+                         count_new: Callable[[date, int], int] | None = None) -> tuple[int, np.ndarray]:
         """-> (new rows, positions in ``incoming`` that conflict with a stored value)."""
         directory = self._partition_dir(day)
         directory.mkdir(parents=True, exist_ok=True)
@@ -127,12 +141,13 @@ class ReadingStore:
             n_existing = 0
         merged, conflicts = _sorted_unique(combined, n_existing)
         new_rows = merged.num_rows - n_existing
+        counted = new_rows if count_new is None else count_new(day, new_rows)  # before the write
         if len(conflicts):
             log.warning("date=%s: %d readings differ from the stored value for the same meter and ts; "
                         "stored values kept", day.isoformat(), len(conflicts))
         if new_rows:
             _atomic_write(merged, target)
-        return new_rows, conflicts
+        return counted, conflicts
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -380,6 +395,98 @@ class ReadingStore:
     def _partition_dir(self, day: date) -> Path:
         return self.root / f"date={day.isoformat()}"
 
+    def batch_journal(self, batch_id: str) -> "BatchJournal":
+        return BatchJournal(self.root / BATCHES_DIR / hashlib.sha1(batch_id.encode("utf-8")).hexdigest())
+
+    def unfinished_pulls(self) -> list["BatchJournal"]:
+        """Journals of pulls that changed the store and never reached the ledger, oldest first.
+        A retry pulls from where the failed attempt's readings end, so it would not see them
+        again: ``tasks.ingest_readings.pull_api_task`` finishes these first, from the readings
+        kept in the journal."""
+        folder = self.root / BATCHES_DIR
+        if not folder.exists():
+            return []
+        found = [BatchJournal(d) for d in folder.iterdir() if d.is_dir()]
+        found = [j for j in found if j.exists() and (j.directory / "pull.parquet").exists()]
+        return sorted(found, key=lambda j: (j.directory / "begun").stat().st_mtime_ns)
+
+
+class BatchJournal:
+    """What a batch started from, kept from its first change to the store until its ledger row
+    is committed (``tasks.ingest_readings.ingest_frame``), so that the batch run again after a
+    failure at any point in between (a crash, a Prefect task retry) ends as a clean run would:
+
+    * ``registers``: the register state its cleaning used. The state is saved with the batch's
+      readings, before the ledger: started from the saved one, the re-run would find each
+      meter's first reading at or before the state and set it aside as a baseline.
+    * ``stored``: for a pull, which of its readings the store held before it (those are not
+      read); computed again, the readings the failed attempt stored would be skipped too.
+    * ``new by day``: per partition, the readings new to it when the batch first wrote it
+      (recorded before the write); computed again they would be 0, and the ledger's
+      ``rows_new`` would not match the store.
+
+    Files in ``<root>/_batches/<sha1 of the batch id>/``, each written atomically.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def exists(self) -> bool:
+        return (self.directory / "begun").exists()
+
+    def begin(self, *, registers: pd.DataFrame | None = None, stored: np.ndarray | None = None,
+              pull: dict | None = None) -> None:
+        """Record what the batch starts from; a journal begun already is left as it is.
+        ``pull`` (a pull's ``batch_id``, ``source`` and ``readings``, the frame as pulled): kept
+        so that a retry, which pulls from later on, can finish this batch first."""
+        if self.exists():
+            return
+        self.discard()  # a half-written one from a crash inside begin
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if registers is not None:
+            _atomic_write(pa.Table.from_pandas(_register_frame(registers), schema=REGISTERS_SCHEMA,
+                                               preserve_index=False), self.directory / "registers.parquet")
+        if stored is not None:
+            mask = np.asarray(stored, dtype=bool)
+            _atomic_write(pa.table({"stored": pa.array(mask)}), self.directory / "stored.parquet")
+        if pull is not None:
+            _atomic_write(_typed_table(pull["readings"]), self.directory / "pull.parquet")
+            _atomic_write_text(json.dumps({"batch_id": pull["batch_id"], "source": pull["source"]},
+                                          ensure_ascii=False), self.directory / "pull.json")
+        _atomic_write_text("{}", self.directory / "new_by_day.json")
+        _atomic_write_text("", self.directory / "begun")  # last: the journal is whole
+
+    def pull(self) -> tuple[str, str, pd.DataFrame]:
+        """(batch id, source, the readings as pulled) of a pull's journal."""
+        kept = json.loads((self.directory / "pull.json").read_text(encoding="utf-8"))
+        return kept["batch_id"], kept["source"], _untyped_frame(pq.read_table(self.directory / "pull.parquet"))
+
+    def registers(self) -> pd.DataFrame | None:
+        path = self.directory / "registers.parquet"
+        if not self.exists() or not path.exists():
+            return None
+        return _register_frame(pq.read_table(path, schema=REGISTERS_SCHEMA).to_pandas())
+
+    def stored(self, n: int) -> np.ndarray | None:
+        path = self.directory / "stored.parquet"
+        if not self.exists() or not path.exists():
+            return None
+        mask = pq.read_table(path).column("stored").to_numpy(zero_copy_only=False).astype(bool)
+        return mask if len(mask) == n else None
+
+    def count_new(self, day: date, n: int) -> int:
+        """For ``ReadingStore.append``: the first count recorded for ``day`` wins."""
+        path = self.directory / "new_by_day.json"
+        counts = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        key = day.isoformat()
+        if key not in counts:
+            counts[key] = int(n)
+            _atomic_write_text(json.dumps(counts, sort_keys=True), path)
+        return int(counts[key])
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
 
 # ---------------------------------------------------------------------- helpers
 
@@ -479,6 +586,71 @@ def _sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     rank[order] = np.arange(len(order))
     indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in column.chunks])
     return rank[indices.astype(np.int64)], dictionary.take(pa.array(order))
+
+
+# A pull's readings as sent (object columns: an id may be a number in one reading and a string
+# in the next) kept exactly: per column the text of each value and its type.
+_KINDS = {type(None): 0, str: 1, int: 2, float: 3, bool: 4}
+
+
+def _typed_table(frame: pd.DataFrame) -> pa.Table:
+    columns = {}
+    for name in frame.columns:
+        values = frame[name].to_numpy(dtype=object)
+        # The usual columns in one type each, stored as that type (fast); any other, value by value.
+        inferred = pd.api.types.infer_dtype(values, skipna=False)
+        fast = {"string": ("s", pa.string()), "integer": ("i", pa.int64()), "floating": ("f", pa.float64())}
+        if inferred in fast:
+            prefix, arrow_type = fast[inferred]
+            try:
+                columns[f"{prefix}:{name}"] = pa.array(values, arrow_type)
+                continue
+            except (pa.ArrowInvalid, OverflowError):  # an integer beyond 64 bits
+                pass
+        values = [v.item() if isinstance(v, np.generic) else v for v in values.tolist()]
+        kinds = np.fromiter((_KINDS.get(type(v), 5) for v in values), dtype=np.int8, count=len(values))
+        text = [None if k == 0 else (repr(v) if k == 3 else json.dumps(v) if k == 5 else str(v))
+                for v, k in zip(values, kinds.tolist())]
+        columns[f"v:{name}"] = pa.array(text, pa.string())
+        columns[f"k:{name}"] = pa.array(kinds, pa.int8())
+    return pa.table(columns)
+
+
+def _untyped_frame(table: pa.Table) -> pd.DataFrame:
+    out = {}
+    for column in table.column_names:
+        prefix, name = column.split(":", 1)
+        if prefix == "k":
+            continue
+        if prefix in ("s", "i", "f"):
+            out[name] = np.array(table.column(column).to_pylist(), dtype=object)
+            continue
+        text = table.column(column).to_numpy(zero_copy_only=False).astype(object)
+        kinds = table.column(f"k:{name}").to_numpy()
+        values = text.copy()
+        for kind, convert in ((2, int), (3, float), (4, lambda t: t == "True"), (5, json.loads)):
+            at = np.flatnonzero(kinds == kind)
+            if len(at):
+                values[at] = [convert(t) for t in text[at].tolist()]
+        values[kinds == 0] = None
+        out[name] = values
+    frame = pd.DataFrame(out, dtype=object)
+    if "line" in frame.columns:
+        frame["line"] = frame["line"].astype("int64")
+    return frame
+
+
+def _atomic_write_text(text: str, target: Path) -> None:
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}-{target.name}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _atomic_write(table: pa.Table, target: Path) -> None:

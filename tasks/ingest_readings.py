@@ -156,7 +156,12 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     read and ``earlier`` its counts. ``pull`` (a meter-API pull, which overlaps earlier pulls):
     rows the store already holds (same meter, time and kWh), and rows an earlier pull quarantined
     for the same reason (same meter id and time as sent), are not read by this batch either;
-    ``already_ingested`` counts them. A pull that reads nothing new records nothing."""
+    ``already_ingested`` counts them. A pull that reads nothing new records nothing.
+
+    The store is written before the ledger row is committed. A batch that failed in between
+    (or a Prefect retry of its task) is run again from what its first attempt started from
+    (``ReadingStore.batch_journal``): the register state, the readings a pull found stored, and
+    per partition the readings new to it; its ledger, quarantine and store end as a clean run's."""
     from schemas.models import Meter, ReadingBatch
     from sibifang.db import session_scope, upsert
     from sibifang.import_registry import record_validation
@@ -166,29 +171,48 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
 
     settings = get_settings()
     now = now or local_now()
+    store = ReadingStore(Path(settings.data_dir) / "readings")
+    # What this batch started from, if an earlier attempt of it failed after changing the store
+    # (see BatchJournal): the batch runs again from there, as if that attempt had not happened.
+    journal = store.batch_journal(batch_id)
+    resumed = journal.exists()
     with session_scope(database_url) as s:
         earlier = s.get(ReadingBatch, batch_id)
         if earlier is not None:
             # The same content again (a file dropped or imported twice): ingesting it would
             # turn a register's first reading into a baseline, count its rows again and record
             # a validation run that contradicts the ledger.
+            if resumed:
+                journal.discard()  # an attempt that failed after its ledger commit
             return _already_in_ledger(earlier, source)
         # Each meter's own interval: an hourly meter's 3 kWh hour is no 15-minute spike, and its
         # next register reading an hour on is no gap.
         intervals = {m: int(n) for m, n in s.execute(select(Meter.id, Meter.interval_minutes)) if n}
         known = set(s.scalars(select(Meter.id)))
-    store = ReadingStore(Path(settings.data_dir) / "readings")
     skipped = 0
     times = None
+    stored = None
+    pulled = raw
     if pull and len(raw):
         # The times are read once: the rows the store holds are found with them and the others
         # cleaned with them (they were read twice, 0.6 s a million readings).
         times = parse_reading_times(raw)
-        stored = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None, times=times)
+        # Run again, what the store held before the first attempt: not what that attempt stored.
+        stored = journal.stored(len(raw)) if resumed else None
+        if stored is None:
+            stored = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None,
+                                    times=times)
         skipped = int(stored.sum())
         raw = raw.loc[~stored].reset_index(drop=True)  # ``line`` stays the position in the pull
         times = times.take(~stored)
     cumulative = "register_kwh" in raw.columns and "kwh" not in raw.columns
+    registers = None
+    if cumulative:
+        # Run again, the state the first attempt started from: the one saved since sits at this
+        # batch's last readings, and would make each meter's first reading a baseline.
+        registers = journal.registers() if resumed else None
+        if registers is None:
+            registers = store.last_registers()
     # Future readings are judged against the real clock only (a meter clock ahead of now), never
     # against ``as_of``: a replayed day's run must not set aside the readings of the days after
     # it (the file watcher leaves such a file to their own run, see ingest_file_task).
@@ -198,7 +222,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
                             # meter's grid, as `sibifang detect` and the detectors place them: left
                             # off it, an hour reads empty and the next one doubled.
                             snap_to_grid=True, times=times,
-                            last_registers=store.last_registers() if cumulative else None)
+                            last_registers=registers)
     acc, q = result.accepted, result.quarantined
     counts = dict(result.counts)
     if counts["read"] != len(acc) + counts["quarantined"]:
@@ -208,10 +232,19 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         # The hand-over contract of what goes into the store (the readings suite), each reading
         # bounded for its own meter's interval as the cleaning bounded it.
         _check_handover(acc, result.accepted_lines, intervals, cumulative, source)
-    new_rows, clashing = store.append(acc, return_conflicts=True) if len(acc) else (0, np.zeros(0, dtype=np.int64))
+    # From here the batch changes the store, before its ledger row is committed: what it started
+    # from is kept until then, and ``rows_new`` counts, per partition, what was new to it the
+    # first time this batch wrote it (a re-run finds its own readings stored: same value, so
+    # accepted, and new as they were the first time).
+    if len(acc) or result.last_registers is not None:
+        journal.begin(registers=registers if cumulative else None,
+                      stored=stored if pull and stored is not None else None,
+                      pull={"batch_id": batch_id, "source": source, "readings": pulled} if pull else None)
+    new_rows, clashing = (store.append(acc, return_conflicts=True, count_new=journal.count_new) if len(acc)
+                          else (0, np.zeros(0, dtype=np.int64)))
     if result.last_registers is not None:
-        # After the readings: a crash in between runs the batch again from the old state
-        # (same intervals); saved first, the batch's first intervals would be lost.
+        # After the readings (saved first, a crash in between would lose the batch's first
+        # intervals); a re-run after a failure from here on cleans from the journal's state.
         store.save_registers(result.last_registers)
     if len(clashing):
         # A value that contradicts a stored reading was not stored: it is not "accepted".
@@ -242,6 +275,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
         # only make every quiet pull a change.
         if skipped:
             run_logger().info("%s: %d reading(s) already ingested by earlier pulls; nothing new", source, skipped)
+        journal.discard()
         return out
     with session_scope(database_url) as s:
         upsert(s, ReadingBatch, [{
@@ -261,6 +295,7 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
                           raw_rows=_raw_rows(raw, q["line"]))
         if keys is not None and len(q):
             _set_reading_keys(s, source, batch_id, q, keys)
+    journal.discard()  # in the ledger: a re-run stops at the ledger
     if len(q):
         run_logger().warning("%s: %d reading(s) quarantined", source, counts["quarantined"])
     if skipped:
@@ -375,6 +410,14 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     from sibifang.meter_api import resume_since
 
     store = ReadingStore(Path(settings.data_dir) / "readings")
+    # A pull that failed after storing readings (this task's earlier attempt, or an earlier run)
+    # is finished first, from the readings it kept: pulling resumes after them, so they would
+    # never be read again and the ledger would miss what the store holds.
+    finished = []
+    for journal in store.unfinished_pulls():
+        batch_id, source, kept = journal.pull()
+        finished.append(ingest_frame(kept, source=source, batch_id=batch_id, database_url=database_url,
+                                     as_of=as_of, pull=True))
     # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
     since = resume_since(store.last_ts())
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
@@ -382,5 +425,11 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     digest = hashlib.sha1(pd.util.hash_pandas_object(raw, index=False).values.tobytes()).hexdigest()
     # ``pull``: what overlaps earlier pulls (the window the lagging meter keeps open) is neither
     # read nor quarantined again; see ingest_frame.
-    return ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url,
-                        as_of=as_of, pull=True)
+    result = ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url,
+                          as_of=as_of, pull=True)
+    for earlier in finished:
+        if "earlier" in earlier:
+            continue  # in the ledger already (its attempt failed after the commit): nothing read now
+        for key in ("read", "accepted", "quarantined", "new", "conflicting", "already_ingested"):
+            result[key] += earlier.get(key, 0)
+    return result

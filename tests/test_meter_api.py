@@ -456,3 +456,123 @@ def test_a_pull_reads_each_reading_s_time_once(api, database_url, app_env, monke
     out = _pull_twice(api, database_url, monkeypatch, [("08:15", .1), ("08:45", .3)], second)
     assert (out["read"], out["accepted"], out["new"], out["already_ingested"]) == (2, 1, 1, 2)
     assert parsed == [2, len(second)]  # the first pull's two readings, then the second's four
+
+
+# ------------------------------------- a key in the API's URL is a secret too (review ingest3 #1)
+
+PATH_KEY = "PATHKEYzq9XXabcdef0123"
+QUERY_KEY = "QKEYzq9XX/+=q"  # sent percent-encoded; a server may echo it either way
+
+
+class EchoingGateway:
+    """Answers every GET like many gateways do: 404 with the request path (and query) in the
+    body, raw or decoded; a request to ``<base path>/readings`` with the base query kept is
+    answered 200 with one page, so a test can tell a well-joined URL from a mangled one."""
+
+    def __init__(self, base_path: str, *, decoded: bool = False):
+        self.requests: list[str] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                api.requests.append(self.path)
+                parsed = urlparse(self.path)
+                if parsed.path == api.ok_path and api.ok_query and api.ok_query in parsed.query:
+                    return self._send(200, {"readings": [{"meter_id": "M1", "ts": "2026-11-20 08:15", "kwh": 0.1}]})
+                from urllib.parse import unquote
+                shown = unquote(self.path) if decoded else self.path
+                return self._send(404, {"error": f"no route for GET {shown}"})
+
+            def _send(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.ok_path, self.ok_query = None, None
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}{base_path}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("decoded", [False, True])
+@pytest.mark.parametrize("base_path, key", [
+    (f"/v1/{PATH_KEY}", PATH_KEY),
+    (f"/v1/{PATH_KEY}/", PATH_KEY),
+    ("/v1/k9short", "k9short"),  # a short key in the path is still a key
+    (f"/v1?key={QUERY_KEY.replace('/', '%2F').replace('+', '%2B').replace('=', '%3D')}", QUERY_KEY),
+    ("/v1?access_token=abcd1234&sign=SIGNzq9XX", "SIGNzq9XX"),
+])
+def test_an_error_answer_echoing_the_url_never_quotes_a_key_from_the_url(base_path, key, decoded, caplog):
+    """A 404 that echoes the request path (as many gateways do) used to carry a key in the
+    base URL's path or query into the exception, and so into logs and Prefect's database."""
+    caplog.set_level(logging.DEBUG)
+    with EchoingGateway(base_path, decoded=decoded) as gw:
+        with pytest.raises(MeterApiError) as info:
+            fetch_readings(gw.base, TOKEN, datetime(2026, 11, 20), sleep=lambda s: None, timeout=5)
+    message = str(info.value)
+    assert info.value.status == 404 and len(gw.requests) == 1
+    assert "HTTP 404" in message and "***" in message
+    from urllib.parse import quote
+    for form in {key, quote(key, safe=""), key[:8]}:
+        assert form not in message, (form, message)
+        assert form not in caplog.text, form
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+@pytest.mark.parametrize("base_path", ["/v1?key=QKEYzq9XXq", "/v1/?key=QKEYzq9XXq", "/v1?key=QKEYzq9XXq&x=1"])
+def test_a_base_url_with_a_query_gets_readings_appended_to_its_path_and_keeps_its_query(base_path):
+    """``base_url + "/readings"`` turned ``/v1?key=K`` into ``/v1?key=K/readings``."""
+    with EchoingGateway(base_path) as gw:
+        gw.ok_path, gw.ok_query = "/v1/readings", "key=QKEYzq9XXq"
+        df = fetch_readings(gw.base, TOKEN, datetime(2026, 11, 20), sleep=lambda s: None, timeout=5)
+    assert len(df) == 1
+    parsed = urlparse(gw.requests[0])
+    query = parse_qs(parsed.query)
+    assert parsed.path == "/v1/readings" and query["key"] == ["QKEYzq9XXq"]
+    assert query["since"] == ["2026-11-20T00:00:00+08:00"]
+
+
+def test_the_pull_task_keeps_a_url_key_out_of_its_state_logs_and_output(prefect_harness, app_env, monkeypatch,
+                                                                         caplog, capfd):
+    """The path a scheduled pull takes: the 404's message is the task's state message and
+    result (what Prefect stores) and goes to the run's log and stderr."""
+    from prefect import flow
+
+    from sibifang.settings import reset_settings
+    from tasks.ingest_readings import pull_api_task
+
+    with EchoingGateway(f"/v1/{PATH_KEY}") as gw:
+        monkeypatch.setenv("SIBIFANG_METER_API_URL", gw.base)
+        monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN)
+        monkeypatch.setenv("SIBIFANG_DATABASE_URL", f"sqlite:///{app_env / 'app.db'}")
+        reset_settings()
+        caplog.set_level(logging.DEBUG)
+
+        @flow
+        def pull_once():
+            state = pull_api_task.with_options(retry_delay_seconds=0)(return_state=True)
+            return state.is_failed(), str(state.result(raise_on_failure=False)), state.message or ""
+
+        try:
+            failed, error, message = pull_once()
+        finally:
+            reset_settings()
+    assert failed and len(gw.requests) == 1  # a 404 is not retried
+    assert "HTTP 404" in error
+    out, err = capfd.readouterr()
+    for text in (error, message, caplog.text, out, err):
+        assert PATH_KEY not in text and TOKEN not in text

@@ -1,0 +1,299 @@
+"""A readings batch run again after a failure at any point (a crash, a Prefect task retry) ends
+with the ledger, the quarantine and the store a clean run gives (review ingest3 #2).
+
+The store and the register state used to be written before the ledger commit, and a re-run
+started from what the failed attempt left: with a cumulative feed each meter's first reading
+became a ``register_baseline`` quarantine (the state already sat at the batch's end), and with
+either feed the ledger recorded ``rows_new`` 0 (the readings were already stored)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+NOW = datetime(2026, 11, 21, 12, 0)
+METERS = ["M1", "M2", "M3"]
+
+
+class Injected(RuntimeError):
+    pass
+
+
+def _seed(url: str) -> None:
+    from schemas.models import Household, Meter
+    from sibifang.db import session_scope, upsert
+    from tests.test_inbox_rejects import seed
+
+    seed(url)
+    with session_scope(url) as s:
+        upsert(s, Household, [{"id": f"H{i}", "head_name": "王秀兰", "grid_id": "G001", "categories": []}
+                              for i in (2, 3)], key=["id"])
+        upsert(s, Meter, [{"id": f"M{i}", "household_id": f"H{i}", "interval_minutes": 15} for i in (2, 3)],
+               key=["id"])
+
+
+def _frame(feed: str, start: str, end: str, offset: int) -> pd.DataFrame:
+    ts = pd.date_range(start, end, freq="15min")
+    rows = []
+    for i, m in enumerate(METERS):
+        for k, t in enumerate(ts):
+            if feed == "cumulative":
+                rows.append((m, f"{t:%Y-%m-%d %H:%M}", f"{100 + 10 * i + 0.1 * (offset + k):.3f}"))
+            else:
+                rows.append((m, f"{t:%Y-%m-%d %H:%M}", f"{0.1 + 0.01 * i:.3f}"))
+    frame = pd.DataFrame(rows, columns=["meter_id", "ts", "register_kwh" if feed == "cumulative" else "kwh"])
+    frame.insert(0, "line", np.arange(2, len(frame) + 2))
+    return frame
+
+
+# A: the afternoon; B: the evening through the next morning (two partitions of the store).
+A = ("2026-11-20 12:15", "2026-11-20 18:00", 0)      # 24 readings a meter
+B = ("2026-11-20 18:15", "2026-11-21 06:00", 24)     # 48 readings a meter
+
+
+def _ingest(url, feed, which, batch):
+    from tasks.ingest_readings import ingest_frame
+
+    pull = feed == "pull"
+    return ingest_frame(_frame("cumulative" if feed == "cumulative" else "interval", *which),
+                        source="meter-api" if pull else f"{batch}.csv", batch_id=batch, database_url=url,
+                        now=NOW, pull=pull)
+
+
+def _state(url, store):
+    from schemas.models import QuarantinedRow, ReadingBatch, ValidationRun
+    from sibifang.db import session_scope
+
+    with session_scope(url) as s:
+        ledger = sorted(s.execute(select(ReadingBatch.id, ReadingBatch.rows_read, ReadingBatch.rows_accepted,
+                                         ReadingBatch.rows_quarantined, ReadingBatch.rows_new,
+                                         ReadingBatch.first_ts, ReadingBatch.last_ts)).tuples())
+        quarantine = sorted(s.execute(select(QuarantinedRow.batch, QuarantinedRow.line, QuarantinedRow.code)
+                                      .where(QuarantinedRow.kind == "ingest_readings")).tuples())
+        runs = sorted(s.execute(select(ValidationRun.source, ValidationRun.rows_read, ValidationRun.rows_accepted,
+                                       ValidationRun.rows_quarantined)
+                                .where(ValidationRun.stage == "ingest_readings")).tuples())
+    stored = store.load()
+    return {"ledger": ledger, "quarantine": quarantine, "runs": runs,
+            "store": stored.assign(meter_id=stored["meter_id"].astype(str)).to_dict("list"),
+            "registers": store.last_registers().to_dict("list")}
+
+
+def _inject(monkeypatch, where: str) -> dict:
+    """Fail once at ``where``; returns a dict whose "fired" says whether it did."""
+    import sibifang.import_registry as registry
+    from sibifang.readings_store import ReadingStore
+
+    fired = {"fired": 0}
+    if where == "record_validation":  # store and registers written, the ledger not committed
+        original = registry.record_validation
+
+        def fail(*args, **kwargs):
+            if not fired["fired"]:
+                fired["fired"] = 1
+                raise Injected("database connection lost")
+            return original(*args, **kwargs)
+        monkeypatch.setattr(registry, "record_validation", fail)
+    elif where == "save_registers":  # the readings stored, the register state not saved
+        original = ReadingStore.save_registers
+
+        def fail(self, *args, **kwargs):
+            if not fired["fired"]:
+                fired["fired"] = 1
+                raise Injected("disk full")
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(ReadingStore, "save_registers", fail)
+    elif where == "second_partition":  # one day of the batch written, the next one not
+        original = ReadingStore._merge_partition
+        calls = {"n": 0}
+
+        def fail(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2 and not fired["fired"]:
+                fired["fired"] = 1
+                raise Injected("killed mid-append")
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(ReadingStore, "_merge_partition", fail)
+    return fired
+
+
+FAILURES = ["record_validation", "save_registers", "second_partition"]
+
+
+def _expected_b(feed):
+    # Three meters, 48 readings each: every one an interval (the state chains from A).
+    return (144, 144, 0, 144)
+
+
+@pytest.mark.parametrize("feed, where", [(feed, where) for feed in ("interval", "cumulative", "pull")
+                                         for where in FAILURES
+                                         # only a cumulative feed saves a register state
+                                         if where != "save_registers" or feed == "cumulative"])
+def test_a_batch_run_again_after_a_failure_ends_as_a_clean_run(database_url, app_env, tmp_path, monkeypatch,
+                                                               feed, where):
+    from sibifang.readings_store import ReadingStore
+
+    _seed(database_url)
+    store = ReadingStore(app_env / "data" / "readings")
+    a = _ingest(database_url, feed, A, "batch-a")
+    assert a["read"] == 72
+    fired = _inject(monkeypatch, where)
+    with pytest.raises(Injected):
+        _ingest(database_url, feed, B, "batch-b")
+    assert fired["fired"]
+    monkeypatch.undo()
+    again = _ingest(database_url, feed, B, "batch-b")
+    assert (again["read"], again["accepted"], again["quarantined"], again["new"]) == _expected_b(feed)
+    after_rerun = _state(database_url, store)
+    assert [row[:5] for row in after_rerun["ledger"] if row[0] == "batch-b"] == [("batch-b", *_expected_b(feed))]
+    # Once more: already in the ledger, nothing changes.
+    assert _ingest(database_url, feed, B, "batch-b")["read"] == 0
+    assert _state(database_url, store) == after_rerun
+
+    # The same two batches, clean, into a fresh store and database: the same everything.
+    clean_url = f"sqlite:///{tmp_path / 'clean.db'}"
+    _seed(clean_url)
+    monkeypatch.setenv("SIBIFANG_DATA_DIR", str(tmp_path / "clean-data"))
+    from sibifang.settings import reset_settings
+    reset_settings()
+    clean_store = ReadingStore(tmp_path / "clean-data" / "readings")
+    _ingest(clean_url, feed, A, "batch-a")
+    _ingest(clean_url, feed, B, "batch-b")
+    assert after_rerun == _state(clean_url, clean_store)
+    assert len(after_rerun["store"]["ts"]) == 3 * (24 + 48) - (3 if feed == "cumulative" else 0)
+    # Nothing of the failed attempt is left behind.
+    assert not list((app_env / "data" / "readings" / "_batches").glob("*"))
+
+
+@pytest.fixture
+def inbox_this_morning(prefect_harness, database_url, app_env, monkeypatch):
+    """The readings inbox of a seeded database (meters M1-M3), the clock at 2026-11-20 08:00."""
+    import flows.ingest_readings as ingest_flow
+    import sibifang.settings as settings_module
+    from tests.test_inbox_rejects import inbox, use_database
+
+    morning = datetime(2026, 11, 20, 8, 0)
+    monkeypatch.setattr(settings_module, "local_now", lambda: morning)
+    monkeypatch.setattr(ingest_flow, "local_now", lambda: morning, raising=False)
+    monkeypatch.delenv("SIBIFANG_METER_API_URL", raising=False)
+    use_database(monkeypatch, database_url)
+    _seed(database_url)
+    return inbox(app_env, "readings")
+
+
+def _write(path, feed, which):
+    frame = _frame(feed, *which).drop(columns="line")
+    path.write_text(frame.to_csv(index=False), encoding="utf-8")
+
+
+@pytest.mark.parametrize("feed", ["interval", "cumulative"])
+def test_a_prefect_retry_of_the_file_task_ends_as_a_clean_run(inbox_this_morning, database_url,
+                                                              monkeypatch, feed):
+    """ingest_reading_file has retries=2: the retry used to find the readings (and a cumulative
+    feed's register state) the failed attempt left, and booked them as not new (or baselines)."""
+    import sibifang.import_registry as registry
+    from flows.ingest_readings import ingest_readings
+    from tasks.ingest_readings import ingest_file_task
+
+    readings = inbox_this_morning
+    day_a = ("2026-11-19 12:15", "2026-11-19 18:00", 0)
+    day_b = ("2026-11-19 18:15", "2026-11-20 06:00", 24)
+    _write(readings / "a.csv", feed, day_a)
+    first = ingest_readings(inbox=str(readings.parent))
+    assert first["read"] == 72 and first["failed"] == 0
+    _write(readings / "b.csv", feed, day_b)
+    original, calls = registry.record_validation, {"n": 0}
+
+    def fail_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Injected("database connection lost")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(registry, "record_validation", fail_once)
+    monkeypatch.setattr(ingest_file_task, "retry_delay_seconds", 0)  # the task's own retries, without the wait
+    result = ingest_readings(inbox=str(readings.parent))
+    assert calls["n"] == 2  # failed once, retried by Prefect
+    assert (result["files"], result["read"], result["accepted"], result["quarantined"], result["new"],
+            result["failed"]) == (1, 144, 144, 0, 144, 0)
+    from schemas.models import QuarantinedRow, ReadingBatch
+    from sibifang.db import session_scope
+    with session_scope(database_url) as s:
+        ledger = sorted(s.execute(select(ReadingBatch.source, ReadingBatch.rows_read, ReadingBatch.rows_accepted,
+                                         ReadingBatch.rows_quarantined, ReadingBatch.rows_new)).tuples())
+        quarantined = s.scalar(select(QuarantinedRow.id).where(QuarantinedRow.source == "b.csv").limit(1))
+    expected_a = (72, 69, 3, 69) if feed == "cumulative" else (72, 72, 0, 72)
+    assert ledger == [("a.csv", *expected_a), ("b.csv", 144, 144, 0, 144)]
+    assert quarantined is None
+
+
+def test_a_pull_retried_after_a_failure_books_the_readings_the_failed_attempt_stored(database_url, app_env,
+                                                                                  monkeypatch):
+    """A retry of pull_meter_api resumes after the readings the failed attempt stored (the
+    store's last readings moved on): it never saw them again, so no ledger row ever counted
+    them. The retry now finishes the failed pull first, from the readings it kept."""
+    import sibifang.import_registry as registry
+    import sibifang.settings as settings_module
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import pull_api_task
+    from tests.test_inbox_rejects import use_database
+    from tests.test_meter_api import TOKEN, FakeMeterApi
+
+    _seed(database_url)
+    use_database(monkeypatch, database_url)
+    monkeypatch.setattr(settings_module, "local_now", lambda: datetime(2026, 11, 20, 12, 0))
+    r = lambda m, hm, k: {"meter_id": m, "ts": f"2026-11-20T{hm}:00+08:00", "kwh": k}  # noqa: E731
+    first = [r("M1", "08:15", .1), r("M2", "08:15", .2), r("M1", "08:30", .3), r("X9", "08:30", .1)]
+    later = [r("M1", "08:45", .4), r("M2", "08:45", .5)]
+    with FakeMeterApi() as api:
+        monkeypatch.setenv("SIBIFANG_METER_API_URL", api.url)
+        monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN)
+        from sibifang.settings import reset_settings
+        reset_settings()
+        api.pages = {None: {"readings": first, "next_page_token": None}}
+        original = registry.record_validation
+
+        def fail(*args, **kwargs):
+            raise Injected("database connection lost")
+        monkeypatch.setattr(registry, "record_validation", fail)
+        with pytest.raises(Injected):
+            pull_api_task.fn()
+        monkeypatch.setattr(registry, "record_validation", original)
+        # The retry: the API has more by now, and the pull resumes after what is stored.
+        api.pages = {None: {"readings": [r("M1", "08:30", .3), r("M2", "08:15", .2), *later],
+                            "next_page_token": None}}
+        out = pull_api_task.fn()
+        again = pull_api_task.fn()  # and again: nothing new
+    store = ReadingStore(app_env / "data" / "readings")
+    from schemas.models import ReadingBatch
+    from sibifang.db import session_scope
+    with session_scope(database_url) as s:
+        ledger = sorted(s.execute(select(ReadingBatch.rows_read, ReadingBatch.rows_accepted,
+                                         ReadingBatch.rows_quarantined, ReadingBatch.rows_new)).tuples())
+    # The failed pull as a clean run books it (X9 unknown: quarantined), then the two new ones.
+    assert ledger == [(2, 2, 0, 2), (4, 3, 1, 3)]
+    assert sum(row[3] for row in ledger) == len(store.load()) == 5
+    assert (out["read"], out["accepted"], out["quarantined"], out["new"]) == (6, 5, 1, 5)
+    assert store.unfinished_pulls() == []
+    assert again["read"] == 0
+
+
+def test_a_pull_journal_keeps_the_readings_exactly_as_sent(tmp_path):
+    """What a retry ingests is what was pulled: ids as numbers or text, nulls, odd values."""
+    from sibifang.readings_store import BatchJournal
+
+    frame = pd.DataFrame({"meter_id": [3302810001, "3302810002", None, 12.5, True, {"x": 1}],
+                          "ts": ["2026-11-20T08:15:00+08:00", None, "", "later", 1763597700, [1, 2]],
+                          "kwh": [0.1, "0.2", None, 1e-17, 2**70, -0.0]}, dtype=object)
+    frame.insert(0, "line", range(1, len(frame) + 1))
+    journal = BatchJournal(tmp_path / "j")
+    journal.begin(stored=np.zeros(len(frame), dtype=bool), pull={"batch_id": "api-x", "source": "meter-api",
+                                                                  "readings": frame})
+    batch_id, source, kept = journal.pull()
+    assert (batch_id, source) == ("api-x", "meter-api")
+    assert kept["line"].dtype == frame["line"].dtype and list(kept.columns) == list(frame.columns)
+    for col in ("meter_id", "ts", "kwh"):
+        assert [(type(v), v) for v in kept[col]] == [(type(v), v) for v in frame[col]], col
