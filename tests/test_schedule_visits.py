@@ -549,3 +549,48 @@ def test_planner_reads_open_plans_until_their_window_end(database_url, tmp_path)
     assert {"Vold", "Vslip"} <= set(kept.visit_id)
     gone = scheduling_inputs(thursday + timedelta(days=1), database_url)["open_plans"]
     assert not {"Vold", "Vslip"} & set(gone.visit_id)
+
+
+def _slipped_past_window():
+    """Friday 27 Nov, cap 1: cadre a has four overdue families and room on Fri, Mon 30 (the window),
+    Tue 1 and Wed 2 Dec; b is on leave until Mon 30. h4's visit slips to Wed 2 Dec, past its window
+    (Fri 27 – Mon 30). On Saturday the overdue window runs to Tue 1 Dec, when b is back with room."""
+    import dataclasses
+
+    cap1 = dataclasses.replace(RULES, max_visits_per_cadre_per_day=1)
+    hh = households(*[dict(household_id=f"h{i}", categories="hardship") for i in range(1, 5)])
+    cd = cadres(dict(cadre_id="a"), dict(cadre_id="b", on_leave_from="2026-11-20", on_leave_until="2026-11-30"))
+    cur = pd.DataFrame({"household_id": hh["household_id"], "cadre_id": "a"})
+    return hh, cd, cur, cap1
+
+
+def _routine_twins(plans: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of open non-urgent plans of one family and reason whose windows overlap."""
+    p = plans[~plans["urgent"].astype(bool)]
+    m = p.merge(p, on=["household_id", "reason"])
+    return m[(m.visit_id_x < m.visit_id_y) & (pd.to_datetime(m.window_start_x) <= pd.to_datetime(m.window_end_y))
+             & (pd.to_datetime(m.window_start_y) <= pd.to_datetime(m.window_end_x))]
+
+
+def test_open_plan_that_slipped_past_its_window_is_not_planned_twice():
+    # The sibifang demo's H0000145: a visit that slipped past its window is that cadence step's visit.
+    # The next morning a colleague with room inside the (now later) overdue window must not get a
+    # second visit for the same step, nor the holder a notice that "her" visit moved to the colleague.
+    fri = date(2026, 11, 27)
+    hh, cd, cur, cap1 = _slipped_past_window()
+    d1 = plan(hh, cd, as_of=fri, current_assignments=cur, rules=cap1)
+    h4 = d1.plans[d1.plans["household_id"] == "h4"].iloc[0]
+    assert h4["due_date"] == pd.Timestamp("2026-12-02") and h4["window_end"] == pd.Timestamp("2026-11-30")
+    assert "h4" in set(d1.shortfall["household_id"])
+    d2 = plan(hh, cd, as_of=fri + timedelta(days=1), open_plans=d1.plans, current_assignments=d1.assignments,
+              rules=cap1)
+    assert _routine_twins(d2.plans).empty, _routine_twins(d2.plans)[["household_id", "visit_id_x", "visit_id_y"]]
+    assert set(d2.plans["visit_id"]) == set(d1.plans["visit_id"])  # nothing new: every step has its visit
+    assert d2.moved.empty
+    # still late against its cadence: the family stays listed, with the same reason as the day before
+    pd.testing.assert_frame_equal(d2.shortfall[d2.shortfall["household_id"] == "h4"].reset_index(drop=True),
+                                  d1.shortfall[d1.shortfall["household_id"] == "h4"].reset_index(drop=True))
+    # Replaying Friday with Saturday's plans in hand (what the database holds) plans nothing either.
+    replay = plan(hh, cd, as_of=fri, open_plans=d2.plans, current_assignments=d2.assignments, rules=cap1)
+    assert set(replay.plans["visit_id"]) <= set(d2.plans["visit_id"])
+    assert _routine_twins(replay.plans).empty
