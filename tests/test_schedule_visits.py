@@ -594,3 +594,36 @@ def test_open_plan_that_slipped_past_its_window_is_not_planned_twice():
     replay = plan(hh, cd, as_of=fri, open_plans=d2.plans, current_assignments=d2.assignments, rules=cap1)
     assert set(replay.plans["visit_id"]) <= set(d2.plans["visit_id"])
     assert _routine_twins(replay.plans).empty
+
+
+def test_missed_visit_planned_again_does_not_slip_next_to_the_next_steps_plan():
+    # h1's last visit was 30 days ago and the visit planned for it was missed (its window is over);
+    # the next step's plan stands, due Wed 2 Dec (window from Sat 28 Nov). Cadre a is on leave all
+    # the overdue window, nobody can cover: the visit planned again would slip to Tue 1 Dec, inside
+    # that plan's window, a day before it. That plan is the visit: nothing new, the family listed late.
+    hh = households(dict(household_id="h1", categories="hardship"))
+    cd = cadres(dict(cadre_id="a", on_leave_from="2026-11-20", on_leave_until="2026-11-30"))
+    cur = pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]})
+    standing = pd.DataFrame([dict(visit_id="Vnext", household_id="h1", cadre_id="a", due_date="2026-12-02",
+                                  window_start="2026-11-28", window_end="2026-12-02", reason="hardship",
+                                  urgent=False)])
+    r = plan(hh, cd, last_visits=last(h1=30), open_plans=standing, current_assignments=cur)
+    first = r.plans.sort_values("due_date").iloc[0]
+    assert first["visit_id"] == "Vnext" and first["due_date"] == pd.Timestamp("2026-12-02")
+    assert (r.plans["due_date"] < pd.Timestamp("2026-12-02")).sum() == 0
+    assert "h1" in set(r.shortfall["household_id"])
+
+
+def test_open_plan_of_another_reason_due_after_the_deadline_does_not_delay_a_tighter_cadence():
+    # An open dispute now asks for a visit every 7 days; the open 30-day 'entrepreneur' plan due
+    # Mon 30 Nov (window from Tue 24) is not this step's visit: one is planned by Wed 25 Nov.
+    hh = households(dict(household_id="h1", categories="entrepreneur", open_dispute=1))
+    cd = cadres(dict(cadre_id="a"))
+    cur = pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]})
+    older = pd.DataFrame([dict(visit_id="Vold", household_id="h1", cadre_id="a", due_date="2026-11-30",
+                               window_start="2026-11-24", window_end="2026-11-30", reason="entrepreneur",
+                               urgent=False)])
+    r = plan(hh, cd, last_visits=last(h1=5), open_plans=older, current_assignments=cur)
+    dispute = r.plans[r.plans["reason"] == "open_dispute"].sort_values("due_date")
+    assert dispute.iloc[0]["due_date"] <= pd.Timestamp("2026-11-25")
+    assert "Vold" in set(r.plans["visit_id"])
