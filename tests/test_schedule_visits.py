@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -627,3 +627,73 @@ def test_open_plan_of_another_reason_due_after_the_deadline_does_not_delay_a_tig
     dispute = r.plans[r.plans["reason"] == "open_dispute"].sort_values("due_date")
     assert dispute.iloc[0]["due_date"] <= pd.Timestamp("2026-11-25")
     assert "Vold" in set(r.plans["visit_id"])
+
+
+def test_days_in_a_row_and_replays_store_each_step_once(database_url, tmp_path, monkeypatch):
+    """The evening runs of Fri 27 and Sat 28 Nov on the database (plan, store, queue the next day's
+    notices), then both days replayed: one open plan per family, reason and step, and the replays
+    store no plan and queue no notice (the demo's 12 twins and 4 overdue reminders)."""
+    from sqlalchemy import func, select
+
+    from schemas.models import Area, Assignment, Cadre, Household, Notice, Visit, VisitPlan
+    from sibifang.db import migrate, read_frame, session_scope
+    from tasks.schedule_visits import plan_visits, queue_notices, store_plan
+
+    text = (load_cadence_rules.__globals__["resources"].files("sibifang") / "cadence.toml").read_text(encoding="utf-8")
+    assert "max_visits_per_cadre_per_day = 4" in text
+    cap1 = tmp_path / "cadence.toml"
+    cap1.write_text(text.replace("max_visits_per_cadre_per_day = 4", "max_visits_per_cadre_per_day = 1"),
+                    encoding="utf-8")
+    monkeypatch.setenv("SIBIFANG_CADENCE_FILE", str(cap1))
+    reset_settings()
+    migrate(database_url)
+    fri, sat = date(2026, 11, 27), date(2026, 11, 28)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+        s.flush()
+        s.add(Cadre(id="a", name="甲", role="cadre", grid_ids=["G1"], capacity=10, alert_channel="webhook",
+                    alert_address="http://127.0.0.1:9/a"))
+        s.add(Cadre(id="b", name="乙", role="cadre", grid_ids=["G1"], capacity=10, alert_channel="webhook",
+                    alert_address="http://127.0.0.1:9/b", on_leave_from=date(2026, 11, 20),
+                    on_leave_until=date(2026, 11, 30)))
+        s.add_all([Household(id=f"h{i}", head_name=f"户主{i}", grid_id="G1", categories=["hardship"])
+                   for i in range(1, 5)])
+        s.flush()
+        s.add_all([Assignment(household_id=f"h{i}", cadre_id="a", since=fri) for i in range(1, 5)])
+
+    def evening(day):
+        store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path), database_url=database_url)
+        queue_notices.fn(day + timedelta(days=1), database_url=database_url)
+
+    def counts():
+        with session_scope(database_url) as s:
+            return (s.scalar(select(func.count()).select_from(VisitPlan)),
+                    s.scalar(select(func.count()).select_from(Notice)))
+
+    def open_routine():
+        return read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+                                 VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end,
+                                 VisitPlan.reason, VisitPlan.urgent).where(VisitPlan.status == "planned"),
+                          database_url)
+
+    try:
+        evening(fri)
+        slipped = open_routine().query("household_id == 'h4'").sort_values("due_date").iloc[0]
+        assert str(slipped["due_date"])[:10] == "2026-12-02" and str(slipped["window_end"])[:10] == "2026-11-30"
+        evening(sat)
+        assert _routine_twins(open_routine()).empty, _routine_twins(open_routine())
+        # Friday's visit was made (recorded the next morning): a's Friday is free on a replay of it.
+        with session_scope(database_url) as s:
+            done = s.scalars(select(VisitPlan).where(VisitPlan.cadre_id == "a", VisitPlan.due_date == fri)).one()
+            s.add(Visit(id="VIS1", plan_id=done.id, household_id=done.household_id, cadre_id="a",
+                        visited_at=datetime(2026, 11, 27, 10), mode="visit"))
+            done.status, done.closed_by_visit_id = "done", "VIS1"
+        before = counts()
+        evening(fri)
+        evening(sat)
+        assert counts() == before
+        assert _routine_twins(open_routine()).empty
+    finally:
+        monkeypatch.delenv("SIBIFANG_CADENCE_FILE")
+        reset_settings()
