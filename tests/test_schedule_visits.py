@@ -683,12 +683,14 @@ def test_days_in_a_row_and_replays_store_each_step_once(database_url, tmp_path, 
         assert str(slipped["due_date"])[:10] == "2026-12-02" and str(slipped["window_end"])[:10] == "2026-11-30"
         evening(sat)
         assert _routine_twins(open_routine()).empty, _routine_twins(open_routine())
-        # Friday's visit was made (recorded the next morning): a's Friday is free on a replay of it.
+        # Friday's and Monday's visits were made (the replays come later): a's Friday is free on a
+        # replay of it, and Monday's plan, closed by a visit after the replayed days, was open on them.
         with session_scope(database_url) as s:
-            done = s.scalars(select(VisitPlan).where(VisitPlan.cadre_id == "a", VisitPlan.due_date == fri)).one()
-            s.add(Visit(id="VIS1", plan_id=done.id, household_id=done.household_id, cadre_id="a",
-                        visited_at=datetime(2026, 11, 27, 10), mode="visit"))
-            done.status, done.closed_by_visit_id = "done", "VIS1"
+            for n, day in enumerate((fri, date(2026, 11, 30))):
+                done = s.scalars(select(VisitPlan).where(VisitPlan.cadre_id == "a", VisitPlan.due_date == day)).one()
+                s.add(Visit(id=f"VIS{n}", plan_id=done.id, household_id=done.household_id, cadre_id="a",
+                            visited_at=datetime.combine(day, datetime.min.time()).replace(hour=10), mode="visit"))
+                done.status, done.closed_by_visit_id = "done", f"VIS{n}"
         before = counts()
         evening(fri)
         evening(sat)
