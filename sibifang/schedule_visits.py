@@ -38,7 +38,11 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
    kept with their id, date and, where still possible, their cadre; routine visits continue
    after the latest of them. A plan is open until its window closes (or its due day, if later):
    one past its due day whose window is still open stands as it is, with whoever holds it, and
-   the family is not planned again. Kept plans count toward the load of their day (never moved for the
+   the family is not planned again. A routine plan is the visit of the cadence step whose window
+   it was given: one of the step's reason whose window opened by the step's deadline is that
+   step's visit even when it slipped past its window (an overdue window moves on with each
+   day: on the next day a colleague with room in it must not get a second visit; the family
+   stays in ``shortfall`` while the visit is late). Kept plans count toward the load of their day (never moved for the
    cap: they are already announced); a plan goes back to the family's cadre only if her day has
    room. Overdue routine open plans are not re-emitted: they stay in the database as late or
    missed and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
@@ -46,8 +50,10 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
 ``visit_id`` is a stable hash of household, due date and reason, so re-running on the same
 inputs gives the same ids and the upsert changes nothing. The daily cap keeps this: visits are
 served in a fixed order (ties broken by household id, not input order), a re-run fed its own
-plans finds every day as full as it left it, and a visit that would slip to an open plan of the
-family or later is that open plan (nothing new is planned).
+plans finds every day as full as it left it, and a visit that would slip into the window of an
+open plan of the family or later is that open plan (nothing new is planned). So is a replay of an
+earlier day fed what the database holds since (plans made later, plans closed by visits made
+after that day): at most one open plan per family, reason and cadence step.
 """
 
 from __future__ import annotations
