@@ -38,7 +38,11 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
    kept with their id, date and, where still possible, their cadre; routine visits continue
    after the latest of them. A plan is open until its window closes (or its due day, if later):
    one past its due day whose window is still open stands as it is, with whoever holds it, and
-   the family is not planned again. Kept plans count toward the load of their day (never moved for the
+   the family is not planned again. A routine plan is the visit of the cadence step whose window
+   it was given: one of the step's reason whose window opened by the step's deadline is that
+   step's visit even when it slipped past its window (an overdue window moves on with each
+   day: on the next day a colleague with room in it must not get a second visit; the family
+   stays in ``shortfall`` while the visit is late). Kept plans count toward the load of their day (never moved for the
    cap: they are already announced); a plan goes back to the family's cadre only if her day has
    room. Overdue routine open plans are not re-emitted: they stay in the database as late or
    missed and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
@@ -46,8 +50,10 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
 ``visit_id`` is a stable hash of household, due date and reason, so re-running on the same
 inputs gives the same ids and the upsert changes nothing. The daily cap keeps this: visits are
 served in a fixed order (ties broken by household id, not input order), a re-run fed its own
-plans finds every day as full as it left it, and a visit that would slip to an open plan of the
-family or later is that open plan (nothing new is planned).
+plans finds every day as full as it left it, and a visit that would slip into the window of an
+open plan of the family or later is that open plan (nothing new is planned). So is a replay of an
+earlier day fed what the database holds since (plans made later, plans closed by visits made
+after that day): at most one open plan per family, reason and cadence step.
 """
 
 from __future__ import annotations
@@ -965,6 +971,8 @@ class _Planning:
         # counts them as visits and only fills the gaps around them.
         fixed_i = np.zeros(0, dtype=np.int64)
         fixed_d = np.zeros(0, dtype=np.int64)
+        fixed_ws = np.zeros(0, dtype=np.int64)  # their window start (the due day for old rows without one)
+        fixed_reason = np.zeros(0, dtype=object)
         open_reason_keys: set[tuple[int, str]] = set()
         kept_urgent_keys: set[tuple[int, int, str]] = set()
         if len(op):
@@ -974,11 +982,16 @@ class _Planning:
             o_reason = op["reason"].to_numpy(dtype=object)
             is_routine_reason = np.isin(o_reason.astype(str), list(CADENCE_REASONS))
             r = is_routine_reason & ~o_urg & routine[oi]
+            # The window each open plan was given (old rows without one: the due day).
+            o_ws_all = od.copy()
+            if "window_start" in op.columns:
+                d, ok = _as_days(op["window_start"], self.as_of64)
+                o_ws_all[ok] = d[ok]
             # Open plans a little past the horizon (a visit that slipped, or whose window reached past
             # it) are kept like the others: they are in the day loads, and a re-run plans them again
             # identically instead of dropping them or planning a twin on another day.
             beyond = r & (od > T - 1)
-            fixed_i, fixed_d = oi[beyond], od[beyond]
+            fixed_i, fixed_d, fixed_ws, fixed_reason = oi[beyond], od[beyond], o_ws_all[beyond], o_reason[beyond]
             open_reason_keys = set(zip(oi.tolist(), o_reason.tolist()))
             inside = (od <= T - 1) & ((assigned[oi] >= 0) | o_urg)
             oi, od, o_urg, o_reason = oi[inside], od[inside], o_urg[inside], o_reason[inside]
@@ -1069,9 +1082,11 @@ class _Planning:
             standing = keep & np.isin(o_reason.astype(str), list(CADENCE_REASONS)) & ~o_urg & routine[oi]
             fixed_i = np.concatenate([fixed_i, oi[standing]])
             fixed_d = np.concatenate([fixed_d, od[standing]])
+            fixed_ws = np.concatenate([fixed_ws, o_ws[standing]])
+            fixed_reason = np.concatenate([fixed_reason, o_reason[standing]])
         fixed_order = np.lexsort((fixed_d, fixed_i))
         fixed_i, fixed_d = fixed_i[fixed_order], fixed_d[fixed_order]
-        self.fixed_d = fixed_d
+        self.fixed_d, self.fixed_ws, self.fixed_reason = fixed_d, fixed_ws[fixed_order], fixed_reason[fixed_order]
         self.fixed_start = np.searchsorted(fixed_i, np.arange(n_hh), side="left")
         self.fixed_end = np.searchsorted(fixed_i, np.arange(n_hh), side="right")
         self.open_reason_keys, self.kept_urgent_keys = open_reason_keys, kept_urgent_keys
@@ -1148,6 +1163,25 @@ class _Planning:
                                     (fd[ok], fr[ok].astype(str), ws[ok]), slip_until=slip_until[ok])
         deferred_by_away[fi[ok][day == -2]] = True
 
+    def report_late_standing(self, idx, ws, we) -> None:
+        """Shortfall of families whose step's visit is an open plan due after the step's window.
+
+        The same reason ``resolve_and_emit`` gives a visit that slips (the plan slipped when it was
+        made; a re-run finds the same days full): the daily cap when the family's cadre or a
+        colleague could visit in the window by the calendar, else the cadre's leave or 4+1 weekday
+        when the official calendar had a working day in it; none when only holidays did.
+        """
+        T = self.T
+        lo, hi = np.clip(np.maximum(ws, 0), 0, T - 1), np.clip(we, 0, T - 1)
+        wd_cum = np.r_[0, np.cumsum(self.workday)]
+        for i, a, b in zip(idx, lo, hi):
+            c0 = self.assigned[i]
+            pool = self.cadre_grids.get(self.hgrid[i], np.zeros(0, np.int64))
+            if bool(self.eligible[np.append(pool, c0), a:b + 1].any()):
+                self.shortfall_rows.append((int(i), SHORTFALL_DAY_FULL))
+            elif wd_cum[b + 1] - wd_cum[a] > 0:
+                self.shortfall_rows.append((int(i), SHORTFALL_SLIPPED))
+
     # ---- routine visits, one chain step at a time --------------------------------------------
     def plan_routine_visits(self) -> None:
         """Chain each family's routine visits from its last one, around the standing open plans."""
@@ -1156,6 +1190,9 @@ class _Planning:
         away_from_d, away_from_ok = self.away_from_d, self.away_from_ok
         away_until_d, away_until_ok = self.away_until_d, self.away_until_ok
         fixed_d, fixed_end = self.fixed_d, self.fixed_end
+        # one sentinel so families without open plans index safely
+        padded_d, padded_ws = np.append(fixed_d, _BIG), np.append(self.fixed_ws, _BIG)
+        padded_reason = np.append(self.fixed_reason, None)
         deferred_by_away, resolver = self.deferred_by_away, self.resolver
         active = np.flatnonzero(self.routine & (assigned >= 0) & ~self.away_all_horizon)
         prev = self.routine_prev[active]
@@ -1204,23 +1241,35 @@ class _Planning:
             next_fixed, due_key = next_fixed[inside], due_key[inside]
             if not len(active):
                 break
-            # A standing open plan due by the deadline is this step's visit: nothing new to plan.
+            # A standing open plan due by the deadline is this step's visit: nothing new to plan. So is
+            # one of the step's own reason whose window opened by the deadline although it is due
+            # after it (it slipped past its window when it was planned, e.g. days full): it is the
+            # visit planned for this step, already announced, and a colleague with room now must not
+            # get a second one. The step's window moves with today while a visit is overdue, so the
+            # plan's due day alone does not say which step it is.
             has_fixed = next_fixed < fixed_end[active]
-            padded = np.append(fixed_d, _BIG)  # one sentinel so families without open plans index safely
-            fixed_day = np.where(has_fixed, padded[np.minimum(next_fixed, len(fixed_d))], _BIG)
-            satisfied = has_fixed & (fixed_day <= we)
+            at = np.minimum(next_fixed, len(fixed_d))
+            fixed_day = np.where(has_fixed, padded_d[at], _BIG)
+            on_time = has_fixed & (fixed_day <= we)
+            slipped_here = (has_fixed & ~on_time & (padded_ws[at] <= we)
+                            & (padded_reason[at] == cad_reason[active]))
+            satisfied = on_time | slipped_here
+            if slipped_here.any():
+                self.report_late_standing(active[slipped_here], ws[slipped_here], we[slipped_here])
             day = np.where(satisfied, fixed_day, -1)
             todo_rows = np.flatnonzero(~satisfied)
             if len(todo_rows):
                 t_idx = active[todo_rows]
                 slack = np.maximum(1, np.round(interval[t_idx] * rules.window_fraction)).astype(np.int64)
                 shown = np.where(latest[todo_rows], np.maximum(ws[todo_rows], we[todo_rows] - slack), ws[todo_rows])
-                # A visit that would slip to the family's next open plan or later is that open plan (e.g.
-                # one that slipped the same way in an earlier run): nothing new is planned.
+                # A visit that would slip into the window of the family's next open plan or later is that
+                # open plan (e.g. one that slipped the same way in an earlier run, or the next step's
+                # visit when a missed one is planned again): nothing new is planned.
+                stop_at = np.minimum(fixed_day, np.where(has_fixed, padded_ws[at], _BIG))
                 day[todo_rows] = self.resolve_and_emit(
                     t_idx, ws[todo_rows], we[todo_rows], latest[todo_rows], cad_reason[t_idx],
                     (interval[t_idx], due_key[todo_rows], we[todo_rows]), shown, slip_until[todo_rows],
-                    stop_at=fixed_day[todo_rows])
+                    stop_at=stop_at[todo_rows])
             served = day == -3
             day = np.where(served, fixed_day, day)
             blocked = day == -2

@@ -45,10 +45,15 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
     # first day of its window, and read by its due day it looked overdue the next morning and the
     # family was planned again. The due day still counts: a visit that slipped past its window is
     # due after it (and old rows have no window).
+    # A replay of an earlier day also reads the plans a later visit closed: on that day they were
+    # open, and read as done the family looked unplanned and was planned again (a new plan, then an
+    # overdue reminder). A day's own run knows no visit after it, so it reads the same as before.
     open_plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
                                    VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end,
                                    VisitPlan.reason, VisitPlan.urgent)
-                            .where(VisitPlan.status == "planned",
+                            .outerjoin(Visit, Visit.id == VisitPlan.closed_by_visit_id)
+                            .where(or_(VisitPlan.status == "planned",
+                                       Visit.visited_at >= as_of + timedelta(days=1)),
                                    or_(VisitPlan.due_date >= as_of, VisitPlan.window_end >= as_of)), database_url)
     assignments = read_frame(select(Assignment.household_id, Assignment.cadre_id), database_url)
     # A new flag asks for a visit within 24 h (critical) or 72 h, once: not when an urgent visit

@@ -520,3 +520,117 @@ def test_replanning_later_with_open_plans_keeps_every_rule(seed, n_grids, househ
     ahead = first.plans[(first.plans["due_date"] >= pd.Timestamp(later)) & (first.plans["due_date"]
                                                                              <= pd.Timestamp(as_of + timedelta(29)))]
     assert set(ahead["visit_id"]) <= set(second.plans["visit_id"]) | set(first.moved["visit_id"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Day after day, and replays of earlier days: one open plan per family, reason and cadence step
+# ---------------------------------------------------------------------------------------------
+def open_twins(plans: pd.DataFrame) -> list[str]:
+    """Open non-urgent plans of one family and reason planned for one cadence step (twins).
+
+    A step's window opens the day after the visit before it (``prev + 1``; a visit is never placed
+    before its window), so of two plans of one chain the later one's window starts after the
+    earlier one's due day. Windows of consecutive steps may overlap (a visit placed early in a wide
+    window); a window that opens on or before the other plan's day is a second visit for its step.
+    """
+    p = plans[~plans["urgent"].astype(bool)][["visit_id", "household_id", "reason", "cadre_id", "due_date",
+                                               "window_start", "window_end"]]
+    m = p.merge(p, on=["household_id", "reason"])
+    due_x, due_y = pd.to_datetime(m.due_date_x), pd.to_datetime(m.due_date_y)
+    x_first = (due_x < due_y) | ((due_x == due_y) & (m.visit_id_x < m.visit_id_y))
+    m = m[x_first & (pd.to_datetime(m.window_start_y) <= due_x)]
+    return [f"family {r.household_id} ({r.reason}): {r.visit_id_x} by {r.cadre_id_x} due {r.due_date_x:%m-%d} "
+            f"(window {r.window_start_x:%m-%d}–{r.window_end_x:%m-%d}) and {r.visit_id_y} by {r.cadre_id_y} "
+            f"due {r.due_date_y:%m-%d} (window {r.window_start_y:%m-%d}–{r.window_end_y:%m-%d})"
+            for r in m.itertuples()]
+
+
+class PlanStore:
+    """What the database holds of the plans, as ``store_plan`` and ``scheduling_inputs`` handle them:
+    new ids inserted (an id already stored is never rewritten), this run's moves applied once per
+    plan, open plans read back while their due day or window end is not past (with those a later
+    visit closed, on a replay of an earlier day)."""
+
+    def __init__(self):
+        self.rows: dict[str, dict] = {}
+
+    def store(self, result) -> set[str]:
+        new = set(result.plans["visit_id"]) - set(self.rows)
+        for r in result.plans[result.plans["visit_id"].isin(new)].to_dict("records"):
+            self.rows[r["visit_id"]] = {**r, "moved_from": None}
+        for m in result.moved.to_dict("records"):
+            row = self.rows.get(m["visit_id"])
+            if row is not None and row["status"] == "planned" and row["moved_from"] is None:
+                row["cadre_id"], row["moved_from"] = m["to_cadre_id"], m["from_cadre_id"]
+        return new
+
+    def open_plans(self, day: date) -> pd.DataFrame:
+        """Open on ``day``: planned, or closed by a visit made after it (a replay of an earlier day)."""
+        t = pd.Timestamp(day)
+        rows = [r for r in self.rows.values() if (r["status"] == "planned" or r.get("visited_on", t) > t)
+                and (r["due_date"] >= t or r["window_end"] >= t)]
+        cols = ["visit_id", "household_id", "cadre_id", "due_date", "window_start", "window_end", "reason", "urgent"]
+        return pd.DataFrame(rows, columns=[*cols, "grid_id", "status", "moved_from"])[cols + ["grid_id"]]
+
+    def open_now(self, day: date) -> pd.DataFrame:
+        p = self.open_plans(day)
+        return p.assign(due_date=pd.to_datetime(p["due_date"]), window_start=pd.to_datetime(p["window_start"]),
+                        window_end=pd.to_datetime(p["window_end"]))
+
+
+def _run_day(inputs, store: PlanStore, day: date, assignments, rules, horizon_days: int):
+    result = schedule_visits(inputs["households"], inputs["cadres"], as_of=day, horizon_days=horizon_days,
+                             last_visits=inputs["last_visits"], open_plans=store.open_plans(day),
+                             current_assignments=assignments, urgent_requests=inputs["urgent_requests"],
+                             follow_ups=inputs["follow_ups"], rules=rules, calendar=rules.work_calendar())
+    return result, store.store(result)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n_grids=st.integers(1, 3),
+    households_per_grid=st.integers(5, 40),
+    cadres_per_grid=st.integers(1, 4),
+    leave_share=st.sampled_from([0.0, 0.3, 0.6]),
+    as_of_offset=st.integers(0, 364),
+    days=st.integers(2, 6),
+    daily_cap=st.sampled_from([1, 2, 4]),
+    done_share=st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_days_in_a_row_and_replays_plan_each_step_once(seed, n_grids, households_per_grid, cadres_per_grid,
+                                                       leave_share, as_of_offset, days, daily_cap, done_share):
+    """The daily runs of ``days`` days, each fed what the database holds, a share of each day's
+    visits made (none: every overdue window moves on each day); then each earlier day replayed.
+    Never two open plans of one family and reason for one step, and without visits made since, a
+    replay plans nothing new."""
+    as_of = date(2026, 1, 1) + timedelta(days=as_of_offset)
+    inputs = synth_inputs(seed=seed, n_grids=n_grids, households_per_grid=households_per_grid,
+                          cadres_per_grid=cadres_per_grid, leave_share=leave_share, as_of=as_of,
+                          grids_per_village=2)
+    rules = dataclasses.replace(load_cadence_rules(None), max_visits_per_cadre_per_day=daily_cap)
+    store, assignments = PlanStore(), inputs["current_assignments"]
+    visits = [inputs["last_visits"]]
+    rng = np.random.default_rng(seed)
+    for k in range(days):
+        day = as_of + timedelta(days=k)
+        result, _ = _run_day({**inputs, "last_visits": pd.concat(visits)}, store, day, assignments, rules, 30)
+        assignments = result.assignments
+        assert open_twins(store.open_now(day)) == [], (day, open_twins(store.open_now(day))[:5])
+        # The day's visits are made (a share of them), closing their plans.
+        for row in store.rows.values():
+            if (row["status"] == "planned" and row["due_date"] == pd.Timestamp(day) and not row["urgent"]
+                    and rng.random() < done_share):
+                row["status"], row["visited_on"] = "done", pd.Timestamp(day)
+                visits.append(pd.DataFrame({"household_id": [row["household_id"]],
+                                            "last_visited_at": [pd.Timestamp(day) + pd.Timedelta(hours=10)]}))
+    for k in range(days - 1):
+        day = as_of + timedelta(days=k)
+        lv = pd.concat(visits)
+        lv = lv[pd.to_datetime(lv["last_visited_at"]) < pd.Timestamp(day + timedelta(days=1))]
+        _, new = _run_day({**inputs, "last_visits": lv}, store, day, assignments, rules, 30)
+        assert open_twins(store.open_now(day)) == [], (f"replay of {day}", open_twins(store.open_now(day))[:5])
+        if done_share == 0:
+            # With visits made since, a replay may still find room its day did not have (a visit made
+            # that day no longer holds its place) or a cadre assigned later: not covered here.
+            assert new == set(), (f"replay of {day} planned {len(new)} new visits", sorted(new)[:5])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -549,3 +549,153 @@ def test_planner_reads_open_plans_until_their_window_end(database_url, tmp_path)
     assert {"Vold", "Vslip"} <= set(kept.visit_id)
     gone = scheduling_inputs(thursday + timedelta(days=1), database_url)["open_plans"]
     assert not {"Vold", "Vslip"} & set(gone.visit_id)
+
+
+def _slipped_past_window():
+    """Friday 27 Nov, cap 1: cadre a has four overdue families and room on Fri, Mon 30 (the window),
+    Tue 1 and Wed 2 Dec; b is on leave until Mon 30. h4's visit slips to Wed 2 Dec, past its window
+    (Fri 27 – Mon 30). On Saturday the overdue window runs to Tue 1 Dec, when b is back with room."""
+    import dataclasses
+
+    cap1 = dataclasses.replace(RULES, max_visits_per_cadre_per_day=1)
+    hh = households(*[dict(household_id=f"h{i}", categories="hardship") for i in range(1, 5)])
+    cd = cadres(dict(cadre_id="a"), dict(cadre_id="b", on_leave_from="2026-11-20", on_leave_until="2026-11-30"))
+    cur = pd.DataFrame({"household_id": hh["household_id"], "cadre_id": "a"})
+    return hh, cd, cur, cap1
+
+
+def _routine_twins(plans: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of open non-urgent plans of one family and reason whose windows overlap."""
+    p = plans[~plans["urgent"].astype(bool)]
+    m = p.merge(p, on=["household_id", "reason"])
+    return m[(m.visit_id_x < m.visit_id_y) & (pd.to_datetime(m.window_start_x) <= pd.to_datetime(m.window_end_y))
+             & (pd.to_datetime(m.window_start_y) <= pd.to_datetime(m.window_end_x))]
+
+
+def test_open_plan_that_slipped_past_its_window_is_not_planned_twice():
+    # The sibifang demo's H0000145: a visit that slipped past its window is that cadence step's visit.
+    # The next morning a colleague with room inside the (now later) overdue window must not get a
+    # second visit for the same step, nor the holder a notice that "her" visit moved to the colleague.
+    fri = date(2026, 11, 27)
+    hh, cd, cur, cap1 = _slipped_past_window()
+    d1 = plan(hh, cd, as_of=fri, current_assignments=cur, rules=cap1)
+    h4 = d1.plans[d1.plans["household_id"] == "h4"].iloc[0]
+    assert h4["due_date"] == pd.Timestamp("2026-12-02") and h4["window_end"] == pd.Timestamp("2026-11-30")
+    assert "h4" in set(d1.shortfall["household_id"])
+    d2 = plan(hh, cd, as_of=fri + timedelta(days=1), open_plans=d1.plans, current_assignments=d1.assignments,
+              rules=cap1)
+    assert _routine_twins(d2.plans).empty, _routine_twins(d2.plans)[["household_id", "visit_id_x", "visit_id_y"]]
+    assert set(d2.plans["visit_id"]) == set(d1.plans["visit_id"])  # nothing new: every step has its visit
+    assert d2.moved.empty
+    # still late against its cadence: the family stays listed, with the same reason as the day before
+    pd.testing.assert_frame_equal(d2.shortfall[d2.shortfall["household_id"] == "h4"].reset_index(drop=True),
+                                  d1.shortfall[d1.shortfall["household_id"] == "h4"].reset_index(drop=True))
+    # Replaying Friday with Saturday's plans in hand (what the database holds) plans nothing either.
+    replay = plan(hh, cd, as_of=fri, open_plans=d2.plans, current_assignments=d2.assignments, rules=cap1)
+    assert set(replay.plans["visit_id"]) <= set(d2.plans["visit_id"])
+    assert _routine_twins(replay.plans).empty
+
+
+def test_missed_visit_planned_again_does_not_slip_next_to_the_next_steps_plan():
+    # h1's last visit was 30 days ago and the visit planned for it was missed (its window is over);
+    # the next step's plan stands, due Wed 2 Dec (window from Sat 28 Nov). Cadre a is on leave all
+    # the overdue window, nobody can cover: the visit planned again would slip to Tue 1 Dec, inside
+    # that plan's window, a day before it. That plan is the visit: nothing new, the family listed late.
+    hh = households(dict(household_id="h1", categories="hardship"))
+    cd = cadres(dict(cadre_id="a", on_leave_from="2026-11-20", on_leave_until="2026-11-30"))
+    cur = pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]})
+    standing = pd.DataFrame([dict(visit_id="Vnext", household_id="h1", cadre_id="a", due_date="2026-12-02",
+                                  window_start="2026-11-28", window_end="2026-12-02", reason="hardship",
+                                  urgent=False)])
+    r = plan(hh, cd, last_visits=last(h1=30), open_plans=standing, current_assignments=cur)
+    first = r.plans.sort_values("due_date").iloc[0]
+    assert first["visit_id"] == "Vnext" and first["due_date"] == pd.Timestamp("2026-12-02")
+    assert (r.plans["due_date"] < pd.Timestamp("2026-12-02")).sum() == 0
+    assert "h1" in set(r.shortfall["household_id"])
+
+
+def test_open_plan_of_another_reason_due_after_the_deadline_does_not_delay_a_tighter_cadence():
+    # An open dispute now asks for a visit every 7 days; the open 30-day 'entrepreneur' plan due
+    # Mon 30 Nov (window from Tue 24) is not this step's visit: one is planned by Wed 25 Nov.
+    hh = households(dict(household_id="h1", categories="entrepreneur", open_dispute=1))
+    cd = cadres(dict(cadre_id="a"))
+    cur = pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]})
+    older = pd.DataFrame([dict(visit_id="Vold", household_id="h1", cadre_id="a", due_date="2026-11-30",
+                               window_start="2026-11-24", window_end="2026-11-30", reason="entrepreneur",
+                               urgent=False)])
+    r = plan(hh, cd, last_visits=last(h1=5), open_plans=older, current_assignments=cur)
+    dispute = r.plans[r.plans["reason"] == "open_dispute"].sort_values("due_date")
+    assert dispute.iloc[0]["due_date"] <= pd.Timestamp("2026-11-25")
+    assert "Vold" in set(r.plans["visit_id"])
+
+
+def test_days_in_a_row_and_replays_store_each_step_once(database_url, tmp_path, monkeypatch):
+    """The evening runs of Fri 27 and Sat 28 Nov on the database (plan, store, queue the next day's
+    notices), then both days replayed: one open plan per family, reason and step, and the replays
+    store no plan and queue no notice (the demo's 12 twins and 4 overdue reminders)."""
+    from sqlalchemy import func, select
+
+    from schemas.models import Area, Assignment, Cadre, Household, Notice, Visit, VisitPlan
+    from sibifang.db import migrate, read_frame, session_scope
+    from tasks.schedule_visits import plan_visits, queue_notices, store_plan
+
+    text = (load_cadence_rules.__globals__["resources"].files("sibifang") / "cadence.toml").read_text(encoding="utf-8")
+    assert "max_visits_per_cadre_per_day = 4" in text
+    cap1 = tmp_path / "cadence.toml"
+    cap1.write_text(text.replace("max_visits_per_cadre_per_day = 4", "max_visits_per_cadre_per_day = 1"),
+                    encoding="utf-8")
+    monkeypatch.setenv("SIBIFANG_CADENCE_FILE", str(cap1))
+    reset_settings()
+    migrate(database_url)
+    fri, sat = date(2026, 11, 27), date(2026, 11, 28)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+        s.flush()
+        s.add(Cadre(id="a", name="甲", role="cadre", grid_ids=["G1"], capacity=10, alert_channel="webhook",
+                    alert_address="http://127.0.0.1:9/a"))
+        s.add(Cadre(id="b", name="乙", role="cadre", grid_ids=["G1"], capacity=10, alert_channel="webhook",
+                    alert_address="http://127.0.0.1:9/b", on_leave_from=date(2026, 11, 20),
+                    on_leave_until=date(2026, 11, 30)))
+        s.add_all([Household(id=f"h{i}", head_name=f"户主{i}", grid_id="G1", categories=["hardship"])
+                   for i in range(1, 5)])
+        s.flush()
+        s.add_all([Assignment(household_id=f"h{i}", cadre_id="a", since=fri) for i in range(1, 5)])
+
+    def evening(day):
+        store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path), database_url=database_url)
+        queue_notices.fn(day + timedelta(days=1), database_url=database_url)
+
+    def counts():
+        with session_scope(database_url) as s:
+            return (s.scalar(select(func.count()).select_from(VisitPlan)),
+                    s.scalar(select(func.count()).select_from(Notice)))
+
+    def open_routine():
+        return read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+                                 VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end,
+                                 VisitPlan.reason, VisitPlan.urgent).where(VisitPlan.status == "planned"),
+                          database_url)
+
+    try:
+        evening(fri)
+        slipped = open_routine().query("household_id == 'h4'").sort_values("due_date").iloc[0]
+        assert str(slipped["due_date"])[:10] == "2026-12-02" and str(slipped["window_end"])[:10] == "2026-11-30"
+        evening(sat)
+        assert _routine_twins(open_routine()).empty, _routine_twins(open_routine())
+        # Friday's and Monday's visits were made (the replays come later): a's Friday is free on a
+        # replay of it, and Monday's plan, closed by a visit after the replayed days, was open on them.
+        with session_scope(database_url) as s:
+            for n, day in enumerate((fri, date(2026, 11, 30))):
+                done = s.scalars(select(VisitPlan).where(VisitPlan.cadre_id == "a", VisitPlan.due_date == day)).one()
+                s.add(Visit(id=f"VIS{n}", plan_id=done.id, household_id=done.household_id, cadre_id="a",
+                            visited_at=datetime.combine(day, datetime.min.time()).replace(hour=10), mode="visit"))
+                done.status, done.closed_by_visit_id = "done", f"VIS{n}"
+        before = counts()
+        evening(fri)
+        evening(sat)
+        assert counts() == before
+        assert _routine_twins(open_routine()).empty
+    finally:
+        monkeypatch.delenv("SIBIFANG_CADENCE_FILE")
+        reset_settings()
