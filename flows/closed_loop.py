@@ -60,10 +60,15 @@ def closed_loop(as_of: date | None = None, report: bool = False, report_period_d
 # Which stages need which to have completed. Risks are flagged from the day's readings and
 # visits: flagged without the readings of a failed ingest (say the meter API answering 404),
 # every meter the API feeds would look offline, and cadres would be sent to check on
-# households that are fine. Alerts (already pending ones), disputes, visit planning and the
-# report do not depend on today's readings: a broken meter feed must not stop them.
+# households that are fine. Planning reads the day's visits and the plans they closed: planned
+# without them, families visited today would be planned again and tomorrow's notices announce
+# visits already made. A report to the party committee and government must not go out missing
+# the day's visits or flags. Alerts (already pending ones) and disputes do not depend on today's
+# readings: a broken meter feed must not stop them, nor the visit planning.
 NEEDS: dict[str, tuple[str, ...]] = {
     "flag_risks": ("record_visits", "ingest_readings"),
+    "schedule_visits": ("record_visits",),
+    "summary_report": ("record_visits", "flag_risks"),
 }
 
 

@@ -41,10 +41,11 @@ def test_a_meter_api_that_refuses_stops_only_the_risk_flags_of_the_day(loop_env,
     result = info.value.result
     assert list(result["failed"]) == ["ingest_readings"]
     assert "MeterApiError" in result["failed"]["ingest_readings"] and "HTTP 404" in result["failed"]["ingest_readings"]
-    assert result["skipped"] == {"flag_risks": ["ingest_readings"]}
-    for stage in ("record_visits", "dispatch_alerts", "escalate_disputes", "schedule_visits", "summary_report"):
+    # the report would go out without the day's flags: it waits for a run that has them
+    assert result["skipped"] == {"flag_risks": ["ingest_readings"], "summary_report": ["flag_risks"]}
+    for stage in ("record_visits", "dispatch_alerts", "escalate_disputes", "schedule_visits"):
         assert stage in result and stage in result["seconds"], stage
-    assert "flag_risks" not in result
+    assert "flag_risks" not in result and "summary_report" not in result
     assert "ingest_readings" in str(info.value) and "flag_risks" in str(info.value)
     assert state.is_failed() and "ingest_readings" in (state.message or "")
     out, err = capfd.readouterr()
@@ -62,3 +63,27 @@ def test_a_day_without_failures_runs_every_stage_and_returns_its_results(loop_en
     assert "failed" not in result and "skipped" not in result
     assert list(result["seconds"]) == ["record_visits", "ingest_readings", "flag_risks", "dispatch_alerts",
                                        "escalate_disputes", "schedule_visits"]
+
+
+def test_visits_that_failed_to_load_hold_back_the_stages_that_read_them(loop_env, monkeypatch):
+    """Without the day's visits, planning would plan families visited today again (and announce
+    visits already made), and the report would go out without them: both wait; alerts and
+    disputes still run."""
+    import flows.closed_loop as loop
+    from sibifang.settings import reset_settings
+
+    monkeypatch.delenv("SIBIFANG_METER_API_URL", raising=False)
+    reset_settings()
+
+    def broken(day):
+        raise OSError("visits inbox unreadable")
+
+    monkeypatch.setattr(loop, "record_visits", broken)
+    with pytest.raises(loop.ClosedLoopError) as info:
+        loop.closed_loop(as_of=DAY, report=True, report_period_days=2)
+    result = info.value.result
+    assert list(result["failed"]) == ["record_visits"]
+    assert result["skipped"] == {"flag_risks": ["record_visits"], "schedule_visits": ["record_visits"],
+                                 "summary_report": ["record_visits", "flag_risks"]}
+    for stage in ("ingest_readings", "dispatch_alerts", "escalate_disputes"):
+        assert stage in result["seconds"], stage
