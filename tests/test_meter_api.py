@@ -306,10 +306,8 @@ def test_the_pull_task_never_logs_the_token_nor_retries_a_request_that_cannot_be
         prefect_harness, app_env, monkeypatch, caplog, capfd):
     """The whole path a scheduled run takes: the task fails once, and neither its logs nor its
     state's message hold the token."""
-    from prefect import flow
 
     from sibifang.settings import reset_settings
-    from tasks.ingest_readings import pull_api_task
 
     session = _RefusingSession(requests.exceptions.InvalidHeader)
     monkeypatch.setattr(requests, "Session", lambda: session)
@@ -319,15 +317,7 @@ def test_the_pull_task_never_logs_the_token_nor_retries_a_request_that_cannot_be
     reset_settings()
     caplog.set_level(logging.INFO)
 
-    @flow
-    def pull_once():
-        state = pull_api_task.with_options(retry_delay_seconds=0)(return_state=True)
-        return state.is_failed(), str(state.result(raise_on_failure=False)), state.message or ""
-
-    try:
-        failed, error, message = pull_once()
-    finally:
-        reset_settings()
+    failed, error, message = _pull_once()
     assert failed and session.calls == 1  # no retry: it would fail the same way
     assert "InvalidHeader" in error
     out, err = capfd.readouterr()
@@ -550,10 +540,8 @@ def test_the_pull_task_keeps_a_url_key_out_of_its_state_logs_and_output(prefect_
                                                                          caplog, capfd):
     """The path a scheduled pull takes: the 404's message is the task's state message and
     result (what Prefect stores) and goes to the run's log and stderr."""
-    from prefect import flow
 
     from sibifang.settings import reset_settings
-    from tasks.ingest_readings import pull_api_task
 
     with EchoingGateway(f"/v1/{PATH_KEY}") as gw:
         monkeypatch.setenv("SIBIFANG_METER_API_URL", gw.base)
@@ -562,17 +550,28 @@ def test_the_pull_task_keeps_a_url_key_out_of_its_state_logs_and_output(prefect_
         reset_settings()
         caplog.set_level(logging.DEBUG)
 
-        @flow
-        def pull_once():
-            state = pull_api_task.with_options(retry_delay_seconds=0)(return_state=True)
-            return state.is_failed(), str(state.result(raise_on_failure=False)), state.message or ""
-
-        try:
-            failed, error, message = pull_once()
-        finally:
-            reset_settings()
+        failed, error, message = _pull_once()
     assert failed and len(gw.requests) == 1  # a 404 is not retried
     assert "HTTP 404" in error
     out, err = capfd.readouterr()
     for text in (error, message, caplog.text, out, err):
         assert PATH_KEY not in text and TOKEN not in text
+
+
+def _pull_once() -> tuple[bool, str, str]:
+    """One scheduled pull as Prefect runs it, without retry delays: (failed, result, state message);
+    the settings are reset afterwards."""
+    from prefect import flow
+
+    from sibifang.settings import reset_settings
+    from tasks.ingest_readings import pull_api_task
+
+    @flow
+    def pull_once():
+        state = pull_api_task.with_options(retry_delay_seconds=0)(return_state=True)
+        return state.is_failed(), str(state.result(raise_on_failure=False)), state.message or ""
+
+    try:
+        return pull_once()
+    finally:
+        reset_settings()
