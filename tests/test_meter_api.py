@@ -29,7 +29,23 @@ PAGES = {
 }
 
 
-class FakeMeterApi:
+class _LocalServer:
+    """A real HTTP server on 127.0.0.1 (a free port), serving in a thread inside ``with``."""
+
+    def _serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeMeterApi(_LocalServer):
     """Pages PAGES; ``script`` maps page token -> list of statuses to answer before succeeding."""
 
     def __init__(self):
@@ -37,8 +53,7 @@ class FakeMeterApi:
         self.script: dict[str | None, list[tuple[int, dict]]] = {}
         self.pages = PAGES
         handler = self._handler()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serve(handler)
 
     @property
     def url(self) -> str:
@@ -78,14 +93,6 @@ class FakeMeterApi:
                 self.wfile.write(data)
 
         return Handler
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -454,7 +461,7 @@ PATH_KEY = "PATHKEYzq9XXabcdef0123"
 QUERY_KEY = "QKEYzq9XX/+=q"  # sent percent-encoded; a server may echo it either way
 
 
-class EchoingGateway:
+class EchoingGateway(_LocalServer):
     """Answers every GET like many gateways do: 404 with the request path (and query) in the
     body, raw or decoded; a request to ``<base path>/readings`` with the base query kept is
     answered 200 with one page, so a test can tell a well-joined URL from a mangled one."""
@@ -485,17 +492,8 @@ class EchoingGateway:
                 self.wfile.write(data)
 
         self.ok_path, self.ok_query = None, None
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serve(Handler)
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}{base_path}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.mark.parametrize("decoded", [False, True])
