@@ -22,7 +22,10 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
     files whose content was already ingested (in the ledger, or earlier in this run), moved to
     ``readings/done/`` unread; ``deferred`` counts files left in the inbox by a replay of a past
     day because they hold readings of a later day (``ingest_file_task``); ``busy`` when another
-    run held the drop folder (``sibifang.inbox.claim``) and this one left its files to it."""
+    run held the drop folder (``sibifang.inbox.claim``) and this one left its files to it;
+    ``pull_busy`` when another pull of the meter API was running and this one was skipped;
+    ``pulls_set_aside`` lists earlier pulls that failed to finish too often and were set aside
+    (``tasks.ingest_readings.finish_unfinished_pulls``)."""
     from schemas.validation import DataContractError
     from tasks.import_registry import record_rejected_file
 
@@ -70,4 +73,6 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
         "duplicates": len(duplicates), "duplicate_files": duplicates,
         "deferred": len(deferred), "deferred_files": deferred,
         "busy": not mine,
+        "pull_busy": bool(pulled and pulled.get("busy")),
+        "pulls_set_aside": (pulled or {}).get("set_aside", []),
     }

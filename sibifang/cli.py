@@ -1,4 +1,4 @@
-"""The ``sibifang`` command: demo, generate, import, run, serve, stats, export, detect, ack, migrate."""
+"""The ``sibifang`` command: demo, generate, import, run, serve, stats, pulls, export, detect, ack, migrate."""
 
 from __future__ import annotations
 
@@ -197,6 +197,39 @@ def stats(as_json: bool = typer.Option(False, "--json", help="print one JSON obj
     else:
         for k, v in s.items():
             typer.echo(f"{k:<22} {v}")
+
+
+@app.command()
+def pulls(resume: Optional[str] = typer.Option(
+        None, "--resume", metavar="BATCH",
+        help="put a set-aside pull back: the next pull (sibifang run ingest_readings) finishes it")) -> None:
+    """Meter-API pulls set aside after failing to finish, and readings batches never finished."""
+    from sibifang.readings_store import ReadingStore
+
+    store = ReadingStore.from_settings()
+    if resume:
+        try:
+            store.resume_set_aside(resume)
+        except (LookupError, FileExistsError) as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"拉取批次 {resume} 已放回，下一次拉取（sibifang run ingest_readings）先完成它")
+        return
+    aside = store.set_aside_pulls()
+    typer.echo(f"暂存的电表平台拉取批次（多次入库失败）：{len(aside)}")
+    for journal in aside:
+        info = journal.info()
+        typer.echo(f"  {info['batch_id']}  {info['source']}  开始于 {info['begun']:%Y-%m-%d %H:%M}  "
+                   f"失败 {info['attempts']} 次  {journal.directory}（readings.csv 为拉取到的读数）")
+        typer.echo(f"    最后一次错误：{info.get('last_error')}")
+    files = store.unfinished_files()
+    typer.echo(f"写入读数库后未记账的读数文件批次：{len(files)}")
+    for journal in files:
+        info = journal.info()
+        # Finished when the same file is ingested again; a file that will not come back leaves
+        # readings in the store that no ledger row counts (the operator decides, nothing is deleted).
+        typer.echo(f"  {info['source'] or '（来源未记录）'}  {info['batch_id'] or journal.directory.name}  "
+                   f"开始于 {info['begun']:%Y-%m-%d %H:%M}：同一文件再次导入时完成")
 
 
 @app.command()

@@ -47,13 +47,13 @@ def ready_files(folder: Path, suffixes: Iterable[str], *, settle_seconds: float,
 
 
 @contextmanager
-def claim(folder: Path) -> Iterator[bool]:
+def claim(folder: Path, name: str = LOCK_NAME) -> Iterator[bool]:
     """Hold ``folder`` for this run: yields True, or False when another run holds it.
 
-    An advisory ``flock`` on ``folder/.lock``: released when the holder exits, crashes or is
-    killed, so a dead run never blocks the folder."""
+    An advisory ``flock`` on ``folder/<name>`` (``.lock``): released when the holder exits,
+    crashes or is killed, so a dead run never blocks the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a+b") as handle:
+    with open(folder / name, "a+b") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -10,7 +10,10 @@ A row per reading in SQLite cannot reach the figures the detectors need (a month
                                                 register reading and the reference reached
                                                 there (meter_id, ts, register_kwh float64)
     <root>/_batches/<sha1>/                    a batch not yet in the ledger: what it started from
+    <root>/_set_aside/<sha1>/                  a pull journal that failed to finish too often
+                                                (kept whole, with ``readings.csv`` to read)
     <root>/.lock                               serialises writers (flock)
+    <root>/.pull.lock                          one meter-API pull at a time (flock)
 
 Conventions:
 
@@ -37,6 +40,9 @@ Conventions:
   were stored already, per partition what was new to it) until then, so a batch run again
   after a failure anywhere in between ends as a clean run would (the same intervals, the same
   counts in the ledger).
+* A pull journal whose batch fails to finish ``PULL_FINISH_ATTEMPTS`` times is set aside
+  (``<root>/_set_aside/``): every later pull would fail on it first, and no new readings would
+  come in. Its readings are kept; ``resume_set_aside`` puts it back to be finished.
 """
 
 from __future__ import annotations
@@ -71,6 +77,13 @@ PART_NAME = "part-0.parquet"
 LAST_TS_NAME = "_last_ts.parquet"
 REGISTERS_NAME = "_last_registers.parquet"
 BATCHES_DIR = "_batches"  # BatchJournal: what a batch not yet in the ledger started from
+SET_ASIDE_DIR = "_set_aside"  # pull journals that failed to finish PULL_FINISH_ATTEMPTS times
+PULL_LOCK_NAME = ".pull.lock"
+# A pull journal that failed to finish this many times is set aside: a failure that repeats
+# (readings the hand-over check now rejects, a bug on one shape of data) would otherwise stop
+# every later pull, and a city's meters would go dark for the detectors. Three attempts let a
+# passing failure (a Prefect retry, the next run) finish it first.
+PULL_FINISH_ATTEMPTS = 3
 REGISTERS_SCHEMA = pa.schema([
     pa.field("meter_id", pa.string()),
     pa.field("ts", pa.timestamp("ns")),
@@ -398,6 +411,19 @@ class ReadingStore:
     def batch_journal(self, batch_id: str) -> "BatchJournal":
         return BatchJournal(self.root / BATCHES_DIR / hashlib.sha1(batch_id.encode("utf-8")).hexdigest())
 
+    @contextmanager
+    def claim_pulls(self) -> Iterator[bool]:
+        """Hold the store for one meter-API pull: yields True, or False when another pull holds
+        it. A pull finishes the unfinished pull journals, then fetches from the store's last
+        readings and stores what it got: two at once would finish (and discard) the same
+        journal, or both read and book the readings of one window. A flock beside the store's
+        own write lock: the state it guards is this directory, whichever database the ledger
+        is in, and a killed pull releases it."""
+        from sibifang.inbox import claim
+
+        with claim(self.root, PULL_LOCK_NAME) as mine:
+            yield mine
+
     def unfinished_pulls(self) -> list["BatchJournal"]:
         """Journals of pulls that changed the store and never reached the ledger, oldest first.
         A retry pulls from where the failed attempt's readings end, so it would not see them
@@ -409,6 +435,41 @@ class ReadingStore:
         found = [BatchJournal(d) for d in folder.iterdir() if d.is_dir()]
         found = [j for j in found if j.exists() and (j.directory / "pull.parquet").exists()]
         return sorted(found, key=lambda j: (j.directory / "begun").stat().st_mtime_ns)
+
+    def unfinished_files(self) -> list["BatchJournal"]:
+        """Journals of file batches that changed the store and never reached the ledger. The
+        next run of the same file finishes one; a file taken out of the inbox never does, and
+        the store then holds readings no ledger row counts. Listed, never removed: only the
+        operator knows whether the file comes back."""
+        folder = self.root / BATCHES_DIR
+        if not folder.exists():
+            return []
+        found = [BatchJournal(d) for d in folder.iterdir() if d.is_dir()]
+        return [j for j in found if j.exists() and not (j.directory / "pull.parquet").exists()]
+
+    def set_aside_pulls(self) -> list["BatchJournal"]:
+        """Pull journals set aside (``BatchJournal.set_aside``), oldest first."""
+        folder = self.root / SET_ASIDE_DIR
+        found = [BatchJournal(d) for d in folder.iterdir() if d.is_dir()] if folder.exists() else []
+        return sorted([j for j in found if j.exists()], key=lambda j: (j.directory / "begun").stat().st_mtime_ns)
+
+    def resume_set_aside(self, batch_id: str) -> "BatchJournal":
+        """Put a set-aside pull back among the unfinished ones, its failed attempts forgotten:
+        the next pull finishes it from what it started from (once its cause is mended).
+        Raises LookupError when no set-aside pull has that batch id, FileExistsError when an
+        unfinished journal of that batch is there already."""
+        for journal in self.set_aside_pulls():
+            if journal.info().get("batch_id") != batch_id:
+                continue
+            target = self.batch_journal(batch_id).directory
+            if target.exists():
+                raise FileExistsError(f"an unfinished journal of batch {batch_id} is already at {target}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for name in ("failures.json", "readings.csv"):
+                (journal.directory / name).unlink(missing_ok=True)
+            os.replace(journal.directory, target)
+            return BatchJournal(target)
+        raise LookupError(f"no set-aside pull of batch {batch_id} in {self.root / SET_ASIDE_DIR}")
 
 
 class BatchJournal:
@@ -435,10 +496,11 @@ class BatchJournal:
         return (self.directory / "begun").exists()
 
     def begin(self, *, registers: pd.DataFrame | None = None, stored: np.ndarray | None = None,
-              pull: dict | None = None) -> None:
+              pull: dict | None = None, batch: dict | None = None) -> None:
         """Record what the batch starts from; a journal begun already is left as it is.
         ``pull`` (a pull's ``batch_id``, ``source`` and ``readings``, the frame as pulled): kept
-        so that a retry, which pulls from later on, can finish this batch first."""
+        so that a retry, which pulls from later on, can finish this batch first. ``batch``
+        (``batch_id``, ``source``): which batch this is, for the operator (``info``)."""
         if self.exists():
             return
         self.discard()  # a half-written one from a crash inside begin
@@ -453,6 +515,9 @@ class BatchJournal:
             _atomic_write(_typed_table(pull["readings"]), self.directory / "pull.parquet")
             _atomic_write_text(json.dumps({"batch_id": pull["batch_id"], "source": pull["source"]},
                                           ensure_ascii=False), self.directory / "pull.json")
+        if batch is not None:
+            _atomic_write_text(json.dumps({"batch_id": batch["batch_id"], "source": batch["source"]},
+                                          ensure_ascii=False), self.directory / "batch.json")
         _atomic_write_text("{}", self.directory / "new_by_day.json")
         _atomic_write_text("", self.directory / "begun")  # last: the journal is whole
 
@@ -460,6 +525,54 @@ class BatchJournal:
         """(batch id, source, the readings as pulled) of a pull's journal."""
         kept = json.loads((self.directory / "pull.json").read_text(encoding="utf-8"))
         return kept["batch_id"], kept["source"], _untyped_frame(pq.read_table(self.directory / "pull.parquet"))
+
+    def info(self) -> dict:
+        """``batch_id`` and ``source`` of the journal's batch (None for a journal of an older
+        version without them), ``begun`` (when), and for a pull ``attempts`` (failed finishing
+        attempts) and ``last_error``: what can be read of them (a damaged journal is set aside
+        as well, and must still be listed)."""
+        info: dict = {"batch_id": None, "source": None}
+        try:
+            from sibifang.settings import LOCAL_TZ
+
+            # China Standard Time, naive, as every time here (the host's clock may be on UTC).
+            info["begun"] = datetime.fromtimestamp((self.directory / "begun").stat().st_mtime,
+                                                   LOCAL_TZ).replace(tzinfo=None)
+        except OSError:
+            info["begun"] = None
+        for name in ("batch.json", "pull.json", "failures.json"):
+            try:
+                info.update(json.loads((self.directory / name).read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                pass
+        info.setdefault("attempts", 0)
+        return info
+
+    def failed_attempt(self, error: str) -> int:
+        """Count one failed attempt to finish this journal (with its error, which must hold no
+        secret); returns how many there have been."""
+        attempts = int(self.info().get("attempts", 0)) + 1
+        _atomic_write_text(json.dumps({"attempts": attempts, "last_error": error}, ensure_ascii=False),
+                           self.directory / "failures.json")
+        return attempts
+
+    def set_aside(self, root: Path) -> "BatchJournal":
+        """Move this journal whole into ``root/_set_aside/`` (the same file system: a rename),
+        with its readings as sent written out as ``readings.csv`` for the operator. Nothing is
+        deleted; ``ReadingStore.resume_set_aside`` moves it back."""
+        try:
+            _, _, readings = self.pull()
+            _atomic_write_text(readings.to_csv(index=False), self.directory / "readings.csv")
+        except Exception as e:  # noqa: BLE001 - a journal that cannot be read is set aside all the same
+            log.warning("%s: readings not written out as CSV (%s); pull.parquet is kept",
+                        self.directory.name, type(e).__name__)
+        folder = Path(root) / SET_ASIDE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / self.directory.name
+        if target.exists():  # the same batch set aside before and put back as a copy
+            target = folder / f"{self.directory.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(self.directory, target)
+        return BatchJournal(target)
 
     def registers(self) -> pd.DataFrame | None:
         path = self.directory / "registers.parquet"

@@ -239,7 +239,8 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     if len(acc) or result.last_registers is not None:
         journal.begin(registers=registers if cumulative else None,
                       stored=stored if pull and stored is not None else None,
-                      pull={"batch_id": batch_id, "source": source, "readings": pulled} if pull else None)
+                      pull={"batch_id": batch_id, "source": source, "readings": pulled} if pull else None,
+                      batch={"batch_id": batch_id, "source": source})
     new_rows, clashing = (store.append(acc, return_conflicts=True, count_new=journal.count_new) if len(acc)
                           else (0, np.zeros(0, dtype=np.int64)))
     if result.last_registers is not None:
@@ -399,25 +400,36 @@ def retry_pull(task, task_run, state) -> bool:  # noqa: ANN001
 @task(name="pull_meter_api", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 30, 120],
       retry_condition_fn=retry_pull)
 def pull_api_task(database_url: str | None = None, as_of: datetime | None = None) -> dict | None:
-    """Pull new readings from the meter platform's paged API, resuming from the last stored one."""
-    from sibifang.meter_api import fetch_readings
-    from sibifang.readings_store import ReadingStore
+    """Pull new readings from the meter platform's paged API, resuming from the last stored one.
+
+    One pull at a time (``ReadingStore.claim_pulls``): a pull that finds another running is
+    skipped, and says so (``busy``). The running one fetches everything new up to now from the
+    same resume point; waiting would only hold a worker to fetch what arrived meanwhile, which
+    the next scheduled pull fetches anyway, and pulls stuck behind a slow platform would pile up."""
+    from sibifang.readings_store import PULL_LOCK_NAME, ReadingStore
     from sibifang.settings import get_settings
 
     settings = get_settings()
     if not settings.meter_api_url:
         return None
-    from sibifang.meter_api import resume_since
-
     store = ReadingStore(Path(settings.data_dir) / "readings")
+    with store.claim_pulls() as mine:
+        if not mine:
+            run_logger().info("another pull of the meter API holds %s; this one is skipped (the next pull "
+                              "resumes from the store)", store.root / PULL_LOCK_NAME)
+            return {"source": "meter-api", "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
+                    "already_ingested": 0, "busy": True}
+        return _pull(store, settings, database_url, as_of)
+
+
+def _pull(store, settings, database_url: str | None, as_of: datetime | None) -> dict:  # noqa: ANN001
+    """``pull_api_task`` with the store held: finish the unfinished pulls, then pull anew."""
+    from sibifang.meter_api import fetch_readings, resume_since
+
     # A pull that failed after storing readings (this task's earlier attempt, or an earlier run)
     # is finished first, from the readings it kept: pulling resumes after them, so they would
     # never be read again and the ledger would miss what the store holds.
-    finished = []
-    for journal in store.unfinished_pulls():
-        batch_id, source, kept = journal.pull()
-        finished.append(ingest_frame(kept, source=source, batch_id=batch_id, database_url=database_url,
-                                     as_of=as_of, pull=True))
+    finished, set_aside = finish_unfinished_pulls(store, database_url, as_of)
     # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
     since = resume_since(store.last_ts())
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
@@ -432,4 +444,59 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
             continue  # in the ledger already (its attempt failed after the commit): nothing read now
         for key in ("read", "accepted", "quarantined", "new", "conflicting", "already_ingested"):
             result[key] += earlier.get(key, 0)
+    if set_aside:
+        result["set_aside"] = set_aside
     return result
+
+
+def finish_unfinished_pulls(store, database_url: str | None, as_of: datetime | None  # noqa: ANN001
+                            ) -> tuple[list[dict], list[dict]]:
+    """Finish the store's unfinished pull journals, oldest first -> (their results, the pulls
+    set aside). A journal that fails to finish raises, as before, until it has failed
+    ``PULL_FINISH_ATTEMPTS`` times (counted in the journal); then it is set aside
+    (``set_aside_pull``) and the pull goes on. The caller holds the store (``claim_pulls``)."""
+    from sibifang.readings_store import PULL_FINISH_ATTEMPTS
+
+    finished, set_aside = [], []
+    for journal in store.unfinished_pulls():
+        try:
+            batch_id, source, kept = journal.pull()
+            finished.append(ingest_frame(kept, source=source, batch_id=batch_id, database_url=database_url,
+                                         as_of=as_of, pull=True))
+        except Exception as error:
+            # The error's class and message: a pull's journal holds readings and ids, never the
+            # platform's URL or token (the fetch is not part of finishing).
+            text = f"{type(error).__name__}: {error}"[:300]
+            attempts = journal.failed_attempt(text)
+            if attempts < PULL_FINISH_ATTEMPTS:
+                raise
+            set_aside.append(set_aside_pull(store, journal, text, database_url))
+    return finished, set_aside
+
+
+def set_aside_pull(store, journal, error: str, database_url: str | None) -> dict:  # noqa: ANN001
+    """Set a pull journal that keeps failing aside, durably and visibly: a failed validation run
+    of the batch (``sibifang pulls`` and the validation records show it), then the journal moved
+    whole to ``<store>/_set_aside/`` (readings kept, ``readings.csv`` to read), then an error
+    line in the run's log. Recorded first: a pull set aside without a record could go unseen."""
+    from sibifang.db import session_scope
+    from sibifang.import_registry import record_validation
+    from sibifang.settings import local_now
+
+    info = journal.info()
+    batch_id = info.get("batch_id") or journal.directory.name
+    source = info.get("source") or "meter-api"
+    attempts = int(info.get("attempts", 0))
+    message = (f"电表平台拉取的读数批次 {batch_id} 连续 {attempts} 次入库失败，已暂存，之后的拉取照常进行；"
+               f"读数未丢失，请管理员查明原因后用 sibifang pulls --resume {batch_id} 重新入库。")
+    with session_scope(database_url) as s:
+        record_validation(s, stage="ingest_readings", suite="readings", source=source, read=0, accepted=0,
+                          quarantined=None, success=False, now=local_now(), batch=batch_id,
+                          failures=[f"pull {batch_id} set aside after {attempts} failed attempts to finish it: {error}",
+                                    message])
+    moved = journal.set_aside(store.root)
+    run_logger().error("%s: pull %s failed to finish %d times (last: %s); set aside in %s with its readings, "
+                       "later pulls go on. `sibifang pulls` lists it, `sibifang pulls --resume %s` puts it back",
+                       source, batch_id, attempts, error, moved.directory, batch_id)
+    return {"batch": batch_id, "source": source, "attempts": attempts, "error": error,
+            "directory": str(moved.directory)}

@@ -297,3 +297,221 @@ def test_a_pull_journal_keeps_the_readings_exactly_as_sent(tmp_path):
     assert kept["line"].dtype == frame["line"].dtype and list(kept.columns) == list(frame.columns)
     for col in ("meter_id", "ts", "kwh"):
         assert [(type(v), v) for v in kept[col]] == [(type(v), v) for v in frame[col]], col
+
+
+def _r(meter, hm, kwh):
+    return {"meter_id": meter, "ts": f"2026-11-20T{hm}:00+08:00", "kwh": kwh}
+
+
+@pytest.fixture
+def meter_api(database_url, app_env, monkeypatch):
+    """The fake meter platform, the settings pointing at it and a seeded database (M1-M3)."""
+    import sibifang.settings as settings_module
+    from sibifang.settings import reset_settings
+    from tests.test_inbox_rejects import use_database
+    from tests.test_meter_api import TOKEN, FakeMeterApi
+
+    _seed(database_url)
+    use_database(monkeypatch, database_url)
+    monkeypatch.setattr(settings_module, "local_now", lambda: datetime(2026, 11, 20, 12, 0))
+    with FakeMeterApi() as api:
+        monkeypatch.setenv("SIBIFANG_METER_API_URL", api.url)
+        monkeypatch.setenv("SIBIFANG_METER_API_TOKEN", TOKEN)
+        reset_settings()
+        yield api
+
+
+def _ledger(url):
+    from schemas.models import ReadingBatch
+    from sibifang.db import session_scope
+
+    with session_scope(url) as s:
+        return sorted(s.execute(select(ReadingBatch.rows_read, ReadingBatch.rows_accepted,
+                                       ReadingBatch.rows_quarantined, ReadingBatch.rows_new)).tuples())
+
+
+def test_two_pulls_at_once_do_not_both_ingest_the_same_readings(meter_api, database_url, app_env, monkeypatch):
+    """The scheduled pull and a supervisor's pull by hand: the second pulled (and stored) while
+    the first was between finding what the store held and storing, so the first then read,
+    accepted and booked again what the second had just booked. Pulls are now one at a time:
+    the second finds the first running and leaves the API to it."""
+    import threading
+
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import pull_api_task
+
+    api = meter_api
+    api.pages = {None: {"readings": [_r("M1", "08:15", .1), _r("M2", "08:15", .2), _r("M1", "08:30", .3)],
+                        "next_page_token": None}}
+    first_storing, second_done = threading.Event(), threading.Event()
+    original = ReadingStore.append
+
+    def append(self, *args, **kwargs):
+        if threading.current_thread().name == "scheduled" and not first_storing.is_set():
+            # The scheduled pull has found what the store holds and is about to store: the
+            # supervisor's pull runs now, to its end (or its skip), before it goes on.
+            first_storing.set()
+            assert second_done.wait(60), "the second pull never ended"
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(ReadingStore, "append", append)
+    results, errors = {}, []
+
+    def pull(name):
+        try:
+            results[name] = pull_api_task.fn()
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append((name, e))
+        finally:
+            if name == "by hand":
+                second_done.set()
+
+    scheduled = threading.Thread(target=pull, args=("scheduled",), name="scheduled")
+    scheduled.start()
+    assert first_storing.wait(60)
+    requests_before = len(api.requests)
+    # Meanwhile the platform has one more reading.
+    api.pages = {None: {"readings": [*api.pages[None]["readings"], _r("M1", "08:45", .4)],
+                        "next_page_token": None}}
+    pull("by hand")
+    scheduled.join()
+    assert errors == []
+    assert results["by hand"]["busy"] and results["by hand"]["read"] == 0
+    assert len(api.requests) == requests_before  # it did not call the platform
+    assert (results["scheduled"]["read"], results["scheduled"]["new"]) == (3, 3)
+    assert _ledger(database_url) == [(3, 3, 0, 3)]
+    # The next pull takes what the platform added meanwhile.
+    later = pull_api_task.fn()
+    assert (later["read"], later["new"], later["already_ingested"]) == (1, 1, 3)
+    store = ReadingStore(app_env / "data" / "readings")
+    assert sum(row[0] for row in _ledger(database_url)) == sum(row[3] for row in _ledger(database_url)) \
+        == len(store.load()) == 4
+
+
+@pytest.mark.parametrize("failure", ["handover", "error"])
+def test_a_pull_that_never_finishes_is_set_aside_and_later_pulls_go_on(meter_api, database_url, app_env,
+                                                                       monkeypatch, caplog, failure):
+    """A pull failed after storing its readings; its kept readings now fail every attempt to
+    finish them (they fail the hand-over check, or ingesting them raises). Every later pull
+    finished that journal first and failed with it: no new reading was ever ingested again.
+    After PULL_FINISH_ATTEMPTS failed attempts the journal is set aside (readings kept, a failed
+    validation run and an error line say so) and the pull goes on; put back once mended, the
+    next pull finishes it as a clean run."""
+    import logging
+
+    import sibifang.import_registry as registry
+    import sibifang.ingest_readings as cleaning
+    import tasks.ingest_readings as ingest_tasks
+    from schemas.models import ValidationRun
+    from schemas.validation import DataContractError
+    from sibifang.db import session_scope
+    from sibifang.readings_store import PULL_FINISH_ATTEMPTS, ReadingStore
+    from tasks.ingest_readings import pull_api_task
+    from tests.test_meter_api import TOKEN
+
+    api = meter_api
+    store = ReadingStore(app_env / "data" / "readings")
+    first = [_r("M1", "08:15", .1), _r("M2", "08:15", .2), _r("M1", "08:30", .3)]
+    api.pages = {None: {"readings": first, "next_page_token": None}}
+    original_record = registry.record_validation
+
+    def lost(*args, **kwargs):
+        raise Injected("database connection lost")
+    monkeypatch.setattr(registry, "record_validation", lost)
+    with pytest.raises(Injected):
+        pull_api_task.fn()
+    monkeypatch.setattr(registry, "record_validation", original_record)
+    [journal] = store.unfinished_pulls()
+    batch_id = journal.info()["batch_id"]
+
+    # From now on M2's kept readings fail: the hand-over contract rejects them, or cleaning raises.
+    if failure == "handover":
+        original, expected = ingest_tasks._check_handover, DataContractError
+
+        def check(acc, *args, **kwargs):
+            if (acc["meter_id"].astype(str) == "M2").any():
+                raise DataContractError("meter-api", ["kwh: bound failed"], message_zh="未通过入库检查")
+            return original(acc, *args, **kwargs)
+        monkeypatch.setattr(ingest_tasks, "_check_handover", check)
+    else:
+        original, expected = cleaning.clean_readings, KeyError
+
+        def clean(raw, *args, **kwargs):
+            if (raw["meter_id"].astype(str) == "M2").any():
+                raise KeyError("interval of M2")
+            return original(raw, *args, **kwargs)
+        monkeypatch.setattr(cleaning, "clean_readings", clean)
+    api.pages = {None: {"readings": [*first, _r("M1", "08:45", .4)], "next_page_token": None}}
+    for attempt in range(1, PULL_FINISH_ATTEMPTS):
+        with pytest.raises(expected):  # loud, as before, and nothing new is pulled
+            pull_api_task.fn()
+        assert journal.info()["attempts"] == attempt
+    assert _ledger(database_url) == [] and len(store.load()) == 3
+
+    caplog.set_level(logging.INFO)
+    out = pull_api_task.fn()
+    # The new reading is in; the stuck pull is set aside whole, with its readings.
+    assert (out["read"], out["accepted"], out["new"], out["already_ingested"]) == (1, 1, 1, 3)
+    assert [(s["batch"], s["attempts"]) for s in out["set_aside"]] == [(batch_id, PULL_FINISH_ATTEMPTS)]
+    assert _ledger(database_url) == [(1, 1, 0, 1)] and len(store.load()) == 4
+    assert store.unfinished_pulls() == []
+    [aside] = store.set_aside_pulls()
+    assert aside.info()["attempts"] == PULL_FINISH_ATTEMPTS
+    kept = pd.read_csv(aside.directory / "readings.csv")
+    assert kept["meter_id"].tolist() == ["M1", "M2", "M1"]
+    with session_scope(database_url) as s:
+        [run] = s.scalars(select(ValidationRun).where(ValidationRun.stage == "ingest_readings",
+                                                      ValidationRun.success.is_(False))).all()
+        assert run.source == "meter-api" and batch_id in run.failures[0] and "set aside" in run.failures[0]
+        assert "已暂存" in run.failures[1] and "sibifang pulls --resume" in run.failures[1]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and batch_id in errors[0].getMessage() and "set aside" in errors[0].getMessage()
+    assert TOKEN not in caplog.text
+    # Later pulls no longer stumble on it.
+    assert pull_api_task.fn()["read"] == 0
+
+    # Mended, the operator puts it back: the next pull finishes it as a clean run would.
+    monkeypatch.setattr(ingest_tasks if failure == "handover" else cleaning,
+                        "_check_handover" if failure == "handover" else "clean_readings", original)
+    from typer.testing import CliRunner
+
+    from sibifang.cli import app
+    listed = CliRunner().invoke(app, ["pulls"], catch_exceptions=False)
+    assert listed.exit_code == 0 and batch_id in listed.output and "失败 3 次" in listed.output
+    assert CliRunner().invoke(app, ["pulls", "--resume", "api-nosuchbatch"]).exit_code == 1
+    resumed = CliRunner().invoke(app, ["pulls", "--resume", batch_id], catch_exceptions=False)
+    assert resumed.exit_code == 0 and "已放回" in resumed.output
+    assert store.set_aside_pulls() == [] and len(store.unfinished_pulls()) == 1
+    done = pull_api_task.fn()
+    assert (done["read"], done["accepted"], done["new"]) == (3, 3, 3)
+    assert _ledger(database_url) == [(1, 1, 0, 1), (3, 3, 0, 3)]
+    assert sum(row[3] for row in _ledger(database_url)) == len(store.load()) == 4
+    assert store.unfinished_pulls() == [] and store.set_aside_pulls() == []
+
+
+def test_a_file_batch_never_run_again_is_listed_for_the_operator(database_url, app_env, monkeypatch):
+    """A file batch that failed after writing the store leaves its journal until the same file
+    is ingested again; a file taken out of the inbox never is, and nothing showed that the store
+    holds readings no ledger row counts. `sibifang pulls` lists it (and deletes nothing)."""
+    from typer.testing import CliRunner
+
+    from sibifang.cli import app
+    from sibifang.readings_store import ReadingStore
+
+    _seed(database_url)
+    store = ReadingStore(app_env / "data" / "readings")
+    _inject(monkeypatch, "record_validation")
+    with pytest.raises(Injected):
+        _ingest(database_url, "interval", A, "file-0123abcd")
+    monkeypatch.undo()
+    monkeypatch.setenv("SIBIFANG_DATA_DIR", str(app_env / "data"))
+    from sibifang.settings import reset_settings
+    reset_settings()
+    [journal] = store.unfinished_files()
+    assert store.unfinished_pulls() == []
+    assert (journal.info()["batch_id"], journal.info()["source"]) == ("file-0123abcd", "file-0123abcd.csv")
+    listed = CliRunner().invoke(app, ["pulls"], catch_exceptions=False)
+    assert "未记账的读数文件批次：1" in listed.output and "file-0123abcd.csv" in listed.output
+    assert journal.exists()
+    # The same file again finishes it: nothing is listed any more.
+    assert _ingest(database_url, "interval", A, "file-0123abcd")["read"] == 72
+    assert store.unfinished_files() == []
