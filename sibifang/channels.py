@@ -59,6 +59,8 @@ FEISHU_TEXT_MAX_BYTES = 18000
 # Long SMS (concatenated segments): the alert line plus an ack link of ~160 characters.
 SMS_MAX_CHARS = 300
 ELLIPSIS = "…"
+# Our own refusal of a message too long for its channel (``fit_text``): nothing left the process.
+TOO_LONG = "too_long"
 
 
 @dataclass(frozen=True)
@@ -105,13 +107,66 @@ def truncate_utf8(text: str, max_bytes: int, ellipsis: str = ELLIPSIS) -> str:
     return raw[:budget].decode("utf-8", "ignore") + ellipsis
 
 
+# --------------------------------------------------------------------------- message size
+#
+# How long a message each channel takes is known here and only here. The render step
+# (``dispatch_alerts``) words a message to fit (``fits``); a channel never cuts a message that
+# holds a link (``fit_text``): the end of an alert is its facts and its ack link.
+
+SIZE_LIMITS = {"wecom": WECOM_MARKDOWN_MAX_BYTES, "dingtalk": DINGTALK_TEXT_MAX_BYTES,
+               "feishu": FEISHU_TEXT_MAX_BYTES, "sms": SMS_MAX_CHARS}
+_SIZE_UNITS = {"sms": "字"}
+_CHANNEL_NAMES = {"wecom": "企业微信机器人", "dingtalk": "钉钉机器人", "feishu": "飞书机器人", "sms": "短信"}
+_LINK = re.compile(r"https?://[^\s()<>\[\]]+")
+
+
+def sms_line(text: str) -> str:
+    """An SMS as it is sent: one line, runs of whitespace as one space."""
+    return " ".join(text.split())
+
+
+def message_size(kind: str, text: str) -> int:
+    """``text``'s size as channel ``kind`` counts it: characters of the one-line SMS, else UTF-8 bytes."""
+    return len(sms_line(text)) if kind == "sms" else len(text.encode("utf-8"))
+
+
+def fits(kind: str, text: str, limit: int | None = None) -> bool:
+    """Whether channel ``kind`` takes ``text`` whole (``limit``: an adapter's own, else ``SIZE_LIMITS``)."""
+    limit = limit if limit is not None else SIZE_LIMITS.get(kind)
+    return limit is None or message_size(kind, text or "") <= limit
+
+
+def channel_text(kind: str, msg: OutgoingMessage) -> str:
+    """What of ``msg`` channel ``kind`` sends as its text (Feishu and SMS: the plain text)."""
+    return (msg.text if kind in ("feishu", "sms") else (msg.markdown or msg.text)) or ""
+
+
 def sent_whole(kind: str, msg: OutgoingMessage) -> bool:
-    """Whether a group robot of ``kind`` takes ``msg`` without cutting it (``truncate_utf8`` in its
-    ``build_request``): a cut digest loses its last items, ack links and all."""
-    limit = {"wecom": WECOM_MARKDOWN_MAX_BYTES, "dingtalk": DINGTALK_TEXT_MAX_BYTES,
-             "feishu": FEISHU_TEXT_MAX_BYTES}.get(kind)
-    text = msg.text if kind == "feishu" else (msg.markdown or msg.text)
-    return limit is None or len((text or "").encode("utf-8")) <= limit
+    """Whether a channel of ``kind`` takes ``msg`` as it is: a digest that does not is split."""
+    return fits(kind, channel_text(kind, msg))
+
+
+class MessageTooLong(ValueError):
+    """A message with a link in it that its channel cannot take whole. The message is in Chinese,
+    for the operator who reads the dead letter, and names no recipient and no part of the link."""
+
+
+def fit_text(kind: str, text: str, limit: int | None = None) -> str:
+    """``text`` as channel ``kind`` may send it: whole when it fits; cut with a visible "…" when it
+    holds no link (a work notice's list: the reader sees it goes on); never cut when it holds one
+    (an alert: the cut would take its facts and its ack link): ``MessageTooLong``, sent nowhere."""
+    limit = limit if limit is not None else SIZE_LIMITS.get(kind)
+    text = text or ""
+    if fits(kind, text, limit):
+        return text
+    links = _LINK.findall(text)
+    if not links:
+        return truncate_chars(sms_line(text), limit) if kind == "sms" else truncate_utf8(text, limit)
+    unit = _SIZE_UNITS.get(kind, "字节")
+    raise MessageTooLong(
+        f"{_CHANNEL_NAMES.get(kind, kind)}消息长 {message_size(kind, text)} {unit}，超过上限 {limit} {unit}，"
+        f"其中确认链接 {sum(len(u) for u in links)} {unit}；截断会丢掉确认链接，未发送。"
+        f"请检查 SIBIFANG_ACK_BASE_URL 是否过长")
 
 
 def truncate_chars(text: str, max_chars: int, ellipsis: str = ELLIPSIS) -> str:
@@ -388,7 +443,22 @@ class _HttpChannel:
                  "" if result.ok else f" error={result.error}")
         return result
 
+    def _size_limit(self) -> int | None:
+        return SIZE_LIMITS.get(self.kind)
+
+    def _refuse_too_long(self, msg: OutgoingMessage) -> DeliveryResult | None:
+        """Checked before the rate limiter counts a send: a message refused takes no robot quota."""
+        try:
+            fit_text(self.kind, channel_text(self.kind, msg), self._size_limit())
+        except MessageTooLong as exc:
+            # nothing left the process, and a retry would send the same text: dead-lettered at once
+            return DeliveryResult(False, None, TOO_LONG, str(exc), False, 0.0)
+        return None
+
     def send(self, msg: OutgoingMessage, *, session: requests.Session | None = None) -> DeliveryResult:
+        refused = self._refuse_too_long(msg)
+        if refused is not None:
+            return self._log_result(msg, refused)
         throttled = self._throttle()
         if throttled is not None:
             return self._log_result(msg, throttled)
@@ -513,7 +583,7 @@ class WeComChannel(_JsonCodeChannel):
         super().__init__(address=address, secret=secret, name="wecom", kind="wecom", **opts)
 
     def build_request(self, msg: OutgoingMessage) -> tuple[bytes, dict[str, str]]:
-        content = truncate_utf8(msg.markdown or msg.text, WECOM_MARKDOWN_MAX_BYTES)
+        content = fit_text("wecom", channel_text("wecom", msg))
         body = {"msgtype": "markdown", "markdown": {"content": content}}
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), self._json_headers()
 
@@ -550,7 +620,7 @@ class DingTalkChannel(_JsonCodeChannel):
         return f"{self.address}{sep}timestamp={ts}&sign={quote_plus(dingtalk_sign(self.secret, ts))}"
 
     def build_request(self, msg: OutgoingMessage) -> tuple[str, bytes, dict[str, str]]:
-        text = truncate_utf8(msg.markdown or msg.text, DINGTALK_TEXT_MAX_BYTES)
+        text = fit_text("dingtalk", channel_text("dingtalk", msg))
         body = {"msgtype": "markdown", "markdown": {"title": msg.title or "告警", "text": text}}
         return self.signed_url(), json.dumps(body, ensure_ascii=False).encode("utf-8"), self._json_headers()
 
@@ -585,7 +655,7 @@ class FeishuChannel(_JsonCodeChannel):
         super().__init__(address=address, secret=secret, name="feishu", kind="feishu", **opts)
 
     def build_request(self, msg: OutgoingMessage) -> tuple[bytes, dict[str, str]]:
-        text = truncate_utf8(msg.text, FEISHU_TEXT_MAX_BYTES)
+        text = fit_text("feishu", channel_text("feishu", msg))
         body: dict[str, Any] = {"msg_type": "text", "content": {"text": text}}
         if self.secret:
             ts = int(self.clock())
@@ -644,7 +714,7 @@ class SmsChannel(_HttpChannel):
     ``body_template`` (JSON-like dict with ``{phone}`` ``{text}`` ``{secret}``),
     ``headers`` (may contain ``{secret}``), ``success_path`` (dotted JSON path, e.g. ``"code"``),
     ``success_values`` (accepted values, default ``[0, "0", "OK", "ok", true]``),
-    ``retryable_values`` (provider codes worth retrying), ``max_chars`` (default 140).
+    ``retryable_values`` (provider codes worth retrying), ``max_chars`` (default ``SMS_MAX_CHARS``).
     ``address`` is the phone number.
     """
 
@@ -672,9 +742,13 @@ class SmsChannel(_HttpChannel):
     def _secrets(self) -> list[str]:
         return [s for s in [self.secret, *_url_secrets(self.url)] if s]
 
+    def _size_limit(self) -> int | None:
+        return self.max_chars
+
     def sms_text(self, msg: OutgoingMessage) -> str:
-        # Plain and short: one SMS segment; the link in the text carries the details.
-        return truncate_chars(" ".join(msg.text.split()), self.max_chars)
+        # Plain and short, one line; the link in the text carries the details and is never cut
+        # (``fit_text``): the wording before it is fitted when the alert is rendered.
+        return sms_line(fit_text("sms", msg.text, self.max_chars))
 
     def build_request(self, msg: OutgoingMessage) -> tuple[str, bytes | None, dict[str, str]]:
         text = self.sms_text(msg)

@@ -13,7 +13,9 @@ Rules
 - ``render_alert``: plain Chinese — what happened, where, what to do by when, the ack link.
   Never an ID number, never relatives' phones; the household's own phone and the evidence
   details stay behind the ack link. Sensitive kinds (纠纷, 家暴, 轻生) sent to a group robot or
-  an SMS only say that there is an urgent matter and its reference code.
+  an SMS only say that there is an urgent matter and its reference code. A message longer than
+  its channel takes (``channels.fits``) is fitted here, never cut by the channel: its free text
+  gives way with a visible "…" (``ALERT_GIVE_WAY``), its header, deadline and ack link never.
 - Quiet hours (免打扰时段) hold non-critical alerts until morning; critical ones go anyway.
 """
 
@@ -30,7 +32,7 @@ import jinja2
 import pandas as pd
 
 import templates as _templates_pkg
-from sibifang.channels import GROUP_ROBOT_KINDS, OutgoingMessage
+from sibifang.channels import ELLIPSIS, GROUP_ROBOT_KINDS, OutgoingMessage, fits
 from sibifang.checks import FLAG_KIND_LABELS
 from sibifang.settings import LOCAL_TZ
 
@@ -453,23 +455,87 @@ def _context(flag, household, recipient, ack_url, alert_id, now=None, sent=None)
     }
 
 
+# --------------------------------------------------------------------------- fitting a channel's limit
+
+# The free-text parts of a message that give way, in this order, when it is longer than its
+# channel takes (``channels.fits``), each cut with a visible "…" and kept to at least so many
+# characters: the detector's evidence first (the page behind the link shows it whole), then the
+# registry's address, then the wording of what happened and what to do (an SMS whose link is
+# long). The header, the place, the deadline, the code and the ack link are never shortened.
+ALERT_GIVE_WAY = (("evidence", 12), ("address", 12), ("what", 12), ("todo", 12))
+DIGEST_ITEM_GIVE_WAY = (("address", 12), ("what", 12), ("todo", 12))
+
+
+def _cut(text: str, keep: int) -> str:
+    # scrubbed again: a cut inside a run of digits may leave one of exactly an ID's length, which
+    # the scrubber hides whole (it was part of a longer run before)
+    return text if len(text) <= keep else scrub_id_numbers(text[:keep]) + ELLIPSIS
+
+
+def _fitted(render, parts: Sequence[tuple[dict, str, int]], fit) -> str:
+    """``render()`` after cutting the ``parts`` (``(context, key, at least)``, in the order they
+    give way) just enough for ``fit``; as first rendered when it fits, or when even every part at
+    its least does not (the channel then refuses it, ``channels.fit_text``: never a cut link)."""
+    first = render()
+    if fit(first):
+        return first
+    before = [(ctx, key, ctx.get(key)) for ctx, key, _ in parts]
+    for ctx, key, keep in parts:
+        full = str(ctx.get(key) or "")
+        if len(full) <= keep:
+            continue
+        ctx[key] = _cut(full, keep)
+        if not fit(render()):
+            continue  # this part at its least is not enough: the next one gives way too
+        lo, hi = keep, len(full) - 1  # the most of it that fits: lo fits, hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            ctx[key] = _cut(full, mid)
+            if fit(render()):
+                lo = mid
+            else:
+                hi = mid - 1
+        ctx[key] = _cut(full, lo)
+        return render()
+    for ctx, key, value in before:
+        ctx[key] = value
+    return first
+
+
+def _fits_with_link(kind: str, ack_url: str, link_length: int | None):
+    """Whether a body fits channel ``kind`` once ``ack_url`` in it is the link sent: a body stored
+    in the outbox holds the link's slot, filled at send time with a link ``link_length`` long."""
+    if link_length is None:
+        return lambda body: fits(kind, body)
+    stand_in = "x" * link_length
+    return lambda body: fits(kind, body.replace(ack_url, stand_in))
+
+
 def render_alert(flag: Mapping[str, Any], household: Mapping[str, Any], recipient: Recipient, ack_url: str,
-                 *, alert_id: str | None = None, now: datetime | None = None) -> OutgoingMessage:
-    """One message for one recipient.
+                 *, alert_id: str | None = None, now: datetime | None = None,
+                 link_length: int | None = None) -> OutgoingMessage:
+    """One message for one recipient, fitted to what the recipient's channel takes in one message
+    (``ALERT_GIVE_WAY``).
 
     ``alert_id`` defaults to ``"<flag_id>:<recipient_id>"``; ``now`` is the send time (default
     the flag's ``detected_at``), so an alert held over quiet hours still says "昨晚8点" right.
+    ``link_length``: when ``ack_url`` is the outbox's slot, the length of the link that fills it.
     """
     alert_id = alert_id or alert_id_for(flag, recipient)
     ctx = _context(flag, household, recipient, ack_url, alert_id, now)
     base = "alert_masked" if must_mask(flag, recipient) else "alert"
     kind = _recipient_kind(recipient)
-    markdown = _render(f"{base}.md.j2", **ctx) if kind in ("wecom", "dingtalk", "webhook") else None
-    # SMS: one short plain line so the ack link survives the gateway's length cap.
+    fit = _fits_with_link(kind, ack_url, link_length)
+    give_way = [(ctx, key, keep) for key, keep in ALERT_GIVE_WAY]
+    markdown = None
+    if kind in ("wecom", "dingtalk", "webhook"):
+        # what a robot shows; fitted first, so the plain text shortens the same parts
+        markdown = _fitted(lambda: _render(f"{base}.md.j2", **ctx), give_way, fit)
+    # SMS: one short plain line whose wording gives way so the ack link goes whole.
     text_template = f"{base}.sms.j2" if kind == "sms" else f"{base}.text.j2"
+    text = _fitted(lambda: _render(text_template, **ctx), give_way, fit)
     return OutgoingMessage(alert_id=alert_id, dedup_key=alert_id, severity=ctx["severity"],
-                           title=_render(f"{base}.title.j2", **ctx), text=_render(text_template, **ctx),
-                           markdown=markdown)
+                           title=_render(f"{base}.title.j2", **ctx), text=text, markdown=markdown)
 
 
 def alert_page_context(flag: Mapping[str, Any], household: Mapping[str, Any], recipient_role: str,
@@ -508,6 +574,9 @@ def build_digest(alerts: Sequence[PendingAlert], recipient: Recipient, *, now: d
     """One message listing this recipient's non-critical alerts, most urgent first.
 
     Critical alerts are left out (they go on their own, at once); ``None`` when nothing is left.
+    A digest of one alert longer than the recipient's channel takes is fitted to it
+    (``DIGEST_ITEM_GIVE_WAY``); one of several is left as it is, for the sender to split
+    (``tasks.dispatch_alerts._digest_parts``): whole items rather than shortened ones.
     """
     mine = [a for a in alerts if _recipient_id(a.recipient) == _recipient_id(recipient)
             and str(a.flag.get("severity")) != "critical"]
@@ -524,11 +593,17 @@ def build_digest(alerts: Sequence[PendingAlert], recipient: Recipient, *, now: d
     ctx = {"items": items, "count": len(items), "recipient_name": str(getattr(recipient, "name", "") or ""),
            "date": f"{when.month}月{when.day}日"}
     top = items[0]["severity"]
-    markdown = (_render("digest.md.j2", **ctx)
-                if _recipient_kind(recipient) in ("wecom", "dingtalk", "webhook") else None)
+    kind = _recipient_kind(recipient)
+
+    def fit(body: str) -> bool:  # the items' links are in it already, signed for this send
+        return fits(kind, body)
+
+    give_way = [(items[0], key, keep) for key, keep in DIGEST_ITEM_GIVE_WAY] if len(items) == 1 else []
+    markdown = (_fitted(lambda: _render("digest.md.j2", **ctx), give_way, fit)
+                if kind in ("wecom", "dingtalk", "webhook") else None)
     return OutgoingMessage(alert_id=digest_id, dedup_key=digest_id, severity=top,
-                           title=f"待处理提醒汇总（{len(items)}条）", text=_render("digest.text.j2", **ctx),
-                           markdown=markdown)
+                           title=f"待处理提醒汇总（{len(items)}条）",
+                           text=_fitted(lambda: _render("digest.text.j2", **ctx), give_way, fit), markdown=markdown)
 
 
 def group_by_recipient(alerts: Iterable[PendingAlert]) -> dict[str, list[PendingAlert]]:

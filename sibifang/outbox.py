@@ -118,6 +118,16 @@ def signed_ack_url(policy: DispatchPolicy, alert_id: str, recipient_id: str | No
                                                        policy.ack_ttl, now))
 
 
+def ack_link_length(policy: DispatchPolicy, alert_id: str, recipient_id: str | None, now: datetime) -> int:
+    """How long the link ``signed_ack_url`` puts into this alert's slot, at any send: the same
+    whatever key signs it (an HMAC-SHA256 is 32 bytes) and whenever (epoch seconds keep 10 digits
+    until 2286). Rendering leaves this much for it when it fits the message to its channel."""
+    from sibifang.ack_tokens import ack_url, make_ack_token
+
+    token = make_ack_token(alert_id, recipient_id or "", b"any key: only the length is used", policy.ack_ttl, now)
+    return len(ack_url(policy.ack_base_url, token))
+
+
 def with_ack_link(body: str, alert_id: str, recipient_id: str | None, policy: DispatchPolicy,
                   now: datetime) -> str:
     """A stored body as it is sent: its ``ACK_URL_SLOT`` filled with a link signed now."""
@@ -209,7 +219,8 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
             alert_id = stable_id("A", dedup, length=12)
             held_until = None if flag["severity"] == "critical" else quiet(now)
             # Worded for the moment it is read: an alert held overnight is read in the morning.
-            msg = render(flag, household, rcpt, ACK_URL_SLOT, alert_id=alert_id, now=held_until or now)
+            msg = render(flag, household, rcpt, ACK_URL_SLOT, alert_id=alert_id, now=held_until or now,
+                         link_length=ack_link_length(policy, alert_id, rid, now))
             rows.append({
                 "id": alert_id, "dedup_key": dedup, "flag_id": flag["flag_id"], "recipient_id": rid,
                 "recipient_role": getattr(rcpt, "role", None), "channel": rcpt.channel,
@@ -436,7 +447,8 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
         rcpt = Recipient(c.id, c.name, c.role, "webhook" if overridden else (c.alert_channel or "webhook"),
                          policy.override_webhook if overridden else (c.alert_address or ""),
                          f"escalation_level_{new_level}", overridden)
-        msg = render_alert(fdict, household, rcpt, ACK_URL_SLOT, alert_id=aid, now=now)  # signed at send time
+        msg = render_alert(fdict, household, rcpt, ACK_URL_SLOT, alert_id=aid, now=now,  # signed at send time
+                           link_length=ack_link_length(policy, aid, c.id, now))
         rows.append({"id": aid, "dedup_key": dedup, "flag_id": flag.id, "recipient_id": c.id,
                      "recipient_role": c.role, "channel": rcpt.channel, "address": stored_address(rcpt),
                      "severity": flag.severity, "title": "【升级】" + msg.title,

@@ -136,7 +136,7 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
 
 def _digest_parts(items: list, rcpt, channel: str, now: datetime) -> list:
     """``[(items, OutgoingMessage)]``: ``items`` (in digest order) as one digest, or halved until
-    each part goes whole over ``channel``."""
+    each part goes whole over ``channel``; an item too long alone is fitted to it (``build_digest``)."""
     from sibifang.channels import sent_whole
     from sibifang.dispatch_alerts import build_digest
 

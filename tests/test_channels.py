@@ -193,6 +193,43 @@ def test_wecom_truncates_at_4096_bytes_on_char_boundary(limiter):
     assert content.endswith("…") and long_md.startswith(content[:-1])
 
 
+def _robot_url(kind, rx):
+    return {"wecom": wecom_url, "dingtalk": ding_url, "feishu": feishu_url}[kind](rx)
+
+
+@pytest.mark.parametrize("kind,limit", [("wecom", 4096), ("dingtalk", 18000), ("feishu", 18000)])
+def test_a_robot_never_cuts_a_message_holding_a_link(limiter, caplog, kind, limit):
+    """Cutting an alert at the robot's limit took its facts and its ack link and the alert still
+    counted as sent. A message holding a link that does not fit is refused: no request, no robot
+    quota spent, not retried (the same text would be refused again), a reason for the operator."""
+    link = "http://127.0.0.1:8765/ack?t=" + "T" * 150
+    text = "用电异常提醒" * (limit // 18 + 10) + f"\n[收到请点此确认]({link})"
+    with HttpReceiver(kind) as rx, caplog.at_level(logging.INFO):
+        res = channel_for(kind, _robot_url(kind, rx), rate_limiter=limiter).send(msg(text=text, markdown=text))
+        assert rx.requests == []
+    assert not res.ok and not res.retryable and res.provider_code == "too_long"
+    assert f"超过上限 {limit} 字节" in res.error and "确认链接" in res.error and link not in res.error
+    assert limiter.try_acquire(f"{kind}:{_robot_url(kind, rx)}", [RateLimit(1, 60.0)]) == 0.0  # quota untouched
+    assert "too_long" in caplog.text and text[:30] not in caplog.text
+
+
+def test_sms_never_cuts_its_link(limiter):
+    """The SMS body was cut to its limit after the link was in it: the link lost its end. A text
+    whose link would be cut is refused; one without a link is still shortened with "…"."""
+    link = "https://sibifang.fulian.example-county.gov.cn/grassroots-service/ack?t=" + "T" * 150
+    with HttpReceiver("sms", fixed_response=(200, {"result": {"code": 0}})) as rx:
+        ch = channel_for("sms", "13800001234", rate_limiter=limiter, **sms_opts(rx))
+        refused = ch.send(msg(text="李奶奶家用电从昨晚8点起接近停止，" * 8 + "确认：" + link))
+        assert rx.requests == []
+        fits = ch.send(msg(text="李奶奶家用电从昨晚8点起接近停止。确认：" + link))
+        plain = ch.send(msg(text="李奶奶家用电从昨晚8点起接近停止，" * 30))
+        sent = [r.json["content"] for r in rx.requests]
+    assert not refused.ok and not refused.retryable and refused.provider_code == "too_long"
+    assert "短信" in refused.error and "超过上限 300 字" in refused.error and "SIBIFANG_ACK_BASE_URL" in refused.error
+    assert fits.ok and plain.ok and sent[0].endswith(link)
+    assert len(sent[1]) == 300 and sent[1].endswith("…")
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4095, 4096, 4097, 5000])
 def test_truncate_utf8_bounds(n):
     text = ("a€😀用" * 2000)[:n]

@@ -231,6 +231,87 @@ def test_sms_text_short_and_keeps_the_link():
     assert "\n" not in msg.text and msg.text.endswith(long_link) and len(msg.text) <= 300
 
 
+# --------------------------------------------------------------------------- fitted to the channel, never cut
+
+SIZE = {"wecom": lambda t: len(t.encode("utf-8")), "dingtalk": lambda t: len(t.encode("utf-8")),
+        "feishu": lambda t: len(t.encode("utf-8")), "sms": lambda t: len(" ".join(t.split()))}
+LIMIT = {"wecom": 4096, "dingtalk": 18000, "feishu": 18000, "sms": 300}
+LINK = "http://127.0.0.1:8765/ack?t=" + "T" * 150
+LONG_EVIDENCE = ("21:00 起连续10小时用电低于0.02千瓦时，身份证330282194507121236；"
+                 + "按该户作息这样长的安静很少见，" * 700)
+
+
+def _sent(kind, msg):
+    return msg.text if kind in ("feishu", "sms") else (msg.markdown or msg.text)
+
+
+@pytest.mark.parametrize("kind", ["wecom", "dingtalk", "feishu", "sms"])
+def test_a_long_alert_is_fitted_to_its_channel_and_keeps_its_link_and_facts(kind):
+    """Evidence far longer than the channel takes gives way (cut with "…"); the header, the place,
+    the address, what to do, the deadline, the code and the link stay whole."""
+    msg = render_alert(make_flag(evidence=LONG_EVIDENCE), make_household(), rec(kind), LINK)
+    out = _sent(kind, msg)
+    assert SIZE[kind](out) <= LIMIT[kind] and LINK in out
+    assert "最晚11月22日10:40" in out.replace("：", "") and "4小时内" in out and ID_NUMBER not in out
+    if kind != "sms":  # the SMS line never had the evidence, the place or the code
+        assert "依据：21:00 起连续10小时用电低于0.02千瓦时" in out and "…" in out
+        assert "万地村第三网格，万地村三组18号(村口小卖部往东第二家)" in out
+        assert reference_code("F-20261122-001") in out
+        assert out.splitlines()[0].lstrip("# ") == "【较急】长时间无用电活动"
+    short = render_alert(make_flag(), make_household(), rec(kind), LINK)
+    assert "…" not in _sent(kind, short)  # what fits is left as it is
+
+
+def test_a_stored_body_is_fitted_for_the_link_that_fills_its_slot():
+    """The outbox stores the link's slot and fills it at each send: the body leaves room for the
+    link's length, so the body as sent fits, and uses that room (no more is cut than needed)."""
+    slot = "{{ack_url}}"
+    msg = render_alert(make_flag(evidence=LONG_EVIDENCE), make_household(), rec("wecom"), slot,
+                       link_length=len(LINK))
+    sent = msg.markdown.replace(slot, LINK)
+    assert len(sent.encode("utf-8")) <= 4096 and LINK in sent
+    assert len(sent.encode("utf-8")) > 4096 - 3 * 3  # cut a character or two short of the limit, no more
+    without = render_alert(make_flag(evidence=LONG_EVIDENCE), make_household(), rec("wecom"), slot)
+    assert len(without.markdown.replace(slot, LINK).encode("utf-8")) > 4096  # the link's length matters
+
+
+def test_an_sms_whose_link_is_long_shortens_its_wording_never_the_link():
+    long_link = "https://sibifang.fulian.example-county.gov.cn/grassroots-service/ack?t=" + "T" * 150
+    msg = render_alert(make_flag(severity="critical"), make_household(), rec("sms"), long_link)
+    assert len(msg.text) <= 300 and msg.text.endswith("确认：" + long_link)
+    assert msg.text.startswith("【四必访】李奶奶家用电从昨晚8点起") and "…" in msg.text
+    assert "最晚11月22日07:40" in msg.text  # the deadline is never shortened
+
+
+def test_a_link_too_long_for_any_sms_is_left_for_the_channel_to_refuse():
+    """Nothing to shorten would make it fit: the message is rendered whole (the SMS channel then
+    refuses it rather than cut the link), not cut down to nothing."""
+    huge = "https://example.org/" + "a" * 400
+    for flag in (make_flag(), make_flag(kind="dispute")):
+        msg = render_alert(flag, make_household(), rec("sms"), huge)
+        assert msg.text.endswith(huge) and "…" not in msg.text
+
+
+def test_a_digest_item_longer_than_the_robot_takes_goes_alone_fitted():
+    """A digest is split, most urgent first, until each part fits; an item that alone is longer
+    than the robot takes (a long address) was sent cut, its link lost. It is fitted: its address
+    gives way, its link and deadline stay."""
+    from tasks.dispatch_alerts import _digest_parts
+
+    me = rec("wecom")
+    now = datetime(2026, 11, 22, 7, 0, tzinfo=SH)
+    alerts = [PendingAlert(f"a{i}", make_flag(flag_id=f"F{i}"), make_household(address=address), me,
+                           f"http://127.0.0.1:8765/ack?t=TOKEN{i}" + "T" * 140)
+              for i, address in enumerate(["万地村三组18号", "万地村五组" + "村口小卖部往东第二家，" * 200])]
+    parts = _digest_parts(alerts, me, "wecom", now)
+    assert [[a.alert_id for a in items] for items, _ in parts] == [["a0"], ["a1"]]
+    for (_, msg), alert in zip(parts, alerts):
+        assert len(msg.markdown.encode("utf-8")) <= 4096 and len(msg.text.encode("utf-8")) <= 4096
+        assert f"[确认]({alert.ack_url})" in msg.markdown and alert.ack_url in msg.text
+        assert "最晚11月22日11:00" in msg.markdown
+    assert "（万地村第三网格，万地村五组村口小卖部往东第二家，" in parts[1][1].markdown and "…" in parts[1][1].markdown
+
+
 @pytest.mark.parametrize("name,birth,sex,expected", [
     ("李桂英", 1945, "女", "李奶奶"), ("李德明", 1950, "男", "李爷爷"), ("欧阳娜娜", 1980, "F", "欧阳阿姨"),
     ("王强", 1975, "M", "王叔叔"), ("张敏", 1995, "female", "张女士"), ("李桂英", None, "女", "户主李某"),

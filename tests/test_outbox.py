@@ -733,3 +733,104 @@ def test_escalation_alerts_store_no_ack_token_and_go_out_with_a_working_link(out
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --------------------------------------------------------------------------- messages never cut mid-item
+
+# What each robot takes in one message (what the receivers of tests/http_receiver.py and the
+# providers enforce), and where each puts the text we send.
+ROBOT_LIMITS = {"wecom": 4096, "dingtalk": 18000, "feishu": 18000}
+ROBOT_TEXT = {"wecom": lambda j: j["markdown"]["content"], "dingtalk": lambda j: j["markdown"]["text"],
+              "feishu": lambda j: j["content"]["text"]}
+# Evidence far longer than any robot takes (36,000 bytes), with an ID number in it.
+LONG_EVIDENCE = ("从昨晚8点起用电接近停止（已10小时），平时此时段约0.30千瓦时/小时，现约0.02；"
+                 "邻居说老人身份证330203194001011234放在家里，" + "按该户作息这样长的安静很少见，" * 700)
+
+
+def _use_ack_key(monkeypatch, base: str | None = None) -> None:
+    from sibifang.settings import reset_settings
+
+    monkeypatch.setenv("SIBIFANG_ACK_SECRET", ACK_KEY)
+    if base is not None:
+        monkeypatch.setenv("SIBIFANG_ACK_BASE_URL", base)
+    reset_settings()
+
+
+@pytest.mark.parametrize("channel", ["wecom", "dingtalk", "feishu"])
+def test_an_alert_longer_than_its_robot_takes_keeps_its_link_and_its_facts(outbox_db, monkeypatch, channel):
+    """A critical alert whose evidence runs past what the robot takes was cut at the limit by the
+    channel (its facts after the evidence and its ack link lost) and marked sent. Now its evidence
+    gives way, visibly (…), and the header, the address, what to do, the deadline, the code and a
+    link that opens the alert all arrive, within the limit."""
+    from sibifang.ack_tokens import verify_ack_token
+    from sibifang.dispatch_alerts import reference_code
+
+    _use_ack_key(monkeypatch)
+    with session_scope(outbox_db) as s:
+        s.get(RiskFlag, "F000").evidence = LONG_EVIDENCE  # critical: sent alone, evidence and all
+    with HttpReceiver(flavor=channel) as rx:
+        bodies = _send_over_own_channels(outbox_db, monkeypatch, rx, channel,
+                                         lambda cid: f"{rx.url}/robot/send?key={cid}")
+    with session_scope(outbox_db) as s:
+        assert {a.status for a in s.scalars(select(Alert))} == {"sent"}
+        long_ones = {a.id for a in s.scalars(select(Alert).where(Alert.flag_id == "F000"))}
+    texts = [ROBOT_TEXT[channel](b) for b in bodies]
+    assert all(len(t.encode("utf-8")) <= ROBOT_LIMITS[channel] for t in texts)
+    mine = {}
+    for t in texts:
+        for tok in _links(t):
+            mine[verify_ack_token(tok, ACK_KEY, NOW).alert_id] = t
+    assert len(long_ones) == 2 and long_ones <= set(mine)  # the grid worker's and the chair's, each linked
+    for aid in long_ones:
+        t = mine[aid]
+        assert t.splitlines()[0].lstrip("# ").startswith("【紧急】")
+        assert "依据：从昨晚8点起用电接近停止" in t and "…" in t  # the evidence shortened, visibly
+        assert "地点：万堤村第2网格，万堤村0号" in t and "1小时内" in t and re.search("最晚：?11月20日", t)
+        assert reference_code("F000") in t
+        assert "330203194001011234" not in t
+
+
+def test_a_long_sms_ack_base_url_never_cuts_the_link(outbox_db, monkeypatch):
+    """The SMS body was cut to 300 characters after its link was put in: with an ack base URL of
+    some 70 characters the link lost its end and could not be opened. Now the wording before the
+    link gives way and the link arrives whole, for masked messages too."""
+    from sibifang.ack_tokens import verify_ack_token
+
+    base = "https://sibifang.fulian.example-county.gov.cn/grassroots-service/alerts-ack"
+    _use_ack_key(monkeypatch, base)
+    with HttpReceiver(flavor="sms") as rx:
+        monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+        monkeypatch.setenv("SIBIFANG_SMS_BODY_TEMPLATE", '{"to": "{phone}", "content": "{text}"}')
+        with session_scope(outbox_db) as s:
+            s.get(RiskFlag, "F001").kind = "domestic_violence"
+        bodies = _send_over_own_channels(outbox_db, monkeypatch, rx, "sms", lambda cid: "13800000000")
+    with session_scope(outbox_db) as s:
+        alerts = {a.id for a in s.scalars(select(Alert).where(Alert.status == "sent"))}
+        assert count(s, Alert) == len(alerts) == len(bodies)
+    linked = set()
+    for b in bodies:
+        text = b["content"]
+        assert len(text) <= 300 and "最晚" in text
+        (tok,) = _links(text)
+        assert text.endswith(f"{base}/ack?t={tok}")  # whole, at the end
+        linked.add(verify_ack_token(tok, ACK_KEY, NOW).alert_id)
+    assert linked == alerts
+
+
+def test_an_sms_link_too_long_to_fit_is_dead_lettered_not_sent_broken(outbox_db, monkeypatch):
+    """An ack base URL so long that the link alone does not fit in an SMS: nothing is sent (no
+    broken link reaches anyone), each alert is dead-lettered at once with a reason naming the
+    link and the setting, and a re-run sends nothing."""
+    from tasks.dispatch_alerts import deliver
+
+    _use_ack_key(monkeypatch, "https://sibifang.fulian.example-county.gov.cn/" + "grassroots/" * 15)
+    with HttpReceiver(flavor="sms") as rx:
+        monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+        _send_over_own_channels(outbox_db, monkeypatch, rx, "sms", lambda cid: "13800000000")
+        deliver(NOW + timedelta(hours=1), outbox_db)
+        received = len(rx.requests)
+    assert received == 0
+    with session_scope(outbox_db) as s:
+        alerts = s.scalars(select(Alert)).all()
+        assert alerts and {a.status for a in alerts} == {"dead"} and {a.attempts for a in alerts} == {1}
+        assert all("确认链接" in a.last_error and "SIBIFANG_ACK_BASE_URL" in a.last_error for a in alerts)
