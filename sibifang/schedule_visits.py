@@ -53,7 +53,11 @@ served in a fixed order (ties broken by household id, not input order), a re-run
 plans finds every day as full as it left it, and a visit that would slip into the window of an
 open plan of the family or later is that open plan (nothing new is planned). So is a replay of an
 earlier day fed what the database holds since (plans made later, plans closed by visits made
-after that day): at most one open plan per family, reason and cadence step.
+after that day): at most one open plan per family, reason and cadence step. The plans a visit made
+on the day closed (``held_plans``) keep their place in the day loads, and an open plan due on or
+before a family's last visit is no step after it: the evening run after the day's visits gives no
+other family a place the morning run saw taken, and a replay of a day whose next days have run plans
+nothing new.
 """
 
 from __future__ import annotations
@@ -548,6 +552,7 @@ def schedule_visits(
     rules: CadenceRules,
     calendar: WorkCalendar,
     grid: str | None = None,
+    held_plans: pd.DataFrame | None = None,
 ) -> SchedulePlan:
     """Plan the visits of the next ``horizon_days`` days from ``as_of`` (day 0 included).
 
@@ -562,6 +567,10 @@ def schedule_visits(
     - current_assignments: ``household_id, cadre_id``.
     - urgent_requests: ``household_id, requested_at, reason, critical``.
     - follow_ups: ``household_id, due_date, reason``.
+    - held_plans (optional): ``cadre_id, due_date``, optional ``urgent``, of the plans a visit made on ``as_of`` closed.
+      They were open that morning and held their cadre's day: they keep that place in the day
+      loads (the family's chain goes on from the visit), so the evening run, or a replay of the
+      day, does not plan other visits into places the day's first run saw taken.
 
     ``grid`` restricts planning to one grid; cadres' families in other grids still count
     against their capacity.
@@ -572,7 +581,7 @@ def schedule_visits(
     run.read_households(households, last_visits, urgent_requests, follow_ups, open_plans)
     run.read_cadres(cadres)
     run.assign_families(current_assignments)
-    run.start_day_loads(open_plans)
+    run.start_day_loads(open_plans, held_plans)
     run.carry_open_plans()
     run.plan_urgent_visits()
     run.plan_follow_ups()
@@ -874,8 +883,9 @@ class _Planning:
                 np.add.at(load, chosen, 1)
                 shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members[take:])
 
-    def start_day_loads(self, open_plans: pd.DataFrame) -> None:
-        """The ``resolver`` with its empty cadre-day loads (plus, on a one-grid re-plan, other grids' plans)."""
+    def start_day_loads(self, open_plans: pd.DataFrame, held_plans: pd.DataFrame | None = None) -> None:
+        """The ``resolver`` with the cadre-day loads the carried plans do not fill: the places of plans
+        closed by a visit made today, and on a one-grid re-plan the other grids' open plans."""
         grid, n_cd = self.grid, self.n_cd
         # Visits per cadre and day (the daily cap). A one-grid re-plan also counts the open plans of
         # the cadres' families in other grids: her day is just as full whichever grid the families are in.
@@ -892,6 +902,14 @@ class _Planning:
                 late_urgent = _bool_col(other, "urgent") & (od_other < 0)
                 od_other = np.where(late_urgent, 0, od_other)
                 resolver.count(oc[ok & (oc >= 0)], od_other[ok & (oc >= 0)])
+        # A plan closed by a visit made today held its cadre's day when the day began (the morning
+        # run counted it): freed, that place went to another family in the evening run or in a
+        # replay of the day, a visit the day's first run did not plan and the days after did not need.
+        if held_plans is not None and len(held_plans) and n_cd:
+            hc = self.cpos.get_indexer(held_plans["cadre_id"].astype(str))
+            hd, ok = _as_days(held_plans["due_date"], self.as_of64)
+            hd = np.where(_bool_col(held_plans, "urgent"), np.maximum(hd, 0), hd)  # a late urgent one: today
+            resolver.count(hc[ok & (hc >= 0)], hd[ok & (hc >= 0)])
 
     # ---- recording visits ---------------------------------------------------------------------
     def emit(self, idx, cadre_idx, due, ws, we, reason, urgent_flag) -> None:
@@ -1197,7 +1215,14 @@ class _Planning:
         active = np.flatnonzero(self.routine & (assigned >= 0) & ~self.away_all_horizon)
         prev = self.routine_prev[active]
         after_return = np.zeros(len(active), dtype=bool)  # next visit must wait for the return home
-        next_fixed = self.fixed_start[active]  # pointer into the standing open plans of each family
+        # Pointer into the standing open plans of each family. A plan due on or before the last visit
+        # is no step after it (the visit closed another plan of the family, e.g. the next step's, and
+        # this one stays open until its window ends): counted as the first step, it took the chain
+        # back before the visit and a visit already made was planned again.
+        fixed_family = np.repeat(np.arange(self.n_hh), self.fixed_end - self.fixed_start)
+        before_last = np.zeros(self.n_hh + 1, dtype=np.int64)
+        np.add.at(before_last, fixed_family, fixed_d <= self.routine_prev[fixed_family])
+        next_fixed = self.fixed_start[active] + before_last[active]
         first = True
         while len(active):
             iv = interval[active]
