@@ -42,10 +42,12 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
    it was given: one of the step's reason whose window opened by the step's deadline is that
    step's visit even when it slipped past its window (an overdue window moves on with each
    day: on the next day a colleague with room in it must not get a second visit; the family
-   stays in ``shortfall`` while the visit is late). Kept plans count toward the load of their day (never moved for the
-   cap: they are already announced); a plan goes back to the family's cadre only if her day has
-   room. Overdue routine open plans are not re-emitted: they stay in the database as late or
-   missed and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
+   stays in ``shortfall`` while the visit is late). Kept plans count toward the load of their day
+   (never moved for the cap: they are already announced), one past its due day toward its
+   holder's first day with room left in its window; a plan goes back to the family's cadre only
+   if her day has room. Overdue routine open plans are not re-emitted: they stay in the database
+   as late or missed and a fresh visit is planned. Overdue urgent plans are kept (the family still
+   needs them).
 
 ``visit_id`` is a stable hash of household, due date and reason, so re-running on the same
 inputs gives the same ids and the upsert changes nothing. The daily cap keeps this: visits are
@@ -567,7 +569,7 @@ def schedule_visits(
     - current_assignments: ``household_id, cadre_id``.
     - urgent_requests: ``household_id, requested_at, reason, critical``.
     - follow_ups: ``household_id, due_date, reason``.
-    - held_plans (optional): ``cadre_id, due_date``, optional ``urgent``, of the plans a visit made on ``as_of`` closed.
+    - held_plans (optional): ``cadre_id, due_date`` of the plans a visit made on ``as_of`` closed.
       They were open that morning and held their cadre's day: they keep that place in the day
       loads (the family's chain goes on from the visit), so the evening run, or a replay of the
       day, does not plan other visits into places the day's first run saw taken.
@@ -908,7 +910,7 @@ class _Planning:
         if held_plans is not None and len(held_plans) and n_cd:
             hc = self.cpos.get_indexer(held_plans["cadre_id"].astype(str))
             hd, ok = _as_days(held_plans["due_date"], self.as_of64)
-            hd = np.where(_bool_col(held_plans, "urgent"), np.maximum(hd, 0), hd)  # a late urgent one: today
+            hd = np.maximum(hd, 0)  # a late one was made today (and counted today that morning, or near it)
             resolver.count(hc[ok & (hc >= 0)], hd[ok & (hc >= 0)])
 
     # ---- recording visits ---------------------------------------------------------------------
@@ -1026,7 +1028,8 @@ class _Planning:
 
             # Routine plans past their due day, window still open: announced and possibly under way,
             # so they stand as they are, with whoever holds them (their day is gone: no calendar or
-            # room to judge, and nothing counted into the day loads).
+            # room to judge). Their visit is still to be made: it is counted below, after the plans
+            # that have a day.
             past = (od < 0) & ~o_urg
 
             def can_take(c: np.ndarray, family_cadre: bool) -> np.ndarray:
@@ -1077,6 +1080,22 @@ class _Planning:
                     resolver.sub_load[final_c[k]] += 1
                     ok_day[k] = True
                     resolver.count(final_c[k], load_day[k])
+            # A plan past its due day takes its holder's first day with room from today to its
+            # window's end (where she fits the late visit in), the earliest-closing first. Counted
+            # nowhere, its visit shared a day with a new one: a cadre whose late visit had to be
+            # made today was given another visit today, over the daily cap, when the new one could
+            # go the next day.
+            late = np.flatnonzero(ok_day & past)
+            if len(late):
+                late = late[np.lexsort((o_ids[late].astype(str), o_we[late], final_c[late]))]
+                c_late = final_c[late]
+                starts = np.flatnonzero(np.r_[True, c_late[1:] != c_late[:-1]])
+                turn = np.arange(len(late)) - np.repeat(starts, np.diff(np.r_[starts, len(late)]))
+                for k in range(int(turn.max()) + 1):  # one late plan per cadre at a time
+                    rows = late[turn == k]
+                    d = resolver._best_day(final_c[rows], np.zeros(len(rows), dtype=np.int64),
+                                           np.clip(o_we[rows], 0, T - 1), np.zeros(len(rows), dtype=bool))
+                    resolver.count(final_c[rows[d >= 0]], d[d >= 0])
             keep = ok_day
             self.plan_parts.append({"_i": oi[keep], "_c": final_c[keep], "_due": od[keep], "_ws": o_ws[keep],
                                     "_we": o_we[keep], "reason": o_reason[keep], "urgent": o_urg[keep],

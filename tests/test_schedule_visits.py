@@ -840,3 +840,29 @@ def test_replay_after_visits_made_since_changes_nothing(database_url, tmp_path, 
     finally:
         monkeypatch.delenv("SIBIFANG_CADENCE_FILE")
         reset_settings()
+
+
+def test_a_late_visit_still_to_be_made_takes_a_place_under_the_daily_cap():
+    # Cap 1. Monday's run gave h1 (never visited) a's Monday, window to Thursday; the visit was not
+    # made. On Thursday it stands, past its due day, to be made today at the latest. h2, new in
+    # the registry, is due within Thu–Sun: Friday, not Thursday, where a would have two visits.
+    import dataclasses
+
+    cap1 = dataclasses.replace(RULES, max_visits_per_cadre_per_day=1)
+    cd = cadres(dict(cadre_id="a"))
+    monday = plan(households(dict(household_id="h1", categories="hardship")), cd,
+                  current_assignments=pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]}), rules=cap1)
+    late = monday.plans.iloc[0]
+    assert late["due_date"] == pd.Timestamp(MONDAY) and late["window_end"] == pd.Timestamp("2026-11-26")
+    hh = households(dict(household_id="h1", categories="hardship"), dict(household_id="h2", categories="hardship"))
+    thursday = plan(hh, cd, as_of=date(2026, 11, 26), open_plans=monday.plans,
+                    current_assignments=monday.assignments, rules=cap1)
+    assert late["visit_id"] in set(thursday.plans["visit_id"])
+    h2 = thursday.plans[thursday.plans["household_id"] == "h2"].sort_values("due_date").iloc[0]
+    assert h2["due_date"] == pd.Timestamp("2026-11-27")
+    assert thursday.shortfall.empty
+    # Its window ends later (Monday's run seen on Tuesday): it takes Tuesday, h2 goes Wednesday.
+    tuesday = plan(hh, cd, as_of=MONDAY + timedelta(days=1), open_plans=monday.plans,
+                   current_assignments=monday.assignments, rules=cap1)
+    h2 = tuesday.plans[tuesday.plans["household_id"] == "h2"].sort_values("due_date").iloc[0]
+    assert h2["due_date"] == pd.Timestamp("2026-11-25")
