@@ -42,10 +42,12 @@ How a plan is made (all dates are local calendar dates; day 0 = ``as_of``):
    it was given: one of the step's reason whose window opened by the step's deadline is that
    step's visit even when it slipped past its window (an overdue window moves on with each
    day: on the next day a colleague with room in it must not get a second visit; the family
-   stays in ``shortfall`` while the visit is late). Kept plans count toward the load of their day (never moved for the
-   cap: they are already announced); a plan goes back to the family's cadre only if her day has
-   room. Overdue routine open plans are not re-emitted: they stay in the database as late or
-   missed and a fresh visit is planned. Overdue urgent plans are kept (the family still needs them).
+   stays in ``shortfall`` while the visit is late). Kept plans count toward the load of their day
+   (never moved for the cap: they are already announced), one past its due day toward its
+   holder's first day with room left in its window; a plan goes back to the family's cadre only
+   if her day has room. Overdue routine open plans are not re-emitted: they stay in the database
+   as late or missed and a fresh visit is planned. Overdue urgent plans are kept (the family still
+   needs them).
 
 ``visit_id`` is a stable hash of household, due date and reason, so re-running on the same
 inputs gives the same ids and the upsert changes nothing. The daily cap keeps this: visits are
@@ -53,7 +55,11 @@ served in a fixed order (ties broken by household id, not input order), a re-run
 plans finds every day as full as it left it, and a visit that would slip into the window of an
 open plan of the family or later is that open plan (nothing new is planned). So is a replay of an
 earlier day fed what the database holds since (plans made later, plans closed by visits made
-after that day): at most one open plan per family, reason and cadence step.
+after that day): at most one open plan per family, reason and cadence step. The plans a visit made
+on the day closed (``held_plans``) keep their place in the day loads, and an open plan due on or
+before a family's last visit is no step after it: the evening run after the day's visits gives no
+other family a place the morning run saw taken, and a replay of a day whose next days have run plans
+nothing new.
 """
 
 from __future__ import annotations
@@ -548,6 +554,7 @@ def schedule_visits(
     rules: CadenceRules,
     calendar: WorkCalendar,
     grid: str | None = None,
+    held_plans: pd.DataFrame | None = None,
 ) -> SchedulePlan:
     """Plan the visits of the next ``horizon_days`` days from ``as_of`` (day 0 included).
 
@@ -562,6 +569,10 @@ def schedule_visits(
     - current_assignments: ``household_id, cadre_id``.
     - urgent_requests: ``household_id, requested_at, reason, critical``.
     - follow_ups: ``household_id, due_date, reason``.
+    - held_plans (optional): ``cadre_id, due_date`` of the plans a visit made on ``as_of`` closed.
+      They were open that morning and held their cadre's day: they keep that place in the day
+      loads (the family's chain goes on from the visit), so the evening run, or a replay of the
+      day, does not plan other visits into places the day's first run saw taken.
 
     ``grid`` restricts planning to one grid; cadres' families in other grids still count
     against their capacity.
@@ -572,7 +583,7 @@ def schedule_visits(
     run.read_households(households, last_visits, urgent_requests, follow_ups, open_plans)
     run.read_cadres(cadres)
     run.assign_families(current_assignments)
-    run.start_day_loads(open_plans)
+    run.start_day_loads(open_plans, held_plans)
     run.carry_open_plans()
     run.plan_urgent_visits()
     run.plan_follow_ups()
@@ -874,8 +885,9 @@ class _Planning:
                 np.add.at(load, chosen, 1)
                 shortfall_rows.extend((int(i), SHORTFALL_CAPACITY) for i in members[take:])
 
-    def start_day_loads(self, open_plans: pd.DataFrame) -> None:
-        """The ``resolver`` with its empty cadre-day loads (plus, on a one-grid re-plan, other grids' plans)."""
+    def start_day_loads(self, open_plans: pd.DataFrame, held_plans: pd.DataFrame | None = None) -> None:
+        """The ``resolver`` with the cadre-day loads the carried plans do not fill: the places of plans
+        closed by a visit made today, and on a one-grid re-plan the other grids' open plans."""
         grid, n_cd = self.grid, self.n_cd
         # Visits per cadre and day (the daily cap). A one-grid re-plan also counts the open plans of
         # the cadres' families in other grids: her day is just as full whichever grid the families are in.
@@ -892,6 +904,14 @@ class _Planning:
                 late_urgent = _bool_col(other, "urgent") & (od_other < 0)
                 od_other = np.where(late_urgent, 0, od_other)
                 resolver.count(oc[ok & (oc >= 0)], od_other[ok & (oc >= 0)])
+        # A plan closed by a visit made today held its cadre's day when the day began (the morning
+        # run counted it): freed, that place went to another family in the evening run or in a
+        # replay of the day, a visit the day's first run did not plan and the days after did not need.
+        if held_plans is not None and len(held_plans) and n_cd:
+            hc = self.cpos.get_indexer(held_plans["cadre_id"].astype(str))
+            hd, ok = _as_days(held_plans["due_date"], self.as_of64)
+            hd = np.maximum(hd, 0)  # a late one was made today (and counted today that morning, or near it)
+            resolver.count(hc[ok & (hc >= 0)], hd[ok & (hc >= 0)])
 
     # ---- recording visits ---------------------------------------------------------------------
     def emit(self, idx, cadre_idx, due, ws, we, reason, urgent_flag) -> None:
@@ -1008,7 +1028,8 @@ class _Planning:
 
             # Routine plans past their due day, window still open: announced and possibly under way,
             # so they stand as they are, with whoever holds them (their day is gone: no calendar or
-            # room to judge, and nothing counted into the day loads).
+            # room to judge). Their visit is still to be made: it is counted below, after the plans
+            # that have a day.
             past = (od < 0) & ~o_urg
 
             def can_take(c: np.ndarray, family_cadre: bool) -> np.ndarray:
@@ -1059,6 +1080,22 @@ class _Planning:
                     resolver.sub_load[final_c[k]] += 1
                     ok_day[k] = True
                     resolver.count(final_c[k], load_day[k])
+            # A plan past its due day takes its holder's first day with room from today to its
+            # window's end (where she fits the late visit in), the earliest-closing first. Counted
+            # nowhere, its visit shared a day with a new one: a cadre whose late visit had to be
+            # made today was given another visit today, over the daily cap, when the new one could
+            # go the next day.
+            late = np.flatnonzero(ok_day & past)
+            if len(late):
+                late = late[np.lexsort((o_ids[late].astype(str), o_we[late], final_c[late]))]
+                c_late = final_c[late]
+                starts = np.flatnonzero(np.r_[True, c_late[1:] != c_late[:-1]])
+                turn = np.arange(len(late)) - np.repeat(starts, np.diff(np.r_[starts, len(late)]))
+                for k in range(int(turn.max()) + 1):  # one late plan per cadre at a time
+                    rows = late[turn == k]
+                    d = resolver._best_day(final_c[rows], np.zeros(len(rows), dtype=np.int64),
+                                           np.clip(o_we[rows], 0, T - 1), np.zeros(len(rows), dtype=bool))
+                    resolver.count(final_c[rows[d >= 0]], d[d >= 0])
             keep = ok_day
             self.plan_parts.append({"_i": oi[keep], "_c": final_c[keep], "_due": od[keep], "_ws": o_ws[keep],
                                     "_we": o_we[keep], "reason": o_reason[keep], "urgent": o_urg[keep],
@@ -1197,7 +1234,14 @@ class _Planning:
         active = np.flatnonzero(self.routine & (assigned >= 0) & ~self.away_all_horizon)
         prev = self.routine_prev[active]
         after_return = np.zeros(len(active), dtype=bool)  # next visit must wait for the return home
-        next_fixed = self.fixed_start[active]  # pointer into the standing open plans of each family
+        # Pointer into the standing open plans of each family. A plan due on or before the last visit
+        # is no step after it (the visit closed another plan of the family, e.g. the next step's, and
+        # this one stays open until its window ends): counted as the first step, it took the chain
+        # back before the visit and a visit already made was planned again.
+        fixed_family = np.repeat(np.arange(self.n_hh), self.fixed_end - self.fixed_start)
+        before_last = np.zeros(self.n_hh + 1, dtype=np.int64)
+        np.add.at(before_last, fixed_family, fixed_d <= self.routine_prev[fixed_family])
+        next_fixed = self.fixed_start[active] + before_last[active]
         first = True
         while len(active):
             iv = interval[active]

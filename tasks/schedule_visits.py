@@ -55,6 +55,13 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
                             .where(or_(VisitPlan.status == "planned",
                                        Visit.visited_at >= as_of + timedelta(days=1)),
                                    or_(VisitPlan.due_date >= as_of, VisitPlan.window_end >= as_of)), database_url)
+    # Plans a visit made on the day itself closed: open when the day began, they keep their place in
+    # the cadre's day (the day's visits are recorded before the evening run, and a replay reads them).
+    held_plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
+                                   VisitPlan.due_date, VisitPlan.urgent)
+                            .join(Visit, Visit.id == VisitPlan.closed_by_visit_id)
+                            .where(Visit.visited_at >= as_of, Visit.visited_at < as_of + timedelta(days=1)),
+                            database_url)
     assignments = read_frame(select(Assignment.household_id, Assignment.cadre_id), database_url)
     # A new flag asks for a visit within 24 h (critical) or 72 h, once: not when an urgent visit
     # has already been planned for that household since the flag was raised.
@@ -80,7 +87,8 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
     if not follow.empty:
         follow = follow[(follow.due_date >= pd.Timestamp(as_of) - pd.Timedelta(days=3))]
     return {"households": hh, "cadres": cadres, "last_visits": last, "open_plans": open_plans,
-            "current_assignments": assignments, "urgent_requests": urgent, "follow_ups": follow, "rules": rules}
+            "held_plans": held_plans, "current_assignments": assignments, "urgent_requests": urgent,
+            "follow_ups": follow, "rules": rules}
 
 
 @task(name="plan_visits", cache_policy=NO_CACHE)

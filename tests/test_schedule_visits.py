@@ -699,3 +699,170 @@ def test_days_in_a_row_and_replays_store_each_step_once(database_url, tmp_path, 
     finally:
         monkeypatch.delenv("SIBIFANG_CADENCE_FILE")
         reset_settings()
+
+
+def _h2_leaving_tomorrow():
+    """Mon 23 Nov, cap 1, cadre a alone: h1 is due today (last visit 14 days ago); h2 (due Fri 27)
+    leaves on Tue 24 until Sat 28, so her visit would have to be today too. Today goes to h1 (tie:
+    household id) and h2's visit waits for her return (Mon 30)."""
+    import dataclasses
+
+    cap1 = dataclasses.replace(RULES, max_visits_per_cadre_per_day=1)
+    hh = households(dict(household_id="h1", categories="hardship"),
+                    dict(household_id="h2", categories="hardship", away_from="2026-11-24", away_until="2026-11-28"))
+    cd = cadres(dict(cadre_id="a"))
+    cur = pd.DataFrame({"household_id": ["h1", "h2"], "cadre_id": "a"})
+    return hh, cd, cur, cap1
+
+
+def test_place_of_a_visit_made_today_is_not_given_to_another_family():
+    # The morning's plan gives a's Monday to h1. h1 is visited that day; the evening run (or a
+    # replay of Monday) reads the visit and the plan it closed as done. The plan held a's Monday
+    # when the day began: read as free, Monday went to h2, a visit nobody had planned on a day
+    # already over, reminded as overdue the next morning.
+    hh, cd, cur, cap1 = _h2_leaving_tomorrow()
+    morning = plan(hh, cd, last_visits=last(h1=14, h2=10), current_assignments=cur, rules=cap1)
+    visited = morning.plans[(morning.plans["household_id"] == "h1")
+                            & (morning.plans["due_date"] == pd.Timestamp(MONDAY))]
+    assert len(visited) == 1 and "h2" in set(morning.away["household_id"])
+    assert (morning.plans[morning.plans["household_id"] == "h2"]["due_date"] > pd.Timestamp("2026-11-28")).all()
+    lv = pd.concat([last(h2=10), pd.DataFrame({"household_id": ["h1"],
+                                               "last_visited_at": [pd.Timestamp(MONDAY) + pd.Timedelta(hours=10)]})])
+    still_open = morning.plans[~morning.plans["visit_id"].isin(visited["visit_id"])]
+    evening = schedule_visits(hh, cd, as_of=MONDAY, last_visits=lv, open_plans=still_open,
+                              current_assignments=morning.assignments, urgent_requests=pd.DataFrame(),
+                              follow_ups=pd.DataFrame(), rules=cap1, calendar=cap1.work_calendar(),
+                              held_plans=visited)
+    pd.testing.assert_frame_equal(evening.plans, still_open.reset_index(drop=True))
+    # What the fix changes: without the visit's place, Monday is free again and h2 gets it.
+    unheld = plan(hh, cd, last_visits=lv, open_plans=still_open, current_assignments=morning.assignments,
+                  rules=cap1)
+    assert set(unheld.plans["visit_id"]) - set(morning.plans["visit_id"])
+
+
+def test_open_plan_before_the_last_visit_does_not_take_the_chain_back():
+    # Weekly visits (open dispute). The visit of Thu 19 was missed and its plan is open until its
+    # window ends today; today's plan was done today (the visit closed that one). The next step is
+    # 7 days after today's visit, and planned already (Mon 30): nothing new. Counting the missed
+    # plan as the step after today's visit took the chain back to Thu 19 and asked for a visit by
+    # Thu 26, 3 days after one was made.
+    hh = households(dict(household_id="h1", categories="dispute", open_dispute=1))
+    cd = cadres(dict(cadre_id="a"))
+    cur = pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]})
+    standing = pd.DataFrame([
+        dict(visit_id="Vmissed", household_id="h1", cadre_id="a", due_date="2026-11-19", window_start="2026-11-19",
+             window_end="2026-11-23", reason="open_dispute", urgent=False),
+        dict(visit_id="Vnext", household_id="h1", cadre_id="a", due_date="2026-11-30", window_start="2026-11-28",
+             window_end="2026-11-30", reason="open_dispute", urgent=False)])
+    today = pd.DataFrame({"household_id": ["h1"], "last_visited_at": [pd.Timestamp(MONDAY) + pd.Timedelta(hours=9)]})
+    r = plan(hh, cd, last_visits=today, open_plans=standing, current_assignments=cur)
+    first_two = r.plans.sort_values("due_date")["visit_id"].tolist()[:2]
+    assert first_two == ["Vmissed", "Vnext"], r.plans
+    assert "h1" not in set(r.shortfall["household_id"])
+
+
+def test_replay_after_visits_made_since_changes_nothing(database_url, tmp_path, monkeypatch):
+    """Mon 23 and Tue 24 Nov on the database: Monday's run, the day's visit; Tuesday's morning run,
+    the day's visit, the evening run; then both days replayed. The replays leave plans and notices
+    as they were (before: h1's visit freed a's Monday, and the replay of Monday gave it to h2, a
+    visit on a day long over, with an overdue reminder). The evening run is checked the same way."""
+    from sqlalchemy import select
+
+    from schemas.models import Area, Assignment, Cadre, Household, Notice, Visit, VisitPlan
+    from sibifang.db import migrate, read_frame, session_scope
+    from tasks.schedule_visits import plan_visits, queue_notices, store_plan
+
+    text = (load_cadence_rules.__globals__["resources"].files("sibifang") / "cadence.toml").read_text(encoding="utf-8")
+    cap1 = tmp_path / "cadence.toml"
+    cap1.write_text(text.replace("max_visits_per_cadre_per_day = 4", "max_visits_per_cadre_per_day = 1"),
+                    encoding="utf-8")
+    monkeypatch.setenv("SIBIFANG_CADENCE_FILE", str(cap1))
+    reset_settings()
+    migrate(database_url)
+    mon, tue = MONDAY, MONDAY + timedelta(days=1)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+        s.flush()
+        s.add(Cadre(id="a", name="甲", role="cadre", grid_ids=["G1"], capacity=10, alert_channel="webhook",
+                    alert_address="http://127.0.0.1:9/a"))
+        s.add(Household(id="h1", head_name="户主1", grid_id="G1", categories=["hardship"]))
+        s.add(Household(id="h2", head_name="户主2", grid_id="G1", categories=["hardship"],
+                        away_from=date(2026, 11, 24), away_until=date(2026, 11, 28)))
+        # h3 is due Tuesday: Tuesday's visit
+        s.add(Household(id="h3", head_name="户主3", grid_id="G1", categories=["hardship"]))
+        s.flush()
+        s.add_all([Assignment(household_id=h, cadre_id="a", since=mon - timedelta(days=30))
+                   for h in ("h1", "h2", "h3")])
+        for n, (h, ago) in enumerate((("h1", 14), ("h2", 10), ("h3", 13))):
+            s.add(Visit(id=f"OLD{n}", household_id=h, cadre_id="a", mode="visit",
+                        visited_at=datetime.combine(mon - timedelta(days=ago), datetime.min.time()).replace(hour=10)))
+
+    def run(day, notify_for):
+        store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path), database_url=database_url)
+        queue_notices.fn(notify_for, database_url=database_url)
+
+    def visit_due_plans(day):
+        with session_scope(database_url) as s:
+            for p in s.scalars(select(VisitPlan).where(VisitPlan.due_date == day, VisitPlan.status == "planned")):
+                s.add(Visit(id=f"VIS-{p.id}", plan_id=p.id, household_id=p.household_id, cadre_id=p.cadre_id,
+                            visited_at=datetime.combine(day, datetime.min.time()).replace(hour=10), mode="visit"))
+                p.status, p.closed_by_visit_id = "done", f"VIS-{p.id}"
+
+    def state():
+        plans = read_frame(select(VisitPlan.id, VisitPlan.household_id, VisitPlan.cadre_id, VisitPlan.due_date,
+                                  VisitPlan.status, VisitPlan.moved_from).order_by(VisitPlan.id), database_url)
+        notices = read_frame(select(Notice.id, Notice.kind, Notice.day, Notice.body).order_by(Notice.id), database_url)
+        return plans, notices
+
+    def assert_same(before, after):
+        for b, a in zip(before, after):
+            pd.testing.assert_frame_equal(b.reset_index(drop=True), a.reset_index(drop=True))
+
+    try:
+        run(mon, mon)
+        monday = state()[0]
+        assert monday[pd.to_datetime(monday["due_date"]) == pd.Timestamp(mon)]["household_id"].tolist() == ["h1"]
+        visit_due_plans(mon)
+        run(tue, tue)
+        visit_due_plans(tue)
+        assert (state()[0]["status"] == "done").sum() == 2  # h1 on Monday, h3 on Tuesday
+        before = state()
+        run(tue, tue + timedelta(days=1))  # the evening loop: Wednesday's digest
+        assert_same((before[0], before[1][before[1]["day"] <= tue]),
+                    (state()[0], state()[1][state()[1]["day"] <= tue]))
+        before = state()
+        run(mon, tue)  # replays of both days, as the evening loop runs them
+        assert_same(before, state())
+        assert "overdue_reminder" not in set(state()[1]["kind"])
+        run(tue, tue + timedelta(days=1))
+        assert_same(before, state())
+    finally:
+        monkeypatch.delenv("SIBIFANG_CADENCE_FILE")
+        reset_settings()
+
+
+def test_a_late_visit_still_to_be_made_takes_a_place_under_the_daily_cap():
+    # Cap 1. Monday's run gave h1 (never visited) a's Monday, window to Thursday; the visit was not
+    # made. On Thursday it stands, past its due day, to be made today at the latest. h2, new in
+    # the registry, is due within Thu–Sun: Friday, not Thursday, where a would have two visits.
+    import dataclasses
+
+    cap1 = dataclasses.replace(RULES, max_visits_per_cadre_per_day=1)
+    cd = cadres(dict(cadre_id="a"))
+    monday = plan(households(dict(household_id="h1", categories="hardship")), cd,
+                  current_assignments=pd.DataFrame({"household_id": ["h1"], "cadre_id": ["a"]}), rules=cap1)
+    late = monday.plans.iloc[0]
+    assert late["due_date"] == pd.Timestamp(MONDAY) and late["window_end"] == pd.Timestamp("2026-11-26")
+    hh = households(dict(household_id="h1", categories="hardship"), dict(household_id="h2", categories="hardship"))
+    thursday = plan(hh, cd, as_of=date(2026, 11, 26), open_plans=monday.plans,
+                    current_assignments=monday.assignments, rules=cap1)
+    assert late["visit_id"] in set(thursday.plans["visit_id"])
+    h2 = thursday.plans[thursday.plans["household_id"] == "h2"].sort_values("due_date").iloc[0]
+    assert h2["due_date"] == pd.Timestamp("2026-11-27")
+    assert thursday.shortfall.empty
+    # Its window ends later (Monday's run seen on Tuesday): it takes Tuesday, h2 goes Wednesday.
+    tuesday = plan(hh, cd, as_of=MONDAY + timedelta(days=1), open_plans=monday.plans,
+                   current_assignments=monday.assignments, rules=cap1)
+    h2 = tuesday.plans[tuesday.plans["household_id"] == "h2"].sort_values("due_date").iloc[0]
+    assert h2["due_date"] == pd.Timestamp("2026-11-25")
