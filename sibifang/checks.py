@@ -168,6 +168,18 @@ def fold_width(values: pd.Series) -> pd.Series:
     return text.str.normalize("NFKC").where(values.notna())
 
 
+# The label of a totals row (合计) at the foot of a sheet, spaces and a trailing colon ignored.
+# No meter, household or visit is named so; "累计" is not here: it heads a register column.
+TOTAL_LABELS = frozenset({"合计", "总计", "小计", "共计", "汇总", "总合计", "total", "totals", "sum",
+                          "subtotal", "grandtotal"})
+
+
+def is_total_label(values: pd.Series) -> np.ndarray:
+    """Mask: cells that label a totals row (``合计``, ``总 计：``, ``Total``)."""
+    text = fold_width(values).str.replace(r"[\s:]+", "", regex=True).str.lower()
+    return text.isin(TOTAL_LABELS).to_numpy(dtype=bool)
+
+
 def _blank(values: pd.Series) -> pd.Series:
     """True where a cell holds nothing (NA or only whitespace)."""
     return values.isna() | values.astype("str").str.strip().eq("")

@@ -332,15 +332,21 @@ class _Cleaned:
 def _meter_groups(meter_ids, max_rows: int):
     """Row positions (file order) in groups of whole meters of about ``max_rows`` rows, one
     group at a time (a meter is never split: its duplicates and intervals are judged together).
-    Rows without a meter id go with the first group, where they are quarantined."""
+    Rows without a meter id go with the first group, where they are quarantined. Meters are
+    told apart as the cleaning tells them (spaces trimmed, full-width ids folded): " M1" and
+    "Ｍ１" are the meter M1, in M1's group."""
     import numpy as np
     import pandas as pd
 
+    from sibifang.ingest_readings import meter_codes_of
+
     if isinstance(meter_ids.dtype, pd.CategoricalDtype):  # Parquet dictionary: no need to hash the rows
-        codes = meter_ids.cat.codes.to_numpy().astype(np.int32)
+        codes, uniques = meter_ids.cat.codes.to_numpy(), pd.Series(meter_ids.cat.categories)
     else:
-        codes = pd.factorize(meter_ids, use_na_sentinel=True)[0].astype(np.int32)
-    codes += 1  # 0: rows without a meter
+        codes, uniques = pd.factorize(meter_ids, use_na_sentinel=True)
+        uniques = pd.Series(uniques)
+    # each distinct id as the cleaning reads it (-1: no meter), then + 1 (0: rows without a meter)
+    codes = (np.append(meter_codes_of(uniques), -1)[codes] + 1).astype(np.int32)
     rows_per_meter = np.bincount(codes)
     group_of_meter = ((np.cumsum(rows_per_meter) - rows_per_meter) // max_rows).astype(np.int32)
     group = group_of_meter[codes]

@@ -112,6 +112,7 @@ REASONS_ZH = {
     "extra_fields": "{field}的列数多于表头",
     "unclosed_quote": "第{line}行引号未闭合（某个单元格以双引号开头，却没有结束的双引号），本行未导入；"
                       "请补全或删去这个引号",
+    "total_row": "合计行（上方各行的汇总，不是一条记录），未导入，无需处理",
     "unusual": "{field}数值不常见，请核实",
     "invalid": "{field}未通过校验",
 }
@@ -463,6 +464,23 @@ def _records_json(path: Path) -> tuple[list[str], list[tuple[int, list]]]:
     return header, records
 
 
+def _refuse_title_rows(name: str, header: list[str], records: list[tuple[int, list]]) -> None:
+    """A sheet with a title (merged across the columns) or a note above its header: the first
+    row names no column of any kind, a row below it names several. Refused naming the line the
+    header is on: read from line 1, every column would be "missing" and the clerk would not see
+    why."""
+    known = {key for kind in FIELDS for key in header_aliases(kind)}
+    if set(header) & known:
+        return
+    for line, cells in records[:10]:
+        if len({header_key(c) for c in cells if c} & known) >= 3:
+            above = "第1行" if line == 2 else f"第1–{line - 1}行"
+            raise ImportFileError(
+                name, f"the header is on line {line}, not line 1 (a title or note above it)",
+                message_zh=f"文件 {name} 的表头在第{line}行，不在第1行：{above}是标题或说明（如合并单元格的表格标题）。"
+                           "请删除表头上方的这些行，使第1行为表头后重新提交。", line=line)
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV (UTF-8, UTF-8 with BOM, UTF-16 with BOM or GBK), XLSX (first sheet) or JSON
     file, every column as text.
@@ -487,6 +505,7 @@ def read_table(path: Path) -> pd.DataFrame:
     else:
         raise ImportFileError(path.name, f"unsupported file type {suffix!r} (CSV, XLSX or JSON)",
                               message_zh=f"文件 {path.name} 的格式不支持，请提交 CSV、XLSX 或 JSON 文件。")
+    _refuse_title_rows(path.name, header, records)
     # Trailing unnamed header cells (Excel's formatted-but-empty columns) are not columns.
     while header and header[-1] == "":
         header.pop()
@@ -566,6 +585,16 @@ class _Problems:
                 self._items[item] = code
                 if context and int(pos) in context:
                     self._context[item] = context[int(pos)]
+
+    def only(self, positions: np.ndarray, field_name: str, code: str) -> None:
+        """``positions`` have this one problem, whatever else was found in them."""
+        drop = set(positions.tolist())
+        if not drop:
+            return
+        for item in [item for item in self._items if item[0] in drop]:
+            del self._items[item]
+            self._context.pop(item, None)
+        self.add_positions(sorted(drop), field_name, code)
 
     @property
     def positions(self) -> set[int]:
@@ -764,6 +793,9 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     _check_rows(kind, typed, problems, known)
     lines = raw["_line"].to_numpy()
     _mark_duplicates(kind, typed, problems, lines)
+    # A totals row (合计 in its first filled cell) is quarantined as that alone: its empty key
+    # and names would otherwise read as a dozen errors the clerk has nothing to fix for.
+    problems.only(_total_rows(raw), "_row", "total_row")
 
     quarantined = problems.frame(lines)
     bad = np.zeros(len(typed), dtype=bool)
@@ -784,6 +816,16 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
 
 
 _MARKER_COLUMNS = frozenset({"_line", "_extra_fields", "_unclosed_quote"})
+
+
+def _total_rows(raw: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows whose first filled cell (in the file's column order) labels a
+    totals row (``C.is_total_label``)."""
+    cells = raw[[c for c in raw.columns if c not in _MARKER_COLUMNS]]
+    if cells.empty or not len(cells.columns):
+        return np.zeros(0, dtype=np.int64)
+    first = cells.bfill(axis=1).iloc[:, 0]
+    return np.flatnonzero(first.notna().to_numpy() & C.is_total_label(first.astype("str")))
 
 
 def _canonical_columns(kind: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

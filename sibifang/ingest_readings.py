@@ -91,7 +91,7 @@ import pyarrow.compute as pc
 # readings suite, which checks the same bound on what this module accepts.
 from schemas.suites import MAX_HOUSEHOLD_KW, REGISTER_SPAN_FACTOR
 from schemas.validation import DataContractError
-from sibifang.readings_files import EXTRA_FIELDS, meter_id_text
+from sibifang.readings_files import EXTRA_FIELDS, THOUSANDS_SEPARATED_RE, meter_id_text
 from sibifang.settings import LOCAL_TZ_NAME
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,10 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     # A row with more fields than the header (read_readings_file marks it): which of its fields
     # is the reading is a guess, so it is set aside whole, as the registry import does.
     "extra_fields": ("_row", "整行的列数多于表头，本行未导入，请检查该行是否多了逗号"),
+    # A totals row at the foot of a sheet (合计, 总计 in the meter or time column): a sum of the
+    # readings above it, not a reading. Named as what it is, not "bad time" or "unknown meter";
+    # read as a reading it would be a meter called 合计 in ``sibifang detect``.
+    "total_row": ("meter_id", "合计行（上方读数的汇总，不是某块电表的读数），未导入，无需处理"),
     "missing_meter_id": ("meter_id", "缺少电表编号"),
     "missing_ts": ("ts", "缺少读数时间"),
     "bad_ts": ("ts", "读数时间无法识别，应为 YYYY-MM-DD HH:MM[:SS]，可带时区如 +08:00 或 Z"),
@@ -146,7 +150,7 @@ STORED_CONFLICT_REASON = ("同一电表同一时间已有入库的读数，且�
 _CODE_NAMES = ["", *QUARANTINE_CODES]
 _CODE_NUMBER = {name: number for number, name in enumerate(_CODE_NAMES)}
 # Codes that need no action from the clerk: they explain a line, they do not report an error.
-INFORMATIONAL_CODES = frozenset({"duplicate", "ambiguous_dst_hour", "register_baseline", "register_reset"})
+INFORMATIONAL_CODES = frozenset({"total_row", "duplicate", "ambiguous_dst_hour", "register_baseline", "register_reset"})
 
 # An offset only counts after a time of day: "2026-11-20" must not read as offset "-20".
 _OFFSET_RE = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
@@ -273,6 +277,11 @@ def _parse_number(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         # Full-width digits (０.５, typed with a Chinese input method) are digits: folded first,
         # as the registry import folds its coded columns.
         text = pc.utf8_normalize(text, "NFKC")
+        # "1,234.50": Excel's number format with thousands separators, exported as shown (a
+        # register passes 1,000 kWh within years). Only where the commas cannot be a decimal mark;
+        # "1,234" alone is settled for the whole file (readings_files.check_readings_text).
+        grouped = pc.fill_null(pc.match_substring_regex(text, THOUSANDS_SEPARATED_RE), False)
+        text = pc.if_else(grouped, pc.replace_substring(text, ",", ""), text)
         lowered = pc.utf8_lower(text)
         ok = pc.or_(pc.match_substring_regex(text, _NUMBER_RE),
                     pc.is_in(lowered, pa.array(["nan", "inf", "+inf", "-inf", "infinity", "-infinity"])))
@@ -330,8 +339,11 @@ def _parse_ts(values: pd.Series, tz: str, second_chance: bool = True) -> tuple[p
         # and UTC may be written "z".
         retry = np.flatnonzero(bad)
         original = s.iloc[retry].reset_index(drop=True)
-        midnight = original.str.replace(_END_OF_DAY_RE, "00:00", regex=True)
-        next_day = (midnight != original).to_numpy()
+        # Full-width digits and colons (２０２６－１１－２０ ０８：４５, typed with a Chinese input
+        # method) are the same time: folded, as the registry import folds its dates.
+        folded = original.str.normalize("NFKC")
+        midnight = folded.str.replace(_END_OF_DAY_RE, "00:00", regex=True)
+        next_day = (midnight != folded).to_numpy()
         rewritten = midnight.str.replace(_LOWER_Z_RE, r"\1Z", regex=True)
         changed = (rewritten != original).to_numpy()
         if changed.any():
@@ -549,6 +561,7 @@ def clean_readings(
     if EXTRA_FIELDS in raw.columns:
         extra = raw[EXTRA_FIELDS].astype("str").fillna("").to_numpy(dtype=object) != ""
         flag(extra, "extra_fields")
+    flag(_total_rows(raw, meters, ts_missing | ts_bad), "total_row")
     flag(meters.codes < 0, "missing_meter_id")
     flag(ts_missing, "missing_ts")
     flag(ts_bad, "bad_ts")
@@ -611,6 +624,18 @@ def clean_readings(
                        accepted_lines=line[accepted_rows].astype(np.int64))
 
 
+def _total_rows(raw: pd.DataFrame, meters: "_MeterCodes", ts_unread: np.ndarray) -> np.ndarray:
+    """Mask: totals rows, labelled 合计 in the meter column or in the time column (looked at only
+    where no time could be read: a few rows)."""
+    from sibifang.checks import is_total_label
+
+    named = np.append(is_total_label(pd.Series(meters.names.to_pandas(), dtype="str")), False)[meters.codes]
+    rows = np.flatnonzero(ts_unread & ~named)
+    if len(rows):
+        named[rows] = is_total_label(raw["ts"].iloc[rows].astype("str"))
+    return named
+
+
 class _MeterCodes:
     """Row -> meter code (-1 where missing) into ``names``, the sorted distinct meter ids."""
 
@@ -618,12 +643,17 @@ class _MeterCodes:
         encoded = pc.dictionary_encode(text).combine_chunks() if isinstance(text, pa.ChunkedArray) \
             else pc.dictionary_encode(text)
         dictionary = encoded.dictionary
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        present = pc.is_valid(encoded.indices).to_numpy(zero_copy_only=False)
+        folded = fold_meter_ids(dictionary)
+        if folded is not None:  # full-width ids: one meter, however it was typed
+            dictionary, merged = folded
+            indices = np.where(present, merged[np.where(present, indices, 0).astype(np.int64)], 0) \
+                if len(merged) else indices
         order = pc.array_sort_indices(dictionary).to_numpy()
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order))
         self.names: pa.Array = dictionary.take(pa.array(order))
-        indices = encoded.indices.to_numpy(zero_copy_only=False)
-        present = pc.is_valid(encoded.indices).to_numpy(zero_copy_only=False)
         self.codes = np.where(present, rank[np.where(present, indices, 0).astype(np.int64)], -1) \
             if len(order) else np.full(len(text), -1, dtype=np.int64)
 
@@ -651,6 +681,27 @@ class _MeterCodes:
 
     def lookup(self, meter_ids: pd.Series) -> np.ndarray:
         return pd.Index(self.names.to_pandas()).get_indexer(meter_ids.astype("str"))
+
+
+def meter_codes_of(meter_ids: pd.Series) -> np.ndarray:
+    """Each row's meter as :func:`clean_readings` tells meters apart (an integer; -1: none)."""
+    return _MeterCodes.of(meter_ids).codes
+
+
+def fold_meter_ids(names: pa.Array) -> tuple[pa.Array, np.ndarray] | None:
+    """Distinct meter ids with full-width letters and digits folded (NFKC: ``Ｍ００１`` is
+    ``M001``, what a Chinese input method types into an Excel cell), as the registry import
+    folds the ids it stores (``sibifang.checks.fold_width``): else such a row would be an
+    unknown meter on import and a meter of its own in ``sibifang detect``. -> (the folded
+    distinct ids, the position of each of ``names`` among them), or None when no id changes
+    (the usual feed: ASCII ids, or Chinese ones, which NFKC leaves as they are)."""
+    if not len(names) or pc.all(pc.string_is_ascii(names)).as_py():
+        return None
+    folded = pc.utf8_normalize(names, "NFKC")
+    if pc.all(pc.equal(folded, names)).as_py():
+        return None
+    encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(folded))  # NFKC turns U+3000 into a space
+    return encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _interval_per_meter(names: pa.Array, interval_minutes: dict[str, int] | int | None) -> np.ndarray:

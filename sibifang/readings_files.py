@@ -53,11 +53,12 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     headers 电表编号/读数时间/用电量/累计读数 accepted). A file with ``kwh`` is read as
     intervals; with only ``register_kwh`` as a cumulative register; with both, ``kwh`` wins.
     For CSV, ``line`` is the file's physical line on which the row starts, as a text editor
-    numbers it and as the registry import reports it: blank lines are kept (they become
-    ``missing_*`` quarantine rows), and a quoted field with a line break in it (an address typed
-    with Alt+Enter) makes its row span lines, so the rows after it are numbered by the lines
-    they are on, not by their position (:func:`_record_lines`). Errors pandas raises name a CSV
-    record; they are reported by the record's line too.
+    numbers it and as the registry import reports it: blank lines and rows of empty cells are
+    no rows (:func:`_without_blank_rows`) but count in the numbering, and a quoted field with a
+    line break in it (an address typed with Alt+Enter) makes its row span lines, so the rows
+    after it are numbered by the lines they are on, not by their position
+    (:func:`_record_lines`). Errors pandas raises name a CSV record; they are reported by the
+    record's line too.
 
     A row with more non-blank fields than the header keeps them in ``_extra_fields`` (joined
     by ``,``; the column only when some row has them), and is quarantined as ``extra_fields``
@@ -96,6 +97,7 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     else:
         raise ImportFileError(path.name, f"unsupported readings file type {suffix!r} (CSV, Parquet, XLSX)",
                               message_zh=f"文件 {path.name} 的格式不支持，电表读数请提交 CSV、Parquet 或 XLSX 文件。")
+    raw, lines = _without_blank_rows(raw, lines, first_line, path if suffix in {".parquet", ".pq"} else None)
 
     clashes = _column_clashes(raw.columns)
     if clashes:
@@ -121,6 +123,7 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     if not ({"kwh", "register_kwh"} & set(raw.columns)):
         missing.append("kwh")
     if missing:
+        _refuse_title_rows(path, suffix)
         raise ImportFileError(
             path.name, f"readings file lacks column(s) {', '.join(missing)} "
                        f"(needs meter_id, ts, kwh or meter_id, ts, register_kwh); has {list(map(str, raw.columns))}",
@@ -129,6 +132,7 @@ def read_readings_file(path: Path) -> pd.DataFrame:
                        "也可用中文表头：电表编号、读数时间、用电量、累计读数）。",
             line=1)
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
+    _refuse_second_header_row(raw, value_col, path.name, lines[0] if lines is not None and len(lines) else first_line)
     marker = [EXTRA_FIELDS] if EXTRA_FIELDS in raw.columns and raw[EXTRA_FIELDS].ne("").any() else []
     out = raw[["meter_id", "ts", value_col, *marker]]  # copy-on-write: no copy of millions of rows
     out["meter_id"] = meter_id_text(out["meter_id"])
@@ -136,6 +140,152 @@ def read_readings_file(path: Path) -> pd.DataFrame:
         lines = np.arange(first_line, first_line + len(out), dtype=np.int64)
     out.insert(0, "line", lines)
     return check_readings_text(out.reset_index(drop=True), path.name)
+
+
+# How far down a header is looked for when the first row is not one (a title above it).
+HEADER_SEARCH_ROWS = 10
+
+
+def _refuse_title_rows(path: Path, suffix: str) -> None:
+    """A sheet with a title (merged across the columns) or a note above its header: the first
+    row is not the header, so the columns read "missing". Say where the header is instead."""
+    from sibifang.importing import ImportFileError
+
+    rows = _first_rows(path, suffix)
+    for number, cells in enumerate(rows[1:], start=2):
+        names = {_normalise_column_name(c) for c in cells if c is not None}
+        if {"meter_id", "ts"} <= names and names & {"kwh", "register_kwh"}:
+            raise ImportFileError(
+                path.name, f"the header is on line {number}, not line 1 (a title or note above it)",
+                message_zh=f"文件 {path.name} 的表头在第{number}行，不在第1行：第1"
+                           f"{'' if number == 2 else f'–{number - 1}'}行是标题或说明（如合并单元格的表格标题）。"
+                           "请删除表头上方的这些行，使第1行为表头后重新提交。",
+                line=number)
+
+
+def _first_rows(path: Path, suffix: str) -> list[list]:
+    """The cells of the file's first HEADER_SEARCH_ROWS rows (CSV lines in any separator)."""
+    import csv
+
+    if suffix in {".xlsx", ".xlsm"}:
+        try:
+            head = pd.read_excel(path, sheet_name=0, header=None, nrows=HEADER_SEARCH_ROWS, dtype=str)
+        except (zipfile.BadZipFile, ValueError, KeyError):
+            return []
+        return [[v if isinstance(v, str) else None for v in row] for row in head.itertuples(index=False)]
+    if suffix not in {".csv", ".txt", ""}:
+        return []
+    from sibifang.importing import detect_encoding
+
+    encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        lines = [f.readline() for _ in range(HEADER_SEARCH_ROWS)]
+    # each line in the separator that splits it most: a title line has none
+    return [max((next(csv.reader([line], delimiter=sep), []) for sep in (",", ";", "\t")), key=len)
+            for line in lines if line]
+
+
+def _refuse_second_header_row(raw: pd.DataFrame, value_col: str, source: str, line: int) -> None:
+    """A header of two rows (用电量 merged over 峰 | 谷): the first data row holds labels, no meter
+    and no time. Read as one header, the value column would be only the first of the columns
+    under the merged cell (the peak without the valley: the use undercounted without a word)."""
+    from sibifang.importing import ImportFileError
+
+    if not len(raw):
+        return
+    first = raw.iloc[0]
+
+    def blank(v) -> bool:
+        return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+    labels = {c: v.strip() for c, v in first.items() if c != EXTRA_FIELDS and isinstance(v, str)
+              and v.strip() and not re.fullmatch(r"[+-]?[\d.,]+", v.strip())}
+    # The signature of a merged header cell: a column without a name of its own (pandas calls
+    # it "Unnamed: 3") whose first cell is a label, in a row without a meter or a time.
+    under_merged = any(re.fullmatch(r"unnamed:_?\d+", str(c)) for c in labels)
+    if blank(first["meter_id"]) and blank(first["ts"]) and under_merged:
+        labels = list(labels.values())
+        raise ImportFileError(
+            source, f"line {line} is a second header row ({', '.join(labels)}), not a reading",
+            message_zh=f"文件 {source} 第{line}行是第二行表头（{'、'.join(labels)}），不是读数：表头只能有一行。"
+                       f"请把表头改为一行、每列一个列名（如 meter_id、ts、{value_col}；分列的用电量请先相加为一列）"
+                       "后重新提交。",
+            line=line)
+
+
+def _without_blank_rows(raw: pd.DataFrame, lines: np.ndarray | None, first_line: int,
+                        parquet: Path | None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``raw`` and its ``lines`` without the rows whose every cell is blank.
+
+    Such a row is not a reading, so it is not a row read at all: the lines Excel writes below
+    the data of a sheet that had formatting there (``,,,``), an XLSX row left empty, a blank
+    line. Quarantined, each would read "缺少电表编号" to the official, who has nothing to fix,
+    and a sheet formatted down to row 1000 would bury the real problems. The registry and
+    visit imports skip them the same way (:func:`sibifang.importing.read_table`), so "rows
+    read" means the same everywhere, and read = accepted + quarantined still holds. Nothing
+    is lost: the row held nothing, and the other rows keep their physical lines (numbering
+    counts the blank ones), so the line numbers still match what the clerk sees.
+
+    Blank means empty or only spaces in every column of the file, those not read included:
+    a row with anything in it (a note, a total, a stray field beyond the header) is still
+    a row, and its reasons say what is wrong with it. ``parquet``: the file, whose other
+    columns were not read (:func:`_read_parquet_columns`); they are looked at only for the
+    rows blank in the readings columns."""
+    blank = _blank_rows(raw)
+    if len(blank) and parquet is not None:
+        blank = _blank_in_unread_parquet_columns(parquet, raw.columns, blank)
+    if not len(blank):
+        return raw, lines
+    if lines is None:
+        lines = np.arange(first_line, first_line + len(raw), dtype=np.int64)
+    keep = np.ones(len(raw), dtype=bool)
+    keep[blank] = False
+    return raw.loc[keep].reset_index(drop=True), lines[keep]
+
+
+def _blank_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows whose cells are all blank. Column by column, each only on the rows
+    still blank: a file whose first column is always filled costs one look at that column."""
+    rows = np.arange(len(frame))
+    for column in frame.columns:
+        if not len(rows):
+            break
+        values = frame[column] if len(rows) == len(frame) else frame[column].iloc[rows]
+        rows = rows[_blank_cells(values)]
+    return rows
+
+
+def _blank_cells(values: pd.Series) -> np.ndarray:
+    """Mask: cells that hold nothing (missing, empty, or only spaces)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):  # Parquet dictionary: judge the categories
+        per_category = np.append(_blank_cells(pd.Series(values.cat.categories)), True)  # code -1: missing
+        return per_category[values.cat.codes.to_numpy()]
+    blank = values.isna().to_numpy(dtype=bool)
+    if pd.api.types.is_string_dtype(values.dtype) and not pd.api.types.is_object_dtype(values.dtype):
+        # "".isspace() is False: empty cells are the == "" test
+        return blank | values.eq("").to_numpy(dtype=bool, na_value=False) \
+            | values.str.isspace().to_numpy(dtype=bool, na_value=False)
+    if pd.api.types.is_object_dtype(values.dtype):  # mixed Python objects: only text can be blank
+        return blank | np.fromiter((isinstance(v, str) and not v.strip() for v in values), dtype=bool,
+                                   count=len(values))
+    return blank
+
+
+def _blank_in_unread_parquet_columns(path: Path, read: pd.Index, rows: np.ndarray) -> np.ndarray:
+    """Of ``rows`` (blank in the columns read), those blank in the file's other columns too,
+    read one column at a time and only at those rows."""
+    import pyarrow.parquet as pq
+
+    taken = pa.array(rows)
+    for name in pq.read_schema(path).names:
+        if not len(rows):
+            break
+        if name in read:
+            continue
+        column = pq.read_table(path, columns=[name]).column(0).take(taken)
+        rows = rows[_blank_cells(column.to_pandas())]
+        taken = pa.array(rows)
+    return rows
 
 
 def _read_parquet_columns(path: Path) -> pd.DataFrame:
@@ -470,8 +620,15 @@ def _csv_separator(path: Path, encoding: str) -> str:
 # quarantined one by one as usual.
 FILE_LEVEL_SHARE = 0.5
 _EPOCH_RE = r"^\s*(?:1\d{9}|[12]\d{12})(?:\.\d+)?\s*$"  # seconds 2001..2033, or milliseconds
+# Excel serial day numbers of 1982-2091 (30000-69999), with a fraction for the time of day.
+_EXCEL_SERIAL_RE = r"^\s*[3-6]\d{4}(?:\.\d+)?\s*$"
 _DMY_RE = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4})(.*)$"  # 03/04/2024 10:00, 13.01.2024 ...
 _DECIMAL_COMMA_RE = r"^\s*[+-]?\d+,\d+\s*$"  # 0,25
+# Digits grouped by thousands: 1,234 / 1,234.5 / 1,234,567. "1,234" alone may also be 1.234
+# written with a decimal comma; with a decimal point after the groups, or two groups or more,
+# the commas can only be thousands separators, and the cleaning reads such a value as a number.
+_GROUPED_RE = r"^\s*[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*$"
+THOUSANDS_SEPARATED_RE = r"^\s*[+-]?\d{1,3}(?:(?:,\d{3})+\.\d+|(?:,\d{3}){2,}(?:\.\d+)?)\s*$"
 
 
 def check_readings_text(raw: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -484,9 +641,9 @@ def check_readings_text(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     FILE_LEVEL_SHARE); a stray bad cell stays a per-row ``bad_ts`` / ``bad_kwh``.
     """
     _check_epoch(raw, source)
+    _check_excel_serial(raw, source)
     raw = _settle_slash_dates(raw, source)
-    _check_decimal_comma(raw, source)
-    return raw
+    return _settle_commas(raw, source)
 
 
 def _filled_text(values: pd.Series) -> pd.Series:
@@ -543,6 +700,33 @@ def _check_epoch(raw: pd.DataFrame, source: str) -> None:
             line=line)
 
 
+def _check_excel_serial(raw: pd.DataFrame, source: str) -> None:
+    """Times given as Excel serial day numbers (46346.34375 is 2026-11-20 08:15): a time column
+    formatted "General" or "Number" in Excel, and so exported. Refused, not converted: the same
+    number is another day in a workbook of the 1904 date system (old Mac Excel), which a CSV
+    does not say, and a time read four years wrong would be judged as real readings. Row by row,
+    each would be a bad_ts whose reason ("应为 YYYY-MM-DD ...") the clerk cannot act on: in
+    Excel the cell shows a time."""
+    from sibifang.importing import ImportFileError
+
+    ts = raw["ts"]
+    if pd.api.types.is_numeric_dtype(ts.dtype) and not pd.api.types.is_bool_dtype(ts.dtype):
+        text = _filled_text(ts.map(lambda v: repr(float(v)) if pd.notna(v) else v))
+    elif pd.api.types.is_datetime64_any_dtype(ts.dtype) or not _looks_like(ts, _EXCEL_SERIAL_RE):
+        return
+    else:
+        text = _filled_text(ts)
+    serial = text.str.match(_EXCEL_SERIAL_RE)
+    if len(text) and serial.mean() >= FILE_LEVEL_SHARE:
+        line, value = _first_match(raw, serial, "ts")
+        raise ImportFileError(
+            source, f"line {line}, field ts: {value!r} is an Excel serial date number, not a time",
+            message_zh=f"文件 {source} 第{line}行 ts（读数时间）列的值 {value} 是 Excel 的日期序号（该列单元格格式为"
+                       "“常规”或“数值”时导出的数字），不是时间：请在 Excel 中把该列设置为日期时间格式"
+                       "（yyyy-mm-dd hh:mm:ss）后重新导出提交。",
+            line=line)
+
+
 def _settle_slash_dates(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     """dd/mm/yyyy or mm/dd/yyyy: the file decides. A day above 12 in the first place (and
     never in the second) makes the whole file day-first, and the other way round; when every
@@ -576,22 +760,43 @@ def _settle_slash_dates(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     return raw
 
 
-def _check_decimal_comma(raw: pd.DataFrame, source: str) -> None:
-    """"0,25": a comma as the decimal mark. Not converted: "1,234" may be a thousands separator."""
+def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Commas in the values: a decimal mark ("0,25", refused: not converted, the file is
+    written for another locale) or thousands separators ("1,234.50", Excel's number format
+    with separators exported as shown). "1,234" could be either; the file decides, as for
+    dates: where its values show a decimal point, the commas are thousands separators and
+    such values are rewritten as numbers; where they show neither, the file is refused."""
     from sibifang.importing import ImportFileError
 
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
     if value_col not in raw.columns or pd.api.types.is_numeric_dtype(raw[value_col].dtype):
-        return
+        return raw
     if not _sample(raw[value_col]).str.contains(",", regex=False).any():
-        return
+        return raw
     text = _filled_text(raw[value_col])
-    comma = text.str.match(_DECIMAL_COMMA_RE)
-    fractional = comma | text.str.contains(".", regex=False)  # whole numbers say nothing of the mark
-    if comma.any() and comma.sum() >= FILE_LEVEL_SHARE * fractional.sum():
+    grouped = text.str.match(_GROUPED_RE)
+    ambiguous = grouped & ~text.str.match(THOUSANDS_SEPARATED_RE)  # 1,234
+    comma = text.str.match(_DECIMAL_COMMA_RE) & ~ambiguous
+    point = text.str.contains(".", regex=False) | (grouped & ~ambiguous)  # whole numbers say nothing of the mark
+    label = f"{value_col}（{'用电量' if value_col == 'kwh' else '累计读数'}）"
+    if comma.any() and comma.sum() >= FILE_LEVEL_SHARE * (comma | point).sum():
         line, value = _first_match(raw, comma, value_col)
         raise ImportFileError(
             source, f"line {line}, field {value_col}: {value!r} uses a decimal comma",
-            message_zh=f"文件 {source} 第{line}行 {value_col}（用电量）列的值 {value} 用逗号作小数点："
+            message_zh=f"文件 {source} 第{line}行 {label}列的值 {value} 用逗号作小数点："
                        "请改用小数点（如 0.25）后重新提交。",
             line=line)
+    if not ambiguous.any():
+        return raw
+    if point.any():
+        raw = raw.copy()
+        raw.loc[ambiguous[ambiguous].index, value_col] = text[ambiguous].str.replace(",", "", regex=False).to_numpy()
+        return raw
+    if ambiguous.sum() >= FILE_LEVEL_SHARE * len(text):
+        line, value = _first_match(raw, ambiguous, value_col)
+        raise ImportFileError(
+            source, f"line {line}, field {value_col}: {value!r}: a thousands separator or a decimal comma",
+            message_zh=f"文件 {source} 第{line}行 {label}列的值 {value}：无法判断其中的逗号是千位分隔符还是小数点。"
+                       "请去掉千位分隔符（在 Excel 中把该列设置为不带千位分隔符的数值格式）后重新提交。",
+            line=line)
+    return raw

@@ -658,3 +658,35 @@ def test_run_with_a_bad_parameter_says_so_in_chinese_and_exits_2(cli_env, prefec
     assert result.exit_code == 2
     # (Prefect's log of the failed run comes before; the last word is hers to read)
     assert result.output.strip().splitlines()[-1].startswith("参数有误：报告天数 period_days 必须是正整数")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_detect_counts_no_blank_rows(tmp_path, suffix):
+    """Rows Excel writes below the data of a formatted sheet (",,,", empty rows) are no rows:
+    not read, not in FLAGS.quarantine.csv; a totals row is set aside as what it is."""
+    df = _silent_meter()
+    blank = pd.DataFrame({"meter_id": [""] * 5, "ts": [""] * 5, "kwh": [""] * 5})
+    total = pd.DataFrame({"meter_id": ["合计"], "ts": ["2026-03-31"], "kwh": [f"{df.kwh.sum():.1f}"]})
+    messy = pd.concat([df.iloc[:1000].astype(str), blank.iloc[:1], df.iloc[1000:].astype(str), total, blank],
+                      ignore_index=True)
+    src = tmp_path / f"r{suffix}"
+    if suffix == ".csv":
+        messy.to_csv(src, index=False)
+    else:
+        messy.replace("", None).to_excel(src, index=False)
+    flags, output = detect_file(src, tmp_path / "flags.csv")
+    assert "读取 2881 行，接受 2880 行，隔离 1 行（合计行 1 行）" in output
+    assert_accounted(output, tmp_path / "flags.csv")
+    quarantined = pd.read_csv(tmp_path / "flags.quarantine.csv", dtype=str)
+    assert quarantined[["line", "code"]].values.tolist() == [["2883", "total_row"]]
+    assert set(flags.meter_id) == {"m1"}
+
+
+def test_detect_groups_a_meter_however_its_id_was_typed():
+    """" M1" and "Ｍ１" are the meter M1 in the cleaning: the groups keep them together, or its
+    duplicates and intervals would be judged apart."""
+    import sibifang.cli as cli
+
+    ids = pd.Series(["M1", "M2", "Ｍ１", " M1 ", "", "M2"], dtype="str")
+    groups = [sorted(g.tolist()) for g in cli._meter_groups(ids, 1)]
+    assert [0, 2, 3] in groups and [1, 5] in groups

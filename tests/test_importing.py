@@ -541,3 +541,92 @@ def test_a_gbk_file_whose_first_chinese_bytes_are_also_utf8_is_read_as_gbk(tmp_p
     assert detect_encoding(path.read_bytes(), path.name) == "gb18030"
     raw = read_table(path)
     assert raw.loc[0, "head_name"] == "岑宝华" and raw.loc[0, "address"] == "万堤村"
+
+
+# --------------------------------------------------------------------------- what county offices' Excel exports hold
+
+_import_cells = st.lists(st.sampled_from(["a", "1", " ", ",", '"', "\n", "电", "\t"]), max_size=4).map("".join)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.one_of(st.none(), st.tuples(_import_cells, _import_cells, _import_cells)), max_size=10),
+       newline=st.sampled_from(["\n", "\r\n"]))
+def test_property_blank_rows_are_no_rows_alike_in_the_registry_and_the_readings(tmp_path, rows, newline):
+    """Blank lines and rows of blank cells (",,,", spaces): no row in either reader, and both
+    number the other rows alike, so "rows read" means one thing in every import."""
+    import csv
+    import io
+
+    from sibifang.importing import ImportFileError
+    from sibifang.readings_files import read_readings_file
+
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator=newline)
+    writer.writerow(["meter_id", "ts", "kwh"])
+    for row in rows:
+        if row is None:
+            out.write(newline)
+        else:
+            writer.writerow(row)
+    src = tmp_path / "r.csv"
+    src.write_bytes(out.getvalue().encode("utf-8"))
+    registry = read_table(src)
+    try:
+        readings = read_readings_file(src)
+    except ImportFileError:
+        return  # a whole column written a way only the readings' file checks refuse
+    assert readings["line"].tolist() == registry["_line"].tolist()
+
+
+def test_xlsx_and_csv_blank_rows_in_a_visits_import_are_no_rows(tmp_path):
+    from openpyxl import Workbook
+    from openpyxl.styles import PatternFill
+
+    header = ["visit_id", "household_id", "cadre_id", "visited_at", "mode", "steps"]
+    row = ["V1", "H001", "K001", "2026-11-20 10:00", "入户", "亮明身份"]
+    (tmp_path / "v.csv").write_text(",".join(header) + "\n" + ",".join(row) + "\n,,,,,\n , ,,,,\n", encoding="utf-8")
+    wb = Workbook()
+    ws = wb.active
+    ws.append(header)
+    ws.append([None] * 6)
+    ws.append(row)
+    for r in range(4, 30):
+        ws.cell(row=r, column=1).fill = PatternFill("solid", fgColor="FFFF00")
+    wb.save(tmp_path / "v.xlsx")
+    for name, line in (("v.csv", 2), ("v.xlsx", 3)):
+        result = validate_import("visits", read_table(tmp_path / name), source=name,
+                                 now=dt.datetime(2026, 12, 1))
+        assert result.read == 1 and len(result.accepted) == 1 and result.quarantined.empty, name
+        assert result.accepted["_line"].tolist() == [line], name
+
+
+def test_a_totals_row_is_quarantined_as_that_alone(tmp_path):
+    """合计 at the foot of a sheet: one reason a clerk can read, not a dozen missing fields."""
+    src = tmp_path / "v.csv"
+    src.write_text("visit_id,household_id,cadre_id,visited_at,mode,steps\n"
+                   "V1,H001,K001,2026-11-20 10:00,入户,亮明身份\n合计,,,,,\n,总 计：,,,,\n", encoding="utf-8")
+    result = validate_import("visits", read_table(src), source=src.name, now=dt.datetime(2026, 12, 1))
+    assert problems(result) == {(3, "_row", "total_row"), (4, "_row", "total_row")}
+    assert result.read == 3 and len(result.accepted) == 1
+    assert_counts_add_up(result)
+    assert "合计行" in render_import_errors(result, "txt")
+
+
+def test_a_title_above_the_header_is_refused_naming_the_header_line(tmp_path):
+    from openpyxl import Workbook
+
+    from sibifang.importing import ImportFileError
+
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["城关镇2026年11月走访记录表"])
+    ws.merge_cells("A1:F1")
+    ws.append(["走访编号", "家庭编号", "人员编号", "走访时间", "走访方式", "五步工作法步骤"])
+    ws.append(["V1", "H001", "K001", "2026-11-20 10:00", "入户", "亮明身份"])
+    wb.save(tmp_path / "v.xlsx")
+    (tmp_path / "v.csv").write_bytes("走访记录,,,\n制表：城关镇妇联,,,\nvisit_id,household_id,cadre_id,visited_at\n"
+                                     .encode("gbk"))
+    for name, line in (("v.xlsx", 2), ("v.csv", 3)):
+        with pytest.raises(ImportFileError) as e:
+            read_table(tmp_path / name)
+        assert e.value.line == line and f"文件 {name} 的表头在第{line}行，不在第1行" in e.value.message_zh

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sibifang.ingest_readings import (
     CONFLICT_SET_ASIDE_REASON,
     CONFLICTS_SET_ASIDE,
+    INFORMATIONAL_CODES,
     QUARANTINE_CODES,
     QUARANTINE_COLUMNS,
     REGISTER_JITTER_KWH,
@@ -324,10 +325,10 @@ def test_read_csv_gbk_with_chinese_headers_and_blank_line(tmp_path):
     text = "电表编号,读数时间,用电量\nM1,2026-11-20 08:15,0.1\n\nM1,2026-11-20 08:30,坏\n"
     path.write_bytes(text.encode("gbk"))
     raw = read_readings_file(path)
-    assert raw["line"].tolist() == [2, 3, 4]
+    assert raw["line"].tolist() == [2, 4]  # the blank line 3 is no row, but is counted
     r = clean_readings(raw, source=path.name, now=NOW)
-    assert_balanced(r, 3)
-    assert codes_by_line(r) == {3: "missing_meter_id", 4: "bad_kwh"}
+    assert_balanced(r, 2)
+    assert codes_by_line(r) == {4: "bad_kwh"}
     assert r.quarantined.set_index("line").loc[4, "value"] == "坏"
 
 
@@ -969,7 +970,7 @@ def test_csv_read_in_blocks_keeps_true_line_numbers(tmp_path, monkeypatch):
     src = tmp_path / "r.csv"
     src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n\n" * 3, encoding="utf-8")
     raw = read_readings_file(src)
-    assert raw.line.tolist() == [2, 3, 4, 5, 6, 7] and raw.meter_id.tolist()[::2] == ["M1"] * 3
+    assert raw.line.tolist() == [2, 4, 6] and raw.meter_id.tolist() == ["M1"] * 3  # blank lines: no rows
     src.write_text("meter_id,ts,kwh\n" + "M1,2026-11-20 10:00,0.1\n" * 5 + "M1,2026-11-20 10:15,0.1,9\n",
                    encoding="utf-8")
     # A row wider than the header in the last block: marked on its own line, not a shift.
@@ -998,10 +999,10 @@ def test_a_quoted_line_break_does_not_shift_the_lines_of_the_rows_after_it(tmp_p
         src = tmp_path / name
         src.write_bytes(data)
         raw = read_readings_file(src)
-        assert raw.line.tolist() == [2, 4, 5, 6, 9], name
+        assert raw.line.tolist() == [2, 4, 6, 9], name  # the blank line 5 is no row
         q = clean_readings(raw, source=name, now=NOW).quarantined.set_index("line")
         assert q.loc[9, "code"] == "bad_ts" and q.loc[9, "value"] == "notatime", name
-        assert q.loc[5, "code"] == "missing_meter_id", name
+        assert 5 not in q.index, name
     src = tmp_path / "wide.csv"  # a row wider than the header after a multi-line one: pandas' record 4
     src.write_text('meter_id,ts,kwh\n"M\n1",2026-11-20 08:15,0.1\n\nM1,"x\ny",0.1,9\n', encoding="utf-8")
     with pytest.raises(ImportFileError) as e:
@@ -1032,11 +1033,12 @@ def test_property_line_is_the_physical_line_a_row_starts_on(tmp_path, rows, newl
     writer.writerow(["meter_id", "ts", "kwh"])
     expected = []
     for row in rows:
-        expected.append(out.getvalue().count("\n") + 1)
         if row is None:
-            out.write(newline)  # a blank line
-        else:
-            writer.writerow(row)
+            out.write(newline)  # a blank line: counted, but no row
+            continue
+        if any(cell.strip() for cell in row):  # a row of blank cells (" ", "", "\n") is no row either
+            expected.append(out.getvalue().count("\n") + 1)
+        writer.writerow(row)
     src = tmp_path / "r.csv"
     src.write_bytes(out.getvalue().encode("utf-8"))
     try:
@@ -1261,3 +1263,185 @@ def test_property_times_read_once_clean_as_they_would_be_read_again(rows, keep):
     assert once.counts == again.counts and once.accepted_lines.tolist() == again.accepted_lines.tolist()
     with pytest.raises(ValueError):
         clean_readings(raw, times=parse_reading_times(raw, "Europe/Paris"), **options)
+
+
+# --------------------------------------------------------------------------- what county offices' Excel exports hold
+# (review: trailing ",,," rows, as Excel writes below the data of a sheet formatted further down,
+# were each quarantined as "缺少电表编号"; a blank row is no row, as in the registry import)
+
+def _xlsx_with_formatted_empty_rows(path: Path) -> None:
+    from openpyxl import Workbook
+    from openpyxl.styles import PatternFill
+
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["meter_id", "ts", "kwh"])
+    ws.append(["M1", "2026-11-20 08:15", 0.1])
+    ws.append([None, None, None])                      # row 3: left empty
+    ws.append(["M1", "2026-11-20 08:30", "坏"])
+    ws.append(["  ", "", None])                        # row 5: spaces only
+    ws.append(["M1", "2026-11-20 08:45", 0.3])
+    for row in range(7, 40):                           # formatted, never filled
+        for column in range(1, 4):
+            ws.cell(row=row, column=column).fill = PatternFill("solid", fgColor="FFFF00")
+    wb.save(path)
+
+
+@pytest.mark.parametrize("kind", ["csv", "csv-gbk-crlf", "xlsx", "parquet"])
+def test_rows_of_blank_cells_are_no_rows_in_any_format(tmp_path, kind):
+    """Blank lines, ",,," rows, rows of spaces, empty and formatted sheet rows, all-null Parquet
+    rows: not rows read, not quarantined; the other rows keep their own lines."""
+    text = ("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\n,,\nM1,2026-11-20 08:30,坏\n  , ,\t\n"
+            "M1,2026-11-20 08:45,0.3\n,,\n\n,,\n")
+    if kind == "csv":
+        path = tmp_path / "r.csv"
+        path.write_text(text, encoding="utf-8")
+    elif kind == "csv-gbk-crlf":
+        path = tmp_path / "r.csv"
+        path.write_bytes(text.replace("\n", "\r\n").encode("gbk"))
+    elif kind == "xlsx":
+        path = tmp_path / "r.xlsx"
+        _xlsx_with_formatted_empty_rows(path)
+    else:
+        path = tmp_path / "r.parquet"
+        pd.DataFrame({"meter_id": ["M1", None, "M1", None, "M1", None],
+                      "ts": ["2026-11-20 08:15", None, "2026-11-20 08:30", None, "2026-11-20 08:45", None],
+                      "kwh": [0.1, None, None, None, 0.3, np.nan],
+                      "note": [None, None, "坏", None, None, ""]}).to_parquet(path)
+    raw = read_readings_file(path)
+    r = clean_readings(raw, source=path.name, now=NOW)
+    assert raw["line"].tolist() == [2, 4, 6]
+    assert_balanced(r, 3)
+    assert r.accepted["kwh"].tolist() == [0.1, 0.3]
+    assert codes_by_line(r) == {4: "missing_kwh" if kind == "parquet" else "bad_kwh"}
+
+
+def test_a_row_with_anything_in_it_is_still_a_row(tmp_path):
+    """Only rows blank in every column, those not read included, are no rows: a note, a field
+    beyond the header, keep the row, quarantined with its reason."""
+    path = tmp_path / "r.csv"
+    path.write_text("meter_id,ts,kwh,备注\nM1,2026-11-20 08:15,0.1,\n,,,已拆表\n,,,\nM1,2026-11-20 08:30,0.2\n"
+                    ",,,,9\n", encoding="utf-8")
+    r = clean_readings(read_readings_file(path), source=path.name, now=NOW)
+    assert_balanced(r, 4)
+    assert codes_by_line(r) == {3: "missing_meter_id", 6: "extra_fields"}
+    path = tmp_path / "r.parquet"
+    pd.DataFrame({"meter_id": ["M1", None, None], "ts": ["2026-11-20 08:15", None, None], "kwh": [0.1, None, None],
+                  "note": [None, "已拆表", None], "count": [None, None, np.nan]}).to_parquet(path)
+    raw = read_readings_file(path)
+    assert raw["line"].tolist() == [2, 3]  # the unread column "note" keeps line 3
+    assert codes_by_line(clean_readings(raw, source=path.name, now=NOW)) == {3: "missing_meter_id"}
+
+
+def test_full_width_meter_ids_and_times_are_read_as_typed_in_ascii(tmp_path):
+    """Typed with a Chinese input method: Ｍ１ is the registered meter M1 (the registry import
+    folds ids the same way), ２０２６－１１－２０ ０８：４５ a time; a copy so typed is a duplicate."""
+    path = tmp_path / "r.csv"
+    path.write_text("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\nＭ１,2026-11-20 08:30,0.2\n"
+                    "M1,２０２６－１１－２０　０８：４５,０.３\n　Ｍ１　,2026-11-20 08:15,0.1\n"
+                    "M1,２０２６－１１－２０ ２４：００,0.4\n", encoding="utf-8")
+    r = clean_readings(read_readings_file(path), source=path.name, now=NOW, known_meters={"M1"})
+    assert_balanced(r, 5)
+    assert r.accepted["meter_id"].tolist() == ["M1"] * 4
+    assert r.accepted["ts"].dt.strftime("%m-%d %H:%M").tolist() == ["11-20 08:15", "11-20 08:30", "11-20 08:45",
+                                                                   "11-21 00:00"]
+    assert codes_by_line(r) == {5: "duplicate"}
+
+
+def test_thousands_separators_are_read_where_the_file_shows_its_decimal_point(tmp_path):
+    """Excel's "use 1000 separator" format, exported as shown: a register past 1,000 kWh had
+    every reading quarantined as "not a number"."""
+    path = tmp_path / "reg.csv"
+    path.write_text('meter_id,ts,register_kwh\nM1,2026-11-20 08:15,"1,234.50"\nM1,2026-11-20 08:30,"1,234.75"\n'
+                    'M1,2026-11-20 08:45,"1,235"\nM1,2026-11-20 09:00,"1,235.25"\n', encoding="utf-8")
+    r = clean_readings(read_readings_file(path), source=path.name, now=NOW)
+    assert_balanced(r, 4)
+    assert r.accepted["kwh"].round(6).tolist() == [0.25, 0.25, 0.25]  # "1,235" is 1235: the file's mark is "."
+    path.write_text('meter_id,ts,register_kwh\nM1,2026-11-20 08:15,"1,234,567"\nM1,2026-11-20 08:30,"1,234,567.5"\n',
+                    encoding="utf-8")
+    assert clean_readings(read_readings_file(path), source=path.name, now=NOW).accepted["kwh"].tolist() == [0.5]
+    # "12,345" alone: 12345 or 12.345 -- the file cannot say, so it is refused with that reason
+    path.write_text('meter_id,ts,register_kwh\nM1,2026-11-20 08:00,"12,345"\nM1,2026-11-20 09:00,"12,346"\n',
+                    encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(path)
+    assert e.value.line == 2 and "无法判断其中的逗号是千位分隔符还是小数点" in e.value.message_zh
+    assert "register_kwh（累计读数）" in e.value.message_zh
+    path.write_text('meter_id,ts,kwh\nM1,2026-11-20 08:00,"0,25"\nM1,2026-11-20 09:00,"1,250"\n', encoding="utf-8")
+    with pytest.raises(ImportFileError, match="decimal comma"):  # a decimal comma stays refused
+        read_readings_file(path)
+
+
+def test_excel_serial_dates_are_refused_naming_what_they_are(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("meter_id,ts,kwh\nM1,46346.34375,0.1\nM1,46346.3541666667,0.2\n", encoding="utf-8")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(path)
+    assert e.value.line == 2 and "第2行 ts（读数时间）列的值 46346.34375 是 Excel 的日期序号" in e.value.message_zh
+    pd.DataFrame({"meter_id": ["M1", "M1"], "ts": [46346.34375, 46346.3541666667], "kwh": [0.1, 0.2]}).to_parquet(
+        tmp_path / "r.parquet")
+    with pytest.raises(ImportFileError, match="Excel serial"):
+        read_readings_file(tmp_path / "r.parquet")
+    path.write_text("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\nM1,46346.3541666667,0.2\nM1,2026-11-20 08:45,0.3\n",
+                    encoding="utf-8")
+    r = clean_readings(read_readings_file(path), source=path.name, now=NOW)  # a stray one: that row
+    assert codes_by_line(r) == {3: "bad_ts"}
+
+
+def test_a_totals_row_is_set_aside_as_one_not_read_as_a_meter(tmp_path):
+    """合计 at the foot of a sheet: with a date it was accepted as the readings of a meter named
+    合计; without one it read "缺少读数时间"."""
+    path = tmp_path / "r.csv"
+    path.write_text("meter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.2\n合计,2026-11-20,0.3\n"
+                    "合 计：,,0.3\n,总计,0.3\nTotal,,0.3\n", encoding="utf-8")
+    r = clean_readings(read_readings_file(path), source=path.name, now=NOW)
+    assert_balanced(r, 6)
+    assert r.accepted["meter_id"].tolist() == ["M1", "M1"]
+    assert codes_by_line(r) == {4: "total_row", 5: "total_row", 6: "total_row", 7: "total_row"}
+    assert r.quarantined["reason"].str.startswith("合计行").all()
+    assert "total_row" in INFORMATIONAL_CODES
+
+
+@pytest.mark.parametrize("name", ["title.csv", "titles-gbk.csv", "title.xlsx"])
+def test_a_title_above_the_header_is_refused_naming_the_header_line(tmp_path, name):
+    from openpyxl import Workbook
+
+    path = tmp_path / name
+    if name == "title.csv":
+        path.write_text("城关镇2026年11月电表读数\nmeter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\n", encoding="utf-8")
+        header = 2
+    elif name == "titles-gbk.csv":
+        path.write_bytes(("城关镇2026年11月电表读数,,\n制表：城关镇妇联,,\n"
+                          "电表编号,读数时间,用电量\nM1,2026-11-20 08:15,0.1\n").encode("gbk"))
+        header = 3
+    else:
+        wb = Workbook()
+        ws = wb.active
+        ws.append(["城关镇2026年11月电表读数"])
+        ws.merge_cells("A1:C1")
+        ws.append(["电表编号", "读数时间", "用电量（kWh）"])
+        ws.append(["M1", "2026-11-20 08:15", 0.1])
+        wb.save(path)
+        header = 2
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(path)
+    assert e.value.line == header
+    assert f"文件 {name} 的表头在第{header}行，不在第1行" in e.value.message_zh
+    assert "请删除表头上方" in e.value.message_zh
+
+
+def test_a_header_of_two_rows_is_refused_not_read_as_its_first_column(tmp_path):
+    """用电量 merged over 峰 | 谷: read as one header, kwh was the peak alone (the valley dropped
+    without a word) and the sub-header row a "missing meter id"."""
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["电表编号", "读数时间", "用电量（kWh）", None])
+    ws.merge_cells("C1:D1")
+    ws.append([None, None, "峰", "谷"])
+    ws.append(["M1", "2026-11-20 08:15", 0.25, 0.1])
+    wb.save(tmp_path / "two.xlsx")
+    with pytest.raises(ImportFileError) as e:
+        read_readings_file(tmp_path / "two.xlsx")
+    assert e.value.line == 2 and "第2行是第二行表头（峰、谷）" in e.value.message_zh
