@@ -322,6 +322,9 @@ class ServiceNeed(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     status: Mapped[str] = mapped_column(String(16), default="open")  # open|matched|closed
     matched_resource_id: Mapped[str | None] = mapped_column(ID)
+    # when it was matched (the end of the matching run's day), so a report re-made later shows
+    # it open in the periods before; NULL on needs matched before revision 0008: time unknown
+    matched_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 # --------------------------------------------------------------------------- reports, validation, audit

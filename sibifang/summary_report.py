@@ -359,7 +359,7 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     happened to in the period."""
     in_period = lambda s: (pd.to_datetime(s) >= pd.Timestamp(period_start)) & (  # noqa: E731
         pd.to_datetime(s) < pd.Timestamp(period_end) + pd.Timedelta(days=1))
-    plans, alerts, cases = as_of_period_end(plans, alerts, cases, period_end)
+    plans, alerts, cases, needs = as_of_period_end(plans, alerts, cases, needs, period_end)
     cats = households.explode("categories")["categories"].dropna().value_counts()
     p = plans[in_period(plans.due_date)] if not plans.empty else plans
     v = visits[in_period(visits.visited_at)] if not visits.empty else visits
@@ -370,9 +370,11 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     ex = escalations_exhausted if escalations_exhausted is not None else pd.DataFrame(columns=["flag_id", "at"])
     n_exhausted = int(ex[in_period(ex["at"])].flag_id.nunique()) if not ex.empty else 0
     done = p[p.status == "done"] if not p.empty else p
-    acked = a[a.acked_at.notna()] if not a.empty else a
-    ack_minutes = ((pd.to_datetime(acked.acked_at) - pd.to_datetime(acked.first_sent_at)).dt.total_seconds() / 60
-                   ).dropna() if not acked.empty else pd.Series(dtype=float)
+    if not a.empty:
+        a = a.assign(confirmed_at=confirmed_at(a))
+    acked = a[a.confirmed_at.notna()] if not a.empty else a
+    ack_minutes = ((pd.to_datetime(acked.confirmed_at) - pd.to_datetime(acked.first_sent_at)).dt.total_seconds()
+                   / 60).dropna() if not acked.empty else pd.Series(dtype=float)
     demands = n.category.fillna(OTHER).value_counts() if not n.empty else pd.Series(dtype=int)
     must_visit = int(households.categories.map(lambda c: bool(c)).sum())
     n_alerts, n_acked = int(len(a)), int(len(acked))
@@ -430,11 +432,18 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     }
 
 
-def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFrame,
-                     period_end: date) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFrame, needs: pd.DataFrame,
+                     period_end: date) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The records as they stood at the end of the period: what happened later (a visit done,
-    an alert acknowledged, a case closed after it) is not this period's, so a report re-made
-    next month for the same period shows the same figures."""
+    an alert sent, acknowledged or dead-lettered, a case closed, a need matched after it) is
+    not this period's, so a report re-made next month for the same period shows the same
+    figures.
+
+    Times read: a plan's ``done_at``; an alert's ``first_sent_at``, ``acked_at``,
+    ``confirmed_at``, ``flag_closed_at`` and ``last_attempt_at`` (a dead alert's last attempt
+    is the one that dead-lettered it); a case's ``closed_at``; a need's ``matched_at``. A
+    frame without one of them is taken as it is. A need matched with no ``matched_at`` (by a
+    version that kept none) stays matched: when is unknown."""
     end = pd.Timestamp(period_end) + pd.Timedelta(days=1)
     later = lambda col: pd.to_datetime(col) >= end  # noqa: E731
     if not plans.empty and "done_at" in plans:
@@ -442,11 +451,15 @@ def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFr
         plans = plans.assign(status=plans.status.where(~(plans.status.eq("done") & ~done), "planned"))
     if not alerts.empty:
         alerts = alerts.copy()
-        for col in ("acked_at", "first_sent_at", "flag_closed_at"):
+        for col in ("acked_at", "confirmed_at", "first_sent_at", "flag_closed_at"):
             if col in alerts:
                 alerts.loc[later(alerts[col]).fillna(False), col] = pd.NaT
         if "first_sent_at" in alerts:
             alerts.loc[alerts.status.eq("sent") & alerts.first_sent_at.isna(), "status"] = "pending"
+        if "last_attempt_at" in alerts:
+            # Dead-lettered after the period (an alert that went out is never tried again): at
+            # the period's end it was still waiting.
+            alerts.loc[alerts.status.eq("dead") & later(alerts.last_attempt_at).fillna(False), "status"] = "pending"
         # Cancelled means its flag was answered before it went out; answered after the period,
         # it was still waiting at the period's end.
         answered = pd.Series(False, index=alerts.index)
@@ -457,7 +470,27 @@ def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFr
     if not cases.empty and "closed_at" in cases:
         closed = cases.closed_at.notna() & ~later(cases.closed_at)
         cases = cases.assign(status=cases.status.where(~(cases.status.eq("closed") & ~closed), "open"))
-    return plans, alerts, cases
+    if not needs.empty and "matched_at" in needs:
+        needs = needs.assign(status=needs.status.where(~(needs.status.eq("matched") & later(needs.matched_at)),
+                                                       "open"))
+    return plans, alerts, cases, needs
+
+
+def confirmed_at(alerts: pd.DataFrame) -> pd.Series:
+    """When each alert was confirmed (已确认), or NaT: delivered, and then answered through it.
+
+    ``acked_at`` alone says too much: the first answer to a flag stamps every alert of the
+    flag, also those cancelled before they went out and those a colleague received; counting
+    them read more alerts confirmed than delivered, and the colleague's answer as their time.
+    So an alert is confirmed by an answer given through it (``confirmed_at``: the first
+    ``acknowledge`` recorded on it at or after its first delivery; ``tasks.summary_report``
+    reads it from the audit trail), and only once it was delivered (``first_sent_at``), which
+    keeps confirmed within delivered in every breakdown. An alert whose flag a colleague
+    answered counts as delivered, not confirmed. A frame without ``confirmed_at`` (one built
+    from the alerts alone) takes ``acked_at`` as each alert's own answer."""
+    own = alerts["confirmed_at"] if "confirmed_at" in alerts else alerts["acked_at"]
+    own, sent = pd.to_datetime(own), pd.to_datetime(alerts["first_sent_at"])
+    return own.where(sent.notna() & (own >= sent))
 
 
 def response_metrics(alerts: pd.DataFrame, by: str) -> list[dict]:
@@ -467,7 +500,8 @@ def response_metrics(alerts: pd.DataFrame, by: str) -> list[dict]:
     if alerts.empty or by not in alerts:
         return []
     a = alerts.copy()
-    a["ack_min"] = (pd.to_datetime(a.acked_at) - pd.to_datetime(a.first_sent_at)).dt.total_seconds() / 60
+    a["confirmed_at"] = confirmed_at(a)
+    a["ack_min"] = (a.confirmed_at - pd.to_datetime(a.first_sent_at)).dt.total_seconds() / 60
     if "flag_closed_at" in a and "flag_detected_at" in a:
         a["outcome_h"] = (pd.to_datetime(a.flag_closed_at) - pd.to_datetime(a.flag_detected_at)
                           ).dt.total_seconds() / 3600
@@ -476,7 +510,7 @@ def response_metrics(alerts: pd.DataFrame, by: str) -> list[dict]:
     out = []
     for key, g in a.groupby(by):
         ack, outc = g.ack_min.dropna(), g.outcome_h.dropna()
-        out.append({"unit": str(key), "alerts": int(len(g)), "acked": int(g.acked_at.notna().sum()),
+        out.append({"unit": str(key), "alerts": int(len(g)), "acked": int(g.confirmed_at.notna().sum()),
                     "median_minutes_to_ack": round(float(ack.median()), 1) if len(ack) else None,
                     "median_hours_to_outcome": round(float(outc.median()), 1) if len(outc) else None,
                     "n_ack": int(len(ack)), "n_outcome": int(len(outc))})

@@ -90,5 +90,5 @@ def match_needs_task(as_of: date, database_url: str | None = None, lookback_days
     with session_scope(database_url) as s:
         for m in frame_records(matches):
             s.execute(update(ServiceNeed).where(ServiceNeed.id == m["need_id"], ServiceNeed.status == "open")
-                      .values(status="matched", matched_resource_id=m["resource_id"]))
+                      .values(status="matched", matched_resource_id=m["resource_id"], matched_at=until))
     return {"needs": len(needs), "matched": len(matches)}

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
 
 from sibifang.db import grid_hierarchy, read_frame
 
@@ -16,34 +17,49 @@ from sibifang.db import grid_hierarchy, read_frame
 
 @task(name="gather_report_aggregates", cache_policy=NO_CACHE)
 def gather_aggregates(period_start: date, period_end: date, database_url: str | None = None) -> dict:
-    from schemas.models import (Alert, Area, AuditEvent, Household, MediationCase, RiskFlag, RiskMapSnapshot,
-                                ServiceNeed, Visit, VisitPlan)
+    from schemas.models import (Alert, Area, AuditEvent, DeliveryAttempt, Household, MediationCase, RiskFlag,
+                                RiskMapSnapshot, ServiceNeed, Visit, VisitPlan)
     from sibifang.outbox import ESCALATION_EXHAUSTED
     from sibifang.summary_report import summarise
 
+    closing = aliased(Visit)
+    # An alert's own answer: acknowledge stamps acked_at on every alert of the flag, and only
+    # the audit trail tells which alert the answer came through (summary_report.confirmed_at).
+    confirmed = (select(func.min(AuditEvent.at))
+                 .where(AuditEvent.action == "acknowledge", AuditEvent.entity == "alert",
+                        AuditEvent.entity_id == Alert.id, AuditEvent.at >= Alert.first_sent_at)
+                 .correlate(Alert).scalar_subquery())
+    # A dead alert's last attempt is the one that dead-lettered it (outbox.record_attempt).
+    last_attempt = (select(func.max(DeliveryAttempt.at)).where(DeliveryAttempt.alert_id == Alert.id)
+                    .correlate(Alert).scalar_subquery())
     hh = read_frame(select(Household.id.label("household_id"), Household.categories), database_url)
     hh["categories"] = hh.categories.map(lambda c: c if isinstance(c, list) else [])
     grids = grid_hierarchy(database_url)
     names = read_frame(select(Area.id, Area.name), database_url)
     grids = grids.merge(names.rename(columns={"id": "village_id", "name": "village_name"}), on="village_id", how="left")
     frames = dict(
-        # done_at: the first visit that closed the plan, so the report can say what was done by the
-        # period's end (summary_report.as_of_period_end)
+        # done_at: when the visit that closed the plan was made, so the report can say what was
+        # done by the period's end (summary_report.as_of_period_end). close_plans records that
+        # visit in closed_by_visit_id, also for visit sheets that name no plan (a village's never
+        # do); a visit naming the plan is the fallback for a plan closed without one recorded.
         plans=read_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent,
-                                func.min(Visit.visited_at).label("done_at"))
+                                func.coalesce(func.min(closing.visited_at), func.min(Visit.visited_at))
+                                .label("done_at"))
+                         .join(closing, closing.id == VisitPlan.closed_by_visit_id, isouter=True)
                          .join(Visit, Visit.plan_id == VisitPlan.id, isouter=True).group_by(VisitPlan.id),
                          database_url),
         visits=read_frame(select(Visit.id, Visit.visited_at), database_url),
         flags=read_frame(select(RiskFlag.id, RiskFlag.kind, RiskFlag.detected_at), database_url),
         alerts=read_frame(select(Alert.id, Alert.status, Alert.created_at, Alert.first_sent_at, Alert.acked_at,
+                                 confirmed.label("confirmed_at"), last_attempt.label("last_attempt_at"),
                                  Alert.channel, Household.grid_id, RiskFlag.detected_at.label("flag_detected_at"),
                                  RiskFlag.closed_at.label("flag_closed_at"))
                           .join(RiskFlag, RiskFlag.id == Alert.flag_id)
                           .join(Household, Household.id == RiskFlag.household_id), database_url),
         cases=read_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status,
                                 MediationCase.closed_at), database_url),
-        needs=read_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at),
-                         database_url),
+        needs=read_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at,
+                                ServiceNeed.matched_at), database_url),
         risk_map=read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of <= period_end), database_url),
         escalations_exhausted=read_frame(select(AuditEvent.entity_id.label("flag_id"), AuditEvent.at)
                                          .where(AuditEvent.action == ESCALATION_EXHAUSTED,

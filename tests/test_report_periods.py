@@ -1,16 +1,18 @@
-"""Report periods and the parameters a supervisor gives a run by hand (summary_report, schedule_visits)."""
+"""Report periods and the parameters a supervisor gives a run by hand (summary_report, schedule_visits),
+and a period's report re-made later showing the period as it ended."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sibifang.schedule_visits import ScheduleParameterError, check_schedule_parameters
 from sibifang.summary_report import ReportPeriodError, report_period
+from tests.test_summary_report import county  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,3 +134,81 @@ def test_schedule_flow_refuses_an_unknown_grid_and_a_bad_horizon(prefect_harness
     with session_scope(database_url) as s:
         assert s.scalars(select(VisitPlan.id)).all() == []
     assert schedule_visits(as_of=date(2026, 11, 23), grid="G1")["new_plans"] > 0
+
+
+# -- a report re-made later shows the period as it ended (both engines) ---------------------------
+def test_a_report_remade_later_does_not_count_needs_matched_after_the_period(county):  # noqa: F811
+    """Needs raised in November and matched with a resource only in December were open at
+    November's end: a November report re-made in December shows them open (已与服务资源池对接 0),
+    as the report made at the time did."""
+    from schemas.models import ServiceNeed, ServiceResource
+    from sibifang.db import session_scope
+    from tasks.escalate_disputes import match_needs_task
+    from tasks.summary_report import gather_aggregates
+
+    start, end = date(2026, 11, 1), date(2026, 11, 30)
+    with session_scope(county) as s:
+        for i in range(4):
+            s.add(ServiceNeed(id=f"N{i}", household_id=f"H{i}", village_id="V1", category="elderly_care",
+                              created_at=datetime(2026, 11, 20, 9), status="open"))
+    made_then = gather_aggregates.fn(start, end, county)["aggregates"]
+    assert (made_then["needs"], made_then["needs_matched"]) == (4, 0)
+    with session_scope(county) as s:           # a resource joins the pool in December
+        s.add(ServiceResource(id="R1", name="颐乐园", provider_type="social_org", offers=["elderly_care"],
+                              village_id="V1"))
+    assert match_needs_task.fn(date(2026, 12, 5), county)["matched"] == 4
+    made_later = gather_aggregates.fn(start, end, county)["aggregates"]
+    assert made_later["needs_matched"] == made_then["needs_matched"] == 0
+    with session_scope(county) as s:
+        matched_at = {n.matched_at for n in s.scalars(select(ServiceNeed))}
+    assert matched_at == {datetime.combine(date(2026, 12, 5), datetime.max.time())}   # the run's day, its end
+    assert gather_aggregates.fn(start, date(2026, 12, 5), county)["aggregates"]["needs_matched"] == 4
+
+
+def test_needs_matched_before_matched_at_was_kept_count_as_matched(county):  # noqa: F811
+    """A need matched by a version that kept no match time (``matched_at`` empty) counts as
+    matched, as it did in the reports of that version: when it was matched is unknown."""
+    from schemas.models import ServiceNeed
+    from sibifang.db import session_scope
+    from tasks.summary_report import gather_aggregates
+
+    with session_scope(county) as s:
+        for i in range(4):
+            s.add(ServiceNeed(id=f"N{i}", household_id=f"H{i}", village_id="V1", category="elderly_care",
+                              created_at=datetime(2026, 11, 20, 9), status="matched", matched_resource_id="R1"))
+    assert gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]["needs_matched"] == 4
+
+
+def test_a_report_remade_later_does_not_count_alerts_dead_lettered_after_the_period(county):  # noqa: F811
+    """Alerts queued on the period's last evening and dead-lettered the next morning were still
+    waiting at the period's end (待发送): a re-made report does not move them to 投递失败转人工."""
+    from schemas.models import Alert, DeliveryAttempt, RiskFlag
+    from sibifang.db import session_scope
+    from tasks.summary_report import gather_aggregates
+
+    start, end = date(2026, 11, 1), date(2026, 11, 30)
+    queued = datetime(2026, 11, 30, 23, 40)
+    with session_scope(county) as s:
+        for i in range(4):
+            s.add(RiskFlag(id=f"F{i}", dedup_key=f"meter|M{i}|inactivity|x", household_id=f"H{i}", meter_id=f"M{i}",
+                           kind="inactivity", severity="high", score=5.0, start=queued - timedelta(hours=9),
+                           detected_at=queued, evidence="用电接近停止", details={}, status="open"))
+        s.flush()
+        for i in range(4):
+            s.add(Alert(id=f"A{i}", dedup_key=f"d{i}", flag_id=f"F{i}", recipient_id="GW1",
+                        recipient_role="grid_worker", channel="webhook", address="http://127.0.0.1:9/x",
+                        severity="high", title="t", body="b", status="pending", attempts=0, created_at=queued,
+                        next_attempt_at=queued))
+    made_then = gather_aggregates.fn(start, end, county)["aggregates"]
+    assert (made_then["alerts_pending"], made_then["alerts_dead"]) == (4, 0)
+    with session_scope(county) as s:        # what record_attempt does on a permanent failure
+        for i in range(4):
+            s.add(DeliveryAttempt(alert_id=f"A{i}", attempt_no=1, at=queued + timedelta(minutes=10), ok=False,
+                                  status_code=503, provider_code=None, error="unavailable", latency_ms=5))
+            s.add(DeliveryAttempt(alert_id=f"A{i}", attempt_no=2, at=datetime(2026, 12, 1, 8), ok=False,
+                                  status_code=400, provider_code=None, error="bad payload", latency_ms=5))
+        s.execute(update(Alert).values(status="dead", attempts=2))
+    made_later = gather_aggregates.fn(start, end, county)["aggregates"]
+    assert (made_later["alerts_pending"], made_later["alerts_dead"]) == (4, 0)
+    made_in_december = gather_aggregates.fn(start, date(2026, 12, 1), county)["aggregates"]
+    assert (made_in_december["alerts_pending"], made_in_december["alerts_dead"]) == (0, 4)

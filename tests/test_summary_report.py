@@ -3,7 +3,8 @@
 The report goes to the party committee and government: aggregates only, no name, ID number,
 phone or address, even when the frames handed in carry such columns, and no count a family
 could be singled out by: counts 1..SMALL_COUNT-1 read "<3", and no masked cell can be worked
-out from a total, a map colour or a tooltip.
+out from a total, a map colour or a tooltip. The last tests gather the figures from a database
+(both engines), as the flow does.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import random
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
+from sqlalchemy import func, select
 
 from sibifang.checks import ALERT_CHANNEL_LABELS
 from sibifang.summary_report import (CATEGORY_LABELS, LEVEL_COLORS, MASKED, NO_DATA_FILL, SMALL_COUNT, SUPPRESSED,
@@ -834,10 +836,22 @@ def test_a_report_remade_later_shows_the_period_as_it_ended():
     c.loc[c.status.eq("open"), ["status", "closed_at"]] = ["closed", after]
     assert _summarise(later) == made_then
     # and the censoring itself: nothing after the period's end is left
-    plans, alerts, cases = as_of_period_end(later["plans"], later["alerts"], later["cases"], END)
+    plans, alerts, cases, _ = as_of_period_end(later["plans"], later["alerts"], later["cases"], later["needs"], END)
     assert (plans.status.eq("done") == (plans.done_at < after)).all()
     assert alerts.acked_at.max() < after and cases.status.eq("closed").sum() == 3
 
+
+
+def test_confirmed_alerts_are_delivered_ones_answered_after_delivery():
+    """Given only ``acked_at`` (no answer recorded per alert), an alert counts as confirmed
+    once it was delivered and answered after that: never sent, or sent only after its flag was
+    answered (claimed just before the answer), it was confirmed by no one."""
+    frames = _scaled(_frames())
+    a = frames["alerts"]
+    a.loc[a.id.str.startswith("A3"), "acked_at"] = T("2026-07-20 08:10")          # dead: never delivered
+    a.loc[a.id.str.startswith("A2"), "first_sent_at"] = T("2026-07-12 08:40")     # sent after the answer
+    agg = _summarise(frames, households=pd.concat([_households()] * 3, ignore_index=True))
+    assert (agg["alerts_sent"], agg["alerts_acked"], agg["median_minutes_to_ack"]) == (6, 3, 10.0)
 
 def test_the_report_shows_the_levels_as_the_period_began_beside_the_current_ones():
     before = pd.DataFrame({"as_of": [START - timedelta(days=1)] * 4, "grid_id": ["G1", "G2", "G3", "G3"],
@@ -866,3 +880,139 @@ def test_flags_whose_escalation_found_no_one_are_counted_once_and_masked():
                     areas=_areas(), escalations_exhausted=many, **_frames())
     assert agg["flags_escalation_exhausted"] == 4 and "本期有 4 条风险预警无人响应" in _report(agg)
     assert "无人响应" not in _report(_summarise())  # none: no sentence
+
+
+# --- gathered from the database (both engines) ---------------------------------------------------
+@pytest.fixture
+def county(database_url):
+    """One village, one grid, one grid worker, six households; nothing planned or visited yet."""
+    from schemas.models import Area, Cadre, Household
+    from sibifang.db import migrate, session_scope, upsert
+
+    migrate(database_url)
+    with session_scope(database_url) as s:
+        upsert(s, Area, [
+            {"id": "C1", "level": "city", "name": "甬江市", "parent_id": None, "village_kind": None},
+            {"id": "D1", "level": "district", "name": "鄞东区", "parent_id": "C1", "village_kind": None},
+            {"id": "T1", "level": "township", "name": "东湖街道", "parent_id": "D1", "village_kind": None},
+            {"id": "V1", "level": "village", "name": "万堤村", "parent_id": "T1", "village_kind": "村"},
+            {"id": "G1", "level": "grid", "name": "万堤村第1网格", "parent_id": "V1", "village_kind": None},
+        ], key=["id"])
+        s.add(Cadre(id="GW1", name="陈丽", role="grid_worker", grid_ids=["G1"], alert_channel="webhook",
+                    alert_address="http://127.0.0.1:9/unused"))
+        s.add(Cadre(id="VC1", name="王秀英", role="village_chair", grid_ids=["G1"], alert_channel="webhook",
+                    alert_address="http://127.0.0.1:9/unused"))
+        for i in range(6):
+            s.add(Household(id=f"H{i}", head_name=f"李{i}英", grid_id="G1", address=f"万堤村{i}号",
+                            categories=["empty_nest"], birth_year=1940, sex="F"))
+    return database_url
+
+
+def _inactivity_flags(url: str, n: int, at) -> None:
+    from schemas.models import RiskFlag
+    from sibifang.db import session_scope
+
+    with session_scope(url) as s:
+        for i in range(n):
+            s.add(RiskFlag(id=f"F{i}", dedup_key=f"meter|M{i}|inactivity|x", household_id=f"H{i}", meter_id=f"M{i}",
+                           kind="inactivity", severity="high", score=5.0, start=at - timedelta(hours=9),
+                           detected_at=at, evidence="用电接近停止", details={}, status="open"))
+
+
+def _alert(alert_id: str, flag_id: str, recipient: str, *, at, status: str = "sent", level: int = 0):
+    from schemas.models import Alert
+
+    sent = status == "sent"
+    return Alert(id=alert_id, dedup_key=f"dedup-{alert_id}", flag_id=flag_id, recipient_id=recipient,
+                 recipient_role="grid_worker" if recipient == "GW1" else "village_chair", channel="webhook",
+                 address="http://127.0.0.1:9/x", severity="high", title="t", body="b", status=status,
+                 attempts=int(sent), escalation_level=level, created_at=at, next_attempt_at=at,
+                 first_sent_at=at if sent else None, sent_at=at if sent else None)
+
+
+def test_plans_closed_by_a_visit_that_names_no_plan_count_as_done(county):
+    """A village's visit sheet names no plan (``plan_id`` empty, as generate.py writes it);
+    ``close_plans`` matches each visit to its plan by window, marks the plan done and records
+    the visit in ``closed_by_visit_id``. The report counts those plans as done: before, it took
+    a plan's done time only from visits naming it, and ``as_of_period_end`` turned every done
+    plan without one back into planned."""
+    from schemas.models import Visit, VisitPlan
+    from sibifang.db import session_scope
+    from tasks.record_visits import close_plans
+    from tasks.summary_report import gather_aggregates
+
+    with session_scope(county) as s:
+        for i in range(5):
+            s.add(VisitPlan(id=f"P{i}", household_id=f"H{i}", cadre_id="GW1", grid_id="G1",
+                            due_date=date(2026, 11, 10), window_start=date(2026, 11, 5),
+                            window_end=date(2026, 11, 15), reason="routine", planned_on=date(2026, 11, 1)))
+            # the fifth plan's visit names it: counted as before
+            s.add(Visit(id=f"VS{i}", plan_id="P4" if i == 4 else None, household_id=f"H{i}", cadre_id="GW1",
+                        visited_at=datetime(2026, 11, 8, 10), mode="visit"))
+    assert close_plans.fn(date(2026, 11, 8), county)["plans_closed"] == 5
+    agg = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]
+    assert (agg["visits_planned"], agg["visits_done"], agg["completion_rate"]) == (5, 5, 1.0)
+    # done on 11-08: a report for the week before it still shows them planned, not done
+    agg = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 7), county)["aggregates"]
+    assert agg["visits_done"] == 0
+
+
+def test_the_report_counts_only_alerts_delivered_and_then_confirmed(county):
+    """Four high flags, each with the grid worker's alert (sent, she taps 收到) and a second alert
+    still queued (the chair's, a re-send): her answer marks every alert of the flag answered
+    (``acked_at``) and the queued ones are cancelled, never sent. The report said "已送达 4 条 …
+    撤销 4 条，网格员已确认 8 条"; confirmed are only alerts delivered and then answered."""
+    from schemas.models import Alert
+    from sibifang.acknowledge import acknowledge
+    from sibifang.db import session_scope
+    from sibifang.outbox import claim_due
+    from tasks.summary_report import gather_aggregates
+
+    sent = datetime(2026, 11, 10, 9)
+    _inactivity_flags(county, 4, sent)
+    with session_scope(county) as s:
+        for i in range(4):
+            s.add(_alert(f"A{i}", f"F{i}", "GW1", at=sent))
+            s.add(_alert(f"B{i}", f"F{i}", "VC1", at=sent, status="pending"))
+    for i in range(4):
+        acknowledge(f"A{i}", actor="GW1", at=sent + timedelta(minutes=20), database_url=county)
+    with session_scope(county) as s:
+        claim_due(s, now=sent + timedelta(hours=3), token="t")
+        assert set(s.scalars(select(Alert.status).where(Alert.id.like("B%")))) == {"cancelled"}
+        assert s.scalar(select(func.count()).where(Alert.acked_at.is_not(None))) == 8   # the data as it is
+    agg = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]
+    assert (agg["alerts"], agg["alerts_sent"], agg["alerts_cancelled"], agg["alerts_acked"]) == (8, 4, 4, 4)
+    assert agg["median_minutes_to_ack"] == 20.0
+    for table in ("response_by_channel", "response_by_village"):
+        assert [(r["alerts"], r["acked"]) for r in agg[table]] == [(8, 4)], table
+    assert "已送达 4 条" in render_report(agg, risk_map_svg_text="") and "网格员已确认 4 条" in render_report(
+        agg, risk_map_svg_text="")
+
+
+def test_an_alert_a_colleague_answered_is_delivered_not_confirmed(county):
+    """Four critical flags: the grid worker's alert at 09:00 goes unanswered, the chair is told at
+    09:30, and the grid worker answers at 09:50 through her own alert. Both alerts were
+    delivered; hers was confirmed after 50 minutes, the chair's by no one (her colleague's answer
+    stamps it answered too). Counting the chair's would read 8 confirmed and a median of 35
+    minutes for a response that took 50."""
+    from sibifang.acknowledge import acknowledge
+    from sibifang.db import session_scope
+    from tasks.summary_report import gather_aggregates
+
+    t0 = datetime(2026, 11, 10, 9)
+    _inactivity_flags(county, 4, t0)
+    with session_scope(county) as s:
+        for i in range(4):
+            s.add(_alert(f"A{i}", f"F{i}", "GW1", at=t0))
+            s.add(_alert(f"B{i}", f"F{i}", "VC1", at=t0 + timedelta(minutes=30), level=1))
+    for i in range(4):
+        acknowledge(f"A{i}", actor="GW1", at=t0 + timedelta(minutes=50), database_url=county)
+    agg = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]
+    assert (agg["alerts_sent"], agg["alerts_acked"], agg["median_minutes_to_ack"]) == (8, 4, 50.0)
+    assert [(r["alerts"], r["acked"], r["median_minutes_to_ack"]) for r in agg["response_by_channel"]] == [
+        (8, 4, 50.0)]
+    # the chair, told, opens her own link later: then hers is confirmed too, at her answer
+    for i in range(4):
+        acknowledge(f"B{i}", actor="VC1", at=t0 + timedelta(minutes=70), database_url=county)
+    agg = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]
+    assert (agg["alerts_acked"], agg["median_minutes_to_ack"]) == (8, 45.0)   # 50 and 40 minutes
