@@ -8,7 +8,7 @@ reports of that version did (no guess is written into them).
 
 Revision ID: 0008
 Revises: 0007
-Create Date: 2026-12-04 10:00:00
+Create Date: 2026-12-03 21:30:00
 """
 from alembic import op
 import sqlalchemy as sa
