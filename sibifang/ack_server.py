@@ -4,7 +4,9 @@
 masked group-chat and SMS messages leave these out) and answers as buttons. Opening the link
 records nothing: a chat app's link preview opens it too, and must not stop an escalation.
 ``POST /ack`` with ``t`` and ``outcome`` (empty: "received"; or ``visited_all_well``,
-``needs_help``, ``escalate``) records the answer. The token is signed and expires
+``needs_help``, ``escalate``) records the answer; an outcome the page no longer offers (the
+alert has another, or the flag is closed: a replayed or forwarded form) is refused with 409 and
+the alert as it stands, and records nothing. The token is signed and expires
 (``sibifang.ack_tokens``); nothing personal is in the link. Wording:
 ``templates/dispatch_alerts/ack_page.html.j2``.
 """
@@ -18,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import jinja2
 
 from sibifang.ack_tokens import AckTokenError
-from sibifang.acknowledge import OUTCOMES, AckError, acknowledge_token, alert_for_link
+from sibifang.acknowledge import OUTCOMES, AckError, AckRefused, acknowledge_token, alert_for_link
 from sibifang.dispatch_alerts import TEMPLATE_DIR
 
 MAX_FORM_BYTES = 4096
@@ -65,7 +67,12 @@ def make_ack_server(host: str = "127.0.0.1", port: int = 8765, *, database_url: 
             token = (form.get("t") or [""])[0]
             outcome = (form.get("outcome") or [""])[0] or None
             try:
-                acknowledge_token(token, secret=key, outcome=outcome, database_url=database_url)
+                try:
+                    acknowledge_token(token, secret=key, outcome=outcome, database_url=database_url)
+                except AckRefused as refused:
+                    # 409: the answer on record stands; she sees it, and why hers was not taken
+                    alert = alert_for_link(token, secret=key, database_url=database_url)
+                    return self._send(409, render_page("refused", a=alert, message=str(refused)))
                 alert = alert_for_link(token, secret=key, database_url=database_url)
             except (AckError, AckTokenError) as e:
                 return self._error(e)

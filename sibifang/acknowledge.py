@@ -6,6 +6,10 @@ need for the service-resource pool in the category its kind calls for, ``escalat
 open and sends it one step up at once (the village chair, then the township federation or a
 supervisor: ``outbox.queue_escalation``); a dispute kind's flag, open, also goes to mediation
 (``escalate_disputes``).
+
+An alert's outcome, once recorded, is final, and a closed flag takes no outcome: a replayed or
+forwarded link asking for another is refused (``AckRefused``) and changes nothing; the same
+answer again is accepted and records nothing more.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ class AckError(ValueError):
     grid worker, in Chinese, and names no token or secret."""
 
 
+class AckRefused(AckError):
+    """The answer contradicts one already on record (an outcome on an alert that has another,
+    or on a closed flag): nothing is recorded. The page behind the link offers no such button;
+    this is the server holding to it against a replayed or forwarded link."""
+
+
 def acknowledge(alert_id: str, *, actor: str, outcome: str | None = None, at: datetime | None = None,
                 database_url: str | None = None, session=None) -> dict:
     """Acknowledge one alert (in ``session`` when given, else in its own transaction)."""
@@ -53,6 +63,16 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
     flag = lock_flag(s, alert.flag_id)
     s.refresh(alert)
     first = alert.acked_at is None
+    # Judged under the lock, so a double submit sees the first post's answer. An alert's outcome
+    # is final and a closed flag takes none: what the page offers. The same answer again (a
+    # second tap, 收到 after it) is the answer on record: accepted, nothing written.
+    if alert.outcome and outcome not in (None, alert.outcome):
+        raise AckRefused(f"这条预警已记录处理结果：{OUTCOMES[alert.outcome]}，不能再改为“{OUTCOMES[outcome]}”。"
+                         "如情况有变，请联系村/社区妇联主席。")
+    if outcome and alert.outcome is None and flag.status == "closed":
+        raise AckRefused("这条预警所涉事项已结案，无需再选择处理结果；如上门发现新情况，请在走访记录中填写。")
+    if not first and outcome in (None, alert.outcome):
+        return _answer(alert, flag, first)
     # Every alert of the same flag counts as answered: nobody escalates it any more, and what is
     # still queued for it is never sent (outbox.claim_due). Only at an alert's first answer: her
     # link opened again must not answer for the chair an escalation she asked for now tells.
@@ -64,7 +84,6 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
                   .values(acked_at=at, acked_by=actor).execution_options(synchronize_session=False))
         s.refresh(alert)
     if outcome:
-        asked_before = alert.outcome == "escalate"      # her second click sends nothing more
         alert.outcome = outcome
         if outcome == "visited_all_well":
             flag.status, flag.outcome, flag.closed_at = "closed", outcome, at
@@ -72,11 +91,10 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
             # open, so that the step queued now is delivered (outbox.answered) and, for a critical
             # flag left unanswered there, the next one follows (outbox.escalation_due)
             flag.status, flag.outcome = "open", outcome
-            if not asked_before:
-                rows = s.execute(select(Alert.escalation_level, Alert.recipient_id)
-                                 .where(Alert.flag_id == flag.id)).all()
-                queue_escalation(s, flag, max(r.escalation_level for r in rows), {r.recipient_id for r in rows},
-                                 now=at, policy=DispatchPolicy.from_settings(), why="requested")
+            rows = s.execute(select(Alert.escalation_level, Alert.recipient_id)
+                             .where(Alert.flag_id == flag.id)).all()
+            queue_escalation(s, flag, max(r.escalation_level for r in rows), {r.recipient_id for r in rows},
+                             now=at, policy=DispatchPolicy.from_settings(), why="requested")
         else:
             flag.status, flag.outcome = "acknowledged", outcome
             if outcome == "needs_help":
@@ -87,10 +105,14 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
                 if s.get(ServiceNeed, need_id) is None:
                     s.add(ServiceNeed(id=need_id, household_id=hh.id, village_id=grid.parent_id,
                                       category=category, created_at=at, status="open"))
-    elif flag.status == "open" and first:     # (her link opened again: an escalation she asked for stays)
+    elif flag.status == "open":     # 收到 (a first answer: a repeat returned above)
         flag.status = "acknowledged"
     audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": first}, at=at)
-    return {"alert_id": alert_id, "flag_id": flag.id, "flag_status": flag.status, "outcome": outcome,
+    return _answer(alert, flag, first)
+
+
+def _answer(alert: Alert, flag: RiskFlag, first: bool) -> dict:
+    return {"alert_id": alert.id, "flag_id": flag.id, "flag_status": flag.status, "outcome": alert.outcome,
             "already_acknowledged": not first}
 
 

@@ -16,18 +16,29 @@ CASE_COLUMNS = ["case_id", "household_id", "room_id", "mediator_id", "source_fla
 
 
 def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: pd.DataFrame,
-                         open_cases: pd.DataFrame) -> pd.DataFrame:
+                         cases: pd.DataFrame) -> pd.DataFrame:
     """One case per household in dispute, in the mediation room of its township (木兰调解室).
 
     flags: ``flag_id, household_id, kind, detected_at, details``; households: ``household_id,
-    township_id``; rooms: ``room_id, township_id, mediator_ids``; open_cases: ``household_id``.
+    township_id``; rooms: ``room_id, township_id, mediator_ids``; cases: the cases on record,
+    ``household_id`` and ``closed_at`` (empty, or no such column: still open).
     A household with a case already open gets no second one: the new finding joins that case.
+    A finding made while a case of its household was open (or before) belongs to that case, and
+    opens none after it was closed; one made after it was closed opens a new case.
     """
     f = flags[flags.kind.isin(DISPUTE_KINDS)]
     if f.empty:
         return pd.DataFrame(columns=CASE_COLUMNS)
-    busy = set(open_cases.household_id) if not open_cases.empty else set()
-    f = f[~f.household_id.isin(busy)].sort_values(["household_id", "detected_at", "flag_id"])
+    if not cases.empty:
+        # Left out before each household's first flag is chosen: a flag of a case mediated and
+        # closed stays open (and first) by design, and would stand for a later finding.
+        until = (pd.to_datetime(cases["closed_at"]) if "closed_at" in cases
+                 else pd.Series(pd.NaT, index=cases.index, dtype="datetime64[ns]"))
+        covered = f[["flag_id", "household_id", "detected_at"]].merge(
+            pd.DataFrame({"household_id": cases.household_id, "until": until}), on="household_id")
+        covered = covered[covered.until.isna() | (pd.to_datetime(covered.detected_at) <= covered.until)]
+        f = f[~f.flag_id.isin(set(covered.flag_id))]
+    f = f.sort_values(["household_id", "detected_at", "flag_id"])
     # The first flag of each household, whole (groupby().first() would mix columns of several rows).
     first = f.drop_duplicates("household_id", keep="first")
     cues = f.groupby("household_id")["kind"].apply(lambda s: sorted(set(s))).rename("cues")

@@ -99,7 +99,7 @@ def write_visit_sheet(rows: pd.DataFrame, inbox: Path, day: date) -> Path | None
 def acknowledge_alerts(day: date, seed: int, database_url: str | None = None, *, ack_share: float = 0.85) -> dict:
     """Grid workers acknowledge most alerts sent on ``day`` within minutes and record an outcome;
     the rest stay unanswered (and critical ones escalate at the next run)."""
-    from sibifang.acknowledge import acknowledge
+    from sibifang.acknowledge import AckRefused, acknowledge
 
     start = datetime.combine(day, time.min)
     with session_scope(database_url) as s:
@@ -112,8 +112,11 @@ def acknowledge_alerts(day: date, seed: int, database_url: str | None = None, *,
         for (aid, sent_at), r, minutes, o in zip(sent, rng.random(len(sent)), rng.integers(3, 28, len(sent)),
                                                  rng.integers(0, len(OUTCOMES), len(sent))):
             if r < ack_share:
-                acknowledge(aid, actor="simulated-grid-worker", outcome=OUTCOMES[o],
-                            at=sent_at + timedelta(minutes=int(minutes)), session=s)
+                try:
+                    acknowledge(aid, actor="simulated-grid-worker", outcome=OUTCOMES[o],
+                                at=sent_at + timedelta(minutes=int(minutes)), session=s)
+                except AckRefused:      # another alert of its flag closed it first: her page says so
+                    continue
                 s.flush()
                 acked += 1
     return {"alerts_acked": acked, "alerts_unanswered": len(sent) - acked}

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select, update
+from sqlalchemy import case, func, select, update
 
 from sibifang.db import grid_hierarchy, read_frame
 from sibifang.records import chunks
@@ -40,8 +40,12 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
     hh = _households_in_grids(grids, database_url)
     rooms = read_frame(select(MediationRoom.id.label("room_id"), MediationRoom.township_id,
                               MediationRoom.mediator_ids), database_url)
-    open_cases = read_frame(select(MediationCase.household_id).where(MediationCase.status == "open"), database_url)
-    cases = logic.open_mediation_cases(flags, hh, rooms, open_cases)
+    # Every case on record, closed ones too: they hold the flags found before they were closed
+    # (one closed without a time, at least those it was opened with).
+    closed_at = case((MediationCase.status == "open", None),
+                     else_=func.coalesce(MediationCase.closed_at, MediationCase.opened_at))
+    known = read_frame(select(MediationCase.household_id, closed_at.label("closed_at")), database_url)
+    cases = logic.open_mediation_cases(flags, hh, rooms, known)
     with session_scope(database_url) as s:
         rows = [{"id": c["case_id"], "household_id": c["household_id"], "room_id": c["room_id"],
                  "mediator_id": c["mediator_id"], "source_flag_id": c["source_flag_id"],

@@ -188,3 +188,45 @@ def test_needs_escalation_says_whether_anyone_above_was_told(server):
     with session_scope(url) as s:
         up = s.scalars(select(Alert).where(Alert.flag_id == "F2", Alert.escalation_level > 0)).all()
         assert [(a.recipient_id, a.escalation_level, a.status) for a in up] == [("VC1", 1, "pending")]
+
+
+def test_a_link_posted_again_after_the_outcome_keeps_the_outcome(server):
+    """Once she closed the flag, the page offers no more buttons; the same form posted again (a
+    double tap, the browser re-posting it) with the same outcome is that answer again, and any
+    other outcome is refused on the page (409) while the flag stays closed."""
+    base, url = server
+    tok = requests.utils.unquote(_token(_link(base, "A1")))
+    r = requests.post(f"{base}/ack", data={"t": tok, "outcome": "visited_all_well"}, timeout=5)
+    assert r.status_code == 200
+    closed = _state(url, "A1")
+    again = requests.post(f"{base}/ack", data={"t": tok, "outcome": "visited_all_well"}, timeout=5)
+    assert again.status_code == 200 and "处理结果：已上门，一切正常" in again.text
+    for outcome in ("escalate", "needs_help"):
+        r = requests.post(f"{base}/ack", data={"t": tok, "outcome": outcome}, timeout=5)
+        assert r.status_code == 409
+        assert "已记录处理结果：已上门，一切正常" in r.text and "不能再改为" in r.text
+        assert "<button" not in r.text and "用电接近停止" in r.text     # the alert, without buttons
+        assert tok not in r.text                                         # no form: no token
+    assert _state(url, "A1") == closed
+    with session_scope(url) as s:
+        assert s.scalars(select(Alert.id).where(Alert.flag_id == "F1")).all() == ["A1"]
+
+
+def test_the_page_of_another_alert_of_a_closed_flag_offers_no_outcome(server):
+    """The chair's alert of the same flag: once the grid worker closed it, her page says so and
+    shows no outcome buttons, and an outcome posted anyway is refused."""
+    base, url = server
+    with session_scope(url) as s:
+        s.add(Alert(id="A3", dedup_key="d-A3", flag_id="F1", recipient_id="VC1", recipient_role="village_chair",
+                    channel="sms", address="13900000000", severity="critical", title="t", body="b", status="sent",
+                    created_at=local_now()))
+    before = requests.get(_link(base, "A3"), timeout=5).text
+    assert "<button" in before and "已结案" not in before
+    tok = requests.utils.unquote(_token(_link(base, "A1")))
+    assert requests.post(f"{base}/ack", data={"t": tok, "outcome": "visited_all_well"}, timeout=5).status_code == 200
+    page = requests.get(_link(base, "A3"), timeout=5)
+    assert page.status_code == 200 and "已结案" in page.text and "<button" not in page.text
+    chair = requests.utils.unquote(_token(_link(base, "A3")))
+    r = requests.post(f"{base}/ack", data={"t": chair, "outcome": "escalate"}, timeout=5)
+    assert r.status_code == 409 and "已结案" in r.text
+    assert _state(url, "A3")[1:] == (None, "closed")

@@ -106,6 +106,31 @@ def test_case_source_visit_belongs_to_source_flag():
     assert c.source_visit_id is None
 
 
+def test_a_flag_found_after_the_households_case_closed_opens_a_new_case():
+    """F-a's case was mediated and closed on 07-06 while F-a stays open; F-b, found on 07-28, has
+    no case: it opens one (F-a, whose case exists, must not stand in its way)."""
+    flags = pd.DataFrame([_flag("F-a", "H1", "dispute", "2026-07-02 09:00"),
+                          _flag("F-b", "H1", "domestic_violence", "2026-07-28 09:00", "V-28")])
+    cases = pd.DataFrame({"household_id": ["H1"], "closed_at": [T("2026-07-06 10:00")]})
+    c = open_mediation_cases(flags, HOUSEHOLDS, ROOMS, cases)
+    assert list(c.source_flag_id) == ["F-b"] and c.cues.iloc[0] == ["domestic_violence"]
+    assert c.case_id.iloc[0] == stable_id("C", "H1", "F-b") and c.source_visit_id.iloc[0] == "V-28"
+
+
+def test_flags_found_while_a_case_was_open_belong_to_it_after_it_closed():
+    """The findings a case was opened with, and those that joined it while it was open, get no
+    case of their own once it is closed; one found after it closed does."""
+    flags = pd.DataFrame([_flag("F-a", "H1", "dispute", "2026-07-02 09:00"),
+                          _flag("F-b", "H1", "domestic_violence", "2026-07-02 15:00"),   # opened with F-a
+                          _flag("F-c", "H1", "dispute", "2026-07-05 09:00"),             # joined it
+                          _flag("F-d", "H3", "dispute", "2026-07-03 09:00")])           # H3's case still open
+    cases = pd.DataFrame({"household_id": ["H1", "H3"], "closed_at": [T("2026-07-06 10:00"), pd.NaT]})
+    assert open_mediation_cases(flags, HOUSEHOLDS, ROOMS, cases).empty
+    later = pd.concat([flags, pd.DataFrame([_flag("F-e", "H1", "dispute", "2026-07-09 09:00"),
+                                            _flag("F-f", "H3", "dispute", "2026-07-09 09:00")])])
+    assert list(open_mediation_cases(later, HOUSEHOLDS, ROOMS, cases).source_flag_id) == ["F-e"]
+
+
 # --- needs_from_visits -----------------------------------------------------------------------
 
 def test_needs_from_visits_one_per_visit_with_a_demand():
@@ -245,6 +270,41 @@ def test_a_flags_case_is_opened_once_even_after_it_was_closed(database_url):
     assert audits() == 1
     with session_scope(database_url) as s:
         assert [c.status for c in s.scalars(select(MediationCase))] == ["closed"]
+
+
+def test_a_new_dispute_after_a_closed_case_opens_a_case(database_url):
+    """A dispute flag F1 opens a case; the case is mediated and closed while F1 stays open (as
+    above). Weeks later a visit finds domestic violence in the same family (F2). No case is open,
+    so F2 opens one, once: the next run opens nothing more."""
+    from datetime import date, datetime
+
+    from sqlalchemy import select, update
+
+    from schemas.models import MediationCase, MediationRoom, RiskFlag
+    from sibifang.db import session_scope, upsert
+    from tasks.escalate_disputes import open_cases_task
+
+    _one_household_village(database_url)
+    with session_scope(database_url) as s:
+        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
+               key=["id"])
+        s.add(RiskFlag(id="F1", dedup_key="visit|V1|dispute", household_id="H1", kind="dispute", severity="high",
+                       score=3.0, start=datetime(2026, 11, 2, 9), detected_at=datetime(2026, 11, 2, 9),
+                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+    assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
+    with session_scope(database_url) as s:
+        s.execute(update(MediationCase).values(status="closed", closed_at=datetime(2026, 11, 6, 10),
+                                                outcome="调解成功"))
+        s.add(RiskFlag(id="F2", dedup_key="visit|V2|domestic_violence", household_id="H1", kind="domestic_violence",
+                       severity="critical", score=5.0, start=datetime(2026, 11, 28, 9),
+                       detected_at=datetime(2026, 11, 28, 9), evidence="走访记录提到丈夫酒后动手", details={},
+                       status="open"))
+    assert open_cases_task.fn(date(2026, 11, 28), database_url) == 1
+    assert open_cases_task.fn(date(2026, 11, 28), database_url) == 0
+    assert open_cases_task.fn(date(2026, 11, 29), database_url) == 0
+    with session_scope(database_url) as s:
+        cases = sorted((c.source_flag_id, c.status, c.cues) for c in s.scalars(select(MediationCase)))
+    assert cases == [("F1", "closed", ["dispute"]), ("F2", "open", ["domestic_violence"])]
 
 
 def test_replaying_a_past_day_matches_only_the_needs_known_that_day(database_url):
