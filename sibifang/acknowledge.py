@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from schemas.models import Alert, Area, Household, RiskFlag, ServiceNeed
+from schemas.models import Alert, Area, AuditEvent, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
 from sibifang.outbox import DispatchPolicy, lock_flag, queue_escalation
 from sibifang.records import stable_id
@@ -72,6 +72,11 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
     if outcome and alert.outcome is None and flag.status == "closed":
         raise AckRefused("这条预警所涉事项已结案，无需再选择处理结果；如上门发现新情况，请在走访记录中填写。")
     if not first and outcome in (None, alert.outcome):
+        if not _answered_through(s, alert_id):
+            # Stamped answered by a colleague's answer, now opened by its own recipient: her own
+            # first answer, changing nothing but recorded (the report counts an alert confirmed
+            # only when answered through itself).
+            audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": False}, at=at)
         return _answer(alert, flag, first)
     # Every alert of the same flag counts as answered: nobody escalates it any more, and what is
     # still queued for it is never sent (outbox.claim_due). Only at an alert's first answer: her
@@ -109,6 +114,12 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
         flag.status = "acknowledged"
     audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": first}, at=at)
     return _answer(alert, flag, first)
+
+
+def _answered_through(s, alert_id: str) -> bool:
+    """Whether an answer was given through this very alert (its audit trail)."""
+    return s.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.entity == "alert", AuditEvent.entity_id == alert_id, AuditEvent.action == "acknowledge")) > 0
 
 
 def _answer(alert: Alert, flag: RiskFlag, first: bool) -> dict:
