@@ -678,20 +678,25 @@ def _first_match(raw: pd.DataFrame, mask: pd.Series, column: str) -> tuple[int |
     return line, str(raw.loc[first, column]).strip()
 
 
+def _times_matching(ts: pd.Series, pattern: re.Pattern, as_text) -> pd.Series | None:  # noqa: ANN001
+    """Which times read as ``pattern`` (numbers written with ``as_text``), when enough of them do
+    to make it the file's way of writing times (``FILE_LEVEL_SHARE``); else None. Real times
+    (a datetime column) never match."""
+    if pd.api.types.is_numeric_dtype(ts.dtype) and not pd.api.types.is_bool_dtype(ts.dtype):
+        text = _filled_text(ts.map(lambda v: as_text(v) if pd.notna(v) else v))
+    elif pd.api.types.is_datetime64_any_dtype(ts.dtype) or not _looks_like(ts, pattern):
+        return None
+    else:
+        text = _filled_text(ts)
+    matching = text.str.match(pattern)
+    return matching if len(text) and matching.mean() >= FILE_LEVEL_SHARE else None
+
+
 def _check_epoch(raw: pd.DataFrame, source: str) -> None:
     from sibifang.importing import ImportFileError
 
-    ts = raw["ts"]
-    if pd.api.types.is_numeric_dtype(ts.dtype) and not pd.api.types.is_bool_dtype(ts.dtype):
-        text = _filled_text(ts.map(lambda v: f"{v:.0f}" if pd.notna(v) else v))
-    elif pd.api.types.is_datetime64_any_dtype(ts.dtype):
-        return
-    elif not _looks_like(ts, _EPOCH_RE):
-        return
-    else:
-        text = _filled_text(ts)
-    epoch = text.str.match(_EPOCH_RE)
-    if len(text) and epoch.mean() >= FILE_LEVEL_SHARE:
+    epoch = _times_matching(raw["ts"], _EPOCH_RE, lambda v: f"{v:.0f}")
+    if epoch is not None:
         line, value = _first_match(raw, epoch, "ts")
         raise ImportFileError(
             source, f"line {line}, field ts: {value!r} is a Unix epoch number, not a local time",
@@ -709,15 +714,8 @@ def _check_excel_serial(raw: pd.DataFrame, source: str) -> None:
     Excel the cell shows a time."""
     from sibifang.importing import ImportFileError
 
-    ts = raw["ts"]
-    if pd.api.types.is_numeric_dtype(ts.dtype) and not pd.api.types.is_bool_dtype(ts.dtype):
-        text = _filled_text(ts.map(lambda v: repr(float(v)) if pd.notna(v) else v))
-    elif pd.api.types.is_datetime64_any_dtype(ts.dtype) or not _looks_like(ts, _EXCEL_SERIAL_RE):
-        return
-    else:
-        text = _filled_text(ts)
-    serial = text.str.match(_EXCEL_SERIAL_RE)
-    if len(text) and serial.mean() >= FILE_LEVEL_SHARE:
+    serial = _times_matching(raw["ts"], _EXCEL_SERIAL_RE, lambda v: repr(float(v)))
+    if serial is not None:
         line, value = _first_match(raw, serial, "ts")
         raise ImportFileError(
             source, f"line {line}, field ts: {value!r} is an Excel serial date number, not a time",
