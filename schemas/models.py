@@ -291,6 +291,9 @@ class MediationCase(Base):
     source_visit_id: Mapped[str | None] = mapped_column(ID)
     source_flag_id: Mapped[str | None] = mapped_column(ID)
     cues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The findings the case holds: those it was opened with and those that joined it while it
+    # was open (NULL on cases opened before revision 0009: only source_flag_id is known).
+    flag_ids: Mapped[list[str] | None] = mapped_column(JSON)
     opened_at: Mapped[datetime] = mapped_column(DateTime)
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open|closed
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -12,7 +12,8 @@ from sibifang.records import stable_id
 
 DISPUTE_KINDS = ("dispute", "domestic_violence")
 CASE_COLUMNS = ["case_id", "household_id", "room_id", "mediator_id", "source_flag_id", "source_visit_id",
-                "cues", "opened_at"]
+                "cues", "flag_ids", "opened_at"]
+JOIN_COLUMNS = ["case_id", "flag_id", "kind"]
 
 
 def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: pd.DataFrame,
@@ -22,28 +23,24 @@ def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: p
     flags: ``flag_id, household_id, kind, detected_at, details``; households: ``household_id,
     township_id``; rooms: ``room_id, township_id, mediator_ids``; cases: the cases on record,
     ``household_id`` and ``closed_at`` (empty, or no such column: still open).
-    A household with a case already open gets no second one: the new finding joins that case.
+    A household with a case already open gets no second one: the new finding joins that case
+    (``findings_joining_cases``).
     A finding made while a case of its household was open (or before) belongs to that case, and
     opens none after it was closed; one made after it was closed opens a new case.
     """
     f = flags[flags.kind.isin(DISPUTE_KINDS)]
     if f.empty:
         return pd.DataFrame(columns=CASE_COLUMNS)
-    if not cases.empty:
-        # Left out before each household's first flag is chosen: a flag of a case mediated and
-        # closed stays open (and first) by design, and would stand for a later finding.
-        until = (pd.to_datetime(cases["closed_at"]) if "closed_at" in cases
-                 else pd.Series(pd.NaT, index=cases.index, dtype="datetime64[ns]"))
-        covered = f[["flag_id", "household_id", "detected_at"]].merge(
-            pd.DataFrame({"household_id": cases.household_id, "until": until}), on="household_id")
-        covered = covered[covered.until.isna() | (pd.to_datetime(covered.detected_at) <= covered.until)]
-        f = f[~f.flag_id.isin(set(covered.flag_id))]
+    # Left out before each household's first flag is chosen: a flag of a case mediated and
+    # closed stays open (and first) by design, and would stand for a later finding.
+    f = f[~f.flag_id.isin(_covered(f, cases))]
     f = f.sort_values(["household_id", "detected_at", "flag_id"])
     # The first flag of each household, whole (groupby().first() would mix columns of several rows).
     first = f.drop_duplicates("household_id", keep="first")
     cues = f.groupby("household_id")["kind"].apply(lambda s: sorted(set(s))).rename("cues")
-    first = first.merge(cues, on="household_id").merge(households[["household_id", "township_id"]],
-                                                      on="household_id", how="left")
+    held = f.groupby("household_id")["flag_id"].apply(sorted).rename("flag_ids")
+    first = (first.merge(cues, on="household_id").merge(held, on="household_id")
+             .merge(households[["household_id", "township_id"]], on="household_id", how="left"))
     room_by_township = {r.township_id: r for r in rooms.itertuples(index=False)}
     rows = []
     for r in first.itertuples(index=False):
@@ -55,8 +52,43 @@ def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: p
         rows.append({"case_id": stable_id("C", r.household_id, r.flag_id), "household_id": r.household_id,
                      "room_id": room.room_id if room is not None else None, "mediator_id": mediator,
                      "source_flag_id": r.flag_id, "source_visit_id": details.get("visit_id"),
-                     "cues": list(r.cues), "opened_at": r.detected_at})
+                     "cues": list(r.cues), "flag_ids": list(r.flag_ids), "opened_at": r.detected_at})
     return pd.DataFrame(rows, columns=CASE_COLUMNS)
+
+
+def findings_joining_cases(flags: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
+    """The dispute findings that join a case already open for their household.
+
+    flags: ``flag_id, household_id, kind, detected_at``; cases: the cases on record, ``case_id,
+    household_id, source_flag_id, flag_ids, closed_at`` (NaT: open). ``flag_ids`` are the
+    findings a case holds (empty for a case recorded before they were kept: it holds its source
+    flag). Returns ``case_id, flag_id, kind``, one row per finding not yet held and not left
+    with a case closed since: the caller adds it to the open case and its kind to the case's
+    cues, so a mediator handling a quarrel learns of the violence found since.
+    """
+    f = flags[flags.kind.isin(DISPUTE_KINDS)]
+    open_cases = cases[pd.to_datetime(cases.closed_at).isna()] if not cases.empty else cases
+    if f.empty or open_cases.empty:
+        return pd.DataFrame(columns=JOIN_COLUMNS)
+    f = f[~f.flag_id.isin(_covered(f, cases[pd.to_datetime(cases.closed_at).notna()]))]
+    held = {(c.case_id, fid) for c in open_cases.itertuples(index=False)
+            for fid in (c.flag_ids if isinstance(c.flag_ids, list) else [c.source_flag_id])}
+    j = f.merge(open_cases[["case_id", "household_id"]], on="household_id")
+    j = j[[(c, fid) not in held for c, fid in zip(j.case_id, j.flag_id)]]
+    return j.sort_values(["case_id", "flag_id"])[JOIN_COLUMNS].reset_index(drop=True)
+
+
+def _covered(flags: pd.DataFrame, cases: pd.DataFrame) -> set:
+    """The flags that belong to a case on record: every flag of a household with an open case,
+    and those found before its closed case was closed."""
+    if cases.empty:
+        return set()
+    until = (pd.to_datetime(cases["closed_at"]) if "closed_at" in cases
+             else pd.Series(pd.NaT, index=cases.index, dtype="datetime64[ns]"))
+    covered = flags[["flag_id", "household_id", "detected_at"]].merge(
+        pd.DataFrame({"household_id": cases.household_id, "until": until}), on="household_id")
+    covered = covered[covered.until.isna() | (pd.to_datetime(covered.detected_at) <= covered.until)]
+    return set(covered.flag_id)
 
 
 def match_needs(needs: pd.DataFrame, resources: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:

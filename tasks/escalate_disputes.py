@@ -11,6 +11,7 @@ from sqlalchemy import case, func, select, update
 
 from sibifang.db import grid_hierarchy, read_frame
 from sibifang.records import chunks
+from tasks.common import run_logger
 
 
 def _households_in_grids(grids: pd.DataFrame, database_url: str | None) -> pd.DataFrame:
@@ -44,13 +45,18 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
     # (one closed without a time, at least those it was opened with).
     closed_at = case((MediationCase.status == "open", None),
                      else_=func.coalesce(MediationCase.closed_at, MediationCase.opened_at))
-    known = read_frame(select(MediationCase.household_id, closed_at.label("closed_at")), database_url)
+    known = read_frame(select(MediationCase.id.label("case_id"), MediationCase.household_id,
+                              MediationCase.source_flag_id, MediationCase.flag_ids, MediationCase.opened_at,
+                              closed_at.label("closed_at")), database_url)
     cases = logic.open_mediation_cases(flags, hh, rooms, known)
+    # Read before any case is opened here: a case opened in this run holds its findings already.
+    # A replay of a past day joins nothing to a case opened after it.
+    joining = logic.findings_joining_cases(flags, known[pd.to_datetime(known.opened_at) <= until])
     with session_scope(database_url) as s:
         rows = [{"id": c["case_id"], "household_id": c["household_id"], "room_id": c["room_id"],
                  "mediator_id": c["mediator_id"], "source_flag_id": c["source_flag_id"],
-                 "source_visit_id": c["source_visit_id"], "cues": c["cues"], "opened_at": c["opened_at"],
-                 "status": "open"} for c in frame_records(cases)]
+                 "source_visit_id": c["source_visit_id"], "cues": c["cues"], "flag_ids": c["flag_ids"],
+                 "opened_at": c["opened_at"], "status": "open"} for c in frame_records(cases)]
         # A flag's case is opened once: one closed since (mediated) while the flag stays open is
         # not opened, counted or audited again.
         stored = set()
@@ -61,6 +67,16 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
         for r in rows:
             audit(s, "escalate_disputes", "open_case", "mediation_case", r["id"], {"room": r["room_id"]},
                   at=until)
+        for case_id, join in joining.groupby("case_id"):
+            c = s.get(MediationCase, case_id)
+            c.flag_ids = [*(c.flag_ids or [c.source_flag_id]), *join.flag_id]
+            c.cues = sorted(set(c.cues or []) | set(join.kind))
+            for j in join.itertuples(index=False):
+                audit(s, "escalate_disputes", "join_case", "mediation_case", case_id,
+                      {"flag": j.flag_id, "kind": j.kind}, at=until)
+    if not joining.empty:
+        run_logger().info("%d finding(s) joined %d open mediation case(s)", len(joining),
+                              joining.case_id.nunique())
     return len(rows)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sibifang.escalate_disputes import CASE_COLUMNS, match_needs, needs_from_visits, open_mediation_cases
+from sibifang.escalate_disputes import (CASE_COLUMNS, findings_joining_cases, match_needs, needs_from_visits,
+                                       open_mediation_cases)
 from sibifang.records import stable_id
 
 T = pd.Timestamp
@@ -129,6 +130,42 @@ def test_flags_found_while_a_case_was_open_belong_to_it_after_it_closed():
     later = pd.concat([flags, pd.DataFrame([_flag("F-e", "H1", "dispute", "2026-07-09 09:00"),
                                             _flag("F-f", "H3", "dispute", "2026-07-09 09:00")])])
     assert list(open_mediation_cases(later, HOUSEHOLDS, ROOMS, cases).source_flag_id) == ["F-e"]
+
+
+def test_a_case_holds_the_findings_it_was_opened_with():
+    flags = pd.DataFrame([_flag("F-b", "H1", "domestic_violence", "2026-07-03 10:00"),
+                          _flag("F-a", "H1", "dispute", "2026-07-01 10:00")])
+    assert open_mediation_cases(flags, HOUSEHOLDS, ROOMS, NO_CASES).flag_ids.iloc[0] == ["F-a", "F-b"]
+
+
+def test_findings_made_while_a_case_is_open_join_it():
+    """H1's case was opened with F-a; violence found since (F-c) joins it, once; H3's finding
+    has no open case to join (it opens its own), and a meter flag joins nothing."""
+    flags = pd.DataFrame([_flag("F-a", "H1", "dispute", "2026-07-01 10:00"),
+                          _flag("F-c", "H1", "domestic_violence", "2026-07-05 10:00"),
+                          _flag("F-m", "H1", "inactivity", "2026-07-05 11:00"),
+                          _flag("F-d", "H3", "dispute", "2026-07-05 09:00")])
+    open_cases = pd.DataFrame({"case_id": ["C1"], "household_id": ["H1"], "source_flag_id": ["F-a"],
+                               "flag_ids": [["F-a"]], "closed_at": [pd.NaT]})
+    j = findings_joining_cases(flags, open_cases)
+    assert j.to_dict("records") == [{"case_id": "C1", "flag_id": "F-c", "kind": "domestic_violence"}]
+    open_cases.at[0, "flag_ids"] = ["F-a", "F-c"]
+    assert findings_joining_cases(flags, open_cases).empty
+    # a case recorded before the findings it holds were kept holds its source flag
+    legacy = open_cases.assign(flag_ids=[None])
+    assert list(findings_joining_cases(flags, legacy).flag_id) == ["F-c"]
+
+
+def test_findings_left_with_a_closed_case_join_no_later_case():
+    """F-a's case was mediated and closed on 07-06 while F-a stays open; F-e opened a new case on
+    07-20. F-a belongs to the closed case and does not join the new one; F-f (07-25) does."""
+    flags = pd.DataFrame([_flag("F-a", "H1", "dispute", "2026-07-02 09:00"),
+                          _flag("F-e", "H1", "dispute", "2026-07-20 09:00"),
+                          _flag("F-f", "H1", "domestic_violence", "2026-07-25 09:00")])
+    cases = pd.DataFrame({"case_id": ["C1", "C2"], "household_id": ["H1", "H1"], "source_flag_id": ["F-a", "F-e"],
+                          "flag_ids": [["F-a"], ["F-e"]], "closed_at": [T("2026-07-06 10:00"), pd.NaT]})
+    assert findings_joining_cases(flags, cases).to_dict("records") == [
+        {"case_id": "C2", "flag_id": "F-f", "kind": "domestic_violence"}]
 
 
 # --- needs_from_visits -----------------------------------------------------------------------
@@ -305,6 +342,42 @@ def test_a_new_dispute_after_a_closed_case_opens_a_case(database_url):
     with session_scope(database_url) as s:
         cases = sorted((c.source_flag_id, c.status, c.cues) for c in s.scalars(select(MediationCase)))
     assert cases == [("F1", "closed", ["dispute"]), ("F2", "open", ["domestic_violence"])]
+
+
+def test_violence_found_while_a_dispute_case_is_open_reaches_the_case(database_url):
+    """A quarrel (F1) opens a case. While it is open a later visit finds violence in the same
+    family (F2): no second case, but the open case now holds F2 and its cues name the violence,
+    with one audit entry; the next runs change nothing."""
+    from datetime import date, datetime
+
+    from sqlalchemy import func, select
+
+    from schemas.models import AuditEvent, MediationCase, MediationRoom, RiskFlag
+    from sibifang.db import session_scope, upsert
+    from tasks.escalate_disputes import open_cases_task
+
+    _one_household_village(database_url)
+    with session_scope(database_url) as s:
+        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
+               key=["id"])
+        s.add(RiskFlag(id="F1", dedup_key="visit|V1|dispute", household_id="H1", kind="dispute", severity="high",
+                       score=3.0, start=datetime(2026, 11, 2, 9), detected_at=datetime(2026, 11, 2, 9),
+                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+    assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
+    with session_scope(database_url) as s:
+        s.add(RiskFlag(id="F2", dedup_key="visit|V2|domestic_violence", household_id="H1", kind="domestic_violence",
+                       severity="critical", score=5.0, start=datetime(2026, 11, 4, 9),
+                       detected_at=datetime(2026, 11, 4, 9), evidence="走访记录提到丈夫酒后动手", details={},
+                       status="open"))
+    for day in (4, 4, 5):
+        assert open_cases_task.fn(date(2026, 11, day), database_url) == 0
+    with session_scope(database_url) as s:
+        (case_,) = s.scalars(select(MediationCase)).all()
+        assert (case_.source_flag_id, case_.flag_ids, case_.cues) == ("F1", ["F1", "F2"],
+                                                                      ["dispute", "domestic_violence"])
+        joins = s.scalars(select(AuditEvent).where(AuditEvent.action == "join_case")).all()
+        assert [(a.entity_id, a.detail) for a in joins] == [(case_.id, {"flag": "F2", "kind": "domestic_violence"})]
+        assert s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "open_case")) == 1
 
 
 def test_replaying_a_past_day_matches_only_the_needs_known_that_day(database_url):
