@@ -84,8 +84,14 @@ def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, house
         mine = late[late.grid_id.isin(set(sgrids or []))]
         if mine.empty:
             continue
+        # A grid with no village on file (or not on file at all) has its own line, last: grouping
+        # drops a missing key, and the lines must add up to the total.
         groups = [{"unit": v, "count": int(len(g)), "cadres": int(g.cadre_id.nunique())}
                   for v, g in mine.groupby("village_name")]
+        no_village = mine[mine.village_name.isna()]
+        if len(no_village):
+            groups.append({"unit": None, "count": int(len(no_village)),
+                           "cadres": int(no_village.cadre_id.nunique())})
         body = tpl.render(day=day, name=cname.get(sid, ""), total=len(mine), grace=grace_days, groups=groups)
         rows.append([stable_id("N", sid, "supervisor_overdue", day), sid, "supervisor_overdue", day,
                      _title("supervisor_overdue", count=len(mine)), body])
