@@ -874,6 +874,19 @@ def test_the_report_shows_the_levels_as_the_period_began_beside_the_current_ones
     assert "本期开始前" not in _report(_summarise())                   # no run before the period: nothing to compare
 
 
+def test_the_levels_are_those_at_the_periods_end_and_say_so():
+    """A report on a past period showed its levels as "当前风险等级分布" (current), and a map run
+    after the period (handed to ``summarise``) replaced the period's own: they are the latest run
+    on or before the period's last day, and the report says which day that was."""
+    after = pd.DataFrame({"as_of": [END + timedelta(days=3)] * 2, "grid_id": ["G1", "G3"], "level": ["红", "绿"],
+                          "households": [7, 8], "change": [0, 0]})
+    rm = pd.concat([_risk_map(), after], ignore_index=True)
+    agg = _summarise(risk_map=rm)
+    assert agg["risk_levels"] == _summarise()["risk_levels"] and agg["risk_date"] == END.isoformat()
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", _report(agg)))
+    assert "当前" not in text and f"统计期末（{END}）风险等级分布：红色 <3 户" in text
+
+
 def test_flags_whose_escalation_found_no_one_are_counted_once_and_masked():
     """Counted per flag (a flag recorded at two steps is one), in the period only, masked when small."""
     exhausted = pd.DataFrame({"flag_id": ["F2", "F2", "F3", "F9"],
