@@ -3,7 +3,8 @@ supervisor's overdue list. Pure: frames in, notice rows out; wording in ``templa
 
 A cadre's digest names her own families (surname and honorific, grid, reason): she keeps them
 and needs to know whom to visit. No ID numbers, phones or addresses. The supervisor's list is
-counts per village only.
+counts per village only (grids with no village on file: one line of their own), adding up to its
+total.
 """
 
 from __future__ import annotations
