@@ -3,7 +3,8 @@ supervisor's overdue list. Pure: frames in, notice rows out; wording in ``templa
 
 A cadre's digest names her own families (surname and honorific, grid, reason): she keeps them
 and needs to know whom to visit. No ID numbers, phones or addresses. The supervisor's list is
-counts per village only.
+counts per village only (grids with no village on file: one line of their own), adding up to its
+total.
 """
 
 from __future__ import annotations
@@ -84,8 +85,14 @@ def build_notices(day: date, *, plans: pd.DataFrame, cadres: pd.DataFrame, house
         mine = late[late.grid_id.isin(set(sgrids or []))]
         if mine.empty:
             continue
+        # A grid with no village on file (or not on file at all) has its own line, last: grouping
+        # drops a missing key, and the lines must add up to the total.
         groups = [{"unit": v, "count": int(len(g)), "cadres": int(g.cadre_id.nunique())}
                   for v, g in mine.groupby("village_name")]
+        no_village = mine[mine.village_name.isna()]
+        if len(no_village):
+            groups.append({"unit": None, "count": int(len(no_village)),
+                           "cadres": int(no_village.cadre_id.nunique())})
         body = tpl.render(day=day, name=cname.get(sid, ""), total=len(mine), grace=grace_days, groups=groups)
         rows.append([stable_id("N", sid, "supervisor_overdue", day), sid, "supervisor_overdue", day,
                      _title("supervisor_overdue", count=len(mine)), body])

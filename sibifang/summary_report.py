@@ -384,6 +384,10 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     # the rest: pending or sending; the four parts add up to the alerts
     status = protect([sent, dead, cancelled, n_alerts - sent - dead - cancelled], n_alerts)
     demand_rows = _breakdown({str(k): int(c) for k, c in demands.items()}, DEMAND_LABELS, int(len(n)))
+    # the map at the period's end: its latest run on or before the last day (a run after it is
+    # not this period's, so a report re-made later shows the same levels)
+    if not risk_map.empty:
+        risk_map = risk_map[pd.to_datetime(risk_map.as_of) < pd.Timestamp(period_end) + pd.Timedelta(days=1)]
     risk = publish_risk_map(risk_map, areas)
     # the map as the period began (its latest run before the first day): the change since then
     # reads from two published tables, so it shows nothing a count could not
@@ -422,6 +426,7 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
         "needs": mask(len(n)), "needs_matched": mask(int((n.status == "matched").sum()) if not n.empty else 0),
         "common_demands": demand_rows,  # every category (at most nine): a top-5 cut would hide part of a total
         "risk_levels": risk["levels"],
+        "risk_date": pd.Timestamp(risk_map.as_of.max()).date().isoformat() if not risk_map.empty else "",
         "risk_levels_before": risk_before["levels"],
         "risk_before_date": (pd.Timestamp(before.as_of.max()).date().isoformat() if not before.empty else ""),
         "risk_by_village": risk["villages"],

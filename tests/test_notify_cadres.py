@@ -64,3 +64,27 @@ def test_a_moved_visit_is_announced_to_both_cadres():
     assert "陈丽" in n.set_index("kind").loc["visit_moved_out", "body"]  # who takes it over
     digest = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids, moved=moved)
     assert "另有1户为代同事走访" in digest.set_index("kind").loc["daily_digest", "body"]
+
+
+def test_supervisor_lines_add_up_to_the_total_when_a_grid_has_no_village():
+    """A plan in a grid with no village (G3: its parent is not a village on file) and one in a grid
+    not on file at all (G9) were counted in "共有N次" but left out of every line: the lines did not
+    add up to the total. They get a line of their own."""
+    import re
+
+    plans, cadres, hh, grids = _frames()
+    extra = pd.DataFrame({
+        "visit_id": ["V6", "V7"], "household_id": ["H6", "H7"], "cadre_id": ["C3", "C3"], "grid_id": ["G3", "G9"],
+        "due_date": pd.to_datetime(["2026-11-01", "2026-11-02"]), "window_end": pd.to_datetime([None, None]),
+        "reason": ["hardship", "hardship"], "urgent": [False, False], "status": ["planned", "planned"]})
+    plans = pd.concat([plans, extra], ignore_index=True)
+    grids = pd.concat([grids, pd.DataFrame({"grid_id": ["G3"], "grid_name": ["第3网格"], "village_id": [None],
+                                            "village_name": [None]})], ignore_index=True)
+    cadres.at[2, "grid_ids"] = ["G1", "G2", "G3", "G9"]
+    n = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids).set_index("kind")
+    body = n.loc["supervisor_overdue", "body"]
+    total = int(re.search(r"有(\d+)次走访逾期", body).group(1))
+    lines = [int(x) for x in re.findall(r"：(\d+)次", body)]
+    assert total == 3 and sum(lines) == total, body
+    assert "未归属村（社区）的网格：2次（涉及干部1人）" in body
+    assert "逾期未访情况（3次）" == n.loc["supervisor_overdue", "title"]

@@ -752,6 +752,14 @@ def test_report_is_chinese_html_with_the_counts(report):
     assert han > 200 and han > 5 * len(latin_words)
 
 
+def test_report_says_the_register_counts_are_as_of_its_making(report):
+    """The register keeps no history (no registration or deregistration dates, no record of when
+    a family became a 重点家庭): a report re-made later for a past period counts the register as it
+    is then. The report said "在册家庭 5 户" as if of the period; it must say when they are of."""
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", report))
+    assert "在册家庭 5 户，其中“四必访”重点家庭 3 户（按生成本报告时的名册统计，非统计期末数）" in text
+
+
 def test_report_with_larger_counts_shows_them():
     agg = _summarise(_scaled(_frames()), households=pd.concat([_households()] * 3, ignore_index=True))
     report = _report(agg)
@@ -866,6 +874,19 @@ def test_the_report_shows_the_levels_as_the_period_began_beside_the_current_ones
     assert "本期开始前" not in _report(_summarise())                   # no run before the period: nothing to compare
 
 
+def test_the_levels_are_those_at_the_periods_end_and_say_so():
+    """A report on a past period showed its levels as "当前风险等级分布" (current), and a map run
+    after the period (handed to ``summarise``) replaced the period's own: they are the latest run
+    on or before the period's last day, and the report says which day that was."""
+    after = pd.DataFrame({"as_of": [END + timedelta(days=3)] * 2, "grid_id": ["G1", "G3"], "level": ["红", "绿"],
+                          "households": [7, 8], "change": [0, 0]})
+    rm = pd.concat([_risk_map(), after], ignore_index=True)
+    agg = _summarise(risk_map=rm)
+    assert agg["risk_levels"] == _summarise()["risk_levels"] and agg["risk_date"] == END.isoformat()
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", _report(agg)))
+    assert "当前" not in text and f"统计期末（{END}）风险等级分布：红色 <3 户" in text
+
+
 def test_flags_whose_escalation_found_no_one_are_counted_once_and_masked():
     """Counted per flag (a flag recorded at two steps is one), in the period only, masked when small."""
     exhausted = pd.DataFrame({"flag_id": ["F2", "F2", "F3", "F9"],
@@ -906,6 +927,11 @@ def county(database_url):
             s.add(Household(id=f"H{i}", head_name=f"李{i}英", grid_id="G1", address=f"万堤村{i}号",
                             categories=["empty_nest"], birth_year=1940, sex="F"))
     return database_url
+
+
+# Who the report says confirmed: whoever an alert reached and answered through it (grid worker,
+# village chair, or on escalation a township vice chair or supervisor).
+CONFIRMED_BY = "由收到预警的网格员、村妇联主席或上级妇联干部本人确认"
 
 
 def _inactivity_flags(url: str, n: int, at) -> None:
@@ -985,7 +1011,7 @@ def test_the_report_counts_only_alerts_delivered_and_then_confirmed(county):
     assert agg["median_minutes_to_ack"] == 20.0
     for table in ("response_by_channel", "response_by_village"):
         assert [(r["alerts"], r["acked"]) for r in agg[table]] == [(8, 4)], table
-    assert "已送达 4 条" in render_report(agg, risk_map_svg_text="") and "网格员已确认 4 条" in render_report(
+    assert "已送达 4 条" in render_report(agg, risk_map_svg_text="") and CONFIRMED_BY + " 4 条" in render_report(
         agg, risk_map_svg_text="")
 
 
@@ -1016,3 +1042,26 @@ def test_an_alert_a_colleague_answered_is_delivered_not_confirmed(county):
         acknowledge(f"B{i}", actor="VC1", at=t0 + timedelta(minutes=70), database_url=county)
     agg = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]
     assert (agg["alerts_acked"], agg["median_minutes_to_ack"]) == (8, 45.0)   # 50 and 40 minutes
+
+
+def test_the_report_does_not_credit_the_grid_worker_with_the_chairs_confirmations(county):
+    """Four high flags: the grid worker's alerts go unanswered, each is escalated to the village
+    chair, and the chair answers through her own alert. The report counted the four confirmed and
+    said "网格员已确认 4 条", though no grid worker confirmed anything."""
+    from sibifang.acknowledge import acknowledge
+    from sibifang.db import session_scope
+    from tasks.summary_report import gather_aggregates
+
+    t0 = datetime(2026, 11, 10, 9)
+    _inactivity_flags(county, 4, t0)
+    with session_scope(county) as s:
+        for i in range(4):
+            s.add(_alert(f"A{i}", f"F{i}", "GW1", at=t0))
+            s.add(_alert(f"B{i}", f"F{i}", "VC1", at=t0 + timedelta(minutes=30), level=1))
+    for i in range(4):
+        acknowledge(f"B{i}", actor="VC1", at=t0 + timedelta(minutes=40), database_url=county)
+    agg = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]
+    assert (agg["alerts_sent"], agg["alerts_acked"]) == (8, 4)
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", render_report(agg, risk_map_svg_text="")))
+    assert "网格员已确认" not in text
+    assert f"{CONFIRMED_BY} 4 条，确认用时中位数 10.0 分钟" in text
