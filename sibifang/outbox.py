@@ -136,6 +136,20 @@ def with_ack_link(body: str, alert_id: str, recipient_id: str | None, policy: Di
     return body.replace(ACK_URL_SLOT, signed_ack_url(policy, alert_id, recipient_id, now))
 
 
+def insert_alerts(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Rows into the outbox, none twice (keyed by ``dedup_key``): the one way alerts are stored.
+
+    A title is worded from registry names (the village's and the grid's, each up to its column's
+    length) and can run past its own column, which PostgreSQL refuses (SQLite keeps it): the
+    whole run's alerts would be lost. It is cut to the column's length with a visible "…"; its
+    header (【升级】, severity, kind) comes first and stays."""
+    from sibifang.channels import truncate_chars
+
+    limit = Alert.__table__.c.title.type.length
+    upsert(session, Alert, [{**r, "title": truncate_chars(r["title"], limit)} for r in rows], key=["dedup_key"],
+           update=())
+
+
 def backoff(attempt_no: int) -> timedelta:
     """Delay before attempt ``attempt_no + 1``: 30 s, 1 min, 2 min, ... capped at an hour."""
     return min(BACKOFF_MAX, BACKOFF_BASE * (2 ** max(0, attempt_no - 1)))
@@ -235,7 +249,7 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
         from schemas.validation import raise_for_critical, validate_frame
 
         raise_for_critical(validate_frame(pd.DataFrame(rows), "alerts", source="dispatch_alerts outbox"))
-    upsert(session, Alert, rows, key=["dedup_key"], update=())
+    insert_alerts(session, rows)
     if skipped:
         import logging
 
@@ -457,7 +471,7 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
     stored = set(session.scalars(select(Alert.id).where(Alert.id.in_([r["id"] for r in rows]))))
     rows = [r for r in rows if r["id"] not in stored]
     if rows:
-        upsert(session, Alert, rows, key=["dedup_key"], update=())
+        insert_alerts(session, rows)
         audit(session, "dispatch_alerts", "escalate", "risk_flag", flag.id,
               {"level": new_level, "to": [r["recipient_id"] for r in rows], "why": why}, at=now)
     return [r["id"] for r in rows]

@@ -834,3 +834,48 @@ def test_an_sms_link_too_long_to_fit_is_dead_lettered_not_sent_broken(outbox_db,
         alerts = s.scalars(select(Alert)).all()
         assert alerts and {a.status for a in alerts} == {"dead"} and {a.attempts for a in alerts} == {1}
         assert all("确认链接" in a.last_error and "SIBIFANG_ACK_BASE_URL" in a.last_error for a in alerts)
+
+
+# --------------------------------------------------------------------------- columns fed from the registry
+
+# Registry names as long as the areas table keeps them (128): a merged village's full name and a
+# grid named after the streets it covers, not starting with the village's name.
+LONG_VILLAGE = ("宁波市鄞东区东湖街道万堤新塘下应三村合并后组建的万堤社区股份经济合作社暨万堤社区居民委员会（原东湖乡"
+                "万堤村、新塘村、下应村于二〇〇一年合并，二〇一九年撤村建居，社区党委、居委会、妇联、股份经济合作社、"
+                "综治中心、新时代文明实践站合署办公）")
+LONG_GRID = ("滨江北路一至一百二十八号、新塘老街东段、下应路西侧沿河住宅楼、万堤花园一期至三期及周边沿街商铺混合网格"
+             "（含原新塘村第三、第四、第五村民小组，原下应村第一、第二村民小组，万堤工业区东区外来务工人员集中居住点"
+             "及滨江公寓一号至六号楼、万堤幼儿园）第二责任片区")
+
+
+def test_an_alert_titled_after_long_registry_names_is_queued_escalated_and_sent(outbox_db, monkeypatch):
+    """A title is built from the village's and the grid's names: with names as long as the registry
+    keeps them, a title ran past its 256-character column, which PostgreSQL refuses (SQLite keeps
+    it): the whole run's alerts were lost, and the escalation too. Now the title is fitted to its
+    column with a visible "…", its header first; the alerts are queued, escalated and sent."""
+    from tasks.dispatch_alerts import deliver, enqueue, escalate
+
+    # 118 and 126 characters: the title's header and the two names come to 259 (263 escalated)
+    assert len(LONG_VILLAGE) > 100 and len(LONG_GRID) > 100
+    assert max(len(LONG_VILLAGE), len(LONG_GRID)) <= Area.__table__.c.name.type.length
+    with session_scope(outbox_db) as s:
+        s.get(Area, "V1").name = LONG_VILLAGE
+        s.get(Area, "G2").name = LONG_GRID  # F000 (critical) is in G2
+    limit = Alert.__table__.c.title.type.length
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        assert enqueue(NOW, outbox_db) > 0
+        deliver(NOW, outbox_db)
+        assert escalate(NOW + timedelta(minutes=31), outbox_db) > 0
+        deliver(NOW + timedelta(minutes=32), outbox_db)
+        sent = [r.json["title"] for r in rx.accepted()]
+    with session_scope(outbox_db) as s:
+        alerts = s.scalars(select(Alert).where(Alert.flag_id == "F000")).all()
+        assert {a.status for a in s.scalars(select(Alert))} == {"sent"}
+    titles = {a.escalation_level: a.title for a in alerts}
+    assert set(titles) == {0, 2}
+    assert titles[0].startswith("【紧急】长时间无用电活动 · ")
+    assert titles[2].startswith("【升级】【紧急】长时间无用电活动 · ")
+    for title in titles.values():
+        assert len(title) == limit and title.endswith("…") and LONG_VILLAGE[:60] in title
+    assert set(titles.values()) <= set(sent)
