@@ -128,6 +128,30 @@ def ack_link_length(policy: DispatchPolicy, alert_id: str, recipient_id: str | N
     return len(ack_url(policy.ack_base_url, token))
 
 
+def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:
+    """Whether an SMS alert can hold its ack link under ``SIBIFANG_ACK_BASE_URL``: checked when
+    dispatch starts, so that a base URL too long is the operator's error to fix at once, not each
+    SMS alert dead-lettered ``too_long`` one by one. Measured with the shortest link an alert can
+    have (the alert id's format, an empty recipient id): it fails only when no SMS alert can go.
+    ``sms_used`` (an SMS gateway is set and no override webhook takes every message): a
+    ``ValueError``; otherwise a warning, for the day SMS is set up."""
+    import logging
+
+    from sibifang.channels import SMS_MAX_CHARS
+    from sibifang.dispatch_alerts import least_sms_length
+
+    link = ack_link_length(policy, stable_id("A", "", length=12), "", local_now())
+    need = least_sms_length(link)
+    if need <= SMS_MAX_CHARS:
+        return
+    problem = (f"SIBIFANG_ACK_BASE_URL is too long for an SMS alert: its ack link alone is {link} characters, "
+               f"and the shortest SMS alert with it is {need}, over the SMS limit of {SMS_MAX_CHARS} characters "
+               f"(channels.SIZE_LIMITS); use a base URL at least {need - SMS_MAX_CHARS} characters shorter")
+    if sms_used:
+        raise ValueError(problem + "; no SMS alert could be sent")
+    logging.getLogger(__name__).warning("%s (no SMS gateway is in use now)", problem)
+
+
 def with_ack_link(body: str, alert_id: str, recipient_id: str | None, policy: DispatchPolicy,
                   now: datetime) -> str:
     """A stored body as it is sent: its ``ACK_URL_SLOT`` filled with a link signed now."""

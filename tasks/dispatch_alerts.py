@@ -25,6 +25,16 @@ def dispatch_policy():
     return DispatchPolicy.from_settings()
 
 
+def check_settings() -> None:
+    """What dispatch checks before it starts (``outbox.check_ack_base_url``): an error the
+    operator fixes once instead of every alert dead-lettered."""
+    from sibifang.outbox import check_ack_base_url
+    from sibifang.settings import get_settings
+
+    s = get_settings()
+    check_ack_base_url(dispatch_policy(), sms_used=bool(s.sms_gateway_url) and not s.alert_webhook_url)
+
+
 def _quiet(now: datetime) -> datetime | None:
     from sibifang.dispatch_alerts import in_quiet_hours, release_time
 

@@ -879,3 +879,80 @@ def test_an_alert_titled_after_long_registry_names_is_queued_escalated_and_sent(
     for title in titles.values():
         assert len(title) == limit and title.endswith("…") and LONG_VILLAGE[:60] in title
     assert set(titles.values()) <= set(sent)
+
+
+# --------------------------------------------------------------------------- the ack base URL, checked at the start
+
+SMS_BREAKING_BASE = "https://sibifang.fulian.example-county.gov.cn/" + "grassroots/" * 15
+
+
+def test_dispatch_stops_at_the_start_on_an_ack_base_url_no_sms_can_hold(outbox_db, monkeypatch, caplog):
+    """An ack base URL too long for any SMS alert's link: every SMS alert was queued and then
+    dead-lettered one by one. Now dispatch stops before queueing anything, with an error naming
+    SIBIFANG_ACK_BASE_URL and the SMS limit; with no SMS gateway in use (none set, or the override
+    webhook takes every message) it is a warning and dispatch goes on."""
+    import logging
+
+    from flows.dispatch_alerts import dispatch_alerts
+    from sibifang.settings import reset_settings
+    from tasks.dispatch_alerts import check_settings
+
+    _use_ack_key(monkeypatch, SMS_BREAKING_BASE)
+    monkeypatch.setenv("SIBIFANG_DATABASE_URL", outbox_db)
+    monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", "http://127.0.0.1:9/sms/send")
+    reset_settings()
+    with pytest.raises(ValueError, match=r"SIBIFANG_ACK_BASE_URL .*SMS limit of 300 characters"):
+        dispatch_alerts.fn(NOW)
+    assert count_alerts(outbox_db) == 0
+    for env in ({"SIBIFANG_SMS_GATEWAY_URL": None}, {"SIBIFANG_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook"}):
+        for k, v in env.items():
+            monkeypatch.delenv(k) if v is None else monkeypatch.setenv(k, v)
+        reset_settings()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sibifang.outbox"):
+            check_settings()
+        assert [r.getMessage() for r in caplog.records if "SIBIFANG_ACK_BASE_URL" in r.getMessage()]
+    _use_ack_key(monkeypatch, "https://sibifang.fulian.example-county.gov.cn/ack")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sibifang.outbox"):
+        check_settings()
+    assert not [r for r in caplog.records if "SIBIFANG_ACK_BASE_URL" in r.getMessage()]
+
+
+def test_the_start_check_refuses_exactly_the_base_urls_no_sms_alert_fits_with():
+    """The check and the render agree: with the longest base URL the check lets through, a plain
+    and a masked SMS alert (the shortest link, a December 31 deadline) are fitted and go whole; one
+    character more and one of them cannot be fitted (it would be dead-lettered too_long)."""
+    from sibifang.channels import fits
+    from sibifang.dispatch_alerts import Recipient, render_alert
+    from sibifang.outbox import ACK_URL_SLOT, DispatchPolicy, ack_link_length, check_ack_base_url, with_ack_link
+    from sibifang.records import stable_id
+
+    at = datetime(2026, 12, 31, 10, 0)
+    household = {"household_id": "H1", "head_name": "李秀英", "address": "万堤村0号", "grid_id": "G1",
+                 "grid_name": "万堤村第1网格", "village_name": "万堤村", "birth_year": 1940, "sex": "F"}
+    sms = Recipient("", "徐红", "village_chair", "sms", "13800000000", "critical")
+
+    def sent_whole(base: str) -> bool:
+        policy = DispatchPolicy(ack_base_url=base, ack_secret=ACK_KEY)
+        aid = stable_id("A", base, length=12)
+        ok = True
+        for kind in ("inactivity", "domestic_violence"):
+            flag = {"flag_id": "F1", "dedup_key": "k", "household_id": "H1", "kind": kind, "severity": "critical",
+                    "start": at - timedelta(hours=14), "detected_at": at, "evidence": "用电接近停止"}
+            body = render_alert(flag, household, sms, ACK_URL_SLOT, alert_id=aid, now=at,
+                                link_length=ack_link_length(policy, aid, "", at)).text
+            ok = ok and fits("sms", with_ack_link(body, aid, "", policy, at))
+        return ok
+
+    def passes(base: str) -> bool:
+        try:
+            check_ack_base_url(DispatchPolicy(ack_base_url=base, ack_secret=ACK_KEY), sms_used=True)
+        except ValueError:
+            return False
+        return True
+
+    bases = ["https://a.example.cn/" + "p" * n for n in range(0, 260)]
+    longest = max(i for i, b in enumerate(bases) if passes(b))
+    assert 0 < longest < len(bases) - 1 and not passes(bases[longest + 1])
+    assert sent_whole(bases[longest]) and not sent_whole(bases[longest + 1])
