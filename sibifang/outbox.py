@@ -174,6 +174,34 @@ def insert_alerts(session: Session, rows: list[dict[str, Any]]) -> None:
            update=())
 
 
+def refit_to_link(session: Session, alert: Alert, policy: DispatchPolicy, *, now: datetime,
+                  signed_at: datetime) -> bool:
+    """Word a claimed alert again when its stored body, fitted to its channel for the link of the
+    day it was queued, no longer fits with the link it goes with now (``SIBIFANG_ACK_BASE_URL``
+    lengthened while it waited): rendered as at queueing (``render_alert``), at the send's moment
+    ``now``, for the link signed at ``signed_at``, and stored so. Only an alert about to be sent
+    (claimed, never one sent before), only when needed: the others keep their stored message.
+    Returns whether it was worded again; one that still does not fit is refused by its channel."""
+    from sibifang.channels import fits
+    from sibifang.dispatch_alerts import Recipient, render_alert
+
+    if policy.override_webhook or ACK_URL_SLOT not in (alert.body or ""):
+        return False  # the override webhook takes any length; a body with its link in is sent as stored
+    link_length = ack_link_length(policy, alert.id, alert.recipient_id, signed_at)
+    if fits(alert.channel, alert.body.replace(ACK_URL_SLOT, "x" * link_length)):
+        return False
+    flag = session.get(RiskFlag, alert.flag_id)
+    household = household_context(session, [flag.household_id]).get(flag.household_id) if flag else None
+    if household is None:
+        return False
+    rcpt = Recipient(alert.recipient_id or "", "", alert.recipient_role or "", alert.channel, alert.address or "",
+                     "refit")
+    msg = render_alert(flag_payload(flag), household, rcpt, ACK_URL_SLOT, alert_id=alert.id, now=now,
+                       link_length=link_length)
+    alert.body = msg.markdown or msg.text
+    return True
+
+
 def backoff(attempt_no: int) -> timedelta:
     """Delay before attempt ``attempt_no + 1``: 30 s, 1 min, 2 min, ... capped at an hour."""
     return min(BACKOFF_MAX, BACKOFF_BASE * (2 ** max(0, attempt_no - 1)))

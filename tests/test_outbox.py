@@ -956,3 +956,58 @@ def test_the_start_check_refuses_exactly_the_base_urls_no_sms_alert_fits_with():
     longest = max(i for i, b in enumerate(bases) if passes(b))
     assert 0 < longest < len(bases) - 1 and not passes(bases[longest + 1])
     assert sent_whole(bases[longest]) and not sent_whole(bases[longest + 1])
+
+
+def test_sms_alerts_queued_before_the_ack_base_url_grew_are_worded_again_not_dead_lettered(outbox_db,
+                                                                                             monkeypatch):
+    """An SMS alert is fitted, when queued, to the link of that day's SIBIFANG_ACK_BASE_URL. The
+    base URL lengthened while alerts waited (held over quiet hours): each was refused at send
+    time (too_long) and dead-lettered, though a shorter wording would have fitted. Now one that no
+    longer fits is worded again for today's link when it goes, once; the alerts sent before keep
+    their stored message, and nothing is sent twice."""
+    from sibifang.ack_tokens import verify_ack_token
+    from sibifang.outbox import ACK_URL_SLOT
+    from sibifang.settings import reset_settings
+    import tasks.dispatch_alerts as td
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    night = datetime(2026, 11, 20, 23, 0)  # quiet hours: the 'high' alerts wait for the morning
+    morning = datetime(2026, 11, 21, 7, 0)
+    long_base = "https://sibifang.fulian.example-county.gov.cn/grassroots-service/acknowledgements/links"
+    _use_ack_key(monkeypatch, "https://fl.example.cn")
+    with HttpReceiver(flavor="sms") as rx:
+        monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+        monkeypatch.setenv("SIBIFANG_SMS_BODY_TEMPLATE", '{"to": "{phone}", "content": "{text}"}')
+        monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
+        with session_scope(outbox_db) as s:
+            for cid in ("GW1", "GW2", "VC1"):
+                c = s.get(Cadre, cid)
+                c.alert_channel, c.alert_address = "sms", "13800000000"
+        reset_settings()
+        td._CHANNELS.clear()
+        enqueue(night, outbox_db)
+        deliver(night, outbox_db, clock=lambda: night)
+        with session_scope(outbox_db) as s:
+            first = {a.id: a.body for a in s.scalars(select(Alert).where(Alert.status == "sent"))}
+            held = {a.id for a in s.scalars(select(Alert).where(Alert.status == "pending"))}
+        _use_ack_key(monkeypatch, long_base)  # lengthened overnight
+        td._CHANNELS.clear()
+        deliver(morning, outbox_db, clock=lambda: morning)
+        deliver(morning + timedelta(hours=1), outbox_db, clock=lambda: morning + timedelta(hours=1))
+        texts = [r.json["content"] for r in rx.accepted()]
+    assert first and held
+    with session_scope(outbox_db) as s:
+        alerts = {a.id: a for a in s.scalars(select(Alert))}
+        assert {a.status for a in alerts.values()} == {"sent"}
+        assert {a.attempts for a in alerts.values()} == {1}
+        assert {aid: alerts[aid].body for aid in first} == first  # sent before: stored message unchanged
+        assert all(ACK_URL_SLOT in alerts[aid].body and "/ack?t=" not in alerts[aid].body for aid in held)
+    assert len(texts) == len(alerts)
+    linked = []
+    for text in texts:
+        assert len(text) <= 300 and "最晚" in text
+        (tok,) = _links(text)
+        linked.append(verify_ack_token(tok, ACK_KEY, morning).alert_id)
+        if linked[-1] in held:
+            assert text.endswith(f"{long_base}/ack?t={tok}")
+    assert sorted(linked) == sorted(alerts)
