@@ -121,11 +121,11 @@ def signed_ack_url(policy: DispatchPolicy, alert_id: str, recipient_id: str | No
 def ack_link_length(policy: DispatchPolicy, alert_id: str, recipient_id: str | None, now: datetime) -> int:
     """How long the link ``signed_ack_url`` puts into this alert's slot, at any send: the same
     whatever key signs it (an HMAC-SHA256 is 32 bytes) and whenever (epoch seconds keep 10 digits
-    until 2286). Rendering leaves this much for it when it fits the message to its channel."""
-    from sibifang.ack_tokens import ack_url, make_ack_token
+    until 2286), so it is computed, not signed (``ack_url_length``). Rendering leaves this much
+    for it when it fits the message to its channel."""
+    from sibifang.ack_tokens import ack_url_length
 
-    token = make_ack_token(alert_id, recipient_id or "", b"any key: only the length is used", policy.ack_ttl, now)
-    return len(ack_url(policy.ack_base_url, token))
+    return ack_url_length(policy.ack_base_url, alert_id, recipient_id or "", policy.ack_ttl, now)
 
 
 def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:

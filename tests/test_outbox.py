@@ -1011,3 +1011,27 @@ def test_sms_alerts_queued_before_the_ack_base_url_grew_are_worded_again_not_dea
         if linked[-1] in held:
             assert text.endswith(f"{long_base}/ack?t={tok}")
     assert sorted(linked) == sorted(alerts)
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:8765", "https://fl.example.cn/sibifang/"])
+def test_the_ack_link_length_computed_without_signing_is_the_signed_links(base):
+    """Queueing leaves room for each alert's link without signing one (``ack_link_length``): its
+    length, computed from the token's layout, is the length of every link signed for that alert
+    (any key, any send), for ids of any length and script, any lifetime, naive and aware times."""
+    from zoneinfo import ZoneInfo
+
+    from sibifang.outbox import DispatchPolicy, ack_link_length, signed_ack_url
+    from sibifang.records import stable_id
+
+    recipients = ["GW1", "", None, "网格员-陈丽-07", 'q"uo\\te', "C" * 64]
+    times = [NOW, datetime(2026, 12, 31, 23, 59, 59), datetime(2026, 11, 20, 2, 0, tzinfo=ZoneInfo("UTC"))]
+    checked = 0
+    for ttl in (timedelta(hours=1), timedelta(hours=72), timedelta(days=400)):
+        for key in (ACK_KEY, "another-key-of-at-least-16"):
+            policy = DispatchPolicy(ack_base_url=base, ack_secret=key, ack_ttl=ttl)
+            for i, rid in enumerate(recipients):
+                aid = stable_id("A", f"flag-{i}|{rid}", length=12)
+                for at in times:
+                    assert ack_link_length(policy, aid, rid, at) == len(signed_ack_url(policy, aid, rid, at))
+                    checked += 1
+    assert checked == 3 * 2 * len(recipients) * len(times)
