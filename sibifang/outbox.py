@@ -400,8 +400,16 @@ def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime
         alert.last_error = result.error
         return alert.status
     attempt_no = alert.attempts + 1
+    # A provider's own code (an SMS gateway's run to 50 characters) fitted to its column, which
+    # PostgreSQL would refuse past it: the attempt unrecorded, the alert sent again after the lease.
+    # The whole code is in the error.
+    code = result.provider_code
+    if code is not None:
+        from sibifang.channels import truncate_chars
+
+        code = truncate_chars(code, DeliveryAttempt.__table__.c.provider_code.type.length)
     session.add(DeliveryAttempt(alert_id=alert.id, attempt_no=attempt_no, at=now, ok=bool(result.ok),
-                                status_code=result.status_code, provider_code=result.provider_code,
+                                status_code=result.status_code, provider_code=code,
                                 error=result.error, latency_ms=result.latency_ms))
     alert.attempts = attempt_no
     alert.claim_token = None

@@ -1035,3 +1035,24 @@ def test_the_ack_link_length_computed_without_signing_is_the_signed_links(base):
                     assert ack_link_length(policy, aid, rid, at) == len(signed_ack_url(policy, aid, rid, at))
                     checked += 1
     assert checked == 3 * 2 * len(recipients) * len(times)
+
+
+def test_a_gateway_refusal_code_longer_than_its_column_is_recorded_and_dead_lettered(outbox_db, monkeypatch):
+    """An SMS gateway answers with its own codes (Tencent Cloud's run to 50 characters): one longer
+    than the attempts' provider_code column (32) made PostgreSQL refuse the attempt's record, so
+    the dispatcher failed and the alerts stayed claimed, to be sent again after the lease. Now
+    the code is fitted to its column with "…" (the whole code is in the error), and each alert is
+    recorded and dead-lettered once."""
+    code = "FailedOperation.ContainSensitiveWord"  # 35 characters
+    with HttpReceiver(fixed_response=(200, {"code": code, "message": "内容含敏感词"})) as rx:
+        monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+        _send_over_own_channels(outbox_db, monkeypatch, rx, "sms", lambda cid: "13800000000")
+        sent = len(rx.requests)
+    limit = DeliveryAttempt.__table__.c.provider_code.type.length
+    with session_scope(outbox_db) as s:
+        alerts = s.scalars(select(Alert)).all()
+        attempts = s.scalars(select(DeliveryAttempt)).all()
+        assert alerts and {a.status for a in alerts} == {"dead"} and {a.attempts for a in alerts} == {1}
+        assert all(code in a.last_error for a in alerts)
+        assert len(attempts) == len(alerts) == sent
+        assert {t.provider_code for t in attempts} == {code[:limit - 1] + "…"}
