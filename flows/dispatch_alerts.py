@@ -8,7 +8,7 @@ from prefect import flow
 
 from sibifang.settings import local_now
 
-from tasks.dispatch_alerts import deliver_task, enqueue_task, escalate_task
+from tasks.dispatch_alerts import check_settings, deliver_task, enqueue_task, escalate_task
 
 
 @flow(name="dispatch_alerts", description="Route new flags to grid workers and chairs, deliver the outbox "
@@ -16,6 +16,7 @@ from tasks.dispatch_alerts import deliver_task, enqueue_task, escalate_task
 def dispatch_alerts(now: datetime | None = None) -> dict:
     # ``now`` replays a moment (the demo, a re-run); unset, it is the wall clock.
     at = now or local_now()
+    check_settings()  # a setting no alert can be sent with stops here, before anything is queued
     queued = enqueue_task(at)
     escalated = escalate_task(at)
     delivered = deliver_task(now)

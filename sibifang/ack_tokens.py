@@ -80,8 +80,7 @@ def _sign(payload_part: str, secret: bytes) -> str:
     return _b64e(hmac.new(secret, payload_part.encode("ascii"), hashlib.sha256).digest())
 
 
-def make_ack_token(alert_id: str, recipient_id: str, secret, ttl: timedelta | float | int, now: datetime) -> str:
-    """Signed, URL-safe token; ``ttl`` is a timedelta or a number of hours."""
+def _payload(alert_id: str, recipient_id: str, ttl: timedelta | float | int, now: datetime) -> bytes:
     if not isinstance(ttl, timedelta):
         ttl = timedelta(hours=float(ttl))
     if ttl <= timedelta(0):
@@ -89,8 +88,27 @@ def make_ack_token(alert_id: str, recipient_id: str, secret, ttl: timedelta | fl
     issued = _epoch(now)
     payload = {"v": TOKEN_VERSION, "a": str(alert_id), "r": str(recipient_id), "i": issued,
                "e": issued + int(ttl.total_seconds())}
-    payload_part = _b64e(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def make_ack_token(alert_id: str, recipient_id: str, secret, ttl: timedelta | float | int, now: datetime) -> str:
+    """Signed, URL-safe token; ``ttl`` is a timedelta or a number of hours."""
+    payload_part = _b64e(_payload(alert_id, recipient_id, ttl, now))
     return f"{payload_part}.{_sign(payload_part, _secret_bytes(secret))}"
+
+
+def _b64_length(n_bytes: int) -> int:
+    """Characters of ``n_bytes`` in unpadded base64url (``_b64e``)."""
+    return (4 * n_bytes + 2) // 3
+
+
+def ack_url_length(base_url: str, alert_id: str, recipient_id: str, ttl: timedelta | float | int,
+                   now: datetime) -> int:
+    """How long the link ``ack_url`` makes of the token ``make_ack_token`` signs for these claims,
+    without signing: the layout fixes it (the payload part, a dot, an HMAC-SHA256 of 32 bytes),
+    whatever the key, and ``quote`` leaves a token's characters as they are."""
+    token = _b64_length(len(_payload(alert_id, recipient_id, ttl, now))) + 1 + _b64_length(hashlib.sha256().digest_size)
+    return len(ack_url(base_url, "")) + token
 
 
 def verify_ack_token(token: str, secret, now: datetime) -> AckClaims:

@@ -32,7 +32,7 @@ import jinja2
 import pandas as pd
 
 import templates as _templates_pkg
-from sibifang.channels import ELLIPSIS, GROUP_ROBOT_KINDS, OutgoingMessage, fits
+from sibifang.channels import ELLIPSIS, GROUP_ROBOT_KINDS, OutgoingMessage, fits, message_size
 from sibifang.checks import FLAG_KIND_LABELS
 from sibifang.settings import LOCAL_TZ
 
@@ -536,6 +536,20 @@ def render_alert(flag: Mapping[str, Any], household: Mapping[str, Any], recipien
     text = _fitted(lambda: _render(text_template, **ctx), give_way, fit)
     return OutgoingMessage(alert_id=alert_id, dedup_key=alert_id, severity=ctx["severity"],
                            title=_render(f"{base}.title.j2", **ctx), text=text, markdown=markdown)
+
+
+def least_sms_length(link_length: int) -> int:
+    """How long the shortest SMS alert is whose ack link is ``link_length`` long: each SMS wording
+    (plain and masked; both are sent) with the parts that give way at their least
+    (``ALERT_GIVE_WAY``) and the longest deadline (two-digit month and day). Past the SMS limit no
+    SMS alert can carry its link whole: each would be refused at send time (``channels.fit_text``)."""
+    at = datetime(2026, 12, 31, 10, 0)
+    flag = {"flag_id": "F", "kind": "inactivity", "severity": "critical", "start": at, "detected_at": at}
+    recipient = Recipient("", "", "village_chair", "sms", "", "check")
+    ctx = _context(flag, {"head_name": "李"}, recipient, "x" * link_length, "A", now=at)
+    for key, keep in ALERT_GIVE_WAY:
+        ctx[key] = _cut("x" * (keep + 1), keep)
+    return max(message_size("sms", _render(f"{base}.sms.j2", **ctx)) for base in ("alert", "alert_masked"))
 
 
 def alert_page_context(flag: Mapping[str, Any], household: Mapping[str, Any], recipient_role: str,

@@ -121,11 +121,35 @@ def signed_ack_url(policy: DispatchPolicy, alert_id: str, recipient_id: str | No
 def ack_link_length(policy: DispatchPolicy, alert_id: str, recipient_id: str | None, now: datetime) -> int:
     """How long the link ``signed_ack_url`` puts into this alert's slot, at any send: the same
     whatever key signs it (an HMAC-SHA256 is 32 bytes) and whenever (epoch seconds keep 10 digits
-    until 2286). Rendering leaves this much for it when it fits the message to its channel."""
-    from sibifang.ack_tokens import ack_url, make_ack_token
+    until 2286), so it is computed, not signed (``ack_url_length``). Rendering leaves this much
+    for it when it fits the message to its channel."""
+    from sibifang.ack_tokens import ack_url_length
 
-    token = make_ack_token(alert_id, recipient_id or "", b"any key: only the length is used", policy.ack_ttl, now)
-    return len(ack_url(policy.ack_base_url, token))
+    return ack_url_length(policy.ack_base_url, alert_id, recipient_id or "", policy.ack_ttl, now)
+
+
+def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:
+    """Whether an SMS alert can hold its ack link under ``SIBIFANG_ACK_BASE_URL``: checked when
+    dispatch starts, so that a base URL too long is the operator's error to fix at once, not each
+    SMS alert dead-lettered ``too_long`` one by one. Measured with the shortest link an alert can
+    have (the alert id's format, an empty recipient id): it fails only when no SMS alert can go.
+    ``sms_used`` (an SMS gateway is set and no override webhook takes every message): a
+    ``ValueError``; otherwise a warning, for the day SMS is set up."""
+    import logging
+
+    from sibifang.channels import SMS_MAX_CHARS
+    from sibifang.dispatch_alerts import least_sms_length
+
+    link = ack_link_length(policy, stable_id("A", "", length=12), "", local_now())
+    need = least_sms_length(link)
+    if need <= SMS_MAX_CHARS:
+        return
+    problem = (f"SIBIFANG_ACK_BASE_URL is too long for an SMS alert: its ack link alone is {link} characters, "
+               f"and the shortest SMS alert with it is {need}, over the SMS limit of {SMS_MAX_CHARS} characters "
+               f"(channels.SIZE_LIMITS); use a base URL at least {need - SMS_MAX_CHARS} characters shorter")
+    if sms_used:
+        raise ValueError(problem + "; no SMS alert could be sent")
+    logging.getLogger(__name__).warning("%s (no SMS gateway is in use now)", problem)
 
 
 def with_ack_link(body: str, alert_id: str, recipient_id: str | None, policy: DispatchPolicy,
@@ -134,6 +158,48 @@ def with_ack_link(body: str, alert_id: str, recipient_id: str | None, policy: Di
     if ACK_URL_SLOT not in (body or ""):
         return body
     return body.replace(ACK_URL_SLOT, signed_ack_url(policy, alert_id, recipient_id, now))
+
+
+def insert_alerts(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Rows into the outbox, none twice (keyed by ``dedup_key``): the one way alerts are stored.
+
+    A title is worded from registry names (the village's and the grid's, each up to its column's
+    length) and can run past its own column, which PostgreSQL refuses (SQLite keeps it): the
+    whole run's alerts would be lost. It is cut to the column's length with a visible "…"; its
+    header (【升级】, severity, kind) comes first and stays."""
+    from sibifang.channels import truncate_chars
+
+    limit = Alert.__table__.c.title.type.length
+    upsert(session, Alert, [{**r, "title": truncate_chars(r["title"], limit)} for r in rows], key=["dedup_key"],
+           update=())
+
+
+def refit_to_link(session: Session, alert: Alert, policy: DispatchPolicy, *, now: datetime,
+                  signed_at: datetime) -> bool:
+    """Word a claimed alert again when its stored body, fitted to its channel for the link of the
+    day it was queued, no longer fits with the link it goes with now (``SIBIFANG_ACK_BASE_URL``
+    lengthened while it waited): rendered as at queueing (``render_alert``), at the send's moment
+    ``now``, for the link signed at ``signed_at``, and stored so. Only an alert about to be sent
+    (claimed, never one sent before), only when needed: the others keep their stored message.
+    Returns whether it was worded again; one that still does not fit is refused by its channel."""
+    from sibifang.channels import fits
+    from sibifang.dispatch_alerts import Recipient, render_alert
+
+    if policy.override_webhook or ACK_URL_SLOT not in (alert.body or ""):
+        return False  # the override webhook takes any length; a body with its link in is sent as stored
+    link_length = ack_link_length(policy, alert.id, alert.recipient_id, signed_at)
+    if fits(alert.channel, alert.body.replace(ACK_URL_SLOT, "x" * link_length)):
+        return False
+    flag = session.get(RiskFlag, alert.flag_id)
+    household = household_context(session, [flag.household_id]).get(flag.household_id) if flag else None
+    if household is None:
+        return False
+    rcpt = Recipient(alert.recipient_id or "", "", alert.recipient_role or "", alert.channel, alert.address or "",
+                     "refit")
+    msg = render_alert(flag_payload(flag), household, rcpt, ACK_URL_SLOT, alert_id=alert.id, now=now,
+                       link_length=link_length)
+    alert.body = msg.markdown or msg.text
+    return True
 
 
 def backoff(attempt_no: int) -> timedelta:
@@ -235,7 +301,7 @@ def enqueue_alerts(session: Session, flags: list[dict[str, Any]], *, now: dateti
         from schemas.validation import raise_for_critical, validate_frame
 
         raise_for_critical(validate_frame(pd.DataFrame(rows), "alerts", source="dispatch_alerts outbox"))
-    upsert(session, Alert, rows, key=["dedup_key"], update=())
+    insert_alerts(session, rows)
     if skipped:
         import logging
 
@@ -334,8 +400,16 @@ def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime
         alert.last_error = result.error
         return alert.status
     attempt_no = alert.attempts + 1
+    # A provider's own code (an SMS gateway's run to 50 characters) fitted to its column, which
+    # PostgreSQL would refuse past it: the attempt unrecorded, the alert sent again after the lease.
+    # The whole code is in the error.
+    code = result.provider_code
+    if code is not None:
+        from sibifang.channels import truncate_chars
+
+        code = truncate_chars(code, DeliveryAttempt.__table__.c.provider_code.type.length)
     session.add(DeliveryAttempt(alert_id=alert.id, attempt_no=attempt_no, at=now, ok=bool(result.ok),
-                                status_code=result.status_code, provider_code=result.provider_code,
+                                status_code=result.status_code, provider_code=code,
                                 error=result.error, latency_ms=result.latency_ms))
     alert.attempts = attempt_no
     alert.claim_token = None
@@ -457,7 +531,7 @@ def queue_escalation(session: Session, flag: RiskFlag, level: int, alerted: set[
     stored = set(session.scalars(select(Alert.id).where(Alert.id.in_([r["id"] for r in rows]))))
     rows = [r for r in rows if r["id"] not in stored]
     if rows:
-        upsert(session, Alert, rows, key=["dedup_key"], update=())
+        insert_alerts(session, rows)
         audit(session, "dispatch_alerts", "escalate", "risk_flag", flag.id,
               {"level": new_level, "to": [r["recipient_id"] for r in rows], "why": why}, at=now)
     return [r["id"] for r in rows]

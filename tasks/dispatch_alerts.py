@@ -25,6 +25,16 @@ def dispatch_policy():
     return DispatchPolicy.from_settings()
 
 
+def check_settings() -> None:
+    """What dispatch checks before it starts (``outbox.check_ack_base_url``): an error the
+    operator fixes once instead of every alert dead-lettered."""
+    from sibifang.outbox import check_ack_base_url
+    from sibifang.settings import get_settings
+
+    s = get_settings()
+    check_ack_base_url(dispatch_policy(), sms_used=bool(s.sms_gateway_url) and not s.alert_webhook_url)
+
+
 def _quiet(now: datetime) -> datetime | None:
     from sibifang.dispatch_alerts import in_quiet_hours, release_time
 
@@ -197,7 +207,8 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
     from schemas.models import Alert
     from sibifang.channels import OutgoingMessage
     from sibifang.db import session_scope
-    from sibifang.outbox import LEASE, LOCAL_RATE_LIMIT, claim_due, record_attempt, release, with_ack_link
+    from sibifang.outbox import (LEASE, LOCAL_RATE_LIMIT, claim_due, record_attempt, refit_to_link, release,
+                                 with_ack_link)
     from sibifang.settings import get_settings
 
     policy = dispatch_policy()
@@ -244,6 +255,7 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 for a in alerts:
                     if a.id in grouped:
                         continue
+                    refit_to_link(s, a, policy, now=at, signed_at=claimed_at)  # base URL lengthened since
                     body = with_ack_link(a.body, a.id, a.recipient_id, policy, claimed_at)
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
                                           text=body, markdown=body)

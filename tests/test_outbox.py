@@ -834,3 +834,225 @@ def test_an_sms_link_too_long_to_fit_is_dead_lettered_not_sent_broken(outbox_db,
         alerts = s.scalars(select(Alert)).all()
         assert alerts and {a.status for a in alerts} == {"dead"} and {a.attempts for a in alerts} == {1}
         assert all("确认链接" in a.last_error and "SIBIFANG_ACK_BASE_URL" in a.last_error for a in alerts)
+
+
+# --------------------------------------------------------------------------- columns fed from the registry
+
+# Registry names as long as the areas table keeps them (128): a merged village's full name and a
+# grid named after the streets it covers, not starting with the village's name.
+LONG_VILLAGE = ("宁波市鄞东区东湖街道万堤新塘下应三村合并后组建的万堤社区股份经济合作社暨万堤社区居民委员会（原东湖乡"
+                "万堤村、新塘村、下应村于二〇〇一年合并，二〇一九年撤村建居，社区党委、居委会、妇联、股份经济合作社、"
+                "综治中心、新时代文明实践站合署办公）")
+LONG_GRID = ("滨江北路一至一百二十八号、新塘老街东段、下应路西侧沿河住宅楼、万堤花园一期至三期及周边沿街商铺混合网格"
+             "（含原新塘村第三、第四、第五村民小组，原下应村第一、第二村民小组，万堤工业区东区外来务工人员集中居住点"
+             "及滨江公寓一号至六号楼、万堤幼儿园）第二责任片区")
+
+
+def test_an_alert_titled_after_long_registry_names_is_queued_escalated_and_sent(outbox_db, monkeypatch):
+    """A title is built from the village's and the grid's names: with names as long as the registry
+    keeps them, a title ran past its 256-character column, which PostgreSQL refuses (SQLite keeps
+    it): the whole run's alerts were lost, and the escalation too. Now the title is fitted to its
+    column with a visible "…", its header first; the alerts are queued, escalated and sent."""
+    from tasks.dispatch_alerts import deliver, enqueue, escalate
+
+    # 118 and 126 characters: the title's header and the two names come to 259 (263 escalated)
+    assert len(LONG_VILLAGE) > 100 and len(LONG_GRID) > 100
+    assert max(len(LONG_VILLAGE), len(LONG_GRID)) <= Area.__table__.c.name.type.length
+    with session_scope(outbox_db) as s:
+        s.get(Area, "V1").name = LONG_VILLAGE
+        s.get(Area, "G2").name = LONG_GRID  # F000 (critical) is in G2
+    limit = Alert.__table__.c.title.type.length
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        assert enqueue(NOW, outbox_db) > 0
+        deliver(NOW, outbox_db)
+        assert escalate(NOW + timedelta(minutes=31), outbox_db) > 0
+        deliver(NOW + timedelta(minutes=32), outbox_db)
+        sent = [r.json["title"] for r in rx.accepted()]
+    with session_scope(outbox_db) as s:
+        alerts = s.scalars(select(Alert).where(Alert.flag_id == "F000")).all()
+        assert {a.status for a in s.scalars(select(Alert))} == {"sent"}
+    titles = {a.escalation_level: a.title for a in alerts}
+    assert set(titles) == {0, 2}
+    assert titles[0].startswith("【紧急】长时间无用电活动 · ")
+    assert titles[2].startswith("【升级】【紧急】长时间无用电活动 · ")
+    for title in titles.values():
+        assert len(title) == limit and title.endswith("…") and LONG_VILLAGE[:60] in title
+    assert set(titles.values()) <= set(sent)
+
+
+# --------------------------------------------------------------------------- the ack base URL, checked at the start
+
+SMS_BREAKING_BASE = "https://sibifang.fulian.example-county.gov.cn/" + "grassroots/" * 15
+
+
+def test_dispatch_stops_at_the_start_on_an_ack_base_url_no_sms_can_hold(outbox_db, monkeypatch, caplog):
+    """An ack base URL too long for any SMS alert's link: every SMS alert was queued and then
+    dead-lettered one by one. Now dispatch stops before queueing anything, with an error naming
+    SIBIFANG_ACK_BASE_URL and the SMS limit; with no SMS gateway in use (none set, or the override
+    webhook takes every message) it is a warning and dispatch goes on."""
+    import logging
+
+    from flows.dispatch_alerts import dispatch_alerts
+    from sibifang.settings import reset_settings
+    from tasks.dispatch_alerts import check_settings
+
+    _use_ack_key(monkeypatch, SMS_BREAKING_BASE)
+    monkeypatch.setenv("SIBIFANG_DATABASE_URL", outbox_db)
+    monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", "http://127.0.0.1:9/sms/send")
+    reset_settings()
+    with pytest.raises(ValueError, match=r"SIBIFANG_ACK_BASE_URL .*SMS limit of 300 characters"):
+        dispatch_alerts.fn(NOW)
+    assert count_alerts(outbox_db) == 0
+    for env in ({"SIBIFANG_SMS_GATEWAY_URL": None}, {"SIBIFANG_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook"}):
+        for k, v in env.items():
+            monkeypatch.delenv(k) if v is None else monkeypatch.setenv(k, v)
+        reset_settings()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sibifang.outbox"):
+            check_settings()
+        assert [r.getMessage() for r in caplog.records if "SIBIFANG_ACK_BASE_URL" in r.getMessage()]
+    _use_ack_key(monkeypatch, "https://sibifang.fulian.example-county.gov.cn/ack")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sibifang.outbox"):
+        check_settings()
+    assert not [r for r in caplog.records if "SIBIFANG_ACK_BASE_URL" in r.getMessage()]
+
+
+def test_the_start_check_refuses_exactly_the_base_urls_no_sms_alert_fits_with():
+    """The check and the render agree: with the longest base URL the check lets through, a plain
+    and a masked SMS alert (the shortest link, a December 31 deadline) are fitted and go whole; one
+    character more and one of them cannot be fitted (it would be dead-lettered too_long)."""
+    from sibifang.channels import fits
+    from sibifang.dispatch_alerts import Recipient, render_alert
+    from sibifang.outbox import ACK_URL_SLOT, DispatchPolicy, ack_link_length, check_ack_base_url, with_ack_link
+    from sibifang.records import stable_id
+
+    at = datetime(2026, 12, 31, 10, 0)
+    household = {"household_id": "H1", "head_name": "李秀英", "address": "万堤村0号", "grid_id": "G1",
+                 "grid_name": "万堤村第1网格", "village_name": "万堤村", "birth_year": 1940, "sex": "F"}
+    sms = Recipient("", "徐红", "village_chair", "sms", "13800000000", "critical")
+
+    def sent_whole(base: str) -> bool:
+        policy = DispatchPolicy(ack_base_url=base, ack_secret=ACK_KEY)
+        aid = stable_id("A", base, length=12)
+        ok = True
+        for kind in ("inactivity", "domestic_violence"):
+            flag = {"flag_id": "F1", "dedup_key": "k", "household_id": "H1", "kind": kind, "severity": "critical",
+                    "start": at - timedelta(hours=14), "detected_at": at, "evidence": "用电接近停止"}
+            body = render_alert(flag, household, sms, ACK_URL_SLOT, alert_id=aid, now=at,
+                                link_length=ack_link_length(policy, aid, "", at)).text
+            ok = ok and fits("sms", with_ack_link(body, aid, "", policy, at))
+        return ok
+
+    def passes(base: str) -> bool:
+        try:
+            check_ack_base_url(DispatchPolicy(ack_base_url=base, ack_secret=ACK_KEY), sms_used=True)
+        except ValueError:
+            return False
+        return True
+
+    bases = ["https://a.example.cn/" + "p" * n for n in range(0, 260)]
+    longest = max(i for i, b in enumerate(bases) if passes(b))
+    assert 0 < longest < len(bases) - 1 and not passes(bases[longest + 1])
+    assert sent_whole(bases[longest]) and not sent_whole(bases[longest + 1])
+
+
+def test_sms_alerts_queued_before_the_ack_base_url_grew_are_worded_again_not_dead_lettered(outbox_db,
+                                                                                             monkeypatch):
+    """An SMS alert is fitted, when queued, to the link of that day's SIBIFANG_ACK_BASE_URL. The
+    base URL lengthened while alerts waited (held over quiet hours): each was refused at send
+    time (too_long) and dead-lettered, though a shorter wording would have fitted. Now one that no
+    longer fits is worded again for today's link when it goes, once; the alerts sent before keep
+    their stored message, and nothing is sent twice."""
+    from sibifang.ack_tokens import verify_ack_token
+    from sibifang.outbox import ACK_URL_SLOT
+    from sibifang.settings import reset_settings
+    import tasks.dispatch_alerts as td
+    from tasks.dispatch_alerts import deliver, enqueue
+
+    night = datetime(2026, 11, 20, 23, 0)  # quiet hours: the 'high' alerts wait for the morning
+    morning = datetime(2026, 11, 21, 7, 0)
+    long_base = "https://sibifang.fulian.example-county.gov.cn/grassroots-service/acknowledgements/links"
+    _use_ack_key(monkeypatch, "https://fl.example.cn")
+    with HttpReceiver(flavor="sms") as rx:
+        monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+        monkeypatch.setenv("SIBIFANG_SMS_BODY_TEMPLATE", '{"to": "{phone}", "content": "{text}"}')
+        monkeypatch.setenv("SIBIFANG_RATE_LIMITS", "false")
+        with session_scope(outbox_db) as s:
+            for cid in ("GW1", "GW2", "VC1"):
+                c = s.get(Cadre, cid)
+                c.alert_channel, c.alert_address = "sms", "13800000000"
+        reset_settings()
+        td._CHANNELS.clear()
+        enqueue(night, outbox_db)
+        deliver(night, outbox_db, clock=lambda: night)
+        with session_scope(outbox_db) as s:
+            first = {a.id: a.body for a in s.scalars(select(Alert).where(Alert.status == "sent"))}
+            held = {a.id for a in s.scalars(select(Alert).where(Alert.status == "pending"))}
+        _use_ack_key(monkeypatch, long_base)  # lengthened overnight
+        td._CHANNELS.clear()
+        deliver(morning, outbox_db, clock=lambda: morning)
+        deliver(morning + timedelta(hours=1), outbox_db, clock=lambda: morning + timedelta(hours=1))
+        texts = [r.json["content"] for r in rx.accepted()]
+    assert first and held
+    with session_scope(outbox_db) as s:
+        alerts = {a.id: a for a in s.scalars(select(Alert))}
+        assert {a.status for a in alerts.values()} == {"sent"}
+        assert {a.attempts for a in alerts.values()} == {1}
+        assert {aid: alerts[aid].body for aid in first} == first  # sent before: stored message unchanged
+        assert all(ACK_URL_SLOT in alerts[aid].body and "/ack?t=" not in alerts[aid].body for aid in held)
+    assert len(texts) == len(alerts)
+    linked = []
+    for text in texts:
+        assert len(text) <= 300 and "最晚" in text
+        (tok,) = _links(text)
+        linked.append(verify_ack_token(tok, ACK_KEY, morning).alert_id)
+        if linked[-1] in held:
+            assert text.endswith(f"{long_base}/ack?t={tok}")
+    assert sorted(linked) == sorted(alerts)
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:8765", "https://fl.example.cn/sibifang/"])
+def test_the_ack_link_length_computed_without_signing_is_the_signed_links(base):
+    """Queueing leaves room for each alert's link without signing one (``ack_link_length``): its
+    length, computed from the token's layout, is the length of every link signed for that alert
+    (any key, any send), for ids of any length and script, any lifetime, naive and aware times."""
+    from zoneinfo import ZoneInfo
+
+    from sibifang.outbox import DispatchPolicy, ack_link_length, signed_ack_url
+    from sibifang.records import stable_id
+
+    recipients = ["GW1", "", None, "网格员-陈丽-07", 'q"uo\\te', "C" * 64]
+    times = [NOW, datetime(2026, 12, 31, 23, 59, 59), datetime(2026, 11, 20, 2, 0, tzinfo=ZoneInfo("UTC"))]
+    checked = 0
+    for ttl in (timedelta(hours=1), timedelta(hours=72), timedelta(days=400)):
+        for key in (ACK_KEY, "another-key-of-at-least-16"):
+            policy = DispatchPolicy(ack_base_url=base, ack_secret=key, ack_ttl=ttl)
+            for i, rid in enumerate(recipients):
+                aid = stable_id("A", f"flag-{i}|{rid}", length=12)
+                for at in times:
+                    assert ack_link_length(policy, aid, rid, at) == len(signed_ack_url(policy, aid, rid, at))
+                    checked += 1
+    assert checked == 3 * 2 * len(recipients) * len(times)
+
+
+def test_a_gateway_refusal_code_longer_than_its_column_is_recorded_and_dead_lettered(outbox_db, monkeypatch):
+    """An SMS gateway answers with its own codes (Tencent Cloud's run to 50 characters): one longer
+    than the attempts' provider_code column (32) made PostgreSQL refuse the attempt's record, so
+    the dispatcher failed and the alerts stayed claimed, to be sent again after the lease. Now
+    the code is fitted to its column with "…" (the whole code is in the error), and each alert is
+    recorded and dead-lettered once."""
+    code = "FailedOperation.ContainSensitiveWord"  # 35 characters
+    with HttpReceiver(fixed_response=(200, {"code": code, "message": "内容含敏感词"})) as rx:
+        monkeypatch.setenv("SIBIFANG_SMS_GATEWAY_URL", f"{rx.url}/sms/send")
+        _send_over_own_channels(outbox_db, monkeypatch, rx, "sms", lambda cid: "13800000000")
+        sent = len(rx.requests)
+    limit = DeliveryAttempt.__table__.c.provider_code.type.length
+    with session_scope(outbox_db) as s:
+        alerts = s.scalars(select(Alert)).all()
+        attempts = s.scalars(select(DeliveryAttempt)).all()
+        assert alerts and {a.status for a in alerts} == {"dead"} and {a.attempts for a in alerts} == {1}
+        assert all(code in a.last_error for a in alerts)
+        assert len(attempts) == len(alerts) == sent
+        assert {t.provider_code for t in attempts} == {code[:limit - 1] + "…"}
