@@ -550,6 +550,9 @@ class ImportResult:
     warnings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
     # Header names that are no column of the kind (nor a Chinese label of one): not imported.
     unknown_columns: list[str] = field(default_factory=list)
+    # The kind's columns the file has (None: all of them). A field whose column the file lacks is
+    # not the file's to change: ``store_accepted`` keeps what is on record.
+    columns: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.read != len(self.accepted) + self.quarantined_lines:
@@ -812,7 +815,8 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     warnings = pd.DataFrame(warning_rows, columns=QUARANTINE_COLUMNS)
     return ImportResult(kind=kind, source=source, read=len(raw), accepted=accepted,
                         quarantined=quarantined, validation=report, warnings=warnings,
-                        unknown_columns=unknown_columns)
+                        unknown_columns=unknown_columns,
+                        columns=[f.name for f in FIELDS[kind] if f.name in raw.columns])
 
 
 _MARKER_COLUMNS = frozenset({"_line", "_extra_fields", "_unclosed_quote"})
