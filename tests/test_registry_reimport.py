@@ -46,3 +46,20 @@ def test_a_file_without_some_columns_leaves_those_fields_as_they_are(database_ur
     with session_scope(database_url) as s:
         h = s.get(Household, "H1")
         assert (h.away_from, h.away_reason, h.elderly_living_alone) == (None, None, True)
+
+
+def test_a_value_longer_than_its_column_is_quarantined_and_the_other_rows_imported(database_url, app_env):
+    from schemas.models import QuarantinedRow
+    from sqlalchemy import select
+
+    seed(database_url)
+    result = _import("households", app_env / "households.csv", database_url,
+                     f"{HOUSEHOLDS},away_from,away_reason\n"
+                     "H1,李桂英,330203195603120028,13805740001,万堤村1号,G001,empty_nest,2026-11-18,"
+                     + "因脑梗住院治疗" * 10 + "\n"
+                     "H2,张兰,330203194807050047,13805740003,万堤村2号,G001,empty_nest,,\n")
+    assert (result["read"], result["accepted"], result["quarantined"]) == (2, 1, 1)
+    with session_scope(database_url) as s:
+        assert s.get(Household, "H2").phone == "13805740003"
+        [q] = s.scalars(select(QuarantinedRow).where(QuarantinedRow.kind == "import_households"))
+        assert (q.line, q.field, q.code) == (2, "away_reason", "too_long") and "64" in q.reason
