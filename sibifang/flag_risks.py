@@ -71,7 +71,8 @@ class Lexicon:
         """Cues present in a note, in lexicon order, one per term.
 
         Skipped: a negated mention ("无家暴", "没有发现家暴", "无明显矛盾", "无殴打、打骂"), a form's
-        question answered no ("有无家暴：无", "是否有家暴情况：否"), and a term inside a longer one
+        question answered no ("有无家暴：无", "是否有家暴情况：否"), a form's entry answered no
+        ("家暴：无", "赌博：没有"; the answer ends there), and a term inside a longer one
         that is itself a cue ("无婆媳矛盾" is no "矛盾"). Kept, since a missed danger costs more
         than a needless look: a negation that belongs to another word ("丈夫长期无业，家暴"), the
         answer to the entry before ("低保：无 家暴：有"), a question answered yes or not at all.
@@ -95,6 +96,11 @@ class Lexicon:
         answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)})") \
             if self.answers_no else None
         joined = re.compile(f"(?:{self._alternatives(self.list_joiners)})") if self.list_joiners else None
+        # a form's entry answered no right after its colon ("家暴：无", "家暴情况：未发现"); the answer
+        # must end there, or the next entry begin ("家暴：无 赌博：无", read without the space):
+        # "离婚：无法协商" and "家暴：未处理" are no "no"
+        entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}"
+                              r"(?=$|[，。；、,;.!?！？]|[^，。；,;:]{1,6}:)") if self.answers_no else None
         present: set[str] = set()
         prev_end, prev_negated = None, False
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):
@@ -103,7 +109,8 @@ class Lexicon:
                 no = answered_no is not None and answered_no.search(t[e:]) is not None
             else:
                 no = bool(negated is not None and negated.search(before)) or (
-                    prev_negated and joined is not None and joined.fullmatch(t[prev_end:s]) is not None)
+                    prev_negated and joined is not None and joined.fullmatch(t[prev_end:s]) is not None) or (
+                    entry_no is not None and entry_no.search(t[e:]) is not None)
             prev_end, prev_negated = e, no
             if not no:
                 present.add(cue.term)
