@@ -358,6 +358,29 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
     return pd.DataFrame(out, columns=["flag_id", "outcome"])
 
 
+def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidates whose episode key is on record for another household: the record behind it was
+    corrected since (a visit sheet re-sent naming the family the visit was really to).
+
+    ``on_record``: ``flag_id, dedup_key, household_id, status`` of the stored flags with the
+    candidates' keys. Returns (candidates, corrected): such a candidate gets a key of its own,
+    ``<key>|<household>``, so the right family is flagged once; the stored flag it contradicts,
+    while not closed, is ``corrected`` (``flag_id, outcome`` = ``record_corrected``)."""
+    cols = ["flag_id", "outcome"]
+    if candidates.empty or on_record.empty:
+        return candidates, pd.DataFrame(columns=cols)
+    owner = dict(zip(on_record.dedup_key, on_record.household_id))
+    moved = [k in owner and owner[k] != h for k, h in zip(candidates.dedup_key, candidates.household_id)]
+    if not any(moved):
+        return candidates, pd.DataFrame(columns=cols)
+    out = candidates.copy()
+    keys = out.loc[moved, "dedup_key"]
+    out.loc[moved, "dedup_key"] = [f"{k}|{h}" for k, h in zip(keys, out.loc[moved, "household_id"])]
+    out.loc[moved, "flag_id"] = [stable_id("F", k) for k in out.loc[moved, "dedup_key"]]
+    stale = on_record[on_record.dedup_key.isin(set(keys)) & on_record.status.ne("closed")]
+    return out, pd.DataFrame({"flag_id": stale.flag_id, "outcome": "record_corrected"}, columns=cols)
+
+
 def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:
     """Household risk score and level (红/橙/黄/绿) with the reasons behind it."""
     base = households[["household_id", "grid_id", "categories"]].copy()

@@ -85,8 +85,13 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                                    RiskFlag.start, RiskFlag.end)
                             .where(RiskFlag.status != "closed"), database_url)
     later_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of > as_of).limit(1), database_url)
+    corrected = pd.DataFrame(columns=["flag_id", "outcome"])
     # Episodes already on record (open or closed) are not raised again.
     if len(candidates):
+        on_record = [read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
+                                       RiskFlag.status).where(RiskFlag.dedup_key.in_(keys)), database_url)
+                     for keys in chunks(list(candidates.dedup_key), 500)]
+        candidates, corrected = logic.rekey_corrected_records(candidates, pd.concat(on_record, ignore_index=True))
         seen = set()
         for keys in chunks(list(candidates.dedup_key), 500):
             seen |= set(read_frame(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys)),
@@ -117,6 +122,8 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         visited = pd.concat(visited, ignore_index=True) if visited else pd.DataFrame(columns=["household_id", "last"])
         last_visit = pd.Series(pd.to_datetime(visited["last"]).to_numpy(), index=visited["household_id"])
         settled_now = logic.flags_settled_by_records(open_flags, candidates, away, last_visit)
+    if later_day.empty and len(corrected):  # (a replayed earlier day saw them as they were)
+        settled_now = pd.concat([settled_now, corrected], ignore_index=True)
     with session_scope(database_url) as s:
         rows = []
         # An episode that was over more than a day before this run (a first run over weeks of
