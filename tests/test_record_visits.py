@@ -221,3 +221,8 @@ def test_a_visit_corrected_to_another_family_reopens_the_plan_it_closed(database
             rows = {p.id: (p.status, p.closed_by_visit_id) for p in s.scalars(select(VisitPlan))}
         assert rows == {"PH1": ("planned", None), "PH2": ("done", "SV1")}
 
+
+def test_a_plan_id_of_another_family_closes_nothing_of_that_family():
+    # the form named H2's plan for a visit to H1 (a typo in either): H2 was not visited
+    out = match_visits_to_plans(pd.DataFrame([_visit("V1", "H1", "2026-07-05 10:00", plan_id="P3")]), PLANS)
+    assert _pairs(out) == {"P1": "V1"}
