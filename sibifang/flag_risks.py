@@ -75,13 +75,17 @@ class Lexicon:
         ("家暴：无", "赌博：没有"; the answer ends there), and a term inside a longer one
         that is itself a cue ("无婆媳矛盾" is no "矛盾"). Kept, since a missed danger costs more
         than a needless look: a negation that belongs to another word ("丈夫长期无业，家暴"), the
-        answer to the entry before ("低保：无 家暴：有"), a question answered yes or not at all.
+        answer to the entry before ("低保：无 家暴：有", "低保：无家暴：有"), a question answered yes or not at
+        all. A negation opening a labelled answer negates ("备注：无家暴").
         Read with spaces within a line removed, lines as sentences, full-width forms folded and
         traditional characters as simplified."""
         if not text:
             return []
         t = unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional))
-        t = re.sub(r"[^\S\n]+", "", re.sub(r"\s*\n\s*", "。", t))
+        t = re.sub(r"\s*\n\s*", "。", t)
+        if self.negations:  # a space after an entry's "无" ends that answer: "低保：无 家暴：有" is two entries
+            t = re.sub(f":((?:{self._alternatives(self.negations)}))[^\\S\\n]+", r":\1,", t)
+        t = re.sub(r"[^\S\n]+", "", t)
         # longest first where mentions overlap: a term inside a longer cue belongs to that cue
         mentions: list[tuple[int, int, Cue]] = []
         for s, e, cue in sorted(((m.start(), m.end(), c) for c in self.cues
@@ -89,8 +93,11 @@ class Lexicon:
             if not any(s < te and ts < e for ts, te, _ in mentions):
                 mentions.append((s, e, cue))
         fill = f"(?:{self._alternatives(self.fillers)})*" if self.fillers else ""
-        # (a negation right after ":" is the answer to the entry before, not this term's)
-        negated = re.compile(f"(?<!:)(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        negated = re.compile(f"(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        # a negation right after ":" opens that entry's answer ("备注：无家暴"), unless this term is
+        # an entry of its own with its own answer ("低保：无家暴：有")
+        after_colon = re.compile(f":(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        own_entry = re.compile(r"^[^，。；,;:]{0,4}:")
         asked = re.compile(f"(?:{self._alternatives(self.questions)}){fill}$") if self.questions else None
         # the answer may follow a word or two of the question ("是否有家暴情况：否")
         answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)})") \
@@ -108,7 +115,8 @@ class Lexicon:
             if asked is not None and asked.search(before):
                 no = answered_no is not None and answered_no.search(t[e:]) is not None
             else:
-                no = bool(negated is not None and negated.search(before)) or (
+                no = bool(negated is not None and negated.search(before)
+                          and not (after_colon.search(before) and own_entry.search(t[e:]))) or (
                     prev_negated and joined is not None and joined.fullmatch(t[prev_end:s]) is not None) or (
                     entry_no is not None and entry_no.search(t[e:]) is not None)
             prev_end, prev_negated = e, no

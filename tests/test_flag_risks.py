@@ -131,6 +131,21 @@ def test_lexicon_an_entry_answered_otherwise_is_still_a_cue(lexicon, text, kind)
     assert kinds(lexicon.find(text)) == {kind}
 
 
+@pytest.mark.parametrize("text", [
+    "备注：无家暴", "家庭情况：无家暴，无赌博", "家庭情况：无矛盾", "走访发现：没有吵架", "情况:无家暴现象",
+])
+def test_lexicon_a_negation_opening_a_labelled_answer_negates_its_cue(lexicon, text):
+    assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("低保：无家暴：有", "domestic_violence"), ("低保：无 家暴后带孩子回娘家", "domestic_violence"),
+    ("低保：无　赌博：有", "gambling"), ("备注：无家暴，但经常吵架", "dispute"),
+])
+def test_lexicon_a_negation_answering_the_entry_before_still_negates_nothing(lexicon, text, kind):
+    assert kinds(lexicon.find(text)) == {kind}
+
+
 def test_visit_cue_flags_read_each_field_as_its_own_sentence(lexicon):
     v = pd.DataFrame([{"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00",
                        "women_situation": "无", "difficulties": "家暴后带孩子回娘家"}])
