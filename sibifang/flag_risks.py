@@ -70,7 +70,7 @@ class Lexicon:
     def find(self, text: str | None) -> list[Cue]:
         """Cues present in a note, in lexicon order, one per term.
 
-        Skipped: a negated mention ("无家暴", "没有发现家暴", "无明显矛盾", "无殴打、打骂"), a form's
+        Skipped: a negated mention ("无家暴", "没有发现家暴", "无明显矛盾", "无殴打、打骂", "无矛盾纠纷"), a form's
         question answered no ("有无家暴：无", "是否有家暴情况：否"), a form's entry answered no
         ("家暴：无", "赌博：没有"; the answer ends there), and a term inside a longer one
         that is itself a cue ("无婆媳矛盾" is no "矛盾"). Kept, since a missed danger costs more
@@ -117,7 +117,9 @@ class Lexicon:
             else:
                 no = bool(negated is not None and negated.search(before)
                           and not (after_colon.search(before) and own_entry.search(t[e:]))) or (
-                    prev_negated and joined is not None and joined.fullmatch(t[prev_end:s]) is not None) or (
+                    # a list ("无殴打、打骂") or terms written together ("无矛盾纠纷")
+                    prev_negated and (t[prev_end:s] == "" or joined is not None
+                                      and joined.fullmatch(t[prev_end:s]) is not None)) or (
                     entry_no is not None and entry_no.search(t[e:]) is not None)
             prev_end, prev_negated = e, no
             if not no:

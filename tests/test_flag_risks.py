@@ -146,6 +146,17 @@ def test_lexicon_a_negation_answering_the_entry_before_still_negates_nothing(lex
     assert kinds(lexicon.find(text)) == {kind}
 
 
+@pytest.mark.parametrize("text", ["无矛盾纠纷", "家庭和睦，没有矛盾纠纷", "家庭情况：无矛盾纠纷", "无打骂殴打"])
+def test_lexicon_a_negation_carries_over_cues_written_together(lexicon, text):
+    # "矛盾纠纷" is one phrase: the negation of its first term is the negation of both
+    assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text", ["矛盾纠纷", "无矛盾，纠纷不断"])
+def test_lexicon_cues_written_together_without_a_negation_are_cues(lexicon, text):
+    assert kinds(lexicon.find(text)) == {"dispute"}
+
+
 def test_visit_cue_flags_read_each_field_as_its_own_sentence(lexicon):
     v = pd.DataFrame([{"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00",
                        "women_situation": "无", "difficulties": "家暴后带孩子回娘家"}])
