@@ -161,7 +161,11 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
     One situation, one flag: an episode that continues an open flag of the same household and
     kind (starting within ``MERGE_GAP`` of its end) extends that flag instead of raising a second
     alert, and so do episodes of one batch that follow each other closely (two meters of one
-    household, a detector that split an episode). Ends only ever move later."""
+    household, a detector that split an episode). Ends only ever move later.
+
+    An acknowledged flag whose end is not known (``acked_at`` in ``open_flags``, empty for the
+    others; a visit finding never has an end) reaches to when it was answered, not on for good:
+    a finding weeks after the grid worker answered the first one is a new flag and a new alert."""
     empty_ext = pd.DataFrame(columns=["flag_id", "end"])
     if new.empty:
         return new, empty_ext
@@ -171,7 +175,9 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
     # (household, kind) → list of [flag_id, start, end, is_new]
     spans: dict[tuple, list[list]] = {}
     for f in known.itertuples(index=False):
-        spans.setdefault((f.household_id, f.kind), []).append([f.flag_id, pd.Timestamp(f.start), f.end, False])
+        answered = getattr(f, "acked_at", None)
+        spans.setdefault((f.household_id, f.kind), []).append(
+            [f.flag_id, pd.Timestamp(f.start), f.end, False, answered if answered is not None else pd.NaT])
     inserts: dict[str, dict] = {}
     extends: dict[str, pd.Timestamp] = {}
 
@@ -190,7 +196,7 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
             continue
         match = None
         for span in spans.get((row.household_id, row.kind), []):
-            reach = span[2] if pd.notna(span[2]) else pd.Timestamp(row.start)
+            reach = span[2] if pd.notna(span[2]) else span[4] if pd.notna(span[4]) else pd.Timestamp(row.start)
             if span[1] - MERGE_GAP <= pd.Timestamp(row.start) <= pd.Timestamp(reach) + MERGE_GAP:
                 match = span
                 break
@@ -198,7 +204,7 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
             d = row._asdict()
             inserts[d["flag_id"]] = d
             spans.setdefault((row.household_id, row.kind), []).append([d["flag_id"], pd.Timestamp(row.start),
-                                                                     row.end, True])
+                                                                     row.end, True, pd.NaT])
             by_dedup[row.dedup_key] = (d["flag_id"], row.end)
             continue
         new_end = later(match[2], row.end) if pd.notna(row.end) and pd.notna(match[2]) else (
