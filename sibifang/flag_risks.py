@@ -70,17 +70,22 @@ class Lexicon:
     def find(self, text: str | None) -> list[Cue]:
         """Cues present in a note, in lexicon order, one per term.
 
-        Skipped: a negated mention ("无家暴", "没有发现家暴", "无明显矛盾", "无殴打、打骂"), a form's
-        question answered no ("有无家暴：无", "是否有家暴情况：否"), and a term inside a longer one
+        Skipped: a negated mention ("无家暴", "没有发现家暴", "无明显矛盾", "无殴打、打骂", "无矛盾纠纷"), a form's
+        question answered no ("有无家暴：无", "是否有家暴情况：否"), a form's entry answered no
+        ("家暴：无", "赌博：没有"; the answer ends there), and a term inside a longer one
         that is itself a cue ("无婆媳矛盾" is no "矛盾"). Kept, since a missed danger costs more
         than a needless look: a negation that belongs to another word ("丈夫长期无业，家暴"), the
-        answer to the entry before ("低保：无 家暴：有"), a question answered yes or not at all.
+        answer to the entry before ("低保：无 家暴：有", "低保：无家暴：有"), a question answered yes or not at
+        all. A negation opening a labelled answer negates ("备注：无家暴").
         Read with spaces within a line removed, lines as sentences, full-width forms folded and
         traditional characters as simplified."""
         if not text:
             return []
         t = unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional))
-        t = re.sub(r"[^\S\n]+", "", re.sub(r"\s*\n\s*", "。", t))
+        t = re.sub(r"\s*\n\s*", "。", t)
+        if self.negations:  # a space after an entry's "无" ends that answer: "低保：无 家暴：有" is two entries
+            t = re.sub(f":((?:{self._alternatives(self.negations)}))[^\\S\\n]+", r":\1,", t)
+        t = re.sub(r"[^\S\n]+", "", t)
         # longest first where mentions overlap: a term inside a longer cue belongs to that cue
         mentions: list[tuple[int, int, Cue]] = []
         for s, e, cue in sorted(((m.start(), m.end(), c) for c in self.cues
@@ -88,13 +93,21 @@ class Lexicon:
             if not any(s < te and ts < e for ts, te, _ in mentions):
                 mentions.append((s, e, cue))
         fill = f"(?:{self._alternatives(self.fillers)})*" if self.fillers else ""
-        # (a negation right after ":" is the answer to the entry before, not this term's)
-        negated = re.compile(f"(?<!:)(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        negated = re.compile(f"(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        # a negation right after ":" opens that entry's answer ("备注：无家暴"), unless this term is
+        # an entry of its own with its own answer ("低保：无家暴：有")
+        after_colon = re.compile(f":(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        own_entry = re.compile(r"^[^，。；,;:]{0,4}:")
         asked = re.compile(f"(?:{self._alternatives(self.questions)}){fill}$") if self.questions else None
         # the answer may follow a word or two of the question ("是否有家暴情况：否")
         answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)})") \
             if self.answers_no else None
         joined = re.compile(f"(?:{self._alternatives(self.list_joiners)})") if self.list_joiners else None
+        # a form's entry answered no right after its colon ("家暴：无", "家暴情况：未发现"); the answer
+        # must end there, or the next entry begin ("家暴：无 赌博：无", read without the space):
+        # "离婚：无法协商" and "家暴：未处理" are no "no"
+        entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}"
+                              r"(?=$|[，。；、,;.!?！？]|[^，。；,;:]{1,6}:)") if self.answers_no else None
         present: set[str] = set()
         prev_end, prev_negated = None, False
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):
@@ -102,8 +115,12 @@ class Lexicon:
             if asked is not None and asked.search(before):
                 no = answered_no is not None and answered_no.search(t[e:]) is not None
             else:
-                no = bool(negated is not None and negated.search(before)) or (
-                    prev_negated and joined is not None and joined.fullmatch(t[prev_end:s]) is not None)
+                no = bool(negated is not None and negated.search(before)
+                          and not (after_colon.search(before) and own_entry.search(t[e:]))) or (
+                    # a list ("无殴打、打骂") or terms written together ("无矛盾纠纷")
+                    prev_negated and (t[prev_end:s] == "" or joined is not None
+                                      and joined.fullmatch(t[prev_end:s]) is not None)) or (
+                    entry_no is not None and entry_no.search(t[e:]) is not None)
             prev_end, prev_negated = e, no
             if not no:
                 present.add(cue.term)
@@ -144,7 +161,11 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
     One situation, one flag: an episode that continues an open flag of the same household and
     kind (starting within ``MERGE_GAP`` of its end) extends that flag instead of raising a second
     alert, and so do episodes of one batch that follow each other closely (two meters of one
-    household, a detector that split an episode). Ends only ever move later."""
+    household, a detector that split an episode). Ends only ever move later.
+
+    An acknowledged flag whose end is not known (``acked_at`` in ``open_flags``, empty for the
+    others; a visit finding never has an end) reaches to when it was answered, not on for good:
+    a finding weeks after the grid worker answered the first one is a new flag and a new alert."""
     empty_ext = pd.DataFrame(columns=["flag_id", "end"])
     if new.empty:
         return new, empty_ext
@@ -154,7 +175,9 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
     # (household, kind) → list of [flag_id, start, end, is_new]
     spans: dict[tuple, list[list]] = {}
     for f in known.itertuples(index=False):
-        spans.setdefault((f.household_id, f.kind), []).append([f.flag_id, pd.Timestamp(f.start), f.end, False])
+        answered = getattr(f, "acked_at", None)
+        spans.setdefault((f.household_id, f.kind), []).append(
+            [f.flag_id, pd.Timestamp(f.start), f.end, False, answered if answered is not None else pd.NaT])
     inserts: dict[str, dict] = {}
     extends: dict[str, pd.Timestamp] = {}
 
@@ -173,7 +196,7 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
             continue
         match = None
         for span in spans.get((row.household_id, row.kind), []):
-            reach = span[2] if pd.notna(span[2]) else pd.Timestamp(row.start)
+            reach = span[2] if pd.notna(span[2]) else span[4] if pd.notna(span[4]) else pd.Timestamp(row.start)
             if span[1] - MERGE_GAP <= pd.Timestamp(row.start) <= pd.Timestamp(reach) + MERGE_GAP:
                 match = span
                 break
@@ -181,7 +204,7 @@ def merge_with_open_flags(new: pd.DataFrame, open_flags: pd.DataFrame) -> tuple[
             d = row._asdict()
             inserts[d["flag_id"]] = d
             spans.setdefault((row.household_id, row.kind), []).append([d["flag_id"], pd.Timestamp(row.start),
-                                                                     row.end, True])
+                                                                     row.end, True, pd.NaT])
             by_dedup[row.dedup_key] = (d["flag_id"], row.end)
             continue
         new_end = later(match[2], row.end) if pd.notna(row.end) and pd.notna(match[2]) else (
@@ -349,6 +372,29 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
                                           for lo, hi in spans.get(f.household_id, ())):
             out.append((f.flag_id, "absence_recorded"))
     return pd.DataFrame(out, columns=["flag_id", "outcome"])
+
+
+def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidates whose episode key is on record for another household: the record behind it was
+    corrected since (a visit sheet re-sent naming the family the visit was really to).
+
+    ``on_record``: ``flag_id, dedup_key, household_id, status`` of the stored flags with the
+    candidates' keys. Returns (candidates, corrected): such a candidate gets a key of its own,
+    ``<key>|<household>``, so the right family is flagged once; the stored flag it contradicts,
+    while not closed, is ``corrected`` (``flag_id, outcome`` = ``record_corrected``)."""
+    cols = ["flag_id", "outcome"]
+    if candidates.empty or on_record.empty:
+        return candidates, pd.DataFrame(columns=cols)
+    owner = dict(zip(on_record.dedup_key, on_record.household_id))
+    moved = [k in owner and owner[k] != h for k, h in zip(candidates.dedup_key, candidates.household_id)]
+    if not any(moved):
+        return candidates, pd.DataFrame(columns=cols)
+    out = candidates.copy()
+    keys = out.loc[moved, "dedup_key"]
+    out.loc[moved, "dedup_key"] = [f"{k}|{h}" for k, h in zip(keys, out.loc[moved, "household_id"])]
+    out.loc[moved, "flag_id"] = [stable_id("F", k) for k in out.loc[moved, "dedup_key"]]
+    stale = on_record[on_record.dedup_key.isin(set(keys)) & on_record.status.ne("closed")]
+    return out, pd.DataFrame({"flag_id": stale.flag_id, "outcome": "record_corrected"}, columns=cols)
 
 
 def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:

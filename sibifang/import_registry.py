@@ -164,8 +164,13 @@ def known_references(session: Session) -> dict[str, set[str]]:
 
 
 def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, source: str,
-                   default_capacity: int = 10, now: datetime | None = None) -> int:
-    """Upsert the accepted rows of one file; running it twice changes nothing."""
+                   default_capacity: int = 10, now: datetime | None = None,
+                   columns: list[str] | None = None) -> int:
+    """Upsert the accepted rows of one file; running it twice changes nothing.
+
+    ``columns``: the kind's columns the file has (``ImportResult.columns``; None: all). A row on
+    record keeps the fields whose column the file lacks: a sheet of new phone numbers does not
+    end a recorded hospital stay, nor take a grid worker's alert channel away."""
     now = now or local_now()
     if accepted.empty:
         return 0
@@ -182,6 +187,11 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
     rows = build()
     # ``updated_at`` would change on every run; only real content changes should touch a row.
     update = [c for c in rows[0] if c not in ("id", "updated_at")] if rows else None
+    if update is not None and columns is not None:
+        from sibifang.importing import FIELDS
+
+        absent = {f.name for f in FIELDS[kind]} - set(columns)
+        update = [c for c in update if c not in absent]
     upsert(session, model, rows, key=["id"], update=update)
     if kind == "cadres":
         ids = [r["id"] for r in rows]

@@ -113,6 +113,7 @@ REASONS_ZH = {
     "unclosed_quote": "第{line}行引号未闭合（某个单元格以双引号开头，却没有结束的双引号），本行未导入；"
                       "请补全或删去这个引号",
     "total_row": "合计行（上方各行的汇总，不是一条记录），未导入，无需处理",
+    "too_long": "{field}太长（最多{limit}个字），请精简后重新提交",
     "unusual": "{field}数值不常见，请核实",
     "invalid": "{field}未通过校验",
 }
@@ -550,6 +551,9 @@ class ImportResult:
     warnings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
     # Header names that are no column of the kind (nor a Chinese label of one): not imported.
     unknown_columns: list[str] = field(default_factory=list)
+    # The kind's columns the file has (None: all of them). A field whose column the file lacks is
+    # not the file's to change: ``store_accepted`` keeps what is on record.
+    columns: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.read != len(self.accepted) + self.quarantined_lines:
@@ -686,9 +690,33 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
     return pd.DataFrame(typed, index=raw.index)
 
 
+def _text_limits(kind: str) -> dict[str, int]:
+    """The most characters each free-text column of ``kind`` can hold in the database (its
+    ``String(n)`` in schemas.models; an area's names are ``Area.name``)."""
+    from schemas import models as M
+
+    model = {"areas": M.Area, "households": M.Household, "cadres": M.Cadre, "meters": M.Meter,
+             "visits": M.Visit, "resources": M.ServiceResource, "mediation_rooms": M.MediationRoom}.get(kind)
+    if model is None:
+        return {}
+    columns = model.__table__.columns
+    limits = {}
+    for f in FIELDS[kind]:
+        column = columns.get(f.name) if f.name in columns else columns.get("name") if f.name.endswith("_name") else None
+        length = getattr(column.type, "length", None) if column is not None else None
+        if f.type == "text" and length:
+            limits[f.name] = int(length)
+    return limits
+
+
 def _check_rows(kind: str, typed: pd.DataFrame, problems: _Problems,
                 known: Mapping[str, set[str]] | None) -> None:
     """The checks GX cannot express (sibifang.checks)."""
+    # A value longer than its column is that row's problem: PostgreSQL would refuse the whole
+    # file's insert (and its error repeats every row's values, ID and phone numbers included).
+    for name, limit in _text_limits(kind).items():
+        too_long = np.flatnonzero(typed[name].str.len().gt(limit).fillna(False).to_numpy(dtype=bool))
+        problems.add_positions(too_long.tolist(), name, "too_long", {int(p): {"limit": limit} for p in too_long})
     for f in FIELDS[kind]:
         col = typed[f.name]
         if f.type == "id_number":
@@ -812,7 +840,8 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     warnings = pd.DataFrame(warning_rows, columns=QUARANTINE_COLUMNS)
     return ImportResult(kind=kind, source=source, read=len(raw), accepted=accepted,
                         quarantined=quarantined, validation=report, warnings=warnings,
-                        unknown_columns=unknown_columns)
+                        unknown_columns=unknown_columns,
+                        columns=[f.name for f in FIELDS[kind] if f.name in raw.columns])
 
 
 _MARKER_COLUMNS = frozenset({"_line", "_extra_fields", "_unclosed_quote"})

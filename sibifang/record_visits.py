@@ -1,7 +1,7 @@
 """Visit records in (走访记录): match each record to the plan it fulfils.
 
-A record names its plan (``plan_id``) when the cadre's form knew it. Otherwise, of the plans of
-the same household, it fulfils, in this order:
+A record names its plan (``plan_id``) when the cadre's form knew it (a plan of another household
+is ignored). Otherwise, of the plans of the same household, it fulfils, in this order:
 
 1. an open plan whose window holds the visit day (the visit it was made for);
 2. the nearest other open plan: overdue (late visit) or opening within ``early_days``;
@@ -31,7 +31,11 @@ def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_da
     v["visited_at"] = pd.to_datetime(v["visited_at"])
     if "plan_id" not in v:
         v["plan_id"] = None
-    explicit = v[v.plan_id.notna() & (v.plan_id.astype(str) != "") & v.plan_id.isin(set(plans.plan_id))]
+    # A named plan counts only if it is the same family's: a plan id of another family (a typo
+    # in either) must not mark that family visited.
+    own = set(zip(plans.plan_id, plans.household_id))
+    explicit = v[v.plan_id.notna() & (v.plan_id.astype(str) != "")
+                 & pd.Series([(p, h) in own for p, h in zip(v.plan_id, v.household_id)], index=v.index, dtype=bool)]
     # Two records naming the same plan: the first closes it, the other is matched like any visit.
     explicit = explicit.sort_values(["visited_at", "visit_id"]).drop_duplicates("plan_id", keep="first")
     out = [pd.DataFrame({"plan_id": explicit.plan_id, "visit_id": explicit.visit_id,

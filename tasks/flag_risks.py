@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 
 from sibifang.db import read_frame
 from sibifang.records import chunks
@@ -80,20 +80,27 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
 
+    acked_at = (select(func.min(Alert.acked_at)).where(Alert.flag_id == RiskFlag.id)
+                .correlate(RiskFlag).scalar_subquery())
+    # (when an acknowledged flag was answered: a finding after it is a new flag, merge_with_open_flags)
+    answered_at = case((RiskFlag.status == "acknowledged", acked_at), else_=None)
     open_flags = read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
                                    RiskFlag.meter_id, RiskFlag.kind, RiskFlag.severity, RiskFlag.evidence,
-                                   RiskFlag.start, RiskFlag.end)
+                                   RiskFlag.start, RiskFlag.end, answered_at.label("acked_at"))
                             .where(RiskFlag.status != "closed"), database_url)
     later_day = read_frame(select(RiskMapSnapshot.as_of).where(RiskMapSnapshot.as_of > as_of).limit(1), database_url)
+    corrected = pd.DataFrame(columns=["flag_id", "outcome"])
     # Episodes already on record (open or closed) are not raised again.
     if len(candidates):
+        on_record = [read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
+                                       RiskFlag.status).where(RiskFlag.dedup_key.in_(keys)), database_url)
+                     for keys in chunks(list(candidates.dedup_key), 500)]
+        candidates, corrected = logic.rekey_corrected_records(candidates, pd.concat(on_record, ignore_index=True))
         seen = set()
         for keys in chunks(list(candidates.dedup_key), 500):
             seen |= set(read_frame(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys)),
                                    database_url).dedup_key)
         fresh = candidates[~candidates.dedup_key.isin(seen) | candidates.dedup_key.isin(set(open_flags.dedup_key))]
-        acked_at = (select(func.min(Alert.acked_at)).where(Alert.flag_id == RiskFlag.id)
-                    .correlate(RiskFlag).scalar_subquery())
         settled = read_frame(select(RiskFlag.dedup_key, RiskFlag.household_id, RiskFlag.kind, RiskFlag.start,
                                     RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
                              .where(RiskFlag.status != "open", RiskFlag.kind.not_in(logic.RECORD_KINDS),
@@ -117,6 +124,8 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         visited = pd.concat(visited, ignore_index=True) if visited else pd.DataFrame(columns=["household_id", "last"])
         last_visit = pd.Series(pd.to_datetime(visited["last"]).to_numpy(), index=visited["household_id"])
         settled_now = logic.flags_settled_by_records(open_flags, candidates, away, last_visit)
+    if later_day.empty and len(corrected):  # (a replayed earlier day saw them as they were)
+        settled_now = pd.concat([settled_now, corrected], ignore_index=True)
     with session_scope(database_url) as s:
         rows = []
         # An episode that was over more than a day before this run (a first run over weeks of

@@ -80,7 +80,8 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
     if result.unknown_columns:
         failures.append(f"unknown columns (not imported): {', '.join(result.unknown_columns)}")
     with session_scope(database_url) as s:
-        store_accepted(s, kind, result.accepted, source=path.name, default_capacity=settings.default_capacity, now=now)
+        store_accepted(s, kind, result.accepted, source=path.name, default_capacity=settings.default_capacity, now=now,
+                       columns=result.columns)
         record_validation(s, stage=f"import_{kind}", suite=kind, source=path.name, read=result.read,
                           accepted=len(result.accepted), quarantined=q, failures=failures,
                           success=not bad_lines, raw_rows=raw_rows, now=now, batch=digest[:16])

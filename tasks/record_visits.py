@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 
 from sibifang.db import read_frame
 from sibifang.inbox import claim, ready_files
@@ -75,6 +75,13 @@ def close_plans(as_of: date, database_url: str | None = None, lookback_days: int
     from sibifang.records import frame_records
 
     since = as_of - timedelta(days=lookback_days)
+    # A plan closed by a visit since corrected to another family (a sheet re-sent) was not
+    # visited: it is open again (a missed one stays missed), and the visit is matched anew below.
+    with session_scope(database_url) as s:
+        wrong = select(Visit.id).where(Visit.id == VisitPlan.closed_by_visit_id,
+                                       Visit.household_id != VisitPlan.household_id).exists()
+        s.execute(update(VisitPlan).where(wrong).values(
+            status=case((VisitPlan.status == "missed", "missed"), else_="planned"), closed_by_visit_id=None))
     visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at)
                         .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
     # Missed plans not yet answered by a late visit are candidates too, after every open plan.

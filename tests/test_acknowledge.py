@@ -344,3 +344,30 @@ def test_a_double_submit_records_one_answer(outbox_db, monkeypatch, answers):  #
     assert state["flag"][0] == {"needs_help": "acknowledged", "visited_all_well": "closed", "escalate": "open"}[winner]
     assert len(state["needs"]) == (1 if winner == "needs_help" else 0)
     assert len(state["alerts"]) == (2 if winner == "escalate" else 1)     # the chair's 【升级】 only if escalated
+
+
+def test_a_new_finding_weeks_after_an_acknowledged_one_is_a_new_flag(outbox_db, monkeypatch):  # noqa: F811
+    from sibifang.acknowledge import acknowledge
+    from sibifang.flag_risks import Lexicon, visit_cue_flags
+    from tasks.dispatch_alerts import enqueue
+    from tasks.flag_risks import store_flags
+
+    def visit(vid, when):
+        return visit_cue_flags(pd.DataFrame([{"visit_id": vid, "household_id": "H001", "visited_at": when,
+                                              "notes": "女方称丈夫家暴"}]), Lexicon.load())
+
+    with session_scope(outbox_db) as s:
+        s.execute(delete(RiskFlag))
+    first = visit("V1", "2026-11-02 10:00")
+    store_flags.fn(first, date(2026, 11, 2), outbox_db)
+    with HttpReceiver() as rx:
+        _use_webhook(monkeypatch, rx.url)
+        enqueue(datetime(2026, 11, 2, 11), outbox_db)
+    acknowledge(_first_alert(outbox_db, first.flag_id[0]), actor="GW1", at=datetime(2026, 11, 2, 12),
+                outcome="needs_help", database_url=outbox_db)    # she went; the family needs help
+    # three weeks on, another visit finds violence again
+    later = visit("V2", "2026-11-23 10:00")
+    store_flags.fn(pd.concat([first, later], ignore_index=True), date(2026, 11, 23), outbox_db)
+    with session_scope(outbox_db) as s:
+        flags = {f.id: f.status for f in s.scalars(select(RiskFlag).where(RiskFlag.household_id == "H001"))}
+    assert flags == {first.flag_id[0]: "acknowledged", later.flag_id[0]: "open"}

@@ -114,6 +114,49 @@ def test_lexicon_finds_answered_questions_traditional_characters_and_cues_after_
     assert kinds(lexicon.find(text)) == {kind}
 
 
+@pytest.mark.parametrize("text", [
+    "家暴：无", "家暴情况：无。", "家暴:否", "赌博：没有", "家暴：未发现", "矛盾纠纷：无；困难：低保",
+    "家暴、赌博：无", "是否离婚：否", "家暴：无 赌博：无", "家暴情况：无\n赌博：否",
+])
+def test_lexicon_an_entry_answered_no_on_a_form_is_no_cue(lexicon, text):
+    # a visit form's checklist (家暴：无 赌博：无) is the commonest way to write "none"
+    assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("家暴：有", "domestic_violence"), ("家暴：无，吵架：有", "dispute"), ("离婚：无法协商", "dispute"),
+    ("家暴：未处理", "domestic_violence"), ("赌博：无业后常去", "gambling"), ("家暴：无 吵架：有", "dispute"),
+])
+def test_lexicon_an_entry_answered_otherwise_is_still_a_cue(lexicon, text, kind):
+    assert kinds(lexicon.find(text)) == {kind}
+
+
+@pytest.mark.parametrize("text", [
+    "备注：无家暴", "家庭情况：无家暴，无赌博", "家庭情况：无矛盾", "走访发现：没有吵架", "情况:无家暴现象",
+])
+def test_lexicon_a_negation_opening_a_labelled_answer_negates_its_cue(lexicon, text):
+    assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("低保：无家暴：有", "domestic_violence"), ("低保：无 家暴后带孩子回娘家", "domestic_violence"),
+    ("低保：无　赌博：有", "gambling"), ("备注：无家暴，但经常吵架", "dispute"),
+])
+def test_lexicon_a_negation_answering_the_entry_before_still_negates_nothing(lexicon, text, kind):
+    assert kinds(lexicon.find(text)) == {kind}
+
+
+@pytest.mark.parametrize("text", ["无矛盾纠纷", "家庭和睦，没有矛盾纠纷", "家庭情况：无矛盾纠纷", "无打骂殴打"])
+def test_lexicon_a_negation_carries_over_cues_written_together(lexicon, text):
+    # "矛盾纠纷" is one phrase: the negation of its first term is the negation of both
+    assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text", ["矛盾纠纷", "无矛盾，纠纷不断"])
+def test_lexicon_cues_written_together_without_a_negation_are_cues(lexicon, text):
+    assert kinds(lexicon.find(text)) == {"dispute"}
+
+
 def test_visit_cue_flags_read_each_field_as_its_own_sentence(lexicon):
     v = pd.DataFrame([{"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00",
                        "women_situation": "无", "difficulties": "家暴后带孩子回娘家"}])

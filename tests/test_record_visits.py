@@ -187,3 +187,42 @@ def test_two_records_naming_the_same_plan_close_it_once():
     out = match_visits_to_plans(v, PLANS)
     assert out.plan_id.tolist() == ["P1"]
     assert out.visit_id.tolist() == ["V1"]
+
+
+def test_a_visit_corrected_to_another_family_reopens_the_plan_it_closed(database_url):
+    from datetime import datetime
+
+    from sqlalchemy import select, update
+
+    from schemas.models import Area, Cadre, Household, Visit, VisitPlan
+    from sibifang.db import migrate, session_scope
+    from tasks.record_visits import close_plans
+
+    migrate(database_url)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+        s.flush()
+        s.add_all([Household(id=h, head_name="户主", grid_id="G1", categories=["hardship"]) for h in ("H1", "H2")])
+        s.add(Cadre(id="a", name="a", role="cadre", grid_ids=["G1"], capacity=10))
+        s.flush()
+        s.add_all([VisitPlan(id=f"P{h}", household_id=h, grid_id="G1", due_date=date(2026, 11, 26),
+                             window_start=date(2026, 11, 23), window_end=date(2026, 11, 26), reason="hardship",
+                             urgent=False, status="planned", planned_on=date(2026, 11, 20)) for h in ("H1", "H2")])
+        s.flush()
+        s.add(Visit(id="SV1", household_id="H1", cadre_id="a", mode="visit", visited_at=datetime(2026, 11, 24, 10)))
+    close_plans.fn(date(2026, 11, 24), database_url=database_url)
+    # the sheet is re-sent: the visit was to H2, typed against H1 by mistake
+    with session_scope(database_url) as s:
+        s.execute(update(Visit).where(Visit.id == "SV1").values(household_id="H2"))
+    for _ in range(2):  # and a re-run changes nothing
+        close_plans.fn(date(2026, 11, 25), database_url=database_url)
+        with session_scope(database_url) as s:
+            rows = {p.id: (p.status, p.closed_by_visit_id) for p in s.scalars(select(VisitPlan))}
+        assert rows == {"PH1": ("planned", None), "PH2": ("done", "SV1")}
+
+
+def test_a_plan_id_of_another_family_closes_nothing_of_that_family():
+    # the form named H2's plan for a visit to H1 (a typo in either): H2 was not visited
+    out = match_visits_to_plans(pd.DataFrame([_visit("V1", "H1", "2026-07-05 10:00", plan_id="P3")]), PLANS)
+    assert _pairs(out) == {"P1": "V1"}

@@ -115,3 +115,18 @@ def test_the_reasons_follow_the_flags_when_the_score_stays_the_same(outbox_db): 
         h = s.get(Household, "H001")
         assert h.risk_score == 35 and any("赌" in r for r in h.risk_reasons)
         assert not any("离婚" in r for r in h.risk_reasons)
+
+
+def test_a_visit_corrected_to_another_family_moves_its_flag_there(outbox_db):  # noqa: F811
+    from tasks.flag_risks import store_flags
+
+    _fresh(outbox_db)
+    store_flags.fn(_visit("V1", "H001", "2026-11-18 10:00", "女方称丈夫家暴"), date(2026, 11, 18), outbox_db)
+    # the village re-sends the sheet: the visit was to H002, typed against H001 by mistake
+    corrected = _visit("V1", "H002", "2026-11-18 10:00", "女方称丈夫家暴")
+    for _ in range(2):  # and a re-run changes nothing
+        store_flags.fn(corrected, date(2026, 11, 19), outbox_db)
+        assert _flags(outbox_db, "H001") == [("domestic_violence", "closed", "record_corrected")]
+        assert _flags(outbox_db, "H002") == [("domestic_violence", "open", None)]
+    with session_scope(outbox_db) as s:
+        assert s.get(Household, "H001").risk_level == "绿" and s.get(Household, "H002").risk_level == "红"
