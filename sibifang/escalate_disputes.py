@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sibifang.flag_risks import RECORD_CORRECTED
 from sibifang.records import stable_id
 
 DISPUTE_KINDS = ("dispute", "domestic_violence")
@@ -76,6 +77,27 @@ def findings_joining_cases(flags: pd.DataFrame, cases: pd.DataFrame) -> pd.DataF
     j = f.merge(open_cases[["case_id", "household_id"]], on="household_id")
     j = j[[(c, fid) not in held for c, fid in zip(j.case_id, j.flag_id)]]
     return j.sort_values(["case_id", "flag_id"])[JOIN_COLUMNS].reset_index(drop=True)
+
+
+def cases_on_corrected_records(cases: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """Open cases that rest on no finding any more: every flag they hold was closed because its
+    visit record was corrected to another family (``record_corrected``, ``flag_risks``). Such a
+    case was opened for the wrong family and is closed with that outcome, when its last flag
+    was; the right family's finding opens a case of its own.
+
+    cases: ``case_id, source_flag_id, flag_ids, closed_at`` (NaT: open); flags: ``flag_id,
+    status, outcome, closed_at``. Returns ``case_id, closed_at``."""
+    cols = ["case_id", "closed_at"]
+    if cases.empty or flags.empty:
+        return pd.DataFrame(columns=cols)
+    corrected = flags[(flags.status == "closed") & (flags.outcome == RECORD_CORRECTED)]
+    when = dict(zip(corrected.flag_id, pd.to_datetime(corrected.closed_at)))
+    out = []
+    for c in cases[pd.to_datetime(cases.closed_at).isna()].itertuples(index=False):
+        held = c.flag_ids if isinstance(c.flag_ids, list) else [c.source_flag_id]
+        if held and all(f in when for f in held):
+            out.append({"case_id": c.case_id, "closed_at": max(when[f] for f in held)})
+    return pd.DataFrame(out, columns=cols)
 
 
 def _covered(flags: pd.DataFrame, cases: pd.DataFrame) -> set:

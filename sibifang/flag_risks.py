@@ -374,6 +374,9 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
     return pd.DataFrame(out, columns=["flag_id", "outcome"])
 
 
+RECORD_CORRECTED = "record_corrected"  # the outcome of a flag whose record now names another family
+
+
 def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Candidates whose episode key is on record for another household: the record behind it was
     corrected since (a visit sheet re-sent naming the family the visit was really to).
@@ -394,7 +397,7 @@ def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -
     out.loc[moved, "dedup_key"] = [f"{k}|{h}" for k, h in zip(keys, out.loc[moved, "household_id"])]
     out.loc[moved, "flag_id"] = [stable_id("F", k) for k in out.loc[moved, "dedup_key"]]
     stale = on_record[on_record.dedup_key.isin(set(keys)) & on_record.status.ne("closed")]
-    return out, pd.DataFrame({"flag_id": stale.flag_id, "outcome": "record_corrected"}, columns=cols)
+    return out, pd.DataFrame({"flag_id": stale.flag_id, "outcome": RECORD_CORRECTED}, columns=cols)
 
 
 def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,7 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
                               RiskFlag.detected_at, RiskFlag.details)
                        .where(RiskFlag.status != "closed", RiskFlag.kind.in_(logic.DISPUTE_KINDS),
                               RiskFlag.detected_at <= until), database_url)
+    close_wrong_family_cases(until, database_url)
     if flags.empty:
         return 0
     grids = grid_hierarchy(database_url)
@@ -78,6 +79,31 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
         run_logger().info("%d finding(s) joined %d open mediation case(s)", len(joining),
                               joining.case_id.nunique())
     return len(rows)
+
+
+def close_wrong_family_cases(until: datetime, database_url: str | None) -> int:
+    """Close the open cases whose every finding was withdrawn by a corrected visit record
+    (``logic.cases_on_corrected_records``), as of ``until``: the case was the wrong family's."""
+    from schemas.models import MediationCase, RiskFlag
+    from sibifang import escalate_disputes as logic
+    from sibifang.db import audit, session_scope
+
+    cases = read_frame(select(MediationCase.id.label("case_id"), MediationCase.source_flag_id,
+                              MediationCase.flag_ids, MediationCase.closed_at)
+                       .where(MediationCase.status == "open"), database_url)
+    if cases.empty:
+        return 0
+    flags = read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.status, RiskFlag.outcome, RiskFlag.closed_at)
+                       .where(RiskFlag.outcome == logic.RECORD_CORRECTED, RiskFlag.closed_at <= until), database_url)
+    wrong = logic.cases_on_corrected_records(cases, flags)
+    with session_scope(database_url) as s:
+        for c in wrong.itertuples(index=False):
+            s.execute(update(MediationCase).where(MediationCase.id == c.case_id, MediationCase.status == "open")
+                      .values(status="closed", closed_at=c.closed_at.to_pydatetime(),
+                              outcome=logic.RECORD_CORRECTED))
+            audit(s, "escalate_disputes", "close_case", "mediation_case", c.case_id,
+                  {"outcome": logic.RECORD_CORRECTED}, at=c.closed_at.to_pydatetime())
+    return len(wrong)
 
 
 @task(name="match_service_needs", cache_policy=NO_CACHE)

@@ -156,6 +156,20 @@ def test_findings_made_while_a_case_is_open_join_it():
     assert list(findings_joining_cases(flags, legacy).flag_id) == ["F-c"]
 
 
+def test_a_case_resting_only_on_corrected_records_is_the_wrong_familys():
+    from sibifang.escalate_disputes import cases_on_corrected_records
+
+    cases = pd.DataFrame({"case_id": ["C1", "C2", "C3", "C4"], "source_flag_id": ["F1", "F2", "F3", "F5"],
+                          "flag_ids": [["F1"], ["F2", "F4"], None, ["F5"]],
+                          "closed_at": [pd.NaT, pd.NaT, pd.NaT, T("2026-07-09")]})
+    flags = pd.DataFrame({"flag_id": ["F1", "F2", "F3", "F5"], "status": ["closed", "closed", "closed", "closed"],
+                          "outcome": ["record_corrected", "record_corrected", "visited_all_well", "record_corrected"],
+                          "closed_at": [T("2026-07-03"), T("2026-07-04"), T("2026-07-05"), T("2026-07-06")]})
+    # C2 still holds F4 (not withdrawn), C3's flag was settled otherwise, C4 is closed already
+    assert cases_on_corrected_records(cases, flags).to_dict("records") == [
+        {"case_id": "C1", "closed_at": T("2026-07-03")}]
+
+
 def test_findings_left_with_a_closed_case_join_no_later_case():
     """F-a's case was mediated and closed on 07-06 while F-a stays open; F-e opened a new case on
     07-20. F-a belongs to the closed case and does not join the new one; F-f (07-25) does."""
@@ -378,6 +392,44 @@ def test_violence_found_while_a_dispute_case_is_open_reaches_the_case(database_u
         joins = s.scalars(select(AuditEvent).where(AuditEvent.action == "join_case")).all()
         assert [(a.entity_id, a.detail) for a in joins] == [(case_.id, {"flag": "F2", "kind": "domestic_violence"})]
         assert s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "open_case")) == 1
+
+
+def test_a_case_opened_on_a_visit_record_corrected_to_another_family_is_closed(database_url):
+    """A visit sheet named H1 by mistake: its quarrel finding (F1) opened H1's case. The sheet is
+    re-sent naming H2; flag_risks closes F1 as record_corrected and flags H2 (F2). The next run
+    closes H1's case with that outcome, as of F1's closing, and opens H2's; again, nothing."""
+    from datetime import date, datetime
+
+    from sqlalchemy import select, update
+
+    from schemas.models import AuditEvent, Household, MediationCase, MediationRoom, RiskFlag
+    from sibifang.db import session_scope, upsert
+    from sibifang.flag_risks import RECORD_CORRECTED
+    from tasks.escalate_disputes import open_cases_task
+
+    _one_household_village(database_url)
+    with session_scope(database_url) as s:
+        upsert(s, Household, [{"id": "H2", "head_name": "李桂英", "grid_id": "G1", "categories": []}], key=["id"])
+        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
+               key=["id"])
+        s.add(RiskFlag(id="F1", dedup_key="visit|V1|dispute", household_id="H1", kind="dispute", severity="high",
+                       score=3.0, start=datetime(2026, 11, 2, 9), detected_at=datetime(2026, 11, 2, 9),
+                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+    assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
+    with session_scope(database_url) as s:
+        s.execute(update(RiskFlag).where(RiskFlag.id == "F1").values(
+            status="closed", outcome=RECORD_CORRECTED, closed_at=datetime(2026, 11, 3, 8)))
+        s.add(RiskFlag(id="F2", dedup_key="visit|V1|dispute|H2", household_id="H2", kind="dispute",
+                       severity="high", score=3.0, start=datetime(2026, 11, 2, 9),
+                       detected_at=datetime(2026, 11, 3, 8), evidence="走访记录提到夫妻吵架", details={},
+                       status="open"))
+    assert open_cases_task.fn(date(2026, 11, 3), database_url) == 1
+    assert open_cases_task.fn(date(2026, 11, 3), database_url) == 0
+    with session_scope(database_url) as s:
+        cases = sorted((c.household_id, c.status, c.outcome, c.closed_at) for c in s.scalars(select(MediationCase)))
+        closes = s.scalars(select(AuditEvent).where(AuditEvent.action == "close_case")).all()
+    assert cases == [("H1", "closed", RECORD_CORRECTED, datetime(2026, 11, 3, 8)), ("H2", "open", None, None)]
+    assert len(closes) == 1
 
 
 def test_replaying_a_past_day_matches_only_the_needs_known_that_day(database_url):
