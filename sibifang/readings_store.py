@@ -468,7 +468,7 @@ class ReadingStore:
             if not mine:
                 raise StoreBusy(f"{self.root / INGEST_LOCK_NAME} stayed held by another batch (a pull of the "
                                 f"meter API or a readings file) for more than {timeout:.0f} s; this batch was "
-                                "not ingested (its file stays in the inbox for the next run)")
+                                "not ingested (a dropped file stays in the inbox for the next run)")
             yield
 
     @contextmanager

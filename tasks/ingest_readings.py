@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -454,9 +455,17 @@ def _pull(store, settings, database_url: str | None, as_of: datetime | None) -> 
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
     raw = fetch_readings(settings.meter_api_url, token, since)
     digest = hashlib.sha1(pd.util.hash_pandas_object(raw, index=False).values.tobytes()).hexdigest()
+    batch_id = f"api-{digest[:24]}"
+    if any(j.info().get("batch_id") == batch_id for j in store.set_aside_pulls()):
+        # The very readings of a pull set aside (a platform with nothing new sends the same
+        # window again): this pull reads what that one has not booked, under its own batch. Under
+        # the set-aside one's id its ledger row would make that pull, once put back, look booked
+        # already: discarded, and the readings it stored would be in no ledger row. Repeats are
+        # still not read twice (the store and the quarantine say what was read, not the id).
+        batch_id = f"{batch_id}-{uuid.uuid4().hex[:8]}"
     # ``pull``: what overlaps earlier pulls (the window the lagging meter keeps open) is neither
     # read nor quarantined again; see ingest_frame.
-    result = ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url,
+    result = ingest_frame(raw, source="meter-api", batch_id=batch_id, database_url=database_url,
                           as_of=as_of, pull=True)
     for earlier in finished:
         if "earlier" in earlier:

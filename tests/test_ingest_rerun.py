@@ -650,7 +650,8 @@ def test_a_file_ingested_while_a_pull_runs_waits_for_it(meter_api, database_url,
                 file_ended_or_waiting.set()
     waiting = Waiting(level=logging.INFO)
     store_log = logging.getLogger("sibifang.readings_store")
-    monkeypatch.setattr(store_log, "level", logging.INFO)
+    level = store_log.level
+    store_log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's cache
     store_log.addHandler(waiting)
     pull_storing = _pause_in_append(monkeypatch, "pull", file_ended_or_waiting)
     results, errors = {}, []
@@ -668,6 +669,7 @@ def test_a_file_ingested_while_a_pull_runs_waits_for_it(meter_api, database_url,
         file.join()
     finally:
         store_log.removeHandler(waiting)
+        store_log.setLevel(level)
     assert errors == []
     assert (results["pull"]["read"], results["pull"]["accepted"]) == (2, 2)
     assert (results["file"]["read"], results["file"]["accepted"], results["file"]["quarantined"]) == (2, 2, 0)
@@ -811,4 +813,54 @@ def test_a_pull_failing_through_its_retries_in_one_run_is_not_set_aside(prefect_
     assert second["pulls_set_aside"] == []
     assert (second["read"], second["accepted"], second["new"]) == (3, 3, 3)
     assert _ledger(database_url) == [(3, 3, 0, 3)] and len(store.load()) == 3
+    assert store.unfinished_pulls() == [] and store.set_aside_pulls() == []
+
+
+def test_a_pull_of_the_same_readings_as_a_set_aside_one_books_under_its_own_batch(meter_api, database_url,
+                                                                                  app_env, monkeypatch):
+    """A pull's batch is named by what it pulled. A pull failed after storing M1's and M2's
+    readings and kept failing on M2 until it was set aside; the platform, quiet meanwhile, sent
+    the very same readings to the next pull, which found M1 and M2 stored and booked only X9
+    (unknown meter) -- under the set-aside pull's batch id. Put back, the set-aside pull then
+    looked booked already: it was discarded, and the store kept readings no ledger row counts."""
+    import sibifang.import_registry as registry
+    import tasks.ingest_readings as ingest_tasks
+    from schemas.validation import DataContractError
+    from sibifang.readings_store import PULL_FINISH_ATTEMPTS, ReadingStore
+    from tasks.ingest_readings import pull_api_task
+
+    store = ReadingStore(app_env / "data" / "readings")
+    meter_api.pages = {None: {"readings": [_r("M1", "08:15", .1), _r("M2", "08:15", .2), _r("X9", "08:15", .1)],
+                              "next_page_token": None}}
+    original_record = registry.record_validation
+
+    def lost(*args, **kwargs):
+        raise Injected("database connection lost")
+    monkeypatch.setattr(registry, "record_validation", lost)
+    with pytest.raises(Injected):
+        pull_api_task.fn()
+    monkeypatch.setattr(registry, "record_validation", original_record)
+    [journal] = store.unfinished_pulls()
+    batch_id = journal.info()["batch_id"]
+    original_check = ingest_tasks._check_handover
+
+    def check(acc, *args, **kwargs):
+        if (acc["meter_id"].astype(str) == "M2").any():
+            raise DataContractError("meter-api", ["kwh: bound failed"], message_zh="未通过入库检查")
+        return original_check(acc, *args, **kwargs)
+    monkeypatch.setattr(ingest_tasks, "_check_handover", check)
+    for _ in range(1, PULL_FINISH_ATTEMPTS):
+        with pytest.raises(DataContractError):
+            pull_api_task.fn()
+    out = pull_api_task.fn()  # sets it aside, then pulls the same three readings again
+    assert [s["batch"] for s in out["set_aside"]] == [batch_id]
+    assert (out["read"], out["quarantined"], out["already_ingested"]) == (1, 1, 2)  # X9; M1 and M2 are stored
+
+    monkeypatch.setattr(ingest_tasks, "_check_handover", original_check)
+    store.resume_set_aside(batch_id)
+    done = pull_api_task.fn()
+    assert (done["read"], done["accepted"], done["new"]) == (2, 2, 2)  # M1, M2; X9 quarantined before
+    ledger = _ledger(database_url)
+    assert sorted(ledger) == [(1, 0, 1, 0), (2, 2, 0, 2)]
+    assert sum(row[3] for row in ledger) == len(store.load()) == 2
     assert store.unfinished_pulls() == [] and store.set_aside_pulls() == []
