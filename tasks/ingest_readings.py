@@ -39,6 +39,7 @@ def pending_reading_files(inbox: Path, database_url: str | None = None,
     from schemas.models import ReadingBatch
     from sibifang.db import session_scope
     from sibifang.inbox import ready_files
+    from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings
 
     ready = ready_files(inbox / "readings", READING_SUFFIXES, settle_seconds=get_settings().inbox_settle_seconds)
@@ -50,12 +51,18 @@ def pending_reading_files(inbox: Path, database_url: str | None = None,
             ReadingBatch.id.in_(sorted({b for _, b in files}))))}
     pending: list[tuple[Path, str]] = []
     first_of: dict[str, str] = {}
+    store = ReadingStore(Path(get_settings().data_dir) / "readings")
     for p, batch in files:
         same_as = done.get(batch) or first_of.get(batch)
         if same_as is None:
             first_of[batch] = p.name
             pending.append((p, batch))
             continue
+        if batch in done:
+            # Booked: a journal of it is what a run killed between its ledger commit and its
+            # clean-up left (BatchJournal). Nothing is left to finish, and `sibifang pulls` would
+            # list it as readings no ledger row counts. (Anything holding it finds it booked too.)
+            store.batch_journal(batch).discard()
         move_to_done(p)
         run_logger().warning("%s：内容与已导入的文件 %s 相同，未重复导入，已移到 done/ (batch %s)",
                              p.name, same_as, batch)

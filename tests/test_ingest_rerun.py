@@ -864,3 +864,36 @@ def test_a_pull_of_the_same_readings_as_a_set_aside_one_books_under_its_own_batc
     assert sorted(ledger) == [(1, 0, 1, 0), (2, 2, 0, 2)]
     assert sum(row[3] for row in ledger) == len(store.load()) == 2
     assert store.unfinished_pulls() == [] and store.set_aside_pulls() == []
+
+
+def test_a_file_booked_just_before_a_crash_is_not_listed_as_unfinished(database_url, app_env, monkeypatch):
+    """A file batch committed its ledger row and its run was killed before it removed its
+    journal. The next run moves the file to done/ unread (it is booked), and nothing ever
+    removed the journal: `sibifang pulls` listed a booked file as readings no ledger row counts."""
+    from sibifang.readings_files import read_readings_file
+    from sibifang.readings_store import BatchJournal, ReadingStore
+    from tasks.ingest_readings import file_batch_id, ingest_frame, pending_reading_files
+    from tests.test_inbox_rejects import inbox
+
+    _seed(database_url)
+    store = ReadingStore(app_env / "data" / "readings")
+    folder = inbox(app_env, "readings")
+    path = folder / "a.csv"
+    _write(path, "interval", A)
+    original = BatchJournal.discard
+
+    def killed(self):
+        if self.exists():  # the journal's end, after the ledger commit (not begin's clean-up)
+            raise Injected("killed after the ledger commit")
+        return original(self)
+    monkeypatch.setattr(BatchJournal, "discard", killed)
+    with pytest.raises(Injected):
+        ingest_frame(read_readings_file(path), source=path.name, batch_id=file_batch_id(path),
+                     database_url=database_url)
+    monkeypatch.setattr(BatchJournal, "discard", original)
+    assert _ledger(database_url) == [(72, 72, 0, 72)] and len(store.unfinished_files()) == 1
+    duplicates = []
+    assert pending_reading_files(folder.parent, database_url, duplicates=duplicates) == []
+    assert [d["file"] for d in duplicates] == ["a.csv"] and not path.exists()
+    assert store.unfinished_files() == []
+    assert _ledger(database_url) == [(72, 72, 0, 72)] and len(store.load()) == 72
