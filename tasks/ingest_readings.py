@@ -385,8 +385,23 @@ def _set_reading_keys(session, source: str, batch_id: str, q: pd.DataFrame, keys
                                         for line, code, key in zip(q["line"], q["code"], keys)])
 
 
+def retry_file(task, task_run, state) -> bool:  # noqa: ANN001
+    """Retry I/O failures, not bad data, nor a file that waited for the store its full time
+    (``StoreBusy``): the wait was its retry, and another would hold the run as long again; the
+    file stays in the inbox for the next run."""
+    from sibifang.readings_store import StoreBusy
+
+    try:
+        state.result()
+    except StoreBusy:
+        return False
+    except Exception:  # noqa: BLE001
+        return retry_unless_bad_data(task, task_run, state)
+    return False
+
+
 @task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_unless_bad_data)
+      retry_condition_fn=retry_file)
 def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, as_of: datetime | None = None) -> dict:
     """Ingest one dropped file and move it to ``done/``. In a replay of a past day (``as_of``
     before the clock), a file holding readings after ``as_of`` (and not ahead of the clock)

@@ -897,3 +897,17 @@ def test_a_file_booked_just_before_a_crash_is_not_listed_as_unfinished(database_
     assert [d["file"] for d in duplicates] == ["a.csv"] and not path.exists()
     assert store.unfinished_files() == []
     assert _ledger(database_url) == [(72, 72, 0, 72)] and len(store.load()) == 72
+
+
+def test_a_file_that_waited_its_full_time_for_the_store_is_not_retried_at_once():
+    """The wait for the store was the file's retry: retried by Prefect (twice) it would hold the
+    run three times as long. It is left in the inbox for the next run; an I/O error is retried."""
+    from prefect.states import Failed
+
+    from schemas.validation import DataContractError
+    from sibifang.readings_store import StoreBusy
+    from tasks.ingest_readings import retry_file
+
+    assert retry_file(None, None, Failed(data=StoreBusy("data/readings/.ingest.lock stayed held"))) is False
+    assert retry_file(None, None, Failed(data=OSError("disk"))) is True
+    assert retry_file(None, None, Failed(data=DataContractError("a.csv", ["kwh"], message_zh="未通过"))) is False
