@@ -23,7 +23,9 @@ def ingest_readings(as_of: date | None = None, inbox: str | None = None) -> dict
     ``readings/done/`` unread; ``deferred`` counts files left in the inbox by a replay of a past
     day because they hold readings of a later day (``ingest_file_task``); ``busy`` when another
     run held the drop folder (``sibifang.inbox.claim``) and this one left its files to it;
-    ``pull_busy`` when another pull of the meter API was running and this one was skipped;
+    ``pull_busy`` when another pull of the meter API, or a readings file of another run, held the
+    readings store and this pull was skipped (a file waits for the store instead:
+    ``ReadingStore.hold_for_batch``; one that waits too long is ``failed``, left in the inbox);
     ``pulls_set_aside`` lists earlier pulls that failed to finish too often and were set aside
     (``tasks.ingest_readings.finish_unfinished_pulls``)."""
     from schemas.validation import DataContractError

@@ -204,13 +204,13 @@ def pulls(resume: Optional[str] = typer.Option(
         None, "--resume", metavar="BATCH",
         help="put a set-aside pull back: the next pull (sibifang run ingest_readings) finishes it")) -> None:
     """Meter-API pulls set aside after failing to finish, and readings batches never finished."""
-    from sibifang.readings_store import ReadingStore
+    from sibifang.readings_store import ReadingStore, StoreBusy
 
     store = ReadingStore.from_settings()
     if resume:
         try:
             store.resume_set_aside(resume)
-        except (LookupError, FileExistsError) as e:
+        except (LookupError, FileExistsError, StoreBusy) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(1) from None
         typer.echo(f"拉取批次 {resume} 已放回，下一次拉取（sibifang run ingest_readings）先完成它")

@@ -12,8 +12,9 @@ A row per reading in SQLite cannot reach the figures the detectors need (a month
     <root>/_batches/<sha1>/                    a batch not yet in the ledger: what it started from
     <root>/_set_aside/<sha1>/                  a pull journal that failed to finish too often
                                                 (kept whole, with ``readings.csv`` to read)
-    <root>/.lock                               serialises writers (flock)
-    <root>/.pull.lock                          one meter-API pull at a time (flock)
+    <root>/.lock                               serialises writes of partitions and sidecars (flock)
+    <root>/.ingest.lock                        one batch at a time, from reading the store's state
+                                                to its ledger row: a pull or a file (flock)
 
 Conventions:
 
@@ -43,6 +44,12 @@ Conventions:
 * A pull journal whose batch fails to finish ``PULL_FINISH_ATTEMPTS`` times is set aside
   (``<root>/_set_aside/``): every later pull would fail on it first, and no new readings would
   come in. Its readings are kept; ``resume_set_aside`` puts it back to be finished.
+* One batch at a time (``hold``): a batch reads what the store holds (its last readings, the
+  register state) before it writes, so a file and a pull of the same meters at once would each
+  compute intervals from a state the other is moving on. A pull finding the store held is
+  skipped (``claim_pulls``); a file batch waits for it (``hold_for_batch``), for at most
+  ``Settings.readings_lock_timeout_seconds``, and then fails naming the lock, leaving its file
+  in the inbox for the next run.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ import logging
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -78,11 +87,14 @@ LAST_TS_NAME = "_last_ts.parquet"
 REGISTERS_NAME = "_last_registers.parquet"
 BATCHES_DIR = "_batches"  # BatchJournal: what a batch not yet in the ledger started from
 SET_ASIDE_DIR = "_set_aside"  # pull journals that failed to finish PULL_FINISH_ATTEMPTS times
-PULL_LOCK_NAME = ".pull.lock"
+INGEST_LOCK_NAME = ".ingest.lock"
+# How often a batch waiting for the store looks again (a flock cannot wait with a timeout).
+LOCK_POLL_SECONDS = 0.2
 # A pull journal that failed to finish this many times is set aside: a failure that repeats
 # (readings the hand-over check now rejects, a bug on one shape of data) would otherwise stop
 # every later pull, and a city's meters would go dark for the detectors. Three attempts let a
-# passing failure (a Prefect retry, the next run) finish it first.
+# passing failure (the next run) finish it first. Attempts are counted per run
+# (``count_failed_attempt``): a Prefect retry of the same run is not another attempt.
 PULL_FINISH_ATTEMPTS = 3
 REGISTERS_SCHEMA = pa.schema([
     pa.field("meter_id", pa.string()),
@@ -91,6 +103,14 @@ REGISTERS_SCHEMA = pa.schema([
 ])
 _PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _ONE_NS = np.timedelta64(1, "ns")
+# The stores (their real paths) this thread holds (``ReadingStore.hold``): a pull holds its
+# store and ingests its batches under that one hold. flock cannot be taken twice (a second
+# open file conflicts with the first even in one process), so a nested hold is a no-op.
+_HOLDING = threading.local()
+
+
+class StoreBusy(RuntimeError):
+    """The readings store stayed held by another batch (a pull, a file) longer than allowed."""
 
 
 class ReadingStore:
@@ -412,16 +432,53 @@ class ReadingStore:
         return BatchJournal(self.root / BATCHES_DIR / hashlib.sha1(batch_id.encode("utf-8")).hexdigest())
 
     @contextmanager
-    def claim_pulls(self) -> Iterator[bool]:
-        """Hold the store for one meter-API pull: yields True, or False when another pull holds
-        it. A pull finishes the unfinished pull journals, then fetches from the store's last
-        readings and stores what it got: two at once would finish (and discard) the same
-        journal, or both read and book the readings of one window. A flock beside the store's
-        own write lock: the state it guards is this directory, whichever database the ledger
-        is in, and a killed pull releases it."""
-        from sibifang.inbox import claim
+    def hold(self, *, wait: float = 0.0) -> Iterator[bool]:
+        """Hold the store for one batch (a pull, a file): yields True, or False when another
+        batch held it for ``wait`` seconds. A batch reads the store's state (last readings,
+        register state, the readings a pull finds stored) and writes from it until its ledger
+        row is committed: two at once would each compute from a state the other moves on (a
+        cumulative meter's next interval against the wrong previous reading) and book the
+        same readings. A flock (``.ingest.lock``) beside the write lock, which only guards one
+        append: the state is this directory, whichever database the ledger is in, and a killed
+        batch releases it. Taken again by the thread that holds it, it is held already."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.root)
+        held = _held_stores()
+        if key in held:
+            yield True
+            return
+        lock = self.root / INGEST_LOCK_NAME
+        with open(lock, "a+b") as handle:
+            if not _flock_within(handle, wait, lock):
+                yield False
+                return
+            held.add(key)
+            try:
+                yield True
+            finally:
+                held.discard(key)
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
-        with claim(self.root, PULL_LOCK_NAME) as mine:
+    @contextmanager
+    def hold_for_batch(self, timeout: float) -> Iterator[None]:
+        """``hold``, waiting up to ``timeout`` seconds; raises ``StoreBusy`` naming the lock
+        after that. A file batch waits rather than being skipped: a pull skipped loses nothing
+        (the next one resumes from the store), a dropped file must be read."""
+        with self.hold(wait=timeout) as mine:
+            if not mine:
+                raise StoreBusy(f"{self.root / INGEST_LOCK_NAME} stayed held by another batch (a pull of the "
+                                f"meter API or a readings file) for more than {timeout:.0f} s; this batch was "
+                                "not ingested (a dropped file stays in the inbox for the next run)")
+            yield
+
+    @contextmanager
+    def claim_pulls(self) -> Iterator[bool]:
+        """Hold the store for one meter-API pull: yields True, or False when another batch (a
+        pull, a file) holds it. A pull finishes the unfinished pull journals, then fetches from
+        the store's last readings and stores what it got: two at once would finish (and
+        discard) the same journal, or both read and book the readings of one window. It does
+        not wait: the one running fetches the same window, and the next pull resumes after it."""
+        with self.hold(wait=0) as mine:
             yield mine
 
     def unfinished_pulls(self) -> list["BatchJournal"]:
@@ -457,7 +514,15 @@ class ReadingStore:
         """Put a set-aside pull back among the unfinished ones, its failed attempts forgotten:
         the next pull finishes it from what it started from (once its cause is mended).
         Raises LookupError when no set-aside pull has that batch id, FileExistsError when an
-        unfinished journal of that batch is there already."""
+        unfinished journal of that batch is there already, StoreBusy while a batch holds the
+        store (a pull of the same readings could be writing that journal: try again)."""
+        with self.hold(wait=0) as mine:
+            if not mine:
+                raise StoreBusy(f"{self.root / INGEST_LOCK_NAME} is held by a pull or a readings file being "
+                                "ingested; try again when it is done")
+            return self._resume_set_aside(batch_id)
+
+    def _resume_set_aside(self, batch_id: str) -> "BatchJournal":
         for journal in self.set_aside_pulls():
             if journal.info().get("batch_id") != batch_id:
                 continue
@@ -548,13 +613,12 @@ class BatchJournal:
         info.setdefault("attempts", 0)
         return info
 
-    def failed_attempt(self, error: str) -> int:
-        """Count one failed attempt to finish this journal (with its error, which must hold no
-        secret); returns how many there have been."""
-        attempts = int(self.info().get("attempts", 0)) + 1
-        _atomic_write_text(json.dumps({"attempts": attempts, "last_error": error}, ensure_ascii=False),
-                           self.directory / "failures.json")
-        return attempts
+    def failed_attempt(self, error: str, run: str | None = None) -> int:
+        """Count a failed attempt to finish this journal (with its error, which must hold no
+        secret) made by ``run`` (see ``count_failed_attempt``); returns how many there have been."""
+        failures = count_failed_attempt(self.info(), error, run)
+        _atomic_write_text(json.dumps(failures, ensure_ascii=False), self.directory / "failures.json")
+        return failures["attempts"]
 
     def set_aside(self, root: Path) -> "BatchJournal":
         """Move this journal whole into ``root/_set_aside/`` (the same file system: a rename),
@@ -602,6 +666,50 @@ class BatchJournal:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def count_failed_attempt(failures: dict, error: str, run: str | None) -> dict:
+    """The failures of a pull journal (``attempts``, ``runs``, ``last_error``) after one more
+    failed attempt to finish it by ``run`` (a flow run's id; None: a call of its own).
+
+    Attempts count runs, not tries. A journal is set aside because its failure repeats (data
+    the hand-over check now rejects, a bug on one shape of data), and only a new run, minutes
+    later, shows that: Prefect's retries of one run (5, 30, 120 s) fall within one disk or
+    database blip, and counted one by one they would set a good pull aside in one run. What
+    fails is not judged by its kind: a damaged journal (a file missing from it) fails as an
+    I/O error would, and must be set aside all the same."""
+    runs = [str(r) for r in failures.get("runs") or []]
+    attempts = int(failures.get("attempts", 0))
+    if run is None or run not in runs:
+        attempts += 1
+        if run is not None:
+            runs.append(run)
+    return {"attempts": attempts, "runs": runs, "last_error": error}
+
+
+def _held_stores() -> set[str]:
+    if not hasattr(_HOLDING, "roots"):
+        _HOLDING.roots = set()
+    return _HOLDING.roots
+
+
+def _flock_within(handle, wait: float, lock: Path) -> bool:  # noqa: ANN001
+    """Take an exclusive flock on ``handle`` within ``wait`` seconds (0: now or never)."""
+    deadline = time.monotonic() + max(wait, 0.0)
+    told = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if not told:
+                log.info("%s is held by another batch (a pull or a readings file); waiting up to %.0f s",
+                         lock, wait)
+                told = True
+            time.sleep(min(LOCK_POLL_SECONDS, remaining))
+
 
 class _UnknownMeter(Exception):
     """A partition holds a meter the last-ts sidecar does not know (sidecar behind)."""

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     inbox_dir: Path = Path("data/inbox")
     # A dropped file is read once it has not changed for this long (it may still be being copied).
     inbox_settle_seconds: float = 30.0
+    # A readings file waits this long for the readings store while a pull (or another file)
+    # holds it, then fails naming the lock and stays in the inbox for the next run
+    # (``ReadingStore.hold_for_batch``). A pull that pages slowly through a patient platform
+    # holds it for minutes; a file stuck longer is better tried again by the next run.
+    readings_lock_timeout_seconds: float = Field(600.0, ge=0)
 
     # Alerts: when set, every alert goes to this one generic webhook (trials, tests).
     alert_webhook_url: str | None = Field(None, repr=False)

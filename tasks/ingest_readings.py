@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def pending_reading_files(inbox: Path, database_url: str | None = None,
     from schemas.models import ReadingBatch
     from sibifang.db import session_scope
     from sibifang.inbox import ready_files
+    from sibifang.readings_store import ReadingStore
     from sibifang.settings import get_settings
 
     ready = ready_files(inbox / "readings", READING_SUFFIXES, settle_seconds=get_settings().inbox_settle_seconds)
@@ -49,12 +51,18 @@ def pending_reading_files(inbox: Path, database_url: str | None = None,
             ReadingBatch.id.in_(sorted({b for _, b in files}))))}
     pending: list[tuple[Path, str]] = []
     first_of: dict[str, str] = {}
+    store = ReadingStore(Path(get_settings().data_dir) / "readings")
     for p, batch in files:
         same_as = done.get(batch) or first_of.get(batch)
         if same_as is None:
             first_of[batch] = p.name
             pending.append((p, batch))
             continue
+        if batch in done:
+            # Booked: a journal of it is what a run killed between its ledger commit and its
+            # clean-up left (BatchJournal). Nothing is left to finish, and `sibifang pulls` would
+            # list it as readings no ledger row counts. (Anything holding it finds it booked too.)
+            store.batch_journal(batch).discard()
         move_to_done(p)
         run_logger().warning("%s：内容与已导入的文件 %s 相同，未重复导入，已移到 done/ (batch %s)",
                              p.name, same_as, batch)
@@ -161,7 +169,25 @@ def ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url:
     The store is written before the ledger row is committed. A batch that failed in between
     (or a Prefect retry of its task) is run again from what its first attempt started from
     (``ReadingStore.batch_journal``): the register state, the readings a pull found stored, and
-    per partition the readings new to it; its ledger, quarantine and store end as a clean run's."""
+    per partition the readings new to it; its ledger, quarantine and store end as a clean run's.
+
+    One batch at a time on the store (``ReadingStore.hold_for_batch``): from reading its state to
+    the ledger commit. A file waits while a pull (or another file) holds it, up to
+    ``readings_lock_timeout_seconds``, then raises ``StoreBusy``; a pull calls this holding the
+    store already (``claim_pulls``)."""
+    from sibifang.readings_store import ReadingStore
+    from sibifang.settings import get_settings
+
+    settings = get_settings()
+    store = ReadingStore(Path(settings.data_dir) / "readings")
+    with store.hold_for_batch(settings.readings_lock_timeout_seconds):
+        return _ingest_frame(raw, source=source, batch_id=batch_id, database_url=database_url, now=now,
+                             as_of=as_of, pull=pull)
+
+
+def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url: str | None,
+                  now: datetime | None, as_of: datetime | None, pull: bool) -> dict:
+    """``ingest_frame`` with the store held."""
     from schemas.models import Meter, ReadingBatch
     from sibifang.db import session_scope, upsert
     from sibifang.import_registry import record_validation
@@ -359,8 +385,23 @@ def _set_reading_keys(session, source: str, batch_id: str, q: pd.DataFrame, keys
                                         for line, code, key in zip(q["line"], q["code"], keys)])
 
 
+def retry_file(task, task_run, state) -> bool:  # noqa: ANN001
+    """Retry I/O failures, not bad data, nor a file that waited for the store its full time
+    (``StoreBusy``): the wait was its retry, and another would hold the run as long again; the
+    file stays in the inbox for the next run."""
+    from sibifang.readings_store import StoreBusy
+
+    try:
+        state.result()
+    except StoreBusy:
+        return False
+    except Exception:  # noqa: BLE001
+        return retry_unless_bad_data(task, task_run, state)
+    return False
+
+
 @task(name="ingest_reading_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_unless_bad_data)
+      retry_condition_fn=retry_file)
 def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, as_of: datetime | None = None) -> dict:
     """Ingest one dropped file and move it to ``done/``. In a replay of a past day (``as_of``
     before the clock), a file holding readings after ``as_of`` (and not ahead of the clock)
@@ -402,11 +443,12 @@ def retry_pull(task, task_run, state) -> bool:  # noqa: ANN001
 def pull_api_task(database_url: str | None = None, as_of: datetime | None = None) -> dict | None:
     """Pull new readings from the meter platform's paged API, resuming from the last stored one.
 
-    One pull at a time (``ReadingStore.claim_pulls``): a pull that finds another running is
-    skipped, and says so (``busy``). The running one fetches everything new up to now from the
-    same resume point; waiting would only hold a worker to fetch what arrived meanwhile, which
+    One batch at a time on the store (``ReadingStore.claim_pulls``): a pull that finds another
+    pull, or a file being ingested, is skipped, and says so (``busy``). A running pull fetches
+    everything new up to now from the same resume point (a file ends soon, and the next pull
+    resumes after it); waiting would only hold a worker to fetch what arrived meanwhile, which
     the next scheduled pull fetches anyway, and pulls stuck behind a slow platform would pile up."""
-    from sibifang.readings_store import PULL_LOCK_NAME, ReadingStore
+    from sibifang.readings_store import INGEST_LOCK_NAME, ReadingStore
     from sibifang.settings import get_settings
 
     settings = get_settings()
@@ -415,8 +457,8 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     store = ReadingStore(Path(settings.data_dir) / "readings")
     with store.claim_pulls() as mine:
         if not mine:
-            run_logger().info("another pull of the meter API holds %s; this one is skipped (the next pull "
-                              "resumes from the store)", store.root / PULL_LOCK_NAME)
+            run_logger().info("another pull of the meter API or a readings file holds %s; this pull is "
+                              "skipped (the next pull resumes from the store)", store.root / INGEST_LOCK_NAME)
             return {"source": "meter-api", "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
                     "already_ingested": 0, "busy": True}
         return _pull(store, settings, database_url, as_of)
@@ -435,9 +477,17 @@ def _pull(store, settings, database_url: str | None, as_of: datetime | None) -> 
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
     raw = fetch_readings(settings.meter_api_url, token, since)
     digest = hashlib.sha1(pd.util.hash_pandas_object(raw, index=False).values.tobytes()).hexdigest()
+    batch_id = f"api-{digest[:24]}"
+    if any(j.info().get("batch_id") == batch_id for j in store.set_aside_pulls()):
+        # The very readings of a pull set aside (a platform with nothing new sends the same
+        # window again): this pull reads what that one has not booked, under its own batch. Under
+        # the set-aside one's id its ledger row would make that pull, once put back, look booked
+        # already: discarded, and the readings it stored would be in no ledger row. Repeats are
+        # still not read twice (the store and the quarantine say what was read, not the id).
+        batch_id = f"{batch_id}-{uuid.uuid4().hex[:8]}"
     # ``pull``: what overlaps earlier pulls (the window the lagging meter keeps open) is neither
     # read nor quarantined again; see ingest_frame.
-    result = ingest_frame(raw, source="meter-api", batch_id=f"api-{digest[:24]}", database_url=database_url,
+    result = ingest_frame(raw, source="meter-api", batch_id=batch_id, database_url=database_url,
                           as_of=as_of, pull=True)
     for earlier in finished:
         if "earlier" in earlier:
@@ -452,11 +502,13 @@ def _pull(store, settings, database_url: str | None, as_of: datetime | None) -> 
 def finish_unfinished_pulls(store, database_url: str | None, as_of: datetime | None  # noqa: ANN001
                             ) -> tuple[list[dict], list[dict]]:
     """Finish the store's unfinished pull journals, oldest first -> (their results, the pulls
-    set aside). A journal that fails to finish raises, as before, until it has failed
-    ``PULL_FINISH_ATTEMPTS`` times (counted in the journal); then it is set aside
+    set aside). A journal that fails to finish raises, as before, until it has failed in
+    ``PULL_FINISH_ATTEMPTS`` runs (counted in the journal, one per flow run: Prefect's retries
+    within a run are one attempt, see ``count_failed_attempt``); then it is set aside
     (``set_aside_pull``) and the pull goes on. The caller holds the store (``claim_pulls``)."""
     from sibifang.readings_store import PULL_FINISH_ATTEMPTS
 
+    run = _current_run()
     finished, set_aside = [], []
     for journal in store.unfinished_pulls():
         try:
@@ -467,11 +519,25 @@ def finish_unfinished_pulls(store, database_url: str | None, as_of: datetime | N
             # The error's class and message: a pull's journal holds readings and ids, never the
             # platform's URL or token (the fetch is not part of finishing).
             text = f"{type(error).__name__}: {error}"[:300]
-            attempts = journal.failed_attempt(text)
+            attempts = journal.failed_attempt(text, run)
             if attempts < PULL_FINISH_ATTEMPTS:
                 raise
             set_aside.append(set_aside_pull(store, journal, text, database_url))
     return finished, set_aside
+
+
+def _current_run() -> str | None:
+    """The flow run this task runs in (its retries share it), or the task run when the task was
+    called without a flow; None for a plain call (a run of its own)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_run = TaskRunContext.get()
+    if task_run is not None:
+        return str(task_run.task_run.flow_run_id or task_run.task_run.id)
+    flow_run = FlowRunContext.get()
+    if flow_run is not None and flow_run.flow_run is not None:
+        return str(flow_run.flow_run.id)
+    return None
 
 
 def set_aside_pull(store, journal, error: str, database_url: str | None) -> dict:  # noqa: ANN001

@@ -515,3 +515,399 @@ def test_a_file_batch_never_run_again_is_listed_for_the_operator(database_url, a
     # The same file again finishes it: nothing is listed any more.
     assert _ingest(database_url, "interval", A, "file-0123abcd")["read"] == 72
     assert store.unfinished_files() == []
+
+
+# ---------------------------------------------------------------- a file and a pull at once
+
+def _registers(*rows):
+    """A cumulative readings file's frame: (meter, hh:mm, register kWh) on 2026-11-20."""
+    frame = pd.DataFrame([(m, f"2026-11-20 {hm}", f"{value:.3f}") for m, hm, value in rows],
+                         columns=["meter_id", "ts", "register_kwh"])
+    frame.insert(0, "line", np.arange(2, len(frame) + 2))
+    return frame
+
+
+def _api_registers(*rows):
+    return [{"meter_id": m, "ts": f"2026-11-20T{hm}:00+08:00", "register_kwh": value} for m, hm, value in rows]
+
+
+def _file(url, name, frame):
+    from tasks.ingest_readings import ingest_frame
+
+    return ingest_frame(frame, source=f"{name}.csv", batch_id=f"file-{name}", database_url=url)
+
+
+def _pause_in_append(monkeypatch, thread_name, go_on):
+    """``ReadingStore.append`` of the thread ``thread_name`` stops once, cleaned and about to
+    store, until ``go_on`` is set; returns the event set when it stopped."""
+    import threading
+
+    from sibifang.readings_store import ReadingStore
+
+    storing, original = threading.Event(), ReadingStore.append
+
+    def append(self, *args, **kwargs):
+        if threading.current_thread().name == thread_name and not storing.is_set():
+            storing.set()
+            assert go_on.wait(60), "the other batch never ended nor waited"
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(ReadingStore, "append", append)
+    return storing
+
+
+def _run_in_thread(name, target, results, errors):
+    import threading
+
+    def run():
+        try:
+            results[name] = target()
+        except Exception as e:  # noqa: BLE001 - reported by the assertions
+            errors.append((name, e))
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
+
+
+def _one_meter_five_intervals(url, store):
+    """M1's register from 08:00 (100.0) to 09:15 (100.5), a file and a pull each bringing half
+    an hour of it after the first file: five intervals of 0.1 kWh, one baseline, nothing else."""
+    from schemas.models import QuarantinedRow
+    from sibifang.db import session_scope
+
+    ledger = _ledger(url)
+    assert ledger == [(2, 1, 1, 1), (2, 2, 0, 2), (2, 2, 0, 2)]
+    assert all(read == accepted + quarantined for read, accepted, quarantined, _ in ledger)
+    with session_scope(url) as s:
+        codes = s.scalars(select(QuarantinedRow.code).where(QuarantinedRow.kind == "ingest_readings")).all()
+    assert codes == ["register_baseline"]
+    stored = store.load()
+    assert stored["ts"].dt.strftime("%H:%M").tolist() == ["08:15", "08:30", "08:45", "09:00", "09:15"]
+    assert np.allclose(stored["kwh"], 0.1, atol=1e-4)
+    assert sum(row[3] for row in ledger) == len(stored)
+    state = store.last_registers()
+    assert (state["ts"].dt.strftime("%H:%M").tolist(), state["register_kwh"].tolist()) == (["09:15"], [100.5])
+    assert store.unfinished_pulls() == [] and store.unfinished_files() == []
+
+
+def test_a_pull_while_a_file_is_ingested_waits_its_turn(meter_api, database_url, app_env, monkeypatch):
+    """A readings file of a cumulative meter was cleaned against the register state (08:15) and
+    was about to store when a pull of the same meter's later readings ran to its end: the pull
+    differenced 09:00 against 08:15 too (a 45-minute gap, set aside as register_gap) and the
+    file then stored readings in between. A pull now finds the store held by the file and is
+    skipped; the next pull continues from the file's last reading."""
+    import threading
+
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import pull_api_task
+
+    store = ReadingStore(app_env / "data" / "readings")
+    _file(database_url, "a", _registers(("M1", "08:00", 100.0), ("M1", "08:15", 100.1)))
+    meter_api.pages = {None: {"readings": _api_registers(("M1", "09:00", 100.4), ("M1", "09:15", 100.5)),
+                              "next_page_token": None}}
+    pull_done = threading.Event()
+    file_storing = _pause_in_append(monkeypatch, "file", pull_done)
+    results, errors = {}, []
+    file = _run_in_thread("file", lambda: _file(database_url, "b", _registers(("M1", "08:30", 100.2),
+                                                                               ("M1", "08:45", 100.3))),
+                          results, errors)
+    assert file_storing.wait(60)
+    requests_before = len(meter_api.requests)
+    try:
+        during = pull_api_task.fn()
+    finally:
+        pull_done.set()
+        file.join()
+    assert errors == []
+    assert during.get("busy") and during["read"] == 0 and len(meter_api.requests) == requests_before
+    assert (results["file"]["read"], results["file"]["accepted"]) == (2, 2)
+    after = pull_api_task.fn()
+    assert (after["read"], after["accepted"], after["quarantined"], after["new"]) == (2, 2, 0, 2)
+    _one_meter_five_intervals(database_url, store)
+
+
+def test_a_file_ingested_while_a_pull_runs_waits_for_it(meter_api, database_url, app_env, monkeypatch):
+    """The other way round: a pull was about to store M1's readings to 08:45 when a file of its
+    readings from 09:00 was cleaned against the state the pull had not yet moved on (08:15),
+    and lost its first interval as a register_gap. The file now waits for the pull (a dropped
+    file must not be skipped), says in the log which lock it waits for, and continues from it."""
+    import logging
+    import threading
+
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import pull_api_task
+
+    store = ReadingStore(app_env / "data" / "readings")
+    _file(database_url, "a", _registers(("M1", "08:00", 100.0), ("M1", "08:15", 100.1)))
+    meter_api.pages = {None: {"readings": _api_registers(("M1", "08:30", 100.2), ("M1", "08:45", 100.3)),
+                              "next_page_token": None}}
+    # The pull goes on once the file has ended (before the fix) or is waiting (said in the log).
+    file_ended_or_waiting = threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record):
+            if "waiting" in record.getMessage():
+                self.message = record.getMessage()
+                file_ended_or_waiting.set()
+    waiting = Waiting(level=logging.INFO)
+    store_log = logging.getLogger("sibifang.readings_store")
+    level = store_log.level
+    store_log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's cache
+    store_log.addHandler(waiting)
+    pull_storing = _pause_in_append(monkeypatch, "pull", file_ended_or_waiting)
+    results, errors = {}, []
+    try:
+        pull = _run_in_thread("pull", pull_api_task.fn, results, errors)
+        assert pull_storing.wait(60)
+
+        def file_batch():
+            try:
+                return _file(database_url, "b", _registers(("M1", "09:00", 100.4), ("M1", "09:15", 100.5)))
+            finally:
+                file_ended_or_waiting.set()
+        file = _run_in_thread("file", file_batch, results, errors)
+        pull.join()
+        file.join()
+    finally:
+        store_log.removeHandler(waiting)
+        store_log.setLevel(level)
+    assert errors == []
+    assert (results["pull"]["read"], results["pull"]["accepted"]) == (2, 2)
+    assert (results["file"]["read"], results["file"]["accepted"], results["file"]["quarantined"]) == (2, 2, 0)
+    assert str(store.root / ".ingest.lock") in waiting.message
+    _one_meter_five_intervals(database_url, store)
+
+
+def test_a_file_that_waits_too_long_for_the_store_fails_naming_the_lock(database_url, app_env, monkeypatch):
+    """Past ``readings_lock_timeout_seconds`` the file batch stops, changing nothing, with an
+    error that names the lock (its file stays in the inbox for the next run)."""
+    import threading
+
+    from sibifang.readings_store import ReadingStore, StoreBusy
+    from sibifang.settings import reset_settings
+
+    _seed(database_url)
+    monkeypatch.setenv("SIBIFANG_READINGS_LOCK_TIMEOUT_SECONDS", "0")
+    reset_settings()
+    store = ReadingStore(app_env / "data" / "readings")
+    held, release, errors = threading.Event(), threading.Event(), []
+
+    def a_pull():
+        try:
+            with store.claim_pulls() as mine:
+                assert mine
+                held.set()
+                assert release.wait(60)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+            held.set()
+    holder = threading.Thread(target=a_pull)
+    holder.start()
+    try:
+        assert held.wait(60)
+        with pytest.raises(StoreBusy, match=r"\.ingest\.lock"):
+            _ingest(database_url, "interval", A, "batch-a")
+    finally:
+        release.set()
+        holder.join()
+    assert errors == []
+    assert _ledger(database_url) == [] and store.load().empty and store.unfinished_files() == []
+    assert _ingest(database_url, "interval", A, "batch-a")["read"] == 72  # free again: ingested
+
+
+def test_a_set_aside_pull_is_not_put_back_while_a_batch_holds_the_store(database_url, app_env, monkeypatch):
+    """``sibifang pulls --resume`` moves a journal into the store's unfinished ones: while a
+    pull runs (of the same readings, it could be writing that very journal) it is refused."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    from sibifang.cli import app
+    from sibifang.readings_store import BatchJournal, ReadingStore
+
+    store = ReadingStore(app_env / "data" / "readings")
+    frame = _frame("interval", *A)
+    journal = BatchJournal(store.batch_journal("api-aside").directory)
+    journal.begin(stored=np.zeros(len(frame), dtype=bool),
+                  pull={"batch_id": "api-aside", "source": "meter-api", "readings": frame},
+                  batch={"batch_id": "api-aside", "source": "meter-api"})
+    journal.set_aside(store.root)
+    held, release = threading.Event(), threading.Event()
+
+    def a_pull():
+        with store.claim_pulls():
+            held.set()
+            release.wait(60)
+    holder = threading.Thread(target=a_pull)
+    holder.start()
+    try:
+        assert held.wait(60)
+        refused = CliRunner().invoke(app, ["pulls", "--resume", "api-aside"])
+    finally:
+        release.set()
+        holder.join()
+    assert refused.exit_code == 1 and ".ingest.lock" in refused.output
+    assert len(store.set_aside_pulls()) == 1 and store.unfinished_pulls() == []
+    resumed = CliRunner().invoke(app, ["pulls", "--resume", "api-aside"], catch_exceptions=False)
+    assert resumed.exit_code == 0 and len(store.unfinished_pulls()) == 1
+
+
+# ------------------------------------------------------- attempts to finish a pull, per run
+
+def test_failed_attempts_to_finish_a_pull_count_runs_not_retries(tmp_path):
+    """Prefect's retries of one run (5, 30, 120 s) are one attempt: a blip of the disk or the
+    database within one run must not use up the attempts and set a good pull aside."""
+    from sibifang.readings_store import BatchJournal, count_failed_attempt
+
+    assert count_failed_attempt({}, "disk", "run-1") == {"attempts": 1, "runs": ["run-1"], "last_error": "disk"}
+    once = count_failed_attempt({"attempts": 1, "runs": ["run-1"]}, "disk again", "run-1")
+    assert once == {"attempts": 1, "runs": ["run-1"], "last_error": "disk again"}
+    assert count_failed_attempt(once, "db", "run-2")["attempts"] == 2
+    # A plain call (no run) is a run of its own; so is an older journal's count without runs.
+    assert count_failed_attempt({"attempts": 2}, "x", None) == {"attempts": 3, "runs": [], "last_error": "x"}
+    assert count_failed_attempt({"attempts": 2}, "x", "run-9")["attempts"] == 3
+
+    frame = _frame("interval", *A)
+    journal = BatchJournal(tmp_path / "j")
+    journal.begin(pull={"batch_id": "api-x", "source": "meter-api", "readings": frame})
+    assert [journal.failed_attempt(f"try {n}", "run-1") for n in range(4)] == [1, 1, 1, 1]
+    assert journal.failed_attempt("next run", "run-2") == 2
+    assert (journal.info()["attempts"], journal.info()["last_error"]) == (2, "next run")
+
+
+def test_a_pull_failing_through_its_retries_in_one_run_is_not_set_aside(prefect_harness, meter_api, database_url,
+                                                                        app_env, monkeypatch):
+    """The database was lost for the length of one run's retries (the pull stored its readings,
+    then every attempt to book them failed): the third retry used to count as the third attempt
+    and set the pull aside (its readings then in no ledger row until an operator put it back).
+    Now the run fails, as a run whose database is gone should; the next run books the pull."""
+    from datetime import date
+
+    import sibifang.import_registry as registry
+    from flows.ingest_readings import ingest_readings
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import pull_api_task
+
+    store = ReadingStore(app_env / "data" / "readings")
+    meter_api.pages = {None: {"readings": [_r("M1", "08:15", .1), _r("M2", "08:15", .2), _r("M1", "08:30", .3)],
+                              "next_page_token": None}}
+    original, calls = registry.record_validation, {"n": 0}
+    tries = 1 + pull_api_task.retries
+
+    def lost(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= tries:  # every try of this run, then back
+            raise Injected("database connection lost")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(registry, "record_validation", lost)
+    monkeypatch.setattr(pull_api_task, "retry_delay_seconds", 0)  # the task's own retries, without the wait
+    inbox = str(app_env / "data" / "inbox")
+    first = ingest_readings(as_of=date(2026, 11, 20), inbox=inbox, return_state=True)
+    assert calls["n"] == tries  # tried and retried, each time in vain
+    assert first.is_failed()
+    assert store.set_aside_pulls() == []
+    [journal] = store.unfinished_pulls()
+    assert journal.info()["attempts"] == 1
+    assert _ledger(database_url) == []
+
+    second = ingest_readings(as_of=date(2026, 11, 20), inbox=inbox)
+    assert second["pulls_set_aside"] == []
+    assert (second["read"], second["accepted"], second["new"]) == (3, 3, 3)
+    assert _ledger(database_url) == [(3, 3, 0, 3)] and len(store.load()) == 3
+    assert store.unfinished_pulls() == [] and store.set_aside_pulls() == []
+
+
+def test_a_pull_of_the_same_readings_as_a_set_aside_one_books_under_its_own_batch(meter_api, database_url,
+                                                                                  app_env, monkeypatch):
+    """A pull's batch is named by what it pulled. A pull failed after storing M1's and M2's
+    readings and kept failing on M2 until it was set aside; the platform, quiet meanwhile, sent
+    the very same readings to the next pull, which found M1 and M2 stored and booked only X9
+    (unknown meter) -- under the set-aside pull's batch id. Put back, the set-aside pull then
+    looked booked already: it was discarded, and the store kept readings no ledger row counts."""
+    import sibifang.import_registry as registry
+    import tasks.ingest_readings as ingest_tasks
+    from schemas.validation import DataContractError
+    from sibifang.readings_store import PULL_FINISH_ATTEMPTS, ReadingStore
+    from tasks.ingest_readings import pull_api_task
+
+    store = ReadingStore(app_env / "data" / "readings")
+    meter_api.pages = {None: {"readings": [_r("M1", "08:15", .1), _r("M2", "08:15", .2), _r("X9", "08:15", .1)],
+                              "next_page_token": None}}
+    original_record = registry.record_validation
+
+    def lost(*args, **kwargs):
+        raise Injected("database connection lost")
+    monkeypatch.setattr(registry, "record_validation", lost)
+    with pytest.raises(Injected):
+        pull_api_task.fn()
+    monkeypatch.setattr(registry, "record_validation", original_record)
+    [journal] = store.unfinished_pulls()
+    batch_id = journal.info()["batch_id"]
+    original_check = ingest_tasks._check_handover
+
+    def check(acc, *args, **kwargs):
+        if (acc["meter_id"].astype(str) == "M2").any():
+            raise DataContractError("meter-api", ["kwh: bound failed"], message_zh="未通过入库检查")
+        return original_check(acc, *args, **kwargs)
+    monkeypatch.setattr(ingest_tasks, "_check_handover", check)
+    for _ in range(1, PULL_FINISH_ATTEMPTS):
+        with pytest.raises(DataContractError):
+            pull_api_task.fn()
+    out = pull_api_task.fn()  # sets it aside, then pulls the same three readings again
+    assert [s["batch"] for s in out["set_aside"]] == [batch_id]
+    assert (out["read"], out["quarantined"], out["already_ingested"]) == (1, 1, 2)  # X9; M1 and M2 are stored
+
+    monkeypatch.setattr(ingest_tasks, "_check_handover", original_check)
+    store.resume_set_aside(batch_id)
+    done = pull_api_task.fn()
+    assert (done["read"], done["accepted"], done["new"]) == (2, 2, 2)  # M1, M2; X9 quarantined before
+    ledger = _ledger(database_url)
+    assert sorted(ledger) == [(1, 0, 1, 0), (2, 2, 0, 2)]
+    assert sum(row[3] for row in ledger) == len(store.load()) == 2
+    assert store.unfinished_pulls() == [] and store.set_aside_pulls() == []
+
+
+def test_a_file_booked_just_before_a_crash_is_not_listed_as_unfinished(database_url, app_env, monkeypatch):
+    """A file batch committed its ledger row and its run was killed before it removed its
+    journal. The next run moves the file to done/ unread (it is booked), and nothing ever
+    removed the journal: `sibifang pulls` listed a booked file as readings no ledger row counts."""
+    from sibifang.readings_files import read_readings_file
+    from sibifang.readings_store import BatchJournal, ReadingStore
+    from tasks.ingest_readings import file_batch_id, ingest_frame, pending_reading_files
+    from tests.test_inbox_rejects import inbox
+
+    _seed(database_url)
+    store = ReadingStore(app_env / "data" / "readings")
+    folder = inbox(app_env, "readings")
+    path = folder / "a.csv"
+    _write(path, "interval", A)
+    original = BatchJournal.discard
+
+    def killed(self):
+        if self.exists():  # the journal's end, after the ledger commit (not begin's clean-up)
+            raise Injected("killed after the ledger commit")
+        return original(self)
+    monkeypatch.setattr(BatchJournal, "discard", killed)
+    with pytest.raises(Injected):
+        ingest_frame(read_readings_file(path), source=path.name, batch_id=file_batch_id(path),
+                     database_url=database_url)
+    monkeypatch.setattr(BatchJournal, "discard", original)
+    assert _ledger(database_url) == [(72, 72, 0, 72)] and len(store.unfinished_files()) == 1
+    duplicates = []
+    assert pending_reading_files(folder.parent, database_url, duplicates=duplicates) == []
+    assert [d["file"] for d in duplicates] == ["a.csv"] and not path.exists()
+    assert store.unfinished_files() == []
+    assert _ledger(database_url) == [(72, 72, 0, 72)] and len(store.load()) == 72
+
+
+def test_a_file_that_waited_its_full_time_for_the_store_is_not_retried_at_once():
+    """The wait for the store was the file's retry: retried by Prefect (twice) it would hold the
+    run three times as long. It is left in the inbox for the next run; an I/O error is retried."""
+    from prefect.states import Failed
+
+    from schemas.validation import DataContractError
+    from sibifang.readings_store import StoreBusy
+    from tasks.ingest_readings import retry_file
+
+    assert retry_file(None, None, Failed(data=StoreBusy("data/readings/.ingest.lock stayed held"))) is False
+    assert retry_file(None, None, Failed(data=OSError("disk"))) is True
+    assert retry_file(None, None, Failed(data=DataContractError("a.csv", ["kwh"], message_zh="未通过"))) is False
