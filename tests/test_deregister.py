@@ -1,0 +1,104 @@
+"""Families taken off the register (迁出 / 去世 / 注销) and put back (在册): the import, and what
+the loop no longer does for them from their date (plans, meter flags, alerts, the report)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from schemas.models import Area, Household
+from sibifang.db import migrate, session_scope
+
+GOOD_ID, OTHER_ID = "33020319431206966X", "33020319530402946X"
+HEADER = "household_id,head_name,id_number,phone,address,grid_id,categories"
+
+
+def _areas(database_url: str) -> None:
+    migrate(database_url)
+    with session_scope(database_url) as s:
+        s.add(Area(id="V1", level="village", name="村"))
+        s.add(Area(id="G1", level="grid", name="网格", parent_id="V1"))
+
+
+def _file(tmp_path, name: str, *rows: str, header: str = HEADER):
+    path = tmp_path / name
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def _state(database_url: str) -> dict[str, tuple]:
+    with session_scope(database_url) as s:
+        return {h.id: (h.registered_at, h.deregistered_at, h.deregistered_reason)
+                for h in s.scalars(select(Household))}
+
+
+def test_status_column_takes_families_off_and_back_on_the_register(database_url, tmp_path):
+    from tasks.import_registry import import_file
+
+    _areas(database_url)
+    first = datetime(2026, 11, 2, 9, 0)
+    full = _file(tmp_path, "all.csv", f"H1,甲,{GOOD_ID},13800000000,住址,G1,empty_nest",
+                 f"H2,乙,{OTHER_ID},13800000001,住址,G1,hardship", "H3,丙,,,住址,G1,hardship")
+    import_file("households", full, database_url=database_url, out_dir=tmp_path, now=first)
+    assert {h: v[0] for h, v in _state(database_url).items()} == {"H1": first, "H2": first, "H3": first}
+
+    # The village's later sheet: H1's elderly member died on 20 Nov, H2 moved away (no date: the
+    # import's time), H3 is not in it (partial files are normal: it stays), a bad status and a
+    # removal date on a row still 在册 are quarantined with their line and field.
+    header = HEADER + ",状态,注销日期"
+    later = _file(tmp_path, "later.csv", f"H1,甲,{GOOD_ID},13800000000,住址,G1,empty_nest,去世,2026-11-20",
+                  f"H2,乙,{OTHER_ID},13800000001,住址,G1,hardship,迁出,",
+                  "H4,丁,,,住址,G1,hardship,搬走了,", "H5,戊,,,住址,G1,hardship,在册,2026-11-20",
+                  header=header)
+    second = datetime(2026, 11, 25, 8, 0)
+    out = import_file("households", later, database_url=database_url, out_dir=tmp_path, now=second)
+    assert (out["read"], out["accepted"], out["quarantined"]) == (4, 2, 2)
+    assert out["read"] == out["accepted"] + out["quarantined"]
+    from schemas.models import QuarantinedRow
+
+    with session_scope(database_url) as s:
+        quarantined = {(q.line, q.field, q.code, q.reason) for q in s.scalars(select(QuarantinedRow))}
+    assert quarantined == {(4, "register_status", "unknown_code", "状态不在可选范围内"),
+                           (5, "deregistered_on", "deregistered_on_without_status",
+                            "填写了注销日期，但状态不是迁出、去世或注销")}
+    state = _state(database_url)
+    assert state["H1"] == (first, datetime(2026, 11, 20), "deceased")
+    assert state["H2"] == (first, second, "moved_away")
+    assert state["H3"] == (first, None, None)
+    assert "H4" not in state and "H5" not in state
+
+    # The same file again (a day later) changes nothing: H2 keeps the moment it was first marked.
+    import_file("households", later, database_url=database_url, out_dir=tmp_path, now=second + timedelta(days=1))
+    assert _state(database_url) == state
+    # The first file again (no status column) changes no one's place either.
+    import_file("households", full, database_url=database_url, out_dir=tmp_path, now=second + timedelta(days=2))
+    assert _state(database_url) == state
+
+    # H2 came back: 在册 clears the removal; registered_at stays the first import's.
+    back = _file(tmp_path, "back.csv", f"H2,乙,{OTHER_ID},13800000001,住址,G1,hardship,在册,", header=header)
+    import_file("households", back, database_url=database_url, out_dir=tmp_path, now=second + timedelta(days=3))
+    assert _state(database_url)["H2"] == (first, None, None)
+
+
+def test_status_labels_and_the_suite():
+    import pandas as pd
+
+    from sibifang.importing import validate_import
+
+    raw = pd.DataFrame({"household_id": ["H1", "H2", "H3", "H4"], "head_name": ["甲"] * 4,
+                        "id_number": [None] * 4, "phone": [None] * 4, "address": ["址"] * 4,
+                        "grid_id": ["G1"] * 4, "categories": [""] * 4,
+                        "状态": ["在册", "迁出", "去世", "注销"], "注销日期": [None, "2026-11-01", None, None]})
+    result = validate_import("households", raw, source="h.csv", now=datetime(2026, 11, 25))
+    assert result.quarantined.empty and not result.unknown_columns
+    assert list(result.accepted.register_status) == ["registered", "moved_away", "deceased", "other"]
+    future = raw.assign(注销日期=[None, "2026-12-30", None, None])
+    result = validate_import("households", future, source="h.csv", now=datetime(2026, 11, 25))
+    assert {(int(r.line), r.field, r.code) for r in result.quarantined.itertuples()} == {
+        (3, "deregistered_on", "future_date")}
+    from schemas.suites import households_suite
+
+    assert any(e.expectation == "ExpectColumnValuesToBeInSet" and e.columns == ("register_status",)
+               for e in households_suite().expectations)
+
