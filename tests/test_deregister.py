@@ -3,7 +3,7 @@ the loop no longer does for them from their date (plans, meter flags, alerts, th
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -101,4 +101,69 @@ def test_status_labels_and_the_suite():
 
     assert any(e.expectation == "ExpectColumnValuesToBeInSet" and e.columns == ("register_status",)
                for e in households_suite().expectations)
+
+
+MONDAY = date(2026, 11, 23)
+
+
+def _seed_families(database_url: str) -> None:
+    from schemas.models import Cadre
+
+    _areas(database_url)
+    with session_scope(database_url) as s:
+        s.add(Cadre(id="a", name="甲", role="cadre", grid_ids=["G1"], capacity=10))
+        s.add_all([Household(id=h, head_name="户主", grid_id="G1", categories=["hardship"]) for h in ("h1", "h2")])
+
+
+def _deregister(database_url: str, household: str, at: datetime | None, reason: str | None = "deceased") -> None:
+    with session_scope(database_url) as s:
+        h = s.get(Household, household)
+        h.deregistered_at, h.deregistered_reason = at, reason
+
+
+def _plans(database_url: str) -> set[tuple]:
+    from schemas.models import VisitPlan
+
+    with session_scope(database_url) as s:
+        return {(p.id, p.household_id, p.due_date, p.status) for p in s.scalars(select(VisitPlan))}
+
+
+def test_no_visit_is_planned_for_a_family_off_the_register_and_its_open_plans_are_cancelled(database_url, tmp_path):
+    from tasks.schedule_visits import plan_visits, store_plan
+
+    _seed_families(database_url)
+
+    def evening(day):
+        return store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path),
+                             database_url=database_url)
+
+    evening(MONDAY)
+    monday = _plans(database_url)
+    tuesday = MONDAY + timedelta(days=1)
+    h1 = {p for p in monday if p[1] == "h1"}
+    assert any(p[2] < tuesday for p in h1) and any(p[2] >= tuesday for p in h1)
+    _deregister(database_url, "h1", datetime.combine(tuesday, datetime.min.time()))
+
+    # A replay of Monday: h1 was on the register that day, so its plan due Monday stays; those
+    # due from Tuesday on are cancelled (the way nobody is asked to visit), nothing new is stored.
+    out = evening(MONDAY)
+    replayed = _plans(database_url)
+    assert {p[0] for p in replayed} == {p[0] for p in monday}
+    assert {p for p in replayed if p[1] == "h1"} == {
+        (i, h, d, "planned" if d < tuesday else "cancelled") for i, h, d, _ in h1}
+    assert out["cancelled"] == sum(p[2] >= tuesday for p in h1)
+
+    # Tuesday's run: nothing planned for h1, its plan still open from Monday cancelled too (not
+    # missed: nobody failed to visit); h2 keeps its plans. Run again, nothing changes.
+    out = evening(tuesday)
+    after = _plans(database_url)
+    assert {p[3] for p in after if p[1] == "h1"} == {"cancelled"}
+    assert {p[0] for p in after if p[1] == "h1"} == {p[0] for p in h1}
+    assert {p for p in after if p[1] == "h2" and p[3] == "planned"}
+    assert evening(tuesday)["cancelled"] == 0 and _plans(database_url) == after
+
+    # Back on the register (在册 again): planned again like any family.
+    _deregister(database_url, "h1", None, None)
+    evening(tuesday + timedelta(days=1))
+    assert any(p[1] == "h1" and p[3] == "planned" for p in _plans(database_url))
 
