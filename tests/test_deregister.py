@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
+import pandas as pd
 from sqlalchemy import select
 
 from schemas.models import Area, Household
@@ -82,8 +83,6 @@ def test_status_column_takes_families_off_and_back_on_the_register(database_url,
 
 
 def test_status_labels_and_the_suite():
-    import pandas as pd
-
     from sibifang.importing import validate_import
 
     raw = pd.DataFrame({"household_id": ["H1", "H2", "H3", "H4"], "head_name": ["甲"] * 4,
@@ -166,4 +165,71 @@ def test_no_visit_is_planned_for_a_family_off_the_register_and_its_open_plans_ar
     _deregister(database_url, "h1", None, None)
     evening(tuesday + timedelta(days=1))
     assert any(p[1] == "h1" and p[3] == "planned" for p in _plans(database_url))
+
+
+# ------------------------------------------------------------------ flags and alerts
+from tests.test_outbox import NOW, outbox_db  # noqa: E402,F401  (fixture)
+
+
+def _episodes(detected: datetime) -> pd.DataFrame:
+    return pd.DataFrame([{"meter_id": m, "kind": "inactivity", "severity": "high", "score": 5.0,
+                          "start": detected - timedelta(hours=10), "detected_at": detected, "end": None,
+                          "evidence": "用电接近停止"} for m in ("M0", "M1")])
+
+
+def test_no_meter_flag_is_raised_for_a_family_after_it_left_the_register(outbox_db):  # noqa: F811
+    from schemas.models import Meter
+    from tasks.flag_risks import derive_flags
+
+    with session_scope(outbox_db) as s:
+        s.add_all([Meter(id="M0", household_id="H000", interval_minutes=60),
+                   Meter(id="M1", household_id="H001", interval_minutes=60)])
+    _deregister(outbox_db, "H000", datetime(2026, 11, 20))
+    day = NOW.date()
+    got = derive_flags.fn(_episodes(NOW), day, outbox_db)
+    assert list(got.household_id) == ["H001"]
+    # A replay of the day before: H000 was on the register, its episode is raised as it was then.
+    before = derive_flags.fn(_episodes(NOW - timedelta(days=1)), day - timedelta(days=1), outbox_db)
+    assert sorted(before.household_id) == ["H000", "H001"]
+
+
+def test_alerts_not_yet_sent_for_a_family_off_the_register_are_cancelled(outbox_db):  # noqa: F811
+    from schemas.models import Alert, RiskFlag
+    from sibifang.flag_risks import FLAG_COLUMNS
+    from sibifang.outbox import claim_due
+    from tasks.dispatch_alerts import enqueue
+    from tasks.flag_risks import store_flags
+
+    assert enqueue(NOW, outbox_db)
+    _deregister(outbox_db, "H000", datetime(2026, 11, 20), "deceased")
+    _deregister(outbox_db, "H005", datetime(2026, 11, 21), "moved_away")  # after the day: still on it
+    store_flags.fn(pd.DataFrame(columns=FLAG_COLUMNS), NOW.date(), outbox_db)
+    with session_scope(outbox_db) as s:
+        flags = {f.household_id: (f.status, f.outcome) for f in s.scalars(select(RiskFlag))}
+        assert flags["H000"] == ("closed", "deregistered") and flags["H005"] == ("open", None)
+        assert {v for h, v in flags.items() if h != "H000"} == {("open", None)}
+        claimed = set(claim_due(s, now=NOW, real_now=NOW, limit=1000))
+        alerts = list(s.scalars(select(Alert).join(RiskFlag, RiskFlag.id == Alert.flag_id)
+                                .where(RiskFlag.household_id.in_(("H000", "H005")))))
+    assert {a.status for a in alerts if a.flag_id == "F000"} == {"cancelled"}
+    assert not {a.id for a in alerts if a.flag_id == "F000"} & claimed
+    assert {a.id for a in alerts if a.flag_id == "F005"} <= claimed
+    # The day's risk map covers the 39 families still on the register; the run again changes nothing.
+    from schemas.models import RiskMapSnapshot
+
+    def risk_map():
+        with session_scope(outbox_db) as s:
+            return {(r.grid_id, r.level): r.households
+                    for r in s.scalars(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of == NOW.date()))}
+    assert sum(risk_map().values()) == 39
+    before = (risk_map(), _flag_states(outbox_db))
+    store_flags.fn(pd.DataFrame(columns=FLAG_COLUMNS), NOW.date(), outbox_db)
+    assert (risk_map(), _flag_states(outbox_db)) == before
+
+
+def _flag_states(url: str) -> dict:
+    from schemas.models import RiskFlag
+
+    with session_scope(url) as s:
+        return {f.id: (f.status, f.outcome, f.closed_at) for f in s.scalars(select(RiskFlag))}
 
