@@ -167,6 +167,21 @@ def test_no_visit_is_planned_for_a_family_off_the_register_and_its_open_plans_ar
     assert any(p[1] == "h1" and p[3] == "planned" for p in _plans(database_url))
 
 
+def test_coverage_does_not_count_a_plan_cancelled_by_a_removal_as_missed(database_url):
+    from schemas.models import VisitPlan
+    from sibifang.stats import export_frame
+
+    _seed_families(database_url)
+    with session_scope(database_url) as s:
+        for h, status in (("h1", "cancelled"), ("h2", "planned")):
+            s.add(VisitPlan(id=f"P{h}", household_id=h, cadre_id="a", grid_id="G1", due_date=MONDAY,
+                            window_start=MONDAY, window_end=MONDAY, reason="hardship", urgent=False,
+                            status=status, planned_on=MONDAY))
+    cov = export_frame("coverage", as_of=MONDAY + timedelta(days=9), database_url=database_url)
+    grid = cov[(cov.level == "grid") & (cov.unit_id == "G1")].iloc[0]
+    assert (grid.due, grid.missed) == (1, 1)
+
+
 # ------------------------------------------------------------------ flags and alerts
 from tests.test_outbox import NOW, outbox_db  # noqa: E402,F401  (fixture)
 
@@ -233,3 +248,31 @@ def _flag_states(url: str) -> dict:
     with session_scope(url) as s:
         return {f.id: (f.status, f.outcome, f.closed_at) for f in s.scalars(select(RiskFlag))}
 
+
+# ------------------------------------------------------------------ the summary report
+from tests.test_summary_report import county  # noqa: E402,F401  (fixture)
+
+
+def test_report_counts_the_register_as_it_stood_at_the_period_end(county):  # noqa: F811
+    """在册 / 重点家庭 of a past period: registered by its last day and not taken off by then. A
+    plan cancelled because its family left after the period was open at its end; one cancelled
+    because it left before its due day was no visit to make."""
+    from schemas.models import VisitPlan
+    from tasks.summary_report import gather_aggregates
+
+    _deregister(county, "H0", datetime(2026, 11, 15), "moved_away")
+    _deregister(county, "H1", datetime(2026, 12, 3), "deceased")
+    with session_scope(county) as s:
+        s.get(Household, "H5").registered_at = datetime(2026, 12, 2, 9)
+        for h, due, status in (("H0", date(2026, 11, 20), "cancelled"), ("H1", date(2026, 11, 20), "cancelled"),
+                               ("H2", date(2026, 11, 10), "planned"), ("H3", date(2026, 11, 10), "planned"),
+                               ("H4", date(2026, 11, 10), "planned")):
+            s.add(VisitPlan(id=f"P{h}", household_id=h, cadre_id="GW1", grid_id="G1", due_date=due,
+                            reason="empty_nest", urgent=False, status=status, planned_on=date(2026, 11, 1)))
+    november = gather_aggregates.fn(date(2026, 11, 1), date(2026, 11, 30), county)["aggregates"]
+    assert (november["households"], november["must_visit_households"]) == (4, 4)   # H1–H4
+    assert november["visits_planned"] == 4                                          # H1's still open
+    october = gather_aggregates.fn(date(2026, 10, 1), date(2026, 10, 31), county)["aggregates"]
+    assert (october["households"], october["must_visit_households"]) == (5, 5)     # H0–H4
+    december = gather_aggregates.fn(date(2026, 12, 1), date(2026, 12, 31), county)["aggregates"]
+    assert december["households"] == 4                                              # H2–H5
