@@ -82,6 +82,11 @@ class Household(Base):
     risk_score: Mapped[float | None] = mapped_column(Float)
     risk_reasons: Mapped[list[str] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # On the register from (its first import) until ``deregistered_at`` (迁出, 去世, 注销): one
+    # removal is kept, no history; a family marked 在册 again has it cleared.
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    deregistered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    deregistered_reason: Mapped[str | None] = mapped_column(String(16))  # moved_away|deceased|other
 
 
 class Cadre(Base):

@@ -24,6 +24,7 @@ from sibifang.checks import (
     DEMAND_CATEGORY_LABELS,
     MODE_LABELS,
     PROVIDER_TYPE_LABELS,
+    REGISTER_STATUS_LABELS,
     ROLE_LABELS,
     VILLAGE_KIND_LABELS,
 )
@@ -214,6 +215,7 @@ def households_suite() -> SuiteSpec:
         between("members", 1, 12, "warning", "unusually large household", "unusual"),
         is_bool("elderly_living_alone"), is_bool("consent"),
         optional(not_before("away_until", "away_from")),
+        optional(in_set("register_status", tuple(REGISTER_STATUS_LABELS), code="unknown_code")),
         description="family archives (家庭档案)",
     )
 

@@ -127,6 +127,17 @@ ALERT_CHANNEL_LABELS: dict[str, str] = {
     "email": "电子邮件",
 }
 
+# A family's place on the register (家庭档案 状态): on it, or taken off it and why. A code other
+# than ``registered`` is the reason stored in ``households.deregistered_reason``.
+REGISTER_STATUS_LABELS: dict[str, str] = {
+    "registered": "在册",
+    "moved_away": "迁出",
+    "deceased": "去世",
+    "other": "注销",
+}
+REGISTER_STATUS_ALIASES: dict[str, str] = {"其他": "other", "已注销": "other", "已迁出": "moved_away"}
+DEREGISTERED_REASON_LABELS: dict[str, str] = {"moved_away": "迁出", "deceased": "去世", "other": "其他"}
+
 BOOL_TRUE = frozenset({"1", "true", "yes", "y", "是", "t"})
 BOOL_FALSE = frozenset({"0", "false", "no", "n", "否", "f"})
 
@@ -154,6 +165,7 @@ MODE_LOOKUP = label_lookup(MODE_LABELS, MODE_ALIASES)
 DEMAND_CATEGORY_LOOKUP = label_lookup(DEMAND_CATEGORY_LABELS, DEMAND_CATEGORY_ALIASES)
 PROVIDER_TYPE_LOOKUP = label_lookup(PROVIDER_TYPE_LABELS, PROVIDER_TYPE_ALIASES)
 VILLAGE_KIND_LOOKUP = label_lookup(VILLAGE_KIND_LABELS)
+REGISTER_STATUS_LOOKUP = label_lookup(REGISTER_STATUS_LABELS, REGISTER_STATUS_ALIASES)
 ALERT_CHANNEL_LOOKUP = label_lookup(ALERT_CHANNEL_LABELS, {"Webhook": "webhook", "WEBHOOK": "webhook"})
 
 

@@ -32,7 +32,7 @@ from schemas.models import (
     Visit,
 )
 from sibifang.db import audit, upsert
-from sibifang.records import as_list, clean_value, frame_records, to_date, to_datetime
+from sibifang.records import as_list, chunks, clean_value, frame_records, to_date, to_datetime
 from sibifang.settings import local_now
 
 ORDER = ("areas", "households", "cadres", "meters", "visits", "resources", "mediation_rooms")
@@ -88,9 +88,30 @@ def household_rows(df: pd.DataFrame, now: datetime) -> list[dict[str, Any]]:
             "basic_situation": rec.get("basic_situation"), "difficulties": rec.get("difficulties"),
             "measures": rec.get("measures"),
             "away_from": to_date(rec.get("away_from")), "away_until": to_date(rec.get("away_until")),
-            "away_reason": rec.get("away_reason"), "updated_at": now,
+            "away_reason": rec.get("away_reason"), "updated_at": now, "registered_at": now,
+            "register_status": rec.get("register_status"), "deregistered_on": to_date(rec.get("deregistered_on")),
         })
     return rows
+
+
+def resolve_registration(rows: list[dict[str, Any]], current: dict[str, tuple[datetime | None, str | None]],
+                         now: datetime) -> None:
+    """Turn each household row's 状态 / 注销日期 into ``deregistered_at`` / ``deregistered_reason``
+    (in place), given the ``current`` (deregistered_at, reason) of the families already stored.
+
+    A blank status changes nothing (a village sends partial files: a family not in the file, or
+    listed without a status, keeps its place). 在册 puts it back on the register. 迁出 / 去世 / 注销
+    take it off from the date given, else from the moment it was first marked so (``now`` the
+    first time only): the same file imported again changes nothing."""
+    for r in rows:
+        status, on = r.pop("register_status", None), r.pop("deregistered_on", None)
+        at, reason = current.get(r["id"], (None, None))
+        if status == "registered":
+            at, reason = None, None
+        elif status is not None:
+            at = datetime.combine(on, datetime.min.time()) if on is not None else (at or now)
+            reason = status
+        r["deregistered_at"], r["deregistered_reason"] = at, reason
 
 
 def cadre_rows(df: pd.DataFrame, default_capacity: int) -> list[dict[str, Any]]:
@@ -185,8 +206,17 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
     }
     model, build = builders[kind]
     rows = build()
-    # ``updated_at`` would change on every run; only real content changes should touch a row.
-    update = [c for c in rows[0] if c not in ("id", "updated_at")] if rows else None
+    if kind == "households":
+        current: dict[str, tuple[datetime | None, str | None]] = {}
+        ids = [r["id"] for r in rows]
+        for part in chunks(ids, 500):
+            current.update((h, (at, why)) for h, at, why in session.execute(
+                select(Household.id, Household.deregistered_at, Household.deregistered_reason)
+                .where(Household.id.in_(part))))
+        resolve_registration(rows, current, now)
+    # ``updated_at`` would change on every run and ``registered_at`` is the first import's:
+    # only real content changes should touch a row.
+    update = [c for c in rows[0] if c not in ("id", "updated_at", "registered_at")] if rows else None
     if update is not None and columns is not None:
         from sibifang.importing import FIELDS
 

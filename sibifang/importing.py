@@ -60,6 +60,7 @@ FIELD_LABELS_ZH = {
     "address": "住址", "categories": "必访类别", "members": "家庭人数", "elderly_living_alone": "独居老人",
     "consent": "知情同意", "basic_situation": "家庭基本情况", "difficulties": "存在困难",
     "measures": "解决措施", "away_from": "外出开始日期", "away_until": "外出结束日期", "away_reason": "外出原因",
+    "register_status": "状态", "deregistered_on": "注销日期",
     "cadre_id": "人员编号", "name": "名称", "role": "角色", "grid_ids": "负责网格", "capacity": "联系户数",
     "alert_channel": "预警渠道", "alert_address": "预警地址", "four_plus_one": "4+1干部",
     "grassroots_weekday": "下基层日", "on_leave_from": "请假开始日期", "on_leave_until": "请假结束日期",
@@ -114,6 +115,7 @@ REASONS_ZH = {
                       "请补全或删去这个引号",
     "total_row": "合计行（上方各行的汇总，不是一条记录），未导入，无需处理",
     "too_long": "{field}太长（最多{limit}个字），请精简后重新提交",
+    "deregistered_on_without_status": "填写了{field}，但状态不是迁出、去世或注销",
     "unusual": "{field}数值不常见，请核实",
     "invalid": "{field}未通过校验",
 }
@@ -177,6 +179,10 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         _f("consent", "bool", default=True),
         _f("basic_situation"), _f("difficulties"), _f("measures"),
         _f("away_from", "date"), _f("away_until", "date"), _f("away_reason"),
+        # 在册 / 迁出 / 去世 / 注销, and from when (blank: the import's time). A blank status changes
+        # nothing: a family absent from a file, or listed without a status, keeps its place.
+        _f("register_status", "code", lookup=C.REGISTER_STATUS_LOOKUP),
+        _f("deregistered_on", "date", not_future=True),
     ),
     "cadres": (
         _f("cadre_id", "id", True), _f("name", "text", True), _f("phone", "phone", True),
@@ -737,6 +743,11 @@ def _check_rows(kind: str, typed: pd.DataFrame, problems: _Problems,
                      "alert_address", "bad_alert_address")
         problems.add(typed["four_plus_one"] & typed["grassroots_weekday"].isna(),
                      "grassroots_weekday", "weekday_missing")
+    if kind == "households":
+        # A removal date needs a removal: on a row marked 在册 (or not marked) it is a mistake.
+        problems.add(typed["deregistered_on"].notna()
+                     & ~typed["register_status"].isin(set(C.DEREGISTERED_REASON_LABELS)).to_numpy(dtype=bool),
+                     "deregistered_on", "deregistered_on_without_status")
     if kind == "visits" and known is not None:
         # Cross-record rules of a visit: her cadre covers the family's grid; a visit that names
         # its plan cannot precede the plan. (Optional ``known`` maps: skipped when absent.)

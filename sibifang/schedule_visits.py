@@ -1560,3 +1560,26 @@ def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.D
         return _empty_coverage()
     out = pd.concat(frames, ignore_index=True)[COVERAGE_COLUMNS]
     return out.sort_values(["level", "unit_id"], kind="mergesort").reset_index(drop=True)
+
+
+def on_register(deregistered_at, as_of: date) -> np.ndarray:
+    """Which families are still on the register on ``as_of``: not taken off it (迁出, 去世, 注销;
+    ``deregistered_at`` empty) or taken off only after that day. A replay of an earlier day
+    plans for a family that was on the register then."""
+    day = pd.to_datetime(pd.Series(deregistered_at), errors="coerce").dt.normalize()
+    return (day.isna() | (day > pd.Timestamp(as_of))).to_numpy(dtype=bool)
+
+
+def plans_ended_by_deregistration(plans: pd.DataFrame, deregistered: pd.DataFrame, as_of: date) -> np.ndarray:
+    """Which of ``plans`` (``household_id, due_date``) a family's removal from the register
+    ended (``deregistered``: ``household_id, deregistered_at``): those due on or after the day
+    it was taken off, and, once that day has come, every one still open (nobody is to be
+    visited). A removal after ``as_of`` (a replay of an earlier day) ends only the plans due
+    after it: that day, the family was on the register."""
+    if plans.empty or deregistered.empty:
+        return np.zeros(len(plans), dtype=bool)
+    day = pd.to_datetime(deregistered.set_index("household_id")["deregistered_at"], errors="coerce").dt.normalize()
+    off = pd.to_datetime(plans["household_id"].map(day)).to_numpy()
+    due = pd.to_datetime(plans["due_date"]).to_numpy()
+    known = ~pd.isna(off)
+    return known & ((due >= off) | (off <= np.datetime64(as_of)))

@@ -74,9 +74,10 @@ def export_frame(what: str, *, as_of: date | None = None, database_url: str | No
         from sibifang.schedule_visits import compute_coverage
 
         day = as_of or local_today()
+        # a plan cancelled because its family left the register (迁出, 去世) was no visit to make
         plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
-                              VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end),
-                       database_url)
+                              VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end)
+                           .where(VisitPlan.status != "cancelled"), database_url)
         visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at),
                         database_url)
         hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.away_from,

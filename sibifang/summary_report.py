@@ -360,8 +360,11 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     in_period = lambda s: (pd.to_datetime(s) >= pd.Timestamp(period_start)) & (  # noqa: E731
         pd.to_datetime(s) < pd.Timestamp(period_end) + pd.Timedelta(days=1))
     plans, alerts, cases, needs = as_of_period_end(plans, alerts, cases, needs, period_end)
+    households = on_register_at_period_end(households, period_end)
     cats = households.explode("categories")["categories"].dropna().value_counts()
     p = plans[in_period(plans.due_date)] if not plans.empty else plans
+    # A plan cancelled because its family left the register (迁出, 去世) was no visit to make.
+    p = p[p.status.ne("cancelled")] if not p.empty else p
     v = visits[in_period(visits.visited_at)] if not visits.empty else visits
     f = flags[in_period(flags.detected_at)] if not flags.empty else flags
     a = alerts[in_period(alerts.created_at)] if not alerts.empty else alerts
@@ -437,6 +440,20 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     }
 
 
+def on_register_at_period_end(households: pd.DataFrame, period_end: date) -> pd.DataFrame:
+    """The families on the register at the end of the period's last day: registered by then
+    (``registered_at``; empty: since before anything was recorded) and not taken off it by
+    then (``deregistered_at``: 迁出, 去世, 注销). A frame without these columns is taken as it
+    is. Their categories are today's: the register keeps no history of them."""
+    end = pd.Timestamp(period_end) + pd.Timedelta(days=1)
+    keep = pd.Series(True, index=households.index)
+    if "registered_at" in households:
+        keep &= ~(pd.to_datetime(households.registered_at) >= end).fillna(False)
+    if "deregistered_at" in households:
+        keep &= ~(pd.to_datetime(households.deregistered_at) < end).fillna(False)
+    return households[keep.to_numpy(dtype=bool)]
+
+
 def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFrame, needs: pd.DataFrame,
                      period_end: date) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The records as they stood at the end of the period: what happened later (a visit done,
@@ -454,6 +471,10 @@ def as_of_period_end(plans: pd.DataFrame, alerts: pd.DataFrame, cases: pd.DataFr
     if not plans.empty and "done_at" in plans:
         done = plans.done_at.notna() & ~later(plans.done_at)
         plans = plans.assign(status=plans.status.where(~(plans.status.eq("done") & ~done), "planned"))
+    if not plans.empty and "deregistered_at" in plans:
+        # Cancelled when its family left the register after the period: it was open at its end.
+        plans = plans.assign(status=plans.status.where(
+            ~(plans.status.eq("cancelled") & later(plans.deregistered_at).fillna(False)), "planned"))
     if not alerts.empty:
         alerts = alerts.copy()
         for col in ("acked_at", "confirmed_at", "first_sent_at", "flag_closed_at"):

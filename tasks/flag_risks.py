@@ -46,7 +46,7 @@ def detect_meter_episodes(as_of: datetime, database_url: str | None = None, base
 def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None = None,
                  lookback_days: int = 30) -> pd.DataFrame:
     """Meter episodes, visit cues, unresolved difficulties and overdue visits → candidate flags."""
-    from schemas.models import Meter, Visit, VisitPlan
+    from schemas.models import Household, Meter, Visit, VisitPlan
     from sibifang import flag_risks as logic
 
     meters = read_frame(select(Meter.id.label("meter_id"), Meter.household_id), database_url)
@@ -68,8 +68,14 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
         return pd.DataFrame(columns=logic.FLAG_COLUMNS)
     # One flag per episode: a detector that reports the same episode twice (same meter, kind and
     # start hour) yields one candidate, the first detected.
-    return (pd.concat(parts, ignore_index=True).sort_values(["dedup_key", "detected_at"])
-            .drop_duplicates("dedup_key", keep="first").reset_index(drop=True))
+    flags = (pd.concat(parts, ignore_index=True).sort_values(["dedup_key", "detected_at"])
+             .drop_duplicates("dedup_key", keep="first").reset_index(drop=True))
+    # Nothing is raised for a family once it is off the register (迁出, 去世): by the dates, so a
+    # replay of a day before its removal raises what that day raised.
+    off = read_frame(select(Household.id, Household.deregistered_at).where(Household.deregistered_at.is_not(None)),
+                     database_url)
+    off_since = flags.household_id.map(dict(zip(off.id, pd.to_datetime(off.deregistered_at))))
+    return flags[~(pd.to_datetime(off_since) <= pd.to_datetime(flags.detected_at))].reset_index(drop=True)
 
 
 @task(name="store_flags", cache_policy=NO_CACHE)
@@ -124,6 +130,14 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         visited = pd.concat(visited, ignore_index=True) if visited else pd.DataFrame(columns=["household_id", "last"])
         last_visit = pd.Series(pd.to_datetime(visited["last"]).to_numpy(), index=visited["household_id"])
         settled_now = logic.flags_settled_by_records(open_flags, candidates, away, last_visit)
+        # A family taken off the register by the day's end: nobody is to answer its open flags.
+        # Closed, their alerts still queued are cancelled by the outbox like any closed flag's.
+        off = read_frame(select(Household.id).where(Household.deregistered_at <= now), database_url)
+        gone = open_flags.flag_id[open_flags.household_id.isin(set(off.id))
+                                  & ~open_flags.flag_id.isin(set(settled_now.flag_id))]
+        if len(gone):
+            settled_now = pd.concat([settled_now, pd.DataFrame({"flag_id": gone, "outcome": "deregistered"})],
+                                    ignore_index=True)
     if later_day.empty and len(corrected):  # (a replayed earlier day saw them as they were)
         settled_now = pd.concat([settled_now, corrected], ignore_index=True)
     with session_scope(database_url) as s:
@@ -159,9 +173,11 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         if len(settled_now):
             audit(s, "flag_risks", "close_settled_flags", "risk_flag", None,
                   settled_now.groupby("outcome").size().to_dict(), at=now)
+    # The map covers the families on the register at the day's end (not those gone by then).
     hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
                            Household.risk_level.label("old_level"), Household.risk_score.label("old_score"),
-                           Household.risk_reasons.label("old_reasons")),
+                           Household.risk_reasons.label("old_reasons"))
+                    .where(or_(Household.deregistered_at.is_(None), Household.deregistered_at > now)),
                     database_url)
     # Scored as of the day's end: a replayed day gets the flags open then, not the ones raised or
     # closed since, so its risk map (and the report built on it) is what that day saw.

@@ -138,5 +138,5 @@ def record_rejected_file(kind: str, path: Path | str, error: Exception, *, datab
 
 @task(name="import_registry_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_unless_bad_data)
-def import_file_task(kind: str, path: str, database_url: str | None = None) -> dict:
-    return import_file(kind, path, database_url=database_url)
+def import_file_task(kind: str, path: str, database_url: str | None = None, now: datetime | None = None) -> dict:
+    return import_file(kind, path, database_url=database_url, now=now)

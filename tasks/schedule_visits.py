@@ -20,12 +20,17 @@ METER_KINDS = ("inactivity", "sustained_drop", "missing_morning_routine", "night
 def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str, pd.DataFrame]:
     """Everything the planner needs, as frames (ids and codes; no personal data)."""
     from schemas.models import Assignment, Cadre, Household, MediationCase, RiskFlag, Visit, VisitPlan
-    from sibifang.schedule_visits import follow_ups_after_mediation, load_cadence_rules
+    from sibifang.schedule_visits import (follow_ups_after_mediation, load_cadence_rules, on_register,
+                                          plans_ended_by_deregistration)
 
     rules = load_cadence_rules()
     grids = grid_hierarchy(database_url)
     hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
-                           Household.risk_level, Household.away_from, Household.away_until), database_url)
+                           Household.risk_level, Household.away_from, Household.away_until,
+                           Household.deregistered_at), database_url)
+    # A family taken off the register by this day (迁出, 去世) is planned no more.
+    deregistered = hh.loc[hh.deregistered_at.notna(), ["household_id", "deregistered_at"]]
+    hh = hh[on_register(hh.deregistered_at, as_of)].reset_index(drop=True)
     hh = hh.merge(grids[["grid_id", "village_id"]], on="grid_id", how="left")
     open_cases = set(read_frame(select(MediationCase.household_id).where(MediationCase.status == "open"),
                                 database_url).household_id)
@@ -55,6 +60,8 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
                             .where(or_(VisitPlan.status == "planned",
                                        Visit.visited_at >= as_of + timedelta(days=1)),
                                    or_(VisitPlan.due_date >= as_of, VisitPlan.window_end >= as_of)), database_url)
+    # The plans the removal ended are cancelled when the plan is stored: they hold no place.
+    open_plans = open_plans[~plans_ended_by_deregistration(open_plans, deregistered, as_of)].reset_index(drop=True)
     # Plans a visit made on the day itself closed: open when the day began, they keep their place in
     # the cadre's day (the day's visits are recorded before the evening run, and a replay reads them).
     held_plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
@@ -86,7 +93,8 @@ def scheduling_inputs(as_of: date, database_url: str | None = None) -> dict[str,
     follow = follow_ups_after_mediation(closed, rules)
     if not follow.empty:
         follow = follow[(follow.due_date >= pd.Timestamp(as_of) - pd.Timedelta(days=3))]
-    return {"households": hh, "cadres": cadres, "last_visits": last, "open_plans": open_plans,
+    return {"households": hh.drop(columns="deregistered_at"), "cadres": cadres, "last_visits": last,
+            "open_plans": open_plans,
             "held_plans": held_plans, "current_assignments": assignments, "urgent_requests": urgent,
             "follow_ups": follow, "rules": rules}
 
@@ -109,11 +117,17 @@ def plan_visits(as_of: date, horizon_days: int = 30, grid: str | None = None, da
 @task(name="store_plan", cache_policy=NO_CACHE)
 def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None) -> dict:
     """Upsert plans (insert-or-ignore: a re-run changes nothing), assignments; mark missed; export notices."""
-    from schemas.models import Assignment, VisitPlan
+    from schemas.models import Assignment, Household, VisitPlan
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
+    from sibifang.schedule_visits import plans_ended_by_deregistration
 
     p = plan.plans
+    deregistered = read_frame(select(Household.id.label("household_id"), Household.deregistered_at)
+                              .where(Household.deregistered_at.is_not(None)), database_url)
+    # A replay of a day before a family was taken off the register stores none of its visits due
+    # from that day on (they were cancelled, or never needed).
+    p = p[~plans_ended_by_deregistration(p, deregistered, as_of)]
     # Only plans not stored yet are written: a re-run (or the next day's run, which re-derives
     # most of the same visits with the same ids) must not rewrite tens of thousands of rows.
     if len(p):
@@ -141,13 +155,27 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         upsert(s, Assignment, [{"household_id": r["household_id"], "cadre_id": r["cadre_id"], "since": as_of}
                                for r in frame_records(a[a.cadre_id.notna()])], key=["household_id"],
                update=("cadre_id",))
+        # Open plans of a family taken off the register (迁出, 去世) that its removal ended: cancelled,
+        # before any is marked missed (nobody failed to visit).
+        cancelled = 0
+        if not deregistered.empty:
+            still_open = pd.DataFrame(s.execute(
+                select(VisitPlan.id, VisitPlan.household_id, VisitPlan.due_date)
+                .where(VisitPlan.status == "planned",
+                       VisitPlan.household_id.in_(select(Household.id).where(Household.deregistered_at.is_not(None))))
+            ).all(), columns=["id", "household_id", "due_date"])
+            ended = list(still_open.id[plans_ended_by_deregistration(still_open, deregistered, as_of)])
+            for part in range(0, len(ended), 500):
+                cancelled += s.execute(update(VisitPlan).where(VisitPlan.id.in_(ended[part:part + 500]),
+                                                               VisitPlan.status == "planned")
+                                       .values(status="cancelled")).rowcount
         # Windows long past without a visit: missed (the overdue flag was raised the day before).
         missed = s.execute(update(VisitPlan).where(VisitPlan.status == "planned",
                                                    VisitPlan.window_end < as_of - timedelta(days=4))
                            .values(status="missed")).rowcount
-        if after - before or missed or moved:  # a re-run that changes nothing records nothing
+        if after - before or missed or moved or cancelled:  # a re-run that changes nothing records nothing
             audit(s, "schedule_visits", "plan", "visit_plan", None,
-                  {"new": after - before, "missed": missed, "moved": moved},
+                  {"new": after - before, "missed": missed, "moved": moved, "cancelled": cancelled},
                   at=datetime.combine(as_of, datetime.min.time()))
     out = Path(out_dir) / "schedule" / str(as_of)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +183,7 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     plan.shortfall.to_csv(out / "shortfall.csv", index=False)
     plan.moved.to_csv(out / "moved.csv", index=False)
     return {"planned": len(plan.plans), "new_plans": after - before, "shortfall": len(plan.shortfall),
-            "moved": len(plan.moved), "away": len(plan.away), "missed": missed}
+            "moved": len(plan.moved), "away": len(plan.away), "missed": missed, "cancelled": cancelled}
 
 
 def _d(v):

@@ -32,7 +32,8 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
     # A dead alert's last attempt is the one that dead-lettered it (outbox.record_attempt).
     last_attempt = (select(func.max(DeliveryAttempt.at)).where(DeliveryAttempt.alert_id == Alert.id)
                     .correlate(Alert).scalar_subquery())
-    hh = read_frame(select(Household.id.label("household_id"), Household.categories), database_url)
+    hh = read_frame(select(Household.id.label("household_id"), Household.categories, Household.registered_at,
+                           Household.deregistered_at), database_url)
     hh["categories"] = hh.categories.map(lambda c: c if isinstance(c, list) else [])
     grids = grid_hierarchy(database_url)
     names = read_frame(select(Area.id, Area.name), database_url)
@@ -42,11 +43,15 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
         # done by the period's end (summary_report.as_of_period_end). close_plans records that
         # visit in closed_by_visit_id, also for visit sheets that name no plan (a village's never
         # do); a visit naming the plan is the fallback for a plan closed without one recorded.
+        # deregistered_at: a plan cancelled because its family left the register after the
+        # period was still open at its end.
         plans=read_frame(select(VisitPlan.id, VisitPlan.due_date, VisitPlan.status, VisitPlan.urgent,
                                 func.coalesce(func.min(closing.visited_at), func.min(Visit.visited_at))
-                                .label("done_at"))
+                                .label("done_at"), func.max(Household.deregistered_at).label("deregistered_at"))
                          .join(closing, closing.id == VisitPlan.closed_by_visit_id, isouter=True)
-                         .join(Visit, Visit.plan_id == VisitPlan.id, isouter=True).group_by(VisitPlan.id),
+                         .join(Visit, Visit.plan_id == VisitPlan.id, isouter=True)
+                         .join(Household, Household.id == VisitPlan.household_id, isouter=True)
+                         .group_by(VisitPlan.id),
                          database_url),
         visits=read_frame(select(Visit.id, Visit.visited_at), database_url),
         flags=read_frame(select(RiskFlag.id, RiskFlag.kind, RiskFlag.detected_at), database_url),

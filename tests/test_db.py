@@ -116,10 +116,17 @@ def test_dates_round_trip(database_url):
 
 def test_upgrade_from_the_first_schema_keeps_the_data(database_url):
     """A county that installed an earlier version upgrades in place."""
+    from sqlalchemy import text
+
     migrate(database_url, "0001")
     with session_scope(database_url) as s:
         _seed_area(s)
-        s.add(Household(id="H1", head_name="李桂英", grid_id="G1", categories=["empty_nest"]))
+        s.flush()
+        # Written as that schema's rows (the model has columns added since). The first import
+        # set updated_at, and only then: it becomes the family's registered_at (0010).
+        s.execute(text("INSERT INTO households (id, head_name, grid_id, categories, elderly_living_alone, consent, "
+                       "updated_at) VALUES ('H1', '李桂英', 'G1', '[\"empty_nest\"]', false, true, :at), "
+                       "('H2', '张秀兰', 'G1', '[]', false, true, NULL)"), {"at": datetime(2026, 11, 2, 9, 0)})
     migrate(database_url)
     tables = set(inspect(get_engine(database_url)).get_table_names())
     assert {"notices"} <= tables
@@ -127,6 +134,10 @@ def test_upgrade_from_the_first_schema_keeps_the_data(database_url):
     assert "moved_from" in cols
     with session_scope(database_url) as s:
         assert s.get(Household, "H1").head_name == "李桂英"
+        assert s.get(Household, "H1").categories == ["empty_nest"]
+        assert s.get(Household, "H1").registered_at == datetime(2026, 11, 2, 9, 0)
+        assert s.get(Household, "H2").registered_at is None
+        assert s.get(Household, "H1").deregistered_at is None
 
 
 def test_downgrade_below_0004_keeps_the_newest_row_of_a_key_two_batches_share(database_url):

@@ -752,12 +752,13 @@ def test_report_is_chinese_html_with_the_counts(report):
     assert han > 200 and han > 5 * len(latin_words)
 
 
-def test_report_says_the_register_counts_are_as_of_its_making(report):
-    """The register keeps no history (no registration or deregistration dates, no record of when
-    a family became a 重点家庭): a report re-made later for a past period counts the register as it
-    is then. The report said "在册家庭 5 户" as if of the period; it must say when they are of."""
+def test_report_says_the_register_counts_are_of_the_period_end_with_todays_categories(report):
+    """Families are counted on the register at the period's end (registration and removal
+    dates), but the register keeps no record of when a family became a 重点家庭: the categories
+    are the register's when the report is made, and the report says so."""
     text = html_lib.unescape(re.sub(r"<[^>]+>", "", report))
-    assert "在册家庭 5 户，其中“四必访”重点家庭 3 户（按生成本报告时的名册统计，非统计期末数）" in text
+    assert (f"在册家庭 5 户，其中“四必访”重点家庭 3 户（统计期末 {END.isoformat()} 在册的家庭，到期末已注销"
+            "（迁出、去世等）的不计；各户的必访类别按生成本报告时的名册统计，名册不保存类别的变更记录）") in text
 
 
 def test_report_with_larger_counts_shows_them():
