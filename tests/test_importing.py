@@ -545,7 +545,16 @@ def test_a_gbk_file_whose_first_chinese_bytes_are_also_utf8_is_read_as_gbk(tmp_p
 
 # --------------------------------------------------------------------------- what county offices' Excel exports hold
 
-_import_cells = st.lists(st.sampled_from(["a", "1", " ", ",", '"', "\n", "电", "\t"]), max_size=4).map("".join)
+def _no_rows_within(cell: str) -> bool:
+    """A quoted cell whose later line holds as many commas as a row of three columns is, to the
+    registry reader, a stray quote that swallowed rows (``importing._unclosed_quote``: it cuts
+    the record back to its line); the readings reader keeps it one cell. Both are deliberate
+    readings of a damaged file, not of blank rows: left out here."""
+    return not any(inner.count(",") >= 2 for inner in cell.splitlines()[1:])
+
+
+_import_cells = (st.lists(st.sampled_from(["a", "1", " ", ",", '"', "\n", "电", "\t"]), max_size=4).map("".join)
+                 .filter(_no_rows_within))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
