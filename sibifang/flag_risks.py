@@ -25,6 +25,7 @@ def evidence_sentence(kind: str, **fields) -> str:
     return wording("flag_risks/visit_evidence.toml")[kind].format(**fields)
 
 LEXICON_FILE = Path(__file__).with_name("risk_lexicon.toml")
+_GAP = "\ue000"  # stands for a space after an entry's negation (Lexicon.find); no whitespace, no punctuation
 FLAG_COLUMNS = ["flag_id", "dedup_key", "household_id", "meter_id", "kind", "severity", "score", "start",
                 "detected_at", "end", "evidence", "details"]
 SEVERITY_POINTS = {"critical": 60, "high": 35, "medium": 20, "low": 10}
@@ -83,8 +84,10 @@ class Lexicon:
             return []
         t = unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional))
         t = re.sub(r"\s*\n\s*", "。", t)
-        if self.negations:  # a space after an entry's "无" ends that answer: "低保：无 家暴：有" is two entries
-            t = re.sub(f":((?:{self._alternatives(self.negations)}))[^\\S\\n]+", r":\1,", t)
+        # a space after an entry's "无" parts it from what follows: "低保：无 家暴后" is no "无家暴". It is
+        # kept as a mark, not read as the end of the answer: "家暴：未 处理" is "家暴：未处理", a cue
+        if self.negations:
+            t = re.sub(f":((?:{self._alternatives(self.negations)}))[^\\S\\n]+(?=\\S)", f":\\1{_GAP}", t)
         t = re.sub(r"[^\S\n]+", "", t)
         # longest first where mentions overlap: a term inside a longer cue belongs to that cue
         mentions: list[tuple[int, int, Cue]] = []
@@ -107,7 +110,7 @@ class Lexicon:
         # must end there, or the next entry begin ("家暴：无 赌博：无", read without the space):
         # "离婚：无法协商" and "家暴：未处理" are no "no"
         entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}"
-                              r"(?=$|[，。；、,;.!?！？]|[^，。；,;:]{1,6}:)") if self.answers_no else None
+                              f"(?={_GAP}?(?:$|[，。；、,;.!?！？])|[^，。；,;:]{{1,6}}:)") if self.answers_no else None
         present: set[str] = set()
         prev_end, prev_negated = None, False
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):

@@ -131,6 +131,17 @@ def test_lexicon_an_entry_answered_otherwise_is_still_a_cue(lexicon, text, kind)
     assert kinds(lexicon.find(text)) == {kind}
 
 
+@pytest.mark.parametrize("text", ["家暴：未 处理", "家暴：无 人管", "家暴：无 明显外伤", "家暴情况：未 解决"])
+def test_lexicon_an_entry_whose_answer_goes_on_after_a_space_is_still_a_cue(lexicon, text):
+    # read as without the space ("家暴：未处理"): a space typed inside the answer ends nothing
+    assert kinds(lexicon.find(text)) == {"domestic_violence"}
+
+
+@pytest.mark.parametrize("text", ["家暴：无 ", "家暴：无 。", "家暴：无 \n赌博：无"])
+def test_lexicon_an_entry_answered_no_then_a_space_is_no_cue(lexicon, text):
+    assert lexicon.find(text) == []
+
+
 @pytest.mark.parametrize("text", [
     "备注：无家暴", "家庭情况：无家暴，无赌博", "家庭情况：无矛盾", "走访发现：没有吵架", "情况:无家暴现象",
 ])
