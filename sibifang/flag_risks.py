@@ -102,15 +102,16 @@ class Lexicon:
         after_colon = re.compile(f":(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
         own_entry = re.compile(r"^[^，。；,;:]{0,4}:")
         asked = re.compile(f"(?:{self._alternatives(self.questions)}){fill}$") if self.questions else None
+        # a "no" answer ends there, or the next entry begins ("家暴：无 赌博：无", read without the space):
+        # "离婚：无法协商", "家暴：未处理", "是否家暴：无法确认" are no "no"
+        answer_ends = f"(?={_GAP}?(?:$|[，。；、,;.!?！？])|[^，。；,;:]{{1,6}}:)"
         # the answer may follow a word or two of the question ("是否有家暴情况：否")
-        answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)})") \
+        answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)}){answer_ends}") \
             if self.answers_no else None
         joined = re.compile(f"(?:{self._alternatives(self.list_joiners)})") if self.list_joiners else None
-        # a form's entry answered no right after its colon ("家暴：无", "家暴情况：未发现"); the answer
-        # must end there, or the next entry begin ("家暴：无 赌博：无", read without the space):
-        # "离婚：无法协商" and "家暴：未处理" are no "no"
-        entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}"
-                              f"(?={_GAP}?(?:$|[，。；、,;.!?！？])|[^，。；,;:]{{1,6}}:)") if self.answers_no else None
+        # a form's entry answered no right after its colon ("家暴：无", "家暴情况：未发现")
+        entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}{answer_ends}") \
+            if self.answers_no else None
         present: set[str] = set()
         prev_end, prev_negated = None, False
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):

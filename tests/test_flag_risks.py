@@ -137,6 +137,12 @@ def test_lexicon_an_entry_whose_answer_goes_on_after_a_space_is_still_a_cue(lexi
     assert kinds(lexicon.find(text)) == {"domestic_violence"}
 
 
+@pytest.mark.parametrize("text", ["是否家暴：无法确认", "有无家暴：未处理", "是否有家暴情况：无法判断"])
+def test_lexicon_a_question_whose_answer_goes_on_is_still_a_cue(lexicon, text):
+    # as an entry's answer ("家暴情况：无法确认"): "无法确认" is no "无"
+    assert kinds(lexicon.find(text)) == {"domestic_violence"}
+
+
 @pytest.mark.parametrize("text", ["家暴：无 ", "家暴：无 。", "家暴：无 \n赌博：无"])
 def test_lexicon_an_entry_answered_no_then_a_space_is_no_cue(lexicon, text):
     assert lexicon.find(text) == []
