@@ -113,7 +113,7 @@ class Lexicon:
         entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}{answer_ends}") \
             if self.answers_no else None
         present: set[str] = set()
-        prev_end, prev_negated = None, False
+        prev_end, prev_negated, prev_kind = None, False, None
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):
             before = t[:s]
             if asked is not None and asked.search(before):
@@ -121,11 +121,12 @@ class Lexicon:
             else:
                 no = bool(negated is not None and negated.search(before)
                           and not (after_colon.search(before) and own_entry.search(t[e:]))) or (
-                    # a list ("无殴打、打骂") or terms written together ("无矛盾纠纷")
-                    prev_negated and (t[prev_end:s] == "" or joined is not None
+                    # a list ("无殴打、打骂") or terms of one kind written together ("无矛盾纠纷"); a
+                    # cue of another kind right after is a fact of its own ("未离婚家暴多年")
+                    prev_negated and (t[prev_end:s] == "" and cue.kind == prev_kind or joined is not None
                                       and joined.fullmatch(t[prev_end:s]) is not None)) or (
                     entry_no is not None and entry_no.search(t[e:]) is not None)
-            prev_end, prev_negated = e, no
+            prev_end, prev_negated, prev_kind = e, no, cue.kind
             if not no:
                 present.add(cue.term)
         return [c for c in self.cues if c.term in present]

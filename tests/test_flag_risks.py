@@ -169,6 +169,15 @@ def test_lexicon_a_negation_carries_over_cues_written_together(lexicon, text):
     assert lexicon.find(text) == []
 
 
+@pytest.mark.parametrize("text, kind", [
+    ("丈夫酗酒未离婚家暴多年", "domestic_violence"), ("没有吵架殴打妻子", "domestic_violence"),
+    ("无赌博打骂孩子", "domestic_violence"), ("没有打骂赌博", "gambling"),
+])
+def test_lexicon_a_negation_does_not_carry_over_to_a_cue_of_another_kind_written_after(lexicon, text, kind):
+    # "矛盾纠纷" is one phrase; "未离婚" then "家暴" are two facts, the second a danger
+    assert kind in kinds(lexicon.find(text))
+
+
 @pytest.mark.parametrize("text", ["矛盾纠纷", "无矛盾，纠纷不断"])
 def test_lexicon_cues_written_together_without_a_negation_are_cues(lexicon, text):
     assert kinds(lexicon.find(text)) == {"dispute"}
