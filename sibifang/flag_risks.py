@@ -84,6 +84,9 @@ class Lexicon:
             return []
         t = unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional))
         t = re.sub(r"\s*\n\s*", "。", t)
+        # a space before a form's next entry ("家暴：未处理 备注：…") ends the answer before it, as a
+        # line's end does: read without it, "未" would answer an entry "处理备注"
+        t = re.sub(r"[^\S\n]+(?=[^\s，。；,;:]{1,6}:)", "；", t)
         # a space after an entry's "无" parts it from what follows: "低保：无 家暴后" is no "无家暴". It is
         # kept as a mark, not read as the end of the answer: "家暴：未 处理" is "家暴：未处理", a cue
         if self.negations:
@@ -102,9 +105,10 @@ class Lexicon:
         after_colon = re.compile(f":(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
         own_entry = re.compile(r"^[^，。；,;:]{0,4}:")
         asked = re.compile(f"(?:{self._alternatives(self.questions)}){fill}$") if self.questions else None
-        # a "no" answer ends there, or the next entry begins ("家暴：无 赌博：无", read without the space):
-        # "离婚：无法协商", "家暴：未处理", "是否家暴：无法确认" are no "no"
-        answer_ends = f"(?={_GAP}?(?:$|[，。；、,;.!?！？])|[^，。；,;:]{{1,6}}:)"
+        # a "no" answer ends there, or the next entry begins, written on without a space, with a term
+        # of its own ("家暴：无赌博：无"): "离婚：无法协商", "家暴：未处理", "是否家暴：无法确认" are no "no"
+        terms = self._alternatives([c.term for c in self.cues]) or "(?!)"
+        answer_ends = f"(?={_GAP}?(?:$|[，。；、,;.!?！？])|(?:{terms})[^，。；,;:]{{0,4}}:)"
         # the answer may follow a word or two of the question ("是否有家暴情况：否")
         answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)}){answer_ends}") \
             if self.answers_no else None

@@ -143,6 +143,21 @@ def test_lexicon_a_question_whose_answer_goes_on_is_still_a_cue(lexicon, text):
     assert kinds(lexicon.find(text)) == {"domestic_violence"}
 
 
+@pytest.mark.parametrize("text, kind", [
+    ("家暴：未处理 备注：邻居反映", "domestic_violence"), ("家暴：无人管 备注：常被打", "domestic_violence"),
+    ("离婚：无法协商 低保：有", "dispute"),
+])
+def test_lexicon_an_answer_that_goes_on_before_the_next_entry_is_still_a_cue(lexicon, text, kind):
+    # "未处理" then the next entry: not "未" then an entry "处理备注"
+    assert kind in kinds(lexicon.find(text))
+
+
+@pytest.mark.parametrize("text", ["家暴：未发现 赌博：无", "家暴：否 赌博：无", "家暴：没有 赌博：没有",
+                                  "家暴：无赌博：无", "是否有 家暴情况：否"])
+def test_lexicon_entries_answered_no_one_after_another_are_no_cue(lexicon, text):
+    assert lexicon.find(text) == []
+
+
 @pytest.mark.parametrize("text", ["家暴：无 ", "家暴：无 。", "家暴：无 \n赌博：无"])
 def test_lexicon_an_entry_answered_no_then_a_space_is_no_cue(lexicon, text):
     assert lexicon.find(text) == []
