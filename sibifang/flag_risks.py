@@ -390,23 +390,45 @@ def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -
     """Candidates whose episode key is on record for another household: the record behind it was
     corrected since (a visit sheet re-sent naming the family the visit was really to).
 
-    ``on_record``: ``flag_id, dedup_key, household_id, status`` of the stored flags with the
-    candidates' keys. Returns (candidates, corrected): such a candidate gets a key of its own,
-    ``<key>|<household>``, so the right family is flagged once; the stored flag it contradicts,
-    while not closed, is ``corrected`` (``flag_id, outcome`` = ``record_corrected``)."""
+    ``on_record``: ``flag_id, dedup_key, household_id, status, outcome`` of the stored flags with
+    the candidates' keys, and of those stored under their corrections (``corrections_to_read``).
+    Returns (candidates, corrected): such a candidate gets a key of its own, ``<key>|<household>``,
+    so the right family is flagged once; so does one whose flag under its key was closed as
+    ``record_corrected`` (a record corrected back: the first family is flagged again). Every stored
+    flag of the episode of another household, while not closed, is ``corrected`` (``flag_id,
+    outcome`` = ``record_corrected``)."""
     cols = ["flag_id", "outcome"]
     if candidates.empty or on_record.empty:
         return candidates, pd.DataFrame(columns=cols)
-    owner = dict(zip(on_record.dedup_key, on_record.household_id))
-    moved = [k in owner and owner[k] != h for k, h in zip(candidates.dedup_key, candidates.household_id)]
+    stored = {k: (h, st, oc) for k, h, st, oc in zip(on_record.dedup_key, on_record.household_id,
+                                                      on_record.status, _outcomes(on_record))}
+    moved = [k in stored and (stored[k][0] != h or stored[k][2] == RECORD_CORRECTED)
+             for k, h in zip(candidates.dedup_key, candidates.household_id)]
     if not any(moved):
         return candidates, pd.DataFrame(columns=cols)
     out = candidates.copy()
-    keys = out.loc[moved, "dedup_key"]
-    out.loc[moved, "dedup_key"] = [f"{k}|{h}" for k, h in zip(keys, out.loc[moved, "household_id"])]
+    keys, households = list(out.loc[moved, "dedup_key"]), list(out.loc[moved, "household_id"])
+    out.loc[moved, "dedup_key"] = [f"{k}|{h}" for k, h in zip(keys, households)]
     out.loc[moved, "flag_id"] = [stable_id("F", k) for k in out.loc[moved, "dedup_key"]]
-    stale = on_record[on_record.dedup_key.isin(set(keys)) & on_record.status.ne("closed")]
-    return out, pd.DataFrame({"flag_id": stale.flag_id, "outcome": RECORD_CORRECTED}, columns=cols)
+    right = dict(zip(keys, households))
+    stale = [fid for fid, k, h, st in zip(on_record.flag_id, on_record.dedup_key, on_record.household_id,
+                                           on_record.status)
+             if st != "closed" and any(k == e or k.startswith(e + "|") for e in right if right[e] != h)]
+    return out, pd.DataFrame({"flag_id": stale, "outcome": RECORD_CORRECTED}, columns=cols)
+
+
+def corrections_to_read(candidates: pd.DataFrame, on_record: pd.DataFrame) -> list[str]:
+    """The candidates' keys whose flags under corrections (``<key>|<household>``) must be read for
+    ``rekey_corrected_records``: those on record for another household or closed as corrected."""
+    if candidates.empty or on_record.empty:
+        return []
+    stored = {k: (h, oc) for k, h, oc in zip(on_record.dedup_key, on_record.household_id, _outcomes(on_record))}
+    return sorted({k for k, h in zip(candidates.dedup_key, candidates.household_id)
+                   if k in stored and (stored[k][0] != h or stored[k][1] == RECORD_CORRECTED)})
+
+
+def _outcomes(on_record: pd.DataFrame) -> pd.Series:
+    return on_record["outcome"] if "outcome" in on_record else pd.Series(None, index=on_record.index, dtype=object)
 
 
 def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:
