@@ -102,7 +102,12 @@ def cases_on_corrected_records(cases: pd.DataFrame, flags: pd.DataFrame) -> pd.D
 
 def _covered(flags: pd.DataFrame, cases: pd.DataFrame) -> set:
     """The flags that belong to a case on record: every flag of a household with an open case,
-    and those found before its closed case was closed."""
+    and those found before its closed case was closed (``outcome``, when given: not one closed
+    as ``record_corrected``)."""
+    if "outcome" in cases:
+        # a case closed as the wrong family's (cases_on_corrected_records) was never mediated: it
+        # holds no finding of a record corrected back to that family
+        cases = cases[cases.outcome.ne(RECORD_CORRECTED)]
     if cases.empty:
         return set()
     until = (pd.to_datetime(cases["closed_at"]) if "closed_at" in cases

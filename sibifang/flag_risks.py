@@ -25,6 +25,7 @@ def evidence_sentence(kind: str, **fields) -> str:
     return wording("flag_risks/visit_evidence.toml")[kind].format(**fields)
 
 LEXICON_FILE = Path(__file__).with_name("risk_lexicon.toml")
+_GAP = "\ue000"  # stands for a space after an entry's negation (Lexicon.find); no whitespace, no punctuation
 FLAG_COLUMNS = ["flag_id", "dedup_key", "household_id", "meter_id", "kind", "severity", "score", "start",
                 "detected_at", "end", "evidence", "details"]
 SEVERITY_POINTS = {"critical": 60, "high": 35, "medium": 20, "low": 10}
@@ -83,8 +84,13 @@ class Lexicon:
             return []
         t = unicodedata.normalize("NFKC", str(text)).translate(str.maketrans(self.traditional))
         t = re.sub(r"\s*\n\s*", "。", t)
-        if self.negations:  # a space after an entry's "无" ends that answer: "低保：无 家暴：有" is two entries
-            t = re.sub(f":((?:{self._alternatives(self.negations)}))[^\\S\\n]+", r":\1,", t)
+        # a space before a form's next entry ("家暴：未处理 备注：…") ends the answer before it, as a
+        # line's end does: read without it, "未" would answer an entry "处理备注"
+        t = re.sub(r"[^\S\n]+(?=[^\s，。；,;:]{1,6}:)", "；", t)
+        # a space after an entry's "无" parts it from what follows: "低保：无 家暴后" is no "无家暴". It is
+        # kept as a mark, not read as the end of the answer: "家暴：未 处理" is "家暴：未处理", a cue
+        if self.negations:
+            t = re.sub(f":((?:{self._alternatives(self.negations)}))[^\\S\\n]+(?=\\S)", f":\\1{_GAP}", t)
         t = re.sub(r"[^\S\n]+", "", t)
         # longest first where mentions overlap: a term inside a longer cue belongs to that cue
         mentions: list[tuple[int, int, Cue]] = []
@@ -99,17 +105,19 @@ class Lexicon:
         after_colon = re.compile(f":(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
         own_entry = re.compile(r"^[^，。；,;:]{0,4}:")
         asked = re.compile(f"(?:{self._alternatives(self.questions)}){fill}$") if self.questions else None
+        # a "no" answer ends there, or the next entry begins, written on without a space, with a term
+        # of its own ("家暴：无赌博：无"): "离婚：无法协商", "家暴：未处理", "是否家暴：无法确认" are no "no"
+        terms = self._alternatives([c.term for c in self.cues]) or "(?!)"
+        answer_ends = f"(?={_GAP}?(?:$|[，。；、,;.!?！？])|(?:{terms})[^，。；,;:]{{0,4}}:)"
         # the answer may follow a word or two of the question ("是否有家暴情况：否")
-        answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)})") \
+        answered_no = re.compile(f"^[^，。；,;:]{{0,4}}:?(?:{self._alternatives(self.answers_no)}){answer_ends}") \
             if self.answers_no else None
         joined = re.compile(f"(?:{self._alternatives(self.list_joiners)})") if self.list_joiners else None
-        # a form's entry answered no right after its colon ("家暴：无", "家暴情况：未发现"); the answer
-        # must end there, or the next entry begin ("家暴：无 赌博：无", read without the space):
-        # "离婚：无法协商" and "家暴：未处理" are no "no"
-        entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}"
-                              r"(?=$|[，。；、,;.!?！？]|[^，。；,;:]{1,6}:)") if self.answers_no else None
+        # a form's entry answered no right after its colon ("家暴：无", "家暴情况：未发现")
+        entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}{answer_ends}") \
+            if self.answers_no else None
         present: set[str] = set()
-        prev_end, prev_negated = None, False
+        prev_end, prev_negated, prev_kind = None, False, None
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):
             before = t[:s]
             if asked is not None and asked.search(before):
@@ -117,11 +125,12 @@ class Lexicon:
             else:
                 no = bool(negated is not None and negated.search(before)
                           and not (after_colon.search(before) and own_entry.search(t[e:]))) or (
-                    # a list ("无殴打、打骂") or terms written together ("无矛盾纠纷")
-                    prev_negated and (t[prev_end:s] == "" or joined is not None
+                    # a list ("无殴打、打骂") or terms of one kind written together ("无矛盾纠纷"); a
+                    # cue of another kind right after is a fact of its own ("未离婚家暴多年")
+                    prev_negated and (t[prev_end:s] == "" and cue.kind == prev_kind or joined is not None
                                       and joined.fullmatch(t[prev_end:s]) is not None)) or (
                     entry_no is not None and entry_no.search(t[e:]) is not None)
-            prev_end, prev_negated = e, no
+            prev_end, prev_negated, prev_kind = e, no, cue.kind
             if not no:
                 present.add(cue.term)
         return [c for c in self.cues if c.term in present]
@@ -381,23 +390,45 @@ def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -
     """Candidates whose episode key is on record for another household: the record behind it was
     corrected since (a visit sheet re-sent naming the family the visit was really to).
 
-    ``on_record``: ``flag_id, dedup_key, household_id, status`` of the stored flags with the
-    candidates' keys. Returns (candidates, corrected): such a candidate gets a key of its own,
-    ``<key>|<household>``, so the right family is flagged once; the stored flag it contradicts,
-    while not closed, is ``corrected`` (``flag_id, outcome`` = ``record_corrected``)."""
+    ``on_record``: ``flag_id, dedup_key, household_id, status, outcome`` of the stored flags with
+    the candidates' keys, and of those stored under their corrections (``corrections_to_read``).
+    Returns (candidates, corrected): such a candidate gets a key of its own, ``<key>|<household>``,
+    so the right family is flagged once; so does one whose flag under its key was closed as
+    ``record_corrected`` (a record corrected back: the first family is flagged again). Every stored
+    flag of the episode of another household, while not closed, is ``corrected`` (``flag_id,
+    outcome`` = ``record_corrected``)."""
     cols = ["flag_id", "outcome"]
     if candidates.empty or on_record.empty:
         return candidates, pd.DataFrame(columns=cols)
-    owner = dict(zip(on_record.dedup_key, on_record.household_id))
-    moved = [k in owner and owner[k] != h for k, h in zip(candidates.dedup_key, candidates.household_id)]
+    stored = {k: (h, st, oc) for k, h, st, oc in zip(on_record.dedup_key, on_record.household_id,
+                                                      on_record.status, _outcomes(on_record))}
+    moved = [k in stored and (stored[k][0] != h or stored[k][2] == RECORD_CORRECTED)
+             for k, h in zip(candidates.dedup_key, candidates.household_id)]
     if not any(moved):
         return candidates, pd.DataFrame(columns=cols)
     out = candidates.copy()
-    keys = out.loc[moved, "dedup_key"]
-    out.loc[moved, "dedup_key"] = [f"{k}|{h}" for k, h in zip(keys, out.loc[moved, "household_id"])]
+    keys, households = list(out.loc[moved, "dedup_key"]), list(out.loc[moved, "household_id"])
+    out.loc[moved, "dedup_key"] = [f"{k}|{h}" for k, h in zip(keys, households)]
     out.loc[moved, "flag_id"] = [stable_id("F", k) for k in out.loc[moved, "dedup_key"]]
-    stale = on_record[on_record.dedup_key.isin(set(keys)) & on_record.status.ne("closed")]
-    return out, pd.DataFrame({"flag_id": stale.flag_id, "outcome": RECORD_CORRECTED}, columns=cols)
+    right = dict(zip(keys, households))
+    stale = [fid for fid, k, h, st in zip(on_record.flag_id, on_record.dedup_key, on_record.household_id,
+                                           on_record.status)
+             if st != "closed" and any(k == e or k.startswith(e + "|") for e in right if right[e] != h)]
+    return out, pd.DataFrame({"flag_id": stale, "outcome": RECORD_CORRECTED}, columns=cols)
+
+
+def corrections_to_read(candidates: pd.DataFrame, on_record: pd.DataFrame) -> list[str]:
+    """The candidates' keys whose flags under corrections (``<key>|<household>``) must be read for
+    ``rekey_corrected_records``: those on record for another household or closed as corrected."""
+    if candidates.empty or on_record.empty:
+        return []
+    stored = {k: (h, oc) for k, h, oc in zip(on_record.dedup_key, on_record.household_id, _outcomes(on_record))}
+    return sorted({k for k, h in zip(candidates.dedup_key, candidates.household_id)
+                   if k in stored and (stored[k][0] != h or stored[k][1] == RECORD_CORRECTED)})
+
+
+def _outcomes(on_record: pd.DataFrame) -> pd.Series:
+    return on_record["outcome"] if "outcome" in on_record else pd.Series(None, index=on_record.index, dtype=object)
 
 
 def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:

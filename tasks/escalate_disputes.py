@@ -48,7 +48,7 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
                      else_=func.coalesce(MediationCase.closed_at, MediationCase.opened_at))
     known = read_frame(select(MediationCase.id.label("case_id"), MediationCase.household_id,
                               MediationCase.source_flag_id, MediationCase.flag_ids, MediationCase.opened_at,
-                              closed_at.label("closed_at")), database_url)
+                              MediationCase.outcome, closed_at.label("closed_at")), database_url)
     cases = logic.open_mediation_cases(flags, hh, rooms, known)
     # Read before any case is opened here: a case opened in this run holds its findings already.
     # A replay of a past day joins nothing to a case opened after it.

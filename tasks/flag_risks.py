@@ -98,10 +98,16 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
     corrected = pd.DataFrame(columns=["flag_id", "outcome"])
     # Episodes already on record (open or closed) are not raised again.
     if len(candidates):
-        on_record = [read_frame(select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id,
-                                       RiskFlag.status).where(RiskFlag.dedup_key.in_(keys)), database_url)
-                     for keys in chunks(list(candidates.dedup_key), 500)]
-        candidates, corrected = logic.rekey_corrected_records(candidates, pd.concat(on_record, ignore_index=True))
+        record = select(RiskFlag.id.label("flag_id"), RiskFlag.dedup_key, RiskFlag.household_id, RiskFlag.status,
+                        RiskFlag.outcome)
+        on_record = pd.concat([read_frame(record.where(RiskFlag.dedup_key.in_(keys)), database_url)
+                               for keys in chunks(list(candidates.dedup_key), 500)], ignore_index=True)
+        # the flags the corrections of a corrected record were stored under (few: one per correction)
+        moved = [read_frame(record.where(or_(*[RiskFlag.dedup_key.startswith(k + "|", autoescape=True)
+                                               for k in keys])), database_url)
+                 for keys in chunks(logic.corrections_to_read(candidates, on_record), 50)]
+        on_record = pd.concat([on_record, *moved], ignore_index=True)
+        candidates, corrected = logic.rekey_corrected_records(candidates, on_record)
         seen = set()
         for keys in chunks(list(candidates.dedup_key), 500):
             seen |= set(read_frame(select(RiskFlag.dedup_key).where(RiskFlag.dedup_key.in_(keys)),
@@ -110,6 +116,8 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         settled = read_frame(select(RiskFlag.dedup_key, RiskFlag.household_id, RiskFlag.kind, RiskFlag.start,
                                     RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
                              .where(RiskFlag.status != "open", RiskFlag.kind.not_in(logic.RECORD_KINDS),
+                                    # a flag withdrawn with its record settled nothing
+                                    or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
     else:

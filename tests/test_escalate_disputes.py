@@ -432,6 +432,51 @@ def test_a_case_opened_on_a_visit_record_corrected_to_another_family_is_closed(d
     assert len(closes) == 1
 
 
+def test_a_record_corrected_back_to_its_first_family_opens_that_family_a_case_again(database_url):
+    """As above, then the re-sent sheet proves the mistake: the visit was to H1 after all.
+    flag_risks closes H2's flag F2 and flags H1 again under the visit's time (F3): H1's case
+    closed as record_corrected was never mediated and does not hold F3; H1 gets a case again."""
+    from datetime import date, datetime
+
+    from sqlalchemy import select, update
+
+    from schemas.models import Household, MediationCase, MediationRoom, RiskFlag
+    from sibifang.db import session_scope, upsert
+    from sibifang.flag_risks import RECORD_CORRECTED
+    from tasks.escalate_disputes import open_cases_task
+
+    _one_household_village(database_url)
+    visit = datetime(2026, 11, 2, 9)
+    with session_scope(database_url) as s:
+        upsert(s, Household, [{"id": "H2", "head_name": "李桂英", "grid_id": "G1", "categories": []}], key=["id"])
+        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
+               key=["id"])
+        s.add(RiskFlag(id="F1", dedup_key="visit|V1|domestic_violence", household_id="H1", kind="domestic_violence",
+                       severity="critical", score=3.0, start=visit, detected_at=visit, evidence="家暴", details={},
+                       status="open"))
+    assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
+    with session_scope(database_url) as s:
+        s.execute(update(RiskFlag).where(RiskFlag.id == "F1").values(
+            status="closed", outcome=RECORD_CORRECTED, closed_at=datetime(2026, 11, 3, 8)))
+        s.add(RiskFlag(id="F2", dedup_key="visit|V1|domestic_violence|H2", household_id="H2",
+                       kind="domestic_violence", severity="critical", score=3.0, start=visit, detected_at=visit,
+                       evidence="家暴", details={}, status="open"))
+    assert open_cases_task.fn(date(2026, 11, 3), database_url) == 1
+    with session_scope(database_url) as s:
+        s.execute(update(RiskFlag).where(RiskFlag.id == "F2").values(
+            status="closed", outcome=RECORD_CORRECTED, closed_at=datetime(2026, 11, 4, 8)))
+        s.add(RiskFlag(id="F3", dedup_key="visit|V1|domestic_violence|H1", household_id="H1",
+                       kind="domestic_violence", severity="critical", score=3.0, start=visit, detected_at=visit,
+                       evidence="家暴", details={}, status="open"))
+    for _ in range(2):  # again: nothing
+        open_cases_task.fn(date(2026, 11, 4), database_url)
+        with session_scope(database_url) as s:
+            cases = sorted((c.household_id, c.source_flag_id, c.status, c.outcome)
+                           for c in s.scalars(select(MediationCase)))
+        assert cases == [("H1", "F1", "closed", RECORD_CORRECTED), ("H1", "F3", "open", None),
+                         ("H2", "F2", "closed", RECORD_CORRECTED)]
+
+
 def test_replaying_a_past_day_matches_only_the_needs_known_that_day(database_url):
     """A need raised on 11-25 is not matched by a replay of 11-20 (nor counted in its matches)."""
     from datetime import date, datetime

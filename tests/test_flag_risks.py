@@ -131,6 +131,38 @@ def test_lexicon_an_entry_answered_otherwise_is_still_a_cue(lexicon, text, kind)
     assert kinds(lexicon.find(text)) == {kind}
 
 
+@pytest.mark.parametrize("text", ["家暴：未 处理", "家暴：无 人管", "家暴：无 明显外伤", "家暴情况：未 解决"])
+def test_lexicon_an_entry_whose_answer_goes_on_after_a_space_is_still_a_cue(lexicon, text):
+    # read as without the space ("家暴：未处理"): a space typed inside the answer ends nothing
+    assert kinds(lexicon.find(text)) == {"domestic_violence"}
+
+
+@pytest.mark.parametrize("text", ["是否家暴：无法确认", "有无家暴：未处理", "是否有家暴情况：无法判断"])
+def test_lexicon_a_question_whose_answer_goes_on_is_still_a_cue(lexicon, text):
+    # as an entry's answer ("家暴情况：无法确认"): "无法确认" is no "无"
+    assert kinds(lexicon.find(text)) == {"domestic_violence"}
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("家暴：未处理 备注：邻居反映", "domestic_violence"), ("家暴：无人管 备注：常被打", "domestic_violence"),
+    ("离婚：无法协商 低保：有", "dispute"),
+])
+def test_lexicon_an_answer_that_goes_on_before_the_next_entry_is_still_a_cue(lexicon, text, kind):
+    # "未处理" then the next entry: not "未" then an entry "处理备注"
+    assert kind in kinds(lexicon.find(text))
+
+
+@pytest.mark.parametrize("text", ["家暴：未发现 赌博：无", "家暴：否 赌博：无", "家暴：没有 赌博：没有",
+                                  "家暴：无赌博：无", "是否有 家暴情况：否"])
+def test_lexicon_entries_answered_no_one_after_another_are_no_cue(lexicon, text):
+    assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text", ["家暴：无 ", "家暴：无 。", "家暴：无 \n赌博：无"])
+def test_lexicon_an_entry_answered_no_then_a_space_is_no_cue(lexicon, text):
+    assert lexicon.find(text) == []
+
+
 @pytest.mark.parametrize("text", [
     "备注：无家暴", "家庭情况：无家暴，无赌博", "家庭情况：无矛盾", "走访发现：没有吵架", "情况:无家暴现象",
 ])
@@ -150,6 +182,15 @@ def test_lexicon_a_negation_answering_the_entry_before_still_negates_nothing(lex
 def test_lexicon_a_negation_carries_over_cues_written_together(lexicon, text):
     # "矛盾纠纷" is one phrase: the negation of its first term is the negation of both
     assert lexicon.find(text) == []
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("丈夫酗酒未离婚家暴多年", "domestic_violence"), ("没有吵架殴打妻子", "domestic_violence"),
+    ("无赌博打骂孩子", "domestic_violence"), ("没有打骂赌博", "gambling"),
+])
+def test_lexicon_a_negation_does_not_carry_over_to_a_cue_of_another_kind_written_after(lexicon, text, kind):
+    # "矛盾纠纷" is one phrase; "未离婚" then "家暴" are two facts, the second a danger
+    assert kind in kinds(lexicon.find(text))
 
 
 @pytest.mark.parametrize("text", ["矛盾纠纷", "无矛盾，纠纷不断"])

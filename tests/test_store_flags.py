@@ -130,3 +130,17 @@ def test_a_visit_corrected_to_another_family_moves_its_flag_there(outbox_db):  #
         assert _flags(outbox_db, "H002") == [("domestic_violence", "open", None)]
     with session_scope(outbox_db) as s:
         assert s.get(Household, "H001").risk_level == "绿" and s.get(Household, "H002").risk_level == "红"
+
+
+def test_a_visit_corrected_back_to_its_first_family_flags_that_family_again(outbox_db):  # noqa: F811
+    from tasks.flag_risks import store_flags
+
+    _fresh(outbox_db)
+    store_flags.fn(_visit("V1", "H001", "2026-11-18 10:00", "女方称丈夫家暴"), date(2026, 11, 18), outbox_db)
+    store_flags.fn(_visit("V1", "H002", "2026-11-18 10:00", "女方称丈夫家暴"), date(2026, 11, 19), outbox_db)
+    # the re-sent sheet was the mistake: the visit was to H001 after all
+    back = _visit("V1", "H001", "2026-11-18 10:00", "女方称丈夫家暴")
+    for _ in range(2):  # and a re-run changes nothing
+        store_flags.fn(back, date(2026, 11, 20), outbox_db)
+        assert ("domestic_violence", "open", None) in _flags(outbox_db, "H001")
+        assert _flags(outbox_db, "H002") == [("domestic_violence", "closed", "record_corrected")]
