@@ -16,7 +16,7 @@ from tasks.dispatch_alerts import check_settings, deliver_task, enqueue_task, es
 def dispatch_alerts(now: datetime | None = None) -> dict:
     # ``now`` replays a moment (the demo, a re-run); unset, it is the wall clock.
     at = now or local_now()
-    check_settings()  # a setting no alert can be sent with stops here, before anything is queued
+    check_settings()  # a setting no SMS alert can be sent with is an error on the run, before anything is queued
     queued = enqueue_task(at)
     escalated = escalate_task(at)
     delivered = deliver_task(now)

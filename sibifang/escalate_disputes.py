@@ -57,6 +57,12 @@ def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: p
     return pd.DataFrame(rows, columns=CASE_COLUMNS)
 
 
+def held_flags(flag_ids, source_flag_id: str | None) -> list[str]:
+    """The findings a case holds: its ``flag_ids``, or, for a case recorded before they were
+    kept (migration 0009), the one it was opened with."""
+    return list(flag_ids) if isinstance(flag_ids, list) else [source_flag_id]
+
+
 def findings_joining_cases(flags: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
     """The dispute findings that join a case already open for their household.
 
@@ -73,7 +79,7 @@ def findings_joining_cases(flags: pd.DataFrame, cases: pd.DataFrame) -> pd.DataF
         return pd.DataFrame(columns=JOIN_COLUMNS)
     f = f[~f.flag_id.isin(_covered(f, cases[pd.to_datetime(cases.closed_at).notna()]))]
     held = {(c.case_id, fid) for c in open_cases.itertuples(index=False)
-            for fid in (c.flag_ids if isinstance(c.flag_ids, list) else [c.source_flag_id])}
+            for fid in held_flags(c.flag_ids, c.source_flag_id)}
     j = f.merge(open_cases[["case_id", "household_id"]], on="household_id")
     j = j[[(c, fid) not in held for c, fid in zip(j.case_id, j.flag_id)]]
     return j.sort_values(["case_id", "flag_id"])[JOIN_COLUMNS].reset_index(drop=True)
@@ -94,7 +100,7 @@ def cases_on_corrected_records(cases: pd.DataFrame, flags: pd.DataFrame) -> pd.D
     when = dict(zip(corrected.flag_id, pd.to_datetime(corrected.closed_at)))
     out = []
     for c in cases[pd.to_datetime(cases.closed_at).isna()].itertuples(index=False):
-        held = c.flag_ids if isinstance(c.flag_ids, list) else [c.source_flag_id]
+        held = held_flags(c.flag_ids, c.source_flag_id)
         if held and all(f in when for f in held):
             out.append({"case_id": c.case_id, "closed_at": max(when[f] for f in held)})
     return pd.DataFrame(out, columns=cols)

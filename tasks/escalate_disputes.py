@@ -70,7 +70,7 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
                   at=until)
         for case_id, join in joining.groupby("case_id"):
             c = s.get(MediationCase, case_id)
-            c.flag_ids = [*(c.flag_ids or [c.source_flag_id]), *join.flag_id]
+            c.flag_ids = [*logic.held_flags(c.flag_ids, c.source_flag_id), *join.flag_id]
             c.cues = sorted(set(c.cues or []) | set(join.kind))
             for j in join.itertuples(index=False):
                 audit(s, "escalate_disputes", "join_case", "mediation_case", case_id,
