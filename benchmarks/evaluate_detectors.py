@@ -21,13 +21,18 @@ what would reach a grid worker (severity 'low' is recorded, not alerted; see
 ``sibifang.detectors``).
 
     .venv/bin/python benchmarks/evaluate_detectors.py [--events 100] [--seed 7] [--generated DIR]
-        [--real FILE [--tz ZONE] [--known EPISODES.csv]] [--only-real] [--frontier]
+        [--real FILE [--tz ZONE] [--known EPISODES.csv]] [--only-real] [--frontier] [--misses KIND]
 
 ``--frontier`` prints only the lights-off trade-off (detection within 24 h, median delay, the
 share caught within 8 h, false alarms per household-month) for our detector at several silence
 budgets and for the fixed silence rule at several lengths: where each sits, not one point;
 then where the delay comes from (by onset hour, the series' own look-alikes) and the best that
 judging a silence by the clock hours it spans can reach, tuned in hindsight (``silence_bound``).
+
+``--misses KIND`` (lights_off, frozen_on, sustained_drop) lists, after the tables, every episode
+of that kind that nothing alerting caught within its deadline, with why (``miss_reason``) and
+its household's own change: its use in the 48 h after the onset against the fortnight before,
+without the injection (a household whose use rose shows an injected drop as a smaller one).
 """
 
 from __future__ import annotations
@@ -213,11 +218,14 @@ def make_segments(df: pd.DataFrame, n_events: int, seed: int):
                 if len(_night_blocks(seg, onset)) < 7:
                     continue
                 inj, end = inject(seg, kind, onset, rng)
+                before = seg[(seg["ts"] > onset - pd.Timedelta(days=14)) & (seg["ts"] <= onset)]["kwh"].mean()
+                after = seg[(seg["ts"] > onset) & (seg["ts"] <= onset + pd.Timedelta(hours=48))]["kwh"].mean()
                 shift = pd.Timedelta(days=7 * int(np.floor((s0.normalize() - ANCHOR).days / 7)))
                 sid = f"{meter}#{kind}#{made}"
                 inj = inj.assign(meter_id=sid, ts=inj["ts"] - shift)
                 segs.append(inj)
-                truth.append(dict(seg=sid, meter=meter, kind=kind, onset=onset - shift, end=end - shift))
+                truth.append(dict(seg=sid, meter=meter, kind=kind, onset=onset - shift, end=end - shift,
+                                  source_onset=onset, own_change=after / before if before > 0 else np.nan))
                 made += 1
     return pd.concat(segs, ignore_index=True), pd.DataFrame(truth)
 
@@ -611,6 +619,37 @@ def _by_onset_band(alarms: pd.DataFrame, truth: pd.DataFrame) -> None:
               f"{np.median(hit) if len(hit) else np.nan:11.1f}")
 
 
+def miss_reason(alarms: pd.DataFrame, r, matching: set, hours: float) -> str:
+    """Why nothing alerting caught injected episode ``r`` (a ``truth`` row) within ``hours``,
+    from the segment's own episodes (``alarms``: every severity): recorded but not sent (it
+    joined an incident alerted before the onset: one incident, one alert), an episode of a
+    matching kind already open at the onset (the series' own low spell, or an alarm of it not
+    yet over), raised late, or not raised at all."""
+    a = alarms[alarms["meter_id"] == r.seg] if len(alarms) else alarms
+    due = r.onset + pd.Timedelta(hours=hours)
+    inside = a[(a["detected_at"] >= r.onset) & (a["detected_at"] <= due)]
+    if len(inside):
+        return "recorded, not sent: joins an incident alerted before the onset"
+    m = a[a["kind"].isin(matching)]
+    if ((m["detected_at"] < r.onset) & (m["end"].isna() | (m["end"] >= r.onset))).any():
+        return "already raised: an episode of this kind open at the onset"
+    late = m[(m["detected_at"] > due) & (m["detected_at"] <= r.end)]
+    if len(late):
+        return f"late: raised {(late['detected_at'].min() - r.onset) / pd.Timedelta(hours=1):.0f} h after the onset"
+    return "not raised"
+
+
+def print_misses(alarms: pd.DataFrame, truth: pd.DataFrame, kind: str) -> None:
+    """Every injected episode of ``kind`` that nothing alerting caught within its deadline."""
+    tk = truth[truth["kind"] == kind].reset_index(drop=True)
+    alerting = alarms[alarms["severity"] != "low"] if len(alarms) else alarms
+    missed = tk[np.isnan(_first_delays(alerting, tk, DEADLINE_H[kind]))]
+    print(f"\n{kind}: {len(missed)} of {len(tk)} not caught by anything alerting within {DEADLINE_H[kind]} h")
+    for r in missed.itertuples():
+        print(f"  {r.meter:12s} onset {str(r.source_onset)[:16]}  own use after / before {r.own_change:5.2f}  "
+              f"{miss_reason(alarms, r, MATCH[kind], DEADLINE_H[kind])}")
+
+
 # ----------------------------------------------------------------------------- main
 
 def _config_from_env(environ) -> DetectorConfig:
@@ -634,7 +673,7 @@ def _config_from_env(environ) -> DetectorConfig:
 CONFIG = _config_from_env(os.environ)
 
 
-def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
+def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int, misses: str | None = None):
     print(f"\n=== data set: {name} ({clean['meter_id'].nunique()} households) ===")
     leave_out_real_episodes(clean)
     t = time.perf_counter()
@@ -723,6 +762,8 @@ def evaluate(name: str, clean: pd.DataFrame, n_events: int, seed: int):
         for k in sorted({k for v in fk.values() for k in v if k != "_months"})))
     print_targets(scored["ours: any kind, alerting only"],
                   [scored["baseline: no activity 12 h"], scored["baseline: IsolationForest"]], ra)
+    if misses:
+        print_misses(ours_inj, truth, misses)
 
 
 # The risk issue's figures for each data set (what a grid worker is sent: any kind, alerting only)
@@ -780,6 +821,8 @@ def main():
     ap.add_argument("--budget", type=float, default=None,
                     help="false_alarms_per_month of the silence alarm (default: DetectorConfig's)")
     ap.add_argument("--only-real", action="store_true")
+    ap.add_argument("--misses", choices=sorted(DEADLINE_H), default=None,
+                    help="list the injected episodes of this kind that nothing alerting caught, and why")
     ap.add_argument("--frontier", action="store_true",
                     help="only the lights-off trade-off on the real households: detection and delay against "
                          "false alarms, ours at several budgets and the silence rule at several lengths")
@@ -806,7 +849,7 @@ def main():
     if args.frontier:
         frontier("real households", real, args.events, args.seed)
         return
-    evaluate("real households", real, args.events, args.seed)
+    evaluate("real households", real, args.events, args.seed, args.misses)
 
     gen = args.generated
     if args.only_real:
@@ -852,7 +895,7 @@ def evaluate_generated(readings: pd.DataFrame, anomalies: pd.DataFrame | None, a
     clean_ids = [m for m in readings["meter_id"].unique() if m not in bad]
     clean = readings[readings["meter_id"].isin(clean_ids[: args.gen_meters])]
     if len(clean):
-        evaluate("generated, clean meters", clean, max(args.events // 4, 3), args.seed)
+        evaluate("generated, clean meters", clean, max(args.events // 4, 3), args.seed, args.misses)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,29 @@ def test_sustained_drop_wandi(normal):
     assert pd.Timedelta(0) < drop.iloc[0]["detected_at"] - onset <= pd.Timedelta(hours=48)
 
 
+def test_a_drop_soon_after_a_recovered_one_is_raised_again():
+    # the drop CUSUM's inertia: three days at 40 % bank far more evidence than the alarm
+    # needs; unbounded, that episode stayed open for a week after use came back, so a second
+    # drop two days after the recovery raised nothing within its 48 hours
+    df = routine(days=60)
+    a1 = START + pd.Timedelta(days=30)
+    b1 = a1 + pd.Timedelta(days=3)
+    a2 = b1 + pd.Timedelta(days=2)
+    df.loc[_sel(df, a1, b1), "kwh"] *= 0.4
+    df.loc[_sel(df, a2, a2 + pd.Timedelta(days=4)), "kwh"] *= 0.4
+    drop = detect(df).query("kind == 'sustained_drop'")
+    first = drop[drop["detected_at"] < a2]
+    assert len(first) == 1 and first.iloc[0]["detected_at"] - a1 <= pd.Timedelta(hours=48)
+    assert first.iloc[0]["end"] <= b1 + pd.Timedelta(days=1)         # ends with the recovery
+    second = drop[drop["detected_at"] >= a2]
+    assert len(second) == 1
+    assert second.iloc[0]["detected_at"] - a2 <= pd.Timedelta(hours=48)
+    assert second.iloc[0]["severity"] in ALERT_SEVERITIES              # a new incident: sent
+    # without the ceiling the first episode is still open at the second drop: nothing new
+    banked = detect(df, config=DetectorConfig(drop_ceiling=float("inf"))).query("kind == 'sustained_drop'")
+    assert len(banked) == 1 and (pd.isna(banked.iloc[0]["end"]) or banked.iloc[0]["end"] > a2)
+
+
 def test_meter_offline_is_not_inactivity(normal):
     a = START + pd.Timedelta(days=33, hours=8)
     df = normal[~_sel(normal, a, a + pd.Timedelta(hours=14))]

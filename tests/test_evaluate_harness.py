@@ -214,3 +214,22 @@ def test_long_stretches_without_readings_are_real_outages(ev):
     assert ev.long_gaps(df) == {"h": [day1]}
     assert ev.long_gaps(df, 6)["h"][1] == (str(T0 + pd.Timedelta(days=2, hours=9)),
                                            str(T0 + pd.Timedelta(days=2, hours=15)))
+
+
+def test_a_missed_episode_says_why(ev):
+    # a: only an alarm recorded as 'low' 5 h after onset (it joined an earlier alert's incident);
+    # b: a drop raised 10 h before onset and still open; c: a drop raised 60 h after onset;
+    # d: nothing at all
+    truth = pd.concat([_truth("sustained_drop"), pd.DataFrame([dict(
+        seg="d", meter="d", kind="sustained_drop", onset=T0, end=T0 + pd.Timedelta(days=4))])], ignore_index=True)
+    on = dict(zip(truth["seg"], truth["onset"]))
+    h = pd.Timedelta(hours=1)
+    alarms = pd.DataFrame([
+        dict(meter_id="a", kind="sustained_drop", detected_at=on["a"] + 5 * h, end=pd.NaT, severity="low"),
+        dict(meter_id="b", kind="sustained_drop", detected_at=on["b"] - 10 * h, end=pd.NaT, severity="medium"),
+        dict(meter_id="c", kind="sustained_drop", detected_at=on["c"] + 60 * h, end=pd.NaT, severity="medium"),
+    ])
+    why = [ev.miss_reason(alarms, r, {"sustained_drop"}, 48) for r in truth.itertuples()]
+    assert why == ["recorded, not sent: joins an incident alerted before the onset",
+                   "already raised: an episode of this kind open at the onset",
+                   "late: raised 60 h after the onset", "not raised"]

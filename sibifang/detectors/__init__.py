@@ -31,7 +31,8 @@ Every household is judged against its own routine, learnt causally from its past
 
 Kinds: ``inactivity`` (lights-off and frozen-on; the evidence says which),
 ``sustained_drop`` (the Wandi case: a CUSUM of each active hour's evidence for "use halved"
-from the hour's own density over its last ``drop_window_days``, see ``_level_llr``; beside
+from the hour's own density over its last ``drop_window_days``, see ``_level_llr``, held at
+its alarm level once raised (``drop_ceiling``) so that the episode ends with the recovery; beside
 it, trailing-24 h use below half of normal and ``level_z`` robust σ below it, σ the
 household's own day-to-day spread, for 12 h), ``missing_morning_routine``
 (only for households whose first morning activity is regular: the deadline is the later of

@@ -389,18 +389,22 @@ def _one_per_event(eps):
 
 
 def _cusum_episodes(tests, X, valid, gap_ok, P, T_eff, cfg, t_from=0, carry=None):
-    """Page's CUSUM of hourly evidence (nats), for each ``(kind, evidence (M, T), threshold)``
-    of ``tests``: an episode of ``kind`` when it passes ``threshold``; it starts where the
-    evidence began to pile up and ends when it is used up again. A long gap or an absence
+    """Page's CUSUM of hourly evidence (nats), for each ``(kind, evidence (M, T), threshold[,
+    ceiling])`` of ``tests``: an episode of ``kind`` when it passes ``threshold``; it starts
+    where the evidence began to pile up and ends when it is used up again. Once raised, its
+    sum is held at ``ceiling`` at most (default: none), so that the episode ends within a
+    bounded number of hours of the use coming back, not after as many hours as it was low
+    (the CUSUM's inertia), and a later event is a new episode. A long gap or an absence
     resets it. Used for the sustained drop (用电骤降, ``P["drop_llr"]``) and for "nothing
     changes" (frozen-on, ``P["flat_llr"]``); the tests run stacked, in one pass over the hours
     [t_from, T_eff). Returns (episodes, the running state at T_eff; rows are test × meter)."""
     M, T = X.shape
     K = len(tests)
-    L = np.concatenate([np.where(valid & gap_ok, ev[:, :T], 0.0) for _, ev, _ in tests]).astype(np.float32)
+    L = np.concatenate([np.where(valid & gap_ok, t[1][:, :T], 0.0) for t in tests]).astype(np.float32)
     brk = np.tile(_breaks(valid, gap_ok, cfg), (K, 1))
     warm = np.tile(np.repeat(P["hist_days"] >= cfg.min_history_days, 24, axis=1), (K, 1))
-    threshold = np.repeat([h for _, _, h in tests], M).astype(np.float32)
+    threshold = np.repeat([t[2] for t in tests], M).astype(np.float32)
+    ceiling = np.repeat([t[3] if len(t) > 3 else np.inf for t in tests], M).astype(np.float32)
     expected = P["level"].reshape(M, -1)
     st = _carry_in(_CUSUM_STATE, K * M, carry)
     S, start, alarmed, pre = st["S"], st["start"], st["alarmed"], st["pre"]
@@ -431,6 +435,7 @@ def _cusum_episodes(tests, X, valid, gap_ok, P, T_eff, cfg, t_from=0, carry=None
             eps.append(e)
             opened[j] = e
         alarmed |= fire
+        S = np.where(alarmed, np.minimum(S, ceiling), S)
     ok = np.tile(valid, (K, 1)) & ~np.isnan(np.tile(expected, (K, 1)))
     Xk = np.where(ok, np.tile(X, (K, 1)), np.nan)
     st.update(S=S, pre=_pre_sums(Xk, np.where(ok, np.tile(expected, (K, 1)), np.nan), start, t_from, T_eff, pre),

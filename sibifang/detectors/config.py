@@ -106,6 +106,17 @@ class DetectorConfig:
     # household-month; generated elderly households 0.938 / 0.943 → 0.960 / 0.963, their
     # false alarms of this kind 0.08 → 0.22: a warm spell halves a heater's use too.)
     drop_window_days: int = 14
+    # Once a drop is raised, its CUSUM is held at drop_ceiling × drop_threshold at most: the
+    # evidence beyond the alarm level is not banked (the CUSUM's inertia). Unbounded, three
+    # days at 40 % kept the episode open nine days after use came back, and a second drop two
+    # days after the recovery raised nothing (tests/test_detectors.py); now the episode ends
+    # within about drop_threshold / drop_llr_cap ordinary active hours of the recovery. 1 is
+    # the alarm level itself, not a fit; inf turns it off. (300 injected drops per seed, any
+    # alerting row: real data seeds 7 / 11 / 13 0.947 / 0.967 / 0.983 → 0.947 / 0.973 / 0.983
+    # within 48 h, alerting false alarms 0.89 per household-month both, lights-off and
+    # frozen-on the same or +0.004; generated elderly households 0.969 / 0.973 / 0.969 →
+    # 0.970 / 0.975 / 0.973 at 0.32 false alarms per household-month both.)
+    drop_ceiling: float = 1.0
     # Sustained high use: trailing-24 h use over the routine's expectation above high_ratio,
     # and its log level_z robust standard deviations (MAD × 1.4826 of the household's own
     # day-end log-ratios in the trailing window, never below level_min_sigma) above 0.

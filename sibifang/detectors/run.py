@@ -56,7 +56,8 @@ def _alarms(Xc, seen, A, valid, gap_ok, P, wake, deadline, cfg, n_hours, t_from=
     kept_before = c.get("kept", [])
     eps, scan_st = _scan(Xc, A, valid, gap_ok, P, cfg, n_hours, t_from, c.get("scan"))
     ceps, cus_st = _cusum_episodes([("inactivity", P["flat_llr"], cfg.flat_threshold),
-                                    ("sustained_drop", P["drop_llr"], cfg.drop_threshold)],
+                                    ("sustained_drop", P["drop_llr"], cfg.drop_threshold,
+                                     cfg.drop_threshold * cfg.drop_ceiling)],
                                    Xc, valid, gap_ok, P, n_hours, cfg, t_from, c.get("cusum"))
     reps, rends, rtails = _ratio_episodes(Xc, valid, gap_ok, P, n_hours, cfg, t_from, c.get("ratio"))
     oeps, oends, off_st = _offline_episodes(seen, gap_ok, n_hours, cfg, t_from, c.get("offline"))
