@@ -259,7 +259,11 @@ def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFr
 
 
 def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
-    """Dispute and safety cues in visit notes and findings (家暴, 离婚, 赌博, 轻生, ...)."""
+    """Dispute and safety cues in visit notes and findings (家暴, 离婚, 赌博, 轻生, ...).
+
+    A flag starts at the visit and is detected when its sheet was recorded (``recorded_at``, if
+    the frame has it and it is later): a sheet typed in weeks after the visit is news on the day it
+    comes in, and is alerted then like any new finding."""
     rows = []
     text_cols = [c for c in ("notes", "family_situation", "women_situation", "difficulties") if c in visits]
     for v in visits.itertuples(index=False):
@@ -271,10 +275,11 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
             sev = max((c.severity for c in kc), key=lambda s: SEVERITY_POINTS[s])
             key = f"visit|{v.visit_id}|{kind}"
             when = pd.Timestamp(v.visited_at)
+            recorded = pd.Timestamp(getattr(v, "recorded_at", None))
             rows.append({
                 "flag_id": stable_id("F", key), "dedup_key": key, "household_id": v.household_id, "meter_id": None,
                 "kind": kind, "severity": sev, "score": float(SEVERITY_POINTS[sev]), "start": when,
-                "detected_at": when, "end": pd.NaT,
+                "detected_at": max(when, recorded) if pd.notna(recorded) else when, "end": pd.NaT,
                 "evidence": evidence_sentence("visit_cue", terms="、".join(sorted({c.term for c in kc}))),
                 "details": {"visit_id": v.visit_id, "terms": sorted({c.term for c in kc})},
             })
