@@ -327,6 +327,25 @@ def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_day
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
 
+def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame) -> pd.DataFrame:
+    """Drop unresolved-difficulty candidates that a closed flag of the household already answered.
+
+    The candidate's key names the first visit of its 90-day window, so as days pass the same
+    situation turns up under another key. A grid worker who closed the flag answered the sheets
+    up to then: the window sliding brings nothing new and raises nothing. A visit after the
+    closing that records the difficulty again, still without a measure, is what she would want
+    to hear about: the candidate's latest visit (``detected_at``) is then after the closing and
+    it is raised again.
+
+    ``closed``: ``household_id, closed_at`` of the household's closed unresolved-difficulty flags."""
+    if new.empty or closed.empty:
+        return new
+    last_closed = pd.to_datetime(closed["closed_at"]).groupby(closed["household_id"]).max()
+    answered_until = pd.to_datetime(new["household_id"].map(last_closed))
+    answered = (new["kind"] == "unresolved_difficulty") & (pd.to_datetime(new["detected_at"]) <= answered_until)
+    return new[~answered]
+
+
 def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3) -> pd.DataFrame:
     """Must-visits still not done past their window plus a grace period (逾期未访)."""
     if plans.empty:

@@ -130,6 +130,14 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                                     or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
+        difficult = fresh[fresh.kind == "unresolved_difficulty"]
+        if len(difficult):
+            closed = pd.concat([read_frame(select(RiskFlag.household_id, RiskFlag.closed_at).where(
+                RiskFlag.kind == "unresolved_difficulty", RiskFlag.status == "closed",
+                RiskFlag.household_id.in_(part), RiskFlag.closed_at >= min(difficult.detected_at),
+                or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED)), database_url)
+                for part in chunks(sorted(set(difficult.household_id)), 500)], ignore_index=True)
+            fresh = logic.drop_answered_difficulties(fresh, closed)
     else:
         fresh = candidates
     inserts, extends = logic.merge_with_open_flags(fresh, open_flags)

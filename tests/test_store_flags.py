@@ -196,3 +196,27 @@ def test_a_danger_cue_on_a_sheet_recorded_weeks_late_reaches_a_grid_worker(outbo
     with session_scope(outbox_db) as s:
         assert sorted(s.scalars(select(Alert.id).where(Alert.flag_id == flag.id))) == alerts
 
+
+def test_a_closed_unresolved_difficulty_is_not_raised_again_when_its_first_visit_leaves_the_window(outbox_db):  # noqa: F811
+    """The grid worker closed the 反复反映困难 flag; as days pass, its first visit leaves the 90-day
+    window and the visits left make up a candidate under another key. Nothing new was recorded:
+    nothing is raised. A visit after the closing that records the difficulty again, still without
+    a measure, raises it again."""
+    _fresh(outbox_db)
+    for vid, day in (("VD1", date(2026, 8, 1)), ("VD2", date(2026, 8, 20)), ("VD3", date(2026, 9, 10))):
+        at = datetime.combine(day, datetime.min.time()).replace(hour=10)
+        _import_visit(outbox_db, vid, "H002", at, at, difficulties="老人看病缺钱")
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "open", None)]
+    with session_scope(outbox_db) as s:
+        s.execute(RiskFlag.__table__.update().where(RiskFlag.household_id == "H002")
+                  .values(status="closed", outcome="visited_all_well", closed_at=datetime(2026, 9, 12, 9)))
+    for day in (date(2026, 10, 30), date(2026, 10, 31), date(2026, 11, 1)):   # VD1 leaves the window on 10-31
+        _risk_stage(outbox_db, day)
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well")]
+    again = datetime(2026, 11, 5, 10)
+    _import_visit(outbox_db, "VD4", "H002", again, again, difficulties="看病钱还是没着落")
+    for _ in range(2):  # and a re-run changes nothing
+        _risk_stage(outbox_db, again.date())
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well"),
+                                             ("unresolved_difficulty", "open", None)]
