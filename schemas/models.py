@@ -165,6 +165,9 @@ class Visit(Base):
     follow_up_needed: Mapped[bool] = mapped_column(Boolean, default=False)
     notes: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(String(256))
+    # When the sheet was first stored (a re-import keeps it): a sheet typed in weeks after the
+    # visit is still read for danger cues. NULL on rows from before it was kept.
+    recorded_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
 
 
 # --------------------------------------------------------------------------- meters

@@ -259,7 +259,11 @@ def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFr
 
 
 def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
-    """Dispute and safety cues in visit notes and findings (家暴, 离婚, 赌博, 轻生, ...)."""
+    """Dispute and safety cues in visit notes and findings (家暴, 离婚, 赌博, 轻生, ...).
+
+    A flag starts at the visit and is detected when its sheet was recorded (``recorded_at``, if
+    the frame has it and it is later): a sheet typed in weeks after the visit is news on the day it
+    comes in, and is alerted then like any new finding."""
     rows = []
     text_cols = [c for c in ("notes", "family_situation", "women_situation", "difficulties") if c in visits]
     for v in visits.itertuples(index=False):
@@ -271,10 +275,11 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
             sev = max((c.severity for c in kc), key=lambda s: SEVERITY_POINTS[s])
             key = f"visit|{v.visit_id}|{kind}"
             when = pd.Timestamp(v.visited_at)
+            recorded = pd.Timestamp(getattr(v, "recorded_at", None))
             rows.append({
                 "flag_id": stable_id("F", key), "dedup_key": key, "household_id": v.household_id, "meter_id": None,
                 "kind": kind, "severity": sev, "score": float(SEVERITY_POINTS[sev]), "start": when,
-                "detected_at": when, "end": pd.NaT,
+                "detected_at": max(when, recorded) if pd.notna(recorded) else when, "end": pd.NaT,
                 "evidence": evidence_sentence("visit_cue", terms="、".join(sorted({c.term for c in kc}))),
                 "details": {"visit_id": v.visit_id, "terms": sorted({c.term for c in kc})},
             })
@@ -320,6 +325,25 @@ def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_day
                      "evidence": evidence_sentence("unresolved_difficulty", window_days=window_days, times=int(r.n)),
                      "details": {"times": int(r.n)}})
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame) -> pd.DataFrame:
+    """Drop unresolved-difficulty candidates that a closed flag of the household already answered.
+
+    The candidate's key names the first visit of its 90-day window, so as days pass the same
+    situation turns up under another key. A grid worker who closed the flag answered the sheets
+    up to then: the window sliding brings nothing new and raises nothing. A visit after the
+    closing that records the difficulty again, still without a measure, is what she would want
+    to hear about: the candidate's latest visit (``detected_at``) is then after the closing and
+    it is raised again.
+
+    ``closed``: ``household_id, closed_at`` of the household's closed unresolved-difficulty flags."""
+    if new.empty or closed.empty:
+        return new
+    last_closed = pd.to_datetime(closed["closed_at"]).groupby(closed["household_id"]).max()
+    answered_until = pd.to_datetime(new["household_id"].map(last_closed))
+    answered = (new["kind"] == "unresolved_difficulty") & (pd.to_datetime(new["detected_at"]) <= answered_until)
+    return new[~answered]
 
 
 def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3) -> pd.DataFrame:

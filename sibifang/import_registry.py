@@ -138,7 +138,7 @@ def meter_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
              "installed_at": to_date(r.get("installed_at"))} for r in frame_records(df)]
 
 
-def visit_rows(df: pd.DataFrame, source: str) -> list[dict[str, Any]]:
+def visit_rows(df: pd.DataFrame, source: str, now: datetime) -> list[dict[str, Any]]:
     rows = []
     for r in frame_records(df):
         rows.append({
@@ -149,7 +149,7 @@ def visit_rows(df: pd.DataFrame, source: str) -> list[dict[str, Any]]:
             "difficulties": r.get("difficulties"), "measures": r.get("measures"),
             "demand_category": r.get("demand_category") or None,
             "follow_up_needed": bool(r.get("follow_up_needed") or False), "notes": r.get("notes"),
-            "source": source,
+            "source": source, "recorded_at": now,
         })
     return rows
 
@@ -200,7 +200,7 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
         "households": (Household, lambda: household_rows(accepted, now)),
         "cadres": (Cadre, lambda: cadre_rows(accepted, default_capacity)),
         "meters": (Meter, lambda: meter_rows(accepted)),
-        "visits": (Visit, lambda: visit_rows(accepted, source)),
+        "visits": (Visit, lambda: visit_rows(accepted, source, now)),
         "resources": (ServiceResource, lambda: resource_rows(accepted)),
         "mediation_rooms": (MediationRoom, lambda: room_rows(accepted)),
     }
@@ -214,9 +214,9 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
                 select(Household.id, Household.deregistered_at, Household.deregistered_reason)
                 .where(Household.id.in_(part))))
         resolve_registration(rows, current, now)
-    # ``updated_at`` would change on every run and ``registered_at`` is the first import's:
-    # only real content changes should touch a row.
-    update = [c for c in rows[0] if c not in ("id", "updated_at", "registered_at")] if rows else None
+    # ``updated_at`` would change on every run and ``registered_at``/``recorded_at`` are the first
+    # import's: only real content changes should touch a row.
+    update = [c for c in rows[0] if c not in ("id", "updated_at", "registered_at", "recorded_at")] if rows else None
     if update is not None and columns is not None:
         from sibifang.importing import FIELDS
 

@@ -50,13 +50,23 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     from sibifang import flag_risks as logic
 
     meters = read_frame(select(Meter.id.label("meter_id"), Meter.household_id), database_url)
-    since = datetime.combine(as_of, datetime.min.time()) - timedelta(days=lookback_days * 3)
+    midnight = datetime.combine(as_of, datetime.min.time())
+    since, day_end = midnight - timedelta(days=lookback_days * 3), midnight + timedelta(days=1)
+    window = midnight - timedelta(days=lookback_days)
+    # A sheet typed in weeks after the visit (county offices batch paper sheets) is read when it
+    # is recorded, not only by its visit date; a replay of a past day reads what was recorded by then.
+    late = (Visit.recorded_at >= window) & (Visit.recorded_at < day_end)
     visits = read_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at, Visit.notes,
-                               Visit.family_situation, Visit.women_situation, Visit.difficulties, Visit.measures)
-                        .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
+                               Visit.family_situation, Visit.women_situation, Visit.difficulties, Visit.measures,
+                               case((Visit.recorded_at < day_end, Visit.recorded_at), else_=None).label("recorded_at"))
+                        .where(or_(Visit.visited_at >= since, late), Visit.visited_at < day_end), database_url)
     plans = read_frame(select(VisitPlan).where(VisitPlan.status == "planned", VisitPlan.due_date < as_of), database_url)
-    recent = visits[pd.to_datetime(visits.visited_at) >= pd.Timestamp(as_of) - pd.Timedelta(days=lookback_days)] \
-        if not visits.empty else visits
+    if not visits.empty:
+        in_window = (pd.to_datetime(visits.visited_at) >= pd.Timestamp(window)) | (
+            pd.to_datetime(visits.recorded_at) >= pd.Timestamp(window))
+        recent = visits[in_window]
+    else:
+        recent = visits
     parts = [
         logic.episodes_to_flags(episodes, meters) if not episodes.empty else None,
         logic.visit_cue_flags(recent, logic.Lexicon.load()) if not recent.empty else None,
@@ -120,6 +130,14 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                                     or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
+        difficult = fresh[fresh.kind == "unresolved_difficulty"]
+        if len(difficult):
+            closed = pd.concat([read_frame(select(RiskFlag.household_id, RiskFlag.closed_at).where(
+                RiskFlag.kind == "unresolved_difficulty", RiskFlag.status == "closed",
+                RiskFlag.household_id.in_(part), RiskFlag.closed_at >= min(difficult.detected_at),
+                or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED)), database_url)
+                for part in chunks(sorted(set(difficult.household_id)), 500)], ignore_index=True)
+            fresh = logic.drop_answered_difficulties(fresh, closed)
     else:
         fresh = candidates
     inserts, extends = logic.merge_with_open_flags(fresh, open_flags)

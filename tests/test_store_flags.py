@@ -3,7 +3,7 @@ household levels and risk map that follow from them."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 from sqlalchemy import delete, select
@@ -144,3 +144,79 @@ def test_a_visit_corrected_back_to_its_first_family_flags_that_family_again(outb
         store_flags.fn(back, date(2026, 11, 20), outbox_db)
         assert ("domestic_violence", "open", None) in _flags(outbox_db, "H001")
         assert _flags(outbox_db, "H002") == [("domestic_violence", "closed", "record_corrected")]
+
+
+def _import_visit(url: str, vid: str, hid: str, when: datetime, recorded: datetime, *, notes: str | None = None,
+                  difficulties: str | None = None) -> None:
+    """A visit sheet stored by the import on ``recorded`` (the county office's batch of paper sheets)."""
+    from sibifang.import_registry import store_accepted
+
+    row = {"visit_id": vid, "household_id": hid, "cadre_id": "GW1", "visited_at": when, "mode": "visit",
+           "notes": notes, "difficulties": difficulties, "measures": None}
+    with session_scope(url) as s:
+        store_accepted(s, "visits", pd.DataFrame([row]), source="county_batch.csv", now=recorded)
+
+
+def _risk_stage(url: str, day: date) -> None:
+    from tasks.flag_risks import derive_flags, store_flags
+
+    store_flags.fn(derive_flags.fn(pd.DataFrame(), day, url), day, url)
+
+
+def test_a_danger_cue_on_a_sheet_recorded_weeks_late_reaches_a_grid_worker(outbox_db):  # noqa: F811
+    """A sheet typed in 40 days after the visit (家暴 on it) is still read: the flag starts at the
+    visit, is detected when the sheet came in, stays open and is alerted; re-running and
+    re-importing the sheet change nothing."""
+    from schemas.models import Alert
+    from tasks.dispatch_alerts import enqueue
+
+    _fresh(outbox_db)
+    day = date(2026, 11, 20)
+    visited, recorded = datetime(2026, 10, 11, 10), datetime(2026, 11, 20, 9)
+    _import_visit(outbox_db, "VL1", "H001", visited, recorded, notes="女方称丈夫家暴")
+    _risk_stage(outbox_db, day - timedelta(days=1))          # a replay of the day before: not recorded yet
+    assert _flags(outbox_db, "H001") == []
+    _risk_stage(outbox_db, day)
+    assert _flags(outbox_db, "H001") == [("domestic_violence", "open", None)]
+    with session_scope(outbox_db) as s:
+        flag = s.scalars(select(RiskFlag).where(RiskFlag.household_id == "H001")).one()
+        assert (flag.start, flag.detected_at) == (visited, recorded)
+    enqueue(datetime(2026, 11, 20, 10), outbox_db)
+    with session_scope(outbox_db) as s:
+        alerts = sorted(s.scalars(select(Alert.id).where(Alert.flag_id == flag.id)))
+    assert alerts
+    # the office sends the batch again the next week: the sheet keeps when it was first recorded
+    _import_visit(outbox_db, "VL1", "H001", visited, datetime(2026, 11, 27, 9), notes="女方称丈夫家暴")
+    with session_scope(outbox_db) as s:
+        assert s.get(Visit, "VL1").recorded_at == recorded
+    for _ in range(2):
+        _risk_stage(outbox_db, day)
+        enqueue(datetime(2026, 11, 20, 10), outbox_db)
+    assert _flags(outbox_db, "H001") == [("domestic_violence", "open", None)]
+    with session_scope(outbox_db) as s:
+        assert sorted(s.scalars(select(Alert.id).where(Alert.flag_id == flag.id))) == alerts
+
+
+def test_a_closed_unresolved_difficulty_is_not_raised_again_when_its_first_visit_leaves_the_window(outbox_db):  # noqa: F811
+    """The grid worker closed the 反复反映困难 flag; as days pass, its first visit leaves the 90-day
+    window and the visits left make up a candidate under another key. Nothing new was recorded:
+    nothing is raised. A visit after the closing that records the difficulty again, still without
+    a measure, raises it again."""
+    _fresh(outbox_db)
+    for vid, day in (("VD1", date(2026, 8, 1)), ("VD2", date(2026, 8, 20)), ("VD3", date(2026, 9, 10))):
+        at = datetime.combine(day, datetime.min.time()).replace(hour=10)
+        _import_visit(outbox_db, vid, "H002", at, at, difficulties="老人看病缺钱")
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "open", None)]
+    with session_scope(outbox_db) as s:
+        s.execute(RiskFlag.__table__.update().where(RiskFlag.household_id == "H002")
+                  .values(status="closed", outcome="visited_all_well", closed_at=datetime(2026, 9, 12, 9)))
+    for day in (date(2026, 10, 30), date(2026, 10, 31), date(2026, 11, 1)):   # VD1 leaves the window on 10-31
+        _risk_stage(outbox_db, day)
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well")]
+    again = datetime(2026, 11, 5, 10)
+    _import_visit(outbox_db, "VD4", "H002", again, again, difficulties="看病钱还是没着落")
+    for _ in range(2):  # and a re-run changes nothing
+        _risk_stage(outbox_db, again.date())
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well"),
+                                             ("unresolved_difficulty", "open", None)]
