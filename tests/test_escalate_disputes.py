@@ -296,17 +296,14 @@ def test_a_flags_case_is_opened_once_even_after_it_was_closed(database_url):
 
     from sqlalchemy import func, select, update
 
-    from schemas.models import AuditEvent, MediationCase, MediationRoom, RiskFlag
-    from sibifang.db import session_scope, upsert
+    from schemas.models import AuditEvent, MediationCase
+    from sibifang.db import session_scope
     from tasks.escalate_disputes import open_cases_task
 
     _one_household_village(database_url)
     with session_scope(database_url) as s:
-        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1",
-                                   "mediator_ids": ["MED1"]}], key=["id"])
-        s.add(RiskFlag(id="F1", dedup_key="dispute|H1|1", household_id="H1", kind="dispute", severity="high",
-                       score=3.0, start=datetime(2026, 11, 20, 9), detected_at=datetime(2026, 11, 20, 9),
-                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+        _room(s)
+        s.add(_finding("F1", "dispute|H1|1", "H1", "dispute", datetime(2026, 11, 20, 9)))
 
     def audits() -> int:
         with session_scope(database_url) as s:
@@ -331,25 +328,19 @@ def test_a_new_dispute_after_a_closed_case_opens_a_case(database_url):
 
     from sqlalchemy import select, update
 
-    from schemas.models import MediationCase, MediationRoom, RiskFlag
-    from sibifang.db import session_scope, upsert
+    from schemas.models import MediationCase
+    from sibifang.db import session_scope
     from tasks.escalate_disputes import open_cases_task
 
     _one_household_village(database_url)
     with session_scope(database_url) as s:
-        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
-               key=["id"])
-        s.add(RiskFlag(id="F1", dedup_key="visit|V1|dispute", household_id="H1", kind="dispute", severity="high",
-                       score=3.0, start=datetime(2026, 11, 2, 9), detected_at=datetime(2026, 11, 2, 9),
-                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+        _room(s)
+        s.add(_finding("F1", "visit|V1|dispute", "H1", "dispute", datetime(2026, 11, 2, 9)))
     assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
     with session_scope(database_url) as s:
         s.execute(update(MediationCase).values(status="closed", closed_at=datetime(2026, 11, 6, 10),
                                                 outcome="调解成功"))
-        s.add(RiskFlag(id="F2", dedup_key="visit|V2|domestic_violence", household_id="H1", kind="domestic_violence",
-                       severity="critical", score=5.0, start=datetime(2026, 11, 28, 9),
-                       detected_at=datetime(2026, 11, 28, 9), evidence="走访记录提到丈夫酒后动手", details={},
-                       status="open"))
+        s.add(_finding("F2", "visit|V2|domestic_violence", "H1", "domestic_violence", datetime(2026, 11, 28, 9)))
     assert open_cases_task.fn(date(2026, 11, 28), database_url) == 1
     assert open_cases_task.fn(date(2026, 11, 28), database_url) == 0
     assert open_cases_task.fn(date(2026, 11, 29), database_url) == 0
@@ -366,23 +357,17 @@ def test_violence_found_while_a_dispute_case_is_open_reaches_the_case(database_u
 
     from sqlalchemy import func, select
 
-    from schemas.models import AuditEvent, MediationCase, MediationRoom, RiskFlag
-    from sibifang.db import session_scope, upsert
+    from schemas.models import AuditEvent, MediationCase
+    from sibifang.db import session_scope
     from tasks.escalate_disputes import open_cases_task
 
     _one_household_village(database_url)
     with session_scope(database_url) as s:
-        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
-               key=["id"])
-        s.add(RiskFlag(id="F1", dedup_key="visit|V1|dispute", household_id="H1", kind="dispute", severity="high",
-                       score=3.0, start=datetime(2026, 11, 2, 9), detected_at=datetime(2026, 11, 2, 9),
-                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+        _room(s)
+        s.add(_finding("F1", "visit|V1|dispute", "H1", "dispute", datetime(2026, 11, 2, 9)))
     assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
     with session_scope(database_url) as s:
-        s.add(RiskFlag(id="F2", dedup_key="visit|V2|domestic_violence", household_id="H1", kind="domestic_violence",
-                       severity="critical", score=5.0, start=datetime(2026, 11, 4, 9),
-                       detected_at=datetime(2026, 11, 4, 9), evidence="走访记录提到丈夫酒后动手", details={},
-                       status="open"))
+        s.add(_finding("F2", "visit|V2|domestic_violence", "H1", "domestic_violence", datetime(2026, 11, 4, 9)))
     for day in (4, 4, 5):
         assert open_cases_task.fn(date(2026, 11, day), database_url) == 0
     with session_scope(database_url) as s:
@@ -402,7 +387,7 @@ def test_a_case_opened_on_a_visit_record_corrected_to_another_family_is_closed(d
 
     from sqlalchemy import select, update
 
-    from schemas.models import AuditEvent, Household, MediationCase, MediationRoom, RiskFlag
+    from schemas.models import AuditEvent, Household, MediationCase, RiskFlag
     from sibifang.db import session_scope, upsert
     from sibifang.flag_risks import RECORD_CORRECTED
     from tasks.escalate_disputes import open_cases_task
@@ -410,19 +395,14 @@ def test_a_case_opened_on_a_visit_record_corrected_to_another_family_is_closed(d
     _one_household_village(database_url)
     with session_scope(database_url) as s:
         upsert(s, Household, [{"id": "H2", "head_name": "李桂英", "grid_id": "G1", "categories": []}], key=["id"])
-        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
-               key=["id"])
-        s.add(RiskFlag(id="F1", dedup_key="visit|V1|dispute", household_id="H1", kind="dispute", severity="high",
-                       score=3.0, start=datetime(2026, 11, 2, 9), detected_at=datetime(2026, 11, 2, 9),
-                       evidence="走访记录提到夫妻吵架", details={}, status="open"))
+        _room(s)
+        s.add(_finding("F1", "visit|V1|dispute", "H1", "dispute", datetime(2026, 11, 2, 9)))
     assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
     with session_scope(database_url) as s:
         s.execute(update(RiskFlag).where(RiskFlag.id == "F1").values(
             status="closed", outcome=RECORD_CORRECTED, closed_at=datetime(2026, 11, 3, 8)))
-        s.add(RiskFlag(id="F2", dedup_key="visit|V1|dispute|H2", household_id="H2", kind="dispute",
-                       severity="high", score=3.0, start=datetime(2026, 11, 2, 9),
-                       detected_at=datetime(2026, 11, 3, 8), evidence="走访记录提到夫妻吵架", details={},
-                       status="open"))
+        s.add(_finding("F2", "visit|V1|dispute|H2", "H2", "dispute", datetime(2026, 11, 2, 9),
+                       detected_at=datetime(2026, 11, 3, 8)))
     assert open_cases_task.fn(date(2026, 11, 3), database_url) == 1
     assert open_cases_task.fn(date(2026, 11, 3), database_url) == 0
     with session_scope(database_url) as s:
@@ -440,7 +420,7 @@ def test_a_record_corrected_back_to_its_first_family_opens_that_family_a_case_ag
 
     from sqlalchemy import select, update
 
-    from schemas.models import Household, MediationCase, MediationRoom, RiskFlag
+    from schemas.models import Household, MediationCase, RiskFlag
     from sibifang.db import session_scope, upsert
     from sibifang.flag_risks import RECORD_CORRECTED
     from tasks.escalate_disputes import open_cases_task
@@ -449,25 +429,18 @@ def test_a_record_corrected_back_to_its_first_family_opens_that_family_a_case_ag
     visit = datetime(2026, 11, 2, 9)
     with session_scope(database_url) as s:
         upsert(s, Household, [{"id": "H2", "head_name": "李桂英", "grid_id": "G1", "categories": []}], key=["id"])
-        upsert(s, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
-               key=["id"])
-        s.add(RiskFlag(id="F1", dedup_key="visit|V1|domestic_violence", household_id="H1", kind="domestic_violence",
-                       severity="critical", score=3.0, start=visit, detected_at=visit, evidence="家暴", details={},
-                       status="open"))
+        _room(s)
+        s.add(_finding("F1", "visit|V1|domestic_violence", "H1", "domestic_violence", visit))
     assert open_cases_task.fn(date(2026, 11, 2), database_url) == 1
     with session_scope(database_url) as s:
         s.execute(update(RiskFlag).where(RiskFlag.id == "F1").values(
             status="closed", outcome=RECORD_CORRECTED, closed_at=datetime(2026, 11, 3, 8)))
-        s.add(RiskFlag(id="F2", dedup_key="visit|V1|domestic_violence|H2", household_id="H2",
-                       kind="domestic_violence", severity="critical", score=3.0, start=visit, detected_at=visit,
-                       evidence="家暴", details={}, status="open"))
+        s.add(_finding("F2", "visit|V1|domestic_violence|H2", "H2", "domestic_violence", visit))
     assert open_cases_task.fn(date(2026, 11, 3), database_url) == 1
     with session_scope(database_url) as s:
         s.execute(update(RiskFlag).where(RiskFlag.id == "F2").values(
             status="closed", outcome=RECORD_CORRECTED, closed_at=datetime(2026, 11, 4, 8)))
-        s.add(RiskFlag(id="F3", dedup_key="visit|V1|domestic_violence|H1", household_id="H1",
-                       kind="domestic_violence", severity="critical", score=3.0, start=visit, detected_at=visit,
-                       evidence="家暴", details={}, status="open"))
+        s.add(_finding("F3", "visit|V1|domestic_violence|H1", "H1", "domestic_violence", visit))
     for _ in range(2):  # again: nothing
         open_cases_task.fn(date(2026, 11, 4), database_url)
         with session_scope(database_url) as s:
@@ -516,3 +489,25 @@ def _one_household_village(database_url: str) -> None:
         upsert(s, Area, [{"id": i, "level": lv, "name": i, "parent_id": p, "village_kind": None}
                          for i, lv, p in areas], key=["id"])
         upsert(s, Household, [{"id": "H1", "head_name": "王秀兰", "grid_id": "G1", "categories": []}], key=["id"])
+
+
+def _room(session) -> None:
+    """Township T1's mediation room, with one mediator."""
+    from schemas.models import MediationRoom
+    from sibifang.db import upsert
+
+    upsert(session, MediationRoom, [{"id": "R1", "name": "木兰调解室", "township_id": "T1", "mediator_ids": ["MED1"]}],
+           key=["id"])
+
+
+def _finding(flag_id: str, key: str, household_id: str, kind: str, start, *, detected_at=None, severity=None,
+             score=None, evidence=None):
+    """An open dispute or violence flag found in a visit, as flag_risks stores it."""
+    from schemas.models import RiskFlag
+
+    high = kind == "domestic_violence"
+    return RiskFlag(id=flag_id, dedup_key=key, household_id=household_id, kind=kind,
+                    severity=severity or ("critical" if high else "high"), score=score or (5.0 if high else 3.0),
+                    start=start, detected_at=detected_at or start,
+                    evidence=evidence or ("走访记录提到丈夫酒后动手" if high else "走访记录提到夫妻吵架"), details={},
+                    status="open")
