@@ -276,3 +276,39 @@ def test_report_counts_the_register_as_it_stood_at_the_period_end(county):  # no
     assert (october["households"], october["must_visit_households"]) == (5, 5)     # H0–H4
     december = gather_aggregates.fn(date(2026, 12, 1), date(2026, 12, 31), county)["aggregates"]
     assert december["households"] == 4                                              # H2–H5
+
+
+def test_a_family_back_on_the_register_gets_back_the_plans_its_removal_cancelled(database_url, tmp_path):
+    """A family removed by mistake and marked 在册 again: its visits are due from its last visit,
+    so the planner derives the same plans (same ids) its removal cancelled. They are planned
+    again, not left cancelled (insert-or-ignore kept them so: the family had no open visit)."""
+    from schemas.models import Visit
+    from tasks.schedule_visits import plan_visits, store_plan
+
+    _seed_families(database_url)
+    with session_scope(database_url) as s:
+        s.add_all([Visit(id=f"X{h}", household_id=h, cadre_id="a", visited_at=datetime(2026, 11, 16, 10),
+                         mode="visit", steps=[]) for h in ("h1", "h2")])
+
+    def evening(day):
+        return store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path),
+                             database_url=database_url)
+
+    tuesday = MONDAY + timedelta(days=1)
+    evening(MONDAY)
+    _deregister(database_url, "h1", datetime(2026, 11, 24, 10))
+    evening(tuesday)
+    assert {p[3] for p in _plans(database_url) if p[1] == "h1"} == {"cancelled"}
+    # A replay of Monday while h1 is off the register reopens nothing.
+    evening(MONDAY)
+    assert {p[3] for p in _plans(database_url) if p[1] == "h1"} == {"cancelled"}
+
+    _deregister(database_url, "h1", None, None)
+    wednesday = tuesday + timedelta(days=1)
+    derived = plan_visits.fn(wednesday, database_url=database_url).plans
+    evening(wednesday)
+    stored = {p[0]: p[3] for p in _plans(database_url)}
+    assert {stored[i] for i in derived.visit_id[derived.household_id == "h1"]} == {"planned"}
+    after = _plans(database_url)
+    assert evening(wednesday)["new_plans"] == 0 and _plans(database_url) == after
+
