@@ -312,3 +312,22 @@ def test_a_family_back_on_the_register_gets_back_the_plans_its_removal_cancelled
     after = _plans(database_url)
     assert evening(wednesday)["new_plans"] == 0 and _plans(database_url) == after
 
+
+
+def test_alerts_of_a_family_taken_off_the_register_are_not_sent_before_the_next_risk_run(outbox_db):  # noqa: F811
+    """The households import takes a family off the register during the day; ``sibifang serve``
+    claims its queued alerts before the evening's risk run closes its flags: none is sent."""
+    from schemas.models import Alert
+    from sibifang.outbox import claim_due
+    from tasks.dispatch_alerts import enqueue
+
+    assert enqueue(NOW, outbox_db)
+    _deregister(outbox_db, "H000", NOW - timedelta(hours=1), "moved_away")
+    _deregister(outbox_db, "H005", NOW + timedelta(hours=1), "moved_away")  # not yet: its alerts go out
+    with session_scope(outbox_db) as s:
+        claimed = set(claim_due(s, now=NOW, real_now=NOW, limit=1000))
+        alerts = {a.id: (a.flag_id, a.status) for a in s.scalars(select(Alert))}
+    gone = {i for i, (f, _) in alerts.items() if f == "F000"}
+    assert gone and not gone & claimed
+    assert {alerts[i][1] for i in gone} == {"cancelled"}
+    assert {i for i, (f, _) in alerts.items() if f == "F005"} <= claimed
