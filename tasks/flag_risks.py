@@ -71,10 +71,12 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     flags = (pd.concat(parts, ignore_index=True).sort_values(["dedup_key", "detected_at"])
              .drop_duplicates("dedup_key", keep="first").reset_index(drop=True))
     # Nothing is raised for a family once it is off the register (迁出, 去世): by the dates, so a
-    # replay of a day before its removal raises what that day raised.
+    # replay of a day before its removal raises what that day raised. Off from the removal's day,
+    # as the planner (on_register) and the closing of its open flags (by the day's end) read it:
+    # a removal at 15:00 leaves no flag of that morning's episode open until the next day's run.
     off = read_frame(select(Household.id, Household.deregistered_at).where(Household.deregistered_at.is_not(None)),
                      database_url)
-    off_since = flags.household_id.map(dict(zip(off.id, pd.to_datetime(off.deregistered_at))))
+    off_since = flags.household_id.map(dict(zip(off.id, pd.to_datetime(off.deregistered_at).dt.normalize())))
     return flags[~(pd.to_datetime(off_since) <= pd.to_datetime(flags.detected_at))].reset_index(drop=True)
 
 

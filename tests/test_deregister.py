@@ -331,3 +331,22 @@ def test_alerts_of_a_family_taken_off_the_register_are_not_sent_before_the_next_
     assert gone and not gone & claimed
     assert {alerts[i][1] for i in gone} == {"cancelled"}
     assert {i for i, (f, _) in alerts.items() if f == "F005"} <= claimed
+
+
+def test_a_removal_later_on_the_run_s_day_raises_nothing_that_day(outbox_db):  # noqa: F811
+    """A family taken off the register at 15:00 is off it for that whole day, as the planner
+    (on_register) and the closing of its open flags (by the day's end) read it: an episode the
+    meters showed at 10:00 is not raised that evening as a flag nobody closes until the next day."""
+    from schemas.models import Meter, RiskFlag
+    from tasks.flag_risks import derive_flags, store_flags
+
+    with session_scope(outbox_db) as s:
+        s.add_all([Meter(id="M0", household_id="H000", interval_minutes=60),
+                   Meter(id="M1", household_id="H001", interval_minutes=60)])
+    _deregister(outbox_db, "H000", datetime.combine(NOW.date(), datetime.min.time()) + timedelta(hours=15))
+    got = derive_flags.fn(_episodes(NOW), NOW.date(), outbox_db)
+    assert list(got.household_id) == ["H001"]
+    store_flags.fn(got, NOW.date(), outbox_db)
+    with session_scope(outbox_db) as s:
+        assert not list(s.scalars(select(RiskFlag).where(RiskFlag.household_id == "H000",
+                                                         RiskFlag.status == "open")))
