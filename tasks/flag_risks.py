@@ -104,6 +104,14 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                         RiskFlag.outcome)
         on_record = pd.concat([read_frame(record.where(RiskFlag.dedup_key.in_(keys)), database_url)
                                for keys in chunks(list(candidates.dedup_key), 500)], ignore_index=True)
+        # A flag closed because its family left the register, the family back on it (在册 again):
+        # withdrawn as a corrected record's is, its episode still going on is flagged again.
+        back = on_record.outcome.eq(logic.DEREGISTERED)
+        if back.any():
+            off = set(read_frame(select(Household.id).where(
+                Household.deregistered_at.is_not(None), Household.id.in_(sorted(set(on_record.household_id[back])))),
+                database_url).id)
+            on_record.loc[back & ~on_record.household_id.isin(off), "outcome"] = logic.RECORD_CORRECTED
         # the flags the corrections of a corrected record were stored under (few: one per correction)
         moved = [read_frame(record.where(or_(*[RiskFlag.dedup_key.startswith(k + "|", autoescape=True)
                                                for k in keys])), database_url)
@@ -118,8 +126,9 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         settled = read_frame(select(RiskFlag.dedup_key, RiskFlag.household_id, RiskFlag.kind, RiskFlag.start,
                                     RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
                              .where(RiskFlag.status != "open", RiskFlag.kind.not_in(logic.RECORD_KINDS),
-                                    # a flag withdrawn with its record settled nothing
-                                    or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED),
+                                    # a flag withdrawn with its record, or with its family's removal, settled nothing
+                                    or_(RiskFlag.outcome.is_(None),
+                                        RiskFlag.outcome.not_in((logic.RECORD_CORRECTED, logic.DEREGISTERED))),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
     else:
@@ -146,7 +155,7 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         gone = open_flags.flag_id[open_flags.household_id.isin(set(off.id))
                                   & ~open_flags.flag_id.isin(set(settled_now.flag_id))]
         if len(gone):
-            settled_now = pd.concat([settled_now, pd.DataFrame({"flag_id": gone, "outcome": "deregistered"})],
+            settled_now = pd.concat([settled_now, pd.DataFrame({"flag_id": gone, "outcome": logic.DEREGISTERED})],
                                     ignore_index=True)
     if later_day.empty and len(corrected):  # (a replayed earlier day saw them as they were)
         settled_now = pd.concat([settled_now, corrected], ignore_index=True)

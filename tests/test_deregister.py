@@ -350,3 +350,32 @@ def test_a_removal_later_on_the_run_s_day_raises_nothing_that_day(outbox_db):  #
     with session_scope(outbox_db) as s:
         assert not list(s.scalars(select(RiskFlag).where(RiskFlag.household_id == "H000",
                                                          RiskFlag.status == "open")))
+
+
+def test_a_family_back_on_the_register_is_flagged_again_for_an_episode_still_going_on(outbox_db):  # noqa: F811
+    """A family taken off the register by mistake has its open flag closed (deregistered); marked
+    在册 again while its meter is still silent, the episode is flagged again (a flag of its own,
+    so its alerts go out), once. Withdrawn with the removal, the closed flag settled nothing."""
+    from schemas.models import Meter, RiskFlag
+    from tasks.flag_risks import derive_flags, store_flags
+
+    with session_scope(outbox_db) as s:
+        s.add(Meter(id="M9", household_id="H009", interval_minutes=60))
+    day = NOW.date()
+    episode = pd.DataFrame([{"meter_id": "M9", "kind": "inactivity", "severity": "high", "score": 5.0,
+                             "start": NOW - timedelta(hours=10), "detected_at": NOW, "end": None,
+                             "evidence": "用电接近停止"}])
+
+    def run(n):
+        d = day + timedelta(days=n)
+        store_flags.fn(derive_flags.fn(episode.assign(detected_at=NOW + timedelta(days=n)), d, outbox_db),
+                       d, outbox_db)
+        with session_scope(outbox_db) as s:
+            return sorted((f.status, f.outcome) for f in s.scalars(select(RiskFlag).where(RiskFlag.meter_id == "M9")))
+
+    assert run(0) == [("open", None)]
+    _deregister(outbox_db, "H009", NOW + timedelta(days=1), "moved_away")
+    assert run(1) == [("closed", "deregistered")]
+    _deregister(outbox_db, "H009", None, None)
+    assert run(2) == [("closed", "deregistered"), ("open", None)]
+    assert run(2) == run(3) == [("closed", "deregistered"), ("open", None)]
