@@ -379,3 +379,21 @@ def test_a_family_back_on_the_register_is_flagged_again_for_an_episode_still_goi
     _deregister(outbox_db, "H009", None, None)
     assert run(2) == [("closed", "deregistered"), ("open", None)]
     assert run(2) == run(3) == [("closed", "deregistered"), ("open", None)]
+
+
+def test_an_import_moment_with_a_time_zone_is_the_local_time_on_both_engines(database_url, tmp_path):
+    """``now`` given with its zone (a flow parameter typed 2026-11-01T16:00:00Z) is the naive local
+    time every other stored moment is: SQLite kept 16:00 (its wall time), PostgreSQL converted it
+    by the session's zone; a family registered at local midnight of 2 Nov is on November's register."""
+    from datetime import timezone
+
+    from tasks.import_registry import import_file
+
+    _areas(database_url)
+    header = HEADER + ",状态,注销日期"
+    f = _file(tmp_path, "z.csv", f"H1,甲,{GOOD_ID},13800000000,住址,G1,empty_nest,,",
+              f"H2,乙,{OTHER_ID},13800000001,住址,G1,hardship,迁出,", header=header)
+    import_file("households", f, database_url=database_url, out_dir=tmp_path,
+                now=datetime(2026, 11, 1, 16, 0, tzinfo=timezone.utc))
+    local = datetime(2026, 11, 2, 0, 0)
+    assert _state(database_url) == {"H1": (local, None, None), "H2": (local, local, "moved_away")}
