@@ -408,6 +408,7 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
 
 
 RECORD_CORRECTED = "record_corrected"  # the outcome of a flag whose record now names another family
+DEREGISTERED = "deregistered"  # the outcome of a flag closed because its family left the register
 
 
 def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -315,6 +315,13 @@ def answered():
                Alert.flag_id.in_(select(RiskFlag.id).where(RiskFlag.status.in_(("acknowledged", "closed")))))
 
 
+def off_register(now: datetime):
+    """Alerts of a family taken off the register (迁出, 去世, 注销) by ``now``: nobody is to call.
+    The next risk run closes its flags; the households import can come hours before it."""
+    return Alert.flag_id.in_(select(RiskFlag.id).join(Household, Household.id == RiskFlag.household_id)
+                             .where(Household.deregistered_at <= now))
+
+
 def lock_flag(session: Session, flag_id: str) -> RiskFlag | None:
     """The flag, read fresh and locked until the transaction ends.
 
@@ -337,7 +344,8 @@ def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str |
     ``now`` decides what is due (a replay passes a past moment); the lease is stamped with
     ``real_now`` (the real clock) and expires on it, so two dispatchers agree on it whatever
     moment each replays. ``token`` marks the claim as the caller's (see ``record_attempt``).
-    Alerts of an answered flag still waiting are cancelled first, never claimed. A caller that
+    Alerts of an answered flag, or of a family off the register by ``now``, still waiting are
+    cancelled first, never claimed. A caller that
     loses the race for every row it selected selects again (``tries`` times in all): others'
     claims must not make it stop while alerts are due."""
     real_now = real_now or local_now()
@@ -345,7 +353,11 @@ def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str |
     session.execute(update(Alert).where(or_(Alert.status == "pending", stale), answered())
                     .values(status=CANCELLED, claim_token=None, last_error="预警已确认或已结案，不再发送")
                     .execution_options(synchronize_session=False))
-    claimable = and_(or_(and_(Alert.status == "pending", Alert.next_attempt_at <= now), stale), not_(answered()))
+    session.execute(update(Alert).where(or_(Alert.status == "pending", stale), off_register(now))
+                    .values(status=CANCELLED, claim_token=None, last_error="该户已不在册（迁出、去世或注销），不再发送")
+                    .execution_options(synchronize_session=False))
+    claimable = and_(or_(and_(Alert.status == "pending", Alert.next_attempt_at <= now), stale), not_(answered()),
+                     not_(off_register(now)))
     for _ in range(max(1, tries)):
         ids = list(session.scalars(
             select(Alert.id).where(claimable)

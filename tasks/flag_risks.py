@@ -81,10 +81,12 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     flags = (pd.concat(parts, ignore_index=True).sort_values(["dedup_key", "detected_at"])
              .drop_duplicates("dedup_key", keep="first").reset_index(drop=True))
     # Nothing is raised for a family once it is off the register (迁出, 去世): by the dates, so a
-    # replay of a day before its removal raises what that day raised.
+    # replay of a day before its removal raises what that day raised. Off from the removal's day,
+    # as the planner (on_register) and the closing of its open flags (by the day's end) read it:
+    # a removal at 15:00 leaves no flag of that morning's episode open until the next day's run.
     off = read_frame(select(Household.id, Household.deregistered_at).where(Household.deregistered_at.is_not(None)),
                      database_url)
-    off_since = flags.household_id.map(dict(zip(off.id, pd.to_datetime(off.deregistered_at))))
+    off_since = flags.household_id.map(dict(zip(off.id, pd.to_datetime(off.deregistered_at).dt.normalize())))
     return flags[~(pd.to_datetime(off_since) <= pd.to_datetime(flags.detected_at))].reset_index(drop=True)
 
 
@@ -112,6 +114,14 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                         RiskFlag.outcome)
         on_record = pd.concat([read_frame(record.where(RiskFlag.dedup_key.in_(keys)), database_url)
                                for keys in chunks(list(candidates.dedup_key), 500)], ignore_index=True)
+        # A flag closed because its family left the register, the family back on it (在册 again):
+        # withdrawn as a corrected record's is, its episode still going on is flagged again.
+        back = on_record.outcome.eq(logic.DEREGISTERED)
+        if back.any():
+            off = set(read_frame(select(Household.id).where(
+                Household.deregistered_at.is_not(None), Household.id.in_(sorted(set(on_record.household_id[back])))),
+                database_url).id)
+            on_record.loc[back & ~on_record.household_id.isin(off), "outcome"] = logic.RECORD_CORRECTED
         # the flags the corrections of a corrected record were stored under (few: one per correction)
         moved = [read_frame(record.where(or_(*[RiskFlag.dedup_key.startswith(k + "|", autoescape=True)
                                                for k in keys])), database_url)
@@ -126,8 +136,9 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         settled = read_frame(select(RiskFlag.dedup_key, RiskFlag.household_id, RiskFlag.kind, RiskFlag.start,
                                     RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
                              .where(RiskFlag.status != "open", RiskFlag.kind.not_in(logic.RECORD_KINDS),
-                                    # a flag withdrawn with its record settled nothing
-                                    or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED),
+                                    # a flag withdrawn with its record, or with its family's removal, settled nothing
+                                    or_(RiskFlag.outcome.is_(None),
+                                        RiskFlag.outcome.not_in((logic.RECORD_CORRECTED, logic.DEREGISTERED))),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
         difficult = fresh[fresh.kind == "unresolved_difficulty"]
@@ -162,7 +173,7 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         gone = open_flags.flag_id[open_flags.household_id.isin(set(off.id))
                                   & ~open_flags.flag_id.isin(set(settled_now.flag_id))]
         if len(gone):
-            settled_now = pd.concat([settled_now, pd.DataFrame({"flag_id": gone, "outcome": "deregistered"})],
+            settled_now = pd.concat([settled_now, pd.DataFrame({"flag_id": gone, "outcome": logic.DEREGISTERED})],
                                     ignore_index=True)
     if later_day.empty and len(corrected):  # (a replayed earlier day saw them as they were)
         settled_now = pd.concat([settled_now, corrected], ignore_index=True)

@@ -58,9 +58,12 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
     from sibifang.import_registry import known_references, record_validation, store_accepted
     from sibifang.importing import content_digest, read_table, render_import_errors, validate_import
     from sibifang.records import frame_records
-    from sibifang.settings import get_settings
+    from sibifang.settings import LOCAL_TZ, get_settings
 
     settings = get_settings()
+    if now is not None and now.tzinfo is not None:
+        # (a flow parameter given with its zone) stored moments are naive local time, on both engines
+        now = now.astimezone(LOCAL_TZ).replace(tzinfo=None)
     path = Path(path)
     migrate(database_url)
     digest = digest or content_digest(path)

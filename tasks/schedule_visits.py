@@ -128,6 +128,9 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     # A replay of a day before a family was taken off the register stores none of its visits due
     # from that day on (they were cancelled, or never needed).
     p = p[~plans_ended_by_deregistration(p, deregistered, as_of)]
+    # A family back on the register (在册 again: no removal on record) whose visits the planner
+    # derives again with the ids its removal cancelled (due from its last visit): planned again.
+    reopen = p[~p.household_id.isin(set(deregistered.household_id))]
     # Only plans not stored yet are written: a re-run (or the next day's run, which re-derives
     # most of the same visits with the same ids) must not rewrite tens of thousands of rows.
     if len(p):
@@ -144,6 +147,15 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         before = s.scalar(select(func.count()).select_from(VisitPlan))
         upsert(s, VisitPlan, rows, key=["id"], update=())
         after = s.scalar(select(func.count()).select_from(VisitPlan))
+        reopened = 0
+        if len(reopen):  # (cancelled plans are few: read those, not every derived id)
+            gone = set(s.scalars(select(VisitPlan.id).where(VisitPlan.status == "cancelled",
+                                                            VisitPlan.due_date >= reopen.due_date.min())))
+            reopen = reopen[reopen.visit_id.isin(gone)]
+        for r in frame_records(reopen[["visit_id", "cadre_id"]]):
+            reopened += s.execute(update(VisitPlan)
+                                  .where(VisitPlan.id == r["visit_id"], VisitPlan.status == "cancelled")
+                                  .values(status="planned", cadre_id=r["cadre_id"], planned_on=as_of)).rowcount
         # Moves of a cadre on leave: the colleague takes the visit (both are told in the notices).
         # A visit moved already is not moved again: ``moved`` counts this run's moves only.
         moved = 0
@@ -173,9 +185,10 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         missed = s.execute(update(VisitPlan).where(VisitPlan.status == "planned",
                                                    VisitPlan.window_end < as_of - timedelta(days=4))
                            .values(status="missed")).rowcount
-        if after - before or missed or moved or cancelled:  # a re-run that changes nothing records nothing
+        if after - before or missed or moved or cancelled or reopened:  # a re-run that changes nothing records nothing
             audit(s, "schedule_visits", "plan", "visit_plan", None,
-                  {"new": after - before, "missed": missed, "moved": moved, "cancelled": cancelled},
+                  {"new": after - before, "missed": missed, "moved": moved, "cancelled": cancelled,
+                   "reopened": reopened},
                   at=datetime.combine(as_of, datetime.min.time()))
     out = Path(out_dir) / "schedule" / str(as_of)
     out.mkdir(parents=True, exist_ok=True)

@@ -276,3 +276,124 @@ def test_report_counts_the_register_as_it_stood_at_the_period_end(county):  # no
     assert (october["households"], october["must_visit_households"]) == (5, 5)     # H0–H4
     december = gather_aggregates.fn(date(2026, 12, 1), date(2026, 12, 31), county)["aggregates"]
     assert december["households"] == 4                                              # H2–H5
+
+
+def test_a_family_back_on_the_register_gets_back_the_plans_its_removal_cancelled(database_url, tmp_path):
+    """A family removed by mistake and marked 在册 again: its visits are due from its last visit,
+    so the planner derives the same plans (same ids) its removal cancelled. They are planned
+    again, not left cancelled (insert-or-ignore kept them so: the family had no open visit)."""
+    from schemas.models import Visit
+    from tasks.schedule_visits import plan_visits, store_plan
+
+    _seed_families(database_url)
+    with session_scope(database_url) as s:
+        s.add_all([Visit(id=f"X{h}", household_id=h, cadre_id="a", visited_at=datetime(2026, 11, 16, 10),
+                         mode="visit", steps=[]) for h in ("h1", "h2")])
+
+    def evening(day):
+        return store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path),
+                             database_url=database_url)
+
+    tuesday = MONDAY + timedelta(days=1)
+    evening(MONDAY)
+    _deregister(database_url, "h1", datetime(2026, 11, 24, 10))
+    evening(tuesday)
+    assert {p[3] for p in _plans(database_url) if p[1] == "h1"} == {"cancelled"}
+    # A replay of Monday while h1 is off the register reopens nothing.
+    evening(MONDAY)
+    assert {p[3] for p in _plans(database_url) if p[1] == "h1"} == {"cancelled"}
+
+    _deregister(database_url, "h1", None, None)
+    wednesday = tuesday + timedelta(days=1)
+    derived = plan_visits.fn(wednesday, database_url=database_url).plans
+    evening(wednesday)
+    stored = {p[0]: p[3] for p in _plans(database_url)}
+    assert {stored[i] for i in derived.visit_id[derived.household_id == "h1"]} == {"planned"}
+    after = _plans(database_url)
+    assert evening(wednesday)["new_plans"] == 0 and _plans(database_url) == after
+
+
+
+def test_alerts_of_a_family_taken_off_the_register_are_not_sent_before_the_next_risk_run(outbox_db):  # noqa: F811
+    """The households import takes a family off the register during the day; ``sibifang serve``
+    claims its queued alerts before the evening's risk run closes its flags: none is sent."""
+    from schemas.models import Alert
+    from sibifang.outbox import claim_due
+    from tasks.dispatch_alerts import enqueue
+
+    assert enqueue(NOW, outbox_db)
+    _deregister(outbox_db, "H000", NOW - timedelta(hours=1), "moved_away")
+    _deregister(outbox_db, "H005", NOW + timedelta(hours=1), "moved_away")  # not yet: its alerts go out
+    with session_scope(outbox_db) as s:
+        claimed = set(claim_due(s, now=NOW, real_now=NOW, limit=1000))
+        alerts = {a.id: (a.flag_id, a.status) for a in s.scalars(select(Alert))}
+    gone = {i for i, (f, _) in alerts.items() if f == "F000"}
+    assert gone and not gone & claimed
+    assert {alerts[i][1] for i in gone} == {"cancelled"}
+    assert {i for i, (f, _) in alerts.items() if f == "F005"} <= claimed
+
+
+def test_a_removal_later_on_the_run_s_day_raises_nothing_that_day(outbox_db):  # noqa: F811
+    """A family taken off the register at 15:00 is off it for that whole day, as the planner
+    (on_register) and the closing of its open flags (by the day's end) read it: an episode the
+    meters showed at 10:00 is not raised that evening as a flag nobody closes until the next day."""
+    from schemas.models import Meter, RiskFlag
+    from tasks.flag_risks import derive_flags, store_flags
+
+    with session_scope(outbox_db) as s:
+        s.add_all([Meter(id="M0", household_id="H000", interval_minutes=60),
+                   Meter(id="M1", household_id="H001", interval_minutes=60)])
+    _deregister(outbox_db, "H000", datetime.combine(NOW.date(), datetime.min.time()) + timedelta(hours=15))
+    got = derive_flags.fn(_episodes(NOW), NOW.date(), outbox_db)
+    assert list(got.household_id) == ["H001"]
+    store_flags.fn(got, NOW.date(), outbox_db)
+    with session_scope(outbox_db) as s:
+        assert not list(s.scalars(select(RiskFlag).where(RiskFlag.household_id == "H000",
+                                                         RiskFlag.status == "open")))
+
+
+def test_a_family_back_on_the_register_is_flagged_again_for_an_episode_still_going_on(outbox_db):  # noqa: F811
+    """A family taken off the register by mistake has its open flag closed (deregistered); marked
+    在册 again while its meter is still silent, the episode is flagged again (a flag of its own,
+    so its alerts go out), once. Withdrawn with the removal, the closed flag settled nothing."""
+    from schemas.models import Meter, RiskFlag
+    from tasks.flag_risks import derive_flags, store_flags
+
+    with session_scope(outbox_db) as s:
+        s.add(Meter(id="M9", household_id="H009", interval_minutes=60))
+    day = NOW.date()
+    episode = pd.DataFrame([{"meter_id": "M9", "kind": "inactivity", "severity": "high", "score": 5.0,
+                             "start": NOW - timedelta(hours=10), "detected_at": NOW, "end": None,
+                             "evidence": "用电接近停止"}])
+
+    def run(n):
+        d = day + timedelta(days=n)
+        store_flags.fn(derive_flags.fn(episode.assign(detected_at=NOW + timedelta(days=n)), d, outbox_db),
+                       d, outbox_db)
+        with session_scope(outbox_db) as s:
+            return sorted((f.status, f.outcome) for f in s.scalars(select(RiskFlag).where(RiskFlag.meter_id == "M9")))
+
+    assert run(0) == [("open", None)]
+    _deregister(outbox_db, "H009", NOW + timedelta(days=1), "moved_away")
+    assert run(1) == [("closed", "deregistered")]
+    _deregister(outbox_db, "H009", None, None)
+    assert run(2) == [("closed", "deregistered"), ("open", None)]
+    assert run(2) == run(3) == [("closed", "deregistered"), ("open", None)]
+
+
+def test_an_import_moment_with_a_time_zone_is_the_local_time_on_both_engines(database_url, tmp_path):
+    """``now`` given with its zone (a flow parameter typed 2026-11-01T16:00:00Z) is the naive local
+    time every other stored moment is: SQLite kept 16:00 (its wall time), PostgreSQL converted it
+    by the session's zone; a family registered at local midnight of 2 Nov is on November's register."""
+    from datetime import timezone
+
+    from tasks.import_registry import import_file
+
+    _areas(database_url)
+    header = HEADER + ",状态,注销日期"
+    f = _file(tmp_path, "z.csv", f"H1,甲,{GOOD_ID},13800000000,住址,G1,empty_nest,,",
+              f"H2,乙,{OTHER_ID},13800000001,住址,G1,hardship,迁出,", header=header)
+    import_file("households", f, database_url=database_url, out_dir=tmp_path,
+                now=datetime(2026, 11, 1, 16, 0, tzinfo=timezone.utc))
+    local = datetime(2026, 11, 2, 0, 0)
+    assert _state(database_url) == {"H1": (local, None, None), "H2": (local, local, "moved_away")}
