@@ -26,13 +26,13 @@ def registry_files(directory: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _import_one(kind: str, path: str, now: datetime | None = None) -> dict:
+def _import_one(kind: str, path: str, now: datetime | None = None, history: bool = False) -> dict:
     """One file; a file that cannot be imported at all is recorded with its report (``rejected``)
     and the hand-over goes on with the next file (the file itself stays where it is)."""
     from schemas.validation import DataContractError
     from tasks.import_registry import record_rejected_file
 
-    state = import_file_task(kind, path, now=now, return_state=True)
+    state = import_file_task(kind, path, now=now, history=history, return_state=True)
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
@@ -56,5 +56,6 @@ def import_registry(directory: str | None = None, kind: str | None = None, file:
     results = []
     for k, p in registry_files(Path(directory)):
         # Sequential on purpose: households reference grids, cadres reference grids, ...
-        results.append(_import_one(k, str(p), now))
+        # A hand-over directory: its visits are the history, recorded when they were made.
+        results.append(_import_one(k, str(p), now, history=True))
     return results

@@ -79,7 +79,7 @@ def import_(kind: str = typer.Argument(..., help="|".join(IMPORT_KINDS) + " | al
     rejected = 0
     for k, p in files:
         try:
-            r = _import_one_file(k, p)
+            r = _import_one_file(k, p, history=kind == "all")
         except DataContractError as e:
             r = record_rejected_file(k, p, e, stage="ingest_readings" if k == "readings" else None)
             rejected += 1
@@ -98,7 +98,7 @@ def _kind_zh(kind: str) -> str:
     return KIND_LABELS_ZH.get(kind, kind)
 
 
-def _import_one_file(kind: str, path: Path) -> dict:
+def _import_one_file(kind: str, path: Path, history: bool = False) -> dict:
     if kind == "readings":
         from sibifang.readings_files import read_readings_file
         from tasks.ingest_readings import file_batch_id, ingest_frame
@@ -114,7 +114,7 @@ def _import_one_file(kind: str, path: Path) -> dict:
         return {"kind": "readings", "file": str(path), **r}
     from tasks.import_registry import import_file
 
-    return import_file(kind, path)
+    return import_file(kind, path, history=history)  # a directory (all) is a hand-over: its visits are history
 
 
 def _import_line(r: dict) -> str:

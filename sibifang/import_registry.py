@@ -138,7 +138,9 @@ def meter_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
              "installed_at": to_date(r.get("installed_at"))} for r in frame_records(df)]
 
 
-def visit_rows(df: pd.DataFrame, source: str, now: datetime) -> list[dict[str, Any]]:
+def visit_rows(df: pd.DataFrame, source: str, recorded_at: datetime | None) -> list[dict[str, Any]]:
+    """``recorded_at``: when these sheets came in (news for the risk stage on that day), or None
+    for a hand-over's visit history, read by its visit dates (``store_accepted(history=True)``)."""
     rows = []
     for r in frame_records(df):
         rows.append({
@@ -149,7 +151,7 @@ def visit_rows(df: pd.DataFrame, source: str, now: datetime) -> list[dict[str, A
             "difficulties": r.get("difficulties"), "measures": r.get("measures"),
             "demand_category": r.get("demand_category") or None,
             "follow_up_needed": bool(r.get("follow_up_needed") or False), "notes": r.get("notes"),
-            "source": source, "recorded_at": now,
+            "source": source, "recorded_at": recorded_at,
         })
     return rows
 
@@ -186,12 +188,18 @@ def known_references(session: Session) -> dict[str, set[str]]:
 
 def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, source: str,
                    default_capacity: int = 10, now: datetime | None = None,
-                   columns: list[str] | None = None) -> int:
+                   columns: list[str] | None = None, history: bool = False) -> int:
     """Upsert the accepted rows of one file; running it twice changes nothing.
 
     ``columns``: the kind's columns the file has (``ImportResult.columns``; None: all). A row on
     record keeps the fields whose column the file lacks: a sheet of new phone numbers does not
-    end a recorded hospital stay, nor take a grid worker's alert channel away."""
+    end a recorded hospital stay, nor take a grid worker's alert channel away.
+
+    ``history``: the file is part of a register hand-over (a directory: the archive at go-live,
+    or a re-sync), whose visits were recorded when they were made: they keep no ``recorded_at``
+    and the risk stage reads them by their visit dates. Visit sheets that come in one file at a
+    time (the inbox, ``sibifang import visits FILE``) are recorded now: a finding in a sheet
+    typed in weeks late is news today, while an archive's years of visits are not."""
     now = now or local_now()
     if accepted.empty:
         return 0
@@ -200,7 +208,7 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
         "households": (Household, lambda: household_rows(accepted, now)),
         "cadres": (Cadre, lambda: cadre_rows(accepted, default_capacity)),
         "meters": (Meter, lambda: meter_rows(accepted)),
-        "visits": (Visit, lambda: visit_rows(accepted, source, now)),
+        "visits": (Visit, lambda: visit_rows(accepted, source, None if history else now)),
         "resources": (ServiceResource, lambda: resource_rows(accepted)),
         "mediation_rooms": (MediationRoom, lambda: room_rows(accepted)),
     }

@@ -48,9 +48,11 @@ def _report_path(out_dir: Path | None, path: Path, kind: str, digest: str) -> Pa
 
 
 def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
-                out_dir: Path | None = None, now: datetime | None = None, digest: str | None = None) -> dict:
+                out_dir: Path | None = None, now: datetime | None = None, digest: str | None = None,
+                history: bool = False) -> dict:
     """Read, validate, upsert and quarantine one registry file; returns read/accepted/quarantined.
-    ``digest``: the file's content digest when the caller has it already.
+    ``digest``: the file's content digest when the caller has it already; ``history``: the file
+    is part of a register hand-over (``store_accepted``).
 
     A file that cannot be imported at all (unreadable, missing columns, no rows) raises
     DataContractError: the caller records it with ``record_rejected_file``."""
@@ -84,7 +86,7 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
         failures.append(f"unknown columns (not imported): {', '.join(result.unknown_columns)}")
     with session_scope(database_url) as s:
         store_accepted(s, kind, result.accepted, source=path.name, default_capacity=settings.default_capacity, now=now,
-                       columns=result.columns)
+                       columns=result.columns, history=history)
         record_validation(s, stage=f"import_{kind}", suite=kind, source=path.name, read=result.read,
                           accepted=len(result.accepted), quarantined=q, failures=failures,
                           success=not bad_lines, raw_rows=raw_rows, now=now, batch=digest[:16])
@@ -141,5 +143,6 @@ def record_rejected_file(kind: str, path: Path | str, error: Exception, *, datab
 
 @task(name="import_registry_file", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_unless_bad_data)
-def import_file_task(kind: str, path: str, database_url: str | None = None, now: datetime | None = None) -> dict:
-    return import_file(kind, path, database_url=database_url, now=now)
+def import_file_task(kind: str, path: str, database_url: str | None = None, now: datetime | None = None,
+                     history: bool = False) -> dict:
+    return import_file(kind, path, database_url=database_url, now=now, history=history)

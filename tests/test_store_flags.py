@@ -147,14 +147,15 @@ def test_a_visit_corrected_back_to_its_first_family_flags_that_family_again(outb
 
 
 def _import_visit(url: str, vid: str, hid: str, when: datetime, recorded: datetime, *, notes: str | None = None,
-                  difficulties: str | None = None) -> None:
-    """A visit sheet stored by the import on ``recorded`` (the county office's batch of paper sheets)."""
+                  difficulties: str | None = None, history: bool = False) -> None:
+    """A visit sheet stored by the import on ``recorded`` (the county office's batch of paper sheets;
+    ``history``: part of a register hand-over)."""
     from sibifang.import_registry import store_accepted
 
     row = {"visit_id": vid, "household_id": hid, "cadre_id": "GW1", "visited_at": when, "mode": "visit",
            "notes": notes, "difficulties": difficulties, "measures": None}
     with session_scope(url) as s:
-        store_accepted(s, "visits", pd.DataFrame([row]), source="county_batch.csv", now=recorded)
+        store_accepted(s, "visits", pd.DataFrame([row]), source="county_batch.csv", now=recorded, history=history)
 
 
 def _risk_stage(url: str, day: date) -> None:
@@ -195,6 +196,32 @@ def test_a_danger_cue_on_a_sheet_recorded_weeks_late_reaches_a_grid_worker(outbo
     assert _flags(outbox_db, "H001") == [("domestic_violence", "open", None)]
     with session_scope(outbox_db) as s:
         assert sorted(s.scalars(select(Alert.id).where(Alert.flag_id == flag.id))) == alerts
+
+
+def test_a_hand_overs_visit_history_is_read_by_its_visit_dates_not_alerted_as_news(outbox_db):  # noqa: F811
+    """The register handed over at go-live holds months of visits: they were recorded when they
+    were made. Read as sheets typed in that day, every old 家暴 note of the archive would be
+    raised and alerted at once (the demo's five days went from 505 to 1,177 alerts). A hand-over's
+    visits keep no recorded_at: the 40-day-old note is outside the 30-day window as before, and a
+    10-day-old one is flagged at its visit time, which dispatch (flags of the last 48 h) does not
+    alert on go-live day."""
+    from schemas.models import Alert
+    from tasks.dispatch_alerts import enqueue
+
+    _fresh(outbox_db)
+    day = date(2026, 11, 20)
+    go_live = datetime(2026, 11, 20, 9)
+    _import_visit(outbox_db, "VH1", "H001", datetime(2026, 10, 11, 10), go_live, notes="女方称丈夫家暴", history=True)
+    _import_visit(outbox_db, "VH2", "H002", datetime(2026, 11, 10, 10), go_live, notes="女方称丈夫家暴", history=True)
+    _risk_stage(outbox_db, day)
+    assert _flags(outbox_db, "H001") == []
+    with session_scope(outbox_db) as s:
+        assert s.get(Visit, "VH1").recorded_at is None
+        (flag,) = s.scalars(select(RiskFlag).where(RiskFlag.household_id == "H002")).all()
+        assert flag.detected_at == datetime(2026, 11, 10, 10)
+    enqueue(datetime(2026, 11, 20, 10), outbox_db)
+    with session_scope(outbox_db) as s:
+        assert s.scalars(select(Alert.id).where(Alert.flag_id == flag.id)).all() == []
 
 
 def test_a_closed_unresolved_difficulty_is_not_raised_again_when_its_first_visit_leaves_the_window(outbox_db):  # noqa: F811
