@@ -353,14 +353,20 @@ def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str |
     session.execute(update(Alert).where(or_(Alert.status == "pending", stale), answered())
                     .values(status=CANCELLED, claim_token=None, last_error="预警已确认或已结案，不再发送")
                     .execution_options(synchronize_session=False))
-    session.execute(update(Alert).where(or_(Alert.status == "pending", stale), off_register(now))
-                    .values(status=CANCELLED, claim_token=None, last_error="该户已不在册（迁出、去世或注销），不再发送")
-                    .execution_options(synchronize_session=False))
-    claimable = and_(or_(and_(Alert.status == "pending", Alert.next_attempt_at <= now), stale), not_(answered()),
-                     not_(off_register(now)))
+    claimable = and_(or_(and_(Alert.status == "pending", Alert.next_attempt_at <= now), stale), not_(answered()))
+    wanted = claimable
+    # (looked for only where some family is off the register: the check costs a join per claim)
+    if session.scalar(select(Household.id).where(Household.deregistered_at <= now).limit(1)) is not None:
+        session.execute(update(Alert).where(or_(Alert.status == "pending", stale), off_register(now))
+                        .values(status=CANCELLED, claim_token=None,
+                                last_error="该户已不在册（迁出、去世或注销），不再发送")
+                        .execution_options(synchronize_session=False))
+        wanted = and_(claimable, not_(off_register(now)))
     for _ in range(max(1, tries)):
+        # Each row is claimed under ``claimable``, answered() included (an answer may come in
+        # between); a removal from the register in those milliseconds is the next claim's to cancel.
         ids = list(session.scalars(
-            select(Alert.id).where(claimable)
+            select(Alert.id).where(wanted)
             .order_by((Alert.severity == "critical").desc(), Alert.next_attempt_at, Alert.id).limit(limit)))
         if not ids:
             return []
