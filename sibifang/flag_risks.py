@@ -425,10 +425,7 @@ def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -
     cols = ["flag_id", "outcome"]
     if candidates.empty or on_record.empty:
         return candidates, pd.DataFrame(columns=cols)
-    stored = {k: (h, st, oc) for k, h, st, oc in zip(on_record.dedup_key, on_record.household_id,
-                                                      on_record.status, _outcomes(on_record))}
-    moved = [k in stored and (stored[k][0] != h or stored[k][2] == RECORD_CORRECTED)
-             for k, h in zip(candidates.dedup_key, candidates.household_id)]
+    moved = _rekeyed(candidates, on_record)
     if not any(moved):
         return candidates, pd.DataFrame(columns=cols)
     out = candidates.copy()
@@ -447,13 +444,16 @@ def corrections_to_read(candidates: pd.DataFrame, on_record: pd.DataFrame) -> li
     ``rekey_corrected_records``: those on record for another household or closed as corrected."""
     if candidates.empty or on_record.empty:
         return []
-    stored = {k: (h, oc) for k, h, oc in zip(on_record.dedup_key, on_record.household_id, _outcomes(on_record))}
-    return sorted({k for k, h in zip(candidates.dedup_key, candidates.household_id)
-                   if k in stored and (stored[k][0] != h or stored[k][1] == RECORD_CORRECTED)})
+    return sorted(set(candidates.dedup_key[_rekeyed(candidates, on_record)]))
 
 
-def _outcomes(on_record: pd.DataFrame) -> pd.Series:
-    return on_record["outcome"] if "outcome" in on_record else pd.Series(None, index=on_record.index, dtype=object)
+def _rekeyed(candidates: pd.DataFrame, on_record: pd.DataFrame) -> list[bool]:
+    """Which candidates get a key of their own: their key is on record for another household, or
+    its flag was closed as ``record_corrected`` (``rekey_corrected_records``)."""
+    outcomes = on_record["outcome"] if "outcome" in on_record else pd.Series(None, index=on_record.index, dtype=object)
+    stored = {k: (h, oc) for k, h, oc in zip(on_record.dedup_key, on_record.household_id, outcomes)}
+    return [k in stored and (stored[k][0] != h or stored[k][1] == RECORD_CORRECTED)
+            for k, h in zip(candidates.dedup_key, candidates.household_id)]
 
 
 def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:

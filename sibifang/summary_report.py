@@ -450,7 +450,9 @@ def on_register_at_period_end(households: pd.DataFrame, period_end: date) -> pd.
     if "registered_at" in households:
         keep &= ~(pd.to_datetime(households.registered_at) >= end).fillna(False)
     if "deregistered_at" in households:
-        keep &= ~(pd.to_datetime(households.deregistered_at) < end).fillna(False)
+        from sibifang.schedule_visits import on_register  # the planner's reading of a removal, by the day
+
+        keep &= on_register(households.deregistered_at, period_end)
     return households[keep.to_numpy(dtype=bool)]
 
 
