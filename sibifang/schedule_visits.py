@@ -1575,11 +1575,46 @@ def plans_ended_by_deregistration(plans: pd.DataFrame, deregistered: pd.DataFram
     ended (``deregistered``: ``household_id, deregistered_at``): those due on or after the day
     it was taken off, and, once that day has come, every one still open (nobody is to be
     visited). A removal after ``as_of`` (a replay of an earlier day) ends only the plans due
-    after it: that day, the family was on the register."""
+    after it: that day, the family was on the register.
+
+    Ended is not always cancelled: ``plans_missed_before_deregistration`` tells the ended plans
+    the cadre had already let pass (missed), the others are cancelled."""
     if plans.empty or deregistered.empty:
         return np.zeros(len(plans), dtype=bool)
-    day = pd.to_datetime(deregistered.set_index("household_id")["deregistered_at"], errors="coerce").dt.normalize()
-    off = pd.to_datetime(plans["household_id"].map(day)).to_numpy()
+    off = _removal_day(plans, deregistered)
     due = pd.to_datetime(plans["due_date"]).to_numpy()
     known = ~pd.isna(off)
     return known & ((due >= off) | (off <= np.datetime64(as_of)))
+
+
+def plans_missed_before_deregistration(plans: pd.DataFrame, deregistered: pd.DataFrame, as_of: date) -> np.ndarray:
+    """Which of the open ``plans`` (``household_id, due_date``, optional ``window_end``) of a family
+    taken off the register were missed, not cancelled, by ``as_of``: those whose window (its last
+    day, or the due day when that is later or the window unknown) had ended before the removal day,
+    once that day has come.
+
+    The rule follows the grace semantics of ``store_plan``: a plan is overdue the day after its
+    window and marked ``missed`` once 4 grace days have passed with no visit; during the grace a
+    late visit still closes it as ``done``. A removal on or before the window's last day took the
+    visit away from the cadre (cancelled: nobody failed to visit). A window over before the removal
+    was the cadre's to use while the family was on the register: the plan is what it was, overdue,
+    and since the removal also ends the grace days (no visit can follow), it is ``missed`` from the
+    removal day and stays in the overdue and coverage figures. A replay of a day before the removal
+    (``as_of`` earlier) marks nothing here: that day the family was on the register and the usual
+    4-day rule applies. A visit made before the removal and recorded later closes such a plan as a
+    late visit (kept ``missed``) and a cancelled one as ``done`` (``tasks.record_visits``)."""
+    if plans.empty or deregistered.empty:
+        return np.zeros(len(plans), dtype=bool)
+    off = _removal_day(plans, deregistered)
+    due = pd.to_datetime(plans["due_date"]).to_numpy(dtype="datetime64[ns]")
+    end = (pd.to_datetime(plans["window_end"]).to_numpy(dtype="datetime64[ns]") if "window_end" in plans
+           else np.full(len(plans), np.datetime64("NaT"), dtype="datetime64[ns]"))
+    last = np.where(pd.isna(end) | (end < due), due, end)
+    known = ~pd.isna(off)
+    return known & (off <= np.datetime64(as_of)) & (last < off)
+
+
+def _removal_day(plans: pd.DataFrame, deregistered: pd.DataFrame) -> np.ndarray:
+    """The day each plan's family was taken off the register (NaT: on it)."""
+    day = pd.to_datetime(deregistered.set_index("household_id")["deregistered_at"], errors="coerce").dt.normalize()
+    return pd.to_datetime(plans["household_id"].map(day)).to_numpy(dtype="datetime64[ns]")

@@ -120,7 +120,7 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     from schemas.models import Assignment, Household, VisitPlan
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
-    from sibifang.schedule_visits import plans_ended_by_deregistration
+    from sibifang.schedule_visits import plans_ended_by_deregistration, plans_missed_before_deregistration
 
     p = plan.plans
     deregistered = read_frame(select(Household.id.label("household_id"), Household.deregistered_at)
@@ -167,24 +167,32 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         upsert(s, Assignment, [{"household_id": r["household_id"], "cadre_id": r["cadre_id"], "since": as_of}
                                for r in frame_records(a[a.cadre_id.notna()])], key=["household_id"],
                update=("cadre_id",))
-        # Open plans of a family taken off the register (迁出, 去世) that its removal ended: cancelled,
-        # before any is marked missed (nobody failed to visit).
-        cancelled = 0
+        # Open plans of a family taken off the register (迁出, 去世) that its removal ended, before
+        # any is marked missed: cancelled when the removal cut their window (nobody failed to
+        # visit), missed when their window was over before it (plans_missed_before_deregistration).
+        cancelled = missed_by_removal = 0
         if not deregistered.empty:
             still_open = pd.DataFrame(s.execute(
-                select(VisitPlan.id, VisitPlan.household_id, VisitPlan.due_date)
+                select(VisitPlan.id, VisitPlan.household_id, VisitPlan.due_date, VisitPlan.window_end)
                 .where(VisitPlan.status == "planned",
                        VisitPlan.household_id.in_(select(Household.id).where(Household.deregistered_at.is_not(None))))
-            ).all(), columns=["id", "household_id", "due_date"])
-            ended = list(still_open.id[plans_ended_by_deregistration(still_open, deregistered, as_of)])
-            for part in range(0, len(ended), 500):
-                cancelled += s.execute(update(VisitPlan).where(VisitPlan.id.in_(ended[part:part + 500]),
-                                                               VisitPlan.status == "planned")
-                                       .values(status="cancelled")).rowcount
+            ).all(), columns=["id", "household_id", "due_date", "window_end"])
+            ended = plans_ended_by_deregistration(still_open, deregistered, as_of)
+            lapsed = plans_missed_before_deregistration(still_open, deregistered, as_of)
+            for status, ids in (("missed", list(still_open.id[ended & lapsed])),
+                                ("cancelled", list(still_open.id[ended & ~lapsed]))):
+                for part in range(0, len(ids), 500):
+                    n = s.execute(update(VisitPlan).where(VisitPlan.id.in_(ids[part:part + 500]),
+                                                          VisitPlan.status == "planned")
+                                  .values(status=status)).rowcount
+                    if status == "missed":
+                        missed_by_removal += n
+                    else:
+                        cancelled += n
         # Windows long past without a visit: missed (the overdue flag was raised the day before).
         missed = s.execute(update(VisitPlan).where(VisitPlan.status == "planned",
                                                    VisitPlan.window_end < as_of - timedelta(days=4))
-                           .values(status="missed")).rowcount
+                           .values(status="missed")).rowcount + missed_by_removal
         if after - before or missed or moved or cancelled or reopened:  # a re-run that changes nothing records nothing
             audit(s, "schedule_visits", "plan", "visit_plan", None,
                   {"new": after - before, "missed": missed, "moved": moved, "cancelled": cancelled,

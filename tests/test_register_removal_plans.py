@@ -1,0 +1,75 @@
+"""What a family's removal from the register (迁出 / 去世 / 注销) does to its visit plans: a plan
+whose window had ended before the removal day was the cadre's to do while the family was on the
+register (missed, and counted so); only a plan whose window the removal cut is cancelled; a visit
+made before the removal, recorded later, still closes the plan it answers."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import pandas as pd
+from sqlalchemy import select
+
+from schemas.models import VisitPlan
+from sibifang.db import session_scope
+from tests.test_deregister import MONDAY, _deregister, _plans, _seed_families
+
+
+def _evening(day: date, database_url: str, tmp_path) -> dict:
+    from tasks.schedule_visits import plan_visits, store_plan
+
+    return store_plan.fn(plan_visits.fn(day, database_url=database_url), day, str(tmp_path),
+                         database_url=database_url)
+
+
+def _h1(database_url: str) -> dict[date, str]:
+    return {p[2]: p[3] for p in _plans(database_url) if p[1] == "h1"}
+
+
+def _windows(database_url: str, household: str) -> list[tuple]:
+    with session_scope(database_url) as s:
+        return sorted((p.due_date, p.window_start, p.window_end, p.id)
+                      for p in s.scalars(select(VisitPlan).where(VisitPlan.household_id == household)))
+
+
+def test_pure_rule_cancels_only_what_the_removal_cut():
+    from sibifang.schedule_visits import plans_ended_by_deregistration, plans_missed_before_deregistration
+
+    plans = pd.DataFrame({"household_id": ["h", "h", "h", "h"],
+                          "due_date": pd.to_datetime(["2026-11-10", "2026-11-23", "2026-11-23", "2026-12-07"]),
+                          "window_end": pd.to_datetime(["2026-11-12", "2026-11-26", "2026-11-28", "2026-12-07"])})
+    off = pd.DataFrame({"household_id": ["h"], "deregistered_at": [datetime(2026, 11, 28, 15)]})
+    # On and after the removal day every open plan ends; those whose window was over before it are missed.
+    ended = plans_ended_by_deregistration(plans, off, date(2026, 11, 28))
+    missed = plans_missed_before_deregistration(plans, off, date(2026, 11, 28))
+    assert list(ended) == [True, True, True, True]
+    assert list(missed) == [True, True, False, False]
+    # A replay of a day before the removal: the family was on the register, nothing is missed for it.
+    assert not plans_missed_before_deregistration(plans, off, date(2026, 11, 27)).any()
+
+
+def test_an_overdue_plan_inside_its_grace_days_is_missed_not_cancelled_by_a_removal(database_url, tmp_path):
+    from sibifang.stats import export_frame
+
+    _seed_families(database_url)
+    _evening(MONDAY, database_url, tmp_path)
+    first = _windows(database_url, "h1")[0]
+    assert first[0] == MONDAY
+    window_end = first[2]
+    # Taken off two days after the window closed: overdue, still inside the 4 grace days (not missed yet).
+    off = window_end + timedelta(days=2)
+    _deregister(database_url, "h1", datetime.combine(off, datetime.min.time()) + timedelta(hours=10))
+    out = _evening(off, database_url, tmp_path)
+    h1 = _h1(database_url)
+    assert h1[MONDAY] == "missed"
+    assert {s for d, s in h1.items() if d != MONDAY} == {"cancelled"}
+    assert out["missed"] >= 1 and out["cancelled"] == len(h1) - 1
+    cov = export_frame("coverage", as_of=off, database_url=database_url)
+    grid = cov[(cov.level == "grid") & (cov.unit_id == "G1")].iloc[0]
+    assert grid.missed >= 1
+    # The run again changes nothing; the next days neither.
+    before = _plans(database_url)
+    again = _evening(off, database_url, tmp_path)
+    assert (again["missed"], again["cancelled"]) == (0, 0) and _plans(database_url) == before
+    _evening(off + timedelta(days=1), database_url, tmp_path)
+    assert _h1(database_url) == h1
