@@ -69,7 +69,9 @@ def _import_visit_sheets(files: list[Path], totals: dict, database_url: str | No
 
 @task(name="close_fulfilled_plans", cache_policy=NO_CACHE)
 def close_plans(as_of: date, database_url: str | None = None, lookback_days: int = 45) -> dict:
-    from schemas.models import Visit, VisitPlan
+    import pandas as pd
+
+    from schemas.models import Household, Visit, VisitPlan
     from sibifang.db import session_scope
     from sibifang.record_visits import match_visits_to_plans
     from sibifang.records import frame_records
@@ -89,6 +91,18 @@ def close_plans(as_of: date, database_url: str | None = None, lookback_days: int
                               VisitPlan.window_end, VisitPlan.due_date, VisitPlan.status)
                        .where(VisitPlan.status.in_(("planned", "missed")),
                               VisitPlan.closed_by_visit_id.is_(None)), database_url)
+    # A plan cancelled because its family left the register is answered all the same by a visit
+    # made before the removal day and recorded later (the family was on the register then): it
+    # is closed as done. A visit on or after that day closes none of them.
+    gone = read_frame(select(VisitPlan.id.label("plan_id"), VisitPlan.household_id, VisitPlan.window_start,
+                             VisitPlan.window_end, VisitPlan.due_date, VisitPlan.status,
+                             Household.deregistered_at.label("closes_before"))
+                      .join(Household, Household.id == VisitPlan.household_id)
+                      .where(VisitPlan.status == "cancelled", VisitPlan.closed_by_visit_id.is_(None),
+                             Household.deregistered_at.is_not(None),
+                             Household.deregistered_at >= since), database_url)
+    if not gone.empty:
+        plans = pd.concat([plans.assign(closes_before=pd.NaT), gone], ignore_index=True)
     closed_visits = read_frame(select(VisitPlan.closed_by_visit_id).where(VisitPlan.closed_by_visit_id.is_not(None)),
                                database_url)
     visits = visits[~visits.visit_id.isin(set(closed_visits.closed_by_visit_id))]

@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 import pandas as pd
 from sqlalchemy import select
 
-from schemas.models import VisitPlan
+from schemas.models import Visit, VisitPlan
 from sibifang.db import session_scope
 from tests.test_deregister import MONDAY, _deregister, _plans, _seed_families
 
@@ -73,3 +73,50 @@ def test_an_overdue_plan_inside_its_grace_days_is_missed_not_cancelled_by_a_remo
     assert (again["missed"], again["cancelled"]) == (0, 0) and _plans(database_url) == before
     _evening(off + timedelta(days=1), database_url, tmp_path)
     assert _h1(database_url) == h1
+
+
+def test_a_late_sheet_of_a_visit_before_the_removal_closes_the_cancelled_plan(database_url, tmp_path):
+    from tasks.record_visits import close_plans
+
+    _seed_families(database_url)
+    _evening(MONDAY, database_url, tmp_path)
+    second = _windows(database_url, "h1")[1]       # the next visit, due in two weeks
+    due, ws, we, plan_id = second
+    off = we                                        # the family leaves on the window's last day
+    _deregister(database_url, "h1", datetime.combine(off, datetime.min.time()) + timedelta(hours=9), "moved_away")
+    _evening(off, database_url, tmp_path)
+    assert _h1(database_url)[due] == "cancelled"
+    # The cadre visited inside the window the day before; her sheet is typed in two days later,
+    # together with a visit made after the family left (it closes nothing).
+    recorded = datetime.combine(off + timedelta(days=2), datetime.min.time()) + timedelta(hours=8)
+    with session_scope(database_url) as s:
+        s.add(Visit(id="VL1", household_id="h1", cadre_id="a", mode="visit", steps=[], recorded_at=recorded,
+                    visited_at=datetime.combine(off - timedelta(days=1), datetime.min.time()) + timedelta(hours=10)))
+        s.add(Visit(id="VL2", household_id="h1", cadre_id="a", mode="visit", steps=[], recorded_at=recorded,
+                    visited_at=datetime.combine(off + timedelta(days=1), datetime.min.time()) + timedelta(hours=10)))
+    day = off + timedelta(days=2)
+    r = close_plans.fn(day, database_url=database_url)
+    assert r["plans_closed"] == 1
+    with session_scope(database_url) as s:
+        p = s.get(VisitPlan, plan_id)
+        assert (p.status, p.closed_by_visit_id) == ("done", "VL1")
+    after = _h1(database_url)
+    assert {s for d, s in after.items() if d > due} == {"cancelled"}
+    # Re-runs (and the evening's planning run) change nothing of the family's plans.
+    assert close_plans.fn(day, database_url=database_url)["plans_closed"] == 0
+    _evening(day, database_url, tmp_path)
+    assert close_plans.fn(day, database_url=database_url)["plans_closed"] == 0
+    assert _h1(database_url) == after
+
+
+def test_matcher_closes_a_plan_with_closes_before_only_by_an_earlier_visit():
+    from sibifang.record_visits import match_visits_to_plans
+
+    plans = pd.DataFrame({"plan_id": ["P1"], "household_id": ["H1"], "window_start": [pd.Timestamp("2026-12-03")],
+                          "window_end": [pd.Timestamp("2026-12-07")], "due_date": [date(2026, 12, 7)],
+                          "status": ["cancelled"], "closes_before": [pd.Timestamp("2026-12-05 09:00")]})
+    late = pd.DataFrame({"visit_id": ["V1", "V2"], "plan_id": [None, "P1"], "household_id": ["H1", "H1"],
+                         "visited_at": [pd.Timestamp("2026-12-05 10:00"), pd.Timestamp("2026-12-06 10:00")]})
+    assert match_visits_to_plans(late, plans).empty
+    early = late.assign(visited_at=[pd.Timestamp("2026-12-06 10:00"), pd.Timestamp("2026-12-04 10:00")])
+    assert dict(zip(*match_visits_to_plans(early, plans)[["plan_id", "visit_id"]].T.values)) == {"P1": "V2"}
