@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 
@@ -13,10 +14,21 @@ from sibifang.db import count, grid_hierarchy, read_frame, session_scope
 from sibifang.settings import local_today
 
 
-def collect_stats(database_url: str | None = None) -> dict:
+def collect_stats(database_url: str | None = None, *, as_of: date | None = None) -> dict:
+    """``households``: the register as of ``as_of`` (today): families not taken off it (迁出, 去世,
+    注销) by that day, read by the day as the planner reads it (``on_register``);
+    ``households_must_visit``: those of them in a must-visit category; ``households_deregistered``:
+    the families taken off it by then."""
+    from sibifang.schedule_visits import on_register
+
+    day = as_of or local_today()
+    hh = read_frame(select(Household.categories, Household.deregistered_at), database_url)
+    on = on_register(hh.deregistered_at, day) if len(hh) else np.zeros(0, dtype=bool)
+    must = hh.categories.map(lambda c: bool(c) if isinstance(c, list) else False).to_numpy(dtype=bool)
     with session_scope(database_url) as s:
         out = {
-            "households": count(s, Household), "cadres": count(s, Cadre),
+            "households": int(on.sum()), "households_must_visit": int((on & must).sum()),
+            "households_deregistered": int((~on).sum()), "cadres": count(s, Cadre),
             "visit_plans": count(s, VisitPlan),
             "visit_plans_done": count(s, VisitPlan, VisitPlan.status == "done"),
             "visit_plans_missed": count(s, VisitPlan, VisitPlan.status == "missed"),
