@@ -9,8 +9,10 @@ is ignored). Otherwise, of the plans of the same household, it fulfils, in this 
    ``missed_within_days`` before the visit (a late visit of that plan; the caller keeps it
    ``missed``, so reports do not count it as done on time).
 
-A plan with a ``closes_before`` day (a plan cancelled because its family left the register on
-that day) is closed only by a visit made before it: while the family was on the register.
+A plan with a ``closes_before`` moment (the plans of a family taken off the register: when it
+was) is closed only by a visit made before it, while the family was on the register: a plan the
+removal cancelled is answered by a sheet of such a visit typed in late, and no plan by a visit
+after it.
 
 Ties go to the earlier due date, then the plan id. A record that matches no plan is an unplanned
 visit: kept, and counted as such.
@@ -38,12 +40,12 @@ def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_da
     # A named plan counts only if it is the same family's: a plan id of another family (a typo
     # in either) must not mark that family visited.
     own = set(zip(plans.plan_id, plans.household_id))
-    before = (pd.to_datetime(plans.set_index("plan_id")["closes_before"]).dropna().dt.normalize()
+    before = (pd.to_datetime(plans.set_index("plan_id")["closes_before"]).dropna()
               if "closes_before" in plans.columns else pd.Series(dtype="datetime64[ns]"))
     limit = pd.to_datetime(v.plan_id.map(before)) if len(before) else pd.Series(pd.NaT, index=v.index)
     explicit = v[v.plan_id.notna() & (v.plan_id.astype(str) != "")
                  & pd.Series([(p, h) in own for p, h in zip(v.plan_id, v.household_id)], index=v.index, dtype=bool)
-                 & (limit.isna() | (v.visited_at.dt.normalize() < limit)).to_numpy(dtype=bool)]
+                 & (limit.isna() | (v.visited_at < limit)).to_numpy(dtype=bool)]
     # Two records naming the same plan: the first closes it, the other is matched like any visit.
     explicit = explicit.sort_values(["visited_at", "visit_id"]).drop_duplicates("plan_id", keep="first")
     out = [pd.DataFrame({"plan_id": explicit.plan_id, "visit_id": explicit.visit_id,
@@ -66,7 +68,7 @@ def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_da
     day = m.visited_at.dt.normalize()
     m = m[(day >= m.ws - pd.Timedelta(days=early_days))
           & (~m.missed | (day <= m.we + pd.Timedelta(days=missed_within_days)))
-          & (m.cb.isna() | (day < m.cb))].copy()
+          & (m.cb.isna() | (m.visited_at < m.cb))].copy()
     day = m.visited_at.dt.normalize()
     inside = (day >= m.ws) & (day <= m.we)
     m["tier"] = np.where(m.missed, 2, np.where(inside, 0, 1))

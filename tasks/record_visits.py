@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import case, select, update
+from sqlalchemy import and_, case, or_, select, update
 
 from sibifang.db import read_frame
 from sibifang.inbox import claim, ready_files
@@ -69,8 +69,6 @@ def _import_visit_sheets(files: list[Path], totals: dict, database_url: str | No
 
 @task(name="close_fulfilled_plans", cache_policy=NO_CACHE)
 def close_plans(as_of: date, database_url: str | None = None, lookback_days: int = 45) -> dict:
-    import pandas as pd
-
     from schemas.models import Household, Visit, VisitPlan
     from sibifang.db import session_scope
     from sibifang.record_visits import match_visits_to_plans
@@ -87,22 +85,18 @@ def close_plans(as_of: date, database_url: str | None = None, lookback_days: int
     visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at)
                         .where(Visit.visited_at >= since, Visit.visited_at < as_of + timedelta(days=1)), database_url)
     # Missed plans not yet answered by a late visit are candidates too, after every open plan.
+    # A family taken off the register (迁出, 去世) has its plans closed only by a visit made before
+    # the removal (closes_before), and those are answered so even when the removal cancelled them:
+    # a sheet typed in late of a visit made while the family was on the register closes its plan
+    # as done. A visit after the removal closes none, also before the evening's run cancels them.
     plans = read_frame(select(VisitPlan.id.label("plan_id"), VisitPlan.household_id, VisitPlan.window_start,
-                              VisitPlan.window_end, VisitPlan.due_date, VisitPlan.status)
-                       .where(VisitPlan.status.in_(("planned", "missed")),
-                              VisitPlan.closed_by_visit_id.is_(None)), database_url)
-    # A plan cancelled because its family left the register is answered all the same by a visit
-    # made before the removal day and recorded later (the family was on the register then): it
-    # is closed as done. A visit on or after that day closes none of them.
-    gone = read_frame(select(VisitPlan.id.label("plan_id"), VisitPlan.household_id, VisitPlan.window_start,
-                             VisitPlan.window_end, VisitPlan.due_date, VisitPlan.status,
-                             Household.deregistered_at.label("closes_before"))
-                      .join(Household, Household.id == VisitPlan.household_id)
-                      .where(VisitPlan.status == "cancelled", VisitPlan.closed_by_visit_id.is_(None),
-                             Household.deregistered_at.is_not(None),
-                             Household.deregistered_at >= since), database_url)
-    if not gone.empty:
-        plans = pd.concat([plans.assign(closes_before=pd.NaT), gone], ignore_index=True)
+                              VisitPlan.window_end, VisitPlan.due_date, VisitPlan.status,
+                              Household.deregistered_at.label("closes_before"))
+                       .outerjoin(Household, Household.id == VisitPlan.household_id)
+                       .where(VisitPlan.closed_by_visit_id.is_(None),
+                              or_(VisitPlan.status.in_(("planned", "missed")),
+                                  and_(VisitPlan.status == "cancelled", Household.deregistered_at.is_not(None),
+                                       Household.deregistered_at >= since))), database_url)
     closed_visits = read_frame(select(VisitPlan.closed_by_visit_id).where(VisitPlan.closed_by_visit_id.is_not(None)),
                                database_url)
     visits = visits[~visits.visit_id.isin(set(closed_visits.closed_by_visit_id))]
