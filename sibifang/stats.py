@@ -83,13 +83,18 @@ def export_frame(what: str, *, as_of: date | None = None, database_url: str | No
                              MediationCase.status, MediationCase.closed_at, MediationCase.outcome)
                       .order_by(MediationCase.opened_at, MediationCase.id), database_url)
     if what == "coverage":
-        from sibifang.schedule_visits import compute_coverage
+        from sibifang.schedule_visits import compute_coverage, on_register
 
         day = as_of or local_today()
-        # a plan cancelled because its family left the register (迁出, 去世) was no visit to make
+        # A plan cancelled because its family left the register (迁出, 去世) was no visit to make,
+        # from the removal day on: a day before it (a past day's coverage), it was a visit due.
         plans = read_frame(select(VisitPlan.id.label("visit_id"), VisitPlan.household_id, VisitPlan.cadre_id,
-                              VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end)
-                           .where(VisitPlan.status != "cancelled"), database_url)
+                              VisitPlan.grid_id, VisitPlan.due_date, VisitPlan.window_start, VisitPlan.window_end,
+                              VisitPlan.status, Household.deregistered_at)
+                           .outerjoin(Household, Household.id == VisitPlan.household_id), database_url)
+        gone = plans.status.eq("cancelled").to_numpy(dtype=bool) & ~(
+            plans.deregistered_at.notna().to_numpy(dtype=bool) & on_register(plans.deregistered_at, day))
+        plans = plans[~gone].drop(columns=["status", "deregistered_at"]).reset_index(drop=True)
         visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at),
                         database_url)
         hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.away_from,
