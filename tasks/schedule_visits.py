@@ -156,6 +156,18 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
             reopened += s.execute(update(VisitPlan)
                                   .where(VisitPlan.id == r["visit_id"], VisitPlan.status == "cancelled")
                                   .values(status="planned", cadre_id=r["cadre_id"], planned_on=as_of)).rowcount
+        # An overdue plan a removal marked missed inside its grace days, of a family back on the
+        # register (the removal withdrawn): open again, as the family's never removed (the 4-day rule
+        # below marks no plan missed inside them, so only a removal did). A replay of an earlier day
+        # than a run already made reopens nothing: the plans that run marked missed stay so.
+        replay = (s.scalar(select(func.max(VisitPlan.planned_on))) or as_of) > as_of
+        if not replay:
+            back = select(Household.id).where(Household.deregistered_at.is_(None))
+            reopened += s.execute(update(VisitPlan).where(
+                VisitPlan.status == "missed", VisitPlan.closed_by_visit_id.is_(None),
+                VisitPlan.window_end >= as_of - timedelta(days=4), VisitPlan.window_end < as_of,
+                VisitPlan.household_id.in_(back)).values(status="planned")
+                .execution_options(synchronize_session=False)).rowcount
         # Moves of a cadre on leave: the colleague takes the visit (both are told in the notices).
         # A visit moved already is not moved again: ``moved`` counts this run's moves only.
         moved = 0
@@ -204,7 +216,8 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     plan.shortfall.to_csv(out / "shortfall.csv", index=False)
     plan.moved.to_csv(out / "moved.csv", index=False)
     return {"planned": len(plan.plans), "new_plans": after - before, "shortfall": len(plan.shortfall),
-            "moved": len(plan.moved), "away": len(plan.away), "missed": missed, "cancelled": cancelled}
+            "moved": len(plan.moved), "away": len(plan.away), "missed": missed, "cancelled": cancelled,
+            "reopened": reopened}
 
 
 def _d(v):

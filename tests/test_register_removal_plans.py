@@ -143,3 +143,28 @@ def test_a_visit_after_the_removal_closes_no_plan_still_open_before_the_evening_
         assert s.get(VisitPlan, plan_id).status == "planned"
     _evening(ws, database_url, tmp_path)
     assert _h1(database_url)[due] == "cancelled"
+
+
+def test_a_removal_withdrawn_the_same_day_gives_the_overdue_plan_back_its_grace_days(database_url, tmp_path):
+    """Taken off by mistake and marked 在册 again the same day: the overdue plan the removal marked
+    missed inside its grace days is planned again, as it was (missed only once the grace is over,
+    like any family's). A replay of an earlier day reopens no plan the 4-day rule marked missed."""
+    _seed_families(database_url)
+    _evening(MONDAY, database_url, tmp_path)
+    we = _windows(database_url, "h1")[0][2]
+    off = we + timedelta(days=2)
+    _deregister(database_url, "h1", datetime.combine(off, datetime.min.time()) + timedelta(hours=9))
+    _evening(off, database_url, tmp_path)
+    assert _h1(database_url)[MONDAY] == "missed"
+    _deregister(database_url, "h1", None, None)
+    out = _evening(off, database_url, tmp_path)
+    assert _h1(database_url)[MONDAY] == "planned" and out["reopened"] >= 1
+    h2 = {p[2]: p[3] for p in _plans(database_url) if p[1] == "h2"}
+    assert h2[MONDAY] == "planned"                            # the family never removed, the same
+    assert _evening(off, database_url, tmp_path)["reopened"] == 0
+    # Past the grace days: missed like h2's, and a replay of a day inside them changes nothing.
+    _evening(we + timedelta(days=5), database_url, tmp_path)
+    assert _h1(database_url)[MONDAY] == "missed"
+    before = _plans(database_url)
+    _evening(we + timedelta(days=3), database_url, tmp_path)
+    assert {p for p in _plans(database_url) if p[2] <= we} == {p for p in before if p[2] <= we}
