@@ -184,18 +184,24 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         # visit), missed when their window was over before it (plans_missed_before_deregistration).
         cancelled = missed_by_removal = 0
         if not deregistered.empty:
+            # Missed ones too, unvisited: a removal entered late with its date (去世 typed in a week
+            # after) can have cut the window of a plan the 4-day rule has marked missed meanwhile.
             still_open = pd.DataFrame(s.execute(
-                select(VisitPlan.id, VisitPlan.household_id, VisitPlan.due_date, VisitPlan.window_end)
-                .where(VisitPlan.status == "planned",
+                select(VisitPlan.id, VisitPlan.household_id, VisitPlan.due_date, VisitPlan.window_end,
+                       VisitPlan.status)
+                .where(or_(VisitPlan.status == "planned",
+                           (VisitPlan.status == "missed") & VisitPlan.closed_by_visit_id.is_(None)),
                        VisitPlan.household_id.in_(select(Household.id).where(Household.deregistered_at.is_not(None))))
-            ).all(), columns=["id", "household_id", "due_date", "window_end"])
+            ).all(), columns=["id", "household_id", "due_date", "window_end", "status"])
             ended = plans_ended_by_deregistration(still_open, deregistered, as_of)
             lapsed = plans_missed_before_deregistration(still_open, deregistered, as_of)
-            for status, ids in (("missed", list(still_open.id[ended & lapsed])),
+            was = still_open.status.to_numpy()
+            for status, ids in (("missed", list(still_open.id[ended & lapsed & (was == "planned")])),
                                 ("cancelled", list(still_open.id[ended & ~lapsed]))):
                 for part in range(0, len(ids), 500):
                     n = s.execute(update(VisitPlan).where(VisitPlan.id.in_(ids[part:part + 500]),
-                                                          VisitPlan.status == "planned")
+                                                          VisitPlan.status.in_(("planned", "missed")),
+                                                          VisitPlan.closed_by_visit_id.is_(None))
                                   .values(status=status)).rowcount
                     if status == "missed":
                         missed_by_removal += n

@@ -168,3 +168,27 @@ def test_a_removal_withdrawn_the_same_day_gives_the_overdue_plan_back_its_grace_
     before = _plans(database_url)
     _evening(we + timedelta(days=3), database_url, tmp_path)
     assert {p for p in _plans(database_url) if p[2] <= we} == {p for p in before if p[2] <= we}
+
+
+def test_a_backdated_removal_cancels_a_plan_already_marked_missed_whose_window_it_cut(database_url, tmp_path):
+    """去世 entered a week late with its date: the plan whose window the death cut, marked missed by
+    the 4-day rule meanwhile, was no visit the cadre could make: cancelled, out of the missed figures.
+    A plan whose window was over before the date stays missed."""
+    from sibifang.stats import export_frame
+
+    _seed_families(database_url)
+    _evening(MONDAY, database_url, tmp_path)
+    due, ws, we, plan_id = _windows(database_url, "h1")[0]
+    later = we + timedelta(days=6)
+    _evening(later, database_url, tmp_path)
+    assert _h1(database_url)[due] == "missed"
+    _deregister(database_url, "h1", datetime.combine(ws + timedelta(days=1), datetime.min.time()))
+    out = _evening(later + timedelta(days=1), database_url, tmp_path)
+    assert _h1(database_url)[due] == "cancelled" and out["cancelled"] >= 1
+    assert {p[3] for p in _plans(database_url) if p[1] == "h2" and p[2] == due} == {"missed"}
+    cov = export_frame("coverage", as_of=later + timedelta(days=1), database_url=database_url)
+    grid = cov[(cov.level == "grid") & (cov.unit_id == "G1")].iloc[0]
+    assert (grid.due, grid.missed) == (1, 1)
+    after = _plans(database_url)
+    assert _evening(later + timedelta(days=1), database_url, tmp_path)["cancelled"] == 0
+    assert _plans(database_url) == after
