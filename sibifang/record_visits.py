@@ -7,7 +7,8 @@ is ignored). Otherwise, of the plans of the same household, it fulfils, in this 
 2. the nearest other open plan: overdue (late visit) or opening within ``early_days``;
 3. only when no open plan fits, a plan already marked ``missed`` whose window ended at most
    ``missed_within_days`` before the visit (a late visit of that plan; the caller keeps it
-   ``missed``, so reports do not count it as done on time).
+   ``missed``, so reports do not count it as done on time). A missed plan whose window holds the
+   visit (a sheet typed in after the plan was marked missed) is matched as in 1: visited on time.
 
 A plan with a ``closes_before`` moment (the plans of a family taken off the register: when it
 was) is closed only by a visit made before it, while the family was on the register: a plan the
@@ -71,7 +72,9 @@ def match_visits_to_plans(visits: pd.DataFrame, plans: pd.DataFrame, *, early_da
           & (m.cb.isna() | (m.visited_at < m.cb))].copy()
     day = m.visited_at.dt.normalize()
     inside = (day >= m.ws) & (day <= m.we)
-    m["tier"] = np.where(m.missed, 2, np.where(inside, 0, 1))
+    # A missed plan whose window holds the visit was visited on time (its sheet came in late): it
+    # is that visit's plan like any other, before an open plan the visit would fit only early.
+    m["tier"] = np.where(inside, 0, np.where(m.missed, 2, 1))
     # Days between the visit and the plan's window (0 inside it).
     m["gap"] = np.maximum(np.maximum((m.ws - day).dt.days, (day - m.we).dt.days), 0)
     m = m.sort_values(["visited_at", "visit_id", "tier", "gap", "due_date", "plan_id"])

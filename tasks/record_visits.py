@@ -69,6 +69,8 @@ def _import_visit_sheets(files: list[Path], totals: dict, database_url: str | No
 
 @task(name="close_fulfilled_plans", cache_policy=NO_CACHE)
 def close_plans(as_of: date, database_url: str | None = None, lookback_days: int = 45) -> dict:
+    import pandas as pd
+
     from schemas.models import Household, Visit, VisitPlan
     from sibifang.db import session_scope
     from sibifang.record_visits import match_visits_to_plans
@@ -101,7 +103,13 @@ def close_plans(as_of: date, database_url: str | None = None, lookback_days: int
                                database_url)
     visits = visits[~visits.visit_id.isin(set(closed_visits.closed_by_visit_id))]
     matches = match_visits_to_plans(visits, plans)
-    was_missed = set(plans.plan_id[plans.status.eq("missed")])
+    # A missed plan stays missed when visited late; when the visit was inside its window (the
+    # sheet came in after the plan was marked missed) it was done on time.
+    due = pd.to_datetime(plans.due_date)
+    last_day = dict(zip(plans.plan_id, pd.to_datetime(plans.window_end).fillna(due).where(
+        lambda e: e >= due, due).dt.date))
+    on_time = {m["plan_id"] for m in frame_records(matches) if m["done_on"] <= last_day[m["plan_id"]]}
+    was_missed = set(plans.plan_id[plans.status.eq("missed")]) - on_time
     with session_scope(database_url) as s:
         for m in frame_records(matches):
             # A missed plan visited late keeps its status (reports count done plans as done on

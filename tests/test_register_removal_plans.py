@@ -192,3 +192,29 @@ def test_a_backdated_removal_cancels_a_plan_already_marked_missed_whose_window_i
     after = _plans(database_url)
     assert _evening(later + timedelta(days=1), database_url, tmp_path)["cancelled"] == 0
     assert _plans(database_url) == after
+
+
+def test_a_late_sheet_of_a_visit_inside_a_missed_plans_window_closes_that_plan_as_done(database_url, tmp_path):
+    """The overdue plan a removal marked missed was visited on its window's last day after all, the
+    sheet typed in after the removal: that visit answers it (done: on time), not the next plan the
+    removal cancelled, which the visit would fit only as an early one."""
+    from tasks.record_visits import close_plans
+
+    _seed_families(database_url)
+    _evening(MONDAY, database_url, tmp_path)
+    (due, ws, we, first), (due2, ws2, _, second) = _windows(database_url, "h1")[:2]
+    assert we >= ws2 - timedelta(days=7)                       # the visit also fits the next plan, early
+    off = we + timedelta(days=2)
+    _deregister(database_url, "h1", datetime.combine(off, datetime.min.time()) + timedelta(hours=9))
+    _evening(off, database_url, tmp_path)
+    assert (_h1(database_url)[due], _h1(database_url)[due2]) == ("missed", "cancelled")
+    with session_scope(database_url) as s:
+        s.add(Visit(id="VW", household_id="h1", cadre_id="a", mode="visit", steps=[],
+                    visited_at=datetime.combine(we, datetime.min.time()) + timedelta(hours=10),
+                    recorded_at=datetime.combine(off, datetime.min.time()) + timedelta(hours=20)))
+    r = close_plans.fn(off + timedelta(days=1), database_url=database_url)
+    assert (r["plans_closed"], r["missed_visited_late"]) == (1, 0)
+    with session_scope(database_url) as s:
+        assert (s.get(VisitPlan, first).status, s.get(VisitPlan, first).closed_by_visit_id) == ("done", "VW")
+        assert s.get(VisitPlan, second).status == "cancelled"
+    assert close_plans.fn(off + timedelta(days=1), database_url=database_url)["plans_closed"] == 0
