@@ -1601,8 +1601,12 @@ def plans_missed_before_deregistration(plans: pd.DataFrame, deregistered: pd.Dat
     and since the removal also ends the grace days (no visit can follow), it is ``missed`` from the
     removal day and stays in the overdue and coverage figures. A replay of a day before the removal
     (``as_of`` earlier) marks nothing here: that day the family was on the register and the usual
-    4-day rule applies. A visit made before the removal and recorded later closes such a plan as a
-    late visit (kept ``missed``) and a cancelled one as ``done`` (``tasks.record_visits``)."""
+    4-day rule applies. The same rule holds for a removal entered late with its date: a plan the
+    4-day rule marked missed meanwhile whose window the removal cut is cancelled (``store_plan``).
+    A removal withdrawn (在册 again) gives a plan it marked missed back the rest of its grace days.
+    A visit made before the removal and recorded later closes a missed plan as ``done`` when its
+    window held the visit, else as a late visit (kept ``missed``), and a cancelled one as ``done``
+    (``tasks.record_visits``)."""
     if plans.empty or deregistered.empty:
         return np.zeros(len(plans), dtype=bool)
     off = _removal_day(plans, deregistered)
