@@ -404,7 +404,14 @@ def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame) -> pd.Da
     to hear about: the candidate's latest visit (``detected_at``) is then after the closing and
     it is raised again.
 
-    ``closed``: ``household_id, closed_at`` of the household's closed unresolved-difficulty flags."""
+    A flag withdrawn rather than answered (``outcome`` in ``WITHDRAWN``: its record corrected to
+    another family, or its family taken off the register and since put back, 在册) answered
+    nothing: the difficulty still going on is flagged again.
+
+    ``closed``: ``household_id, closed_at`` (and ``outcome``, if known) of the household's closed
+    unresolved-difficulty flags."""
+    if "outcome" in closed:
+        closed = closed[~closed["outcome"].isin(WITHDRAWN)]
     if new.empty or closed.empty:
         return new
     last_closed = pd.to_datetime(closed["closed_at"]).groupby(closed["household_id"]).max()
@@ -476,6 +483,8 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
 
 RECORD_CORRECTED = "record_corrected"  # the outcome of a flag whose record now names another family
 DEREGISTERED = "deregistered"  # the outcome of a flag closed because its family left the register
+# Outcomes of flags closed without anyone answering them: they settle nothing
+WITHDRAWN = (RECORD_CORRECTED, DEREGISTERED)
 
 
 def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

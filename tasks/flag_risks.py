@@ -137,16 +137,15 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                                     RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
                              .where(RiskFlag.status != "open", RiskFlag.kind.not_in(logic.RECORD_KINDS),
                                     # a flag withdrawn with its record, or with its family's removal, settled nothing
-                                    or_(RiskFlag.outcome.is_(None),
-                                        RiskFlag.outcome.not_in((logic.RECORD_CORRECTED, logic.DEREGISTERED))),
+                                    or_(RiskFlag.outcome.is_(None), RiskFlag.outcome.not_in(logic.WITHDRAWN)),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
         difficult = fresh[fresh.kind == "unresolved_difficulty"]
         if len(difficult):
-            closed = pd.concat([read_frame(select(RiskFlag.household_id, RiskFlag.closed_at).where(
+            # (with their outcomes: one withdrawn, not answered, answered nothing)
+            closed = pd.concat([read_frame(select(RiskFlag.household_id, RiskFlag.closed_at, RiskFlag.outcome).where(
                 RiskFlag.kind == "unresolved_difficulty", RiskFlag.status == "closed",
-                RiskFlag.household_id.in_(part), RiskFlag.closed_at >= min(difficult.detected_at),
-                or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED)), database_url)
+                RiskFlag.household_id.in_(part), RiskFlag.closed_at >= min(difficult.detected_at)), database_url)
                 for part in chunks(sorted(set(difficult.household_id)), 500)], ignore_index=True)
             fresh = logic.drop_answered_difficulties(fresh, closed)
     else:

@@ -638,3 +638,18 @@ def test_the_flow_judges_with_the_installations_silence_budget(monkeypatch):
         monkeypatch.setenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH", bad)
         with pytest.raises(ValueError, match="silence_alarms_per_month"):
             Settings()
+
+
+# --- drop_answered_difficulties ----------------------------------------------------------------
+
+def test_a_difficulty_closed_without_an_answer_answers_nothing():
+    """A flag closed as corrected or because the family left the register (and came back) was
+    not answered by anyone: the candidate it would silence is raised; one closed by a grid worker
+    is not."""
+    from sibifang.flag_risks import DEREGISTERED, RECORD_CORRECTED, drop_answered_difficulties
+
+    new = pd.DataFrame([{"household_id": h, "kind": "unresolved_difficulty", "detected_at": T("2026-09-10 10:00")}
+                        for h in ("HA", "HB", "HC")])
+    closed = pd.DataFrame({"household_id": ["HA", "HB", "HC"], "closed_at": [T("2026-09-15 23:59:59")] * 3,
+                           "outcome": ["visited_all_well", DEREGISTERED, RECORD_CORRECTED]})
+    assert list(drop_answered_difficulties(new, closed).household_id) == ["HB", "HC"]

@@ -7,6 +7,8 @@ from datetime import datetime
 import pandas as pd
 from sqlalchemy import select
 
+from tests.test_outbox import outbox_db  # noqa: F401  (fixture)
+
 
 def _meter_flags(database_url: str) -> list[str]:
     from schemas.models import RiskFlag
@@ -135,3 +137,66 @@ def test_an_open_ended_absence_does_not_refit_every_run(database_url, app_env, m
                                   full[key].sort_values(key[:4]).reset_index(drop=True), check_exact=False)
     silent_while_away = _replay(store, pd.Timestamp("2026-11-20 15:30"))
     assert (silent_while_away.kind == "inactivity").any() and not (later.kind == "inactivity").any()
+
+
+# --- the unresolved-difficulty flag across closings (store_flags over derive_flags) -------------
+
+def _set_register(url: str, hid: str, off_at: datetime | None) -> None:
+    """Take a family off the register from ``off_at`` (迁出), or put it back (在册: None)."""
+    from schemas.models import Household
+    from sibifang.db import session_scope
+
+    with session_scope(url) as s:
+        h = s.get(Household, hid)
+        h.deregistered_at, h.deregistered_reason = off_at, ("moved_away" if off_at else None)
+
+
+def _difficulty_visits(url: str, hid: str, days: list[datetime]) -> None:
+    from tests.test_store_flags import _import_visit
+
+    for i, at in enumerate(days):
+        _import_visit(url, f"VR{hid}{i}", hid, at, at, difficulties="老人看病缺钱")
+
+
+def test_a_family_put_back_on_the_register_with_its_difficulty_still_going_on_is_flagged_again(outbox_db):  # noqa: F811
+    """The family moved out (迁出), its open 反复反映困难 flag closed as ``deregistered``; a later file
+    puts it back (在册). Nobody answered the difficulty: nothing was measured, the visits are still in
+    the window. Its closing answered nothing, as a corrected record's does not: it is flagged again,
+    once (a re-run changes nothing)."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "open", None)]
+    _set_register(outbox_db, "H002", datetime(2026, 9, 15))
+    _risk_stage(outbox_db, date(2026, 9, 15))
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "deregistered")]
+    _set_register(outbox_db, "H002", None)
+    for day in (date(2026, 9, 20), date(2026, 9, 20), date(2026, 9, 21)):
+        _risk_stage(outbox_db, day)
+        assert sorted(_flags(outbox_db, "H002"), key=str) == [("unresolved_difficulty", "closed", "deregistered"),
+                                                              ("unresolved_difficulty", "open", None)]
+
+
+def test_a_family_put_back_after_its_first_visit_left_the_window_is_flagged_again(outbox_db):  # noqa: F811
+    """As above, but put back weeks later: the window has slid, the candidate has another key. The
+    closing by removal still answered nothing."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    _set_register(outbox_db, "H002", datetime(2026, 9, 15))
+    _risk_stage(outbox_db, date(2026, 9, 15))
+    _set_register(outbox_db, "H002", None)
+    for day in (date(2026, 11, 1), date(2026, 11, 1)):        # the 08-01 visit left the window on 10-31
+        _risk_stage(outbox_db, day)
+        assert sorted(_flags(outbox_db, "H002"), key=str) == [("unresolved_difficulty", "closed", "deregistered"),
+                                                              ("unresolved_difficulty", "open", None)]
