@@ -200,3 +200,34 @@ def test_a_family_put_back_after_its_first_visit_left_the_window_is_flagged_agai
         _risk_stage(outbox_db, day)
         assert sorted(_flags(outbox_db, "H002"), key=str) == [("unresolved_difficulty", "closed", "deregistered"),
                                                               ("unresolved_difficulty", "open", None)]
+
+
+def test_a_closed_difficulty_is_raised_again_by_the_visit_date_not_the_day_the_sheet_came_in(outbox_db):  # noqa: F811
+    """The closing answered the family as it was when the grid worker closed the flag. A sheet of a
+    visit made before the closing, typed in after it, tells of a time she already answered: it
+    raises nothing, even once the window has slid. One of a visit after the closing, typed in
+    late, is the difficulty recorded again: it is raised."""
+    from datetime import date
+
+    from schemas.models import RiskFlag
+    from sibifang.db import session_scope
+    from tests.test_store_flags import _flags, _fresh, _import_visit, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    with session_scope(outbox_db) as s:
+        s.execute(RiskFlag.__table__.update().where(RiskFlag.household_id == "H002")
+                  .values(status="closed", outcome="visited_all_well", closed_at=datetime(2026, 9, 12, 9)))
+    _import_visit(outbox_db, "VLATE1", "H002", datetime(2026, 9, 11, 10), datetime(2026, 9, 20, 9),
+                  difficulties="看病钱还是没着落")
+    for day in (date(2026, 9, 20), date(2026, 11, 1), date(2026, 11, 25)):   # 11-25: only 09-10 and 09-11 left
+        _risk_stage(outbox_db, day)
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well")]
+    _import_visit(outbox_db, "VLATE2", "H002", datetime(2026, 11, 20, 10), datetime(2026, 11, 26, 9),
+                  difficulties="看病钱还是没着落")
+    for _ in range(2):
+        _risk_stage(outbox_db, date(2026, 11, 26))
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well"),
+                                             ("unresolved_difficulty", "open", None)]
