@@ -54,12 +54,15 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     since, day_end = midnight - timedelta(days=lookback_days * 3), midnight + timedelta(days=1)
     window = midnight - timedelta(days=lookback_days)
     # A sheet typed in weeks after the visit (county offices batch paper sheets) is read when it
-    # is recorded, not only by its visit date; a replay of a past day reads what was recorded by then.
+    # is recorded, not only by its visit date; a replay of a past day reads what was recorded by then
+    # (a sheet typed in after it is not read at all, not read as a hand-over's history, which alone
+    # has no recorded_at).
     late = (Visit.recorded_at >= window) & (Visit.recorded_at < day_end)
     visits = read_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at, Visit.notes,
                                Visit.family_situation, Visit.women_situation, Visit.difficulties, Visit.measures,
-                               case((Visit.recorded_at < day_end, Visit.recorded_at), else_=None).label("recorded_at"))
-                        .where(or_(Visit.visited_at >= since, late), Visit.visited_at < day_end), database_url)
+                               Visit.recorded_at)
+                        .where(or_(Visit.visited_at >= since, late), Visit.visited_at < day_end,
+                               or_(Visit.recorded_at.is_(None), Visit.recorded_at < day_end)), database_url)
     plans = read_frame(select(VisitPlan).where(VisitPlan.status == "planned", VisitPlan.due_date < as_of), database_url)
     if not visits.empty:
         in_window = (pd.to_datetime(visits.visited_at) >= pd.Timestamp(window)) | (

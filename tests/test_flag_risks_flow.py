@@ -231,3 +231,25 @@ def test_a_closed_difficulty_is_raised_again_by_the_visit_date_not_the_day_the_s
         _risk_stage(outbox_db, date(2026, 11, 26))
         assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well"),
                                              ("unresolved_difficulty", "open", None)]
+
+
+def test_a_replayed_day_reads_only_the_sheets_recorded_by_its_end(outbox_db):  # noqa: F811
+    """A replay of a past day reads what had been recorded by then: a sheet of a visit made before
+    that day but typed in after it is neither a finding nor a difficulty recorded again on that day
+    (read as a hand-over's history, by its visit date, it was). The day it came in reads it."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _import_visit, _risk_stage
+
+    _fresh(outbox_db)
+    _import_visit(outbox_db, "VR1", "H001", datetime(2026, 11, 15, 10), datetime(2026, 11, 20, 9),
+                  notes="女方称丈夫家暴")
+    _import_visit(outbox_db, "VR2", "H002", datetime(2026, 9, 1, 10), datetime(2026, 9, 1, 10),
+                  difficulties="老人看病缺钱")
+    _import_visit(outbox_db, "VR3", "H002", datetime(2026, 9, 5, 10), datetime(2026, 11, 20, 9),
+                  difficulties="老人看病缺钱")
+    _risk_stage(outbox_db, date(2026, 11, 19))
+    assert _flags(outbox_db, "H001") == [] and _flags(outbox_db, "H002") == []
+    _risk_stage(outbox_db, date(2026, 11, 20))
+    assert _flags(outbox_db, "H001") == [("domestic_violence", "open", None)]
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "open", None)]
