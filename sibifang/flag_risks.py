@@ -361,7 +361,8 @@ def _blank_answer(value) -> bool:
     """An empty field, or one that says there is nothing."""
     if not isinstance(value, str):
         return True
-    text = re.sub(r"\s+", "", value)
+    # (ended with a stop as often as not: "无。" is "无")
+    text = re.sub(r"\s+", "", unicodedata.normalize("NFKC", value)).rstrip("。.,，;；!！、")
     return not text or _NOTHING.fullmatch(text) is not None
 
 
@@ -545,15 +546,20 @@ def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.D
         if "hardship" in cats:
             points[hid] += 5
             reasons[hid].append("困难家庭")
+    weight = {"存在婚姻家庭矛盾": 15, "困难家庭": 5}
     if not open_flags.empty:
         for f in open_flags.itertuples(index=False):
             if f.household_id in points:
-                points[f.household_id] += SEVERITY_POINTS.get(f.severity, 10)
+                pts = SEVERITY_POINTS.get(f.severity, 10)
+                points[f.household_id] += pts
                 reasons[f.household_id].append(str(f.evidence))
+                weight[str(f.evidence)] = max(weight.get(str(f.evidence), 0), pts)
     out = base[["household_id", "grid_id"]].copy()
     out["risk_score"] = [min(100.0, points[h]) for h in out.household_id]
     out["risk_level"] = [next(lvl for lvl, lo in LEVELS if s >= lo) for s in out.risk_score]
-    out["risk_reasons"] = [reasons[h][:5] for h in out.household_id]
+    # five reasons at most, the gravest first and each once: the flags come in no set order, and a
+    # 红 level must not lose its critical finding behind five overdue visits read before it
+    out["risk_reasons"] = [sorted(dict.fromkeys(reasons[h]), key=lambda r: -weight[r])[:5] for h in out.household_id]
     return out
 
 
