@@ -395,7 +395,7 @@ def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_day
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
 
-def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame) -> pd.DataFrame:
+def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame, still_off=()) -> pd.DataFrame:
     """Drop unresolved-difficulty candidates that a closed flag of the household already answered.
 
     The candidate's key names the first visit of its 90-day window, so as days pass the same
@@ -407,12 +407,15 @@ def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame) -> pd.Da
 
     A flag withdrawn rather than answered (``outcome`` in ``WITHDRAWN``: its record corrected to
     another family, or its family taken off the register and since put back, 在册) answered
-    nothing: the difficulty still going on is flagged again.
+    nothing: the difficulty still going on is flagged again. While the family is still off the
+    register (``still_off``: household ids), its removal's closing stands: the window sliding over
+    its old visits raises nothing under another key.
 
     ``closed``: ``household_id, closed_at`` (and ``outcome``, if known) of the household's closed
     unresolved-difficulty flags."""
     if "outcome" in closed:
-        closed = closed[~closed["outcome"].isin(WITHDRAWN)]
+        gone = closed["outcome"].eq(DEREGISTERED) & closed["household_id"].isin(set(still_off))
+        closed = closed[~closed["outcome"].isin(WITHDRAWN) | gone]
     if new.empty or closed.empty:
         return new
     last_closed = pd.to_datetime(closed["closed_at"]).groupby(closed["household_id"]).max()

@@ -150,7 +150,11 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                 RiskFlag.kind == "unresolved_difficulty", RiskFlag.status == "closed",
                 RiskFlag.household_id.in_(part), RiskFlag.closed_at >= min(difficult.detected_at)), database_url)
                 for part in chunks(sorted(set(difficult.household_id)), 500)], ignore_index=True)
-            fresh = logic.drop_answered_difficulties(fresh, closed)
+            removed = sorted(set(closed.household_id[closed.outcome.eq(logic.DEREGISTERED)]))
+            still_off = set(read_frame(select(Household.id).where(Household.deregistered_at.is_not(None),
+                                                                  Household.id.in_(removed)), database_url).id) \
+                if removed else set()
+            fresh = logic.drop_answered_difficulties(fresh, closed, still_off)
     else:
         fresh = candidates
     inserts, extends = logic.merge_with_open_flags(fresh, open_flags)

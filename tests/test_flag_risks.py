@@ -653,6 +653,8 @@ def test_a_difficulty_closed_without_an_answer_answers_nothing():
     closed = pd.DataFrame({"household_id": ["HA", "HB", "HC"], "closed_at": [T("2026-09-15 23:59:59")] * 3,
                            "outcome": ["visited_all_well", DEREGISTERED, RECORD_CORRECTED]})
     assert list(drop_answered_difficulties(new, closed).household_id) == ["HB", "HC"]
+    # while the family is still off the register, its removal's closing stands
+    assert list(drop_answered_difficulties(new, closed, still_off={"HB"}).household_id) == ["HC"]
 
 
 @pytest.mark.parametrize("nothing", ["无。", "暂无。", "没有困难。", "无；", "无！", "无,", "無。"])

@@ -253,3 +253,20 @@ def test_a_replayed_day_reads_only_the_sheets_recorded_by_its_end(outbox_db):  #
     _risk_stage(outbox_db, date(2026, 11, 20))
     assert _flags(outbox_db, "H001") == [("domestic_violence", "open", None)]
     assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "open", None)]
+
+
+def test_a_family_still_off_the_register_gets_no_difficulty_flag_as_the_window_slides(outbox_db):  # noqa: F811
+    """Its removal closed the flag; while the family stays off (迁出), the window sliding over its
+    old visits raises nothing under another key."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    _set_register(outbox_db, "H002", datetime(2026, 9, 15))
+    for day in (date(2026, 9, 15), date(2026, 11, 1), date(2026, 11, 2)):
+        _risk_stage(outbox_db, day)
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "deregistered")]
