@@ -353,8 +353,8 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
 
-# What a clerk types for "nothing" in a free-text field (困难/措施: 无, 暂无, 没有, 无困难).
-_NOTHING = re.compile(r"[暂暫]?[无無没沒]有?(?:困难|困難|措施)?|[/\-—.。]+")
+# What a clerk types for "nothing" in a free-text field (困难/措施: 无, 暂无, 没有, 无困难, 无明显困难).
+_NOTHING = re.compile(r"[暂暫]?[无無没沒]有?(?:明显|明顯|特殊|其他|什么|什麼)?(?:困难|困難|措施)?|[/\-—.。]+")
 
 
 def _blank_answer(value) -> bool:

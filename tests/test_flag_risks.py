@@ -657,7 +657,8 @@ def test_a_difficulty_closed_without_an_answer_answers_nothing():
     assert list(drop_answered_difficulties(new, closed, still_off={"HB"}).household_id) == ["HC"]
 
 
-@pytest.mark.parametrize("nothing", ["无。", "暂无。", "没有困难。", "无；", "无！", "无,", "無。"])
+@pytest.mark.parametrize("nothing", ["无。", "暂无。", "没有困难。", "无；", "无！", "无,", "無。", "无明显困难",
+                                     "暂无特殊困难。", "无其他困难"])
 def test_unresolved_difficulty_flags_read_nothing_ended_with_a_stop_as_nothing(nothing):
     """Clerks end "无" with a full stop as often as not: "无。" is no difficulty, and no measure."""
     none = pd.DataFrame([_dv("A1", "HA", "2026-06-01", nothing), _dv("A2", "HA", "2026-06-05", nothing)])
