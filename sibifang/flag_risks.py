@@ -332,7 +332,9 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
     the frame has it and it is later): a sheet typed in weeks after the visit is news on the day it
     comes in, and is alerted then like any new finding."""
     rows = []
-    text_cols = [c for c in ("notes", "family_situation", "women_situation", "difficulties") if c in visits]
+    # the notes, the three findings (家情, 企情, 妇情) and the difficulties; not the measures taken
+    text_cols = [c for c in ("notes", "family_situation", "business_situation", "women_situation", "difficulties")
+                 if c in visits]
     for v in visits.itertuples(index=False):
         # one sentence per field: "无" ending one field must not negate the next field's first words
         text = "。".join(str(getattr(v, c)) for c in text_cols if isinstance(getattr(v, c), str))

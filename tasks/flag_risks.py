@@ -59,8 +59,8 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     # has no recorded_at).
     late = (Visit.recorded_at >= window) & (Visit.recorded_at < day_end)
     visits = read_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at, Visit.notes,
-                               Visit.family_situation, Visit.women_situation, Visit.difficulties, Visit.measures,
-                               Visit.recorded_at)
+                               Visit.family_situation, Visit.business_situation, Visit.women_situation,
+                               Visit.difficulties, Visit.measures, Visit.recorded_at)
                         .where(or_(Visit.visited_at >= since, late), Visit.visited_at < day_end,
                                or_(Visit.recorded_at.is_(None), Visit.recorded_at < day_end)), database_url)
     plans = read_frame(select(VisitPlan).where(VisitPlan.status == "planned", VisitPlan.due_date < as_of), database_url)

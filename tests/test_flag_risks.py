@@ -679,3 +679,11 @@ def test_score_households_reasons_name_the_gravest_findings_first_once_each():
     s = score_households(hh, flags).set_index("household_id")
     assert s.loc["H", "risk_level"] == "红"
     assert s.loc["H", "risk_reasons"] == ["长时间无用电活动", "困难", "逾期0", "逾期1", "逾期2"]
+
+
+def test_visit_cue_flags_read_the_business_finding_too(lexicon):
+    """企情 is one of the three findings of a visit: a husband gambling away the shop's money is
+    written there, not in 家情."""
+    v = pd.DataFrame([{"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00", "notes": None,
+                       "business_situation": "丈夫赌博输光店里资金", "family_situation": "无家暴"}])
+    assert list(visit_cue_flags(v, lexicon).kind) == ["gambling"]

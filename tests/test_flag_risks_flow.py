@@ -270,3 +270,19 @@ def test_a_family_still_off_the_register_gets_no_difficulty_flag_as_the_window_s
     for day in (date(2026, 9, 15), date(2026, 11, 1), date(2026, 11, 2)):
         _risk_stage(outbox_db, day)
         assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "deregistered")]
+
+
+def test_a_cue_in_the_business_finding_is_flagged(outbox_db):  # noqa: F811
+    """企情 is read like 家情 and 妇情 (visit_cue_flags): the task reads it from the sheet."""
+    from sibifang.db import session_scope
+    from sibifang.import_registry import store_accepted
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    at = datetime(2026, 11, 20, 10)
+    row = {"visit_id": "VB1", "household_id": "H001", "cadre_id": "GW1", "visited_at": at, "mode": "visit",
+           "business_situation": "丈夫赌博输光店里资金", "notes": None, "difficulties": None, "measures": None}
+    with session_scope(outbox_db) as s:
+        store_accepted(s, "visits", pd.DataFrame([row]), source="visits.csv", now=at)
+    _risk_stage(outbox_db, at.date())
+    assert _flags(outbox_db, "H001") == [("gambling", "open", None)]
