@@ -55,6 +55,7 @@ class Lexicon:
     answers_no: list[str] = field(default_factory=list)
     list_joiners: list[str] = field(default_factory=list)
     traditional: dict[str, str] = field(default_factory=dict)
+    limited_negations: dict[str, list[str]] = field(default_factory=dict)  # negation -> the kinds it denies
     not_negations: list[str] = field(default_factory=list)
     campaign_prefixes: list[str] = field(default_factory=list)
     not_campaign_prefixes: list[str] = field(default_factory=list)
@@ -72,6 +73,7 @@ class Lexicon:
         data = tomllib.loads((path or LEXICON_FILE).read_text(encoding="utf-8"))
         cues = [Cue(term, kind, spec["severity"]) for kind, spec in data["cues"].items() for term in spec["terms"]]
         return cls(cues=cues, traditional=dict(data.get("traditional", {})),
+                   limited_negations={w: list(k) for w, k in data.get("limited_negations", {}).items()},
                    **{name: list(data.get(name, [])) for name in cls._LISTS})
 
     @staticmethod
@@ -116,7 +118,10 @@ class Lexicon:
                 mentions.append((s, e, cue))
         mentions = [m for m in mentions if m[2].kind]
         fill = f"(?:{self._alternatives(self.fillers)})*" if self.fillers else ""
-        negated = re.compile(f"(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        # the negations of each kind: some deny only some kinds ("不吵架", not "不再动手")
+        negated_kind = {k: re.compile(f"(?:{self._alternatives(words)}){fill}$")
+                        for k in {c.kind for c in self.cues}
+                        if (words := [*self.negations, *(w for w, ks in self.limited_negations.items() if k in ks)])}
         # "不得不离婚", "保证不再动手": the negation belongs to another word and the cue stands
         unnegated = re.compile(f"(?:{self._alternatives(self.not_negations)}){fill}$") if self.not_negations \
             else None
@@ -144,7 +149,7 @@ class Lexicon:
             if asked is not None and asked.search(before):
                 no = answered_no is not None and answered_no.search(t[e:]) is not None
             else:
-                no = bool(negated is not None and negated.search(before)
+                no = bool(cue.kind in negated_kind and negated_kind[cue.kind].search(before)
                           and not (unnegated is not None and unnegated.search(before))
                           and not (after_colon.search(before) and own_entry.search(t[e:]))) or (
                     # a list ("无殴打、打骂") or terms of one kind written together ("无矛盾纠纷"); a
