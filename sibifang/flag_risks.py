@@ -55,14 +55,26 @@ class Lexicon:
     answers_no: list[str] = field(default_factory=list)
     list_joiners: list[str] = field(default_factory=list)
     traditional: dict[str, str] = field(default_factory=dict)
+    limited_negations: dict[str, list[str]] = field(default_factory=dict)  # negation -> the kinds it denies
+    not_negations: list[str] = field(default_factory=list)
+    campaign_prefixes: list[str] = field(default_factory=list)
+    not_campaign_prefixes: list[str] = field(default_factory=list)
+    campaign_words: list[str] = field(default_factory=list)
+    resolved_kinds: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    resolved_unless: list[str] = field(default_factory=list)
+    harmless: list[str] = field(default_factory=list)
+
+    _LISTS = ("negations", "fillers", "questions", "answers_no", "list_joiners", "not_negations", "campaign_prefixes",
+              "not_campaign_prefixes", "campaign_words", "resolved_kinds", "resolved", "resolved_unless", "harmless")
 
     @classmethod
     def load(cls, path: Path | None = None) -> Lexicon:
         data = tomllib.loads((path or LEXICON_FILE).read_text(encoding="utf-8"))
         cues = [Cue(term, kind, spec["severity"]) for kind, spec in data["cues"].items() for term in spec["terms"]]
-        return cls(cues=cues, negations=list(data.get("negations", [])), fillers=list(data.get("fillers", [])),
-                   questions=list(data.get("questions", [])), answers_no=list(data.get("answers_no", [])),
-                   list_joiners=list(data.get("list_joiners", [])), traditional=dict(data.get("traditional", {})))
+        return cls(cues=cues, traditional=dict(data.get("traditional", {})),
+                   limited_negations={w: list(k) for w, k in data.get("limited_negations", {}).items()},
+                   **{name: list(data.get(name, [])) for name in cls._LISTS})
 
     @staticmethod
     def _alternatives(words: list[str]) -> str:
@@ -77,7 +89,11 @@ class Lexicon:
         that is itself a cue ("无婆媳矛盾" is no "矛盾"). Kept, since a missed danger costs more
         than a needless look: a negation that belongs to another word ("丈夫长期无业，家暴"), the
         answer to the entry before ("低保：无 家暴：有", "低保：无家暴：有"), a question answered yes or not at
-        all. A negation opening a labelled answer negates ("备注：无家暴").
+        all. A negation opening a labelled answer negates ("备注：无家暴"). Also skipped: a quarrel
+        denied ("没吵架", "从不吵架"; not "不得不离婚"), a campaign's or a law's name ("参加反赌博宣传",
+        "学习反家庭暴力法"), a dispute settled right after it ("婆媳矛盾已化解"; not "矛盾已调解但昨晚又
+        打了"), a word that holds a term and is none ("动手术"); each mention is judged on its own,
+        so a real cue beside a denied one ("没吵架，但丈夫殴打她") still counts.
         Read with spaces within a line removed, lines as sentences, full-width forms folded and
         traditional characters as simplified."""
         if not text:
@@ -92,14 +108,23 @@ class Lexicon:
         if self.negations:
             t = re.sub(f":((?:{self._alternatives(self.negations)}))[^\\S\\n]+(?=\\S)", f":\\1{_GAP}", t)
         t = re.sub(r"[^\S\n]+", "", t)
-        # longest first where mentions overlap: a term inside a longer cue belongs to that cue
+        # longest first where mentions overlap: a term inside a longer cue belongs to that cue, and one
+        # inside a harmless word ("动手术", "打电话") to that word, which is then no cue at all
         mentions: list[tuple[int, int, Cue]] = []
-        for s, e, cue in sorted(((m.start(), m.end(), c) for c in self.cues
+        words = [*self.cues, *(Cue(w, "", "") for w in self.harmless)]
+        for s, e, cue in sorted(((m.start(), m.end(), c) for c in words
                                  for m in re.finditer(re.escape(c.term), t)), key=lambda o: o[0] - o[1]):
             if not any(s < te and ts < e for ts, te, _ in mentions):
                 mentions.append((s, e, cue))
+        mentions = [m for m in mentions if m[2].kind]
         fill = f"(?:{self._alternatives(self.fillers)})*" if self.fillers else ""
-        negated = re.compile(f"(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
+        # the negations of each kind: some deny only some kinds ("不吵架", not "不再动手")
+        negated_kind = {k: re.compile(f"(?:{self._alternatives(words)}){fill}$")
+                        for k in {c.kind for c in self.cues}
+                        if (words := [*self.negations, *(w for w, ks in self.limited_negations.items() if k in ks)])}
+        # "不得不离婚", "保证不再动手": the negation belongs to another word and the cue stands
+        unnegated = re.compile(f"(?:{self._alternatives(self.not_negations)}){fill}$") if self.not_negations \
+            else None
         # a negation right after ":" opens that entry's answer ("备注：无家暴"), unless this term is
         # an entry of its own with its own answer ("低保：无家暴：有")
         after_colon = re.compile(f":(?:{self._alternatives(self.negations)}){fill}$") if self.negations else None
@@ -116,6 +141,7 @@ class Lexicon:
         # a form's entry answered no right after its colon ("家暴：无", "家暴情况：未发现")
         entry_no = re.compile(f"^[^，。；,;:]{{0,4}}:(?:{self._alternatives(self.answers_no)}){fill}{answer_ends}") \
             if self.answers_no else None
+        campaign, settled = self._campaign(t), self._settled(t, fill)
         present: set[str] = set()
         prev_end, prev_negated, prev_kind = None, False, None
         for s, e, cue in sorted(mentions, key=lambda o: o[0]):
@@ -123,17 +149,63 @@ class Lexicon:
             if asked is not None and asked.search(before):
                 no = answered_no is not None and answered_no.search(t[e:]) is not None
             else:
-                no = bool(negated is not None and negated.search(before)
+                no = bool(cue.kind in negated_kind and negated_kind[cue.kind].search(before)
+                          and not (unnegated is not None and unnegated.search(before))
                           and not (after_colon.search(before) and own_entry.search(t[e:]))) or (
                     # a list ("无殴打、打骂") or terms of one kind written together ("无矛盾纠纷"); a
                     # cue of another kind right after is a fact of its own ("未离婚家暴多年")
                     prev_negated and (t[prev_end:s] == "" and cue.kind == prev_kind or joined is not None
                                       and joined.fullmatch(t[prev_end:s]) is not None)) or (
                     entry_no is not None and entry_no.search(t[e:]) is not None)
+            no = no or campaign(s, e) or settled(e, cue)
             prev_end, prev_negated, prev_kind = e, no, cue.kind
             if not no:
                 present.add(cue.term)
         return [c for c in self.cues if c.term in present]
+
+    def _campaign(self, t: str):
+        """``(start, end) -> bool``: the mention at ``t[start:end]`` names a campaign or a law
+        ("参加反赌博宣传", "学习反家庭暴力法"): a campaign prefix right before it, not a word of its own
+        ("违反"), and a campaign word in its clause."""
+        if not (self.campaign_prefixes and self.campaign_words):
+            return lambda s, e: False
+        prefixed = re.compile(f"(?:{self._alternatives(self.campaign_prefixes)})$")
+        unprefixed = re.compile(f"(?:{self._alternatives(self.not_campaign_prefixes)})$") \
+            if self.not_campaign_prefixes else None
+        about = re.compile(self._alternatives(self.campaign_words))
+        clause_before, clause_after = re.compile(r"[^，。；,;!?！？]*$"), re.compile(r"[^，。；,;!?！？]*")
+
+        def check(s: int, e: int) -> bool:
+            before = t[:s]
+            if not prefixed.search(before) or (unprefixed is not None and unprefixed.search(before)):
+                return False
+            clause = clause_before.search(before).group() + t[s:e] + clause_after.match(t, e).group()
+            return about.search(clause) is not None
+        return check
+
+    def _settled(self, t: str, fill: str):
+        """``(end, cue) -> bool``: a cue of a settled kind said to be settled right after it, the
+        same kind's terms and a few words between ("婆媳矛盾已化解", "矛盾纠纷经村委会调解已解决",
+        "矛盾纠纷：已化解"), and nothing in the rest of its sentence to say otherwise ("矛盾已调解但昨晚又
+        打了", "…已化解，但又闹离婚")."""
+        if not (self.resolved and self.resolved_kinds):
+            return lambda e, cue: False
+        unless = self._alternatives([*self.resolved_unless, *self.negations])
+        lead = {kind: re.compile(f"(?:{self._alternatives([c.term for c in self.cues if c.kind == kind])}"
+                                 f"{'|' + self._alternatives(self.list_joiners) if self.list_joiners else ''})*:?")
+                for kind in self.resolved_kinds}
+        # a few words before the marker ("现已化解", "经村委会调解已解决"), none of them a "but" or a "not"
+        marker = re.compile(f"(?:(?!{unless})[^，。；,;:!?！？]){{0,8}}?(?:{self._alternatives(self.resolved)})")
+        # (a "not" later in the sentence is no "but": "已化解，家庭和睦，不再吵架")
+        goes_on = re.compile(self._alternatives(self.resolved_unless)) if self.resolved_unless else re.compile("(?!)")
+        sentence = re.compile(r"[^。；;!?！？]*")
+
+        def check(e: int, cue: Cue) -> bool:
+            if cue.kind not in lead:
+                return False
+            m = marker.match(t, lead[cue.kind].match(t, e).end())
+            return m is not None and goes_on.search(sentence.match(t, m.end()).group()) is None
+        return check
 
 
 def episodes_to_flags(episodes: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
@@ -265,7 +337,9 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
     the frame has it and it is later): a sheet typed in weeks after the visit is news on the day it
     comes in, and is alerted then like any new finding."""
     rows = []
-    text_cols = [c for c in ("notes", "family_situation", "women_situation", "difficulties") if c in visits]
+    # the notes, the three findings (家情, 企情, 妇情) and the difficulties; not the measures taken
+    text_cols = [c for c in ("notes", "family_situation", "business_situation", "women_situation", "difficulties")
+                 if c in visits]
     for v in visits.itertuples(index=False):
         # one sentence per field: "无" ending one field must not negate the next field's first words
         text = "。".join(str(getattr(v, c)) for c in text_cols if isinstance(getattr(v, c), str))
@@ -286,15 +360,16 @@ def visit_cue_flags(visits: pd.DataFrame, lexicon: Lexicon) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
 
-# What a clerk types for "nothing" in a free-text field (困难/措施: 无, 暂无, 没有, 无困难).
-_NOTHING = re.compile(r"[暂暫]?[无無没沒]有?(?:困难|困難|措施)?|[/\-—.。]+")
+# What a clerk types for "nothing" in a free-text field (困难/措施: 无, 暂无, 没有, 无困难, 无明显困难).
+_NOTHING = re.compile(r"[暂暫]?[无無没沒]有?(?:明显|明顯|特殊|其他|什么|什麼)?(?:困难|困難|措施)?|[/\-—.。]+")
 
 
 def _blank_answer(value) -> bool:
     """An empty field, or one that says there is nothing."""
     if not isinstance(value, str):
         return True
-    text = re.sub(r"\s+", "", value)
+    # (ended with a stop as often as not: "无。" is "无")
+    text = re.sub(r"\s+", "", unicodedata.normalize("NFKC", value)).rstrip("。.,，;；!！、")
     return not text or _NOTHING.fullmatch(text) is not None
 
 
@@ -327,7 +402,7 @@ def unresolved_difficulty_flags(visits: pd.DataFrame, as_of: date, *, window_day
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
 
-def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame) -> pd.DataFrame:
+def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame, still_off=()) -> pd.DataFrame:
     """Drop unresolved-difficulty candidates that a closed flag of the household already answered.
 
     The candidate's key names the first visit of its 90-day window, so as days pass the same
@@ -337,7 +412,17 @@ def drop_answered_difficulties(new: pd.DataFrame, closed: pd.DataFrame) -> pd.Da
     to hear about: the candidate's latest visit (``detected_at``) is then after the closing and
     it is raised again.
 
-    ``closed``: ``household_id, closed_at`` of the household's closed unresolved-difficulty flags."""
+    A flag withdrawn rather than answered (``outcome`` in ``WITHDRAWN``: its record corrected to
+    another family, or its family taken off the register and since put back, 在册) answered
+    nothing: the difficulty still going on is flagged again. While the family is still off the
+    register (``still_off``: household ids), its removal's closing stands: the window sliding over
+    its old visits raises nothing under another key.
+
+    ``closed``: ``household_id, closed_at`` (and ``outcome``, if known) of the household's closed
+    unresolved-difficulty flags."""
+    if "outcome" in closed:
+        gone = closed["outcome"].eq(DEREGISTERED) & closed["household_id"].isin(set(still_off))
+        closed = closed[~closed["outcome"].isin(WITHDRAWN) | gone]
     if new.empty or closed.empty:
         return new
     last_closed = pd.to_datetime(closed["closed_at"]).groupby(closed["household_id"]).max()
@@ -409,6 +494,8 @@ def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame,
 
 RECORD_CORRECTED = "record_corrected"  # the outcome of a flag whose record now names another family
 DEREGISTERED = "deregistered"  # the outcome of a flag closed because its family left the register
+# Outcomes of flags closed without anyone answering them: they settle nothing
+WITHDRAWN = (RECORD_CORRECTED, DEREGISTERED)
 
 
 def rekey_corrected_records(candidates: pd.DataFrame, on_record: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -469,15 +556,20 @@ def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.D
         if "hardship" in cats:
             points[hid] += 5
             reasons[hid].append("困难家庭")
+    weight = {"存在婚姻家庭矛盾": 15, "困难家庭": 5}
     if not open_flags.empty:
         for f in open_flags.itertuples(index=False):
             if f.household_id in points:
-                points[f.household_id] += SEVERITY_POINTS.get(f.severity, 10)
+                pts = SEVERITY_POINTS.get(f.severity, 10)
+                points[f.household_id] += pts
                 reasons[f.household_id].append(str(f.evidence))
+                weight[str(f.evidence)] = max(weight.get(str(f.evidence), 0), pts)
     out = base[["household_id", "grid_id"]].copy()
     out["risk_score"] = [min(100.0, points[h]) for h in out.household_id]
     out["risk_level"] = [next(lvl for lvl, lo in LEVELS if s >= lo) for s in out.risk_score]
-    out["risk_reasons"] = [reasons[h][:5] for h in out.household_id]
+    # five reasons at most, the gravest first and each once: the flags come in no set order, and a
+    # 红 level must not lose its critical finding behind five overdue visits read before it
+    out["risk_reasons"] = [sorted(dict.fromkeys(reasons[h]), key=lambda r: -weight[r])[:5] for h in out.household_id]
     return out
 
 

@@ -54,12 +54,15 @@ def derive_flags(episodes: pd.DataFrame, as_of: date, database_url: str | None =
     since, day_end = midnight - timedelta(days=lookback_days * 3), midnight + timedelta(days=1)
     window = midnight - timedelta(days=lookback_days)
     # A sheet typed in weeks after the visit (county offices batch paper sheets) is read when it
-    # is recorded, not only by its visit date; a replay of a past day reads what was recorded by then.
+    # is recorded, not only by its visit date; a replay of a past day reads what was recorded by then
+    # (a sheet typed in after it is not read at all, not read as a hand-over's history, which alone
+    # has no recorded_at).
     late = (Visit.recorded_at >= window) & (Visit.recorded_at < day_end)
     visits = read_frame(select(Visit.id.label("visit_id"), Visit.household_id, Visit.visited_at, Visit.notes,
-                               Visit.family_situation, Visit.women_situation, Visit.difficulties, Visit.measures,
-                               case((Visit.recorded_at < day_end, Visit.recorded_at), else_=None).label("recorded_at"))
-                        .where(or_(Visit.visited_at >= since, late), Visit.visited_at < day_end), database_url)
+                               Visit.family_situation, Visit.business_situation, Visit.women_situation,
+                               Visit.difficulties, Visit.measures, Visit.recorded_at)
+                        .where(or_(Visit.visited_at >= since, late), Visit.visited_at < day_end,
+                               or_(Visit.recorded_at.is_(None), Visit.recorded_at < day_end)), database_url)
     plans = read_frame(select(VisitPlan).where(VisitPlan.status == "planned", VisitPlan.due_date < as_of), database_url)
     if not visits.empty:
         in_window = (pd.to_datetime(visits.visited_at) >= pd.Timestamp(window)) | (
@@ -137,18 +140,21 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                                     RiskFlag.end, RiskFlag.closed_at, acked_at.label("acked_at"))
                              .where(RiskFlag.status != "open", RiskFlag.kind.not_in(logic.RECORD_KINDS),
                                     # a flag withdrawn with its record, or with its family's removal, settled nothing
-                                    or_(RiskFlag.outcome.is_(None),
-                                        RiskFlag.outcome.not_in((logic.RECORD_CORRECTED, logic.DEREGISTERED))),
+                                    or_(RiskFlag.outcome.is_(None), RiskFlag.outcome.not_in(logic.WITHDRAWN)),
                                     RiskFlag.detected_at >= as_of - timedelta(days=40)), database_url)
         fresh = logic.drop_settled_episodes(fresh, settled)
         difficult = fresh[fresh.kind == "unresolved_difficulty"]
         if len(difficult):
-            closed = pd.concat([read_frame(select(RiskFlag.household_id, RiskFlag.closed_at).where(
+            # (with their outcomes: one withdrawn, not answered, answered nothing)
+            closed = pd.concat([read_frame(select(RiskFlag.household_id, RiskFlag.closed_at, RiskFlag.outcome).where(
                 RiskFlag.kind == "unresolved_difficulty", RiskFlag.status == "closed",
-                RiskFlag.household_id.in_(part), RiskFlag.closed_at >= min(difficult.detected_at),
-                or_(RiskFlag.outcome.is_(None), RiskFlag.outcome != logic.RECORD_CORRECTED)), database_url)
+                RiskFlag.household_id.in_(part), RiskFlag.closed_at >= min(difficult.detected_at)), database_url)
                 for part in chunks(sorted(set(difficult.household_id)), 500)], ignore_index=True)
-            fresh = logic.drop_answered_difficulties(fresh, closed)
+            removed = sorted(set(closed.household_id[closed.outcome.eq(logic.DEREGISTERED)]))
+            still_off = set(read_frame(select(Household.id).where(Household.deregistered_at.is_not(None),
+                                                                  Household.id.in_(removed)), database_url).id) \
+                if removed else set()
+            fresh = logic.drop_answered_difficulties(fresh, closed, still_off)
     else:
         fresh = candidates
     inserts, extends = logic.merge_with_open_flags(fresh, open_flags)

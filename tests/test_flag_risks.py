@@ -565,9 +565,9 @@ def test_score_households_levels_and_reasons():
     assert s.risk_level.to_dict() == {"H0": "绿", "H1": "黄", "H2": "绿", "H3": "红", "H4": "橙", "H5": "橙",
                                       "H6": "红", "H7": "绿"}
     assert s.loc["H1", "risk_reasons"] == ["存在婚姻家庭矛盾"]
-    assert s.loc["H5", "risk_reasons"] == ["存在婚姻家庭矛盾", "困难家庭", "近90天内2次走访反映困难"]
+    assert s.loc["H5", "risk_reasons"] == ["近90天内2次走访反映困难", "存在婚姻家庭矛盾", "困难家庭"]  # gravest first
     assert s.loc["H3", "risk_reasons"] == ["长时间无用电活动"]
-    assert s.loc["H6", "risk_reasons"] == ["e1", "e2", "e3", "e4", "e5"]  # at most five
+    assert s.loc["H6", "risk_reasons"] == ["e3", "e4", "e5", "e6", "e2"]  # at most five, gravest first
     assert s.loc["H0", "risk_reasons"] == []
 
 
@@ -638,3 +638,52 @@ def test_the_flow_judges_with_the_installations_silence_budget(monkeypatch):
         monkeypatch.setenv("SIBIFANG_SILENCE_ALARMS_PER_MONTH", bad)
         with pytest.raises(ValueError, match="silence_alarms_per_month"):
             Settings()
+
+
+# --- drop_answered_difficulties ----------------------------------------------------------------
+
+def test_a_difficulty_closed_without_an_answer_answers_nothing():
+    """A flag closed as corrected or because the family left the register (and came back) was
+    not answered by anyone: the candidate it would silence is raised; one closed by a grid worker
+    is not."""
+    from sibifang.flag_risks import DEREGISTERED, RECORD_CORRECTED, drop_answered_difficulties
+
+    new = pd.DataFrame([{"household_id": h, "kind": "unresolved_difficulty", "detected_at": T("2026-09-10 10:00")}
+                        for h in ("HA", "HB", "HC")])
+    closed = pd.DataFrame({"household_id": ["HA", "HB", "HC"], "closed_at": [T("2026-09-15 23:59:59")] * 3,
+                           "outcome": ["visited_all_well", DEREGISTERED, RECORD_CORRECTED]})
+    assert list(drop_answered_difficulties(new, closed).household_id) == ["HB", "HC"]
+    # while the family is still off the register, its removal's closing stands
+    assert list(drop_answered_difficulties(new, closed, still_off={"HB"}).household_id) == ["HC"]
+
+
+@pytest.mark.parametrize("nothing", ["无。", "暂无。", "没有困难。", "无；", "无！", "无,", "無。", "无明显困难",
+                                     "暂无特殊困难。", "无其他困难"])
+def test_unresolved_difficulty_flags_read_nothing_ended_with_a_stop_as_nothing(nothing):
+    """Clerks end "无" with a full stop as often as not: "无。" is no difficulty, and no measure."""
+    none = pd.DataFrame([_dv("A1", "HA", "2026-06-01", nothing), _dv("A2", "HA", "2026-06-05", nothing)])
+    assert unresolved_difficulty_flags(none, date(2026, 6, 10)).empty
+    unanswered = pd.DataFrame([_dv("B1", "HB", "2026-06-01", "看病难", nothing),
+                               _dv("B2", "HB", "2026-06-05", "看病难", nothing)])
+    assert list(unresolved_difficulty_flags(unanswered, date(2026, 6, 10)).household_id) == ["HB"]
+
+
+def test_score_households_reasons_name_the_gravest_findings_first_once_each():
+    """Only five reasons are kept: a 红 level must not lose its critical finding behind five
+    overdue visits read first, and one finding repeated is one reason."""
+    hh = pd.DataFrame({"household_id": ["H"], "grid_id": ["G"], "categories": [["hardship"]]})
+    flags = pd.DataFrame([*({"household_id": "H", "severity": "low", "evidence": f"逾期{i}"} for i in range(5)),
+                          {"household_id": "H", "severity": "medium", "evidence": "困难"},
+                          {"household_id": "H", "severity": "medium", "evidence": "困难"},
+                          {"household_id": "H", "severity": "critical", "evidence": "长时间无用电活动"}])
+    s = score_households(hh, flags).set_index("household_id")
+    assert s.loc["H", "risk_level"] == "红"
+    assert s.loc["H", "risk_reasons"] == ["长时间无用电活动", "困难", "逾期0", "逾期1", "逾期2"]
+
+
+def test_visit_cue_flags_read_the_business_finding_too(lexicon):
+    """企情 is one of the three findings of a visit: a husband gambling away the shop's money is
+    written there, not in 家情."""
+    v = pd.DataFrame([{"visit_id": "V1", "household_id": "H1", "visited_at": "2026-07-01 10:00", "notes": None,
+                       "business_situation": "丈夫赌博输光店里资金", "family_situation": "无家暴"}])
+    assert list(visit_cue_flags(v, lexicon).kind) == ["gambling"]

@@ -7,6 +7,8 @@ from datetime import datetime
 import pandas as pd
 from sqlalchemy import select
 
+from tests.test_outbox import outbox_db  # noqa: F401  (fixture)
+
 
 def _meter_flags(database_url: str) -> list[str]:
     from schemas.models import RiskFlag
@@ -135,3 +137,152 @@ def test_an_open_ended_absence_does_not_refit_every_run(database_url, app_env, m
                                   full[key].sort_values(key[:4]).reset_index(drop=True), check_exact=False)
     silent_while_away = _replay(store, pd.Timestamp("2026-11-20 15:30"))
     assert (silent_while_away.kind == "inactivity").any() and not (later.kind == "inactivity").any()
+
+
+# --- the unresolved-difficulty flag across closings (store_flags over derive_flags) -------------
+
+def _set_register(url: str, hid: str, off_at: datetime | None) -> None:
+    """Take a family off the register from ``off_at`` (迁出), or put it back (在册: None)."""
+    from schemas.models import Household
+    from sibifang.db import session_scope
+
+    with session_scope(url) as s:
+        h = s.get(Household, hid)
+        h.deregistered_at, h.deregistered_reason = off_at, ("moved_away" if off_at else None)
+
+
+def _difficulty_visits(url: str, hid: str, days: list[datetime]) -> None:
+    from tests.test_store_flags import _import_visit
+
+    for i, at in enumerate(days):
+        _import_visit(url, f"VR{hid}{i}", hid, at, at, difficulties="老人看病缺钱")
+
+
+def test_a_family_put_back_on_the_register_with_its_difficulty_still_going_on_is_flagged_again(outbox_db):  # noqa: F811
+    """The family moved out (迁出), its open 反复反映困难 flag closed as ``deregistered``; a later file
+    puts it back (在册). Nobody answered the difficulty: nothing was measured, the visits are still in
+    the window. Its closing answered nothing, as a corrected record's does not: it is flagged again,
+    once (a re-run changes nothing)."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "open", None)]
+    _set_register(outbox_db, "H002", datetime(2026, 9, 15))
+    _risk_stage(outbox_db, date(2026, 9, 15))
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "deregistered")]
+    _set_register(outbox_db, "H002", None)
+    for day in (date(2026, 9, 20), date(2026, 9, 20), date(2026, 9, 21)):
+        _risk_stage(outbox_db, day)
+        assert sorted(_flags(outbox_db, "H002"), key=str) == [("unresolved_difficulty", "closed", "deregistered"),
+                                                              ("unresolved_difficulty", "open", None)]
+
+
+def test_a_family_put_back_after_its_first_visit_left_the_window_is_flagged_again(outbox_db):  # noqa: F811
+    """As above, but put back weeks later: the window has slid, the candidate has another key. The
+    closing by removal still answered nothing."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    _set_register(outbox_db, "H002", datetime(2026, 9, 15))
+    _risk_stage(outbox_db, date(2026, 9, 15))
+    _set_register(outbox_db, "H002", None)
+    for day in (date(2026, 11, 1), date(2026, 11, 1)):        # the 08-01 visit left the window on 10-31
+        _risk_stage(outbox_db, day)
+        assert sorted(_flags(outbox_db, "H002"), key=str) == [("unresolved_difficulty", "closed", "deregistered"),
+                                                              ("unresolved_difficulty", "open", None)]
+
+
+def test_a_closed_difficulty_is_raised_again_by_the_visit_date_not_the_day_the_sheet_came_in(outbox_db):  # noqa: F811
+    """The closing answered the family as it was when the grid worker closed the flag. A sheet of a
+    visit made before the closing, typed in after it, tells of a time she already answered: it
+    raises nothing, even once the window has slid. One of a visit after the closing, typed in
+    late, is the difficulty recorded again: it is raised."""
+    from datetime import date
+
+    from schemas.models import RiskFlag
+    from sibifang.db import session_scope
+    from tests.test_store_flags import _flags, _fresh, _import_visit, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    with session_scope(outbox_db) as s:
+        s.execute(RiskFlag.__table__.update().where(RiskFlag.household_id == "H002")
+                  .values(status="closed", outcome="visited_all_well", closed_at=datetime(2026, 9, 12, 9)))
+    _import_visit(outbox_db, "VLATE1", "H002", datetime(2026, 9, 11, 10), datetime(2026, 9, 20, 9),
+                  difficulties="看病钱还是没着落")
+    for day in (date(2026, 9, 20), date(2026, 11, 1), date(2026, 11, 25)):   # 11-25: only 09-10 and 09-11 left
+        _risk_stage(outbox_db, day)
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well")]
+    _import_visit(outbox_db, "VLATE2", "H002", datetime(2026, 11, 20, 10), datetime(2026, 11, 26, 9),
+                  difficulties="看病钱还是没着落")
+    for _ in range(2):
+        _risk_stage(outbox_db, date(2026, 11, 26))
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "visited_all_well"),
+                                             ("unresolved_difficulty", "open", None)]
+
+
+def test_a_replayed_day_reads_only_the_sheets_recorded_by_its_end(outbox_db):  # noqa: F811
+    """A replay of a past day reads what had been recorded by then: a sheet of a visit made before
+    that day but typed in after it is neither a finding nor a difficulty recorded again on that day
+    (read as a hand-over's history, by its visit date, it was). The day it came in reads it."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _import_visit, _risk_stage
+
+    _fresh(outbox_db)
+    _import_visit(outbox_db, "VR1", "H001", datetime(2026, 11, 15, 10), datetime(2026, 11, 20, 9),
+                  notes="女方称丈夫家暴")
+    _import_visit(outbox_db, "VR2", "H002", datetime(2026, 9, 1, 10), datetime(2026, 9, 1, 10),
+                  difficulties="老人看病缺钱")
+    _import_visit(outbox_db, "VR3", "H002", datetime(2026, 9, 5, 10), datetime(2026, 11, 20, 9),
+                  difficulties="老人看病缺钱")
+    _risk_stage(outbox_db, date(2026, 11, 19))
+    assert _flags(outbox_db, "H001") == [] and _flags(outbox_db, "H002") == []
+    _risk_stage(outbox_db, date(2026, 11, 20))
+    assert _flags(outbox_db, "H001") == [("domestic_violence", "open", None)]
+    assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "open", None)]
+
+
+def test_a_family_still_off_the_register_gets_no_difficulty_flag_as_the_window_slides(outbox_db):  # noqa: F811
+    """Its removal closed the flag; while the family stays off (迁出), the window sliding over its
+    old visits raises nothing under another key."""
+    from datetime import date
+
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    _difficulty_visits(outbox_db, "H002", [datetime(2026, 8, 1, 10), datetime(2026, 8, 20, 10),
+                                           datetime(2026, 9, 10, 10)])
+    _risk_stage(outbox_db, date(2026, 9, 10))
+    _set_register(outbox_db, "H002", datetime(2026, 9, 15))
+    for day in (date(2026, 9, 15), date(2026, 11, 1), date(2026, 11, 2)):
+        _risk_stage(outbox_db, day)
+        assert _flags(outbox_db, "H002") == [("unresolved_difficulty", "closed", "deregistered")]
+
+
+def test_a_cue_in_the_business_finding_is_flagged(outbox_db):  # noqa: F811
+    """企情 is read like 家情 and 妇情 (visit_cue_flags): the task reads it from the sheet."""
+    from sibifang.db import session_scope
+    from sibifang.import_registry import store_accepted
+    from tests.test_store_flags import _flags, _fresh, _risk_stage
+
+    _fresh(outbox_db)
+    at = datetime(2026, 11, 20, 10)
+    row = {"visit_id": "VB1", "household_id": "H001", "cadre_id": "GW1", "visited_at": at, "mode": "visit",
+           "business_situation": "丈夫赌博输光店里资金", "notes": None, "difficulties": None, "measures": None}
+    with session_scope(outbox_db) as s:
+        store_accepted(s, "visits", pd.DataFrame([row]), source="visits.csv", now=at)
+    _risk_stage(outbox_db, at.date())
+    assert _flags(outbox_db, "H001") == [("gambling", "open", None)]
