@@ -678,6 +678,28 @@ class BatchJournal:
         mask = pq.read_table(path).column("stored").to_numpy(zero_copy_only=False).astype(bool)
         return mask if len(mask) == n else None
 
+    def keep_held_at_set_aside(self, mask: np.ndarray) -> None:
+        """Which of a pull's readings the store held when the pull was set aside (what it had
+        stored itself, and what it found stored): put back, the readings stored meanwhile by
+        other batches are told from these (``tasks.ingest_readings._ingest_frame``)."""
+        _atomic_write(pa.table({"held": pa.array(np.asarray(mask, dtype=bool))}),
+                      self.directory / "held_at_set_aside.parquet")
+
+    def held_at_set_aside(self, n: int) -> np.ndarray | None:
+        path = self.directory / "held_at_set_aside.parquet"
+        if not self.exists() or not path.exists():
+            return None
+        mask = pq.read_table(path).column("held").to_numpy(zero_copy_only=False).astype(bool)
+        return mask if len(mask) == n else None
+
+    def put_back_stored(self, stored: np.ndarray) -> None:
+        """A pull put back: ``stored`` (held before it, or booked by others while it was set
+        aside) replaces what it started from, once, before it stores anything: then the mark of
+        the set-aside goes (a re-run must not take what this attempt stores for another's)."""
+        _atomic_write(pa.table({"stored": pa.array(np.asarray(stored, dtype=bool))}),
+                      self.directory / "stored.parquet")
+        (self.directory / "held_at_set_aside.parquet").unlink(missing_ok=True)
+
     def count_new(self, day: date, n: int) -> int:
         """For ``ReadingStore.append``: the first count recorded for ``day`` wins."""
         path = self.directory / "new_by_day.json"

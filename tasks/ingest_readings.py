@@ -225,6 +225,18 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         times = parse_reading_times(raw)
         # Run again, what the store held before the first attempt: not what that attempt stored.
         stored = journal.stored(len(raw)) if resumed else None
+        held_aside = journal.held_at_set_aside(len(raw)) if stored is not None else None
+        if held_aside is not None:
+            # Set aside and put back: the batches booked meanwhile (a later pull sent the same
+            # window) read what this one had not stored; those readings are theirs, read again
+            # here they would be accepted twice across the ledger. What the store holds now and
+            # did not when this pull was set aside is counted as held before it. Kept in the
+            # journal before anything is stored: a re-run of this attempt must not take what it
+            # stores now for another batch's.
+            held_now = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None,
+                                      times=times)
+            stored = stored | (held_now & ~held_aside)
+            journal.put_back_stored(stored)
         if stored is None:
             stored = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None,
                                     times=times)
@@ -549,6 +561,17 @@ def finish_unfinished_pulls(store, database_url: str | None, as_of: datetime | N
     return finished, set_aside
 
 
+def _held_now(store, raw: pd.DataFrame, database_url: str | None) -> np.ndarray:  # noqa: ANN001
+    """Mask of the readings of ``raw`` (a pull as sent) the store holds now."""
+    from schemas.models import Meter
+    from sibifang.db import session_scope
+    from sibifang.ingest_readings import already_stored
+
+    with session_scope(database_url) as s:
+        intervals = {m: int(n) for m, n in s.execute(select(Meter.id, Meter.interval_minutes)) if n}
+    return already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None)
+
+
 def _current_run() -> str | None:
     """The flow run this task runs in (its retries share it), or the task run when the task was
     called without a flow; None for a plain call (a run of its own)."""
@@ -574,6 +597,15 @@ def set_aside_pull(store, journal, error: str, database_url: str | None) -> dict
 
     info = journal.info()
     batch_id = info.get("batch_id") or journal.directory.name
+    try:
+        # What the store holds of its readings now: what it stored itself (and what it found
+        # held). Put back later, the readings other batches stored meanwhile are told from these
+        # (see _ingest_frame): they are not this pull's to read again.
+        _, _, kept = journal.pull()
+        journal.keep_held_at_set_aside(_held_now(store, kept, database_url))
+    except Exception as e:  # noqa: BLE001 - a damaged journal is set aside all the same
+        run_logger().warning("%s: what the store holds of its readings not recorded (%s)", batch_id,
+                             type(e).__name__)
     source = info.get("source") or "meter-api"
     attempts = int(info.get("attempts", 0))
     message = (f"电表平台拉取的读数批次 {batch_id} 连续 {attempts} 次入库失败，已暂存，之后的拉取照常进行；"
