@@ -11,7 +11,8 @@ Expected API (what a utility or the village platform must expose)::
 ``since`` is exclusive (readings with ``ts > since``); ``ts`` may carry an offset or be naive
 local time; ``kwh`` is the energy of the interval ending at ``ts`` (a feed may send
 ``register_kwh`` instead: then every reading must). The last page has no
-``next_page_token`` (null, empty or absent).
+``next_page_token`` (null, empty or absent). A token seen before, or a page of readings that
+repeats an earlier page's exactly (a platform ignoring ``page_token``), stops the pull.
 
 Behaviour:
 
@@ -51,6 +52,7 @@ Behaviour:
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import logging
 import random
@@ -128,6 +130,7 @@ def fetch_readings(
     readings: list[dict[str, Any]] = []
     page_token: str | None = None
     seen_tokens: set[str] = set()
+    seen_pages: dict[str, int] = {}
     try:
         for page in range(1, max_pages + 1):
             params = {"since": since_text} if since_text else {}
@@ -140,6 +143,15 @@ def fetch_readings(
             batch = body.get("readings")
             if not isinstance(batch, list) or not all(isinstance(r, dict) for r in batch):
                 raise MeterApiError(f"电表接口第 {page} 页格式不对：缺少 readings 列表")
+            if batch:
+                # A platform ignoring page_token sends the same page under a new token each time:
+                # the tokens alone would page on to max_pages (10 000 requests). Two pages with
+                # the very same readings are that, never data.
+                fingerprint = hashlib.sha1(json.dumps(batch, sort_keys=True, default=str).encode()).hexdigest()
+                if fingerprint in seen_pages:
+                    raise MeterApiError(f"电表接口第 {page} 页与第 {seen_pages[fingerprint]} 页的读数完全重复"
+                                        "（平台似乎忽略了 page_token），停止翻页；数据不完整，请联系平台")
+                seen_pages[fingerprint] = page
             readings.extend(batch)
             page_token = body.get("next_page_token") or None
             log.debug("meter API page %d: %d readings", page, len(batch))

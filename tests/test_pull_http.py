@@ -11,6 +11,7 @@ import pytest
 
 from sibifang.meter_api import MeterApiError, fetch_readings
 from tests.test_meter_api import TOKEN, _LocalServer
+from tests.test_pull_locks import meter_api  # noqa: F401 - the fixture
 
 BODY = (b'{"readings": [{"meter_id": "M1", "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.1}], '
         b'"next_page_token": null}')
@@ -69,3 +70,68 @@ def test_a_page_within_its_deadline_is_read_whole():
     with TricklingApi(seconds_per_byte=0.001) as api:
         frame = fetch_readings(api.url, TOKEN, None, timeout=(1.0, 1.0), max_attempts=1, sleep=lambda s: None)
     assert frame["meter_id"].tolist() == ["M1"]
+
+
+def test_a_meter_replaced_between_two_pulls_starts_again_from_its_new_register(meter_api, database_url, app_env):  # noqa: F811
+    """A cumulative meter exchanged for a new one under the same id between two pulls: the next
+    pull's first reading (near 0, far below the state the last pull left) starts it again; the
+    readings after it are intervals from the new register, never a drop of 5000 kWh nor a rise."""
+    from sibifang.readings_store import ReadingStore
+    from tasks.ingest_readings import pull_api_task
+    from tests.test_ingest_rerun import _api_registers, _ledger
+
+    store = ReadingStore(app_env / "data" / "readings")
+    meter_api.pages = {None: {"readings": _api_registers(("M1", "08:00", 5000.0), ("M1", "08:15", 5000.1)),
+                              "next_page_token": None}}
+    first = pull_api_task.fn()
+    assert (first["read"], first["accepted"], first["quarantined"]) == (2, 1, 1)
+    # The platform sends the overlap again, then the new meter's readings.
+    meter_api.pages = {None: {"readings": _api_registers(("M1", "08:15", 5000.1), ("M1", "08:30", 0.0),
+                                                         ("M1", "08:45", 0.2), ("M1", "09:00", 0.4)),
+                              "next_page_token": None}}
+    second = pull_api_task.fn()
+    assert (second["read"], second["accepted"], second["quarantined"], second["already_ingested"]) == (3, 2, 1, 1)
+    stored = store.load()
+    assert [round(k, 4) for k in stored["kwh"]] == [0.1, 0.2, 0.2]
+    state = store.last_registers()
+    assert (state["ts"].dt.strftime("%H:%M").tolist(), state["register_kwh"].tolist()) == (["09:00"], [0.4])
+    ledger = _ledger(database_url)
+    assert sum(r[0] for r in ledger) == sum(r[1] + r[2] for r in ledger) == 5
+
+
+class IgnoringCursorApi(_LocalServer):
+    """A platform that ignores ``page_token``: every page is the first one again, under a fresh
+    next token each time."""
+
+    def __init__(self):
+        self.requests = 0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                api.requests += 1
+                data = (b'{"readings": [{"meter_id": "M1", "ts": "2026-11-20T08:15:00+08:00", "kwh": 0.1}], '
+                        b'"next_page_token": "t%d"}' % api.requests)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+        self._serve(Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/v1"
+
+
+def test_a_platform_sending_the_same_page_under_new_tokens_is_stopped_at_once():
+    """The loop guard looked at the tokens only: a platform ignoring ``page_token`` (the same
+    page again, a new token each time) was paged max_pages times (10 000 requests by default)
+    before the pull failed, every 15 minutes. A page repeating an earlier one stops it at once."""
+    with IgnoringCursorApi() as api:
+        with pytest.raises(MeterApiError, match="重复") as failed:
+            fetch_readings(api.url, TOKEN, None, timeout=(1.0, 1.0), max_pages=200, sleep=lambda s: None)
+    assert api.requests == 2 and not failed.value.retryable
