@@ -64,6 +64,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, url
 
 import pandas as pd
 import requests
+import urllib3
 from pydantic import SecretStr
 
 from sibifang.channels import register_log_secrets
@@ -224,8 +225,21 @@ def _read_within(response: requests.Response, deadline: float) -> bytes:
     chunks = []
     while True:
         # read1: what has arrived, up to 64 KiB (iter_content waits to fill its whole chunk, and
-        # a trickle fills none within any deadline).
-        chunk = response.raw.read1(65536, decode_content=True)
+        # a trickle fills none within any deadline). urllib3's own errors, which iter_content
+        # would have turned into requests' (a read timeout, a connection broken mid-body: both
+        # passing, retried), are turned into them here, unchained as everywhere in this module.
+        try:
+            chunk = response.raw.read1(65536, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError:
+            failure: type[requests.RequestException] = requests.exceptions.ReadTimeout
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError):
+            failure = requests.exceptions.ChunkedEncodingError
+        except urllib3.exceptions.DecodeError:
+            failure = requests.exceptions.ContentDecodingError
+        else:
+            failure = None
+        if failure is not None:
+            raise failure() from None
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)

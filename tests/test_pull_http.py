@@ -135,3 +135,47 @@ def test_a_platform_sending_the_same_page_under_new_tokens_is_stopped_at_once():
         with pytest.raises(MeterApiError, match="重复") as failed:
             fetch_readings(api.url, TOKEN, None, timeout=(1.0, 1.0), max_pages=200, sleep=lambda s: None)
     assert api.requests == 2 and not failed.value.retryable
+
+
+class BrokenBodyApi(_LocalServer):
+    """The first answer breaks off mid-body (``stall``: the rest never comes; ``cut``: the
+    connection closes short of its Content-Length); the next one is whole."""
+
+    def __init__(self, how: str):
+        self.requests = 0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                api.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(BODY)))
+                self.end_headers()
+                if api.requests > 1:
+                    self.wfile.write(BODY)
+                    return
+                self.wfile.write(BODY[:20])
+                self.wfile.flush()
+                if how == "stall":
+                    time.sleep(3)
+                self.close_connection = True
+        self._serve(Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/v1"
+
+
+@pytest.mark.parametrize("how", ["stall", "cut"])
+def test_an_answer_broken_off_mid_body_is_retried_without_the_token(how, caplog):
+    """The body is read as it arrives (for the page's deadline): a read timeout or a connection
+    closed mid-body must still be a passing failure, retried, and its message keep the token out."""
+    sleeps = []
+    with BrokenBodyApi(how) as api:
+        frame = fetch_readings(api.url, TOKEN, None, timeout=(1.0, 1.0), max_attempts=3, sleep=sleeps.append)
+    assert frame["meter_id"].tolist() == ["M1"] and api.requests == 2 and len(sleeps) == 1
+    assert TOKEN not in caplog.text
