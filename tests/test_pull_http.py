@@ -179,3 +179,19 @@ def test_an_answer_broken_off_mid_body_is_retried_without_the_token(how, caplog)
         frame = fetch_readings(api.url, TOKEN, None, timeout=(1.0, 1.0), max_attempts=3, sleep=sleeps.append)
     assert frame["meter_id"].tolist() == ["M1"] and api.requests == 2 and len(sleeps) == 1
     assert TOKEN not in caplog.text
+
+
+def test_retry_after_as_an_http_date_is_honoured_and_one_past_means_no_wait():
+    """Retry-After may be an HTTP date (RFC 9110): the wait until then, and none for a date
+    gone by (a platform's clock behind ours), never a negative sleep nor the backoff instead."""
+    import email.utils
+
+    from tests.test_meter_api import FakeMeterApi
+
+    soon = email.utils.formatdate(time.time() + 20, usegmt=True)
+    past = email.utils.formatdate(time.time() - 3600, usegmt=True)
+    sleeps = []
+    with FakeMeterApi() as api:
+        api.script = {None: [(503, {"Retry-After": soon}), (429, {"Retry-After": past})]}
+        fetch_readings(api.url, TOKEN, None, timeout=5, sleep=sleeps.append, backoff_base=0.5)
+    assert 17 <= sleeps[0] <= 20.5 and sleeps[1] == 0.0
