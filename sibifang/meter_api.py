@@ -11,11 +11,15 @@ Expected API (what a utility or the village platform must expose)::
 ``since`` is exclusive (readings with ``ts > since``); ``ts`` may carry an offset or be naive
 local time; ``kwh`` is the energy of the interval ending at ``ts`` (a feed may send
 ``register_kwh`` instead: then every reading must). The last page has no
-``next_page_token`` (null, empty or absent).
+``next_page_token`` (null, empty or absent). A token seen before, or a page of readings that
+repeats an earlier page's exactly (a platform ignoring ``page_token``), stops the pull.
 
 Behaviour:
 
-* Timeouts on connect and read. Retries with exponential backoff and jitter on connection
+* Timeouts on connect and read, and a deadline for a page as a whole (``page_deadline``, by
+  default four read timeouts): the read timeout bounds each wait for a byte, so a platform (or
+  a proxy) sending a byte now and then would otherwise hold a pull for as long as it liked.
+  Retries with exponential backoff and jitter on connection
   errors, timeouts, 5xx and 429; ``Retry-After`` (seconds or HTTP date) is respected, up to
   ``max_retry_after`` seconds. Other 4xx (bad request, bad token) are never retried: they
   fail the same way again, nor is a request that cannot be sent (an invalid header, URL or
@@ -48,6 +52,8 @@ Behaviour:
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import json
 import logging
 import random
 import time
@@ -58,6 +64,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, url
 
 import pandas as pd
 import requests
+import urllib3
 from pydantic import SecretStr
 
 from sibifang.channels import register_log_secrets
@@ -88,6 +95,7 @@ def fetch_readings(
     session: requests.Session | None = None,
     max_pages: int = 10_000,
     timeout: float | tuple[float, float] = (5.0, 30.0),
+    page_deadline: float | None = None,
     max_attempts: int = 6,
     backoff_base: float = 0.5,
     backoff_max: float = 30.0,
@@ -104,6 +112,8 @@ def fetch_readings(
     """
     if max_pages < 1 or max_attempts < 1:
         raise ValueError("max_pages and max_attempts must be at least 1")
+    if page_deadline is None:
+        page_deadline = 4 * (timeout[1] if isinstance(timeout, tuple) else timeout)
     secret = _bearer_token(token)
     url = _readings_url(base_url)
     # The token and whatever in the base URL may be a key (its path, its query, a password):
@@ -121,18 +131,28 @@ def fetch_readings(
     readings: list[dict[str, Any]] = []
     page_token: str | None = None
     seen_tokens: set[str] = set()
+    seen_pages: dict[str, int] = {}
     try:
         for page in range(1, max_pages + 1):
             params = {"since": since_text} if since_text else {}
             if page_token:
                 params["page_token"] = page_token
             body = _get_page(session, url, params, headers, page=page, timeout=timeout,
-                             max_attempts=max_attempts, backoff_base=backoff_base,
+                             page_deadline=page_deadline, max_attempts=max_attempts, backoff_base=backoff_base,
                              backoff_max=backoff_max, max_retry_after=max_retry_after,
                              sleep=sleep, secrets=secrets)
             batch = body.get("readings")
             if not isinstance(batch, list) or not all(isinstance(r, dict) for r in batch):
                 raise MeterApiError(f"电表接口第 {page} 页格式不对：缺少 readings 列表")
+            if batch:
+                # A platform ignoring page_token sends the same page under a new token each time:
+                # the tokens alone would page on to max_pages (10 000 requests). Two pages with
+                # the very same readings are that, never data.
+                fingerprint = hashlib.sha1(json.dumps(batch, sort_keys=True, default=str).encode()).hexdigest()
+                if fingerprint in seen_pages:
+                    raise MeterApiError(f"电表接口第 {page} 页与第 {seen_pages[fingerprint]} 页的读数完全重复"
+                                        "（平台似乎忽略了 page_token），停止翻页；数据不完整，请联系平台")
+                seen_pages[fingerprint] = page
             readings.extend(batch)
             page_token = body.get("next_page_token") or None
             log.debug("meter API page %d: %d readings", page, len(batch))
@@ -194,8 +214,41 @@ def fetch_new_readings(store, *, session: requests.Session | None = None, **kwar
 
 # ---------------------------------------------------------------------- internals
 
+class PageDeadlineExceeded(requests.Timeout):
+    """A page's answer did not arrive whole within its deadline (each byte within the read timeout)."""
+
+
+def _read_within(response: requests.Response, deadline: float) -> bytes:
+    """The body of a streamed response, read by chunks until ``deadline`` seconds have passed
+    (the last wait for a chunk can still take one read timeout)."""
+    end = time.monotonic() + deadline
+    chunks = []
+    while True:
+        # read1: what has arrived, up to 64 KiB (iter_content waits to fill its whole chunk, and
+        # a trickle fills none within any deadline). urllib3's own errors, which iter_content
+        # would have turned into requests' (a read timeout, a connection broken mid-body: both
+        # passing, retried), are turned into them here, unchained as everywhere in this module.
+        try:
+            chunk = response.raw.read1(65536, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError:
+            failure: type[requests.RequestException] = requests.exceptions.ReadTimeout
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError):
+            failure = requests.exceptions.ChunkedEncodingError
+        except urllib3.exceptions.DecodeError:
+            failure = requests.exceptions.ContentDecodingError
+        else:
+            failure = None
+        if failure is not None:
+            raise failure() from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        if time.monotonic() > end:
+            raise PageDeadlineExceeded()
+
+
 def _get_page(session: requests.Session, url: str, params: dict, headers: dict, *, page: int,
-              timeout, max_attempts: int, backoff_base: float, backoff_max: float,
+              timeout, page_deadline: float, max_attempts: int, backoff_base: float, backoff_max: float,
               max_retry_after: float, sleep: Callable[[float], None], secrets: list[str | None]) -> dict:
     for attempt in range(1, max_attempts + 1):
         wait: float | None = None
@@ -203,7 +256,13 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
         failure = None
         try:
             response = session.get(url, params=params, headers=headers, timeout=timeout,
-                                   allow_redirects=False)
+                                   allow_redirects=False, stream=True)
+            try:
+                data = _read_within(response, page_deadline)
+            finally:
+                response.close()
+        except PageDeadlineExceeded:
+            problem = f"{page_deadline:.0f} 秒内未传完"
         except TRANSIENT_ERRORS as exc:
             # Only the class name: requests' message can embed the URL, proxy details or a header.
             problem = f"连接失败 ({type(exc).__name__})"
@@ -217,14 +276,15 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
             status = response.status_code
             if status == 200:
                 try:
-                    body = response.json()
+                    body = json.loads(data)
                 except ValueError:
                     raise MeterApiError(f"电表接口第 {page} 页不是有效的 JSON", status=status) from None
                 if not isinstance(body, dict):
                     raise MeterApiError(f"电表接口第 {page} 页不是 JSON 对象", status=status)
                 return body
             if status not in RETRY_STATUS:
-                raise MeterApiError(_status_message(status, page, response, secrets), status=status) from None
+                raise MeterApiError(_status_message(status, page, data, response.encoding, secrets),
+                                    status=status) from None
             problem = f"HTTP {status}"
             wait = _retry_after_seconds(response.headers.get("Retry-After"))
             if wait is not None and wait > max_retry_after:
@@ -282,14 +342,14 @@ def _redact_secrets(text: str, secrets: list[str | None]) -> str:
     return text
 
 
-def _status_message(status: int, page: int, response: requests.Response, secrets: list[str | None]) -> str:
+def _status_message(status: int, page: int, data: bytes, encoding: str | None, secrets: list[str | None]) -> str:
     if status in (401, 403):
         return f"电表接口拒绝访问（HTTP {status}），请检查 SIBIFANG_METER_API_TOKEN 是否正确、是否过期"
     if 300 <= status < 400:
         return f"电表接口返回重定向（HTTP {status}），为保护令牌不跟随重定向；请把地址改成最终地址"
     # Redacted before it is cut: a key cut in two would no longer match, and half a key is
     # still too much.
-    excerpt = _redact_secrets(response.text, secrets)[:200]
+    excerpt = _redact_secrets(data.decode(encoding or "utf-8", errors="replace"), secrets)[:200]
     return f"电表接口第 {page} 页请求被拒绝（HTTP {status}），不会重试：{excerpt}"
 
 

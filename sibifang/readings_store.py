@@ -15,6 +15,8 @@ A row per reading in SQLite cannot reach the figures the detectors need (a month
     <root>/.lock                               serialises writes of partitions and sidecars (flock)
     <root>/.ingest.lock                        one batch at a time, from reading the store's state
                                                 to its ledger row: a pull or a file (flock)
+    <root>/.pull.lock                          one meter-API pull at a time, its download included
+                                                (flock; older versions took only this one)
 
 Conventions:
 
@@ -49,7 +51,10 @@ Conventions:
   compute intervals from a state the other is moving on. A pull finding the store held is
   skipped (``claim_pulls``); a file batch waits for it (``hold_for_batch``), for at most
   ``Settings.readings_lock_timeout_seconds``, and then fails naming the lock, leaving its file
-  in the inbox for the next run.
+  in the inbox for the next run. A pull does not hold the store while it downloads (a platform
+  may page for minutes): it holds it to finish earlier pulls and read where to resume, lets it
+  go for the download, and holds it again to book what it got (``pull_turn`` keeps pulls one
+  at a time meanwhile).
 """
 
 from __future__ import annotations
@@ -88,6 +93,10 @@ REGISTERS_NAME = "_last_registers.parquet"
 BATCHES_DIR = "_batches"  # BatchJournal: what a batch not yet in the ledger started from
 SET_ASIDE_DIR = "_set_aside"  # pull journals that failed to finish PULL_FINISH_ATTEMPTS times
 INGEST_LOCK_NAME = ".ingest.lock"
+# One pull at a time (``pull_turn``). The name older versions used for their pull lock: a worker
+# of an older version still pulling (it takes only this one) and a pull of this version then
+# exclude each other. The file is a flock, never a marker: a stale one left behind locks nothing.
+PULL_LOCK_NAME = ".pull.lock"
 # How often a batch waiting for the store looks again (a flock cannot wait with a timeout).
 LOCK_POLL_SECONDS = 0.2
 # A pull journal that failed to finish this many times is set aside: a failure that repeats
@@ -473,13 +482,31 @@ class ReadingStore:
 
     @contextmanager
     def claim_pulls(self) -> Iterator[bool]:
-        """Hold the store for one meter-API pull: yields True, or False when another batch (a
-        pull, a file) holds it. A pull finishes the unfinished pull journals, then fetches from
-        the store's last readings and stores what it got: two at once would finish (and
-        discard) the same journal, or both read and book the readings of one window. It does
-        not wait: the one running fetches the same window, and the next pull resumes after it."""
+        """Hold the store for a meter-API pull's start (finishing the unfinished pull journals,
+        reading where to resume): yields True, or False when another batch (a pull, a file)
+        holds it. It does not wait: the one running fetches the same window, and the next pull
+        resumes after it. Released for the download (``pull_turn`` keeps pulls one at a time
+        then); the pull books its download under ``hold_for_batch``."""
         with self.hold(wait=0) as mine:
             yield mine
+
+    @contextmanager
+    def pull_turn(self) -> Iterator[bool]:
+        """One meter-API pull at a time, from finishing earlier pulls to booking its own, its
+        download included: yields True, or False when another pull (of this version or an
+        older one, which took this lock alone) has it. Not the store: a file goes in while a
+        pull downloads (``claim_pulls`` and ``hold_for_batch`` are what a pull holds the store
+        with, only around reading its state and booking)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self.root / PULL_LOCK_NAME
+        with open(lock, "a+b") as handle:
+            if not _flock_within(handle, 0, lock):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def unfinished_pulls(self) -> list["BatchJournal"]:
         """Journals of pulls that changed the store and never reached the ledger, oldest first.
@@ -650,6 +677,28 @@ class BatchJournal:
             return None
         mask = pq.read_table(path).column("stored").to_numpy(zero_copy_only=False).astype(bool)
         return mask if len(mask) == n else None
+
+    def keep_held_at_set_aside(self, mask: np.ndarray) -> None:
+        """Which of a pull's readings the store held when the pull was set aside (what it had
+        stored itself, and what it found stored): put back, the readings stored meanwhile by
+        other batches are told from these (``tasks.ingest_readings._ingest_frame``)."""
+        _atomic_write(pa.table({"held": pa.array(np.asarray(mask, dtype=bool))}),
+                      self.directory / "held_at_set_aside.parquet")
+
+    def held_at_set_aside(self, n: int) -> np.ndarray | None:
+        path = self.directory / "held_at_set_aside.parquet"
+        if not self.exists() or not path.exists():
+            return None
+        mask = pq.read_table(path).column("held").to_numpy(zero_copy_only=False).astype(bool)
+        return mask if len(mask) == n else None
+
+    def put_back_stored(self, stored: np.ndarray) -> None:
+        """A pull put back: ``stored`` (held before it, or booked by others while it was set
+        aside) replaces what it started from, once, before it stores anything: then the mark of
+        the set-aside goes (a re-run must not take what this attempt stores for another's)."""
+        _atomic_write(pa.table({"stored": pa.array(np.asarray(stored, dtype=bool))}),
+                      self.directory / "stored.parquet")
+        (self.directory / "held_at_set_aside.parquet").unlink(missing_ok=True)
 
     def count_new(self, day: date, n: int) -> int:
         """For ``ReadingStore.append``: the first count recorded for ``day`` wins."""

@@ -225,6 +225,18 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         times = parse_reading_times(raw)
         # Run again, what the store held before the first attempt: not what that attempt stored.
         stored = journal.stored(len(raw)) if resumed else None
+        held_aside = journal.held_at_set_aside(len(raw)) if stored is not None else None
+        if held_aside is not None:
+            # Set aside and put back: the batches booked meanwhile (a later pull sent the same
+            # window) read what this one had not stored; those readings are theirs, read again
+            # here they would be accepted twice across the ledger. What the store holds now and
+            # did not when this pull was set aside is counted as held before it. Kept in the
+            # journal before anything is stored: a re-run of this attempt must not take what it
+            # stores now for another batch's.
+            held_now = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None,
+                                      times=times)
+            stored = stored | (held_now & ~held_aside)
+            journal.put_back_stored(stored)
         if stored is None:
             stored = already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None,
                                     times=times)
@@ -443,52 +455,75 @@ def retry_pull(task, task_run, state) -> bool:  # noqa: ANN001
 def pull_api_task(database_url: str | None = None, as_of: datetime | None = None) -> dict | None:
     """Pull new readings from the meter platform's paged API, resuming from the last stored one.
 
-    One batch at a time on the store (``ReadingStore.claim_pulls``): a pull that finds another
-    pull, or a file being ingested, is skipped, and says so (``busy``). A running pull fetches
-    everything new up to now from the same resume point (a file ends soon, and the next pull
-    resumes after it); waiting would only hold a worker to fetch what arrived meanwhile, which
-    the next scheduled pull fetches anyway, and pulls stuck behind a slow platform would pile up."""
-    from sibifang.readings_store import INGEST_LOCK_NAME, ReadingStore
+    One pull at a time (``ReadingStore.pull_turn``): a pull that finds another one running is
+    skipped, and says so (``busy``); so is one that finds a readings file being ingested. The
+    running pull fetches everything new up to now from the same resume point (a file ends soon,
+    and the next pull resumes after it); waiting would only hold a worker to fetch what arrived
+    meanwhile, which the next scheduled pull fetches anyway.
+
+    The store itself (``.ingest.lock``) is held only around what reads or moves its state:
+    finishing earlier pulls and reading where to resume, then booking the download. Not during
+    the download: a platform paging slowly would hold every dropped file back (up to
+    ``readings_lock_timeout_seconds``, then fail it). A file that goes in meanwhile is no
+    trouble: the download is booked against the store as it is then (what it holds already is
+    not read again, a register continues from the latest state)."""
+    from sibifang.meter_api import resume_since
+    from sibifang.readings_store import INGEST_LOCK_NAME, PULL_LOCK_NAME, ReadingStore
     from sibifang.settings import get_settings
 
     settings = get_settings()
     if not settings.meter_api_url:
         return None
     store = ReadingStore(Path(settings.data_dir) / "readings")
-    with store.claim_pulls() as mine:
-        if not mine:
-            run_logger().info("another pull of the meter API or a readings file holds %s; this pull is "
-                              "skipped (the next pull resumes from the store)", store.root / INGEST_LOCK_NAME)
-            return {"source": "meter-api", "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
-                    "already_ingested": 0, "busy": True}
-        return _pull(store, settings, database_url, as_of)
+    busy = {"source": "meter-api", "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
+            "already_ingested": 0, "busy": True}
+    with store.pull_turn() as turn:
+        if not turn:
+            run_logger().info("another pull of the meter API holds %s; this pull is skipped (the next pull "
+                              "resumes from the store)", store.root / PULL_LOCK_NAME)
+            return busy
+        with store.claim_pulls() as mine:
+            if not mine:
+                run_logger().info("a readings file being ingested holds %s; this pull is skipped (the next "
+                                  "pull resumes from the store)", store.root / INGEST_LOCK_NAME)
+                return busy
+            # A pull that failed after storing readings (this task's earlier attempt, or an earlier
+            # run) is finished first, from the readings it kept: pulling resumes after them, so they
+            # would never be read again and the ledger would miss what the store holds.
+            finished, set_aside = finish_unfinished_pulls(store, database_url, as_of)
+            # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
+            since = resume_since(store.last_ts())
+        return _pull(store, settings, database_url, as_of, since, finished, set_aside)
 
 
-def _pull(store, settings, database_url: str | None, as_of: datetime | None) -> dict:  # noqa: ANN001
-    """``pull_api_task`` with the store held: finish the unfinished pulls, then pull anew."""
-    from sibifang.meter_api import fetch_readings, resume_since
+def _pull(store, settings, database_url: str | None, as_of: datetime | None, since,  # noqa: ANN001
+          finished: list[dict], set_aside: list[dict]) -> dict:
+    """``pull_api_task`` with its pull turn: download (the store not held), then book."""
+    from sibifang.meter_api import fetch_readings
 
-    # A pull that failed after storing readings (this task's earlier attempt, or an earlier run)
-    # is finished first, from the readings it kept: pulling resumes after them, so they would
-    # never be read again and the ledger would miss what the store holds.
-    finished, set_aside = finish_unfinished_pulls(store, database_url, as_of)
-    # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
-    since = resume_since(store.last_ts())
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
     raw = fetch_readings(settings.meter_api_url, token, since)
     digest = hashlib.sha1(pd.util.hash_pandas_object(raw, index=False).values.tobytes()).hexdigest()
     batch_id = f"api-{digest[:24]}"
-    if any(j.info().get("batch_id") == batch_id for j in store.set_aside_pulls()):
-        # The very readings of a pull set aside (a platform with nothing new sends the same
-        # window again): this pull reads what that one has not booked, under its own batch. Under
-        # the set-aside one's id its ledger row would make that pull, once put back, look booked
-        # already: discarded, and the readings it stored would be in no ledger row. Repeats are
-        # still not read twice (the store and the quarantine say what was read, not the id).
-        batch_id = f"{batch_id}-{uuid.uuid4().hex[:8]}"
-    # ``pull``: what overlaps earlier pulls (the window the lagging meter keeps open) is neither
-    # read nor quarantined again; see ingest_frame.
-    result = ingest_frame(raw, source="meter-api", batch_id=batch_id, database_url=database_url,
-                          as_of=as_of, pull=True)
+    # The store again, waiting as a file does (a file holds it briefly): from here on this pull
+    # reads the store's state (what it holds, the register state) and books against it.
+    with store.hold_for_batch(settings.readings_lock_timeout_seconds):
+        # A pull put back by `sibifang pulls --resume` during the download is finished first, as
+        # at the start: booked after this download, whose readings overlap it, it would read again
+        # what this one had just read.
+        more, aside = finish_unfinished_pulls(store, database_url, as_of)
+        finished, set_aside = finished + more, set_aside + aside
+        if any(j.info().get("batch_id") == batch_id for j in store.set_aside_pulls()):
+            # The very readings of a pull set aside (a platform with nothing new sends the same
+            # window again): this pull reads what that one has not booked, under its own batch.
+            # Under the set-aside one's id its ledger row would make that pull, once put back, look
+            # booked already: discarded, and the readings it stored would be in no ledger row.
+            # Repeats are still not read twice (the store and the quarantine say what was read).
+            batch_id = f"{batch_id}-{uuid.uuid4().hex[:8]}"
+        # ``pull``: what overlaps earlier pulls (the window the lagging meter keeps open) is
+        # neither read nor quarantined again; see ingest_frame.
+        result = ingest_frame(raw, source="meter-api", batch_id=batch_id, database_url=database_url,
+                              as_of=as_of, pull=True)
     for earlier in finished:
         if "earlier" in earlier:
             continue  # in the ledger already (its attempt failed after the commit): nothing read now
@@ -526,6 +561,17 @@ def finish_unfinished_pulls(store, database_url: str | None, as_of: datetime | N
     return finished, set_aside
 
 
+def _held_now(store, raw: pd.DataFrame, database_url: str | None) -> np.ndarray:  # noqa: ANN001
+    """Mask of the readings of ``raw`` (a pull as sent) the store holds now."""
+    from schemas.models import Meter
+    from sibifang.db import session_scope
+    from sibifang.ingest_readings import already_stored
+
+    with session_scope(database_url) as s:
+        intervals = {m: int(n) for m, n in s.execute(select(Meter.id, Meter.interval_minutes)) if n}
+    return already_stored(raw, store.last_ts(), store.load, interval_minutes=intervals or None)
+
+
 def _current_run() -> str | None:
     """The flow run this task runs in (its retries share it), or the task run when the task was
     called without a flow; None for a plain call (a run of its own)."""
@@ -551,6 +597,15 @@ def set_aside_pull(store, journal, error: str, database_url: str | None) -> dict
 
     info = journal.info()
     batch_id = info.get("batch_id") or journal.directory.name
+    try:
+        # What the store holds of its readings now: what it stored itself (and what it found
+        # held). Put back later, the readings other batches stored meanwhile are told from these
+        # (see _ingest_frame): they are not this pull's to read again.
+        _, _, kept = journal.pull()
+        journal.keep_held_at_set_aside(_held_now(store, kept, database_url))
+    except Exception as e:  # noqa: BLE001 - a damaged journal is set aside all the same
+        run_logger().warning("%s: what the store holds of its readings not recorded (%s)", batch_id,
+                             type(e).__name__)
     source = info.get("source") or "meter-api"
     attempts = int(info.get("attempts", 0))
     message = (f"电表平台拉取的读数批次 {batch_id} 连续 {attempts} 次入库失败，已暂存，之后的拉取照常进行；"
