@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 
 from schemas.models import Alert, Area, AuditEvent, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
+from sibifang.dispatch_alerts import stored_moment
 from sibifang.outbox import DispatchPolicy, lock_flag, queue_escalation
 from sibifang.records import stable_id
 from sibifang.settings import local_now
@@ -47,7 +48,7 @@ def acknowledge(alert_id: str, *, actor: str, outcome: str | None = None, at: da
     """Acknowledge one alert (in ``session`` when given, else in its own transaction)."""
     if outcome is not None and outcome not in OUTCOMES:
         raise AckError(f"处理结果“{outcome}”无法识别，可选：{'、'.join(f'{k}（{v}）' for k, v in OUTCOMES.items())}")
-    at = at or local_now()
+    at = stored_moment(at) or local_now()  # stored as naive local time, whatever zone it came in
     if session is not None:
         return _acknowledge(session, alert_id, actor, outcome, at)
     with session_scope(database_url) as s:
@@ -144,6 +145,7 @@ def alert_for_link(token: str, *, secret: str, now: datetime | None = None, data
     from sibifang.dispatch_alerts import alert_page_context
     from sibifang.outbox import flag_payload, household_context
 
+    now = stored_moment(now)
     claims = verify_ack_token(token, secret, now or local_now())
     with session_scope(database_url) as s:
         alert = s.get(Alert, claims.alert_id)

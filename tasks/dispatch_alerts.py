@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
+from sibifang.dispatch_alerts import stored_moment
 from sibifang.outbox import flag_payload
 from sibifang.settings import local_now
 from tasks.common import run_logger
@@ -53,6 +54,7 @@ def enqueue(now: datetime, database_url: str | None = None) -> int:
     from sibifang.dispatch_alerts import render_alert, route_flag
     from sibifang.outbox import enqueue_alerts
 
+    now = stored_moment(now)
     policy = dispatch_policy()
     with session_scope(database_url) as s:
         has_alert = select(Alert.flag_id)
@@ -216,6 +218,7 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                                  with_ack_link)
     from sibifang.settings import get_settings
 
+    now = stored_moment(now)
     policy = dispatch_policy()
     settings = get_settings()
     totals = {"attempted": 0, "sent": 0, "retry": 0, "dead": 0, "deferred": 0}
@@ -307,6 +310,7 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
     from sibifang.db import session_scope
     from sibifang.outbox import answered, escalation_due, lock_flag, queue_escalation
 
+    now = stored_moment(now)
     policy = dispatch_policy()
     created = 0
     with session_scope(database_url) as s:
