@@ -128,11 +128,18 @@ def ack_link_length(policy: DispatchPolicy, alert_id: str, recipient_id: str | N
     return ack_url_length(policy.ack_base_url, alert_id, recipient_id or "", policy.ack_ttl, now)
 
 
-def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:
-    """Whether an SMS alert can hold its ack link under ``SIBIFANG_ACK_BASE_URL``: checked when
+def sms_recipient_ids(session: Session) -> list[str]:
+    """The ids of the cadres alerted by SMS: each one's id is signed into her alerts' links."""
+    return list(session.scalars(select(Cadre.id).where(Cadre.alert_channel == "sms")))
+
+
+def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool, recipient_ids=("",)) -> None:
+    """Whether every SMS alert can hold its ack link under ``SIBIFANG_ACK_BASE_URL``: checked when
     dispatch starts, so that a base URL too long is the operator's error to fix at once, not each
-    SMS alert dead-lettered ``too_long`` one by one. Measured with the shortest link an alert can
-    have (the alert id's format, an empty recipient id): it fails only when no SMS alert can go.
+    SMS alert dead-lettered ``too_long`` one by one with nothing said up front. The link holds its
+    recipient's id (``ack_tokens``), so it is measured for the longest of ``recipient_ids`` (the
+    cadres alerted by SMS, ``sms_recipient_ids``): the check fails exactly when some SMS alert
+    cannot go (it measured an empty id, and passed while real recipients' alerts were refused).
     ``sms_used`` (an SMS gateway is set and no override webhook takes every message): a
     ``ValueError``; otherwise a warning, for the day SMS is set up."""
     import logging
@@ -140,7 +147,9 @@ def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:
     from sibifang.channels import SMS_MAX_CHARS
     from sibifang.dispatch_alerts import least_sms_length
 
-    link = ack_link_length(policy, stable_id("A", "", length=12), "", local_now())
+    at = local_now()
+    aid = stable_id("A", "", length=12)  # every alert id has this length
+    link = max(ack_link_length(policy, aid, rid or "", at) for rid in (recipient_ids or ("",)))
     need = least_sms_length(link)
     if need <= SMS_MAX_CHARS:
         return

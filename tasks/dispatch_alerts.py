@@ -26,17 +26,26 @@ def dispatch_policy():
     return DispatchPolicy.from_settings()
 
 
-def check_settings() -> None:
-    """What dispatch checks before it starts (``outbox.check_ack_base_url``): an error logged on
-    the run, naming the setting, for the operator to fix once. Dispatch goes on: the alerts on
-    other channels (WeCom, DingTalk, a webhook) must not wait for an SMS setting, and the SMS
-    alerts that cannot hold their link are dead-lettered with the reason, for a person to pass on."""
-    from sibifang.outbox import check_ack_base_url
+def check_settings(database_url: str | None = None) -> None:
+    """What dispatch checks before it starts (``outbox.check_ack_base_url``, for the links of the
+    cadres alerted by SMS): an error logged on the run, naming the setting, for the operator to
+    fix once. Dispatch goes on: the alerts on other channels (WeCom, DingTalk, a webhook) must not
+    wait for an SMS setting, and the SMS alerts that cannot hold their link are dead-lettered with
+    the reason, for a person to pass on (and for the escalation of a critical one to go on)."""
+    from sibifang.db import session_scope
+    from sibifang.outbox import check_ack_base_url, sms_recipient_ids
     from sibifang.settings import get_settings
 
     s = get_settings()
     try:
-        check_ack_base_url(dispatch_policy(), sms_used=bool(s.sms_gateway_url) and not s.alert_webhook_url)
+        with session_scope(database_url) as session:
+            ids = sms_recipient_ids(session) or [""]
+    except Exception as e:  # noqa: BLE001 - no registry yet (a first run): the shortest link
+        run_logger().debug("SMS recipients not read (%s); the ack link is measured without a recipient", e)
+        ids = [""]
+    try:
+        check_ack_base_url(dispatch_policy(), sms_used=bool(s.sms_gateway_url) and not s.alert_webhook_url,
+                           recipient_ids=ids)
     except ValueError as e:
         run_logger().error("%s; SMS alerts are dead-lettered (too_long) until it is fixed", e)
 
