@@ -346,7 +346,7 @@ def lock_flag(session: Session, flag_id: str) -> RiskFlag | None:
 
 
 def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str | None = None,
-              real_now: datetime | None = None, tries: int = 3) -> list[str]:
+              real_now: datetime | None = None, tries: int = 3, resumed: dict | None = None) -> list[str]:
     """Claim pending alerts that are due, and stale ``sending`` ones whose lease ran out; critical
     ones first, so a backlog never holds them back.
 
@@ -356,7 +356,11 @@ def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str |
     Alerts of an answered flag, or of a family off the register by ``now``, still waiting are
     cancelled first, never claimed. A caller that
     loses the race for every row it selected selects again (``tries`` times in all): others'
-    claims must not make it stop while alerts are due."""
+    claims must not make it stop while alerts are due.
+
+    ``resumed`` (a dict, filled in): for each alert claimed again after its lease ran out (a
+    dispatcher died between its send and its record), the moment of the claim that sent it,
+    which its ack link was signed at: the resend carries the very same link (``deliver``)."""
     real_now = real_now or local_now()
     stale = and_(Alert.status == "sending", Alert.next_attempt_at <= real_now - LEASE)
     session.execute(update(Alert).where(or_(Alert.status == "pending", stale), answered())
@@ -379,13 +383,21 @@ def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str |
             .order_by((Alert.severity == "critical").desc(), Alert.next_attempt_at, Alert.id).limit(limit)))
         if not ids:
             return []
+        # a stale row's stamp is the last claim's (its lease); claimed only if still so (below)
+        stale_since = {} if resumed is None else dict(session.execute(
+            select(Alert.id, Alert.next_attempt_at).where(Alert.id.in_(ids), Alert.status == "sending")).all())
         claimed = []
         for aid in ids:
-            res = session.execute(update(Alert).where(Alert.id == aid, claimable)
+            cond = [Alert.id == aid, claimable]
+            if aid in stale_since:
+                cond.append(Alert.next_attempt_at == stale_since[aid])
+            res = session.execute(update(Alert).where(*cond)
                                   .values(status="sending", next_attempt_at=real_now, claim_token=token)
                                   .execution_options(synchronize_session=False))
             if res.rowcount == 1:
                 claimed.append(aid)
+                if aid in stale_since:
+                    resumed[aid] = stale_since[aid]
         if claimed:
             return claimed
     return []

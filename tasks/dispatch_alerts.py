@@ -128,11 +128,14 @@ def _channel(kind: str, address: str, policy):
 DIGEST_CHANNELS = ("wecom", "dingtalk", "feishu")
 
 
-def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime | None = None) -> dict:
+def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime | None = None,
+                   resumed: dict | None = None) -> dict:
     """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts.
 
     ``now`` words the digest (a replay's moment); each item's ack link is signed at ``signed_at``
-    (the real clock of the send, default ``now``), as a single alert's is (``outbox.with_ack_link``).
+    (the real clock of the send, default ``now``), as a single alert's is (``outbox.with_ack_link``),
+    or, for an alert sent before by a dispatcher that died before recording it, at that send's
+    (``resumed``, from ``outbox.claim_due``): the digest sent again is the same text.
     A digest longer than the robot takes (WeCom: 4096 bytes, about 15 items) is split, most urgent
     items first, so that no item and no ack link is cut off."""
     from schemas.models import RiskFlag
@@ -149,13 +152,17 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
     for (channel, address, rid), group in sorted(by_robot.items()):
         if len(group) < 2:
             continue
+        # a digest sent before (``resumed``) is worded as then: its time phrases and deadlines
+        # count from that send (in a run on the wall clock, the moment it was claimed)
+        stamps = {(resumed or {}).get(a.id) for a in group}
+        word_at = stamps.pop() if len(stamps) == 1 and None not in stamps else now
         flags = {a.id: session.get(RiskFlag, a.flag_id) for a in group}
         ctx = household_context(session, sorted({f.household_id for f in flags.values()}))
         rcpt = Recipient(rid or "", "", group[0].recipient_role or "grid_worker", channel, address, "digest")
         pending = [PendingAlert(a.id, flag_payload(f), ctx.get(f.household_id, {}), rcpt,
-                                signed_ack_url(policy, a.id, rid, signed_at or now))
+                                signed_ack_url(policy, a.id, rid, (resumed or {}).get(a.id) or signed_at or now))
                    for a in group for f in [flags[a.id]]]
-        for items, msg in _digest_parts(digest_order(pending), rcpt, channel, now):
+        for items, msg in _digest_parts(digest_order(pending), rcpt, channel, word_at):
             out[tuple(sorted(p.alert_id for p in items))] = (channel, address, msg)
     return out
 
@@ -259,12 +266,13 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
             token = uuid.uuid4().hex
             with session_scope(database_url) as s:
                 claimed_at = clock()
-                ids = claim_due(s, now=at, limit=limit, token=token, real_now=claimed_at)
+                resumed: dict = {}
+                ids = claim_due(s, now=at, limit=limit, token=token, real_now=claimed_at, resumed=resumed)
                 alerts = s.scalars(select(Alert).where(Alert.id.in_(ids))).all() if ids else []
                 jobs = {}
                 # ack links are signed now, on the real clock: they live from the send, even in a
                 # replay of a past moment; the database holds only their slot
-                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at)
+                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at, resumed=resumed)
                 grouped = {aid for ids in digests for aid in ids}
                 unusable: list = []
                 for ids, (channel, address, msg) in digests.items():
@@ -272,8 +280,12 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 for a in alerts:
                     if a.id in grouped:
                         continue
-                    refit_to_link(s, a, policy, now=at, signed_at=claimed_at)  # base URL lengthened since
-                    body = with_ack_link(a.body, a.id, a.recipient_id, policy, claimed_at)
+                    # Sent again after a dispatcher died between its send and its record: the link
+                    # signed as then, so the resend is byte for byte the first (the receiver drops
+                    # it by dedup_key; a person who got both sees one text, one link)
+                    signed_at = resumed.get(a.id) or claimed_at
+                    refit_to_link(s, a, policy, now=at, signed_at=signed_at)  # base URL lengthened since
+                    body = with_ack_link(a.body, a.id, a.recipient_id, policy, signed_at)
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
                                           text=body, markdown=body)
                     # the override webhook, or the alert's own channel (send_target)
