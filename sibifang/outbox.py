@@ -157,7 +157,8 @@ def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool, recipient_ids=
                f"and the shortest SMS alert with it is {need}, over the SMS limit of {SMS_MAX_CHARS} characters "
                f"(channels.SIZE_LIMITS); use a base URL at least {need - SMS_MAX_CHARS} characters shorter")
     if sms_used:
-        raise ValueError(problem + "; no SMS alert could be sent")
+        raise ValueError(problem + "; SMS alerts with this link (the longest of the cadres alerted by SMS) "
+                         "cannot be sent")
     logging.getLogger(__name__).warning("%s (no SMS gateway is in use now)", problem)
 
 
