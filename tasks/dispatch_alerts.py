@@ -129,7 +129,7 @@ DIGEST_CHANNELS = ("wecom", "dingtalk", "feishu")
 
 
 def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime | None = None,
-                   resumed: dict | None = None) -> dict:
+                   resumed: dict | None = None, replay: bool = False) -> dict:
     """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts.
 
     ``now`` words the digest (a replay's moment); each item's ack link is signed at ``signed_at``
@@ -153,9 +153,10 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
         if len(group) < 2:
             continue
         # a digest sent before (``resumed``) is worded as then: its time phrases and deadlines
-        # count from that send (in a run on the wall clock, the moment it was claimed)
+        # count from that send, the moment it was claimed on the wall clock (a ``replay`` words
+        # at the moment it replays, which the claim's stamp is not)
         stamps = {(resumed or {}).get(a.id) for a in group}
-        word_at = stamps.pop() if len(stamps) == 1 and None not in stamps else now
+        word_at = stamps.pop() if not replay and len(stamps) == 1 and None not in stamps else now
         flags = {a.id: session.get(RiskFlag, a.flag_id) for a in group}
         ctx = household_context(session, sorted({f.household_id for f in flags.values()}))
         rcpt = Recipient(rid or "", "", group[0].recipient_role or "grid_worker", channel, address, "digest")
@@ -272,7 +273,8 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 jobs = {}
                 # ack links are signed now, on the real clock: they live from the send, even in a
                 # replay of a past moment; the database holds only their slot
-                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at, resumed=resumed)
+                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at, resumed=resumed,
+                                         replay=now is not None)
                 grouped = {aid for ids in digests for aid in ids}
                 unusable: list = []
                 for ids, (channel, address, msg) in digests.items():
