@@ -6,6 +6,7 @@ from datetime import datetime
 
 from prefect import flow
 
+from sibifang.dispatch_alerts import stored_moment
 from sibifang.settings import local_now
 
 from tasks.dispatch_alerts import check_settings, deliver_task, enqueue_task, escalate_task
@@ -14,7 +15,10 @@ from tasks.dispatch_alerts import check_settings, deliver_task, enqueue_task, es
 @flow(name="dispatch_alerts", description="Route new flags to grid workers and chairs, deliver the outbox "
       "(retried, never twice), escalate unacknowledged critical alerts.")
 def dispatch_alerts(now: datetime | None = None) -> dict:
-    # ``now`` replays a moment (the demo, a re-run); unset, it is the wall clock.
+    # ``now`` replays a moment (the demo, a re-run); unset, it is the wall clock. Given with a
+    # zone (a supervisor's ISO time in UTC, Prefect's scheduled time) it is the same moment in
+    # the naive local time the database stores, else every comparison would be 8 h off.
+    now = stored_moment(now)
     at = now or local_now()
     check_settings()  # a setting no SMS alert can be sent with is an error on the run, before anything is queued
     queued = enqueue_task(at)

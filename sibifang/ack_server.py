@@ -60,7 +60,13 @@ def make_ack_server(host: str = "127.0.0.1", port: int = 8765, *, database_url: 
         def do_POST(self):  # noqa: N802
             if urlparse(self.path).path != "/ack":
                 return self._send(404, render_page("error", message="页面不存在。"))
-            length = int(self.headers.get("Content-Length") or 0)
+            raw_length = (self.headers.get("Content-Length") or "0").strip()
+            # Not a count of bytes (negative, a word): int() raised (no answer at all), and a
+            # negative one read to the end of the stream, holding the thread while the client waits
+            if not raw_length.isdigit():
+                self.close_connection = True
+                return self._send(400, render_page("error", message="提交的内容格式不正确，请返回预警页面重新选择。"))
+            length = int(raw_length)
             if length > MAX_FORM_BYTES:
                 return self._send(413, render_page("error", message="提交的内容过长。"))
             form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)

@@ -9,17 +9,21 @@ supervisor: ``outbox.queue_escalation``); a dispute kind's flag, open, also goes
 
 An alert's outcome, once recorded, is final, and a closed flag takes no outcome: a replayed or
 forwarded link asking for another is refused (``AckRefused``) and changes nothing; the same
-answer again is accepted and records nothing more.
+answer again is accepted and records nothing more. One exception, for a wrong tap: the visit
+outcome given through an alert (已上门，一切正常 / 已上门，需要帮助) may be changed to the other one
+from the same link, once, within ``CORRECTION_WINDOW``, while nobody else acted on the flag
+(``correctable``); the change is audited (``correct_outcome``) and is no second answer.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
 from schemas.models import Alert, Area, AuditEvent, Household, RiskFlag, ServiceNeed
 from sibifang.db import audit, session_scope
+from sibifang.dispatch_alerts import stored_moment
 from sibifang.outbox import DispatchPolicy, lock_flag, queue_escalation
 from sibifang.records import stable_id
 from sibifang.settings import local_now
@@ -29,6 +33,13 @@ OUTCOMES = {"visited_all_well": "已上门，一切正常", "needs_help": "已�
 # kind: the meter kinds are about elderly people living alone, the rest default to that too.
 NEED_CATEGORY = {"dispute": "marriage_family_rights", "domestic_violence": "marriage_family_rights",
                  "gambling": "marriage_family_rights"}
+# A wrong tap is noticed at once, on the page the answer returns; past this, or once anyone else
+# acted on the flag, the answer stands and a change goes through the chair.
+CORRECTION_WINDOW = timedelta(hours=1)
+# The outcomes a grid worker may swap (both say she visited; neither told anyone else): 需上报处理
+# has queued the step above, which cannot be called back.
+CORRECTABLE = ("visited_all_well", "needs_help")
+CORRECTED = "correct_outcome"
 
 
 class AckError(ValueError):
@@ -47,7 +58,7 @@ def acknowledge(alert_id: str, *, actor: str, outcome: str | None = None, at: da
     """Acknowledge one alert (in ``session`` when given, else in its own transaction)."""
     if outcome is not None and outcome not in OUTCOMES:
         raise AckError(f"处理结果“{outcome}”无法识别，可选：{'、'.join(f'{k}（{v}）' for k, v in OUTCOMES.items())}")
-    at = at or local_now()
+    at = stored_moment(at) or local_now()  # stored as naive local time, whatever zone it came in
     if session is not None:
         return _acknowledge(session, alert_id, actor, outcome, at)
     with session_scope(database_url) as s:
@@ -67,6 +78,8 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
     # is final and a closed flag takes none: what the page offers. The same answer again (a
     # second tap, 收到 after it) is the answer on record: accepted, nothing written.
     if alert.outcome and outcome not in (None, alert.outcome):
+        if outcome in correctable(s, alert, flag, actor, at):
+            return _correct(s, alert, flag, actor, outcome, at)
         raise AckRefused(f"这条预警已记录处理结果：{OUTCOMES[alert.outcome]}，不能再改为“{OUTCOMES[outcome]}”。"
                          "如情况有变，请联系村/社区妇联主席。")
     if outcome and alert.outcome is None and flag.status == "closed":
@@ -103,17 +116,73 @@ def _acknowledge(s, alert_id: str, actor: str, outcome: str | None, at: datetime
         else:
             flag.status, flag.outcome = "acknowledged", outcome
             if outcome == "needs_help":
-                hh = s.get(Household, flag.household_id)
-                grid = s.get(Area, hh.grid_id)
-                category = NEED_CATEGORY.get(flag.kind, "elderly_care")
-                need_id = stable_id("N", flag.id, category)
-                if s.get(ServiceNeed, need_id) is None:
-                    s.add(ServiceNeed(id=need_id, household_id=hh.id, village_id=grid.parent_id,
-                                      category=category, created_at=at, status="open"))
+                _file_need(s, flag, at)
     elif flag.status == "open":     # 收到 (a first answer: a repeat returned above)
         flag.status = "acknowledged"
     audit(s, actor, "acknowledge", "alert", alert_id, {"outcome": outcome, "first": first}, at=at)
     return _answer(alert, flag, first)
+
+
+def _need_id(flag: RiskFlag) -> str:
+    return stable_id("N", flag.id, NEED_CATEGORY.get(flag.kind, "elderly_care"))
+
+
+def _file_need(s, flag: RiskFlag, at: datetime) -> None:
+    """The need for the service pool a 需要帮助 answer files (once per flag)."""
+    hh = s.get(Household, flag.household_id)
+    grid = s.get(Area, hh.grid_id)
+    if s.get(ServiceNeed, _need_id(flag)) is None:
+        s.add(ServiceNeed(id=_need_id(flag), household_id=hh.id, village_id=grid.parent_id,
+                          category=NEED_CATEGORY.get(flag.kind, "elderly_care"), created_at=at, status="open"))
+
+
+def correctable(s, alert: Alert, flag: RiskFlag, actor: str | None, at: datetime) -> tuple[str, ...]:
+    """The outcomes this alert's recorded one may still be changed to (a wrong tap), by ``actor``
+    at ``at``: none, unless it is a visit outcome (``CORRECTABLE``) given through this very alert
+    by ``actor`` less than ``CORRECTION_WINDOW`` ago, never corrected before, and nobody acted on
+    the flag since: it still bears this answer (not closed by a visit, reopened by a run), no
+    other alert of it has an outcome, the need it filed is not matched yet (the pool may have
+    sent someone), no newer flag of the household's same kind (a later episode) exists."""
+    if alert.outcome not in CORRECTABLE or flag.outcome != alert.outcome:
+        return ()
+    trail = s.execute(select(AuditEvent.action, AuditEvent.actor, AuditEvent.at, AuditEvent.detail).where(
+        AuditEvent.entity == "alert", AuditEvent.entity_id == alert.id,
+        AuditEvent.action.in_(("acknowledge", CORRECTED)))).all()
+    if any(r.action == CORRECTED for r in trail):
+        return ()
+    given = [r for r in trail if (r.detail or {}).get("outcome") == alert.outcome]
+    if len(given) != 1 or given[0].actor != actor or not given[0].at <= at < given[0].at + CORRECTION_WINDOW:
+        return ()
+    answered_at = given[0].at
+    if alert.outcome == "visited_all_well" and (flag.status != "closed" or flag.closed_at != answered_at):
+        return ()
+    if alert.outcome == "needs_help":
+        need = s.get(ServiceNeed, _need_id(flag))
+        if flag.status != "acknowledged" or need is None or need.status != "open" or need.created_at != answered_at:
+            return ()
+    others = select(Alert.id).where(Alert.flag_id == flag.id, Alert.id != alert.id, Alert.outcome.is_not(None))
+    later = select(RiskFlag.id).where(RiskFlag.household_id == flag.household_id, RiskFlag.kind == flag.kind,
+                                      RiskFlag.id != flag.id, RiskFlag.detected_at > flag.detected_at)
+    if s.scalar(others.limit(1)) is not None or s.scalar(later.limit(1)) is not None:
+        return ()
+    return tuple(o for o in CORRECTABLE if o != alert.outcome)
+
+
+def _correct(s, alert: Alert, flag: RiskFlag, actor: str, outcome: str, at: datetime) -> dict:
+    """Change the visit outcome (``correctable`` said yes): the flag as the right answer leaves it,
+    the need filed by the wrong one withdrawn (never matched, so nobody was sent) or the need of
+    the right one filed. The acknowledgement stays the one answer the report counts; the change
+    is its own audit entry."""
+    before = alert.outcome
+    if outcome == "needs_help":
+        flag.status, flag.outcome, flag.closed_at = "acknowledged", outcome, None
+        _file_need(s, flag, at)
+    else:
+        s.delete(s.get(ServiceNeed, _need_id(flag)))
+        flag.status, flag.outcome, flag.closed_at = "closed", outcome, at
+    alert.outcome = outcome
+    audit(s, actor, CORRECTED, "alert", alert.id, {"from": before, "to": outcome}, at=at)
+    return _answer(alert, flag, False)
 
 
 def _answered_through(s, alert_id: str) -> bool:
@@ -144,6 +213,7 @@ def alert_for_link(token: str, *, secret: str, now: datetime | None = None, data
     from sibifang.dispatch_alerts import alert_page_context
     from sibifang.outbox import flag_payload, household_context
 
+    now = stored_moment(now)
     claims = verify_ack_token(token, secret, now or local_now())
     with session_scope(database_url) as s:
         alert = s.get(Alert, claims.alert_id)
@@ -156,6 +226,8 @@ def alert_for_link(token: str, *, secret: str, now: datetime | None = None, data
         # who was told above her (需上报处理): the page says whether anyone was
         above = s.scalar(select(func.count()).select_from(Alert).where(
             Alert.flag_id == flag.id, Alert.escalation_level > alert.escalation_level, Alert.status != "cancelled"))
-        return {**ctx, "acked": alert.acked_at is not None, "outcome": alert.outcome,
+        fix = correctable(s, alert, flag, claims.recipient_id or "link", now or local_now())
+        return {**ctx, "acked": alert.acked_at is not None, "outcome": alert.outcome, "correct_to": list(fix),
+                "correct_minutes": int(CORRECTION_WINDOW.total_seconds() // 60),
                 "outcome_label": OUTCOMES.get(alert.outcome or "", ""), "flag_status": flag.status,
                 "escalated_to": int(above)}

@@ -184,6 +184,13 @@ def _local(value: Any) -> datetime:
     return ts.tz_convert(LOCAL_TZ).to_pydatetime()
 
 
+def stored_moment(value: Any) -> datetime | None:
+    """A moment as the database stores it: naive Asia/Shanghai local time. An aware one (a flow
+    parameter given in UTC, Prefect's scheduled time) is converted, not stripped of its zone;
+    a naive one is local already and kept. For every entry point that takes a ``now``."""
+    return None if value is None else _local(value).replace(tzinfo=None)
+
+
 def surname_of(name: str) -> str:
     name = (name or "").strip()
     for compound in COMPOUND_SURNAMES:

@@ -128,11 +128,18 @@ def ack_link_length(policy: DispatchPolicy, alert_id: str, recipient_id: str | N
     return ack_url_length(policy.ack_base_url, alert_id, recipient_id or "", policy.ack_ttl, now)
 
 
-def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:
-    """Whether an SMS alert can hold its ack link under ``SIBIFANG_ACK_BASE_URL``: checked when
+def sms_recipient_ids(session: Session) -> list[str]:
+    """The ids of the cadres alerted by SMS: each one's id is signed into her alerts' links."""
+    return list(session.scalars(select(Cadre.id).where(Cadre.alert_channel == "sms")))
+
+
+def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool, recipient_ids=("",)) -> None:
+    """Whether every SMS alert can hold its ack link under ``SIBIFANG_ACK_BASE_URL``: checked when
     dispatch starts, so that a base URL too long is the operator's error to fix at once, not each
-    SMS alert dead-lettered ``too_long`` one by one. Measured with the shortest link an alert can
-    have (the alert id's format, an empty recipient id): it fails only when no SMS alert can go.
+    SMS alert dead-lettered ``too_long`` one by one with nothing said up front. The link holds its
+    recipient's id (``ack_tokens``), so it is measured for the longest of ``recipient_ids`` (the
+    cadres alerted by SMS, ``sms_recipient_ids``): the check fails exactly when some SMS alert
+    cannot go (it measured an empty id, and passed while real recipients' alerts were refused).
     ``sms_used`` (an SMS gateway is set and no override webhook takes every message): a
     ``ValueError``; otherwise a warning, for the day SMS is set up."""
     import logging
@@ -140,7 +147,9 @@ def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:
     from sibifang.channels import SMS_MAX_CHARS
     from sibifang.dispatch_alerts import least_sms_length
 
-    link = ack_link_length(policy, stable_id("A", "", length=12), "", local_now())
+    at = local_now()
+    aid = stable_id("A", "", length=12)  # every alert id has this length
+    link = max(ack_link_length(policy, aid, rid or "", at) for rid in (recipient_ids or ("",)))
     need = least_sms_length(link)
     if need <= SMS_MAX_CHARS:
         return
@@ -148,7 +157,8 @@ def check_ack_base_url(policy: DispatchPolicy, *, sms_used: bool) -> None:
                f"and the shortest SMS alert with it is {need}, over the SMS limit of {SMS_MAX_CHARS} characters "
                f"(channels.SIZE_LIMITS); use a base URL at least {need - SMS_MAX_CHARS} characters shorter")
     if sms_used:
-        raise ValueError(problem + "; no SMS alert could be sent")
+        raise ValueError(problem + "; SMS alerts with this link (the longest of the cadres alerted by SMS) "
+                         "cannot be sent")
     logging.getLogger(__name__).warning("%s (no SMS gateway is in use now)", problem)
 
 
@@ -337,7 +347,7 @@ def lock_flag(session: Session, flag_id: str) -> RiskFlag | None:
 
 
 def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str | None = None,
-              real_now: datetime | None = None, tries: int = 3) -> list[str]:
+              real_now: datetime | None = None, tries: int = 3, resumed: dict | None = None) -> list[str]:
     """Claim pending alerts that are due, and stale ``sending`` ones whose lease ran out; critical
     ones first, so a backlog never holds them back.
 
@@ -347,7 +357,11 @@ def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str |
     Alerts of an answered flag, or of a family off the register by ``now``, still waiting are
     cancelled first, never claimed. A caller that
     loses the race for every row it selected selects again (``tries`` times in all): others'
-    claims must not make it stop while alerts are due."""
+    claims must not make it stop while alerts are due.
+
+    ``resumed`` (a dict, filled in): for each alert claimed again after its lease ran out (a
+    dispatcher died between its send and its record), the moment of the claim that sent it,
+    which its ack link was signed at: the resend carries the very same link (``deliver``)."""
     real_now = real_now or local_now()
     stale = and_(Alert.status == "sending", Alert.next_attempt_at <= real_now - LEASE)
     session.execute(update(Alert).where(or_(Alert.status == "pending", stale), answered())
@@ -370,13 +384,21 @@ def claim_due(session: Session, *, now: datetime, limit: int = 500, token: str |
             .order_by((Alert.severity == "critical").desc(), Alert.next_attempt_at, Alert.id).limit(limit)))
         if not ids:
             return []
+        # a stale row's stamp is the last claim's (its lease); claimed only if still so (below)
+        stale_since = {} if resumed is None else dict(session.execute(
+            select(Alert.id, Alert.next_attempt_at).where(Alert.id.in_(ids), Alert.status == "sending")).all())
         claimed = []
         for aid in ids:
-            res = session.execute(update(Alert).where(Alert.id == aid, claimable)
+            cond = [Alert.id == aid, claimable]
+            if aid in stale_since:
+                cond.append(Alert.next_attempt_at == stale_since[aid])
+            res = session.execute(update(Alert).where(*cond)
                                   .values(status="sending", next_attempt_at=real_now, claim_token=token)
                                   .execution_options(synchronize_session=False))
             if res.rowcount == 1:
                 claimed.append(aid)
+                if aid in stale_since:
+                    resumed[aid] = stale_since[aid]
         if claimed:
             return claimed
     return []

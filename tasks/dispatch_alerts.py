@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
+from sibifang.dispatch_alerts import stored_moment
 from sibifang.outbox import flag_payload
 from sibifang.settings import local_now
 from tasks.common import run_logger
@@ -25,17 +26,26 @@ def dispatch_policy():
     return DispatchPolicy.from_settings()
 
 
-def check_settings() -> None:
-    """What dispatch checks before it starts (``outbox.check_ack_base_url``): an error logged on
-    the run, naming the setting, for the operator to fix once. Dispatch goes on: the alerts on
-    other channels (WeCom, DingTalk, a webhook) must not wait for an SMS setting, and the SMS
-    alerts that cannot hold their link are dead-lettered with the reason, for a person to pass on."""
-    from sibifang.outbox import check_ack_base_url
+def check_settings(database_url: str | None = None) -> None:
+    """What dispatch checks before it starts (``outbox.check_ack_base_url``, for the links of the
+    cadres alerted by SMS): an error logged on the run, naming the setting, for the operator to
+    fix once. Dispatch goes on: the alerts on other channels (WeCom, DingTalk, a webhook) must not
+    wait for an SMS setting, and the SMS alerts that cannot hold their link are dead-lettered with
+    the reason, for a person to pass on (and for the escalation of a critical one to go on)."""
+    from sibifang.db import session_scope
+    from sibifang.outbox import check_ack_base_url, sms_recipient_ids
     from sibifang.settings import get_settings
 
     s = get_settings()
     try:
-        check_ack_base_url(dispatch_policy(), sms_used=bool(s.sms_gateway_url) and not s.alert_webhook_url)
+        with session_scope(database_url) as session:
+            ids = sms_recipient_ids(session) or [""]
+    except Exception as e:  # noqa: BLE001 - no registry yet (a first run): the shortest link
+        run_logger().debug("SMS recipients not read (%s); the ack link is measured without a recipient", e)
+        ids = [""]
+    try:
+        check_ack_base_url(dispatch_policy(), sms_used=bool(s.sms_gateway_url) and not s.alert_webhook_url,
+                           recipient_ids=ids)
     except ValueError as e:
         run_logger().error("%s; SMS alerts are dead-lettered (too_long) until it is fixed", e)
 
@@ -53,6 +63,7 @@ def enqueue(now: datetime, database_url: str | None = None) -> int:
     from sibifang.dispatch_alerts import render_alert, route_flag
     from sibifang.outbox import enqueue_alerts
 
+    now = stored_moment(now)
     policy = dispatch_policy()
     with session_scope(database_url) as s:
         has_alert = select(Alert.flag_id)
@@ -117,11 +128,14 @@ def _channel(kind: str, address: str, policy):
 DIGEST_CHANNELS = ("wecom", "dingtalk", "feishu")
 
 
-def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime | None = None) -> dict:
+def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime | None = None,
+                   resumed: dict | None = None, replay: bool = False) -> dict:
     """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts.
 
     ``now`` words the digest (a replay's moment); each item's ack link is signed at ``signed_at``
-    (the real clock of the send, default ``now``), as a single alert's is (``outbox.with_ack_link``).
+    (the real clock of the send, default ``now``), as a single alert's is (``outbox.with_ack_link``),
+    or, for an alert sent before by a dispatcher that died before recording it, at that send's
+    (``resumed``, from ``outbox.claim_due``): the digest sent again is the same text.
     A digest longer than the robot takes (WeCom: 4096 bytes, about 15 items) is split, most urgent
     items first, so that no item and no ack link is cut off."""
     from schemas.models import RiskFlag
@@ -138,13 +152,18 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
     for (channel, address, rid), group in sorted(by_robot.items()):
         if len(group) < 2:
             continue
+        # a digest sent before (``resumed``) is worded as then: its time phrases and deadlines
+        # count from that send, the moment it was claimed on the wall clock (a ``replay`` words
+        # at the moment it replays, which the claim's stamp is not)
+        stamps = {(resumed or {}).get(a.id) for a in group}
+        word_at = stamps.pop() if not replay and len(stamps) == 1 and None not in stamps else now
         flags = {a.id: session.get(RiskFlag, a.flag_id) for a in group}
         ctx = household_context(session, sorted({f.household_id for f in flags.values()}))
         rcpt = Recipient(rid or "", "", group[0].recipient_role or "grid_worker", channel, address, "digest")
         pending = [PendingAlert(a.id, flag_payload(f), ctx.get(f.household_id, {}), rcpt,
-                                signed_ack_url(policy, a.id, rid, signed_at or now))
+                                signed_ack_url(policy, a.id, rid, (resumed or {}).get(a.id) or signed_at or now))
                    for a in group for f in [flags[a.id]]]
-        for items, msg in _digest_parts(digest_order(pending), rcpt, channel, now):
+        for items, msg in _digest_parts(digest_order(pending), rcpt, channel, word_at):
             out[tuple(sorted(p.alert_id for p in items))] = (channel, address, msg)
     return out
 
@@ -216,6 +235,7 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                                  with_ack_link)
     from sibifang.settings import get_settings
 
+    now = stored_moment(now)
     policy = dispatch_policy()
     settings = get_settings()
     totals = {"attempted": 0, "sent": 0, "retry": 0, "dead": 0, "deferred": 0}
@@ -247,12 +267,14 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
             token = uuid.uuid4().hex
             with session_scope(database_url) as s:
                 claimed_at = clock()
-                ids = claim_due(s, now=at, limit=limit, token=token, real_now=claimed_at)
+                resumed: dict = {}
+                ids = claim_due(s, now=at, limit=limit, token=token, real_now=claimed_at, resumed=resumed)
                 alerts = s.scalars(select(Alert).where(Alert.id.in_(ids))).all() if ids else []
                 jobs = {}
                 # ack links are signed now, on the real clock: they live from the send, even in a
                 # replay of a past moment; the database holds only their slot
-                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at)
+                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at, resumed=resumed,
+                                         replay=now is not None)
                 grouped = {aid for ids in digests for aid in ids}
                 unusable: list = []
                 for ids, (channel, address, msg) in digests.items():
@@ -260,8 +282,12 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 for a in alerts:
                     if a.id in grouped:
                         continue
-                    refit_to_link(s, a, policy, now=at, signed_at=claimed_at)  # base URL lengthened since
-                    body = with_ack_link(a.body, a.id, a.recipient_id, policy, claimed_at)
+                    # Sent again after a dispatcher died between its send and its record: the link
+                    # signed as then, so the resend is byte for byte the first (the receiver drops
+                    # it by dedup_key; a person who got both sees one text, one link)
+                    signed_at = resumed.get(a.id) or claimed_at
+                    refit_to_link(s, a, policy, now=at, signed_at=signed_at)  # base URL lengthened since
+                    body = with_ack_link(a.body, a.id, a.recipient_id, policy, signed_at)
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
                                           text=body, markdown=body)
                     # the override webhook, or the alert's own channel (send_target)
@@ -307,6 +333,7 @@ def escalate(now: datetime, database_url: str | None = None) -> int:
     from sibifang.db import session_scope
     from sibifang.outbox import answered, escalation_due, lock_flag, queue_escalation
 
+    now = stored_moment(now)
     policy = dispatch_policy()
     created = 0
     with session_scope(database_url) as s:

@@ -107,9 +107,10 @@ def test_the_buttons_record_received_then_the_outcome(server):
                       timeout=5)
     assert r.status_code == 200 and "已上门，一切正常" in r.text
     assert _state(url, "A1")[1:] == ("visited_all_well", "closed")
-    # once answered, the page says so and offers no more buttons
+    # once answered, the page says so and offers no more answers: only the correction of a wrong
+    # tap to the other visit outcome (test_alert_correction)
     again = requests.get(_link(base, "A1"), timeout=5).text
-    assert "已记录处理结果" in again and "<button" not in again
+    assert "已记录处理结果" in again and re.findall(r'<button name="outcome" value="([^"]*)"', again) == ["needs_help"]
 
 
 @pytest.mark.parametrize("make, expect", [
@@ -192,8 +193,9 @@ def test_needs_escalation_says_whether_anyone_above_was_told(server):
 
 def test_a_link_posted_again_after_the_outcome_keeps_the_outcome(server):
     """Once she closed the flag, the page offers no more buttons; the same form posted again (a
-    double tap, the browser re-posting it) with the same outcome is that answer again, and any
-    other outcome is refused on the page (409) while the flag stays closed."""
+    double tap, the browser re-posting it) with the same outcome is that answer again, and 需上报处理
+    is refused on the page (409) while the flag stays closed (需要帮助 is the one correction a wrong
+    tap may get: test_alert_correction)."""
     base, url = server
     tok = requests.utils.unquote(_token(_link(base, "A1")))
     r = requests.post(f"{base}/ack", data={"t": tok, "outcome": "visited_all_well"}, timeout=5)
@@ -201,7 +203,7 @@ def test_a_link_posted_again_after_the_outcome_keeps_the_outcome(server):
     closed = _state(url, "A1")
     again = requests.post(f"{base}/ack", data={"t": tok, "outcome": "visited_all_well"}, timeout=5)
     assert again.status_code == 200 and "处理结果：已上门，一切正常" in again.text
-    for outcome in ("escalate", "needs_help"):
+    for outcome in ("escalate",):
         r = requests.post(f"{base}/ack", data={"t": tok, "outcome": outcome}, timeout=5)
         assert r.status_code == 409
         assert "已记录处理结果：已上门，一切正常" in r.text and "不能再改为" in r.text

@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 import tasks.dispatch_alerts  # noqa: F401 - Prefect sets up logging on import: before caplog's handler, not over it
 from schemas.models import Alert, Area, Cadre, DeliveryAttempt, Household, RiskFlag
@@ -309,10 +309,11 @@ def test_a_dispatcher_killed_mid_run_loses_nothing(tmp_path, monkeypatch):
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        # Leases run on the real clock: let the killed run's lease run out.
+        # Leases run on the real clock: let the killed run's lease run out. (Row by row: SQLite
+        # has no datetime arithmetic, SQL's "- interval" stored a number, not a time.)
         with session_scope(url) as s:
-            s.execute(update(Alert).where(Alert.status == "sending")
-                      .values(next_attempt_at=Alert.next_attempt_at - timedelta(minutes=6)))
+            for a in s.scalars(select(Alert).where(Alert.status == "sending")):
+                a.next_attempt_at -= timedelta(minutes=6)
         later = NOW + timedelta(minutes=6)
         subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), now=later.isoformat(), url=url)],
                        env=dict(os.environ), cwd=ROOT, check=True, timeout=120)
