@@ -625,19 +625,45 @@ def read_table(path: Path) -> pd.DataFrame:
         row = stripped[:width] + [None] * (width - len(stripped))
         rows.append(row)
         lines.append(line)
+    # A name used twice is refused only when it names a column of the kind (validate_import):
+    # two 性别 columns or two columns left unnamed are no reason to set a whole file aside.
+    header, repeated = _unique_names(header)
     df = pd.DataFrame(rows, columns=header, dtype="str") if rows else \
         pd.DataFrame({c: pd.Series([], dtype="str") for c in header})
-    if df.columns.duplicated().any():
-        dup = sorted(set(df.columns[df.columns.duplicated()]))
-        raise ImportFileError(path.name, f"duplicate column names: {', '.join(dup)}",
-                              message_zh=f"文件 {path.name} 的表头有重复的列：{'、'.join(dup)}。", line=1)
     df["_line"] = pd.Series(lines, dtype="int64")
     if any(extras):
         df["_extra_fields"] = pd.Series(extras, dtype="int64")
     if unclosed:
         df["_unclosed_quote"] = pd.Series([int(line in unclosed) for line in lines], dtype="int64")
     df.attrs["header_layout"] = layout  # validate_import tells the clerk where the header was found
+    df.attrs["repeated_columns"] = repeated
     return df
+
+
+# A repeated header name's later copies are named "<name><mark><n>": a private-use character
+# no header holds (and no NUL: PostgreSQL's JSON refuses it in a quarantined row's keys).
+_REPEAT_MARK = "\ue000"
+
+
+def _unique_names(header: list[str]) -> tuple[list[str], list[str]]:
+    """The header with the later copies of a repeated name renamed, and the names repeated
+    (blank names aside: a column left unnamed is not a name used twice)."""
+    seen: dict[str, int] = {}
+    names, repeated = [], []
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] == 1:
+            names.append(name)
+            continue
+        names.append(f"{name}{_REPEAT_MARK}{seen[name]}")
+        if name and name not in repeated:
+            repeated.append(name)
+    return names, repeated
+
+
+def _header_name(column: Any) -> str:
+    """A column's name as the file spells it (without the mark of a repeated name)."""
+    return str(column).split(_REPEAT_MARK)[0].strip()
 
 
 # ------------------------------------------------------------------ result
@@ -746,6 +772,8 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
             # Full-width digits and letters (１５８…, Ｈ００１) are what an IME types; fold them
             # (NFKC) in ids, numbers, dates and codes. Free text keeps its full-width punctuation.
             values = C.fold_width(values)
+        if f.type in ("date", "datetime"):
+            values = _excel_serial_dates(values, with_time=f.type == "datetime")
         blank = values.isna() | values.str.strip().eq("")
         if f.type in ("text", "id"):
             typed[f.name] = values.str.strip().where(~blank).astype("str")
@@ -794,6 +822,28 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
         if f.type == "date" and f.not_future:
             problems.add(~C.not_in_future(typed[f.name], now=now), f.name, "future_date")
     return pd.DataFrame(typed, index=raw.index)
+
+
+# Excel's day 0 (serial numbers count days from it) and the serials taken as dates: 1950-01-01
+# to 2099-12-31. A number outside (12, 2026) is no date anyone meant, and stays a bad date.
+_EXCEL_EPOCH = dt.datetime(1899, 12, 30)
+_SERIAL = re.compile(r"\d{5}(\.\d+)?")
+_SERIAL_RANGE = (18264, 73050)
+
+
+def _excel_serial_dates(values: pd.Series, *, with_time: bool) -> pd.Series:
+    """Dates Excel stored as its serial number (a date column formatted 常规, or a CSV saved from
+    it: 46346 is 2026-11-20, 46346.4166… 10:00 that day) → ISO text, for the date parsers. The
+    clerk sees a date in Excel and could not tell why "不是有效日期"."""
+    text = values.str.strip()
+    serial = text.str.fullmatch(_SERIAL).fillna(False).astype(bool)
+    if not serial.any():
+        return values
+    days = pd.to_numeric(text.where(serial), errors="coerce")
+    serial &= days.between(*_SERIAL_RANGE)
+    when = (pd.Timestamp(_EXCEL_EPOCH) + pd.to_timedelta(days[serial], unit="D")).dt.round("s")
+    iso = when.dt.strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
+    return values.where(~serial, iso)
 
 
 def _text_limits(kind: str) -> dict[str, int]:
@@ -894,9 +944,16 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     if kind not in FIELDS:
         raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
     layout = raw.attrs.get("header_layout") or HeaderLayout()
+    repeated = list(raw.attrs.get("repeated_columns", ()))
     raw = raw.reset_index(drop=True)
     if "_line" not in raw.columns:
         raw = raw.assign(_line=np.arange(2, len(raw) + 2, dtype="int64"))
+    aliases = header_aliases(kind)
+    twice = [name for name in repeated if header_key(name) in aliases]
+    if twice:
+        raise ImportFileError(source, f"duplicate column names: {', '.join(twice)}",
+                              message_zh=f"文件 {source} 的表头有重复的列：{'、'.join(twice)}。",
+                              line=layout.lines[-1])
     raw, unknown_columns = _canonical_columns(kind, raw)
     required = [f.name for f in FIELDS[kind] if f.in_header]
     missing = [c for c in required if c not in raw.columns]
@@ -982,9 +1039,9 @@ def _canonical_columns(kind: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, list
     for column in raw.columns:
         if column in _MARKER_COLUMNS:
             continue
-        target = aliases.get(header_key(column))
+        target = aliases.get(header_key(column)) if _REPEAT_MARK not in str(column) else None
         if target is None:
-            name = str(column).strip()
+            name = _header_name(column)
             if name or raw[column].notna().any():
                 unknown.append(name or "（无列名）")
         elif target != column:
