@@ -256,11 +256,16 @@ def content_digest(path: Path) -> str:
 
 
 # ------------------------------------------------------------------ reading
+# The marks a template puts on the columns that must (or may) be filled: *家庭编号, 家庭编号（必填）.
+_FILL_MARK = re.compile(r"^[*★☆]+|[*★☆]+$|\((必填|选填|必填项|选填项)\)$")
+
+
 def header_key(name: Any) -> str:
     """A column name as matched: NFKC (full-width letters and brackets folded), no BOM or
-    spaces, lower case."""
+    spaces, no required mark (``_FILL_MARK``), lower case."""
     text = unicodedata.normalize("NFKC", str(name if name is not None else "")).replace("\ufeff", "")
-    return "".join(text.split()).lower()
+    text = "".join(text.split())
+    return _FILL_MARK.sub("", text).lower()
 
 
 def _clean_header(names: list[Any]) -> list[str]:

@@ -94,3 +94,16 @@ def test_a_repeated_column_of_the_kind_still_refuses_the_file(tmp_path):
     with pytest.raises(ImportFileError) as e:
         _visits(path)
     assert "表头有重复的列：走访时间" in e.value.message_zh
+
+
+@pytest.mark.parametrize("mark", ["*{}", "{}*", "＊{}", "{}（必填）", "★{}"])
+def test_a_required_mark_on_a_header_still_names_its_column(tmp_path, mark):
+    """Templates mark the columns that must be filled (*家庭编号, 家庭编号（必填）): the file was
+    refused as "缺少必需的列" naming the very columns it has."""
+    names = ["家庭编号", "户主姓名", "身份证号", "联系电话", "住址", "网格编号", "必访类别"]
+    path = tmp_path / "h.csv"
+    path.write_text(",".join(mark.format(n) for n in names) + ",备注\n"
+                    "H1,王秀英,33020319431206966X,13800000001,城关村1号,G001,空巢老人,无\n", encoding="utf-8")
+    result = validate_import("households", read_table(path), source=path.name, now=NOW)
+    assert result.read == 1 and len(result.accepted) == 1 and result.quarantined.empty
+    assert result.unknown_columns == ["备注"]
