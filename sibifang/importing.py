@@ -803,10 +803,12 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
             problems.add(invalid, f.name, "bad_bool")
         elif f.type == "date":
             parsed, invalid = C.to_date(values)
+            invalid, parsed = invalid | _partial_date(values), parsed.where(~_partial_date(values))
             typed[f.name] = parsed
             problems.add(invalid, f.name, "bad_date")
         elif f.type == "datetime":
             parsed, invalid = C.to_datetime_local(values)
+            invalid, parsed = invalid | _partial_date(values), parsed.where(~_partial_date(values))
             # Stored naive in local time (schemas.models); the instant is already Asia/Shanghai.
             typed[f.name] = parsed.dt.tz_localize(None)
             problems.add(invalid, f.name, "bad_datetime")
@@ -849,6 +851,15 @@ def _excel_serial_dates(values: pd.Series, *, with_time: bool) -> pd.Series:
     when = (pd.Timestamp(_EXCEL_EPOCH) + pd.to_timedelta(days[serial], unit="D")).dt.round("s")
     iso = when.dt.strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
     return values.where(~serial, iso)
+
+
+_PARTIAL_DATE = re.compile(r"\d{4}(\s*[-/.年]\s*\d{1,2}\s*月?)?")
+
+
+def _partial_date(values: pd.Series) -> pd.Series:
+    """A year or a month alone (2026, 2026-11): ISO 8601 reads them as the first day, a day
+    nobody typed; for a date column they are no date."""
+    return values.str.strip().str.fullmatch(_PARTIAL_DATE).fillna(False).astype(bool)
 
 
 def _text_limits(kind: str) -> dict[str, int]:

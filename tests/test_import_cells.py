@@ -107,3 +107,20 @@ def test_a_required_mark_on_a_header_still_names_its_column(tmp_path, mark):
     result = validate_import("households", read_table(path), source=path.name, now=NOW)
     assert result.read == 1 and len(result.accepted) == 1 and result.quarantined.empty
     assert result.unknown_columns == ["备注"]
+
+
+@pytest.mark.parametrize("typed", ["2026", "2026-11", "2026/11", "2026年11月", "2026.11"])
+def test_a_year_or_a_month_alone_is_not_a_date(tmp_path, typed):
+    """"2026-11" in 走访时间 was read as 2026-11-01 00:00 (and "2026" as New Year's Day): a visit
+    recorded on a day nobody typed. Quarantined as a bad date instead."""
+    path = tmp_path / "v.csv"
+    path.write_text(",".join(VISIT_HEADER) + "\n" + f"V1,H001,K001,{typed},入户,亮明身份\n"
+                    "V2,H001,K001,2026-11-20,入户,亮明身份\n", encoding="utf-8")
+    result = _visits(path)
+    assert {(r.line, r.field, r.code) for r in result.quarantined.itertuples()} == {(2, "visited_at", "bad_datetime")}
+    assert result.accepted["visit_id"].tolist() == ["V2"]
+    hh = tmp_path / "h.csv"
+    hh.write_text("household_id,head_name,id_number,phone,address,grid_id,categories,away_from\n"
+                  f"H1,王秀英,33020319431206966X,13800000001,城关村1号,G001,空巢老人,{typed}\n", encoding="utf-8")
+    result = validate_import("households", read_table(hh), source=hh.name, now=NOW)
+    assert {(r.line, r.field, r.code) for r in result.quarantined.itertuples()} == {(2, "away_from", "bad_date")}
