@@ -567,7 +567,8 @@ def _locate_header(rows: list[tuple[int, list[str | None]]]
     are no data: they are skipped and listed in ``HeaderLayout.skipped``."""
     if not rows:
         return [], [], HeaderLayout()
-    keys = [_clean_header(cells) for _, cells in rows]
+    # only the rows the header can be on (and the one below): a city's sheet has 100,000 more
+    keys = [_clean_header(cells) for _, cells in rows[:HEADER_SEARCH_ROWS + 1]]
     best, best_known = 0, 0
     for i, row_keys in enumerate(keys[:HEADER_SEARCH_ROWS]):
         known, filled = _header_score(row_keys)
@@ -575,7 +576,7 @@ def _locate_header(rows: list[tuple[int, list[str | None]]]
             best, best_known = i, known
     first, last, header = best, best, keys[best]
     below = best + 1
-    merged = _merge_header_rows(keys[best], keys[below], lower_is_header=False) if below < len(rows) else None
+    merged = _merge_header_rows(keys[best], keys[below], lower_is_header=False) if below < len(keys) else None
     if merged is not None:
         header, last = merged, below
     elif best > 0 and any(keys[best - 1]):
