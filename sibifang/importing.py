@@ -19,8 +19,10 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import functools
 import hashlib
 import io
+import re
 import unicodedata
 import zipfile
 from collections.abc import Callable, Mapping
@@ -254,20 +256,30 @@ def content_digest(path: Path) -> str:
 
 
 # ------------------------------------------------------------------ reading
+# The marks a template puts on the columns that must (or may) be filled: *家庭编号, 家庭编号（必填）.
+_FILL_MARK = re.compile(r"^[*★☆]+|[*★☆]+$|\((必填|选填|必填项|选填项)\)$")
+
+
 def header_key(name: Any) -> str:
     """A column name as matched: NFKC (full-width letters and brackets folded), no BOM or
-    spaces, lower case."""
+    spaces, no required mark (``_FILL_MARK``), lower case."""
     text = unicodedata.normalize("NFKC", str(name if name is not None else "")).replace("\ufeff", "")
-    return "".join(text.split()).lower()
+    text = "".join(text.split())
+    return _FILL_MARK.sub("", text).lower()
 
 
 def _clean_header(names: list[Any]) -> list[str]:
     return [header_key(n) for n in names]
 
 
+# Other headers county sheets use for a column (a two-row header's 联系方式 over 手机号 | 座机).
+EXTRA_HEADER_LABELS = {"phone": ("手机号", "手机号码"), "id_number": ("身份证号码",)}
+
+
 def header_aliases(kind: str) -> dict[str, str]:
     """Header spellings of ``kind``'s columns → column name: the name itself, its Chinese label
-    (the one the error report prints, FIELD_LABELS_ZH) and the report's "label（name）" form."""
+    (the one the error report prints, FIELD_LABELS_ZH), the report's "label（name）" form and
+    the common variants of EXTRA_HEADER_LABELS."""
     aliases: dict[str, str] = {}
     for f in FIELDS[kind]:
         label = FIELD_LABELS_ZH.get(f.name)
@@ -275,6 +287,8 @@ def header_aliases(kind: str) -> dict[str, str]:
         if label:
             aliases.setdefault(header_key(label), f.name)
             aliases.setdefault(header_key(f"{label}（{f.name}）"), f.name)
+        for extra in EXTRA_HEADER_LABELS.get(f.name, ()):
+            aliases.setdefault(header_key(extra), f.name)
     return aliases
 
 
@@ -354,8 +368,9 @@ def _unclosed_quote(lines: list[str], cells: list[str], width: int, at_end: bool
                for inner in cell.splitlines()[1:])
 
 
-def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None]]], set[int]]:
-    """Header, (line, cells) per record, and the lines whose quote is not closed.
+def _records_csv(path: Path) -> tuple[list[tuple[int, list[str | None]]], set[int]]:
+    """(line, cells) per record, the header and any title rows above it included, and the
+    lines whose quote is not closed.
 
     A record with an unclosed quote is cut back to its own line (its cells read literally)
     and reading goes on with the next line, so the rows after it are not swallowed."""
@@ -367,9 +382,9 @@ def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None
             path.name, f"line {line}: NUL character (damaged file or wrong encoding)",
             message_zh=f"文件 {path.name} 第{line}行含有空字符，文件可能已损坏或编码不对，请重新导出后提交。",
             line=line)
-    header: list[str] | None = None
     records: list[tuple[int, list[str | None]]] = []
     unclosed: set[int] = set()
+    width = 0  # the widest record so far: a row's width (the header, or a title row's commas)
     pos = 0  # index of the next physical line to read
     while pos < len(lines):
         reader = csv.reader(lines[pos:])
@@ -379,9 +394,9 @@ def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None
             for cells in reader:
                 start = last_line + 1  # a quoted cell may span lines: the record starts here
                 last_line = pos + reader.line_num
-                if last_line > start and _unclosed_quote(lines[start - 1:last_line], cells, len(header or cells),
+                if last_line > start and _unclosed_quote(lines[start - 1:last_line], cells, width or len(cells),
                                                          last_line == len(lines)):
-                    if header is None:
+                    if not any(any(c.strip() for c in r) for _, r in records):
                         raise ImportFileError(
                             path.name, f"unclosed quote in the header (line {start})",
                             message_zh=f"文件 {path.name} 第{start}行（表头）引号未闭合，请补全或删去这个引号。",
@@ -391,9 +406,7 @@ def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None
                     unclosed.add(start)
                     resume = start
                     break
-                if header is None:
-                    header = _clean_header(cells)
-                    continue
+                width = max(width, len(cells))
                 records.append((start, list(cells)))
         except csv.Error as e:
             line = pos + reader.line_num
@@ -403,10 +416,10 @@ def _records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str | None
         if resume is None:
             break
         pos = resume
-    return header or [], records, unclosed
+    return records, unclosed
 
 
-def _records_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str | None]]]]:
+def _records_xlsx(path: Path) -> list[tuple[int, list[str | None]]]:
     from openpyxl import load_workbook
     from openpyxl.utils.exceptions import InvalidFileException
 
@@ -421,16 +434,11 @@ def _records_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str | Non
         # Read-only mode trusts the sheet's stored <dimension>; exporters that write a stale one
         # would have rows past it dropped without a word.
         sheet.reset_dimensions()
-        header: list[str] | None = None
-        records: list[tuple[int, list[str | None]]] = []
-        for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
-            if header is None:
-                header = _clean_header(list(row))
-                continue
-            records.append((number, [_cell_text(v) for v in row]))
+        records = [(number, [_cell_text(v) for v in row])
+                   for number, row in enumerate(sheet.iter_rows(values_only=True), start=1)]
     finally:
         workbook.close()
-    return header or [], records
+    return records
 
 
 def _records_json(path: Path) -> tuple[list[str], list[tuple[int, list]]]:
@@ -471,21 +479,113 @@ def _records_json(path: Path) -> tuple[list[str], list[tuple[int, list]]]:
     return header, records
 
 
-def _refuse_title_rows(name: str, header: list[str], records: list[tuple[int, list]]) -> None:
-    """A sheet with a title (merged across the columns) or a note above its header: the first
-    row names no column of any kind, a row below it names several. Refused naming the line the
-    header is on: read from line 1, every column would be "missing" and the clerk would not see
-    why."""
-    known = {key for kind in FIELDS for key in header_aliases(kind)}
-    if set(header) & known:
-        return
-    for line, cells in records[:10]:
-        if len({header_key(c) for c in cells if c} & known) >= 3:
-            above = "第1行" if line == 2 else f"第1–{line - 1}行"
-            raise ImportFileError(
-                name, f"the header is on line {line}, not line 1 (a title or note above it)",
-                message_zh=f"文件 {name} 的表头在第{line}行，不在第1行：{above}是标题或说明（如合并单元格的表格标题）。"
-                           "请删除表头上方的这些行，使第1行为表头后重新提交。", line=line)
+# How far down the header is looked for (a title, a blank row, a note above it).
+HEADER_SEARCH_ROWS = 10
+
+
+@dataclass(frozen=True)
+class HeaderLayout:
+    """Where a sheet's header was found: its line(s) (two for a merged group header such as
+    联系方式 over 手机号 | 座机) and the non-blank lines above it that are neither header nor
+    data (a title merged across the columns, a 填报单位 note). Both are told to the clerk."""
+
+    lines: tuple[int, ...] = (1,)
+    skipped: tuple[int, ...] = ()
+
+
+@functools.lru_cache(maxsize=1)
+def _known_header_keys() -> frozenset[str]:
+    """Every header spelling of every kind: the file's kind is not known while it is read."""
+    return frozenset(key for kind in FIELDS for key in header_aliases(kind))
+
+
+def _header_score(keys: list[str]) -> tuple[int, int]:
+    """(distinct known column names, non-blank cells) of a row of header keys."""
+    known = _known_header_keys()
+    filled = [k for k in keys if k]
+    return len(set(filled) & known), len(filled)
+
+
+_VALUE = re.compile(r"[\d\s.,:/+\-年月日时分]+|[\dx]{15,18}")
+
+
+def _merge_header_rows(upper: list[str], lower: list[str], *, lower_is_header: bool) -> list[str] | None:
+    """The one header of a two-row header, or None when the two rows are not one.
+
+    ``upper`` holds group labels merged over the columns below (联系方式 over 手机号 | 座机)
+    and the names merged down over both rows; ``lower`` the names under the groups. A column
+    is named by group + name when that is a known name (户主 over 姓名: 户主姓名), else by its
+    own name when known, else "group/name" (reported as not imported). Not one header: a cell
+    of ``lower`` that looks like a value, or that sits under a known name of one column (a
+    data row's value); a group label that has no name right under its first column (the
+    extra cells of a data row). ``lower_is_header``: ``lower`` was found as the header, and
+    ``upper`` is taken in only when it names more columns (else it is a title row)."""
+    width = max(len(upper), len(lower))
+    up = upper + [""] * (width - len(upper))
+    low = lower + [""] * (width - len(lower))
+    if not any(low) or sum(1 for c in up if c) < 2 or any(_VALUE.fullmatch(c) for c in low if c):
+        return None
+    known = _known_header_keys()
+    group, anchor = [""] * width, [-1] * width
+    for j in range(width):
+        if up[j]:
+            group[j], anchor[j] = up[j], j
+        elif j:
+            group[j], anchor[j] = group[j - 1], anchor[j - 1]
+    names, spans = [], {}
+    for j in range(width):
+        if not low[j]:
+            names.append(up[j])
+            continue
+        if group[j]:
+            single = j + 1 >= width or bool(up[j + 1]) or not low[j + 1]
+            if up[j] in known and single:
+                return None  # a value under a column of its own: a data row
+            if not low[anchor[j]]:
+                return None  # nothing under the group's first column: not a group
+            spans[anchor[j]] = spans.get(anchor[j], 0) + 1
+        joined = group[j] + low[j]
+        names.append(joined if group[j] and joined in known else low[j] if low[j] in known or not group[j]
+                     else f"{group[j]}/{low[j]}")
+    gain = _header_score(names)[0] > _header_score(low if lower_is_header else up)[0]
+    if lower_is_header:
+        return names if gain else None
+    inside_span = any(low[j] and not up[j] for j in range(width))
+    return names if gain or inside_span or any(n >= 2 for n in spans.values()) else None
+
+
+def _locate_header(rows: list[tuple[int, list[str | None]]]
+                   ) -> tuple[list[str], list[tuple[int, list[str | None]]], HeaderLayout]:
+    """Header, data rows and layout of a sheet read row by row.
+
+    The header is, among the first HEADER_SEARCH_ROWS rows, the one that names the most known
+    columns (of any kind) — at least two, and more than half of its filled cells, so a title
+    row or a note that happens to hold a column name (联系电话 beside the office's number)
+    is not taken for it; the first such row on a tie; line 1 when no row qualifies (its
+    names are then reported as missing or unknown, as before). The row just below (or just
+    above) may be its second row (``_merge_header_rows``). Non-blank rows above the header
+    are no data: they are skipped and listed in ``HeaderLayout.skipped``."""
+    if not rows:
+        return [], [], HeaderLayout()
+    # only the rows the header can be on (and the one below): a city's sheet has 100,000 more
+    keys = [_clean_header(cells) for _, cells in rows[:HEADER_SEARCH_ROWS + 1]]
+    best, best_known = 0, 0
+    for i, row_keys in enumerate(keys[:HEADER_SEARCH_ROWS]):
+        known, filled = _header_score(row_keys)
+        if known >= 2 and 2 * known > filled and known > best_known:
+            best, best_known = i, known
+    first, last, header = best, best, keys[best]
+    below = best + 1
+    merged = _merge_header_rows(keys[best], keys[below], lower_is_header=False) if below < len(keys) else None
+    if merged is not None:
+        header, last = merged, below
+    elif best > 0 and any(keys[best - 1]):
+        merged = _merge_header_rows(keys[best - 1], keys[best], lower_is_header=True)
+        if merged is not None:
+            header, first = merged, best - 1
+    skipped = tuple(line for (line, _), row_keys in zip(rows[:first], keys[:first]) if any(row_keys))
+    layout = HeaderLayout(lines=tuple(line for line, _ in rows[first:last + 1]), skipped=skipped)
+    return header, rows[last + 1:], layout
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -495,7 +595,9 @@ def read_table(path: Path) -> pd.DataFrame:
     Column names are NFKC-folded, stripped of spaces and lower-cased (``header_key``); cells
     are stripped, blank cells are NA (full-width digits in coded columns are folded when the
     kind is known: ``validate_import``). Adds ``_line``: the record's line in the file
-    (header = line 1; for XLSX the sheet row). Blank lines are skipped. A row with more
+    (for XLSX the sheet row). The header need not be line 1: title rows above it are skipped
+    and a two-row header is read as one (``_locate_header``; ``df.attrs["header_layout"]``
+    says where, for the clerk's report). Blank lines are skipped. A row with more
     non-blank cells than the header has gets ``_extra_fields`` > 0, a CSV row whose quote is
     not closed ``_unclosed_quote`` = 1 (the importer quarantines both rather than guess).
     A file that cannot be read as a table raises ImportFileError (a DataContractError).
@@ -503,16 +605,17 @@ def read_table(path: Path) -> pd.DataFrame:
     path = Path(path)
     suffix = path.suffix.lower()
     unclosed: set[int] = set()
+    layout = HeaderLayout()
     if suffix in (".xlsx", ".xlsm"):
-        header, records = _records_xlsx(path)
+        header, records, layout = _locate_header(_records_xlsx(path))
     elif suffix in (".csv", ".txt", ""):
-        header, records, unclosed = _records_csv(path)
+        rows, unclosed = _records_csv(path)
+        header, records, layout = _locate_header(rows)
     elif suffix == ".json":
         header, records = _records_json(path)
     else:
         raise ImportFileError(path.name, f"unsupported file type {suffix!r} (CSV, XLSX or JSON)",
                               message_zh=f"文件 {path.name} 的格式不支持，请提交 CSV、XLSX 或 JSON 文件。")
-    _refuse_title_rows(path.name, header, records)
     # Trailing unnamed header cells (Excel's formatted-but-empty columns) are not columns.
     while header and header[-1] == "":
         header.pop()
@@ -528,18 +631,45 @@ def read_table(path: Path) -> pd.DataFrame:
         row = stripped[:width] + [None] * (width - len(stripped))
         rows.append(row)
         lines.append(line)
+    # A name used twice is refused only when it names a column of the kind (validate_import):
+    # two 性别 columns or two columns left unnamed are no reason to set a whole file aside.
+    header, repeated = _unique_names(header)
     df = pd.DataFrame(rows, columns=header, dtype="str") if rows else \
         pd.DataFrame({c: pd.Series([], dtype="str") for c in header})
-    if df.columns.duplicated().any():
-        dup = sorted(set(df.columns[df.columns.duplicated()]))
-        raise ImportFileError(path.name, f"duplicate column names: {', '.join(dup)}",
-                              message_zh=f"文件 {path.name} 的表头有重复的列：{'、'.join(dup)}。", line=1)
     df["_line"] = pd.Series(lines, dtype="int64")
     if any(extras):
         df["_extra_fields"] = pd.Series(extras, dtype="int64")
     if unclosed:
         df["_unclosed_quote"] = pd.Series([int(line in unclosed) for line in lines], dtype="int64")
+    df.attrs["header_layout"] = layout  # validate_import tells the clerk where the header was found
+    df.attrs["repeated_columns"] = repeated
     return df
+
+
+# A repeated header name's later copies are named "<name><mark><n>": a private-use character
+# no header holds (and no NUL: PostgreSQL's JSON refuses it in a quarantined row's keys).
+_REPEAT_MARK = "\ue000"
+
+
+def _unique_names(header: list[str]) -> tuple[list[str], list[str]]:
+    """The header with the later copies of a repeated name renamed, and the names repeated
+    (blank names aside: a column left unnamed is not a name used twice)."""
+    seen: dict[str, int] = {}
+    names, repeated = [], []
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] == 1:
+            names.append(name)
+            continue
+        names.append(f"{name}{_REPEAT_MARK}{seen[name]}")
+        if name and name not in repeated:
+            repeated.append(name)
+    return names, repeated
+
+
+def _header_name(column: Any) -> str:
+    """A column's name as the file spells it (without the mark of a repeated name)."""
+    return str(column).split(_REPEAT_MARK)[0].strip()
 
 
 # ------------------------------------------------------------------ result
@@ -560,6 +690,8 @@ class ImportResult:
     # The kind's columns the file has (None: all of them). A field whose column the file lacks is
     # not the file's to change: ``store_accepted`` keeps what is on record.
     columns: list[str] | None = None
+    # Where the header was found and the title rows skipped above it (told in the report).
+    header: HeaderLayout = field(default_factory=lambda: HeaderLayout())
 
     def __post_init__(self) -> None:
         if self.read != len(self.accepted) + self.quarantined_lines:
@@ -646,6 +778,8 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
             # Full-width digits and letters (１５８…, Ｈ００１) are what an IME types; fold them
             # (NFKC) in ids, numbers, dates and codes. Free text keeps its full-width punctuation.
             values = C.fold_width(values)
+        if f.type in ("date", "datetime"):
+            values = _excel_serial_dates(values, with_time=f.type == "datetime")
         blank = values.isna() | values.str.strip().eq("")
         if f.type in ("text", "id"):
             typed[f.name] = values.str.strip().where(~blank).astype("str")
@@ -670,10 +804,12 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
             problems.add(invalid, f.name, "bad_bool")
         elif f.type == "date":
             parsed, invalid = C.to_date(values)
+            invalid, parsed = invalid | _partial_date(values), parsed.where(~_partial_date(values))
             typed[f.name] = parsed
             problems.add(invalid, f.name, "bad_date")
         elif f.type == "datetime":
             parsed, invalid = C.to_datetime_local(values)
+            invalid, parsed = invalid | _partial_date(values), parsed.where(~_partial_date(values))
             # Stored naive in local time (schemas.models); the instant is already Asia/Shanghai.
             typed[f.name] = parsed.dt.tz_localize(None)
             problems.add(invalid, f.name, "bad_datetime")
@@ -694,6 +830,37 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
         if f.type == "date" and f.not_future:
             problems.add(~C.not_in_future(typed[f.name], now=now), f.name, "future_date")
     return pd.DataFrame(typed, index=raw.index)
+
+
+# Excel's day 0 (serial numbers count days from it) and the serials taken as dates: 1950-01-01
+# to 2099-12-31. A number outside (12, 2026) is no date anyone meant, and stays a bad date.
+_EXCEL_EPOCH = dt.datetime(1899, 12, 30)
+_SERIAL = re.compile(r"\d{5}(\.\d+)?")
+_SERIAL_RANGE = (18264, 73050)
+
+
+def _excel_serial_dates(values: pd.Series, *, with_time: bool) -> pd.Series:
+    """Dates Excel stored as its serial number (a date column formatted 常规, or a CSV saved from
+    it: 46346 is 2026-11-20, 46346.4166… 10:00 that day) → ISO text, for the date parsers. The
+    clerk sees a date in Excel and could not tell why "不是有效日期"."""
+    text = values.str.strip()
+    serial = text.str.fullmatch(_SERIAL).fillna(False).astype(bool)
+    if not serial.any():
+        return values
+    days = pd.to_numeric(text.where(serial), errors="coerce")
+    serial &= days.between(*_SERIAL_RANGE)
+    when = (pd.Timestamp(_EXCEL_EPOCH) + pd.to_timedelta(days[serial], unit="D")).dt.round("s")
+    iso = when.dt.strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
+    return values.where(~serial, iso)
+
+
+_PARTIAL_DATE = re.compile(r"\d{4}(\s*[-/.年]\s*\d{1,2}\s*月?)?")
+
+
+def _partial_date(values: pd.Series) -> pd.Series:
+    """A year or a month alone (2026, 2026-11): ISO 8601 reads them as the first day, a day
+    nobody typed; for a date column they are no date."""
+    return values.str.strip().str.fullmatch(_PARTIAL_DATE).fillna(False).astype(bool)
 
 
 def _text_limits(kind: str) -> dict[str, int]:
@@ -793,9 +960,17 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
 
     if kind not in FIELDS:
         raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    layout = raw.attrs.get("header_layout") or HeaderLayout()
+    repeated = list(raw.attrs.get("repeated_columns", ()))
     raw = raw.reset_index(drop=True)
     if "_line" not in raw.columns:
         raw = raw.assign(_line=np.arange(2, len(raw) + 2, dtype="int64"))
+    aliases = header_aliases(kind)
+    twice = [name for name in repeated if header_key(name) in aliases]
+    if twice:
+        raise ImportFileError(source, f"duplicate column names: {', '.join(twice)}",
+                              message_zh=f"文件 {source} 的表头有重复的列：{'、'.join(twice)}。",
+                              line=layout.lines[-1])
     raw, unknown_columns = _canonical_columns(kind, raw)
     required = [f.name for f in FIELDS[kind] if f.in_header]
     missing = [c for c in required if c not in raw.columns]
@@ -852,7 +1027,7 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     return ImportResult(kind=kind, source=source, read=len(raw), accepted=accepted,
                         quarantined=quarantined, validation=report, warnings=warnings,
                         unknown_columns=unknown_columns,
-                        columns=[f.name for f in FIELDS[kind] if f.name in raw.columns])
+                        columns=[f.name for f in FIELDS[kind] if f.name in raw.columns], header=layout)
 
 
 _MARKER_COLUMNS = frozenset({"_line", "_extra_fields", "_unclosed_quote"})
@@ -881,9 +1056,9 @@ def _canonical_columns(kind: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, list
     for column in raw.columns:
         if column in _MARKER_COLUMNS:
             continue
-        target = aliases.get(header_key(column))
+        target = aliases.get(header_key(column)) if _REPEAT_MARK not in str(column) else None
         if target is None:
-            name = str(column).strip()
+            name = _header_name(column)
             if name or raw[column].notna().any():
                 unknown.append(name or "（无列名）")
         elif target != column:
@@ -947,7 +1122,14 @@ def render_import_errors(result: ImportResult, fmt: str = "txt", *,
     return _render(fmt, now, source=result.source, kind=result.kind, read=result.read,
                    accepted=len(result.accepted), quarantined_lines=result.quarantined_lines,
                    problems=rows(result.quarantined), warnings=rows(result.warnings),
-                   unknown_columns=list(result.unknown_columns), rejected=None, moved=False)
+                   unknown_columns=list(result.unknown_columns), rejected=None, moved=False,
+                   header_lines=_line_span(result.header.lines),
+                   skipped_lines=[f"第{n}行" for n in result.header.skipped])
+
+
+def _line_span(lines: tuple[int, ...]) -> str:
+    """The header's line(s) as the report prints them: "1", "3–4"."""
+    return f"{lines[0]}–{lines[-1]}" if len(lines) > 1 else str(lines[0] if lines else 1)
 
 
 def render_file_rejection(source: str, kind: str, message_zh: str, fmt: str = "txt", *, moved: bool = False,
@@ -956,7 +1138,8 @@ def render_file_rejection(source: str, kind: str, message_zh: str, fmt: str = "t
     the same report as ``render_import_errors``, with the reason instead of row problems.
     ``moved``: the file was moved to the inbox's ``rejected/`` folder."""
     return _render(fmt, now, source=source, kind=kind, read=0, accepted=0, quarantined_lines=0,
-                   problems=[], warnings=[], unknown_columns=[], rejected=message_zh, moved=moved)
+                   problems=[], warnings=[], unknown_columns=[], rejected=message_zh, moved=moved,
+                   header_lines="1", skipped_lines=[])
 
 
 def _render(fmt: str, now: Callable[[], dt.datetime] | None, **context: Any) -> str:

@@ -33,6 +33,11 @@ totals, tables, by-kind counts, per-village alerts, the risk map's tooltips and 
    The choice depends only on published figures, so two inputs differing only inside masked
    cells (and in no printed total) give the same report. When a breakdown has no cell to hide,
    it is not published (a sentence says so); its total still is.
+   Two breakdowns tied row by row are protected together: in the response tables a unit
+   cannot have more alerts confirmed than alerts, so an exact figure beside a "*" bounds it
+   (5 alerts and 2 confirmed in A, 4 and 4 in B: confirmed "<3" | "*" of 6 gives B = 4, A = 2).
+   There each column that has a "<3" gets a "*", taken only in a row with at least 2 alerts
+   not confirmed, so both columns can move by one without crossing.
    (Assumption, as in usual statistical disclosure control: the reader does not exploit the
    rule that chose the "*" cell.)
 3. Derived figures: the village rows of the risk map are computed from the *published* grid
@@ -122,7 +127,8 @@ def protect(values: Sequence[int], total: int | None = None) -> list[Published] 
     return None if table is None else table[0]
 
 
-def protect_table(rows: Sequence[Sequence[int]], known_columns: bool = True) -> list[list[Published]] | None:
+def protect_table(rows: Sequence[Sequence[int]], known_columns: bool = True,
+                  eligible: Sequence[Sequence[bool]] | None = None) -> list[list[Published]] | None:
     """Publish a table whose row totals are known to the reader (rule 2 across rows and columns).
 
     ``rows``: the raw cells, rows and columns in a fixed order (never by count). Every row's
@@ -140,7 +146,8 @@ def protect_table(rows: Sequence[Sequence[int]], known_columns: bool = True) -> 
     each known column with a hidden cell therefore has at least two. The cells hidden are the
     cheapest cycle's (fewest new "*", then the smallest counts; cells already "*" are free),
     found from the published figures only, so two inputs differing only inside "<3" cells
-    give the same table.
+    give the same table. ``eligible``: the cells that may be hidden as "*" (all by default; a
+    cell tied to a figure beside it needs room to move, ``_publish_response``).
     """
     vals = [[int(v) for v in r] for r in rows]
     pub: list[list[Published]] = [[mask(v) for v in r] for r in vals]
@@ -149,7 +156,7 @@ def protect_table(rows: Sequence[Sequence[int]], known_columns: bool = True) -> 
         return pub
     if len({len(r) for r in vals}) != 1:
         raise ValueError("a table's rows must all have the same columns")
-    cycles = _Cycles(vals, known_columns)
+    cycles = _Cycles(vals, known_columns, eligible)
     for i, j in small:
         cells = cycles.through(i, j)
         if cells is None:
@@ -172,8 +179,9 @@ class _Cycles:
     pair of columns, enough for the rows of one cycle to be distinct). Without them a second
     cell of row i closes the cycle."""
 
-    def __init__(self, vals: list[list[int]], known_columns: bool) -> None:
-        self.vals, self.known = vals, known_columns
+    def __init__(self, vals: list[list[int]], known_columns: bool,
+                 eligible: Sequence[Sequence[bool]] | None = None) -> None:
+        self.vals, self.known, self.eligible = vals, known_columns, eligible
         self.hidden: set[tuple[int, int]] = set()
         self.n_cols = len(vals[0])
         self.keep = self.n_cols  # rows kept per pair: one per other row of a cycle, and row i
@@ -187,6 +195,8 @@ class _Cycles:
     def _cost(self, i: int, j: int) -> Cost | None:
         if (i, j) in self.hidden:
             return (0, 0)
+        if self.eligible is not None and not self.eligible[i][j]:
+            return None
         return (1, self.vals[i][j]) if self.vals[i][j] > SMALL_COUNT else None
 
     def _pair(self, r: int, a: int, b: int) -> Cost | None:
@@ -550,14 +560,30 @@ def _publish_response(rows: list[dict], n_alerts: int, n_acked: int,
     """The response table with both count columns protected against their totals; None if it can't be."""
     if not rows:
         return []
-    alerts_col = protect([r["alerts"] for r in rows], n_alerts)
-    acked_col = protect([r["acked"] for r in rows], n_acked)
+    # The two columns are tied row by row (a unit cannot confirm more alerts than it got), so a
+    # "*" is bounded by the exact figure beside it: with 5 alerts and 2 confirmed in A, 4 and 4 in
+    # B, the confirmed column "<3" | "*" against 6 gives B = 4 (no more than its alerts), so A = 2.
+    # A "*" is therefore taken only in a row with room for both columns to move by one (at least
+    # 2 alerts not confirmed), and one "*" per column always covers its "<3" cells (never the
+    # two-"<3" range rule, whose cells the row ties could pin).
+    slack = [r["alerts"] - r["acked"] >= 2 for r in rows]
+    alerts_col = _protect_tied([r["alerts"] for r in rows], n_alerts, slack)
+    acked_col = _protect_tied([r["acked"] for r in rows], n_acked, slack)
     if alerts_col is None or acked_col is None:
         return None
     return [{"unit": (labels or {}).get(r["unit"], r["unit"]), "alerts": al, "acked": ac,
              "median_minutes_to_ack": _stat(r["median_minutes_to_ack"], r["n_ack"]),
              "median_hours_to_outcome": _stat(r["median_hours_to_outcome"], r["n_outcome"])}
             for r, al, ac in zip(rows, alerts_col, acked_col)]
+
+
+def _protect_tied(values: Sequence[int], total: int, room: Sequence[bool]) -> list[Published] | None:
+    """A breakdown of a printed ``total`` whose "*" may be taken only where ``room`` says."""
+    vals = [int(v) for v in values]
+    if not any(0 < v < SMALL_COUNT for v in vals) or int(total) < SMALL_COUNT:
+        return protect(vals, total)  # nothing masked, or a total "<3": a single "<3" at most
+    table = protect_table([vals], known_columns=False, eligible=[list(room)])
+    return None if table is None else table[0]
 
 
 # ------------------------------------------------------------------ the risk map (动态预警图)

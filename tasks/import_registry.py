@@ -91,7 +91,8 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
                           accepted=len(result.accepted), quarantined=q, failures=failures,
                           success=not bad_lines, raw_rows=raw_rows, now=now, batch=digest[:16])
     report_path = None
-    if bad_lines or result.unknown_columns:
+    # Title rows skipped above the header are told too: the clerk checks nothing was in them.
+    if bad_lines or result.unknown_columns or result.header.skipped:
         report_path = _report_path(out_dir, path, kind, digest)
         report_path.write_text(render_import_errors(result, "txt"), encoding="utf-8")
     if bad_lines:

@@ -621,10 +621,9 @@ def test_a_totals_row_is_quarantined_as_that_alone(tmp_path):
     assert "合计行" in render_import_errors(result, "txt")
 
 
-def test_a_title_above_the_header_is_refused_naming_the_header_line(tmp_path):
+def test_a_title_above_the_header_is_skipped_and_named_in_the_report(tmp_path):
+    """It used to be refused (see tests/test_import_headers.py): now the header is found."""
     from openpyxl import Workbook
-
-    from sibifang.importing import ImportFileError
 
     wb = Workbook()
     ws = wb.active
@@ -633,9 +632,11 @@ def test_a_title_above_the_header_is_refused_naming_the_header_line(tmp_path):
     ws.append(["走访编号", "家庭编号", "人员编号", "走访时间", "走访方式", "五步工作法步骤"])
     ws.append(["V1", "H001", "K001", "2026-11-20 10:00", "入户", "亮明身份"])
     wb.save(tmp_path / "v.xlsx")
-    (tmp_path / "v.csv").write_bytes("走访记录,,,\n制表：城关镇妇联,,,\nvisit_id,household_id,cadre_id,visited_at\n"
-                                     .encode("gbk"))
+    (tmp_path / "v.csv").write_bytes("走访记录,,,,,\n制表：城关镇妇联,,,,,\n"
+                                     "visit_id,household_id,cadre_id,visited_at,mode,steps\n"
+                                     "V1,H001,K001,2026-11-20 10:00,入户,亮明身份\n".encode("gbk"))
     for name, line in (("v.xlsx", 2), ("v.csv", 3)):
-        with pytest.raises(ImportFileError) as e:
-            read_table(tmp_path / name)
-        assert e.value.line == line and f"文件 {name} 的表头在第{line}行，不在第1行" in e.value.message_zh
+        result = validate_import("visits", read_table(tmp_path / name), source=name, now=dt.datetime(2026, 12, 1))
+        assert result.read == 1 and len(result.accepted) == 1 and result.accepted["_line"].tolist() == [line + 1]
+        assert result.header.lines == (line,) and result.header.skipped == tuple(range(1, line))
+        assert f"表头在第{line}行" in render_import_errors(result, "txt")

@@ -208,3 +208,41 @@ def test_rejected_file_report_without_a_move_says_nothing_of_rejected_folder(kin
                              database_url=database_url, out_dir=app_env / "out")
     report = Path(r["error_report"]).read_text(encoding="utf-8")
     assert "文件 v.csv 缺少必需的列。" in report and "rejected" not in report and path.exists()
+
+
+# ------------------------------------------------------------------ a title above the header
+def test_a_register_with_a_title_row_is_imported_and_the_title_reported(database_url, app_env):
+    """A clean file whose first line is a title: imported, and a report names the skipped line
+    (without one, the clerk would never learn that the line was not read)."""
+    from tasks.import_registry import import_file
+
+    seed(database_url)
+    path = app_env / "h.csv"
+    path.write_text("城关镇四必访家庭名册（2026年11月）,,,,,,\n"
+                    "household_id,head_name,id_number,phone,address,grid_id,categories\n"
+                    "H2,王秀英,33020319431206966X,13800000001,城关村1号,G001,空巢老人\n", encoding="utf-8")
+    out = import_file("households", path, database_url=database_url, out_dir=app_env / "out", now=NOW)
+    assert (out["read"], out["accepted"], out["quarantined"]) == (1, 1, 0)
+    text_ = Path(out["error_report"]).read_text(encoding="utf-8")
+    assert "表头在第2行" in text_ and "第1行是标题或说明" in text_
+    again = import_file("households", path, database_url=database_url, out_dir=app_env / "out", now=NOW)
+    assert again["error_report"] == out["error_report"]
+    with session_scope(database_url) as s:
+        assert s.scalar(select(Household.head_name).where(Household.id == "H2")) == "王秀英"
+
+
+def test_a_register_with_a_repeated_column_keeps_its_quarantined_row(database_url, app_env):
+    """Two 性别 columns (not imported) no longer refuse the file; the quarantined row is kept
+    with its cells, the repeated column's included, on both engines."""
+    from tasks.import_registry import import_file
+
+    seed(database_url)
+    path = app_env / "h2.csv"
+    path.write_text("household_id,head_name,id_number,phone,address,grid_id,categories,性别,性别\n"
+                    "H2,王秀英,33020319431206966X,13800000001,城关村1号,G001,空巢老人,女,女\n"
+                    "H3,李桂兰,33020319530402946X,13800000002,城关村2号,G404,空巢老人,女,\n", encoding="utf-8")
+    out = import_file("households", path, database_url=database_url, out_dir=app_env / "out", now=NOW)
+    assert (out["read"], out["accepted"], out["quarantined"]) == (2, 1, 1)
+    assert out["unknown_columns"] == ["性别", "性别"]
+    [row] = [q for q in quarantined(database_url, "import_households") if q.source == "h2.csv"]
+    assert row.line == 3 and row.raw["grid_id"] == "G404" and "女" in row.raw.values()
