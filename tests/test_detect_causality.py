@@ -93,3 +93,46 @@ def test_property_readings_still_to_come_never_move_an_episode_already_raised(se
         same = _match(after, ep)
         assert len(same) == 1, (split, ep, after[KEY])
         assert (same.iloc[0].detected_at, same.iloc[0].severity) == (ep.detected_at, ep.severity)
+
+
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**20), cut_hours=st.integers(3 * 24, 29 * 24), interval=st.sampled_from([15, 60]))
+def test_property_the_command_as_of_a_time_writes_what_the_file_cut_there_gives(tmp_path_factory, seed, cut_hours,
+                                                                                interval):
+    """`sibifang detect --as-of T` on the whole file (cleaned, intervals learnt, with the readings
+    after T in it) writes the same flags as on the file cut at T: the readings after T are not
+    seen."""
+    from typer.testing import CliRunner
+
+    from sibifang.cli import app
+
+    tmp_path = tmp_path_factory.mktemp("cut")
+    df = area_readings(seed, interval=interval)
+    cut = pd.Timestamp(START) + pd.Timedelta(hours=cut_hours)
+    df = df.assign(ts=df.ts.dt.strftime("%Y-%m-%d %H:%M:%S"))
+    df.to_csv(tmp_path / "all.csv", index=False)
+    df[pd.to_datetime(df.ts) <= cut].to_csv(tmp_path / "cut.csv", index=False)
+    runner = CliRunner()
+    for name, extra in (("all", ["--as-of", f"{cut:%Y-%m-%d %H:%M:%S}"]), ("cut", [])):
+        result = runner.invoke(app, ["detect", "--readings", str(tmp_path / f"{name}.csv"), "--out",
+                                     str(tmp_path / f"{name}.flags.csv"), "--min-severity", "low", *extra])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "all.flags.csv").read_bytes() == (tmp_path / "cut.flags.csv").read_bytes()
+
+
+@pytest.mark.xfail(strict=True, reason="found in review, not fixed: a meter's interval is one for its whole "
+                                       "history; an hourly meter replaced by a 15-minute one has its hourly "
+                                       "readings read as 15-minute ones (x4), and the same use then reads as a "
+                                       "drop and a silence")
+def test_a_meter_read_hourly_then_every_15_minutes_raises_no_alert_for_the_change():
+    df = area_readings(3, meters=6, days=35)
+    m = df[df.meter_id == "M0"]
+    hourly = (m.set_index("ts")["kwh"].resample("h", label="right", closed="right").sum(min_count=1).dropna()
+              .reset_index().assign(meter_id="M0"))
+    switch = pd.Timestamp("2026-10-25")
+    mixed = pd.concat([hourly[hourly.ts <= switch], m[m.ts > switch]])[["meter_id", "ts", "kwh"]]
+    alerted = lambda out: set(out[out.severity.isin(["medium", "high", "critical"])  # noqa: E731
+                                  & (out.start >= switch - pd.Timedelta(days=1))
+                                  & (out.start < switch + pd.Timedelta(days=2))].kind)
+    assert alerted(detect(mixed)) <= alerted(detect(m))
