@@ -32,6 +32,8 @@ KEEP = 3
 # the layout of what is stored: bump it with any change to RoutineProfiles or AlarmCheckpoint,
 # so that a fit stored by the code before is not read back (a new __version__ does the same)
 FORMAT = 2
+# meters a block when hourly_kwh scales the hours (its float64 temporaries are this many rows)
+HOURLY_ROWS = 4096
 
 
 def fingerprint(away: pd.DataFrame | None, partitions: list, config: DetectorConfig, baseline_days: int) -> str:
@@ -104,10 +106,13 @@ def hourly_kwh(store, start: pd.Timestamp, end: pd.Timestamp) -> tuple[np.ndarra
     kwh, meter_ids, _ = store.load_matrix(start.to_pydatetime(), end.to_pydatetime(), interval_minutes=60,
                                           counts=tally, dtype=np.float64)
     counts = tally[0]
-    per = np.maximum(counts.max(axis=1), 1).astype(np.float64)[:, None] if counts.size else 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kwh = (kwh * per / np.minimum(counts, per)).astype(np.float32)
-    return kwh, meter_ids
+    out = np.empty(kwh.shape, np.float32)
+    for r0 in range(0, len(kwh), HOURLY_ROWS):   # in blocks of meters: the temporaries stay small
+        n = counts[r0:r0 + HOURLY_ROWS]
+        per = np.maximum(n.max(axis=1, initial=0), 1).astype(np.float64)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[r0:r0 + HOURLY_ROWS] = kwh[r0:r0 + HOURLY_ROWS] * per / np.minimum(n, per)
+    return out, meter_ids
 
 
 def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataFrame, config: DetectorConfig,
