@@ -500,7 +500,13 @@ def detect(readings: Path = typer.Option(..., "--readings", exists=True, dir_oka
     meter's interval; meters read less often than hourly set aside; in a zone with summer time
     the second pass of the hour repeated in autumn set aside as ``ambiguous_dst_hour``, see
     sibifang/ingest_readings.py); rows set aside are written with their line and reason to
-    FLAGS.quarantine.csv beside the output, and counted."""
+    FLAGS.quarantine.csv beside the output, and counted.
+
+    The flag_risks flow judges the same readings with the same code and the same hours (a
+    partly covered hour scaled up, tests/test_detect_agreement.py), over the 35 days before
+    the midnight of its run: on a file that starts within them the two raise the same episodes
+    (kWh as the store keeps them, float32); on a longer one the command learns each household's
+    routine from more history."""
     from schemas.validation import DataContractError
     from sibifang.detectors import SEVERITIES
     from sibifang.settings import SILENCE_BUDGET_MAX, get_settings

@@ -31,7 +31,9 @@ from sibifang.detectors import (EPISODE_COLUMNS, DetectorConfig, RoutineProfiles
 KEEP = 3
 # the layout of what is stored: bump it with any change to RoutineProfiles or AlarmCheckpoint,
 # so that a fit stored by the code before is not read back (a new __version__ does the same)
-FORMAT = 1
+FORMAT = 2
+# meters a block when hourly_kwh scales the hours (its float64 temporaries are this many rows)
+HOURLY_ROWS = 4096
 
 
 def fingerprint(away: pd.DataFrame | None, partitions: list, config: DetectorConfig, baseline_days: int) -> str:
@@ -90,6 +92,29 @@ class ProfileCache:
         return path
 
 
+def hourly_kwh(store, start: pd.Timestamp, end: pd.Timestamp) -> tuple[np.ndarray, list[str]]:
+    """Each meter's hourly kWh for ``start < ts <= end`` from ``store``, as ``detect`` builds its
+    matrix from readings (``detectors.hourly.hourly_matrix``): an hour some of whose readings are
+    missing is scaled up from those present, never read as the hour's whole use. Summed as they
+    are, a meter silent for part of an hour (a reading lost, an outage that starts at :30) would
+    read as a drop there, and the flow would raise other episodes, at other times, than
+    `sibifang detect` on the same readings. A meter's readings an hour are the most any hour of
+    the window holds (its interval: 4 for 15 minutes, 1 for hourly)."""
+    tally: list = []
+    # float64 sums, scaled and rounded to float32 once, as hourly_matrix computes them: the
+    # detectors' bins are fine enough that a sum rounded reading by reading may fall in another
+    kwh, meter_ids, _ = store.load_matrix(start.to_pydatetime(), end.to_pydatetime(), interval_minutes=60,
+                                          counts=tally, dtype=np.float64)
+    counts = tally[0]
+    out = np.empty(kwh.shape, np.float32)
+    for r0 in range(0, len(kwh), HOURLY_ROWS):   # in blocks of meters: the temporaries stay small
+        n = counts[r0:r0 + HOURLY_ROWS]
+        per = np.maximum(n.max(axis=1, initial=0), 1).astype(np.float64)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[r0:r0 + HOURLY_ROWS] = kwh[r0:r0 + HOURLY_ROWS] * per / np.minimum(n, per)
+    return out, meter_ids
+
+
 def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataFrame, config: DetectorConfig,
                  baseline_days: int = 35) -> tuple[pd.DataFrame, dict]:
     """Every meter's episodes up to ``as_of`` (what ``detect_matrix`` over the trailing
@@ -98,7 +123,8 @@ def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataF
     hours since midnight. ``store`` is a ``ReadingStore``; ``away`` the recorded absences as
     stored (``meter_id, start, end``, end empty while away). Returns (episodes, what was done)."""
     # Whole hours: the matrix path sums each meter's readings into hourly slots (15-, 30- and
-    # 60-minute meters alike), which is what the detectors score; no per-reading table is built.
+    # 60-minute meters alike, partly covered hours scaled up: ``hourly_kwh``), which is what the
+    # detectors score; no per-reading table is built.
     end = pd.Timestamp(as_of).ceil("h")
     midnight = pd.Timestamp(as_of).normalize()
     history_start = midnight - pd.Timedelta(days=baseline_days)
@@ -111,8 +137,7 @@ def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataF
     profiles, replayed = stored if stored is not None else (None, [])
     info = dict(fitted=False, fitted_meters=0, midnight=midnight, end=end, replayed_meter_hours=0)
     if stored is None:
-        kwh, meter_ids, _ = store.load_matrix(history_start.to_pydatetime(), midnight.to_pydatetime(),
-                                              interval_minutes=60)
+        kwh, meter_ids = hourly_kwh(store, history_start, midnight)
         if meter_ids:
             profiles = fit_profiles(kwh, meter_ids, history_start, 60, config=config, absences=absences,
                                     episodes=replayed)
@@ -122,7 +147,7 @@ def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataF
 
     # the hours since midnight, with the day before as context
     since = midnight - pd.Timedelta(days=1)
-    kwh, meter_ids, _ = store.load_matrix(since.to_pydatetime(), end.to_pydatetime(), interval_minutes=60)
+    kwh, meter_ids = hourly_kwh(store, since, end)
     # the replay's episodes (up to midnight) come with every run: each run reports what a replay of
     # the whole window would, whether it fitted the profiles or read them back
     parts = [pd.DataFrame(replayed, columns=EPISODE_COLUMNS)] if replayed else []

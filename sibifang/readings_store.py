@@ -312,8 +312,8 @@ class ReadingStore:
             frame = frame.sort_values(["meter_id", "ts"], kind="stable", ignore_index=True)
         return frame
 
-    def load_matrix(self, start: datetime, end: datetime, interval_minutes: int = 15
-                    ) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
+    def load_matrix(self, start: datetime, end: datetime, interval_minutes: int = 15, *,
+                    counts: list | None = None, dtype=np.float32) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
         """Meters × slots float32 matrix of kWh for ``start < ts <= end``; NaN where no reading.
 
         Slot j is the interval ending at ``start + (j + 1) * interval`` (the returned index
@@ -323,6 +323,10 @@ class ReadingStore:
 
         Partitions are streamed one at a time straight into the matrix, so memory is the
         matrix plus one day of readings, never the whole window as a table.
+
+        ``counts``: a list that receives the number of readings in each slot (uint8, the
+        matrix's shape), so that a caller can tell a slot partly covered from a full one;
+        ``dtype`` float64 sums the readings of a slot as ``detect`` does, without rounding each.
         """
         start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
         step = pd.Timedelta(minutes=interval_minutes)
@@ -330,26 +334,37 @@ class ReadingStore:
         slot_ends = pd.date_range(start_ts + step, periods=n_slots, freq=step)
         days = self._days_in_window(start_ts, end_ts)
         if not days or n_slots == 0:
-            return np.full((0, n_slots), np.nan, dtype=np.float32), [], slot_ends
+            if counts is not None:
+                counts.append(np.zeros((0, n_slots), dtype=np.uint8))
+            return np.full((0, n_slots), np.nan, dtype=dtype), [], slot_ends
 
         # Row per meter, from the last-ts sidecar (every meter ever stored, sorted); if a
         # partition holds a meter the sidecar lacks (it is updated after the partitions),
         # fall back to the meters of the window's partitions.
         universe = self._meter_universe(days, from_sidecar=True)
+        tally = None if counts is None else []
         try:
-            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots)
+            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots, tally, dtype)
         except _UnknownMeter:
             universe = self._meter_universe(days, from_sidecar=False)
-            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots)
+            tally = None if counts is None else []
+            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots, tally, dtype)
         names = universe.to_pylist()
         if not seen.all():
             matrix = matrix[seen]
+            tally = None if tally is None else [tally[0][seen]]
             names = [n for n, keep in zip(names, seen) if keep]
+        if counts is not None:
+            counts.append(tally[0])
         return matrix, names, slot_ends
 
     def _fill_matrix(self, days: list[date], universe: pa.Array, start_ts: pd.Timestamp, end_ts: pd.Timestamp,
-                     step: pd.Timedelta, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
-        matrix = np.full((len(universe), n_slots), np.nan, dtype=np.float32)
+                     step: pd.Timedelta, n_slots: int, counts: list | None = None,
+                     dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        matrix = np.full((len(universe), n_slots), np.nan, dtype=dtype)
+        tally = None if counts is None else np.zeros(matrix.size, dtype=np.uint8)
+        if counts is not None:
+            counts.append(tally.reshape(matrix.shape))
         seen = np.zeros(len(universe), dtype=bool)
         universe_index = pd.Index(universe.to_pandas())
         start_ns = np.int64(start_ts.as_unit("ns").value)
@@ -387,6 +402,10 @@ class ReadingStore:
                 np.add.at(flat_matrix, flat[~first_in_slot], kwh[~first_in_slot])
             else:
                 flat_matrix[flat] = kwh
+            if tally is not None and (repeat.any() or overlaps):
+                np.add.at(tally, flat, 1)
+            elif tally is not None:  # one reading a slot here: a plain (fast) increment
+                tally[flat] += 1
             highest_slot = max(highest_slot, int(slots.max()))
             seen[rows] = True
         return matrix, seen

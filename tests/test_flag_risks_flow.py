@@ -45,10 +45,11 @@ def test_todays_run_judges_the_readings_up_to_now_not_the_hours_still_to_come(pr
 def _replay(store, as_of: pd.Timestamp, days: int = 35, absences: pd.DataFrame | None = None) -> pd.DataFrame:
     """The whole window replayed at once, as the task did before it kept a checkpoint."""
     from sibifang.detectors import detect_matrix
+    from sibifang.profile_cache import hourly_kwh
 
     end = as_of.ceil("h")
     start = as_of.normalize() - pd.Timedelta(days=days)
-    kwh, ids, _ = store.load_matrix(start.to_pydatetime(), end.to_pydatetime(), interval_minutes=60)
+    kwh, ids = hourly_kwh(store, start, end)
     out = detect_matrix(kwh, ids, start, 60, absences=absences)
     return out[out.detected_at <= as_of]
 

@@ -54,3 +54,29 @@ def test_a_damaged_file_is_fitted_again_and_pruning_spares_temporary_files(tmp_p
     # a past day replayed by hand keeps its fit for its next run
     cache.save(AT - pd.Timedelta(days=5), "d", _profiles(), [])
     assert cache.load(AT - pd.Timedelta(days=5), "d") is not None
+
+
+def test_hourly_kwh_scales_a_partly_covered_hour_up_as_detect_does(tmp_path):
+    """The flow's hours are detect's: a 15-minute meter missing a reading, a 30-minute one missing
+    half an hour, an hourly one; a gap is never a zero, and a whole hour is its plain sum."""
+    from sibifang.detectors import hourly_matrix
+    from sibifang.profile_cache import hourly_kwh
+    from sibifang.readings_store import ReadingStore
+
+    day = pd.Timestamp("2026-11-20")
+    rows = []
+    for meter, minutes in (("a", 15), ("b", 30), ("c", 60)):
+        ts = pd.date_range(day + pd.Timedelta(minutes=minutes), day + pd.Timedelta(days=1), freq=f"{minutes}min")
+        rows.append(pd.DataFrame({"meter_id": meter, "ts": ts, "kwh": 0.125 * minutes / 15}))
+    readings = pd.concat(rows, ignore_index=True)
+    # 09:00-10:00 loses its 09:30 reading (a) and its 10:00 one (b, c: c's hour is then empty)
+    readings = readings[~(((readings.meter_id == "a") & (readings.ts == day + pd.Timedelta(hours=9, minutes=30)))
+                          | (readings.meter_id.isin(["b", "c"]) & (readings.ts == day + pd.Timedelta(hours=10))))]
+    store = ReadingStore(tmp_path / "store")
+    store.append(readings)
+    kwh, ids = hourly_kwh(store, day, day + pd.Timedelta(days=1))
+    assert ids == ["a", "b", "c"]
+    assert kwh[:, 9].tolist()[:2] == [0.5, 0.5] and np.isnan(kwh[2, 9])
+    assert (kwh[:2, [0, 8, 10, 23]] == 0.5).all() and (kwh[2, [0, 8, 10, 23]] == 0.5).all()
+    meters, X, _, n = hourly_matrix(readings)
+    np.testing.assert_array_equal(kwh, X[:, :n])
