@@ -1622,3 +1622,41 @@ def _removal_day(plans: pd.DataFrame, deregistered: pd.DataFrame) -> np.ndarray:
     """The day each plan's family was taken off the register (NaT: on it)."""
     day = pd.to_datetime(deregistered.set_index("household_id")["deregistered_at"], errors="coerce").dt.normalize()
     return pd.to_datetime(plans["household_id"].map(day)).to_numpy(dtype="datetime64[ns]")
+
+
+GRACE_DAYS = 4
+"""Days after a plan's window before an unvisited plan is marked ``missed`` (``store_plan``)."""
+
+
+def plans_back_after_withdrawal(cancelled: pd.DataFrame, others: pd.DataFrame, as_of: date) -> pd.Series:
+    """The status the unvisited ``cancelled`` plans (``household_id, due_date, window_start,
+    window_end``) of families back on the register (在册 again: the removal withdrawn) take on
+    ``as_of``; None: stays cancelled.
+
+    The register counts such a family as registered throughout (the removal is kept as no
+    history), so its cadre's record is that of a family never removed: a plan whose window (its
+    last day, or the due day when later) is over is ``missed`` once the grace days are over and
+    ``planned`` (overdue) inside them, as the 4-day rule would have left it. A plan whose window
+    is still open stays cancelled: the planner plans that visit again. So does one whose visit
+    another plan of the family (``others``: ``household_id, due_date``, not cancelled) stands
+    for, due inside its window (the removal withdrawn while the window was open, and the visit
+    planned again under another id): one visit, not two."""
+    out = pd.Series([None] * len(cancelled), index=cancelled.index, dtype=object)
+    if cancelled.empty:
+        return out
+    due = pd.to_datetime(cancelled["due_date"])
+    end = pd.to_datetime(cancelled["window_end"])
+    last = end.where(end.notna() & (end >= due), due)
+    start = pd.to_datetime(cancelled["window_start"]).fillna(due)
+    day = pd.Timestamp(as_of)
+    over = last < day
+    stood_for = pd.Series(False, index=cancelled.index)
+    if not others.empty:
+        pairs = cancelled[["household_id"]].assign(_start=start, _last=last).reset_index().merge(
+            others[["household_id"]].assign(_due=pd.to_datetime(others["due_date"])), on="household_id")
+        hit = pairs[(pairs._due >= pairs._start) & (pairs._due <= pairs._last)]["index"].unique()
+        stood_for.loc[hit] = True
+    back = over & ~stood_for
+    out[back & (last < day - pd.Timedelta(days=GRACE_DAYS))] = "missed"
+    out[back & (last >= day - pd.Timedelta(days=GRACE_DAYS))] = "planned"
+    return out

@@ -120,7 +120,8 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
     from schemas.models import Assignment, Household, VisitPlan
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
-    from sibifang.schedule_visits import plans_ended_by_deregistration, plans_missed_before_deregistration
+    from sibifang.schedule_visits import (plans_back_after_withdrawal, plans_ended_by_deregistration,
+                                          plans_missed_before_deregistration)
 
     p = plan.plans
     deregistered = read_frame(select(Household.id.label("household_id"), Household.deregistered_at)
@@ -168,6 +169,34 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
                 VisitPlan.window_end >= as_of - timedelta(days=4), VisitPlan.window_end < as_of,
                 VisitPlan.household_id.in_(back)).values(status="planned")
                 .execution_options(synchronize_session=False)).rowcount
+        # Plans a removal cancelled, of a family back on the register since: what the 4-day rule
+        # would have made of them (plans_back_after_withdrawal), so the cadre's record shows the
+        # visit nobody made. Inside the grace days only on the day's own run (as above).
+        missed_back = 0
+        back_plans = pd.DataFrame(s.execute(
+            select(VisitPlan.id, VisitPlan.household_id, VisitPlan.due_date, VisitPlan.window_start,
+                   VisitPlan.window_end)
+            .where(VisitPlan.status == "cancelled", VisitPlan.closed_by_visit_id.is_(None),
+                   VisitPlan.due_date < as_of,
+                   VisitPlan.household_id.in_(select(Household.id).where(Household.deregistered_at.is_(None))))
+        ).all(), columns=["id", "household_id", "due_date", "window_start", "window_end"])
+        if len(back_plans):
+            others = pd.DataFrame(s.execute(
+                select(VisitPlan.household_id, VisitPlan.due_date)
+                .where(VisitPlan.status != "cancelled",
+                       VisitPlan.household_id.in_(set(back_plans.household_id)))).all(),
+                columns=["household_id", "due_date"])
+            status = plans_back_after_withdrawal(back_plans, others, as_of)
+            for new in ("missed", "planned") if not replay else ("missed",):
+                ids = list(back_plans.id[status.eq(new).to_numpy(dtype=bool)])
+                for part in range(0, len(ids), 500):
+                    n = s.execute(update(VisitPlan).where(VisitPlan.id.in_(ids[part:part + 500]),
+                                                          VisitPlan.status == "cancelled")
+                                  .values(status=new)).rowcount
+                    if new == "missed":
+                        missed_back += n
+                    else:
+                        reopened += n
         # Moves of a cadre on leave: the colleague takes the visit (both are told in the notices).
         # A visit moved already is not moved again: ``moved`` counts this run's moves only.
         moved = 0
@@ -210,7 +239,7 @@ def store_plan(plan, as_of: date, out_dir: str, database_url: str | None = None)
         # Windows long past without a visit: missed (the overdue flag was raised the day before).
         missed = s.execute(update(VisitPlan).where(VisitPlan.status == "planned",
                                                    VisitPlan.window_end < as_of - timedelta(days=4))
-                           .values(status="missed")).rowcount + missed_by_removal
+                           .values(status="missed")).rowcount + missed_by_removal + missed_back
         if after - before or missed or moved or cancelled or reopened:  # a re-run that changes nothing records nothing
             audit(s, "schedule_visits", "plan", "visit_plan", None,
                   {"new": after - before, "missed": missed, "moved": moved, "cancelled": cancelled,
