@@ -95,23 +95,74 @@ def household_rows(df: pd.DataFrame, now: datetime) -> list[dict[str, Any]]:
 
 
 def resolve_registration(rows: list[dict[str, Any]], current: dict[str, tuple[datetime | None, str | None]],
-                         now: datetime) -> None:
+                         now: datetime, stale: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Turn each household row's 状态 / 注销日期 into ``deregistered_at`` / ``deregistered_reason``
     (in place), given the ``current`` (deregistered_at, reason) of the families already stored.
 
     A blank status changes nothing (a village sends partial files: a family not in the file, or
     listed without a status, keeps its place). 在册 puts it back on the register. 迁出 / 去世 / 注销
     take it off from the date given, else from the moment it was first marked so (``now`` the
-    first time only): the same file imported again changes nothing."""
+    first time only): the same file imported again changes nothing.
+
+    ``stale``: families whose place on the register has newer news than this file
+    (``register_news``): the file does not change their place. Returns those it would have
+    changed: ``id, status`` (the file's) and ``at, reason`` (kept), for the clerk's report."""
+    kept = []
     for r in rows:
         status, on = r.pop("register_status", None), r.pop("deregistered_on", None)
-        at, reason = current.get(r["id"], (None, None))
+        at, reason = was = current.get(r["id"], (None, None))
         if status == "registered":
             at, reason = None, None
         elif status is not None:
             at = datetime.combine(on, datetime.min.time()) if on is not None else (at or now)
             reason = status
+        if r["id"] in stale and (at, reason) != was:
+            kept.append({"id": r["id"], "status": status, "at": was[0], "reason": was[1]})
+            at, reason = was
         r["deregistered_at"], r["deregistered_reason"] = at, reason
+    return kept
+
+
+REGISTER_NEWS = "register_status"
+"""Audit action of a change of a family's place on the register, with the file's ``as_of``."""
+
+
+def register_news(session: Session, ids: list[str]) -> dict[str, datetime]:
+    """The ``as_of`` of the newest file that changed each family's place on the register."""
+    news: dict[str, datetime] = {}
+    for part in chunks(ids, 500):
+        for hid, detail in session.execute(select(AuditEvent.entity_id, AuditEvent.detail).where(
+                AuditEvent.entity == "household", AuditEvent.action == REGISTER_NEWS,
+                AuditEvent.entity_id.in_(part))):
+            at = datetime.fromisoformat((detail or {}).get("as_of", ""))
+            news[hid] = max(news.get(hid, at), at)
+    return news
+
+
+def register_file_as_of(session: Session, digest: str, now: datetime) -> tuple[datetime, bool]:
+    """How recent a households file is, as far as the importer knows, and whether its rows were
+    imported before: the moment the same rows were first imported (under any file name: a clerk
+    re-sending October's register, or saving it again, sends October's news), else the import's
+    own moment (``now``: a hand-over imported for an earlier day)."""
+    first = [at for at, detail in session.execute(select(AuditEvent.at, AuditEvent.detail).where(
+        AuditEvent.entity == "households", AuditEvent.action == "import_households"))
+        if (detail or {}).get("digest") == digest]
+    return (min(min(first), now) if first else now), bool(first)
+
+
+def render_status_kept(kept: list[dict[str, Any]]) -> str:
+    """The clerk's paragraph on the families whose 状态 the file did not change (empty: none)."""
+    from sibifang.checks import REGISTER_STATUS_LABELS
+
+    if not kept:
+        return ""
+    lines = ["", f"以下 {len(kept)} 户的在册状态未按本文件更改：名册中已有较新的状态（本文件早于已导入的名册，"
+             "或为此前导入过的同一批数据），以较新的为准。如确需更改，请在新的名册文件中填写状态。"]
+    for k in sorted(kept, key=lambda k: k["id"]):
+        now = "在册" if k["reason"] is None else \
+            f"{REGISTER_STATUS_LABELS.get(k['reason'], k['reason'])}（{k['at']:%Y-%m-%d}）"
+        lines.append(f"  {k['id']}：本文件为{REGISTER_STATUS_LABELS.get(k['status'], k['status'])}，现为{now}")
+    return "\n".join(lines) + "\n"
 
 
 def cadre_rows(df: pd.DataFrame, default_capacity: int) -> list[dict[str, Any]]:
@@ -188,7 +239,8 @@ def known_references(session: Session) -> dict[str, set[str]]:
 
 def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, source: str,
                    default_capacity: int = 10, now: datetime | None = None,
-                   columns: list[str] | None = None, history: bool = False) -> int:
+                   columns: list[str] | None = None, history: bool = False,
+                   kept_back: list[dict[str, Any]] | None = None) -> int:
     """Upsert the accepted rows of one file; running it twice changes nothing.
 
     ``columns``: the kind's columns the file has (``ImportResult.columns``; None: all). A row on
@@ -199,7 +251,10 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
     or a re-sync), whose visits were recorded when they were made: they keep no ``recorded_at``
     and the risk stage reads them by their visit dates. Visit sheets that come in one file at a
     time (the inbox, ``sibifang import visits FILE``) are recorded now: a finding in a sheet
-    typed in weeks late is news today, while an archive's years of visits are not."""
+    typed in weeks late is news today, while an archive's years of visits are not.
+
+    ``kept_back``: (households) receives the families whose place on the register (状态) the
+    file would have changed but newer news stands (an older register after a newer one)."""
     now = now or local_now()
     if accepted.empty:
         return 0
@@ -221,7 +276,19 @@ def store_accepted(session: Session, kind: str, accepted: pd.DataFrame, *, sourc
             current.update((h, (at, why)) for h, at, why in session.execute(
                 select(Household.id, Household.deregistered_at, Household.deregistered_reason)
                 .where(Household.id.in_(part))))
-        resolve_registration(rows, current, now)
+        # The register never goes back: a family's place changes only by a file at least as
+        # recent as the one that last changed it; rows imported before (the same file again, an
+        # old file re-sent) bring no news, whatever changed since.
+        as_of, seen = register_file_as_of(session, frame_digest(accepted)[:16], now)
+        news = register_news(session, ids)
+        stale = {h for h in ids if seen or news.get(h, as_of) > as_of}
+        kept = resolve_registration(rows, current, now, stale)
+        if kept_back is not None:
+            kept_back.extend(kept)
+        for r in rows:
+            if (r["deregistered_at"], r["deregistered_reason"]) != current.get(r["id"], (None, None)):
+                audit(session, "import", REGISTER_NEWS, "household", r["id"],
+                      {"reason": r["deregistered_reason"], "source": source, "as_of": as_of.isoformat()}, at=now)
     # ``updated_at`` would change on every run and ``registered_at``/``recorded_at`` are the first
     # import's: only real content changes should touch a row.
     update = [c for c in rows[0] if c not in ("id", "updated_at", "registered_at", "recorded_at")] if rows else None

@@ -84,24 +84,30 @@ def import_file(kind: str, path: Path | str, *, database_url: str | None = None,
                 if not r.success]
     if result.unknown_columns:
         failures.append(f"unknown columns (not imported): {', '.join(result.unknown_columns)}")
+    kept: list[dict] = []
     with session_scope(database_url) as s:
         store_accepted(s, kind, result.accepted, source=path.name, default_capacity=settings.default_capacity, now=now,
-                       columns=result.columns, history=history)
+                       columns=result.columns, history=history, kept_back=kept)
         record_validation(s, stage=f"import_{kind}", suite=kind, source=path.name, read=result.read,
                           accepted=len(result.accepted), quarantined=q, failures=failures,
                           success=not bad_lines, raw_rows=raw_rows, now=now, batch=digest[:16])
     report_path = None
     # Title rows skipped above the header are told too: the clerk checks nothing was in them.
-    if bad_lines or result.unknown_columns or result.header.skipped:
+    if bad_lines or result.unknown_columns or result.header.skipped or kept:
+        from sibifang.import_registry import render_status_kept
+
         report_path = _report_path(out_dir, path, kind, digest)
-        report_path.write_text(render_import_errors(result, "txt"), encoding="utf-8")
+        report_path.write_text(render_import_errors(result, "txt") + render_status_kept(kept), encoding="utf-8")
+    if kept:
+        run_logger().warning("%s: register status of %d household(s) not changed: newer status on record",
+                             path.name, len(kept))
     if bad_lines:
         run_logger().warning("%s: %d row(s) quarantined, see %s", path.name, len(bad_lines), report_path)
     if result.unknown_columns:
         run_logger().warning("%s: column(s) not imported (not a %s column): %s", path.name, kind,
                              ", ".join(result.unknown_columns))
     return {"kind": kind, "file": str(path), "read": result.read, "accepted": len(result.accepted),
-            "quarantined": len(bad_lines), "unknown_columns": list(result.unknown_columns),
+            "quarantined": len(bad_lines), "unknown_columns": list(result.unknown_columns), "status_kept": len(kept),
             "error_report": str(report_path) if report_path else None}
 
 
