@@ -1477,7 +1477,7 @@ def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.D
     In: ``plans`` (``visit_id, household_id, cadre_id, grid_id, due_date, window_start,
     window_end``), ``visits`` (``visit_id, plan_id, household_id, visited_at``; plan_id may be
     empty), ``households`` (``household_id, grid_id``, optional ``village_id, away_from,
-    away_until``).
+    away_until, deregistered_at``: no visit from the moment a family left the register counts).
 
     Out: ``level ('grid'|'village'|'cadre'), unit_id, due, visited_on_time, late, missed,
     pending, away``. ``due`` counts plans due on or before ``as_of``; each is visited on time
@@ -1500,6 +1500,14 @@ def compute_coverage(plans: pd.DataFrame, visits: pd.DataFrame, households: pd.D
     v["_day"] = pd.to_datetime(v["visited_at"], errors="coerce").dt.tz_localize(None).dt.normalize() \
         if len(v) else pd.Series(dtype="datetime64[ns]")
     v = v[v["_day"].notna() & (v["_day"] <= as_of_ts + pd.Timedelta(days=1))]
+    if "deregistered_at" in households.columns and len(v):
+        # A visit from the moment its family left the register answers no plan (record_visits'
+        # closes_before): a plan missed before the removal is not made late by it.
+        off = households.dropna(subset=["deregistered_at"]).drop_duplicates("household_id")
+        off = pd.to_datetime(off.set_index(off["household_id"].astype(str))["deregistered_at"])
+        gone = pd.to_datetime(v["household_id"].map(off))
+        at = pd.to_datetime(v["visited_at"], errors="coerce").dt.tz_localize(None)
+        v = v[~(gone.notna() & (at >= gone)).to_numpy(dtype=bool)]
 
     # visit closing the plan explicitly
     explicit = pd.Series(pd.NaT, index=p.index, dtype="datetime64[ns]")

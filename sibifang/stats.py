@@ -98,7 +98,7 @@ def export_frame(what: str, *, as_of: date | None = None, database_url: str | No
         visits = read_frame(select(Visit.id.label("visit_id"), Visit.plan_id, Visit.household_id, Visit.visited_at),
                         database_url)
         hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.away_from,
-                           Household.away_until), database_url)
+                           Household.away_until, Household.deregistered_at), database_url)
         hh = hh.merge(grid_hierarchy(database_url)[["grid_id", "village_id"]], on="grid_id", how="left")
         return compute_coverage(plans, visits, hh, day)
     raise ValueError(f"unknown export {what!r}")
