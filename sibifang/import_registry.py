@@ -134,8 +134,9 @@ def register_news(session: Session, ids: list[str]) -> dict[str, datetime]:
         for hid, detail in session.execute(select(AuditEvent.entity_id, AuditEvent.detail).where(
                 AuditEvent.entity == "household", AuditEvent.action == REGISTER_NEWS,
                 AuditEvent.entity_id.in_(part))):
-            at = datetime.fromisoformat((detail or {}).get("as_of", ""))
-            news[hid] = max(news.get(hid, at), at)
+            if (detail or {}).get("as_of"):
+                at = datetime.fromisoformat(detail["as_of"])
+                news[hid] = max(news.get(hid, at), at)
     return news
 
 

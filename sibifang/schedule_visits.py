@@ -1611,7 +1611,9 @@ def plans_missed_before_deregistration(plans: pd.DataFrame, deregistered: pd.Dat
     (``as_of`` earlier) marks nothing here: that day the family was on the register and the usual
     4-day rule applies. The same rule holds for a removal entered late with its date: a plan the
     4-day rule marked missed meanwhile whose window the removal cut is cancelled (``store_plan``).
-    A removal withdrawn (在册 again) gives a plan it marked missed back the rest of its grace days.
+    A removal withdrawn (在册 again) gives a plan it marked missed back the rest of its grace days,
+    and the plans it cancelled whose window has ended back to the 4-day rule
+    (``plans_back_after_withdrawal``).
     A visit made before the removal and recorded later closes a missed plan as ``done`` when its
     window held the visit, else as a late visit (kept ``missed``), and a cancelled one as ``done``
     (``tasks.record_visits``)."""
