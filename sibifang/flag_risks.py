@@ -311,7 +311,12 @@ def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFr
     own episode, reported again, is kept (it may bring the end the flag lacks). A flag whose end
     is not known yet ends, for this purpose, where its episode as reported now ends, else where
     it was closed or acknowledged: an acknowledged one with no end would otherwise silence that
-    household's kind for good."""
+    household's kind for good.
+
+    A visit finding (no meter) made after a flag was closed is a new flag, however soon: the grid
+    worker's answer (已上门，一切正常) covers what was there when she went, and a danger a visit finds
+    hours later is news. ``MERGE_GAP`` past the closing is for meter episodes, where a detector
+    that split one silence or one surge in two must not knock on the door twice."""
     if new.empty or settled.empty:
         return new
     reported = new[new["end"].notna()].groupby("dedup_key")["end"].max()
@@ -320,13 +325,16 @@ def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFr
         stop = next((pd.Timestamp(t) for t in (f.end, reported.get(f.dedup_key), f.closed_at, f.acked_at)
                      if t is not None and pd.notna(t)), None)
         hi = stop + MERGE_GAP if stop is not None else pd.Timestamp.max
-        spans.setdefault((f.household_id, f.kind), []).append((pd.Timestamp(f.start) - MERGE_GAP, hi))
+        closed = pd.Timestamp(f.closed_at) if f.closed_at is not None and pd.notna(f.closed_at) else None
+        spans.setdefault((f.household_id, f.kind), []).append((pd.Timestamp(f.start) - MERGE_GAP, hi, closed))
     own = set(settled["dedup_key"])
+    has_meter = new["meter_id"].notna() if "meter_id" in new else pd.Series(True, index=new.index)
     keep = []
-    for row in new.itertuples(index=False):
+    for row, metered in zip(new.itertuples(index=False), has_meter):
         start = pd.Timestamp(row.start)
         keep.append(row.dedup_key in own
-                    or not any(lo <= start <= hi for lo, hi in spans.get((row.household_id, row.kind), [])))
+                    or not any(lo <= start <= hi and (metered or closed is None or start <= closed)
+                               for lo, hi, closed in spans.get((row.household_id, row.kind), [])))
     return new[keep]
 
 
