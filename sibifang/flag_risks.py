@@ -464,6 +464,29 @@ def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3
 RECORD_KINDS = ("overdue_visit", "unresolved_difficulty")
 
 
+def refresh_record_flags(candidates: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:
+    """Open flags raised from the records whose wording today's candidates update: ``flag_id,
+    evidence, score, details``.
+
+    Their evidence is a count that goes on (近90天内3次走访反映困难, 已逾期20天), and it is the reason a
+    grid worker reads on the household: raised once, it would keep the count of its first day. An
+    overdue visit is its plan's (same key); a household has one difficulty count, whose key moves
+    as its window slides (``unresolved_difficulty_flags``), so it is matched by household."""
+    cols = ["flag_id", "evidence", "score", "details"]
+    if candidates.empty or open_flags.empty:
+        return pd.DataFrame(columns=cols)
+    rec = candidates[candidates["kind"].isin(RECORD_KINDS)]
+    by_key = {r.dedup_key: r for r in rec.itertuples(index=False)}
+    by_household = {r.household_id: r for r in rec.itertuples(index=False) if r.kind == "unresolved_difficulty"}
+    out = []
+    for f in open_flags[open_flags["kind"].isin(RECORD_KINDS)].itertuples(index=False):
+        c = by_key.get(f.dedup_key) or (by_household.get(f.household_id) if f.kind == "unresolved_difficulty"
+                                        else None)
+        if c is not None and c.kind == f.kind and c.evidence != f.evidence:
+            out.append((f.flag_id, c.evidence, float(c.score), c.details))
+    return pd.DataFrame(out, columns=cols)
+
+
 def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame, away: pd.DataFrame,
                              last_visit: pd.Series) -> pd.DataFrame:
     """Open flags whose situation the records now say is over, nobody having to answer them:
@@ -564,20 +587,25 @@ def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.D
         if "hardship" in cats:
             points[hid] += 5
             reasons[hid].append("困难家庭")
-    weight = {"存在婚姻家庭矛盾": 15, "困难家庭": 5}
+    # a reason weighs what its own household's flag weighs: two families overdue by the same days
+    # share a sentence, and one's urgent plan must not lift the other's plain one
+    weight = {(h, r): {"存在婚姻家庭矛盾": 15, "困难家庭": 5}[r] for h, rs in reasons.items() for r in rs}
     if not open_flags.empty:
         for f in open_flags.itertuples(index=False):
             if f.household_id in points:
                 pts = SEVERITY_POINTS.get(f.severity, 10)
                 points[f.household_id] += pts
                 reasons[f.household_id].append(str(f.evidence))
-                weight[str(f.evidence)] = max(weight.get(str(f.evidence), 0), pts)
+                key = (f.household_id, str(f.evidence))
+                weight[key] = max(weight.get(key, 0), pts)
     out = base[["household_id", "grid_id"]].copy()
     out["risk_score"] = [min(100.0, points[h]) for h in out.household_id]
     out["risk_level"] = [next(lvl for lvl, lo in LEVELS if s >= lo) for s in out.risk_score]
     # five reasons at most, the gravest first and each once: the flags come in no set order, and a
-    # 红 level must not lose its critical finding behind five overdue visits read before it
-    out["risk_reasons"] = [sorted(dict.fromkeys(reasons[h]), key=lambda r: -weight[r])[:5] for h in out.household_id]
+    # 红 level must not lose its critical finding behind five overdue visits read before it. Equal
+    # weights by their text, so the list (stored, compared between runs) does not follow read order.
+    out["risk_reasons"] = [sorted(dict.fromkeys(reasons[h]), key=lambda r: (-weight[(h, r)], r))[:5]
+                           for h in out.household_id]
     return out
 
 

@@ -183,6 +183,9 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                                     ignore_index=True)
     if later_day.empty and len(corrected):  # (a replayed earlier day saw them as they were)
         settled_now = pd.concat([settled_now, corrected], ignore_index=True)
+    # the counts in the reasons of the flags raised from the records (times, days overdue) as of
+    # today, by the latest day only
+    reworded = logic.refresh_record_flags(candidates, open_flags) if later_day.empty else None
     with session_scope(database_url) as s:
         rows = []
         # An episode that was over more than a day before this run (a first run over weeks of
@@ -207,6 +210,9 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         upsert(s, RiskFlag, rows, key=["dedup_key"], update=())
         for e in frame_records(extends):
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
+        for r in frame_records(reworded) if reworded is not None else ():
+            s.execute(update(RiskFlag).where(RiskFlag.id == r["flag_id"], RiskFlag.status != "closed")
+                      .values(evidence=r["evidence"], score=r["score"], details=r["details"]))
         if rows:  # a re-run raises nothing and records nothing
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
         # (a re-run finds them closed: nothing more)
