@@ -222,11 +222,13 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         if len(settled_now):
             audit(s, "flag_risks", "close_settled_flags", "risk_flag", None,
                   settled_now.groupby("outcome").size().to_dict(), at=now)
-    # The map covers the families on the register at the day's end (not those gone by then).
+    # The map covers the families on the register at the day's end (not those gone by then, nor
+    # those registered since: a replayed day maps what that day saw, as its report counts it).
     hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
                            Household.risk_level.label("old_level"), Household.risk_score.label("old_score"),
                            Household.risk_reasons.label("old_reasons"))
-                    .where(or_(Household.deregistered_at.is_(None), Household.deregistered_at > now)),
+                    .where(or_(Household.deregistered_at.is_(None), Household.deregistered_at > now),
+                           or_(Household.registered_at.is_(None), Household.registered_at <= now)),
                     database_url)
     # Scored as of the day's end: a replayed day gets the flags open then, not the ones raised or
     # closed since, so its risk map (and the report built on it) is what that day saw.
