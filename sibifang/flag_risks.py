@@ -619,7 +619,8 @@ def risk_map(scored: pd.DataFrame, as_of: date, previous: pd.DataFrame | None = 
         counts = counts.merge(prev, on=["grid_id", "level"], how="outer")
         counts["households"] = counts["households"].fillna(0).astype(int)
         counts["change"] = counts["households"] - counts["prev"].fillna(0).astype(int)
-        counts = counts.drop(columns="prev")
+        # only the run in which it emptied: a zero kept from run to run would stay on the map for good
+        counts = counts[(counts["households"] > 0) | (counts["change"] != 0)].drop(columns="prev")
     else:
         counts["change"] = 0
     counts["as_of"] = as_of

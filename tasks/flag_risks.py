@@ -265,6 +265,11 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         upsert(s, RiskMapSnapshot, frame_records(rmap[["as_of", "grid_id", "level", "households"]]),
                key=["as_of", "grid_id", "level"])
     levels = scored.risk_level.value_counts().to_dict()
+    # the map's change since its last run, county-wide (per grid it reads from the two days' rows)
+    change = {lvl: int(n) for lvl, n in rmap.groupby("level")["change"].sum().items() if n}
+    if change:
+        run_logger().info("risk map since its last run: %s",
+                          "，".join(f"{lvl}{change[lvl]:+d}户" for lvl, _ in logic.LEVELS if lvl in change))
     return {"new_flags": sum(r["status"] == "open" for r in rows),
             "recorded_past_episodes": sum(r["status"] == "closed" for r in rows),
-            "extended": len(extends), "levels": levels}
+            "extended": len(extends), "levels": levels, "map_change": change}

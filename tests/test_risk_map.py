@@ -42,8 +42,9 @@ def test_a_replayed_day_maps_the_families_registered_by_then_not_those_registere
     with session_scope(url) as s:  # a family imported on the 21st
         s.add(Household(id="H100", head_name="赵英", grid_id="G1", categories=["dispute"], birth_year=1980,
                         registered_at=datetime(2026, 11, 21, 10)))
-    store_flags.fn(NONE, date(2026, 11, 21), url)
+    result = store_flags.fn(NONE, date(2026, 11, 21), url)
     assert _rows(url, date(2026, 11, 21)) == [("G1", "绿", 20), ("G1", "黄", 1), ("G2", "绿", 20)]
+    assert result["map_change"] == {"黄": 1}  # since the last run (the 19th), county-wide
     # the 19th run again: what the 19th saw
     store_flags.fn(NONE, date(2026, 11, 19), url)
     assert _rows(url, date(2026, 11, 19)) == [("G1", "绿", 20), ("G2", "绿", 20)]
@@ -65,3 +66,19 @@ def test_re_running_the_same_day_changes_neither_the_rows_nor_the_picture(outbox
     with session_scope(url) as s:
         assert {h.id: (h.risk_level, h.risk_score, h.risk_reasons) for h in s.scalars(select(Household))} == households
         assert s.scalar(select(Area.id).where(Area.id == "G1")) == "G1"
+
+
+def test_a_level_that_emptied_is_shown_once_not_carried_from_run_to_run():
+    from sibifang.flag_risks import risk_map
+
+    scored = pd.DataFrame({"household_id": ["a", "b"], "grid_id": ["G1", "G2"], "risk_level": ["绿", "绿"]})
+    before = pd.DataFrame({"as_of": [date(2026, 7, 19)] * 3, "grid_id": ["G1", "G1", "G2"],
+                           "level": ["绿", "红", "绿"], "households": [0, 1, 1]})
+    m = risk_map(scored, date(2026, 7, 20), before)
+    # G1 红 emptied since the last run: shown with its change; empty in the next run too, it is no
+    # row at all (a grid emptied for good does not stay on the map with zeros)
+    got = {(r.grid_id, r.level): (r.households, r.change) for r in m.itertuples()}
+    assert got == {("G1", "绿"): (1, 1), ("G1", "红"): (0, -1), ("G2", "绿"): (1, 0)}
+    later = risk_map(scored, date(2026, 7, 21), m)
+    assert {(r.grid_id, r.level): (r.households, r.change) for r in later.itertuples()} == {
+        ("G1", "绿"): (1, 0), ("G2", "绿"): (1, 0)}
