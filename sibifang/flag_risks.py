@@ -311,7 +311,12 @@ def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFr
     own episode, reported again, is kept (it may bring the end the flag lacks). A flag whose end
     is not known yet ends, for this purpose, where its episode as reported now ends, else where
     it was closed or acknowledged: an acknowledged one with no end would otherwise silence that
-    household's kind for good."""
+    household's kind for good.
+
+    A visit finding (no meter) made after a flag was closed is a new flag, however soon: the grid
+    worker's answer (已上门，一切正常) covers what was there when she went, and a danger a visit finds
+    hours later is news. ``MERGE_GAP`` past the closing is for meter episodes, where a detector
+    that split one silence or one surge in two must not knock on the door twice."""
     if new.empty or settled.empty:
         return new
     reported = new[new["end"].notna()].groupby("dedup_key")["end"].max()
@@ -320,13 +325,16 @@ def drop_settled_episodes(new: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFr
         stop = next((pd.Timestamp(t) for t in (f.end, reported.get(f.dedup_key), f.closed_at, f.acked_at)
                      if t is not None and pd.notna(t)), None)
         hi = stop + MERGE_GAP if stop is not None else pd.Timestamp.max
-        spans.setdefault((f.household_id, f.kind), []).append((pd.Timestamp(f.start) - MERGE_GAP, hi))
+        closed = pd.Timestamp(f.closed_at) if f.closed_at is not None and pd.notna(f.closed_at) else None
+        spans.setdefault((f.household_id, f.kind), []).append((pd.Timestamp(f.start) - MERGE_GAP, hi, closed))
     own = set(settled["dedup_key"])
+    has_meter = new["meter_id"].notna() if "meter_id" in new else pd.Series(True, index=new.index)
     keep = []
-    for row in new.itertuples(index=False):
+    for row, metered in zip(new.itertuples(index=False), has_meter):
         start = pd.Timestamp(row.start)
         keep.append(row.dedup_key in own
-                    or not any(lo <= start <= hi for lo, hi in spans.get((row.household_id, row.kind), [])))
+                    or not any(lo <= start <= hi and (metered or closed is None or start <= closed)
+                               for lo, hi, closed in spans.get((row.household_id, row.kind), [])))
     return new[keep]
 
 
@@ -456,6 +464,29 @@ def overdue_visit_flags(plans: pd.DataFrame, as_of: date, *, grace_days: int = 3
 RECORD_KINDS = ("overdue_visit", "unresolved_difficulty")
 
 
+def refresh_record_flags(candidates: pd.DataFrame, open_flags: pd.DataFrame) -> pd.DataFrame:
+    """Open flags raised from the records whose wording today's candidates update: ``flag_id,
+    evidence, score, details``.
+
+    Their evidence is a count that goes on (近90天内3次走访反映困难, 已逾期20天), and it is the reason a
+    grid worker reads on the household: raised once, it would keep the count of its first day. An
+    overdue visit is its plan's (same key); a household has one difficulty count, whose key moves
+    as its window slides (``unresolved_difficulty_flags``), so it is matched by household."""
+    cols = ["flag_id", "evidence", "score", "details"]
+    if candidates.empty or open_flags.empty:
+        return pd.DataFrame(columns=cols)
+    rec = candidates[candidates["kind"].isin(RECORD_KINDS)]
+    by_key = {r.dedup_key: r for r in rec.itertuples(index=False)}
+    by_household = {r.household_id: r for r in rec.itertuples(index=False) if r.kind == "unresolved_difficulty"}
+    out = []
+    for f in open_flags[open_flags["kind"].isin(RECORD_KINDS)].itertuples(index=False):
+        c = by_key.get(f.dedup_key) or (by_household.get(f.household_id) if f.kind == "unresolved_difficulty"
+                                        else None)
+        if c is not None and c.kind == f.kind and c.evidence != f.evidence:
+            out.append((f.flag_id, c.evidence, float(c.score), c.details))
+    return pd.DataFrame(out, columns=cols)
+
+
 def flags_settled_by_records(open_flags: pd.DataFrame, candidates: pd.DataFrame, away: pd.DataFrame,
                              last_visit: pd.Series) -> pd.DataFrame:
     """Open flags whose situation the records now say is over, nobody having to answer them:
@@ -556,20 +587,25 @@ def score_households(households: pd.DataFrame, open_flags: pd.DataFrame) -> pd.D
         if "hardship" in cats:
             points[hid] += 5
             reasons[hid].append("困难家庭")
-    weight = {"存在婚姻家庭矛盾": 15, "困难家庭": 5}
+    # a reason weighs what its own household's flag weighs: two families overdue by the same days
+    # share a sentence, and one's urgent plan must not lift the other's plain one
+    weight = {(h, r): {"存在婚姻家庭矛盾": 15, "困难家庭": 5}[r] for h, rs in reasons.items() for r in rs}
     if not open_flags.empty:
         for f in open_flags.itertuples(index=False):
             if f.household_id in points:
                 pts = SEVERITY_POINTS.get(f.severity, 10)
                 points[f.household_id] += pts
                 reasons[f.household_id].append(str(f.evidence))
-                weight[str(f.evidence)] = max(weight.get(str(f.evidence), 0), pts)
+                key = (f.household_id, str(f.evidence))
+                weight[key] = max(weight.get(key, 0), pts)
     out = base[["household_id", "grid_id"]].copy()
     out["risk_score"] = [min(100.0, points[h]) for h in out.household_id]
     out["risk_level"] = [next(lvl for lvl, lo in LEVELS if s >= lo) for s in out.risk_score]
     # five reasons at most, the gravest first and each once: the flags come in no set order, and a
-    # 红 level must not lose its critical finding behind five overdue visits read before it
-    out["risk_reasons"] = [sorted(dict.fromkeys(reasons[h]), key=lambda r: -weight[r])[:5] for h in out.household_id]
+    # 红 level must not lose its critical finding behind five overdue visits read before it. Equal
+    # weights by their text, so the list (stored, compared between runs) does not follow read order.
+    out["risk_reasons"] = [sorted(dict.fromkeys(reasons[h]), key=lambda r: (-weight[(h, r)], r))[:5]
+                           for h in out.household_id]
     return out
 
 
@@ -583,7 +619,8 @@ def risk_map(scored: pd.DataFrame, as_of: date, previous: pd.DataFrame | None = 
         counts = counts.merge(prev, on=["grid_id", "level"], how="outer")
         counts["households"] = counts["households"].fillna(0).astype(int)
         counts["change"] = counts["households"] - counts["prev"].fillna(0).astype(int)
-        counts = counts.drop(columns="prev")
+        # only the run in which it emptied: a zero kept from run to run would stay on the map for good
+        counts = counts[(counts["households"] > 0) | (counts["change"] != 0)].drop(columns="prev")
     else:
         counts["change"] = 0
     counts["as_of"] = as_of

@@ -183,6 +183,9 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
                                     ignore_index=True)
     if later_day.empty and len(corrected):  # (a replayed earlier day saw them as they were)
         settled_now = pd.concat([settled_now, corrected], ignore_index=True)
+    # the counts in the reasons of the flags raised from the records (times, days overdue) as of
+    # today, by the latest day only
+    reworded = logic.refresh_record_flags(candidates, open_flags) if later_day.empty else None
     with session_scope(database_url) as s:
         rows = []
         # An episode that was over more than a day before this run (a first run over weeks of
@@ -207,6 +210,9 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         upsert(s, RiskFlag, rows, key=["dedup_key"], update=())
         for e in frame_records(extends):
             s.execute(update(RiskFlag).where(RiskFlag.id == e["flag_id"]).values(end=e["end"]))
+        for r in frame_records(reworded) if reworded is not None else ():
+            s.execute(update(RiskFlag).where(RiskFlag.id == r["flag_id"], RiskFlag.status != "closed")
+                      .values(evidence=r["evidence"], score=r["score"], details=r["details"]))
         if rows:  # a re-run raises nothing and records nothing
             audit(s, "flag_risks", "raise_flags", "risk_flag", None, {"count": len(rows)}, at=now)
         # (a re-run finds them closed: nothing more)
@@ -216,11 +222,13 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         if len(settled_now):
             audit(s, "flag_risks", "close_settled_flags", "risk_flag", None,
                   settled_now.groupby("outcome").size().to_dict(), at=now)
-    # The map covers the families on the register at the day's end (not those gone by then).
+    # The map covers the families on the register at the day's end (not those gone by then, nor
+    # those registered since: a replayed day maps what that day saw, as its report counts it).
     hh = read_frame(select(Household.id.label("household_id"), Household.grid_id, Household.categories,
                            Household.risk_level.label("old_level"), Household.risk_score.label("old_score"),
                            Household.risk_reasons.label("old_reasons"))
-                    .where(or_(Household.deregistered_at.is_(None), Household.deregistered_at > now)),
+                    .where(or_(Household.deregistered_at.is_(None), Household.deregistered_at > now),
+                           or_(Household.registered_at.is_(None), Household.registered_at <= now)),
                     database_url)
     # Scored as of the day's end: a replayed day gets the flags open then, not the ones raised or
     # closed since, so its risk map (and the report built on it) is what that day saw.
@@ -257,6 +265,11 @@ def store_flags(candidates: pd.DataFrame, as_of: date, database_url: str | None 
         upsert(s, RiskMapSnapshot, frame_records(rmap[["as_of", "grid_id", "level", "households"]]),
                key=["as_of", "grid_id", "level"])
     levels = scored.risk_level.value_counts().to_dict()
+    # the map's change since its last run, county-wide (per grid it reads from the two days' rows)
+    change = {lvl: int(n) for lvl, n in rmap.groupby("level")["change"].sum().items() if n}
+    if change:
+        run_logger().info("risk map since its last run: %s",
+                          "，".join(f"{lvl}{change[lvl]:+d}户" for lvl, _ in logic.LEVELS if lvl in change))
     return {"new_flags": sum(r["status"] == "open" for r in rows),
             "recorded_past_episodes": sum(r["status"] == "closed" for r in rows),
-            "extended": len(extends), "levels": levels}
+            "extended": len(extends), "levels": levels, "map_change": change}
