@@ -499,9 +499,9 @@ def _known_header_keys() -> frozenset[str]:
     return frozenset(key for kind in FIELDS for key in header_aliases(kind))
 
 
-def _header_score(keys: list[str]) -> tuple[int, int]:
+def _header_score(keys: list[str], known: frozenset[str] | None = None) -> tuple[int, int]:
     """(distinct known column names, non-blank cells) of a row of header keys."""
-    known = _known_header_keys()
+    known = _known_header_keys() if known is None else known
     filled = [k for k in keys if k]
     return len(set(filled) & known), len(filled)
 
@@ -554,7 +554,8 @@ def _merge_header_rows(upper: list[str], lower: list[str], *, lower_is_header: b
     return names if gain or inside_span or any(n >= 2 for n in spans.values()) else None
 
 
-def _locate_header(rows: list[tuple[int, list[str | None]]]
+def _locate_header(rows: list[tuple[int, list[str | None]]], *, known: frozenset[str] | None = None,
+                   complete: Callable[[set[str]], bool] | None = None, two_row: bool = True,
                    ) -> tuple[list[str], list[tuple[int, list[str | None]]], HeaderLayout]:
     """Header, data rows and layout of a sheet read row by row.
 
@@ -564,22 +565,30 @@ def _locate_header(rows: list[tuple[int, list[str | None]]]
     is not taken for it; the first such row on a tie; line 1 when no row qualifies (its
     names are then reported as missing or unknown, as before). The row just below (or just
     above) may be its second row (``_merge_header_rows``). Non-blank rows above the header
-    are no data: they are skipped and listed in ``HeaderLayout.skipped``."""
+    are no data: they are skipped and listed in ``HeaderLayout.skipped``.
+
+    For a file of one kind whose names are known (meter readings, read by
+    ``sibifang.readings_files``): ``known`` replaces the names of every kind, ``complete`` says
+    which rows name all the columns the kind needs (such a row is the header however many
+    other columns it has: a meter export carries 户名, 地址 ...), and ``two_row=False`` keeps
+    the header to one row (the caller judges the row below it)."""
     if not rows:
         return [], [], HeaderLayout()
     # only the rows the header can be on (and the one below): a city's sheet has 100,000 more
     keys = [_clean_header(cells) for _, cells in rows[:HEADER_SEARCH_ROWS + 1]]
     best, best_known = 0, 0
     for i, row_keys in enumerate(keys[:HEADER_SEARCH_ROWS]):
-        known, filled = _header_score(row_keys)
-        if known >= 2 and 2 * known > filled and known > best_known:
-            best, best_known = i, known
+        named, filled = _header_score(row_keys, known)
+        enough = 2 * named > filled or (complete is not None and complete(set(row_keys)))
+        if named >= 2 and enough and named > best_known:
+            best, best_known = i, named
     first, last, header = best, best, keys[best]
     below = best + 1
-    merged = _merge_header_rows(keys[best], keys[below], lower_is_header=False) if below < len(keys) else None
+    merged = (_merge_header_rows(keys[best], keys[below], lower_is_header=False)
+              if two_row and below < len(keys) else None)
     if merged is not None:
         header, last = merged, below
-    elif best > 0 and any(keys[best - 1]):
+    elif two_row and best > 0 and any(keys[best - 1]):
         merged = _merge_header_rows(keys[best - 1], keys[best], lower_is_header=True)
         if merged is not None:
             header, first = merged, best - 1
