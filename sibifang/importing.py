@@ -88,6 +88,8 @@ REASONS_ZH = {
     "future_date": "{field}晚于当前时间",
     "bad_int": "{field}应为整数",
     "bad_number": "{field}应为数字",
+    "bad_thousands": "{field}中的逗号不是千位分隔符（千位分隔应每三位一个逗号，如 1,234 或 1,234.5；"
+                     "小数点请用“.”，如 1.5），请改正后重新提交",
     "bad_bool": "{field}应填 1/0 或 是/否",
     "unknown_code": "{field}不在可选范围内",
     "unknown_list_item": "{field}中有不在可选范围内的项目",
@@ -789,6 +791,9 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
             values = C.fold_width(values)
         if f.type in ("date", "datetime"):
             values = _excel_serial_dates(values, with_time=f.type == "datetime")
+        if f.type in ("int", "float"):
+            values, misplaced = _without_thousands_separators(values)
+            problems.add(misplaced, f.name, "bad_thousands")  # before bad_int / bad_number: the cause
         blank = values.isna() | values.str.strip().eq("")
         if f.type in ("text", "id"):
             typed[f.name] = values.str.strip().where(~blank).astype("str")
@@ -839,6 +844,24 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
         if f.type == "date" and f.not_future:
             problems.add(~C.not_in_future(typed[f.name], now=now), f.name, "future_date")
     return pd.DataFrame(typed, index=raw.index)
+
+
+# Thousands separators as Excel's number format shows them ("1,234", "1,234.5"; a full-width
+# "，" is folded before): each group of three digits. The decimal mark here is the point, so
+# "1,234" is 1234. [0-9], not \d (see checks.fold_width).
+_GROUPED_NUMBER = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
+
+
+def _without_thousands_separators(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(values with well-formed thousands separators removed, mask: a comma anywhere else).
+    "1,5" or "12,34" may be a decimal comma or a slip: guessing would import a number ten or a
+    thousand times off, so the row is quarantined (``bad_thousands``) with what a comma means here."""
+    text = values.str.strip()
+    comma = text.str.contains(",", regex=False).fillna(False).astype(bool)
+    if not comma.any():
+        return values, comma
+    grouped = comma & text.str.fullmatch(_GROUPED_NUMBER).fillna(False).astype(bool)
+    return values.where(~grouped, text.str.replace(",", "", regex=False)), comma & ~grouped
 
 
 # Excel's day 0 (serial numbers count days from it) and the serials taken as dates: 1950-01-01
