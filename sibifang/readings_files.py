@@ -417,8 +417,10 @@ def _read_csv_any_encoding(path: Path):  # -> (DataFrame, np.ndarray | None, Hea
 
     encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
     layout = locate_readings_header(_csv_first_rows(path, encoding))
-    skip = layout.lines[0] - 1  # physical lines above the header (one record each: no quoted line breaks)
+    skip = layout.lines[0] - 1  # physical lines above the header
     sep = _csv_separator(path, encoding, skip)
+    # pandas skips records, not lines: a title typed with Alt+Enter is one record on two lines
+    records = _records_in_lines(path, encoding, sep, skip)
 
     def read(**widths) -> pd.DataFrame:
         # In blocks of rows: parsing a whole 28-million-row file at once needs 3.3 GB for a
@@ -434,8 +436,8 @@ def _read_csv_any_encoding(path: Path):  # -> (DataFrame, np.ndarray | None, Hea
 
     try:
         try:
-            frame = read(header=0, skiprows=skip)  # the usual file, as wide as its header: one pass
-            return frame, _record_lines(path, encoding, sep, len(frame), skip), layout
+            frame = read(header=0, skiprows=records)  # the usual file, as wide as its header: one pass
+            return frame, _record_lines(path, encoding, sep, len(frame), skip, records), layout
         except (pd.errors.ParserWarning, pd.errors.ParserError) as e:
             header = _header_cells(path, encoding, sep, skip)
             wide = isinstance(e, pd.errors.ParserWarning) or "fields in line" in str(e)
@@ -450,8 +452,8 @@ def _read_csv_any_encoding(path: Path):  # -> (DataFrame, np.ndarray | None, Hea
         # ParserError with its line, not a silent shift. (header=None and the header line
         # skipped: with header=0, pandas expects the header's width on every line.)
         names = _unique_names(header) + [f"{EXTRA_COLUMN}{i}" for i in range(extra)]
-        frame = _mark_extra_fields(read(header=None, skiprows=skip + 1, names=names))
-        return frame, _record_lines(path, encoding, sep, len(frame), skip), layout
+        frame = _mark_extra_fields(read(header=None, skiprows=records + 1, names=names))
+        return frame, _record_lines(path, encoding, sep, len(frame), skip, records), layout
     except pd.errors.ParserWarning:
         raise ImportFileError(path.name, "a row has more fields than the header",
                               message_zh=f"文件 {path.name} 有的行列数多于表头，且无法确定是哪一行"
@@ -512,17 +514,35 @@ def _has_line_breaks_in_fields(path: Path, encoding: str, rows: int, block: int 
     return newlines + (last != b"\n") != rows + 1
 
 
-def _record_lines(path: Path, encoding: str, sep: str, rows: int, skip: int = 0) -> np.ndarray | None:
+def _record_lines(path: Path, encoding: str, sep: str, rows: int, skip: int = 0,
+                  skip_records: int | None = None) -> np.ndarray | None:
     """The physical line on which each of the ``rows`` data records starts, or None when every
-    record is one line (then row ``i`` is on line ``skip + i + 2``; ``skip``: the title lines
-    above the header). Read with the csv module, which splits records as pandas does and counts
-    the lines it has consumed (``line_num``), only for a file with line breaks inside quoted fields."""
+    record is one line (then row ``i`` is on line ``skip + i + 2``; ``skip``: the lines above the
+    header, ``skip_records`` the records they hold). Read with the csv module, which splits
+    records as pandas does and counts the lines it has consumed (``line_num``), only for a file
+    with line breaks inside quoted fields."""
+    skip_records = skip if skip_records is None else skip_records
     if not rows or not _has_line_breaks_in_fields(path, encoding, rows + skip):
         return None
     ends = _record_ends(path, encoding, sep)
-    if ends is None or len(ends) != skip + rows + 1:  # pandas and csv split the file differently: by record
+    if ends is None or len(ends) != skip_records + rows + 1:  # pandas and csv split the file differently
         return None
-    return (ends[skip:-1] + 1).astype(np.int64)
+    return (ends[skip_records:-1] + 1).astype(np.int64)
+
+
+def _records_in_lines(path: Path, encoding: str, sep: str, lines: int) -> int:
+    """How many CSV records the file's first ``lines`` physical lines hold."""
+    import csv
+    import itertools
+
+    if not lines:
+        return 0
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        head = list(itertools.islice(f, lines))
+    try:
+        return sum(1 for _ in csv.reader(head, delimiter=sep))
+    except csv.Error:
+        return lines
 
 
 def _record_ends(path: Path, encoding: str, sep: str, records: int | None = None) -> np.ndarray | None:

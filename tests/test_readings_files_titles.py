@@ -72,6 +72,19 @@ def test_lines_stay_physical_below_a_title_with_a_line_break_in_a_field(tmp_path
     assert raw["line"].tolist() == [3, 5]
 
 
+def test_a_title_typed_on_two_lines_is_one_record_skipped(tmp_path):
+    """A title cell with Alt+Enter: one quoted record over two lines (pandas skips records)."""
+    path = tmp_path / "qt.csv"
+    path.write_text('"XX供电所\n智能电表读数导出",,\nmeter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\n'
+                    'M1,2026-11-20 08:30,"0.2"\nM1,2026-11-20 08:45,0.3\n', encoding="utf-8")
+    raw = read_readings_file(path)
+    assert raw["line"].tolist() == [4, 5, 6] and raw["kwh"].tolist() == ["0.1", "0.2", "0.3"]
+    assert raw.attrs["header_layout"].skipped == (1, 2)
+    path.write_text('"XX供电所\n智能电表读数导出",,,\nmeter_id,ts,kwh,note\nM1,2026-11-20 08:15,0.1,"a\nb"\n'
+                    'M1,2026-11-20 08:30,0.2,\n', encoding="utf-8")
+    assert read_readings_file(path)["line"].tolist() == [4, 6]
+
+
 def test_errors_below_a_title_name_the_file_lines(tmp_path):
     path = tmp_path / "wide.csv"
     path.write_text(f"{TITLE}\nmeter_id,ts,kwh\nM1,2026-11-20 08:15,0.1\nM1,2026-11-20 08:30,0.2,9\n",
