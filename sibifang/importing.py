@@ -118,6 +118,7 @@ REASONS_ZH = {
     "unclosed_quote": "第{line}行引号未闭合（某个单元格以双引号开头，却没有结束的双引号），本行未导入；"
                       "请补全或删去这个引号",
     "total_row": "合计行（上方各行的汇总，不是一条记录），未导入，无需处理",
+    "repeated_header": "重复的表头行（几个文件拼接成一个时常见），不是一条记录，未导入，无需处理",
     "too_long": "{field}太长（最多{limit}个字），请精简后重新提交",
     "deregistered_on_without_status": "填写了{field}，但状态不是迁出、去世或注销",
     "unusual": "{field}数值不常见，请核实",
@@ -1042,6 +1043,8 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     # A totals row (合计 in its first filled cell) is quarantined as that alone: its empty key
     # and names would otherwise read as a dozen errors the clerk has nothing to fix for.
     problems.only(_total_rows(raw), "_row", "total_row")
+    # Files joined into one (copy /b a.csv+b.csv): the second header is no record either.
+    problems.only(_repeated_header_rows(kind, raw), "_row", "repeated_header")
 
     quarantined = problems.frame(lines)
     bad = np.zeros(len(typed), dtype=bool)
@@ -1073,6 +1076,37 @@ def _total_rows(raw: pd.DataFrame) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     first = cells.bfill(axis=1).iloc[:, 0]
     return np.flatnonzero(first.notna().to_numpy() & C.is_total_label(first.astype("str")))
+
+
+def _repeated_header_rows(kind: str, raw: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows that are the header again: by the header rule (``_locate_header``),
+    at least two of the kind's columns hold their own name (any spelling: 家庭编号, *家庭编号, a
+    BOM before it), and more than half of the row's filled cells in those columns do."""
+    aliases = header_aliases(kind)
+    columns = [f.name for f in FIELDS[kind] if f.name in raw.columns]
+    if len(columns) < 2 or raw.empty:
+        return np.zeros(0, dtype=np.int64)
+
+    def own_name(column: str, rows: np.ndarray) -> np.ndarray:
+        values = raw[column].iloc[rows]
+        text = values.astype("str").where(values.notna(), "")
+        # header_key on the distinct values without an ASCII digit only (ids hold digits)
+        wordy = ~text.str.contains(r"[0-9]").to_numpy(dtype=bool)
+        names = {v: aliases.get(header_key(v)) == column for v in pd.unique(text.to_numpy()[wordy])}
+        return wordy & text.map(names).fillna(False).to_numpy(dtype=bool)
+
+    rows = np.arange(len(raw))
+    # a cheap first pass: a repeated header names its first (or second) column
+    first = own_name(columns[0], rows) | own_name(columns[1], rows)
+    rows = rows[first]
+    if not len(rows):
+        return rows
+    named = np.zeros(len(rows), dtype=np.int64)
+    filled = np.zeros(len(rows), dtype=np.int64)
+    for column in columns:
+        named += own_name(column, rows)
+        filled += raw[column].iloc[rows].notna().to_numpy(dtype=bool)
+    return rows[(named >= 2) & (2 * named > filled)]
 
 
 def _canonical_columns(kind: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
