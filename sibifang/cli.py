@@ -100,10 +100,12 @@ def _kind_zh(kind: str) -> str:
 
 def _import_one_file(kind: str, path: Path, history: bool = False) -> dict:
     if kind == "readings":
-        from sibifang.readings_files import read_readings_file
+        from sibifang.readings_files import read_readings_file, skipped_lines_zh
         from tasks.ingest_readings import file_batch_id, ingest_frame
 
-        r = ingest_frame(read_readings_file(path), source=path.name, batch_id=file_batch_id(path))
+        raw = read_readings_file(path)
+        r = ingest_frame(raw, source=path.name, batch_id=file_batch_id(path))
+        r["header_note"] = skipped_lines_zh(raw)  # title lines above the header: named, not read
         earlier = r.get("earlier")
         if earlier:
             # The same content is in the ledger (reading_batches): imported again, a cumulative
@@ -125,6 +127,8 @@ def _import_line(r: dict) -> str:
         line += f"（新增 {r['new']} 条）"
     if r.get("unknown_columns"):
         line += f"；未识别的列（未导入）：{'、'.join(r['unknown_columns'])}"
+    if r.get("header_note"):
+        line += f"；{r['header_note']}"
     if r.get("error_report"):
         line += f" → 报告 {r['error_report']}"
     return line

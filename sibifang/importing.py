@@ -88,6 +88,8 @@ REASONS_ZH = {
     "future_date": "{field}晚于当前时间",
     "bad_int": "{field}应为整数",
     "bad_number": "{field}应为数字",
+    "bad_thousands": "{field}中的逗号不是千位分隔符（千位分隔应每三位一个逗号，如 1,234 或 1,234.5；"
+                     "小数点请用“.”，如 1.5），请改正后重新提交",
     "bad_bool": "{field}应填 1/0 或 是/否",
     "unknown_code": "{field}不在可选范围内",
     "unknown_list_item": "{field}中有不在可选范围内的项目",
@@ -116,6 +118,7 @@ REASONS_ZH = {
     "unclosed_quote": "第{line}行引号未闭合（某个单元格以双引号开头，却没有结束的双引号），本行未导入；"
                       "请补全或删去这个引号",
     "total_row": "合计行（上方各行的汇总，不是一条记录），未导入，无需处理",
+    "repeated_header": "重复的表头行（几个文件拼接成一个时常见），不是一条记录，未导入，无需处理",
     "too_long": "{field}太长（最多{limit}个字），请精简后重新提交",
     "deregistered_on_without_status": "填写了{field}，但状态不是迁出、去世或注销",
     "unusual": "{field}数值不常见，请核实",
@@ -499,9 +502,9 @@ def _known_header_keys() -> frozenset[str]:
     return frozenset(key for kind in FIELDS for key in header_aliases(kind))
 
 
-def _header_score(keys: list[str]) -> tuple[int, int]:
+def _header_score(keys: list[str], known: frozenset[str] | None = None) -> tuple[int, int]:
     """(distinct known column names, non-blank cells) of a row of header keys."""
-    known = _known_header_keys()
+    known = _known_header_keys() if known is None else known
     filled = [k for k in keys if k]
     return len(set(filled) & known), len(filled)
 
@@ -554,7 +557,8 @@ def _merge_header_rows(upper: list[str], lower: list[str], *, lower_is_header: b
     return names if gain or inside_span or any(n >= 2 for n in spans.values()) else None
 
 
-def _locate_header(rows: list[tuple[int, list[str | None]]]
+def _locate_header(rows: list[tuple[int, list[str | None]]], *, known: frozenset[str] | None = None,
+                   complete: Callable[[set[str]], bool] | None = None, two_row: bool = True,
                    ) -> tuple[list[str], list[tuple[int, list[str | None]]], HeaderLayout]:
     """Header, data rows and layout of a sheet read row by row.
 
@@ -564,22 +568,30 @@ def _locate_header(rows: list[tuple[int, list[str | None]]]
     is not taken for it; the first such row on a tie; line 1 when no row qualifies (its
     names are then reported as missing or unknown, as before). The row just below (or just
     above) may be its second row (``_merge_header_rows``). Non-blank rows above the header
-    are no data: they are skipped and listed in ``HeaderLayout.skipped``."""
+    are no data: they are skipped and listed in ``HeaderLayout.skipped``.
+
+    For a file of one kind whose names are known (meter readings, read by
+    ``sibifang.readings_files``): ``known`` replaces the names of every kind, ``complete`` says
+    which rows name all the columns the kind needs (such a row is the header however many
+    other columns it has: a meter export carries 户名, 地址 ...), and ``two_row=False`` keeps
+    the header to one row (the caller judges the row below it)."""
     if not rows:
         return [], [], HeaderLayout()
     # only the rows the header can be on (and the one below): a city's sheet has 100,000 more
     keys = [_clean_header(cells) for _, cells in rows[:HEADER_SEARCH_ROWS + 1]]
     best, best_known = 0, 0
     for i, row_keys in enumerate(keys[:HEADER_SEARCH_ROWS]):
-        known, filled = _header_score(row_keys)
-        if known >= 2 and 2 * known > filled and known > best_known:
-            best, best_known = i, known
+        named, filled = _header_score(row_keys, known)
+        enough = 2 * named > filled or (complete is not None and complete(set(row_keys)))
+        if named >= 2 and enough and named > best_known:
+            best, best_known = i, named
     first, last, header = best, best, keys[best]
     below = best + 1
-    merged = _merge_header_rows(keys[best], keys[below], lower_is_header=False) if below < len(keys) else None
+    merged = (_merge_header_rows(keys[best], keys[below], lower_is_header=False)
+              if two_row and below < len(keys) else None)
     if merged is not None:
         header, last = merged, below
-    elif best > 0 and any(keys[best - 1]):
+    elif two_row and best > 0 and any(keys[best - 1]):
         merged = _merge_header_rows(keys[best - 1], keys[best], lower_is_header=True)
         if merged is not None:
             header, first = merged, best - 1
@@ -780,6 +792,9 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
             values = C.fold_width(values)
         if f.type in ("date", "datetime"):
             values = _excel_serial_dates(values, with_time=f.type == "datetime")
+        if f.type in ("int", "float"):
+            values, misplaced = _without_thousands_separators(values)
+            problems.add(misplaced, f.name, "bad_thousands")  # before bad_int / bad_number: the cause
         blank = values.isna() | values.str.strip().eq("")
         if f.type in ("text", "id"):
             typed[f.name] = values.str.strip().where(~blank).astype("str")
@@ -830,6 +845,24 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
         if f.type == "date" and f.not_future:
             problems.add(~C.not_in_future(typed[f.name], now=now), f.name, "future_date")
     return pd.DataFrame(typed, index=raw.index)
+
+
+# Thousands separators as Excel's number format shows them ("1,234", "1,234.5"; a full-width
+# "，" is folded before): each group of three digits. The decimal mark here is the point, so
+# "1,234" is 1234. [0-9], not \d (see checks.fold_width).
+_GROUPED_NUMBER = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
+
+
+def _without_thousands_separators(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(values with well-formed thousands separators removed, mask: a comma anywhere else).
+    "1,5" or "12,34" may be a decimal comma or a slip: guessing would import a number ten or a
+    thousand times off, so the row is quarantined (``bad_thousands``) with what a comma means here."""
+    text = values.str.strip()
+    comma = text.str.contains(",", regex=False).fillna(False).astype(bool)
+    if not comma.any():
+        return values, comma
+    grouped = comma & text.str.fullmatch(_GROUPED_NUMBER).fillna(False).astype(bool)
+    return values.where(~grouped, text.str.replace(",", "", regex=False)), comma & ~grouped
 
 
 # Excel's day 0 (serial numbers count days from it) and the serials taken as dates: 1950-01-01
@@ -1010,6 +1043,8 @@ def validate_import(kind: str, raw: pd.DataFrame, *, source: str,
     # A totals row (合计 in its first filled cell) is quarantined as that alone: its empty key
     # and names would otherwise read as a dozen errors the clerk has nothing to fix for.
     problems.only(_total_rows(raw), "_row", "total_row")
+    # Files joined into one (copy /b a.csv+b.csv): the second header is no record either.
+    problems.only(_repeated_header_rows(kind, raw), "_row", "repeated_header")
 
     quarantined = problems.frame(lines)
     bad = np.zeros(len(typed), dtype=bool)
@@ -1041,6 +1076,37 @@ def _total_rows(raw: pd.DataFrame) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     first = cells.bfill(axis=1).iloc[:, 0]
     return np.flatnonzero(first.notna().to_numpy() & C.is_total_label(first.astype("str")))
+
+
+def _repeated_header_rows(kind: str, raw: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows that are the header again: by the header rule (``_locate_header``),
+    at least two of the kind's columns hold their own name (any spelling: 家庭编号, *家庭编号, a
+    BOM before it), and more than half of the row's filled cells in those columns do."""
+    aliases = header_aliases(kind)
+    columns = [f.name for f in FIELDS[kind] if f.name in raw.columns]
+    if len(columns) < 2 or raw.empty:
+        return np.zeros(0, dtype=np.int64)
+
+    def own_name(column: str, rows: np.ndarray) -> np.ndarray:
+        values = raw[column].iloc[rows]
+        text = values.astype("str").where(values.notna(), "")
+        # header_key on the distinct values without an ASCII digit only (ids hold digits)
+        wordy = ~text.str.contains(r"[0-9]").to_numpy(dtype=bool)
+        names = {v: aliases.get(header_key(v)) == column for v in pd.unique(text.to_numpy()[wordy])}
+        return wordy & text.map(names).fillna(False).to_numpy(dtype=bool)
+
+    rows = np.arange(len(raw))
+    # a cheap first pass: a repeated header names its first (or second) column
+    first = own_name(columns[0], rows) | own_name(columns[1], rows)
+    rows = rows[first]
+    if not len(rows):
+        return rows
+    named = np.zeros(len(rows), dtype=np.int64)
+    filled = np.zeros(len(rows), dtype=np.int64)
+    for column in columns:
+        named += own_name(column, rows)
+        filled += raw[column].iloc[rows].notna().to_numpy(dtype=bool)
+    return rows[(named >= 2) & (2 * named > filled)]
 
 
 def _canonical_columns(kind: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

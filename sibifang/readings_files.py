@@ -45,7 +45,12 @@ _COLUMN_LABELS_ZH = {"meter_id": "电表编号（meter_id）", "ts": "读数时�
 # --------------------------------------------------------------------------- reading files
 
 def read_readings_file(path: Path) -> pd.DataFrame:
-    """Read a readings file as text, keeping a ``line`` column (1-based, header is line 1).
+    """Read a readings file as text, keeping a ``line`` column (1-based, as the file numbers it).
+
+    The header need not be line 1 (CSV, XLSX): title or note lines above it are skipped as the
+    registry import skips them (:func:`locate_readings_header`); they are no rows read, and
+    ``attrs["header_layout"]`` says where the header was and what was skipped
+    (:func:`skipped_lines_zh`, for the clerk).
 
     CSV in UTF-8 (with or without BOM) or GBK/GB18030; Parquet; XLSX (first sheet, line is
     the Excel row number). For Parquet, ``line`` is the row position + 2, i.e. the line the
@@ -71,11 +76,12 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     a day/month order it cannot settle), for `sibifang detect`, `import readings` and the inbox
     alike.
     """
-    from sibifang.importing import ImportFileError
+    from sibifang.importing import HeaderLayout, ImportFileError
 
     path = Path(path)
     suffix = path.suffix.lower()
     lines = None
+    layout = HeaderLayout()
     if suffix in {".parquet", ".pq"}:
         try:
             raw = _read_parquet_columns(path)
@@ -84,20 +90,22 @@ def read_readings_file(path: Path) -> pd.DataFrame:
                                   message_zh=f"文件 {path.name} 不是有效的 Parquet 文件，请重新导出后提交。") from None
         first_line = 2
     elif suffix in {".xlsx", ".xlsm"}:
+        layout = locate_readings_header(_xlsx_first_rows(path))
         try:
-            raw = pd.read_excel(path, sheet_name=0, dtype=str, keep_default_na=False)
+            raw = pd.read_excel(path, sheet_name=0, dtype=str, keep_default_na=False, header=layout.lines[0] - 1)
         except (zipfile.BadZipFile, ValueError, KeyError) as e:
             raise ImportFileError(
                 path.name, f"not a readable XLSX workbook ({type(e).__name__})",
                 message_zh=f"文件 {path.name} 不是有效的 Excel（.xlsx）文件，请在 Excel 中重新保存后提交。") from None
-        first_line = 2
+        first_line = layout.lines[0] + 1
     elif suffix in {".csv", ".txt", ""}:
-        raw, lines = _read_csv_any_encoding(path)
-        first_line = 2
+        raw, lines, layout = _read_csv_any_encoding(path)
+        first_line = layout.lines[0] + 1
     else:
         raise ImportFileError(path.name, f"unsupported readings file type {suffix!r} (CSV, Parquet, XLSX)",
                               message_zh=f"文件 {path.name} 的格式不支持，电表读数请提交 CSV、Parquet 或 XLSX 文件。")
     raw, lines = _without_blank_rows(raw, lines, first_line, path if suffix in {".parquet", ".pq"} else None)
+    header_line = layout.lines[0]
 
     clashes = _column_clashes(raw.columns)
     if clashes:
@@ -108,29 +116,28 @@ def read_readings_file(path: Path) -> pd.DataFrame:
             message_zh=f"文件 {path.name} 的表头有重复的列："
                        + "；".join(_clash_zh(c, h) for c, h in clashes.items())
                        + "。无法确定该用哪一列，请只保留其中一列后重新提交。",
-            line=1)
+            line=header_line)
     wh = _wh_header(raw.columns)
     if wh is not None and not ({"kwh", "register_kwh"} & {_normalise_column_name(c) for c in raw.columns}):
         # Read as kWh, every value would be 1000 times too high (all "implausible"); converting
         # silently would hide a unit the clerk should see, so the file is refused.
         raise ImportFileError(
             path.name, f"column {wh!r} is in Wh; the contract column kwh is in kWh (Wh / 1000)",
-            message_zh=f"文件 {path.name} 第1行表头的列 {wh} 单位是 Wh（瓦时），电表读数应为 kWh（千瓦时）："
-                       "请把数值除以 1000，表头改为 kwh 后重新提交。",
-            line=1)
+            message_zh=f"文件 {path.name} 第{header_line}行表头的列 {wh} 单位是 Wh（瓦时），"
+                       "电表读数应为 kWh（千瓦时）：请把数值除以 1000，表头改为 kwh 后重新提交。",
+            line=header_line)
     raw = raw.rename(columns=lambda c: c if c == EXTRA_FIELDS else _normalise_column_name(c))
     missing = sorted({"meter_id", "ts"} - set(raw.columns))
     if not ({"kwh", "register_kwh"} & set(raw.columns)):
         missing.append("kwh")
     if missing:
-        _refuse_title_rows(path, suffix)
         raise ImportFileError(
             path.name, f"readings file lacks column(s) {', '.join(missing)} "
                        f"(needs meter_id, ts, kwh or meter_id, ts, register_kwh); has {list(map(str, raw.columns))}",
             message_zh=f"文件 {path.name} 缺少必需的列：{'、'.join(missing)}。电表读数文件的表头应为 "
                        "meter_id、ts、kwh（累计读数为 meter_id、ts、register_kwh；"
                        "也可用中文表头：电表编号、读数时间、用电量、累计读数）。",
-            line=1)
+            line=header_line)
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
     _refuse_second_header_row(raw, value_col, path.name, lines[0] if lines is not None and len(lines) else first_line)
     marker = [EXTRA_FIELDS] if EXTRA_FIELDS in raw.columns and raw[EXTRA_FIELDS].ne("").any() else []
@@ -139,50 +146,78 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     if lines is None:  # one line a row (Parquet, XLSX, a CSV without line breaks in its fields)
         lines = np.arange(first_line, first_line + len(out), dtype=np.int64)
     out.insert(0, "line", lines)
-    return check_readings_text(out.reset_index(drop=True), path.name)
+    out = check_readings_text(out.reset_index(drop=True), path.name)
+    # Where the header was, and the title or note lines skipped above it: not rows read (as
+    # in the registry import), but named to the clerk (``skipped_lines_zh``).
+    out.attrs["header_layout"] = layout
+    return out
 
 
-# How far down a header is looked for when the first row is not one (a title above it).
-HEADER_SEARCH_ROWS = 10
+# The names a readings header row is judged by, and the ones it must all hold to be the header.
+_READINGS_HEADER_NAMES = frozenset(_COLUMN_LABELS_ZH)
 
 
-def _refuse_title_rows(path: Path, suffix: str) -> None:
-    """A sheet with a title (merged across the columns) or a note above its header: the first
-    row is not the header, so the columns read "missing". Say where the header is instead."""
-    from sibifang.importing import ImportFileError
-
-    rows = _first_rows(path, suffix)
-    for number, cells in enumerate(rows[1:], start=2):
-        names = {_normalise_column_name(c) for c in cells if c is not None}
-        if {"meter_id", "ts"} <= names and names & {"kwh", "register_kwh"}:
-            raise ImportFileError(
-                path.name, f"the header is on line {number}, not line 1 (a title or note above it)",
-                message_zh=f"文件 {path.name} 的表头在第{number}行，不在第1行：第1"
-                           f"{'' if number == 2 else f'–{number - 1}'}行是标题或说明（如合并单元格的表格标题）。"
-                           "请删除表头上方的这些行，使第1行为表头后重新提交。",
-                line=number)
+def _names_all_readings_columns(names: set[str]) -> bool:
+    return {"meter_id", "ts"} <= names and bool(names & {"kwh", "register_kwh"})
 
 
-def _first_rows(path: Path, suffix: str) -> list[list]:
-    """The cells of the file's first HEADER_SEARCH_ROWS rows (CSV lines in any separator)."""
+def locate_readings_header(rows: list[tuple[int, list]]):  # -> importing.HeaderLayout
+    """Where the header of a readings sheet is, from its first rows ``(line, cells)``: the
+    registry import's rule (``importing._locate_header``), with the readings columns' names
+    (``Meter ID``, 电表编号 …). A title (merged across the columns, "XX供电所 智能电表读数导出
+    2026年11月") or a note above it is skipped and listed in ``skipped``. The header stays
+    one row: a second header row below it is refused by :func:`_refuse_second_header_row`.
+    No row that qualifies: line 1 (its columns are then reported as missing, as before)."""
+    from sibifang.importing import _locate_header
+
+    def key(cell: object) -> str:
+        return "" if cell is None or not str(cell).strip() else _normalise_column_name(cell)
+
+    keyed = [(line, [key(c) for c in cells]) for line, cells in rows]
+    return _locate_header(keyed, known=_READINGS_HEADER_NAMES, complete=_names_all_readings_columns,
+                          two_row=False)[2]
+
+
+def skipped_lines_zh(raw: pd.DataFrame) -> str | None:
+    """The clerk's note on the lines skipped above a readings file's header, or None."""
+    layout = raw.attrs.get("header_layout")
+    if layout is None or not layout.skipped:
+        return None
+    return (f"表头在第{layout.lines[0]}行；" + "、".join(f"第{n}行" for n in layout.skipped)
+            + "是标题或说明（不是表头，也不是读数），未导入")
+
+
+def _xlsx_first_rows(path: Path) -> list[tuple[int, list]]:
+    """(sheet row, cells) of the first sheet's first rows, empty rows included (their numbers
+    are the rows Excel shows). An unreadable workbook: no rows (pandas then says why)."""
+    from openpyxl import load_workbook
+
+    from sibifang.importing import HEADER_SEARCH_ROWS
+
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except Exception:  # noqa: BLE001 - read_excel below reports the file as unreadable
+        return []
+    try:
+        sheet = workbook.worksheets[0]
+        sheet.reset_dimensions()  # a stale stored <dimension> would hide rows (see importing)
+        return [(n, list(row)) for n, row in
+                enumerate(sheet.iter_rows(max_row=HEADER_SEARCH_ROWS, values_only=True), start=1)]
+    finally:
+        workbook.close()
+
+
+def _csv_first_rows(path: Path, encoding: str) -> list[tuple[int, list[str]]]:
+    """(line, cells) of the file's first lines, each split by the separator that splits it
+    most (the separator is settled on the header line, once it is found)."""
     import csv
 
-    if suffix in {".xlsx", ".xlsm"}:
-        try:
-            head = pd.read_excel(path, sheet_name=0, header=None, nrows=HEADER_SEARCH_ROWS, dtype=str)
-        except (zipfile.BadZipFile, ValueError, KeyError):
-            return []
-        return [[v if isinstance(v, str) else None for v in row] for row in head.itertuples(index=False)]
-    if suffix not in {".csv", ".txt", ""}:
-        return []
-    from sibifang.importing import detect_encoding
+    from sibifang.importing import HEADER_SEARCH_ROWS
 
-    encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
     with open(path, encoding=encoding, errors="replace", newline="") as f:
         lines = [f.readline() for _ in range(HEADER_SEARCH_ROWS)]
-    # each line in the separator that splits it most: a title line has none
-    return [max((next(csv.reader([line], delimiter=sep), []) for sep in (",", ";", "\t")), key=len)
-            for line in lines if line]
+    return [(n, max((next(csv.reader([line], delimiter=sep), []) for sep in (",", ";", "\t")), key=len))
+            for n, line in enumerate(lines, start=1) if line]
 
 
 def _refuse_second_header_row(raw: pd.DataFrame, value_col: str, source: str, line: int) -> None:
@@ -373,14 +408,19 @@ def meter_id_text(values: pd.Series) -> pd.Series:
 CSV_BLOCK_ROWS = 1_000_000
 
 
-def _read_csv_any_encoding(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
+def _read_csv_any_encoding(path: Path):  # -> (DataFrame, np.ndarray | None, HeaderLayout)
     """UTF-8 (BOM or not), UTF-16 with BOM, else GB18030 (superset of GBK: what Excel on a
     Chinese Windows writes); file-level faults become ImportFileError with their line.
-    -> (the rows, the physical line each starts on, or None when each is one line: row + 2)."""
+    -> (the rows, the physical line each starts on, or None when each is one line: row +
+    header line + 1, where the header is (title lines above it skipped: ``locate_readings_header``))."""
     from sibifang.importing import ImportFileError, detect_encoding
 
     encoding = "utf-8-sig" if _is_plain_utf8(path) else detect_encoding(path.read_bytes(), path.name)
-    sep = _csv_separator(path, encoding)
+    layout = locate_readings_header(_csv_first_rows(path, encoding))
+    skip = layout.lines[0] - 1  # physical lines above the header
+    sep = _csv_separator(path, encoding, skip)
+    # pandas skips records, not lines: a title typed with Alt+Enter is one record on two lines
+    records = _records_in_lines(path, encoding, sep, skip)
 
     def read(**widths) -> pd.DataFrame:
         # In blocks of rows: parsing a whole 28-million-row file at once needs 3.3 GB for a
@@ -396,10 +436,10 @@ def _read_csv_any_encoding(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]
 
     try:
         try:
-            frame = read(header=0)  # the usual file, as wide as its header: one pass
-            return frame, _record_lines(path, encoding, sep, len(frame))
+            frame = read(header=0, skiprows=records)  # the usual file, as wide as its header: one pass
+            return frame, _record_lines(path, encoding, sep, len(frame), skip, records), layout
         except (pd.errors.ParserWarning, pd.errors.ParserError) as e:
-            header = _header_cells(path, encoding, sep)
+            header = _header_cells(path, encoding, sep, skip)
             wide = isinstance(e, pd.errors.ParserWarning) or "fields in line" in str(e)
             extra = max(0, _widest_line(path, encoding, sep) - len(header)) if wide and header else 0
             if not extra:
@@ -412,8 +452,8 @@ def _read_csv_any_encoding(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]
         # ParserError with its line, not a silent shift. (header=None and the header line
         # skipped: with header=0, pandas expects the header's width on every line.)
         names = _unique_names(header) + [f"{EXTRA_COLUMN}{i}" for i in range(extra)]
-        frame = _mark_extra_fields(read(header=None, skiprows=1, names=names))
-        return frame, _record_lines(path, encoding, sep, len(frame))
+        frame = _mark_extra_fields(read(header=None, skiprows=records + 1, names=names))
+        return frame, _record_lines(path, encoding, sep, len(frame), skip, records), layout
     except pd.errors.ParserWarning:
         raise ImportFileError(path.name, "a row has more fields than the header",
                               message_zh=f"文件 {path.name} 有的行列数多于表头，且无法确定是哪一行"
@@ -474,17 +514,35 @@ def _has_line_breaks_in_fields(path: Path, encoding: str, rows: int, block: int 
     return newlines + (last != b"\n") != rows + 1
 
 
-def _record_lines(path: Path, encoding: str, sep: str, rows: int) -> np.ndarray | None:
+def _record_lines(path: Path, encoding: str, sep: str, rows: int, skip: int = 0,
+                  skip_records: int | None = None) -> np.ndarray | None:
     """The physical line on which each of the ``rows`` data records starts, or None when every
-    record is one line (then row ``i`` is on line ``i + 2``). Read with the csv module, which
-    splits records as pandas does and counts the lines it has consumed (``line_num``), only for
-    a file with line breaks inside quoted fields."""
-    if not rows or not _has_line_breaks_in_fields(path, encoding, rows):
+    record is one line (then row ``i`` is on line ``skip + i + 2``; ``skip``: the lines above the
+    header, ``skip_records`` the records they hold). Read with the csv module, which splits
+    records as pandas does and counts the lines it has consumed (``line_num``), only for a file
+    with line breaks inside quoted fields."""
+    skip_records = skip if skip_records is None else skip_records
+    if not rows or not _has_line_breaks_in_fields(path, encoding, rows + skip):
         return None
     ends = _record_ends(path, encoding, sep)
-    if ends is None or len(ends) != rows + 1:  # pandas and csv split the file differently: by record
+    if ends is None or len(ends) != skip_records + rows + 1:  # pandas and csv split the file differently
         return None
-    return (ends[:-1] + 1).astype(np.int64)
+    return (ends[skip_records:-1] + 1).astype(np.int64)
+
+
+def _records_in_lines(path: Path, encoding: str, sep: str, lines: int) -> int:
+    """How many CSV records the file's first ``lines`` physical lines hold."""
+    import csv
+    import itertools
+
+    if not lines:
+        return 0
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        head = list(itertools.islice(f, lines))
+    try:
+        return sum(1 for _ in csv.reader(head, delimiter=sep))
+    except csv.Error:
+        return lines
 
 
 def _record_ends(path: Path, encoding: str, sep: str, records: int | None = None) -> np.ndarray | None:
@@ -517,10 +575,12 @@ EXTRA_COLUMN = "_extra_field_"
 EXTRA_FIELDS = "_extra_fields"
 
 
-def _header_cells(path: Path, encoding: str, sep: str) -> list[str]:
+def _header_cells(path: Path, encoding: str, sep: str, skip: int = 0) -> list[str]:
     import csv
 
     with open(path, encoding=encoding, errors="replace", newline="") as f:
+        for _ in range(skip):
+            f.readline()
         return next(csv.reader([f.readline()], delimiter=sep), [])
 
 
@@ -599,11 +659,13 @@ def _is_plain_utf8(path: Path, block: int = 1 << 24) -> bool:
     return True
 
 
-def _csv_separator(path: Path, encoding: str) -> str:
-    """The field separator, from the header line: "," unless the header has none and has ";"
-    (what Excel writes where the decimal mark is a comma) or a tab. A header is never a number,
-    so the guess cannot be misled by decimal commas in the values."""
+def _csv_separator(path: Path, encoding: str, skip: int = 0) -> str:
+    """The field separator, from the header line (after ``skip`` title lines): "," unless the
+    header has none and has ";" (what Excel writes where the decimal mark is a comma) or a tab.
+    A header is never a number, so the guess cannot be misled by decimal commas in the values."""
     with open(path, encoding=encoding, errors="replace", newline="") as f:
+        for _ in range(skip):
+            f.readline()
         header = f.readline()
     if "," not in header:
         for sep in (";", "\t"):
@@ -759,21 +821,30 @@ def _settle_slash_dates(raw: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Commas in the values: a decimal mark ("0,25", refused: not converted, the file is
-    written for another locale) or thousands separators ("1,234.50", Excel's number format
-    with separators exported as shown). "1,234" could be either; the file decides, as for
-    dates: where its values show a decimal point, the commas are thousands separators and
-    such values are rewritten as numbers; where they show neither, the file is refused."""
+    """Commas in the values. Thousands separators, well formed (``1,234``, ``1,234.50``,
+    ``1,234,567``: Excel's number format with separators, exported as shown; ``，`` as an IME
+    types it, folded as full-width digits are) are read as numbers: such values are rewritten
+    without them. The decimal mark of this country's exports is the point, so ``1,234`` is
+    1234 -- unless the file shows decimal commas (``0,25``) through its values: then it is
+    written for another locale and refused, ``1,234`` there being 1.234. Any other comma
+    (``1,5``, ``12,34`` among values written with a point) is left as it is, and the cleaning
+    sets that row aside (``bad_kwh``: file, line and field named).
+
+    The whole column is looked at (a stray grouped value anywhere in a big file is a number
+    too): two substring tests, about 0.3 s for 10 million readings."""
     from sibifang.importing import ImportFileError
 
     value_col = "kwh" if "kwh" in raw.columns else "register_kwh"
     if value_col not in raw.columns or pd.api.types.is_numeric_dtype(raw[value_col].dtype):
         return raw
-    if not _sample(raw[value_col]).str.contains(",", regex=False).any():
+    values = raw[value_col]
+    if not (pd.api.types.is_string_dtype(values.dtype) and not pd.api.types.is_object_dtype(values.dtype)):
+        values = values.astype("str").where(values.notna())
+    if not (values.str.contains(",", regex=False).any() or values.str.contains("，", regex=False).any()):
         return raw
-    text = _filled_text(raw[value_col])
+    text = _filled_text(raw[value_col]).str.normalize("NFKC")  # １，２３４ -> 1,234
     grouped = text.str.match(_GROUPED_RE)
-    ambiguous = grouped & ~text.str.match(THOUSANDS_SEPARATED_RE)  # 1,234
+    ambiguous = grouped & ~text.str.match(THOUSANDS_SEPARATED_RE)  # 1,234: 1234, or 1.234 elsewhere
     comma = text.str.match(_DECIMAL_COMMA_RE) & ~ambiguous
     point = text.str.contains(".", regex=False) | (grouped & ~ambiguous)  # whole numbers say nothing of the mark
     label = f"{value_col}（{'用电量' if value_col == 'kwh' else '累计读数'}）"
@@ -784,17 +855,8 @@ def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
             message_zh=f"文件 {source} 第{line}行 {label}列的值 {value} 用逗号作小数点："
                        "请改用小数点（如 0.25）后重新提交。",
             line=line)
-    if not ambiguous.any():
+    if not grouped.any():
         return raw
-    if point.any():
-        raw = raw.copy()
-        raw.loc[ambiguous[ambiguous].index, value_col] = text[ambiguous].str.replace(",", "", regex=False).to_numpy()
-        return raw
-    if ambiguous.sum() >= FILE_LEVEL_SHARE * len(text):
-        line, value = _first_match(raw, ambiguous, value_col)
-        raise ImportFileError(
-            source, f"line {line}, field {value_col}: {value!r}: a thousands separator or a decimal comma",
-            message_zh=f"文件 {source} 第{line}行 {label}列的值 {value}：无法判断其中的逗号是千位分隔符还是小数点。"
-                       "请去掉千位分隔符（在 Excel 中把该列设置为不带千位分隔符的数值格式）后重新提交。",
-            line=line)
+    raw = raw.copy()
+    raw.loc[grouped[grouped].index, value_col] = text[grouped].str.replace(",", "", regex=False).to_numpy()
     return raw

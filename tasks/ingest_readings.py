@@ -420,7 +420,7 @@ def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, 
     belongs to a later day's run: it is left in the inbox unread, and the result says
     ``deferred`` (how many such readings); taking it now would use it up for that run."""
     from sibifang.ingest_readings import readings_after
-    from sibifang.readings_files import read_readings_file
+    from sibifang.readings_files import read_readings_file, skipped_lines_zh
     from sibifang.settings import local_now
 
     p = Path(path)
@@ -433,6 +433,10 @@ def ingest_file_task(path: str, batch_id: str, database_url: str | None = None, 
         return {"source": p.name, "read": 0, "accepted": 0, "quarantined": 0, "new": 0, "conflicting": 0,
                 "deferred": later}
     result = ingest_frame(raw, source=p.name, batch_id=batch_id, database_url=database_url, now=now, as_of=as_of)
+    note = skipped_lines_zh(raw)  # title lines above the header: not rows read, but named
+    if note:
+        run_logger().info("%s：%s", p.name, note)
+        result = {**result, "header_note": note}
     move_to_done(p)  # in the ledger now: a later run need not read it again
     return result
 
