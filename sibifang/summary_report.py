@@ -60,6 +60,7 @@ from __future__ import annotations
 import html
 import itertools
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
@@ -600,7 +601,15 @@ def _grid_table(risk_map: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
                               how="left")
     t["village_name"] = t["village_name"].fillna(UNKNOWN_VILLAGE).astype(str)
     t["grid_id"] = t["grid_id"].astype(str)
-    return t[["grid_id", "village_name", *LEVEL_COLORS]].sort_values(["village_name", "grid_id"]).reset_index(drop=True)
+    t = t[["grid_id", "village_name", *LEVEL_COLORS]]
+    return t.iloc[sorted(range(len(t)), key=lambda i: (natural_key(t.village_name.iat[i]),
+                                                       natural_key(t.grid_id.iat[i])))].reset_index(drop=True)
+
+
+def natural_key(label: str) -> tuple:
+    """Sort key reading runs of digits as numbers, so grid G2 comes before G10 (as a clerk counts)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", str(label)) if part)
 
 
 def _rows(frame: pd.DataFrame) -> list[list[int]]:
@@ -624,6 +633,7 @@ def publish_risk_map(risk_map: pd.DataFrame, areas: pd.DataFrame) -> dict:
     if t.empty:
         return {"grids": [], "villages": [], "levels": {lvl: 0 for lvl in LEVEL_COLORS}}
     village_raw = t.groupby("village_name", sort=True)[list(LEVEL_COLORS)].sum()
+    village_raw = village_raw.loc[sorted(village_raw.index, key=natural_key)]
     villages_order = list(village_raw.index)
     table = _rows(t)
     levels: dict[str, Published] | None = None
@@ -659,7 +669,7 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
     if not grids:
         return ('<svg xmlns="http://www.w3.org/2000/svg" width="200" height="30">'
                 '<text x="5" y="20">暂无数据</text></svg>')
-    villages = sorted({g["village"] for g in grids})
+    villages = sorted({g["village"] for g in grids}, key=natural_key)
     width_cells = max(sum(g["village"] == vn for g in grids) for vn in villages)
     label_w = 110
     w, h = label_w + width_cells * cell + 10, 40 + len(villages) * cell + 10
@@ -669,7 +679,7 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
     for yi, village in enumerate(villages):
         y = 30 + yi * cell
         parts.append(f'<text x="5" y="{y + cell * 0.7:.0f}">{html.escape(str(village))}</text>')
-        rows = sorted((g for g in grids if g["village"] == village), key=lambda g: g["grid"])
+        rows = sorted((g for g in grids if g["village"] == village), key=lambda g: natural_key(g["grid"]))
         for xi, g in enumerate(rows):
             x = label_w + xi * cell
             if g["红"] is None:

@@ -1066,3 +1066,19 @@ def test_the_report_does_not_credit_the_grid_worker_with_the_chairs_confirmation
     text = html_lib.unescape(re.sub(r"<[^>]+>", "", render_report(agg, risk_map_svg_text="")))
     assert "网格员已确认" not in text
     assert f"{CONFIRMED_BY} 4 条，确认用时中位数 10.0 分钟" in text
+
+
+def test_the_map_lists_grids_and_villages_in_counting_order():
+    # Grid and village labels carry numbers a clerk counts by: G2 before G10, 2村 before 10村;
+    # sorting them as text put G10 between G1 and G2.
+    raw = [[0, 0, 3, 40]] * 3
+    rm, areas = _map_of(raw, villages=[10, 2, 2])
+    rename = {"G01": "G10", "G02": "G2", "G03": "G1"}
+    rm["grid_id"] = rm.grid_id.map(rename)
+    areas["grid_id"] = areas.grid_id.map(rename)
+    pub = publish_risk_map(rm, areas)
+    assert [g["grid"] for g in pub["grids"]] == ["G1", "G2", "G10"]
+    assert [v["village"] for v in pub["villages"]] == ["村2", "村10"]
+    svg = ET.fromstring(risk_map_svg(rm, areas))
+    assert [t.text.split(":")[0] for t in svg.iter(f"{SVG}title")] == ["G1", "G2", "G10"]
+    assert [t.text for t in svg.iter(f"{SVG}text")][1:] == ["村2", "村10"]
