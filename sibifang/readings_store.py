@@ -719,6 +719,16 @@ class BatchJournal:
                       self.directory / "stored.parquet")
         (self.directory / "held_at_set_aside.parquet").unlink(missing_ok=True)
 
+    def add_stored(self, mask: np.ndarray) -> None:
+        """A pull's readings another batch (a readings file) stored and booked after this pull
+        began: counted with those held before it, not this pull's to read once finished or put
+        back (``tasks.ingest_readings._mark_booked_for_pulls``)."""
+        mask = np.asarray(mask, dtype=bool)
+        stored = self.stored(len(mask))
+        if stored is not None:
+            mask = mask | stored
+        _atomic_write(pa.table({"stored": pa.array(mask)}), self.directory / "stored.parquet")
+
     def count_new(self, day: date, n: int) -> int:
         """For ``ReadingStore.append``: the first count recorded for ``day`` wins."""
         path = self.directory / "new_by_day.json"

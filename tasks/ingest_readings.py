@@ -279,6 +279,9 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
                       stored=stored if pull and stored is not None else None,
                       pull={"batch_id": batch_id, "source": source, "readings": pulled} if pull else None,
                       batch={"batch_id": batch_id, "source": source})
+    # Pulls that failed and wait to be finished or put back hold readings this file may bring too:
+    # what it stores of theirs is marked theirs to skip once it is booked (below).
+    pending_pulls = _pull_readings_held(store, intervals) if not pull and len(acc) else []
     new_rows, clashing = (store.append(acc, return_conflicts=True, count_new=journal.count_new) if len(acc)
                           else (0, np.zeros(0, dtype=np.int64)))
     if result.last_registers is not None:
@@ -335,11 +338,50 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         if keys is not None and len(q):
             _set_reading_keys(s, source, batch_id, q, keys)
     journal.discard()  # in the ledger: a re-run stops at the ledger
+    if pending_pulls:
+        _mark_booked_for_pulls(store, pending_pulls, intervals)
     if len(q):
         run_logger().warning("%s: %d reading(s) quarantined", source, counts["quarantined"])
     if skipped:
         run_logger().info("%s: %d reading(s) already ingested by earlier pulls, not read again", source, skipped)
     return out
+
+
+def _pull_readings_held(store, intervals: dict[str, int]) -> list[tuple]:  # noqa: ANN001
+    """For each pull journal waiting to be finished or put back (``unfinished_pulls``,
+    ``set_aside_pulls``): (journal, its readings, which of them the store holds now). Taken by a
+    file batch before it stores, with the store held."""
+    from sibifang.ingest_readings import already_stored
+
+    found = []
+    for journal in [*store.unfinished_pulls(), *store.set_aside_pulls()]:
+        try:
+            _, _, kept = journal.pull()
+            held = already_stored(kept, store.last_ts(), store.load, interval_minutes=intervals or None)
+        except Exception as e:  # noqa: BLE001 - a damaged journal must not stop a file
+            run_logger().warning("%s: readings of an unfinished pull not compared (%s)", journal.directory.name,
+                                 type(e).__name__)
+            continue
+        found.append((journal, kept, held))
+    return found
+
+
+def _mark_booked_for_pulls(store, pending: list[tuple], intervals: dict[str, int]) -> None:  # noqa: ANN001
+    """A file batch is booked: the readings it stored that a waiting pull journal holds too are
+    the file's. Finished or put back, that pull started from a store without them and would read
+    (and accept) them again: marked held-before in its journal (``BatchJournal.add_stored``).
+    After the ledger commit: a file that failed before it books nothing, and its readings stay the
+    pull's to read."""
+    from sibifang.ingest_readings import already_stored
+
+    for journal, kept, before in pending:
+        try:
+            now = already_stored(kept, store.last_ts(), store.load, interval_minutes=intervals or None)
+            if (now & ~before).any():
+                journal.add_stored(now & ~before)
+        except Exception as e:  # noqa: BLE001 - the file is booked; say so and go on
+            run_logger().warning("%s: readings this file booked not marked in an unfinished pull (%s); "
+                                 "that pull may count them again", journal.directory.name, type(e).__name__)
 
 
 def _already_in_ledger(batch, source: str) -> dict:
