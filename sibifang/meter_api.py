@@ -21,9 +21,10 @@ Behaviour:
   a proxy) sending a byte now and then would otherwise hold a pull for as long as it liked.
   Retries with exponential backoff and jitter on connection
   errors, timeouts, 5xx and 429; ``Retry-After`` (seconds or HTTP date) is respected, up to
-  ``max_retry_after`` seconds. Other 4xx (bad request, bad token) are never retried: they
-  fail the same way again, nor is a request that cannot be sent (an invalid header, URL or
-  scheme). Redirects are not followed (a token must not travel elsewhere).
+  ``max_retry_after`` seconds; a longer one ends the pull at once (not retryable, the message
+  names the feed's host, the page, the wait asked and the cap). Other 4xx (bad request, bad
+  token) are never retried: they fail the same way again, nor is a request that cannot be
+  sent (an invalid header, URL or scheme). Redirects are not followed (a token must not travel elsewhere).
 * The token goes only into the Authorization header. It never appears in a log line or an
   exception message: messages carry the status, the page number and, for errors, a short
   excerpt of the body with the token redacted, and exceptions from ``requests`` are not
@@ -100,7 +101,7 @@ def fetch_readings(
     backoff_base: float = 0.5,
     backoff_max: float = 30.0,
     max_retry_after: float = 300.0,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     timezone: str = LOCAL_TZ_NAME,
 ) -> pd.DataFrame:
     """Fetch every reading after ``since`` from ``{base_url}/readings``, following pages.
@@ -112,6 +113,7 @@ def fetch_readings(
     """
     if max_pages < 1 or max_attempts < 1:
         raise ValueError("max_pages and max_attempts must be at least 1")
+    sleep = sleep or time.sleep  # looked up now: a test's patched clock reaches the pull task's call
     if page_deadline is None:
         page_deadline = 4 * (timeout[1] if isinstance(timeout, tuple) else timeout)
     secret = _bearer_token(token)
@@ -250,6 +252,7 @@ def _read_within(response: requests.Response, deadline: float) -> bytes:
 def _get_page(session: requests.Session, url: str, params: dict, headers: dict, *, page: int,
               timeout, page_deadline: float, max_attempts: int, backoff_base: float, backoff_max: float,
               max_retry_after: float, sleep: Callable[[float], None], secrets: list[str | None]) -> dict:
+    feed = _feed_name(url)
     for attempt in range(1, max_attempts + 1):
         wait: float | None = None
         problem: str
@@ -288,8 +291,14 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
             problem = f"HTTP {status}"
             wait = _retry_after_seconds(response.headers.get("Retry-After"))
             if wait is not None and wait > max_retry_after:
-                raise MeterApiError(f"电表接口要求等待 {wait:.0f} 秒后再试（超过上限 {max_retry_after:.0f} 秒）",
-                                    status=status, retryable=True)
+                # Ended, not waited out: a worker held for an hour, or a wait cut to the cap and the
+                # platform asked again before it said, is worse than the next scheduled pull (which
+                # resumes where the store stands). Not retryable: Prefect's retries (5 s, 30 s,
+                # 2 min) would knock again long before the platform allows.
+                raise MeterApiError(f"电表接口 {feed} 第 {page} 页返回 HTTP {status}，要求 {wait:.0f} 秒后再试，"
+                                    f"超过等待上限 {max_retry_after:.0f} 秒：本次拉取结束，不再重试；"
+                                    "下一次定时拉取从已入库的位置继续，读数不会遗漏",
+                                    status=status, retryable=False)
         if failure is not None:
             raise MeterApiError(f"电表接口第 {page} 页请求无法发出（{failure}：请求头或地址无效），不会重试；"
                                 "请检查 SIBIFANG_METER_API_URL 和 SIBIFANG_METER_API_TOKEN")
@@ -301,6 +310,17 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
                     page, attempt, max_attempts, problem, wait)
         sleep(wait)
     raise AssertionError("unreachable")
+
+
+def _feed_name(url: str) -> str:
+    """The platform's host (and port) to name the feed in a message: never its path, query or
+    user info, which may carry a key (``_base_url_secrets``)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "?"
 
 
 def _readings_url(base_url: str) -> str:
