@@ -38,7 +38,9 @@ Behaviour:
   urllib3's DEBUG request lines.
 * Resuming: :func:`resume_since` gives the ``since`` for the next pull from the store —
   the earliest of the meters' last readings, so no meter misses data, bounded by
-  ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
+  ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month, and by
+  the feed's cursor (how far its last booked pull fetched, less ``LATE_WINDOW``), so that a
+  dead meter's window is asked for once, not by every pull.
   The overlap is not read twice: the pull task (``tasks.ingest_readings.pull_api_task``)
   skips the readings the store already holds (same meter, time and kWh; a late or corrected
   one is read), and a reading an earlier pull quarantined (same meter id, time as sent and
@@ -56,10 +58,13 @@ import email.utils
 import hashlib
 import json
 import logging
+import os
 import random
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -74,6 +79,12 @@ from sibifang.settings import LOCAL_TZ_NAME
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# How far each feed was fetched (``load_cursor``), beside the store's partitions.
+CURSOR_NAME = "_pull_cursor.json"
+# Resuming from the feed's cursor, this much earlier: readings of one meter that reach the
+# platform after later ones of other meters (a concentrator's upload a little behind) are still
+# fetched. Longer costs every pull of a feed with a dead meter this much of every meter again.
+LATE_WINDOW = timedelta(hours=1)
 # Failures another attempt may cure (the network, the server mid-answer). Every other
 # requests error (InvalidHeader, InvalidURL, MissingSchema, ...) is the request's own fault.
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -189,18 +200,70 @@ def _bearer_token(token: str | SecretStr | None) -> str | None:
     return secret or None
 
 
-def resume_since(last_ts: dict[str, pd.Timestamp], *, max_lookback: timedelta = timedelta(days=7)
+def resume_since(last_ts: dict[str, pd.Timestamp], *, max_lookback: timedelta = timedelta(days=7),
+                 fetched_up_to: pd.Timestamp | None = None, late_window: timedelta = LATE_WINDOW
                  ) -> pd.Timestamp | None:
-    """``since`` for the next pull, from ``ReadingStore.last_ts()``; None on an empty store.
+    """``since`` for the next pull, from ``ReadingStore.last_ts()``; None on an empty store
+    that no pull of this feed has booked anything for.
 
     The earliest per-meter last reading, but no earlier than ``max_lookback`` before the
     latest one: a meter silent for longer is offline, and re-fetching every other meter's
-    month would not bring it back.
+    month would not bring it back. Nor earlier than ``late_window`` before ``fetched_up_to``
+    (:func:`load_cursor`: how far the feed's last booked pull fetched): a dead meter's window
+    was asked for once, and asking again on every pull brings nothing but the other meters'
+    readings again. Readings that reach the platform up to ``late_window`` after later ones of
+    other meters are still fetched; a meter lagging further behind the feed than that is read
+    as silent.
     """
+    cursor = None if fetched_up_to is None else pd.Timestamp(fetched_up_to) - pd.Timedelta(late_window)
     if not last_ts:
-        return None
+        return cursor
     values = pd.Series(list(last_ts.values()), dtype="datetime64[ns]")
-    return max(values.min(), values.max() - pd.Timedelta(max_lookback))
+    since = max(values.min(), values.max() - pd.Timedelta(max_lookback))
+    return since if cursor is None else max(since, cursor)
+
+
+def load_cursor(root: Path, base_url: str) -> pd.Timestamp | None:
+    """How far the feed at ``base_url`` was fetched by its last booked pull (naive local time),
+    kept in ``<root>/_pull_cursor.json``; None before the first. Keyed by a digest of the URL:
+    another platform (or the same one under another key) starts from the store alone."""
+    try:
+        kept = json.loads((Path(root) / CURSOR_NAME).read_text(encoding="utf-8"))
+        value = kept.get(_cursor_key(base_url))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pd.Timestamp(value) if value else None
+
+
+def save_cursor(root: Path, base_url: str, fetched_up_to: pd.Timestamp | None) -> pd.Timestamp | None:
+    """After a pull is booked: move the feed's cursor to ``fetched_up_to``, the pull's latest
+    reading not ahead of the clock (a meter clock ahead sends readings of tomorrow, set aside as
+    ``future_ts``: a cursor there would skip every reading until then; the pull task gives it,
+    ``tasks.ingest_readings._ingest_frame``), never back. Called only once the pull's readings
+    are in the ledger: a pull that fails before leaves the cursor where it was, and the next one
+    fetches from the store's last readings."""
+    if fetched_up_to is None or pd.isna(fetched_up_to):
+        return load_cursor(root, base_url)
+    latest = pd.Timestamp(fetched_up_to)
+    path = Path(root) / CURSOR_NAME
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        kept = kept if isinstance(kept, dict) else {}
+    except (OSError, ValueError):
+        kept = {}
+    key = _cursor_key(base_url)
+    if kept.get(key) and pd.Timestamp(kept[key]) >= latest:
+        return pd.Timestamp(kept[key])
+    kept[key] = latest.isoformat()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(kept, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return latest
+
+
+def _cursor_key(base_url: str) -> str:
+    return hashlib.sha1(base_url.strip().encode("utf-8")).hexdigest()
 
 
 def fetch_new_readings(store, *, session: requests.Session | None = None, **kwargs: Any) -> pd.DataFrame:
@@ -210,7 +273,8 @@ def fetch_new_readings(store, *, session: requests.Session | None = None, **kwar
     settings = get_settings()
     if not settings.meter_api_url:
         raise MeterApiError("未配置电表接口地址 SIBIFANG_METER_API_URL")
-    return fetch_readings(settings.meter_api_url, settings.meter_api_token, resume_since(store.last_ts()),
+    since = resume_since(store.last_ts(), fetched_up_to=load_cursor(store.root, settings.meter_api_url))
+    return fetch_readings(settings.meter_api_url, settings.meter_api_token, since,
                           session=session, timezone=LOCAL_TZ_NAME, **kwargs)
 
 

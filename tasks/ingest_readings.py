@@ -216,6 +216,7 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         intervals = {m: int(n) for m, n in s.execute(select(Meter.id, Meter.interval_minutes)) if n}
         known = set(s.scalars(select(Meter.id)))
     skipped = 0
+    fetched_up_to = None
     times = None
     stored = None
     pulled = raw
@@ -223,6 +224,10 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         # The times are read once: the rows the store holds are found with them and the others
         # cleaned with them (they were read twice, 0.6 s a million readings).
         times = parse_reading_times(raw)
+        # How far this pull fetched (for the feed's cursor, ``meter_api.save_cursor``): its latest
+        # reading not ahead of the clock, read from these times rather than reading them again.
+        fetched = times.ts[times.ts.notna() & (times.ts <= pd.Timestamp(now))]
+        fetched_up_to = fetched.max() if len(fetched) else None
         # Run again, what the store held before the first attempt: not what that attempt stored.
         stored = journal.stored(len(raw)) if resumed else None
         held_aside = journal.held_at_set_aside(len(raw)) if stored is not None else None
@@ -312,6 +317,8 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
     out = {"source": source, "read": int(counts["read"]), "accepted": int(len(acc)),
            "quarantined": int(counts["quarantined"]), "new": int(new_rows), "conflicting": int(len(clashing)),
            "already_ingested": skipped}
+    if pull:
+        out["fetched_up_to"] = fetched_up_to
     if pull and counts["read"] == 0:
         # Nothing this pull brought was new: a ledger row and a validation run of nothing would
         # only make every quiet pull a change.
@@ -509,8 +516,8 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     ``readings_lock_timeout_seconds``, then fail it). A file that goes in meanwhile is no
     trouble: the download is booked against the store as it is then (what it holds already is
     not read again, a register continues from the latest state)."""
-    from sibifang.meter_api import resume_since
-    from sibifang.readings_store import INGEST_LOCK_NAME, PULL_LOCK_NAME, ReadingStore
+    from sibifang.meter_api import load_cursor, resume_since
+    from sibifang.readings_store import PULL_TURN_LOCK_NAME, ReadingStore
     from sibifang.settings import get_settings
 
     settings = get_settings()
@@ -522,26 +529,27 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     with store.pull_turn() as turn:
         if not turn:
             run_logger().info("another pull of the meter API holds %s; this pull is skipped (the next pull "
-                              "resumes from the store)", store.root / PULL_LOCK_NAME)
+                              "resumes from the store)", store.root / PULL_TURN_LOCK_NAME)
             return busy
         with store.claim_pulls() as mine:
             if not mine:
-                run_logger().info("a readings file being ingested holds %s; this pull is skipped (the next "
-                                  "pull resumes from the store)", store.root / INGEST_LOCK_NAME)
+                run_logger().info("a readings file being ingested (or an older worker's pull) holds %s; this "
+                                  "pull is skipped (the next pull resumes from the store)", store.busy_lock)
                 return busy
             # A pull that failed after storing readings (this task's earlier attempt, or an earlier
             # run) is finished first, from the readings it kept: pulling resumes after them, so they
             # would never be read again and the ledger would miss what the store holds.
             finished, set_aside = finish_unfinished_pulls(store, database_url, as_of)
-            # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
-            since = resume_since(store.last_ts())
+            # The earliest last reading, capped a week back, and not before how far this feed's last
+            # booked pull fetched (less the late window): a dead meter's week is asked for once.
+            since = resume_since(store.last_ts(), fetched_up_to=load_cursor(store.root, settings.meter_api_url))
         return _pull(store, settings, database_url, as_of, since, finished, set_aside)
 
 
 def _pull(store, settings, database_url: str | None, as_of: datetime | None, since,  # noqa: ANN001
           finished: list[dict], set_aside: list[dict]) -> dict:
     """``pull_api_task`` with its pull turn: download (the store not held), then book."""
-    from sibifang.meter_api import fetch_readings
+    from sibifang.meter_api import fetch_readings, save_cursor
 
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
     raw = fetch_readings(settings.meter_api_url, token, since)
@@ -566,7 +574,11 @@ def _pull(store, settings, database_url: str | None, as_of: datetime | None, sin
         # neither read nor quarantined again; see ingest_frame.
         result = ingest_frame(raw, source="meter-api", batch_id=batch_id, database_url=database_url,
                               as_of=as_of, pull=True)
+        # Booked: the next pull need not ask for this window again. Not before (a pull that fails
+        # before its ledger row must be fetched again from the store's last readings).
+        save_cursor(store.root, settings.meter_api_url, result.pop("fetched_up_to", None))
     for earlier in finished:
+        earlier.pop("fetched_up_to", None)
         if "earlier" in earlier:
             continue  # in the ledger already (its attempt failed after the commit): nothing read now
         for key in ("read", "accepted", "quarantined", "new", "conflicting", "already_ingested"):
