@@ -21,9 +21,10 @@ Behaviour:
   a proxy) sending a byte now and then would otherwise hold a pull for as long as it liked.
   Retries with exponential backoff and jitter on connection
   errors, timeouts, 5xx and 429; ``Retry-After`` (seconds or HTTP date) is respected, up to
-  ``max_retry_after`` seconds. Other 4xx (bad request, bad token) are never retried: they
-  fail the same way again, nor is a request that cannot be sent (an invalid header, URL or
-  scheme). Redirects are not followed (a token must not travel elsewhere).
+  ``max_retry_after`` seconds; a longer one ends the pull at once (not retryable, the message
+  names the feed's host, the page, the wait asked and the cap). Other 4xx (bad request, bad
+  token) are never retried: they fail the same way again, nor is a request that cannot be
+  sent (an invalid header, URL or scheme). Redirects are not followed (a token must not travel elsewhere).
 * The token goes only into the Authorization header. It never appears in a log line or an
   exception message: messages carry the status, the page number and, for errors, a short
   excerpt of the body with the token redacted, and exceptions from ``requests`` are not
@@ -37,7 +38,9 @@ Behaviour:
   urllib3's DEBUG request lines.
 * Resuming: :func:`resume_since` gives the ``since`` for the next pull from the store —
   the earliest of the meters' last readings, so no meter misses data, bounded by
-  ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month.
+  ``max_lookback`` so one long-dead meter does not make every pull re-fetch a month, and by
+  the feed's cursor (how far its last booked pull fetched, less ``LATE_WINDOW``), so that a
+  dead meter's window is asked for once, not by every pull.
   The overlap is not read twice: the pull task (``tasks.ingest_readings.pull_api_task``)
   skips the readings the store already holds (same meter, time and kWh; a late or corrected
   one is read), and a reading an earlier pull quarantined (same meter id, time as sent and
@@ -55,10 +58,13 @@ import email.utils
 import hashlib
 import json
 import logging
+import os
 import random
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -73,6 +79,12 @@ from sibifang.settings import LOCAL_TZ_NAME
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# How far each feed was fetched (``load_cursor``), beside the store's partitions.
+CURSOR_NAME = "_pull_cursor.json"
+# Resuming from the feed's cursor, this much earlier: readings of one meter that reach the
+# platform after later ones of other meters (a concentrator's upload a little behind) are still
+# fetched. Longer costs every pull of a feed with a dead meter this much of every meter again.
+LATE_WINDOW = timedelta(hours=1)
 # Failures another attempt may cure (the network, the server mid-answer). Every other
 # requests error (InvalidHeader, InvalidURL, MissingSchema, ...) is the request's own fault.
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -100,7 +112,7 @@ def fetch_readings(
     backoff_base: float = 0.5,
     backoff_max: float = 30.0,
     max_retry_after: float = 300.0,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     timezone: str = LOCAL_TZ_NAME,
 ) -> pd.DataFrame:
     """Fetch every reading after ``since`` from ``{base_url}/readings``, following pages.
@@ -112,6 +124,7 @@ def fetch_readings(
     """
     if max_pages < 1 or max_attempts < 1:
         raise ValueError("max_pages and max_attempts must be at least 1")
+    sleep = sleep or time.sleep  # looked up now: a test's patched clock reaches the pull task's call
     if page_deadline is None:
         page_deadline = 4 * (timeout[1] if isinstance(timeout, tuple) else timeout)
     secret = _bearer_token(token)
@@ -187,18 +200,70 @@ def _bearer_token(token: str | SecretStr | None) -> str | None:
     return secret or None
 
 
-def resume_since(last_ts: dict[str, pd.Timestamp], *, max_lookback: timedelta = timedelta(days=7)
+def resume_since(last_ts: dict[str, pd.Timestamp], *, max_lookback: timedelta = timedelta(days=7),
+                 fetched_up_to: pd.Timestamp | None = None, late_window: timedelta = LATE_WINDOW
                  ) -> pd.Timestamp | None:
-    """``since`` for the next pull, from ``ReadingStore.last_ts()``; None on an empty store.
+    """``since`` for the next pull, from ``ReadingStore.last_ts()``; None on an empty store
+    that no pull of this feed has booked anything for.
 
     The earliest per-meter last reading, but no earlier than ``max_lookback`` before the
     latest one: a meter silent for longer is offline, and re-fetching every other meter's
-    month would not bring it back.
+    month would not bring it back. Nor earlier than ``late_window`` before ``fetched_up_to``
+    (:func:`load_cursor`: how far the feed's last booked pull fetched): a dead meter's window
+    was asked for once, and asking again on every pull brings nothing but the other meters'
+    readings again. Readings that reach the platform up to ``late_window`` after later ones of
+    other meters are still fetched; a meter lagging further behind the feed than that is read
+    as silent.
     """
+    cursor = None if fetched_up_to is None else pd.Timestamp(fetched_up_to) - pd.Timedelta(late_window)
     if not last_ts:
-        return None
+        return cursor
     values = pd.Series(list(last_ts.values()), dtype="datetime64[ns]")
-    return max(values.min(), values.max() - pd.Timedelta(max_lookback))
+    since = max(values.min(), values.max() - pd.Timedelta(max_lookback))
+    return since if cursor is None else max(since, cursor)
+
+
+def load_cursor(root: Path, base_url: str) -> pd.Timestamp | None:
+    """How far the feed at ``base_url`` was fetched by its last booked pull (naive local time),
+    kept in ``<root>/_pull_cursor.json``; None before the first. Keyed by a digest of the URL:
+    another platform (or the same one under another key) starts from the store alone."""
+    try:
+        kept = json.loads((Path(root) / CURSOR_NAME).read_text(encoding="utf-8"))
+        value = kept.get(_cursor_key(base_url))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pd.Timestamp(value) if value else None
+
+
+def save_cursor(root: Path, base_url: str, fetched_up_to: pd.Timestamp | None) -> pd.Timestamp | None:
+    """After a pull is booked: move the feed's cursor to ``fetched_up_to``, the pull's latest
+    reading not ahead of the clock (a meter clock ahead sends readings of tomorrow, set aside as
+    ``future_ts``: a cursor there would skip every reading until then; the pull task gives it,
+    ``tasks.ingest_readings._ingest_frame``), never back. Called only once the pull's readings
+    are in the ledger: a pull that fails before leaves the cursor where it was, and the next one
+    fetches from the store's last readings."""
+    if fetched_up_to is None or pd.isna(fetched_up_to):
+        return load_cursor(root, base_url)
+    latest = pd.Timestamp(fetched_up_to)
+    path = Path(root) / CURSOR_NAME
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        kept = kept if isinstance(kept, dict) else {}
+    except (OSError, ValueError):
+        kept = {}
+    key = _cursor_key(base_url)
+    if kept.get(key) and pd.Timestamp(kept[key]) >= latest:
+        return pd.Timestamp(kept[key])
+    kept[key] = latest.isoformat()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(kept, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return latest
+
+
+def _cursor_key(base_url: str) -> str:
+    return hashlib.sha1(base_url.strip().encode("utf-8")).hexdigest()
 
 
 def fetch_new_readings(store, *, session: requests.Session | None = None, **kwargs: Any) -> pd.DataFrame:
@@ -208,7 +273,8 @@ def fetch_new_readings(store, *, session: requests.Session | None = None, **kwar
     settings = get_settings()
     if not settings.meter_api_url:
         raise MeterApiError("未配置电表接口地址 SIBIFANG_METER_API_URL")
-    return fetch_readings(settings.meter_api_url, settings.meter_api_token, resume_since(store.last_ts()),
+    since = resume_since(store.last_ts(), fetched_up_to=load_cursor(store.root, settings.meter_api_url))
+    return fetch_readings(settings.meter_api_url, settings.meter_api_token, since,
                           session=session, timezone=LOCAL_TZ_NAME, **kwargs)
 
 
@@ -250,6 +316,7 @@ def _read_within(response: requests.Response, deadline: float) -> bytes:
 def _get_page(session: requests.Session, url: str, params: dict, headers: dict, *, page: int,
               timeout, page_deadline: float, max_attempts: int, backoff_base: float, backoff_max: float,
               max_retry_after: float, sleep: Callable[[float], None], secrets: list[str | None]) -> dict:
+    feed = _feed_name(url)
     for attempt in range(1, max_attempts + 1):
         wait: float | None = None
         problem: str
@@ -288,8 +355,14 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
             problem = f"HTTP {status}"
             wait = _retry_after_seconds(response.headers.get("Retry-After"))
             if wait is not None and wait > max_retry_after:
-                raise MeterApiError(f"电表接口要求等待 {wait:.0f} 秒后再试（超过上限 {max_retry_after:.0f} 秒）",
-                                    status=status, retryable=True)
+                # Ended, not waited out: a worker held for an hour, or a wait cut to the cap and the
+                # platform asked again before it said, is worse than the next scheduled pull (which
+                # resumes where the store stands). Not retryable: Prefect's retries (5 s, 30 s,
+                # 2 min) would knock again long before the platform allows.
+                raise MeterApiError(f"电表接口 {feed} 第 {page} 页返回 HTTP {status}，要求 {wait:.0f} 秒后再试，"
+                                    f"超过等待上限 {max_retry_after:.0f} 秒：本次拉取结束，不再重试；"
+                                    "下一次定时拉取从已入库的位置继续，读数不会遗漏",
+                                    status=status, retryable=False)
         if failure is not None:
             raise MeterApiError(f"电表接口第 {page} 页请求无法发出（{failure}：请求头或地址无效），不会重试；"
                                 "请检查 SIBIFANG_METER_API_URL 和 SIBIFANG_METER_API_TOKEN")
@@ -301,6 +374,17 @@ def _get_page(session: requests.Session, url: str, params: dict, headers: dict, 
                     page, attempt, max_attempts, problem, wait)
         sleep(wait)
     raise AssertionError("unreachable")
+
+
+def _feed_name(url: str) -> str:
+    """The platform's host (and port) to name the feed in a message: never its path, query or
+    user info, which may carry a key (``_base_url_secrets``)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "?"
 
 
 def _readings_url(base_url: str) -> str:

@@ -15,8 +15,9 @@ A row per reading in SQLite cannot reach the figures the detectors need (a month
     <root>/.lock                               serialises writes of partitions and sidecars (flock)
     <root>/.ingest.lock                        one batch at a time, from reading the store's state
                                                 to its ledger row: a pull or a file (flock)
-    <root>/.pull.lock                          one meter-API pull at a time, its download included
-                                                (flock; older versions took only this one)
+    <root>/.pull.lock                          taken with .ingest.lock (flock): the lock the versions
+                                                before it held for a whole pull, and alone
+    <root>/.pull_turn.lock                     one meter-API pull at a time, its download included
 
 Conventions:
 
@@ -70,7 +71,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -93,10 +94,14 @@ REGISTERS_NAME = "_last_registers.parquet"
 BATCHES_DIR = "_batches"  # BatchJournal: what a batch not yet in the ledger started from
 SET_ASIDE_DIR = "_set_aside"  # pull journals that failed to finish PULL_FINISH_ATTEMPTS times
 INGEST_LOCK_NAME = ".ingest.lock"
-# One pull at a time (``pull_turn``). The name older versions used for their pull lock: a worker
-# of an older version still pulling (it takes only this one) and a pull of this version then
-# exclude each other. The file is a flock, never a marker: a stale one left behind locks nothing.
+# The lock the versions before ``.ingest.lock`` took, alone, for a pull's whole run: held with
+# ``.ingest.lock`` whenever a batch holds the store (``hold``), so that a worker of such a version
+# still pulling holds back files and this version's pulls alike. The file is a flock, never a
+# marker: a stale one left behind locks nothing.
 PULL_LOCK_NAME = ".pull.lock"
+# One pull of this version at a time (``pull_turn``), its download included. Not ``.pull.lock``:
+# held through the download, that one would hold every file back as long as the platform pages.
+PULL_TURN_LOCK_NAME = ".pull_turn.lock"
 # How often a batch waiting for the store looks again (a flock cannot wait with a timeout).
 LOCK_POLL_SECONDS = 0.2
 # A pull journal that failed to finish this many times is set aside: a failure that repeats
@@ -127,6 +132,7 @@ class ReadingStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.busy_lock = self.root / INGEST_LOCK_NAME  # which lock ``hold`` last found held
 
     @classmethod
     def from_settings(cls) -> "ReadingStore":
@@ -475,17 +481,22 @@ class ReadingStore:
         if key in held:
             yield True
             return
-        lock = self.root / INGEST_LOCK_NAME
-        with open(lock, "a+b") as handle:
-            if not _flock_within(handle, wait, lock):
-                yield False
-                return
+        # Always .ingest.lock first, then .pull.lock: no two holders wait for each other's.
+        deadline = time.monotonic() + max(wait, 0.0)
+        with ExitStack() as locks:
+            for name in (INGEST_LOCK_NAME, PULL_LOCK_NAME):
+                lock = self.root / name
+                handle = locks.enter_context(open(lock, "a+b"))
+                if not _flock_within(handle, deadline - time.monotonic(), lock):
+                    self.busy_lock = lock
+                    yield False
+                    return
+                locks.callback(fcntl.flock, handle, fcntl.LOCK_UN)
             held.add(key)
             try:
                 yield True
             finally:
                 held.discard(key)
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
     def hold_for_batch(self, timeout: float) -> Iterator[None]:
@@ -494,8 +505,9 @@ class ReadingStore:
         (the next one resumes from the store), a dropped file must be read."""
         with self.hold(wait=timeout) as mine:
             if not mine:
-                raise StoreBusy(f"{self.root / INGEST_LOCK_NAME} stayed held by another batch (a pull of the "
-                                f"meter API or a readings file) for more than {timeout:.0f} s; this batch was "
+                raise StoreBusy(f"{self.busy_lock} stayed held by another batch (a pull of the meter API, "
+                                f"of this version or an older one, or a readings file) for more than "
+                                f"{timeout:.0f} s; this batch was "
                                 "not ingested (a dropped file stays in the inbox for the next run)")
             yield
 
@@ -512,12 +524,12 @@ class ReadingStore:
     @contextmanager
     def pull_turn(self) -> Iterator[bool]:
         """One meter-API pull at a time, from finishing earlier pulls to booking its own, its
-        download included: yields True, or False when another pull (of this version or an
-        older one, which took this lock alone) has it. Not the store: a file goes in while a
+        download included: yields True, or False when another pull of this version has it (an
+        older version's pull holds ``.pull.lock``, which ``hold`` takes). Not the store: a file goes in while a
         pull downloads (``claim_pulls`` and ``hold_for_batch`` are what a pull holds the store
         with, only around reading its state and booking)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = self.root / PULL_LOCK_NAME
+        lock = self.root / PULL_TURN_LOCK_NAME
         with open(lock, "a+b") as handle:
             if not _flock_within(handle, 0, lock):
                 yield False
@@ -564,7 +576,7 @@ class ReadingStore:
         store (a pull of the same readings could be writing that journal: try again)."""
         with self.hold(wait=0) as mine:
             if not mine:
-                raise StoreBusy(f"{self.root / INGEST_LOCK_NAME} is held by a pull or a readings file being "
+                raise StoreBusy(f"{self.busy_lock} is held by a pull or a readings file being "
                                 "ingested; try again when it is done")
             return self._resume_set_aside(batch_id)
 
@@ -718,6 +730,16 @@ class BatchJournal:
         _atomic_write(pa.table({"stored": pa.array(np.asarray(stored, dtype=bool))}),
                       self.directory / "stored.parquet")
         (self.directory / "held_at_set_aside.parquet").unlink(missing_ok=True)
+
+    def add_stored(self, mask: np.ndarray) -> None:
+        """A pull's readings another batch (a readings file) stored and booked after this pull
+        began: counted with those held before it, not this pull's to read once finished or put
+        back (``tasks.ingest_readings._mark_booked_for_pulls``)."""
+        mask = np.asarray(mask, dtype=bool)
+        stored = self.stored(len(mask))
+        if stored is not None:
+            mask = mask | stored
+        _atomic_write(pa.table({"stored": pa.array(mask)}), self.directory / "stored.parquet")
 
     def count_new(self, day: date, n: int) -> int:
         """For ``ReadingStore.append``: the first count recorded for ``day`` wins."""

@@ -216,6 +216,7 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         intervals = {m: int(n) for m, n in s.execute(select(Meter.id, Meter.interval_minutes)) if n}
         known = set(s.scalars(select(Meter.id)))
     skipped = 0
+    fetched_up_to = None
     times = None
     stored = None
     pulled = raw
@@ -223,6 +224,10 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         # The times are read once: the rows the store holds are found with them and the others
         # cleaned with them (they were read twice, 0.6 s a million readings).
         times = parse_reading_times(raw)
+        # How far this pull fetched (for the feed's cursor, ``meter_api.save_cursor``): its latest
+        # reading not ahead of the clock, read from these times rather than reading them again.
+        fetched = times.ts[times.ts.notna() & (times.ts <= pd.Timestamp(now))]
+        fetched_up_to = fetched.max() if len(fetched) else None
         # Run again, what the store held before the first attempt: not what that attempt stored.
         stored = journal.stored(len(raw)) if resumed else None
         held_aside = journal.held_at_set_aside(len(raw)) if stored is not None else None
@@ -279,6 +284,9 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
                       stored=stored if pull and stored is not None else None,
                       pull={"batch_id": batch_id, "source": source, "readings": pulled} if pull else None,
                       batch={"batch_id": batch_id, "source": source})
+    # Pulls that failed and wait to be finished or put back hold readings this file may bring too:
+    # what it stores of theirs is marked theirs to skip once it is booked (below).
+    pending_pulls = _pull_readings_held(store, intervals) if not pull and len(acc) else []
     new_rows, clashing = (store.append(acc, return_conflicts=True, count_new=journal.count_new) if len(acc)
                           else (0, np.zeros(0, dtype=np.int64)))
     if result.last_registers is not None:
@@ -309,6 +317,8 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
     out = {"source": source, "read": int(counts["read"]), "accepted": int(len(acc)),
            "quarantined": int(counts["quarantined"]), "new": int(new_rows), "conflicting": int(len(clashing)),
            "already_ingested": skipped}
+    if pull:
+        out["fetched_up_to"] = fetched_up_to
     if pull and counts["read"] == 0:
         # Nothing this pull brought was new: a ledger row and a validation run of nothing would
         # only make every quiet pull a change.
@@ -335,11 +345,50 @@ def _ingest_frame(raw: pd.DataFrame, *, source: str, batch_id: str, database_url
         if keys is not None and len(q):
             _set_reading_keys(s, source, batch_id, q, keys)
     journal.discard()  # in the ledger: a re-run stops at the ledger
+    if pending_pulls:
+        _mark_booked_for_pulls(store, pending_pulls, intervals)
     if len(q):
         run_logger().warning("%s: %d reading(s) quarantined", source, counts["quarantined"])
     if skipped:
         run_logger().info("%s: %d reading(s) already ingested by earlier pulls, not read again", source, skipped)
     return out
+
+
+def _pull_readings_held(store, intervals: dict[str, int]) -> list[tuple]:  # noqa: ANN001
+    """For each pull journal waiting to be finished or put back (``unfinished_pulls``,
+    ``set_aside_pulls``): (journal, its readings, which of them the store holds now). Taken by a
+    file batch before it stores, with the store held."""
+    from sibifang.ingest_readings import already_stored
+
+    found = []
+    for journal in [*store.unfinished_pulls(), *store.set_aside_pulls()]:
+        try:
+            _, _, kept = journal.pull()
+            held = already_stored(kept, store.last_ts(), store.load, interval_minutes=intervals or None)
+        except Exception as e:  # noqa: BLE001 - a damaged journal must not stop a file
+            run_logger().warning("%s: readings of an unfinished pull not compared (%s)", journal.directory.name,
+                                 type(e).__name__)
+            continue
+        found.append((journal, kept, held))
+    return found
+
+
+def _mark_booked_for_pulls(store, pending: list[tuple], intervals: dict[str, int]) -> None:  # noqa: ANN001
+    """A file batch is booked: the readings it stored that a waiting pull journal holds too are
+    the file's. Finished or put back, that pull started from a store without them and would read
+    (and accept) them again: marked held-before in its journal (``BatchJournal.add_stored``).
+    After the ledger commit: a file that failed before it books nothing, and its readings stay the
+    pull's to read."""
+    from sibifang.ingest_readings import already_stored
+
+    for journal, kept, before in pending:
+        try:
+            now = already_stored(kept, store.last_ts(), store.load, interval_minutes=intervals or None)
+            if (now & ~before).any():
+                journal.add_stored(now & ~before)
+        except Exception as e:  # noqa: BLE001 - the file is booked; say so and go on
+            run_logger().warning("%s: readings this file booked not marked in an unfinished pull (%s); "
+                                 "that pull may count them again", journal.directory.name, type(e).__name__)
 
 
 def _already_in_ledger(batch, source: str) -> dict:
@@ -471,8 +520,8 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     ``readings_lock_timeout_seconds``, then fail it). A file that goes in meanwhile is no
     trouble: the download is booked against the store as it is then (what it holds already is
     not read again, a register continues from the latest state)."""
-    from sibifang.meter_api import resume_since
-    from sibifang.readings_store import INGEST_LOCK_NAME, PULL_LOCK_NAME, ReadingStore
+    from sibifang.meter_api import load_cursor, resume_since
+    from sibifang.readings_store import PULL_TURN_LOCK_NAME, ReadingStore
     from sibifang.settings import get_settings
 
     settings = get_settings()
@@ -484,26 +533,27 @@ def pull_api_task(database_url: str | None = None, as_of: datetime | None = None
     with store.pull_turn() as turn:
         if not turn:
             run_logger().info("another pull of the meter API holds %s; this pull is skipped (the next pull "
-                              "resumes from the store)", store.root / PULL_LOCK_NAME)
+                              "resumes from the store)", store.root / PULL_TURN_LOCK_NAME)
             return busy
         with store.claim_pulls() as mine:
             if not mine:
-                run_logger().info("a readings file being ingested holds %s; this pull is skipped (the next "
-                                  "pull resumes from the store)", store.root / INGEST_LOCK_NAME)
+                run_logger().info("a readings file being ingested (or an older worker's pull) holds %s; this "
+                                  "pull is skipped (the next pull resumes from the store)", store.busy_lock)
                 return busy
             # A pull that failed after storing readings (this task's earlier attempt, or an earlier
             # run) is finished first, from the readings it kept: pulling resumes after them, so they
             # would never be read again and the ledger would miss what the store holds.
             finished, set_aside = finish_unfinished_pulls(store, database_url, as_of)
-            # The earliest last reading, capped a week back: one dead meter must not re-fetch a month.
-            since = resume_since(store.last_ts())
+            # The earliest last reading, capped a week back, and not before how far this feed's last
+            # booked pull fetched (less the late window): a dead meter's week is asked for once.
+            since = resume_since(store.last_ts(), fetched_up_to=load_cursor(store.root, settings.meter_api_url))
         return _pull(store, settings, database_url, as_of, since, finished, set_aside)
 
 
 def _pull(store, settings, database_url: str | None, as_of: datetime | None, since,  # noqa: ANN001
           finished: list[dict], set_aside: list[dict]) -> dict:
     """``pull_api_task`` with its pull turn: download (the store not held), then book."""
-    from sibifang.meter_api import fetch_readings
+    from sibifang.meter_api import fetch_readings, save_cursor
 
     token = settings.meter_api_token.get_secret_value() if settings.meter_api_token else None
     raw = fetch_readings(settings.meter_api_url, token, since)
@@ -528,7 +578,11 @@ def _pull(store, settings, database_url: str | None, as_of: datetime | None, sin
         # neither read nor quarantined again; see ingest_frame.
         result = ingest_frame(raw, source="meter-api", batch_id=batch_id, database_url=database_url,
                               as_of=as_of, pull=True)
+        # Booked: the next pull need not ask for this window again. Not before (a pull that fails
+        # before its ledger row must be fetched again from the store's last readings).
+        save_cursor(store.root, settings.meter_api_url, result.pop("fetched_up_to", None))
     for earlier in finished:
+        earlier.pop("fetched_up_to", None)
         if "earlier" in earlier:
             continue  # in the ledger already (its attempt failed after the commit): nothing read now
         for key in ("read", "accepted", "quarantined", "new", "conflicting", "already_ingested"):

@@ -228,3 +228,30 @@ def test_stale_lock_files_of_either_version_hold_nothing(meter_api, database_url
     reset_settings()
     assert _file(database_url, "a", _registers(("M3", "08:00", 10.0), ("M3", "08:15", 10.1)))["read"] == 2
     assert (store.root / ".pull.lock").exists()
+
+
+def test_a_file_waits_for_a_pull_of_an_older_worker_holding_the_old_pull_lock(meter_api, database_url, app_env,
+                                                                              monkeypatch):
+    """A worker of the version before ``.ingest.lock`` pulls holding ``.pull.lock`` alone; a file
+    took only ``.ingest.lock``, so it went in mid-pull: both read the store's state (the register
+    state, what is stored) and booked against it at once (review pull2 #2). A file now waits for
+    ``.pull.lock`` too (bounded, naming it), and goes in once the old pull is done. A pull of this
+    version does not hold ``.pull.lock`` while it downloads (a file is not held up by it:
+    ``test_a_file_is_not_held_up_by_a_pull_paging_slowly``)."""
+    from sibifang.readings_store import ReadingStore, StoreBusy
+    from sibifang.settings import reset_settings
+
+    monkeypatch.setenv("SIBIFANG_READINGS_LOCK_TIMEOUT_SECONDS", "1")
+    reset_settings()
+    store = ReadingStore(app_env / "data" / "readings")
+    store.root.mkdir(parents=True, exist_ok=True)
+    old_worker = _hold_in_another_process(store.root / ".pull.lock")
+    try:
+        with pytest.raises(StoreBusy) as info:
+            _file(database_url, "a", _registers(("M3", "08:00", 10.0), ("M3", "08:15", 10.1)))
+    finally:
+        old_worker.stdin.close()
+        old_worker.wait(30)
+    assert str(store.root / ".pull.lock") in str(info.value)
+    assert _ledger(database_url) == [] and store.load().empty
+    assert _file(database_url, "a", _registers(("M3", "08:00", 10.0), ("M3", "08:15", 10.1)))["read"] == 2
