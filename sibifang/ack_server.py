@@ -24,6 +24,10 @@ from sibifang.acknowledge import OUTCOMES, AckError, AckRefused, acknowledge_tok
 from sibifang.dispatch_alerts import TEMPLATE_DIR
 
 MAX_FORM_BYTES = 4096
+# A request that stops sending (a body shorter than its Content-Length, a stalled client) gives up
+# after this long: it held its thread forever, and a few such held every one.
+REQUEST_TIMEOUT_SECONDS = 10.0
+ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +49,20 @@ def make_ack_server(host: str = "127.0.0.1", port: int = 8765, *, database_url: 
     key = secret or get_settings().ack_signing_key()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT_SECONDS  # the socket's: reads past it raise instead of waiting
+        head_only = False
+
+        def do_HEAD(self):  # noqa: N802
+            # a link preview may ask HEAD first: the GET's answer without its body, recording nothing
+            self.head_only = True
+            return self.do_GET()
+
+        def do_OPTIONS(self):  # noqa: N802
+            self.send_response(204)
+            self.send_header("Allow", ALLOWED_METHODS)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_GET(self):  # noqa: N802
             url = urlparse(self.path)
             if url.path != "/ack":
@@ -69,7 +87,15 @@ def make_ack_server(host: str = "127.0.0.1", port: int = 8765, *, database_url: 
             length = int(raw_length)
             if length > MAX_FORM_BYTES:
                 return self._send(413, render_page("error", message="提交的内容过长。"))
-            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)
+            try:
+                raw = self.rfile.read(length)
+            except TimeoutError:
+                self.close_connection = True
+                return self._send(400, render_page("error", message="提交的内容不完整，请返回预警页面重新选择。"))
+            if len(raw) < length:  # the client closed before sending what it announced
+                self.close_connection = True
+                return self._send(400, render_page("error", message="提交的内容不完整，请返回预警页面重新选择。"))
+            form = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
             token = (form.get("t") or [""])[0]
             outcome = (form.get("outcome") or [""])[0] or None
             try:
@@ -97,7 +123,8 @@ def make_ack_server(host: str = "127.0.0.1", port: int = 8765, *, database_url: 
             self.send_header("Cache-Control", "no-store")
             self.send_header("Referrer-Policy", "no-referrer")
             self.end_headers()
-            self.wfile.write(data)
+            if not self.head_only:
+                self.wfile.write(data)
 
         def log_message(self, *args):  # the query holds the token: never log it
             pass

@@ -113,7 +113,9 @@ def ack_url_length(base_url: str, alert_id: str, recipient_id: str, ttl: timedel
 
 def verify_ack_token(token: str, secret, now: datetime) -> AckClaims:
     """Check signature then expiry; raises a subclass of :class:`AckTokenError`."""
-    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 2048:
+    # Not ASCII (a link mangled in transit, a forged one): malformed, not an encoding error out of
+    # the signature check, which escaped the callers' AckTokenError and dropped the connection
+    if not isinstance(token, str) or not token.isascii() or token.count(".") != 1 or len(token) > 2048:
         raise MalformedAckToken("确认链接格式不正确")
     payload_part, signature = token.split(".")
     expected = _sign(payload_part, _secret_bytes(secret))

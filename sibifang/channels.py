@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -69,8 +69,10 @@ class OutgoingMessage:
     dedup_key: str
     severity: str
     title: str
-    text: str
-    markdown: str | None = None
+    # repr=False: the text holds the signed ack link (a bearer token) and a household's name and
+    # address; a message in a log line or a traceback shows its id only
+    text: str = field(repr=False)
+    markdown: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

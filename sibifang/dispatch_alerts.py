@@ -351,8 +351,11 @@ def alert_id_for(flag: Mapping[str, Any], recipient: Recipient) -> str:
 # as one too), the likelier is hidden: a valid check digit, then ends on the run's groups, then
 # 18 characters, then the first. Every candidate is hidden or overlaps one hidden, so no ID
 # survives whole, and the digits beside an ID (a phone number) stay.
+# Also a slash, a tab, an underscore or a middle dot between the groups (a note copied from a form
+# or a spreadsheet cell: "330203/19400101/1234"), folded to a space.
 _FOLD = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)}, "Ｘ": "X", "ｘ": "x", "\u3000": " ",
-                       "－": "-", "—": "-", "–": "-", "‐": "-", "‑": "-", "．": "."})
+                       "－": "-", "—": "-", "–": "-", "‐": "-", "‑": "-", "．": ".", "\t": " ", "/": " ",
+                       "／": " ", "_": " ", "＿": " ", "·": " ", "・": " "})
 _SEPARATOR = re.compile(r"[ .\-]")
 _DIGIT_GROUPS = re.compile(r"[0-9](?:[ .\-]{0,3}[0-9Xx])*")
 _ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]|[0-9]{15}")

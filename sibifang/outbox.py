@@ -184,32 +184,40 @@ def insert_alerts(session: Session, rows: list[dict[str, Any]]) -> None:
            update=())
 
 
-def refit_to_link(session: Session, alert: Alert, policy: DispatchPolicy, *, now: datetime,
+def word_for_send(session: Session, alert: Alert, policy: DispatchPolicy, *, now: datetime,
                   signed_at: datetime) -> bool:
-    """Word a claimed alert again when its stored body, fitted to its channel for the link of the
-    day it was queued, no longer fits with the link it goes with now (``SIBIFANG_ACK_BASE_URL``
-    lengthened while it waited): rendered as at queueing (``render_alert``), at the send's moment
-    ``now``, for the link signed at ``signed_at``, and stored so. Only an alert about to be sent
-    (claimed, never one sent before), only when needed: the others keep their stored message.
-    Returns whether it was worded again; one that still does not fit is refused by its channel."""
-    from sibifang.channels import fits
+    """Word a claimed alert for the send at ``now``: its deadline (最晚) and time phrases count from
+    the send, as its page (``acknowledge.alert_for_link``, from ``first_sent_at``) and its escalation
+    (``escalation_due``) do. Worded when queued, an alert whose first attempt failed and a retry
+    got through an hour later said 最晚11:00 while the system held her to 12:00. Rendered as at
+    queueing (``render_alert``), fitted to its channel for the link signed at ``signed_at`` (a base
+    URL lengthened while it waited makes it shorter), and stored so: the claim commits it before
+    the send, so a resend after a crash (sent as stored, not worded again) is the same text.
+    Only a body with the link's slot (``ACK_URL_SLOT``); one stored with its link in is sent as
+    stored. Returns whether the stored body changed."""
     from sibifang.dispatch_alerts import Recipient, render_alert
 
-    if policy.override_webhook or ACK_URL_SLOT not in (alert.body or ""):
-        return False  # the override webhook takes any length; a body with its link in is sent as stored
-    link_length = ack_link_length(policy, alert.id, alert.recipient_id, signed_at)
-    if fits(alert.channel, alert.body.replace(ACK_URL_SLOT, "x" * link_length)):
+    if ACK_URL_SLOT not in (alert.body or ""):
         return False
     flag = session.get(RiskFlag, alert.flag_id)
     household = household_context(session, [flag.household_id]).get(flag.household_id) if flag else None
     if household is None:
         return False
     rcpt = Recipient(alert.recipient_id or "", "", alert.recipient_role or "", alert.channel, alert.address or "",
-                     "refit")
+                     "send")
+    link_length = None if policy.override_webhook else ack_link_length(policy, alert.id, alert.recipient_id,
+                                                                        signed_at)
     msg = render_alert(flag_payload(flag), household, rcpt, ACK_URL_SLOT, alert_id=alert.id, now=now,
                        link_length=link_length)
-    alert.body = msg.markdown or msg.text
+    body = msg.markdown or msg.text
+    if body == alert.body:
+        return False
+    alert.body = body
     return True
+
+
+# The name of ``word_for_send`` when it only re-fitted a body to a longer link.
+refit_to_link = word_for_send
 
 
 def backoff(attempt_no: int) -> timedelta:
@@ -415,14 +423,18 @@ def release(session: Session, ids: list[str], token: str) -> int:
 
 
 def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime, policy: DispatchPolicy,
-                   token: str | None = None, real_now: datetime | None = None) -> str:
+                   token: str | None = None, real_now: datetime | None = None,
+                   worded_at: datetime | None = None) -> str:
     """Store one attempt and move the alert on: sent, back to pending with backoff, or dead.
 
     With ``token``, only the claim that sent it records it: a row claimed again by another
     dispatcher since (its lease ran out) is left to that one, and ``"lost"`` is returned.
     ``now`` is the moment recorded (a replay's); the retry is scheduled on the real clock,
     ``real_now``, or on ``now`` when that is later. Our own rate limiter's deferral
-    (``local_rate_limit``) is no attempt: the alert just waits for the limiter."""
+    (``local_rate_limit``) is no attempt: the alert just waits for the limiter. ``worded_at``: the
+    moment the message sent was worded for (``word_for_send``, the claim's): a first delivery
+    is stamped with it, so that its page's deadline and its escalation count from the moment
+    its deadline was (to the minute, not a flush later)."""
     if token is not None:
         # A conditional write, so the check holds until commit (row lock; SQLite's write lock).
         mine = session.execute(update(Alert).where(Alert.id == alert.id, Alert.claim_token == token,
@@ -456,7 +468,7 @@ def record_attempt(session: Session, alert: Alert, result: Any, *, now: datetime
     if result.ok:
         alert.status = "sent"
         alert.sent_at = now
-        alert.first_sent_at = alert.first_sent_at or now
+        alert.first_sent_at = alert.first_sent_at or worded_at or now
         alert.last_error = None
     elif result.retryable and attempt_no < policy.max_attempts:
         alert.status = "pending"

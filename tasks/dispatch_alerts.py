@@ -129,7 +129,7 @@ DIGEST_CHANNELS = ("wecom", "dingtalk", "feishu")
 
 
 def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime | None = None,
-                   resumed: dict | None = None, replay: bool = False) -> dict:
+                   resumed: dict | None = None, replay: bool = False, worded: dict | None = None) -> dict:
     """``{(alert_id, ...): (channel, address, OutgoingMessage)}`` for robot digests of 2+ alerts.
 
     ``now`` words the digest (a replay's moment); each item's ack link is signed at ``signed_at``
@@ -137,7 +137,8 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
     or, for an alert sent before by a dispatcher that died before recording it, at that send's
     (``resumed``, from ``outbox.claim_due``): the digest sent again is the same text.
     A digest longer than the robot takes (WeCom: 4096 bytes, about 15 items) is split, most urgent
-    items first, so that no item and no ack link is cut off."""
+    items first, so that no item and no ack link is cut off. ``worded`` (a dict, filled in): the
+    moment each item's digest was worded at, which its first delivery is stamped with."""
     from schemas.models import RiskFlag
     from sibifang.dispatch_alerts import PendingAlert, Recipient, digest_order
     from sibifang.outbox import household_context, signed_ack_url
@@ -157,6 +158,8 @@ def _digest_groups(session, alerts, policy, now: datetime, signed_at: datetime |
         # at the moment it replays, which the claim's stamp is not)
         stamps = {(resumed or {}).get(a.id) for a in group}
         word_at = stamps.pop() if not replay and len(stamps) == 1 and None not in stamps else now
+        if worded is not None:
+            worded.update((a.id, word_at) for a in group)
         flags = {a.id: session.get(RiskFlag, a.flag_id) for a in group}
         ctx = household_context(session, sorted({f.household_id for f in flags.values()}))
         rcpt = Recipient(rid or "", "", group[0].recipient_role or "grid_worker", channel, address, "digest")
@@ -231,8 +234,8 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
     from schemas.models import Alert
     from sibifang.channels import OutgoingMessage
     from sibifang.db import session_scope
-    from sibifang.outbox import (LEASE, LOCAL_RATE_LIMIT, claim_due, record_attempt, refit_to_link, release,
-                                 with_ack_link)
+    from sibifang.outbox import (LEASE, LOCAL_RATE_LIMIT, claim_due, record_attempt, release, with_ack_link,
+                                 word_for_send)
     from sibifang.settings import get_settings
 
     now = stored_moment(now)
@@ -242,13 +245,15 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
     http = requests.Session()
     limit = batch_limit(settings)
 
+    worded: dict = {}  # alert id -> the moment its message was worded for (record_attempt)
+
     def flush(done: list, token: str) -> None:
         lost = 0
         with session_scope(database_url) as s:
             for alert_id, result in done:
                 a = s.get(Alert, alert_id)
                 status = record_attempt(s, a, result, now=now or clock(), policy=policy, token=token,
-                                        real_now=clock())
+                                        real_now=clock(), worded_at=worded.pop(alert_id, None))
                 if status == "lost":
                     lost += 1
                 elif result.provider_code == LOCAL_RATE_LIMIT and not result.ok:
@@ -273,8 +278,11 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                 jobs = {}
                 # ack links are signed now, on the real clock: they live from the send, even in a
                 # replay of a past moment; the database holds only their slot
-                digests = _digest_groups(s, alerts, policy, at, signed_at=claimed_at, resumed=resumed,
-                                         replay=now is not None)
+                # worded for the send: a replay at its moment, else the claim's, which the first
+                # delivery is stamped with (the page's deadline and escalation count from it)
+                word_at = at if now is not None else claimed_at
+                digests = _digest_groups(s, alerts, policy, word_at, signed_at=claimed_at, resumed=resumed,
+                                         replay=now is not None, worded=worded)
                 grouped = {aid for ids in digests for aid in ids}
                 unusable: list = []
                 for ids, (channel, address, msg) in digests.items():
@@ -286,7 +294,13 @@ def deliver(now: datetime | None = None, database_url: str | None = None, *, max
                     # signed as then, so the resend is byte for byte the first (the receiver drops
                     # it by dedup_key; a person who got both sees one text, one link)
                     signed_at = resumed.get(a.id) or claimed_at
-                    refit_to_link(s, a, policy, now=at, signed_at=signed_at)  # base URL lengthened since
+                    if a.id in resumed:
+                        worded[a.id] = signed_at if now is None else at  # as stored at that claim
+                    else:
+                        # its deadline counts from this send, as its page and its escalation do
+                        # (and it fits the link it goes with, the base URL lengthened since)
+                        word_for_send(s, a, policy, now=word_at, signed_at=signed_at)
+                        worded[a.id] = word_at
                     body = with_ack_link(a.body, a.id, a.recipient_id, policy, signed_at)
                     msg = OutgoingMessage(alert_id=a.id, dedup_key=a.dedup_key, severity=a.severity, title=a.title,
                                           text=body, markdown=body)
