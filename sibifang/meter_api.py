@@ -82,9 +82,10 @@ RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 # How far each feed was fetched (``load_cursor``), beside the store's partitions.
 CURSOR_NAME = "_pull_cursor.json"
 # Resuming from the feed's cursor, this much earlier: readings of one meter that reach the
-# platform after later ones of other meters (a concentrator's upload a little behind) are still
-# fetched. Longer costs every pull of a feed with a dead meter this much of every meter again.
-LATE_WINDOW = timedelta(hours=1)
+# platform after later ones of other meters are still fetched. Concentrators that upload once a
+# day (after midnight, for the day before) put a meter up to ~26 h behind the feed, so two days;
+# the cost is that a feed with a dead meter re-fetches two days of every meter, not seven.
+LATE_WINDOW = timedelta(hours=48)
 # Failures another attempt may cure (the network, the server mid-answer). Every other
 # requests error (InvalidHeader, InvalidURL, MissingSchema, ...) is the request's own fault.
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)

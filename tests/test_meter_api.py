@@ -213,11 +213,12 @@ def test_resume_since_is_earliest_last_reading_bounded_by_lookback():
 
 def test_resume_since_goes_no_earlier_than_the_feed_cursor_less_the_late_window():
     last = {"M1": pd.Timestamp("2026-11-20 08:00"), "dead": pd.Timestamp("2026-09-01")}
-    assert resume_since(last, fetched_up_to=pd.Timestamp("2026-11-20 08:00")) == pd.Timestamp("2026-11-20 07:00")
-    # A meter less than the late window behind the feed is asked from its own last reading.
-    late = {"M1": pd.Timestamp("2026-11-20 08:00"), "late": pd.Timestamp("2026-11-20 07:30")}
-    assert resume_since(late, fetched_up_to=pd.Timestamp("2026-11-20 08:00")) == pd.Timestamp("2026-11-20 07:30")
-    assert resume_since({}, fetched_up_to=pd.Timestamp("2026-11-20 08:00")) == pd.Timestamp("2026-11-20 07:00")
+    assert resume_since(last, fetched_up_to=pd.Timestamp("2026-11-20 08:00")) == pd.Timestamp("2026-11-18 08:00")
+    # A meter less than the late window behind the feed (a concentrator uploading yesterday's
+    # readings after midnight) is asked from its own last reading.
+    late = {"M1": pd.Timestamp("2026-11-20 08:00"), "late": pd.Timestamp("2026-11-19 00:00")}
+    assert resume_since(late, fetched_up_to=pd.Timestamp("2026-11-20 08:00")) == pd.Timestamp("2026-11-19 00:00")
+    assert resume_since({}, fetched_up_to=pd.Timestamp("2026-11-20 08:00")) == pd.Timestamp("2026-11-18 08:00")
 
 
 def test_fetch_new_readings_uses_settings_and_resumes_from_store(api, tmp_path, monkeypatch, caplog):

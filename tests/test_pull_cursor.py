@@ -43,8 +43,8 @@ def test_a_dead_meter_does_not_make_every_pull_fetch_its_last_week(meter_api, da
     pull_api_task.fn()
     sent = [r["query"]["since"] for r in meter_api.requests]
     assert sent[0] == A_WEEK_BACK  # the dead meter's window, asked once
-    # Then from how far the feed was fetched (12:00), less an hour for readings that arrive late.
-    assert sent[1] == "2026-11-20T11:00:00+08:00"
+    # Then from how far the feed was fetched (12:00), less two days for readings that arrive late.
+    assert sent[1] == "2026-11-18T12:00:00+08:00"
     assert sum(r[1] for r in _ledger(database_url)) == 2
 
 
@@ -70,7 +70,7 @@ def test_a_pull_that_fails_before_it_is_booked_does_not_move_the_cursor(meter_ap
     assert (out["read"], out["accepted"]) == (2, 2) and len(store.load()) == 4
     # Booked now: the next pull resumes from the feed's cursor.
     pull_api_task.fn()
-    assert meter_api.requests[-1]["query"]["since"] == "2026-11-20T11:00:00+08:00"
+    assert meter_api.requests[-1]["query"]["since"] == "2026-11-18T12:00:00+08:00"
 
 
 def test_the_cursor_never_runs_ahead_of_the_clock(meter_api, database_url, app_env):  # noqa: F811
@@ -84,4 +84,4 @@ def test_the_cursor_never_runs_ahead_of_the_clock(meter_api, database_url, app_e
     pull_api_task.fn()
     pull_api_task.fn()
     # 11:45 (the latest reading not ahead of the clock) less the late window; not tomorrow.
-    assert meter_api.requests[-1]["query"]["since"] == "2026-11-20T10:45:00+08:00"
+    assert meter_api.requests[-1]["query"]["since"] == "2026-11-18T11:45:00+08:00"
