@@ -107,12 +107,13 @@ def hourly_kwh(store, start: pd.Timestamp, end: pd.Timestamp) -> tuple[np.ndarra
     scaled as a replay of the longer history scales them. Rows: the meters with readings in the
     window."""
     tally: list = []
+    gaps: list = []
     # float64 sums, scaled and rounded to float32 once, as hourly_matrix computes them: the
     # detectors' bins are fine enough that a sum rounded reading by reading may fall in another
     context = start - CADENCE_CONTEXT
     kwh, meter_ids, _ = store.load_matrix(context.to_pydatetime(), end.to_pydatetime(), interval_minutes=60,
-                                          counts=tally, dtype=np.float64)
-    counts = tally[0]
+                                          counts=tally, dtype=np.float64, spacings=gaps)
+    counts, spacings = tally[0], gaps[0]
     lead = int((start - context) / pd.Timedelta(hours=1))
     keep = (counts[:, lead:] > 0).any(axis=1)
     out = np.empty((int(keep.sum()), max(kwh.shape[1] - lead, 0)), np.float32)
@@ -122,7 +123,7 @@ def hourly_kwh(store, start: pd.Timestamp, end: pd.Timestamp) -> tuple[np.ndarra
         n = counts[block]
         r, c = np.nonzero(n)                       # row-major: by meter, then hour
         per = np.ones(n.shape, np.float64)
-        per[r, c] = readings_per_hour(r, n[r, c])
+        per[r, c] = readings_per_hour(r, n[r, c], spacings[block][r, c])
         with np.errstate(invalid="ignore", divide="ignore"):
             out[b0:b0 + HOURLY_ROWS] = (kwh[block] * per / np.minimum(n, per))[:, lead:]
     return out, [meter_ids[i] for i in rows]

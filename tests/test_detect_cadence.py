@@ -98,3 +98,19 @@ def test_the_flows_hours_are_the_commands_hours_on_a_changing_cadence(tmp_path, 
     assert ids == sorted(meters)
     lead = start_hour
     np.testing.assert_array_equal(kwh, X[:, lead:n])
+
+
+def test_the_flows_hours_are_the_commands_hours_on_a_meter_that_lost_most_readings(tmp_path):
+    """60 % of a 15-minute meter's readings lost: few of its hours are whole, but its spacings
+    still say 15 minutes, in the store's tally as in ``hourly_matrix``."""
+    from sibifang.profile_cache import hourly_kwh
+    from sibifang.readings_store import ReadingStore
+
+    full = series("sparse", DAY, END, 15)
+    sparse = full[np.random.default_rng(3).random(len(full)) < 0.4]
+    store = ReadingStore(tmp_path / "store")
+    store.append(sparse)
+    kwh, _ = hourly_kwh(store, DAY, END)
+    _, X, _, n = hourly_matrix(sparse)
+    np.testing.assert_array_equal(kwh, X[:, :n])
+    np.testing.assert_allclose(kwh[~np.isnan(kwh)], USE, rtol=1e-6)
