@@ -328,8 +328,8 @@ class ReadingStore:
         ``counts``: a list that receives the number of readings in each slot (uint8, the
         matrix's shape), so that a caller can tell a slot partly covered from a full one;
         ``dtype`` float64 sums the readings of a slot as ``detect`` does, without rounding each.
-        ``spacings``: a list that receives, per slot, the shortest time in minutes (float32) from
-        a reading in it to the meter's reading before (within the window; NaN where none), from
+        ``spacings``: a list that receives, per slot, the shortest time in minutes from
+        a reading in it to the meter's reading before (float16, within the window; NaN where none), from
         which ``detectors.hourly.readings_per_hour`` tells a meter's cadence.
         """
         start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
@@ -341,7 +341,7 @@ class ReadingStore:
             if counts is not None:
                 counts.append(np.zeros((0, n_slots), dtype=np.uint8))
             if spacings is not None:
-                spacings.append(np.zeros((0, n_slots), dtype=np.float32))
+                spacings.append(np.zeros((0, n_slots), dtype=np.float16))
             return np.full((0, n_slots), np.nan, dtype=dtype), [], slot_ends
 
         # Row per meter, from the last-ts sidecar (every meter ever stored, sorted); if a
@@ -379,7 +379,7 @@ class ReadingStore:
         seen = np.zeros(len(universe), dtype=bool)
         gap = None
         if spacings is not None:
-            gap = np.full(matrix.size, np.inf, dtype=np.float32)
+            gap = np.full(matrix.size, np.inf, dtype=np.float16)   # minutes: 2 bytes a slot
             spacings.append(gap.reshape(matrix.shape))
             last_ns = np.full(len(universe), np.iinfo(np.int64).min, dtype=np.int64)   # per meter, so far
         universe_index = pd.Index(universe.to_pandas())
@@ -431,7 +431,7 @@ class ReadingStore:
                 first[1:] = rows[1:] != rows[:-1]
                 before[first] = last_ns[rows[first]]
                 known = before != np.iinfo(np.int64).min
-                np.minimum.at(gap, flat[known], ((offset[known] - before[known]) / 6e10).astype(np.float32))
+                np.minimum.at(gap, flat[known], ((offset[known] - before[known]) / 6e10).astype(np.float16))
                 last = np.ones(len(rows), dtype=bool)
                 last[:-1] = first[1:]
                 last_ns[rows[last]] = offset[last]
