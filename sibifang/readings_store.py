@@ -430,8 +430,12 @@ class ReadingStore:
                 first = np.ones(len(rows), dtype=bool)
                 first[1:] = rows[1:] != rows[:-1]
                 before[first] = last_ns[rows[first]]
-                known = before != np.iinfo(np.int64).min
-                np.minimum.at(gap, flat[known], ((offset[known] - before[known]) / 6e10).astype(np.float16))
+                minutes = np.where(before != np.iinfo(np.int64).min, (offset - before) / 6e10, np.inf)
+                # flat is sorted too: the shortest of each slot's run of readings, then with what an
+                # earlier partition put there
+                at = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+                shortest = np.minimum.reduceat(minutes, at).astype(np.float16)
+                gap[flat[at]] = np.minimum(gap[flat[at]], shortest)
                 last = np.ones(len(rows), dtype=bool)
                 last[:-1] = first[1:]
                 last_ns[rows[last]] = offset[last]

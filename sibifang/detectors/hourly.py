@@ -78,15 +78,17 @@ def _local(at: datetime | None) -> pd.Timestamp | None:
     return at.tz_convert(LOCAL_TZ_NAME).tz_localize(None) if at.tzinfo is not None else at
 
 
+_USUAL = np.asarray(USUAL_INTERVALS_MINUTES, dtype=np.float64)
+# the geometric midpoints between usual intervals: nearest on a log scale, as ``snap_interval``
+_USUAL_BOUNDS = np.sqrt(_USUAL[1:] * _USUAL[:-1])
+
+
 def _readings_an_hour(spacing: np.ndarray) -> np.ndarray:
     """Minutes between readings → readings an hour at the usual interval nearest (on a log
     scale, as ``snap_interval``); 0 where the spacing is unknown or longer than hourly."""
-    usual = np.asarray(USUAL_INTERVALS_MINUTES, dtype=np.float64)
-    out = np.zeros(len(spacing), dtype=np.int64)
     ok = (spacing > 0) & (spacing <= LONGEST_HOURLY_SPACING_MINUTES)
-    nearest = np.abs(np.log(usual[None, :] / spacing[ok][:, None])).argmin(axis=1)
-    out[ok] = (60 // usual[nearest]).astype(np.int64)
-    return out
+    per = (60 // _USUAL).astype(np.int64)[np.searchsorted(_USUAL_BOUNDS, np.where(ok, spacing, 60.0))]
+    return np.where(ok, per, 0)
 
 
 def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
