@@ -27,6 +27,7 @@ import pandas as pd
 from sibifang import __version__
 from sibifang.detectors import (EPISODE_COLUMNS, DetectorConfig, RoutineProfiles, detect_matrix, empty_episodes,
                                 fit_profiles)
+from sibifang.detectors.hourly import readings_per_hour
 
 KEEP = 3
 # the layout of what is stored: bump it with any change to RoutineProfiles or AlarmCheckpoint,
@@ -34,6 +35,8 @@ KEEP = 3
 FORMAT = 2
 # meters a block when hourly_kwh scales the hours (its float64 temporaries are this many rows)
 HOURLY_ROWS = 4096
+# readings before a window that hourly_kwh reads to know each meter's cadence at its start
+CADENCE_CONTEXT = pd.Timedelta(days=1)
 
 
 def fingerprint(away: pd.DataFrame | None, partitions: list, config: DetectorConfig, baseline_days: int) -> str:
@@ -98,21 +101,32 @@ def hourly_kwh(store, start: pd.Timestamp, end: pd.Timestamp) -> tuple[np.ndarra
     missing is scaled up from those present, never read as the hour's whole use. Summed as they
     are, a meter silent for part of an hour (a reading lost, an outage that starts at :30) would
     read as a drop there, and the flow would raise other episodes, at other times, than
-    `sibifang detect` on the same readings. A meter's readings an hour are the most any hour of
-    the window holds (its interval: 4 for 15 minutes, 1 for hourly)."""
+    `sibifang detect` on the same readings. The readings an hour a meter delivers are taken hour
+    by hour by the same rule (``readings_per_hour``: its cadence may change), from the readings
+    since ``CADENCE_CONTEXT`` before ``start`` too, so that the first hours of the window are
+    scaled as a replay of the longer history scales them. Rows: the meters with readings in the
+    window."""
     tally: list = []
+    gaps: list = []
     # float64 sums, scaled and rounded to float32 once, as hourly_matrix computes them: the
     # detectors' bins are fine enough that a sum rounded reading by reading may fall in another
-    kwh, meter_ids, _ = store.load_matrix(start.to_pydatetime(), end.to_pydatetime(), interval_minutes=60,
-                                          counts=tally, dtype=np.float64)
-    counts = tally[0]
-    out = np.empty(kwh.shape, np.float32)
-    for r0 in range(0, len(kwh), HOURLY_ROWS):   # in blocks of meters: the temporaries stay small
-        n = counts[r0:r0 + HOURLY_ROWS]
-        per = np.maximum(n.max(axis=1, initial=0), 1).astype(np.float64)[:, None]
+    context = start - CADENCE_CONTEXT
+    kwh, meter_ids, _ = store.load_matrix(context.to_pydatetime(), end.to_pydatetime(), interval_minutes=60,
+                                          counts=tally, dtype=np.float64, spacings=gaps)
+    counts, spacings = tally[0], gaps[0]
+    lead = int((start - context) / pd.Timedelta(hours=1))
+    keep = (counts[:, lead:] > 0).any(axis=1)
+    out = np.empty((int(keep.sum()), max(kwh.shape[1] - lead, 0)), np.float32)
+    rows = np.flatnonzero(keep)
+    for b0 in range(0, len(rows), HOURLY_ROWS):   # in blocks of meters: the temporaries stay small
+        block = rows[b0:b0 + HOURLY_ROWS]
+        n = counts[block]
+        r, c = np.nonzero(n)                       # row-major: by meter, then hour
+        per = np.ones(n.shape, np.float64)
+        per[r, c] = readings_per_hour(r, n[r, c], spacings[block][r, c])
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[r0:r0 + HOURLY_ROWS] = kwh[r0:r0 + HOURLY_ROWS] * per / np.minimum(n, per)
-    return out, meter_ids
+            out[b0:b0 + HOURLY_ROWS] = (kwh[block] * per / np.minimum(n, per))[:, lead:]
+    return out, [meter_ids[i] for i in rows]
 
 
 def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataFrame, config: DetectorConfig,
@@ -132,7 +146,9 @@ def judge_meters(store, cache: ProfileCache, as_of: pd.Timestamp, away: pd.DataF
     if len(away):
         absences = away.assign(start=pd.to_datetime(away["start"]),
                                end=pd.to_datetime(away["end"]).fillna(pd.Timestamp(as_of)) + pd.Timedelta(days=1))
-    digest = fingerprint(away.astype(str), store.partition_stamps(history_start, midnight), config, baseline_days)
+    # the day before the window too: hourly_kwh reads it for the meters' cadence
+    digest = fingerprint(away.astype(str), store.partition_stamps(history_start - CADENCE_CONTEXT, midnight), config,
+                         baseline_days)
     stored = cache.load(midnight, digest)
     profiles, replayed = stored if stored is not None else (None, [])
     info = dict(fitted=False, fitted_meters=0, midnight=midnight, end=end, replayed_meter_hours=0)

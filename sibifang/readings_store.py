@@ -319,7 +319,8 @@ class ReadingStore:
         return frame
 
     def load_matrix(self, start: datetime, end: datetime, interval_minutes: int = 15, *,
-                    counts: list | None = None, dtype=np.float32) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
+                    counts: list | None = None, dtype=np.float32,
+                    spacings: list | None = None) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
         """Meters × slots float32 matrix of kWh for ``start < ts <= end``; NaN where no reading.
 
         Slot j is the interval ending at ``start + (j + 1) * interval`` (the returned index
@@ -333,6 +334,9 @@ class ReadingStore:
         ``counts``: a list that receives the number of readings in each slot (uint8, the
         matrix's shape), so that a caller can tell a slot partly covered from a full one;
         ``dtype`` float64 sums the readings of a slot as ``detect`` does, without rounding each.
+        ``spacings``: a list that receives, per slot, the shortest time in minutes from
+        a reading in it to the meter's reading before (float16, within the window; NaN where none), from
+        which ``detectors.hourly.readings_per_hour`` tells a meter's cadence.
         """
         start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
         step = pd.Timedelta(minutes=interval_minutes)
@@ -342,6 +346,8 @@ class ReadingStore:
         if not days or n_slots == 0:
             if counts is not None:
                 counts.append(np.zeros((0, n_slots), dtype=np.uint8))
+            if spacings is not None:
+                spacings.append(np.zeros((0, n_slots), dtype=np.float16))
             return np.full((0, n_slots), np.nan, dtype=dtype), [], slot_ends
 
         # Row per meter, from the last-ts sidecar (every meter ever stored, sorted); if a
@@ -349,29 +355,39 @@ class ReadingStore:
         # fall back to the meters of the window's partitions.
         universe = self._meter_universe(days, from_sidecar=True)
         tally = None if counts is None else []
+        gaps = None if spacings is None else []
         try:
-            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots, tally, dtype)
+            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots, tally, dtype, gaps)
         except _UnknownMeter:
             universe = self._meter_universe(days, from_sidecar=False)
             tally = None if counts is None else []
-            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots, tally, dtype)
+            gaps = None if spacings is None else []
+            matrix, seen = self._fill_matrix(days, universe, start_ts, end_ts, step, n_slots, tally, dtype, gaps)
         names = universe.to_pylist()
         if not seen.all():
             matrix = matrix[seen]
             tally = None if tally is None else [tally[0][seen]]
+            gaps = None if gaps is None else [gaps[0][seen]]
             names = [n for n, keep in zip(names, seen) if keep]
         if counts is not None:
             counts.append(tally[0])
+        if spacings is not None:
+            spacings.append(gaps[0])
         return matrix, names, slot_ends
 
     def _fill_matrix(self, days: list[date], universe: pa.Array, start_ts: pd.Timestamp, end_ts: pd.Timestamp,
                      step: pd.Timedelta, n_slots: int, counts: list | None = None,
-                     dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+                     dtype=np.float32, spacings: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         matrix = np.full((len(universe), n_slots), np.nan, dtype=dtype)
         tally = None if counts is None else np.zeros(matrix.size, dtype=np.uint8)
         if counts is not None:
             counts.append(tally.reshape(matrix.shape))
         seen = np.zeros(len(universe), dtype=bool)
+        gap = None
+        if spacings is not None:
+            gap = np.full(matrix.size, np.inf, dtype=np.float16)   # minutes: 2 bytes a slot
+            spacings.append(gap.reshape(matrix.shape))
+            last_ns = np.full(len(universe), np.iinfo(np.int64).min, dtype=np.int64)   # per meter, so far
         universe_index = pd.Index(universe.to_pandas())
         start_ns = np.int64(start_ts.as_unit("ns").value)
         window_ns = np.int64((end_ts - start_ts).value)
@@ -412,8 +428,27 @@ class ReadingStore:
                 np.add.at(tally, flat, 1)
             elif tally is not None:  # one reading a slot here: a plain (fast) increment
                 tally[flat] += 1
+            if gap is not None:
+                # rows are sorted by meter, then ts: the reading before is the row before, or the
+                # meter's last one in an earlier partition
+                before = np.empty(len(rows), dtype=np.int64)
+                before[1:] = offset[:-1]
+                first = np.ones(len(rows), dtype=bool)
+                first[1:] = rows[1:] != rows[:-1]
+                before[first] = last_ns[rows[first]]
+                minutes = np.where(before != np.iinfo(np.int64).min, (offset - before) / 6e10, np.inf)
+                # flat is sorted too: the shortest of each slot's run of readings, then with what an
+                # earlier partition put there
+                at = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+                shortest = np.minimum.reduceat(minutes, at).astype(np.float16)
+                gap[flat[at]] = np.minimum(gap[flat[at]], shortest)
+                last = np.ones(len(rows), dtype=bool)
+                last[:-1] = first[1:]
+                last_ns[rows[last]] = offset[last]
             highest_slot = max(highest_slot, int(slots.max()))
             seen[rows] = True
+        if gap is not None:
+            gap[np.isinf(gap)] = np.nan
         return matrix, seen
 
     def _meter_universe(self, days: list[date], *, from_sidecar: bool) -> pa.Array:
@@ -848,8 +883,17 @@ def _validated(df: pd.DataFrame) -> pa.Table:
                      pa.array(kwh.astype(np.float32), pa.float32())], schema=SCHEMA)
 
 
+def first_of_each_reading(readings: pd.DataFrame) -> pd.DataFrame:
+    """Of readings of one meter and time, the one that came first: the rule of the store
+    (``_sorted_unique``: the stored one, then the first of a batch) and of the feeds'
+    ``clean_readings``. ``detect`` applies it to its input, so that it judges what the flow
+    would have stored."""
+    return readings.drop_duplicates(["meter_id", "ts"], keep="first")
+
+
 def _sorted_unique(table: pa.Table, n_existing: int) -> tuple[pa.Table, np.ndarray]:
-    """Sort by (meter_id, ts) and keep the first row of each key, existing rows first.
+    """Sort by (meter_id, ts) and keep the first row of each key, existing rows first
+    (``first_of_each_reading``, the same rule on a frame).
 
     -> (table, positions among the incoming rows — after the ``n_existing`` stored ones — of
     those whose key is stored with another value).

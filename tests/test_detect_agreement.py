@@ -72,3 +72,27 @@ def test_property_the_flow_and_the_command_raise_the_same_episodes(tmp_path_fact
     cli = cli_episodes(tmp_path, readings, as_of)
     assert len(cli)
     assert_same_episodes(cli, flow_episodes(tmp_path, readings, as_of))
+
+
+@pytest.mark.parametrize("hour", [0, 13])
+def test_the_flow_and_the_command_agree_on_meters_whose_cadence_changes(tmp_path, hour):
+    """(Review) the cadence is read hour by hour; the flow reads the day before its windows for
+    it: a meter turned hourly on the day before the run, one turned from hourly to 15 minutes in
+    the window, raise the same episodes in both."""
+    readings = area_readings(5, days=30, interval=15)
+    readings["kwh"] = readings["kwh"].astype(np.float32).astype(np.float64)
+    as_of = pd.Timestamp(START) + pd.Timedelta(days=29, hours=hour)
+    switches = {"M0": (as_of.normalize() - pd.Timedelta(hours=14), False),
+                "M1": (pd.Timestamp(START) + pd.Timedelta(days=12, hours=7), True)}
+    for meter, (switch, hourly_first) in switches.items():
+        m = readings[readings.meter_id == meter]
+        hourly = (m.set_index("ts")["kwh"].resample("h", label="right", closed="right").sum(min_count=1)
+                  .dropna().reset_index().assign(meter_id=meter))
+        hourly["kwh"] = hourly["kwh"].astype(np.float32).astype(np.float64)
+        keep = (hourly.ts <= switch) if hourly_first else (hourly.ts > switch)
+        own = (m.ts > switch) if hourly_first else (m.ts <= switch)
+        readings = pd.concat([readings[readings.meter_id != meter], m[own], hourly[keep]], ignore_index=True)
+    readings = readings[["meter_id", "ts", "kwh"]]
+    cli = cli_episodes(tmp_path, readings, as_of)
+    assert len(cli)
+    assert_same_episodes(cli, flow_episodes(tmp_path, readings, as_of))

@@ -121,18 +121,35 @@ def test_property_the_command_as_of_a_time_writes_what_the_file_cut_there_gives(
     assert (tmp_path / "all.flags.csv").read_bytes() == (tmp_path / "cut.flags.csv").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="found in review, not fixed: a meter's interval is one for its whole "
-                                       "history; an hourly meter replaced by a 15-minute one has its hourly "
-                                       "readings read as 15-minute ones (x4), and the same use then reads as a "
-                                       "drop and a silence")
-def test_a_meter_read_hourly_then_every_15_minutes_raises_no_alert_for_the_change():
+def _cadence_switch(meter: str, switch: pd.Timestamp, hourly_first: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the area read every 15 minutes, the same with ``meter`` read hourly before ``switch``
+    (``hourly_first``) or after it): the same use, only the cadence changes."""
     df = area_readings(3, meters=6, days=35)
-    m = df[df.meter_id == "M0"]
+    m = df[df.meter_id == meter]
     hourly = (m.set_index("ts")["kwh"].resample("h", label="right", closed="right").sum(min_count=1).dropna()
-              .reset_index().assign(meter_id="M0"))
+              .reset_index().assign(meter_id=meter))
+    parts = ((hourly[hourly.ts <= switch], m[m.ts > switch]) if hourly_first
+             else (m[m.ts <= switch], hourly[hourly.ts > switch]))
+    return m, pd.concat(parts)[["meter_id", "ts", "kwh"]]
+
+
+def _alerted_near(out: pd.DataFrame, switch: pd.Timestamp) -> set:
+    return set(out[out.severity.isin(["medium", "high", "critical"])
+                   & (out.start >= switch - pd.Timedelta(days=1))
+                   & (out.start < switch + pd.Timedelta(days=2))].kind)
+
+
+def test_a_meter_read_hourly_then_every_15_minutes_raises_no_alert_for_the_change():
+    """(Review) a meter's interval was one for its whole history: an hourly meter replaced by a
+    15-minute one had its hourly readings read as 15-minute ones (x4), and the same use then read
+    as a drop and a silence."""
     switch = pd.Timestamp("2026-10-25")
-    mixed = pd.concat([hourly[hourly.ts <= switch], m[m.ts > switch]])[["meter_id", "ts", "kwh"]]
-    alerted = lambda out: set(out[out.severity.isin(["medium", "high", "critical"])  # noqa: E731
-                                  & (out.start >= switch - pd.Timedelta(days=1))
-                                  & (out.start < switch + pd.Timedelta(days=2))].kind)
-    assert alerted(detect(mixed)) <= alerted(detect(m))
+    m, mixed = _cadence_switch("M0", switch, hourly_first=True)
+    assert _alerted_near(detect(mixed), switch) <= _alerted_near(detect(m), switch)
+
+
+@pytest.mark.parametrize("meter, switch", [("M0", "2026-10-25"), ("M2", "2026-10-20 13:00")])
+def test_a_meter_read_every_15_minutes_then_hourly_raises_no_alert_for_the_change(meter, switch):
+    switch = pd.Timestamp(switch)
+    m, mixed = _cadence_switch(meter, switch, hourly_first=False)
+    assert _alerted_near(detect(mixed), switch) <= _alerted_near(detect(m), switch)

@@ -1,6 +1,8 @@
 """Input handling: readings (long, or a dense matrix at any interval) → the hourly matrix
-(meters × hours, kWh/h, NaN gaps, midnight-aligned) every detector runs on, each meter's
-reading interval, the hours covered by absences, and the calendar day number of the start."""
+(meters × hours, kWh/h, NaN gaps, midnight-aligned) every detector runs on, the readings an
+hour each meter delivers at each hour (``readings_per_hour``: the one rule the flow's
+``profile_cache.hourly_kwh`` applies too), the hours covered by absences, and the calendar day
+number of the start."""
 
 from __future__ import annotations
 
@@ -10,20 +12,100 @@ import numpy as np
 import pandas as pd
 
 # one inference of a meter's interval and clock jitter, the ingestion's
-from sibifang.ingest_readings import grid_tolerance_seconds, infer_interval_minutes
+from sibifang.ingest_readings import (LONGEST_HOURLY_SPACING_MINUTES, USUAL_INTERVALS_MINUTES, grid_tolerance_seconds,
+                                      infer_interval_minutes)
+from sibifang.readings_store import first_of_each_reading
+from sibifang.settings import LOCAL_TZ_NAME
+
+# Hours with readings in a row that say the same readings an hour (``readings_per_hour``) after
+# which that is the meter's cadence (a meter replaced by one read less often): long enough that a
+# meter losing readings at random rarely says one lower figure that long, short enough that the
+# hours after the change are read at the old cadence for at most CADENCE_SETTLES_HOURS - 1.
+CADENCE_SETTLES_HOURS = 8
+
+
+def readings_per_hour(meter: np.ndarray, count: np.ndarray, spacing: np.ndarray | None = None) -> np.ndarray:
+    """The readings an hour a meter is taken to deliver at each of its hours with readings.
+
+    ``meter`` (codes) and ``count`` (readings in the hour, > 0) are one row per meter and hour
+    with readings, sorted by meter then hour; ``spacing`` the shortest time in minutes from a
+    reading of the hour to the meter's reading before (NaN: none known). An hour's use is its
+    readings' sum scaled by ``per / min(count, per)``: a reading lost is never read as a drop.
+    An hour says its meter delivers at least its count, and at least what its shortest spacing
+    (snapped to a usual interval; longer than hourly says nothing) makes an hour: a 15-minute
+    meter that lost most of its readings still shows 15-minute spacings.
+
+    Per reading, not per meter: the most readings any hour held since the meter's cadence last
+    settled (``CADENCE_SETTLES_HOURS`` hours with readings in a row holding the same number), so
+    an hourly meter replaced by a 15-minute one is read ×4 from the first full hour of the new
+    one, and a 15-minute one replaced by an hourly one ×1 once the hourly readings have settled
+    (its hourly readings are not read as 15-minute ones for the whole history, which made the
+    same use a drop and a silence). Hours without readings are not hours here: a gap is not a
+    change of cadence, and the partly covered hour after it is scaled up. Causal (an hour's
+    figure depends on it and the hours before), except a meter's first hours with readings,
+    which take the most any of its first ``CADENCE_SETTLES_HOURS`` held (a series starting at
+    :30 of a half-hourly meter: the first hour holds one reading of two)."""
+    n = len(count)
+    c = np.asarray(count, dtype=np.int64)
+    if n == 0:
+        return c
+    if spacing is not None:
+        c = np.maximum(c, _readings_an_hour(np.asarray(spacing, dtype=np.float64)))
+    meter = np.asarray(meter)
+    idx = np.arange(n)
+    first = np.ones(n, dtype=bool)
+    first[1:] = meter[1:] != meter[:-1]
+    repeat = np.zeros(n, dtype=bool)
+    repeat[1:] = ~first[1:] & (c[1:] == c[:-1])
+    run = idx - np.maximum.accumulate(np.where(repeat, 0, idx)) + 1
+    # the running maximum restarts at the meter's first hour and where its count has settled
+    segment = np.cumsum(first | (run == CADENCE_SETTLES_HOURS)) - 1
+    base = int(c.max()) + 1
+    per = np.maximum.accumulate(segment * base + c) - segment * base
+    starts = np.flatnonzero(first)
+    rank = idx - starts[np.cumsum(first) - 1]
+    early = rank < CADENCE_SETTLES_HOURS
+    head = np.maximum.reduceat(np.where(early, c, 0), starts)
+    per[early] = head[np.cumsum(first)[early] - 1]
+    return per
+
+
+def _local(at: datetime | None) -> pd.Timestamp | None:
+    """A time as naive local (Asia/Shanghai) time; one with an offset is converted."""
+    if at is None:
+        return None
+    at = pd.Timestamp(at)
+    return at.tz_convert(LOCAL_TZ_NAME).tz_localize(None) if at.tzinfo is not None else at
+
+
+_USUAL = np.asarray(USUAL_INTERVALS_MINUTES, dtype=np.float64)
+# the geometric midpoints between usual intervals: nearest on a log scale, as ``snap_interval``
+_USUAL_BOUNDS = np.sqrt(_USUAL[1:] * _USUAL[:-1])
+
+
+def _readings_an_hour(spacing: np.ndarray) -> np.ndarray:
+    """Minutes between readings → readings an hour at the usual interval nearest (on a log
+    scale, as ``snap_interval``); 0 where the spacing is unknown or longer than hourly."""
+    ok = (spacing > 0) & (spacing <= LONGEST_HOURLY_SPACING_MINUTES)
+    per = (60 // _USUAL).astype(np.int64)[np.searchsorted(_USUAL_BOUNDS, np.where(ok, spacing, 60.0))]
+    return np.where(ok, per, 0)
 
 
 def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
     """Long readings → (meter_ids, X[meter, hour] kWh/h float32 with NaN gaps, t0, n_hours).
 
-    Column j is the hour [t0 + j h, t0 + (j+1) h); t0 is a local midnight. Each meter's
-    interval is inferred on its own; a partly covered hour is scaled up from the readings
-    present (a gap is never a zero). Only hours ending at or before ``as_of`` are kept.
+    Column j is the hour [t0 + j h, t0 + (j+1) h); t0 is a local midnight. A partly covered
+    hour is scaled up from the readings present, by the meter's cadence at that hour
+    (``readings_per_hour``; a gap is never a zero). Only hours ending at or before ``as_of``
+    are kept.
     """
     df = readings.loc[:, ["meter_id", "ts", "kwh"]].copy()
     df["ts"] = pd.to_datetime(df["ts"])
     if getattr(df["ts"].dt, "tz", None) is not None:
-        df["ts"] = df["ts"].dt.tz_localize(None)
+        # an offset (+08:00, Z) is an instant: the households' local time, as ingestion converts it
+        # (dropping it would read UTC readings eight hours early)
+        df["ts"] = df["ts"].dt.tz_convert(LOCAL_TZ_NAME).dt.tz_localize(None)
+    as_of = _local(as_of)
     df["kwh"] = pd.to_numeric(df["kwh"], errors="coerce")
     df = df[np.isfinite(df["kwh"].to_numpy(dtype=float)) & (df["kwh"] >= 0) & df["ts"].notna()]
     if as_of is not None:
@@ -31,18 +113,25 @@ def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
     df["meter_id"] = df["meter_id"].astype(str)
     if df.empty:
         return np.array([], dtype=object), np.zeros((0, 0), np.float32), None, 0
-    df = df.drop_duplicates(["meter_id", "ts"], keep="last")
+    # a reading sent twice counts as the flow's ingestion stores it: the first
+    df = first_of_each_reading(df)
     meters = np.array(sorted(df["meter_id"].unique()), dtype=object)
-    # each meter's interval as ingestion infers it (a low quantile of its spacings, which gaps
-    # do not lengthen, snapped to a divisor of an hour); an hour for anything coarser or unknown
-    intervals = infer_interval_minutes(df)
-    per_hour = {m: 60 // min(intervals.get(m, 60), 60) for m in meters}
     # A reading belongs to the hour its interval ends in; a meter clock a few seconds off (at most
-    # a tenth of the interval) does not move it into the next hour.
-    interval = 60.0 / df["meter_id"].map(per_hour).to_numpy(dtype=float)
+    # a tenth of the interval) does not move it into the next hour. Only this jitter allowance
+    # takes the meter's interval as ingestion infers it (a low quantile of its spacings, snapped
+    # to a divisor of an hour; an hour for anything coarser or unknown); the scaling of partly
+    # covered hours follows the meter's cadence hour by hour (``readings_per_hour``).
+    intervals = infer_interval_minutes(df)
+    interval = df["meter_id"].map({m: min(intervals.get(m, 60), 60) for m in meters}).to_numpy(dtype=float)
     df["hour_end"] = (df["ts"] - pd.to_timedelta(grid_tolerance_seconds(interval), unit="s")).dt.ceil("h")
-    g = df.groupby(["meter_id", "hour_end"], sort=False)["kwh"].agg(["sum", "count"]).reset_index()
-    ph = g["meter_id"].map(per_hour).to_numpy(dtype=float)
+    # each reading's spacing from the meter's reading before (as the store tallies it for the flow)
+    df = df.sort_values(["meter_id", "ts"], kind="stable")
+    df["spacing"] = df["ts"].diff().dt.total_seconds().to_numpy() / 60.0
+    df.loc[df["meter_id"].ne(df["meter_id"].shift()).to_numpy(), "spacing"] = np.nan
+    g = (df.groupby(["meter_id", "hour_end"], sort=True)
+         .agg(sum=("kwh", "sum"), count=("kwh", "count"), spacing=("spacing", "min")).reset_index())
+    ph = readings_per_hour(pd.Index(meters).get_indexer(g["meter_id"]), g["count"].to_numpy(),
+                           g["spacing"].to_numpy()).astype(float)
     g["val"] = g["sum"].to_numpy() * ph / np.minimum(g["count"].to_numpy(), ph)
     t0 = (g["hour_end"].min() - pd.Timedelta(hours=1)).normalize()
     if as_of is not None:
