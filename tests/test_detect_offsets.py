@@ -28,3 +28,15 @@ def test_an_as_of_with_an_offset_is_that_instant():
     pd.testing.assert_frame_equal(detect(local, as_of=utc), expected)
     pd.testing.assert_frame_equal(detect(local.assign(ts=local.ts.dt.tz_localize("Asia/Shanghai")), as_of=utc),
                                   expected)
+
+
+def test_one_column_mixing_offsets_and_local_times_reads_as_ingestion_reads_it():
+    # A merged export: one system wrote "+08:00", another "Z", a third local times with a space.
+    local = area_readings(7, meters=3, days=21)
+    expected = detect(local)
+    aware = local.ts.dt.tz_localize("Asia/Shanghai")
+    texts = [aware.dt.strftime("%Y-%m-%dT%H:%M:%S+08:00"),
+             aware.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+             local.ts.dt.strftime("%Y-%m-%d %H:%M:%S")]
+    mixed = pd.Series([texts[i % 3].iat[i] for i in range(len(local))], index=local.index)
+    pd.testing.assert_frame_equal(detect(local.assign(ts=mixed)), expected)

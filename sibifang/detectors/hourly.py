@@ -13,7 +13,7 @@ import pandas as pd
 
 # one inference of a meter's interval and clock jitter, the ingestion's
 from sibifang.ingest_readings import (LONGEST_HOURLY_SPACING_MINUTES, USUAL_INTERVALS_MINUTES, grid_tolerance_seconds,
-                                      infer_interval_minutes)
+                                      infer_interval_minutes, parse_reading_times)
 from sibifang.readings_store import first_of_each_reading
 from sibifang.settings import LOCAL_TZ_NAME
 
@@ -100,8 +100,10 @@ def hourly_matrix(readings: pd.DataFrame, as_of: datetime | None = None):
     are kept.
     """
     df = readings.loc[:, ["meter_id", "ts", "kwh"]].copy()
-    df["ts"] = pd.to_datetime(df["ts"])
-    if getattr(df["ts"].dt, "tz", None) is not None:
+    if not pd.api.types.is_datetime64_any_dtype(df["ts"]):
+        # text read as ingestion reads it: one column may mix "+08:00", "Z" and local times
+        df["ts"] = parse_reading_times(df[["ts"]]).ts.to_numpy()
+    elif getattr(df["ts"].dt, "tz", None) is not None:
         # an offset (+08:00, Z) is an instant: the households' local time, as ingestion converts it
         # (dropping it would read UTC readings eight hours early)
         df["ts"] = df["ts"].dt.tz_convert(LOCAL_TZ_NAME).dt.tz_localize(None)
