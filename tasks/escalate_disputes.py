@@ -36,6 +36,7 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
                        .where(RiskFlag.status != "closed", RiskFlag.kind.in_(logic.DISPUTE_KINDS),
                               RiskFlag.detected_at <= until), database_url)
     close_wrong_family_cases(until, database_url)
+    close_deregistered_cases(until, database_url)
     if flags.empty:
         return 0
     grids = grid_hierarchy(database_url)
@@ -68,6 +69,13 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
         for r in rows:
             audit(s, "escalate_disputes", "open_case", "mediation_case", r["id"], {"room": r["room_id"]},
                   at=until)
+            # A case nobody can take is still opened (the family is not dropped), and said so once,
+            # for the federation to assign it by hand; rows holds only cases opened in this run.
+            reason = _no_room_reason(r["room_id"], r["mediator_id"])
+            if reason:
+                audit(s, "escalate_disputes", "case_without_room", "mediation_case", r["id"],
+                      {"reason": reason}, at=until)
+                run_logger().warning("调解案件 %s：%s", r["id"], reason)
         for case_id, join in joining.groupby("case_id"):
             c = s.get(MediationCase, case_id)
             c.flag_ids = [*logic.held_flags(c.flag_ids, c.source_flag_id), *join.flag_id]
@@ -106,11 +114,56 @@ def close_wrong_family_cases(until: datetime, database_url: str | None) -> int:
     return len(wrong)
 
 
+def _no_room_reason(room_id, mediator_id) -> str | None:
+    """Why a case has nobody to mediate it, in the words of the federation's staff (or None)."""
+    if room_id is None:
+        return "所在乡镇（街道）未设调解室，需区妇联指派调解"
+    if mediator_id is None:
+        return "所在乡镇调解室未登记调解员，需指派调解员"
+    return None
+
+
+def close_deregistered_cases(until: datetime, database_url: str | None) -> int:
+    """Close the open cases of families taken off the register (迁出, 去世, 注销) by ``until``, as of
+    the removal, with the outcome ``deregistered``: a room cannot mediate them, and left open
+    they would stay open for ever. A replay of a day before the removal closes nothing."""
+    from schemas.models import Household, MediationCase
+    from sibifang.db import audit, session_scope
+    from sibifang.flag_risks import DEREGISTERED
+
+    gone = read_frame(select(MediationCase.id.label("case_id"), Household.deregistered_at)
+                      .join(Household, Household.id == MediationCase.household_id)
+                      .where(MediationCase.status == "open", Household.deregistered_at <= until), database_url)
+    with session_scope(database_url) as s:
+        for c in gone.itertuples(index=False):
+            at = pd.Timestamp(c.deregistered_at).to_pydatetime()
+            s.execute(update(MediationCase).where(MediationCase.id == c.case_id, MediationCase.status == "open")
+                      .values(status="closed", closed_at=at, outcome=DEREGISTERED))
+            audit(s, "escalate_disputes", "close_case", "mediation_case", c.case_id, {"outcome": DEREGISTERED}, at=at)
+    return len(gone)
+
+
+def unrouted_counts(database_url: str | None = None) -> dict:
+    """What escalation could not route, still open: cases without a room or mediator, and needs no
+    resource of the pool fits (each recorded once, ``case_without_room`` / ``need_unmatched``)."""
+    from schemas.models import AuditEvent, MediationCase, ServiceNeed
+    from sibifang.db import session_scope
+
+    with session_scope(database_url) as s:
+        cases = s.scalar(select(func.count()).select_from(MediationCase).where(
+            MediationCase.status == "open",
+            (MediationCase.room_id.is_(None)) | (MediationCase.mediator_id.is_(None))))
+        needs = s.scalar(select(func.count()).select_from(ServiceNeed).where(
+            ServiceNeed.status == "open",
+            ServiceNeed.id.in_(select(AuditEvent.entity_id).where(AuditEvent.action == "need_unmatched"))))
+    return {"cases_without_room": int(cases or 0), "needs_unmatched": int(needs or 0)}
+
+
 @task(name="match_service_needs", cache_policy=NO_CACHE)
 def match_needs_task(as_of: date, database_url: str | None = None, lookback_days: int = 30) -> dict:
-    from schemas.models import ServiceNeed, ServiceResource, Visit
+    from schemas.models import AuditEvent, ServiceNeed, ServiceResource, Visit
     from sibifang import escalate_disputes as logic
-    from sibifang.db import session_scope, upsert
+    from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
 
     since = datetime.combine(as_of - timedelta(days=lookback_days), datetime.min.time())
@@ -133,8 +186,22 @@ def match_needs_task(as_of: date, database_url: str | None = None, lookback_days
                                   ServiceResource.offers), database_url)
     areas = grids[["village_id", "township_id", "district_id"]].drop_duplicates("village_id")
     matches = logic.match_needs(open_needs, resources, areas)
+    unmatched = sorted(set(open_needs.need_id) - set(matches.need_id)) if not open_needs.empty else []
     with session_scope(database_url) as s:
         for m in frame_records(matches):
             s.execute(update(ServiceNeed).where(ServiceNeed.id == m["need_id"], ServiceNeed.status == "open")
                       .values(status="matched", matched_resource_id=m["resource_id"], matched_at=until))
-    return {"needs": len(needs), "matched": len(matches)}
+        # A need no resource fits stays open (a resource registered later may fit it) and is
+        # recorded once, so the staff see it rather than it waiting unseen.
+        told = set()
+        for ids in chunks(unmatched, 500):
+            told |= set(s.scalars(select(AuditEvent.entity_id).where(AuditEvent.action == "need_unmatched",
+                                                                     AuditEvent.entity_id.in_(ids))))
+        new = [n for n in unmatched if n not in told]
+        category = dict(zip(open_needs.need_id, open_needs.category)) if new else {}
+        for n in new:
+            audit(s, "escalate_disputes", "need_unmatched", "service_need", n,
+                  {"category": category[n], "reason": "服务资源池中本区暂无可提供该类服务的资源，需人工对接"}, at=until)
+    if new:
+        run_logger().warning("%d 项需求在服务资源池中暂无匹配资源，已记录待人工对接", len(new))
+    return {"needs": len(needs), "matched": len(matches), "unmatched": len(unmatched)}
