@@ -15,6 +15,8 @@ DISPUTE_KINDS = ("dispute", "domestic_violence")
 CASE_COLUMNS = ["case_id", "household_id", "room_id", "mediator_id", "source_flag_id", "source_visit_id",
                 "cues", "flag_ids", "opened_at"]
 JOIN_COLUMNS = ["case_id", "flag_id", "kind"]
+# A case with no outcome this many days after it was opened is overdue and is followed up.
+CASE_DUE_DAYS = 30
 
 
 def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: pd.DataFrame,
@@ -55,6 +57,16 @@ def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: p
                      "source_flag_id": r.flag_id, "source_visit_id": details.get("visit_id"),
                      "cues": list(r.cues), "flag_ids": list(r.flag_ids), "opened_at": r.detected_at})
     return pd.DataFrame(rows, columns=CASE_COLUMNS)
+
+
+def overdue_cases(cases: pd.DataFrame, until, due_days: int = CASE_DUE_DAYS) -> list[str]:
+    """The open cases (``case_id, opened_at, status``) with no outcome ``due_days`` after they were
+    opened, as of ``until``: sorted case ids."""
+    if cases.empty:
+        return []
+    due = pd.to_datetime(cases.opened_at) + pd.Timedelta(days=due_days)
+    late = cases[cases.status.eq("open") & (due <= pd.Timestamp(until))]
+    return sorted(late.case_id)
 
 
 def held_flags(flag_ids, source_flag_id: str | None) -> list[str]:

@@ -37,6 +37,7 @@ def open_cases_task(as_of: date, database_url: str | None = None) -> int:
                               RiskFlag.detected_at <= until), database_url)
     close_wrong_family_cases(until, database_url)
     close_deregistered_cases(until, database_url)
+    follow_up_overdue_cases(until, database_url)
     if flags.empty:
         return 0
     grids = grid_hierarchy(database_url)
@@ -143,9 +144,37 @@ def close_deregistered_cases(until: datetime, database_url: str | None) -> int:
     return len(gone)
 
 
+def follow_up_overdue_cases(until: datetime, database_url: str | None) -> list[str]:
+    """Record, once each, the open cases with no outcome past their due date
+    (``logic.overdue_cases``), so the federation asks the room for the outcome; they are counted
+    by ``unrouted_counts`` while they stay open."""
+    from schemas.models import AuditEvent, MediationCase
+    from sibifang import escalate_disputes as logic
+    from sibifang.db import audit, session_scope
+
+    cases = read_frame(select(MediationCase.id.label("case_id"), MediationCase.opened_at, MediationCase.status)
+                       .where(MediationCase.status == "open"), database_url)
+    late = logic.overdue_cases(cases, until)
+    if not late:
+        return []
+    with session_scope(database_url) as s:
+        told = set()
+        for ids in chunks(late, 500):
+            told |= set(s.scalars(select(AuditEvent.entity_id).where(AuditEvent.action == "case_overdue",
+                                                                     AuditEvent.entity_id.in_(ids))))
+        new = [c for c in late if c not in told]
+        for c in new:
+            audit(s, "escalate_disputes", "case_overdue", "mediation_case", c,
+                  {"reason": f"立案超过{logic.CASE_DUE_DAYS}天仍无调解结果，已逾期，请跟进调解室"}, at=until)
+    if new:
+        run_logger().warning("%d 件调解案件逾期无结果，已记录待跟进", len(new))
+    return new
+
+
 def unrouted_counts(database_url: str | None = None) -> dict:
-    """What escalation could not route, still open: cases without a room or mediator, and needs no
-    resource of the pool fits (each recorded once, ``case_without_room`` / ``need_unmatched``)."""
+    """What escalation could not route, still open: cases without a room or mediator, needs no
+    resource of the pool fits, and cases overdue with no outcome (each recorded once,
+    ``case_without_room`` / ``need_unmatched`` / ``case_overdue``)."""
     from schemas.models import AuditEvent, MediationCase, ServiceNeed
     from sibifang.db import session_scope
 
@@ -156,7 +185,11 @@ def unrouted_counts(database_url: str | None = None) -> dict:
         needs = s.scalar(select(func.count()).select_from(ServiceNeed).where(
             ServiceNeed.status == "open",
             ServiceNeed.id.in_(select(AuditEvent.entity_id).where(AuditEvent.action == "need_unmatched"))))
-    return {"cases_without_room": int(cases or 0), "needs_unmatched": int(needs or 0)}
+        overdue = s.scalar(select(func.count()).select_from(MediationCase).where(
+            MediationCase.status == "open",
+            MediationCase.id.in_(select(AuditEvent.entity_id).where(AuditEvent.action == "case_overdue"))))
+    return {"cases_without_room": int(cases or 0), "needs_unmatched": int(needs or 0),
+            "cases_overdue": int(overdue or 0)}
 
 
 @task(name="match_service_needs", cache_policy=NO_CACHE)

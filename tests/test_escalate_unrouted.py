@@ -119,3 +119,43 @@ def test_an_open_case_of_a_family_taken_off_the_register_is_closed(database_url)
     assert case() == ("closed", "deregistered", datetime(2026, 11, 24, 8))
     open_cases_task.fn(date(2026, 11, 25), database_url)
     assert len([1 for _, d in _audits(database_url, "close_case") if d["outcome"] == "deregistered"]) == 1
+
+
+def test_a_case_with_no_outcome_past_its_due_date_is_followed_up_once(database_url):
+    """A case still open 30 days after it was opened (CASE_DUE_DAYS) is recorded as overdue once, in
+    Chinese, and counted while it stays open; a replay of an earlier day records nothing."""
+    from sqlalchemy import update
+
+    from sibifang.escalate_disputes import CASE_DUE_DAYS
+    from tasks.escalate_disputes import open_cases_task, unrouted_counts
+
+    assert CASE_DUE_DAYS == 30
+    _one_household_village(database_url)
+    with session_scope(database_url) as s:
+        _room(s)
+        s.add(_finding("F1", "dispute|H1|1", "H1", "dispute", datetime(2026, 11, 1, 9)))
+    open_cases_task.fn(date(2026, 11, 1), database_url)
+    open_cases_task.fn(date(2026, 11, 30), database_url)
+    assert _audits(database_url, "case_overdue") == []
+    assert unrouted_counts(database_url)["cases_overdue"] == 0
+    open_cases_task.fn(date(2026, 12, 1), database_url)
+    open_cases_task.fn(date(2026, 12, 2), database_url)
+    rec = _audits(database_url, "case_overdue")
+    assert len(rec) == 1 and "逾期" in rec[0][1]["reason"]
+    assert unrouted_counts(database_url)["cases_overdue"] == 1
+    with session_scope(database_url) as s:
+        s.execute(update(MediationCase).values(status="closed", closed_at=datetime(2026, 12, 3, 10),
+                                                outcome="调解成功"))
+    assert unrouted_counts(database_url)["cases_overdue"] == 0
+
+
+def test_overdue_cases_pure():
+    import pandas as pd
+
+    from sibifang.escalate_disputes import overdue_cases
+
+    cases = pd.DataFrame({"case_id": ["C1", "C2", "C3"],
+                          "opened_at": pd.to_datetime(["2026-11-01 09:00", "2026-11-10 09:00", "2026-10-01 09:00"]),
+                          "status": ["open", "open", "closed"]})
+    assert overdue_cases(cases, datetime(2026, 12, 1, 23, 59)) == ["C1"]
+    assert overdue_cases(cases.iloc[0:0], datetime(2026, 12, 1)) == []
