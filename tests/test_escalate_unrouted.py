@@ -159,3 +159,24 @@ def test_overdue_cases_pure():
                           "status": ["open", "open", "closed"]})
     assert overdue_cases(cases, datetime(2026, 12, 1, 23, 59)) == ["C1"]
     assert overdue_cases(cases.iloc[0:0], datetime(2026, 12, 1)) == []
+
+
+def test_what_a_mediation_room_receives_holds_no_id_number(database_url):
+    """The case, its audit trail and the cases export (what a room is handed) name the family by its
+    archive id only: never its ID number or phone."""
+    from sibifang.stats import export_frame
+    from tasks.escalate_disputes import open_cases_task
+
+    _one_household_village(database_url)
+    with session_scope(database_url) as s:
+        h = s.get(Household, "H1")
+        h.id_number, h.phone = "320282198503150027", "13912345678"
+        _room(s)
+        s.add(_finding("F1", "dispute|H1|1", "H1", "dispute", datetime(2026, 11, 20, 9)))
+    open_cases_task.fn(date(2026, 11, 20), database_url)
+    with session_scope(database_url) as s:
+        c = s.scalars(select(MediationCase)).one()
+        held = repr({k: getattr(c, k) for k in MediationCase.__table__.columns.keys()})
+        held += repr([(a.entity_id, a.detail) for a in s.scalars(select(AuditEvent))])
+    held += export_frame("cases", database_url=database_url).to_csv()
+    assert "320282198503150027" not in held and "13912345678" not in held
