@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, or_, select, update
 
 from sibifang.db import grid_hierarchy, read_frame
 from sibifang.records import chunks
@@ -175,7 +175,7 @@ def unrouted_counts(database_url: str | None = None) -> dict:
     """What escalation could not route, still open: cases without a room or mediator, needs no
     resource of the pool fits, and cases overdue with no outcome (each recorded once,
     ``case_without_room`` / ``need_unmatched`` / ``case_overdue``)."""
-    from schemas.models import AuditEvent, MediationCase, ServiceNeed
+    from schemas.models import AuditEvent, Household, MediationCase, ServiceNeed
     from sibifang.db import session_scope
 
     with session_scope(database_url) as s:
@@ -184,6 +184,7 @@ def unrouted_counts(database_url: str | None = None) -> dict:
             (MediationCase.room_id.is_(None)) | (MediationCase.mediator_id.is_(None))))
         needs = s.scalar(select(func.count()).select_from(ServiceNeed).where(
             ServiceNeed.status == "open",
+            ServiceNeed.household_id.in_(select(Household.id).where(Household.deregistered_at.is_(None))),
             ServiceNeed.id.in_(select(AuditEvent.entity_id).where(AuditEvent.action == "need_unmatched"))))
         overdue = s.scalar(select(func.count()).select_from(MediationCase).where(
             MediationCase.status == "open",
@@ -194,7 +195,7 @@ def unrouted_counts(database_url: str | None = None) -> dict:
 
 @task(name="match_service_needs", cache_policy=NO_CACHE)
 def match_needs_task(as_of: date, database_url: str | None = None, lookback_days: int = 30) -> dict:
-    from schemas.models import AuditEvent, ServiceNeed, ServiceResource, Visit
+    from schemas.models import AuditEvent, Household, ServiceNeed, ServiceResource, Visit
     from sibifang import escalate_disputes as logic
     from sibifang.db import audit, session_scope, upsert
     from sibifang.records import frame_records
@@ -213,8 +214,13 @@ def match_needs_task(as_of: date, database_url: str | None = None, lookback_days
                                  "created_at": n["created_at"], "status": "open"} for n in frame_records(needs)],
                key=["id"], update=())
     # Only needs known by the end of the day run: a replay of a past day must not match later ones.
+    # Nor needs of families taken off the register by then (迁出, 去世): no provider is sent to a
+    # family that left, and the pool is not blamed for it.
     open_needs = read_frame(select(ServiceNeed.id.label("need_id"), ServiceNeed.village_id, ServiceNeed.category)
-                            .where(ServiceNeed.status == "open", ServiceNeed.created_at <= until), database_url)
+                            .join(Household, Household.id == ServiceNeed.household_id)
+                            .where(ServiceNeed.status == "open", ServiceNeed.created_at <= until,
+                                   or_(Household.deregistered_at.is_(None), Household.deregistered_at > until)),
+                            database_url)
     resources = read_frame(select(ServiceResource.id.label("resource_id"), ServiceResource.village_id,
                                   ServiceResource.offers), database_url)
     areas = grids[["village_id", "township_id", "district_id"]].drop_duplicates("village_id")

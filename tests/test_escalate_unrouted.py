@@ -180,3 +180,25 @@ def test_what_a_mediation_room_receives_holds_no_id_number(database_url):
         held += repr([(a.entity_id, a.detail) for a in s.scalars(select(AuditEvent))])
     held += export_frame("cases", database_url=database_url).to_csv()
     assert "320282198503150027" not in held and "13912345678" not in held
+
+
+def test_a_need_of_a_family_taken_off_the_register_is_not_matched(database_url):
+    """H1 moved away (迁出) before its need was matched: no provider is sent to a family that left,
+    and the need is not reported as one the pool cannot serve."""
+    from tasks.escalate_disputes import match_needs_task
+
+    _one_household_village(database_url)
+    with session_scope(database_url) as s:
+        h = s.get(Household, "H1")
+        h.deregistered_at, h.deregistered_reason = datetime(2026, 11, 21, 8), "moved_away"
+        s.add(ServiceResource(id="R1", name="王老师", provider_type="volunteer", offers=["family_education"],
+                              village_id="V1"))
+        s.flush()
+        s.add(ServiceNeed(id="N1", household_id="H1", village_id="V1", category="family_education",
+                          created_at=datetime(2026, 11, 20, 10), status="open"))
+    r = match_needs_task.fn(date(2026, 11, 22), database_url)
+    assert (r["matched"], r["unmatched"]) == (0, 0)
+    with session_scope(database_url) as s:
+        assert s.get(ServiceNeed, "N1").status == "open"
+    # a replay of the day before the removal matches it, as that day's run did
+    assert match_needs_task.fn(date(2026, 11, 20), database_url)["matched"] == 1
