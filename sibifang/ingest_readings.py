@@ -91,7 +91,7 @@ import pyarrow.compute as pc
 # readings suite, which checks the same bound on what this module accepts.
 from schemas.suites import MAX_HOUSEHOLD_KW, REGISTER_SPAN_FACTOR
 from schemas.validation import DataContractError
-from sibifang.readings_files import EXTRA_FIELDS, THOUSANDS_SEPARATED_RE, meter_id_text
+from sibifang.readings_files import EXTRA_FIELDS, THOUSANDS_SEPARATED_RE, meter_id_text, repeated_header_rows
 from sibifang.settings import LOCAL_TZ_NAME
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,9 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     # A totals row at the foot of a sheet (合计, 总计 in the meter or time column): a sum of the
     # readings above it, not a reading. Named as what it is, not "bad time" or "unknown meter";
     # read as a reading it would be a meter called 合计 in ``sibifang detect``.
+    # The header of a second export joined into the file (copy /b a.csv+b.csv): no reading, and
+    # nothing to fix; read as one it was a bad time, an unknown meter and a bad kWh at once.
+    "repeated_header": ("_row", "重复的表头行（几个文件拼接成一个时常见），不是读数，未导入，无需处理"),
     "total_row": ("meter_id", "合计行（上方读数的汇总，不是某块电表的读数），未导入，无需处理"),
     "missing_meter_id": ("meter_id", "缺少电表编号"),
     "missing_ts": ("ts", "缺少读数时间"),
@@ -150,7 +153,8 @@ STORED_CONFLICT_REASON = ("同一电表同一时间已有入库的读数，且�
 _CODE_NAMES = ["", *QUARANTINE_CODES]
 _CODE_NUMBER = {name: number for number, name in enumerate(_CODE_NAMES)}
 # Codes that need no action from the clerk: they explain a line, they do not report an error.
-INFORMATIONAL_CODES = frozenset({"total_row", "duplicate", "ambiguous_dst_hour", "register_baseline", "register_reset"})
+INFORMATIONAL_CODES = frozenset({"repeated_header", "total_row", "duplicate",
+                                  "ambiguous_dst_hour", "register_baseline", "register_reset"})
 
 # An offset only counts after a time of day: "2026-11-20" must not read as offset "-20".
 _OFFSET_RE = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
@@ -558,6 +562,9 @@ def clean_readings(
 
     detail = np.full(n, "", dtype=object)
     reason = np.full(n, "", dtype=object)  # a reason other than the code's own ("" = the code's)
+    # Looked for only where no time could be read (a header's 读数时间 is none): a few rows.
+    header_rows = repeated_header_rows(raw, np.flatnonzero(ts_missing | ts_bad))
+    code[header_rows] = _CODE_NUMBER["repeated_header"]
     if EXTRA_FIELDS in raw.columns:
         extra = raw[EXTRA_FIELDS].astype("str").fillna("").to_numpy(dtype=object) != ""
         flag(extra, "extra_fields")

@@ -178,6 +178,17 @@ def locate_readings_header(rows: list[tuple[int, list]]):  # -> importing.Header
                           two_row=False)[2]
 
 
+def repeated_header_rows(raw: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+    """Positions (of ``rows``, default all) of the rows of a readings frame (contract column
+    names) that are a readings header again: files joined with ``copy /b a.csv+b.csv``, the
+    second's header (BOM and all, or in other words: 电表编号, Meter ID) among the rows. The
+    registry import's rule (``importing.header_repeats``) with the readings' header aliases."""
+    from sibifang.importing import header_repeats
+
+    columns = [c for c in ("meter_id", "ts", "kwh", "register_kwh") if c in raw.columns]
+    return header_repeats(raw, columns, _normalise_column_name, rows)
+
+
 def skipped_lines_zh(raw: pd.DataFrame) -> str | None:
     """The clerk's note on the lines skipped above a readings file's header, or None."""
     layout = raw.attrs.get("header_layout")
