@@ -574,6 +574,7 @@ def clean_readings(
     flag(ts_bad, "bad_ts")
     flag(value_missing, "missing_kwh")
     flag(value_bad, "bad_kwh")
+    _explain_commas(raw[value_col], np.flatnonzero(code == _CODE_NUMBER["bad_kwh"]), value_col, reason)
     if known_meters is not None:
         known = np.append(pc.is_in(meters.names, pa.array(sorted(map(str, known_meters)), pa.string()))
                           .to_numpy(zero_copy_only=False), True)
@@ -629,6 +630,21 @@ def clean_readings(
                  {k: v for k, v in counts.items() if k in QUARANTINE_CODES and v})
     return CleanResult(accepted=accepted, quarantined=quarantined, counts=counts, last_registers=last,
                        accepted_lines=line[accepted_rows].astype(np.int64))
+
+
+def _explain_commas(values: pd.Series, rows: np.ndarray, value_col: str, reason: np.ndarray) -> None:
+    """The reason of the bad values (``rows``) that hold a comma (``1,5``, ``12,34``; ``，`` too),
+    in place: what a comma may mean here, as the registry's ``bad_thousands`` says it. The
+    well-formed separators were read as numbers (readings_files._settle_commas); "不是有效数字"
+    would not tell the clerk what is wrong with a number that looks like one."""
+    if not len(rows):
+        return
+    from sibifang.importing import REASONS_ZH
+
+    text = values.iloc[rows].astype("str").str.normalize("NFKC")
+    comma = text.str.contains(",", regex=False).to_numpy(dtype=bool, na_value=False)
+    label = "用电量" if value_col == "kwh" else "累计读数"
+    reason[rows[comma]] = REASONS_ZH["bad_thousands"].format(field=label)
 
 
 def _total_rows(raw: pd.DataFrame, meters: "_MeterCodes", ts_unread: np.ndarray) -> np.ndarray:

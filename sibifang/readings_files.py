@@ -839,7 +839,8 @@ def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     1234 -- unless the file shows decimal commas (``0,25``) through its values: then it is
     written for another locale and refused, ``1,234`` there being 1.234. Any other comma
     (``1,5``, ``12,34`` among values written with a point) is left as it is, and the cleaning
-    sets that row aside (``bad_kwh``: file, line and field named).
+    sets that row aside (``bad_kwh``: file, line and field named, and the reason says how a
+    number with a comma is written, as the registry's ``bad_thousands`` does).
 
     The whole column is looked at (a stray grouped value anywhere in a big file is a number
     too): two substring tests, about 0.3 s for 10 million readings."""
