@@ -112,12 +112,12 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     # A row with more fields than the header (read_readings_file marks it): which of its fields
     # is the reading is a guess, so it is set aside whole, as the registry import does.
     "extra_fields": ("_row", "整行的列数多于表头，本行未导入，请检查该行是否多了逗号"),
-    # A totals row at the foot of a sheet (合计, 总计 in the meter or time column): a sum of the
-    # readings above it, not a reading. Named as what it is, not "bad time" or "unknown meter";
-    # read as a reading it would be a meter called 合计 in ``sibifang detect``.
     # The header of a second export joined into the file (copy /b a.csv+b.csv): no reading, and
     # nothing to fix; read as one it was a bad time, an unknown meter and a bad kWh at once.
     "repeated_header": ("_row", "重复的表头行（几个文件拼接成一个时常见），不是读数，未导入，无需处理"),
+    # A totals row at the foot of a sheet (合计, 总计 in the meter or time column): a sum of the
+    # readings above it, not a reading. Named as what it is, not "bad time" or "unknown meter";
+    # read as a reading it would be a meter called 合计 in ``sibifang detect``.
     "total_row": ("meter_id", "合计行（上方读数的汇总，不是某块电表的读数），未导入，无需处理"),
     "missing_meter_id": ("meter_id", "缺少电表编号"),
     "missing_ts": ("ts", "缺少读数时间"),
