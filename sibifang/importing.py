@@ -1079,23 +1079,33 @@ def _total_rows(raw: pd.DataFrame) -> np.ndarray:
 
 
 def _repeated_header_rows(kind: str, raw: pd.DataFrame) -> np.ndarray:
-    """Positions of the rows that are the header again: by the header rule (``_locate_header``),
-    at least two of the kind's columns hold their own name (any spelling: 家庭编号, *家庭编号, a
-    BOM before it), and more than half of the row's filled cells in those columns do."""
+    """Positions of the rows that are the header again (``header_repeats``), by the kind's
+    header aliases (any spelling: 家庭编号, *家庭编号, a BOM before it)."""
     aliases = header_aliases(kind)
     columns = [f.name for f in FIELDS[kind] if f.name in raw.columns]
+    return header_repeats(raw, columns, lambda value: aliases.get(header_key(value)))
+
+
+def header_repeats(raw: pd.DataFrame, columns: list[str], column_named: Callable[[str], str | None],
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """Positions (of ``rows``, default all) of the rows that are the header again: by the
+    header rule (``_locate_header``), at least two of ``columns`` hold their own name
+    (``column_named(cell)`` is the column a cell names, or None), and more than half of the
+    row's filled cells in those columns do. Shared by the registry and the readings imports."""
     if len(columns) < 2 or raw.empty:
         return np.zeros(0, dtype=np.int64)
 
     def own_name(column: str, rows: np.ndarray) -> np.ndarray:
         values = raw[column].iloc[rows]
         text = values.astype("str").where(values.notna(), "")
-        # header_key on the distinct values without an ASCII digit only (ids hold digits)
+        # column_named on the distinct values without an ASCII digit only (ids hold digits)
         wordy = ~text.str.contains(r"[0-9]").to_numpy(dtype=bool)
-        names = {v: aliases.get(header_key(v)) == column for v in pd.unique(text.to_numpy()[wordy])}
+        names = {v: column_named(v) == column for v in pd.unique(text.to_numpy()[wordy])}
         return wordy & text.map(names).fillna(False).to_numpy(dtype=bool)
 
-    rows = np.arange(len(raw))
+    rows = np.arange(len(raw)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return rows
     # a cheap first pass: a repeated header names its first (or second) column
     first = own_name(columns[0], rows) | own_name(columns[1], rows)
     rows = rows[first]

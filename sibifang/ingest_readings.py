@@ -91,7 +91,7 @@ import pyarrow.compute as pc
 # readings suite, which checks the same bound on what this module accepts.
 from schemas.suites import MAX_HOUSEHOLD_KW, REGISTER_SPAN_FACTOR
 from schemas.validation import DataContractError
-from sibifang.readings_files import EXTRA_FIELDS, THOUSANDS_SEPARATED_RE, meter_id_text
+from sibifang.readings_files import EXTRA_FIELDS, THOUSANDS_SEPARATED_RE, meter_id_text, repeated_header_rows
 from sibifang.settings import LOCAL_TZ_NAME
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ QUARANTINE_CODES: dict[str, tuple[str, str]] = {
     # A row with more fields than the header (read_readings_file marks it): which of its fields
     # is the reading is a guess, so it is set aside whole, as the registry import does.
     "extra_fields": ("_row", "整行的列数多于表头，本行未导入，请检查该行是否多了逗号"),
+    # The header of a second export joined into the file (copy /b a.csv+b.csv): no reading, and
+    # nothing to fix; read as one it was a bad time, an unknown meter and a bad kWh at once.
+    "repeated_header": ("_row", "重复的表头行（几个文件拼接成一个时常见），不是读数，未导入，无需处理"),
     # A totals row at the foot of a sheet (合计, 总计 in the meter or time column): a sum of the
     # readings above it, not a reading. Named as what it is, not "bad time" or "unknown meter";
     # read as a reading it would be a meter called 合计 in ``sibifang detect``.
@@ -150,7 +153,8 @@ STORED_CONFLICT_REASON = ("同一电表同一时间已有入库的读数，且�
 _CODE_NAMES = ["", *QUARANTINE_CODES]
 _CODE_NUMBER = {name: number for number, name in enumerate(_CODE_NAMES)}
 # Codes that need no action from the clerk: they explain a line, they do not report an error.
-INFORMATIONAL_CODES = frozenset({"total_row", "duplicate", "ambiguous_dst_hour", "register_baseline", "register_reset"})
+INFORMATIONAL_CODES = frozenset({"repeated_header", "total_row", "duplicate",
+                                  "ambiguous_dst_hour", "register_baseline", "register_reset"})
 
 # An offset only counts after a time of day: "2026-11-20" must not read as offset "-20".
 _OFFSET_RE = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d*)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
@@ -558,6 +562,9 @@ def clean_readings(
 
     detail = np.full(n, "", dtype=object)
     reason = np.full(n, "", dtype=object)  # a reason other than the code's own ("" = the code's)
+    # Looked for only where no time could be read (a header's 读数时间 is none): a few rows.
+    header_rows = repeated_header_rows(raw, np.flatnonzero(ts_missing | ts_bad))
+    code[header_rows] = _CODE_NUMBER["repeated_header"]
     if EXTRA_FIELDS in raw.columns:
         extra = raw[EXTRA_FIELDS].astype("str").fillna("").to_numpy(dtype=object) != ""
         flag(extra, "extra_fields")
@@ -567,6 +574,7 @@ def clean_readings(
     flag(ts_bad, "bad_ts")
     flag(value_missing, "missing_kwh")
     flag(value_bad, "bad_kwh")
+    _explain_commas(raw[value_col], np.flatnonzero(code == _CODE_NUMBER["bad_kwh"]), value_col, reason)
     if known_meters is not None:
         known = np.append(pc.is_in(meters.names, pa.array(sorted(map(str, known_meters)), pa.string()))
                           .to_numpy(zero_copy_only=False), True)
@@ -622,6 +630,21 @@ def clean_readings(
                  {k: v for k, v in counts.items() if k in QUARANTINE_CODES and v})
     return CleanResult(accepted=accepted, quarantined=quarantined, counts=counts, last_registers=last,
                        accepted_lines=line[accepted_rows].astype(np.int64))
+
+
+def _explain_commas(values: pd.Series, rows: np.ndarray, value_col: str, reason: np.ndarray) -> None:
+    """The reason of the bad values (``rows``) that hold a comma (``1,5``, ``12,34``; ``，`` too),
+    in place: what a comma may mean here, as the registry's ``bad_thousands`` says it. The
+    well-formed separators were read as numbers (readings_files._settle_commas); "不是有效数字"
+    would not tell the clerk what is wrong with a number that looks like one."""
+    if not len(rows):
+        return
+    from sibifang.importing import REASONS_ZH
+
+    text = values.iloc[rows].astype("str").str.normalize("NFKC")
+    comma = text.str.contains(",", regex=False).to_numpy(dtype=bool, na_value=False)
+    label = "用电量" if value_col == "kwh" else "累计读数"
+    reason[rows[comma]] = REASONS_ZH["bad_thousands"].format(field=label)
 
 
 def _total_rows(raw: pd.DataFrame, meters: "_MeterCodes", ts_unread: np.ndarray) -> np.ndarray:

@@ -35,6 +35,9 @@ _COLUMN_ALIASES = {
     "kwh": "kwh", "energy_kwh": "kwh", "consumption_kwh": "kwh", "用电量": "kwh", "用电量_kwh": "kwh",
     "register_kwh": "register_kwh", "累计读数": "register_kwh", "示数": "register_kwh",
 }
+# Traditional characters of those headers (電錶編號, 讀數時間, 累計讀數: what Taiwanese and Hong
+# Kong exports write), folded to the simplified ones before the aliases are looked up.
+_TRADITIONAL_HEADER_CHARS = str.maketrans("電錶編號讀數時間計", "电表编号读数时间计")
 # A value column whose header says Wh: the numbers are 1000 times kWh (see _wh_header).
 _WH_HEADER_RE = r"(?:.*_)?wh"
 # The columns a readings file is read for, as the clerk knows them (for file-level errors).
@@ -70,7 +73,8 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     by clean_readings; empty trailing fields (a comma at the end of every row) are harmless.
 
     A file that cannot be read as readings (format, encoding, an unclosed quote, missing
-    columns) raises DataContractError — never retried —
+    columns; a Big5 file, whose header read as GBK is mojibake, :func:`_refuse_big5`) raises
+    DataContractError — never retried —
     whose ``message_zh`` names the file and, when known, the line. So does a file written in a
     way no row can be read right (:func:`check_readings_text`: Wh, epoch times, decimal commas,
     a day/month order it cannot settle), for `sibifang detect`, `import readings` and the inbox
@@ -130,6 +134,8 @@ def read_readings_file(path: Path) -> pd.DataFrame:
     missing = sorted({"meter_id", "ts"} - set(raw.columns))
     if not ({"kwh", "register_kwh"} & set(raw.columns)):
         missing.append("kwh")
+    if missing and suffix in {".csv", ".txt", ""}:
+        _refuse_big5(path)
     if missing:
         raise ImportFileError(
             path.name, f"readings file lacks column(s) {', '.join(missing)} "
@@ -178,6 +184,17 @@ def locate_readings_header(rows: list[tuple[int, list]]):  # -> importing.Header
                           two_row=False)[2]
 
 
+def repeated_header_rows(raw: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+    """Positions (of ``rows``, default all) of the rows of a readings frame (contract column
+    names) that are a readings header again: files joined with ``copy /b a.csv+b.csv``, the
+    second's header (BOM and all, or in other words: 电表编号, Meter ID) among the rows. The
+    registry import's rule (``importing.header_repeats``) with the readings' header aliases."""
+    from sibifang.importing import header_repeats
+
+    columns = [c for c in ("meter_id", "ts", "kwh", "register_kwh") if c in raw.columns]
+    return header_repeats(raw, columns, _normalise_column_name, rows)
+
+
 def skipped_lines_zh(raw: pd.DataFrame) -> str | None:
     """The clerk's note on the lines skipped above a readings file's header, or None."""
     layout = raw.attrs.get("header_layout")
@@ -205,6 +222,35 @@ def _xlsx_first_rows(path: Path) -> list[tuple[int, list]]:
                 enumerate(sheet.iter_rows(max_row=HEADER_SEARCH_ROWS, values_only=True), start=1)]
     finally:
         workbook.close()
+
+
+def _refuse_big5(path: Path) -> None:
+    """A CSV whose header is found only when its bytes are read as Big5 (traditional Chinese
+    Excel's "CSV"): read as GBK, which decodes nearly any bytes, the header was mojibake and the
+    clerk was told the columns were missing, which they are not. Refused as an encoding problem,
+    saying which encodings are read. Looked at only once the columns are missing."""
+    import csv
+
+    from sibifang.importing import HEADER_SEARCH_ROWS, ImportFileError
+
+    with open(path, "rb") as f:
+        head = [f.readline() for _ in range(HEADER_SEARCH_ROWS)]
+    for line, data in enumerate(head, start=1):
+        try:
+            text = data.decode("big5")
+        except UnicodeDecodeError:
+            continue  # a title in characters Big5 lacks (HKSCS): the header may still follow
+        if text.isascii():
+            continue  # read the same in any encoding: not what set the header wrong
+        cells = max((next(csv.reader([text], delimiter=sep), []) for sep in (",", ";", "\t")), key=len)
+        if _names_all_readings_columns({_normalise_column_name(c) for c in cells}):
+            raise ImportFileError(
+                path.name, f"line {line}: the file is encoded in Big5, not read (UTF-8, UTF-16 with BOM, "
+                           "GBK/GB18030 are)",
+                message_zh=f"文件 {path.name} 是繁体中文 Big5 编码，按简体中文读出的表头（第{line}行）是乱码，"
+                           "无法读取：电表读数文件请用 UTF-8（可带 BOM）、GBK/GB18030 或带 BOM 的 UTF-16 编码保存。"
+                           "请在 Excel 中“另存为”“CSV UTF-8（逗号分隔）”后重新提交。",
+                line=line)
 
 
 def _csv_first_rows(path: Path, encoding: str) -> list[tuple[int, list[str]]]:
@@ -345,7 +391,7 @@ def _header_text(name: object) -> str:
 
 
 def _normalise_column_name(name: object) -> str:
-    key = _header_text(name).lower()
+    key = _header_text(name).lower().translate(_TRADITIONAL_HEADER_CHARS)
     key = re.sub(r"\s*[（(\[]\s*([^)）\]]*?)\s*[)）\]]\s*$", r"_\1", key)  # "用电量（kWh）" -> "用电量_kwh"
     key = re.sub(r"[\s\-]+", "_", key).strip("_")  # "Meter ID", "meter-id" -> "meter_id"
     return _COLUMN_ALIASES.get(key, key)
@@ -828,7 +874,8 @@ def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     1234 -- unless the file shows decimal commas (``0,25``) through its values: then it is
     written for another locale and refused, ``1,234`` there being 1.234. Any other comma
     (``1,5``, ``12,34`` among values written with a point) is left as it is, and the cleaning
-    sets that row aside (``bad_kwh``: file, line and field named).
+    sets that row aside (``bad_kwh``: file, line and field named, and the reason says how a
+    number with a comma is written, as the registry's ``bad_thousands`` does).
 
     The whole column is looked at (a stray grouped value anywhere in a big file is a number
     too): two substring tests, about 0.3 s for 10 million readings."""
