@@ -1,0 +1,78 @@
+"""A reader's review of the summary report: figures tied across the report, quarterly periods,
+and the report saying where its figures come from."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+
+from sibifang.summary_report import MASKED, SMALL_COUNT, bounds, report_period, summarise
+from tests.test_summary_report import END, START, T, _areas, _households, _report, _risk_map
+
+
+def _alerts(sent: int, dead: int, acked: int) -> pd.DataFrame:
+    n = sent + dead
+    first = [T("2026-07-02 10:06")] * sent + [pd.NaT] * dead
+    ack = [T("2026-07-02 10:20")] * acked + [pd.NaT] * (n - acked)
+    return pd.DataFrame({"id": [f"A{i}" for i in range(n)], "status": ["sent"] * sent + ["dead"] * dead,
+                         "created_at": [T("2026-07-02 10:05")] * n, "first_sent_at": first, "acked_at": ack})
+
+
+def _agg(alerts: pd.DataFrame) -> dict:
+    return summarise(period_start=START, period_end=END, households=_households(), risk_map=_risk_map(),
+                     areas=_areas(), alerts=alerts,
+                     plans=pd.DataFrame(columns=["id", "due_date", "status"]),
+                     visits=pd.DataFrame(columns=["id", "visited_at"]),
+                     flags=pd.DataFrame(columns=["id", "kind", "detected_at"]),
+                     cases=pd.DataFrame(columns=["id", "opened_at", "status"]),
+                     needs=pd.DataFrame(columns=["id", "category", "status", "created_at"]))
+
+
+def _status_readings(agg: dict) -> set[tuple[int, int]]:
+    """Every (delivered, dead-lettered) a reader finds possible from the printed figures: the four
+    parts add up to the alerts, and an alert is confirmed only once delivered (acked <= sent)."""
+    total = agg["alerts"]
+    parts = [agg["alerts_sent"], agg["alerts_dead"], agg["alerts_cancelled"], agg["alerts_pending"]]
+    ack_lo, _ = bounds(agg["alerts_acked"])
+    found = set()
+    rng = [range(bounds(p)[0], int(min(bounds(p)[1], 100)) + 1) for p in parts]
+    for s in rng[0]:
+        for d in rng[1]:
+            for c in rng[2]:
+                for p in rng[3]:
+                    if s + d + c + p == total and s >= ack_lo:
+                        found.add((s, d))
+    return found
+
+
+def test_a_masked_dead_letter_count_is_not_pinned_by_the_confirmed_alerts():
+    # 10 alerts: 9 delivered, 1 dead-lettered, all 9 delivered ones confirmed. "1" is masked and
+    # the delivered count hidden as "*"; but 9 confirmed means at least 9 delivered, so 1 dead.
+    agg = _agg(_alerts(sent=9, dead=1, acked=9))
+    assert agg["alerts"] == 10 and agg["alerts_acked"] == 9
+    if agg["alerts_sent"] is None:  # not published at all: nothing to pin
+        return
+    assert agg["alerts_dead"] == MASKED
+    deads = {d for _, d in _status_readings(agg)}
+    assert deads >= {1, 2}, f"the dead-lettered alerts are pinned to {deads}"
+
+
+def test_the_status_breakdown_is_still_published_when_it_can_be():
+    agg = _agg(_alerts(sent=12, dead=1, acked=5))
+    assert agg["alerts_dead"] == MASKED and agg["alerts_sent"] == "*"
+    assert {d for _, d in _status_readings(agg)} >= {1, 2}
+
+
+def test_quarterly_reports_are_calendar_quarters_before_the_run():
+    assert report_period(date(2026, 10, 1), period="quarter") == (date(2026, 7, 1), date(2026, 9, 30))
+    assert report_period(date(2026, 12, 4), period="季度") == (date(2026, 7, 1), date(2026, 9, 30))
+    assert report_period(date(2026, 1, 15), period="quarter") == (date(2025, 10, 1), date(2025, 12, 31))
+    assert report_period(date(2026, 4, 1), period="季报") == (date(2026, 1, 1), date(2026, 3, 31))
+
+
+def test_the_report_says_where_its_figures_come_from_and_as_of_when():
+    html = _report(_agg(_alerts(sent=9, dead=1, acked=5)))
+    assert "数据截至 2026-07-31 24:00（北京时间）" in html
+    assert "数据来源" in html
+    assert SMALL_COUNT == 3
