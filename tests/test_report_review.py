@@ -76,3 +76,23 @@ def test_the_report_says_where_its_figures_come_from_and_as_of_when():
     assert "数据截至 2026-07-31 24:00（北京时间）" in html
     assert "数据来源" in html
     assert SMALL_COUNT == 3
+
+
+def test_an_empty_period_is_reported_in_chinese_and_a_rerun_gives_the_same_bytes(prefect_harness, database_url,
+                                                                                   app_env, monkeypatch):
+    from sqlalchemy import select
+
+    from flows.summary_report import summary_report
+    from schemas.models import Report
+    from sibifang.db import migrate, session_scope
+    from tests.test_inbox_rejects import use_database
+
+    use_database(monkeypatch, database_url)
+    migrate(database_url)
+    first = summary_report(period_start=date(2026, 10, 1), period_end=date(2026, 10, 31))
+    html = open(first["path"], encoding="utf-8").read()
+    assert "本统计期间内系统中没有走访计划、走访记录、风险预警、调解案件和服务需求" in html and "暂无数据" in html
+    again = summary_report(period_start=date(2026, 10, 1), period_end=date(2026, 10, 31))
+    assert again == first
+    with session_scope(database_url) as s:
+        assert len(s.scalars(select(Report.id)).all()) == 1
