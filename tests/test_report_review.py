@@ -96,3 +96,13 @@ def test_an_empty_period_is_reported_in_chinese_and_a_rerun_gives_the_same_bytes
     assert again == first
     with session_scope(database_url) as s:
         assert len(s.scalars(select(Report.id)).all()) == 1
+
+
+def test_every_table_figure_has_its_unit():
+    import re
+
+    html = _report(_agg(_alerts(sent=9, dead=1, acked=5)))
+    assert "<th>数量</th>" not in html  # a bare "number" says neither what nor in which unit
+    assert "本期计划走访（户次）" in html and "走访记录（含计划外，次）" in html
+    heads = re.search(r"<tr><th>村（社区）</th>(.*?)</tr>", html.split("家庭风险动态预警图")[-1]).group(1)
+    assert all(f"<th>{lvl}色（户）</th>" in heads for lvl in "红橙黄绿")
