@@ -106,3 +106,17 @@ def test_every_table_figure_has_its_unit():
     assert "本期计划走访（户次）" in html and "走访记录（含计划外，次）" in html
     heads = re.search(r"<tr><th>村（社区）</th>(.*?)</tr>", html.split("家庭风险动态预警图")[-1]).group(1)
     assert all(f"<th>{lvl}色（户）</th>" in heads for lvl in "红橙黄绿")
+
+
+def test_a_run_time_given_in_utc_reports_the_shanghai_day():
+    from datetime import datetime, timezone
+
+    from tasks.common import as_of_date
+
+    # 1 December 00:30 in Shanghai is still 30 November in UTC: the monthly run is November's.
+    utc = datetime(2026, 11, 30, 16, 30, tzinfo=timezone.utc)
+    assert as_of_date(utc) == date(2026, 12, 1)
+    assert as_of_date("2026-11-30T16:30:00Z") == date(2026, 12, 1)
+    assert report_period(as_of_date(utc), period="month") == (date(2026, 11, 1), date(2026, 11, 30))
+    assert as_of_date(datetime(2026, 12, 1, 0, 30)) == date(2026, 12, 1)  # naive: already local
+    assert as_of_date("2026-12-01") == date(2026, 12, 1)
