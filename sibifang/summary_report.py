@@ -702,7 +702,7 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
             else:
                 pts = {lvl: _point(g[lvl]) for lvl in LEVEL_COLORS}
                 color = _blend((pts["红"] + pts["橙"] * 0.5) / (sum(pts.values()) or 1))
-                tip = " ".join(f"{lvl}{g[lvl]}" for lvl in LEVEL_COLORS)
+                tip = " ".join(f"{lvl}{g[lvl]}户" for lvl in LEVEL_COLORS)
             parts.append(f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{color}">'
                          f'<title>{html.escape(g["grid"])}: {html.escape(tip)}</title></rect>')
     parts.append("</svg>")

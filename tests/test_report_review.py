@@ -120,3 +120,13 @@ def test_a_run_time_given_in_utc_reports_the_shanghai_day():
     assert report_period(as_of_date(utc), period="month") == (date(2026, 11, 1), date(2026, 11, 30))
     assert as_of_date(datetime(2026, 12, 1, 0, 30)) == date(2026, 12, 1)  # naive: already local
     assert as_of_date("2026-12-01") == date(2026, 12, 1)
+
+
+def test_the_map_tooltips_give_households_with_their_unit():
+    import xml.etree.ElementTree as ET
+
+    from sibifang.summary_report import risk_map_svg
+
+    tips = [t.text for t in ET.fromstring(risk_map_svg(_risk_map(), _areas())).iter(
+        "{http://www.w3.org/2000/svg}title")]
+    assert tips and all(t.count("户") == 4 for t in tips), tips
