@@ -13,7 +13,8 @@ from tasks.summary_report import gather_aggregates, write_report
 
 @flow(name="summary_report", description="Aggregate visits, flags, alerts, cases and needs over a period into an "
       "HTML report with the dynamic risk map. Aggregates only: no names, ID numbers or addresses. Period: "
-      "period_start..period_end, or period=week|month (the last full Mon–Sun week / calendar month before as_of), "
+      "period_start..period_end, or period=week|month|quarter (the last full Mon–Sun week / calendar month / "
+      "calendar quarter before as_of), "
       "or the period_days days ending on as_of (7 by default).")
 def summary_report(as_of: date | None = None, period_days: int | None = None, out_dir: str | None = None,
                    period: str | None = None, period_start: date | None = None,

@@ -38,6 +38,8 @@ totals, tables, by-kind counts, per-village alerts, the risk map's tooltips and 
    (5 alerts and 2 confirmed in A, 4 and 4 in B: confirmed "<3" | "*" of 6 gives B = 4, A = 2).
    There each column that has a "<3" gets a "*", taken only in a row with at least 2 alerts
    not confirmed, so both columns can move by one without crossing.
+   Likewise the alerts by status and the confirmed count: confirmed ones were delivered, so
+   a "*" on the delivered count is taken only when it exceeds the confirmed count.
    (Assumption, as in usual statistical disclosure control: the reader does not exploit the
    rule that chose the "*" cell.)
 3. Derived figures: the village rows of the risk map are computed from the *published* grid
@@ -312,7 +314,8 @@ class ReportPeriodError(FlowParameterError):
     (a supervisor reads it)."""
 
 
-PERIOD_NAMES = {"week": "week", "周": "week", "周报": "week", "month": "month", "月": "month", "月报": "month"}
+PERIOD_NAMES = {"week": "week", "周": "week", "周报": "week", "month": "month", "月": "month", "月报": "month",
+                "quarter": "quarter", "季": "quarter", "季度": "quarter", "季报": "quarter"}
 
 
 def report_period(as_of: date, *, period: str | None = None, period_days: int | None = None,
@@ -322,8 +325,10 @@ def report_period(as_of: date, *, period: str | None = None, period_days: int | 
     - ``period_start`` and ``period_end``: exactly those days (a supervisor's chosen period);
     - ``period="week"``: the last full Monday–Sunday week before ``as_of`` (the Monday run reports
       the week that ended yesterday); ``period="month"``: the calendar month before ``as_of``'s
-      month (the run on the 1st reports the month that ended yesterday). Calendar periods, so
-      every day is in exactly one weekly and one monthly report, whenever the run starts;
+      month (the run on the 1st reports the month that ended yesterday); ``period="quarter"``:
+      the calendar quarter (Jan–Mar, Apr–Jun, Jul–Sep, Oct–Dec) before ``as_of``'s quarter.
+      Calendar periods, so every day is in exactly one weekly, monthly and quarterly report,
+      whenever the run starts; ``as_of`` is a local (Asia/Shanghai) day, as every stored time is;
     - ``period_days=n`` (7 when nothing is given): the ``n`` days ending on ``as_of``, ``as_of``
       included (the evening loop's report of the days it has just run).
     """
@@ -344,11 +349,14 @@ def report_period(as_of: date, *, period: str | None = None, period_days: int | 
     if period is not None:
         kind = PERIOD_NAMES.get(str(period).strip().lower())
         if kind is None:
-            raise ReportPeriodError(f"报告周期 period 只能是 week（上一个完整自然周，周一至周日）或 month"
-                                    f"（上一个自然月），收到 {period!r}。")
+            raise ReportPeriodError(f"报告周期 period 只能是 week（上一个完整自然周，周一至周日）、month"
+                                    f"（上一个自然月）或 quarter（上一个自然季度），收到 {period!r}。")
         if kind == "week":
             end = as_of - timedelta(days=as_of.weekday() + 1)  # the Sunday before as_of
             return end - timedelta(days=6), end
+        if kind == "quarter":
+            end = as_of.replace(month=(as_of.month - 1) // 3 * 3 + 1, day=1) - timedelta(days=1)
+            return end.replace(month=end.month - 2, day=1), end
         end = as_of.replace(day=1) - timedelta(days=1)
         return end.replace(day=1), end
     days = 7 if period_days is None else period_days
@@ -395,8 +403,15 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     sent = int((a.status == "sent").sum()) if not a.empty else 0
     dead = int((a.status == "dead").sum()) if not a.empty else 0
     cancelled = int((a.status == "cancelled").sum()) if not a.empty else 0
-    # the rest: pending or sending; the four parts add up to the alerts
-    status = protect([sent, dead, cancelled, n_alerts - sent - dead - cancelled], n_alerts)
+    # the rest: pending or sending; the four parts add up to the alerts. An alert is confirmed
+    # only once delivered, so the exact confirmed count printed beside it is a floor under the
+    # delivered one: a "*" there must be able to drop by one and stay above it (9 alerts
+    # confirmed of 10 would otherwise pin delivered "*" to 9 and dead-lettered "<3" to 1).
+    # (A "<3" delivered count has a "<3" confirmed one beside it, which bounds nothing.)
+    parts = [sent, dead, cancelled, n_alerts - sent - dead - cancelled]
+    status = protect(parts, n_alerts)
+    if status is not None and status[0] == SUPPRESSED and sent - n_acked < 1:
+        status = _protect_tied(parts, n_alerts, [False, True, True, True])
     demand_rows = _breakdown({str(k): int(c) for k, c in demands.items()}, DEMAND_LABELS, int(len(n)))
     # the map at the period's end: its latest run on or before the last day (a run after it is
     # not this period's, so a report re-made later shows the same levels)
@@ -687,7 +702,7 @@ def risk_map_svg(risk_map: pd.DataFrame, areas: pd.DataFrame, *, cell: int = 22)
             else:
                 pts = {lvl: _point(g[lvl]) for lvl in LEVEL_COLORS}
                 color = _blend((pts["红"] + pts["橙"] * 0.5) / (sum(pts.values()) or 1))
-                tip = " ".join(f"{lvl}{g[lvl]}" for lvl in LEVEL_COLORS)
+                tip = " ".join(f"{lvl}{g[lvl]}户" for lvl in LEVEL_COLORS)
             parts.append(f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{color}">'
                          f'<title>{html.escape(g["grid"])}: {html.escape(tip)}</title></rect>')
     parts.append("</svg>")

@@ -37,11 +37,15 @@ def as_of_date(as_of: date | datetime | str | None) -> date:
         from sibifang.settings import local_today
 
         return local_today()
+    from sibifang.settings import LOCAL_TZ
+
+    if isinstance(as_of, str):
+        as_of = pd.Timestamp(as_of).to_pydatetime()
     if isinstance(as_of, datetime):
-        return as_of.date()
-    if isinstance(as_of, date):
-        return as_of
-    return pd.Timestamp(as_of).date()
+        # A time with a zone (a scheduler's UTC time, "...Z") is read in China's zone: its UTC
+        # date is the day before for the first eight hours of the local day.
+        return (as_of.astimezone(LOCAL_TZ) if as_of.tzinfo is not None else as_of).date()
+    return as_of
 
 
 def end_of_day(d: date) -> datetime:

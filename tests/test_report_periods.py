@@ -54,7 +54,7 @@ def test_period_days_and_explicit_periods():
 @pytest.mark.parametrize("kwargs, words", [
     (dict(period_days=0), "period_days"),
     (dict(period_days=-3), "period_days"),
-    (dict(period="quarter"), "week"),
+    (dict(period="fortnight"), "quarter"),
     (dict(period_start=date(2026, 11, 10)), "period_end"),
     (dict(period_start=date(2026, 11, 10), period_end=date(2026, 11, 1)), "晚于"),
     (dict(period="week", period_days=7), "一种方式"),

@@ -325,7 +325,7 @@ def test_a_grid_row_with_one_small_cell_is_not_pinned_by_the_grids_household_cou
     assert cells[2] == [0, 0, MASKED, SUPPRESSED]      # 黄 is 1 or 2, 绿 89 or 90
     # the tooltips say no more than the cells
     tips = {t.text.split(":")[0]: t.text for t in ET.fromstring(risk_map_svg(rm, areas)).iter(f"{SVG}title")}
-    assert tips["G03"] == f"G03: 红0 橙0 黄{MASKED} 绿{SUPPRESSED}"
+    assert tips["G03"] == f"G03: 红0户 橙0户 黄{MASKED}户 绿{SUPPRESSED}户"
 
 
 def test_two_hidden_cells_in_every_row_and_column_can_still_pin_one():
