@@ -564,6 +564,42 @@ def ack(alert_id: str, outcome: Optional[str] = typer.Option(None, help="visited
         raise typer.Exit(1) from None
 
 
+@app.command("close-case")
+def close_case(case_id: str,
+               outcome: str = typer.Option(..., help="调解结果: 调解成功 | 调解未成功 | 转诉讼 | 当事人撤回"),
+               actor: str = typer.Option("cli", help="who records it (the mediator)"),
+               at: Optional[str] = typer.Option(None, help="when the case was closed (local time); default now")
+               ) -> None:
+    """Record a mediation room's outcome for a case (调解结案); the same outcome again changes nothing."""
+    from sibifang.escalate_disputes import CaseOutcomeError
+    from tasks.escalate_disputes import close_mediation_case
+
+    try:
+        when = None if at is None else _case_time(at)
+        _echo_json(close_mediation_case(case_id, outcome, actor=actor, at=when))
+    except CaseOutcomeError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+
+
+def _case_time(value: str) -> datetime:
+    """``--at`` as naive local time: an offset or ``Z`` is converted."""
+    import pandas as pd
+
+    from sibifang.escalate_disputes import CaseOutcomeError
+    from sibifang.settings import LOCAL_TZ_NAME
+
+    try:
+        stamp = pd.Timestamp(value.strip())
+    except (ValueError, OverflowError):
+        stamp = None
+    if stamp is None or pd.isna(stamp):
+        raise CaseOutcomeError(f"--at {value!r} 无法识别：应为 YYYY-MM-DD HH:MM（北京时间）")
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert(LOCAL_TZ_NAME).tz_localize(None)
+    return stamp.to_pydatetime()
+
+
 @app.command()
 def demo(scale: str = typer.Option("county"), seed: int = typer.Option(7), days: int = typer.Option(7),
          out: Path = typer.Option(Path("out")), reset: bool = typer.Option(True)) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sibifang.flag_risks import RECORD_CORRECTED
+from sibifang.flag_risks import DEREGISTERED, RECORD_CORRECTED
 from sibifang.records import stable_id
 
 DISPUTE_KINDS = ("dispute", "domestic_violence")
@@ -17,6 +17,52 @@ CASE_COLUMNS = ["case_id", "household_id", "room_id", "mediator_id", "source_fla
 JOIN_COLUMNS = ["case_id", "flag_id", "kind"]
 # A case with no outcome this many days after it was opened is overdue and is followed up.
 CASE_DUE_DAYS = 30
+# What a mediation room records when it closes a case (调解结果), as the report counts it.
+MEDIATION_OUTCOMES = ("调解成功", "调解未成功", "转诉讼", "当事人撤回")
+# How mediators write them: the outcome recorded is always one of MEDIATION_OUTCOMES.
+_OUTCOME_WORDS = {
+    "调解成功": ("调解成功", "成功", "已调解", "达成协议", "和好", "化解"),
+    "调解未成功": ("调解未成功", "调解不成功", "未成功", "不成功", "调解失败", "失败", "未达成协议"),
+    "转诉讼": ("转诉讼", "诉讼", "起诉", "转司法", "转法院"),
+    "当事人撤回": ("当事人撤回", "撤回", "撤销申请", "不需要调解"),
+}
+# Closings by the system, not by a mediator (the family left the register; the record named the
+# wrong family): closed, but not "mediated" in the report.
+ADMINISTRATIVE_OUTCOMES = (RECORD_CORRECTED, DEREGISTERED)
+
+
+class CaseOutcomeError(ValueError):
+    """A case outcome that cannot be recorded; the message is the Chinese text for the mediator."""
+
+
+def mediation_outcome(text: str | None) -> str:
+    """The outcome a mediator typed, as one of ``MEDIATION_OUTCOMES``; a clear error otherwise."""
+    word = "".join(str(text or "").split())
+    for outcome, words in _OUTCOME_WORDS.items():
+        if word in words:
+            return outcome
+    raise CaseOutcomeError(f"调解结果“{text or ''}”无法识别，请填写：{'、'.join(MEDIATION_OUTCOMES)}")
+
+
+def case_closing(status: str, outcome: str | None, new_outcome: str, case_id: str) -> bool:
+    """Whether a case of ``status``/``outcome`` is to be closed with ``new_outcome``: True for an
+    open case, False for one closed with that outcome already (a repeat changes nothing), an
+    error for one closed otherwise (a recorded outcome stands; a wrong one is corrected by hand
+    in the database, with the audit log saying who)."""
+    if status != "closed":
+        return True
+    if outcome == new_outcome:
+        return False
+    raise CaseOutcomeError(f"调解案件 {case_id} 已结案（{outcome or '未记录结果'}），结果不再更改")
+
+
+def cases_closed_by_kind(cases: pd.DataFrame) -> tuple[int, int]:
+    """(closed by a mediator, closed by the system) among ``cases`` (``status, outcome``)."""
+    if cases.empty:
+        return 0, 0
+    closed = cases.status.eq("closed")
+    admin = closed & cases.get("outcome", pd.Series(None, index=cases.index)).isin(ADMINISTRATIVE_OUTCOMES)
+    return int((closed & ~admin).sum()), int(admin.sum())
 
 
 def open_mediation_cases(flags: pd.DataFrame, households: pd.DataFrame, rooms: pd.DataFrame,

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from schemas.models import Alert, MediationCase, RiskFlag, VisitPlan
-from sibifang.db import audit, get_engine, session_scope
+from schemas.models import Alert, MediationCase, VisitPlan
+from sibifang.db import get_engine, session_scope
 
 FAMILY_NOTES = ["家庭和睦，生活正常", "老人身体尚可，子女每周电话", "孩子学习情况良好", "收入稳定，无明显困难",
                 "近期身体不适，已就医", "邻里关系融洽"]
@@ -124,6 +124,8 @@ def acknowledge_alerts(day: date, seed: int, database_url: str | None = None, *,
 
 def close_cases(day: date, seed: int, database_url: str | None = None, *, min_days: int = 3) -> int:
     """Mediators close some cases after a few days (调解结案), which asks for follow-up visits."""
+    from tasks.escalate_disputes import record_case_outcome
+
     rng = _rng(seed, day, "cases")
     closed = 0
     at = datetime.combine(day, time(16, 0))
@@ -133,11 +135,5 @@ def close_cases(day: date, seed: int, database_url: str | None = None, *, min_da
                           .order_by(MediationCase.id)).all()
         for case, r in zip(cases, rng.random(len(cases))):
             if r < 0.5:
-                case.status, case.closed_at, case.outcome = "closed", at, "调解成功"
-                if case.source_flag_id:
-                    flag = s.get(RiskFlag, case.source_flag_id)
-                    if flag is not None and flag.status != "closed":
-                        flag.status, flag.outcome, flag.closed_at = "closed", "mediated", at
-                audit(s, "simulated-mediator", "close_case", "mediation_case", case.id, {"outcome": "调解成功"}, at=at)
-                closed += 1
+                closed += record_case_outcome(s, case, "调解成功", actor="simulated-mediator", at=at)
     return closed

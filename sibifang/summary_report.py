@@ -73,6 +73,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 import templates as _templates
 from sibifang.checks import ALERT_CHANNEL_LABELS, DEMAND_CATEGORY_LABELS, FLAG_KIND_LABELS
 from sibifang.errors import FlowParameterError
+from sibifang.escalate_disputes import cases_closed_by_kind
 
 SMALL_COUNT = 3
 MASKED = f"<{SMALL_COUNT}"   # primary suppression: 1 .. SMALL_COUNT-1
@@ -451,7 +452,9 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
         "median_minutes_to_ack": _stat(round(float(ack_minutes.median()), 1) if len(ack_minutes) else None,
                                        len(ack_minutes)),
         "cases_opened": mask(len(c_open)),
-        "cases_closed": mask(int((cases.status == "closed").sum()) if not cases.empty else 0),  # by period end
+        # by period end; closings by the system (family left the register, wrong family) apart
+        "cases_closed": mask(cases_closed_by_kind(cases)[0]),
+        "cases_withdrawn": mask(cases_closed_by_kind(cases)[1]),
         "needs": mask(len(n)), "needs_matched": mask(int((n.status == "matched").sum()) if not n.empty else 0),
         "common_demands": demand_rows,  # every category (at most nine): a top-5 cut would hide part of a total
         "risk_levels": risk["levels"],

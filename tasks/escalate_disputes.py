@@ -144,6 +144,48 @@ def close_deregistered_cases(until: datetime, database_url: str | None) -> int:
     return len(gone)
 
 
+def record_case_outcome(session, case, outcome: str, *, actor: str, at: datetime) -> bool:
+    """Close ``case`` (a ``MediationCase`` in ``session``) with a mediator's ``outcome`` (调解结案),
+    answering the finding it was opened for (outcome ``mediated``; findings that joined it stay
+    open for the follow-up visit); False when it was closed with that outcome already. The one way
+    a case is closed by its room: the CLI and the demo's mediators."""
+    from schemas.models import RiskFlag
+    from sibifang import escalate_disputes as logic
+    from sibifang.db import audit
+
+    outcome = logic.mediation_outcome(outcome)
+    if not logic.case_closing(case.status, case.outcome, outcome, case.id):
+        return False
+    case.status, case.closed_at, case.outcome = "closed", at, outcome
+    if case.source_flag_id:
+        session.execute(update(RiskFlag).where(RiskFlag.id == case.source_flag_id, RiskFlag.status != "closed")
+                        .values(status="closed", outcome="mediated", closed_at=at))
+    audit(session, actor, "close_case", "mediation_case", case.id, {"outcome": outcome}, at=at)
+    return True
+
+
+def close_mediation_case(case_id: str, outcome: str, *, actor: str, at: datetime | None = None,
+                         database_url: str | None = None) -> dict:
+    """A mediation room's outcome for one case (``sibifang close-case``); the same outcome again
+    changes nothing, another is refused (``CaseOutcomeError``, Chinese)."""
+    from schemas.models import MediationCase
+    from sibifang import escalate_disputes as logic
+    from sibifang.db import session_scope
+    from sibifang.settings import local_now
+
+    at = at or local_now()
+    with session_scope(database_url) as s:
+        case = s.get(MediationCase, case_id)
+        if case is None:
+            raise logic.CaseOutcomeError(f"未找到调解案件 {case_id}，请核对案件编号")
+        if case.opened_at and at < case.opened_at:
+            raise logic.CaseOutcomeError(f"结案时间 {at:%Y-%m-%d %H:%M} 早于案件 {case_id} 的转介时间 "
+                                         f"{case.opened_at:%Y-%m-%d %H:%M}")
+        changed = record_case_outcome(s, case, outcome, actor=actor, at=at)
+        return {"case_id": case.id, "status": case.status, "outcome": case.outcome,
+                "closed_at": case.closed_at.isoformat(sep=" "), "changed": changed}
+
+
 def follow_up_overdue_cases(until: datetime, database_url: str | None) -> list[str]:
     """Record, once each, the open cases with no outcome past their due date
     (``logic.overdue_cases``), so the federation asks the room for the outcome; they are counted

@@ -62,7 +62,7 @@ def gather_aggregates(period_start: date, period_end: date, database_url: str | 
                           .join(RiskFlag, RiskFlag.id == Alert.flag_id)
                           .join(Household, Household.id == RiskFlag.household_id), database_url),
         cases=read_frame(select(MediationCase.id, MediationCase.opened_at, MediationCase.status,
-                                MediationCase.closed_at), database_url),
+                                MediationCase.closed_at, MediationCase.outcome), database_url),
         needs=read_frame(select(ServiceNeed.id, ServiceNeed.category, ServiceNeed.status, ServiceNeed.created_at,
                                 ServiceNeed.matched_at), database_url),
         risk_map=read_frame(select(RiskMapSnapshot).where(RiskMapSnapshot.as_of <= period_end), database_url),

@@ -1082,3 +1082,18 @@ def test_the_map_lists_grids_and_villages_in_counting_order():
     svg = ET.fromstring(risk_map_svg(rm, areas))
     assert [t.text.split(":")[0] for t in svg.iter(f"{SVG}title")] == ["G1", "G2", "G10"]
     assert [t.text for t in svg.iter(f"{SVG}text")][1:] == ["村2", "村10"]
+
+
+def test_cases_the_system_closed_are_not_counted_as_mediated():
+    # A family that left the register, or a case opened on the wrong family's record, is closed
+    # by the system: not a mediation the room concluded (its own line, not in 调解结案).
+    frames = _scaled(_frames(), k=6)
+    c = frames["cases"]
+    closed = c.index[c.status.eq("closed")]
+    frames["cases"] = c.assign(outcome="调解成功").assign(
+        outcome=lambda d: d.outcome.where(~d.index.isin(closed[:3]), "deregistered"))
+    agg = _summarise(frames, households=pd.concat([_households()] * 6, ignore_index=True))
+    n_closed = len(closed)
+    assert (agg["cases_closed"], agg["cases_withdrawn"]) == (n_closed - 3, 3)
+    html = render_report(agg, risk_map_svg_text="<svg></svg>")
+    assert f"累计调解结案 {n_closed - 3} 件（另有 3 件因家庭销户或转介记录更正而撤销" in html
