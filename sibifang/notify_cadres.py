@@ -9,6 +9,7 @@ total.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 
@@ -31,9 +32,17 @@ def _title(kind: str, **fields) -> str:
     return wording("schedule_visits/titles.toml")[kind].format(**fields)
 
 
+# A family number that is a resident ID (18 or old 15 digits) or a mobile number: some villages
+# number families by the head's ID card or phone, and a digest must carry no such number.
+_PERSONAL_NUMBER = re.compile(r"\d{17}[\dXx]|\d{15}|1\d{10}")
+
+
 def _family(name: str | None, household_id: str) -> str:
     surname = (name or "?")[0]
-    return f"{surname}家（{household_id}）"
+    number = str(household_id).strip()
+    if _PERSONAL_NUMBER.fullmatch(number):  # the last four tell her families apart, as on a receipt
+        return f"{surname}家（编号尾号{number[-4:].upper()}）"
+    return f"{surname}家（{number}）"
 
 
 def _reason(code: str) -> str:

@@ -151,15 +151,41 @@ class ScheduleParameterError(FlowParameterError):
 MAX_HORIZON_DAYS = 366  # a year ahead; the planner holds every cadre's days in memory
 
 
-def check_schedule_parameters(*, horizon_days, grid: str | None = None, known_grids=None) -> None:
+_DATE_PARAMETERS = {"as_of": "排期日期", "notify_for": "通知日期"}
+
+
+def parse_schedule_day(value, name: str) -> date | None:
+    """A date parameter as a supervisor types it (``2026-11-20``, or a date/datetime from code);
+    anything else raises ``ScheduleParameterError`` naming the parameter. The flow reads its
+    parameters itself: Prefect's own check answers in English with a traceback."""
+    if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+        return value
+    if isinstance(value, datetime):
+        return value.date()
+    text = str(value).strip()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).date()
+    except ValueError:
+        raise ScheduleParameterError(f"{_DATE_PARAMETERS.get(name, '日期')} {name} 必须是 年-月-日 格式的日期"
+                                     f"（如 2026-11-20），收到 {value!r}。") from None
+
+
+def check_schedule_parameters(*, horizon_days, grid: str | None = None, known_grids=None) -> int:
     """Raise ``ScheduleParameterError`` for a horizon that is not 1..366 days or a grid not in the
     registry (``known_grids``: the registered grid ids; None skips that check)."""
+    if isinstance(horizon_days, str) and horizon_days.strip().isdigit():  # a form or -p passes text
+        horizon_days = int(horizon_days)
     if isinstance(horizon_days, bool) or not isinstance(horizon_days, int) or not (
             1 <= horizon_days <= MAX_HORIZON_DAYS):
         raise ScheduleParameterError(f"排期天数 horizon_days 必须是 1 到 {MAX_HORIZON_DAYS} 之间的整数，"
                                      f"收到 {horizon_days!r}。")
     if grid is not None and known_grids is not None and str(grid) not in {str(g) for g in known_grids}:
         raise ScheduleParameterError(f"没有编号为 {grid} 的网格，请检查 grid 参数（网格编号见档案导入的区域表）。")
+    return horizon_days
 
 
 # ---------------------------------------------------------------------------------------------

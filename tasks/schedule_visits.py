@@ -261,6 +261,20 @@ def _d(v):
     return v.date() if isinstance(v, datetime) else v
 
 
+def later_day_run(as_of: date, notify_day: date, database_url: str | None = None) -> bool:
+    """True when a run for a later day has been made already (plans planned after ``as_of``, or
+    notices for a day after ``notify_day``): this run replays a past day, whose digests and
+    reminders would reach the cadres days late (or again, under another day)."""
+    from schemas.models import Notice, VisitPlan
+
+    from sibifang.db import session_scope
+
+    with session_scope(database_url) as s:
+        planned = s.scalar(select(func.max(VisitPlan.planned_on)))
+        noticed = s.scalar(select(func.max(Notice.day)))
+    return bool((planned is not None and _d(planned) > as_of) or (noticed is not None and _d(noticed) > notify_day))
+
+
 @task(name="queue_notices", cache_policy=NO_CACHE)
 def queue_notices(day: date, database_url: str | None = None) -> int:
     """Digests, overdue reminders and the supervisors' overdue lists for ``day`` (insert-or-ignore)."""

@@ -88,3 +88,22 @@ def test_supervisor_lines_add_up_to_the_total_when_a_grid_has_no_village():
     assert total == 3 and sum(lines) == total, body
     assert "未归属村（社区）的网格：2次（涉及干部1人）" in body
     assert "逾期未访情况（3次）" == n.loc["supervisor_overdue", "title"]
+
+
+def test_a_family_number_that_is_an_id_or_phone_number_is_not_sent():
+    # Some villages number a family by the head's ID card (身份证号) or phone: the digest, the
+    # reminder and the move notices show its last four characters only.
+    from sibifang.notify_cadres import build_move_notices
+
+    plans, cadres, hh, grids = _frames()
+    ids = {"H1": "33028219650312002X", "H2": "13912345678", "H3": "330282650312002"}
+    plans["household_id"] = plans.household_id.replace(ids)
+    hh["household_id"] = hh.household_id.replace(ids)
+    n = build_notices(DAY, plans=plans, cadres=cadres, households=hh, grids=grids)
+    moved = pd.DataFrame({"visit_id": ["V1"], "household_id": [ids["H1"]], "from_cadre_id": ["C2"],
+                          "to_cadre_id": ["C1"], "due_date": [pd.Timestamp(DAY)]})
+    bodies = "\n".join(n.body) + "\n".join(build_move_notices(DAY, moved=moved, cadres=cadres, households=hh).body)
+    for number in ids.values():
+        assert number not in bodies
+    assert "李家（编号尾号002X）" in bodies and "王家（编号尾号5678）" in bodies and "张家（编号尾号2002）" in bodies
+    assert "刘家（H4）" in bodies  # an ordinary family number is shown as it is
