@@ -154,6 +154,14 @@ MAX_HORIZON_DAYS = 366  # a year ahead; the planner holds every cadre's days in 
 _DATE_PARAMETERS = {"as_of": "排期日期", "notify_for": "通知日期"}
 
 
+def _local_day(moment: datetime) -> date:
+    """A time's day in China: one with a zone (a scheduler's UTC time, "...Z") is converted, as
+    every flow reads ``as_of`` (``tasks.common.as_of_date``): 16:30Z is the next day's 00:30."""
+    from sibifang.settings import LOCAL_TZ
+
+    return (moment.astimezone(LOCAL_TZ) if moment.tzinfo is not None else moment).date()
+
+
 def parse_schedule_day(value, name: str) -> date | None:
     """A date parameter as a supervisor types it (``2026-11-20``, or a date/datetime from code);
     anything else raises ``ScheduleParameterError`` naming the parameter. The flow reads its
@@ -161,14 +169,14 @@ def parse_schedule_day(value, name: str) -> date | None:
     if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
         return value
     if isinstance(value, datetime):
-        return value.date()
+        return _local_day(value)
     text = str(value).strip()
     try:
         return date.fromisoformat(text)
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text).date()
+        return _local_day(datetime.fromisoformat(text))
     except ValueError:
         raise ScheduleParameterError(f"{_DATE_PARAMETERS.get(name, '日期')} {name} 必须是 年-月-日 格式的日期"
                                      f"（如 2026-11-20），收到 {value!r}。") from None

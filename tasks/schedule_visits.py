@@ -268,10 +268,14 @@ def later_day_run(as_of: date, notify_day: date, database_url: str | None = None
     from schemas.models import Notice, VisitPlan
 
     from sibifang.db import session_scope
+    from sibifang.settings import local_today
 
+    # Only runs up to today count: a hand run for a future day (a preview, a mistyped date) must
+    # not make every real run until then a silent "replay" that sends nothing.
+    today = local_today()
     with session_scope(database_url) as s:
-        planned = s.scalar(select(func.max(VisitPlan.planned_on)))
-        noticed = s.scalar(select(func.max(Notice.day)))
+        planned = s.scalar(select(func.max(VisitPlan.planned_on)).where(VisitPlan.planned_on <= today))
+        noticed = s.scalar(select(func.max(Notice.day)).where(Notice.day <= today + timedelta(days=1)))
     return bool((planned is not None and _d(planned) > as_of) or (noticed is not None and _d(noticed) > notify_day))
 
 

@@ -94,3 +94,28 @@ def test_replaying_a_past_day_sends_no_notice_for_it(prefect_harness, env):
     assert days == {wed}
     assert out.get("notices_queued", 0) == 0 and out.get("notices_sent", 0) == 0
     assert out["notices_skipped"] == "replay"
+
+
+def test_a_hand_run_for_a_future_day_does_not_silence_the_real_days_runs(prefect_harness, env, monkeypatch):
+    """A preview (or a mistyped date) a month ahead left plans planned on that day: every real run
+    until then was taken for a replay and queued no digest (review rv2)."""
+    from flows.schedule_visits import schedule_visits
+
+    _registry(env)
+    wed = MON + timedelta(days=2)
+    monkeypatch.setattr("sibifang.settings.local_today", lambda: wed)
+    schedule_visits(as_of=MON + timedelta(days=30))
+    out = schedule_visits(as_of=wed)
+    assert "notices_skipped" not in out
+    assert out["notices_queued"] > 0
+
+
+@pytest.mark.parametrize("value, day", [("2026-11-22T16:30:00Z", date(2026, 11, 23)),
+                                        ("2026-11-22T23:30:00+08:00", date(2026, 11, 22)),
+                                        ("2026-11-22 16:30", date(2026, 11, 22))])
+def test_a_time_with_a_zone_is_read_as_its_day_in_china(value, day):
+    # As every other flow reads as_of (tasks.common.as_of_date): a scheduler's 16:30Z is 00:30
+    # the next day in Shanghai, and planning for the UTC day would run a day behind.
+    from sibifang.schedule_visits import parse_schedule_day
+
+    assert parse_schedule_day(value, "as_of") == day
