@@ -850,7 +850,7 @@ def _normalise(kind: str, raw: pd.DataFrame, problems: _Problems, now=None) -> p
 # Thousands separators as Excel's number format shows them ("1,234", "1,234.5"; a full-width
 # "，" is folded before): each group of three digits. The decimal mark here is the point, so
 # "1,234" is 1234. [0-9], not \d (see checks.fold_width).
-_GROUPED_NUMBER = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
+_GROUPED_NUMBER = re.compile(r"[+-]?[1-9][0-9]{0,2}(?:,[0-9]{3})+(?:\.[0-9]+)?")  # never 0,500
 
 
 def _without_thousands_separators(values: pd.Series) -> tuple[pd.Series, pd.Series]:

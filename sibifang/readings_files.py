@@ -735,8 +735,9 @@ _DECIMAL_COMMA_RE = r"^\s*[+-]?\d+,\d+\s*$"  # 0,25
 # Digits grouped by thousands: 1,234 / 1,234.5 / 1,234,567. "1,234" alone may also be 1.234
 # written with a decimal comma; with a decimal point after the groups, or two groups or more,
 # the commas can only be thousands separators, and the cleaning reads such a value as a number.
-_GROUPED_RE = r"^\s*[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*$"
-THOUSANDS_SEPARATED_RE = r"^\s*[+-]?\d{1,3}(?:(?:,\d{3})+\.\d+|(?:,\d{3}){2,}(?:\.\d+)?)\s*$"
+# A first group never starts with 0: "0,005" is a decimal comma, never five thousand(ths).
+_GROUPED_RE = r"^\s*[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?\s*$"
+THOUSANDS_SEPARATED_RE = r"^\s*[+-]?[1-9]\d{0,2}(?:(?:,\d{3})+\.\d+|(?:,\d{3}){2,}(?:\.\d+)?)\s*$"
 
 
 def check_readings_text(raw: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -904,6 +905,20 @@ def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
             line=line)
     if not grouped.any():
         return raw
+    if value_col == "kwh" and ambiguous.any() and not point.any():
+        # Nothing in the file shows its decimal mark: an interval's "1,250" is 1.25 kWh far more
+        # often than 1250 (a decimal-comma export; no home uses 1250 kWh in an interval). Most of
+        # a column so written refuses the file (read as thousands, it would be stored a thousand
+        # times too large); a few such values are set aside row by row. A register's "1,234" is
+        # a meter's total, read as thousands: this country's decimal mark is the point.
+        if ambiguous.sum() >= FILE_LEVEL_SHARE * len(text):
+            line, value = _first_match(raw, ambiguous, value_col)
+            raise ImportFileError(
+                source, f"line {line}, field {value_col}: {value!r}: a thousands separator or a decimal comma",
+                message_zh=f"文件 {source} 第{line}行 {label}列的值 {value}：无法判断其中的逗号是千位分隔符还是小数点。"
+                           "请去掉千位分隔符（在 Excel 中把该列设置为不带千位分隔符的数值格式）后重新提交。",
+                line=line)
+        grouped = grouped & ~ambiguous
     raw = raw.copy()
     raw.loc[grouped[grouped].index, value_col] = text[grouped].str.replace(",", "", regex=False).to_numpy()
     return raw

@@ -91,3 +91,18 @@ def test_registry_float_with_separators(tmp_path):
     assert result.quarantined[["line", "field", "code"]].values.tolist() == [
         [2, "kwh", "out_of_range"], [3, "kwh", "bad_thousands"]]
     assert result.accepted["kwh"].tolist() == [0.5]
+
+
+@pytest.mark.parametrize("values", [["0,005", "0,008", "0,012", "0,004"], ["1,250", "2,375", "1,125", "3,500"]])
+def test_interval_kwh_written_with_decimal_commas_refuses_the_file(tmp_path, values):
+    """Read as thousands, "0,005" (or "1,250" with nothing in the file showing the decimal mark)
+    stored readings a thousand times too large, some of them accepted (review rv1); the file is
+    refused, naming the line, as before thousands separators were read."""
+    from sibifang.importing import ImportFileError
+
+    rows = "".join(f'M1,2026-11-20 0{8 + i // 4}:{15 * (i % 4):02d},"{v}"\n' for i, v in enumerate(values))
+    path = tmp_path / "r.csv"
+    path.write_text("meter_id,ts,kwh\n" + rows, encoding="utf-8")
+    with pytest.raises(ImportFileError) as refused:
+        _clean(path)
+    assert "第2行" in refused.value.message_zh and "逗号" in refused.value.message_zh
