@@ -502,6 +502,18 @@ def _known_header_keys() -> frozenset[str]:
     return frozenset(key for kind in FIELDS for key in header_aliases(kind))
 
 
+def _names_a_whole_kind(row_keys: set[str]) -> bool:
+    """A row naming every header column of some kind: a header however many other columns a
+    county's wide export puts beside them (more than half of its cells need not be known)."""
+    for kind, fields in FIELDS.items():
+        aliases = header_aliases(kind)
+        named = {aliases[k] for k in row_keys if k in aliases}
+        needed = [f.name for f in fields if f.in_header]
+        if needed and all(name in named for name in needed):
+            return True
+    return False
+
+
 def _header_score(keys: list[str], known: frozenset[str] | None = None) -> tuple[int, int]:
     """(distinct known column names, non-blank cells) of a row of header keys."""
     known = _known_header_keys() if known is None else known
@@ -619,10 +631,10 @@ def read_table(path: Path) -> pd.DataFrame:
     unclosed: set[int] = set()
     layout = HeaderLayout()
     if suffix in (".xlsx", ".xlsm"):
-        header, records, layout = _locate_header(_records_xlsx(path))
+        header, records, layout = _locate_header(_records_xlsx(path), complete=_names_a_whole_kind)
     elif suffix in (".csv", ".txt", ""):
         rows, unclosed = _records_csv(path)
-        header, records, layout = _locate_header(rows)
+        header, records, layout = _locate_header(rows, complete=_names_a_whole_kind)
     elif suffix == ".json":
         header, records = _records_json(path)
     else:

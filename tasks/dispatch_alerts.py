@@ -41,7 +41,9 @@ def check_settings(database_url: str | None = None) -> None:
         with session_scope(database_url) as session:
             ids = sms_recipient_ids(session) or [""]
     except Exception as e:  # noqa: BLE001 - no registry yet (a first run): the shortest link
-        run_logger().debug("SMS recipients not read (%s); the ack link is measured without a recipient", e)
+        # the class only: a database URL that cannot be parsed is echoed whole, password included
+        run_logger().debug("SMS recipients not read (%s); the ack link is measured without a recipient",
+                           type(e).__name__)
         ids = [""]
     try:
         check_ack_base_url(dispatch_policy(), sms_used=bool(s.sms_gateway_url) and not s.alert_webhook_url,

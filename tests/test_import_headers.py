@@ -146,3 +146,13 @@ def test_a_row_of_text_under_an_unknown_column_is_data_not_a_second_header(tmp_p
     rows = [[*HEADER_ZH, "性别"], [None] * 7 + ["女"], [*ROWS[0], "女"]]
     result = _import(_csv(tmp_path / "h.csv", rows))
     assert result.header.lines == (1,) and result.read == 2 and result.quarantined_lines == 1
+
+
+def test_a_wide_header_below_a_title_is_found_however_many_other_columns(tmp_path):
+    # A county export: the 7 columns of a household plus 8 of its own (review rv1). Fewer than
+    # half of the header's cells are known names, yet it names every column a household needs.
+    extra = ["民族", "文化程度", "工作单位", "邮编", "备用电话", "微信号", "填表人", "填表日期"]
+    rows = [[TITLE] + [None] * 14, HEADER_ZH + extra, *[r + ["汉"] + [None] * 7 for r in ROWS]]
+    result = _import(_csv(tmp_path / "wide.csv", rows))
+    assert result.header.lines == (2,) and result.header.skipped == (1,)
+    assert result.read == 2 and len(result.accepted) == 1

@@ -1,6 +1,8 @@
 """The meter-API pull and the store's locks (review pull #1, #2): a pull holds the store's
 ``.ingest.lock`` only while it reads the store's state and books what it got, never during its
-download; one pull at a time is kept by ``.pull.lock``, the lock older versions took."""
+download; one pull at a time is kept by ``.pull_turn.lock``, and ``.pull.lock`` (the lock older
+versions took for a whole pull) is taken with ``.ingest.lock``, so an older worker still pulling
+holds back this version's files and pulls alike."""
 
 from __future__ import annotations
 
