@@ -502,16 +502,18 @@ def _known_header_keys() -> frozenset[str]:
     return frozenset(key for kind in FIELDS for key in header_aliases(kind))
 
 
+@functools.lru_cache(maxsize=1)
+def _header_columns_by_kind() -> tuple[tuple[dict[str, str], frozenset[str]], ...]:
+    """(header spellings → column, the header columns) of every kind."""
+    return tuple((header_aliases(kind), frozenset(f.name for f in fields if f.in_header))
+                 for kind, fields in FIELDS.items())
+
+
 def _names_a_whole_kind(row_keys: set[str]) -> bool:
     """A row naming every header column of some kind: a header however many other columns a
     county's wide export puts beside them (more than half of its cells need not be known)."""
-    for kind, fields in FIELDS.items():
-        aliases = header_aliases(kind)
-        named = {aliases[k] for k in row_keys if k in aliases}
-        needed = [f.name for f in fields if f.in_header]
-        if needed and all(name in named for name in needed):
-            return True
-    return False
+    return any(needed and needed <= {aliases[k] for k in row_keys if k in aliases}
+               for aliases, needed in _header_columns_by_kind())
 
 
 def _header_score(keys: list[str], known: frozenset[str] | None = None) -> tuple[int, int]:

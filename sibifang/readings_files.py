@@ -896,13 +896,14 @@ def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     comma = text.str.match(_DECIMAL_COMMA_RE) & ~ambiguous
     point = text.str.contains(".", regex=False) | (grouped & ~ambiguous)  # whole numbers say nothing of the mark
     label = f"{value_col}（{'用电量' if value_col == 'kwh' else '累计读数'}）"
+
+    def refuse(mask: pd.Series, what: str, why_zh: str) -> None:
+        line, value = _first_match(raw, mask, value_col)
+        raise ImportFileError(source, f"line {line}, field {value_col}: {value!r} {what}",
+                              message_zh=f"文件 {source} 第{line}行 {label}列的值 {value}{why_zh}", line=line)
+
     if comma.any() and comma.sum() >= FILE_LEVEL_SHARE * (comma | point).sum():
-        line, value = _first_match(raw, comma, value_col)
-        raise ImportFileError(
-            source, f"line {line}, field {value_col}: {value!r} uses a decimal comma",
-            message_zh=f"文件 {source} 第{line}行 {label}列的值 {value} 用逗号作小数点："
-                       "请改用小数点（如 0.25）后重新提交。",
-            line=line)
+        refuse(comma, "uses a decimal comma", " 用逗号作小数点：请改用小数点（如 0.25）后重新提交。")
     if not grouped.any():
         return raw
     if value_col == "kwh" and ambiguous.any() and not point.any():
@@ -912,12 +913,9 @@ def _settle_commas(raw: pd.DataFrame, source: str) -> pd.DataFrame:
         # times too large); a few such values are set aside row by row. A register's "1,234" is
         # a meter's total, read as thousands: this country's decimal mark is the point.
         if ambiguous.sum() >= FILE_LEVEL_SHARE * len(text):
-            line, value = _first_match(raw, ambiguous, value_col)
-            raise ImportFileError(
-                source, f"line {line}, field {value_col}: {value!r}: a thousands separator or a decimal comma",
-                message_zh=f"文件 {source} 第{line}行 {label}列的值 {value}：无法判断其中的逗号是千位分隔符还是小数点。"
-                           "请去掉千位分隔符（在 Excel 中把该列设置为不带千位分隔符的数值格式）后重新提交。",
-                line=line)
+            refuse(ambiguous, ": a thousands separator or a decimal comma",
+                   "：无法判断其中的逗号是千位分隔符还是小数点。"
+                   "请去掉千位分隔符（在 Excel 中把该列设置为不带千位分隔符的数值格式）后重新提交。")
         grouped = grouped & ~ambiguous
     raw = raw.copy()
     raw.loc[grouped[grouped].index, value_col] = text[grouped].str.replace(",", "", regex=False).to_numpy()

@@ -389,6 +389,7 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
     f = flags[in_period(flags.detected_at)] if not flags.empty else flags
     a = alerts[in_period(alerts.created_at)] if not alerts.empty else alerts
     c_open = cases[in_period(cases.opened_at)] if not cases.empty else cases
+    n_mediated, n_withdrawn = cases_closed_by_kind(cases)  # closed by a room; by the system
     n = needs[in_period(needs.created_at)] if not needs.empty else needs
     ex = escalations_exhausted if escalations_exhausted is not None else pd.DataFrame(columns=["flag_id", "at"])
     n_exhausted = int(ex[in_period(ex["at"])].flag_id.nunique()) if not ex.empty else 0
@@ -453,8 +454,8 @@ def summarise(*, period_start: date, period_end: date, households: pd.DataFrame,
                                        len(ack_minutes)),
         "cases_opened": mask(len(c_open)),
         # by period end; closings by the system (family left the register, wrong family) apart
-        "cases_closed": mask(cases_closed_by_kind(cases)[0]),
-        "cases_withdrawn": mask(cases_closed_by_kind(cases)[1]),
+        "cases_closed": mask(n_mediated),
+        "cases_withdrawn": mask(n_withdrawn),
         "needs": mask(len(n)), "needs_matched": mask(int((n.status == "matched").sum()) if not n.empty else 0),
         "common_demands": demand_rows,  # every category (at most nine): a top-5 cut would hide part of a total
         "risk_levels": risk["levels"],

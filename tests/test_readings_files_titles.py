@@ -4,29 +4,16 @@ the header is found, the lines above it are skipped and named, rows keep their f
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
 from sibifang.importing import ImportFileError
 from sibifang.ingest_readings import clean_readings
 from sibifang.readings_files import read_readings_file, skipped_lines_zh
+from tests.test_import_headers import _xlsx
 
 NOW = datetime(2026, 11, 21, 12, 0)
 TITLE = "XX供电所 智能电表读数导出 2026年11月"
-
-
-def _xlsx(path: Path, rows: list[list], merges: tuple[str, ...] = ()) -> Path:
-    from openpyxl import Workbook
-
-    wb = Workbook()
-    ws = wb.active
-    for row in rows:
-        ws.append(row)
-    for cells in merges:
-        ws.merge_cells(cells)
-    wb.save(path)
-    return path
 
 
 def _balanced(result, n: int) -> None:
